@@ -1,0 +1,3 @@
+from ksmreplay.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""Page contents: fingerprints, and the one rule that maps bytes to them.
+
+A fingerprint stands for one concrete page (trace format, "Materialising page
+contents"):
+
+* ``0`` is the page of zeros;
+* ``f != 0`` is the 8 bytes of ``f`` in little-endian order, repeated;
+* any other page is named by ``xxh3_64`` of its bytes (0 taken as 1).
+
+:func:`fingerprint` is the only place that turns bytes into a fingerprint, and
+:func:`materialise` the only place that turns one back into bytes.  Pages of
+the third kind cannot be rebuilt from their fingerprint, so a
+:class:`PageStore` keeps their bytes for as long as a replay may need them (a
+later partial write into such a page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import xxhash
+
+ZERO = 0
+"""Fingerprint of the page of zeros."""
+
+
+def _pattern_value(page: bytes) -> int | None:
+    """The 8-byte little-endian value ``page`` repeats, or None if it is not one."""
+    head = page[:8]
+    if len(page) % 8 or page != head * (len(page) // 8):
+        return None
+    return int.from_bytes(head, "little")
+
+
+def _classify(page: bytes) -> tuple[int, bool]:
+    """The fingerprint of ``page``, and whether it is a hash (not a repeated value)."""
+    value = _pattern_value(page)
+    if value is not None:
+        return value, False
+    digest: int = xxhash.xxh3_64_intdigest(page)
+    return digest or 1, True
+
+
+def fingerprint(page: bytes) -> int:
+    """The canonical fingerprint of one whole page of bytes."""
+    return _classify(page)[0]
+
+
+def pattern_page(fp: int, page_size: int) -> bytes:
+    """The bytes of the page that fingerprint ``fp`` names by the repeat rule."""
+    return fp.to_bytes(8, "little") * (page_size // 8)
+
+
+class PageStore:
+    """Bytes of the pages whose fingerprint is a hash (not a repeated value).
+
+    Pages named by a repeated value are rebuilt on demand; only hashed pages are
+    kept, one copy per distinct content.
+    """
+
+    __slots__ = ("_pages", "page_size")
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
+        self._pages: dict[int, bytes] = {}
+
+    def fingerprint(self, page: bytes) -> int:
+        """Fingerprint ``page`` and remember its bytes if they cannot be rebuilt."""
+        fp, hashed = _classify(page)
+        if hashed:
+            self._pages.setdefault(fp, page)
+        return fp
+
+    def materialise(self, fp: int) -> bytes:
+        """The bytes of the page named ``fp``.
+
+        A hashed fingerprint must have been produced by this store; a
+        fingerprint given directly by a trace is always a repeated value.
+        """
+        page = self._pages.get(fp)
+        return page if page is not None else pattern_page(fp, self.page_size)
+
+
+def literal_write(
+    addr: int,
+    data: bytes,
+    page_size: int,
+    current: Callable[[int], int],
+    store: PageStore,
+) -> tuple[int, list[int]]:
+    """Apply a literal ``bin`` write to whole pages.
+
+    ``current(page_number)`` gives the fingerprint a page holds before the
+    write (0 for a page that is not populated).  Returns the first page number
+    touched and the new fingerprint of each page touched, in order.  Partial
+    pages keep their other bytes.
+    """
+    first = addr // page_size
+    last = (addr + len(data) - 1) // page_size
+    fps: list[int] = []
+    for page_no in range(first, last + 1):
+        start = page_no * page_size
+        lo = max(addr, start) - start
+        hi = min(addr + len(data), start + page_size) - start
+        if lo == 0 and hi == page_size:
+            page = data[start - addr : start - addr + page_size]
+        else:
+            old = bytearray(store.materialise(current(page_no)))
+            old[lo:hi] = data[start + lo - addr : start + hi - addr]
+            page = bytes(old)
+        fps.append(store.fingerprint(page))
+    return first, fps

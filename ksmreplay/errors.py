@@ -1,0 +1,74 @@
+"""Exit statuses and the exceptions that carry them.
+
+Every failure the user can cause (bad input, bad usage, I/O) is one of these
+exceptions; the CLI turns it into one line on stderr and its exit status, and
+only ``--debug`` shows a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """The process exit statuses of ``ksmreplay``, in one place."""
+
+    OK = 0
+    """Success."""
+    DIFFERENCES = 1
+    """``diff`` found differences."""
+    USAGE = 2
+    """Bad command line (unknown option, bad value, missing argument)."""
+    INVALID_TRACE = 3
+    """The trace breaks a rule of the trace format."""
+    IO_ERROR = 4
+    """A file could not be read or written."""
+    LIVE_KERNEL = 5
+    """The live kernel cannot be used (not root, no KSM, busy, locked)."""
+
+
+class KsmreplayError(Exception):
+    """An error reported to the user as one line, with an exit status."""
+
+    exit_status: ExitStatus = ExitStatus.USAGE
+
+
+class UsageError(KsmreplayError):
+    """A bad option value or combination that the argument parser cannot see."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class InputOutputError(KsmreplayError):
+    """A file that cannot be opened, read or written."""
+
+    exit_status = ExitStatus.IO_ERROR
+
+
+class TraceError(KsmreplayError):
+    """A trace that breaks the trace format.
+
+    The message names the file, the event index (0 = header) and, when the
+    event got far enough to have one, its ``t``::
+
+        trace.msgpack: event 1742 (t=3000000): write to pid 7 at 0x7f0000003000 outside any mapping
+    """
+
+    exit_status = ExitStatus.INVALID_TRACE
+
+    def __init__(self, path: str, index: int | None, t: int | None, message: str) -> None:
+        self.path = path
+        self.index = index
+        self.t = t
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.index is None:
+            return f"{self.path}: {self.message}"
+        where = f"event {self.index}" if self.t is None else f"event {self.index} (t={self.t})"
+        return f"{self.path}: {where}: {self.message}"
+
+
+class InvariantError(AssertionError):
+    """A simulator invariant does not hold (a bug in ksmreplay, never in the trace)."""

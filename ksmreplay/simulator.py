@@ -1,0 +1,67 @@
+"""The two-call interface every replay engine offers, and how time works.
+
+A simulator replays one trace in one mode.  The driver (``replay.py``) owns
+iteration: it decodes the trace once and hands every event, in order, to one
+independent simulator per requested mode::
+
+    sim = make_simulator("unshare", page_size=4096, settings={"pages_to_scan": 1000})
+    for event in events:
+        sim.apply(event)
+        if isinstance(event, Snapshot):
+            snaps.append(sim.snapshot(event.label, event.t, event.index))
+    final = sim.snapshot("final", last.t, last.index)
+
+Time.  ``apply(event)`` first lets ksmd run every wake-up due strictly before
+``event.t``, then applies the event.  Events that share a ``t`` form one
+instant: ksmd never runs between them.  A wake-up due at exactly ``t`` runs
+after the instant at ``t`` (order key ``(t, priority, seq)`` with events at
+priority 0 and ksmd at priority 1).  When ``run`` becomes 1, or the first mm
+registers while ``run`` is 1, ksmd wakes at once, i.e. right after the current
+instant.  The final snapshot is taken right after the last event: no wake-up
+due at the last ``t`` runs before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from ksmreplay.events import Event
+from ksmreplay.knobs import KnobValue
+from ksmreplay.report import Refusal, Snap
+
+
+class Simulator(Protocol):
+    """What the driver needs from one mode's engine."""
+
+    mode: str
+
+    def apply(self, event: Event) -> None:
+        """Advance ksmd to ``event.t`` (wake-ups strictly before it), then apply ``event``."""
+
+    def snapshot(self, label: str, t: int, index: int) -> Snap:
+        """The statistics now, as REPORT_FORMAT.md's SNAP (a fresh dict, never shared)."""
+
+    @property
+    def settings(self) -> dict[str, KnobValue]:
+        """Every knob's value now (all knobs, not only those the trace set)."""
+
+    @property
+    def refused(self) -> list[Refusal]:
+        """``ksm`` writes Linux refused, in trace order."""
+
+    def check_invariants(self) -> None:
+        """Raise :class:`ksmreplay.errors.InvariantError` if the state is inconsistent."""
+
+
+def make_simulator(
+    mode: str, page_size: int, settings: Mapping[str, KnobValue] | None = None
+) -> Simulator:
+    """Build the engine for ``mode`` (``legacy``, ``v6`` or ``unshare``).
+
+    ``settings`` overrides Linux's default knob values before the first event
+    (the CLI's ``--set``); the trace's own ``ksm`` events still apply later.
+    """
+    from ksmreplay.engine import Engine
+
+    return Engine(mode, page_size, settings)
