@@ -1,0 +1,37 @@
+"""ksmd's clock: how trace time maps onto wake-ups and batch cost.
+
+Linux sleeps ``msecs_to_jiffies(sleep_millisecs)`` between batches
+(``ksm_scan_thread()``); with HZ=250 (the oracle's configuration) a jiffy is
+4 ms, so sleeps round up to a multiple of 4 ms.  A batch is not free on Linux
+either: the next sleep starts when it ends.  The simulator charges each visit
+:data:`VISIT_COST_NS` of ksmd CPU time, which both delays the next wake-up and
+feeds the scan-time advisor's CPU measurement (KSM_MODEL.md section 2.8).
+"""
+
+from __future__ import annotations
+
+HZ = 250
+"""Timer frequency of the modelled kernel."""
+
+JIFFY_NS = 1_000_000_000 // HZ
+
+VISIT_COST_NS = 400
+"""Modelled ksmd CPU time per visit (about 2.5 M visits/s, a steady-state ksmd)."""
+
+MS = 1_000_000
+
+
+def jiffies_ns(msecs: int) -> int:
+    """``msecs`` rounded up to whole jiffies, in nanoseconds (``msecs_to_jiffies()``)."""
+    jiffies = -(-msecs * HZ // 1000)
+    return jiffies * JIFFY_NS
+
+
+def batch_cost_ns(visits: int) -> int:
+    """Modelled ksmd CPU time of a batch of ``visits`` visits."""
+    return visits * VISIT_COST_NS
+
+
+def next_wake_ns(batch_start: int, visits: int, sleep_millisecs: int) -> int:
+    """When ksmd wakes again after a batch that started at ``batch_start``."""
+    return batch_start + batch_cost_ns(visits) + jiffies_ns(sleep_millisecs)
