@@ -33,5 +33,12 @@ def batch_cost_ns(visits: int) -> int:
 
 
 def next_wake_ns(batch_start: int, visits: int, sleep_millisecs: int) -> int:
-    """When ksmd wakes again after a batch that started at ``batch_start``."""
-    return batch_start + batch_cost_ns(visits) + jiffies_ns(sleep_millisecs)
+    """When ksmd wakes again after a batch that started at ``batch_start``.
+
+    A batch that visited nothing with a zero sleep would spin forever in trace
+    time; such a wake-up waits one jiffy instead (Linux would spin on the CPU,
+    finding nothing to do, so no counter can tell the difference except
+    ``full_scans`` counting empty passes more slowly).
+    """
+    delay = batch_cost_ns(visits) + jiffies_ns(sleep_millisecs)
+    return batch_start + (delay if delay > 0 else JIFFY_NS)
