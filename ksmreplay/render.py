@@ -1,0 +1,298 @@
+"""Renderers: one report in, text out, to a stream they are handed.
+
+Every format shows the same numbers and is deterministic: the same report gives
+byte-identical output on every machine (no terminal widths, no locale, no
+colours, ``\\n`` line endings).  ``render(report, fmt, out)`` picks one of
+``render_table``, ``render_json``, ``render_csv``, ``render_tsv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import zip_longest
+from typing import Any, TextIO
+
+import tabulate as tabulate_module
+from tabulate import tabulate
+
+from ksmreplay.report import (
+    EVENT_COUNTERS,
+    KSM_COUNTERS,
+    MEMORY_COUNTERS,
+    PROCESS_COUNTERS,
+    Report,
+    Snap,
+)
+
+FORMATS: tuple[str, ...] = ("table", "json", "csv", "tsv")
+"""Every ``--format`` value, the default first."""
+
+CSV_HEADER: tuple[str, ...] = ("mode", "snapshot", "scope", "pid", "counter", "value")
+"""The columns of the CSV and TSV formats."""
+
+SCOPES: tuple[str, ...] = ("ksm", "process", "memory", "events")
+"""The ``scope`` values of CSV/TSV rows, in the order rows appear."""
+
+_NULL = "-"
+"""How the table shows a null counter (one the mode's kernel does not have)."""
+
+
+def render(report: Report, fmt: str, out: TextIO) -> None:
+    """Write ``report`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
+
+    :param report: a report as built by ``replay()`` (REPORT_FORMAT.md).
+    :param fmt: ``table`` (for people), ``json`` (exactly REPORT_FORMAT.md),
+        ``csv`` or ``tsv`` (one row per counter value).
+    :param out: a text stream; everything ends with ``\\n``.
+    :raises ValueError: for an unknown format (the CLI offers only :data:`FORMATS`).
+    """
+    renderer = _RENDERERS.get(fmt)
+    if renderer is None:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    renderer(report, out)
+
+
+# --- json -------------------------------------------------------------------------------
+
+
+def render_json(report: Report, out: TextIO) -> None:
+    """The report as REPORT_FORMAT.md: indented JSON in report key order, then ``\\n``."""
+    out.write(json.dumps(report, indent=2))
+    out.write("\n")
+
+
+# --- csv / tsv --------------------------------------------------------------------------
+
+
+def _cell(value: object) -> str:
+    """A CSV/TSV value: booleans as yes/no (as ksm_stat shows them), null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _ordered_keys(known: Sequence[str], mappings: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The keys of ``mappings``: those of ``known`` in its order, then others as first seen."""
+    seen: dict[str, None] = {}
+    extra: dict[str, None] = {}
+    for mapping in mappings:
+        for key in mapping:
+            (seen if key in known else extra)[key] = None
+    return [key for key in known if key in seen] + [key for key in extra if key != "pid"]
+
+
+def _snap_rows(mode: str, snap: Snap) -> Iterator[tuple[str, ...]]:
+    """CSV rows of one snapshot: ksm, then each process (by pid), then memory, then events."""
+    label = snap["label"]
+    for counter in _ordered_keys(KSM_COUNTERS, [snap["ksm"]]):
+        yield (mode, label, "ksm", "", counter, _cell(snap["ksm"][counter]))
+    for proc in sorted(snap["processes"], key=lambda p: int(p["pid"])):
+        pid = str(proc["pid"])
+        for counter in _ordered_keys(PROCESS_COUNTERS, [proc]):
+            yield (mode, label, "process", pid, counter, _cell(proc[counter]))
+    for counter in _ordered_keys(MEMORY_COUNTERS, [snap["memory"]]):
+        yield (mode, label, "memory", "", counter, _cell(snap["memory"][counter]))
+    for counter in _ordered_keys(EVENT_COUNTERS, [snap["events"]]):
+        yield (mode, label, "events", "", counter, _cell(snap["events"][counter]))
+
+
+def _rows(report: Report) -> Iterator[tuple[str, ...]]:
+    """Every row of the CSV/TSV formats, header first."""
+    yield CSV_HEADER
+    for run in report["runs"]:
+        for snap in [*run["snapshots"], run["final"]]:
+            yield from _snap_rows(run["mode"], snap)
+
+
+def render_csv(report: Report, out: TextIO) -> None:
+    """One row per (mode, snapshot, scope, pid, counter, value), with a header row.
+
+    Runs in report order; in each, the snapshots in order and then ``final``;
+    in each snapshot the ``ksm`` counters, each process's (``pid`` set only on
+    these rows), ``memory`` and ``events``.  Booleans are ``yes``/``no``, null
+    is empty.  Lines end with ``\\n``.
+    """
+    csv.writer(out, lineterminator="\n").writerows(_rows(report))
+
+
+def render_tsv(report: Report, out: TextIO) -> None:
+    """The rows of :func:`render_csv`, tab-separated."""
+    csv.writer(out, delimiter="\t", lineterminator="\n").writerows(_rows(report))
+
+
+# --- table ------------------------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    """A table cell: yes/no for booleans, ``-`` for null."""
+    if value is None:
+        return _NULL
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _difference(first: object, last: object) -> str:
+    """``last - first`` with a sign, or blank when equal or not both integers."""
+    if (
+        not isinstance(first, int)
+        or not isinstance(last, int)
+        or isinstance(first, bool)
+        or isinstance(last, bool)
+        or first == last
+    ):
+        return ""
+    return f"{last - first:+d}"
+
+
+def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], aligns: str = "l") -> str:
+    """A plain table of strings, trailing blanks stripped, no final newline.
+
+    Column ``i`` is aligned by ``aligns[i]`` (``l`` left, ``r`` right); columns
+    past the end of ``aligns`` are right-aligned.  No width depends on the
+    terminal.
+    """
+    width = max([len(headers), *(len(row) for row in rows)])
+    colalign = tuple(
+        "left" if i < len(aligns) and aligns[i] == "l" else "right" for i in range(width)
+    )
+    # tabulate widens every column by MIN_PADDING when there are headers; the
+    # plain format already separates columns by two spaces.
+    saved = tabulate_module.MIN_PADDING
+    tabulate_module.MIN_PADDING = 0
+    try:
+        text: str = tabulate(
+            rows, headers=headers, tablefmt="plain", disable_numparse=True, colalign=colalign
+        )
+    finally:
+        tabulate_module.MIN_PADDING = saved
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+_ABSENT: Mapping[str, Any] = {}
+
+
+def _by_mode(
+    title: str, modes: Sequence[str], known: Sequence[str], values: Sequence[Mapping[str, Any]]
+) -> str:
+    """Counters down, one column per mode, then ``difference`` when there are two or more."""
+    headers = [title, *modes]
+    if len(modes) > 1:
+        headers.append("difference")
+    rows = []
+    for counter in _ordered_keys(known, values):
+        row = [counter] + [_show(v.get(counter)) for v in values]
+        if len(modes) > 1:
+            row.append(_difference(values[0].get(counter), values[-1].get(counter)))
+        rows.append(row)
+    return plain_table(headers, rows)
+
+
+def _processes(modes: Sequence[str], snaps: Sequence[Snap | None]) -> str:
+    """One row per (pid, mode), by pid then mode order: ksm_stat fields and RssAnon in pages."""
+    entries = sorted(
+        (
+            (int(proc["pid"]), i, proc)
+            for i, snap in enumerate(snaps)
+            if snap is not None
+            for proc in snap["processes"]
+        ),
+        key=lambda entry: entry[:2],
+    )
+    if not entries:
+        return "processes: none"
+    counters = _ordered_keys(PROCESS_COUNTERS, [proc for _, _, proc in entries])
+    rows = [
+        [str(pid), modes[i]] + [_show(proc.get(counter)) for counter in counters]
+        for pid, i, proc in entries
+    ]
+    return plain_table(["pid", "mode", *counters], rows, "rl")
+
+
+def _heading(snap: Snap, final: bool) -> str:
+    where = f"(event {snap['event']}, t={snap['t']} ns)"
+    if final:
+        return f"final {where}"
+    return f"snapshot {json.dumps(snap['label'])} {where}"
+
+
+def _snap_block(modes: Sequence[str], snaps: Sequence[Snap | None], final: bool) -> str:
+    present = [s for s in snaps if s is not None]
+    parts = [
+        _heading(present[0], final),
+        _by_mode("ksm", modes, KSM_COUNTERS, [_ABSENT if s is None else s["ksm"] for s in snaps]),
+        _processes(modes, snaps),
+        _by_mode(
+            "memory", modes, MEMORY_COUNTERS, [_ABSENT if s is None else s["memory"] for s in snaps]
+        ),
+        _by_mode(
+            "events", modes, EVENT_COUNTERS, [_ABSENT if s is None else s["events"] for s in snaps]
+        ),
+    ]
+    return "\n\n".join(parts)
+
+
+def _seconds(ns: int) -> str:
+    """Nanoseconds as exact decimal seconds (no floating point)."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
+
+
+def render_table(report: Report, out: TextIO) -> None:
+    """The report for people: plain aligned tables, blocks separated by blank lines.
+
+    A header (trace path, events, duration, page size, meta, modes); one block
+    per snapshot and one for the final state, each with the ``ksm`` counters
+    (one column per mode, plus ``difference`` = last mode minus first when
+    there are several modes, blank when equal or not a number), the processes
+    (one row per pid and mode), ``memory`` and ``events``; then the settings
+    in force at the end and the refused ``ksm`` writes, if any.  Null counters
+    show as ``-``, booleans as ``yes``/``no``.
+    """
+    trace = report["trace"]
+    runs = report["runs"]
+    modes = [run["mode"] for run in runs]
+    head = [
+        ["trace", trace["path"]],
+        ["events", str(trace["events"])],
+        ["duration", f"{trace['duration_ns']} ns ({_seconds(trace['duration_ns'])})"],
+        ["page size", f"{trace['page_size']} bytes"],
+    ]
+    if trace["meta"]:
+        head.append(["meta", _show(trace["meta"])])
+    head.append(["modes", ", ".join(modes)])
+    blocks = [plain_table([], head, "ll")]
+
+    snap_lists = [run["snapshots"] for run in runs]
+    for snaps in zip_longest(*snap_lists):
+        blocks.append(_snap_block(modes, snaps, final=False))
+    blocks.append(_snap_block(modes, [run["final"] for run in runs], final=True))
+
+    blocks.append(_by_mode("settings", modes, (), [run["settings"] for run in runs]))
+    refused = [
+        [run["mode"], str(r["event"]), str(r["t"]), r["knob"], _show(r["value"]), r["error"]]
+        for run in runs
+        for r in run["refused"]
+    ]
+    if refused:
+        blocks.append(
+            "refused writes\n"
+            + plain_table(["mode", "event", "t", "knob", "value", "error"], refused, "lrrlll")
+        )
+    out.write("\n\n".join(blocks))
+    out.write("\n")
+
+
+_RENDERERS = {
+    "table": render_table,
+    "json": render_json,
+    "csv": render_csv,
+    "tsv": render_tsv,
+}

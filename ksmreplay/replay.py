@@ -1,0 +1,176 @@
+"""The one driver: decode a trace once, feed every event to one simulator per mode.
+
+::
+
+    with open_trace("trace.msgpack") as reader:
+        report = replay(reader, expand_modes("both"))
+
+The driver owns iteration; each simulator only sees ``apply(event)`` and
+``snapshot(label, t, index)`` (``simulator.py``).  The simulators are
+independent: the same decoded event object goes to each of them, in the order
+the modes were asked for, and none may change it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from ksmreplay.errors import UsageError
+from ksmreplay.events import Event, Header, Snapshot
+from ksmreplay.knobs import KnobValue
+from ksmreplay.report import REPORT_VERSION, Report, Run, Snap, TraceInfo
+from ksmreplay.simulator import Simulator, make_simulator
+
+MODES: tuple[str, ...] = ("legacy", "v6", "unshare")
+"""Every mode a simulator can replay, in the order ``all`` lists them."""
+
+MODE_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "both": ("legacy", "unshare"),
+    "all": ("legacy", "v6", "unshare"),
+}
+"""Names that stand for several modes (``--mode both``, ``--mode all``)."""
+
+MODE_CHOICES: tuple[str, ...] = (*MODES, *MODE_GROUPS)
+"""Everything ``--mode`` accepts."""
+
+PROGRESS_EVERY = 16384
+"""The progress callback runs after every this many events (and once at the end)."""
+
+ProgressCallback = Callable[[int, int], None]
+SimulatorFactory = Callable[[str, int, Mapping[str, KnobValue] | None], Simulator]
+
+
+class EventSource(Protocol):
+    """What :func:`replay` needs from a trace reader (``ksmreplay.trace.TraceReader``)."""
+
+    @property
+    def header(self) -> Header:
+        """The decoded header (event 0)."""
+
+    @property
+    def path(self) -> str:
+        """The name the report shows for the trace (``-`` for stdin)."""
+
+    def __iter__(self) -> Iterator[Event]:
+        """The validated events, in trace order, each decoded once."""
+
+
+def expand_modes(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Turn ``--mode`` values into the list of modes to replay, in the order asked for.
+
+    ``both`` is ``legacy, unshare``; ``all`` is ``legacy, v6, unshare``; a mode
+    named twice (``--mode both --mode legacy``) is replayed once, at its first
+    place.
+
+    :param names: one ``--mode`` value, or several.
+    :raises UsageError: for a name that is neither a mode nor a group.
+    """
+    if isinstance(names, str):
+        names = (names,)
+    modes: list[str] = []
+    for name in names:
+        if name in MODE_GROUPS:
+            group = MODE_GROUPS[name]
+        elif name in MODES:
+            group = (name,)
+        else:
+            raise UsageError(f"unknown mode {name!r} (choose from {', '.join(MODE_CHOICES)})")
+        modes.extend(mode for mode in group if mode not in modes)
+    return tuple(modes)
+
+
+def _bytes_read(reader: EventSource) -> int:
+    """How far the reader got into its input, in bytes (0 if it does not say)."""
+    value = getattr(reader, "bytes_read", 0)
+    return value if isinstance(value, int) else 0
+
+
+def replay(
+    reader: EventSource,
+    modes: Sequence[str],
+    settings: Mapping[str, KnobValue] | None = None,
+    progress: ProgressCallback | None = None,
+    check_invariants: bool = False,
+    *,
+    factory: SimulatorFactory = make_simulator,
+) -> Report:
+    """Replay one trace in every mode of ``modes`` and build the report.
+
+    The trace is decoded once; each event goes to one independent simulator per
+    mode, in the order of ``modes``.  After a ``snapshot`` event every simulator
+    records a snapshot with that event's label, ``t`` and index.  After the last
+    event every simulator records the ``final`` snapshot with the last event's
+    ``t`` and index (``t`` = 0 and event 0 for a trace with no events).
+
+    :param reader: an open trace (:class:`EventSource`: ``header``, ``path``,
+        iteration over validated events), read once from start to end.
+    :param modes: mode names (``legacy``, ``v6``, ``unshare``), each at most
+        once; use :func:`expand_modes` for ``both``/``all``.
+    :param settings: knob values in force before the first event (``--set``);
+        the trace's own ``ksm`` events still apply at their times.
+    :param progress: called as ``progress(events_done, bytes_read)`` every
+        :data:`PROGRESS_EVERY` events and once after the last one;
+        ``bytes_read`` is the reader's ``bytes_read`` attribute when it has one,
+        else 0.  For drawing a progress line; the report does not depend on it.
+    :param check_invariants: run every simulator's ``check_invariants()`` after
+        every event (slow; for tests and ``--check-invariants``).
+    :param factory: builds one simulator, ``factory(mode, page_size,
+        settings)``; tests pass a fake.
+    :returns: the report of REPORT_FORMAT.md: ``trace`` (path, events counted
+        without the header, ``duration_ns`` = ``t`` of the last event, page
+        size, meta) and one run per mode.
+    :raises UsageError: for an empty, unknown or repeated mode.
+    :raises TraceError: from the reader, for an invalid trace; nothing is
+        reported then.
+    :raises InvariantError: when ``check_invariants`` finds a simulator bug.
+    """
+    if not modes:
+        raise UsageError("no mode to replay")
+    for i, mode in enumerate(modes):
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        if mode in modes[:i]:
+            raise UsageError(f"mode {mode!r} asked for twice")
+
+    header = reader.header
+    sims = [factory(mode, header.page_size, settings) for mode in modes]
+    snapshots: list[list[Snap]] = [[] for _ in sims]
+    count = 0
+    last_t = 0
+    last_index = 0
+
+    for event in reader:
+        for sim in sims:
+            sim.apply(event)
+            if check_invariants:
+                sim.check_invariants()
+        if isinstance(event, Snapshot):
+            for sim, snaps in zip(sims, snapshots, strict=True):
+                snaps.append(sim.snapshot(event.label, event.t, event.index))
+        count += 1
+        last_t = event.t
+        last_index = event.index
+        if progress is not None and count % PROGRESS_EVERY == 0:
+            progress(count, _bytes_read(reader))
+    if progress is not None:
+        progress(count, _bytes_read(reader))
+
+    runs: list[Run] = [
+        {
+            "mode": mode,
+            "settings": dict(sim.settings),
+            "refused": list(sim.refused),
+            "snapshots": snaps,
+            "final": sim.snapshot("final", last_t, last_index),
+        }
+        for mode, sim, snaps in zip(modes, sims, snapshots, strict=True)
+    ]
+    trace: TraceInfo = {
+        "path": reader.path,
+        "events": count,
+        "duration_ns": last_t,
+        "page_size": header.page_size,
+        "meta": dict(header.meta),
+    }
+    return {"report": REPORT_VERSION, "trace": trace, "runs": runs}

@@ -1,0 +1,194 @@
+"""Renderers: whole outputs against reviewed golden files, plus the rules they follow.
+
+The golden files in ``tests/golden/`` were reviewed by hand.  After a deliberate
+change of a format, regenerate them with ``KSMREPLAY_UPDATE_GOLDEN=1 pytest
+tests/test_render.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from report_samples import one_mode_report, two_mode_report
+
+from ksmreplay.render import CSV_HEADER, FORMATS, render
+from ksmreplay.report import Report
+
+GOLDEN = Path(__file__).parent / "golden"
+# the specification lives beside the repository, in shared/spec/
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "spec" / "report.schema.json"
+
+
+def _text(report: Report, fmt: str) -> str:
+    out = io.StringIO(newline="")
+    render(report, fmt, out)
+    return out.getvalue()
+
+
+CASES = [
+    ("two_modes", two_mode_report, "table"),
+    ("two_modes", two_mode_report, "csv"),
+    ("one_mode", one_mode_report, "table"),
+    ("one_mode", one_mode_report, "tsv"),
+    ("one_mode", one_mode_report, "json"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "fmt"), CASES, ids=[f"{n}.{f}" for n, _, f in CASES])
+def test_golden_output(name: str, make: Any, fmt: str) -> None:
+    # GIVEN a hand-made report WHEN it is rendered THEN the whole output is the reviewed one
+    path = GOLDEN / f"{name}.{fmt}"
+    got = _text(make(), fmt)
+    if os.environ.get("KSMREPLAY_UPDATE_GOLDEN"):
+        path.write_bytes(got.encode())
+    assert got == path.read_bytes().decode()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_output_is_byte_identical_on_repeat_and_ends_with_newline(fmt: str) -> None:
+    first = _text(two_mode_report(), fmt)
+    second = _text(two_mode_report(), fmt)
+    assert first == second
+    assert first.endswith("\n")
+    assert "\r" not in first
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rendering_does_not_change_the_report(fmt: str) -> None:
+    report = two_mode_report()
+    before = copy.deepcopy(report)
+    _text(report, fmt)
+    assert report == before
+
+
+def test_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        render(two_mode_report(), "xml", io.StringIO())
+
+
+# --- json -------------------------------------------------------------------------------
+
+
+def _schema() -> dict[str, Any]:
+    if not SCHEMA.exists():
+        pytest.skip(f"{SCHEMA} not found")
+    loaded: dict[str, Any] = json.loads(SCHEMA.read_text())
+    return loaded
+
+
+@pytest.mark.parametrize("make", [two_mode_report, one_mode_report])
+def test_json_validates_against_the_schema_and_round_trips(make: Any) -> None:
+    report = make()
+    text = _text(report, "json")
+    parsed = json.loads(text)
+    jsonschema.validate(parsed, _schema())
+    assert parsed == report
+    # key order is the report's (no sorting): "report" first, "runs" last
+    assert list(parsed) == ["report", "trace", "runs"]
+    assert text.startswith('{\n  "report": 1,\n  "trace": {\n    "path": ')
+
+
+def test_json_schema_rejects_a_broken_report() -> None:
+    # the schema test above can fail: a missing counter is caught
+    report = two_mode_report()
+    del report["runs"][0]["final"]["ksm"]["pages_shared"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(_text(report, "json")), _schema())
+
+
+# --- csv / tsv --------------------------------------------------------------------------
+
+
+def _csv_rows(report: Report, fmt: str) -> list[list[str]]:
+    delimiter = "," if fmt == "csv" else "\t"
+    return list(csv.reader(io.StringIO(_text(report, fmt), newline=""), delimiter=delimiter))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_csv_has_one_row_per_counter_value(fmt: str) -> None:
+    report = two_mode_report()
+    rows = _csv_rows(report, fmt)
+    assert tuple(rows[0]) == CSV_HEADER
+    expected = 0
+    for run in report["runs"]:
+        for snap in [*run["snapshots"], run["final"]]:
+            expected += len(snap["ksm"]) + len(snap["memory"]) + len(snap["events"])
+            expected += sum(len(p) - 1 for p in snap["processes"])  # pid is not a counter
+    assert len(rows) - 1 == expected
+    assert {row[2] for row in rows[1:]} == {"ksm", "process", "memory", "events"}
+    assert all((row[3] != "") == (row[2] == "process") for row in rows[1:])
+
+
+def test_csv_values_booleans_nulls_and_line_endings() -> None:
+    text = _text(two_mode_report(), "csv")
+    assert text.count("\n") == len(text.splitlines())
+    assert "legacy,merged,ksm,,ksm_zero_pages,\n" in text
+    assert "unshare,merged,ksm,,ksm_zero_pages,2\n" in text
+    assert "legacy,final,process,2,ksm_merge_any,yes\n" in text
+    assert "legacy,final,process,1,ksm_merge_any,no\n" in text
+    # processes come out by pid although the report lists pid 2 first
+    pids = [row[3] for row in _csv_rows(two_mode_report(), "csv") if row[2] == "process"]
+    assert pids[:14] == ["1"] * 7 + ["2"] * 7
+
+
+def test_csv_quotes_a_label_with_a_comma() -> None:
+    report = one_mode_report()
+    report["runs"][0]["final"]["label"] = "a,b"
+    rows = _csv_rows(report, "csv")
+    assert rows[1][:3] == ["unshare", "a,b", "ksm"]
+
+
+# --- table ------------------------------------------------------------------------------
+
+
+def _table_line(text: str, start: str) -> list[str]:
+    return next(line.split() for line in text.splitlines() if line.startswith(start))
+
+
+def test_table_difference_column_is_last_minus_first_and_blank_when_equal() -> None:
+    text = _text(two_mode_report(), "table")
+    assert _table_line(text, "ksm ") == ["ksm", "legacy", "unshare", "difference"]
+    assert _table_line(text, "general_profit") == ["general_profit", "11904", "20096", "+8192"]
+    assert _table_line(text, "pages_shared") == ["pages_shared", "1", "1"]
+    # null in one mode: shown as "-", no difference
+    assert _table_line(text, "ksm_zero_pages") == ["ksm_zero_pages", "-", "2"]
+
+
+def test_table_difference_is_negative_when_the_last_mode_is_lower() -> None:
+    report = two_mode_report()
+    report["runs"] = report["runs"][::-1]
+    text = _text(report, "table")
+    assert _table_line(text, "general_profit") == ["general_profit", "20096", "11904", "-8192"]
+
+
+def test_table_with_one_mode_has_no_difference_column_nor_refusals() -> None:
+    text = _text(one_mode_report(), "table")
+    assert "difference" not in text
+    assert "refused" not in text
+    assert _table_line(text, "ksm ") == ["ksm", "unshare"]
+
+
+def test_table_processes_one_row_per_pid_and_mode() -> None:
+    text = _text(two_mode_report(), "table")
+    rows = [line.split()[:2] for line in text.splitlines() if line[:5].strip().isdigit()]
+    # two blocks (snapshot, final), each pid 1 then 2, each legacy then unshare
+    assert rows == [["1", "legacy"], ["1", "unshare"], ["2", "legacy"], ["2", "unshare"]] * 2
+
+
+def test_table_without_processes_says_so() -> None:
+    report = one_mode_report()
+    report["runs"][0]["final"]["processes"] = []
+    assert "\nprocesses: none\n" in _text(report, "table")
+
+
+def test_table_lines_have_no_trailing_blanks() -> None:
+    text = _text(two_mode_report(), "table")
+    assert all(line == line.rstrip() for line in text.splitlines())
