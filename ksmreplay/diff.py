@@ -1,0 +1,454 @@
+"""Compare two reports (or two runs of one report) counter by counter.
+
+::
+
+    diffs = diff_reports(load_report("a.json"), load_report("b.json"), ignore={"pages_scanned"})
+    render_differences(diffs, sys.stdout)
+
+Runs are matched by mode; when each report holds one run and their modes
+differ, those two runs are compared (so ``run --mode legacy`` against ``run
+--mode unshare`` works), and a single report with exactly two runs can be
+compared with itself (``diff_reports(report)``: first run against second).
+Snapshots are matched by position (a label that differs is a difference),
+processes by pid.  Whatever exists on one side only is a difference too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TextIO, cast
+
+from ksmreplay.errors import InputOutputError, UsageError
+from ksmreplay.knobs import KNOB_BY_NAME
+from ksmreplay.render import plain_table
+from ksmreplay.report import (
+    EVENT_COUNTERS,
+    KSM_COUNTERS,
+    MEMORY_COUNTERS,
+    PROCESS_COUNTERS,
+    REPORT_VERSION,
+    Report,
+    Run,
+    Snap,
+)
+
+SCOPES: tuple[str, ...] = (
+    "run",
+    "snapshot",
+    "settings",
+    "refused",
+    "ksm",
+    "process",
+    "memory",
+    "events",
+)
+"""What a :class:`Difference` can be about, in the order differences are listed.
+
+``run``, ``snapshot`` and ``process`` differences with counter ``""`` mean the
+whole run, snapshot or process exists on one side only; ``snapshot`` also
+covers a snapshot's ``label``, ``t`` and ``event``.
+"""
+
+PRESENT = "present"
+MISSING = "missing"
+"""The values of a difference about something that exists on one side only."""
+
+
+class ReportError(UsageError):
+    """A file that is JSON but not a ksmreplay report of a version we read."""
+
+
+class Difference(NamedTuple):
+    """One value that differs between the two sides (``a`` and ``b``).
+
+    :ivar mode: the run's mode, or ``"legacy/unshare"`` when two runs of
+        different modes are compared.
+    :ivar snapshot: the snapshot's label (``final`` for the final state; a
+        label used more than once in a run gets ``#n``, its n-th use); empty
+        for run-level differences.
+    :ivar scope: one of :data:`SCOPES`.
+    :ivar pid: the process, for ``process`` differences; else None.
+    :ivar counter: the counter, knob or snapshot field; empty when a whole
+        run, snapshot or process is missing on one side.
+    :ivar a: the value on side a (:data:`MISSING` if absent there).
+    :ivar b: the value on side b (:data:`MISSING` if absent there).
+    """
+
+    mode: str
+    snapshot: str
+    scope: str
+    pid: int | None
+    counter: str
+    a: object
+    b: object
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def load_report(path: str) -> Report:
+    """Read a JSON report (``run --format json``) from ``path`` (``-`` = stdin).
+
+    Checks the shape enough for :func:`diff_reports` to rely on it (the keys
+    REPORT_FORMAT.md requires, with the right kinds of values).
+
+    :raises InputOutputError: the file cannot be read.
+    :raises ReportError: the file is not JSON, or not a version-1 report
+        (a :class:`~ksmreplay.errors.UsageError`, exit status 2).
+    """
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except OSError as e:
+        raise InputOutputError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ReportError(f"{path}: not a ksmreplay report (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReportError(
+            f"{path}: not a ksmreplay report (invalid JSON at line {e.lineno} "
+            f"column {e.colno}: {e.msg})"
+        ) from None
+    problem = _check_report(data)
+    if problem is not None:
+        raise ReportError(f"{path}: not a ksmreplay report ({problem})")
+    return cast(Report, data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_keys(where: str, data: object, keys: Sequence[str]) -> str | None:
+    if not isinstance(data, dict):
+        return f"{where} is not an object"
+    for key in keys:
+        if key not in data:
+            return f"{where} has no {key!r}"
+    return None
+
+
+def _check_snap(where: str, snap: object) -> str | None:
+    problem = _check_keys(
+        where, snap, ("label", "t", "event", "ksm", "processes", "memory", "events")
+    )
+    if problem is not None:
+        return problem
+    assert isinstance(snap, dict)
+    if not isinstance(snap["label"], str):
+        return f"{where}.label is not a string"
+    for key in ("t", "event"):
+        if not _is_int(snap[key]):
+            return f"{where}.{key} is not an integer"
+    for key in ("ksm", "memory", "events"):
+        if not isinstance(snap[key], dict):
+            return f"{where}.{key} is not an object"
+    if not isinstance(snap["processes"], list):
+        return f"{where}.processes is not a list"
+    pids = set()
+    for i, proc in enumerate(snap["processes"]):
+        problem = _check_keys(f"{where}.processes[{i}]", proc, ("pid",))
+        if problem is not None:
+            return problem
+        if not _is_int(proc["pid"]):
+            return f"{where}.processes[{i}].pid is not an integer"
+        if proc["pid"] in pids:
+            return f"{where}.processes lists pid {proc['pid']} twice"
+        pids.add(proc["pid"])
+    return None
+
+
+def _check_report(data: object) -> str | None:
+    """Why ``data`` is not a version-1 report, or None."""
+    problem = _check_keys("the document", data, ("report", "trace", "runs"))
+    if problem is not None:
+        return problem
+    assert isinstance(data, dict)
+    if data["report"] != REPORT_VERSION:
+        return f"report version {data['report']!r}, expected {REPORT_VERSION}"
+    if not isinstance(data["trace"], dict):
+        return "trace is not an object"
+    runs = data["runs"]
+    if not isinstance(runs, list) or not runs:
+        return "runs is not a non-empty list"
+    modes = set()
+    for i, run in enumerate(runs):
+        where = f"runs[{i}]"
+        problem = _check_keys(where, run, ("mode", "settings", "refused", "snapshots", "final"))
+        if problem is not None:
+            return problem
+        if not isinstance(run["mode"], str):
+            return f"{where}.mode is not a string"
+        if run["mode"] in modes:
+            return f"mode {run['mode']!r} appears twice"
+        modes.add(run["mode"])
+        if not isinstance(run["settings"], dict):
+            return f"{where}.settings is not an object"
+        if not isinstance(run["refused"], list) or not all(
+            _check_keys("", r, ("event", "knob")) is None for r in run["refused"]
+        ):
+            return f"{where}.refused is not a list of refusals"
+        if not isinstance(run["snapshots"], list):
+            return f"{where}.snapshots is not a list"
+        for j, snap in enumerate(run["snapshots"]):
+            problem = _check_snap(f"{where}.snapshots[{j}]", snap)
+            if problem is not None:
+                return problem
+        problem = _check_snap(f"{where}.final", run["final"])
+        if problem is not None:
+            return problem
+    return None
+
+
+# --- comparing --------------------------------------------------------------------------
+
+
+def _names(report: Report) -> set[str]:
+    """Every scope, counter and knob name ``report`` uses (what ``ignore`` may name)."""
+    names: set[str] = set()
+    for run in report["runs"]:
+        names.update(run["settings"])
+        for snap in [*run["snapshots"], run["final"]]:
+            for section in ("ksm", "memory", "events"):
+                names.update(cast(Mapping[str, Any], snap[section]))
+            for proc in snap["processes"]:
+                names.update(proc)
+    return names
+
+
+def _check_ignore(ignore: Collection[str], reports: Sequence[Report]) -> None:
+    known = {
+        *SCOPES,
+        *KSM_COUNTERS,
+        *PROCESS_COUNTERS,
+        *MEMORY_COUNTERS,
+        *EVENT_COUNTERS,
+        *KNOB_BY_NAME,
+        "label",
+        "t",
+        "event",
+    }
+    for report in reports:
+        known |= _names(report)
+    known.discard("pid")
+    for name in sorted(ignore):
+        scope, dot, counter = name.partition(".")
+        if name in known or (dot and scope in SCOPES and counter in known):
+            continue
+        raise UsageError(f"--ignore {name}: no such counter, knob or scope")
+
+
+class _Comparer:
+    """The state of one comparison: what to ignore, the tolerance, the output list."""
+
+    def __init__(self, ignore: Collection[str], tolerance: int) -> None:
+        self.ignore = frozenset(ignore)
+        self.tolerance = tolerance
+        self.diffs: list[Difference] = []
+
+    def ignored(self, scope: str, counter: str) -> bool:
+        return (
+            scope in self.ignore
+            or (counter != "" and counter in self.ignore)
+            or f"{scope}.{counter}" in self.ignore
+        )
+
+    def equal(self, a: object, b: object) -> bool:
+        if _is_int(a) and _is_int(b):
+            return abs(cast(int, a) - cast(int, b)) <= self.tolerance
+        return type(a) is type(b) and a == b
+
+    def add(
+        self,
+        mode: str,
+        snapshot: str,
+        scope: str,
+        pid: int | None,
+        counter: str,
+        a: object,
+        b: object,
+    ) -> None:
+        if not self.ignored(scope, counter):
+            self.diffs.append(Difference(mode, snapshot, scope, pid, counter, a, b))
+
+    def values(
+        self,
+        mode: str,
+        snapshot: str,
+        scope: str,
+        pid: int | None,
+        known: Sequence[str],
+        a: Mapping[str, Any],
+        b: Mapping[str, Any],
+    ) -> None:
+        """Compare two counter maps key by key (known keys in order, then the others sorted)."""
+        keys = [k for k in known if k in a or k in b]
+        keys += sorted((set(a) | set(b)) - set(known) - {"pid"})
+        for key in keys:
+            va = a.get(key, MISSING)
+            vb = b.get(key, MISSING)
+            if not self.equal(va, vb):
+                self.add(mode, snapshot, scope, pid, key, va, vb)
+
+    def snap(self, mode: str, name: str, a: Snap, b: Snap) -> None:
+        for field in ("label", "t", "event"):
+            if a[field] != b[field]:
+                self.add(mode, name, "snapshot", None, field, a[field], b[field])
+        self.values(mode, name, "ksm", None, KSM_COUNTERS, a["ksm"], b["ksm"])
+        procs_a = {p["pid"]: p for p in a["processes"]}
+        procs_b = {p["pid"]: p for p in b["processes"]}
+        for pid in sorted(procs_a.keys() | procs_b.keys()):
+            if pid not in procs_b:
+                self.add(mode, name, "process", pid, "", PRESENT, MISSING)
+            elif pid not in procs_a:
+                self.add(mode, name, "process", pid, "", MISSING, PRESENT)
+            else:
+                self.values(
+                    mode, name, "process", pid, PROCESS_COUNTERS, procs_a[pid], procs_b[pid]
+                )
+        self.values(mode, name, "memory", None, MEMORY_COUNTERS, a["memory"], b["memory"])
+        self.values(mode, name, "events", None, EVENT_COUNTERS, a["events"], b["events"])
+
+    def run(self, mode: str, a: Run, b: Run) -> None:
+        self.values(mode, "", "settings", None, tuple(KNOB_BY_NAME), a["settings"], b["settings"])
+        refused_a = {_refusal_key(r): r["error"] for r in a["refused"]}
+        refused_b = {_refusal_key(r): r["error"] for r in b["refused"]}
+        self.values(mode, "", "refused", None, (), refused_a, refused_b)
+        snaps_a = [*a["snapshots"], a["final"]]
+        snaps_b = [*b["snapshots"], b["final"]]
+        names_a = _snapshot_names(snaps_a)
+        names_b = _snapshot_names(snaps_b)
+        # The final states always face each other; the snapshots before them by position.
+        shared = min(len(snaps_a), len(snaps_b)) - 1
+        for i in range(shared):
+            self.snap(mode, names_a[i], snaps_a[i], snaps_b[i])
+        for i in range(shared, len(snaps_a) - 1):
+            self.add(mode, names_a[i], "snapshot", None, "", PRESENT, MISSING)
+        for i in range(shared, len(snaps_b) - 1):
+            self.add(mode, names_b[i], "snapshot", None, "", MISSING, PRESENT)
+        self.snap(mode, names_a[-1], snaps_a[-1], snaps_b[-1])
+
+
+def _refusal_key(refusal: Mapping[str, Any]) -> str:
+    return f"event {refusal['event']} {refusal['knob']}"
+
+
+def _snapshot_names(snaps: Sequence[Snap]) -> list[str]:
+    """Each snapshot's label, with ``#n`` (n-th use) for a label used more than once."""
+    counts: dict[str, int] = {}
+    for snap in snaps:
+        counts[snap["label"]] = counts.get(snap["label"], 0) + 1
+    seen: dict[str, int] = {}
+    names = []
+    for snap in snaps:
+        label = snap["label"]
+        seen[label] = seen.get(label, 0) + 1
+        names.append(label if counts[label] == 1 else f"{label}#{seen[label]}")
+    return names
+
+
+def _pair_runs(a: Report, b: Report) -> Iterator[tuple[str, Run | None, Run | None]]:
+    """The runs to compare: (mode, run of a, run of b), a missing side as None."""
+    runs_a, runs_b = a["runs"], b["runs"]
+    if len(runs_a) == 1 and len(runs_b) == 1 and runs_a[0]["mode"] != runs_b[0]["mode"]:
+        yield f"{runs_a[0]['mode']}/{runs_b[0]['mode']}", runs_a[0], runs_b[0]
+        return
+    by_mode_b = {run["mode"]: run for run in runs_b}
+    modes_a = {run["mode"] for run in runs_a}
+    for run in runs_a:
+        yield run["mode"], run, by_mode_b.get(run["mode"])
+    for run in runs_b:
+        if run["mode"] not in modes_a:
+            yield run["mode"], None, run
+
+
+def diff_reports(
+    a: Report, b: Report | None = None, ignore: Collection[str] = (), tolerance: int = 0
+) -> list[Difference]:
+    """Every difference between report ``a`` and report ``b``, in report order.
+
+    Runs are matched by mode (a run on one side only is one ``run``
+    difference); if each report has a single run and the modes differ, those
+    two runs are compared under the mode name ``"a_mode/b_mode"``.  With ``b``
+    None, ``a`` must hold exactly two runs, and the first is compared with the
+    second that way.  In each pair of runs: the settings, the refused writes,
+    then the snapshots by position (label, ``t``, ``event`` and every counter of
+    ``ksm``, ``processes`` matched by pid, ``memory`` and ``events``; a snapshot
+    or process on one side only is one difference), the final states last.
+    The trace section is not compared.
+
+    :param ignore: names to leave out: a counter or knob (``pages_scanned``),
+        a scope (``events``, see :data:`SCOPES`), or ``scope.counter``
+        (``process.ksm_zero_pages``).
+    :param tolerance: integers that differ by at most this much are equal
+        (booleans and null are compared exactly).
+    :returns: the differences; empty when the reports agree.  The CLI exits
+        with status 1 when it is not empty.
+    :raises UsageError: for a negative tolerance, an ``ignore`` name that no
+        report uses or defines, or ``b`` None with ``a`` not holding two runs.
+    """
+    if tolerance < 0:
+        raise UsageError(f"--tolerance must be >= 0, not {tolerance}")
+    if b is None:
+        if len(a["runs"]) != 2:
+            raise UsageError(
+                f"one report can be compared with itself only if it has two runs "
+                f"(it has {len(a['runs'])})"
+            )
+        first, second = a["runs"]
+        a = cast(Report, {**a, "runs": [first]})
+        b = cast(Report, {**a, "runs": [second]})
+        if first["mode"] == second["mode"]:
+            raise UsageError("the two runs of the report have the same mode")
+    _check_ignore(ignore, (a, b))
+    comparer = _Comparer(ignore, tolerance)
+    for mode, run_a, run_b in _pair_runs(a, b):
+        if run_b is None:
+            comparer.add(mode, "", "run", None, "", PRESENT, MISSING)
+        elif run_a is None:
+            comparer.add(mode, "", "run", None, "", MISSING, PRESENT)
+        else:
+            comparer.run(mode, run_a, run_b)
+    return comparer.diffs
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render_differences(diffs: Sequence[Difference], out: TextIO) -> None:
+    """Write ``diffs`` to ``out`` as a plain table, or ``no differences`` when empty.
+
+    Columns: mode, snapshot, scope, pid, counter, a, b (null as ``null``,
+    booleans as ``yes``/``no``, absent things as ``missing``/``present``).
+    """
+    if not diffs:
+        out.write("no differences\n")
+        return
+    rows = [
+        [
+            d.mode,
+            d.snapshot,
+            d.scope,
+            "" if d.pid is None else str(d.pid),
+            d.counter,
+            _show(d.a),
+            _show(d.b),
+        ]
+        for d in diffs
+    ]
+    out.write(plain_table(Difference._fields, rows, "lllrlrr"))
+    out.write("\n")
