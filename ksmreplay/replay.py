@@ -49,8 +49,8 @@ class EventSource(Protocol):
         """The decoded header (event 0)."""
 
     @property
-    def path(self) -> str:
-        """The name the report shows for the trace (``-`` for stdin)."""
+    def name(self) -> str:
+        """The name messages and the report show for the trace (``<stdin>`` for ``-``)."""
 
     def __iter__(self) -> Iterator[Event]:
         """The validated events, in trace order, each decoded once."""
@@ -103,7 +103,7 @@ def replay(
     event every simulator records the ``final`` snapshot with the last event's
     ``t`` and index (``t`` = 0 and event 0 for a trace with no events).
 
-    :param reader: an open trace (:class:`EventSource`: ``header``, ``path``,
+    :param reader: an open trace (:class:`EventSource`: ``header``, ``name``,
         iteration over validated events), read once from start to end.
     :param modes: mode names (``legacy``, ``v6``, ``unshare``), each at most
         once; use :func:`expand_modes` for ``both``/``all``.
@@ -117,7 +117,8 @@ def replay(
         every event (slow; for tests and ``--check-invariants``).
     :param factory: builds one simulator, ``factory(mode, page_size,
         settings)``; tests pass a fake.
-    :returns: the report of REPORT_FORMAT.md: ``trace`` (path, events counted
+    :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
+        reader's ``name``, events counted
         without the header, ``duration_ns`` = ``t`` of the last event, page
         size, meta) and one run per mode.
     :raises UsageError: for an empty, unknown or repeated mode.
@@ -167,7 +168,7 @@ def replay(
         for mode, sim, snaps in zip(modes, sims, snapshots, strict=True)
     ]
     trace: TraceInfo = {
-        "path": reader.path,
+        "path": reader.name,
         "events": count,
         "duration_ns": last_t,
         "page_size": header.page_size,

@@ -8,6 +8,7 @@ simulator and when snapshots were taken.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -17,6 +18,7 @@ from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapsho
 from ksmreplay.knobs import DEFAULTS, KnobValue
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay
 from ksmreplay.report import Refusal, Snap
+from ksmreplay.trace import open_trace, write_trace
 
 
 class FakeReader:
@@ -24,7 +26,7 @@ class FakeReader:
 
     def __init__(self, events: Sequence[Event], header: Header | None = None) -> None:
         self.header = header or Header(page_size=4096, meta={"source": "test"})
-        self.path = "fake.msgpack"
+        self.name = "fake.msgpack"
         self._events = list(events)
         self.iterations = 0
         self.bytes_read = 0
@@ -241,3 +243,22 @@ def test_expand_modes_rejects_unknown_names() -> None:
     with pytest.raises(UsageError) as caught:
         expand_modes("every")
     assert str(caught.value) == "unknown mode 'every' (choose from legacy, v6, unshare, both, all)"
+
+
+def test_replay_of_a_real_trace_reader(tmp_path: Path) -> None:
+    # GIVEN a trace written and read back by the trace module
+    path = tmp_path / "small.jsonl"
+    header = Header(page_size=4096, meta={"k": [1, 2]})
+    write_trace(str(path), header, EVENTS)
+    made: list[FakeSimulator] = []
+    with open_trace(str(path)) as reader:
+        report = replay(reader, ["legacy"], factory=_factory(made))
+    # THEN the simulator saw equal events and the trace section comes from the reader
+    assert made[0].applied == EVENTS
+    assert report["trace"] == {
+        "path": str(path),
+        "events": len(EVENTS),
+        "duration_ns": 70,
+        "page_size": 4096,
+        "meta": {"k": [1, 2]},
+    }
