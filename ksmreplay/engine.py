@@ -1,0 +1,360 @@
+"""The replay engine: one simulated kernel (VM + ksmd) driven by trace events.
+
+It offers the two-call interface of ``simulator.py``: :meth:`Engine.apply`
+and :meth:`Engine.snapshot`.  Time follows the rules written there: ksmd's
+wake-ups run between instants, never inside one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ksmreplay.content import PageStore, literal_write
+from ksmreplay.errors import UsageError
+from ksmreplay.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Ksm,
+    Madvise,
+    Prctl,
+    Read,
+    Settle,
+    Snapshot,
+    Write,
+)
+from ksmreplay.ksm import END, Ksmd
+from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
+from ksmreplay.modes import MODES
+from ksmreplay.report import Refusal, Snap
+from ksmreplay.timing import jiffies_ns, next_wake_ns
+from ksmreplay.vm import MM
+
+DEFAULT_PAGES_TO_SCAN = 100
+"""pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``)."""
+
+
+class Engine:
+    """Replays one trace in one mode.  See ``simulator.Simulator``."""
+
+    def __init__(
+        self, mode: str, page_size: int, settings: Mapping[str, KnobValue] | None = None
+    ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"mode {mode!r} is not available (modes: {', '.join(MODES)})")
+        self.mode = mode
+        self._mode = MODES[mode]
+        self.page_size = page_size
+        self._knobs: dict[str, KnobValue] = dict(DEFAULTS)
+        for name, value in (settings or {}).items():
+            knob = KNOB_BY_NAME.get(name)
+            problem = "unknown knob" if knob is None else knob.check(value)
+            if problem:
+                raise UsageError(f"--set {name}={value}: {problem}")
+            self._knobs[name] = value
+        self.ksmd = Ksmd(self._mode, self._knobs.__getitem__, self._advisor_sets_pages_to_scan)
+        self.mem = self.ksmd.mem
+        self.store = PageStore(page_size)
+        self._refused: list[Refusal] = []
+        self.now = 0
+        self.next_wake: int | None = None
+        """When ksmd next wakes from its timed sleep; None while it waits to be woken."""
+        self._wake_if_idle(0)
+
+    # -- the interface ---------------------------------------------------------
+
+    @property
+    def settings(self) -> dict[str, KnobValue]:
+        return dict(self._knobs)
+
+    @property
+    def refused(self) -> list[Refusal]:
+        return list(self._refused)
+
+    def apply(self, event: Event) -> None:
+        self._advance(event.t)
+        self.now = event.t
+        self.ksmd.now = event.t
+        handler = getattr(self, "_on_" + event.op)
+        handler(event)
+
+    def snapshot(self, label: str, t: int, index: int) -> Snap:
+        mode, c, ps = self._mode, self.ksmd.c, self.page_size
+        live = [self.mem.mms[pid] for pid in sorted(self.mem.mms)]
+        zero = sum(mm.ksm_zero_ptes for mm in live)
+        ksm = {
+            "pages_shared": c.pages_shared,
+            "pages_sharing": c.pages_sharing,
+            "pages_unshared": c.pages_unshared,
+            "pages_volatile": max(
+                0, c.rmap_items - c.pages_shared - c.pages_sharing - c.pages_unshared
+            ),
+            "pages_scanned": c.pages_scanned,
+            "pages_skipped": c.pages_skipped,
+            "full_scans": self.ksmd.seqnr,
+            "stable_node_chains": c.stable_node_chains,
+            "stable_node_dups": c.stable_node_dups,
+            "ksm_zero_pages": mode.ksm_zero_pages(zero),
+            "general_profit": mode.general_profit(c.pages_sharing, zero, c.rmap_items, ps),
+        }
+        processes = []
+        for mm in live:
+            slot = self.ksmd.slot_of.get(id(mm))
+            rmap = slot.rmap_items if slot else 0
+            merging = slot.merging_pages if slot else 0
+            processes.append(
+                {
+                    "pid": mm.pid,
+                    "ksm_rmap_items": rmap,
+                    "ksm_zero_pages": mode.ksm_zero_pages(mm.ksm_zero_ptes),
+                    "ksm_merging_pages": merging,
+                    "ksm_process_profit": mode.process_profit(merging, mm.ksm_zero_ptes, rmap, ps),
+                    "ksm_merge_any": mm.merge_any,
+                    "ksm_mergeable": mm.has_mergeable,
+                    "rss_anon_pages": mm.rss_anon,
+                }
+            )
+        return {
+            "label": label,
+            "t": t,
+            "event": index,
+            "ksm": ksm,
+            "processes": processes,
+            "memory": {
+                "anon_frames": self.mem.frames.live,
+                "ksm_frames": self.mem.frames.live_ksm,
+                "zero_page_maps_by_ksm": zero,
+                "zero_page_maps_by_fault": sum(mm.fault_zero_ptes for mm in live),
+            },
+            "events": dict(self.mem.events),
+        }
+
+    def check_invariants(self) -> None:
+        from ksmreplay.invariants import validate_engine
+
+        validate_engine(self)
+
+    # -- time ------------------------------------------------------------------
+
+    def _runnable(self) -> bool:
+        """``ksmd_should_run()``: run has the MERGE bit and some mm is registered."""
+        return self._knobs["run"] == 1 and bool(self.ksmd.slots)
+
+    def _wake_if_idle(self, t: int) -> None:
+        """Wake ksmd from its untimed wait: it runs right after the current instant."""
+        if self.next_wake is None and self._runnable():
+            self.next_wake = t
+
+    def _advance(self, t: int) -> None:
+        """Run every wake-up due strictly before ``t`` (``ksm_scan_thread()``)."""
+        while self.next_wake is not None and self.next_wake < t:
+            wake = self.next_wake
+            if not self._runnable():
+                self.next_wake = None
+                break
+            visits = self.ksmd.batch(int(self._knobs["pages_to_scan"]), wake)
+            self.next_wake = (
+                next_wake_ns(wake, visits, int(self._knobs["sleep_millisecs"]))
+                if self._runnable()
+                else None
+            )
+
+    def _advisor_sets_pages_to_scan(self, pages: int) -> None:
+        self._knobs["pages_to_scan"] = pages
+
+    # -- events ----------------------------------------------------------------
+
+    def _pages(self, addr: int, length: int) -> tuple[int, int]:
+        ps = self.page_size
+        return addr // ps, -(-(addr + length) // ps)
+
+    def _mm(self, pid: int) -> MM:
+        mm = self.mem.mms.get(pid)
+        if mm is None:
+            mm = MM(pid)
+            self.mem.mms[pid] = mm
+        return mm
+
+    def _register(self, mm: MM) -> None:
+        """``__ksm_enter()`` unless already registered; wake ksmd if the list was empty."""
+        if not self.ksmd.registered(mm) and self.ksmd.enter(mm):
+            self._wake_if_idle(self.now)
+
+    def _on_alloc(self, ev: Alloc) -> None:
+        mm = self._mm(ev.pid)
+        start, end = self._pages(ev.addr, ev.len)
+        # ksm_vma_flags(): a new VMA of a merge_any process is born mergeable.
+        self.mem.map(mm, start, end, mergeable=mm.merge_any)
+        if mm.merge_any:
+            self._register(mm)
+
+    def _on_free(self, ev: Free) -> None:
+        start, end = self._pages(ev.addr, ev.len)
+        self.mem.unmap(self.mem.mms[ev.pid], start, end)
+
+    def _on_write(self, ev: Write) -> None:
+        mm = self.mem.mms[ev.pid]
+        content = ev.content
+        if isinstance(content, bytes):
+            first, fps = literal_write(
+                ev.addr,
+                content,
+                self.page_size,
+                lambda page: self.mem.fingerprint_at(mm, page),
+                self.store,
+            )
+            self.mem.write(mm, first, np.array(fps, np.uint64))
+            return
+        start, end = self._pages(ev.addr, ev.len)
+        if isinstance(content, int):
+            self.mem.write(mm, start, np.full(end - start, content, np.uint64))
+        else:
+            self.mem.write(mm, start, np.asarray(content, np.uint64))
+
+    def _on_read(self, ev: Read) -> None:
+        start, end = self._pages(ev.addr, ev.len)
+        self.mem.read(self.mem.mms[ev.pid], start, end)
+
+    def _on_madvise(self, ev: Madvise) -> None:
+        mm = self.mem.mms[ev.pid]
+        start, end = self._pages(ev.addr, ev.len)
+        if ev.advice == "dontneed":
+            self.mem.zap(mm, start, end)
+        elif ev.advice == "mergeable":
+            # ksm_madvise(): VMAs already mergeable are left alone; the first
+            # that is not registers the mm.
+            if any(not v.mergeable for v in mm.vmas_in(start, end)):
+                self._register(mm)
+            self.mem.set_mergeable(mm, start, end, True)
+        else:
+            for vma in mm.vmas_in(start, end):
+                if vma.mergeable:
+                    self.ksmd.unmerge(mm, vma.start, vma.end)
+            self.mem.set_mergeable(mm, start, end, False)
+
+    def _on_prctl(self, ev: Prctl) -> None:
+        mm = self._mm(ev.pid)
+        if ev.value:
+            # ksm_enable_merge_any()
+            if mm.merge_any:
+                return
+            self._register(mm)
+            mm.merge_any = True
+            for vma in mm.vmas:
+                vma.mergeable = True
+            mm.merge_adjacent()
+        else:
+            # ksm_disable_merge_any(): unmerge every mergeable VMA, madvised ones too.
+            if not mm.merge_any:
+                return
+            for vma in mm.vmas:
+                if vma.mergeable:
+                    self.ksmd.unmerge(mm, vma.start, vma.end)
+                    vma.mergeable = False
+            mm.merge_adjacent()
+            mm.merge_any = False
+
+    def _on_fork(self, ev: Fork) -> None:
+        parent = self.mem.mms[ev.pid]
+        child = self.mem.fork(parent, ev.child_pid)
+        self.mem.mms[ev.child_pid] = child
+        # ksm_fork(): a registered parent's child is registered with fresh
+        # per-mm counters (Linux 6.18: merging_pages and rmap_items start at 0).
+        if self.ksmd.registered(parent):
+            self._register(child)
+
+    def _on_exit(self, ev: Exit) -> None:
+        mm = self.mem.mms.pop(ev.pid)
+        self.ksmd.exit(mm)  # __ksm_exit() comes before the page tables go
+        mm.exiting = True
+        for vma in mm.vmas:
+            self.mem.zap(mm, vma.start, vma.end)
+        mm.vmas = []
+
+    def _on_ksm(self, ev: Ksm) -> None:
+        for name, value in ev.settings.items():
+            error = self._write_knob(name, value)
+            if error is not None:
+                self._refused.append(
+                    {"event": ev.index, "t": ev.t, "knob": name, "value": value, "error": error}
+                )
+
+    def _write_knob(self, name: str, value: KnobValue) -> str | None:
+        """One sysfs write (``*_store()`` in mm/ksm.c); the errno if Linux refuses it."""
+        knobs, ksmd = self._knobs, self.ksmd
+        current = knobs[name]
+        if name == "run":
+            if value != current:
+                knobs["run"] = value
+                if value == 2:
+                    ksmd.unmerge_all()
+            if value == 1:
+                self._wake_if_idle(self.now)
+            return None
+        if name == "pages_to_scan" and knobs["advisor_mode"] == "scan-time":
+            return "EINVAL"
+        if name in ("max_page_sharing", "merge_across_nodes") and value != current:
+            if ksmd.c.pages_shared or ksmd.remove_all_stable_nodes():
+                return "EBUSY"
+        if name == "sleep_millisecs" and value != current and self.next_wake is not None:
+            self.next_wake = self.now
+        if name == "advisor_mode" and value != current:
+            ksmd.advisor_reset()
+            knobs["pages_to_scan"] = (
+                knobs["advisor_min_pages_to_scan"]
+                if value == "scan-time"
+                else DEFAULT_PAGES_TO_SCAN
+            )
+        knobs[name] = value
+        return None
+
+    def _settle_key(self) -> tuple[object, ...]:
+        snap = self.snapshot("", 0, 0)
+        ksm = snap["ksm"]
+        return (
+            tuple(
+                ksm[k]
+                for k in (
+                    "pages_shared",
+                    "pages_sharing",
+                    "pages_unshared",
+                    "pages_volatile",
+                    "ksm_zero_pages",
+                    "stable_node_chains",
+                    "stable_node_dups",
+                )
+            ),
+            tuple(
+                tuple(p[k] for k in sorted(p) if k not in ("rss_anon_pages",))
+                for p in snap["processes"]
+            ),
+        )
+
+    def _on_settle(self, ev: Settle) -> None:
+        """Whole full scans back to back, outside trace time, until two change nothing."""
+        if self._knobs["run"] != 1:
+            return
+        if not any(mm.has_mergeable for mm in self.mem.mms.values()):
+            return
+        before = self._settle_key()
+        quiet = 0
+        for _ in range(ev.max_full_scans):
+            if not self.ksmd.slots:
+                break
+            # A batch without a budget limit ends exactly at the end of a pass.
+            self.ksmd.batch(END, self.now)
+            after = self._settle_key()
+            quiet = quiet + 1 if after == before else 0
+            before = after
+            if quiet >= 2:
+                break
+        self.next_wake = (
+            self.now + jiffies_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
+        )
+
+    def _on_snapshot(self, ev: Snapshot) -> None:
+        """Nothing happens: the driver takes the snapshot."""

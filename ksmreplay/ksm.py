@@ -1,0 +1,784 @@
+"""ksmd: the mm list and cursor, rmap_items, the stable and unstable trees.
+
+This follows ``mm/ksm.c`` of Linux 6.18 as KSM_MODEL.md describes it; the
+kernel function each step comes from is named in its docstring.
+
+State
+-----
+Per-item state is a set of numpy columns (:class:`ItemTable`), indexed by
+item number; each mm's items are found by address through a sparse
+per-page map with the same layout as a page table (``vm.PageTable``), so the
+kernel's address-sorted ``rmap_list`` is implicit: walking pages in address
+order walks the list.  Stable nodes and chains are few (one per distinct
+merged content) and are small Python objects.
+
+Abstractions (KSM_MODEL.md section 2), and why they cannot change a counter
+at a full-scan boundary:
+
+* Trees are dictionaries keyed by content, not red-black trees ordered by
+  ``memcmp``.  A stable search resolves only the entry of the searched
+  content, so a stale node is noticed when one of its items is unlinked, when
+  its own content is searched, or at run=2 — never because a walk for another
+  content passed it.  Every item of a stale node is revisited (or freed)
+  within one pass, so the node is gone by the pass's end either way.
+* The unstable tree is looked up by the content its items had when they were
+  inserted.  If that item's page has since vanished, changed, or become a KSM
+  page, or is the very same frame (fork), the lookup aborts and the current
+  page stays volatile this pass (``unstable_tree_search_insert()``'s aborts).
+* Merges never fail (no page locks, no extra references, no THP).
+* A batch runs at one instant of trace time; visits whose outcome cannot
+  depend on earlier visits of the same batch (a KSM page already linked to
+  its item, smart_scan's decisions) are applied in bulk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ksmreplay.modes import Mode
+from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
+from ksmreplay.vm import CHUNK, CHUNK_SHIFT, MM, NULL, PTE_KSM_ZERO, Memory, PageTable
+
+NONE, UNSTABLE, STABLE = 0, 1, 2
+"""Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
+
+SEQNR_MASK = 0xFF
+AGE_MAX = 255
+END = 1 << 62
+"""A page number beyond every mapping."""
+
+IntArray = npt.NDArray[np.int64]
+
+
+class ItemTable:
+    """Every ``struct ksm_rmap_item``, as columns indexed by item number.
+
+    :ivar slot: owning mm slot id (``int32``).
+    :ivar page: virtual page number (``int64``).
+    :ivar checksum: content seen at the last non-KSM visit (``uint64``).
+    :ivar checked: a checksum was recorded (``bool``); an unchecked item is
+        always "changed" on its first visit.
+    :ivar age: smart_scan age, saturating at 255 (``uint8``).
+    :ivar skips: smart_scan remaining_skips (``uint8``).
+    :ivar state: :data:`NONE`, :data:`UNSTABLE` or :data:`STABLE` (``int8``).
+    :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
+    :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
+    """
+
+    COLUMNS = (
+        ("slot", np.int32, NULL),
+        ("page", np.int64, 0),
+        ("checksum", np.uint64, 0),
+        ("checked", np.bool_, False),
+        ("age", np.uint8, 0),
+        ("skips", np.uint8, 0),
+        ("state", np.int8, NONE),
+        ("seq", np.uint8, 0),
+        ("node", np.int32, NULL),
+    )
+
+    def __init__(self, capacity: int = 1024) -> None:
+        for name, dtype, fill in self.COLUMNS:
+            setattr(self, name, np.full(capacity, fill, dtype))
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self.count = 0
+
+    slot: npt.NDArray[np.int32]
+    page: npt.NDArray[np.int64]
+    checksum: npt.NDArray[np.uint64]
+    checked: npt.NDArray[np.bool_]
+    age: npt.NDArray[np.uint8]
+    skips: npt.NDArray[np.uint8]
+    state: npt.NDArray[np.int8]
+    seq: npt.NDArray[np.uint8]
+    node: npt.NDArray[np.int32]
+
+    def alloc(self, slot: int, pages: IntArray) -> IntArray:
+        """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
+        n = len(pages)
+        if n > len(self._free):
+            old = len(self.page)
+            new = max(2 * old, old + n)
+            for name, dtype, fill in self.COLUMNS:
+                col = getattr(self, name)
+                setattr(self, name, np.concatenate([col, np.full(new - old, fill, dtype)]))
+            self._free.extend(range(new - 1, old - 1, -1))
+        rows = np.array(self._free[len(self._free) - n :][::-1], np.int64)
+        del self._free[len(self._free) - n :]
+        for name, _dtype, fill in self.COLUMNS:
+            getattr(self, name)[rows] = fill
+        self.slot[rows] = slot
+        self.page[rows] = pages
+        self.count += n
+        return rows
+
+    def release(self, rows: IntArray) -> None:
+        """``free_rmap_item()``."""
+        self.slot[rows] = NULL
+        self.count -= len(rows)
+        self._free.extend(int(r) for r in rows)
+
+
+@dataclass(eq=False, slots=True)
+class StableNode:
+    """A stable-tree node for one KSM page (a plain node, or a dup of a chain).
+
+    ``items`` is the node's hlist, newest first; its length is
+    ``rmap_hlist_len``.  ``alive`` turns False the moment the KSM page's last
+    mapping goes: the node is then stale until something notices.
+    """
+
+    id: int
+    content: int
+    frame: int
+    items: list[int] = field(default_factory=list)
+    chain: Chain | None = None
+    alive: bool = True
+
+    def candidate(self, max_page_sharing: int) -> bool:
+        """``is_page_sharing_candidate()``: 0 < len < max_page_sharing."""
+        return 0 < len(self.items) < max_page_sharing
+
+
+@dataclass(eq=False, slots=True)
+class Chain:
+    """A stable node chain: several dups (KSM pages) of one content, head first."""
+
+    content: int
+    prune_time: int
+    dups: list[StableNode] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """``struct ksm_mm_slot``: one registered mm, its items and per-mm KSM counters."""
+
+    id: int
+    mm: MM
+    items: PageTable = field(default_factory=PageTable)
+    rmap_items: int = 0
+    merging_pages: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    """ksmd's global counters (``ksm_pages_shared`` etc.)."""
+
+    pages_shared: int = 0
+    pages_sharing: int = 0
+    pages_unshared: int = 0
+    rmap_items: int = 0
+    stable_node_chains: int = 0
+    stable_node_dups: int = 0
+    pages_scanned: int = 0
+    pages_skipped: int = 0
+
+
+@dataclass(slots=True)
+class Advisor:
+    """``struct advisor_ctx`` of the scan-time advisor."""
+
+    start_scan: int = 0
+    scan_time: int = 0
+    change: int = 0
+    cpu_time: int = 0
+
+
+class Ksmd:
+    """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
+
+    ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
+    lets the advisor write ``pages_to_scan``.
+    """
+
+    def __init__(
+        self,
+        mode: Mode,
+        knob: Callable[[str], int | str],
+        set_pages_to_scan: Callable[[int], None],
+    ) -> None:
+        self.mode = mode
+        self.knob = knob
+        self.set_pages_to_scan = set_pages_to_scan
+        self.mem = Memory(self._ksm_pages_freed)
+        self.items = ItemTable()
+        self.c = Counters()
+        self.slots: list[Slot] = []
+        self.slot_of: dict[int, Slot] = {}  # id(mm) -> slot
+        self.slot_by_id: dict[int, Slot] = {}
+        self._next_slot_id = 0
+        self.cursor: Slot | None = None
+        self.cursor_page = 0
+        self.cursor_item_page = 0
+        self.cursor_saw_mergeable = False
+        self.seqnr = 0
+        self.nodes: dict[int, StableNode] = {}
+        self._next_node_id = 0
+        self.stable: dict[int, StableNode | Chain] = {}
+        self.unstable: dict[int, int] = {}
+        self.now = 0
+        self.cpu_ns = 0
+        self.advisor = Advisor()
+
+    # -- hooks ---------------------------------------------------------------
+
+    def _ksm_pages_freed(self, node_ids: IntArray) -> None:
+        for n in node_ids:
+            node = self.nodes.get(int(n))
+            if node is not None:
+                node.alive = False
+
+    # -- registration (__ksm_enter / __ksm_exit) -----------------------------
+
+    def registered(self, mm: MM) -> bool:
+        return id(mm) in self.slot_of
+
+    def enter(self, mm: MM) -> bool:
+        """``__ksm_enter()``: give ``mm`` a slot; True if the list was empty.
+
+        The slot goes just before the cursor's slot, so the current pass does
+        not reach it and the next one does; while run is 2 it goes last.
+        """
+        slot = Slot(self._next_slot_id, mm)
+        self._next_slot_id += 1
+        self.slot_of[id(mm)] = slot
+        self.slot_by_id[slot.id] = slot
+        was_empty = not self.slots
+        if self.cursor is None or self.knob("run") == 2:
+            self.slots.append(slot)
+        else:
+            self.slots.insert(self.slots.index(self.cursor), slot)
+        return was_empty
+
+    def exit(self, mm: MM) -> None:
+        """``__ksm_exit()``, before the exiting mm's page tables are torn down."""
+        slot = self.slot_of.get(id(mm))
+        if slot is None or slot is self.cursor:
+            return
+        self.slots.remove(slot)
+        if slot.rmap_items == 0:
+            self._forget(slot)
+        else:
+            at = 0 if self.cursor is None else self.slots.index(self.cursor) + 1
+            self.slots.insert(at, slot)
+
+    def _forget(self, slot: Slot) -> None:
+        del self.slot_of[id(slot.mm)]
+        del self.slot_by_id[slot.id]
+
+    def _drop(self, slot: Slot) -> None:
+        """Remove a slot from the list and clear MMF_VM_MERGEABLE."""
+        self.slots.remove(slot)
+        self._forget(slot)
+
+    # -- items ---------------------------------------------------------------
+
+    def _free_items(self, slot: Slot, start: int, end: int) -> None:
+        """Free every item of ``slot`` at pages [start, end) (stale or trailing items)."""
+        for _lo, _hi, view in slot.items.segments(start, end):
+            at = np.flatnonzero(view >= 0)
+            if len(at):
+                self._free_rows(slot, view[at].copy())
+                view[at] = NULL
+
+    def _free_rows(self, slot: Slot, rows: IntArray) -> None:
+        """``remove_rmap_item_from_tree()`` then ``free_rmap_item()`` (the map is the caller's)."""
+        self._unlink_rows(rows)
+        self.items.release(rows)
+        slot.rmap_items -= len(rows)
+        self.c.rmap_items -= len(rows)
+
+    def _unlink_rows(self, rows: IntArray) -> None:
+        """``remove_rmap_item_from_tree()`` for several items."""
+        state = self.items.state[rows]
+        unstable = rows[state == UNSTABLE]
+        if len(unstable):
+            self._unlink_unstable(unstable)
+        for r in rows[state == STABLE]:
+            self._unlink_stable(int(r))
+
+    def _unlink_unstable(self, rows: IntArray) -> None:
+        it = self.items
+        self.c.pages_unshared -= len(rows)
+        current = rows[it.seq[rows] == (self.seqnr & SEQNR_MASK)]
+        for r in current:
+            key = int(it.checksum[r])
+            if self.unstable.get(key) == int(r):
+                del self.unstable[key]
+        it.state[rows] = NONE
+
+    def _unlink_stable(self, row: int) -> None:
+        it = self.items
+        node = self.nodes[int(it.node[row])]
+        if not node.alive:
+            self._remove_node(node)
+            return
+        node.items.remove(row)
+        if node.items:
+            self.c.pages_sharing -= 1
+        else:
+            self.c.pages_shared -= 1
+        self.slot_by_id[int(it.slot[row])].merging_pages -= 1
+        it.state[row] = NONE
+        it.node[row] = NULL
+
+    def unlink(self, row: int) -> None:
+        """``remove_rmap_item_from_tree()``."""
+        state = int(self.items.state[row])
+        if state == STABLE:
+            self._unlink_stable(row)
+        elif state == UNSTABLE:
+            self._unlink_unstable(np.array([row], np.int64))
+
+    # -- stable tree -----------------------------------------------------------
+
+    def _remove_node(self, node: StableNode) -> None:
+        """``remove_node_from_stable_tree()``: unlink all its items, detach, free."""
+        it = self.items
+        n = len(node.items)
+        if n:
+            self.c.pages_sharing -= n - 1
+            self.c.pages_shared -= 1
+            for row in node.items:
+                self.slot_by_id[int(it.slot[row])].merging_pages -= 1
+            rows = np.array(node.items, np.int64)
+            it.state[rows] = NONE
+            it.node[rows] = NULL
+            node.items = []
+        if node.chain is not None:
+            node.chain.dups.remove(node)
+            node.chain = None
+            self.c.stable_node_dups -= 1
+        elif self.stable.get(node.content) is node:
+            del self.stable[node.content]
+        del self.nodes[node.id]
+        if node.alive:
+            self.mem.frames.node[node.frame] = NULL
+
+    def _choose_dup(self, chain: Chain, prune_allowed: bool) -> StableNode | None:
+        """``stable_node_dup()`` + ``__stable_node_chain()``: pick a dup, prune, collapse.
+
+        With pruning (at most every stable_node_chains_prune_millisecs) every
+        dup is checked and the fullest candidate wins; without, the walk stops
+        at the first candidate.  A chain left with one dup collapses into a
+        plain node; a chain left with none is freed.
+        """
+        maxps = int(self.knob("max_page_sharing"))
+        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        prune = prune_allowed and self._jiffies(self.now) >= self._jiffies(
+            chain.prune_time + interval
+        )
+        if prune:
+            chain.prune_time = self.now
+        found: StableNode | None = None
+        for dup in list(chain.dups):
+            if not dup.alive:
+                self._remove_node(dup)
+                continue
+            if found is None or (
+                dup.candidate(maxps)
+                and (not found.candidate(maxps) or len(dup.items) > len(found.items))
+            ):
+                found = dup
+            if not prune and found.candidate(maxps):
+                break
+        if found is None:
+            if not chain.dups:
+                del self.stable[chain.content]
+                self.c.stable_node_chains -= 1
+            return None
+        if len(chain.dups) == 1:
+            chain.dups.clear()
+            found.chain = None
+            self.stable[chain.content] = found
+            self.c.stable_node_chains -= 1
+            self.c.stable_node_dups -= 1
+        elif chain.dups[0] is not found and len(found.items) + 1 < maxps:
+            chain.dups.remove(found)
+            chain.dups.insert(0, found)
+        return found
+
+    @staticmethod
+    def _jiffies(t: int) -> int:
+        return t // JIFFY_NS
+
+    def _stable_search(self, content: int) -> StableNode | None:
+        """``stable_tree_search()`` for an ordinary page: a KSM page to merge into, or None."""
+        entry = self.stable.get(content)
+        if entry is None:
+            return None
+        if isinstance(entry, Chain):
+            node = self._choose_dup(entry, prune_allowed=True)
+            if node is None:
+                return None
+        else:
+            node = entry
+            if not node.alive:
+                self._remove_node(node)
+                return None
+        return node if node.candidate(int(self.knob("max_page_sharing"))) else None
+
+    def _stable_insert(self, content: int, frame: int) -> StableNode:
+        """``stable_tree_insert()``: a node for a new KSM page; a new dup if the content exists."""
+        entry = self.stable.get(content)
+        if isinstance(entry, Chain):
+            self._choose_dup(entry, prune_allowed=False)
+            entry = self.stable.get(content)
+        if isinstance(entry, StableNode) and not entry.alive:
+            self._remove_node(entry)
+            entry = None
+        node = StableNode(self._next_node_id, content, frame)
+        self._next_node_id += 1
+        self.nodes[node.id] = node
+        self.mem.frames.node[frame] = node.id
+        if entry is None:
+            self.stable[content] = node
+            return node
+        if isinstance(entry, StableNode):
+            chain = Chain(content, prune_time=self.now, dups=[entry])
+            entry.chain = chain
+            self.stable[content] = chain
+            self.c.stable_node_chains += 1
+            self.c.stable_node_dups += 1
+            entry = chain
+        entry.dups.insert(0, node)
+        node.chain = entry
+        self.c.stable_node_dups += 1
+        return node
+
+    def _append(self, row: int, node: StableNode) -> None:
+        """``stable_tree_append()``: link an item at the head of a node's list."""
+        node.items.insert(0, row)
+        if len(node.items) > 1:
+            self.c.pages_sharing += 1
+        else:
+            self.c.pages_shared += 1
+        self.slot_by_id[int(self.items.slot[row])].merging_pages += 1
+        self.items.state[row] = STABLE
+        self.items.node[row] = node.id
+
+    def remove_all_stable_nodes(self) -> bool:
+        """``remove_all_stable_nodes()``: drop every node whose page is gone; True if some remain."""
+        remain = False
+        for entry in list(self.stable.values()):
+            dups = list(entry.dups) if isinstance(entry, Chain) else [entry]
+            for node in dups:
+                if node.alive:
+                    remain = True
+                else:
+                    self._remove_node(node)
+            if isinstance(entry, Chain) and not entry.dups:
+                del self.stable[entry.content]
+                self.c.stable_node_chains -= 1
+        return remain
+
+    # -- the scan ------------------------------------------------------------
+
+    def batch(self, budget: int, now: int) -> int:
+        """``ksm_do_scan(budget)``: visit up to ``budget`` items; return the visits.
+
+        The batch ends early when a pass ends (``scan_get_next_rmap_item()``
+        returning nothing), forfeiting the rest of the budget.
+        """
+        self.now = now
+        visits = 0
+        while visits < budget:
+            if self.cursor is None:
+                if not self.slots:
+                    break
+                self._start_pass()
+            slot = self.cursor
+            assert slot is not None
+            finished, visits = self._scan_mm(slot, budget, visits)
+            if not finished:
+                break
+            if self._next_mm(slot):
+                break
+        return visits
+
+    def _start_pass(self) -> None:
+        """Start of a pass: advisor clock, empty unstable tree, cursor on the first mm."""
+        if self.knob("advisor_mode") == "scan-time":
+            self.advisor.start_scan = self.now
+        self.unstable.clear()
+        self.cursor = self.slots[0]
+        self.cursor_page = 0
+        self.cursor_item_page = 0
+        self.cursor_saw_mergeable = False
+
+    def _next_mm(self, slot: Slot) -> bool:
+        """Finish the cursor's mm and move on; True when that ended the pass."""
+        self._free_items(slot, self.cursor_item_page, END)  # remove_trailing_rmap_items()
+        i = self.slots.index(slot)
+        nxt = self.slots[i + 1] if i + 1 < len(self.slots) else None
+        if not self.cursor_saw_mergeable or slot.mm.exiting:
+            self._drop(slot)
+        self.cursor = nxt
+        self.cursor_page = 0
+        self.cursor_item_page = 0
+        self.cursor_saw_mergeable = False
+        if nxt is None:
+            self._end_pass()
+            return True
+        return False
+
+    def _end_pass(self) -> None:
+        if self.knob("advisor_mode") == "scan-time":
+            self._advise()
+        self.seqnr += 1
+
+    def _scan_mm(self, slot: Slot, budget: int, visits: int) -> tuple[bool, int]:
+        """Walk the cursor's mm from the cursor; (mm finished, visits so far)."""
+        mm = slot.mm
+        if mm.exiting:
+            return True, visits
+        i = mm.vma_index(self.cursor_page)
+        vmas = mm.vmas
+        while i < len(vmas):
+            vma = vmas[i]
+            i += 1
+            if not vma.mergeable:
+                continue
+            self.cursor_saw_mergeable = True
+            start = max(self.cursor_page, vma.start)
+            for lo, hi, view in mm.pt.segments(start, vma.end):
+                done, stop = self._scan_segment(slot, lo, hi, view, budget - visits)
+                visits += done
+                if stop is not None:
+                    self.cursor_page = stop + 1
+                    return False, visits
+            self.cursor_page = vma.end
+        return True, visits
+
+    def _scan_segment(
+        self, slot: Slot, lo: int, hi: int, view: IntArray, budget: int
+    ) -> tuple[int, int | None]:
+        """Handle the present pages of one page-table segment, in address order.
+
+        Returns the visits made and, if the budget ran out, the page of the
+        last visit (the cursor stops right after it).
+        """
+        pos = np.flatnonzero(view >= 0)
+        if len(pos) == 0:
+            return 0, None
+        fr, it, c = self.mem.frames, self.items, self.c
+        base = lo & ~(CHUNK - 1)
+        imap = slot.items.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base]
+        frames = view[pos]
+        rows = imap[pos].copy()
+        has = rows >= 0
+        is_ksm = fr.ksm[frames]
+        smart = bool(self.knob("smart_scan"))
+        safe = np.where(has, rows, 0)
+        if smart:
+            age = np.where(has, it.age[safe], 0).astype(np.int64)
+            left = np.where(has, it.skips[safe], 0).astype(np.int64)
+            aging = ~is_ksm
+            skip = aging & (age >= 3) & (left > 0)
+        else:
+            skip = np.zeros(len(pos), np.bool_)
+        visit = ~skip
+        cum = np.cumsum(visit)
+        stop: int | None = None
+        n = len(pos)
+        if cum[-1] >= budget:
+            n = int(np.searchsorted(cum, budget)) + 1
+            stop = lo + int(pos[n - 1])
+        pos, frames, rows, has, is_ksm, skip, visit = (
+            a[:n] for a in (pos, frames, rows, has, is_ksm, skip, visit)
+        )
+        # get_next_rmap_item(): free the stale items the walk passes.
+        self._free_items(slot, self.cursor_item_page, lo)
+        stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (view[: pos[-1]] < 0))
+        if len(stale):
+            self._free_rows(slot, imap[stale].copy())
+            imap[stale] = NULL
+        self.cursor_item_page = lo + int(pos[-1]) + 1
+        new = np.flatnonzero(~has)
+        if len(new):
+            fresh = it.alloc(slot.id, lo + pos[new])
+            rows[new] = fresh
+            imap[pos[new]] = fresh
+            slot.rmap_items += len(new)
+            c.rmap_items += len(new)
+        if smart:
+            self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
+        # Visits of KSM pages already linked to their item change nothing.
+        linked = (
+            visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
+        )
+        c.pages_scanned += int(np.count_nonzero(linked))
+        for k in np.flatnonzero(visit & ~linked):
+            self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
+            c.pages_scanned += 1
+        visits = int(np.count_nonzero(visit))
+        self.cpu_ns += batch_cost_ns(visits)
+        return visits, stop
+
+    def _smart_scan(
+        self,
+        rows: IntArray,
+        age: IntArray,
+        left: IntArray,
+        aging: npt.NDArray[np.bool_],
+        skip: npt.NDArray[np.bool_],
+    ) -> None:
+        """``should_skip_rmap_item()`` + ``skip_age()`` for the non-KSM pages found."""
+        it = self.items
+        it.age[rows[aging]] = np.minimum(age[aging] + 1, AGE_MAX)
+        reset = aging & (age >= 3) & (left == 0)
+        if reset.any():
+            a = age[reset]
+            it.skips[rows[reset]] = np.where(a <= 3, 1, np.where(a <= 5, 2, np.where(a <= 8, 4, 8)))
+        if skip.any():
+            skipped = rows[skip]
+            it.skips[skipped] = left[skip] - 1
+            self.c.pages_skipped += len(skipped)
+            self._unlink_rows(skipped)
+
+    def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
+        """``cmp_and_merge_page()`` (Linux 6.11+ order: checksum, zero page, stable, unstable)."""
+        fr, it = self.mem.frames, self.items
+        frame = int(view[k])
+        if fr.ksm[frame]:
+            # A KSM page reached through fork, or an item linked elsewhere:
+            # stable_tree_search() returns the page itself; append with bypass.
+            node = self.nodes[int(fr.node[frame])]
+            if int(it.state[row]) == STABLE and int(it.node[row]) == node.id:
+                return
+            self.unlink(row)
+            self._append(row, node)
+            return
+        self.unlink(row)
+        content = int(fr.content[frame])
+        if not it.checked[row] or int(it.checksum[row]) != content:
+            it.checksum[row] = content
+            it.checked[row] = True
+            return
+        if content == 0 and self.knob("use_zero_pages"):
+            self._merge_zero(slot.mm, view, k, frame)
+            return
+        node = self._stable_search(content)
+        if node is not None:
+            self._replace(slot.mm, view, k, frame, node.frame)
+            self.mem.events["merges"] += 1
+            self._append(row, node)
+            return
+        partner = self._unstable_search_insert(row, content, frame)
+        if partner is None:
+            return
+        # try_to_merge_two_pages(): this page becomes the KSM page in place,
+        # the partner's PTE is pointed at it.
+        p_slot = self.slot_by_id[int(it.slot[partner])]
+        p_page = int(it.page[partner])
+        p_view = p_slot.mm.pt.chunk(p_page >> CHUNK_SHIFT)
+        p_k = p_page & (CHUNK - 1)
+        fr.ksm[frame] = True
+        fr.live_ksm += 1
+        self._replace(p_slot.mm, p_view, p_k, int(p_view[p_k]), frame)
+        self.mem.events["merges"] += 2
+        self.unlink(partner)
+        node = self._stable_insert(content, frame)
+        self._append(partner, node)
+        self._append(row, node)
+
+    def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:
+        """``replace_page()``: point one PTE at a KSM page, drop the old page."""
+        view[k] = kframe
+        self.mem.frames.mapcount[kframe] += 1
+        self.mem._put(np.array([old], np.int64))
+
+    def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
+        """``try_to_merge_with_zero_page()``: map the shared zero page instead."""
+        view[k] = PTE_KSM_ZERO
+        mm.rss_anon -= 1
+        mm.ksm_zero_ptes += 1
+        self.mem.events["zero_pages_merged"] += 1
+        self.mem._put(np.array([frame], np.int64))
+
+    def _unstable_search_insert(self, row: int, content: int, frame: int) -> int | None:
+        """``unstable_tree_search_insert()``: an equal unstable item, or insert this one."""
+        it = self.items
+        partner = self.unstable.get(content)
+        if partner is None:
+            self.unstable[content] = row
+            it.state[row] = UNSTABLE
+            it.seq[row] = self.seqnr & SEQNR_MASK
+            self.c.pages_unshared += 1
+            return None
+        p_mm = self.slot_by_id[int(it.slot[partner])].mm
+        p_page = int(it.page[partner])
+        pte = p_mm.pt.get(p_page)
+        fr = self.mem.frames
+        if (
+            p_mm.exiting
+            or pte < 0
+            or not p_mm.mergeable(p_page)
+            or bool(fr.ksm[pte])
+            or int(fr.content[pte]) != content
+            or pte == frame
+        ):
+            return None
+        return partner
+
+    # -- unmerging -----------------------------------------------------------
+
+    def unmerge(self, mm: MM, start: int, end: int) -> None:
+        """``unmerge_ksm_pages()``: ``break_ksm()`` on every page of [start, end).
+
+        KSM pages become private copies; whether KSM-placed zero pages are
+        unshared too is the mode's (``Mode.marks_zero_pages``).  Items are left
+        for ksmd to free when it passes.
+        """
+        self.mem.unshare(mm, start, end, self.mode.marks_zero_pages)
+
+    def unmerge_all(self) -> None:
+        """``unmerge_and_remove_all_rmap_items()`` (run=2), synchronously."""
+        for slot in list(self.slots):
+            mm = slot.mm
+            if not mm.exiting:
+                for vma in list(mm.vmas):
+                    if vma.mergeable:
+                        self.unmerge(mm, vma.start, vma.end)
+            self._free_items(slot, 0, END)
+            if mm.exiting:
+                self._drop(slot)
+        self.remove_all_stable_nodes()
+        self.unstable.clear()
+        self.seqnr = 0
+        self.cursor = None
+        self.cursor_page = self.cursor_item_page = 0
+
+    # -- the scan-time advisor -------------------------------------------------
+
+    def advisor_reset(self) -> None:
+        """``set_advisor_defaults()`` on switching to scan-time: state zeroed."""
+        self.advisor = Advisor()
+
+    def _advise(self) -> None:
+        """``scan_time_advisor()`` at the end of a pass: a new pages_to_scan."""
+        adv = self.advisor
+        scan_time = max((self.now - adv.start_scan) // 1_000_000_000, 1)
+        cpu = self.cpu_ns
+        # The first evaluation measures ksmd's whole lifetime.
+        cpu_ms = (cpu - adv.cpu_time) // 1_000_000
+        cpu_percent = max(cpu_ms * 100 // (scan_time * 1000), 1)
+        last = adv.scan_time or scan_time
+        factor = max(int(self.knob("advisor_target_scan_time")) * 100 // scan_time, 1)
+        change = max(scan_time * 100 // last, 1)
+        change = (70 * adv.change + 30 * change) // 100
+        pages_to_scan = int(self.knob("pages_to_scan"))
+        pages = pages_to_scan * 100 // factor
+        pages = pages * change // 100
+        per_page_cost = max(pages_to_scan // cpu_percent, 1)
+        pages = min(pages, per_page_cost * int(self.knob("advisor_max_cpu")))
+        pages = max(pages, per_page_cost * 10)
+        pages = min(pages, int(self.knob("advisor_max_pages_to_scan")))
+        adv.change = change
+        adv.scan_time = scan_time
+        adv.cpu_time = cpu
+        self.set_pages_to_scan(pages)
