@@ -90,10 +90,11 @@ def measure(kind: str, path: Path, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         done = subprocess.run(
             [sys.executable, __file__, "--child", kind, str(path)],
-            check=True,
             capture_output=True,
             text=True,
         )
+        if done.returncode != 0:
+            sys.exit(f"bench: the {kind} measurement failed:\n{done.stderr}")
         results.append(json.loads(done.stdout))
     rates = [r["count"] / r["seconds"] for r in results]
     return {
