@@ -1,0 +1,799 @@
+"""Replay a trace on the running kernel and report what its KSM shows.
+
+See :func:`execute`.  Method, in short:
+
+* one worker process (``worker.c``) per trace pid; trace address ``a`` is
+  mapped at ``a + offset`` where ``offset`` puts the trace above
+  :data:`WINDOW_LO` (the worker's own memory lies outside the window and is
+  kept unmergeable);
+* events run at their ``t`` in real time.  While an instant (the events that
+  share a ``t``) runs, ksmd is held (``run`` = 0); afterwards ``run`` goes back
+  to the trace's value and trace time passes in real time;
+* ``settle`` drives ksmd one full scan at a time: ``pages_to_scan`` is made
+  huge (a batch ends at the end of a pass, so one batch is exactly one full
+  scan) and ``sleep_millisecs`` long, and each further scan is started by
+  changing ``sleep_millisecs`` (which wakes ksmd).  Counters are read between
+  full scans.  Afterwards both knobs get the trace's values back and ksmd
+  stays held for ``sleep_millisecs`` of trace time, as in the simulator;
+* snapshots read ``/sys/kernel/mm/ksm``, ``/proc/<pid>/ksm_stat`` and the page
+  tables (``/proc/<pid>/pagemap`` + ``/proc/kpageflags``) of the trace's own
+  mappings only.
+
+Ground truth the kernel does not count (the ``memory`` and ``events``
+sections) is derived from the page tables:
+
+* a zero-page PTE is "by fault" when the trace read that page while it was
+  not populated and has not written, dropped or unmapped it since (page tables
+  cannot show the dirty bit that marks KSM's zero PTEs); every other zero-page
+  PTE was placed by KSM;
+* ``events`` compare page tables before and after what changed them: between
+  instants and across a ``settle`` only ksmd runs, so a PTE that went from a
+  private frame to a KSM frame is a merge (a frame that became a KSM page in
+  place counts once, however many PTEs map it: the kernel turned one page of a
+  pair into the KSM page), and one that went to the zero page a zero-page
+  merge; a write counts the KSM pages and KSM zero PTEs it hit; unmerging
+  (MADV_UNMERGEABLE, prctl off, run=2) counts the KSM pages and KSM zero PTEs
+  that became private.  With ``observe_events=False`` none of this is read,
+  the counts stay 0 and the run says ``"events_observed": false``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+
+from ksmreplay.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Header,
+    Ksm,
+    Madvise,
+    Prctl,
+    Read,
+    Settle,
+    Snapshot,
+    Write,
+)
+from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue
+from ksmreplay.live import kernel
+from ksmreplay.live.kernel import KsmGuard, LiveKernelError, RefusedWrite, Terminated
+from ksmreplay.live.pages import ANON, KSM, NONE, ZERO, classify, read_pagemap, zero_pfn
+from ksmreplay.live.worker import (
+    ADVICE,
+    MADV_UNMERGEABLE,
+    OP_FILL,
+    OP_INIT,
+    OP_MADVISE,
+    OP_MMAP,
+    OP_MUNMAP,
+    OP_PRCTL,
+    OP_READ,
+    Worker,
+    worker_binary,
+)
+from ksmreplay.report import (
+    EVENT_COUNTERS,
+    KSM_COUNTERS,
+    REPORT_VERSION,
+    Refusal,
+    Report,
+    Run,
+    Snap,
+)
+from ksmreplay.timing import jiffies_ns
+
+WINDOW_LO = 0x1000_0000_0000
+"""Lowest live address of trace memory (16 TiB)."""
+WINDOW_HI = 0x7000_0000_0000
+"""Trace memory stays below this (the worker's stack and vDSO live above)."""
+USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "aarch64": 0xFFFF_FFFF_F000}
+GIB = 1 << 30
+
+SETTLE_PAGES_TO_SCAN = 1 << 30
+"""pages_to_scan during a settle: more than any pass, so one batch = one full scan."""
+SETTLE_SLEEP_MS = 600_000
+"""sleep_millisecs during a settle: ksmd sleeps until kicked."""
+STALL_S = 0.2
+"""No ksmd progress for this long while it sleeps: the kick was lost, kick again."""
+SETTLE_TIMEOUT_S = 600.0
+
+FZERO = 4
+KZERO = 5
+"""Refined page kinds: zero-page PTE placed by a read fault / by KSM."""
+
+ProgressCallback = Callable[[int, int], None]
+PageKey = tuple[int, int]
+"""(process serial, trace page number)."""
+
+
+@dataclass
+class Proc:
+    """One live trace process."""
+
+    pid: int
+    serial: int
+    worker: Worker
+    pages: set[int] = field(default_factory=set)
+    populated: set[int] = field(default_factory=set)
+    fault_zero: set[int] = field(default_factory=set)
+
+
+def _runs(pages: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted page numbers as (first, count) runs."""
+    out: list[tuple[int, int]] = []
+    for p in sorted(pages):
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((p, 1))
+    return out
+
+
+def address_offset(events: list[Event]) -> int:
+    """The offset that puts every trace mapping inside the live window."""
+    lo = min((e.addr for e in events if isinstance(e, Alloc)), default=0)
+    hi = max((e.addr + e.len for e in events if isinstance(e, Alloc)), default=0)
+    if WINDOW_LO + hi <= WINDOW_HI:
+        return WINDOW_LO
+    offset = WINDOW_LO - (lo // GIB) * GIB
+    if offset + hi > WINDOW_HI:
+        raise LiveKernelError(
+            f"the trace's mappings span {hi - lo:#x} bytes, more than the live address window "
+            f"({WINDOW_HI - WINDOW_LO:#x} bytes)"
+        )
+    return offset
+
+
+class LiveReplay:
+    """The state of one replay on the kernel (use :func:`execute`)."""
+
+    def __init__(
+        self,
+        page_size: int,
+        guard: KsmGuard,
+        binary: Any,
+        offset: int,
+        observe_events: bool,
+    ) -> None:
+        self.ps = page_size
+        self.guard = guard
+        self.binary = binary
+        self.offset = offset
+        self.observe = observe_events
+        self.procs: dict[int, Proc] = {}
+        self.serial = 0
+        self.zpfn = zero_pfn(page_size)
+        self.trace_run: int = 0
+        self.kernel_run: int = 0
+        self.refused: list[Refusal] = []
+        self.events = dict.fromkeys(EVENT_COUNTERS, 0)
+        self.baseline: dict[PageKey, tuple[int, int]] = {}
+        self.settled = False
+        self.ksmd_pid = _find_ksmd()
+        self.top = USER_TOP.get(platform.machine(), USER_TOP["x86_64"])
+        counters = kernel.read_counters()
+        self.scanned0 = counters.get("pages_scanned", 0)
+        self.skipped0 = counters.get("pages_skipped", 0)
+        self.full_scans0 = counters.get("full_scans", 0)
+
+    # ------------------------------------------------------------------ ksmd
+
+    def hold(self) -> None:
+        """Stop ksmd between batches (the write waits for a running batch)."""
+        if self.kernel_run == 1:
+            self.guard.write("run", 0)
+            self.kernel_run = 0
+
+    def release(self) -> None:
+        """Give ksmd the trace's ``run`` back."""
+        if self.trace_run == 1 and self.kernel_run != 1:
+            self.guard.write("run", 1)
+            self.kernel_run = 1
+
+    # ------------------------------------------------------------ processes
+
+    def proc(self, pid: int) -> Proc:
+        p = self.procs.get(pid)
+        if p is None:
+            raise LiveKernelError(f"trace pid {pid} does not exist")
+        return p
+
+    def new_proc(self, pid: int, worker: Worker) -> Proc:
+        self.serial += 1
+        p = Proc(pid, self.serial, worker)
+        self.procs[pid] = p
+        return p
+
+    def spawn(self, pid: int) -> Proc:
+        worker = Worker.spawn(self.binary)
+        p = self.new_proc(pid, worker)
+        worker.call(OP_INIT, self.ps, WINDOW_LO, WINDOW_HI, self.top)
+        return p
+
+    def live(self, addr: int) -> int:
+        return addr + self.offset
+
+    def page_range(self, addr: int, length: int) -> range:
+        return range(addr // self.ps, -(-(addr + length) // self.ps))
+
+    # ---------------------------------------------------------- observation
+
+    def observe_pages(self, p: Proc, pages: Iterable[int]) -> dict[PageKey, tuple[int, int]]:
+        """Kind and frame of each page of ``p`` (zero PTEs refined to FZERO/KZERO)."""
+        out: dict[PageKey, tuple[int, int]] = {}
+        for first, count in _runs(pages):
+            entries = read_pagemap(p.worker.pid, self.live(first * self.ps), count, self.ps)
+            view = classify(entries, self.zpfn)
+            if view.thp:
+                raise LiveKernelError(
+                    "a replayed page is part of a huge page; live replay needs small pages"
+                )
+            for i, (kind, pfn) in enumerate(zip(view.kinds, view.pfns, strict=True)):
+                page = first + i
+                if kind == ZERO:
+                    kind = FZERO if page in p.fault_zero else KZERO
+                out[(p.serial, page)] = (kind, pfn)
+        return out
+
+    def observe_all(self) -> dict[PageKey, tuple[int, int]]:
+        out: dict[PageKey, tuple[int, int]] = {}
+        for p in self.procs.values():
+            out.update(self.observe_pages(p, p.pages))
+        return out
+
+    def mark_baseline(self) -> None:
+        if self.observe:
+            self.baseline = self.observe_all()
+
+    def account_ksmd(self) -> None:
+        """Count what ksmd did to page tables since the baseline."""
+        if not self.observe:
+            return
+        now = self.observe_all()
+        in_place: set[int] = set()
+        for key, (kind, pfn) in now.items():
+            old = self.baseline.get(key)
+            if old is None or old[0] != ANON:
+                continue
+            if kind == KSM:
+                if pfn == old[1]:
+                    in_place.add(pfn)
+                else:
+                    self.events["merges"] += 1
+            elif kind == KZERO:
+                self.events["zero_pages_merged"] += 1
+        self.events["merges"] += len(in_place)
+        self.baseline = now
+
+    def account_unmerge(
+        self, before: Mapping[PageKey, tuple[int, int]], after: Mapping[PageKey, tuple[int, int]]
+    ) -> None:
+        for key, (kind, _) in before.items():
+            new = after.get(key, (NONE, 0))[0]
+            if kind == KSM and new != KSM:
+                self.events["unshared_by_unmerge"] += 1
+            elif kind == KZERO and new == ANON:
+                self.events["zero_pages_unshared"] += 1
+
+    # --------------------------------------------------------------- events
+
+    def apply(self, ev: Event) -> Snap | None:
+        if isinstance(ev, Alloc):
+            p = self.procs.get(ev.pid) or self.spawn(ev.pid)
+            p.worker.call(OP_MMAP, self.live(ev.addr), ev.len)
+            p.pages.update(self.page_range(ev.addr, ev.len))
+        elif isinstance(ev, Free):
+            p = self.proc(ev.pid)
+            p.worker.call(OP_MUNMAP, self.live(ev.addr), ev.len)
+            gone = set(self.page_range(ev.addr, ev.len))
+            p.pages -= gone
+            p.populated -= gone
+            p.fault_zero -= gone
+        elif isinstance(ev, Write):
+            self.write(ev)
+        elif isinstance(ev, Read):
+            p = self.proc(ev.pid)
+            pages = self.page_range(ev.addr, ev.len)
+            p.worker.call(OP_READ, self.live(pages.start * self.ps), len(pages) * self.ps)
+            for page in pages:
+                if page not in p.populated:
+                    p.populated.add(page)
+                    p.fault_zero.add(page)
+        elif isinstance(ev, Madvise):
+            self.madvise(ev)
+        elif isinstance(ev, Prctl):
+            p = self.procs.get(ev.pid) or self.spawn(ev.pid)
+            before = self.observe_pages(p, p.pages) if self.observe and not ev.value else {}
+            p.worker.call(OP_PRCTL, WINDOW_LO, WINDOW_HI, int(ev.value))
+            if before:
+                self.account_unmerge(before, self.observe_pages(p, p.pages))
+        elif isinstance(ev, Fork):
+            parent = self.proc(ev.pid)
+            if ev.child_pid in self.procs:
+                raise LiveKernelError(f"trace pid {ev.child_pid} already exists")
+            child = self.new_proc(ev.child_pid, parent.worker.fork())
+            child.pages = set(parent.pages)
+            child.populated = set(parent.populated)
+            child.fault_zero = set(parent.fault_zero)
+        elif isinstance(ev, Exit):
+            p = self.proc(ev.pid)
+            p.worker.exit()
+            del self.procs[ev.pid]
+        elif isinstance(ev, Ksm):
+            self.ksm(ev)
+        elif isinstance(ev, Settle):
+            self.settle(ev.max_full_scans)
+        elif isinstance(ev, Snapshot):
+            return self.snapshot(ev.label, ev.t, ev.index)
+        return None
+
+    def write(self, ev: Write) -> None:
+        p = self.proc(ev.pid)
+        pages = self.page_range(ev.addr, ev.len)
+        if self.observe:
+            for kind, _ in self.observe_pages(p, pages).values():
+                if kind == KSM:
+                    self.events["cow_breaks_ksm"] += 1
+                elif kind == KZERO:
+                    self.events["cow_breaks_zero"] += 1
+        content = ev.content
+        if isinstance(content, bytes):
+            p.worker.write_bytes(self.live(ev.addr), content)
+        elif isinstance(content, np.ndarray):
+            p.worker.fill_list(self.live(ev.addr), ev.len, content.astype("<u8").tobytes())
+        else:
+            p.worker.call(OP_FILL, self.live(ev.addr), ev.len, int(content))
+        p.populated.update(pages)
+        p.fault_zero.difference_update(pages)
+
+    def madvise(self, ev: Madvise) -> None:
+        p = self.proc(ev.pid)
+        advice = ADVICE[ev.advice]
+        pages = self.page_range(ev.addr, ev.len)
+        before = (
+            self.observe_pages(p, pages) if self.observe and advice == MADV_UNMERGEABLE else {}
+        )
+        p.worker.call(OP_MADVISE, self.live(ev.addr), ev.len, advice)
+        if before:
+            self.account_unmerge(before, self.observe_pages(p, pages))
+        if ev.advice == "dontneed":
+            p.populated.difference_update(pages)
+            p.fault_zero.difference_update(pages)
+
+    def ksm(self, ev: Ksm) -> None:
+        for name, value in ev.settings.items():
+            if name == "run":
+                self.set_run(int(value))
+                continue
+            try:
+                self.guard.write(name, value)
+            except RefusedWrite as e:
+                error = "EBUSY" if e.errno == errno.EBUSY else "EINVAL"
+                self.refused.append(
+                    {"event": ev.index, "t": ev.t, "knob": name, "value": value, "error": error}  # type: ignore[typeddict-item]
+                )
+
+    def set_run(self, value: int) -> None:
+        if value == 2:
+            if self.kernel_run != 2:
+                before = self.observe_all() if self.observe else {}
+                self.guard.write("run", 2)
+                self.kernel_run = 2
+                self.full_scans0 = 0
+                if self.observe:
+                    after = self.observe_all()
+                    self.account_unmerge(before, after)
+                    self.baseline = after
+        elif value == 0 and self.kernel_run == 2:
+            self.guard.write("run", 0)
+            self.kernel_run = 0
+        self.trace_run = value
+
+    # --------------------------------------------------------------- settle
+
+    def settle_key(self) -> tuple[Any, ...]:
+        c = kernel.read_counters()
+        key: list[Any] = [
+            c.get(n, 0)
+            for n in (
+                "pages_shared",
+                "pages_sharing",
+                "pages_unshared",
+                "pages_volatile",
+                "ksm_zero_pages",
+                "stable_node_chains",
+                "stable_node_dups",
+            )
+        ]
+        for pid in sorted(self.procs):
+            key.append(tuple(sorted(read_ksm_stat(self.procs[pid].worker.pid).items())))
+        return tuple(key)
+
+    def ksmd_sleeping(self) -> bool:
+        if self.ksmd_pid is None:
+            return True
+        try:
+            with open(f"/proc/{self.ksmd_pid}/stat", encoding="ascii") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        return state in ("S", "I")
+
+    def one_full_scan(self, start_scan: Callable[[], None], kick: Callable[[], None]) -> None:
+        """Start ksmd with ``start_scan`` and wait until the pass it is on ends.
+
+        ``kick`` wakes ksmd again if it stops short (a lost wake-up, or a batch
+        that ended before the pass under the scan-time advisor).
+        """
+        start = kernel.read_int("full_scans")
+        start_scan()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        progress = (kernel.read_int("pages_scanned"), kernel.read_int("pages_skipped"))
+        quiet_since = time.monotonic()
+        while kernel.read_int("full_scans") == start:
+            now = time.monotonic()
+            if now > deadline:
+                raise LiveKernelError("ksmd did not finish a full scan during settle")
+            seen = (kernel.read_int("pages_scanned"), kernel.read_int("pages_skipped"))
+            if seen != progress:
+                progress, quiet_since = seen, now
+            elif now - quiet_since > STALL_S and self.ksmd_sleeping():
+                kick()
+                quiet_since = now
+            time.sleep(0.0005)
+        # Barrier: writing run takes ksmd's mutex, so the batch has ended.
+        self.guard.write("run", 1)
+        time.sleep(0.002)
+
+    def settle(self, max_full_scans: int) -> None:
+        if self.trace_run != 1:
+            return
+        if not any(read_ksm_stat(p.worker.pid).get("ksm_mergeable") for p in self.procs.values()):
+            return
+        self.hold()
+        self.mark_baseline()
+        pages_to_scan = kernel.read_knob("pages_to_scan")
+        sleep_ms = kernel.read_knob("sleep_millisecs")
+        advisor = kernel.read_knob("advisor_mode") == "scan-time"
+        if not advisor:
+            self.guard.write("pages_to_scan", SETTLE_PAGES_TO_SCAN)
+        flip = [SETTLE_SLEEP_MS]
+
+        def kick() -> None:
+            flip[0] = SETTLE_SLEEP_MS + 1 if flip[0] == SETTLE_SLEEP_MS else SETTLE_SLEEP_MS
+            self.guard.write("sleep_millisecs", flip[0])
+
+        self.guard.write("sleep_millisecs", SETTLE_SLEEP_MS)
+        key = self.settle_key()
+
+        def start_run() -> None:
+            self.guard.write("run", 1)
+            self.kernel_run = 1
+
+        unchanged = 0
+        for rep in range(max_full_scans):
+            self.one_full_scan(kick if rep else start_run, kick)
+            new = self.settle_key()
+            unchanged = unchanged + 1 if new == key else 0
+            key = new
+            if unchanged >= 2:
+                break
+        self.hold()
+        if not advisor:
+            self.guard.write("pages_to_scan", pages_to_scan)
+        self.guard.write("sleep_millisecs", sleep_ms)
+        self.account_ksmd()
+        self.settled = True
+
+    # ------------------------------------------------------------- snapshot
+
+    def snapshot(self, label: str, t: int, index: int) -> Snap:
+        c = kernel.read_counters()
+        ksm: dict[str, Any] = {name: c.get(name) for name in KSM_COUNTERS}
+        ksm["pages_scanned"] = c.get("pages_scanned", 0) - self.scanned0
+        ksm["pages_skipped"] = c.get("pages_skipped", 0) - self.skipped0
+        ksm["full_scans"] = c.get("full_scans", 0) - self.full_scans0
+        view = self.observe_all()
+        processes: list[dict[str, Any]] = []
+        frames: set[int] = set()
+        ksm_frames: set[int] = set()
+        by_ksm = by_fault = 0
+        for pid in sorted(self.procs):
+            p = self.procs[pid]
+            stat = read_ksm_stat(p.worker.pid)
+            rss = 0
+            for page in p.pages:
+                kind, pfn = view[(p.serial, page)]
+                if kind in (ANON, KSM):
+                    rss += 1
+                    frames.add(pfn)
+                    if kind == KSM:
+                        ksm_frames.add(pfn)
+                elif kind == KZERO:
+                    by_ksm += 1
+                elif kind == FZERO:
+                    by_fault += 1
+            processes.append(
+                {
+                    "pid": pid,
+                    "ksm_rmap_items": stat["ksm_rmap_items"],
+                    "ksm_zero_pages": stat["ksm_zero_pages"],
+                    "ksm_merging_pages": stat["ksm_merging_pages"],
+                    "ksm_process_profit": stat["ksm_process_profit"],
+                    "ksm_merge_any": stat["ksm_merge_any"],
+                    "ksm_mergeable": stat["ksm_mergeable"],
+                    "rss_anon_pages": rss,
+                }
+            )
+        return {
+            "label": label,
+            "t": t,
+            "event": index,
+            "ksm": ksm,
+            "processes": processes,
+            "memory": {
+                "anon_frames": len(frames),
+                "ksm_frames": len(ksm_frames),
+                "zero_page_maps_by_ksm": by_ksm,
+                "zero_page_maps_by_fault": by_fault,
+            },
+            "events": dict(self.events),
+        }
+
+    def settings(self) -> dict[str, KnobValue]:
+        out: dict[str, KnobValue] = {}
+        for knob in KNOBS:
+            if knob.name == "run":
+                out["run"] = self.trace_run
+            elif os.path.exists(kernel.knob_path(knob.name)):
+                out[knob.name] = kernel.read_knob(knob.name)
+        return out
+
+    def shutdown(self) -> None:
+        for p in list(self.procs.values()):
+            p.worker.kill()
+        self.procs.clear()
+
+
+def read_ksm_stat(pid: int) -> dict[str, Any]:
+    """``/proc/<pid>/ksm_stat`` as a dict (yes/no fields as booleans)."""
+    out: dict[str, Any] = {}
+    with open(f"/proc/{pid}/ksm_stat", encoding="ascii") as f:
+        for line in f:
+            name, _, value = line.partition(" ")
+            name = name.rstrip(":")
+            value = value.strip()
+            out[name] = value == "yes" if value in ("yes", "no") else int(value)
+    return out
+
+
+def _find_ksmd() -> int | None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", encoding="ascii") as f:
+                if f.read().strip() == "ksmd":
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def _sleep_until(deadline: float) -> None:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5))
+
+
+def execute(
+    reader_or_events: Any,
+    page_size: int | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    *,
+    settings: Mapping[str, KnobValue] | None = None,
+    path: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    observe_events: bool = True,
+) -> Report:
+    """Replay a trace on the running kernel; return the report (one run, like ``run``).
+
+    This is ``ksmreplay exec TRACE``: it needs root, ``/sys/kernel/mm/ksm``
+    and gcc (to build the worker once), and takes
+    ``/run/lock/ksmreplay-live.lock`` for its whole duration.  Knobs start at
+    Linux's defaults (overridden by ``settings``) and the trace's ``ksm``
+    events apply at their times; a write the kernel refuses is listed in
+    ``refused``.  Whatever happens (success, error, Ctrl-C, SIGTERM) every knob
+    is written back, KSM is left with ``run`` 0 and nothing merged.
+
+    :param reader_or_events: an open trace (``ksmreplay.trace.TraceReader``:
+        ``header``, ``name``, iteration) or any iterable of events (a leading
+        :class:`~ksmreplay.events.Header` is allowed).  The events are read
+        into memory first (the address window is checked before anything runs).
+    :param page_size: the trace's page size (default: the reader's header, else 4096).
+    :param force: replay even when other processes use KSM (they will be
+        unmerged at the end: run=2 is global).
+    :param progress: called as ``progress(events_done, 0)`` after each instant.
+    :param settings: knob values before the first event (``--set``).
+    :param path: the trace path for the report (default: the reader's name).
+    :param meta: the header's meta (default: the reader's header).
+    :param observe_events: derive the ``events`` section from page tables
+        (costs a page-table read per instant); when False they are 0 and the
+        run says ``"events_observed": false``.
+    :returns: the report of REPORT_FORMAT.md; its run has mode ``unshare``
+        (``legacy`` on kernels before 6.6) and ``"kernel"`` (``uname -r``).
+    :raises LiveKernelError: (exit status 5) not root, no KSM, page size not
+        this machine's, KSM busy, lock held, no compiler, trace outside the
+        live address window, or the kernel could not be restored.
+    """
+    header: Header | None = getattr(reader_or_events, "header", None)
+    events: list[Event] = []
+    for item in reader_or_events:
+        if isinstance(item, Header):
+            header = item
+        else:
+            events.append(item)
+    if page_size is None:
+        page_size = header.page_size if header is not None else 4096
+    if path is None:
+        path = str(getattr(reader_or_events, "name", ""))
+    if meta is None:
+        meta = header.meta if header is not None else {}
+
+    kernel.check_usable(page_size)
+    binary = worker_binary()
+    offset = address_offset(events)
+    release = platform.release()
+    mode = "unshare" if _version(release) >= (6, 6) else "legacy"
+
+    with kernel.exclusive_lock(), kernel.sigterm_raises():
+        guard = KsmGuard(force)
+        guard.start()
+        try:
+            run = _execute(
+                events, page_size, guard, binary, offset, observe_events, settings, force, progress
+            )
+        except Terminated:
+            problems = _cleanup(guard)
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            raise LiveKernelError(
+                f"terminated by SIGTERM; KSM was stopped and restored{detail}"
+            ) from None
+        except BaseException:
+            _cleanup(guard)
+            raise
+        problems = _cleanup(guard)
+        if problems:
+            raise LiveKernelError("; ".join(problems))
+    run["mode"] = mode
+    run["kernel"] = release
+    return {
+        "report": REPORT_VERSION,
+        "trace": {
+            "path": path,
+            "events": len(events),
+            "duration_ns": events[-1].t if events else 0,
+            "page_size": page_size,
+            "meta": dict(meta),
+        },
+        "runs": [cast(Run, run)],
+    }
+
+
+_active: list[LiveReplay] = []
+
+
+def _cleanup(guard: KsmGuard) -> list[str]:
+    with kernel.signals_blocked():
+        problems: list[str] = []
+        while _active:
+            replay = _active.pop()
+            try:
+                replay.shutdown()
+            except OSError as e:
+                problems.append(f"could not end the workers: {e}")
+        problems.extend(guard.stop())
+        return problems
+
+
+def _execute(
+    events: list[Event],
+    page_size: int,
+    guard: KsmGuard,
+    binary: Any,
+    offset: int,
+    observe_events: bool,
+    settings: Mapping[str, KnobValue] | None,
+    force: bool,
+    progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    guard.touched = True
+    start = dict(DEFAULTS)
+    start.update(settings or {})
+    initial_run = int(start.pop("run"))
+    if not force:
+        guard.unmerge_all()  # nothing to unmerge: resets full_scans and ksmd's cursor
+    else:
+        guard.write("run", 0)
+    for name in kernel.RESTORE_ORDER:
+        if (
+            name in start
+            and os.path.exists(kernel.knob_path(name))
+            and kernel.read_knob(name) != start[name]
+        ):
+            guard.write(name, start[name])
+    replay = LiveReplay(page_size, guard, binary, offset, observe_events)
+    _active.append(replay)
+    replay.trace_run = initial_run
+    if initial_run == 2:
+        replay.kernel_run = 0
+
+    snapshots: list[Snap] = []
+    i = 0
+    released_at = time.monotonic()
+    prev_t: int | None = None
+    pending_release: float | None = None
+    last: Event | None = None
+    while i < len(events):
+        t = events[i].t
+        j = i
+        while j < len(events) and events[j].t == t:
+            j += 1
+        if prev_t is not None:
+            target = released_at + (t - prev_t) / 1e9
+            if pending_release is not None and pending_release < target:
+                _sleep_until(pending_release)
+                replay.release()
+            pending_release = None
+            _sleep_until(target)
+        replay.hold()
+        replay.account_ksmd()
+        replay.settled = False
+        for ev in events[i:j]:
+            snap = replay.apply(ev)
+            if snap is not None:
+                snapshots.append(snap)
+            last = ev
+        replay.mark_baseline()
+        released_at = time.monotonic()
+        if j < len(events):
+            if replay.settled:
+                sleep_ms = int(kernel.read_knob("sleep_millisecs"))
+                pending_release = released_at + jiffies_ns(sleep_ms) / 1e9
+            else:
+                replay.release()
+        prev_t = t
+        i = j
+        if progress is not None:
+            progress(i, 0)
+    replay.hold()
+    final = replay.snapshot("final", last.t if last else 0, last.index if last else 0)
+    return {
+        "mode": "unshare",
+        "settings": replay.settings(),
+        "refused": replay.refused,
+        "snapshots": snapshots,
+        "final": final,
+        "events_observed": observe_events,
+    }
+
+
+def _version(release: str) -> tuple[int, int]:
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)

@@ -1,0 +1,287 @@
+"""The live kernel's KSM: sysfs access, the lock, and the promise to leave it at rest.
+
+``/sys/kernel/mm/ksm`` is one global state shared by every process of the
+machine.  :class:`KsmGuard` is the only way ksmreplay touches it: it takes an
+exclusive lock, records every knob, refuses to start when others are using
+KSM, and on the way out (success, exception, Ctrl-C, SIGTERM) restores every
+knob it touched and leaves KSM stopped with nothing merged.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from ksmreplay.errors import ExitStatus, KsmreplayError
+from ksmreplay.knobs import KNOBS, KnobValue
+
+KSM_DIR = "/sys/kernel/mm/ksm"
+LOCK_PATH = "/run/lock/ksmreplay-live.lock"
+LOCK_TIMEOUT_S = 30.0
+
+BUSY_COUNTERS = (
+    "pages_shared",
+    "pages_sharing",
+    "ksm_zero_pages",
+    "pages_unshared",
+    "pages_volatile",
+)
+"""Counters that are 0 when nobody uses KSM (with ``run`` 0)."""
+
+RESTORE_ORDER = (
+    "advisor_mode",
+    "pages_to_scan",
+    "sleep_millisecs",
+    "use_zero_pages",
+    "max_page_sharing",
+    "smart_scan",
+    "merge_across_nodes",
+    "stable_node_chains_prune_millisecs",
+    "advisor_max_cpu",
+    "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan",
+    "advisor_target_scan_time",
+)
+"""Knob write order when setting or restoring everything but ``run``.
+
+``advisor_mode`` comes first because switching it rewrites ``pages_to_scan``
+and, while it is ``scan-time``, ``pages_to_scan`` cannot be written.
+"""
+
+
+class LiveKernelError(KsmreplayError):
+    """The live kernel cannot be used: not root, no KSM, busy, locked, no compiler."""
+
+    exit_status = ExitStatus.LIVE_KERNEL
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived during a live replay (raised so that cleanup runs)."""
+
+
+class RefusedWrite(Exception):
+    """The kernel refused a knob write with ``errno`` (EBUSY, EINVAL)."""
+
+    def __init__(self, knob: str, value: KnobValue, err: int) -> None:
+        super().__init__(f"{knob}={value}: {os.strerror(err)}")
+        self.knob = knob
+        self.value = value
+        self.errno = err
+
+
+def knob_path(name: str) -> str:
+    return os.path.join(KSM_DIR, name)
+
+
+def read_text(name: str) -> str:
+    with open(knob_path(name), encoding="ascii") as f:
+        return f.read().strip()
+
+
+def read_int(name: str) -> int:
+    return int(read_text(name))
+
+
+def read_knob(name: str) -> KnobValue:
+    """One knob's value; ``advisor_mode`` is shown as ``[none] scan-time`` and parsed."""
+    text = read_text(name)
+    if name == "advisor_mode":
+        for word in text.split():
+            if word.startswith("["):
+                return word.strip("[]")
+        return text
+    return int(text)
+
+
+def available_knobs() -> list[str]:
+    """The knobs of the table that this kernel has."""
+    return [k.name for k in KNOBS if os.path.exists(knob_path(k.name))]
+
+
+def write_knob(name: str, value: KnobValue) -> None:
+    """Write one knob; raise :class:`RefusedWrite` on EBUSY/EINVAL, retry EINTR."""
+    data = str(value).encode("ascii")
+    while True:
+        try:
+            fd = os.open(knob_path(name), os.O_WRONLY)
+        except OSError as e:
+            raise LiveKernelError(f"cannot open {knob_path(name)}: {e.strerror}") from None
+        try:
+            os.write(fd, data)
+            return
+        except OSError as e:
+            if e.errno == errno.EINTR:
+                continue
+            if e.errno in (errno.EBUSY, errno.EINVAL):
+                raise RefusedWrite(name, value, e.errno) from None
+            raise LiveKernelError(f"cannot write {name}={value}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+
+
+def read_counters() -> dict[str, int]:
+    """Every integer file of ``/sys/kernel/mm/ksm`` (counters and knobs)."""
+    out: dict[str, int] = {}
+    for name in sorted(os.listdir(KSM_DIR)):
+        try:
+            out[name] = int(read_text(name))
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def check_usable(page_size: int) -> None:
+    """Refuse early (exit status 5) when this machine cannot replay live."""
+    if os.geteuid() != 0:
+        raise LiveKernelError("live replay needs root (it writes /sys/kernel/mm/ksm)")
+    if not os.path.isdir(KSM_DIR):
+        raise LiveKernelError(f"this kernel has no KSM ({KSM_DIR} is missing)")
+    if not os.access(knob_path("run"), os.W_OK):
+        raise LiveKernelError(f"{knob_path('run')} is not writable")
+    machine = os.sysconf("SC_PAGE_SIZE")
+    if page_size != machine:
+        raise LiveKernelError(
+            f"the trace's page size is {page_size} but this machine's is {machine}"
+        )
+
+
+def busy_reason(counters: Mapping[str, int]) -> str | None:
+    """Why KSM looks in use by someone else, or None when it is idle."""
+    if counters.get("run", 0) != 0:
+        return f"run is {counters['run']}"
+    for name in BUSY_COUNTERS:
+        if counters.get(name, 0):
+            return f"{name} is {counters[name]}"
+    return None
+
+
+@contextmanager
+def exclusive_lock(path: str = LOCK_PATH, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive flock on ``path``, waiting at most ``timeout`` seconds."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise LiveKernelError(f"cannot open lock file {path}: {e.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LiveKernelError(
+                        f"another live replay holds {path} (waited {timeout:g} s)"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration (main thread only)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(f"signal {signum}")
+
+    try:
+        old: Any = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM (cleanup must not be interrupted half-way)."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class KsmGuard:
+    """Ownership of ``/sys/kernel/mm/ksm`` for one replay.
+
+    :meth:`start` records every knob and checks that KSM is idle; :meth:`stop`
+    unmerges everything (run=2, then run=0), checks that nothing stays merged
+    and writes every recorded knob back.
+    """
+
+    def __init__(self, force: bool = False) -> None:
+        self.force = force
+        self.saved: dict[str, KnobValue] = {}
+        self.touched = False
+        self.start_counters: dict[str, int] = {}
+
+    def start(self) -> None:
+        for name in available_knobs():
+            self.saved[name] = read_knob(name)
+        self.start_counters = read_counters()
+        reason = busy_reason(self.start_counters)
+        if reason is not None and not self.force:
+            raise LiveKernelError(
+                f"KSM is in use by other processes ({reason}); use force to override"
+            )
+
+    def write(self, name: str, value: KnobValue) -> None:
+        """Write a knob (recorded for restoration); may raise :class:`RefusedWrite`."""
+        self.touched = True
+        write_knob(name, value)
+
+    def unmerge_all(self) -> None:
+        """run=2 (synchronous unmerge of everything), then run=0."""
+        for _ in range(100):
+            try:
+                write_knob("run", 2)
+                break
+            except RefusedWrite:
+                time.sleep(0.01)
+        write_knob("run", 0)
+
+    def stop(self) -> list[str]:
+        """Leave KSM at rest and restore the knobs; returns problems found (empty if none)."""
+        problems: list[str] = []
+        if not self.touched:
+            return problems
+        try:
+            self.unmerge_all()
+        except (LiveKernelError, RefusedWrite) as e:
+            problems.append(f"could not stop and unmerge KSM: {e}")
+        for name in RESTORE_ORDER:
+            if name not in self.saved:
+                continue
+            try:
+                if read_knob(name) != self.saved[name]:
+                    write_knob(name, self.saved[name])
+            except (LiveKernelError, RefusedWrite, OSError) as e:
+                problems.append(f"could not restore {name}={self.saved[name]}: {e}")
+        counters = read_counters()
+        for name in ("pages_shared", "pages_sharing", "ksm_zero_pages"):
+            if counters.get(name, 0) and not self.force:
+                problems.append(f"{name} is {counters[name]} after unmerging")
+        original_run = self.saved.get("run", 0)
+        if original_run != 0:
+            try:
+                write_knob("run", original_run)
+            except (LiveKernelError, RefusedWrite) as e:
+                problems.append(f"could not restore run={original_run}: {e}")
+        return problems

@@ -1,0 +1,117 @@
+"""What a process's page table maps, from ``/proc/<pid>/pagemap`` and ``/proc/kpageflags``.
+
+Each page of a range is classified as not present, an ordinary anonymous
+frame, a KSM frame, or the shared zero page.  Page tables cannot tell a zero
+PTE that KSM placed (dirty) from one a read fault placed (clean): the driver
+decides that from the trace's own history (see ``execute.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from collections.abc import Iterable
+
+PM_PRESENT = 1 << 63
+PM_SWAPPED = 1 << 62
+PM_PFN_MASK = (1 << 55) - 1
+
+KPF_ANON = 1 << 12
+KPF_KSM = 1 << 21
+KPF_THP = 1 << 22
+KPF_ZERO_PAGE = 1 << 24
+
+NONE = 0
+ANON = 1
+KSM = 2
+ZERO = 3
+
+
+def read_pagemap(pid: int, addr: int, npages: int, page_size: int) -> list[int]:
+    """Raw pagemap entries of ``npages`` pages from ``addr`` in process ``pid``."""
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        data = os.pread(fd, npages * 8, (addr // page_size) * 8)
+    finally:
+        os.close(fd)
+    if len(data) != npages * 8:
+        raise OSError(f"short pagemap read for pid {pid}")
+    return list(struct.unpack(f"<{npages}Q", data))
+
+
+def read_kpageflags(pfns: Iterable[int]) -> dict[int, int]:
+    """Page flags of each frame number, reading contiguous runs at once."""
+    wanted = sorted(set(pfns))
+    flags: dict[int, int] = {}
+    if not wanted:
+        return flags
+    fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    try:
+        i = 0
+        while i < len(wanted):
+            j = i
+            while j + 1 < len(wanted) and wanted[j + 1] - wanted[j] < 64:
+                j += 1
+            first, last = wanted[i], wanted[j]
+            data = os.pread(fd, (last - first + 1) * 8, first * 8)
+            values = struct.unpack(f"<{len(data) // 8}Q", data)
+            for pfn in wanted[i : j + 1]:
+                flags[pfn] = values[pfn - first]
+            i = j + 1
+    finally:
+        os.close(fd)
+    return flags
+
+
+def zero_pfn(page_size: int) -> int:
+    """Frame number of the shared zero page: map a private page, read-fault it, look."""
+    m = mmap.mmap(-1, page_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf = ctypes.c_char.from_buffer(m)
+        try:
+            addr = ctypes.addressof(buf)
+            _ = m[0]
+            entry = read_pagemap(os.getpid(), addr, 1, page_size)[0]
+        finally:
+            del buf
+    finally:
+        m.close()
+    if not entry & PM_PRESENT or not entry & PM_PFN_MASK:
+        raise OSError("cannot find the zero page's frame number in pagemap")
+    pfn = entry & PM_PFN_MASK
+    if not read_kpageflags([pfn])[pfn] & KPF_ZERO_PAGE:
+        raise OSError("the read-faulted page is not flagged as the zero page")
+    return pfn
+
+
+class PageView:
+    """Classified pages of one range: ``kinds[i]`` and ``pfns[i]`` for page ``i``."""
+
+    __slots__ = ("kinds", "pfns", "thp")
+
+    def __init__(self, kinds: list[int], pfns: list[int], thp: bool) -> None:
+        self.kinds = kinds
+        self.pfns = pfns
+        self.thp = thp
+
+
+def classify(entries: list[int], zpfn: int) -> PageView:
+    """Classify raw pagemap entries (one kpageflags lookup for all frames)."""
+    pfns = [e & PM_PFN_MASK if e & PM_PRESENT else 0 for e in entries]
+    flags = read_kpageflags(p for p in pfns if p and p != zpfn)
+    kinds: list[int] = []
+    thp = False
+    for e, pfn in zip(entries, pfns, strict=True):
+        if not e & PM_PRESENT:
+            if e & PM_SWAPPED:
+                raise OSError("a replayed page was swapped out; live replay needs no swap pressure")
+            kinds.append(NONE)
+        elif pfn == zpfn:
+            kinds.append(ZERO)
+        else:
+            f = flags.get(pfn, 0)
+            thp = thp or bool(f & KPF_THP)
+            kinds.append(KSM if f & KPF_KSM else ANON)
+    return PageView(kinds, pfns, thp)
