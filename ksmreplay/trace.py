@@ -1,0 +1,1133 @@
+"""Read, validate and write traces (TRACE_FORMAT.md, version 1).
+
+:func:`open_trace` opens a trace file (or ``-`` for stdin), tells the msgpack
+stream from the JSON-lines form by its content, reads and validates the header,
+and then yields one typed record (:mod:`ksmreplay.events`) per event while it
+streams through the file.  Every rule of the trace format is checked exactly
+once, here; a broken rule raises :class:`~ksmreplay.errors.TraceError` naming
+the file, the event index (0 = header) and ``t``::
+
+    with open_trace("trace.msgpack") as reader:
+        for event in reader:
+            ...
+        print(reader.events, reader.duration_ns)
+
+The reader keeps, per live process, only the sorted list of its mapped address
+ranges (:class:`RangeSet`), so memory does not grow with the size of mappings
+or the length of the trace.
+
+Limits of this reader (not of the format): one event may take at most
+:data:`MAX_EVENT_BYTES` bytes of msgpack (a ``bin`` content of up to
+:data:`MAX_BIN_BYTES` bytes, a fingerprint array of up to
+:data:`MAX_ARRAY_ITEMS` pages) or :data:`MAX_LINE_BYTES` bytes of JSON.
+
+The JSON-lines form also accepts blank lines and lines whose first non-blank
+character is ``#`` (comments); both are skipped and not counted as events.
+
+:class:`TraceWriter` writes either form; whatever it writes, the reader accepts
+and decodes to equal records.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import os
+import re
+import sys
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate, chain, pairwise
+from types import TracebackType
+from typing import IO, Any, BinaryIO, Literal, NoReturn
+
+import msgpack
+import numpy as np
+
+from ksmreplay.errors import InputOutputError, TraceError
+from ksmreplay.events import (
+    ADVICES,
+    DEFAULT_MAX_FULL_SCANS,
+    DEFAULT_PAGE_SIZE,
+    Alloc,
+    Content,
+    Event,
+    Exit,
+    FingerprintArray,
+    Fork,
+    Free,
+    Header,
+    Ksm,
+    Madvise,
+    Prctl,
+    Read,
+    Settle,
+    Snapshot,
+    Write,
+)
+from ksmreplay.knobs import KnobValue, check_settings
+
+FORMAT_VERSION = 1
+MIN_PAGE_SIZE = 4096
+MAX_PAGE_SIZE = 65536
+ADDR_LIMIT = 2**64
+"""``addr + len`` must stay below this."""
+
+MAX_BIN_BYTES = 64 * 2**20
+"""Largest ``bin`` value (literal write) the reader accepts, in bytes."""
+MAX_ARRAY_ITEMS = 2**22
+"""Largest msgpack/JSON array the reader accepts (fingerprints of one write)."""
+MAX_MAP_ITEMS = 2**16
+"""Largest map the reader accepts (header ``meta``, ``ksm`` settings)."""
+MAX_STR_BYTES = 2**20
+"""Longest str the reader accepts, in bytes."""
+MAX_EVENT_BYTES = MAX_BIN_BYTES + 4096
+"""Largest msgpack object (header or event) the reader accepts, in bytes."""
+MAX_LINE_BYTES = 4 * MAX_EVENT_BYTES
+"""Longest JSON line the reader accepts, in bytes."""
+
+TraceForm = Literal["msgpack", "jsonl"]
+FORMS: tuple[str, ...] = ("msgpack", "jsonl")
+
+_READ_SIZE = 256 * 1024
+_FEED_SIZE = 4096
+_BLANK = b" \t\r\n"
+
+# How each op names the process it acts on, for messages.
+_PHRASE = {
+    "alloc": "alloc in pid",
+    "free": "free in pid",
+    "write": "write to pid",
+    "read": "read from pid",
+    "madvise": "madvise in pid",
+    "prctl": "prctl of pid",
+    "fork": "fork of pid",
+    "exit": "exit of pid",
+}
+
+# Items after t and op, per op (settle takes 0 or 1).
+_ITEMS = {
+    "alloc": ("pid", "addr", "len"),
+    "free": ("pid", "addr", "len"),
+    "write": ("pid", "addr", "len", "content"),
+    "read": ("pid", "addr", "len"),
+    "madvise": ("pid", "addr", "len", "advice"),
+    "prctl": ("pid", "option", "value"),
+    "fork": ("pid", "child_pid"),
+    "exit": ("pid",),
+    "ksm": ("settings",),
+    "settle": ("max_full_scans",),
+    "snapshot": ("label",),
+}
+
+
+def kind(value: object) -> str:
+    """The trace-format name of a decoded value's type (for messages)."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (bytes, bytearray)):
+        return "bin"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "map"
+    return "ext"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class RangeSet:
+    """A set of byte addresses kept as sorted, disjoint, non-adjacent ``[start, end)`` ranges.
+
+    Costs one pair of ints per range however many pages a range spans.
+    """
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, starts: list[int] | None = None, ends: list[int] | None = None) -> None:
+        self.starts: list[int] = starts if starts is not None else []
+        self.ends: list[int] = ends if ends is not None else []
+
+    def copy(self) -> RangeSet:
+        """An independent copy (``fork``)."""
+        return RangeSet(self.starts.copy(), self.ends.copy())
+
+    def total(self) -> int:
+        """Number of addresses in the set (bytes)."""
+        return sum(self.ends) - sum(self.starts)
+
+    def first_missing(self, start: int, end: int) -> int | None:
+        """The lowest address of ``[start, end)`` not in the set, or None if all are."""
+        i = bisect_right(self.starts, start) - 1
+        if i < 0 or self.ends[i] <= start:
+            return start
+        if self.ends[i] < end:
+            return self.ends[i]
+        return None
+
+    def first_overlap(self, start: int, end: int) -> int | None:
+        """The lowest address of ``[start, end)`` in the set, or None if none is."""
+        starts = self.starts
+        i = bisect_right(starts, start) - 1
+        if i >= 0 and self.ends[i] > start:
+            return start
+        if i + 1 < len(starts) and starts[i + 1] < end:
+            return starts[i + 1]
+        return None
+
+    def add(self, start: int, end: int) -> None:
+        """Add ``[start, end)``, which must not overlap the set."""
+        starts, ends = self.starts, self.ends
+        i = bisect_right(starts, start)
+        join_prev = i > 0 and ends[i - 1] == start
+        join_next = i < len(starts) and starts[i] == end
+        if join_prev and join_next:
+            ends[i - 1] = ends[i]
+            del starts[i], ends[i]
+        elif join_prev:
+            ends[i - 1] = end
+        elif join_next:
+            starts[i] = start
+        else:
+            starts.insert(i, start)
+            ends.insert(i, end)
+
+    def remove(self, start: int, end: int) -> None:
+        """Remove ``[start, end)`` (parts not in the set are ignored)."""
+        starts, ends = self.starts, self.ends
+        lo = bisect_right(ends, start)
+        hi = bisect_left(starts, end)
+        if lo >= hi:
+            return
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        if starts[lo] < start:
+            new_starts.append(starts[lo])
+            new_ends.append(start)
+        if ends[hi - 1] > end:
+            new_starts.append(end)
+            new_ends.append(ends[hi - 1])
+        starts[lo:hi] = new_starts
+        ends[lo:hi] = new_ends
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+_LIMIT_RE = re.compile(r"^(\d+) exceeds max_(\w+)_len\((\d+)\)$")
+_MAP_KEY_RE = re.compile(r"^(\w+) is not allowed for map key")
+_UNITS = {"array": "items", "map": "entries", "str": "bytes", "bin": "bytes", "ext": "bytes"}
+_TYPE_NAMES = {"int": "int", "float": "float", "bytes": "bin", "list": "array", "dict": "map"}
+
+
+def _msgpack_problem(exc: Exception) -> str:
+    """One line saying what is wrong with undecodable msgpack data."""
+    if isinstance(exc, msgpack.exceptions.BufferFull):
+        return f"event larger than this reader's limit of {MAX_EVENT_BYTES} bytes"
+    if isinstance(exc, msgpack.exceptions.StackError):
+        return "msgpack objects nested too deeply"
+    if isinstance(exc, msgpack.exceptions.FormatError):
+        return "invalid msgpack data"
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid UTF-8 in a str"
+    text = str(exc)
+    m = _LIMIT_RE.match(text)
+    if m:
+        what = m.group(2)
+        return (
+            f"{what} of {m.group(1)} {_UNITS.get(what, 'bytes')} exceeds "
+            f"this reader's limit of {m.group(3)}"
+        )
+    m = _MAP_KEY_RE.match(text)
+    if m:
+        return f"map key of type {_TYPE_NAMES.get(m.group(1), m.group(1))}; map keys must be str"
+    return f"invalid msgpack data ({text})" if text else "invalid msgpack data"
+
+
+class _MsgpackSource:
+    """The objects of a msgpack stream, in batches, with bounded sizes.
+
+    The stream is fed to the decoder a chunk at a time; each batch is every
+    object the chunk completed, so a batch never holds more than one chunk's
+    worth of events plus the one object that straddled into it.
+    """
+
+    def __init__(self, stream: IO[bytes], prefix: bytes, name: str) -> None:
+        self._read = getattr(stream, "read1", stream.read)
+        self._prefix = prefix
+        self._name = name
+        self._unpacker = msgpack.Unpacker(
+            max_buffer_size=MAX_EVENT_BYTES,
+            max_str_len=MAX_STR_BYTES,
+            max_bin_len=MAX_BIN_BYTES,
+            max_array_len=MAX_ARRAY_ITEMS,
+            max_map_len=MAX_MAP_ITEMS,
+            max_ext_len=MAX_STR_BYTES,
+        )
+
+    def batches(self) -> Iterator[list[object]]:
+        unpacker = self._unpacker
+        name = self._name
+        count = 0  # objects decoded so far; the next one has this event index
+        fed = 0
+        data = self._prefix
+        while True:
+            if not data:
+                try:
+                    data = self._read(_READ_SIZE)
+                except OSError as exc:
+                    raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+                if not data:
+                    break
+            # Small feeds keep batches small, so that their objects die young
+            # (the cyclic garbage collector then has little to traverse).
+            view = memoryview(data)
+            data = b""
+            for start in range(0, len(view), _FEED_SIZE):
+                chunk = view[start : start + _FEED_SIZE]
+                try:
+                    unpacker.feed(chunk)
+                except msgpack.exceptions.BufferFull as exc:
+                    raise TraceError(name, count, None, _msgpack_problem(exc)) from exc
+                fed += len(chunk)
+                batch: list[object] = []
+                try:
+                    batch.extend(unpacker)
+                except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:
+                    if batch:
+                        yield batch  # events before the bad bytes are checked first
+                    raise TraceError(name, count + len(batch), None, _msgpack_problem(exc)) from exc
+                if batch:
+                    count += len(batch)
+                    yield batch
+        if unpacker.tell() != fed:
+            where = "the header" if count == 0 else "this event"
+            raise TraceError(name, count, None, f"truncated: the trace ends inside {where}")
+
+
+_JSONL_BATCH = 100
+
+
+class _JsonlSource:
+    """The objects of a JSON-lines stream, in batches of lines."""
+
+    def __init__(self, stream: IO[bytes], prefix: bytes, name: str) -> None:
+        self._lines = io.BufferedReader(_Prefixed(prefix, stream), buffer_size=_READ_SIZE)
+        self._name = name
+
+    def _problem(self, exc: Exception) -> str:
+        if isinstance(exc, json.JSONDecodeError):
+            return f"invalid JSON ({exc.msg} at column {exc.colno})"
+        if isinstance(exc, UnicodeDecodeError):
+            return "invalid UTF-8 in a line"
+        if isinstance(exc, RecursionError):
+            return "JSON nested too deeply"
+        return f"invalid JSON ({exc})"
+
+    def batches(self) -> Iterator[list[object]]:
+        name = self._name
+        readline = self._lines.readline
+        loads = json.loads
+        count = 0
+        batch: list[object] = []
+        size = 0
+        while True:
+            try:
+                line = readline(MAX_LINE_BYTES + 1)
+            except OSError as exc:
+                raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+            if not line:
+                break
+            problem = None
+            if len(line) > MAX_LINE_BYTES:
+                problem = f"line longer than this reader's limit of {MAX_LINE_BYTES} bytes"
+            else:
+                stripped = line.strip(_BLANK)
+                if not stripped or stripped[:1] == b"#":
+                    continue
+                try:
+                    batch.append(loads(stripped))
+                except (ValueError, RecursionError) as exc:
+                    problem = self._problem(exc)
+            if problem is not None:
+                if batch:
+                    yield batch  # events before the bad line are checked first
+                raise TraceError(name, count + len(batch), None, problem)
+            size += len(line)
+            if len(batch) >= _JSONL_BATCH or size >= _FEED_SIZE:
+                count += len(batch)
+                yield batch
+                batch = []
+                size = 0
+        if batch:
+            yield batch
+
+
+def _detect(stream: IO[bytes]) -> tuple[TraceForm, bytes]:
+    """Read up to the first non-blank byte; return the form and the bytes read."""
+    read = getattr(stream, "read1", stream.read)
+    prefix = b""
+    while True:
+        chunk = read(_READ_SIZE)
+        if not chunk:
+            return "msgpack", prefix
+        prefix += chunk
+        body = prefix.lstrip(_BLANK)
+        if body:
+            return ("jsonl" if body[:1] in (b"{", b"#") else "msgpack"), prefix
+
+
+class _Prefixed(io.RawIOBase):
+    """A raw stream that yields ``prefix`` and then the rest of ``stream``."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        super().__init__()
+        self._prefix = memoryview(prefix)
+        self._read = getattr(stream, "read1", stream.read)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _json_value_problem(value: object, where: str) -> str | None:
+    """Why ``value`` cannot be carried into a JSON report, or None."""
+    if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where} is a str that is not valid Unicode"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is a non-finite float"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = _json_value_problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a {kind(key)} key"
+            problem = _json_value_problem(item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    return f"{where} is {kind(value)}"
+
+
+def _check_header(obj: object, name: str) -> Header:
+    def fail(message: str) -> NoReturn:
+        raise TraceError(name, 0, None, message)
+
+    if not isinstance(obj, dict):
+        fail(f"header must be a map, not {kind(obj)}")
+    if "ksmreplay" not in obj:
+        fail("header has no 'ksmreplay' key (not a ksmreplay trace)")
+    version = obj["ksmreplay"]
+    if type(version) is not int:
+        fail(f"header ksmreplay must be an int, not {kind(version)}")
+    if version != FORMAT_VERSION:
+        fail(f"unsupported trace format version {version} (this reader knows version 1)")
+    page_size = obj.get("page_size", DEFAULT_PAGE_SIZE)
+    if type(page_size) is not int:
+        fail(f"header page_size must be an int, not {kind(page_size)}")
+    if not (MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE) or page_size & (page_size - 1):
+        fail(f"header page_size {page_size} is not a power of two between 4096 and 65536")
+    description = obj.get("description")
+    if description is not None and not isinstance(description, str):
+        fail(f"header description must be a str, not {kind(description)}")
+    if description is not None:
+        problem = _json_value_problem(description, "header description")
+        if problem:
+            fail(problem)
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        fail(f"header meta must be a map, not {kind(meta)}")
+    problem = _json_value_problem(meta, "header meta")
+    if problem:
+        fail(f"{problem}; meta may hold only JSON values")
+    return Header(version=version, page_size=page_size, description=description, meta=meta)
+
+
+_INT_ONLY = {int}
+
+
+def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | None]:
+    """One uint64 array per fingerprint list, as views of one array built in one go.
+
+    All None when any item is not an int in 0..2**64-1 (the general path then
+    finds and names the bad one).
+    """
+    if not contents:
+        return []
+    flat = list(chain.from_iterable(contents))
+    if set(map(type, flat)) == _INT_ONLY:
+        try:
+            whole = np.array(flat, dtype=np.uint64)
+        except OverflowError:
+            pass
+        else:
+            offsets = list(accumulate(map(len, contents), initial=0))
+            return [whole[lo:hi] for lo, hi in pairwise(offsets)]
+    return [None] * len(contents)
+
+
+# A frozen dataclass sets each field through object.__setattr__, which costs
+# more than checking a write; the fast path sets the slots directly instead.
+_new = object.__new__
+_WRITE_SLOTS = [Write.__dict__[name].__set__ for name in ("index", "t", "pid", "addr", "len")]
+_SET_CONTENT = Write.__dict__["content"].__set__
+_SET_OP = Write.__dict__["op"].__set__
+
+
+class _Validator:
+    """Checks events one at a time and turns them into typed records."""
+
+    def __init__(self, name: str, page_size: int, jsonl: bool) -> None:
+        self.name = name
+        self.page_size = page_size
+        self.mask = page_size - 1
+        self.shift = page_size.bit_length() - 1
+        self.jsonl = jsonl
+        self.last_t = 0
+        self.procs: dict[int, RangeSet] = {}
+        self.exited: set[int] = set()
+        self.created = 0
+        self.handlers: dict[str, Callable[[int, int, list[Any]], Event]] = {
+            "alloc": self._alloc,
+            "free": self._free,
+            "write": self._write,
+            "read": self._read,
+            "madvise": self._madvise,
+            "prctl": self._prctl,
+            "fork": self._fork,
+            "exit": self._exit,
+            "ksm": self._ksm,
+            "settle": self._settle,
+            "snapshot": self._snapshot,
+        }
+
+    # -- helpers ---------------------------------------------------------------
+
+    def fail(self, index: int, t: int | None, message: str) -> NoReturn:
+        raise TraceError(self.name, index, t, message)
+
+    def batch(self, first: int, objs: list[object]) -> list[Event]:
+        """Check the events ``objs`` (event indexes from ``first``) and return their records.
+
+        Writes of fingerprint lists, the bulk of large traces, take a fast
+        path: the fingerprints of the whole batch become one uint64 array in
+        one go (each write's content is a view of it), and a write that passes
+        every check inline never reaches the general code.  Anything unusual
+        takes the general path, which also says what is wrong.
+        """
+        contents = [o[5] for o in objs if type(o) is list and len(o) == 6 and type(o[5]) is list]
+        views = _fingerprint_views(contents)
+        events: list[Event] = []
+        append = events.append
+        general = self.general
+        procs = self.procs
+        mask = self.mask
+        shift = self.shift
+        last_t = self.last_t
+        set_index, set_t, set_pid, set_addr, set_len = _WRITE_SLOTS
+        index = first
+        k = 0
+        for obj in objs:
+            if type(obj) is list and len(obj) == 6 and type(obj[5]) is list:
+                view = views[k]
+                k += 1
+                t, op, pid, addr, length, content = obj
+                if (
+                    view is not None
+                    and op == "write"
+                    and type(t) is int
+                    and t >= last_t
+                    and type(pid) is int
+                    and type(addr) is int
+                    and type(length) is int
+                    and pid > 0
+                    and addr >= 0
+                    and length > 0
+                    and not (addr | length) & mask
+                    and addr + length < ADDR_LIMIT
+                    and len(content) == length >> shift
+                ):
+                    ranges = procs.get(pid)
+                    if ranges is not None:
+                        i = bisect_right(ranges.starts, addr) - 1
+                        if i >= 0 and ranges.ends[i] >= addr + length:
+                            last_t = t
+                            record: Write = _new(Write)
+                            set_index(record, index)
+                            set_t(record, t)
+                            set_pid(record, pid)
+                            set_addr(record, addr)
+                            set_len(record, length)
+                            _SET_CONTENT(record, view)
+                            _SET_OP(record, "write")
+                            append(record)
+                            index += 1
+                            continue
+            self.last_t = last_t
+            append(general(index, obj))
+            last_t = self.last_t
+            index += 1
+        self.last_t = last_t
+        return events
+
+    def general(self, index: int, obj: object) -> Event:
+        if type(obj) is not list:
+            self.fail(index, None, f"event must be an array, not {kind(obj)}")
+        if len(obj) < 2:
+            self.fail(
+                index, None, f"event must be an array [t, op, ...], not {_plural(len(obj), 'item')}"
+            )
+        t = obj[0]
+        if type(t) is not int:
+            self.fail(index, None, f"t must be an int, not {kind(t)}")
+        if t < 0:
+            self.fail(index, None, f"t must be >= 0, not {t}")
+        if t < self.last_t:
+            self.fail(index, t, f"t goes back in time (previous event at t={self.last_t})")
+        op = obj[1]
+        if type(op) is not str:
+            self.fail(index, t, f"op must be a str, not {kind(op)}")
+        handler = self.handlers.get(op)
+        if handler is None:
+            self.fail(index, t, f"unknown op {op!r}")
+        event = handler(index, t, obj)
+        self.last_t = t
+        return event
+
+    def arity(self, index: int, t: int, op: str, obj: list[Any]) -> NoReturn:
+        names = _ITEMS[op]
+        expected = "at most 1 item" if op == "settle" else _plural(len(names), "item")
+        self.fail(
+            index,
+            t,
+            f"{op} takes {expected} after t and op ({', '.join(names)}), got {len(obj) - 2}",
+        )
+
+    def int_field(self, index: int, t: int, op: str, field: str, value: object) -> int:
+        if type(value) is not int:
+            self.fail(index, t, f"{op} {field} must be an int, not {kind(value)}")
+        return value
+
+    def pid_field(self, index: int, t: int, op: str, field: str, value: object) -> int:
+        pid = self.int_field(index, t, op, field, value)
+        if pid <= 0:
+            self.fail(index, t, f"{op} {field} must be positive, not {pid}")
+        return pid
+
+    def range_fields(self, index: int, t: int, op: str, obj: list[Any]) -> tuple[int, int, int]:
+        """pid, addr, len of a range event (checked for type and bounds)."""
+        pid, addr, length = obj[2], obj[3], obj[4]
+        if (
+            type(pid) is int
+            and type(addr) is int
+            and type(length) is int
+            and pid > 0
+            and addr >= 0
+            and length > 0
+            and addr + length < ADDR_LIMIT
+        ):
+            return pid, addr, length
+        self.pid_field(index, t, op, "pid", pid)
+        self.int_field(index, t, op, "addr", addr)
+        self.int_field(index, t, op, "len", length)
+        if addr < 0:
+            self.fail(index, t, f"{op} addr must be >= 0, not {addr}")
+        if length <= 0:
+            self.fail(index, t, f"{op} len must be > 0, not {length}")
+        self.fail(index, t, f"{op} range ends at {addr + length:#x}, beyond 2**64")
+
+    def aligned(self, index: int, t: int, op: str, addr: int, length: int, why: str = "") -> None:
+        if (addr | length) & self.mask:
+            if addr & self.mask:
+                self.fail(
+                    index,
+                    t,
+                    f"{op} addr {addr:#x} is not page-aligned (page_size {self.page_size}{why})",
+                )
+            self.fail(
+                index,
+                t,
+                f"{op} len {length} is not a multiple of page_size {self.page_size}{why}",
+            )
+
+    def process(self, index: int, t: int, op: str, pid: int) -> RangeSet:
+        ranges = self.procs.get(pid)
+        if ranges is None:
+            state = "has exited" if pid in self.exited else "does not exist"
+            self.fail(index, t, f"{_PHRASE[op]} {pid}, which {state}")
+        return ranges
+
+    def mapped(self, index: int, t: int, op: str, pid: int, addr: int, length: int) -> None:
+        ranges = self.process(index, t, op, pid)
+        missing = ranges.first_missing(addr, addr + length)
+        if missing is not None:
+            self.fail(index, t, f"{_PHRASE[op]} {pid} at {missing:#x} outside any mapping")
+
+    def create(self, pid: int) -> RangeSet:
+        ranges = self.procs.get(pid)
+        if ranges is None:
+            ranges = self.procs[pid] = RangeSet()
+            self.exited.discard(pid)
+            self.created += 1
+        return ranges
+
+    # -- ops ---------------------------------------------------------------------
+
+    def _alloc(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 5:
+            self.arity(index, t, "alloc", obj)
+        pid, addr, length = self.range_fields(index, t, "alloc", obj)
+        self.aligned(index, t, "alloc", addr, length)
+        ranges = self.procs.get(pid)
+        if ranges is not None:
+            overlap = ranges.first_overlap(addr, addr + length)
+            if overlap is not None:
+                self.fail(
+                    index, t, f"alloc in pid {pid} at {overlap:#x} overlaps an existing mapping"
+                )
+        self.create(pid).add(addr, addr + length)
+        return Alloc(index, t, pid, addr, length)
+
+    def _free(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 5:
+            self.arity(index, t, "free", obj)
+        pid, addr, length = self.range_fields(index, t, "free", obj)
+        self.aligned(index, t, "free", addr, length)
+        self.process(index, t, "free", pid).remove(addr, addr + length)
+        return Free(index, t, pid, addr, length)
+
+    def _write(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 6:
+            self.arity(index, t, "write", obj)
+        pid, addr, length = self.range_fields(index, t, "write", obj)
+        content: Any = obj[5]
+        ctype = type(content)
+        if ctype is int:
+            self.aligned(index, t, "write", addr, length, "; needed for fingerprint content")
+            if content < 0 or content >= ADDR_LIMIT:
+                self.fail(index, t, f"write content {content} is not a fingerprint (0..2**64-1)")
+        elif ctype is list:
+            self.aligned(index, t, "write", addr, length, "; needed for fingerprint content")
+            content = self.fingerprints(index, t, content, length >> self.shift)
+        elif ctype is bytes:
+            if len(content) != length:
+                self.fail(index, t, f"write content has {len(content)} bytes for len {length}")
+        elif ctype is dict and self.jsonl:
+            content = self.b64(index, t, content, length)
+        else:
+            self.fail(
+                index,
+                t,
+                f"write content must be an int, an array of ints or a bin, not {kind(content)}",
+            )
+        self.mapped(index, t, "write", pid, addr, length)
+        return Write(index, t, pid, addr, length, content)
+
+    def fingerprints(self, index: int, t: int, items: list[Any], pages: int) -> Content:
+        if len(items) != pages:
+            self.fail(
+                index,
+                t,
+                f"write content has {_plural(len(items), 'fingerprint')} for "
+                f"{_plural(pages, 'page')}",
+            )
+        if set(map(type, items)) == _INT_ONLY and min(items) >= 0 and max(items) < ADDR_LIMIT:
+            return np.array(items, dtype=np.uint64)
+        for i, item in enumerate(items):
+            if type(item) is not int:
+                self.fail(index, t, f"write content[{i}] must be an int, not {kind(item)}")
+            if item < 0 or item >= ADDR_LIMIT:
+                self.fail(index, t, f"write content[{i}] {item} is not a fingerprint (0..2**64-1)")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def b64(self, index: int, t: int, content: dict[str, Any], length: int) -> bytes:
+        if list(content) != ["b64"]:
+            self.fail(index, t, "write content must be an int, an array of ints or a bin, not map")
+        text = content["b64"]
+        if not isinstance(text, str):
+            self.fail(index, t, f"write content b64 must be a str, not {kind(text)}")
+        try:
+            data = base64.b64decode(text.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            self.fail(index, t, "write content b64 is not valid base64")
+        if len(data) != length:
+            self.fail(index, t, f"write content has {len(data)} bytes for len {length}")
+        return data
+
+    def _read(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 5:
+            self.arity(index, t, "read", obj)
+        pid, addr, length = self.range_fields(index, t, "read", obj)
+        self.mapped(index, t, "read", pid, addr, length)
+        return Read(index, t, pid, addr, length)
+
+    def _madvise(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 6:
+            self.arity(index, t, "madvise", obj)
+        pid, addr, length = self.range_fields(index, t, "madvise", obj)
+        advice = obj[5]
+        if not isinstance(advice, str) or advice not in ADVICES:
+            choices = ", ".join(repr(a) for a in ADVICES)
+            self.fail(index, t, f"madvise advice must be one of {choices}, not {advice!r}")
+        self.aligned(index, t, "madvise", addr, length)
+        self.mapped(index, t, "madvise", pid, addr, length)
+        return Madvise(index, t, pid, addr, length, advice)  # type: ignore[arg-type]
+
+    def _prctl(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 5:
+            self.arity(index, t, "prctl", obj)
+        pid = self.pid_field(index, t, "prctl", "pid", obj[2])
+        option, value = obj[3], obj[4]
+        if option != "merge_any" or type(option) is not str:
+            self.fail(index, t, f"prctl option must be 'merge_any', not {option!r}")
+        if type(value) is not bool:
+            self.fail(index, t, f"prctl merge_any value must be a bool, not {kind(value)}")
+        self.create(pid)
+        return Prctl(index, t, pid, option, value)
+
+    def _fork(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 4:
+            self.arity(index, t, "fork", obj)
+        pid = self.pid_field(index, t, "fork", "pid", obj[2])
+        child = self.pid_field(index, t, "fork", "child_pid", obj[3])
+        ranges = self.process(index, t, "fork", pid)
+        if child in self.procs:
+            self.fail(index, t, f"fork of pid {pid}: child pid {child} already exists")
+        self.procs[child] = ranges.copy()
+        self.exited.discard(child)
+        self.created += 1
+        return Fork(index, t, pid, child)
+
+    def _exit(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 3:
+            self.arity(index, t, "exit", obj)
+        pid = self.pid_field(index, t, "exit", "pid", obj[2])
+        self.process(index, t, "exit", pid)
+        del self.procs[pid]
+        self.exited.add(pid)
+        return Exit(index, t, pid)
+
+    def _ksm(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 3:
+            self.arity(index, t, "ksm", obj)
+        settings = obj[2]
+        if not isinstance(settings, dict):
+            self.fail(index, t, f"ksm settings must be a map, not {kind(settings)}")
+        problem = check_settings(settings)
+        if problem is not None:
+            self.fail(index, t, problem)
+        typed: dict[str, KnobValue] = settings
+        return Ksm(index, t, typed)
+
+    def _settle(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) == 2:
+            return Settle(index, t)
+        if len(obj) != 3:
+            self.arity(index, t, "settle", obj)
+        scans = obj[2]
+        if type(scans) is not int:
+            self.fail(index, t, f"settle max_full_scans must be an int, not {kind(scans)}")
+        if scans < 1:
+            self.fail(index, t, f"settle max_full_scans must be >= 1, not {scans}")
+        return Settle(index, t, scans)
+
+    def _snapshot(self, index: int, t: int, obj: list[Any]) -> Event:
+        if len(obj) != 3:
+            self.arity(index, t, "snapshot", obj)
+        label = obj[2]
+        if not isinstance(label, str):
+            self.fail(index, t, f"snapshot label must be a str, not {kind(label)}")
+        problem = _json_value_problem(label, "snapshot label")
+        if problem:
+            self.fail(index, t, problem)
+        return Snapshot(index, t, label)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class TraceReader:
+    """A validated, streaming view of one trace; iterate it once for its events.
+
+    :ivar name: the file name used in messages (``<stdin>`` for ``-``).
+    :ivar form: ``"msgpack"`` or ``"jsonl"``.
+    :ivar header: the validated header.
+    :ivar events: events yielded so far (the header is not counted).
+    :ivar duration_ns: ``t`` of the last event yielded, in ns (0 if none).
+    """
+
+    def __init__(self, stream: IO[bytes], name: str, close: bool = True) -> None:
+        self.name = name
+        self._stream = stream
+        self._close = close
+        self.events = 0
+        self.duration_ns = 0
+        self._iterated = False
+        try:
+            form, prefix = _detect(stream)
+            self.form: TraceForm = form
+            source = (_JsonlSource if form == "jsonl" else _MsgpackSource)(stream, prefix, name)
+            self._batches = source.batches()
+            batch = next(self._batches, None)
+            if batch is None:
+                raise TraceError(name, 0, None, "empty trace: no header")
+            self.header = _check_header(batch[0], name)
+            self._rest = batch[1:]
+        except OSError as exc:
+            self.close()
+            raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+        self._validator = _Validator(name, self.header.page_size, form == "jsonl")
+
+    def __iter__(self) -> Iterator[Event]:
+        if self._iterated:
+            raise RuntimeError("a TraceReader can be iterated only once")
+        self._iterated = True
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Event]:
+        validator = self._validator
+        batches = self._batches
+        batch: list[object] | None = self._rest
+        self._rest = []
+        index = 0
+        while batch is not None:
+            if batch:
+                events = validator.batch(index + 1, batch)
+                index += len(batch)
+                self.events = index
+                self.duration_ns = events[-1].t
+                yield from events
+            batch = next(batches, None)
+
+    @property
+    def processes(self) -> int:
+        """Processes created so far (a pid reused after ``exit`` counts again)."""
+        return self._validator.created
+
+    def close(self) -> None:
+        """Close the underlying file (not stdin)."""
+        if self._close:
+            self._stream.close()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_trace(path: str) -> TraceReader:
+    """Open the trace at ``path`` (``-`` for stdin) and read its header.
+
+    :raises InputOutputError: the file cannot be opened or read.
+    :raises TraceError: the header breaks the trace format.
+    """
+    if path == "-":
+        return TraceReader(sys.stdin.buffer, "<stdin>", close=False)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed by the reader
+    except OSError as exc:
+        raise InputOutputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    return TraceReader(stream, path)
+
+
+def read_trace(path: str) -> tuple[Header, list[Event]]:
+    """Read a whole trace into memory (for tests and small traces)."""
+    with open_trace(path) as reader:
+        return reader.header, list(reader)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def header_object(header: Header) -> dict[str, Any]:
+    """The header map as written to a trace."""
+    obj: dict[str, Any] = {"ksmreplay": header.version, "page_size": header.page_size}
+    if header.description is not None:
+        obj["description"] = header.description
+    if header.meta:
+        obj["meta"] = dict(header.meta)
+    return obj
+
+
+def event_array(event: Event) -> list[Any]:
+    """The event array of a typed record, as msgpack would carry it (bin as bytes)."""
+    if isinstance(event, (Alloc, Free, Read)):
+        return [event.t, event.op, event.pid, event.addr, event.len]
+    if isinstance(event, Write):
+        content = event.content
+        if isinstance(content, np.ndarray):
+            content = content.tolist()
+        return [event.t, "write", event.pid, event.addr, event.len, content]
+    if isinstance(event, Madvise):
+        return [event.t, "madvise", event.pid, event.addr, event.len, event.advice]
+    if isinstance(event, Prctl):
+        return [event.t, "prctl", event.pid, event.option, event.value]
+    if isinstance(event, Fork):
+        return [event.t, "fork", event.pid, event.child_pid]
+    if isinstance(event, Exit):
+        return [event.t, "exit", event.pid]
+    if isinstance(event, Ksm):
+        return [event.t, "ksm", dict(event.settings)]
+    if isinstance(event, Settle):
+        if event.max_full_scans == DEFAULT_MAX_FULL_SCANS:
+            return [event.t, "settle"]
+        return [event.t, "settle", event.max_full_scans]
+    if isinstance(event, Snapshot):
+        return [event.t, "snapshot", event.label]
+    raise TypeError(f"not a trace event: {event!r}")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"cannot write {type(value).__name__} to a trace")
+
+
+def _msgpack_default(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"cannot write {type(value).__name__} to a trace")
+
+
+class TraceWriter:
+    """Write a trace, event by event, to a binary stream it does not own.
+
+    The header is written at once.  The writer does not validate; the caller
+    keeps to the trace format.
+    """
+
+    def __init__(
+        self, stream: BinaryIO, header: Header | None = None, form: str = "msgpack"
+    ) -> None:
+        if form not in FORMS:
+            raise ValueError(f"unknown trace form {form!r}")
+        self.stream = stream
+        self.form = form
+        self.header = header if header is not None else Header()
+        if form == "msgpack":
+            packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+            self._encode: Callable[[object], bytes] = packer.pack
+        else:
+            encoder = json.JSONEncoder(
+                ensure_ascii=False, separators=(", ", ": "), default=_json_default
+            )
+
+            def encode(obj: object) -> bytes:
+                return (encoder.encode(obj) + "\n").encode("utf-8")
+
+            self._encode = encode
+        self._put(header_object(self.header))
+
+    def _put(self, obj: object) -> None:
+        self.stream.write(self._encode(obj))
+
+    def event(self, record: Event) -> None:
+        """Write one typed record (its ``index`` is ignored)."""
+        self._put(event_array(record))
+
+    def alloc(self, t: int, pid: int, addr: int, len: int) -> None:
+        self._put([t, "alloc", pid, addr, len])
+
+    def free(self, t: int, pid: int, addr: int, len: int) -> None:
+        self._put([t, "free", pid, addr, len])
+
+    def write(self, t: int, pid: int, addr: int, len: int, content: Content | list[int]) -> None:
+        self._put([t, "write", pid, addr, len, content])
+
+    def read(self, t: int, pid: int, addr: int, len: int) -> None:
+        self._put([t, "read", pid, addr, len])
+
+    def madvise(self, t: int, pid: int, addr: int, len: int, advice: str) -> None:
+        self._put([t, "madvise", pid, addr, len, advice])
+
+    def prctl(self, t: int, pid: int, value: bool) -> None:
+        self._put([t, "prctl", pid, "merge_any", value])
+
+    def fork(self, t: int, pid: int, child_pid: int) -> None:
+        self._put([t, "fork", pid, child_pid])
+
+    def exit(self, t: int, pid: int) -> None:
+        self._put([t, "exit", pid])
+
+    def ksm(self, t: int, settings: Mapping[str, KnobValue]) -> None:
+        self._put([t, "ksm", dict(settings)])
+
+    def settle(self, t: int, max_full_scans: int | None = None) -> None:
+        self._put([t, "settle"] if max_full_scans is None else [t, "settle", max_full_scans])
+
+    def snapshot(self, t: int, label: str) -> None:
+        self._put([t, "snapshot", label])
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def form_for_path(path: str) -> TraceForm | None:
+    """The form a file name asks for by its suffix (``.msgpack``/``.jsonl``), or None."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".msgpack":
+        return "msgpack"
+    if suffix == ".jsonl":
+        return "jsonl"
+    return None
+
+
+def write_trace(
+    path: str, header: Header | None, records: Iterable[Event], form: str | None = None
+) -> None:
+    """Write a whole trace to ``path``; the form defaults to the suffix, else msgpack."""
+    chosen = form or form_for_path(path) or "msgpack"
+    with open(path, "wb") as stream:
+        writer = TraceWriter(stream, header, chosen)
+        for record in records:
+            writer.event(record)
