@@ -360,9 +360,7 @@ class LiveReplay:
         p = self.proc(ev.pid)
         advice = ADVICE[ev.advice]
         pages = self.page_range(ev.addr, ev.len)
-        before = (
-            self.observe_pages(p, pages) if self.observe and advice == MADV_UNMERGEABLE else {}
-        )
+        before = self.observe_pages(p, pages) if self.observe and advice == MADV_UNMERGEABLE else {}
         p.worker.call(OP_MADVISE, self.live(ev.addr), ev.len, advice)
         if before:
             self.account_unmerge(before, self.observe_pages(p, pages))

@@ -162,15 +162,32 @@ def busy_reason(counters: Mapping[str, int]) -> str | None:
     return None
 
 
+_lock_depth = 0
+"""How many :func:`exclusive_lock` blocks of this process are open (the lock is reentrant)."""
+
+
 @contextmanager
-def exclusive_lock(path: str = LOCK_PATH, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an exclusive flock on ``path``, waiting at most ``timeout`` seconds."""
+def exclusive_lock(path: str = LOCK_PATH, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on ``path``, waiting at most ``timeout`` seconds.
+
+    Reentrant within one process (a test that holds the lock can call
+    :func:`~ksmreplay.live.execute`); ``timeout`` defaults to :data:`LOCK_TIMEOUT_S`.
+    """
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    wait = LOCK_TIMEOUT_S if timeout is None else timeout
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise LiveKernelError(f"cannot open lock file {path}: {e.strerror}") from None
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,12 +195,14 @@ def exclusive_lock(path: str = LOCK_PATH, timeout: float = LOCK_TIMEOUT_S) -> It
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise LiveKernelError(
-                        f"another live replay holds {path} (waited {timeout:g} s)"
+                        f"another live replay holds {path} (waited {wait:g} s)"
                     ) from None
                 time.sleep(0.05)
+        _lock_depth = 1
         try:
             yield
         finally:
+            _lock_depth = 0
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

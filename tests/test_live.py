@@ -1,0 +1,221 @@
+"""Replays on the live kernel: the recorded scenarios and the safety guarantees.
+
+Skipped unless this machine can replay live (root, writable
+``/sys/kernel/mm/ksm``, gcc).  Every test that writes KSM's sysfs itself holds
+``/run/lock/ksmreplay-live.lock``; ``execute`` takes it on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ksmreplay.errors import ExitStatus
+from ksmreplay.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
+from ksmreplay.live import LiveKernelError, execute, kernel
+from ksmreplay.trace import open_trace
+
+pytestmark = pytest.mark.live
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+REPO = Path(__file__).parent.parent
+KSM = Path(kernel.KSM_DIR)
+
+
+def _why_not_live() -> str | None:
+    if os.geteuid() != 0:
+        return "live tests need root"
+    if not KSM.is_dir():
+        return f"no KSM on this kernel ({KSM} missing)"
+    if not os.access(KSM / "run", os.W_OK):
+        return f"{KSM / 'run'} is not writable"
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        return "live tests need gcc to build the worker"
+    return None
+
+
+REASON = _why_not_live()
+if REASON is not None:
+    pytest.skip(REASON, allow_module_level=True)
+
+
+def knob_state() -> dict[str, Any]:
+    return {name: kernel.read_knob(name) for name in kernel.available_knobs()}
+
+
+def at_rest() -> dict[str, int]:
+    names = ("run", "pages_shared", "pages_sharing", "ksm_zero_pages")
+    return {n: kernel.read_int(n) for n in names}
+
+
+REST = {"run": 0, "pages_shared": 0, "pages_sharing": 0, "ksm_zero_pages": 0}
+
+
+@pytest.fixture
+def locked() -> Iterator[None]:
+    with kernel.exclusive_lock():
+        yield
+
+
+def replay_scenario(name: str) -> dict[str, Any]:
+    with open_trace(str(SCENARIOS / f"{name}.jsonl")) as reader:
+        report: dict[str, Any] = dict(execute(reader))
+    report["trace"]["path"] = f"{name}.jsonl"
+    return report
+
+
+RECORDED = sorted(p.name[: -len(".live.json")] for p in SCENARIOS.glob("*.live.json"))
+
+
+def test_enough_scenarios_recorded() -> None:
+    traces = sorted(p.name[: -len(".jsonl")] for p in SCENARIOS.glob("*.jsonl"))
+    assert len(RECORDED) >= 40
+    assert traces == RECORDED
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_scenario_matches_recording(name: str) -> None:
+    expected = json.loads((SCENARIOS / f"{name}.live.json").read_text())
+    got = replay_scenario(name)
+    expected["runs"][0].pop("kernel")
+    got["runs"][0].pop("kernel")
+    assert got == expected
+    assert at_rest() == REST
+
+
+def test_kernel_left_as_found() -> None:
+    before = knob_state()
+    replay_scenario("run2_unmerges_everything")
+    assert knob_state() == before
+    assert at_rest() == REST
+
+
+def test_worker_adds_nothing_to_ksm() -> None:
+    """merge_any on an empty process: the worker's own pages never reach ksmd."""
+    snap = replay_scenario("pollution_merge_any_empty")["runs"][0]["snapshots"][-1]
+    assert snap["ksm"]["full_scans"] >= 1
+    for name in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"):
+        assert snap["ksm"][name] == 0
+    (proc,) = snap["processes"]
+    assert proc["ksm_merge_any"] is True
+    assert proc["ksm_mergeable"] is False
+    assert proc["ksm_rmap_items"] == 0
+    pages = replay_scenario("pollution_merge_any_pages")["runs"][0]["snapshots"][-1]
+    assert pages["processes"][0]["ksm_rmap_items"] == 8
+
+
+def test_error_mid_replay_restores(locked: None) -> None:
+    kernel.write_knob("sleep_millisecs", 30)
+    try:
+        before = knob_state()
+        events = [
+            Ksm(1, 0, {"use_zero_pages": 1, "pages_to_scan": 1000, "run": 1}),
+            Alloc(2, 0, 1, 0x10000, 4 * 4096),
+            Write(3, 0, 1, 0x10000, 4 * 4096, 0),
+            Madvise(4, 0, 1, 0x10000, 4 * 4096, "mergeable"),
+            Settle(5, 0),
+            Alloc(6, 0, 1, 0x10000, 4096),  # overlaps: the kernel refuses the mapping
+        ]
+        with pytest.raises(LiveKernelError) as info:
+            execute(events, 4096)
+        assert info.value.exit_status == ExitStatus.LIVE_KERNEL
+        assert knob_state() == before
+        assert at_rest() == REST
+    finally:
+        kernel.write_knob("sleep_millisecs", 20)
+
+
+def test_refuses_when_ksm_busy(locked: None) -> None:
+    before = knob_state()
+    kernel.write_knob("run", 1)
+    try:
+        with pytest.raises(LiveKernelError, match="in use"):
+            execute([Snapshot(1, 0, "x")], 4096)
+        assert kernel.read_int("run") == 1  # left alone
+    finally:
+        kernel.write_knob("run", 0)
+    assert knob_state() == before
+
+
+def test_refuses_other_page_size() -> None:
+    with pytest.raises(LiveKernelError, match="page size"):
+        execute([Snapshot(1, 0, "x")], 65536 if os.sysconf("SC_PAGE_SIZE") != 65536 else 4096)
+
+
+def test_refuses_when_locked_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,sys,time; f=open(sys.argv[1],'a'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
+            kernel.LOCK_PATH,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"held"
+        monkeypatch.setattr(kernel, "LOCK_TIMEOUT_S", 0.3)
+        with pytest.raises(LiveKernelError, match="holds"):
+            execute([Snapshot(1, 0, "x")], 4096)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+CHILD = """
+import sys
+from ksmreplay.errors import KsmreplayError
+from ksmreplay.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
+from ksmreplay.live import execute
+A = 0x10000
+events = [
+    Ksm(1, 0, {"use_zero_pages": 1, "pages_to_scan": 1000, "smart_scan": 0, "run": 1}),
+    Alloc(2, 0, 1, A, 8 * 4096),
+    Write(3, 0, 1, A, 4 * 4096, 0x77),
+    Write(4, 0, 1, A + 16384, 16384, 0),
+    Madvise(5, 0, 1, A, 8 * 4096, "mergeable"), Settle(6, 0), Snapshot(7, 60_000_000_000, "late"),
+]
+try:
+    execute(events, 4096)
+except KsmreplayError as e:
+    print(e, file=sys.stderr)
+    sys.exit(int(e.exit_status))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
+    before = knob_state()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while kernel.read_int("pages_shared") == 0 or kernel.read_int("ksm_zero_pages") == 0:
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the replay never merged"
+            time.sleep(0.01)
+        child.send_signal(sig)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if sig == signal.SIGTERM:
+        assert child.returncode == ExitStatus.LIVE_KERNEL
+    else:
+        assert child.returncode != 0
+    assert at_rest() == REST
+    assert knob_state() == before
