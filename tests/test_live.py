@@ -219,3 +219,14 @@ def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
         assert child.returncode != 0
     assert at_rest() == REST
     assert knob_state() == before
+
+
+def test_settle_does_not_depend_on_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settling with 7-page batches gives the same numbers as one batch per full scan."""
+    from ksmreplay.live import driver
+
+    expected = json.loads((SCENARIOS / "example_c_zero_pages.live.json").read_text())
+    monkeypatch.setattr(driver, "SETTLE_PAGES_TO_SCAN", 7)
+    monkeypatch.setattr(driver, "STALL_S", 0.03)
+    got = replay_scenario("example_c_zero_pages")
+    assert got["runs"][0]["snapshots"] == expected["runs"][0]["snapshots"]
