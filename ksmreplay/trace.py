@@ -42,7 +42,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import accumulate, chain, pairwise
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Literal, NoReturn
+from typing import IO, Any, Literal, NoReturn
 
 import msgpack
 import numpy as np
@@ -205,23 +205,27 @@ class RangeSet:
             starts.insert(i, start)
             ends.insert(i, end)
 
-    def remove(self, start: int, end: int) -> None:
-        """Remove ``[start, end)`` (parts not in the set are ignored)."""
+    def remove(self, start: int, end: int) -> int:
+        """Remove ``[start, end)`` (parts not in the set are ignored); return the bytes removed."""
         starts, ends = self.starts, self.ends
         lo = bisect_right(ends, start)
         hi = bisect_left(starts, end)
         if lo >= hi:
-            return
+            return 0
+        removed = sum(ends[lo:hi]) - sum(starts[lo:hi])
         new_starts: list[int] = []
         new_ends: list[int] = []
         if starts[lo] < start:
             new_starts.append(starts[lo])
             new_ends.append(start)
+            removed -= start - starts[lo]
         if ends[hi - 1] > end:
             new_starts.append(end)
             new_ends.append(ends[hi - 1])
+            removed -= ends[hi - 1] - end
         starts[lo:hi] = new_starts
         ends[lo:hi] = new_ends
+        return removed
 
 
 # --------------------------------------------------------------------------- decoding
@@ -269,6 +273,7 @@ class _MsgpackSource:
         self._read = getattr(stream, "read1", stream.read)
         self._prefix = prefix
         self._name = name
+        self.bytes_read = 0
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=MAX_EVENT_BYTES,
             max_str_len=MAX_STR_BYTES,
@@ -303,6 +308,7 @@ class _MsgpackSource:
                 except msgpack.exceptions.BufferFull as exc:
                     raise TraceError(name, count, None, _msgpack_problem(exc)) from exc
                 fed += len(chunk)
+                self.bytes_read = fed
                 batch: list[object] = []
                 try:
                     batch.extend(unpacker)
@@ -327,6 +333,7 @@ class _JsonlSource:
     def __init__(self, stream: IO[bytes], prefix: bytes, name: str) -> None:
         self._lines = io.BufferedReader(_Prefixed(prefix, stream), buffer_size=_READ_SIZE)
         self._name = name
+        self.bytes_read = 0
 
     def _problem(self, exc: Exception) -> str:
         if isinstance(exc, json.JSONDecodeError):
@@ -351,6 +358,7 @@ class _JsonlSource:
                 raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
             if not line:
                 break
+            self.bytes_read += len(line)
             problem = None
             if len(line) > MAX_LINE_BYTES:
                 problem = f"line longer than this reader's limit of {MAX_LINE_BYTES} bytes"
@@ -902,6 +910,7 @@ class TraceReader:
             form, prefix = _detect(stream)
             self.form: TraceForm = form
             source = (_JsonlSource if form == "jsonl" else _MsgpackSource)(stream, prefix, name)
+            self._source = source
             self._batches = source.batches()
             batch = next(self._batches, None)
             if batch is None:
@@ -936,6 +945,11 @@ class TraceReader:
                 self.duration_ns = events[-1].t
                 yield from events
             batch = next(batches, None)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the input read so far (for progress lines)."""
+        return self._source.bytes_read
 
     @property
     def processes(self) -> int:
@@ -1047,7 +1061,7 @@ class TraceWriter:
     """
 
     def __init__(
-        self, stream: BinaryIO, header: Header | None = None, form: str = "msgpack"
+        self, stream: IO[bytes], header: Header | None = None, form: str = "msgpack"
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown trace form {form!r}")

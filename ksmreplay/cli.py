@@ -1,0 +1,444 @@
+"""The command line: parse options, call the library, format its answers.
+
+Nothing here models memory or ksmd.  Every error the user can cause arrives
+as a :class:`~ksmreplay.errors.KsmreplayError`; :class:`_Cli.invoke` is the one
+place that turns it into ``ksmreplay: <message>`` on stderr and its exit
+status (``--debug`` adds the traceback).  Click's own usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, TextIO
+
+import click
+
+from ksmreplay import __version__
+from ksmreplay.diff import diff_reports, load_report, render_differences
+from ksmreplay.errors import ExitStatus, InputOutputError, KsmreplayError
+from ksmreplay.inspect import inspect_trace
+from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
+from ksmreplay.render import FORMATS, plain_table, render
+from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
+from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
+
+_DEBUG = "ksmreplay.debug"
+
+
+def _seconds(ns: int) -> str:
+    """Nanoseconds as exact decimal seconds."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
+
+
+def _error(message: str) -> None:
+    click.echo(f"ksmreplay: {message}", err=True)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: send what is left of stdout nowhere, so exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+class _Cli(click.Group):
+    """The command group; maps every ksmreplay error to its message and exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KsmreplayError as exc:
+            if ctx.meta.get(_DEBUG):
+                traceback.print_exc()
+            _error(str(exc))
+            ctx.exit(int(exc.exit_status))
+        except BrokenPipeError:
+            _quiet_stdout()
+            ctx.exit(int(ExitStatus.IO_ERROR))
+        except OSError as exc:  # a write to stdout or a file that nothing else caught
+            if ctx.meta.get(_DEBUG):
+                traceback.print_exc()
+            _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+            ctx.exit(int(ExitStatus.IO_ERROR))
+
+
+@click.group(
+    cls=_Cli,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(
+    __version__, "--version", prog_name="ksmreplay", message="%(prog)s %(version)s"
+)
+@click.option("--debug", is_flag=True, help="Show a traceback with every error.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Replay memory-event traces through a simulated Linux VM and ksmd.
+
+    Exit statuses: 0 ok, 1 differences (diff), 2 bad usage, 3 invalid trace,
+    4 I/O error, 5 live kernel unusable.
+    """
+    ctx.meta[_DEBUG] = debug
+
+
+def main() -> None:
+    """Console-script entry point (``ksmreplay``)."""
+    cli(prog_name="ksmreplay")
+
+
+# --------------------------------------------------------------------------- output files
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str) -> Iterator[IO[bytes]]:
+    """A binary stream for ``path`` (``-`` = stdout) that appears only when complete.
+
+    A file is written to a temporary file in the same directory and renamed
+    over ``path`` at the end; on any error the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    if path == "-":
+        stdout = sys.stdout.buffer
+        yield stdout
+        stdout.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    except OSError as exc:
+        raise InputOutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            yield stream
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise InputOutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        raise
+
+
+@contextlib.contextmanager
+def _text_output(path: str) -> Iterator[TextIO]:
+    """Like :func:`_atomic_output`, as UTF-8 text with ``\\n`` line endings."""
+    with _atomic_output(path) as binary:
+        text = io.TextIOWrapper(binary, encoding="utf-8", newline="\n")
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@cli.command()
+@click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
+@click.pass_context
+def validate(ctx: click.Context, traces: Sequence[str]) -> None:
+    """Check that each TRACE follows the trace format.
+
+    TRACE '-' reads stdin.  Prints one line per valid trace on stdout and the error of each invalid
+    one on stderr.  Exits with 0 if every trace is valid, else 3 (4 if a
+    trace could not be read).
+
+    \b
+    Example:
+        ksmreplay validate traces/*.msgpack
+    """
+    status = ExitStatus.OK
+    for path in traces:
+        try:
+            with open_trace(path) as reader:
+                for _ in reader:
+                    pass
+        except KsmreplayError as exc:
+            if ctx.meta.get(_DEBUG):
+                traceback.print_exc()
+            _error(str(exc))
+            status = max(status, exc.exit_status)
+            continue
+        processes = "process" if reader.processes == 1 else "processes"
+        events = "event" if reader.events == 1 else "events"
+        click.echo(
+            f"{reader.name}: ok, {reader.events} {events}, "
+            f"duration {_seconds(reader.duration_ns)}, {reader.processes} {processes}"
+        )
+    ctx.exit(int(status))
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return " ".join(f"{name}={value}" for name, value in settings.items())
+
+
+def _inspect_table(info: dict[str, Any]) -> str:
+    header = info["header"]
+    summary = [
+        ["trace", f"{info['path']} ({info['form']})"],
+        ["format version", str(header["version"])],
+        ["page size", f"{header['page_size']} bytes"],
+        ["description", header["description"] if header["description"] is not None else "-"],
+        ["meta", json.dumps(header["meta"], sort_keys=True) if header["meta"] else "-"],
+        ["events", str(info["events"])],
+        ["duration", _seconds(info["duration_ns"])],
+        ["distinct fingerprints", str(info["distinct_fingerprints"])],
+        ["zero pages written", str(info["zero_pages_written"])],
+    ]
+    blocks = [
+        plain_table(["", ""], summary, "ll").lstrip("\n"),
+        plain_table(["op", "events"], [[op, str(n)] for op, n in info["ops"].items()], "lr"),
+    ]
+    if info["processes"]:
+        rows = [
+            [str(p["pid"]), str(p["peak_mapped_pages"]), str(p["peak_written_pages"])]
+            for p in info["processes"]
+        ]
+        blocks.append(plain_table(["pid", "peak mapped pages", "peak written pages"], rows, "r"))
+    if info["ksm_settings"]:
+        rows = [
+            [str(c["t"]), str(c["event"]), _settings_text(c["settings"])]
+            for c in info["ksm_settings"]
+        ]
+        blocks.append(plain_table(["t (ns)", "event", "ksm settings"], rows, "rrl"))
+    return "\n\n".join(blocks) + "\n"
+
+
+@cli.command()
+@click.argument("trace")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def inspect(trace: str, fmt: str) -> None:
+    """Summarise TRACE without replaying it.
+
+    TRACE '-' reads stdin.  Shows the header, the duration, the events per op, each process's peak
+    mapped and written pages, the distinct fingerprints written, the pages
+    written as zeros and every change of the KSM settings.
+
+    \b
+    Example:
+        ksmreplay inspect trace.msgpack --format json
+    """
+    with open_trace(trace) as reader:
+        info = inspect_trace(reader)
+    text = json.dumps(info, indent=2) + "\n" if fmt == "json" else _inspect_table(info)
+    click.echo(text, nl=False)
+
+
+# --------------------------------------------------------------------------- convert
+
+
+@cli.command()
+@click.argument("source", metavar="IN")
+@click.argument("target", metavar="OUT")
+@click.option(
+    "--to",
+    "form",
+    type=click.Choice(FORMS),
+    help="Form to write; by default OUT's suffix decides (.msgpack or .jsonl).",
+)
+def convert(source: str, target: str, form: str | None) -> None:
+    """Convert trace IN to the msgpack or JSON-lines form OUT.
+
+    IN '-' reads stdin and OUT '-' writes stdout.  IN is validated on the way; a file OUT appears only when the whole trace
+    was converted (it is written to a temporary file and renamed).
+
+    \b
+    Example:
+        ksmreplay convert trace.msgpack trace.jsonl
+        ksmreplay convert trace.jsonl - --to msgpack | ksmreplay validate -
+    """
+    if form is None:
+        if target == "-":
+            raise click.UsageError("--to is required when OUT is '-'")
+        form = form_for_path(target)
+        if form is None:
+            raise click.UsageError(
+                f"cannot tell the form of {target!r} from its suffix "
+                "(use .msgpack or .jsonl, or --to)"
+            )
+    with open_trace(source) as reader, _atomic_output(target) as out:
+        writer = TraceWriter(out, reader.header, form)
+        for event in reader:
+            writer.event(event)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _knob_help() -> str:
+    lines = [f"{k.name} (default {k.default})" for k in KNOBS]
+    return "Set a KSM knob before the first event; repeatable. Knobs: " + ", ".join(lines) + "."
+
+
+def _parse_sets(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> dict[str, KnobValue]:
+    settings: dict[str, KnobValue] = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KNOB=VALUE, not {text!r}")
+        knob = KNOB_BY_NAME.get(name)
+        if knob is None:
+            raise click.BadParameter(
+                f"unknown knob {name!r} (knobs: {', '.join(k.name for k in KNOBS)})"
+            )
+        try:
+            settings[name] = knob.parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return settings
+
+
+def _progress_callback(trace: str) -> Any:
+    """A progress line on stderr, or None when stderr is no terminal or TRACE is stdin."""
+    if trace == "-" or not sys.stderr.isatty():
+        return None
+    try:
+        total = os.stat(trace).st_size
+    except OSError:
+        return None
+
+    def progress(events: int, bytes_read: int) -> None:
+        share = f" ({100 * bytes_read // total}%)" if total and bytes_read else ""
+        sys.stderr.write(f"\r{events} events{share}\033[K")
+        sys.stderr.flush()
+
+    return progress
+
+
+@cli.command()
+@click.argument("trace")
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(MODE_CHOICES),
+    multiple=True,
+    default=("both",),
+    show_default=True,
+    help="Mode(s) to replay in; repeatable. both = legacy and unshare; all = every mode.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--set",
+    "settings",
+    metavar="KNOB=VALUE",
+    multiple=True,
+    callback=_parse_sets,
+    help=_knob_help(),
+)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    metavar="FILE",
+    help="Write the report to FILE (atomically) instead of stdout.",
+)
+@click.option("--check-invariants", is_flag=True, hidden=True)
+def run(
+    trace: str,
+    modes: Sequence[str],
+    fmt: str,
+    settings: dict[str, KnobValue],
+    output: str,
+    check_invariants: bool,
+) -> None:
+    """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
+
+    TRACE '-' reads stdin.  The report lists, for each mode, every
+    snapshot the trace asks for and the final state.
+
+    \b
+    Examples:
+        ksmreplay run trace.msgpack
+        ksmreplay run trace.msgpack --mode all --format json -o report.json
+        ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
+    """
+    chosen = expand_modes(modes)
+    progress = _progress_callback(trace)
+    try:
+        with open_trace(trace) as reader:
+            report = replay(
+                reader,
+                chosen,
+                settings or None,
+                progress=progress,
+                check_invariants=check_invariants,
+            )
+    finally:
+        if progress is not None:
+            sys.stderr.write("\r\033[K")
+    with _text_output(output) as out:
+        render(report, fmt, out)
+
+
+@cli.command()
+@click.argument("report_a", metavar="A.json")
+@click.argument("report_b", metavar="[B.json]", required=False)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="COUNTER",
+    help="Leave out a counter, knob, scope or scope.counter; repeatable.",
+)
+@click.option(
+    "--tolerance",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Integers that differ by at most this much are equal.",
+)
+@click.pass_context
+def diff(
+    ctx: click.Context,
+    report_a: str,
+    report_b: str | None,
+    ignore: Sequence[str],
+    tolerance: int,
+) -> None:
+    """Compare two JSON reports; exit 1 if anything differs.
+
+    Compares counter by counter; '-' reads a report from stdin.  With one report holding two runs, compares the first run with the second.
+
+    \b
+    Examples:
+        ksmreplay diff before.json after.json --ignore pages_scanned
+        ksmreplay run trace.msgpack --format json | ksmreplay diff -
+    """
+    a = load_report(report_a)
+    b = load_report(report_b) if report_b is not None else None
+    diffs = diff_reports(a, b, ignore=set(ignore), tolerance=tolerance)
+    out = sys.stdout
+    render_differences(diffs, out)
+    out.flush()
+    ctx.exit(int(ExitStatus.DIFFERENCES if diffs else ExitStatus.OK))
