@@ -262,8 +262,9 @@ def inspect(trace: str, fmt: str) -> None:
 def convert(source: str, target: str, form: str | None) -> None:
     """Convert trace IN to the msgpack or JSON-lines form OUT.
 
-    IN '-' reads stdin and OUT '-' writes stdout.  IN is validated on the way; a file OUT appears only when the whole trace
-    was converted (it is written to a temporary file and renamed).
+    IN '-' reads stdin and OUT '-' writes stdout.  IN is validated on the
+    way; a file OUT appears only when the whole trace was converted (it is
+    written to a temporary file and renamed).
 
     \b
     Example:
@@ -428,7 +429,8 @@ def diff(
 ) -> None:
     """Compare two JSON reports; exit 1 if anything differs.
 
-    Compares counter by counter; '-' reads a report from stdin.  With one report holding two runs, compares the first run with the second.
+    Compares counter by counter; '-' reads a report from stdin.  With one
+    report holding two runs, compares the first run with the second.
 
     \b
     Examples:
