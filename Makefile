@@ -29,8 +29,8 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PIP) install -e '.[test]'
 	touch $@ $(STAMP)
 
-demo: $(STAMP) ## Replay the bundled demo trace in both modes
-	$(PY) -m ksmreplay run --mode both traces/demo.msgpack
+demo: $(STAMP) ## Replay the bundled demo trace (legacy and unshare side by side)
+	$(PY) -m ksmreplay run traces/demo.msgpack
 
 test: $(TEST_STAMP) ## Run the whole test suite
 	$(PY) -m pytest
