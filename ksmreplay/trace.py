@@ -138,7 +138,7 @@ def kind(value: object) -> str:
         return "str"
     if isinstance(value, (bytes, bytearray)):
         return "bin"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return "array"
     if isinstance(value, dict):
         return "map"
@@ -319,9 +319,25 @@ class _MsgpackSource:
                 if batch:
                     count += len(batch)
                     yield batch
-        if unpacker.tell() != fed:
+        if not _at_object_boundary(unpacker):
             where = "the header" if count == 0 else "this event"
             raise TraceError(name, count, None, f"truncated: the trace ends inside {where}")
+
+
+def _at_object_boundary(unpacker: Any) -> bool:
+    """Whether the decoder holds no part of an object (call at the end of the stream).
+
+    ``Unpacker.tell()`` counts the bytes of a partly decoded object too, so it
+    cannot tell.  Instead feed one ``nil``: a decoder between objects returns
+    exactly that ``nil``; one inside an object swallows it as part of that
+    object (returning nothing, or the object, or failing).
+    """
+    try:
+        unpacker.feed(b"\xc0")
+        tail = list(unpacker)
+    except (ValueError, TypeError, msgpack.exceptions.UnpackException):
+        return False
+    return len(tail) == 1 and tail[0] is None
 
 
 _JSONL_BATCH = 100
@@ -677,7 +693,8 @@ class _Validator:
             self.fail(index, t, f"{op} addr must be >= 0, not {addr}")
         if length <= 0:
             self.fail(index, t, f"{op} len must be > 0, not {length}")
-        self.fail(index, t, f"{op} range ends at {addr + length:#x}, beyond 2**64")
+        end = addr + length
+        self.fail(index, t, f"{op} range ends at {end:#x}; addr + len must be below 2**64")
 
     def aligned(self, index: int, t: int, op: str, addr: int, length: int, why: str = "") -> None:
         if (addr | length) & self.mask:
