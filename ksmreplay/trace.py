@@ -442,7 +442,11 @@ class _Prefixed(io.RawIOBase):
 
 def _json_value_problem(value: object, where: str) -> str | None:
     """Why ``value`` cannot be carried into a JSON report, or None."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            return f"{where} is an int outside the 64-bit range"
+        return None
+    if value is None or isinstance(value, (bool, str)):
         if isinstance(value, str):
             try:
                 value.encode("utf-8")
@@ -496,7 +500,10 @@ def _check_header(obj: object, name: str) -> Header:
     meta = obj.get("meta", {})
     if not isinstance(meta, dict):
         fail(f"header meta must be a map, not {kind(meta)}")
-    problem = _json_value_problem(meta, "header meta")
+    try:
+        problem = _json_value_problem(meta, "header meta")
+    except RecursionError:
+        problem = "header meta is nested too deeply"
     if problem:
         fail(f"{problem}; meta may hold only JSON values")
     return Header(version=version, page_size=page_size, description=description, meta=meta)

@@ -555,6 +555,12 @@ JSONL_CASES: list[tuple[str, bytes, str]] = [
         "T: event 0: header meta['x'] is a non-finite float; meta may hold only JSON values",
     ),
     (
+        "JSON meta int that msgpack cannot hold",
+        jsonl('{"ksmreplay": 1, "meta": {"n": [18446744073709551616]}}'),
+        "T: event 0: header meta['n'][0] is an int outside the 64-bit range; "
+        "meta may hold only JSON values",
+    ),
+    (
         "JSON null pid",
         jsonl('{"ksmreplay": 1}', '[0, "exit", null]'),
         "T: event 1 (t=0): exit pid must be an int, not nil",
