@@ -21,6 +21,9 @@ Limits of this reader (not of the format): one event may take at most
 :data:`MAX_BIN_BYTES` bytes, a fingerprint array of up to
 :data:`MAX_ARRAY_ITEMS` pages) or :data:`MAX_LINE_BYTES` bytes of JSON.
 
+A write's fingerprint array may be a view of one uint64 array shared by the
+writes decoded in the same batch (a few KiB of trace); the views never overlap.
+
 The JSON-lines form also accepts blank lines and lines whose first non-blank
 character is ``#`` (comments); both are skipped and not counted as events.
 
