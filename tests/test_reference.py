@@ -753,3 +753,27 @@ def test_scan_time_advisor_first_evaluations() -> None:
     assert sim.settings["pages_to_scan"] == 5000
     sim.apply(ev.Snapshot(index=99, t=after(2), label="pass2"))
     assert sim.settings["pages_to_scan"] == 30000
+
+
+def test_unstable_partner_changed_since_insertion_aborts() -> None:
+    # conventions.md: if the unstable entry's page no longer holds X, the current
+    # page is neither merged nor inserted (stays volatile).  One visit per batch
+    # (pages_to_scan 1), so process 1 can write between the two visits of pass 2:
+    # wake-ups at 1, 21, 41 (pass 1 closes), 61 (visit 1), 81 (visit 2), 101 ms.
+    trace = (
+        Trace()
+        .ksm(0, pages_to_scan=1)
+        .mergeable_pages(0, 1, 1, X)
+        .mergeable_pages(0, 2, 1, X)
+        .ksm(RUN_AT, run=1)
+        .snap(71 * MS, "inserted")
+        .write(71 * MS, 1, base(1), 1, Y)
+        .snap(111 * MS, "aborted")
+    )
+    r = replay(trace)
+    k = r.ksm("inserted")
+    assert (k["full_scans"], k["pages_unshared"], k["pages_volatile"]) == (1, 1, 1)
+    k = r.ksm("aborted")
+    assert k["full_scans"] == 2
+    assert (k["pages_shared"], k["pages_unshared"], k["pages_volatile"]) == (0, 1, 1)
+    assert r.events("aborted")["merges"] == 0
