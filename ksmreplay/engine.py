@@ -8,6 +8,7 @@ wake-ups run between instants, never inside one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -27,11 +28,11 @@ from ksmreplay.events import (
     Snapshot,
     Write,
 )
-from ksmreplay.ksm import END, Ksmd
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
+from ksmreplay.ksm import END, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.report import Refusal, Snap
-from ksmreplay.timing import jiffies_ns, next_wake_ns
+from ksmreplay.timing import next_wake_ns, sleep_ns
 from ksmreplay.vm import MM
 
 DEFAULT_PAGES_TO_SCAN = 100
@@ -283,7 +284,7 @@ class Engine:
                     {"event": ev.index, "t": ev.t, "knob": name, "value": value, "error": error}
                 )
 
-    def _write_knob(self, name: str, value: KnobValue) -> str | None:
+    def _write_knob(self, name: str, value: KnobValue) -> Literal["EBUSY", "EINVAL"] | None:
         """One sysfs write (``*_store()`` in mm/ksm.c); the errno if Linux refuses it."""
         knobs, ksmd = self._knobs, self.ksmd
         current = knobs[name]
@@ -297,9 +298,12 @@ class Engine:
             return None
         if name == "pages_to_scan" and knobs["advisor_mode"] == "scan-time":
             return "EINVAL"
-        if name in ("max_page_sharing", "merge_across_nodes") and value != current:
-            if ksmd.c.pages_shared or ksmd.remove_all_stable_nodes():
-                return "EBUSY"
+        if (
+            name in ("max_page_sharing", "merge_across_nodes")
+            and value != current
+            and (ksmd.c.pages_shared or ksmd.remove_all_stable_nodes())
+        ):
+            return "EBUSY"
         if name == "sleep_millisecs" and value != current and self.next_wake is not None:
             self.next_wake = self.now
         if name == "advisor_mode" and value != current:
@@ -353,7 +357,7 @@ class Engine:
             if quiet >= 2:
                 break
         self.next_wake = (
-            self.now + jiffies_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
+            self.now + sleep_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
         )
 
     def _on_snapshot(self, ev: Snapshot) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,7 @@ import numpy.typing as npt
 from ksmreplay.knobs import KnobValue
 
 FingerprintArray = npt.NDArray[np.uint64]
-Content = Union[int, bytes, FingerprintArray]
+Content = int | bytes | FingerprintArray
 Advice = Literal["mergeable", "unmergeable", "dontneed"]
 ADVICES: tuple[str, ...] = ("mergeable", "unmergeable", "dontneed")
 
@@ -168,8 +168,8 @@ class Snapshot:
     op: Literal["snapshot"] = "snapshot"
 
 
-Event = Union[Alloc, Free, Write, Read, Madvise, Prctl, Fork, Exit, Ksm, Settle, Snapshot]
-RangeEvent = Union[Alloc, Free, Write, Read, Madvise]
+Event = Alloc | Free | Write | Read | Madvise | Prctl | Fork | Exit | Ksm | Settle | Snapshot
+RangeEvent = Alloc | Free | Write | Read | Madvise
 
 OPS: tuple[str, ...] = (
     "alloc",

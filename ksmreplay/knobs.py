@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
 
-KnobValue = Union[int, str]
+KnobValue = int | str
 
 UINT_MAX = 2**32 - 1
 INT_MAX = 2**31 - 1
@@ -91,7 +90,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("advisor_max_cpu", 70, 0, ULONG_MAX, "advisor: most CPU percent ksmd may use"),
     Knob("advisor_min_pages_to_scan", 500, 0, ULONG_MAX, "advisor: pages_to_scan to start with"),
     Knob("advisor_max_pages_to_scan", 30000, 0, ULONG_MAX, "advisor: largest pages_to_scan"),
-    Knob("advisor_target_scan_time", 200, 1, ULONG_MAX, "advisor: seconds one full scan should take"),
+    Knob(
+        "advisor_target_scan_time", 200, 1, ULONG_MAX, "advisor: seconds one full scan should take"
+    ),
 )
 
 KNOB_BY_NAME: Mapping[str, Knob] = {k.name: k for k in KNOBS}

@@ -299,7 +299,9 @@ class Ksmd:
         if len(unstable):
             self._unlink_unstable(unstable)
         for r in rows[state == STABLE]:
-            self._unlink_stable(int(r))
+            # Unlinking one item of a stale node unlinks all its items.
+            if self.items.state[r] == STABLE:
+                self._unlink_stable(int(r))
 
     def _unlink_unstable(self, rows: IntArray) -> None:
         it = self.items
@@ -424,7 +426,7 @@ class Ksmd:
 
     def _stable_insert(self, content: int, frame: int) -> StableNode:
         """``stable_tree_insert()``: a node for a new KSM page; a new dup if the content exists."""
-        entry = self.stable.get(content)
+        entry: StableNode | Chain | None = self.stable.get(content)
         if isinstance(entry, Chain):
             self._choose_dup(entry, prune_allowed=False)
             entry = self.stable.get(content)
@@ -462,7 +464,7 @@ class Ksmd:
         self.items.node[row] = node.id
 
     def remove_all_stable_nodes(self) -> bool:
-        """``remove_all_stable_nodes()``: drop every node whose page is gone; True if some remain."""
+        """``remove_all_stable_nodes()``: drop the nodes whose page is gone; True if some remain."""
         remain = False
         for entry in list(self.stable.values()):
             dups = list(entry.dups) if isinstance(entry, Chain) else [entry]
@@ -588,9 +590,8 @@ class Ksmd:
         if cum[-1] >= budget:
             n = int(np.searchsorted(cum, budget)) + 1
             stop = lo + int(pos[n - 1])
-        pos, frames, rows, has, is_ksm, skip, visit = (
-            a[:n] for a in (pos, frames, rows, has, is_ksm, skip, visit)
-        )
+        pos, frames, rows = pos[:n], frames[:n], rows[:n]
+        has, is_ksm, skip, visit = has[:n], is_ksm[:n], skip[:n], visit[:n]
         # get_next_rmap_item(): free the stale items the walk passes.
         self._free_items(slot, self.cursor_item_page, lo)
         stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (view[: pos[-1]] < 0))
@@ -608,9 +609,7 @@ class Ksmd:
         if smart:
             self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
         # Visits of KSM pages already linked to their item change nothing.
-        linked = (
-            visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
-        )
+        linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
         c.pages_scanned += int(np.count_nonzero(linked))
         for k in np.flatnonzero(visit & ~linked):
             self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
@@ -662,11 +661,11 @@ class Ksmd:
         if content == 0 and self.knob("use_zero_pages"):
             self._merge_zero(slot.mm, view, k, frame)
             return
-        node = self._stable_search(content)
-        if node is not None:
-            self._replace(slot.mm, view, k, frame, node.frame)
+        found = self._stable_search(content)
+        if found is not None:
+            self._replace(slot.mm, view, k, frame, found.frame)
             self.mem.events["merges"] += 1
-            self._append(row, node)
+            self._append(row, found)
             return
         partner = self._unstable_search_insert(row, content, frame)
         if partner is None:

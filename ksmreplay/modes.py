@@ -59,10 +59,14 @@ class Mode:
         return saved * page_size - rmap_items * RMAP_ITEM_SIZE
 
 
-UNSHARE = Mode("unshare", marks_zero_pages=True, counts_zero_pages=True, profit_counts_zero_pages=True)
+UNSHARE = Mode(
+    "unshare", marks_zero_pages=True, counts_zero_pages=True, profit_counts_zero_pages=True
+)
 """Linux 6.18: the zero-page tracking series merged in 6.6."""
 
-LEGACY = Mode("legacy", marks_zero_pages=False, counts_zero_pages=False, profit_counts_zero_pages=False)
+LEGACY = Mode(
+    "legacy", marks_zero_pages=False, counts_zero_pages=False, profit_counts_zero_pages=False
+)
 """Linux 6.18 without the four 6.6 zero-page commits (behaves as 6.5 and earlier)."""
 
 MODES: dict[str, Mode] = {m.name: m for m in (LEGACY, UNSHARE)}

@@ -194,7 +194,10 @@ class MM:
         if i < len(self.vmas):
             v = self.vmas[i]
             if v.start < page < v.end:
-                self.vmas[i : i + 1] = [Vma(v.start, page, v.mergeable), Vma(page, v.end, v.mergeable)]
+                self.vmas[i : i + 1] = [
+                    Vma(v.start, page, v.mergeable),
+                    Vma(page, v.end, v.mergeable),
+                ]
 
     def vmas_in(self, start: int, end: int) -> list[Vma]:
         """VMAs inside [start, end), after splitting at both ends."""
@@ -253,12 +256,16 @@ class Memory:
     # -- frames -------------------------------------------------------------
 
     def _put(self, rows: IntArray) -> None:
-        """Drop one mapping of each of ``rows`` (distinct frames); free the unmapped ones."""
+        """Drop one mapping per entry of ``rows``; free the frames left unmapped.
+
+        A KSM page can be mapped at several addresses of one process, so a
+        frame may appear more than once.
+        """
         if len(rows) == 0:
             return
         mc = self.frames.mapcount
-        mc[rows] -= 1
-        dead = rows[mc[rows] == 0]
+        np.subtract.at(mc, rows, 1)
+        dead = np.unique(rows[mc[rows] == 0])
         if len(dead):
             ksm_dead = dead[self.frames.ksm[dead]]
             if len(ksm_dead):
@@ -376,7 +383,7 @@ class Memory:
             for lo, hi, view in parent.pt.segments(v.start, v.end):
                 present = view[view >= 0]
                 if len(present):
-                    self.frames.mapcount[present] += 1
+                    np.add.at(self.frames.mapcount, present, 1)
                 base = lo & ~(CHUNK - 1)
                 child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
         return child
