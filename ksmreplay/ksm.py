@@ -399,7 +399,8 @@ class Ksmd:
             self.stable[chain.content] = found
             self.c.stable_node_chains -= 1
             self.c.stable_node_dups -= 1
-        elif chain.dups[0] is not found and len(found.items) + 1 < maxps:
+        elif chain.dups[0] is not found and 0 < len(found.items) < maxps - 1:
+            # __is_page_sharing_candidate(found, 1): room for one more item.
             chain.dups.remove(found)
             chain.dups.insert(0, found)
         return found
@@ -537,6 +538,8 @@ class Ksmd:
         """Walk the cursor's mm from the cursor; (mm finished, visits so far)."""
         mm = slot.mm
         if mm.exiting:
+            # An exiting mm has no VMAs, and its whole item list is trailing.
+            self.cursor_item_page = 0
             return True, visits
         i = mm.vma_index(self.cursor_page)
         vmas = mm.vmas
@@ -594,11 +597,10 @@ class Ksmd:
         has, is_ksm, skip, visit = has[:n], is_ksm[:n], skip[:n], visit[:n]
         # get_next_rmap_item(): free the stale items the walk passes.
         self._free_items(slot, self.cursor_item_page, lo)
-        stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (view[: pos[-1]] < 0))
-        if len(stale):
-            self._free_rows(slot, imap[stale].copy())
-            imap[stale] = NULL
         self.cursor_item_page = lo + int(pos[-1]) + 1
+        stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (view[: pos[-1]] < 0))
+        stale_rows = imap[stale].copy()
+        imap[stale] = NULL
         new = np.flatnonzero(~has)
         if len(new):
             fresh = it.alloc(slot.id, lo + pos[new])
@@ -608,12 +610,29 @@ class Ksmd:
             c.rmap_items += len(new)
         if smart:
             self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
-        # Visits of KSM pages already linked to their item change nothing.
+        # What can be done in bulk: visits of KSM pages already linked to their
+        # item change nothing but pages_scanned, and unlinking volatile or
+        # unstable items only moves pages_unshared.  Unlinking a stable item
+        # can change a node's sharing-candidacy for a later visit, so stale and
+        # skipped stable items are handled in address order with the visits.
         linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
         c.pages_scanned += int(np.count_nonzero(linked))
-        for k in np.flatnonzero(visit & ~linked):
-            self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
-            c.pages_scanned += 1
+        stale_stable = it.state[stale_rows] == STABLE
+        self._free_rows(slot, stale_rows[~stale_stable])
+        skipped_stable = skip & (it.state[rows] == STABLE)
+        self._unlink_rows(rows[skip & ~skipped_stable])
+        work = np.flatnonzero((visit & ~linked) | skipped_stable)
+        order = np.concatenate([pos[work], stale[stale_stable]])
+        kinds = np.concatenate([work, -1 - np.flatnonzero(stale_stable)])
+        for j in np.argsort(order, kind="stable"):
+            k = int(kinds[j])
+            if k < 0:
+                self._free_rows(slot, stale_rows[[-1 - k]])
+            elif skip[k]:
+                self.unlink(int(rows[k]))
+            else:
+                self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
+                c.pages_scanned += 1
         visits = int(np.count_nonzero(visit))
         self.cpu_ns += batch_cost_ns(visits)
         return visits, stop
@@ -626,7 +645,10 @@ class Ksmd:
         aging: npt.NDArray[np.bool_],
         skip: npt.NDArray[np.bool_],
     ) -> None:
-        """``should_skip_rmap_item()`` + ``skip_age()`` for the non-KSM pages found."""
+        """``should_skip_rmap_item()`` + ``skip_age()`` for the non-KSM pages found.
+
+        The caller unlinks the skipped items from their trees.
+        """
         it = self.items
         it.age[rows[aging]] = np.minimum(age[aging] + 1, AGE_MAX)
         reset = aging & (age >= 3) & (left == 0)
@@ -634,10 +656,8 @@ class Ksmd:
             a = age[reset]
             it.skips[rows[reset]] = np.where(a <= 3, 1, np.where(a <= 5, 2, np.where(a <= 8, 4, 8)))
         if skip.any():
-            skipped = rows[skip]
-            it.skips[skipped] = left[skip] - 1
-            self.c.pages_skipped += len(skipped)
-            self._unlink_rows(skipped)
+            it.skips[rows[skip]] = left[skip] - 1
+            self.c.pages_skipped += int(np.count_nonzero(skip))
 
     def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
         """``cmp_and_merge_page()`` (Linux 6.11+ order: checksum, zero page, stable, unstable)."""

@@ -6,9 +6,10 @@ Linux sleeps ``msecs_to_jiffies(sleep_millisecs)`` between batches
 jiffies ends on the timer tick after N whole jiffies have passed, one jiffy
 later than N: measured on the live 6.18 kernel over 2 s of one-page passes,
 sleep_millisecs 20, 10 and 100 gave periods of about 24, 16 and 104 ms.
-A batch is not free on Linux either: the next sleep starts when it ends.  The simulator charges each visit
-:data:`VISIT_COST_NS` of ksmd CPU time, which both delays the next wake-up and
-feeds the scan-time advisor's CPU measurement (KSM_MODEL.md section 2.8).
+A batch is not free on Linux either: the next sleep starts when it ends.
+The simulator charges each visit :data:`VISIT_COST_NS` of ksmd CPU time,
+which both delays the next wake-up and feeds the scan-time advisor's CPU
+measurement (KSM_MODEL.md section 2.8).
 """
 
 from __future__ import annotations

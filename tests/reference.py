@@ -45,7 +45,7 @@ from ksmreplay.content import ZERO, PageStore, literal_write
 from ksmreplay.errors import InvariantError
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, Refusal, Snap
-from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns, next_wake_ns
+from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns, next_wake_ns, sleep_ns
 
 MODES = ("legacy", "unshare")
 
@@ -895,7 +895,7 @@ class ReferenceSimulator:
             repetitions += 1
             quiet = quiet + 1 if self._settle_key() == before else 0
         if self._ksmd_should_run():
-            self._next_wake = e.t + jiffies_ns(self._knob("sleep_millisecs"))
+            self._next_wake = e.t + sleep_ns(self._knob("sleep_millisecs"))
         else:
             self._next_wake = None
 
