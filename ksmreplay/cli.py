@@ -403,6 +403,65 @@ def run(
         render(report, fmt, out)
 
 
+@cli.command("exec")
+@click.argument("trace")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--set",
+    "settings",
+    metavar="KNOB=VALUE",
+    multiple=True,
+    callback=_parse_sets,
+    help=_knob_help(),
+)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    metavar="FILE",
+    help="Write the report to FILE (atomically) instead of stdout.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run even when other processes use KSM (they are unmerged at the end).",
+)
+def exec_(trace: str, fmt: str, settings: dict[str, KnobValue], output: str, force: bool) -> None:
+    """Replay TRACE on this machine's kernel; report what its KSM shows.
+
+    Needs root, /sys/kernel/mm/ksm and a C compiler (a tiny worker process is
+    built once per trace pid).  Events run at their times; one run is
+    reported, in the mode of the running kernel, with the kernel version, so
+    that `ksmreplay diff` can compare it with `ksmreplay run`.  Every KSM
+    knob is restored afterwards and KSM is left stopped with nothing merged,
+    also on errors, Ctrl-C and SIGTERM.
+
+    \b
+    Examples:
+        ksmreplay exec trace.jsonl --format json -o kernel.json
+        ksmreplay run trace.jsonl --mode unshare --format json -o sim.json
+        ksmreplay diff sim.json kernel.json
+    """
+    from ksmreplay.live import execute
+
+    progress = _progress_callback(trace)
+    try:
+        with open_trace(trace) as reader:
+            report = execute(reader, force=force, progress=progress, settings=settings or None)
+    finally:
+        if progress is not None:
+            sys.stderr.write("\r\033[K")
+    with _text_output(output) as out:
+        render(report, fmt, out)
+
+
 @cli.command()
 @click.argument("report_a", metavar="A.json")
 @click.argument("report_b", metavar="[B.json]", required=False)

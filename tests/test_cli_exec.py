@@ -1,0 +1,47 @@
+"""``ksmreplay exec`` against ``ksmreplay run`` through the command line.
+
+GIVEN a scenario the simulator is known to model, WHEN it is replayed on the
+live kernel with ``exec`` and simulated with ``run --mode unshare``, THEN
+``diff`` finds no difference and exits 0, and the kernel is left at rest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_live import KSM, REASON  # the live suite's skip rule, in one place
+
+from ksmreplay.cli import cli
+
+pytestmark = pytest.mark.live
+
+if REASON is not None:  # pragma: no cover - depends on the machine
+    pytest.skip(REASON, allow_module_level=True)
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@pytest.mark.parametrize(
+    "name", ["example_a_pair_merge", "example_c_zero_pages", "example_e_fork_after_merge"]
+)
+def test_exec_agrees_with_run(name: str, tmp_path: Path) -> None:
+    trace = SCENARIOS / f"{name}.jsonl"
+    if not trace.exists():
+        pytest.skip(f"scenario {name} not bundled")
+    kernel_json, sim_json = tmp_path / "kernel.json", tmp_path / "sim.json"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["exec", str(trace), "--format", "json", "-o", str(kernel_json)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        cli, ["run", str(trace), "--mode", "unshare", "--format", "json", "-o", str(sim_json)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(kernel_json.read_text())
+    assert report["runs"][0]["mode"] == "unshare"
+    result = runner.invoke(cli, ["diff", str(sim_json), str(kernel_json)])
+    assert result.exit_code == 0, result.output
+    assert (KSM / "run").read_text().strip() == "0"
+    assert (KSM / "pages_shared").read_text().strip() == "0"
