@@ -22,6 +22,7 @@ from reference import ReferenceSimulator
 from ksmreplay import events as ev
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import Snap
+from ksmreplay.timing import sleep_ns
 
 PAGE = 4096
 MS = 1_000_000
@@ -33,8 +34,12 @@ Z = 0x3333_3333_3333_3333
 
 
 def after(k: int) -> int:
-    """A time after ksmd's k-th wake-up (pass k for a small workload) and before the next."""
-    return RUN_AT + (k - 1) * 20 * MS + 10 * MS
+    """A time after ksmd's k-th wake-up (pass k for a small workload) and before the next.
+
+    ksmd wakes every ``timing.sleep_ns(20)`` (20 ms and one jiffy, as measured).
+    """
+    period = sleep_ns(20)
+    return RUN_AT + (k - 1) * period + period // 2
 
 
 def base(pid: int) -> int:
@@ -759,16 +764,17 @@ def test_unstable_partner_changed_since_insertion_aborts() -> None:
     # conventions.md: if the unstable entry's page no longer holds X, the current
     # page is neither merged nor inserted (stays volatile).  One visit per batch
     # (pages_to_scan 1), so process 1 can write between the two visits of pass 2:
-    # wake-ups at 1, 21, 41 (pass 1 closes), 61 (visit 1), 81 (visit 2), 101 ms.
+    # wake-ups every 24 ms (20 ms and one jiffy) at 1, 25, 49 (pass 1 closes),
+    # 73 (visit 1), 97 (visit 2), 121 ms (pass 2 closes).
     trace = (
         Trace()
         .ksm(0, pages_to_scan=1)
         .mergeable_pages(0, 1, 1, X)
         .mergeable_pages(0, 2, 1, X)
         .ksm(RUN_AT, run=1)
-        .snap(71 * MS, "inserted")
-        .write(71 * MS, 1, base(1), 1, Y)
-        .snap(111 * MS, "aborted")
+        .snap(85 * MS, "inserted")
+        .write(85 * MS, 1, base(1), 1, Y)
+        .snap(131 * MS, "aborted")
     )
     r = replay(trace)
     k = r.ksm("inserted")
