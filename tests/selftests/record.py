@@ -1,8 +1,9 @@
 """Record the live kernel's answer to every 4 KiB ported selftest (needs root and KSM).
 
-    .venv/bin/python tests/selftests/record.py [--runs N] [NAME ...]
+    .venv/bin/python tests/selftests/record.py [--dir DIR] [--runs N] [NAME ...]
 
-Replays each 4 KiB ``NAME.jsonl`` of this directory on the running kernel
+Replays each 4 KiB ``NAME.jsonl`` of this directory (or of ``DIR``, e.g.
+``tests/cases``) on the running kernel
 ``--runs`` times (default 2) through ``ksmreplay.live.execute`` (which holds
 the live-kernel lock and restores KSM afterwards), refuses to record a trace
 whose reports differ between runs, and writes ``NAME.live.json`` with the
@@ -25,18 +26,18 @@ from ksmreplay.live import execute  # noqa: E402
 from ksmreplay.trace import open_trace  # noqa: E402
 
 
-def live_names() -> list[str]:
-    """The traces of this directory that the live kernel can run (4 KiB pages)."""
+def live_names(directory: Path) -> list[str]:
+    """The traces of ``directory`` that the live kernel can run (4 KiB pages)."""
     names = []
-    for path in sorted(HERE.glob("*.jsonl")):
+    for path in sorted(directory.glob("*.jsonl")):
         with open_trace(str(path)) as reader:
             if reader.header.page_size == 4096:
                 names.append(path.name[: -len(".jsonl")])
     return names
 
 
-def replay(name: str) -> dict[str, Any]:
-    with open_trace(str(HERE / f"{name}.jsonl")) as reader:
+def replay(directory: Path, name: str) -> dict[str, Any]:
+    with open_trace(str(directory / f"{name}.jsonl")) as reader:
         report: dict[str, Any] = dict(execute(reader))
     report["trace"]["path"] = f"{name}.jsonl"
     return report
@@ -44,16 +45,18 @@ def replay(name: str) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=HERE)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("names", nargs="*")
     args = parser.parse_args()
     unstable = []
-    for name in args.names or live_names():
-        reports = [replay(name) for _ in range(args.runs)]
+    directory: Path = args.dir
+    for name in args.names or live_names(directory):
+        reports = [replay(directory, name) for _ in range(args.runs)]
         same = len({json.dumps(r, sort_keys=True) for r in reports}) == 1
         print(f"{name}: {'ok' if same else 'NOT REPRODUCIBLE'}", flush=True)
         if same:
-            (HERE / f"{name}.live.json").write_text(json.dumps(reports[0], indent=1) + "\n")
+            (directory / f"{name}.live.json").write_text(json.dumps(reports[0], indent=1) + "\n")
         else:
             unstable.append(name)
     return 1 if unstable else 0

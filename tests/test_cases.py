@@ -1,0 +1,115 @@
+"""Golden cases: ``tests/cases/NAME.jsonl``, one behaviour each, with the expected report.
+
+``NAME.expected.json`` is the output of ``ksmreplay run NAME.jsonl --mode both
+--format json`` with ``trace.path`` reduced to the file name; the replay must
+reproduce it byte for byte.  ``KSMREPLAY_UPDATE_GOLDEN=1`` rewrites the
+expected files instead (review the diff before committing it).
+
+Every case also carries ``NAME.live.json``, the live kernel's answer (for the
+cases taken from ``tests/scenarios`` a copy of the scenario's recording;
+the others were recorded with ``tests/selftests/record.py --dir tests/cases``).
+An expected file is only worth keeping when its unshare run is what the kernel
+said, and its legacy run is the documented legacy behaviour (KSM_MODEL.md
+section 13): those are tested here too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from kernel_answer import format_differences, kernel_differences, load_recording, run_of
+
+from ksmreplay.cli import cli
+
+CASES_DIR = Path(__file__).parent / "cases"
+CASES = sorted(p.name[: -len(".jsonl")] for p in CASES_DIR.glob("*.jsonl"))
+UPDATE = os.environ.get("KSMREPLAY_UPDATE_GOLDEN") == "1"
+RMAP_ITEM_BYTES = 64
+
+
+def run_case(name: str) -> str:
+    """``ksmreplay run`` on a case, as JSON, with the trace path normalised."""
+    path = CASES_DIR / f"{name}.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(path), "--mode", "both", "--format", "json", "--check-invariants"],
+        prog_name="ksmreplay",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["trace"]["path"] == str(path)
+    report["trace"]["path"] = path.name
+    return json.dumps(report, indent=2) + "\n"
+
+
+def expected(name: str) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((CASES_DIR / f"{name}.expected.json").read_text())
+    return report
+
+
+def test_enough_cases() -> None:
+    assert len(CASES) >= 30
+    if not UPDATE:
+        names = sorted(p.name[: -len(".expected.json")] for p in CASES_DIR.glob("*.expected.json"))
+        assert names == CASES
+    assert sorted(p.name[: -len(".live.json")] for p in CASES_DIR.glob("*.live.json")) == CASES
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_case_matches_golden(name: str) -> None:
+    got = run_case(name)
+    target = CASES_DIR / f"{name}.expected.json"
+    if UPDATE:
+        target.write_text(got)
+        return
+    assert got == target.read_text()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_unshare_is_the_kernels_answer(name: str) -> None:
+    recorded = load_recording(CASES_DIR / f"{name}.live.json")
+    differences = kernel_differences(recorded, run_of(expected(name), "unshare"))
+    assert not differences, format_differences(name, differences)
+
+
+def _without_zero_page_counters(run: dict[str, Any]) -> dict[str, Any]:
+    run = copy.deepcopy(run)
+    run.pop("mode")
+    for snap in [*run["snapshots"], run["final"]]:
+        snap["ksm"]["ksm_zero_pages"] = None
+        for proc in snap["processes"]:
+            proc["ksm_zero_pages"] = None
+    return run
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_legacy_is_documented_legacy(name: str) -> None:
+    """Legacy differs from unshare only by the zero-page series (KSM_MODEL.md 13).
+
+    No ksm_zero_pages anywhere, profits without zero pages; and a case in
+    which KSM never placed a zero page gives unshare's numbers otherwise.
+    """
+    report = expected(name)
+    page_size = report["trace"]["page_size"]
+    legacy, unshare = run_of(report, "legacy"), run_of(report, "unshare")
+    for snap in [*legacy["snapshots"], legacy["final"]]:
+        ksm = snap["ksm"]
+        assert ksm["ksm_zero_pages"] is None
+        items = sum(
+            ksm[k] for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile")
+        )
+        assert ksm["general_profit"] == ksm["pages_sharing"] * page_size - items * RMAP_ITEM_BYTES
+        for proc in snap["processes"]:
+            assert proc["ksm_zero_pages"] is None
+            assert (
+                proc["ksm_process_profit"]
+                == proc["ksm_merging_pages"] * page_size - proc["ksm_rmap_items"] * RMAP_ITEM_BYTES
+            )
+    if unshare["final"]["events"]["zero_pages_merged"] == 0:
+        assert _without_zero_page_counters(legacy) == _without_zero_page_counters(unshare)
