@@ -1,6 +1,6 @@
 """Helpers shared by the tests that hold the simulator to the live kernel's recorded answers.
 
-A recording (``NAME.live.json``) is the report of ``ksmreplay.live.execute`` on
+A recording (``NAME.kernel.json``) is the report of ``ksmreplay.live.execute`` on
 the real kernel: one run, mode ``unshare``.  :func:`kernel_differences` lists
 every counter of that recording that the simulator's run gets wrong.
 """
@@ -29,7 +29,7 @@ def replay_file(path: Path, modes: Sequence[str], check_invariants: bool = True)
 
 
 def load_recording(path: Path) -> dict[str, Any]:
-    """The recorded kernel run of ``path`` (a ``.live.json`` file)."""
+    """The recorded kernel run of ``path`` (a ``.kernel.json`` file)."""
     report: dict[str, Any] = json.loads(path.read_text())
     (run,) = report["runs"]
     assert run["mode"] == "unshare", f"{path.name}: recorded on a kernel without zero-page tracking"
@@ -103,7 +103,7 @@ def why_not_live() -> str | None:
 
 def recorded_names(directory: Path) -> list[str]:
     """Names of the traces of ``directory`` that have a recorded kernel answer."""
-    return sorted(p.name[: -len(".live.json")] for p in directory.glob("*.live.json"))
+    return sorted(p.name[: -len(".kernel.json")] for p in directory.glob("*.kernel.json"))
 
 
 def format_differences(name: str, lines: Iterable[str]) -> str:

@@ -1,6 +1,6 @@
 """The simulator against the live kernel: every recorded scenario, replayed in unshare mode.
 
-``tests/scenarios/NAME.live.json`` is the real kernel's report for
+``tests/scenarios/NAME.kernel.json`` is the real kernel's report for
 ``NAME.jsonl`` (recorded by ``tests/scenarios/record.py``).  The unshare run
 must give every counter that recording carries: settings, refused writes, and
 in every snapshot and the final state the ``ksm``, ``processes`` and
@@ -31,7 +31,7 @@ def test_scenarios_are_recorded() -> None:
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_unshare_agrees_with_kernel(name: str) -> None:
-    recorded = load_recording(SCENARIOS / f"{name}.live.json")
+    recorded = load_recording(SCENARIOS / f"{name}.kernel.json")
     report = replay_file(SCENARIOS / f"{name}.jsonl", ["unshare"])
     differences = kernel_differences(recorded, run_of(report, "unshare"))
     assert not differences, format_differences(name, differences)

@@ -5,7 +5,7 @@
 reproduce it byte for byte.  ``KSMREPLAY_UPDATE_GOLDEN=1`` rewrites the
 expected files instead (review the diff before committing it).
 
-Every case also carries ``NAME.live.json``, the live kernel's answer (for the
+Every case also carries ``NAME.kernel.json``, the live kernel's answer (for the
 cases taken from ``tests/scenarios`` a copy of the scenario's recording;
 the others were recorded with ``tests/selftests/record.py --dir tests/cases``).
 An expected file is only worth keeping when its unshare run is what the kernel
@@ -58,7 +58,7 @@ def test_enough_cases() -> None:
     if not UPDATE:
         names = sorted(p.name[: -len(".expected.json")] for p in CASES_DIR.glob("*.expected.json"))
         assert names == CASES
-    assert sorted(p.name[: -len(".live.json")] for p in CASES_DIR.glob("*.live.json")) == CASES
+    assert sorted(p.name[: -len(".kernel.json")] for p in CASES_DIR.glob("*.kernel.json")) == CASES
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -73,7 +73,7 @@ def test_case_matches_golden(name: str) -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_golden_unshare_is_the_kernels_answer(name: str) -> None:
-    recorded = load_recording(CASES_DIR / f"{name}.live.json")
+    recorded = load_recording(CASES_DIR / f"{name}.kernel.json")
     differences = kernel_differences(recorded, run_of(expected(name), "unshare"))
     assert not differences, format_differences(name, differences)
 

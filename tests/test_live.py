@@ -74,7 +74,7 @@ def replay_scenario(name: str) -> dict[str, Any]:
     return report
 
 
-RECORDED = sorted(p.name[: -len(".live.json")] for p in SCENARIOS.glob("*.live.json"))
+RECORDED = sorted(p.name[: -len(".kernel.json")] for p in SCENARIOS.glob("*.kernel.json"))
 
 
 def test_enough_scenarios_recorded() -> None:
@@ -85,7 +85,7 @@ def test_enough_scenarios_recorded() -> None:
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_scenario_matches_recording(name: str) -> None:
-    expected = json.loads((SCENARIOS / f"{name}.live.json").read_text())
+    expected = json.loads((SCENARIOS / f"{name}.kernel.json").read_text())
     got = replay_scenario(name)
     expected["runs"][0].pop("kernel")
     got["runs"][0].pop("kernel")
@@ -225,7 +225,7 @@ def test_settle_does_not_depend_on_batch_size(monkeypatch: pytest.MonkeyPatch) -
     """Settling with 7-page batches gives the same numbers as one batch per full scan."""
     from ksmreplay.live import driver
 
-    expected = json.loads((SCENARIOS / "example_c_zero_pages.live.json").read_text())
+    expected = json.loads((SCENARIOS / "example_c_zero_pages.kernel.json").read_text())
     monkeypatch.setattr(driver, "SETTLE_PAGES_TO_SCAN", 7)
     monkeypatch.setattr(driver, "STALL_S", 0.03)
     got = replay_scenario("example_c_zero_pages")

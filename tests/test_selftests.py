@@ -274,12 +274,12 @@ def test_selftest_assertions(name: str, mode: str) -> None:
 @pytest.mark.parametrize("name", RECORDED)
 def test_assertions_hold_on_the_kernel(name: str) -> None:
     """The ported assertions are the selftest's: the real kernel passes them too."""
-    check_for(name)(load_recording(HERE / f"{name}.live.json"), 2 * MIB // 4096)
+    check_for(name)(load_recording(HERE / f"{name}.kernel.json"), 2 * MIB // 4096)
 
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_unshare_matches_kernel(name: str) -> None:
-    recorded = load_recording(HERE / f"{name}.live.json")
+    recorded = load_recording(HERE / f"{name}.kernel.json")
     differences = kernel_differences(recorded, run_of(simulated(name), "unshare"))
     assert not differences, format_differences(name, differences)
 
@@ -296,7 +296,7 @@ def test_live_kernel_still_answers_the_same(name: str) -> None:
     with open_trace(str(HERE / f"{name}.jsonl")) as reader:
         report: dict[str, Any] = json.loads(json.dumps(execute(reader)))
     (live,) = report["runs"]
-    recorded = load_recording(HERE / f"{name}.live.json")
+    recorded = load_recording(HERE / f"{name}.kernel.json")
     live.pop("kernel")
     recorded.pop("kernel")
     assert live == recorded

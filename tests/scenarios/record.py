@@ -4,7 +4,7 @@
 
 Replays each ``NAME.jsonl`` of this directory on the running kernel ``--runs``
 times (default 2), refuses to record a scenario whose reports differ between
-runs, and writes ``NAME.live.json`` (the report, with the ``kernel`` and
+runs, and writes ``NAME.kernel.json`` (the report, with the ``kernel`` and
 ``path`` fields normalised so the file does not depend on the machine's exact
 kernel build or the working directory).
 """
@@ -49,7 +49,7 @@ def main() -> int:
         status = "ok" if same else "NOT REPRODUCIBLE"
         print(f"{name}: {status}", flush=True)
         if same:
-            (HERE / f"{name}.live.json").write_text(json.dumps(reports[0], indent=1) + "\n")
+            (HERE / f"{name}.kernel.json").write_text(json.dumps(reports[0], indent=1) + "\n")
         else:
             unstable.append(name)
     return 1 if unstable else 0

@@ -6,7 +6,7 @@ Replays each 4 KiB ``NAME.jsonl`` of this directory (or of ``DIR``, e.g.
 ``tests/cases``) on the running kernel
 ``--runs`` times (default 2) through ``ksmreplay.live.execute`` (which holds
 the live-kernel lock and restores KSM afterwards), refuses to record a trace
-whose reports differ between runs, and writes ``NAME.live.json`` with the
+whose reports differ between runs, and writes ``NAME.kernel.json`` with the
 trace path normalised to the file name.  64 KiB traces cannot run on this
 kernel and are skipped.
 """
@@ -56,7 +56,7 @@ def main() -> int:
         same = len({json.dumps(r, sort_keys=True) for r in reports}) == 1
         print(f"{name}: {'ok' if same else 'NOT REPRODUCIBLE'}", flush=True)
         if same:
-            (directory / f"{name}.live.json").write_text(json.dumps(reports[0], indent=1) + "\n")
+            (directory / f"{name}.kernel.json").write_text(json.dumps(reports[0], indent=1) + "\n")
         else:
             unstable.append(name)
     return 1 if unstable else 0
