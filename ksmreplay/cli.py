@@ -27,6 +27,13 @@ from ksmreplay.inspect import inspect_trace
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.render import FORMATS, plain_table, render
 from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
+from ksmreplay.synth import (
+    WORKLOAD_NAMES,
+    describe_workloads,
+    get_workload,
+    resolve_params,
+    synthesize,
+)
 from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
 
 _DEBUG = "ksmreplay.debug"
@@ -503,3 +510,59 @@ def diff(
     render_differences(diffs, out)
     out.flush()
     ctx.exit(int(ExitStatus.DIFFERENCES if diffs else ExitStatus.OK))
+
+
+# --------------------------------------------------------------------------- synth
+
+
+@cli.command()
+@click.argument("workload", required=False, type=click.Choice(WORKLOAD_NAMES), metavar="WORKLOAD")
+@click.option(
+    "--param",
+    "params",
+    metavar="NAME=VALUE",
+    multiple=True,
+    help="Set a parameter of WORKLOAD; repeatable (see --list).",
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed."
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(FORMS),
+    help="Form to write; by default FILE's suffix decides, else msgpack.",
+)
+@click.option("-o", "--output", metavar="FILE", help="Write the trace to FILE ('-' = stdout).")
+@click.option(
+    "--list", "list_", is_flag=True, help="Describe every workload (or WORKLOAD) and exit."
+)
+def synth(
+    workload: str | None,
+    params: Sequence[str],
+    seed: int,
+    form: str | None,
+    output: str | None,
+    list_: bool,
+) -> None:
+    """Generate the trace of a synthetic WORKLOAD (see --list for each one).
+
+    The same WORKLOAD, parameters and seed give the same bytes.  A file
+    FILE appears only when the whole trace was written.
+
+    \b
+    Examples:
+        ksmreplay synth --list
+        ksmreplay synth vm-guests --param guests=8 --param guest_mib=64 -o vm.msgpack
+        ksmreplay synth zero-heavy --seed 2 -o - | ksmreplay run -
+    """
+    if list_:
+        click.echo(describe_workloads([workload] if workload else None), nl=False)
+        return
+    if workload is None:
+        raise click.UsageError("missing WORKLOAD (see --list)")
+    if output is None:
+        raise click.UsageError("missing -o FILE ('-' for stdout)")
+    values = resolve_params(get_workload(workload), params)
+    with _atomic_output(output) as out:
+        synthesize(workload, out, values, seed, form or form_for_path(output) or "msgpack")
