@@ -1,23 +1,34 @@
 """Measure how fast ksmreplay reads traces and simulates ksmd.
 
-Usage: ``python bench/run.py [--runs N] [--events N] [--pages N]``
+Usage: ``python bench/run.py [--runs N] [--events N] [--pages N] [--only NAME ...]``
 
-* ``read``: decode and validate a generated trace of N fingerprint writes
-  (default 1,000,000); events per second.
-* ``replay`` (only when the engine exists): replay a generated steady-state
-  trace of N mergeable pages (default 200,000) in the unshare mode; simulated
-  page visits (``pages_scanned``) per second.
+Every trace is generated here, deterministically, into a temporary directory:
 
-Each measurement runs in a fresh child process, so its peak RSS
-(``ru_maxrss``) is its own; the table shows the median of ``--runs`` runs
-(default 5) and the largest peak RSS.
+* ``read``: decode and validate N fingerprint writes (default 1,000,000);
+  events per second.
+* ``steady``: N mergeable pages (default 200,000) in 4 processes, 1,000
+  distinct contents, already merged (a ``settle`` before the timed part); the
+  timed part is one second of trace time in which ksmd wakes every 20 ms and
+  scans a whole pass per wake-up (``pages_to_scan`` = N).
+* ``merge``: the same pages, from ksmd's first pass until settled (the
+  ``settle`` itself is timed).
+* ``distinct``: N all-different pages, settled (checksums, the unstable
+  tree; nothing merges).
+* ``zero``: N zero-filled pages with ``use_zero_pages=1``, settled.
+
+Figures: simulated page visits (``pages_scanned`` during the timed part) per
+second of the timed part; trace events per second of the whole run
+(decoding included); peak RSS; and bytes of peak RSS per simulated page above
+the RSS of the process before the trace was read.  Each measurement runs in
+a fresh child process, so its peak RSS (``ru_maxrss``) is its own; the table
+shows medians of ``--runs`` runs (default 5) and the largest peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +40,12 @@ from typing import Any
 
 PAGE = 4096
 BASE = 0x7F0000000000
+PROCS = 4
+SECOND = 1_000_000_000
+START, END = "bench-start", "bench-end"
+"""Labels of the snapshot events around the timed part of a replay trace."""
+
+REPLAYS = ("steady", "merge", "distinct", "zero")
 
 
 def make_read_trace(path: Path, events: int) -> None:
@@ -44,48 +61,85 @@ def make_read_trace(path: Path, events: int) -> None:
             w.write(i * 1000, 1, BASE + (i % pages) * PAGE, PAGE, (i * 2654435761) % 2**32 + 1)
 
 
-def make_replay_trace(path: Path, pages: int) -> None:
-    """Four processes sharing ``pages`` pages in all, half of them identical across
-    processes; ksmd settles, then scans the unchanging memory for one second of trace
-    time (20,000 pages per 20 ms wake-up)."""
+def make_replay_trace(path: Path, kind: str, pages: int) -> None:
+    """One of the replay traces (see the module docstring), ``pages`` pages in all."""
     from ksmreplay.trace import TraceWriter
 
-    procs = 4
-    per = pages // procs
+    per = pages // PROCS
+    knobs: dict[str, int] = {"pages_to_scan": max(pages, 1), "sleep_millisecs": 20}
+    if kind == "zero":
+        knobs["use_zero_pages"] = 1
     with path.open("wb") as f:
         w = TraceWriter(f)
-        w.ksm(0, {"pages_to_scan": 20000, "sleep_millisecs": 20})
-        for pid in range(1, procs + 1):
+        w.ksm(0, knobs)
+        for p in range(PROCS):
+            pid = p + 1
+            first = p * per
+            if kind in ("steady", "merge"):
+                fps = [1 + (first + j) % 1000 for j in range(per)]
+            elif kind == "distinct":
+                fps = [1 + first + j for j in range(per)]
+            else:
+                fps = [0] * per
             w.alloc(0, pid, BASE, per * PAGE)
-            fps = [1 + j if j % 2 == 0 else (pid << 32) + j for j in range(per)]
             w.write(0, pid, BASE, per * PAGE, fps)
             w.madvise(0, pid, BASE, per * PAGE, "mergeable")
-        w.ksm(1_000_000, {"run": 1})
-        w.settle(1_000_000)
-        w.snapshot(1_000_000, "settled")
-        w.read(1_001_000_000, 1, BASE, PAGE)
+        t = SECOND
+        w.ksm(t, {"run": 1})
+        if kind == "steady":
+            # Settle untimed, then one second of wake-ups, each a whole pass.
+            w.settle(t)
+            w.snapshot(t, START)
+            w.snapshot(2 * SECOND, END)
+        else:
+            w.snapshot(t, START)
+            w.settle(t)
+            w.snapshot(t, END)
 
 
 def child(kind: str, path: str) -> None:
     """Run one measurement in this process and print it as JSON."""
-    from ksmreplay.trace import open_trace
+    from ksmreplay.trace import open_trace, read_trace
 
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if kind == "read":
         with open_trace(path) as reader:
-            count = sum(1 for _ in reader)
+            count = events = sum(1 for _ in reader)
+        timed = time.perf_counter() - start
+        total = timed
     else:
-        from ksmreplay.replay import replay
+        from ksmreplay.events import Snapshot
+        from ksmreplay.simulator import make_simulator
 
-        with open_trace(path) as reader:
-            report = replay(reader, ["unshare"])
-        count = report["runs"][0]["final"]["ksm"]["pages_scanned"]
-    seconds = time.perf_counter() - start
+        header, evs = read_trace(path)
+        sim = make_simulator("unshare", header.page_size, None)
+        marks: dict[str, tuple[float, int]] = {}
+        for ev in evs:
+            sim.apply(ev)
+            if isinstance(ev, Snapshot) and ev.label in (START, END):
+                snap = sim.snapshot(ev.label, ev.t, ev.index)
+                marks[ev.label] = (time.perf_counter(), int(snap["ksm"]["pages_scanned"]))
+        total = time.perf_counter() - start
+        timed = marks[END][0] - marks[START][0]
+        count = marks[END][1] - marks[START][1]
+        events = len(evs)
     maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"count": count, "seconds": seconds, "maxrss_kib": maxrss_kib}))
+    print(
+        json.dumps(
+            {
+                "count": count,
+                "timed": timed,
+                "events": events,
+                "total": total,
+                "maxrss_kib": maxrss_kib,
+                "base_kib": base_kib,
+            }
+        )
+    )
 
 
-def measure(kind: str, path: Path, runs: int) -> dict[str, Any]:
+def measure(kind: str, path: Path, runs: int, pages: int) -> dict[str, Any]:
     results = []
     for _ in range(runs):
         done = subprocess.run(
@@ -96,12 +150,16 @@ def measure(kind: str, path: Path, runs: int) -> dict[str, Any]:
         if done.returncode != 0:
             sys.exit(f"bench: the {kind} measurement failed:\n{done.stderr}")
         results.append(json.loads(done.stdout))
-    rates = [r["count"] / r["seconds"] for r in results]
+    peak = max(r["maxrss_kib"] for r in results)
+    grown = statistics.median(r["maxrss_kib"] - r["base_kib"] for r in results)
     return {
         "count": results[0]["count"],
-        "rate": statistics.median(rates),
-        "seconds": statistics.median(r["seconds"] for r in results),
-        "maxrss_mib": max(r["maxrss_kib"] for r in results) / 1024,
+        "rate": statistics.median(r["count"] / r["timed"] for r in results),
+        "events_rate": statistics.median(r["events"] / r["total"] for r in results),
+        "events": results[0]["events"],
+        "seconds": statistics.median(r["total"] for r in results),
+        "maxrss_mib": peak / 1024,
+        "per_page": grown * 1024 / pages if pages else None,
     }
 
 
@@ -109,7 +167,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the read trace")
-    parser.add_argument("--pages", type=int, default=200_000, help="pages of the replay trace")
+    parser.add_argument("--pages", type=int, default=200_000, help="pages of the replay traces")
+    parser.add_argument(
+        "--only", nargs="+", choices=("read", *REPLAYS), help="run only these measurements"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -118,36 +179,41 @@ def main() -> None:
 
     from ksmreplay.render import plain_table
 
+    kinds = args.only or ("read", *REPLAYS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ksmreplay-bench-") as tmp:
-        read_path = Path(tmp) / "writes.msgpack"
-        make_read_trace(read_path, args.events)
-        size_mb = read_path.stat().st_size / 1e6
-        r = measure("read", read_path, args.runs)
-        rows.append(
-            [
-                f"read+validate {args.events:,} events ({size_mb:.1f} MB)",
-                f"{r['rate']:,.0f} events/s",
-                f"{r['seconds']:.2f}",
-                f"{r['maxrss_mib']:.0f}",
-            ]
-        )
-        if importlib.util.find_spec("ksmreplay.engine") is None:
-            rows.append([f"replay {args.pages:,} pages", "skipped: no engine yet", "", ""])
-        else:
-            replay_path = Path(tmp) / "steady.msgpack"
-            make_replay_trace(replay_path, args.pages)
-            r = measure("replay", replay_path, args.runs)
+        for kind in kinds:
+            path = Path(tmp) / f"{kind}.msgpack"
+            if kind == "read":
+                make_read_trace(path, args.events)
+                name = f"read-{args.events // 1000}k"
+            else:
+                make_replay_trace(path, kind, args.pages)
+                name = f"{kind}-{args.pages // 1000}k"
+            r = measure(kind, path, args.runs, 0 if kind == "read" else args.pages)
             rows.append(
                 [
-                    f"replay {args.pages:,} pages, unshare ({r['count']:,} visits)",
-                    f"{r['rate']:,.0f} visits/s",
+                    name,
+                    "" if kind == "read" else f"{r['count']:,}",
+                    "" if kind == "read" else f"{r['rate']:,.0f}",
+                    f"{r['events_rate']:,.0f}",
                     f"{r['seconds']:.2f}",
                     f"{r['maxrss_mib']:.0f}",
+                    "" if r["per_page"] is None else f"{r['per_page']:.0f}",
                 ]
             )
-    print(f"median of {args.runs} runs, each in a fresh process (Python {sys.version.split()[0]})")
-    print(plain_table(["benchmark", "rate", "seconds", "peak RSS MiB"], rows, "lrrr"))
+    print(
+        f"median of {args.runs} runs, each in a fresh process "
+        f"(Python {platform.python_version()}, {platform.machine()}, "
+        f"{len(__import__('os').sched_getaffinity(0))} CPUs)"
+    )
+    print(
+        plain_table(
+            ["trace", "visits", "visits/s", "events/s", "seconds", "peak RSS MiB", "bytes/page"],
+            rows,
+            "lrrrrrr",
+        )
+    )
 
 
 if __name__ == "__main__":
