@@ -41,7 +41,16 @@ import numpy.typing as npt
 
 from ksmreplay.modes import Mode
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
-from ksmreplay.vm import CHUNK, CHUNK_SHIFT, MM, NULL, PTE_KSM_ZERO, Memory, PageTable
+from ksmreplay.vm import (
+    CHUNK,
+    CHUNK_SHIFT,
+    MM,
+    NULL,
+    PTE_KSM_ZERO,
+    FreeStack,
+    Memory,
+    PageTable,
+)
 
 NONE, UNSTABLE, STABLE = 0, 1, 2
 """Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
@@ -84,7 +93,7 @@ class ItemTable:
     def __init__(self, capacity: int = 1024) -> None:
         for name, dtype, fill in self.COLUMNS:
             setattr(self, name, np.full(capacity, fill, dtype))
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._free = FreeStack(capacity)
         self.count = 0
 
     slot: npt.NDArray[np.int32]
@@ -106,9 +115,8 @@ class ItemTable:
             for name, dtype, fill in self.COLUMNS:
                 col = getattr(self, name)
                 setattr(self, name, np.concatenate([col, np.full(new - old, fill, dtype)]))
-            self._free.extend(range(new - 1, old - 1, -1))
-        rows = np.array(self._free[len(self._free) - n :][::-1], np.int64)
-        del self._free[len(self._free) - n :]
+            self._free.add_range(old, new)
+        rows = self._free.pop(n)
         for name, _dtype, fill in self.COLUMNS:
             getattr(self, name)[rows] = fill
         self.slot[rows] = slot
@@ -120,7 +128,7 @@ class ItemTable:
         """``free_rmap_item()``."""
         self.slot[rows] = NULL
         self.count -= len(rows)
-        self._free.extend(int(r) for r in rows)
+        self._free.push(rows)
 
 
 @dataclass(eq=False, slots=True)
@@ -621,21 +629,197 @@ class Ksmd:
         self._free_rows(slot, stale_rows[~stale_stable])
         skipped_stable = skip & (it.state[rows] == STABLE)
         self._unlink_rows(rows[skip & ~skipped_stable])
-        work = np.flatnonzero((visit & ~linked) | skipped_stable)
-        order = np.concatenate([pos[work], stale[stale_stable]])
-        kinds = np.concatenate([work, -1 - np.flatnonzero(stale_stable)])
-        for j in np.argsort(order, kind="stable"):
-            k = int(kinds[j])
-            if k < 0:
-                self._free_rows(slot, stale_rows[[-1 - k]])
-            elif skip[k]:
-                self.unlink(int(rows[k]))
-            else:
-                self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
-                c.pages_scanned += 1
         visits = int(np.count_nonzero(visit))
+        c.pages_scanned += visits - int(np.count_nonzero(linked))
+        sequential = visit & ~linked
+        if sequential.any():
+            sequential = self._bulk_visits(
+                slot,
+                view,
+                pos,
+                frames,
+                rows,
+                is_ksm,
+                sequential,
+                skipped_stable,
+                stale_rows[stale_stable],
+            )
+        work = np.flatnonzero(sequential | skipped_stable)
+        if len(work) or stale_stable.any():
+            order = np.concatenate([pos[work], stale[stale_stable]])
+            kinds = np.concatenate([work, -1 - np.flatnonzero(stale_stable)])
+            for j in np.argsort(order, kind="stable"):
+                k = int(kinds[j])
+                if k < 0:
+                    self._free_rows(slot, stale_rows[[-1 - k]])
+                elif skip[k]:
+                    self.unlink(int(rows[k]))
+                else:
+                    self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
         self.cpu_ns += batch_cost_ns(visits)
         return visits, stop
+
+    def _bulk_visits(
+        self,
+        slot: Slot,
+        view: IntArray,
+        pos: IntArray,
+        frames: IntArray,
+        rows: IntArray,
+        is_ksm: npt.NDArray[np.bool_],
+        todo: npt.NDArray[np.bool_],
+        skipped_stable: npt.NDArray[np.bool_],
+        stale_stable_rows: IntArray,
+    ) -> npt.NDArray[np.bool_]:
+        """Do in bulk the visits of ``todo`` whose outcome cannot depend on their order.
+
+        Returns the visits left for the address-ordered loop.  A visit of an
+        ordinary page whose item is not in the stable tree starts by unlinking
+        the item, which only moves pages_unshared (an item is visited once per
+        pass, so it is never in this pass's unstable tree).  Then, per
+        :meth:`_cmp_and_merge`:
+
+        * checksum changed: record it.  Touches only the item.
+        * zero content with use_zero_pages: map the zero page.  Touches only
+          the page, its frame's map count and counters that are sums.
+        * otherwise the trees are consulted, but only at the page's content:
+          every tree change a visit makes is at its page's content or its
+          item's node's content.  So for a content that no visit left to the
+          loop touches, the visits of that content are independent of all the
+          others: if its stable entry is a live plain node with room for all
+          of them (``0 < len`` and ``len + k <= max_page_sharing``) each merges
+          into that KSM page, in address order; if it has no stable and no
+          unstable entry and exactly one visit, that visit inserts its item
+          into the unstable tree.  Any other content goes to the loop.
+
+        Frames never link two contents here: merging reads only frames of the
+        merged content, and no frame is allocated during a scan.
+        """
+        fr, it = self.mem.frames, self.items
+        easy = todo & ~is_ksm & (it.state[rows] != STABLE)
+        if not easy.any():
+            return todo
+        idx = np.flatnonzero(easy)
+        erows = rows[idx]
+        content = fr.content[frames[idx]]
+        self._unlink_unstable(erows[it.state[erows] == UNSTABLE])
+        changed = ~it.checked[erows] | (it.checksum[erows] != content)
+        if changed.any():
+            it.checksum[erows[changed]] = content[changed]
+            it.checked[erows[changed]] = True
+        rest = ~changed
+        if self.knob("use_zero_pages"):
+            zero = rest & (content == 0)
+            if zero.any():
+                self._bulk_merge_zero(slot.mm, view, pos[idx[zero]], frames[idx[zero]])
+                rest &= ~zero
+        left: npt.NDArray[np.bool_] = todo & ~easy
+        if rest.any():
+            ridx, rcontent = idx[rest], content[rest]
+            touched = self._touched_contents(
+                frames[left], rows[left | skipped_stable], stale_stable_rows
+            )
+            hard = self._bulk_trees(slot, view, pos, frames, rows, ridx, rcontent, touched)
+            left[ridx[hard]] = True
+        return left
+
+    def _touched_contents(self, frames: IntArray, rows: IntArray, stale_rows: IntArray) -> set[int]:
+        """Contents whose tree entries the address-ordered loop may change."""
+        touched = set(self.mem.frames.content[frames].tolist())
+        it = self.items
+        for rs in (rows, stale_rows):
+            for n in it.node[rs[it.state[rs] == STABLE]].tolist():
+                touched.add(self.nodes[n].content)
+        return touched
+
+    def _bulk_trees(
+        self,
+        slot: Slot,
+        view: IntArray,
+        pos: IntArray,
+        frames: IntArray,
+        rows: IntArray,
+        ridx: IntArray,
+        rcontent: npt.NDArray[np.uint64],
+        touched: set[int],
+    ) -> npt.NDArray[np.bool_]:
+        """Stable merges and unstable inserts by content (see :meth:`_bulk_visits`).
+
+        ``ridx`` indexes the segment's visits, in address order, ``rcontent``
+        their contents.  Returns a mask over ``ridx``: the visits left undone.
+        """
+        it, c = self.items, self.c
+        uniq, inverse, counts = np.unique(rcontent, return_inverse=True, return_counts=True)
+        # Visits grouped by content, address order kept within a group.
+        grouped = np.argsort(inverse, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        maxps = int(self.knob("max_page_sharing"))
+        hard_group = np.zeros(len(uniq), np.bool_)
+        merge_groups: list[int] = []
+        merge_nodes: list[StableNode] = []
+        insert_groups: list[int] = []
+        for g, (x, k) in enumerate(zip(uniq.tolist(), counts.tolist(), strict=True)):
+            if x in touched:
+                hard_group[g] = True
+                continue
+            entry = self.stable.get(x)
+            if entry is None:
+                if k == 1 and x not in self.unstable:
+                    insert_groups.append(g)
+                else:
+                    hard_group[g] = True
+            elif (
+                isinstance(entry, StableNode)
+                and entry.alive
+                and len(entry.items) > 0
+                and len(entry.items) + k <= maxps
+            ):
+                merge_groups.append(g)
+                merge_nodes.append(entry)
+            else:
+                hard_group[g] = True
+        if insert_groups:
+            at = ridx[grouped[np.array([starts[g] for g in insert_groups], np.int64)]]
+            new_rows = rows[at]
+            for x, r in zip(uniq[insert_groups].tolist(), new_rows.tolist(), strict=True):
+                self.unstable[x] = r
+            it.state[new_rows] = UNSTABLE
+            it.seq[new_rows] = self.seqnr & SEQNR_MASK
+            c.pages_unshared += len(new_rows)
+        if merge_groups:
+            g_arr = np.array(merge_groups, np.int64)
+            k_arr = counts[g_arr]
+            # Every visit of the merged groups, group by group, in address order.
+            firsts = np.array([starts[g] for g in merge_groups], np.int64)
+            within = np.arange(int(k_arr.sum())) - np.repeat(np.cumsum(k_arr) - k_arr, k_arr)
+            at = ridx[grouped[np.repeat(firsts, k_arr) + within]]
+            m_rows = rows[at]
+            kframes = np.repeat(np.array([n.frame for n in merge_nodes], np.int64), k_arr)
+            node_ids = np.repeat(np.array([n.id for n in merge_nodes], np.int64), k_arr)
+            old = frames[at]
+            view[pos[at]] = kframes  # replace_page()
+            np.add.at(self.mem.frames.mapcount, kframes, 1)
+            self.mem._put(old)
+            self.mem.events["merges"] += len(at)
+            # stable_tree_append() in address order: each new item goes first.
+            off = 0
+            for node, k in zip(merge_nodes, k_arr.tolist(), strict=True):
+                node.items[:0] = m_rows[off : off + k][::-1].tolist()
+                off += k
+            c.pages_sharing += len(at)
+            slot.merging_pages += len(at)
+            it.state[m_rows] = STABLE
+            it.node[m_rows] = node_ids
+        hard: npt.NDArray[np.bool_] = hard_group[inverse]
+        return hard
+
+    def _bulk_merge_zero(self, mm: MM, view: IntArray, at: IntArray, frames: IntArray) -> None:
+        """:meth:`_merge_zero` for several pages."""
+        view[at] = PTE_KSM_ZERO
+        mm.rss_anon -= len(at)
+        mm.ksm_zero_ptes += len(at)
+        self.mem.events["zero_pages_merged"] += len(at)
+        self.mem._put(frames)
 
     def _smart_scan(
         self,
@@ -709,7 +893,7 @@ class Ksmd:
         """``replace_page()``: point one PTE at a KSM page, drop the old page."""
         view[k] = kframe
         self.mem.frames.mapcount[kframe] += 1
-        self.mem._put(np.array([old], np.int64))
+        self.mem._put_one(old)
 
     def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
         """``try_to_merge_with_zero_page()``: map the shared zero page instead."""
@@ -717,7 +901,7 @@ class Ksmd:
         mm.rss_anon -= 1
         mm.ksm_zero_ptes += 1
         self.mem.events["zero_pages_merged"] += 1
-        self.mem._put(np.array([frame], np.int64))
+        self.mem._put_one(frame)
 
     def _unstable_search_insert(self, row: int, content: int, frame: int) -> int | None:
         """``unstable_tree_search_insert()``: an equal unstable item, or insert this one."""

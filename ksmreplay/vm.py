@@ -42,6 +42,50 @@ CHUNK = 1 << CHUNK_SHIFT
 IntArray = npt.NDArray[np.int64]
 
 
+class FreeStack:
+    """Free row numbers of a table, as a numpy stack (last pushed, first popped).
+
+    Fresh capacity ``[old, new)`` is pushed highest first, so rows are handed
+    out in ascending order; :meth:`pop` returns the most recently freed rows,
+    the last one freed first.
+    """
+
+    __slots__ = ("_n", "_rows")
+
+    def __init__(self, capacity: int) -> None:
+        self._rows: IntArray = np.arange(capacity - 1, -1, -1, dtype=np.int64)
+        self._n = capacity
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _reserve(self, n: int) -> None:
+        if self._n + n > len(self._rows):
+            grown = np.empty(max(2 * len(self._rows), self._n + n), np.int64)
+            grown[: self._n] = self._rows[: self._n]
+            self._rows = grown
+
+    def add_range(self, old: int, new: int) -> None:
+        """Push the new rows ``[old, new)``, highest first."""
+        self.push(np.arange(new - 1, old - 1, -1, dtype=np.int64))
+
+    def push(self, rows: IntArray) -> None:
+        self._reserve(len(rows))
+        self._rows[self._n : self._n + len(rows)] = rows
+        self._n += len(rows)
+
+    def push_one(self, row: int) -> None:
+        self._reserve(1)
+        self._rows[self._n] = row
+        self._n += 1
+
+    def pop(self, n: int) -> IntArray:
+        """The top ``n`` rows, topmost first (the caller checked there are enough)."""
+        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
+        self._n -= n
+        return rows
+
+
 class FrameTable:
     """Every anonymous page frame, as columns indexed by frame number.
 
@@ -60,7 +104,7 @@ class FrameTable:
         self.mapcount = np.zeros(capacity, np.int32)
         self.ksm = np.zeros(capacity, np.bool_)
         self.node = np.full(capacity, NULL, np.int32)
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._free = FreeStack(capacity)
         self.live = 0
         self.live_ksm = 0
 
@@ -71,15 +115,14 @@ class FrameTable:
         self.mapcount = np.concatenate([self.mapcount, np.zeros(new - old, np.int32)])
         self.ksm = np.concatenate([self.ksm, np.zeros(new - old, np.bool_)])
         self.node = np.concatenate([self.node, np.full(new - old, NULL, np.int32)])
-        self._free.extend(range(new - 1, old - 1, -1))
+        self._free.add_range(old, new)
 
     def alloc(self, contents: npt.NDArray[np.uint64]) -> IntArray:
         """New private frames (mapcount 1) holding ``contents``; returns their indices."""
         n = len(contents)
         if n > len(self._free):
             self._grow(n - len(self._free))
-        rows = np.array(self._free[len(self._free) - n :][::-1], np.int64)
-        del self._free[len(self._free) - n :]
+        rows = self._free.pop(n)
         self.content[rows] = contents
         self.mapcount[rows] = 1
         self.live += n
@@ -93,7 +136,16 @@ class FrameTable:
         self.ksm[rows] = False
         self.node[rows] = NULL
         self.live -= len(rows)
-        self._free.extend(int(r) for r in rows)
+        self._free.push(rows)
+
+    def release_one(self, row: int) -> None:
+        """:meth:`release` of a single row."""
+        if self.ksm[row]:
+            self.live_ksm -= 1
+            self.ksm[row] = False
+        self.node[row] = NULL
+        self.live -= 1
+        self._free.push_one(row)
 
     @property
     def capacity(self) -> int:
@@ -271,6 +323,15 @@ class Memory:
             if len(ksm_dead):
                 self.on_ksm_pages_freed(self.frames.node[ksm_dead].astype(np.int64))
             self.frames.release(dead)
+
+    def _put_one(self, row: int) -> None:
+        """:meth:`_put` of a single mapping."""
+        fr = self.frames
+        fr.mapcount[row] -= 1
+        if fr.mapcount[row] == 0:
+            if fr.ksm[row]:
+                self.on_ksm_pages_freed(np.array([fr.node[row]], np.int64))
+            fr.release_one(row)
 
     # -- mappings -----------------------------------------------------------
 
