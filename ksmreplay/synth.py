@@ -555,6 +555,11 @@ def _unmerge_cycle(s: _Synth, v: Values) -> None:
     for cycle in range(1, v.integer("cycles") + 1):
         for use_zero_pages in (1, 0):
             name = f"cycle{cycle}-zero-pages-{'on' if use_zero_pages else 'off'}"
+            if t:
+                t += phase
+                for pid in range(1, processes + 1):
+                    changed = s.sample(pages, round(pages * rewrite))
+                    s.scatter(t, pid, BASE, changed, s.mixed(len(changed), to_zero))
             t += phase
             s.ksm(t, {"use_zero_pages": use_zero_pages})
             for pid in range(1, processes + 1):
@@ -564,10 +569,8 @@ def _unmerge_cycle(s: _Synth, v: Values) -> None:
             for pid in range(1, processes + 1):
                 s.madvise(t, pid, BASE, pages, "unmergeable")
             s.snapshot(t, f"{name}-unmerged")
-            t += phase
-            for pid in range(1, processes + 1):
-                changed = s.sample(pages, round(pages * rewrite))
-                s.scatter(t, pid, BASE, changed, s.mixed(len(changed), to_zero))
+    # ksmd passes the unmerged ranges and drops their items: the lazy counters fall.
+    s.snapshot(t + phase, "end")
 
 
 # --------------------------------------------------------------------------- the table
@@ -728,7 +731,8 @@ WORKLOADS: tuple[Workload, ...] = (
         "pages of its own).  Each cycle runs twice, with use_zero_pages=1 and then "
         "0: madvise mergeable and settle (snapshot 'cycleN-zero-pages-on-merged' "
         "or '...-off-merged'), MADV_UNMERGEABLE (snapshot '...-unmerged'), then "
-        "every process rewrites some pages; phase_ms apart.",
+        "every process rewrites some pages before the next merge; phase_ms apart.  "
+        "Snapshot 'end' phase_ms after the last unmerge, once ksmd has passed.",
         (
             Param("processes", 2, 1, 1024, "number of processes"),
             Param("mib", 4, 1, 65536, "memory of each process, MiB"),
