@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +53,9 @@ from ksmreplay.vm import (
     PageTable,
 )
 
+WINDOW_CHUNKS = 64
+"""Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
+
 NONE, UNSTABLE, STABLE = 0, 1, 2
 """Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
 
@@ -61,6 +65,17 @@ END = 1 << 62
 """A page number beyond every mapping."""
 
 IntArray = npt.NDArray[np.int64]
+
+
+def _write_back(views: list[IntArray], flat: IntArray) -> None:
+    """Copy a gathered window back into the chunk views it was gathered from."""
+    if len(views) == 1:
+        views[0][:] = flat
+        return
+    at = 0
+    for v in views:
+        v[:] = flat[at : at + len(v)]
+        at += len(v)
 
 
 class ItemTable:
@@ -558,31 +573,56 @@ class Ksmd:
                 continue
             self.cursor_saw_mergeable = True
             start = max(self.cursor_page, vma.start)
-            for lo, hi, view in mm.pt.segments(start, vma.end):
-                done, stop = self._scan_segment(slot, lo, hi, view, budget - visits)
+            while start < vma.end:
+                # A window of at most WINDOW_CHUNKS page-table chunks, sized to the budget.
+                chunks = min(WINDOW_CHUNKS, (budget - visits) // CHUNK + 1)
+                segs = list(islice(mm.pt.segments(start, vma.end), chunks))
+                if not segs:
+                    break
+                done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
                 if stop is not None:
                     self.cursor_page = stop + 1
                     return False, visits
+                start = segs[-1][1]
             self.cursor_page = vma.end
         return True, visits
 
-    def _scan_segment(
-        self, slot: Slot, lo: int, hi: int, view: IntArray, budget: int
+    def _scan_window(
+        self, slot: Slot, segs: list[tuple[int, int, IntArray]], budget: int
     ) -> tuple[int, int | None]:
-        """Handle the present pages of one page-table segment, in address order.
+        """Handle the present pages of consecutive page-table segments, in address order.
+
+        ``segs`` are ``PageTable.segments()`` of the mm.  The segments' PTEs
+        and item-map entries are gathered into flat arrays (``ptes``,
+        ``imap``, indexed by position in the window, ``pages`` giving each
+        position's page), so that the bulk work below costs a few numpy calls
+        per window rather than per 512 pages.  The item map is written back
+        before any visit; PTEs changed in bulk are written back before the
+        address-ordered loop, which works on the page table itself.
 
         Returns the visits made and, if the budget ran out, the page of the
         last visit (the cursor stops right after it).
         """
-        pos = np.flatnonzero(view >= 0)
+        mm = slot.mm
+        if len(segs) == 1:
+            lo, hi, view = segs[0]
+            ptes = view.copy()
+            pages = np.arange(lo, hi, dtype=np.int64)
+        else:
+            ptes = np.concatenate([v for _lo, _hi, v in segs])
+            pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
+        pos = np.flatnonzero(ptes >= 0)
         if len(pos) == 0:
             return 0, None
         fr, it, c = self.mem.frames, self.items, self.c
-        base = lo & ~(CHUNK - 1)
-        imap = slot.items.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base]
-        frames = view[pos]
-        rows = imap[pos].copy()
+        imap_views = []
+        for lo, hi, _v in segs:
+            base = lo & ~(CHUNK - 1)
+            imap_views.append(slot.items.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base])
+        imap = imap_views[0].copy() if len(segs) == 1 else np.concatenate(imap_views)
+        frames = ptes[pos]
+        rows = imap[pos]
         has = rows >= 0
         is_ksm = fr.ksm[frames]
         smart = bool(self.knob("smart_scan"))
@@ -600,22 +640,24 @@ class Ksmd:
         n = len(pos)
         if cum[-1] >= budget:
             n = int(np.searchsorted(cum, budget)) + 1
-            stop = lo + int(pos[n - 1])
+            stop = int(pages[pos[n - 1]])
         pos, frames, rows = pos[:n], frames[:n], rows[:n]
         has, is_ksm, skip, visit = has[:n], is_ksm[:n], skip[:n], visit[:n]
         # get_next_rmap_item(): free the stale items the walk passes.
-        self._free_items(slot, self.cursor_item_page, lo)
-        self.cursor_item_page = lo + int(pos[-1]) + 1
-        stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (view[: pos[-1]] < 0))
-        stale_rows = imap[stale].copy()
+        self._free_items(slot, self.cursor_item_page, int(pages[0]))
+        self.cursor_item_page = int(pages[pos[-1]]) + 1
+        stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (ptes[: pos[-1]] < 0))
+        stale_rows = imap[stale]
         imap[stale] = NULL
         new = np.flatnonzero(~has)
         if len(new):
-            fresh = it.alloc(slot.id, lo + pos[new])
+            fresh = it.alloc(slot.id, pages[pos[new]])
             rows[new] = fresh
             imap[pos[new]] = fresh
             slot.rmap_items += len(new)
             c.rmap_items += len(new)
+        if len(new) or len(stale):
+            _write_back(imap_views, imap)
         if smart:
             self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
         # What can be done in bulk: visits of KSM pages already linked to their
@@ -624,18 +666,17 @@ class Ksmd:
         # can change a node's sharing-candidacy for a later visit, so stale and
         # skipped stable items are handled in address order with the visits.
         linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
-        c.pages_scanned += int(np.count_nonzero(linked))
         stale_stable = it.state[stale_rows] == STABLE
         self._free_rows(slot, stale_rows[~stale_stable])
         skipped_stable = skip & (it.state[rows] == STABLE)
         self._unlink_rows(rows[skip & ~skipped_stable])
         visits = int(np.count_nonzero(visit))
-        c.pages_scanned += visits - int(np.count_nonzero(linked))
+        c.pages_scanned += visits
         sequential = visit & ~linked
         if sequential.any():
-            sequential = self._bulk_visits(
+            sequential, changed = self._bulk_visits(
                 slot,
-                view,
+                ptes,
                 pos,
                 frames,
                 rows,
@@ -644,6 +685,8 @@ class Ksmd:
                 skipped_stable,
                 stale_rows[stale_stable],
             )
+            if changed:
+                _write_back([v for _lo, _hi, v in segs], ptes)
         work = np.flatnonzero(sequential | skipped_stable)
         if len(work) or stale_stable.any():
             order = np.concatenate([pos[work], stale[stale_stable]])
@@ -655,7 +698,9 @@ class Ksmd:
                 elif skip[k]:
                     self.unlink(int(rows[k]))
                 else:
-                    self._cmp_and_merge(slot, int(rows[k]), view, int(pos[k]), lo + int(pos[k]))
+                    page = int(pages[pos[k]])
+                    view = mm.pt.chunk(page >> CHUNK_SHIFT)
+                    self._cmp_and_merge(slot, int(rows[k]), view, page & (CHUNK - 1), page)
         self.cpu_ns += batch_cost_ns(visits)
         return visits, stop
 
@@ -670,10 +715,11 @@ class Ksmd:
         todo: npt.NDArray[np.bool_],
         skipped_stable: npt.NDArray[np.bool_],
         stale_stable_rows: IntArray,
-    ) -> npt.NDArray[np.bool_]:
+    ) -> tuple[npt.NDArray[np.bool_], bool]:
         """Do in bulk the visits of ``todo`` whose outcome cannot depend on their order.
 
-        Returns the visits left for the address-ordered loop.  A visit of an
+        ``view`` is the window's PTEs (a copy the caller writes back).  Returns
+        the visits left for the address-ordered loop, and whether a PTE changed.  A visit of an
         ordinary page whose item is not in the stable tree starts by unlinking
         the item, which only moves pages_unshared (an item is visited once per
         pass, so it is never in this pass's unstable tree).  Then, per
@@ -698,7 +744,7 @@ class Ksmd:
         fr, it = self.mem.frames, self.items
         easy = todo & ~is_ksm & (it.state[rows] != STABLE)
         if not easy.any():
-            return todo
+            return todo, False
         idx = np.flatnonzero(easy)
         erows = rows[idx]
         content = fr.content[frames[idx]]
@@ -708,11 +754,13 @@ class Ksmd:
             it.checksum[erows[changed]] = content[changed]
             it.checked[erows[changed]] = True
         rest = ~changed
+        ptes_changed = False
         if self.knob("use_zero_pages"):
             zero = rest & (content == 0)
             if zero.any():
                 self._bulk_merge_zero(slot.mm, view, pos[idx[zero]], frames[idx[zero]])
                 rest &= ~zero
+                ptes_changed = True
         left: npt.NDArray[np.bool_] = todo & ~easy
         if rest.any():
             ridx, rcontent = idx[rest], content[rest]
@@ -720,8 +768,9 @@ class Ksmd:
                 frames[left], rows[left | skipped_stable], stale_stable_rows
             )
             hard = self._bulk_trees(slot, view, pos, frames, rows, ridx, rcontent, touched)
+            ptes_changed = ptes_changed or not hard.all()
             left[ridx[hard]] = True
-        return left
+        return left, ptes_changed
 
     def _touched_contents(self, frames: IntArray, rows: IntArray, stale_rows: IntArray) -> set[int]:
         """Contents whose tree entries the address-ordered loop may change."""
@@ -743,74 +792,126 @@ class Ksmd:
         rcontent: npt.NDArray[np.uint64],
         touched: set[int],
     ) -> npt.NDArray[np.bool_]:
-        """Stable merges and unstable inserts by content (see :meth:`_bulk_visits`).
+        """Stable merges, unstable inserts and new KSM pages by content.
 
-        ``ridx`` indexes the segment's visits, in address order, ``rcontent``
-        their contents.  Returns a mask over ``ridx``: the visits left undone.
+        ``ridx`` indexes the window's visits, in address order, ``rcontent``
+        their contents (checksums unchanged, not zero-page merges).  The
+        visits of one content form a group; a group whose content the loop
+        does not touch (see :meth:`_bulk_visits`) is done here when its
+        outcome is plain:
+
+        * a live plain stable node with ``0 < len`` and ``len + k <=
+          max_page_sharing``: all k merge into its KSM page;
+        * no stable and no unstable entry, k = 1: the item enters the
+          unstable tree;
+        * no stable and no unstable entry, ``2 <= k <= max_page_sharing``:
+          the first visit enters the unstable tree, the second finds it and
+          the pair becomes a new KSM page (the second page's frame, in place),
+          whose node the other k - 2 visits join.  The partner checks of
+          ``unstable_tree_search_insert()`` all pass: the partner is a present
+          ordinary page of this same mergeable VMA with the same content, and
+          a different frame (checked).
+
+        Returns a mask over ``ridx``: the visits left undone.
         """
-        it, c = self.items, self.c
+        it, c, fr = self.items, self.c, self.mem.frames
         uniq, inverse, counts = np.unique(rcontent, return_inverse=True, return_counts=True)
         # Visits grouped by content, address order kept within a group.
         grouped = np.argsort(inverse, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        starts = np.cumsum(counts) - counts
         maxps = int(self.knob("max_page_sharing"))
-        hard_group = np.zeros(len(uniq), np.bool_)
-        merge_groups: list[int] = []
+        xs = uniq.tolist()
+        entries = list(map(self.stable.get, xs))
+        has_entry = np.fromiter((e is not None for e in entries), np.bool_, len(xs))
+        free = ~has_entry & ~np.fromiter(map(self.unstable.__contains__, xs), np.bool_, len(xs))
+        if touched:
+            hit = np.isin(uniq, np.array(sorted(touched), np.uint64))
+            has_entry &= ~hit
+            free &= ~hit
+        insert = free & (counts == 1)
+        first_at = ridx[grouped[starts]]
+        second_at = ridx[grouped[np.minimum(starts + 1, len(grouped) - 1)]]
+        pair = free & (counts >= 2) & (counts <= maxps) & (frames[first_at] != frames[second_at])
+        merge = np.zeros(len(xs), np.bool_)
         merge_nodes: list[StableNode] = []
-        insert_groups: list[int] = []
-        for g, (x, k) in enumerate(zip(uniq.tolist(), counts.tolist(), strict=True)):
-            if x in touched:
-                hard_group[g] = True
-                continue
-            entry = self.stable.get(x)
-            if entry is None:
-                if k == 1 and x not in self.unstable:
-                    insert_groups.append(g)
-                else:
-                    hard_group[g] = True
-            elif (
+        for g in np.flatnonzero(has_entry).tolist():
+            entry = entries[g]
+            if (
                 isinstance(entry, StableNode)
                 and entry.alive
                 and len(entry.items) > 0
-                and len(entry.items) + k <= maxps
+                and len(entry.items) + int(counts[g]) <= maxps
             ):
-                merge_groups.append(g)
+                merge[g] = True
                 merge_nodes.append(entry)
-            else:
-                hard_group[g] = True
-        if insert_groups:
-            at = ridx[grouped[np.array([starts[g] for g in insert_groups], np.int64)]]
-            new_rows = rows[at]
-            for x, r in zip(uniq[insert_groups].tolist(), new_rows.tolist(), strict=True):
-                self.unstable[x] = r
+
+        def members(groups: IntArray) -> tuple[IntArray, IntArray]:
+            """Window indices of the visits of ``groups``, group by group; group sizes."""
+            k = counts[groups]
+            within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+            return ridx[grouped[np.repeat(starts[groups], k) + within]], k
+
+        if insert.any():
+            new_rows = rows[first_at[insert]]
+            self.unstable.update(zip(uniq[insert].tolist(), new_rows.tolist(), strict=True))
             it.state[new_rows] = UNSTABLE
             it.seq[new_rows] = self.seqnr & SEQNR_MASK
             c.pages_unshared += len(new_rows)
-        if merge_groups:
-            g_arr = np.array(merge_groups, np.int64)
-            k_arr = counts[g_arr]
-            # Every visit of the merged groups, group by group, in address order.
-            firsts = np.array([starts[g] for g in merge_groups], np.int64)
-            within = np.arange(int(k_arr.sum())) - np.repeat(np.cumsum(k_arr) - k_arr, k_arr)
-            at = ridx[grouped[np.repeat(firsts, k_arr) + within]]
+        if merge.any():
+            at, k = members(np.flatnonzero(merge))
             m_rows = rows[at]
-            kframes = np.repeat(np.array([n.frame for n in merge_nodes], np.int64), k_arr)
-            node_ids = np.repeat(np.array([n.id for n in merge_nodes], np.int64), k_arr)
-            old = frames[at]
+            kframes = np.repeat(np.array([n.frame for n in merge_nodes], np.int64), k)
             view[pos[at]] = kframes  # replace_page()
-            np.add.at(self.mem.frames.mapcount, kframes, 1)
-            self.mem._put(old)
+            np.add.at(fr.mapcount, kframes, 1)
+            self.mem._put(frames[at])
             self.mem.events["merges"] += len(at)
             # stable_tree_append() in address order: each new item goes first.
             off = 0
-            for node, k in zip(merge_nodes, k_arr.tolist(), strict=True):
-                node.items[:0] = m_rows[off : off + k][::-1].tolist()
-                off += k
+            for node, n in zip(merge_nodes, k.tolist(), strict=True):
+                node.items[:0] = m_rows[off : off + n][::-1].tolist()
+                off += n
             c.pages_sharing += len(at)
             slot.merging_pages += len(at)
             it.state[m_rows] = STABLE
-            it.node[m_rows] = node_ids
-        hard: npt.NDArray[np.bool_] = hard_group[inverse]
+            it.node[m_rows] = np.repeat(np.array([n.id for n in merge_nodes], np.int64), k)
+        if pair.any():
+            # New nodes in the order the pairs merge: by the second visit's address.
+            groups = np.flatnonzero(pair)
+            groups = groups[np.argsort(second_at[groups], kind="stable")]
+            at, k = members(groups)
+            g_first = np.cumsum(k) - k
+            kf = frames[second_at[groups]]
+            is_second = np.zeros(len(at), np.bool_)
+            is_second[g_first + 1] = True
+            m_rows = rows[at]
+            it.seq[m_rows[g_first]] = self.seqnr & SEQNR_MASK
+            fr.ksm[kf] = True
+            fr.live_ksm += len(groups)
+            view[pos[at]] = np.repeat(kf, k)  # the partner and the later visits
+            fr.mapcount[kf] += (k - 1).astype(np.int32)
+            self.mem._put(frames[at[~is_second]])
+            self.mem.events["merges"] += len(at)
+            ids = np.arange(self._next_node_id, self._next_node_id + len(groups), dtype=np.int64)
+            self._next_node_id += len(groups)
+            fr.node[kf] = ids
+            row_list = m_rows.tolist()
+            for gid, x, frame, lo, n in zip(
+                ids.tolist(),
+                uniq[groups].tolist(),
+                kf.tolist(),
+                g_first.tolist(),
+                k.tolist(),
+                strict=True,
+            ):
+                node = StableNode(gid, x, frame, row_list[lo : lo + n][::-1])
+                self.nodes[gid] = node
+                self.stable[x] = node
+            c.pages_shared += len(groups)
+            c.pages_sharing += len(at) - len(groups)
+            slot.merging_pages += len(at)
+            it.state[m_rows] = STABLE
+            it.node[m_rows] = np.repeat(ids, k)
+        hard: npt.NDArray[np.bool_] = ~(insert | merge | pair)[inverse]
         return hard
 
     def _bulk_merge_zero(self, mm: MM, view: IntArray, at: IntArray, frames: IntArray) -> None:
