@@ -821,8 +821,7 @@ class Ksmd:
         starts = np.cumsum(counts) - counts
         maxps = int(self.knob("max_page_sharing"))
         xs = uniq.tolist()
-        entries = list(map(self.stable.get, xs))
-        has_entry = np.fromiter((e is not None for e in entries), np.bool_, len(xs))
+        has_entry = np.fromiter(map(self.stable.__contains__, xs), np.bool_, len(xs))
         free = ~has_entry & ~np.fromiter(map(self.unstable.__contains__, xs), np.bool_, len(xs))
         if touched:
             hit = np.isin(uniq, np.array(sorted(touched), np.uint64))
@@ -835,7 +834,7 @@ class Ksmd:
         merge = np.zeros(len(xs), np.bool_)
         merge_nodes: list[StableNode] = []
         for g in np.flatnonzero(has_entry).tolist():
-            entry = entries[g]
+            entry = self.stable[xs[g]]
             if (
                 isinstance(entry, StableNode)
                 and entry.alive
