@@ -69,14 +69,21 @@ def test_version() -> None:
     assert (result.exit_code, result.stdout, result.stderr) == (0, f"ksmreplay {__version__}\n", "")
 
 
-def test_every_command_has_help_with_an_example() -> None:
+def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
+    from pathlib import Path
+
+    from ksmreplay.cli import cli
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
     top = invoke("--help")
     assert top.exit_code == 0
-    for name in ("validate", "inspect", "convert", "run", "diff"):
+    assert {"validate", "inspect", "convert", "run", "exec", "diff", "synth"} <= set(cli.commands)
+    for name in cli.commands:
         assert f"  {name} " in top.stdout
         result = invoke(name, "--help")
         assert result.exit_code == 0, name
         assert "Example" in result.stdout, name
+        assert f"ksmreplay {name}" in readme, f"README does not show {name}"
 
 
 def test_unknown_command_and_option_are_usage_errors() -> None:
