@@ -27,8 +27,14 @@ at a full-scan boundary:
   page stays volatile this pass (``unstable_tree_search_insert()``'s aborts).
 * Merges never fail (no page locks, no extra references, no THP).
 * A batch runs at one instant of trace time; visits whose outcome cannot
-  depend on earlier visits of the same batch (a KSM page already linked to
-  its item, smart_scan's decisions) are applied in bulk.
+  depend on earlier visits of the same batch are applied in bulk, a window
+  of page-table chunks at a time (:meth:`Ksmd._scan_window`): a KSM page
+  already linked to its item, smart_scan's decisions, checksum updates,
+  zero-page merges, and the tree work of every content that no remaining
+  visit touches (:meth:`Ksmd._bulk_visits`, :meth:`Ksmd._bulk_trees`).
+  Only the rest goes through the address-ordered loop, one visit at a time;
+  both give the same state, as the tests check against a one-at-a-time
+  reference model.
 """
 
 from __future__ import annotations
