@@ -145,3 +145,77 @@ def _carve(ranges: list[tuple[int, int]], lo: int, n: int) -> list[tuple[int, in
         if end > lo + n:
             out.append((lo + n, end - lo - n))
     return out
+
+
+def large_random_trace(seed: int, n_events: int = 25) -> list[Event]:
+    """A valid trace with mappings of hundreds of pages and up to 5,000 contents.
+
+    Big enough that one batch spans several page-table chunks and creates many
+    KSM pages at once (the engine's bulk paths); small enough for the
+    reference model.
+    """
+    rng = random.Random(seed)
+    events: list[Event] = []
+    t = 0
+    contents = rng.choice([3, 50, 700, 5000])
+
+    def fingerprints(n: int) -> np.ndarray:
+        return np.array([rng.randrange(contents) for _ in range(n)], np.uint64)
+
+    events.append(
+        Ksm(
+            1,
+            0,
+            {
+                "run": 1,
+                "pages_to_scan": rng.choice([100, 700, 5000]),
+                "sleep_millisecs": rng.choice([10, 20]),
+                "use_zero_pages": rng.choice([0, 1]),
+                "max_page_sharing": rng.choice([2, 5, 256]),
+                "smart_scan": rng.choice([0, 1]),
+            },
+        )
+    )
+    procs: dict[int, tuple[int, int]] = {}
+    next_pid = 1
+    for _ in range(rng.randint(1, 3)):
+        n, start = rng.randint(300, 1500), rng.randint(0, 600)
+        procs[next_pid] = (start, n)
+        addr = BASE + start * PAGE
+        events.append(Alloc(len(events) + 1, t, next_pid, addr, n * PAGE))
+        events.append(Write(len(events) + 1, t, next_pid, addr, n * PAGE, fingerprints(n)))
+        events.append(Madvise(len(events) + 1, t, next_pid, addr, n * PAGE, "mergeable"))
+        next_pid += 1
+    for _ in range(n_events):
+        t += rng.choice([0, 5_000_000, 30_000_000, 100_000_000])
+        idx = len(events) + 1
+        pid = rng.choice(sorted(procs))
+        start, n = procs[pid]
+        lo = start + rng.randrange(n)
+        k = rng.randint(1, start + n - lo)
+        addr, length = BASE + lo * PAGE, k * PAGE
+        r = rng.random()
+        if r < 0.4:
+            events.append(Write(idx, t, pid, addr, length, fingerprints(k)))
+        elif r < 0.5:
+            events.append(Madvise(idx, t, pid, addr, length, "dontneed"))
+        elif r < 0.58 and len(procs) < 5:
+            events.append(Fork(idx, t, pid, next_pid))
+            procs[next_pid] = procs[pid]
+            next_pid += 1
+        elif r < 0.63 and len(procs) > 1:
+            events.append(Exit(idx, t, pid))
+            del procs[pid]
+        elif r < 0.7:
+            advice = rng.choice(["unmergeable", "mergeable"])
+            events.append(Madvise(idx, t, pid, addr, length, advice))
+        elif r < 0.75:
+            knob = rng.choice(
+                [{"max_page_sharing": rng.choice([2, 5, 256])}, {"use_zero_pages": 1}]
+            )
+            events.append(Ksm(idx, t, knob))
+        elif r < 0.9:
+            events.append(Settle(idx, t, 10))
+        else:
+            events.append(Read(idx, t, pid, addr, length))
+    return events

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from randtrace import random_trace
+from randtrace import large_random_trace, random_trace
 from reference import ReferenceSimulator
 
 from ksmreplay.engine import Engine
@@ -40,3 +40,16 @@ def test_engine_matches_reference_on_fixed_seeds(seed: int, mode: str) -> None:
 )
 def test_engine_matches_reference_on_random_traces(seed: int, mode: str) -> None:
     _compare(seed, mode, n_events=90)
+
+
+@pytest.mark.parametrize("mode", ["unshare", "legacy"])
+@pytest.mark.parametrize("seed", range(8))
+def test_engine_matches_reference_on_large_traces(seed: int, mode: str) -> None:
+    """Multi-chunk batches and thousands of contents: the engine's bulk paths."""
+    engine, reference = Engine(mode, 4096), ReferenceSimulator(mode, 4096)
+    for event in large_random_trace(seed):
+        engine.apply(event)
+        reference.apply(event)
+        mine = engine.snapshot("x", event.t, event.index)
+        assert mine == reference.snapshot("x", event.t, event.index), f"seed {seed}, {event}"
+    engine.check_invariants()
