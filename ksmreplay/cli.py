@@ -321,6 +321,39 @@ def _parse_sets(
     return settings
 
 
+def _report_options(command: Any) -> Any:
+    """The options every command that prints a report shares: --format, --set, -o."""
+    for option in reversed(
+        (
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(FORMATS),
+                default=FORMATS[0],
+                show_default=True,
+                help="Output format.",
+            ),
+            click.option(
+                "--set",
+                "settings",
+                metavar="KNOB=VALUE",
+                multiple=True,
+                callback=_parse_sets,
+                help=_knob_help(),
+            ),
+            click.option(
+                "-o",
+                "--output",
+                default="-",
+                metavar="FILE",
+                help="Write the report to FILE (atomically) instead of stdout.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def _progress_callback(trace: str) -> Any:
     """A progress line on stderr, or None when stderr is no terminal or TRACE is stdin."""
     if trace == "-" or not sys.stderr.isatty():
@@ -349,29 +382,7 @@ def _progress_callback(trace: str) -> Any:
     show_default=True,
     help="Mode(s) to replay in; repeatable. both = legacy and unshare; all = every mode.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default=FORMATS[0],
-    show_default=True,
-    help="Output format.",
-)
-@click.option(
-    "--set",
-    "settings",
-    metavar="KNOB=VALUE",
-    multiple=True,
-    callback=_parse_sets,
-    help=_knob_help(),
-)
-@click.option(
-    "-o",
-    "--output",
-    default="-",
-    metavar="FILE",
-    help="Write the report to FILE (atomically) instead of stdout.",
-)
+@_report_options
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -412,29 +423,7 @@ def run(
 
 @cli.command("exec")
 @click.argument("trace")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default=FORMATS[0],
-    show_default=True,
-    help="Output format.",
-)
-@click.option(
-    "--set",
-    "settings",
-    metavar="KNOB=VALUE",
-    multiple=True,
-    callback=_parse_sets,
-    help=_knob_help(),
-)
-@click.option(
-    "-o",
-    "--output",
-    default="-",
-    metavar="FILE",
-    help="Write the report to FILE (atomically) instead of stdout.",
-)
+@_report_options
 @click.option(
     "--force",
     is_flag=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_answer import why_not_live
 
 from ksmreplay.errors import ExitStatus
 from ksmreplay.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
@@ -32,19 +32,7 @@ REPO = Path(__file__).parent.parent
 KSM = Path(kernel.KSM_DIR)
 
 
-def _why_not_live() -> str | None:
-    if os.geteuid() != 0:
-        return "live tests need root"
-    if not KSM.is_dir():
-        return f"no KSM on this kernel ({KSM} missing)"
-    if not os.access(KSM / "run", os.W_OK):
-        return f"{KSM / 'run'} is not writable"
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
-        return "live tests need gcc to build the worker"
-    return None
-
-
-REASON = _why_not_live()
+REASON = why_not_live()
 if REASON is not None:
     pytest.skip(REASON, allow_module_level=True)
 
