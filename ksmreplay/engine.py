@@ -100,7 +100,10 @@ class Engine:
             "stable_node_chains": c.stable_node_chains,
             "stable_node_dups": c.stable_node_dups,
             "ksm_zero_pages": mode.ksm_zero_pages(zero),
-            "general_profit": mode.general_profit(c.pages_sharing, zero, c.rmap_items, ps),
+            **mode.zero_pages_sharing(c.zero_pages_sharing),
+            "general_profit": mode.general_profit(
+                c.pages_sharing, mode.saved_zero_pages(zero, c.zero_pages_sharing), c.rmap_items, ps
+            ),
         }
         processes = []
         for mm in live:
@@ -112,8 +115,14 @@ class Engine:
                     "pid": mm.pid,
                     "ksm_rmap_items": rmap,
                     "ksm_zero_pages": mode.ksm_zero_pages(mm.ksm_zero_ptes),
+                    **mode.process_zero_pages_sharing(mm.zero_pages_sharing),
                     "ksm_merging_pages": merging,
-                    "ksm_process_profit": mode.process_profit(merging, mm.ksm_zero_ptes, rmap, ps),
+                    "ksm_process_profit": mode.process_profit(
+                        merging,
+                        mode.saved_zero_pages(mm.ksm_zero_ptes, mm.zero_pages_sharing),
+                        rmap,
+                        ps,
+                    ),
                     "ksm_merge_any": mm.merge_any,
                     "ksm_mergeable": mm.has_mergeable,
                     "rss_anon_pages": mm.rss_anon,
@@ -321,13 +330,14 @@ class Engine:
         ksm = snap["ksm"]
         return (
             tuple(
-                ksm[k]
+                ksm.get(k)
                 for k in (
                     "pages_shared",
                     "pages_sharing",
                     "pages_unshared",
                     "pages_volatile",
                     "ksm_zero_pages",
+                    "zero_pages_sharing",
                     "stable_node_chains",
                     "stable_node_dups",
                 )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ksmreplay.errors import InvariantError
-from ksmreplay.ksm import STABLE, UNSTABLE, Chain, Ksmd
+from ksmreplay.ksm import NONE, STABLE, UNSTABLE, Chain, Ksmd
 from ksmreplay.vm import MM, PTE_KSM_ZERO, PTE_ZERO, Memory
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ def validate_ksmd(ksmd: Ksmd) -> None:
         _check(n == slot.rmap_items, f"pid {slot.mm.pid}: ksm_rmap_items miscounted")
         per_slot[slot.id] = 0
     _check(sum(s.rmap_items for s in ksmd.slots) == c.rmap_items, "per-mm rmap_items do not add up")
+    flagged = live_rows[it.flagged(live_rows)]
+    _check(len(flagged) == c.zero_pages_sharing, "zero_pages_sharing differs from flagged items")
+    _check(bool(np.all(it.state[flagged] == NONE)), "a flagged item is in a tree")
     _check(
         int(np.count_nonzero(it.state[live_rows] == UNSTABLE)) == c.pages_unshared,
         "pages_unshared differs from unstable items",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import islice
 
 import numpy as np
@@ -54,6 +55,7 @@ from ksmreplay.vm import (
     MM,
     NULL,
     PTE_KSM_ZERO,
+    PTE_ZERO,
     FreeStack,
     Memory,
     PageTable,
@@ -71,6 +73,27 @@ END = 1 << 62
 """A page number beyond every mapping."""
 
 IntArray = npt.NDArray[np.int64]
+
+
+class WalkResult(Enum):
+    """What the v6 page walk finds at an address (an enum, as the review asked)."""
+
+    NORMAL_PAGE = 1
+    """An ordinary or KSM anonymous page: the item is visited."""
+    ZERO_PAGE = 2
+    """The shared zero page: a flagged item there is kept, not visited."""
+    NOTHING = 3
+    """No page, or the VMA is gone or not mergeable: items there are freed."""
+
+
+ZERO_PAGE_FLAG = 0x400
+"""The v6 item flag, beside UNSTABLE_FLAG (0x100) and STABLE_FLAG (0x200)."""
+
+
+def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
+    """The v6 flag-clearing helper as the review fixed it: only ZERO_PAGE_FLAG goes."""
+    cleared: npt.NDArray[np.uint16] = flags & np.uint16(0xFFFF & ~ZERO_PAGE_FLAG)
+    return cleared
 
 
 def _write_back(views: list[IntArray], flat: IntArray) -> None:
@@ -97,6 +120,7 @@ class ItemTable:
     :ivar state: :data:`NONE`, :data:`UNSTABLE` or :data:`STABLE` (``int8``).
     :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
     :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
+    :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
     """
 
     COLUMNS = (
@@ -109,6 +133,7 @@ class ItemTable:
         ("state", np.int8, NONE),
         ("seq", np.uint8, 0),
         ("node", np.int32, NULL),
+        ("flags", np.uint16, 0),
     )
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -126,6 +151,12 @@ class ItemTable:
     state: npt.NDArray[np.int8]
     seq: npt.NDArray[np.uint8]
     node: npt.NDArray[np.int32]
+    flags: npt.NDArray[np.uint16]
+
+    def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` carry ZERO_PAGE_FLAG."""
+        flagged: npt.NDArray[np.bool_] = (self.flags[rows] & ZERO_PAGE_FLAG) != 0
+        return flagged
 
     def alloc(self, slot: int, pages: IntArray) -> IntArray:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
@@ -203,6 +234,7 @@ class Counters:
     rmap_items: int = 0
     stable_node_chains: int = 0
     stable_node_dups: int = 0
+    zero_pages_sharing: int = 0
     pages_scanned: int = 0
     pages_skipped: int = 0
 
@@ -306,20 +338,74 @@ class Ksmd:
 
     # -- items ---------------------------------------------------------------
 
-    def _free_items(self, slot: Slot, start: int, end: int) -> None:
-        """Free every item of ``slot`` at pages [start, end) (stale or trailing items)."""
-        for _lo, _hi, view in slot.items.segments(start, end):
+    def _free_items(self, slot: Slot, start: int, end: int, passed: bool = False) -> None:
+        """Free every item of ``slot`` at pages [start, end) (stale or trailing items).
+
+        ``passed``: the scan walked past these pages; in the v6 design a
+        flagged item at a zero page of a mergeable VMA is then kept.
+        """
+        keep = passed and self.mode.flags_zero_page_items
+        for lo, _hi, view in slot.items.segments(start, end):
             at = np.flatnonzero(view >= 0)
+            if keep and len(at):
+                flagged = at[self.items.flagged(view[at])]
+                kept = [
+                    k
+                    for k in flagged.tolist()
+                    if self._walk(slot.mm, lo + k) is WalkResult.ZERO_PAGE
+                ]
+                if kept:
+                    at = np.setdiff1d(at, np.array(kept, np.int64))
             if len(at):
                 self._free_rows(slot, view[at].copy())
                 view[at] = NULL
 
     def _free_rows(self, slot: Slot, rows: IntArray) -> None:
         """``remove_rmap_item_from_tree()`` then ``free_rmap_item()`` (the map is the caller's)."""
+        if self.mode.flags_zero_page_items:
+            flagged = rows[self.items.flagged(rows)]
+            if len(flagged):
+                self._free_flagged(slot, flagged)
         self._unlink_rows(rows)
         self.items.release(rows)
         slot.rmap_items -= len(rows)
         self.c.rmap_items -= len(rows)
+
+    # -- the v6 design's flagged items (modes.V6) -----------------------------
+
+    def _walk(self, mm: MM, page: int) -> WalkResult:
+        """What the v6 scan's page walk finds at ``page``."""
+        if mm.exiting or not mm.mergeable(page):
+            return WalkResult.NOTHING
+        pte = mm.pt.get(page)
+        if pte >= 0:
+            return WalkResult.NORMAL_PAGE
+        return WalkResult.ZERO_PAGE if pte in (PTE_ZERO, PTE_KSM_ZERO) else WalkResult.NOTHING
+
+    def _flag_zero(self, slot: Slot, rows: IntArray) -> None:
+        """A zero-page merge: keep the items, flagged and counted (global and per mm)."""
+        self.items.flags[rows] |= np.uint16(ZERO_PAGE_FLAG)
+        self.c.zero_pages_sharing += len(rows)
+        slot.mm.zero_pages_sharing += len(rows)
+
+    def _clear_zero(self, slot: Slot, rows: IntArray) -> None:
+        """Clear ZERO_PAGE_FLAG of flagged items and count them down."""
+        self.items.flags[rows] = clear_zero_page_flag(self.items.flags[rows])
+        self.c.zero_pages_sharing -= len(rows)
+        slot.mm.zero_pages_sharing -= len(rows)
+
+    def _free_flagged(self, slot: Slot, rows: IntArray) -> None:
+        """Freeing flagged items: ``break_ksm(vma, addr, unshare_zero_page=true)`` first.
+
+        The VMA is looked up without checking VM_MERGEABLE, and any zero page
+        there (KSM- or fault-placed) is unshared.
+        """
+        mm = slot.mm
+        if not mm.exiting:
+            for page in self.items.page[rows].tolist():
+                if mm.mapped(page):
+                    self.mem.unshare_zero_page(mm, page)
+        self._clear_zero(slot, rows)
 
     def _unlink_rows(self, rows: IntArray) -> None:
         """``remove_rmap_item_from_tree()`` for several items."""
@@ -544,7 +630,8 @@ class Ksmd:
 
     def _next_mm(self, slot: Slot) -> bool:
         """Finish the cursor's mm and move on; True when that ended the pass."""
-        self._free_items(slot, self.cursor_item_page, END)  # remove_trailing_rmap_items()
+        # remove_trailing_rmap_items()
+        self._free_items(slot, self.cursor_item_page, END, passed=True)
         i = self.slots.index(slot)
         nxt = self.slots[i + 1] if i + 1 < len(self.slots) else None
         if not self.cursor_saw_mergeable or slot.mm.exiting:
@@ -650,9 +737,14 @@ class Ksmd:
         pos, frames, rows = pos[:n], frames[:n], rows[:n]
         has, is_ksm, skip, visit = has[:n], is_ksm[:n], skip[:n], visit[:n]
         # get_next_rmap_item(): free the stale items the walk passes.
-        self._free_items(slot, self.cursor_item_page, int(pages[0]))
+        self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
         self.cursor_item_page = int(pages[pos[-1]]) + 1
         stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (ptes[: pos[-1]] < 0))
+        v6 = self.mode.flags_zero_page_items
+        if v6 and len(stale):
+            # v6: a flagged item at a zero page is kept (WalkResult.ZERO_PAGE).
+            at_zero = (ptes[stale] == PTE_ZERO) | (ptes[stale] == PTE_KSM_ZERO)
+            stale = stale[~(at_zero & it.flagged(imap[stale]))]
         stale_rows = imap[stale]
         imap[stale] = NULL
         new = np.flatnonzero(~has)
@@ -666,6 +758,11 @@ class Ksmd:
             _write_back(imap_views, imap)
         if smart:
             self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
+        if v6:
+            # v6: a flagged item visited with a normal page there loses its flag.
+            cleared = rows[visit & it.flagged(rows)]
+            if len(cleared):
+                self._clear_zero(slot, cleared)
         # What can be done in bulk: visits of KSM pages already linked to their
         # item change nothing but pages_scanned, and unlinking volatile or
         # unstable items only moves pages_unshared.  Unlinking a stable item
@@ -765,6 +862,8 @@ class Ksmd:
             zero = rest & (content == 0)
             if zero.any():
                 self._bulk_merge_zero(slot.mm, view, pos[idx[zero]], frames[idx[zero]])
+                if self.mode.flags_zero_page_items:
+                    self._flag_zero(slot, erows[zero])
                 rest &= ~zero
                 ptes_changed = True
         left: npt.NDArray[np.bool_] = todo & ~easy
@@ -970,6 +1069,8 @@ class Ksmd:
             return
         if content == 0 and self.knob("use_zero_pages"):
             self._merge_zero(slot.mm, view, k, frame)
+            if self.mode.flags_zero_page_items:
+                self._flag_zero(slot, np.array([row], np.int64))
             return
         found = self._stable_search(content)
         if found is not None:

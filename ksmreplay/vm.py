@@ -218,6 +218,8 @@ class MM:
     :ivar ksm_zero_ptes: PTEs KSM pointed at the zero page (ground truth).
     :ivar fault_zero_ptes: PTEs mapping the zero page after a read fault.
     :ivar exiting: the process has exited; ksmd has not dropped it yet.
+    :ivar zero_pages_sharing: the v6 design's per-mm counter of flagged items
+        (``ksm_zero_pages_sharing``); copied with the mm at fork.
     """
 
     pid: int
@@ -227,6 +229,7 @@ class MM:
     rss_anon: int = 0
     ksm_zero_ptes: int = 0
     fault_zero_ptes: int = 0
+    zero_pages_sharing: int = 0
     exiting: bool = False
 
     def vma_index(self, page: int) -> int:
@@ -275,6 +278,11 @@ class MM:
     def mergeable(self, page: int) -> bool:
         i = self.vma_index(page)
         return i < len(self.vmas) and self.vmas[i].start <= page and self.vmas[i].mergeable
+
+    def mapped(self, page: int) -> bool:
+        """Some VMA covers ``page``, mergeable or not (``vma_lookup()``)."""
+        i = self.vma_index(page)
+        return i < len(self.vmas) and self.vmas[i].start <= page
 
     @property
     def has_mergeable(self) -> bool:
@@ -430,6 +438,24 @@ class Memory:
                     mm.ksm_zero_ptes -= len(zero_at)
                     self.events["zero_pages_unshared"] += len(zero_at)
 
+    def unshare_zero_page(self, mm: MM, page: int) -> None:
+        """``break_ksm()`` with ``unshare_zero_page`` (the v6 design) at one page.
+
+        Any zero page there, KSM- or fault-placed, becomes a private zeroed
+        page; only KSM-placed ones count in ``zero_pages_unshared``.
+        """
+        pte = mm.pt.get(page)
+        if pte not in (PTE_ZERO, PTE_KSM_ZERO):
+            return
+        if pte == PTE_KSM_ZERO:
+            mm.ksm_zero_ptes -= 1
+            self.events["zero_pages_unshared"] += 1
+        else:
+            mm.fault_zero_ptes -= 1
+        mm.rss_anon += 1
+        frame = int(self.frames.alloc(np.zeros(1, np.uint64))[0])
+        mm.pt.chunk(page >> CHUNK_SHIFT)[page & (CHUNK - 1)] = frame
+
     def fork(self, parent: MM, child_pid: int) -> MM:
         """``dup_mmap()``: copy VMAs and page tables; frames become shared copy-on-write."""
         child = MM(
@@ -439,6 +465,7 @@ class Memory:
             rss_anon=parent.rss_anon,
             ksm_zero_ptes=parent.ksm_zero_ptes,
             fault_zero_ptes=parent.fault_zero_ptes,
+            zero_pages_sharing=parent.zero_pages_sharing,
         )
         for v in parent.vmas:
             for lo, hi, view in parent.pt.segments(v.start, v.end):
