@@ -555,3 +555,82 @@ def synth(
     values = resolve_params(get_workload(workload), params)
     with _atomic_output(output) as out:
         synthesize(workload, out, values, seed, form or form_for_path(output) or "msgpack")
+
+
+# --------------------------------------------------------------------------- record
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, metavar="[-- COMMAND ARGS...]")
+@click.option("--pid", "pids", type=int, multiple=True, help="Record this process; repeatable.")
+@click.option(
+    "--interval", default="1s", show_default=True, help="Time between samples (500ms, 1s, 2m)."
+)
+@click.option("--duration", help="Stop after this long (default: when every process exited).")
+@click.option(
+    "--as-is",
+    is_flag=True,
+    help="Keep the mergeability the processes set (mg VmFlag) instead of making all mergeable.",
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(FORMS),
+    help="Form to write; by default FILE's suffix decides, else msgpack.",
+)
+@click.option(
+    "-o", "--output", required=True, metavar="FILE", help="Write the trace to FILE ('-' = stdout)."
+)
+def record(
+    command: Sequence[str],
+    pids: Sequence[int],
+    interval: str,
+    duration: str | None,
+    as_is: bool,
+    form: str | None,
+    output: str,
+) -> None:
+    """Record the anonymous memory of real processes into a trace.
+
+    Samples the private anonymous memory (heap, stack, anonymous mmaps) of
+    each --pid, or of COMMAND started here, and of their children, every
+    --interval; each sample becomes alloc, free, write, madvise, fork and
+    exit events.  Needs ptrace rights over the processes (or root).  Ctrl-C
+    ends the recording with a complete trace.
+
+    \b
+    Examples:
+        ksmreplay record --pid 1234 --interval 1s --duration 60s -o t.msgpack
+        ksmreplay record -o t.msgpack --interval 500ms -- python3 -c "import numpy"
+        ksmreplay record --pid 1234 --as-is --duration 2m -o t.msgpack
+    """
+    from ksmreplay import record as recording
+
+    if bool(pids) == bool(command):
+        raise click.UsageError("give either --pid PID... or -- COMMAND ARGS...")
+    interval_ns = recording.parse_duration(interval)
+    duration_ns = recording.parse_duration(duration) if duration is not None else None
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(samples: int, t: int, live: int, pages: int) -> None:
+            sys.stderr.write(
+                f"\r{samples} samples, {_seconds(t)}, {live} processes, {pages} pages\033[K"
+            )
+            sys.stderr.flush()
+
+    try:
+        with _atomic_output(output) as out:
+            recording.record(
+                list(pids) or None,
+                list(command) or None,
+                interval_ns,
+                duration_ns,
+                out,
+                as_is=as_is,
+                progress=progress,
+                form=form or form_for_path(output) or "msgpack",
+            )
+    finally:
+        if progress is not None:
+            sys.stderr.write("\r\033[K")
