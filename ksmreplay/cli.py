@@ -630,6 +630,7 @@ def record(
                 as_is=as_is,
                 progress=progress,
                 form=form or form_for_path(output) or "msgpack",
+                command_stdout=2 if output == "-" else None,  # keep the trace alone on stdout
             )
     finally:
         if progress is not None:

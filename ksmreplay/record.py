@@ -541,12 +541,14 @@ def record(
     as_is: bool = False,
     progress: Progress | None = None,
     form: str = "msgpack",
+    command_stdout: int | None = None,
 ) -> RecordSummary:
     """Record ``pids`` (or a process started from ``command``) into a trace written to ``out``.
 
     Samples every ``interval_ns`` until ``duration_ns`` has passed, every
     recorded process has exited, or the started command has exited; Ctrl-C
-    ends the recording early with a valid trace.
+    ends the recording early with a valid trace.  ``command_stdout`` is a
+    file descriptor for the command's standard output (default: inherited).
     """
     if bool(pids) == bool(command):
         raise UsageError("give either pids or a command to record")
@@ -557,7 +559,7 @@ def record(
     roots: list[tuple[int, int]] = []
     if command:
         try:
-            child = subprocess.Popen(list(command))
+            child = subprocess.Popen(list(command), stdout=command_stdout)
         except OSError as exc:
             raise UsageError(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
         start = _start_time(child.pid)

@@ -308,6 +308,24 @@ def test_record_a_command_and_its_children(tmp_path: Path) -> None:
     assert max(counts) >= 60
 
 
+def test_a_command_that_cannot_start_is_a_clean_error(tmp_path: Path) -> None:
+    out = tmp_path / "t.msgpack"
+    result = invoke("record", "-o", str(out), "--", str(tmp_path / "no-such-program"))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("ksmreplay: cannot start ")
+    assert not out.exists()
+
+
+@needs_ptrace
+def test_trace_on_stdout_stays_apart_from_the_command_output() -> None:
+    result = CliRunner().invoke(
+        cli, ["record", "--interval", "50ms", "-o", "-", "--", "sh", "-c", "echo hello"]
+    )
+    assert result.exit_code == 0, result.stderr
+    _, events, _ = read_back(result.stdout_bytes)
+    assert isinstance(events[-1], (Exit, Snapshot))
+
+
 def test_durations() -> None:
     assert parse_duration("500ms") == 500_000_000
     assert parse_duration("1s") == 10**9
