@@ -1,11 +1,15 @@
-"""Measure how fast ksmreplay reads traces and simulates ksmd.
+"""Measure how fast ksmreplay reads traces and simulates ksmd, against the real ksmd.
 
-Usage: ``python bench/run.py [--runs N] [--events N] [--pages N] [--only NAME ...]``
+Usage: ``python bench/run.py [--runs N] [--big-runs N] [--events N] [--pages N]
+[--only NAME ...] [--no-live] [--host-trace FILE] [--out FILE]``
 
 Every trace is generated here, deterministically, into a temporary directory:
 
 * ``read``: decode and validate N fingerprint writes (default 1,000,000);
   events per second.
+* ``events``: N fingerprint-list writes (``bench/gen_events.py``) end to end
+  through ``ksmreplay run --mode unshare`` (decoding, the fault path, ksmd,
+  the report); events per second.
 * ``steady``: N mergeable pages (default 200,000) in 4 processes, 1,000
   distinct contents, already merged (a ``settle`` before the timed part); the
   timed part is one second of trace time in which ksmd wakes every 20 ms and
@@ -15,13 +19,30 @@ Every trace is generated here, deterministically, into a temporary directory:
 * ``distinct``: N all-different pages, settled (checksums, the unstable
   tree; nothing merges).
 * ``zero``: N zero-filled pages with ``use_zero_pages=1``, settled.
+* ``scale``: ``steady`` at 250k, 1M and 4M pages: time per visit and bytes per
+  page, to show the cost grows linearly (4M runs ``--big-runs`` times).
+* ``host``: host-4m, 64 ``vm-guests`` of 250 MiB (4,096,000 pages of zero,
+  shared and own contents), one hour of trace time with writes, through
+  ``ksmreplay run``: seconds and peak RSS (``--big-runs`` times; generating
+  it takes minutes, ``--host-trace`` reuses a file made earlier).
+
+The anchor: where root may write ``/sys/kernel/mm/ksm``, each of the four
+replay traces is also run on the live kernel: 4 child processes map and fill
+the same pages and madvise them mergeable, ksmd runs at its fastest
+(``sleep_millisecs=0``, ``pages_to_scan`` = N, other knobs at their defaults)
+and its visits per second are ``pages_scanned`` over wall time for the same
+number of full passes the simulator made (steady: after it settled; the
+others: from ``run=1``).  The knobs are written only under the live lock and
+the knob guard, which leave KSM stopped, unmerged and every knob restored.
+``ratio`` is simulated visits/s divided by the real ksmd's.
 
 Figures: simulated page visits (``pages_scanned`` during the timed part) per
 second of the timed part; trace events per second of the whole run
 (decoding included); peak RSS; and bytes of peak RSS per simulated page above
-the RSS of the process before the trace was read.  Each measurement runs in
-a fresh child process, so its peak RSS (``ru_maxrss``) is its own; the table
-shows medians of ``--runs`` runs (default 5) and the largest peak RSS.
+the RSS of the process before the trace was read (host-4m: all of peak RSS).
+Each measurement runs in a fresh child process, so its peak RSS
+(``ru_maxrss``) is its own; the table shows medians of the runs shown and the
+largest peak RSS.
 """
 
 from __future__ import annotations
@@ -46,6 +67,9 @@ START, END = "bench-start", "bench-end"
 """Labels of the snapshot events around the timed part of a replay trace."""
 
 REPLAYS = ("steady", "merge", "distinct", "zero")
+SCALES = (250_000, 1_000_000, 4_000_000)
+"""Page counts of the steady-state cost measurements (``scale``)."""
+LIVE_TIMEOUT_S = 300.0
 
 
 def make_read_trace(path: Path, events: int) -> None:
@@ -74,15 +98,8 @@ def make_replay_trace(path: Path, kind: str, pages: int) -> None:
         w.ksm(0, knobs)
         for p in range(PROCS):
             pid = p + 1
-            first = p * per
-            if kind in ("steady", "merge"):
-                fps = [1 + (first + j) % 1000 for j in range(per)]
-            elif kind == "distinct":
-                fps = [1 + first + j for j in range(per)]
-            else:
-                fps = [0] * per
             w.alloc(0, pid, BASE, per * PAGE)
-            w.write(0, pid, BASE, per * PAGE, fps)
+            w.write(0, pid, BASE, per * PAGE, page_contents(kind, pages, p))
             w.madvise(0, pid, BASE, per * PAGE, "mergeable")
         t = SECOND
         w.ksm(t, {"run": 1})
@@ -97,6 +114,152 @@ def make_replay_trace(path: Path, kind: str, pages: int) -> None:
             w.snapshot(t, END)
 
 
+HOST_PARAMS = (
+    "guests=64",
+    "guest_mib=250",
+    "duration_s=3600",
+    "dirty_pages_per_s=50",
+)
+"""host-4m: 64 guests of 250 MiB (4,096,000 pages, mixed zero/shared/own contents),
+one hour of trace time in which every guest rewrites 50 pages a second."""
+
+
+def make_host_trace(path: Path) -> None:
+    from ksmreplay.synth import get_workload, resolve_params, synthesize
+
+    values = resolve_params(get_workload("vm-guests"), HOST_PARAMS)
+    with path.open("wb") as f:
+        synthesize("vm-guests", f, values, 1)
+
+
+def page_contents(kind: str, pages: int, proc: int) -> list[int]:
+    """The fingerprints (first word of each page) process ``proc`` of a replay trace holds."""
+    per = pages // PROCS
+    first = proc * per
+    if kind in ("steady", "merge"):
+        return [1 + (first + j) % 1000 for j in range(per)]
+    if kind == "distinct":
+        return [1 + first + j for j in range(per)]
+    return [0] * per
+
+
+def live_child(kind: str, pages: int, proc: int) -> None:
+    """Map this process's pages of a replay trace, fill them, madvise them mergeable, wait.
+
+    Prints ``ready`` once the pages are mergeable and exits when stdin closes.
+    """
+    import mmap
+
+    import numpy as np
+
+    fps = page_contents(kind, pages, proc)
+    area = mmap.mmap(-1, len(fps) * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    words = np.frombuffer(area, dtype=np.uint64).reshape(len(fps), PAGE // 8)
+    words[:, 0] = np.array(fps, dtype=np.uint64)  # a write fault on every page, zeros too
+    area.madvise(mmap.MADV_MERGEABLE)
+    print("ready", flush=True)
+    sys.stdin.read()
+    del words
+    area.close()
+
+
+def live_once(kind: str, pages: int, passes: int) -> float:
+    """Real ksmd page visits per second for the work the simulator does on ``kind``.
+
+    ``steady``: ``passes`` full scans after ksmd settled; otherwise the first
+    ``passes`` full scans from ``run=1``.  Holds the live lock and the knob
+    guard throughout; KSM is left stopped, unmerged, every knob restored.
+    """
+    from ksmreplay.knobs import DEFAULTS
+    from ksmreplay.live.kernel import (
+        RESTORE_ORDER,
+        KsmGuard,
+        LiveKernelError,
+        available_knobs,
+        exclusive_lock,
+        read_int,
+    )
+
+    def wait_scans(target: int) -> None:
+        deadline = time.monotonic() + LIVE_TIMEOUT_S
+        while read_int("full_scans") < target:
+            if time.monotonic() > deadline:
+                raise LiveKernelError(f"ksmd did not reach full scan {target} in time")
+            time.sleep(0.0005)
+
+    with exclusive_lock(timeout=LIVE_TIMEOUT_S):
+        guard = KsmGuard()
+        guard.start()
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            for p in range(PROCS):
+                child_proc = subprocess.Popen(
+                    [sys.executable, __file__, "--live-child", kind, str(pages), str(p)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                procs.append(child_proc)
+                assert child_proc.stdout is not None
+                if child_proc.stdout.readline().strip() != "ready":
+                    raise LiveKernelError("a page-holding child process failed")
+            have = set(available_knobs())
+            for name in RESTORE_ORDER:
+                if name in have:
+                    guard.write(name, DEFAULTS[name])
+            guard.write("pages_to_scan", max(pages, 1))
+            guard.write("sleep_millisecs", 0)
+            guard.write("use_zero_pages", 1 if kind == "zero" else 0)
+            scans = read_int("full_scans")
+            if kind == "steady":
+                guard.write("run", 1)
+                # Settled: the merged counts stay put over a whole pass.
+                merged = -1
+                while True:
+                    scans = read_int("full_scans") + 1
+                    wait_scans(scans)
+                    now = read_int("pages_shared") + read_int("pages_sharing")
+                    if now == merged:
+                        break
+                    merged = now
+                wait_scans(scans + 1)
+                scans += 1
+                start, scanned = time.perf_counter(), read_int("pages_scanned")
+            else:
+                start, scanned = time.perf_counter(), read_int("pages_scanned")
+                guard.write("run", 1)
+            wait_scans(scans + passes)
+            seconds = time.perf_counter() - start
+            visits = read_int("pages_scanned") - scanned
+        finally:
+            problems = guard.stop()
+            for child_proc in procs:
+                child_proc.communicate("")
+        if problems:
+            raise LiveKernelError("; ".join(problems))
+    return visits / seconds
+
+
+def live_skip_reason() -> str | None:
+    """Why the anchor cannot run here, or None when it can."""
+    import os
+
+    from ksmreplay.live.kernel import KSM_DIR, knob_path
+
+    if os.geteuid() != 0:
+        return "not root"
+    if not os.path.isdir(KSM_DIR):
+        return f"{KSM_DIR} is missing"
+    if not os.access(knob_path("run"), os.W_OK):
+        return f"{knob_path('run')} is not writable"
+    return None
+
+
+def measure_live(kind: str, pages: int, runs: int, passes: int) -> float:
+    """Median real ksmd visits/s over ``runs`` runs."""
+    return statistics.median(live_once(kind, pages, passes) for _ in range(runs))
+
+
 def child(kind: str, path: str) -> None:
     """Run one measurement in this process and print it as JSON."""
     from ksmreplay.trace import open_trace, read_trace
@@ -108,6 +271,22 @@ def child(kind: str, path: str) -> None:
             count = events = sum(1 for _ in reader)
         timed = time.perf_counter() - start
         total = timed
+    elif kind == "cli":
+        # End to end: ``ksmreplay run --mode unshare`` as the command line does it.
+        import contextlib
+        import os
+
+        from ksmreplay.cli import cli
+
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            try:
+                cli.main(["run", "--mode", "unshare", path], standalone_mode=False)
+            except SystemExit as e:
+                if e.code not in (0, None):
+                    raise
+        total = timed = time.perf_counter() - start
+        with open_trace(path) as reader:
+            count = events = sum(1 for _ in reader)
     else:
         from ksmreplay.events import Snapshot
         from ksmreplay.simulator import make_simulator
@@ -163,57 +342,121 @@ def measure(kind: str, path: Path, runs: int, pages: int) -> dict[str, Any]:
     }
 
 
+COLUMNS = (
+    "trace",
+    "runs",
+    "visits",
+    "visits/s",
+    "ns/visit",
+    "events/s",
+    "seconds",
+    "peak RSS MiB",
+    "bytes/page",
+    "ksmd visits/s",
+    "ratio",
+)
+
+
+def row(name: str, runs: int, r: dict[str, Any], replay: bool) -> list[str]:
+    return [
+        name,
+        str(runs),
+        f"{r['count']:,}" if replay else "",
+        f"{r['rate']:,.0f}" if replay else "",
+        f"{1e9 / r['rate']:,.0f}" if replay and r["rate"] else "",
+        f"{r['events_rate']:,.0f}",
+        f"{r['seconds']:.2f}",
+        f"{r['maxrss_mib']:.0f}",
+        "" if r["per_page"] is None else f"{r['per_page']:.0f}",
+        "",
+        "",
+    ]
+
+
+ALL = ("read", "events", *REPLAYS, "scale", "host")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
+    parser.add_argument("--big-runs", type=int, default=1, help="runs of host-4m and of steady-4m")
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the read trace")
     parser.add_argument("--pages", type=int, default=200_000, help="pages of the replay traces")
-    parser.add_argument(
-        "--only", nargs="+", choices=("read", *REPLAYS), help="run only these measurements"
-    )
+    parser.add_argument("--only", nargs="+", choices=ALL, help="run only these measurements")
+    parser.add_argument("--no-live", action="store_true", help="skip the real-ksmd anchor")
+    parser.add_argument("--host-trace", type=Path, help="reuse this host-4m trace file")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--live-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    if args.live_child:
+        live_child(args.live_child[0], int(args.live_child[1]), int(args.live_child[2]))
+        return
 
     from ksmreplay.render import plain_table
 
-    kinds = args.only or ("read", *REPLAYS)
-    rows = []
+    kinds = args.only or ALL
+    skip = "--no-live given" if args.no_live else live_skip_reason()
+    rows: list[list[str]] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ksmreplay-bench-") as tmp:
         for kind in kinds:
             path = Path(tmp) / f"{kind}.msgpack"
-            if kind == "read":
-                make_read_trace(path, args.events)
-                name = f"read-{args.events // 1000}k"
-            else:
+            if kind in ("read", "events"):
+                from gen_events import generate
+
+                if kind == "read":
+                    make_read_trace(path, args.events)
+                else:
+                    generate(str(path), args.events)
+                r = measure("read" if kind == "read" else "cli", path, args.runs, 0)
+                name = f"{kind}-{args.events // 1000}k"
+                if kind == "events":
+                    name += " (run)"
+                rows.append(row(name, args.runs, r, False))
+            elif kind in REPLAYS:
                 make_replay_trace(path, kind, args.pages)
-                name = f"{kind}-{args.pages // 1000}k"
-            r = measure(kind, path, args.runs, 0 if kind == "read" else args.pages)
-            rows.append(
-                [
-                    name,
-                    "" if kind == "read" else f"{r['count']:,}",
-                    "" if kind == "read" else f"{r['rate']:,.0f}",
-                    f"{r['events_rate']:,.0f}",
-                    f"{r['seconds']:.2f}",
-                    f"{r['maxrss_mib']:.0f}",
-                    "" if r["per_page"] is None else f"{r['per_page']:.0f}",
-                ]
-            )
-    print(
-        f"median of {args.runs} runs, each in a fresh process "
+                r = measure(kind, path, args.runs, args.pages)
+                line = row(f"{kind}-{args.pages // 1000}k", args.runs, r, True)
+                if skip is None:
+                    passes = max(1, round(r["count"] / args.pages))
+                    real = measure_live(kind, args.pages, args.runs, passes)
+                    line[-2] = f"{real:,.0f}"
+                    line[-1] = f"{r['rate'] / real:.2f}"
+                rows.append(line)
+            elif kind == "scale":
+                for pages in SCALES:
+                    make_replay_trace(path, "steady", pages)
+                    runs = args.runs if pages < 4_000_000 else args.big_runs
+                    r = measure("steady", path, runs, pages)
+                    rows.append(row(f"steady-{pages // 1000}k", runs, r, True))
+                    path.unlink()
+            else:
+                host = args.host_trace
+                if host is None:
+                    host = path
+                    make_host_trace(host)
+                r = measure("cli", host, args.big_runs, 0)
+                r["per_page"] = (r["maxrss_mib"] * 2**20) / 4_096_000
+                rows.append(row("host-4m (run)", args.big_runs, r, False))
+    import os
+
+    lines = [
+        f"median of the runs shown, each in a fresh process "
         f"(Python {platform.python_version()}, {platform.machine()}, "
-        f"{len(__import__('os').sched_getaffinity(0))} CPUs)"
-    )
-    print(
-        plain_table(
-            ["trace", "visits", "visits/s", "events/s", "seconds", "peak RSS MiB", "bytes/page"],
-            rows,
-            "lrrrrrr",
-        )
-    )
+        f"{len(os.sched_getaffinity(0))} CPUs)",
+        plain_table(list(COLUMNS), rows, "llrrrrrrrrr"),
+    ]
+    if skip is not None and any(k in REPLAYS for k in kinds):
+        lines.append(f"anchor skipped: {skip}")
+    lines += notes
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
