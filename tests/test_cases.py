@@ -17,35 +17,21 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from golden import UPDATE, check_golden, run_report
 from kernel_answer import format_differences, kernel_differences, load_recording, run_of
-
-from ksmreplay.cli import cli
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASES = sorted(p.name[: -len(".jsonl")] for p in CASES_DIR.glob("*.jsonl"))
-UPDATE = os.environ.get("KSMREPLAY_UPDATE_GOLDEN") == "1"
 RMAP_ITEM_BYTES = 64
 
 
 def run_case(name: str) -> str:
     """``ksmreplay run`` on a case, as JSON, with the trace path normalised."""
-    path = CASES_DIR / f"{name}.jsonl"
-    result = CliRunner().invoke(
-        cli,
-        ["run", str(path), "--mode", "both", "--format", "json", "--check-invariants"],
-        prog_name="ksmreplay",
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["trace"]["path"] == str(path)
-    report["trace"]["path"] = path.name
-    return json.dumps(report, indent=2) + "\n"
+    return run_report(CASES_DIR / f"{name}.jsonl", "both")
 
 
 def expected(name: str) -> dict[str, Any]:
@@ -63,12 +49,7 @@ def test_enough_cases() -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_case_matches_golden(name: str) -> None:
-    got = run_case(name)
-    target = CASES_DIR / f"{name}.expected.json"
-    if UPDATE:
-        target.write_text(got)
-        return
-    assert got == target.read_text()
+    check_golden(CASES_DIR / f"{name}.expected.json", run_case(name))
 
 
 @pytest.mark.parametrize("name", CASES)

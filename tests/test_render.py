@@ -11,12 +11,12 @@ import copy
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from golden import check_golden
 from report_samples import one_mode_report, two_mode_report
 
 from ksmreplay.render import CSV_HEADER, FORMATS, render
@@ -46,10 +46,7 @@ CASES = [
 def test_golden_output(name: str, make: Any, fmt: str) -> None:
     # GIVEN a hand-made report WHEN it is rendered THEN the whole output is the reviewed one
     path = GOLDEN / f"{name}.{fmt}"
-    got = _text(make(), fmt)
-    if os.environ.get("KSMREPLAY_UPDATE_GOLDEN"):
-        path.write_bytes(got.encode())
-    assert got == path.read_bytes().decode()
+    check_golden(path, _text(make(), fmt))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -11,15 +11,13 @@ every event.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from golden import UPDATE, check_golden, run_report
 from randtrace import large_random_trace, random_trace
 
-from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
 from ksmreplay.events import (
     Alloc,
@@ -248,20 +246,10 @@ def test_other_modes_have_no_v6_counters() -> None:
 
 V6_CASES_DIR = Path(__file__).parent / "cases" / "v6"
 V6_CASES = sorted(p.name[: -len(".jsonl")] for p in V6_CASES_DIR.glob("*.jsonl"))
-UPDATE = os.environ.get("KSMREPLAY_UPDATE_GOLDEN") == "1"
 
 
 def run_v6_case(name: str) -> str:
-    path = V6_CASES_DIR / f"{name}.jsonl"
-    result = CliRunner().invoke(
-        cli,
-        ["run", str(path), "--mode", "all", "--format", "json", "--check-invariants"],
-        prog_name="ksmreplay",
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    report["trace"]["path"] = path.name
-    return json.dumps(report, indent=2) + "\n"
+    return run_report(V6_CASES_DIR / f"{name}.jsonl", "all")
 
 
 def test_v6_cases_present() -> None:
@@ -275,12 +263,7 @@ def test_v6_cases_present() -> None:
 
 @pytest.mark.parametrize("name", V6_CASES)
 def test_v6_case_matches_golden(name: str) -> None:
-    got = run_v6_case(name)
-    target = V6_CASES_DIR / f"{name}.expected.json"
-    if UPDATE:
-        target.write_text(got)
-        return
-    assert got == target.read_text()
+    check_golden(V6_CASES_DIR / f"{name}.expected.json", run_v6_case(name))
 
 
 @pytest.mark.parametrize("name", V6_CASES)
