@@ -1,23 +1,21 @@
 """The per-pid worker processes: building the C program and talking to it.
 
 The worker (``worker.c`` beside this file) is compiled once per source version
-into a cache directory (``$XDG_CACHE_HOME/ksmreplay`` or ``~/.cache/ksmreplay``)
+into the cache directory of ``ksmreplay.cbuild``
 with no C library, so that it owns no anonymous memory besides its stack and a
 64 KiB buffer, and marks even those unmergeable (see the C file's header).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import tempfile
 from pathlib import Path
 
+from ksmreplay.cbuild import BuildError, build
 from ksmreplay.live.kernel import LiveKernelError
 
 SOURCE = Path(__file__).with_name("worker.c")
@@ -59,39 +57,12 @@ CHUNK = 65536
 """Largest payload record (the worker's buffer)."""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ksmreplay"
-
-
 def worker_binary() -> Path:
     """The compiled worker, building it if its source changed since the last build."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"worker-{digest}"
-    if target.exists():
-        return target
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise LiveKernelError("live replay needs gcc to build its worker, and none was found")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".worker-", dir=target.parent)
-        os.close(fd)
-    except OSError as e:
-        raise LiveKernelError(f"cannot create {target.parent}: {e.strerror}") from None
-    try:
-        result = subprocess.run(
-            [cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["no output"])[0]
-            raise LiveKernelError(f"building the live worker with {cc} failed: {first}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        return build(SOURCE, CFLAGS, "worker")
+    except BuildError as e:
+        raise LiveKernelError(f"live replay needs its worker built: {e}") from None
 
 
 class WorkerError(LiveKernelError):
