@@ -184,3 +184,93 @@ OPS: tuple[str, ...] = (
     "settle",
     "snapshot",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRun:
+    """Consecutive, validated fingerprint writes, as columns (events ``index`` on).
+
+    Large traces are mostly writes; the reader hands runs of them to the
+    replay in this form so that neither side builds one object per event.
+    Event ``index + i`` is ``write(t[i], pid[i], addr[i], len[i], content)``
+    whose content is ``fps[fp_end[i-1]:fp_end[i]]`` (from 0 for ``i = 0``),
+    one fingerprint per page, or the int ``fps[fp_end[i-1]]`` where ``fill[i]``
+    (the trace gave one fingerprint for the whole range).  :meth:`events`
+    turns the run back into :class:`Write` records.
+    """
+
+    index: int
+    t: npt.NDArray[np.uint64]
+    pid: npt.NDArray[np.int64]
+    addr: npt.NDArray[np.uint64]
+    len: npt.NDArray[np.uint64]
+    fill: npt.NDArray[np.bool_]
+    fp_end: npt.NDArray[np.int64]
+    fps: FingerprintArray
+    op: Literal["write-run"] = "write-run"
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @classmethod
+    def of(cls, writes: list[Write], page_size: int) -> WriteRun:
+        """The run of ``writes`` (consecutive events; int or fingerprint-array content)."""
+        fps = []
+        for w in writes:
+            if isinstance(w.content, bytes):
+                raise ValueError(f"event {w.index}: a literal write cannot join a run")
+            pages = w.len // page_size
+            fps.append(
+                np.full(pages, w.content, np.uint64) if isinstance(w.content, int) else w.content
+            )
+        return cls(
+            writes[0].index,
+            np.array([w.t for w in writes], np.uint64),
+            np.array([w.pid for w in writes], np.int64),
+            np.array([w.addr for w in writes], np.uint64),
+            np.array([w.len for w in writes], np.uint64),
+            np.array([isinstance(w.content, int) for w in writes], np.bool_),
+            np.cumsum([len(f) for f in fps], dtype=np.int64),
+            np.concatenate(fps).astype(np.uint64),
+        )
+
+    @property
+    def last_t(self) -> int:
+        return int(self.t[-1])
+
+    @property
+    def last_index(self) -> int:
+        return self.index + len(self.t) - 1
+
+    def fp_start(self) -> npt.NDArray[np.int64]:
+        """Where each event's fingerprints start in :attr:`fps`."""
+        start = np.empty_like(self.fp_end)
+        start[:1] = 0
+        start[1:] = self.fp_end[:-1]
+        return start
+
+    def events(self) -> list[Write]:
+        """The run as :class:`Write` records, in order."""
+        starts = self.fp_start().tolist()
+        return [
+            Write(
+                self.index + i,
+                t,
+                pid,
+                addr,
+                length,
+                int(self.fps[lo]) if fill else self.fps[lo:hi],
+            )
+            for i, (t, pid, addr, length, fill, lo, hi) in enumerate(
+                zip(
+                    self.t.tolist(),
+                    self.pid.tolist(),
+                    self.addr.tolist(),
+                    self.len.tolist(),
+                    self.fill.tolist(),
+                    starts,
+                    self.fp_end.tolist(),
+                    strict=True,
+                )
+            )
+        ]

@@ -50,6 +50,7 @@ from typing import IO, Any, Literal, NoReturn
 import msgpack
 import numpy as np
 
+from ksmreplay.accel import FULL, OTHER, Columns, Scanner, scanner
 from ksmreplay.errors import InputOutputError, TraceError
 from ksmreplay.events import (
     ADVICES,
@@ -70,6 +71,7 @@ from ksmreplay.events import (
     Settle,
     Snapshot,
     Write,
+    WriteRun,
 )
 from ksmreplay.knobs import KnobValue, check_settings
 
@@ -272,11 +274,15 @@ class _MsgpackSource:
     worth of events plus the one object that straddled into it.
     """
 
-    def __init__(self, stream: IO[bytes], prefix: bytes, name: str) -> None:
+    def __init__(
+        self, stream: IO[bytes], prefix: bytes, name: str, first: int = 0, offset: int = 0
+    ) -> None:
         self._read = getattr(stream, "read1", stream.read)
         self._prefix = prefix
         self._name = name
-        self.bytes_read = 0
+        self._first = first
+        self._offset = offset
+        self.bytes_read = offset
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=MAX_EVENT_BYTES,
             max_str_len=MAX_STR_BYTES,
@@ -289,8 +295,8 @@ class _MsgpackSource:
     def batches(self) -> Iterator[list[object]]:
         unpacker = self._unpacker
         name = self._name
-        count = 0  # objects decoded so far; the next one has this event index
-        fed = 0
+        count = self._first  # objects decoded so far; the next one has this event index
+        fed = self._offset
         data = self._prefix
         while True:
             if not data:
@@ -344,6 +350,102 @@ def _at_object_boundary(unpacker: Any) -> bool:
 
 
 _JSONL_BATCH = 100
+
+
+_LIMITS = {
+    "max_str_len": MAX_STR_BYTES,
+    "max_bin_len": MAX_BIN_BYTES,
+    "max_array_len": MAX_ARRAY_ITEMS,
+    "max_map_len": MAX_MAP_ITEMS,
+    "max_ext_len": MAX_STR_BYTES,
+}
+_SCAN_READ_SIZE = 4 * 2**20
+"""Bytes the accelerated reader reads at a time: big batches make long write runs."""
+_SCAN_EVENTS = 1 << 17
+"""Most write events one accelerated scan decodes."""
+_SCAN_FPS = 1 << 18
+"""Fingerprints one accelerated scan starts with room for (doubled when one write needs more)."""
+
+
+class _ScannedMsgpackSource:
+    """A msgpack stream decoded with the accelerator (``ksmreplay.accel``).
+
+    Runs of write events come out as :class:`~ksmreplay.accel.Columns`; every
+    other object is cut out with ``ksr_skip`` and decoded by the msgpack
+    library on its own (a one-object batch).  At the first thing out of the
+    ordinary (bytes that are not msgpack, an object over the size limits, the
+    stream ending inside an object) the rest of the stream goes to
+    :class:`_MsgpackSource`, which words the error exactly as without the
+    accelerator.  ``shift`` (log2 of the page size) must be set once the
+    header has been read; until then nothing is scanned as a write.
+    """
+
+    def __init__(self, stream: IO[bytes], prefix: bytes, name: str, scanner: Scanner) -> None:
+        self._stream = stream
+        self._read = stream.read  # whole chunks, from pipes too
+        self._prefix = prefix
+        self._name = name
+        self._scanner = scanner
+        self._legacy: _MsgpackSource | None = None
+        self._bytes = 0
+        self.shift: int | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        return self._legacy.bytes_read if self._legacy is not None else self._bytes
+
+    def batches(self) -> Iterator[list[object] | Columns]:
+        scanner = self._scanner
+        buf = self._prefix
+        pos = 0
+        base = 0  # stream offset of buf[0]
+        count = 0  # objects decoded so far
+        eof = False
+        room = _SCAN_FPS
+        while True:
+            status = OTHER
+            if count and self.shift is not None:
+                cols, pos, status = scanner.scan(
+                    buf, pos, self.shift, MAX_ARRAY_ITEMS, MAX_EVENT_BYTES, _SCAN_EVENTS, room
+                )
+                self._bytes = base + pos
+                if len(cols.t):
+                    count += len(cols.t)
+                    yield cols
+                elif status == FULL:
+                    room *= 2  # one write holds more fingerprints than there is room for
+                if status == FULL:
+                    continue
+            if status == OTHER:
+                end = scanner.skip(buf, pos)
+                if end >= 0 and end - pos <= MAX_EVENT_BYTES:
+                    try:
+                        obj = msgpack.unpackb(buf[pos:end], **_LIMITS)
+                    except (ValueError, TypeError, msgpack.exceptions.UnpackException):
+                        break
+                    pos = end
+                    self._bytes = base + pos
+                    count += 1
+                    yield [obj]
+                    continue
+                if end != -1 or len(buf) - pos > MAX_EVENT_BYTES:
+                    break
+            if eof:
+                break
+            try:
+                data = self._read(max(_SCAN_READ_SIZE, len(buf) - pos))
+            except OSError as exc:
+                raise InputOutputError(f"{self._name}: cannot read: {exc.strerror or exc}") from exc
+            if not data:
+                eof = True
+                continue
+            base += pos
+            buf = buf[pos:] + data
+            pos = 0
+        if pos < len(buf) or not eof:
+            # Something out of the ordinary: the pure-Python reader takes over.
+            self._legacy = _MsgpackSource(self._stream, buf[pos:], self._name, count, base + pos)
+            yield from self._legacy.batches()
 
 
 class _JsonlSource:
@@ -535,12 +637,36 @@ def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | Non
     return [None] * len(contents)
 
 
-# A frozen dataclass sets each field through object.__setattr__, which costs
-# more than checking a write; the fast path sets the slots directly instead.
-_new = object.__new__
-_WRITE_SLOTS = [Write.__dict__[name].__set__ for name in ("index", "t", "pid", "addr", "len")]
-_SET_CONTENT = Write.__dict__["content"].__set__
-_SET_OP = Write.__dict__["op"].__set__
+def _write_run(
+    index: int, run: list[tuple[int, int, int, int]], fps: list[FingerprintArray]
+) -> WriteRun:
+    """A :class:`WriteRun` of fingerprint-list writes checked by the fast path."""
+    t, pid, addr, length = zip(*run, strict=True)
+    return WriteRun(
+        index,
+        np.array(t, np.uint64),
+        np.array(pid, np.int64),
+        np.array(addr, np.uint64),
+        np.array(length, np.uint64),
+        np.zeros(len(run), np.bool_),
+        np.cumsum([len(f) for f in fps], dtype=np.int64),
+        np.concatenate(fps),
+    )
+
+
+def _column_object(cols: Columns, i: int) -> list[object]:
+    """Event ``i`` of ``cols`` as the msgpack library would have decoded it."""
+    lo = int(cols.fp_end[i - 1]) if i else 0
+    hi = int(cols.fp_end[i])
+    content: object = int(cols.fps[lo]) if cols.fill[i] else cols.fps[lo:hi].tolist()
+    return [
+        int(cols.t[i]),
+        "write",
+        int(cols.pid[i]),
+        int(cols.addr[i]),
+        int(cols.len[i]),
+        content,
+    ]
 
 
 class _Validator:
@@ -575,25 +701,27 @@ class _Validator:
     def fail(self, index: int, t: int | None, message: str) -> NoReturn:
         raise TraceError(self.name, index, t, message)
 
-    def batch(self, first: int, objs: list[object]) -> list[Event]:
+    def batch(self, first: int, objs: list[object]) -> list[Event | WriteRun]:
         """Check the events ``objs`` (event indexes from ``first``) and return their records.
 
         Writes of fingerprint lists, the bulk of large traces, take a fast
         path: the fingerprints of the whole batch become one uint64 array in
-        one go (each write's content is a view of it), and a write that passes
-        every check inline never reaches the general code.  Anything unusual
-        takes the general path, which also says what is wrong.
+        one go, a write that passes every check inline never reaches the
+        general code, and consecutive such writes come out as one
+        :class:`WriteRun`.  Anything unusual takes the general path, which
+        also says what is wrong.
         """
         contents = [o[5] for o in objs if type(o) is list and len(o) == 6 and type(o[5]) is list]
         views = _fingerprint_views(contents)
-        events: list[Event] = []
-        append = events.append
+        out: list[Event | WriteRun] = []
+        run: list[tuple[int, int, int, int]] = []
+        run_fps: list[FingerprintArray] = []
+        run_index = first
         general = self.general
         procs = self.procs
         mask = self.mask
         shift = self.shift
         last_t = self.last_t
-        set_index, set_t, set_pid, set_addr, set_len = _WRITE_SLOTS
         index = first
         k = 0
         for obj in objs:
@@ -621,23 +749,84 @@ class _Validator:
                         i = bisect_right(ranges.starts, addr) - 1
                         if i >= 0 and ranges.ends[i] >= addr + length:
                             last_t = t
-                            record: Write = _new(Write)
-                            set_index(record, index)
-                            set_t(record, t)
-                            set_pid(record, pid)
-                            set_addr(record, addr)
-                            set_len(record, length)
-                            _SET_CONTENT(record, view)
-                            _SET_OP(record, "write")
-                            append(record)
+                            if not run:
+                                run_index = index
+                            run.append((t, pid, addr, length))
+                            run_fps.append(view)
                             index += 1
                             continue
+            if run:
+                out.append(_write_run(run_index, run, run_fps))
+                run, run_fps = [], []
             self.last_t = last_t
-            append(general(index, obj))
+            out.append(general(index, obj))
             last_t = self.last_t
             index += 1
+        if run:
+            out.append(_write_run(run_index, run, run_fps))
         self.last_t = last_t
-        return events
+        return out
+
+    def columns(self, first: int, cols: Columns) -> list[Event | WriteRun]:
+        """Check write events decoded by the accelerator (event indexes from ``first``).
+
+        The checks of the fast path in :meth:`batch`, on whole columns; the
+        valid events come out as :class:`WriteRun` s, and the first invalid
+        one goes through the general path as a Python object, which says
+        exactly what is wrong.
+        """
+        out: list[Event | WriteRun] = []
+        n = len(cols.t)
+        lo = 0
+        while lo < n:
+            bad = lo + self._valid_prefix(cols, lo)
+            if bad > lo:
+                base = int(cols.fp_end[lo - 1]) if lo else 0
+                out.append(
+                    WriteRun(
+                        first + lo,
+                        cols.t[lo:bad],
+                        cols.pid[lo:bad].astype(np.int64),
+                        cols.addr[lo:bad],
+                        cols.len[lo:bad],
+                        cols.fill[lo:bad],
+                        cols.fp_end[lo:bad] - base,
+                        cols.fps[base : cols.fp_end[bad - 1]],
+                    )
+                )
+                self.last_t = int(cols.t[bad - 1])
+            if bad < n:
+                out.append(self.general(first + bad, _column_object(cols, bad)))
+                bad += 1
+            lo = bad
+        return out
+
+    def _valid_prefix(self, cols: Columns, lo: int) -> int:
+        """How many events of ``cols`` from ``lo`` on pass every check of a write."""
+        t, pid, addr, length = cols.t[lo:], cols.pid[lo:], cols.addr[lo:], cols.len[lo:]
+        prev = np.empty_like(t)
+        prev[0] = self.last_t
+        prev[1:] = t[:-1]
+        pages = np.diff(cols.fp_end[lo:], prepend=cols.fp_end[lo - 1] if lo else 0)
+        ok = (
+            (t >= prev)
+            & (length > 0)
+            & (((addr | length) & np.uint64(self.mask)) == 0)
+            & (addr <= ~length)  # addr + len < 2**64
+            & ((length >> np.uint64(self.shift)).astype(np.int64) == pages)
+        )
+        end = addr + length  # wraps only where ok is already False
+        for p in np.unique(pid).tolist():
+            ranges = self.procs.get(p)
+            mine = pid == p
+            if ranges is None or not ranges.starts:
+                ok[mine] = False
+                continue
+            starts = np.array(ranges.starts, np.uint64)
+            ends = np.array(ranges.ends, np.uint64)
+            i = np.searchsorted(starts, addr[mine], side="right") - 1
+            ok[mine] &= (i >= 0) & (ends[np.maximum(i, 0)] >= end[mine])
+        return len(ok) if ok.all() else int(np.argmin(ok))
 
     def general(self, index: int, obj: object) -> Event:
         if type(obj) is not list:
@@ -916,6 +1105,14 @@ class _Validator:
 # --------------------------------------------------------------------------- reader
 
 
+def _one_by_one(items: Iterator[Event | WriteRun]) -> Iterator[Event]:
+    for item in items:
+        if isinstance(item, WriteRun):
+            yield from item.events()
+        else:
+            yield item
+
+
 class TraceReader:
     """A validated, streaming view of one trace; iterate it once for its events.
 
@@ -936,14 +1133,24 @@ class TraceReader:
         try:
             form, prefix = _detect(stream)
             self.form: TraceForm = form
-            source = (_JsonlSource if form == "jsonl" else _MsgpackSource)(stream, prefix, name)
+            fast = scanner() if form == "msgpack" else None
+            source: _JsonlSource | _MsgpackSource | _ScannedMsgpackSource
+            if fast is not None:
+                source = _ScannedMsgpackSource(stream, prefix, name, fast)
+            elif form == "msgpack":
+                source = _MsgpackSource(stream, prefix, name)
+            else:
+                source = _JsonlSource(stream, prefix, name)
             self._source = source
             self._batches = source.batches()
             batch = next(self._batches, None)
             if batch is None:
                 raise TraceError(name, 0, None, "empty trace: no header")
+            assert isinstance(batch, list)  # the header is never scanned as a write
             self.header = _check_header(batch[0], name)
-            self._rest = batch[1:]
+            if isinstance(source, _ScannedMsgpackSource):
+                source.shift = self.header.page_size.bit_length() - 1
+            self._rest: list[object] | Columns = batch[1:]
         except OSError as exc:
             self.close()
             raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
@@ -953,24 +1160,38 @@ class TraceReader:
         self._validator = _Validator(name, self.header.page_size, form == "jsonl")
 
     def __iter__(self) -> Iterator[Event]:
+        """The events, one record each (runs of writes taken apart)."""
+        return _one_by_one(self.runs())
+
+    def runs(self) -> Iterator[Event | WriteRun]:
+        """The events, with runs of fingerprint writes as :class:`WriteRun` columns.
+
+        The same events as iterating the reader, in the same order; the replay
+        uses this form.  Iterate a reader once, in either form.
+        """
         if self._iterated:
             raise RuntimeError("a TraceReader can be iterated only once")
         self._iterated = True
         return self._iterate()
 
-    def _iterate(self) -> Iterator[Event]:
+    def _iterate(self) -> Iterator[Event | WriteRun]:
         validator = self._validator
         batches = self._batches
-        batch: list[object] | None = self._rest
+        batch: list[object] | Columns | None = self._rest
         self._rest = []
         index = 0
         while batch is not None:
-            if batch:
-                events = validator.batch(index + 1, batch)
-                index += len(batch)
+            if len(batch):
+                if isinstance(batch, list):
+                    items = validator.batch(index + 1, batch)
+                    index += len(batch)
+                else:
+                    items = validator.columns(index + 1, batch)
+                    index += len(batch.t)
                 self.events = index
-                self.duration_ns = events[-1].t
-                yield from events
+                last = items[-1]
+                self.duration_ns = last.last_t if isinstance(last, WriteRun) else last.t
+                yield from items
             batch = next(batches, None)
 
     @property

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,9 @@ from ksmreplay.events import (
     Write,
 )
 from ksmreplay.trace import RangeSet, TraceReader, TraceWriter
+
+pytestmark = pytest.mark.usefixtures("both_readers")
+"""Every test here runs with the pure-Python reader and with the accelerator."""
 
 PAGE = 4096
 SLOT_PAGES = 8
@@ -169,7 +173,11 @@ def _read(data: bytes) -> tuple[Header, list[Event]]:
         return reader.header, list(reader)
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(valid_traces())
 def test_valid_traces_round_trip(trace: tuple[Header, list[Event]]) -> None:
     header, events = trace
@@ -180,7 +188,9 @@ def test_valid_traces_round_trip(trace: tuple[Header, list[Event]]) -> None:
     assert _write(*_read(as_jsonl), "msgpack") == packed
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(
+    max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.integers(1, 12)), max_size=30))
 def test_rangeset_matches_a_set_of_pages(ops: list[tuple[bool, int, int]]) -> None:
     ranges = RangeSet()
@@ -231,7 +241,11 @@ def damaged(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=400,
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(damaged())
 def test_damaged_traces_are_valid_or_a_trace_error(data: bytes) -> None:
     try:
@@ -241,7 +255,9 @@ def test_damaged_traces_are_valid_or_a_trace_error(data: bytes) -> None:
         assert "\n" not in str(exc)
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(
+    max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_are_a_trace_error_or_a_trace(data: bytes) -> None:
     with contextlib.suppress(TraceError):

@@ -16,6 +16,9 @@ import pytest
 from ksmreplay.errors import ExitStatus, InputOutputError, TraceError
 from ksmreplay.trace import open_trace, read_trace
 
+pytestmark = pytest.mark.usefixtures("both_readers")
+"""Every test here runs with the pure-Python reader and with the accelerator."""
+
 H: dict[str, Any] = {"ksmreplay": 1}
 MAP = [0, "alloc", 1, 0x10000, 0x4000]
 """Event 1 of most cases: pid 1 maps 0x10000..0x14000 (4 pages)."""

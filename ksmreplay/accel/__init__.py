@@ -1,0 +1,128 @@
+"""The optional trace-decoding accelerator (``scan.c``), loaded through ctypes.
+
+Decoding a large trace is mostly decoding ``write`` events; the msgpack
+library builds Python objects for every number, which caps the reader at a
+few hundred thousand events a second.  ``scan.c`` decodes the common write
+shapes straight into numpy columns instead.  It is built with the machine's C
+compiler on first use (``ksmreplay.cbuild``) and is optional: without a
+compiler, or with ``KSMREPLAY_ACCEL=0`` in the environment, the pure-Python
+reader does all the work, with the same events and the same messages (the
+test suite runs both).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ksmreplay.cbuild import BuildError, build
+
+SOURCE = Path(__file__).with_name("scan.c")
+CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
+ENV = "KSMREPLAY_ACCEL"
+"""Set to ``0`` to use the pure-Python reader only."""
+
+END, OTHER, FULL = 0, 1, 2
+"""Why :meth:`Scanner.scan` stopped: end of the buffer, another shape, columns full."""
+
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_u64 = ctypes.c_uint64
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Write events decoded by :meth:`Scanner.scan` (arrays own their memory)."""
+
+    t: npt.NDArray[np.uint64]
+    pid: npt.NDArray[np.uint64]
+    addr: npt.NDArray[np.uint64]
+    len: npt.NDArray[np.uint64]
+    fill: npt.NDArray[np.bool_]
+    """True where the content was one fingerprint for the whole range."""
+    fp_end: npt.NDArray[np.int64]
+    """Event i's fingerprints are ``fps[fp_end[i-1]:fp_end[i]]`` (0 before the first)."""
+    fps: npt.NDArray[np.uint64]
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+class Scanner:
+    """Decodes runs of write events with ``ksr_scan`` and skips objects with ``ksr_skip``."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        lib.ksr_scan.restype = _i64
+        lib.ksr_scan.argtypes = [
+            ctypes.c_char_p, _i64, _p, ctypes.c_int, _u64, _u64, _i64, _i64,
+            _p, _p, _p, _p, _p, _p, _p, _i64, _p,
+        ]  # fmt: skip
+        lib.ksr_skip.restype = _i64
+        lib.ksr_skip.argtypes = [ctypes.c_char_p, _i64, _i64]
+        self._scan = lib.ksr_scan
+        self._skip = lib.ksr_skip
+
+    def scan(
+        self,
+        buf: bytes,
+        pos: int,
+        shift: int,
+        max_items: int,
+        max_event_bytes: int,
+        max_events: int,
+        max_fps: int,
+    ) -> tuple[Columns, int, int]:
+        """Write events from ``buf[pos]`` on: ``(columns, new pos, status)``."""
+        t = np.empty(max_events, np.uint64)
+        pid = np.empty(max_events, np.uint64)
+        addr = np.empty(max_events, np.uint64)
+        length = np.empty(max_events, np.uint64)
+        fill = np.empty(max_events, np.uint8)
+        fp_end = np.empty(max_events, np.int64)
+        fps = np.empty(max_fps, np.uint64)
+        where = _i64(pos)
+        status = ctypes.c_int32(0)
+        n = self._scan(
+            buf, len(buf), ctypes.byref(where), shift, max_items, max_items, max_event_bytes,
+            max_events, t.ctypes.data, pid.ctypes.data, addr.ctypes.data, length.ctypes.data,
+            fill.ctypes.data, fp_end.ctypes.data, fps.ctypes.data, max_fps, ctypes.byref(status),
+        )  # fmt: skip
+        used = int(fp_end[n - 1]) if n else 0
+        cols = Columns(
+            t[:n].copy(),
+            pid[:n].copy(),
+            addr[:n].copy(),
+            length[:n].copy(),
+            fill[:n].astype(np.bool_),
+            fp_end[:n].copy(),
+            fps[:used].copy(),
+        )
+        return cols, where.value, status.value
+
+    def skip(self, buf: bytes, pos: int) -> int:
+        """End offset of the object at ``buf[pos]``; -1 if incomplete, -2 if not msgpack."""
+        return int(self._skip(buf, len(buf), pos))
+
+
+def scanner() -> Scanner | None:
+    """The accelerator, or None when ``KSMREPLAY_ACCEL=0`` or it cannot be built."""
+    if os.environ.get(ENV, "1") == "0":
+        return None
+    return _load()
+
+
+def build_scanner() -> Scanner | None:
+    """Build (or find in the cache) and load the accelerator; None when that fails."""
+    try:
+        return Scanner(ctypes.CDLL(str(build(SOURCE, CFLAGS, "scan"))))
+    except (BuildError, OSError):
+        return None
+
+
+_load = cache(build_scanner)
