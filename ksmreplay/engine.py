@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import UsageError
@@ -27,6 +28,7 @@ from ksmreplay.events import (
     Settle,
     Snapshot,
     Write,
+    WriteRun,
 )
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
 from ksmreplay.ksm import END, Ksmd
@@ -37,6 +39,13 @@ from ksmreplay.vm import MM
 
 DEFAULT_PAGES_TO_SCAN = 100
 """pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``)."""
+
+
+def _dense(pids: npt.NDArray[np.int64]) -> tuple[list[int], npt.NDArray[np.int16 | np.int64]]:
+    """The distinct ``pids`` in order, and each pid's position among them (int16 when it fits,
+    so that a stable argsort of it is a radix sort)."""
+    owners, owner = np.unique(pids, return_inverse=True)
+    return owners.tolist(), owner.astype(np.int16 if len(owners) < 2**15 else np.int64)
 
 
 class Engine:
@@ -82,6 +91,50 @@ class Engine:
         self.ksmd.now = event.t
         handler = getattr(self, "_on_" + event.op)
         handler(event)
+
+    def apply_writes(self, run: WriteRun) -> None:
+        """Apply a run of writes: the same as :meth:`apply` on each of ``run.events()``.
+
+        The run is cut where ksmd wakes between two of its events; the writes
+        between two wake-ups happen with nothing else running, so they are
+        applied together (:meth:`Memory.write_many`).
+        """
+        t = run.t
+        n = len(run)
+        i = 0
+        while i < n:
+            self._advance(int(t[i]))
+            j = n if self.next_wake is None else int(np.searchsorted(t, self.next_wake, "right"))
+            j = max(j, i + 1)
+            self.now = self.ksmd.now = int(t[j - 1])
+            self._write_run(run, i, j)
+            i = j
+
+    def _write_run(self, run: WriteRun, lo: int, hi: int) -> None:
+        """Events ``lo:hi`` of ``run``, with no wake-up of ksmd among them."""
+        starts = run.fp_start()[lo:hi]
+        counts = run.fp_end[lo:hi] - starts
+        first_page = (run.addr[lo:hi] >> np.uint64(self.page_size.bit_length() - 1)).astype(
+            np.int64
+        )
+        pids = run.pid[lo:hi]
+        # The events grouped by process (a stable radix sort keeps their order).
+        owners, owner = _dense(pids)
+        order = np.argsort(owner, kind="stable")
+        per_event = counts[order]
+        event = np.repeat(order, per_event)
+        within = np.arange(len(event)) - np.repeat(np.cumsum(per_event) - per_event, per_event)
+        pages = first_page[event] + within
+        fps = run.fps[starts[event] + within]
+        ends = np.cumsum(np.bincount(owner, weights=counts, minlength=len(owners))).astype(np.int64)
+        mms = self.mem.mms
+        writes = [
+            (mms[p], pages[a:b], fps[a:b])
+            for p, a, b in zip(owners, [0, *ends[:-1].tolist()], ends.tolist(), strict=True)
+        ]
+        if not self.mem.write_many(writes):
+            for ev in run.events()[lo:hi]:
+                self._on_write(ev)
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         mode, c, ps = self._mode, self.ksmd.c, self.page_size

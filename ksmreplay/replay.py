@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Event, Header, Snapshot
+from ksmreplay.events import Event, Header, Snapshot, WriteRun
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import REPORT_VERSION, Report, Run, Snap, TraceInfo
 from ksmreplay.simulator import Simulator, make_simulator
@@ -52,8 +52,9 @@ class EventSource(Protocol):
     def name(self) -> str:
         """The name messages and the report show for the trace (``<stdin>`` for ``-``)."""
 
-    def __iter__(self) -> Iterator[Event]:
-        """The validated events, in trace order, each decoded once."""
+    def runs(self) -> Iterator[Event | WriteRun]:
+        """The validated events, in trace order, each decoded once; runs of
+        writes may come as :class:`WriteRun` columns."""
 
 
 def expand_modes(names: str | Iterable[str]) -> tuple[str, ...]:
@@ -104,13 +105,13 @@ def replay(
     ``t`` and index (``t`` = 0 and event 0 for a trace with no events).
 
     :param reader: an open trace (:class:`EventSource`: ``header``, ``name``,
-        iteration over validated events), read once from start to end.
+        ``runs()`` over validated events), read once from start to end.
     :param modes: mode names (``legacy``, ``v6``, ``unshare``), each at most
         once; use :func:`expand_modes` for ``both``/``all``.
     :param settings: knob values in force before the first event (``--set``);
         the trace's own ``ksm`` events still apply at their times.
-    :param progress: called as ``progress(events_done, bytes_read)`` every
-        :data:`PROGRESS_EVERY` events and once after the last one;
+    :param progress: called as ``progress(events_done, bytes_read)`` each time
+        another :data:`PROGRESS_EVERY` events are done and once after the last one;
         ``bytes_read`` is the reader's ``bytes_read`` attribute when it has one,
         else 0.  For drawing a progress line; the report does not depend on it.
     :param check_invariants: run every simulator's ``check_invariants()`` after
@@ -141,19 +142,34 @@ def replay(
     last_t = 0
     last_index = 0
 
-    for event in reader:
-        for sim in sims:
-            sim.apply(event)
+    next_progress = PROGRESS_EVERY
+    for item in reader.runs():
+        if isinstance(item, WriteRun):
             if check_invariants:
-                sim.check_invariants()
-        if isinstance(event, Snapshot):
-            for sim, snaps in zip(sims, snapshots, strict=True):
-                snaps.append(sim.snapshot(event.label, event.t, event.index))
-        count += 1
-        last_t = event.t
-        last_index = event.index
-        if progress is not None and count % PROGRESS_EVERY == 0:
+                for event in item.events():
+                    for sim in sims:
+                        sim.apply(event)
+                        sim.check_invariants()
+            else:
+                for sim in sims:
+                    sim.apply_writes(item)
+            count += len(item)
+            last_t = item.last_t
+            last_index = item.last_index
+        else:
+            for sim in sims:
+                sim.apply(item)
+                if check_invariants:
+                    sim.check_invariants()
+            if isinstance(item, Snapshot):
+                for sim, snaps in zip(sims, snapshots, strict=True):
+                    snaps.append(sim.snapshot(item.label, item.t, item.index))
+            count += 1
+            last_t = item.t
+            last_index = item.index
+        if progress is not None and count >= next_progress:
             progress(count, _bytes_read(reader))
+            next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
     if progress is not None:
         progress(count, _bytes_read(reader))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from ksmreplay.events import Event
+from ksmreplay.events import Event, WriteRun
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import Refusal, Snap
 
@@ -38,6 +38,9 @@ class Simulator(Protocol):
 
     def apply(self, event: Event) -> None:
         """Advance ksmd to ``event.t`` (wake-ups strictly before it), then apply ``event``."""
+
+    def apply_writes(self, run: WriteRun) -> None:
+        """The same as ``apply`` on every event of ``run.events()``, in one call."""
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         """The statistics now, as REPORT_FORMAT.md's SNAP (a fresh dict, never shared)."""

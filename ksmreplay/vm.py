@@ -40,6 +40,7 @@ CHUNK = 1 << CHUNK_SHIFT
 """Entries per page-table chunk (512, like one x86-64 PTE page)."""
 
 IntArray = npt.NDArray[np.int64]
+Places = list[tuple[IntArray, "IntArray | None", IntArray]]
 
 
 class FreeStack:
@@ -152,27 +153,123 @@ class FrameTable:
         return len(self.content)
 
 
-class PageTable:
-    """Sparse page table of one process: chunks of :data:`CHUNK` PTEs, created on demand."""
+BLOCK_SHIFT = 9
+BLOCK = 1 << BLOCK_SHIFT
+"""Chunks per block of a page table (2 MiB of entries: allocated untouched, so
+that only the chunks in use cost memory)."""
 
-    __slots__ = ("_chunks", "_keys")
+
+class _RowLookup:
+    """Chunk keys to chunk rows, for many keys at once.
+
+    A dense table when the keys are close together (one process's mappings
+    usually are), else a binary search.  Chunks are never removed, so a lookup
+    stays right until a chunk is added (the page table then builds a new one).
+    """
+
+    __slots__ = ("_base", "_dense", "_keys", "_rows", "size")
+
+    def __init__(self, keys: list[int], rows: list[int]) -> None:
+        self.size = len(keys)
+        self._keys = np.array(keys, np.int64)
+        self._rows = np.array(rows, np.int64)
+        self._base = keys[0] if keys else 0
+        span = keys[-1] - keys[0] + 1 if keys else 0
+        self._dense: IntArray | None = None
+        if span <= 8 * len(keys) + 4096:
+            self._dense = np.full(span, -1, np.int64)
+            self._dense[self._keys - self._base] = self._rows
+
+    def find(self, keys: IntArray) -> IntArray:
+        """The rows of chunks ``keys``, -1 where there is no such chunk."""
+        if self._dense is not None:
+            rel = keys - self._base
+            inside = (rel >= 0) & (rel < len(self._dense))
+            if inside.all():
+                return self._dense[rel]
+            found = np.full(len(keys), -1, np.int64)
+            found[inside] = self._dense[rel[inside]]
+            return found
+        at = np.searchsorted(self._keys, keys)
+        hit = at < len(self._keys)
+        hit[hit] = self._keys[at[hit]] == keys[hit]
+        return np.where(hit, self._rows[np.minimum(at, len(self._keys) - 1)], -1)
+
+
+class PageTable:
+    """Sparse page table of one process: chunks of :data:`CHUNK` PTEs, created on demand.
+
+    Chunks are rows of 2-D blocks of :data:`BLOCK` rows, numbered in the order
+    they were created, so that many pages can be read and written at once
+    (:meth:`places`, :func:`gather`, :func:`scatter`).  A block is allocated
+    without being touched (the OS maps its memory as rows get used) and never
+    moves: a chunk's view stays valid for the table's life.
+    """
+
+    __slots__ = ("_blocks", "_chunks", "_keys", "_lookup", "_row")
 
     def __init__(self) -> None:
         self._chunks: dict[int, IntArray] = {}
+        self._row: dict[int, int] = {}
         self._keys: list[int] = []
+        self._blocks: list[IntArray] = []
+        self._lookup: _RowLookup | None = None
 
     def chunk(self, key: int) -> IntArray:
         """The chunk ``key`` (page number >> CHUNK_SHIFT), created empty if needed."""
         arr = self._chunks.get(key)
         if arr is None:
-            arr = np.full(CHUNK, PTE_NONE, np.int64)
+            row = len(self._chunks)
+            if row == len(self._blocks) << BLOCK_SHIFT:
+                self._blocks.append(np.empty((BLOCK, CHUNK), np.int64))
+            arr = self._blocks[-1][row & (BLOCK - 1)]
+            arr[:] = PTE_NONE
             self._chunks[key] = arr
+            self._row[key] = row
             bisect.insort(self._keys, key)
         return arr
+
+    def locate(self, keys: IntArray) -> IntArray:
+        """The rows of chunks ``keys`` (page numbers >> CHUNK_SHIFT), created if needed."""
+        rows = self._find(keys)
+        if (rows < 0).any():
+            for key in np.unique(keys[rows < 0]).tolist():
+                self.chunk(key)
+            rows = self._find(keys)
+        return rows
+
+    @property
+    def rows(self) -> int:
+        """Chunks so far (rows are ``0 .. rows - 1``)."""
+        return len(self._chunks)
+
+    def _find(self, keys: IntArray) -> IntArray:
+        if self._lookup is None or self._lookup.size != len(self._keys):
+            self._lookup = _RowLookup(self._keys, [self._row[k] for k in self._keys])
+        return self._lookup.find(keys)
 
     def get(self, page: int) -> int:
         arr = self._chunks.get(page >> CHUNK_SHIFT)
         return PTE_NONE if arr is None else int(arr[page & (CHUNK - 1)])
+
+    def places(self, rows: IntArray, offsets: IntArray) -> Places:
+        """Where the entries at ``offsets`` of chunk rows ``rows`` are, for :func:`gather`
+        and :func:`scatter`: per block touched, its flat view, which entries
+        (positions in ``rows``; None: all) and their flat indexes there."""
+        if len(self._blocks) == 1:
+            return [(self._blocks[0].reshape(-1), None, rows * CHUNK + offsets)]
+        block = rows >> BLOCK_SHIFT
+        order = np.argsort(block.astype(np.int32), kind="stable")
+        ends = np.cumsum(np.bincount(block, minlength=len(self._blocks))).tolist()
+        found: Places = []
+        lo = 0
+        for b, hi in enumerate(ends):
+            if hi > lo:
+                which = order[lo:hi]
+                flat = (rows[which] & (BLOCK - 1)) * CHUNK + offsets[which]
+                found.append((self._blocks[b].reshape(-1), which, flat))
+            lo = hi
+        return found
 
     def segments(self, start: int, end: int) -> Iterator[tuple[int, int, IntArray]]:
         """Existing chunks overlapping pages [start, end): ``(first_page, stop_page, view)``."""
@@ -197,6 +294,33 @@ class PageTable:
             hi = min(end, base + CHUNK)
             yield page, hi, self.chunk(key)[page - base : hi - base]
             page = hi
+
+
+def gather(places: Places, n: int) -> IntArray:
+    """The ``n`` entries at ``places`` (:meth:`PageTable.places`)."""
+    if len(places) == 1 and places[0][1] is None:
+        flat, _, index = places[0]
+        return flat[index]
+    out = np.empty(n, np.int64)
+    for flat, which, index in places:
+        out[which] = flat[index]
+    return out
+
+
+def scatter(places: Places, values: IntArray) -> None:
+    """Set the entries at ``places`` (:meth:`PageTable.places`) to ``values``."""
+    for flat, which, index in places:
+        flat[index] = values if which is None else values[which]
+
+
+def _last_of_each(slot: IntArray, counts: IntArray) -> npt.NDArray[np.bool_]:
+    """Which entries of ``slot`` are the last of their value (``counts``: how often each occurs)."""
+    last = np.ones(len(slot), np.bool_)
+    repeated = np.flatnonzero(counts[slot] > 1)
+    order = repeated[np.argsort(slot[repeated], kind="stable")]
+    same_next = slot[order[1:]] == slot[order[:-1]]
+    last[order[:-1][same_next]] = False
+    return last
 
 
 @dataclass(slots=True)
@@ -394,6 +518,63 @@ class Memory:
             fresh = np.concatenate([copied, absent]) if len(copied) else absent
             if len(fresh):
                 view[fresh] = fr.alloc(new[fresh])
+
+    def write_many(self, writes: list[tuple[MM, IntArray, npt.NDArray[np.uint64]]]) -> bool:
+        """Many :meth:`write` s at one instant: ``(mm, pages, fingerprints)`` per process.
+
+        The pages of one process are in the order they were written and may
+        repeat (the last write of a page wins); each process appears once.
+        The outcome is that of writing them one at a time, except when two
+        writes reach one frame shared copy-on-write after fork: the first
+        copies and the second then writes the frame in place, so their order
+        matters; then nothing is changed and False is returned (write them
+        one at a time).
+        """
+        fr = self.frames
+        parts = []
+        for mm, pages, fps in writes:
+            pt = mm.pt
+            rows = pt.locate(pages >> CHUNK_SHIFT)
+            offsets = pages & (CHUNK - 1)
+            touched = np.zeros(pt.rows, np.bool_)
+            touched[rows] = True
+            slot = (np.cumsum(touched) - 1)[rows] * CHUNK + offsets
+            counts = np.bincount(slot)
+            if counts.max() > 1:
+                last = _last_of_each(slot, counts)
+                rows, offsets, fps = rows[last], offsets[last], fps[last]
+            places = pt.places(rows, offsets)
+            parts.append((mm, places, gather(places, len(rows)), fps))
+        pte = np.concatenate([p[2] for p in parts])
+        new = np.concatenate([p[3] for p in parts])
+        present = pte >= 0
+        old = pte[present]
+        private = ~fr.ksm[old]
+        mapcount = fr.mapcount[old]
+        shared = old[private & (mapcount > 1)]
+        if len(shared) > 1 and len(np.unique(shared)) < len(shared):
+            return False
+        for mm, _places, mine, _fps in parts:
+            absent = mine[mine < 0]
+            n_ksm_zero = int(np.count_nonzero(absent == PTE_KSM_ZERO))
+            mm.ksm_zero_ptes -= n_ksm_zero
+            self.events["cow_breaks_zero"] += n_ksm_zero
+            mm.fault_zero_ptes -= int(np.count_nonzero(absent == PTE_ZERO))
+            mm.rss_anon += len(absent)
+        keep = present.copy()
+        keep[present] = private & (mapcount == 1)
+        fr.content[pte[keep]] = new[keep]
+        copied = present & ~keep
+        if copied.any():
+            self.events["cow_breaks_ksm"] += int(np.count_nonzero(fr.ksm[pte[copied]]))
+            self._put(pte[copied])
+        fresh = ~keep
+        pte[fresh] = fr.alloc(new[fresh])
+        at = 0
+        for _mm, places, mine, _fps in parts:
+            scatter(places, pte[at : at + len(mine)])
+            at += len(mine)
+        return True
 
     def read(self, mm: MM, start: int, end: int) -> None:
         """Load from pages [start, end): unpopulated pages map the zero page (clean PTE)."""

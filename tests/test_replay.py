@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from ksmreplay.errors import InvariantError, UsageError
-from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapshot, Write
+from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapshot, Write, WriteRun
 from ksmreplay.knobs import DEFAULTS, KnobValue
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay
 from ksmreplay.report import Refusal, Snap
@@ -31,7 +31,7 @@ class FakeReader:
         self.iterations = 0
         self.bytes_read = 0
 
-    def __iter__(self) -> Iterator[Event]:
+    def runs(self) -> Iterator[Event]:
         self.iterations += 1
         assert self.iterations == 1, "the driver must decode the trace once"
         for event in self._events:
@@ -57,6 +57,10 @@ class FakeSimulator:
         self.log.append((self.mode, "apply", event.index))
         if isinstance(event, Ksm):
             self._settings.update(event.settings)
+
+    def apply_writes(self, run: WriteRun) -> None:
+        for event in run.events():
+            self.apply(event)
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         self.log.append((self.mode, f"snapshot {label}", index))
