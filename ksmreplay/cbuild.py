@@ -27,13 +27,13 @@ def cache_dir() -> Path:
     return Path(base) / "ksmreplay"
 
 
-def build(source: Path, cflags: Sequence[str], stem: str) -> Path:
-    """The compiled ``source`` (``cache_dir()/stem-DIGEST``), building it if needed.
+def build(sources: Sequence[Path], cflags: Sequence[str], stem: str) -> Path:
+    """``sources`` compiled into one file (``cache_dir()/stem-DIGEST``), built if needed.
 
     :raises BuildError: when no compiler is found (``$CC``, ``gcc``, ``cc``),
         the cache directory cannot be created, or the compiler fails.
     """
-    text = source.read_bytes()
+    text = b"".join(source.read_bytes() for source in sources)
     digest = hashlib.sha256(text + " ".join(cflags).encode()).hexdigest()[:16]
     target = cache_dir() / f"{stem}-{digest}"
     if target.exists():
@@ -49,11 +49,15 @@ def build(source: Path, cflags: Sequence[str], stem: str) -> Path:
         raise BuildError(f"cannot create {target.parent}: {e.strerror}") from None
     try:
         result = subprocess.run(
-            [cc, *cflags, "-o", tmp, str(source)], capture_output=True, text=True, check=False
+            [cc, *cflags, "-o", tmp, *map(str, sources)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["no output"])[0]
-            raise BuildError(f"{cc} failed on {source.name}: {first}")
+            names = ", ".join(source.name for source in sources)
+            raise BuildError(f"{cc} failed on {names}: {first}")
         os.replace(tmp, target)
     except OSError as e:
         raise BuildError(f"cannot run {cc}: {e.strerror}") from None

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from ksmreplay.arrays import dense_ranks
 from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import UsageError
 from ksmreplay.events import (
@@ -39,13 +39,6 @@ from ksmreplay.vm import MM
 
 DEFAULT_PAGES_TO_SCAN = 100
 """pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``)."""
-
-
-def _dense(pids: npt.NDArray[np.int64]) -> tuple[list[int], npt.NDArray[np.int16 | np.int64]]:
-    """The distinct ``pids`` in order, and each pid's position among them (int16 when it fits,
-    so that a stable argsort of it is a radix sort)."""
-    owners, owner = np.unique(pids, return_inverse=True)
-    return owners.tolist(), owner.astype(np.int16 if len(owners) < 2**15 else np.int64)
 
 
 class Engine:
@@ -114,27 +107,14 @@ class Engine:
         """Events ``lo:hi`` of ``run``, with no wake-up of ksmd among them."""
         starts = run.fp_start()[lo:hi]
         counts = run.fp_end[lo:hi] - starts
-        first_page = (run.addr[lo:hi] >> np.uint64(self.page_size.bit_length() - 1)).astype(
-            np.int64
-        )
-        pids = run.pid[lo:hi]
-        # The events grouped by process (a stable radix sort keeps their order).
-        owners, owner = _dense(pids)
-        order = np.argsort(owner, kind="stable")
-        per_event = counts[order]
-        event = np.repeat(order, per_event)
-        within = np.arange(len(event)) - np.repeat(np.cumsum(per_event) - per_event, per_event)
-        pages = first_page[event] + within
-        fps = run.fps[starts[event] + within]
-        ends = np.cumsum(np.bincount(owner, weights=counts, minlength=len(owners))).astype(np.int64)
+        first, last = int(starts[0]), int(run.fp_end[hi - 1])
+        event = np.repeat(np.arange(hi - lo), counts)
+        shift = np.uint64(self.page_size.bit_length() - 1)
+        first_page = (run.addr[lo:hi] >> shift).astype(np.int64)
+        pages = first_page[event] + (np.arange(first, last) - starts[event])
+        pids, owner = dense_ranks(run.pid[lo:hi])
         mms = self.mem.mms
-        writes = [
-            (mms[p], pages[a:b], fps[a:b])
-            for p, a, b in zip(owners, [0, *ends[:-1].tolist()], ends.tolist(), strict=True)
-        ]
-        if not self.mem.write_many(writes):
-            for ev in run.events()[lo:hi]:
-                self._on_write(ev)
+        self.mem.write_run([mms[p] for p in pids], owner[event], pages, run.fps[first:last])
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         mode, c, ps = self._mode, self.ksmd.c, self.page_size

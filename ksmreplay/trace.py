@@ -49,8 +49,10 @@ from typing import IO, Any, Literal, NoReturn
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 
-from ksmreplay.accel import FULL, OTHER, Columns, Scanner, scanner
+from ksmreplay.accel import FULL, OTHER, Accelerator, Columns, accelerator
+from ksmreplay.arrays import dense_ranks
 from ksmreplay.errors import InputOutputError, TraceError
 from ksmreplay.events import (
     ADVICES,
@@ -380,7 +382,7 @@ class _ScannedMsgpackSource:
     header has been read; until then nothing is scanned as a write.
     """
 
-    def __init__(self, stream: IO[bytes], prefix: bytes, name: str, scanner: Scanner) -> None:
+    def __init__(self, stream: IO[bytes], prefix: bytes, name: str, scanner: Accelerator) -> None:
         self._stream = stream
         self._read = stream.read  # whole chunks, from pipes too
         self._prefix = prefix
@@ -815,18 +817,28 @@ class _Validator:
             & (addr <= ~length)  # addr + len < 2**64
             & ((length >> np.uint64(self.shift)).astype(np.int64) == pages)
         )
-        end = addr + length  # wraps only where ok is already False
-        for p in np.unique(pid).tolist():
-            ranges = self.procs.get(p)
-            mine = pid == p
-            if ranges is None or not ranges.starts:
-                ok[mine] = False
-                continue
-            starts = np.array(ranges.starts, np.uint64)
-            ends = np.array(ranges.ends, np.uint64)
-            i = np.searchsorted(starts, addr[mine], side="right") - 1
-            ok[mine] &= (i >= 0) & (ends[np.maximum(i, 0)] >= end[mine])
+        ok &= self._mapped(pid, addr, addr + length)  # the sum wraps only where ok is False
         return len(ok) if ok.all() else int(np.argmin(ok))
+
+    def _mapped(
+        self, pid: npt.NDArray[np.uint64], addr: npt.NDArray[np.uint64], end: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.bool_]:
+        """Whether each range ``[addr, end)`` lies inside one mapping of its live ``pid``."""
+        pids, rank = dense_ranks(pid.astype(np.int64))
+        ranges = [self.procs.get(p) for p in pids]
+        if all(r is not None and len(r.starts) == 1 for r in ranges):
+            # Every process has one mapping (the common case): no search.
+            starts = np.array([r.starts[0] for r in ranges if r], np.uint64)
+            ends = np.array([r.ends[0] for r in ranges if r], np.uint64)
+            return (starts[rank] <= addr) & (ends[rank] >= end)
+        ok = np.zeros(len(pid), np.bool_)
+        for i, r in enumerate(ranges):
+            if r is None or not r.starts:
+                continue
+            mine = rank == i
+            at = np.searchsorted(np.array(r.starts, np.uint64), addr[mine], side="right") - 1
+            ok[mine] = (at >= 0) & (np.array(r.ends, np.uint64)[np.maximum(at, 0)] >= end[mine])
+        return ok
 
     def general(self, index: int, obj: object) -> Event:
         if type(obj) is not list:
@@ -1133,7 +1145,7 @@ class TraceReader:
         try:
             form, prefix = _detect(stream)
             self.form: TraceForm = form
-            fast = scanner() if form == "msgpack" else None
+            fast = accelerator() if form == "msgpack" else None
             source: _JsonlSource | _MsgpackSource | _ScannedMsgpackSource
             if fast is not None:
                 source = _ScannedMsgpackSource(stream, prefix, name, fast)

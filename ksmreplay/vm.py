@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ksmreplay.accel import accelerator
+
 NULL = -1
 """The one "no such row" sentinel of every index column."""
 
@@ -80,6 +82,11 @@ class FreeStack:
         self._rows[self._n] = row
         self._n += 1
 
+    def peek(self, n: int) -> IntArray:
+        """The rows the next :meth:`pop` of ``n`` would return, without taking them."""
+        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
+        return rows
+
     def pop(self, n: int) -> IntArray:
         """The top ``n`` rows, topmost first (the caller checked there are enough)."""
         rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
@@ -128,6 +135,17 @@ class FrameTable:
         self.mapcount[rows] = 1
         self.live += n
         return rows
+
+    def candidates(self, n: int) -> IntArray:
+        """The rows the next :meth:`alloc` of ``n`` frames would use (growing the table)."""
+        if n > len(self._free):
+            self._grow(n - len(self._free))
+        return self._free.peek(n)
+
+    def taken(self, n: int) -> None:
+        """The first ``n`` :meth:`candidates` were filled in as frames mapped once."""
+        self._free.pop(n)
+        self.live += n
 
     def release(self, rows: IntArray) -> None:
         """Free rows whose mapcount reached 0."""
@@ -206,13 +224,14 @@ class PageTable:
     moves: a chunk's view stays valid for the table's life.
     """
 
-    __slots__ = ("_blocks", "_chunks", "_keys", "_lookup", "_row")
+    __slots__ = ("_addresses", "_blocks", "_chunks", "_keys", "_lookup", "_row")
 
     def __init__(self) -> None:
         self._chunks: dict[int, IntArray] = {}
         self._row: dict[int, int] = {}
         self._keys: list[int] = []
         self._blocks: list[IntArray] = []
+        self._addresses = np.zeros(0, np.uint64)
         self._lookup: _RowLookup | None = None
 
     def chunk(self, key: int) -> IntArray:
@@ -242,6 +261,12 @@ class PageTable:
     def rows(self) -> int:
         """Chunks so far (rows are ``0 .. rows - 1``)."""
         return len(self._chunks)
+
+    def block_addresses(self) -> npt.NDArray[np.uint64]:
+        """The memory addresses of the blocks, in order (for the accelerator)."""
+        if len(self._addresses) != len(self._blocks):
+            self._addresses = np.array([b.ctypes.data for b in self._blocks], np.uint64)
+        return self._addresses
 
     def _find(self, keys: IntArray) -> IntArray:
         if self._lookup is None or self._lookup.size != len(self._keys):
@@ -449,7 +474,10 @@ class Memory:
             return
         mc = self.frames.mapcount
         np.subtract.at(mc, rows, 1)
-        dead = np.unique(rows[mc[rows] == 0])
+        self._bury(np.unique(rows[mc[rows] == 0]))
+
+    def _bury(self, dead: IntArray) -> None:
+        """Free the frames ``dead`` (distinct, mapcount 0), telling ksmd of its KSM pages."""
         if len(dead):
             ksm_dead = dead[self.frames.ksm[dead]]
             if len(ksm_dead):
@@ -518,6 +546,53 @@ class Memory:
             fresh = np.concatenate([copied, absent]) if len(copied) else absent
             if len(fresh):
                 view[fresh] = fr.alloc(new[fresh])
+
+    def write_run(
+        self, mms: list[MM], owner: IntArray, pages: IntArray, fps: npt.NDArray[np.uint64]
+    ) -> None:
+        """Many :meth:`write` s at one instant, one page at a time in the order given.
+
+        Page ``i`` (``pages[i]``, content ``fps[i]``) belongs to ``mms[owner[i]]``.
+        With the accelerator, ``fault.c`` does exactly that; without, the
+        pages go to :meth:`write_many` by process, and in the one case where
+        their order matters (see there) to :meth:`write` one write at a time.
+        """
+        order = np.argsort(owner.astype(np.int16) if len(mms) < 2**15 else owner, kind="stable")
+        bounds = np.cumsum(np.bincount(owner, minlength=len(mms))).tolist()
+        groups = [order[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+        fast = accelerator()
+        if fast is not None:
+            rows = np.empty(len(pages), np.int64)
+            for mm, mine in zip(mms, groups, strict=True):
+                rows[mine] = mm.pt.locate(pages[mine] >> CHUNK_SHIFT)
+            fr = self.frames
+            fresh = fr.candidates(len(pages))
+            used, dead, stats, events = fast.write_pages(
+                owner.astype(np.int32),
+                rows,
+                pages & (CHUNK - 1),
+                np.ascontiguousarray(fps),
+                [mm.pt.block_addresses() for mm in mms],
+                fr.content,
+                fr.mapcount,
+                fr.ksm,
+                fresh,
+            )
+            fr.taken(used)
+            self._bury(dead)
+            for mm, (rss, ksm_zero, fault_zero) in zip(mms, stats.tolist(), strict=True):
+                mm.rss_anon += rss
+                mm.ksm_zero_ptes += ksm_zero
+                mm.fault_zero_ptes += fault_zero
+            self.events["cow_breaks_ksm"] += int(events[0])
+            self.events["cow_breaks_zero"] += int(events[1])
+            return
+        if self.write_many([(mm, pages[g], fps[g]) for mm, g in zip(mms, groups, strict=True)]):
+            return
+        # Pages of one write are consecutive pages of one process, in order.
+        cut = np.flatnonzero((np.diff(owner) != 0) | (np.diff(pages) != 1)) + 1
+        for a, b in zip([0, *cut.tolist()], [*cut.tolist(), len(pages)], strict=True):
+            self.write(mms[int(owner[a])], int(pages[a]), fps[a:b])
 
     def write_many(self, writes: list[tuple[MM, IntArray, npt.NDArray[np.uint64]]]) -> bool:
         """Many :meth:`write` s at one instant: ``(mm, pages, fingerprints)`` per process.

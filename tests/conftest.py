@@ -10,17 +10,18 @@ from ksmreplay import accel
 
 
 @pytest.fixture(params=["pure", "accelerated"])
-def both_readers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run the test with the pure-Python trace reader, then with the accelerator.
+def with_and_without_accel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test without the accelerator (pure-Python reader, numpy fault path),
+    then with it.
 
     The accelerated run is skipped where the accelerator cannot be built (no C
-    compiler); the pure one runs everywhere.
+    compiler); the other runs everywhere.
     """
     if request.param == "pure":
         monkeypatch.setenv(accel.ENV, "0")
-        assert accel.scanner() is None
+        assert accel.accelerator() is None
     else:
         monkeypatch.delenv(accel.ENV, raising=False)
-        if accel.scanner() is None:
+        if accel.accelerator() is None:
             pytest.skip("the decoding accelerator cannot be built here (no C compiler?)")
     yield request.param

@@ -28,7 +28,7 @@ PAGE = 4096
 BASE = 0x7F0000000000
 
 needs_accel = pytest.mark.skipif(
-    accel.build_scanner() is None, reason="the accelerator cannot be built here"
+    accel.build_accelerator() is None, reason="the accelerator cannot be built here"
 )
 
 
@@ -191,7 +191,7 @@ def test_truncated_and_garbage_after_runs(cut: int, monkeypatch: pytest.MonkeyPa
 def test_damaged_traces_read_the_same_both_ways(
     data: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if accel.build_scanner() is None:
+    if accel.build_accelerator() is None:
         pytest.skip("the accelerator cannot be built here")
     both(data, monkeypatch)
 
@@ -236,6 +236,6 @@ def test_without_a_compiler_the_pure_reader_is_used(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert accel.build_scanner() is None
+    assert accel.build_accelerator() is None
     monkeypatch.setenv(accel.ENV, "0")
-    assert accel.scanner() is None
+    assert accel.accelerator() is None

@@ -39,7 +39,7 @@ from ksmreplay.trace import (
     write_trace,
 )
 
-pytestmark = pytest.mark.usefixtures("both_readers")
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
 """Every test here runs with the pure-Python reader and with the accelerator."""
 
 BASE = 0x7F0000000000

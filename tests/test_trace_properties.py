@@ -36,7 +36,7 @@ from ksmreplay.events import (
 )
 from ksmreplay.trace import RangeSet, TraceReader, TraceWriter
 
-pytestmark = pytest.mark.usefixtures("both_readers")
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
 """Every test here runs with the pure-Python reader and with the accelerator."""
 
 PAGE = 4096

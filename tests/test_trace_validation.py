@@ -16,7 +16,7 @@ import pytest
 from ksmreplay.errors import ExitStatus, InputOutputError, TraceError
 from ksmreplay.trace import open_trace, read_trace
 
-pytestmark = pytest.mark.usefixtures("both_readers")
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
 """Every test here runs with the pure-Python reader and with the accelerator."""
 
 H: dict[str, Any] = {"ksmreplay": 1}

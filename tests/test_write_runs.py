@@ -30,6 +30,9 @@ from ksmreplay.events import (
 )
 from ksmreplay.vm import BLOCK, CHUNK
 
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+"""Every test here runs with the numpy fault path and with the accelerator's."""
+
 PAGE = 4096
 BASE = 0x40000000
 

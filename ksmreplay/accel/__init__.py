@@ -1,13 +1,15 @@
-"""The optional trace-decoding accelerator (``scan.c``), loaded through ctypes.
+"""The optional accelerator (``scan.c``, ``fault.c``), loaded through ctypes.
 
-Decoding a large trace is mostly decoding ``write`` events; the msgpack
-library builds Python objects for every number, which caps the reader at a
-few hundred thousand events a second.  ``scan.c`` decodes the common write
-shapes straight into numpy columns instead.  It is built with the machine's C
-compiler on first use (``ksmreplay.cbuild``) and is optional: without a
-compiler, or with ``KSMREPLAY_ACCEL=0`` in the environment, the pure-Python
-reader does all the work, with the same events and the same messages (the
-test suite runs both).
+Large traces are mostly ``write`` events.  The msgpack library builds Python
+objects for every number, which caps the reader at a few hundred thousand
+events a second: ``scan.c`` decodes the common write shapes straight into
+numpy columns instead.  Applying the writes is a page-by-page walk of page
+tables and frames: ``fault.c`` does it in one pass where numpy needs a dozen.
+
+It is built with the machine's C compiler on first use (``ksmreplay.cbuild``)
+and is optional: without a compiler, or with ``KSMREPLAY_ACCEL=0`` in the
+environment, the pure-Python reader and the numpy fault path do all the work,
+with the same events, messages and reports (the test suite runs both).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import numpy.typing as npt
 
 from ksmreplay.cbuild import BuildError, build
 
-SOURCE = Path(__file__).with_name("scan.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("scan.c", "fault.c")]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
-"""Set to ``0`` to use the pure-Python reader only."""
+"""Set to ``0`` to do without the accelerator."""
 
 END, OTHER, FULL = 0, 1, 2
-"""Why :meth:`Scanner.scan` stopped: end of the buffer, another shape, columns full."""
+"""Why :meth:`Accelerator.scan` stopped: end of the buffer, another shape, columns full."""
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -38,7 +40,7 @@ _u64 = ctypes.c_uint64
 
 @dataclass(frozen=True, slots=True)
 class Columns:
-    """Write events decoded by :meth:`Scanner.scan` (arrays own their memory)."""
+    """Write events decoded by :meth:`Accelerator.scan` (arrays own their memory)."""
 
     t: npt.NDArray[np.uint64]
     pid: npt.NDArray[np.uint64]
@@ -54,8 +56,8 @@ class Columns:
         return len(self.t)
 
 
-class Scanner:
-    """Decodes runs of write events with ``ksr_scan`` and skips objects with ``ksr_skip``."""
+class Accelerator:
+    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -65,8 +67,11 @@ class Scanner:
         ]  # fmt: skip
         lib.ksr_skip.restype = _i64
         lib.ksr_skip.argtypes = [ctypes.c_char_p, _i64, _i64]
+        lib.ksr_write_pages.restype = _i64
+        lib.ksr_write_pages.argtypes = [_i64, *[_p] * 9, _i64, *[_p] * 4]
         self._scan = lib.ksr_scan
         self._skip = lib.ksr_skip
+        self._write_pages = lib.ksr_write_pages
 
     def scan(
         self,
@@ -109,20 +114,53 @@ class Scanner:
         """End offset of the object at ``buf[pos]``; -1 if incomplete, -2 if not msgpack."""
         return int(self._skip(buf, len(buf), pos))
 
+    def write_pages(
+        self,
+        mm: npt.NDArray[np.int32],
+        rows: npt.NDArray[np.int64],
+        offsets: npt.NDArray[np.int64],
+        fps: npt.NDArray[np.uint64],
+        block_tables: list[npt.NDArray[np.uint64]],
+        content: npt.NDArray[np.uint64],
+        mapcount: npt.NDArray[np.int32],
+        ksm: npt.NDArray[np.bool_],
+        fresh: npt.NDArray[np.int64],
+    ) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Page writes in order (``fault.c``): ``(fresh rows used, dead frames,
+        per-process [rss_anon, ksm_zero_ptes, fault_zero_ptes] changes,
+        [cow_breaks_ksm, cow_breaks_zero])``."""
+        n = len(rows)
+        assert len(fresh) >= n and mm.dtype == np.int32 and ksm.dtype == np.bool_
+        arrays: list[npt.NDArray[np.generic]] = [mm, rows, offsets, fps, content, mapcount]
+        assert all(a.flags.c_contiguous for a in [*arrays, ksm, fresh])
+        tables = np.array([t.ctypes.data for t in block_tables], np.uint64)
+        dead = np.empty(n, np.int64)
+        n_dead = _i64(0)
+        stats = np.zeros((len(block_tables), 3), np.int64)
+        events = np.zeros(2, np.int64)
+        used = self._write_pages(
+            n, mm.ctypes.data, rows.ctypes.data, offsets.ctypes.data, fps.ctypes.data,
+            tables.ctypes.data, content.ctypes.data, mapcount.ctypes.data, ksm.ctypes.data,
+            fresh.ctypes.data, len(fresh), dead.ctypes.data, ctypes.byref(n_dead),
+            stats.ctypes.data, events.ctypes.data,
+        )  # fmt: skip
+        assert used >= 0
+        return int(used), dead[: n_dead.value], stats, events
 
-def scanner() -> Scanner | None:
+
+def accelerator() -> Accelerator | None:
     """The accelerator, or None when ``KSMREPLAY_ACCEL=0`` or it cannot be built."""
     if os.environ.get(ENV, "1") == "0":
         return None
     return _load()
 
 
-def build_scanner() -> Scanner | None:
+def build_accelerator() -> Accelerator | None:
     """Build (or find in the cache) and load the accelerator; None when that fails."""
     try:
-        return Scanner(ctypes.CDLL(str(build(SOURCE, CFLAGS, "scan"))))
+        return Accelerator(ctypes.CDLL(str(build(SOURCES, CFLAGS, "accel"))))
     except (BuildError, OSError):
         return None
 
 
-_load = cache(build_scanner)
+_load = cache(build_accelerator)

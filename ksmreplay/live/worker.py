@@ -60,7 +60,7 @@ CHUNK = 65536
 def worker_binary() -> Path:
     """The compiled worker, building it if its source changed since the last build."""
     try:
-        return build(SOURCE, CFLAGS, "worker")
+        return build([SOURCE], CFLAGS, "worker")
     except BuildError as e:
         raise LiveKernelError(f"live replay needs its worker built: {e}") from None
 
