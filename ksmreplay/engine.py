@@ -193,18 +193,33 @@ class Engine:
             self.next_wake = t
 
     def _advance(self, t: int) -> None:
-        """Run every wake-up due strictly before ``t`` (``ksm_scan_thread()``)."""
+        """Run every wake-up due strictly before ``t`` (``ksm_scan_thread()``).
+
+        Wake-ups with nothing between them run as one call to ksmd (see
+        ``Ksmd.batch``): as many as fit before ``t`` if each batch uses its
+        whole budget; the call ends early where a pass ends, and the next
+        wake-up follows from the batch that ended it.  Not with the scan-time
+        advisor, which changes the budget at the end of a pass.
+        """
         while self.next_wake is not None and self.next_wake < t:
             wake = self.next_wake
             if not self._runnable():
                 self.next_wake = None
                 break
-            visits = self.ksmd.batch(int(self._knobs["pages_to_scan"]), wake)
-            self.next_wake = (
-                next_wake_ns(wake, visits, int(self._knobs["sleep_millisecs"]))
-                if self._runnable()
-                else None
-            )
+            budget = int(self._knobs["pages_to_scan"])
+            sleep = int(self._knobs["sleep_millisecs"])
+            period = next_wake_ns(0, budget, sleep)  # from one full batch to the next
+            batches = -(-(t - wake) // period)
+            if batches > 1 and budget > 0 and self._knobs["advisor_mode"] == "none":
+                visits = self.ksmd.batch(budget * batches, wake, budget, period)
+                if visits == budget * batches:
+                    last, visits = batches - 1, budget
+                else:
+                    last, visits = divmod(visits, budget)
+                wake += last * period
+            else:
+                visits = self.ksmd.batch(budget, wake)
+            self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         self._knobs["pages_to_scan"] = pages

@@ -284,6 +284,10 @@ class Ksmd:
         self.now = 0
         self.cpu_ns = 0
         self.advisor = Advisor()
+        self._clock = (0, 0, 0)
+        """(start, sub_budget, period) of the batch running; see :meth:`batch`."""
+        self._window_visits = 0
+        """Visits of the running batch before the window being scanned."""
 
     # -- hooks ---------------------------------------------------------------
 
@@ -596,13 +600,21 @@ class Ksmd:
 
     # -- the scan ------------------------------------------------------------
 
-    def batch(self, budget: int, now: int) -> int:
+    def batch(self, budget: int, now: int, sub_budget: int = 0, period: int = 0) -> int:
         """``ksm_do_scan(budget)``: visit up to ``budget`` items; return the visits.
 
         The batch ends early when a pass ends (``scan_get_next_rmap_item()``
         returning nothing), forfeiting the rest of the budget.
+
+        With ``sub_budget``, the call stands for back-to-back batches of
+        ``sub_budget`` visits each, the j-th starting at ``now + j * period``
+        (wake-ups with no event between them): one batch ending where the
+        next begins walks exactly as they would, so only the time differs,
+        and what reads the time (chain pruning, the advisor) sees that of the
+        batch it falls in.  The pass-starting work can only come first.
         """
         self.now = now
+        self._clock = (now, sub_budget, period)
         visits = 0
         while visits < budget:
             if self.cursor is None:
@@ -614,9 +626,18 @@ class Ksmd:
             finished, visits = self._scan_mm(slot, budget, visits)
             if not finished:
                 break
+            # The batch that ends the pass is the one after the last visit's,
+            # when that visit used up its budget.
+            self._tick(visits + 1)
             if self._next_mm(slot):
                 break
         return visits
+
+    def _tick(self, visit: int) -> None:
+        """Set :attr:`now` to the start of the batch the ``visit``-th visit (from 1) falls in."""
+        start, sub, period = self._clock
+        if sub:
+            self.now = start + (max(visit, 1) - 1) // sub * period
 
     def _start_pass(self) -> None:
         """Start of a pass: advisor clock, empty unstable tree, cursor on the first mm."""
@@ -672,6 +693,7 @@ class Ksmd:
                 segs = list(islice(mm.pt.segments(start, vma.end), chunks))
                 if not segs:
                     break
+                self._window_visits = visits
                 done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
                 if stop is not None:
@@ -803,6 +825,7 @@ class Ksmd:
                 else:
                     page = int(pages[pos[k]])
                     view = mm.pt.chunk(page >> CHUNK_SHIFT)
+                    self._tick(self._window_visits + int(cum[k]))
                     self._cmp_and_merge(slot, int(rows[k]), view, page & (CHUNK - 1), page)
         self.cpu_ns += batch_cost_ns(visits)
         return visits, stop

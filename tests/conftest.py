@@ -10,7 +10,9 @@ from ksmreplay import accel
 
 
 @pytest.fixture(params=["pure", "accelerated"])
-def with_and_without_accel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def with_and_without_accel(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """Run the test without the accelerator (pure-Python reader, numpy fault path),
     then with it.
 
