@@ -105,7 +105,7 @@ class Engine:
 
     def _write_run(self, run: WriteRun, lo: int, hi: int) -> None:
         """Events ``lo:hi`` of ``run``, with no wake-up of ksmd among them."""
-        starts = run.fp_start()[lo:hi]
+        starts = run.fp_start(lo, hi)
         counts = run.fp_end[lo:hi] - starts
         first, last = int(starts[0]), int(run.fp_end[hi - 1])
         event = np.repeat(np.arange(hi - lo), counts)

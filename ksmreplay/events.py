@@ -242,11 +242,12 @@ class WriteRun:
     def last_index(self) -> int:
         return self.index + len(self.t) - 1
 
-    def fp_start(self) -> npt.NDArray[np.int64]:
-        """Where each event's fingerprints start in :attr:`fps`."""
-        start = np.empty_like(self.fp_end)
-        start[:1] = 0
-        start[1:] = self.fp_end[:-1]
+    def fp_start(self, lo: int = 0, hi: int | None = None) -> npt.NDArray[np.int64]:
+        """Where the fingerprints of events ``lo:hi`` start in :attr:`fps`."""
+        end = self.fp_end[lo:hi]
+        start = np.empty_like(end)
+        start[:1] = self.fp_end[lo - 1] if lo else 0
+        start[1:] = end[:-1]
         return start
 
     def events(self) -> list[Write]:

@@ -288,6 +288,8 @@ class Ksmd:
         """(start, sub_budget, period) of the batch running; see :meth:`batch`."""
         self._window_visits = 0
         """Visits of the running batch before the window being scanned."""
+        self._visits_per_chunk = CHUNK
+        """Visits per page-table chunk of the last window (sizes the next one)."""
 
     # -- hooks ---------------------------------------------------------------
 
@@ -688,14 +690,16 @@ class Ksmd:
             self.cursor_saw_mergeable = True
             start = max(self.cursor_page, vma.start)
             while start < vma.end:
-                # A window of at most WINDOW_CHUNKS page-table chunks, sized to the budget.
-                chunks = min(WINDOW_CHUNKS, (budget - visits) // CHUNK + 1)
+                # A window of at most WINDOW_CHUNKS page-table chunks, sized to
+                # the budget left at the visits per chunk the last window had.
+                chunks = min(WINDOW_CHUNKS, (budget - visits) // self._visits_per_chunk + 1)
                 segs = list(islice(mm.pt.segments(start, vma.end), chunks))
                 if not segs:
                     break
                 self._window_visits = visits
                 done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
+                self._visits_per_chunk = max(done // len(segs), 1) if stop is None else CHUNK
                 if stop is not None:
                     self.cursor_page = stop + 1
                     return False, visits
