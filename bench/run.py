@@ -10,6 +10,10 @@ Every trace is generated here, deterministically, into a temporary directory:
 * ``events``: N fingerprint-list writes (``bench/gen_events.py``) end to end
   through ``ksmreplay run --mode unshare`` (decoding, the fault path, ksmd,
   the report); events per second.
+
+Both are measured with the accelerator (``ksmreplay.accel``, when it can be
+built here) and without it (``KSMREPLAY_ACCEL=0``: the pure-Python reader
+and the numpy fault path), rows marked ``accel`` and ``pure``.
 * ``steady``: N mergeable pages (default 200,000) in 4 processes, 1,000
   distinct contents, already merged (a ``settle`` before the timed part); the
   timed part is one second of trace time in which ksmd wakes every 20 ms and
@@ -42,7 +46,8 @@ second of the timed part; trace events per second of the whole run
 the RSS of the process before the trace was read (host-4m: all of peak RSS).
 Each measurement runs in a fresh child process, so its peak RSS
 (``ru_maxrss``) is its own; the table shows medians of the runs shown and the
-largest peak RSS.
+largest peak RSS.  The package's modules are byte-compiled first, as they are
+once installed, so that no run pays for compiling them.
 """
 
 from __future__ import annotations
@@ -318,13 +323,19 @@ def child(kind: str, path: str) -> None:
     )
 
 
-def measure(kind: str, path: Path, runs: int, pages: int) -> dict[str, Any]:
+def measure(kind: str, path: Path, runs: int, pages: int, accel: bool = True) -> dict[str, Any]:
+    import os
+
+    from ksmreplay.accel import ENV
+
+    env = {**os.environ, ENV: "1" if accel else "0"}
     results = []
     for _ in range(runs):
         done = subprocess.run(
             [sys.executable, __file__, "--child", kind, str(path)],
             capture_output=True,
             text=True,
+            env=env,
         )
         if done.returncode != 0:
             sys.exit(f"bench: the {kind} measurement failed:\n{done.stderr}")
@@ -396,8 +407,13 @@ def main() -> None:
         live_child(args.live_child[0], int(args.live_child[1]), int(args.live_child[2]))
         return
 
+    import compileall
+
+    import ksmreplay
+    from ksmreplay.accel import build_accelerator
     from ksmreplay.render import plain_table
 
+    compileall.compile_dir(Path(ksmreplay.__file__).parent, quiet=1)
     kinds = args.only or ALL
     skip = "--no-live given" if args.no_live else live_skip_reason()
     rows: list[list[str]] = []
@@ -412,11 +428,13 @@ def main() -> None:
                     make_read_trace(path, args.events)
                 else:
                     generate(str(path), args.events)
-                r = measure("read" if kind == "read" else "cli", path, args.runs, 0)
-                name = f"{kind}-{args.events // 1000}k"
-                if kind == "events":
-                    name += " (run)"
-                rows.append(row(name, args.runs, r, False))
+                name = f"{kind}-{args.events // 1000}k" + (" (run)" if kind == "events" else "")
+                for accel, label in ((True, "accel"), (False, "pure")):
+                    if accel and build_accelerator() is None:
+                        notes.append("accelerator: cannot be built here (no C compiler?)")
+                        continue
+                    r = measure("read" if kind == "read" else "cli", path, args.runs, 0, accel)
+                    rows.append(row(f"{name}, {label}", args.runs, r, False))
             elif kind in REPLAYS:
                 make_replay_trace(path, kind, args.pages)
                 r = measure(kind, path, args.runs, args.pages)

@@ -93,6 +93,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Exit statuses: 0 ok, 1 differences (diff), 2 bad usage, 3 invalid trace,
     4 I/O error, 5 live kernel unusable.
+
+    Large traces are read and replayed faster by a small C accelerator built
+    on first use with the C compiler (cached in ~/.cache/ksmreplay);
+    KSMREPLAY_ACCEL=0 does without it (same results, slower).
     """
     ctx.meta[_DEBUG] = debug
 

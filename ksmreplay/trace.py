@@ -51,7 +51,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import FULL, OTHER, Accelerator, Columns, accelerator
+from ksmreplay.accel import FULL, OTHER, Accelerator, accelerator
 from ksmreplay.arrays import dense_ranks
 from ksmreplay.errors import InputOutputError, TraceError
 from ksmreplay.events import (
@@ -372,7 +372,7 @@ _SCAN_FPS = 1 << 18
 class _ScannedMsgpackSource:
     """A msgpack stream decoded with the accelerator (``ksmreplay.accel``).
 
-    Runs of write events come out as :class:`~ksmreplay.accel.Columns`; every
+    Runs of write events come out as unchecked :class:`WriteRun` s; every
     other object is cut out with ``ksr_skip`` and decoded by the msgpack
     library on its own (a one-object batch).  At the first thing out of the
     ordinary (bytes that are not msgpack, an object over the size limits, the
@@ -396,7 +396,7 @@ class _ScannedMsgpackSource:
     def bytes_read(self) -> int:
         return self._legacy.bytes_read if self._legacy is not None else self._bytes
 
-    def batches(self) -> Iterator[list[object] | Columns]:
+    def batches(self) -> Iterator[list[object] | WriteRun]:
         scanner = self._scanner
         buf = self._prefix
         pos = 0
@@ -656,7 +656,7 @@ def _write_run(
     )
 
 
-def _column_object(cols: Columns, i: int) -> list[object]:
+def _column_object(cols: WriteRun, i: int) -> list[object]:
     """Event ``i`` of ``cols`` as the msgpack library would have decoded it."""
     lo = int(cols.fp_end[i - 1]) if i else 0
     hi = int(cols.fp_end[i])
@@ -769,7 +769,7 @@ class _Validator:
         self.last_t = last_t
         return out
 
-    def columns(self, first: int, cols: Columns) -> list[Event | WriteRun]:
+    def check_run(self, first: int, cols: WriteRun) -> list[Event | WriteRun]:
         """Check write events decoded by the accelerator (event indexes from ``first``).
 
         The checks of the fast path in :meth:`batch`, on whole columns; the
@@ -788,7 +788,7 @@ class _Validator:
                     WriteRun(
                         first + lo,
                         cols.t[lo:bad],
-                        cols.pid[lo:bad].astype(np.int64),
+                        cols.pid[lo:bad],
                         cols.addr[lo:bad],
                         cols.len[lo:bad],
                         cols.fill[lo:bad],
@@ -803,7 +803,7 @@ class _Validator:
             lo = bad
         return out
 
-    def _valid_prefix(self, cols: Columns, lo: int) -> int:
+    def _valid_prefix(self, cols: WriteRun, lo: int) -> int:
         """How many events of ``cols`` from ``lo`` on pass every check of a write."""
         t, pid, addr, length = cols.t[lo:], cols.pid[lo:], cols.addr[lo:], cols.len[lo:]
         prev = np.empty_like(t)
@@ -821,10 +821,10 @@ class _Validator:
         return len(ok) if ok.all() else int(np.argmin(ok))
 
     def _mapped(
-        self, pid: npt.NDArray[np.uint64], addr: npt.NDArray[np.uint64], end: npt.NDArray[np.uint64]
+        self, pid: npt.NDArray[np.int64], addr: npt.NDArray[np.uint64], end: npt.NDArray[np.uint64]
     ) -> npt.NDArray[np.bool_]:
         """Whether each range ``[addr, end)`` lies inside one mapping of its live ``pid``."""
-        pids, rank = dense_ranks(pid.astype(np.int64))
+        pids, rank = dense_ranks(pid)
         ranges = [self.procs.get(p) for p in pids]
         if all(r is not None and len(r.starts) == 1 for r in ranges):
             # Every process has one mapping (the common case): no search.
@@ -1162,7 +1162,7 @@ class TraceReader:
             self.header = _check_header(batch[0], name)
             if isinstance(source, _ScannedMsgpackSource):
                 source.shift = self.header.page_size.bit_length() - 1
-            self._rest: list[object] | Columns = batch[1:]
+            self._rest: list[object] | WriteRun = batch[1:]
         except OSError as exc:
             self.close()
             raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
@@ -1189,7 +1189,7 @@ class TraceReader:
     def _iterate(self) -> Iterator[Event | WriteRun]:
         validator = self._validator
         batches = self._batches
-        batch: list[object] | Columns | None = self._rest
+        batch: list[object] | WriteRun | None = self._rest
         self._rest = []
         index = 0
         while batch is not None:
@@ -1198,7 +1198,7 @@ class TraceReader:
                     items = validator.batch(index + 1, batch)
                     index += len(batch)
                 else:
-                    items = validator.columns(index + 1, batch)
+                    items = validator.check_run(index + 1, batch)
                     index += len(batch.t)
                 self.events = index
                 last = items[-1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.cbuild import BuildError, build
+from ksmreplay.events import WriteRun
 
 SOURCES = [Path(__file__).with_name(name) for name in ("scan.c", "fault.c")]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
@@ -36,24 +36,6 @@ END, OTHER, FULL = 0, 1, 2
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    """Write events decoded by :meth:`Accelerator.scan` (arrays own their memory)."""
-
-    t: npt.NDArray[np.uint64]
-    pid: npt.NDArray[np.uint64]
-    addr: npt.NDArray[np.uint64]
-    len: npt.NDArray[np.uint64]
-    fill: npt.NDArray[np.bool_]
-    """True where the content was one fingerprint for the whole range."""
-    fp_end: npt.NDArray[np.int64]
-    """Event i's fingerprints are ``fps[fp_end[i-1]:fp_end[i]]`` (0 before the first)."""
-    fps: npt.NDArray[np.uint64]
-
-    def __len__(self) -> int:
-        return len(self.t)
 
 
 class Accelerator:
@@ -82,10 +64,14 @@ class Accelerator:
         max_event_bytes: int,
         max_events: int,
         max_fps: int,
-    ) -> tuple[Columns, int, int]:
-        """Write events from ``buf[pos]`` on: ``(columns, new pos, status)``."""
+    ) -> tuple[WriteRun, int, int]:
+        """Write events from ``buf[pos]`` on: ``(run, new pos, status)``.
+
+        The run's events are not checked beyond their shape, and its ``index``
+        is 0: the reader's validator checks them and numbers them.
+        """
         t = np.empty(max_events, np.uint64)
-        pid = np.empty(max_events, np.uint64)
+        pid = np.empty(max_events, np.int64)
         addr = np.empty(max_events, np.uint64)
         length = np.empty(max_events, np.uint64)
         fill = np.empty(max_events, np.uint8)
@@ -99,7 +85,8 @@ class Accelerator:
             fill.ctypes.data, fp_end.ctypes.data, fps.ctypes.data, max_fps, ctypes.byref(status),
         )  # fmt: skip
         used = int(fp_end[n - 1]) if n else 0
-        cols = Columns(
+        cols = WriteRun(
+            0,
             t[:n].copy(),
             pid[:n].copy(),
             addr[:n].copy(),

@@ -132,7 +132,7 @@ static int get_write(const uint8_t **pp, const uint8_t *end)
  * ends first, KSR_FULL (as 2) when the fingerprints do not fit.
  */
 static int get_event(const uint8_t **pp, const uint8_t *end, int shift, uint64_t max_items,
-		     uint64_t max_fill_pages, uint64_t *t, uint64_t *pid, uint64_t *addr,
+		     uint64_t max_fill_pages, uint64_t *t, int64_t *pid, uint64_t *addr,
 		     uint64_t *len, uint8_t *fill, uint64_t *fps, int64_t nfp, int64_t max_fps,
 		     int64_t *used)
 {
@@ -143,9 +143,11 @@ static int get_event(const uint8_t **pp, const uint8_t *end, int shift, uint64_t
 		return NO;
 	TRY(get_uint(&p, end, t));
 	TRY(get_write(&p, end));
-	TRY(get_uint(&p, end, pid));
-	if (*pid == 0 || *pid > INT64_MAX)
+	uint64_t id;
+	TRY(get_uint(&p, end, &id));
+	if (id == 0 || id > INT64_MAX)
 		return NO;
+	*pid = (int64_t)id;
 	TRY(get_uint(&p, end, addr));
 	TRY(get_uint(&p, end, len));
 	uint64_t mask = ((uint64_t)1 << shift) - 1;
@@ -187,7 +189,7 @@ static int get_event(const uint8_t **pp, const uint8_t *end, int shift, uint64_t
  */
 int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint64_t max_items,
 		 uint64_t max_fill_pages, int64_t max_event_bytes, int64_t max_events,
-		 uint64_t *t, uint64_t *pid, uint64_t *addr, uint64_t *len, uint8_t *fill,
+		 uint64_t *t, int64_t *pid, uint64_t *addr, uint64_t *len, uint8_t *fill,
 		 int64_t *fp_end, uint64_t *fps, int64_t max_fps, int32_t *status)
 {
 	const uint8_t *end = buf + size;
