@@ -872,6 +872,11 @@ class Ksmd:
         merged content, and no frame is allocated during a scan.
         """
         fr, it = self.mem.frames, self.items
+        broken = todo & ~is_ksm & (it.state[rows] == STABLE)
+        if broken.any():
+            todo = todo & ~self._bulk_broken(
+                frames, rows, todo, broken, skipped_stable, stale_stable_rows
+            )
         easy = todo & ~is_ksm & (it.state[rows] != STABLE)
         if not easy.any():
             return todo, False
@@ -903,6 +908,51 @@ class Ksmd:
             ptes_changed = ptes_changed or not hard.all()
             left[ridx[hard]] = True
         return left, ptes_changed
+
+    def _bulk_broken(
+        self,
+        frames: IntArray,
+        rows: IntArray,
+        todo: npt.NDArray[np.bool_],
+        broken: npt.NDArray[np.bool_],
+        skipped_stable: npt.NDArray[np.bool_],
+        stale_stable_rows: IntArray,
+    ) -> npt.NDArray[np.bool_]:
+        """Visits of ordinary pages still linked to a stable node, done in bulk when plain.
+
+        Such a page was written since it merged (copy-on-write broke it away
+        from the KSM page).  Its visit unlinks the item from the node, and when
+        the content changed, records the new checksum and ends.  Unlinking
+        changes only the node (its hlist; ``pages_sharing`` or, for the last
+        item, ``pages_shared``: the same totals in any order) and the item's
+        mm's ``merging_pages``.  So when the node is live and not in a chain,
+        the content changed, and no other visit of the window (nor a skipped
+        or stale stable item) has the node's content or a node of that content,
+        no other visit can see the difference: the visit is done here.
+        Returns the mask of the visits done.
+        """
+        fr, it = self.mem.frames, self.items
+        idx = np.flatnonzero(broken)
+        brows = rows[idx]
+        content = fr.content[frames[idx]]
+        nodes = [self.nodes[n] for n in it.node[brows].tolist()]
+        node_content = np.array([n.content for n in nodes], np.uint64)
+        plain = np.array([n.alive and n.chain is None for n in nodes], np.bool_)
+        ok = plain & it.checked[brows] & (it.checksum[brows] != content)
+        others = todo.copy()
+        others[idx[ok]] = False
+        touched = self._touched_contents(
+            frames[others], rows[others | skipped_stable], stale_stable_rows
+        )
+        if touched:
+            ok &= ~np.isin(node_content, np.array(sorted(touched), np.uint64))
+        done = np.zeros(len(todo), np.bool_)
+        if ok.any():
+            for row in brows[ok].tolist():
+                self._unlink_stable(row)
+            it.checksum[brows[ok]] = content[ok]
+            done[idx[ok]] = True
+        return done
 
     def _touched_contents(self, frames: IntArray, rows: IntArray, stale_rows: IntArray) -> set[int]:
         """Contents whose tree entries the address-ordered loop may change."""
