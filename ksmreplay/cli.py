@@ -175,7 +175,7 @@ def validate(ctx: click.Context, traces: Sequence[str]) -> None:
     for path in traces:
         try:
             with open_trace(path) as reader:
-                for _ in reader:
+                for _ in reader.runs():
                     pass
         except KsmreplayError as exc:
             if ctx.meta.get(_DEBUG):
