@@ -10,6 +10,9 @@ they happened.
 * ``int`` — one fingerprint for every page of the range (0 = zeros);
 * ``numpy.ndarray`` of ``uint64`` — one fingerprint per page, in address order;
 * ``bytes`` — the literal bytes stored at ``addr`` (any alignment).
+
+:class:`WriteRun` holds many consecutive fingerprint writes as columns, the
+form in which the reader hands them to the replay.
 """
 
 from __future__ import annotations

@@ -16,13 +16,20 @@ The reader keeps, per live process, only the sorted list of its mapped address
 ranges (:class:`RangeSet`), so memory does not grow with the size of mappings
 or the length of the trace.
 
+``reader.runs()`` yields the same events with each run of consecutive
+fingerprint writes as one :class:`~ksmreplay.events.WriteRun` (columns), the
+form the replay uses.  Where the accelerator (:mod:`ksmreplay.accel`) is
+available, msgpack traces are decoded by it a few MiB at a time: write events
+straight into columns, anything else (and every error) by the pure-Python
+path, so both give the same events and messages.
+
 Limits of this reader (not of the format): one event may take at most
 :data:`MAX_EVENT_BYTES` bytes of msgpack (a ``bin`` content of up to
 :data:`MAX_BIN_BYTES` bytes, a fingerprint array of up to
 :data:`MAX_ARRAY_ITEMS` pages) or :data:`MAX_LINE_BYTES` bytes of JSON.
 
 A write's fingerprint array may be a view of one uint64 array shared by the
-writes decoded in the same batch (a few KiB of trace); the views never overlap.
+writes decoded in the same batch; the views never overlap.
 
 The JSON-lines form also accepts blank lines and lines whose first non-blank
 character is ``#`` (comments); both are skipped and not counted as events.
