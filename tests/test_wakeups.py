@@ -21,6 +21,7 @@ from reference import ReferenceSimulator
 
 from ksmreplay.engine import Engine
 from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
+from ksmreplay.timing import next_wake_ns
 
 PAGE = 4096
 BASE = 0x10000000
@@ -129,3 +130,29 @@ def test_time_inside_one_call_is_that_of_the_batch_it_stands_for(pages: int, end
     for visit, start in ((1, 1000), (7, 1000), (8, 1050), (15, 1100)):
         ksmd._tick(visit)
         assert ksmd.now == start
+
+
+class OneBatchPerWakeUp(Engine):
+    """The engine with every wake-up run on its own (ksm_scan_thread() as written)."""
+
+    def _advance(self, t: int) -> None:
+        while self.next_wake is not None and self.next_wake < t:
+            wake = self.next_wake
+            if not self._runnable():
+                self.next_wake = None
+                break
+            visits = self.ksmd.batch(int(self._knobs["pages_to_scan"]), wake)
+            sleep = int(self._knobs["sleep_millisecs"])
+            self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
+
+
+@pytest.mark.parametrize("mode", ["legacy", "v6", "unshare"])
+@pytest.mark.parametrize("seed", range(12, 24))
+def test_grouped_wake_ups_match_one_batch_per_wake_up(seed: int, mode: str) -> None:
+    grouped, single = Engine(mode, PAGE), OneBatchPerWakeUp(mode, PAGE)
+    for event in stretched(seed, 6):
+        grouped.apply(event)
+        single.apply(event)
+        assert grouped.snapshot("x", event.t, event.index) == single.snapshot(
+            "x", event.t, event.index
+        ), f"seed {seed}, {mode}, after {event}"
