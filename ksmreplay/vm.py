@@ -177,6 +177,10 @@ BLOCK = 1 << BLOCK_SHIFT
 that only the chunks in use cost memory)."""
 
 
+FEW = 16
+"""Up to this many chunk keys are looked up one by one (cheaper than numpy for few)."""
+
+
 class _RowLookup:
     """Chunk keys to chunk rows, for many keys at once.
 
@@ -224,7 +228,7 @@ class PageTable:
     moves: a chunk's view stays valid for the table's life.
     """
 
-    __slots__ = ("_addresses", "_blocks", "_chunks", "_keys", "_lookup", "_row")
+    __slots__ = ("_addresses", "_blocks", "_chunks", "_keys", "_lookup", "_row", "_table")
 
     def __init__(self) -> None:
         self._chunks: dict[int, IntArray] = {}
@@ -232,6 +236,7 @@ class PageTable:
         self._keys: list[int] = []
         self._blocks: list[IntArray] = []
         self._addresses = np.zeros(0, np.uint64)
+        self._table = 0
         self._lookup: _RowLookup | None = None
 
     def chunk(self, key: int) -> IntArray:
@@ -250,6 +255,12 @@ class PageTable:
 
     def locate(self, keys: IntArray) -> IntArray:
         """The rows of chunks ``keys`` (page numbers >> CHUNK_SHIFT), created if needed."""
+        if len(keys) <= FEW:
+            row = self._row
+            for key in keys.tolist():
+                if key not in row:
+                    self.chunk(key)
+            return np.array([row[key] for key in keys.tolist()], np.int64)
         rows = self._find(keys)
         if (rows < 0).any():
             for key in np.unique(keys[rows < 0]).tolist():
@@ -262,11 +273,12 @@ class PageTable:
         """Chunks so far (rows are ``0 .. rows - 1``)."""
         return len(self._chunks)
 
-    def block_addresses(self) -> npt.NDArray[np.uint64]:
-        """The memory addresses of the blocks, in order (for the accelerator)."""
+    def block_table(self) -> int:
+        """The address of an array of the blocks' addresses, in order (for the accelerator)."""
         if len(self._addresses) != len(self._blocks):
             self._addresses = np.array([b.ctypes.data for b in self._blocks], np.uint64)
-        return self._addresses
+            self._table = self._addresses.ctypes.data
+        return self._table
 
     def _find(self, keys: IntArray) -> IntArray:
         if self._lookup is None or self._lookup.size != len(self._keys):
@@ -572,7 +584,7 @@ class Memory:
                 rows,
                 pages & (CHUNK - 1),
                 np.ascontiguousarray(fps),
-                [mm.pt.block_addresses() for mm in mms],
+                [mm.pt.block_table() for mm in mms],
                 fr.content,
                 fr.mapcount,
                 fr.ksm,

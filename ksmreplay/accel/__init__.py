@@ -107,7 +107,7 @@ class Accelerator:
         rows: npt.NDArray[np.int64],
         offsets: npt.NDArray[np.int64],
         fps: npt.NDArray[np.uint64],
-        block_tables: list[npt.NDArray[np.uint64]],
+        block_tables: list[int],
         content: npt.NDArray[np.uint64],
         mapcount: npt.NDArray[np.int32],
         ksm: npt.NDArray[np.bool_],
@@ -120,7 +120,7 @@ class Accelerator:
         assert len(fresh) >= n and mm.dtype == np.int32 and ksm.dtype == np.bool_
         arrays: list[npt.NDArray[np.generic]] = [mm, rows, offsets, fps, content, mapcount]
         assert all(a.flags.c_contiguous for a in [*arrays, ksm, fresh])
-        tables = np.array([t.ctypes.data for t in block_tables], np.uint64)
+        tables = np.array(block_tables, np.uint64)  # addresses of each mm's block table
         dead = np.empty(n, np.int64)
         n_dead = _i64(0)
         stats = np.zeros((len(block_tables), 3), np.int64)
