@@ -96,6 +96,18 @@ def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16
     return cleared
 
 
+def _among(values: npt.NDArray[np.uint64], pool: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Which ``values`` occur in ``pool`` (``numpy.isin``, without sorting when either is short)."""
+    found: npt.NDArray[np.bool_]
+    if len(values) <= 32:
+        found = (pool[:, None] == values).any(axis=0)
+    elif len(pool) <= 32:
+        found = (values[:, None] == pool).any(axis=1)
+    else:
+        found = np.isin(values, pool)
+    return found
+
+
 def _write_back(views: list[IntArray], flat: IntArray) -> None:
     """Copy a gathered window back into the chunk views it was gathered from."""
     if len(views) == 1:
@@ -944,8 +956,8 @@ class Ksmd:
         touched = self._touched_contents(
             frames[others], rows[others | skipped_stable], stale_stable_rows
         )
-        if touched:
-            ok &= ~np.isin(node_content, np.array(sorted(touched), np.uint64))
+        if len(touched):
+            ok &= ~_among(node_content, touched)
         done = np.zeros(len(todo), np.bool_)
         if ok.any():
             for row in brows[ok].tolist():
@@ -954,14 +966,17 @@ class Ksmd:
             done[idx[ok]] = True
         return done
 
-    def _touched_contents(self, frames: IntArray, rows: IntArray, stale_rows: IntArray) -> set[int]:
-        """Contents whose tree entries the address-ordered loop may change."""
-        touched = set(self.mem.frames.content[frames].tolist())
+    def _touched_contents(
+        self, frames: IntArray, rows: IntArray, stale_rows: IntArray
+    ) -> npt.NDArray[np.uint64]:
+        """Contents whose tree entries the address-ordered loop may change (unsorted)."""
         it = self.items
-        for rs in (rows, stale_rows):
-            for n in it.node[rs[it.state[rs] == STABLE]].tolist():
-                touched.add(self.nodes[n].content)
-        return touched
+        linked = [rs[it.state[rs] == STABLE] for rs in (rows, stale_rows)]
+        nodes = np.concatenate(linked).tolist()
+        if not nodes:
+            return self.mem.frames.content[frames]
+        of_nodes = np.array([self.nodes[n].content for n in it.node[nodes].tolist()], np.uint64)
+        return np.concatenate([self.mem.frames.content[frames], of_nodes])
 
     def _bulk_trees(
         self,
@@ -972,7 +987,7 @@ class Ksmd:
         rows: IntArray,
         ridx: IntArray,
         rcontent: npt.NDArray[np.uint64],
-        touched: set[int],
+        touched: npt.NDArray[np.uint64],
     ) -> npt.NDArray[np.bool_]:
         """Stable merges, unstable inserts and new KSM pages by content.
 
@@ -1005,8 +1020,8 @@ class Ksmd:
         xs = uniq.tolist()
         has_entry = np.fromiter(map(self.stable.__contains__, xs), np.bool_, len(xs))
         free = ~has_entry & ~np.fromiter(map(self.unstable.__contains__, xs), np.bool_, len(xs))
-        if touched:
-            hit = np.isin(uniq, np.array(sorted(touched), np.uint64))
+        if len(touched):
+            hit = _among(uniq, touched)
             has_entry &= ~hit
             free &= ~hit
         insert = free & (counts == 1)
