@@ -255,26 +255,36 @@ class WriteRun:
 
     def events(self) -> list[Write]:
         """The run as :class:`Write` records, in order."""
-        starts = self.fp_start().tolist()
-        return [
-            Write(
-                self.index + i,
-                t,
-                pid,
-                addr,
-                length,
-                int(self.fps[lo]) if fill else self.fps[lo:hi],
-            )
-            for i, (t, pid, addr, length, fill, lo, hi) in enumerate(
-                zip(
-                    self.t.tolist(),
-                    self.pid.tolist(),
-                    self.addr.tolist(),
-                    self.len.tolist(),
-                    self.fill.tolist(),
-                    starts,
-                    self.fp_end.tolist(),
-                    strict=True,
-                )
-            )
-        ]
+        # A frozen dataclass sets each field through object.__setattr__; for
+        # millions of records, setting the slots directly costs far less.
+        fps = self.fps
+        out: list[Write] = []
+        append = out.append
+        columns = zip(
+            range(self.index, self.index + len(self.t)),
+            self.t.tolist(),
+            self.pid.tolist(),
+            self.addr.tolist(),
+            self.len.tolist(),
+            self.fill.tolist(),
+            self.fp_start().tolist(),
+            self.fp_end.tolist(),
+            strict=True,
+        )
+        for index, t, pid, addr, length, fill, lo, hi in columns:
+            record: Write = _new(Write)
+            _set_index(record, index)
+            _set_t(record, t)
+            _set_pid(record, pid)
+            _set_addr(record, addr)
+            _set_len(record, length)
+            _set_content(record, int(fps[lo]) if fill else fps[lo:hi])
+            _set_op(record, "write")
+            append(record)
+        return out
+
+
+_new = object.__new__
+_set_index, _set_t, _set_pid, _set_addr, _set_len, _set_content, _set_op = (
+    Write.__dict__[name].__set__ for name in ("index", "t", "pid", "addr", "len", "content", "op")
+)
