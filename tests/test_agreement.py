@@ -1,7 +1,7 @@
 """The simulator against the live kernel: every recorded scenario, replayed in unshare mode.
 
 ``tests/scenarios/NAME.kernel.json`` is the real kernel's report for
-``NAME.jsonl`` (recorded by ``tests/scenarios/record.py``).  The unshare run
+``NAME.jsonl`` (recorded by ``tests/record_kernel.py tests/scenarios``).  The unshare run
 must give every counter that recording carries: settings, refused writes, and
 in every snapshot and the final state the ``ksm``, ``processes`` and
 ``memory`` sections, plus ``events`` when the kernel's events were observed.

@@ -7,7 +7,7 @@ expected files instead (review the diff before committing it).
 
 Every case also carries ``NAME.kernel.json``, the live kernel's answer (for the
 cases taken from ``tests/scenarios`` a copy of the scenario's recording;
-the others were recorded with ``tests/selftests/record.py --dir tests/cases``).
+the others were recorded with ``tests/record_kernel.py tests/cases``).
 An expected file is only worth keeping when its unshare run is what the kernel
 said, and its legacy run is the documented legacy behaviour (KSM_MODEL.md
 section 13): those are tested here too.

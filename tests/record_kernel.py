@@ -1,14 +1,15 @@
-"""Record the live kernel's answer to every 4 KiB ported selftest (needs root and KSM).
+"""Record the live kernel's answer to the traces of a directory (needs root and KSM).
 
-    .venv/bin/python tests/selftests/record.py [--dir DIR] [--runs N] [NAME ...]
+    .venv/bin/python tests/record_kernel.py DIR [--runs N] [NAME ...]
 
-Replays each 4 KiB ``NAME.jsonl`` of this directory (or of ``DIR``, e.g.
-``tests/cases``) on the running kernel
-``--runs`` times (default 2) through ``ksmreplay.live.execute`` (which holds
-the live-kernel lock and restores KSM afterwards), refuses to record a trace
-whose reports differ between runs, and writes ``NAME.kernel.json`` with the
-trace path normalised to the file name.  64 KiB traces cannot run on this
-kernel and are skipped.
+For the scenarios (``tests/scenarios``), the ported selftests
+(``tests/selftests``) and the golden cases (``tests/cases``).  Replays each
+4 KiB ``NAME.jsonl`` of DIR (or only the NAMEs given) on the running kernel
+``--runs`` times (default 2) through ``ksmreplay.live.execute``, which holds
+the live-kernel lock and restores KSM afterwards; refuses to record a trace
+whose reports differ between runs; and writes ``NAME.kernel.json`` with the
+trace path normalised to the file name.  Traces of other page sizes cannot run
+on this kernel and are skipped.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
-
-from ksmreplay.live import execute  # noqa: E402
-from ksmreplay.trace import open_trace  # noqa: E402
+from ksmreplay.live import execute
+from ksmreplay.trace import open_trace
 
 
 def live_names(directory: Path) -> list[str]:
@@ -45,7 +43,7 @@ def replay(directory: Path, name: str) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=HERE)
+    parser.add_argument("dir", type=Path)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("names", nargs="*")
     args = parser.parse_args()
