@@ -127,13 +127,10 @@ class FrameTable:
 
     def alloc(self, contents: npt.NDArray[np.uint64]) -> IntArray:
         """New private frames (mapcount 1) holding ``contents``; returns their indices."""
-        n = len(contents)
-        if n > len(self._free):
-            self._grow(n - len(self._free))
-        rows = self._free.pop(n)
+        rows = self.candidates(len(contents))
         self.content[rows] = contents
         self.mapcount[rows] = 1
-        self.live += n
+        self.taken(len(rows))
         return rows
 
     def candidates(self, n: int) -> IntArray:
@@ -528,36 +525,11 @@ class Memory:
     # -- faults -------------------------------------------------------------
 
     def write(self, mm: MM, start: int, contents: npt.NDArray[np.uint64]) -> None:
-        """Store ``contents`` (one fingerprint per page) from page ``start`` on.
-
-        An unpopulated page or a zero-page PTE gets a new frame; a private
-        frame mapped once is changed in place; a KSM page or a frame shared
-        copy-on-write after fork is copied (``do_wp_page()``: KSM pages are
-        never reused, even with one mapping left).
-        """
-        fr = self.frames
-        end = start + len(contents)
-        for lo, hi, view in mm.pt.segments_all(start, end):
-            new = contents[lo - start : hi - start]
-            pte = view.copy()
-            present = np.flatnonzero(pte >= 0)
-            old = pte[present]
-            keep = (~fr.ksm[old]) & (fr.mapcount[old] == 1)
-            fr.content[old[keep]] = new[present[keep]]
-            copied = present[~keep]
-            if len(copied):
-                self.events["cow_breaks_ksm"] += int(np.count_nonzero(fr.ksm[pte[copied]]))
-                self._put(pte[copied])
-            absent = np.flatnonzero(pte < 0)
-            if len(absent):
-                n_ksm_zero = int(np.count_nonzero(pte[absent] == PTE_KSM_ZERO))
-                mm.ksm_zero_ptes -= n_ksm_zero
-                self.events["cow_breaks_zero"] += n_ksm_zero
-                mm.fault_zero_ptes -= int(np.count_nonzero(pte[absent] == PTE_ZERO))
-                mm.rss_anon += len(absent)
-            fresh = np.concatenate([copied, absent]) if len(copied) else absent
-            if len(fresh):
-                view[fresh] = fr.alloc(new[fresh])
+        """Store ``contents`` (one fingerprint per page) from page ``start`` on
+        (:meth:`write_many` of one write)."""
+        pages = np.arange(start, start + len(contents), dtype=np.int64)
+        done = self.write_many([(mm, pages, contents)])
+        assert done, "the pages of one write cannot share a frame copy-on-write"
 
     def write_run(
         self, mms: list[MM], owner: IntArray, pages: IntArray, fps: npt.NDArray[np.uint64]
@@ -607,7 +579,12 @@ class Memory:
             self.write(mms[int(owner[a])], int(pages[a]), fps[a:b])
 
     def write_many(self, writes: list[tuple[MM, IntArray, npt.NDArray[np.uint64]]]) -> bool:
-        """Many :meth:`write` s at one instant: ``(mm, pages, fingerprints)`` per process.
+        """Many writes at one instant: ``(mm, pages, fingerprints)`` per process.
+
+        An unpopulated page or a zero-page PTE gets a new frame; a private
+        frame mapped once is changed in place; a KSM page or a frame shared
+        copy-on-write after fork is copied (``do_wp_page()``: KSM pages are
+        never reused, even with one mapping left).
 
         The pages of one process are in the order they were written and may
         repeat (the last write of a page wins); each process appears once.
