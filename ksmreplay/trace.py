@@ -624,6 +624,8 @@ def _check_header(obj: object, name: str) -> Header:
 
 
 _INT_ONLY = {int}
+_PID_LIMIT = 2**63
+"""pids of the common write shape are below this (they fit an int64 column)."""
 
 
 def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | None]:
@@ -646,20 +648,37 @@ def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | Non
     return [None] * len(contents)
 
 
-def _write_run(
-    index: int, run: list[tuple[int, int, int, int]], fps: list[FingerprintArray]
+def _unchecked_run(
+    index: int, objs: list[list[Any]], contents: list[int | FingerprintArray], shift: int
 ) -> WriteRun:
-    """A :class:`WriteRun` of fingerprint-list writes checked by the fast path."""
-    t, pid, addr, length = zip(*run, strict=True)
+    """The write events ``objs`` (shapes checked, values not) as one run of columns.
+
+    ``contents[i]`` is event ``i``'s fingerprint (expanded to every page) or
+    its fingerprints, as a uint64 array.
+    """
+    t, _, pid, addr, length, _ = zip(*objs, strict=True)
+    lengths = np.array(length, np.uint64)
+    fill = np.array([type(c) is int for c in contents], np.bool_)
+    arrays = [c for c in contents if not isinstance(c, int)]
+    counts = np.zeros(len(objs), np.int64)
+    counts[fill] = (lengths[fill] >> np.uint64(shift)).astype(np.int64)
+    counts[~fill] = [len(a) for a in arrays]
+    fps = np.empty(int(counts.sum()), np.uint64)
+    filled = np.repeat(fill, counts)
+    if arrays:
+        fps[~filled] = np.concatenate(arrays)
+    if fill.any():
+        values = np.array([c for c in contents if type(c) is int], np.uint64)
+        fps[filled] = np.repeat(values, counts[fill])
     return WriteRun(
         index,
         np.array(t, np.uint64),
         np.array(pid, np.int64),
         np.array(addr, np.uint64),
-        np.array(length, np.uint64),
-        np.zeros(len(run), np.bool_),
-        np.cumsum([len(f) for f in fps], dtype=np.int64),
-        np.concatenate(fps),
+        lengths,
+        fill,
+        np.cumsum(counts),
+        fps,
     )
 
 
@@ -713,76 +732,76 @@ class _Validator:
     def batch(self, first: int, objs: list[object]) -> list[Event | WriteRun]:
         """Check the events ``objs`` (event indexes from ``first``) and return their records.
 
-        Writes of fingerprint lists, the bulk of large traces, take a fast
-        path: the fingerprints of the whole batch become one uint64 array in
-        one go, a write that passes every check inline never reaches the
-        general code, and consecutive such writes come out as one
-        :class:`WriteRun`.  Anything unusual takes the general path, which
+        Writes of the common shape (what the accelerator decodes: integer
+        fields, a fingerprint or a list of them), the bulk of large traces,
+        gather into runs of columns, checked by :meth:`check_run` as the
+        accelerator's are; the fingerprint lists of the whole batch become one
+        uint64 array in one go.  Anything else takes the general path, which
         also says what is wrong.
         """
-        contents = [o[5] for o in objs if type(o) is list and len(o) == 6 and type(o[5]) is list]
-        views = _fingerprint_views(contents)
+        plain = [self._plain_write(o) for o in objs]
+        lists = [p[5] for p in plain if p is not None and type(p[5]) is list]
+        views = iter(_fingerprint_views(lists))
         out: list[Event | WriteRun] = []
-        run: list[tuple[int, int, int, int]] = []
-        run_fps: list[FingerprintArray] = []
-        run_index = first
-        general = self.general
-        procs = self.procs
-        mask = self.mask
-        shift = self.shift
-        last_t = self.last_t
-        index = first
-        k = 0
-        for obj in objs:
-            if type(obj) is list and len(obj) == 6 and type(obj[5]) is list:
-                view = views[k]
-                k += 1
-                t, op, pid, addr, length, content = obj
-                if (
-                    view is not None
-                    and op == "write"
-                    and type(t) is int
-                    and t >= last_t
-                    and type(pid) is int
-                    and type(addr) is int
-                    and type(length) is int
-                    and pid > 0
-                    and addr >= 0
-                    and length > 0
-                    and not (addr | length) & mask
-                    and addr + length < ADDR_LIMIT
-                    and len(content) == length >> shift
-                ):
-                    ranges = procs.get(pid)
-                    if ranges is not None:
-                        i = bisect_right(ranges.starts, addr) - 1
-                        if i >= 0 and ranges.ends[i] >= addr + length:
-                            last_t = t
-                            if not run:
-                                run_index = index
-                            run.append((t, pid, addr, length))
-                            run_fps.append(view)
-                            index += 1
-                            continue
+        run: list[list[Any]] = []
+        run_contents: list[int | FingerprintArray] = []
+        start = first
+        for i, (obj, write) in enumerate(zip(objs, plain, strict=True)):
+            if write is not None:
+                content = write[5] if type(write[5]) is int else next(views)
+                if content is not None:
+                    if not run:
+                        start = first + i
+                    run.append(write)
+                    run_contents.append(content)
+                    continue
             if run:
-                out.append(_write_run(run_index, run, run_fps))
-                run, run_fps = [], []
-            self.last_t = last_t
-            out.append(general(index, obj))
-            last_t = self.last_t
-            index += 1
+                out.extend(
+                    self.check_run(start, _unchecked_run(start, run, run_contents, self.shift))
+                )
+                run, run_contents = [], []
+            out.append(self.general(first + i, obj))
         if run:
-            out.append(_write_run(run_index, run, run_fps))
-        self.last_t = last_t
+            out.extend(self.check_run(start, _unchecked_run(start, run, run_contents, self.shift)))
         return out
 
-    def check_run(self, first: int, cols: WriteRun) -> list[Event | WriteRun]:
-        """Check write events decoded by the accelerator (event indexes from ``first``).
+    def _plain_write(self, obj: object) -> list[Any] | None:
+        """``obj`` if it has the shape of a common write event (its values unchecked).
 
-        The checks of the fast path in :meth:`batch`, on whole columns; the
-        valid events come out as :class:`WriteRun` s, and the first invalid
-        one goes through the general path as a Python object, which says
-        exactly what is wrong.
+        A fingerprint for the whole range also needs an aligned range of at
+        most :data:`MAX_ARRAY_ITEMS` pages (it is expanded to every page).
+        """
+        if type(obj) is not list or len(obj) != 6 or obj[1] != "write":
+            return None
+        t, _, pid, addr, length, content = obj
+        if not (
+            type(t) is int
+            and type(pid) is int
+            and type(addr) is int
+            and type(length) is int
+            and 0 <= t < ADDR_LIMIT
+            and 0 < pid < _PID_LIMIT
+            and 0 <= addr < ADDR_LIMIT
+            and 0 <= length < ADDR_LIMIT
+        ):
+            return None
+        if type(content) is list:
+            return obj if content else None
+        fill = (
+            type(content) is int
+            and 0 <= content < ADDR_LIMIT
+            and length > 0
+            and not (addr | length) & self.mask
+            and length >> self.shift <= MAX_ARRAY_ITEMS
+        )
+        return obj if fill else None
+
+    def check_run(self, first: int, cols: WriteRun) -> list[Event | WriteRun]:
+        """Check a run of write events of the common shape (event indexes from ``first``).
+
+        Every rule of a write, on whole columns; the valid events come out as
+        :class:`WriteRun` s, and the first invalid one goes through the
+        general path as a Python object, which says exactly what is wrong.
         """
         out: list[Event | WriteRun] = []
         n = len(cols.t)

@@ -361,8 +361,8 @@ def test_fast_and_general_paths_give_equal_records() -> None:
         [2, "write", 1, 0x1000, 0x1000, 7],
     ]
     items = _Validator("mem", PAGE, jsonl=False).batch(1, objs)
-    # The two fingerprint-list writes come as one run; the int-content one alone.
-    assert [type(item) for item in items] == [Alloc, WriteRun, Write]
+    # The writes, fingerprint lists and one fingerprint alike, come as one run.
+    assert [type(item) for item in items] == [Alloc, WriteRun]
     fast = [r for item in items for r in (item.events() if isinstance(item, WriteRun) else [item])]
     general_validator = _Validator("mem", PAGE, jsonl=False)
     general = [general_validator.general(i + 1, o) for i, o in enumerate(objs)]
