@@ -216,26 +216,50 @@ class WriteRun:
         return len(self.t)
 
     @classmethod
+    def build(
+        cls,
+        index: int,
+        fields: list[tuple[int, int, int, int]],
+        contents: list[int | FingerprintArray],
+        page_shift: int,
+    ) -> WriteRun:
+        """The run of writes ``fields[i] = (t, pid, addr, len)`` with ``contents[i]``:
+        one fingerprint for every page of the range, or a uint64 array of them."""
+        t, pid, addr, length = zip(*fields, strict=True)
+        lengths = np.array(length, np.uint64)
+        fill = np.array([isinstance(c, int) for c in contents], np.bool_)
+        arrays = [c for c in contents if not isinstance(c, int)]
+        counts = np.zeros(len(fields), np.int64)
+        counts[fill] = (lengths[fill] >> np.uint64(page_shift)).astype(np.int64)
+        counts[~fill] = [len(a) for a in arrays]
+        fps = np.empty(int(counts.sum()), np.uint64)
+        filled = np.repeat(fill, counts)
+        if arrays:
+            fps[~filled] = np.concatenate(arrays)
+        if fill.any():
+            values = np.array([c for c in contents if isinstance(c, int)], np.uint64)
+            fps[filled] = np.repeat(values, counts[fill])
+        return cls(
+            index,
+            np.array(t, np.uint64),
+            np.array(pid, np.int64),
+            np.array(addr, np.uint64),
+            lengths,
+            fill,
+            np.cumsum(counts),
+            fps,
+        )
+
+    @classmethod
     def of(cls, writes: list[Write], page_size: int) -> WriteRun:
         """The run of ``writes`` (consecutive events; int or fingerprint-array content)."""
-        fps = []
+        contents: list[int | FingerprintArray] = []
         for w in writes:
             if isinstance(w.content, bytes):
                 raise ValueError(f"event {w.index}: a literal write cannot join a run")
-            pages = w.len // page_size
-            fps.append(
-                np.full(pages, w.content, np.uint64) if isinstance(w.content, int) else w.content
-            )
-        return cls(
-            writes[0].index,
-            np.array([w.t for w in writes], np.uint64),
-            np.array([w.pid for w in writes], np.int64),
-            np.array([w.addr for w in writes], np.uint64),
-            np.array([w.len for w in writes], np.uint64),
-            np.array([isinstance(w.content, int) for w in writes], np.bool_),
-            np.cumsum([len(f) for f in fps], dtype=np.int64),
-            np.concatenate(fps).astype(np.uint64),
-        )
+            contents.append(w.content)
+        fields = [(w.t, w.pid, w.addr, w.len) for w in writes]
+        return cls.build(writes[0].index, fields, contents, page_size.bit_length() - 1)
 
     @property
     def last_t(self) -> int:

@@ -648,40 +648,6 @@ def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | Non
     return [None] * len(contents)
 
 
-def _unchecked_run(
-    index: int, objs: list[list[Any]], contents: list[int | FingerprintArray], shift: int
-) -> WriteRun:
-    """The write events ``objs`` (shapes checked, values not) as one run of columns.
-
-    ``contents[i]`` is event ``i``'s fingerprint (expanded to every page) or
-    its fingerprints, as a uint64 array.
-    """
-    t, _, pid, addr, length, _ = zip(*objs, strict=True)
-    lengths = np.array(length, np.uint64)
-    fill = np.array([type(c) is int for c in contents], np.bool_)
-    arrays = [c for c in contents if not isinstance(c, int)]
-    counts = np.zeros(len(objs), np.int64)
-    counts[fill] = (lengths[fill] >> np.uint64(shift)).astype(np.int64)
-    counts[~fill] = [len(a) for a in arrays]
-    fps = np.empty(int(counts.sum()), np.uint64)
-    filled = np.repeat(fill, counts)
-    if arrays:
-        fps[~filled] = np.concatenate(arrays)
-    if fill.any():
-        values = np.array([c for c in contents if type(c) is int], np.uint64)
-        fps[filled] = np.repeat(values, counts[fill])
-    return WriteRun(
-        index,
-        np.array(t, np.uint64),
-        np.array(pid, np.int64),
-        np.array(addr, np.uint64),
-        lengths,
-        fill,
-        np.cumsum(counts),
-        fps,
-    )
-
-
 def _column_object(cols: WriteRun, i: int) -> list[object]:
     """Event ``i`` of ``cols`` as the msgpack library would have decoded it."""
     lo = int(cols.fp_end[i - 1]) if i else 0
@@ -756,14 +722,19 @@ class _Validator:
                     run_contents.append(content)
                     continue
             if run:
-                out.extend(
-                    self.check_run(start, _unchecked_run(start, run, run_contents, self.shift))
-                )
+                out.extend(self.check_run(start, self._unchecked(start, run, run_contents)))
                 run, run_contents = [], []
             out.append(self.general(first + i, obj))
         if run:
-            out.extend(self.check_run(start, _unchecked_run(start, run, run_contents, self.shift)))
+            out.extend(self.check_run(start, self._unchecked(start, run, run_contents)))
         return out
+
+    def _unchecked(
+        self, index: int, writes: list[list[Any]], contents: list[int | FingerprintArray]
+    ) -> WriteRun:
+        """The write events ``writes`` (shapes checked, values not) as one run."""
+        fields = [(w[0], w[2], w[3], w[4]) for w in writes]
+        return WriteRun.build(index, fields, contents, self.shift)
 
     def _plain_write(self, obj: object) -> list[Any] | None:
         """``obj`` if it has the shape of a common write event (its values unchecked).
