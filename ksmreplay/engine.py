@@ -90,7 +90,7 @@ class Engine:
 
         The run is cut where ksmd wakes between two of its events; the writes
         between two wake-ups happen with nothing else running, so they are
-        applied together (:meth:`Memory.write_many`).
+        applied together (:meth:`Memory.write_run`).
         """
         t = run.t
         n = len(run)

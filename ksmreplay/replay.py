@@ -144,29 +144,23 @@ def replay(
 
     next_progress = PROGRESS_EVERY
     for item in reader.runs():
-        if isinstance(item, WriteRun):
-            if check_invariants:
-                for event in item.events():
-                    for sim in sims:
-                        sim.apply(event)
-                        sim.check_invariants()
-            else:
-                for sim in sims:
-                    sim.apply_writes(item)
-            count += len(item)
-            last_t = item.last_t
-            last_index = item.last_index
-        else:
+        if isinstance(item, WriteRun) and not check_invariants:
             for sim in sims:
-                sim.apply(item)
-                if check_invariants:
-                    sim.check_invariants()
-            if isinstance(item, Snapshot):
-                for sim, snaps in zip(sims, snapshots, strict=True):
-                    snaps.append(sim.snapshot(item.label, item.t, item.index))
-            count += 1
-            last_t = item.t
-            last_index = item.index
+                sim.apply_writes(item)
+            count += len(item)
+            last_t, last_index = item.last_t, item.last_index
+        else:
+            # One event at a time (runs too when every event's invariants are checked).
+            for event in item.events() if isinstance(item, WriteRun) else [item]:
+                for sim in sims:
+                    sim.apply(event)
+                    if check_invariants:
+                        sim.check_invariants()
+                if isinstance(event, Snapshot):
+                    for sim, snaps in zip(sims, snapshots, strict=True):
+                        snaps.append(sim.snapshot(event.label, event.t, event.index))
+                count += 1
+                last_t, last_index = event.t, event.index
         if progress is not None and count >= next_progress:
             progress(count, _bytes_read(reader))
             next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
