@@ -13,7 +13,8 @@ Every trace is generated here, deterministically, into a temporary directory:
 
 Both are measured with the accelerator (``ksmreplay.accel``, when it can be
 built here) and without it (``KSMREPLAY_ACCEL=0``: the pure-Python reader
-and the numpy fault path), rows marked ``accel`` and ``pure``.
+and the numpy fault path), rows marked ``accel`` and ``pure``; ``--no-accel``
+measures the other rows without it (marked ``pure``).
 * ``steady``: N mergeable pages (default 200,000) in 4 processes, 1,000
   distinct contents, already merged (a ``settle`` before the timed part); the
   timed part is one second of trace time in which ksmd wakes every 20 ms and
@@ -401,6 +402,12 @@ def main() -> None:
     parser.add_argument("--no-live", action="store_true", help="skip the real-ksmd anchor")
     parser.add_argument("--host-trace", type=Path, help="reuse this host-4m trace file")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--no-accel",
+        action="store_true",
+        help="replay traces, scale and host-4m without the accelerator (read and events "
+        "are measured both ways anyway)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--live-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -419,6 +426,8 @@ def main() -> None:
 
     compileall.compile_dir(Path(ksmreplay.__file__).parent, quiet=1)
     kinds = args.only or ALL
+    accel = not args.no_accel
+    suffix = "" if accel else ", pure"
     skip = "--no-live given" if args.no_live else live_skip_reason()
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -433,16 +442,16 @@ def main() -> None:
                 else:
                     generate(str(path), args.events)
                 name = f"{kind}-{args.events // 1000}k" + (" (run)" if kind == "events" else "")
-                for accel, label in ((True, "accel"), (False, "pure")):
-                    if accel and build_accelerator() is None:
+                for both, label in ((True, "accel"), (False, "pure")):
+                    if both and build_accelerator() is None:
                         notes.append("accelerator: cannot be built here (no C compiler?)")
                         continue
-                    r = measure("read" if kind == "read" else "cli", path, args.runs, 0, accel)
+                    r = measure("read" if kind == "read" else "cli", path, args.runs, 0, both)
                     rows.append(row(f"{name}, {label}", args.runs, r, False))
             elif kind in REPLAYS:
                 make_replay_trace(path, kind, args.pages)
-                r = measure(kind, path, args.runs, args.pages)
-                line = row(f"{kind}-{args.pages // 1000}k", args.runs, r, True)
+                r = measure(kind, path, args.runs, args.pages, accel)
+                line = row(f"{kind}-{args.pages // 1000}k{suffix}", args.runs, r, True)
                 if skip is None:
                     passes = max(1, round(r["count"] / args.pages))
                     real = measure_live(kind, args.pages, args.runs, passes)
@@ -453,17 +462,17 @@ def main() -> None:
                 for pages in SCALES:
                     make_replay_trace(path, "steady", pages)
                     runs = args.runs if pages < 4_000_000 else args.big_runs
-                    r = measure("steady", path, runs, pages)
-                    rows.append(row(f"steady-{pages // 1000}k", runs, r, True))
+                    r = measure("steady", path, runs, pages, accel)
+                    rows.append(row(f"steady-{pages // 1000}k{suffix}", runs, r, True))
                     path.unlink()
             else:
                 host = args.host_trace
                 if host is None:
                     host = path
                     make_host_trace(host)
-                r = measure("cli", host, args.big_runs, 0)
+                r = measure("cli", host, args.big_runs, 0, accel)
                 r["per_page"] = (r["maxrss_mib"] * 2**20) / 4_096_000
-                rows.append(row("host-4m (run)", args.big_runs, r, False))
+                rows.append(row(f"host-4m (run){suffix}", args.big_runs, r, False))
     import os
 
     lines = [
