@@ -711,7 +711,9 @@ class Ksmd:
                 self._window_visits = visits
                 done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
-                self._visits_per_chunk = max(done // len(segs), 1) if stop is None else CHUNK
+                # Chunks the visits came from: up to the last visit's when cut short.
+                used = len(segs) if stop is None else sum(1 for lo, _hi, _v in segs if lo <= stop)
+                self._visits_per_chunk = max(done // used, 1)
                 if stop is not None:
                     self.cursor_page = stop + 1
                     return False, visits
