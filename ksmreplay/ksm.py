@@ -39,7 +39,7 @@ at a full-scan boundary:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import islice
@@ -47,6 +47,7 @@ from itertools import islice
 import numpy as np
 import numpy.typing as npt
 
+from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
 from ksmreplay.vm import (
@@ -97,14 +98,16 @@ def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16
 
 
 def _among(values: npt.NDArray[np.uint64], pool: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-    """Which ``values`` occur in ``pool`` (``numpy.isin``, without sorting when either is short)."""
+    """Which ``values`` occur in ``pool`` (``numpy.isin``, cheaper for these sizes)."""
     found: npt.NDArray[np.bool_]
     if len(values) <= 32:
         found = (pool[:, None] == values).any(axis=0)
     elif len(pool) <= 32:
         found = (values[:, None] == pool).any(axis=1)
     else:
-        found = np.isin(values, pool)
+        ordered = np.sort(pool)
+        at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+        found = ordered[at] == values
     return found
 
 
@@ -199,15 +202,16 @@ class ItemTable:
 class StableNode:
     """A stable-tree node for one KSM page (a plain node, or a dup of a chain).
 
-    ``items`` is the node's hlist, newest first; its length is
-    ``rmap_hlist_len``.  ``alive`` turns False the moment the KSM page's last
+    ``items`` is the node's hlist, as a dictionary of item rows (for removal
+    in constant time) in the order they joined; the order is never observed.
+    Its length is ``rmap_hlist_len``.  ``alive`` turns False the moment the KSM page's last
     mapping goes: the node is then stale until something notices.
     """
 
     id: int
     content: int
     frame: int
-    items: list[int] = field(default_factory=list)
+    items: dict[int, None] = field(default_factory=dict)
     chain: Chain | None = None
     alive: bool = True
 
@@ -223,6 +227,49 @@ class Chain:
     content: int
     prune_time: int
     dups: list[StableNode] = field(default_factory=list)
+
+
+class StableTree:
+    """The stable tree: content -> its plain node or chain.
+
+    A dictionary, with the contents also in a :class:`ContentMap` so that a
+    window's contents are looked up at once (:meth:`holds`).
+    """
+
+    __slots__ = ("_entries", "_index")
+
+    def __init__(self) -> None:
+        self._entries: dict[int, StableNode | Chain] = {}
+        self._index = ContentMap()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, content: int) -> StableNode | Chain | None:
+        return self._entries.get(content)
+
+    def __getitem__(self, content: int) -> StableNode | Chain:
+        return self._entries[content]
+
+    def __setitem__(self, content: int, entry: StableNode | Chain) -> None:
+        if content not in self._entries:
+            self._index[content] = 0
+        self._entries[content] = entry
+
+    def __delitem__(self, content: int) -> None:
+        del self._entries[content]
+        del self._index[content]
+
+    def items(self) -> Iterator[tuple[int, StableNode | Chain]]:
+        return iter(list(self._entries.items()))
+
+    def values(self) -> list[StableNode | Chain]:
+        return list(self._entries.values())
+
+    def holds(self, contents: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        """Which of ``contents`` have an entry."""
+        held: npt.NDArray[np.bool_] = self._index.find(contents) >= 0
+        return held
 
 
 @dataclass(eq=False, slots=True)
@@ -291,8 +338,9 @@ class Ksmd:
         self.seqnr = 0
         self.nodes: dict[int, StableNode] = {}
         self._next_node_id = 0
-        self.stable: dict[int, StableNode | Chain] = {}
-        self.unstable: dict[int, int] = {}
+        self.stable = StableTree()
+        self.unstable = ContentMap()
+        """The unstable tree: content -> item."""
         self.now = 0
         self.cpu_ns = 0
         self.advisor = Advisor()
@@ -452,7 +500,7 @@ class Ksmd:
         if not node.alive:
             self._remove_node(node)
             return
-        node.items.remove(row)
+        del node.items[row]
         if node.items:
             self.c.pages_sharing -= 1
         else:
@@ -460,6 +508,24 @@ class Ksmd:
         self.slot_by_id[int(it.slot[row])].merging_pages -= 1
         it.state[row] = NONE
         it.node[row] = NULL
+
+    def _unlink_from_live(self, rows: IntArray) -> None:
+        """:meth:`_unlink_stable` for items of live nodes."""
+        it, c = self.items, self.c
+        removed = 0
+        emptied = 0
+        for row, nid in zip(rows.tolist(), it.node[rows].tolist(), strict=True):
+            items = self.nodes[nid].items
+            del items[row]
+            removed += 1
+            emptied += not items
+        c.pages_sharing -= removed - emptied
+        c.pages_shared -= emptied
+        slots, counts = np.unique(it.slot[rows], return_counts=True)
+        for sid, n in zip(slots.tolist(), counts.tolist(), strict=True):
+            self.slot_by_id[sid].merging_pages -= n
+        it.state[rows] = NONE
+        it.node[rows] = NULL
 
     def unlink(self, row: int) -> None:
         """``remove_rmap_item_from_tree()``."""
@@ -480,10 +546,10 @@ class Ksmd:
             self.c.pages_shared -= 1
             for row in node.items:
                 self.slot_by_id[int(it.slot[row])].merging_pages -= 1
-            rows = np.array(node.items, np.int64)
+            rows = np.fromiter(node.items, np.int64, n)
             it.state[rows] = NONE
             it.node[rows] = NULL
-            node.items = []
+            node.items = {}
         if node.chain is not None:
             node.chain.dups.remove(node)
             node.chain = None
@@ -587,8 +653,8 @@ class Ksmd:
         return node
 
     def _append(self, row: int, node: StableNode) -> None:
-        """``stable_tree_append()``: link an item at the head of a node's list."""
-        node.items.insert(0, row)
+        """``stable_tree_append()``: link an item to a node."""
+        node.items[row] = None
         if len(node.items) > 1:
             self.c.pages_sharing += 1
         else:
@@ -600,7 +666,7 @@ class Ksmd:
     def remove_all_stable_nodes(self) -> bool:
         """``remove_all_stable_nodes()``: drop the nodes whose page is gone; True if some remain."""
         remain = False
-        for entry in list(self.stable.values()):
+        for entry in self.stable.values():
             dups = list(entry.dups) if isinstance(entry, Chain) else [entry]
             for node in dups:
                 if node.alive:
@@ -962,8 +1028,7 @@ class Ksmd:
             ok &= ~_among(node_content, touched)
         done = np.zeros(len(todo), np.bool_)
         if ok.any():
-            for row in brows[ok].tolist():
-                self._unlink_stable(row)
+            self._unlink_from_live(brows[ok])
             it.checksum[brows[ok]] = content[ok]
             done[idx[ok]] = True
         return done
@@ -1019,9 +1084,8 @@ class Ksmd:
         grouped = np.argsort(inverse, kind="stable")
         starts = np.cumsum(counts) - counts
         maxps = int(self.knob("max_page_sharing"))
-        xs = uniq.tolist()
-        has_entry = np.fromiter(map(self.stable.__contains__, xs), np.bool_, len(xs))
-        free = ~has_entry & ~np.fromiter(map(self.unstable.__contains__, xs), np.bool_, len(xs))
+        has_entry = self.stable.holds(uniq)
+        free = ~has_entry & (self.unstable.find(uniq) < 0)
         if len(touched):
             hit = _among(uniq, touched)
             has_entry &= ~hit
@@ -1030,10 +1094,11 @@ class Ksmd:
         first_at = ridx[grouped[starts]]
         second_at = ridx[grouped[np.minimum(starts + 1, len(grouped) - 1)]]
         pair = free & (counts >= 2) & (counts <= maxps) & (frames[first_at] != frames[second_at])
-        merge = np.zeros(len(xs), np.bool_)
+        merge = np.zeros(len(uniq), np.bool_)
         merge_nodes: list[StableNode] = []
-        for g in np.flatnonzero(has_entry).tolist():
-            entry = self.stable[xs[g]]
+        held = np.flatnonzero(has_entry)
+        for g, x in zip(held.tolist(), uniq[held].tolist(), strict=True):
+            entry = self.stable[x]
             if (
                 isinstance(entry, StableNode)
                 and entry.alive
@@ -1051,7 +1116,7 @@ class Ksmd:
 
         if insert.any():
             new_rows = rows[first_at[insert]]
-            self.unstable.update(zip(uniq[insert].tolist(), new_rows.tolist(), strict=True))
+            self.unstable.insert_new(uniq[insert], new_rows)
             it.state[new_rows] = UNSTABLE
             it.seq[new_rows] = self.seqnr & SEQNR_MASK
             c.pages_unshared += len(new_rows)
@@ -1063,10 +1128,11 @@ class Ksmd:
             np.add.at(fr.mapcount, kframes, 1)
             self.mem._put(frames[at])
             self.mem.events["merges"] += len(at)
-            # stable_tree_append() in address order: each new item goes first.
+            # stable_tree_append() in address order.
             off = 0
+            row_list = m_rows.tolist()
             for node, n in zip(merge_nodes, k.tolist(), strict=True):
-                node.items[:0] = m_rows[off : off + n][::-1].tolist()
+                node.items.update(dict.fromkeys(row_list[off : off + n]))
                 off += n
             c.pages_sharing += len(at)
             slot.merging_pages += len(at)
@@ -1101,7 +1167,7 @@ class Ksmd:
                 k.tolist(),
                 strict=True,
             ):
-                node = StableNode(gid, x, frame, row_list[lo : lo + n][::-1])
+                node = StableNode(gid, x, frame, dict.fromkeys(row_list[lo : lo + n]))
                 self.nodes[gid] = node
                 self.stable[x] = node
             c.pages_shared += len(groups)

@@ -1,0 +1,188 @@
+"""A map from page contents (``uint64`` fingerprints) to rows, in numpy columns.
+
+ksmd's trees are looked up by content (``ksm.py``).  A window of the scan asks
+about a thousand contents at once, and a Python dictionary answers one key at
+a time, each a Python integer made from the numpy column first.
+:class:`ContentMap` is an open-addressing hash table with linear probing whose
+keys and values are numpy columns, so a whole column of contents is looked up
+(:meth:`ContentMap.find`) or inserted (:meth:`ContentMap.insert_new`) with a
+few numpy operations per probe round; single keys work as with a dictionary.
+
+Emptying the table (the unstable tree at every pass) must not cost a pass over
+its columns: each slot carries the generation that filled it, and
+:meth:`ContentMap.clear` starts a new generation.  A deleted entry stays as a
+tombstone (value :data:`DELETED`) until the next generation or growth, so
+probe sequences are never cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+Keys = npt.NDArray[np.uint64]
+
+ABSENT = -1
+"""What :meth:`ContentMap.find` gives for a key not in the map."""
+DELETED = -2
+"""The value of a tombstone."""
+
+_MULT = 0x9E3779B97F4A7C15
+"""Fibonacci hashing: the top bits of ``key * _MULT`` (mod 2**64) pick the slot."""
+_MASK64 = (1 << 64) - 1
+
+
+class ContentMap:
+    """``uint64`` key -> non-negative ``int64`` value; see the module docstring."""
+
+    __slots__ = ("_bits", "_gen", "_keys", "_len", "_now", "_taken", "_vals")
+
+    def __init__(self, bits: int = 10) -> None:
+        self._bits = bits
+        self._keys: Keys = np.zeros(1 << bits, np.uint64)
+        self._vals: IntArray = np.zeros(1 << bits, np.int64)
+        self._gen: npt.NDArray[np.uint32] = np.zeros(1 << bits, np.uint32)
+        self._now = 1
+        """The current generation: a slot is occupied when its ``_gen`` equals it."""
+        self._len = 0
+        """Live entries."""
+        self._taken = 0
+        """Occupied slots: live entries and tombstones."""
+
+    def __len__(self) -> int:
+        return self._len
+
+    # -- hashing -------------------------------------------------------------
+
+    def _slots(self, keys: Keys) -> IntArray:
+        shift = np.uint64(64 - self._bits)
+        slots: IntArray = ((keys * np.uint64(_MULT)) >> shift).astype(np.int64)
+        return slots
+
+    def _slot(self, key: int) -> int:
+        return ((key * _MULT) & _MASK64) >> (64 - self._bits)
+
+    # -- single keys -----------------------------------------------------------
+
+    def get(self, key: int) -> int | None:
+        """The value of ``key``, or None."""
+        mask = (1 << self._bits) - 1
+        s = self._slot(key)
+        gen, keys, vals, now = self._gen, self._keys, self._vals, self._now
+        while gen[s] == now:
+            if keys[s] == key and vals[s] >= 0:
+                return int(vals[s])
+            s = (s + 1) & mask
+        return None
+
+    def __contains__(self, key: int) -> bool:
+        return self.get(key) is not None
+
+    def __setitem__(self, key: int, value: int) -> None:
+        assert value >= 0
+        self._reserve(1)
+        mask = (1 << self._bits) - 1
+        s = self._slot(key)
+        gen, keys, vals, now = self._gen, self._keys, self._vals, self._now
+        while gen[s] == now:
+            if keys[s] == key and vals[s] >= 0:
+                vals[s] = value
+                return
+            s = (s + 1) & mask
+        gen[s], keys[s], vals[s] = now, key, value
+        self._len += 1
+        self._taken += 1
+
+    def __delitem__(self, key: int) -> None:
+        mask = (1 << self._bits) - 1
+        s = self._slot(key)
+        gen, keys, vals, now = self._gen, self._keys, self._vals, self._now
+        while gen[s] == now:
+            if keys[s] == key and vals[s] >= 0:
+                vals[s] = DELETED
+                self._len -= 1
+                return
+            s = (s + 1) & mask
+        raise KeyError(key)
+
+    def clear(self) -> None:
+        self._now += 1
+        if self._now == 1 << 32:
+            self._gen[:] = 0
+            self._now = 1
+        self._len = self._taken = 0
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """The live entries, in slot order."""
+        live = np.flatnonzero((self._gen == self._now) & (self._vals >= 0))
+        return zip(self._keys[live].tolist(), self._vals[live].tolist(), strict=True)
+
+    # -- columns ---------------------------------------------------------------
+
+    def find(self, keys: Keys) -> IntArray:
+        """The value of each of ``keys``, :data:`ABSENT` where there is none."""
+        out = np.full(len(keys), ABSENT, np.int64)
+        if self._len == 0 or len(keys) == 0:
+            return out
+        mask = (1 << self._bits) - 1
+        slots = self._slots(keys)
+        todo = np.arange(len(keys))
+        while len(todo):
+            s = slots[todo]
+            occupied = self._gen[s] == self._now
+            vals = self._vals[s]
+            hit = occupied & (self._keys[s] == keys[todo]) & (vals >= 0)
+            out[todo[hit]] = vals[hit]
+            more = occupied & ~hit
+            todo = todo[more]
+            slots[todo] = (s[more] + 1) & mask
+        return out
+
+    def insert_new(self, keys: Keys, values: IntArray) -> None:
+        """Add entries for ``keys``: distinct, none of them in the map."""
+        n = len(keys)
+        if n == 0:
+            return
+        self._reserve(n)
+        mask = (1 << self._bits) - 1
+        slots = self._slots(keys)
+        todo = np.arange(n)
+        while len(todo):
+            s = slots[todo]
+            free = self._gen[s] != self._now
+            # One winner per free slot; everyone else probes on.
+            won_slot, first = np.unique(s[free], return_index=True)
+            winners = todo[free][first]
+            self._gen[won_slot] = self._now
+            self._keys[won_slot] = keys[winners]
+            self._vals[won_slot] = values[winners]
+            lost = np.ones(len(todo), np.bool_)
+            lost[np.flatnonzero(free)[first]] = False
+            todo = todo[lost]
+            slots[todo] = (s[lost] + 1) & mask
+        self._len += n
+        self._taken += n
+
+    def _reserve(self, n: int) -> None:
+        """Keep at most half the slots occupied once ``n`` more are added.
+
+        When they would be, the live entries move to a table at most a
+        quarter full (never smaller than this one), leaving tombstones behind.
+        """
+        if 2 * (self._taken + n) <= 1 << self._bits:
+            return
+        live = np.flatnonzero((self._gen == self._now) & (self._vals >= 0))
+        keys, vals = self._keys[live], self._vals[live]
+        bits = self._bits
+        while 4 * (len(live) + n) > 1 << bits:
+            bits += 1
+        self._bits = bits
+        self._keys = np.zeros(1 << bits, np.uint64)
+        self._vals = np.zeros(1 << bits, np.int64)
+        self._gen = np.zeros(1 << bits, np.uint32)
+        self._now = 1
+        self._len = self._taken = 0
+        self.insert_new(keys, vals)
