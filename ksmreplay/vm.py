@@ -265,6 +265,14 @@ class PageTable:
             rows = self._find(keys)
         return rows
 
+    def row(self, key: int) -> int:
+        """The row of chunk ``key``, created if needed."""
+        row = self._row.get(key)
+        if row is None:
+            self.chunk(key)
+            row = self._row[key]
+        return row
+
     @property
     def rows(self) -> int:
         """Chunks so far (rows are ``0 .. rows - 1``)."""
@@ -541,14 +549,21 @@ class Memory:
         pages go to :meth:`write_many` by process, and in the one case where
         their order matters (see there) to :meth:`write` one write at a time.
         """
-        order = np.argsort(owner.astype(np.int16) if len(mms) < 2**15 else owner, kind="stable")
-        bounds = np.cumsum(np.bincount(owner, minlength=len(mms))).tolist()
-        groups = [order[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
         fast = accelerator()
         if fast is not None:
+            # The page-table chunk of each page: one lookup per (process, chunk).
+            keys = pages >> CHUNK_SHIFT
+            by = np.lexsort((keys, owner))
+            o, k = owner[by], keys[by]
+            first = np.ones(len(by), np.bool_)
+            first[1:] = (o[1:] != o[:-1]) | (k[1:] != k[:-1])
+            tables = [mm.pt for mm in mms]
+            found = [
+                tables[p].row(key)
+                for p, key in zip(o[first].tolist(), k[first].tolist(), strict=True)
+            ]
             rows = np.empty(len(pages), np.int64)
-            for mm, mine in zip(mms, groups, strict=True):
-                rows[mine] = mm.pt.locate(pages[mine] >> CHUNK_SHIFT)
+            rows[by] = np.array(found, np.int64)[np.cumsum(first) - 1]
             fr = self.frames
             fresh = fr.candidates(len(pages))
             used, dead, stats, events = fast.write_pages(
@@ -571,6 +586,9 @@ class Memory:
             self.events["cow_breaks_ksm"] += int(events[0])
             self.events["cow_breaks_zero"] += int(events[1])
             return
+        order = np.argsort(owner.astype(np.int16) if len(mms) < 2**15 else owner, kind="stable")
+        bounds = np.cumsum(np.bincount(owner, minlength=len(mms))).tolist()
+        groups = [order[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
         if self.write_many([(mm, pages[g], fps[g]) for mm, g in zip(mms, groups, strict=True)]):
             return
         # Pages of one write are consecutive pages of one process, in order.
