@@ -43,10 +43,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import islice
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from ksmreplay.accel import accelerator
 from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
@@ -306,6 +308,30 @@ class Advisor:
     scan_time: int = 0
     change: int = 0
     cpu_time: int = 0
+
+
+class Front(NamedTuple):
+    """What :meth:`Ksmd._window_front` found in a window (positions index the window).
+
+    Listed are the positions that need more than counting: a page without
+    an item, a skipped item in a tree, and every visit but that of a KSM page
+    linked to its item (and, in the v6 design, not flagged).
+    """
+
+    pos: IntArray
+    """Listed positions, ascending."""
+    cum: IntArray
+    """Visits of the window up to and including each listed position."""
+    skip: npt.NDArray[np.bool_]
+    """Whether smart_scan skipped each listed position."""
+    stale: IntArray
+    """Positions before :attr:`last` with an item but no page."""
+    visits: int
+    skipped: int
+    last: int
+    """The last position handled: the budget's last visit or the last present page."""
+    stopped: bool
+    """The budget ran out at :attr:`last`."""
 
 
 class Ksmd:
@@ -811,41 +837,20 @@ class Ksmd:
         else:
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
-        pos = np.flatnonzero(ptes >= 0)
-        if len(pos) == 0:
-            return 0, None
-        fr, it, c = self.mem.frames, self.items, self.c
         imap_views = []
         for lo, hi, _v in segs:
             base = lo & ~(CHUNK - 1)
             imap_views.append(slot.items.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base])
         imap = imap_views[0].copy() if len(segs) == 1 else np.concatenate(imap_views)
-        frames = ptes[pos]
-        rows = imap[pos]
-        has = rows >= 0
-        is_ksm = fr.ksm[frames]
-        smart = bool(self.knob("smart_scan"))
-        safe = np.where(has, rows, 0)
-        if smart:
-            age = np.where(has, it.age[safe], 0).astype(np.int64)
-            left = np.where(has, it.skips[safe], 0).astype(np.int64)
-            aging = ~is_ksm
-            skip = aging & (age >= 3) & (left > 0)
-        else:
-            skip = np.zeros(len(pos), np.bool_)
-        visit = ~skip
-        cum = np.cumsum(visit)
-        stop: int | None = None
-        n = len(pos)
-        if cum[-1] >= budget:
-            n = int(np.searchsorted(cum, budget)) + 1
-            stop = int(pages[pos[n - 1]])
-        pos, frames, rows = pos[:n], frames[:n], rows[:n]
-        has, is_ksm, skip, visit = has[:n], is_ksm[:n], skip[:n], visit[:n]
+        front = self._window_front(ptes, imap, budget)
+        if front is None:
+            return 0, None
+        fr, it, c = self.mem.frames, self.items, self.c
+        stop = int(pages[front.last]) if front.stopped else None
         # get_next_rmap_item(): free the stale items the walk passes.
         self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
-        self.cursor_item_page = int(pages[pos[-1]]) + 1
-        stale = np.flatnonzero((imap[: pos[-1]] >= 0) & (ptes[: pos[-1]] < 0))
+        self.cursor_item_page = int(pages[front.last]) + 1
+        stale = front.stale
         v6 = self.mode.flags_zero_page_items
         if v6 and len(stale):
             # v6: a flagged item at a zero page is kept (WalkResult.ZERO_PAGE).
@@ -853,17 +858,23 @@ class Ksmd:
             stale = stale[~(at_zero & it.flagged(imap[stale]))]
         stale_rows = imap[stale]
         imap[stale] = NULL
-        new = np.flatnonzero(~has)
+        pos, skip, cum = front.pos, front.skip, front.cum
+        frames = ptes[pos]
+        rows = imap[pos]
+        is_ksm = fr.ksm[frames]
+        visit = ~skip
+        new = np.flatnonzero(rows < 0)
         if len(new):
             fresh = it.alloc(slot.id, pages[pos[new]])
             rows[new] = fresh
             imap[pos[new]] = fresh
             slot.rmap_items += len(new)
             c.rmap_items += len(new)
+            if self.knob("smart_scan"):
+                it.age[fresh[~is_ksm[new]]] = 1  # skip_age() of a first visit
         if len(new) or len(stale):
             _write_back(imap_views, imap)
-        if smart:
-            self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
+        c.pages_skipped += front.skipped
         if v6:
             # v6: a flagged item visited with a normal page there loses its flag.
             cleared = rows[visit & it.flagged(rows)]
@@ -879,7 +890,7 @@ class Ksmd:
         self._free_rows(slot, stale_rows[~stale_stable])
         skipped_stable = skip & (it.state[rows] == STABLE)
         self._unlink_rows(rows[skip & ~skipped_stable])
-        visits = int(np.count_nonzero(visit))
+        visits = front.visits
         c.pages_scanned += visits
         sequential = visit & ~linked
         if sequential.any():
@@ -913,6 +924,88 @@ class Ksmd:
                     self._cmp_and_merge(slot, int(rows[k]), view, page & (CHUNK - 1), page)
         self.cpu_ns += batch_cost_ns(visits)
         return visits, stop
+
+    def _window_front(self, ptes: IntArray, imap: IntArray, budget: int) -> Front | None:
+        """The present pages of a window up to the budget: smart_scan, counting, listing.
+
+        ``ptes`` and ``imap`` are the window's PTEs and item rows.  Walks the
+        present pages in address order until the ``budget``-th visit; makes
+        smart_scan's decision for each page that has an item (updating its
+        age and remaining skips; a page without one is never skipped) and
+        lists what needs more than counting (see :class:`Front`).  None if no
+        page is present.  The accelerator's ``window.c`` does the same in one
+        pass.
+        """
+        fr, it = self.mem.frames, self.items
+        smart = bool(self.knob("smart_scan"))
+        fast = accelerator()
+        if fast is not None:
+            found = fast.window(
+                ptes,
+                imap,
+                fr.ksm,
+                fr.node,
+                it.age,
+                it.skips,
+                it.state,
+                it.node,
+                it.flags,
+                smart,
+                budget,
+            )
+            return None if found is None else Front(*found)
+        pos = np.flatnonzero(ptes >= 0)
+        if len(pos) == 0:
+            return None
+        frames = ptes[pos]
+        rows = imap[pos]
+        has = rows >= 0
+        is_ksm = fr.ksm[frames]
+        safe = np.where(has, rows, 0)
+        if smart:
+            age = np.where(has, it.age[safe], 0).astype(np.int64)
+            left = np.where(has, it.skips[safe], 0).astype(np.int64)
+            aging = has & ~is_ksm
+            skip = aging & (age >= 3) & (left > 0)
+        else:
+            skip = np.zeros(len(pos), np.bool_)
+        cum = np.cumsum(~skip, dtype=np.int64)
+        n = len(pos)
+        stopped = bool(cum[-1] >= budget)
+        if stopped:
+            n = int(np.searchsorted(cum, budget)) + 1
+        pos, frames, rows, has, is_ksm, safe = (
+            pos[:n],
+            frames[:n],
+            rows[:n],
+            has[:n],
+            is_ksm[:n],
+            safe[:n],
+        )
+        skip, cum = skip[:n], cum[:n]
+        if smart:
+            self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
+        state = it.state[safe]
+        linked = (
+            has
+            & is_ksm
+            & (state == STABLE)
+            & (it.node[safe] == fr.node[frames])
+            & ((it.flags[safe] & ZERO_PAGE_FLAG) == 0)
+        )
+        listed = np.flatnonzero(np.where(skip, state != NONE, ~linked))
+        last = int(pos[-1])
+        stale = np.flatnonzero((imap[:last] >= 0) & (ptes[:last] < 0))
+        return Front(
+            pos[listed],
+            cum[listed],
+            skip[listed],
+            stale,
+            int(cum[-1]),
+            int(np.count_nonzero(skip)),
+            last,
+            stopped,
+        )
 
     def _bulk_visits(
         self,
@@ -1194,9 +1287,9 @@ class Ksmd:
         aging: npt.NDArray[np.bool_],
         skip: npt.NDArray[np.bool_],
     ) -> None:
-        """``should_skip_rmap_item()`` + ``skip_age()`` for the non-KSM pages found.
+        """``should_skip_rmap_item()`` + ``skip_age()`` for the non-KSM pages with items.
 
-        The caller unlinks the skipped items from their trees.
+        The caller counts and unlinks the skipped items.
         """
         it = self.items
         it.age[rows[aging]] = np.minimum(age[aging] + 1, AGE_MAX)
@@ -1206,7 +1299,6 @@ class Ksmd:
             it.skips[rows[reset]] = np.where(a <= 3, 1, np.where(a <= 5, 2, np.where(a <= 8, 4, 8)))
         if skip.any():
             it.skips[rows[skip]] = left[skip] - 1
-            self.c.pages_skipped += int(np.count_nonzero(skip))
 
     def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
         """``cmp_and_merge_page()`` (Linux 6.11+ order: checksum, zero page, stable, unstable)."""

@@ -16,6 +16,8 @@ from reference import ReferenceSimulator
 
 from ksmreplay.engine import Engine
 
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+
 
 def _compare(seed: int, mode: str, n_events: int = 60) -> None:
     engine, reference = Engine(mode, 4096), ReferenceSimulator(mode, 4096)

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from ksmreplay.cbuild import BuildError, build
 from ksmreplay.events import WriteRun
 
-SOURCES = [Path(__file__).with_name(name) for name in ("scan.c", "fault.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("scan.c", "fault.c", "window.c")]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
 """Set to ``0`` to do without the accelerator."""
@@ -39,7 +39,7 @@ _u64 = ctypes.c_uint64
 
 
 class Accelerator:
-    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``."""
+    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``, ``ksr_window``."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -54,6 +54,9 @@ class Accelerator:
         self._scan = lib.ksr_scan
         self._skip = lib.ksr_skip
         self._write_pages = lib.ksr_write_pages
+        lib.ksr_window.restype = _i64
+        lib.ksr_window.argtypes = [_i64, *[_p] * 9, ctypes.c_int32, _i64, *[_p] * 5]
+        self._window = lib.ksr_window
 
     def scan(
         self,
@@ -133,6 +136,66 @@ class Accelerator:
         )  # fmt: skip
         assert used >= 0
         return int(used), dead[: n_dead.value], stats, events
+
+    def window(
+        self,
+        ptes: npt.NDArray[np.int64],
+        imap: npt.NDArray[np.int64],
+        fr_ksm: npt.NDArray[np.bool_],
+        fr_node: npt.NDArray[np.int32],
+        age: npt.NDArray[np.uint8],
+        skips: npt.NDArray[np.uint8],
+        state: npt.NDArray[np.int8],
+        node: npt.NDArray[np.int32],
+        flags: npt.NDArray[np.uint16],
+        smart: bool,
+        budget: int,
+    ) -> Window | None:
+        """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
+        None if no page is present; ``age`` and ``skips`` are updated."""
+        n = len(ptes)
+        cols: list[npt.NDArray[np.generic]] = [ptes, imap, fr_ksm, fr_node, age, skips, state]
+        assert all(a.flags.c_contiguous for a in [*cols, node, flags])
+        dtypes = [a.dtype for a in (fr_ksm, fr_node, state, node, flags)]
+        assert dtypes == [np.bool_, np.int32, np.int8, np.int32, np.uint16]
+        pos = np.empty(n, np.int64)
+        cum = np.empty(n, np.int64)
+        skip = np.empty(n, np.bool_)
+        stale = np.empty(n, np.int64)
+        summary = np.zeros(6, np.int64)
+        self._window(
+            n, ptes.ctypes.data, imap.ctypes.data, fr_ksm.ctypes.data, fr_node.ctypes.data,
+            age.ctypes.data, skips.ctypes.data, state.ctypes.data, node.ctypes.data,
+            flags.ctypes.data, int(smart), budget, pos.ctypes.data, cum.ctypes.data,
+            skip.ctypes.data, stale.ctypes.data, summary.ctypes.data,
+        )  # fmt: skip
+        listed, visits, skipped, n_stale, last, stopped = summary.tolist()
+        if last < 0:
+            return None
+        return (
+            pos[:listed],
+            cum[:listed],
+            skip[:listed],
+            stale[:n_stale],
+            visits,
+            skipped,
+            last,
+            bool(stopped),
+        )
+
+
+Window = tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.bool_],
+    npt.NDArray[np.int64],
+    int,
+    int,
+    int,
+    bool,
+]
+"""Listed positions, their visit counts, skipped or not; stale positions; visits,
+skipped, last position, stopped by the budget (``ksm.Front``)."""
 
 
 def accelerator() -> Accelerator | None:

@@ -1,0 +1,78 @@
+"""The front of a scan window: window.c and the numpy path agree exactly.
+
+GIVEN random windows (present and missing pages, pages with and without
+items, KSM pages linked to their item or not, flagged items, every smart_scan
+age and skip count) and budgets that stop the walk anywhere, WHEN the front
+runs with and without the accelerator on copies of the same state, THEN it
+lists the same positions with the same visit counts and skips, finds the same
+stale items, counts the same, and leaves the same ages and skip counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ksmreplay import accel
+from ksmreplay.ksm import NONE, STABLE, UNSTABLE, ZERO_PAGE_FLAG, Ksmd
+from ksmreplay.modes import MODES
+from ksmreplay.vm import PTE_KSM_ZERO, PTE_NONE, PTE_ZERO
+
+pytestmark = pytest.mark.skipif(
+    accel.build_accelerator() is None, reason="the accelerator cannot be built here"
+)
+
+FRAMES, ITEMS = 300, 400
+
+
+def _ksmd(rng: np.random.Generator, smart: bool) -> Ksmd:
+    knobs = {"smart_scan": int(smart)}
+    ksmd = Ksmd(MODES["v6"], knobs.__getitem__, lambda _n: None)
+    fr, it = ksmd.mem.frames, ksmd.items
+    fr.ksm = rng.random(FRAMES) < 0.4
+    fr.node = np.where(fr.ksm, rng.integers(0, 5, FRAMES), -1).astype(np.int32)
+    it.age = rng.choice(np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 254, 255], np.uint8), ITEMS)
+    it.skips = rng.integers(0, 9, ITEMS).astype(np.uint8)
+    it.state = rng.choice(np.array([NONE, UNSTABLE, STABLE], np.int8), ITEMS)
+    it.node = rng.integers(0, 5, ITEMS).astype(np.int32)
+    it.flags = np.where(rng.random(ITEMS) < 0.1, ZERO_PAGE_FLAG, 0).astype(np.uint16)
+    return ksmd
+
+
+def _window(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    present = rng.random(n) < rng.random()
+    markers = rng.choice(np.array([PTE_NONE, PTE_ZERO, PTE_KSM_ZERO]), n)
+    ptes = np.where(present, rng.integers(0, FRAMES, n), markers).astype(np.int64)
+    # Items at distinct rows; some pages without one.
+    imap = rng.permutation(ITEMS)[:n].astype(np.int64)
+    imap[rng.random(n) < 0.2] = -1
+    return ptes, imap
+
+
+def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+    rng = np.random.default_rng(seed)
+    smart = bool(seed % 3)
+    ksmd = _ksmd(rng, smart)
+    n = int(rng.integers(1, 300))
+    ptes, imap = _window(rng, n)
+    budget = int(rng.integers(1, n + 2))
+    monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
+    front = ksmd._window_front(ptes, imap, budget)
+    found = None if front is None else tuple(np.asarray(f).tolist() for f in front)
+    return found, ksmd.items.age.tolist(), ksmd.items.skips.tolist()
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_window_c_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _front(seed, True, monkeypatch) == _front(seed, False, monkeypatch)
+
+
+def test_the_fronts_differ_when_they_should(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison is not vacuous: windows list things, skip, stop and find stale items."""
+    fronts = [_front(seed, False, monkeypatch)[0] for seed in range(300)]
+    present = [f for f in fronts if f is not None]
+    assert len(present) > 200
+    assert sum(1 for f in present if f[7]) > 50  # stopped by the budget
+    assert sum(1 for f in present if f[5]) > 50  # something skipped
+    assert sum(1 for f in present if f[3]) > 50  # stale items
+    assert sum(1 for f in present if len(f[0]) < f[4]) > 50  # linked visits left out
