@@ -9,6 +9,8 @@ import pytest
 
 from ksmreplay.contentmap import ABSENT, ContentMap
 
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+
 
 def _keys(rng: random.Random) -> list[int]:
     # Fingerprints, small contents, and keys that share their top bits (one slot).

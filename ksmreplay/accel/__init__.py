@@ -25,7 +25,9 @@ import numpy.typing as npt
 from ksmreplay.cbuild import BuildError, build
 from ksmreplay.events import WriteRun
 
-SOURCES = [Path(__file__).with_name(name) for name in ("scan.c", "fault.c", "window.c")]
+SOURCES = [
+    Path(__file__).with_name(name) for name in ("scan.c", "fault.c", "window.c", "contentmap.c")
+]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
 """Set to ``0`` to do without the accelerator."""
@@ -39,7 +41,8 @@ _u64 = ctypes.c_uint64
 
 
 class Accelerator:
-    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``, ``ksr_window``."""
+    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``,
+    ``ksr_window``, ``ksr_map_find``, ``ksr_map_insert``."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -57,6 +60,14 @@ class Accelerator:
         lib.ksr_window.restype = _i64
         lib.ksr_window.argtypes = [_i64, *[_p] * 9, ctypes.c_int32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
+        lib.ksr_map_find.restype = None
+        lib.ksr_map_find.argtypes = [_i64, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32, _p]
+        lib.ksr_map_insert.restype = None
+        lib.ksr_map_insert.argtypes = [_i64, _p, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32]
+        self.map_find = lib.ksr_map_find
+        """``ContentMap.find``'s probing (``contentmap.c``); the caller passes the columns."""
+        self.map_insert = lib.ksr_map_insert
+        """``ContentMap.insert_new``'s probing (``contentmap.c``)."""
 
     def scan(
         self,
