@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -186,18 +187,23 @@ class _RowLookup:
     stays right until a chunk is added (the page table then builds a new one).
     """
 
-    __slots__ = ("_base", "_dense", "_keys", "_rows", "size")
+    __slots__ = ("_base", "_dense", "keys", "rows", "size")
 
     def __init__(self, keys: list[int], rows: list[int]) -> None:
         self.size = len(keys)
-        self._keys = np.array(keys, np.int64)
-        self._rows = np.array(rows, np.int64)
+        self.keys = np.array(keys, np.int64)
+        self.rows = np.array(rows, np.int64)
         self._base = keys[0] if keys else 0
         span = keys[-1] - keys[0] + 1 if keys else 0
         self._dense: IntArray | None = None
         if span <= 8 * len(keys) + 4096:
             self._dense = np.full(span, -1, np.int64)
-            self._dense[self._keys - self._base] = self._rows
+            self._dense[self.keys - self._base] = self.rows
+
+    keys: IntArray
+    """The chunk keys, ascending."""
+    rows: IntArray
+    """The row of each."""
 
     def find(self, keys: IntArray) -> IntArray:
         """The rows of chunks ``keys``, -1 where there is no such chunk."""
@@ -209,10 +215,10 @@ class _RowLookup:
             found = np.full(len(keys), -1, np.int64)
             found[inside] = self._dense[rel[inside]]
             return found
-        at = np.searchsorted(self._keys, keys)
-        hit = at < len(self._keys)
-        hit[hit] = self._keys[at[hit]] == keys[hit]
-        return np.where(hit, self._rows[np.minimum(at, len(self._keys) - 1)], -1)
+        at = np.searchsorted(self.keys, keys)
+        hit = at < len(self.keys)
+        hit[hit] = self.keys[at[hit]] == keys[hit]
+        return np.where(hit, self.rows[np.minimum(at, len(self.keys) - 1)], -1)
 
 
 class PageTable:
@@ -225,7 +231,7 @@ class PageTable:
     moves: a chunk's view stays valid for the table's life.
     """
 
-    __slots__ = ("_addresses", "_blocks", "_chunks", "_keys", "_lookup", "_row", "_table")
+    __slots__ = ("_addresses", "_blocks", "_chunks", "_directory", "_keys", "_lookup", "_row")
 
     def __init__(self) -> None:
         self._chunks: dict[int, IntArray] = {}
@@ -233,7 +239,7 @@ class PageTable:
         self._keys: list[int] = []
         self._blocks: list[IntArray] = []
         self._addresses = np.zeros(0, np.uint64)
-        self._table = 0
+        self._directory: tuple[int, int, int, int] | None = None
         self._lookup: _RowLookup | None = None
 
     def chunk(self, key: int) -> IntArray:
@@ -248,6 +254,7 @@ class PageTable:
             self._chunks[key] = arr
             self._row[key] = row
             bisect.insort(self._keys, key)
+            self._directory = None
         return arr
 
     def locate(self, keys: IntArray) -> IntArray:
@@ -278,17 +285,29 @@ class PageTable:
         """Chunks so far (rows are ``0 .. rows - 1``)."""
         return len(self._chunks)
 
-    def block_table(self) -> int:
-        """The address of an array of the blocks' addresses, in order (for the accelerator)."""
-        if len(self._addresses) != len(self._blocks):
-            self._addresses = np.array([b.ctypes.data for b in self._blocks], np.uint64)
-            self._table = self._addresses.ctypes.data
-        return self._table
+    def directory(self) -> tuple[int, int, int, int]:
+        """For the accelerator: the addresses of the sorted chunk keys and of
+        their rows, how many there are, and the address of an array of the
+        blocks' addresses (valid until a chunk is added)."""
+        if self._directory is None:
+            if len(self._addresses) != len(self._blocks):
+                self._addresses = np.array([b.ctypes.data for b in self._blocks], np.uint64)
+            lookup = self._current()
+            self._directory = (
+                lookup.keys.ctypes.data,
+                lookup.rows.ctypes.data,
+                lookup.size,
+                self._addresses.ctypes.data,
+            )
+        return self._directory
 
-    def _find(self, keys: IntArray) -> IntArray:
+    def _current(self) -> _RowLookup:
         if self._lookup is None or self._lookup.size != len(self._keys):
             self._lookup = _RowLookup(self._keys, [self._row[k] for k in self._keys])
-        return self._lookup.find(keys)
+        return self._lookup
+
+    def _find(self, keys: IntArray) -> IntArray:
+        return self._current().find(keys)
 
     def get(self, page: int) -> int:
         arr = self._chunks.get(page >> CHUNK_SHIFT)
@@ -336,6 +355,12 @@ class PageTable:
             hi = min(end, base + CHUNK)
             yield page, hi, self.chunk(key)[page - base : hi - base]
             page = hi
+
+
+def _directories(mms: list[MM]) -> IntArray:
+    """``PageTable.directory()`` of each process's page table, one row each."""
+    flat = chain.from_iterable(mm.pt.directory() for mm in mms)
+    return np.fromiter(flat, np.int64, 4 * len(mms)).reshape(len(mms), 4)
 
 
 def gather(places: Places, n: int) -> IntArray:
@@ -551,27 +576,30 @@ class Memory:
         """
         fast = accelerator()
         if fast is not None:
-            # The page-table chunk of each page: one lookup per (process, chunk).
+            mine = owner.astype(np.int32)
             keys = pages >> CHUNK_SHIFT
-            by = np.lexsort((keys, owner))
-            o, k = owner[by], keys[by]
-            first = np.ones(len(by), np.bool_)
-            first[1:] = (o[1:] != o[:-1]) | (k[1:] != k[:-1])
-            tables = [mm.pt for mm in mms]
-            found = [
-                tables[p].row(key)
-                for p, key in zip(o[first].tolist(), k[first].tolist(), strict=True)
-            ]
-            rows = np.empty(len(pages), np.int64)
-            rows[by] = np.array(found, np.int64)[np.cumsum(first) - 1]
+            dirs = _directories(mms)
+            rows = fast.chunk_rows(mine, keys, np.ascontiguousarray(dirs[:, :3]))
+            missing = rows < 0
+            if missing.any():
+                # New chunks, made once each, in the order of (process, key).
+                o, k = owner[missing], keys[missing]
+                by = np.lexsort((k, o))
+                o, k = o[by], k[by]
+                first = np.ones(len(by), np.bool_)
+                first[1:] = (o[1:] != o[:-1]) | (k[1:] != k[:-1])
+                for p, key in zip(o[first].tolist(), k[first].tolist(), strict=True):
+                    mms[p].pt.chunk(key)
+                dirs = _directories(mms)
+                rows = fast.chunk_rows(mine, keys, np.ascontiguousarray(dirs[:, :3]))
             fr = self.frames
             fresh = fr.candidates(len(pages))
             used, dead, stats, events = fast.write_pages(
-                owner.astype(np.int32),
+                mine,
                 rows,
                 pages & (CHUNK - 1),
                 np.ascontiguousarray(fps),
-                [mm.pt.block_table() for mm in mms],
+                dirs[:, 3],
                 fr.content,
                 fr.mapcount,
                 fr.ksm,
@@ -579,7 +607,11 @@ class Memory:
             )
             fr.taken(used)
             self._bury(dead)
-            for mm, (rss, ksm_zero, fault_zero) in zip(mms, stats.tolist(), strict=True):
+            changed = np.flatnonzero(stats.any(axis=1))
+            for i, (rss, ksm_zero, fault_zero) in zip(
+                changed.tolist(), stats[changed].tolist(), strict=True
+            ):
+                mm = mms[i]
                 mm.rss_anon += rss
                 mm.ksm_zero_ptes += ksm_zero
                 mm.fault_zero_ptes += fault_zero

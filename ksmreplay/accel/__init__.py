@@ -42,7 +42,7 @@ _u64 = ctypes.c_uint64
 
 class Accelerator:
     """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``,
-    ``ksr_window``, ``ksr_map_find``, ``ksr_map_insert``."""
+    ``ksr_chunk_rows``, ``ksr_window``, ``ksr_map_find``, ``ksr_map_insert``."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -57,6 +57,9 @@ class Accelerator:
         self._scan = lib.ksr_scan
         self._skip = lib.ksr_skip
         self._write_pages = lib.ksr_write_pages
+        lib.ksr_chunk_rows.restype = _i64
+        lib.ksr_chunk_rows.argtypes = [_i64, _p, _p, _p, _p]
+        self._chunk_rows = lib.ksr_chunk_rows
         lib.ksr_window.restype = _i64
         lib.ksr_window.argtypes = [_i64, *[_p] * 9, ctypes.c_int32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
@@ -115,13 +118,28 @@ class Accelerator:
         """End offset of the object at ``buf[pos]``; -1 if incomplete, -2 if not msgpack."""
         return int(self._skip(buf, len(buf), pos))
 
+    def chunk_rows(
+        self, mm: npt.NDArray[np.int32], keys: npt.NDArray[np.int64], dirs: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """The chunk row of each page (``fault.c``), -1 where there is no chunk yet.
+
+        Page ``i`` is in chunk ``keys[i]`` of process ``mm[i]``; ``dirs[p]`` is
+        process ``p``'s ``PageTable.directory()[:3]``.
+        """
+        assert mm.dtype == np.int32 and keys.flags.c_contiguous and dirs.flags.c_contiguous
+        rows = np.empty(len(keys), np.int64)
+        self._chunk_rows(
+            len(keys), mm.ctypes.data, keys.ctypes.data, dirs.ctypes.data, rows.ctypes.data
+        )
+        return rows
+
     def write_pages(
         self,
         mm: npt.NDArray[np.int32],
         rows: npt.NDArray[np.int64],
         offsets: npt.NDArray[np.int64],
         fps: npt.NDArray[np.uint64],
-        block_tables: list[int],
+        block_tables: npt.NDArray[np.int64],
         content: npt.NDArray[np.uint64],
         mapcount: npt.NDArray[np.int32],
         ksm: npt.NDArray[np.bool_],
@@ -134,7 +152,7 @@ class Accelerator:
         assert len(fresh) >= n and mm.dtype == np.int32 and ksm.dtype == np.bool_
         arrays: list[npt.NDArray[np.generic]] = [mm, rows, offsets, fps, content, mapcount]
         assert all(a.flags.c_contiguous for a in [*arrays, ksm, fresh])
-        tables = np.array(block_tables, np.uint64)  # addresses of each mm's block table
+        tables = np.ascontiguousarray(block_tables)  # addresses of each mm's block table
         dead = np.empty(n, np.int64)
         n_dead = _i64(0)
         stats = np.zeros((len(block_tables), 3), np.int64)

@@ -88,3 +88,34 @@ int64_t ksr_write_pages(int64_t n, const int32_t *mm, const int64_t *row, const 
 	*n_dead = nd;
 	return used;
 }
+
+/*
+ * The page-table chunk row of each page: chunk key keys[i] of process mm[i],
+ * looked up in that process's sorted chunk keys (dirs[mm] holds the address
+ * of its keys, of their rows, and their number).  rows[i] is -1 where the
+ * chunk does not exist yet; returns how many those are.
+ */
+int64_t ksr_chunk_rows(int64_t n, const int32_t *mm, const int64_t *keys, const int64_t *dirs,
+		       int64_t *rows)
+{
+	int64_t missing = 0;
+	for (int64_t i = 0; i < n; i++) {
+		const int64_t *d = dirs + 3 * (int64_t)mm[i];
+		const int64_t *sorted = (const int64_t *)d[0], *found = (const int64_t *)d[1];
+		int64_t lo = 0, hi = d[2], key = keys[i];
+		while (lo < hi) {
+			int64_t mid = lo + (hi - lo) / 2;
+			if (sorted[mid] < key)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < d[2] && sorted[lo] == key) {
+			rows[i] = found[lo];
+		} else {
+			rows[i] = -1;
+			missing++;
+		}
+	}
+	return missing;
+}
