@@ -19,6 +19,7 @@
 #define STATE_STABLE 2
 #define ZERO_PAGE_FLAG 0x400
 #define AGE_MAX 255
+#define AHEAD 32
 
 enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SUMS };
 
@@ -41,6 +42,12 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 	for (int64_t i = 0; i < n; i++) {
 		int64_t pte = ptes[i], row = imap[i];
 		int ksm, skip = 0, wanted;
+
+		/* Frames are spread over memory: fetch ahead what the next pages read. */
+		if (i + AHEAD < n && ptes[i + AHEAD] >= 0) {
+			__builtin_prefetch(&fr_ksm[ptes[i + AHEAD]], 0);
+			__builtin_prefetch(&fr_node[ptes[i + AHEAD]], 0);
+		}
 
 		if (pte < 0) {
 			if (row >= 0)
