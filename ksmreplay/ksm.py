@@ -42,8 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import islice
-from typing import NamedTuple
+from itertools import compress, islice
+from typing import NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -267,6 +267,10 @@ class StableTree:
 
     def values(self) -> list[StableNode | Chain]:
         return list(self._entries.values())
+
+    def entries(self, contents: npt.NDArray[np.uint64]) -> list[StableNode | Chain]:
+        """The entries of ``contents`` (all present)."""
+        return list(map(self._entries.__getitem__, contents.tolist()))
 
     def holds(self, contents: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         """Which of ``contents`` have an entry."""
@@ -1172,10 +1176,16 @@ class Ksmd:
         Returns a mask over ``ridx``: the visits left undone.
         """
         it, c, fr = self.items, self.c, self.mem.frames
-        uniq, inverse, counts = np.unique(rcontent, return_inverse=True, return_counts=True)
         # Visits grouped by content, address order kept within a group.
-        grouped = np.argsort(inverse, kind="stable")
-        starts = np.cumsum(counts) - counts
+        grouped = np.argsort(rcontent, kind="stable")
+        ordered = rcontent[grouped]
+        first = np.ones(len(ordered), np.bool_)
+        first[1:] = ordered[1:] != ordered[:-1]
+        starts = np.flatnonzero(first)
+        uniq = ordered[starts]
+        counts = np.diff(starts, append=len(ordered))
+        inverse = np.empty(len(ordered), np.int64)
+        inverse[grouped] = np.cumsum(first) - 1
         maxps = int(self.knob("max_page_sharing"))
         has_entry = self.stable.holds(uniq)
         free = ~has_entry & (self.unstable.find(uniq) < 0)
@@ -1188,18 +1198,17 @@ class Ksmd:
         second_at = ridx[grouped[np.minimum(starts + 1, len(grouped) - 1)]]
         pair = free & (counts >= 2) & (counts <= maxps) & (frames[first_at] != frames[second_at])
         merge = np.zeros(len(uniq), np.bool_)
-        merge_nodes: list[StableNode] = []
         held = np.flatnonzero(has_entry)
-        for g, x in zip(held.tolist(), uniq[held].tolist(), strict=True):
-            entry = self.stable[x]
-            if (
-                isinstance(entry, StableNode)
-                and entry.alive
-                and len(entry.items) > 0
-                and len(entry.items) + int(counts[g]) <= maxps
-            ):
-                merge[g] = True
-                merge_nodes.append(entry)
+        entries = self.stable.entries(uniq[held])
+        # Items of each live plain node (0 for a chain or a stale node).
+        sizes = np.fromiter(
+            (len(e.items) if type(e) is StableNode and e.alive else 0 for e in entries),
+            np.int64,
+            len(entries),
+        )
+        fits = (sizes > 0) & (sizes + counts[held] <= maxps)
+        merge[held[fits]] = True
+        merge_nodes = cast(list[StableNode], list(compress(entries, fits.tolist())))
 
         def members(groups: IntArray) -> tuple[IntArray, IntArray]:
             """Window indices of the visits of ``groups``, group by group; group sizes."""
@@ -1222,11 +1231,15 @@ class Ksmd:
             self.mem._put(frames[at])
             self.mem.events["merges"] += len(at)
             # stable_tree_append() in address order.
-            off = 0
             row_list = m_rows.tolist()
-            for node, n in zip(merge_nodes, k.tolist(), strict=True):
-                node.items.update(dict.fromkeys(row_list[off : off + n]))
-                off += n
+            if len(row_list) == len(merge_nodes):
+                for node, row in zip(merge_nodes, row_list, strict=True):
+                    node.items[row] = None
+            else:
+                off = 0
+                for node, n in zip(merge_nodes, k.tolist(), strict=True):
+                    node.items.update(dict.fromkeys(row_list[off : off + n]))
+                    off += n
             c.pages_sharing += len(at)
             slot.merging_pages += len(at)
             it.state[m_rows] = STABLE
