@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import compress, islice
+from itertools import compress
 from typing import NamedTuple, cast
 
 import numpy as np
@@ -801,14 +801,19 @@ class Ksmd:
                 # A window of at most WINDOW_CHUNKS page-table chunks, sized to
                 # the budget left at the visits per chunk the last window had.
                 chunks = min(WINDOW_CHUNKS, (budget - visits) // self._visits_per_chunk + 1)
-                segs = list(islice(mm.pt.segments(start, vma.end), chunks))
+                segs = mm.pt.runs(start, vma.end, chunks)
                 if not segs:
                     break
                 self._window_visits = visits
                 done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
                 # Chunks the visits came from: up to the last visit's when cut short.
-                used = len(segs) if stop is None else sum(1 for lo, _hi, _v in segs if lo <= stop)
+                last = END if stop is None else stop
+                used = sum(
+                    ((min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1)
+                    for lo, hi, _v in segs
+                    if lo <= last
+                )
                 self._visits_per_chunk = max(done // used, 1)
                 if stop is not None:
                     self.cursor_page = stop + 1
@@ -822,7 +827,7 @@ class Ksmd:
     ) -> tuple[int, int | None]:
         """Handle the present pages of consecutive page-table segments, in address order.
 
-        ``segs`` are ``PageTable.segments()`` of the mm.  The segments' PTEs
+        ``segs`` are ``PageTable.runs()`` of the mm.  The segments' PTEs
         and item-map entries are gathered into flat arrays (``ptes``,
         ``imap``, indexed by position in the window, ``pages`` giving each
         position's page), so that the bulk work below costs a few numpy calls
@@ -843,9 +848,12 @@ class Ksmd:
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
         imap_views = []
         for lo, hi, _v in segs:
-            base = lo & ~(CHUNK - 1)
-            imap_views.append(slot.items.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base])
-        imap = imap_views[0].copy() if len(segs) == 1 else np.concatenate(imap_views)
+            first, last = lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT
+            if not slot.items.covers(first, last):
+                for key in range(first, last + 1):
+                    slot.items.chunk(key)
+            imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
+        imap = imap_views[0].copy() if len(imap_views) == 1 else np.concatenate(imap_views)
         front = self._window_front(ptes, imap, budget)
         if front is None:
             return 0, None

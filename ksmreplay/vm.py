@@ -187,12 +187,22 @@ class _RowLookup:
     stays right until a chunk is added (the page table then builds a new one).
     """
 
-    __slots__ = ("_base", "_dense", "keys", "rows", "size")
+    __slots__ = ("_base", "_dense", "keys", "row_list", "rows", "run_end", "size")
 
     def __init__(self, keys: list[int], rows: list[int]) -> None:
         self.size = len(keys)
         self.keys = np.array(keys, np.int64)
         self.rows = np.array(rows, np.int64)
+        self.row_list = rows
+        # Runs: chunks of consecutive keys in consecutive rows of one block.
+        breaks = np.flatnonzero(
+            (np.diff(self.keys) != 1)
+            | (np.diff(self.rows) != 1)
+            | ((self.rows[1:] & (BLOCK - 1)) == 0)
+        )
+        ends = np.append(breaks + 1, self.size)
+        self.run_end: list[int] = np.repeat(ends, np.diff(ends, prepend=0)).tolist()
+        """For the chunk at each index, the index just past its run."""
         self._base = keys[0] if keys else 0
         span = keys[-1] - keys[0] + 1 if keys else 0
         self._dense: IntArray | None = None
@@ -345,6 +355,31 @@ class PageTable:
             hi = min(end, base + CHUNK)
             yield lo, hi, self._chunks[key][lo - base : hi - base]
             i += 1
+
+    def runs(self, start: int, end: int, limit: int) -> list[tuple[int, int, IntArray]]:
+        """Like :meth:`segments`, for at most ``limit`` chunks, but a run of chunks
+        with consecutive keys in consecutive rows of one block is one segment."""
+        lookup = self._current()
+        keys = self._keys
+        i = bisect.bisect_left(keys, start >> CHUNK_SHIFT)
+        stop = min(bisect.bisect_left(keys, ((end - 1) >> CHUNK_SHIFT) + 1), i + limit)
+        found = []
+        while i < stop:
+            j = min(lookup.run_end[i], stop)
+            row = lookup.row_list[i]
+            base = keys[i] << CHUNK_SHIFT
+            lo = max(start, base)
+            hi = min(end, (keys[j - 1] + 1) << CHUNK_SHIFT)
+            at = (row & (BLOCK - 1)) * CHUNK + lo - base
+            found.append((lo, hi, self._blocks[row >> BLOCK_SHIFT].reshape(-1)[at : at + hi - lo]))
+            i = j
+        return found
+
+    def covers(self, first: int, last: int) -> bool:
+        """Whether every chunk ``first`` to ``last`` (keys) exists."""
+        keys = self._keys
+        have = bisect.bisect_right(keys, last) - bisect.bisect_left(keys, first)
+        return have == last - first + 1
 
     def segments_all(self, start: int, end: int) -> Iterator[tuple[int, int, IntArray]]:
         """Like :meth:`segments` but creating the chunks (for writes and read faults)."""
