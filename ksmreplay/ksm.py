@@ -827,21 +827,22 @@ class Ksmd:
     ) -> tuple[int, int | None]:
         """Handle the present pages of consecutive page-table segments, in address order.
 
-        ``segs`` are ``PageTable.runs()`` of the mm.  The segments' PTEs
-        and item-map entries are gathered into flat arrays (``ptes``,
-        ``imap``, indexed by position in the window, ``pages`` giving each
-        position's page), so that the bulk work below costs a few numpy calls
-        per window rather than per 512 pages.  The item map is written back
-        before any visit; PTEs changed in bulk are written back before the
-        address-ordered loop, which works on the page table itself.
+        ``segs`` are ``PageTable.runs()`` of the mm.  The runs' PTEs and
+        item-map entries are flat arrays (``ptes``, ``imap``, indexed by
+        position in the window, ``pages`` giving each position's page), so
+        that the bulk work below costs a few numpy calls per window rather
+        than per 512 pages.  A window of one run (the rule) works on the page
+        table and item map themselves; a window of several gathers copies,
+        and writes the item map back before any visit and the PTEs changed in
+        bulk back before the address-ordered loop, which works on the page
+        table itself.
 
         Returns the visits made and, if the budget ran out, the page of the
         last visit (the cursor stops right after it).
         """
         mm = slot.mm
         if len(segs) == 1:
-            lo, hi, view = segs[0]
-            ptes = view.copy()
+            lo, hi, ptes = segs[0]  # the page table itself: nothing to write back
             pages = np.arange(lo, hi, dtype=np.int64)
         else:
             ptes = np.concatenate([v for _lo, _hi, v in segs])
@@ -853,7 +854,7 @@ class Ksmd:
                 for key in range(first, last + 1):
                     slot.items.chunk(key)
             imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
-        imap = imap_views[0].copy() if len(imap_views) == 1 else np.concatenate(imap_views)
+        imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
         front = self._window_front(ptes, imap, budget)
         if front is None:
             return 0, None
@@ -884,7 +885,7 @@ class Ksmd:
             c.rmap_items += len(new)
             if self.knob("smart_scan"):
                 it.age[fresh[~is_ksm[new]]] = 1  # skip_age() of a first visit
-        if len(new) or len(stale):
+        if (len(new) or len(stale)) and len(imap_views) > 1:
             _write_back(imap_views, imap)
         c.pages_skipped += front.skipped
         if v6:
@@ -917,7 +918,7 @@ class Ksmd:
                 skipped_stable,
                 stale_rows[stale_stable],
             )
-            if changed:
+            if changed and len(segs) > 1:
                 _write_back([v for _lo, _hi, v in segs], ptes)
         work = np.flatnonzero(sequential | skipped_stable)
         if len(work) or stale_stable.any():
