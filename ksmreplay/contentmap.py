@@ -72,46 +72,42 @@ class ContentMap:
 
     # -- single keys -----------------------------------------------------------
 
-    def get(self, key: int) -> int | None:
-        """The value of ``key``, or None."""
+    def _probe(self, key: int) -> tuple[int, bool]:
+        """The slot of ``key``'s live entry and True, or the free slot ending its
+        probe sequence and False."""
         mask = (1 << self._bits) - 1
         s = self._slot(key)
         gen, keys, vals, now = self._gen, self._keys, self._vals, self._now
         while gen[s] == now:
             if keys[s] == key and vals[s] >= 0:
-                return int(vals[s])
+                return s, True
             s = (s + 1) & mask
-        return None
+        return s, False
+
+    def get(self, key: int) -> int | None:
+        """The value of ``key``, or None."""
+        s, found = self._probe(key)
+        return int(self._vals[s]) if found else None
 
     def __contains__(self, key: int) -> bool:
-        return self.get(key) is not None
+        return self._probe(key)[1]
 
     def __setitem__(self, key: int, value: int) -> None:
         assert value >= 0
         self._reserve(1)
-        mask = (1 << self._bits) - 1
-        s = self._slot(key)
-        gen, keys, vals, now = self._gen, self._keys, self._vals, self._now
-        while gen[s] == now:
-            if keys[s] == key and vals[s] >= 0:
-                vals[s] = value
-                return
-            s = (s + 1) & mask
-        gen[s], keys[s], vals[s] = now, key, value
-        self._len += 1
-        self._taken += 1
+        s, found = self._probe(key)
+        if not found:
+            self._gen[s], self._keys[s] = self._now, key
+            self._len += 1
+            self._taken += 1
+        self._vals[s] = value
 
     def __delitem__(self, key: int) -> None:
-        mask = (1 << self._bits) - 1
-        s = self._slot(key)
-        gen, keys, vals, now = self._gen, self._keys, self._vals, self._now
-        while gen[s] == now:
-            if keys[s] == key and vals[s] >= 0:
-                vals[s] = DELETED
-                self._len -= 1
-                return
-            s = (s + 1) & mask
-        raise KeyError(key)
+        s, found = self._probe(key)
+        if not found:
+            raise KeyError(key)
+        self._vals[s] = DELETED
+        self._len -= 1
 
     def clear(self) -> None:
         self._now += 1

@@ -15,8 +15,9 @@ merged content) and are small Python objects.
 Abstractions (KSM_MODEL.md section 2), and why they cannot change a counter
 at a full-scan boundary:
 
-* Trees are dictionaries keyed by content, not red-black trees ordered by
-  ``memcmp``.  A stable search resolves only the entry of the searched
+* Trees are hash tables keyed by content (a dictionary for the stable tree,
+  a :class:`~ksmreplay.contentmap.ContentMap` for the unstable one), not
+  red-black trees ordered by ``memcmp``.  A stable search resolves only the entry of the searched
   content, so a stale node is noticed when one of its items is unlinked, when
   its own content is searched, or at run=2 — never because a walk for another
   content passed it.  Every item of a stale node is revisited (or freed)
@@ -31,7 +32,8 @@ at a full-scan boundary:
   of page-table chunks at a time (:meth:`Ksmd._scan_window`): a KSM page
   already linked to its item, smart_scan's decisions, checksum updates,
   zero-page merges, and the tree work of every content that no remaining
-  visit touches (:meth:`Ksmd._bulk_visits`, :meth:`Ksmd._bulk_trees`).
+  visit touches (:meth:`Ksmd._window_front`, :meth:`Ksmd._bulk_visits`,
+  :meth:`Ksmd._bulk_trees`).
   Only the rest goes through the address-ordered loop, one visit at a time;
   both give the same state, as the tests check against a one-at-a-time
   reference model.

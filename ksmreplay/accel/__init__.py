@@ -1,10 +1,15 @@
-"""The optional accelerator (``scan.c``, ``fault.c``), loaded through ctypes.
+"""The optional accelerator (``scan.c``, ``fault.c``, ``window.c``,
+``contentmap.c``), loaded through ctypes.
 
 Large traces are mostly ``write`` events.  The msgpack library builds Python
 objects for every number, which caps the reader at a few hundred thousand
 events a second: ``scan.c`` decodes the common write shapes straight into
 numpy columns instead.  Applying the writes is a page-by-page walk of page
 tables and frames: ``fault.c`` does it in one pass where numpy needs a dozen.
+ksmd's scan walks every present page of a window, mostly to count it or skip
+it: ``window.c`` does that pass (``ksm.Ksmd._window_front``), and
+``contentmap.c`` walks the probe sequences of the content hash tables
+(``contentmap.ContentMap``).
 
 It is built with the machine's C compiler on first use (``ksmreplay.cbuild``)
 and is optional: without a compiler, or with ``KSMREPLAY_ACCEL=0`` in the
