@@ -17,10 +17,10 @@ at a full-scan boundary:
 
 * Trees are hash tables keyed by content (a dictionary for the stable tree,
   a :class:`~ksmreplay.contentmap.ContentMap` for the unstable one), not
-  red-black trees ordered by ``memcmp``.  A stable search resolves only the entry of the searched
-  content, so a stale node is noticed when one of its items is unlinked, when
-  its own content is searched, or at run=2 — never because a walk for another
-  content passed it.  Every item of a stale node is revisited (or freed)
+  red-black trees ordered by ``memcmp``.  A stable search resolves only the
+  entry of the searched content, so a stale node is noticed when one of its
+  items is unlinked, when its own content is searched, or at run=2 — never
+  because a walk for another content passed it.  Every item of a stale node is revisited (or freed)
   within one pass, so the node is gone by the pass's end either way.
 * The unstable tree is looked up by the content its items had when they were
   inserted.  If that item's page has since vanished, changed, or become a KSM
@@ -208,8 +208,9 @@ class StableNode:
 
     ``items`` is the node's hlist, as a dictionary of item rows (for removal
     in constant time) in the order they joined; the order is never observed.
-    Its length is ``rmap_hlist_len``.  ``alive`` turns False the moment the KSM page's last
-    mapping goes: the node is then stale until something notices.
+    Its length is ``rmap_hlist_len``.  ``alive`` turns False the moment the
+    KSM page's last mapping goes: the node is then stale until something
+    notices.
     """
 
     id: int
@@ -849,6 +850,8 @@ class Ksmd:
         else:
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
+        if not (ptes >= 0).any():
+            return 0, None  # (and no item map made where no page is)
         imap_views = []
         for lo, hi, _v in segs:
             first, last = lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT
@@ -989,15 +992,8 @@ class Ksmd:
         stopped = bool(cum[-1] >= budget)
         if stopped:
             n = int(np.searchsorted(cum, budget)) + 1
-        pos, frames, rows, has, is_ksm, safe = (
-            pos[:n],
-            frames[:n],
-            rows[:n],
-            has[:n],
-            is_ksm[:n],
-            safe[:n],
-        )
-        skip, cum = skip[:n], cum[:n]
+        pos, frames, rows, safe, cum = (a[:n] for a in (pos, frames, rows, safe, cum))
+        has, is_ksm, skip = (a[:n] for a in (has, is_ksm, skip))
         if smart:
             self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
         state = it.state[safe]

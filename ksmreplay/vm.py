@@ -189,31 +189,32 @@ class _RowLookup:
 
     __slots__ = ("_base", "_dense", "keys", "row_list", "rows", "run_end", "size")
 
+    keys: IntArray
+    """The chunk keys, ascending."""
+    rows: IntArray
+    """The row of each."""
+    run_end: list[int]
+    """For the chunk at each index, the index just past its run: chunks of
+    consecutive keys in consecutive rows of one block."""
+
     def __init__(self, keys: list[int], rows: list[int]) -> None:
         self.size = len(keys)
         self.keys = np.array(keys, np.int64)
         self.rows = np.array(rows, np.int64)
         self.row_list = rows
-        # Runs: chunks of consecutive keys in consecutive rows of one block.
         breaks = np.flatnonzero(
             (np.diff(self.keys) != 1)
             | (np.diff(self.rows) != 1)
             | ((self.rows[1:] & (BLOCK - 1)) == 0)
         )
         ends = np.append(breaks + 1, self.size)
-        self.run_end: list[int] = np.repeat(ends, np.diff(ends, prepend=0)).tolist()
-        """For the chunk at each index, the index just past its run."""
+        self.run_end = np.repeat(ends, np.diff(ends, prepend=0)).tolist()
         self._base = keys[0] if keys else 0
         span = keys[-1] - keys[0] + 1 if keys else 0
         self._dense: IntArray | None = None
         if span <= 8 * len(keys) + 4096:
             self._dense = np.full(span, -1, np.int64)
             self._dense[self.keys - self._base] = self.rows
-
-    keys: IntArray
-    """The chunk keys, ascending."""
-    rows: IntArray
-    """The row of each."""
 
     def find(self, keys: IntArray) -> IntArray:
         """The rows of chunks ``keys``, -1 where there is no such chunk."""
@@ -281,14 +282,6 @@ class PageTable:
                 self.chunk(key)
             rows = self._find(keys)
         return rows
-
-    def row(self, key: int) -> int:
-        """The row of chunk ``key``, created if needed."""
-        row = self._row.get(key)
-        if row is None:
-            self.chunk(key)
-            row = self._row[key]
-        return row
 
     @property
     def rows(self) -> int:
