@@ -512,10 +512,16 @@ class Ksmd:
         unstable = rows[state == UNSTABLE]
         if len(unstable):
             self._unlink_unstable(unstable)
-        for r in rows[state == STABLE]:
-            # Unlinking one item of a stale node unlinks all its items.
-            if self.items.state[r] == STABLE:
-                self._unlink_stable(int(r))
+        stable = rows[state == STABLE]
+        if len(stable):
+            nodes = [self.nodes[n] for n in self.items.node[stable].tolist()]
+            live = np.fromiter((n.alive for n in nodes), np.bool_, len(nodes))
+            if live.any():
+                self._unlink_from_live(stable[live])
+            for r in stable[~live].tolist():
+                # Unlinking one item of a stale node unlinks all its items.
+                if self.items.state[r] == STABLE:
+                    self._unlink_stable(r)
 
     def _unlink_unstable(self, rows: IntArray) -> None:
         it = self.items
@@ -528,22 +534,16 @@ class Ksmd:
         it.state[rows] = NONE
 
     def _unlink_stable(self, row: int) -> None:
-        it = self.items
-        node = self.nodes[int(it.node[row])]
-        if not node.alive:
-            self._remove_node(node)
-            return
-        del node.items[row]
-        if node.items:
-            self.c.pages_sharing -= 1
+        """Unlink one stable item: from its node, or the whole node if stale."""
+        node = self.nodes[int(self.items.node[row])]
+        if node.alive:
+            self._unlink_from_live(np.array([row], np.int64))
         else:
-            self.c.pages_shared -= 1
-        self.slot_by_id[int(it.slot[row])].merging_pages -= 1
-        it.state[row] = NONE
-        it.node[row] = NULL
+            self._remove_node(node)
 
     def _unlink_from_live(self, rows: IntArray) -> None:
-        """:meth:`_unlink_stable` for items of live nodes."""
+        """Unlink items of live nodes from their nodes (``rmap_hlist_len`` and the
+        sharing counters go down; the last item of a node leaves it unshared)."""
         it, c = self.items, self.c
         removed = 0
         emptied = 0
