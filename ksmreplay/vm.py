@@ -608,18 +608,13 @@ class Memory:
             keys = pages >> CHUNK_SHIFT
             dirs = _directories(mms)
             rows = fast.chunk_rows(mine, keys, np.ascontiguousarray(dirs[:, :3]))
-            missing = rows < 0
-            if missing.any():
-                # New chunks, made once each, in the order of (process, key).
-                o, k = owner[missing], keys[missing]
-                by = np.lexsort((k, o))
-                o, k = o[by], k[by]
-                first = np.ones(len(by), np.bool_)
-                first[1:] = (o[1:] != o[:-1]) | (k[1:] != k[:-1])
-                for p, key in zip(o[first].tolist(), k[first].tolist(), strict=True):
-                    mms[p].pt.chunk(key)
+            missing = np.flatnonzero(rows < 0)
+            if len(missing):
+                # Pages in chunks not made yet: make them (the block tables may grow).
+                for p in np.unique(owner[missing]).tolist():
+                    at = missing[owner[missing] == p]
+                    rows[at] = mms[p].pt.locate(keys[at])
                 dirs = _directories(mms)
-                rows = fast.chunk_rows(mine, keys, np.ascontiguousarray(dirs[:, :3]))
             fr = self.frames
             fresh = fr.candidates(len(pages))
             used, dead, stats, events = fast.write_pages(
