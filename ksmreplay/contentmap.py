@@ -130,12 +130,7 @@ class ContentMap:
             return out
         fast = accelerator()
         if fast is not None:
-            keys = np.ascontiguousarray(keys, np.uint64)
-            fast.map_find(
-                len(keys), keys.ctypes.data, self._bits, self._keys.ctypes.data,
-                self._vals.ctypes.data, self._gen.ctypes.data, self._now, out.ctypes.data,
-            )  # fmt: skip
-            return out
+            return fast.map_find(keys, self._bits, (self._keys, self._vals, self._gen), self._now)
         mask = (1 << self._bits) - 1
         slots = self._slots(keys)
         todo = np.arange(len(keys))
@@ -160,12 +155,8 @@ class ContentMap:
         self._taken += n
         fast = accelerator()
         if fast is not None:
-            keys = np.ascontiguousarray(keys, np.uint64)
-            values = np.ascontiguousarray(values, np.int64)
-            fast.map_insert(
-                n, keys.ctypes.data, values.ctypes.data, self._bits, self._keys.ctypes.data,
-                self._vals.ctypes.data, self._gen.ctypes.data, self._now,
-            )  # fmt: skip
+            table = (self._keys, self._vals, self._gen)
+            fast.map_insert(keys, values, self._bits, table, self._now)
             return
         mask = (1 << self._bits) - 1
         slots = self._slots(keys)

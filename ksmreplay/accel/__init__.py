@@ -72,10 +72,8 @@ class Accelerator:
         lib.ksr_map_find.argtypes = [_i64, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32, _p]
         lib.ksr_map_insert.restype = None
         lib.ksr_map_insert.argtypes = [_i64, _p, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32]
-        self.map_find = lib.ksr_map_find
-        """``ContentMap.find``'s probing (``contentmap.c``); the caller passes the columns."""
-        self.map_insert = lib.ksr_map_insert
-        """``ContentMap.insert_new``'s probing (``contentmap.c``)."""
+        self._map_find = lib.ksr_map_find
+        self._map_insert = lib.ksr_map_insert
 
     def scan(
         self,
@@ -103,8 +101,8 @@ class Accelerator:
         status = ctypes.c_int32(0)
         n = self._scan(
             buf, len(buf), ctypes.byref(where), shift, max_items, max_items, max_event_bytes,
-            max_events, t.ctypes.data, pid.ctypes.data, addr.ctypes.data, length.ctypes.data,
-            fill.ctypes.data, fp_end.ctypes.data, fps.ctypes.data, max_fps, ctypes.byref(status),
+            max_events, *_addresses(t, pid, addr, length, fill, fp_end, fps), max_fps,
+            ctypes.byref(status),
         )  # fmt: skip
         used = int(fp_end[n - 1]) if n else 0
         cols = WriteRun(
@@ -131,11 +129,9 @@ class Accelerator:
         Page ``i`` is in chunk ``keys[i]`` of process ``mm[i]``; ``dirs[p]`` is
         process ``p``'s ``PageTable.directory()[:3]``.
         """
-        assert mm.dtype == np.int32 and keys.flags.c_contiguous and dirs.flags.c_contiguous
+        assert mm.dtype == np.int32
         rows = np.empty(len(keys), np.int64)
-        self._chunk_rows(
-            len(keys), mm.ctypes.data, keys.ctypes.data, dirs.ctypes.data, rows.ctypes.data
-        )
+        self._chunk_rows(len(keys), *_addresses(mm, keys, dirs, rows))
         return rows
 
     def write_pages(
@@ -155,18 +151,14 @@ class Accelerator:
         [cow_breaks_ksm, cow_breaks_zero])``."""
         n = len(rows)
         assert len(fresh) >= n and mm.dtype == np.int32 and ksm.dtype == np.bool_
-        arrays: list[npt.NDArray[np.generic]] = [mm, rows, offsets, fps, content, mapcount]
-        assert all(a.flags.c_contiguous for a in [*arrays, ksm, fresh])
         tables = np.ascontiguousarray(block_tables)  # addresses of each mm's block table
         dead = np.empty(n, np.int64)
         n_dead = _i64(0)
         stats = np.zeros((len(block_tables), 3), np.int64)
         events = np.zeros(2, np.int64)
         used = self._write_pages(
-            n, mm.ctypes.data, rows.ctypes.data, offsets.ctypes.data, fps.ctypes.data,
-            tables.ctypes.data, content.ctypes.data, mapcount.ctypes.data, ksm.ctypes.data,
-            fresh.ctypes.data, len(fresh), dead.ctypes.data, ctypes.byref(n_dead),
-            stats.ctypes.data, events.ctypes.data,
+            n, *_addresses(mm, rows, offsets, fps, tables, content, mapcount, ksm, fresh),
+            len(fresh), *_addresses(dead), ctypes.byref(n_dead), *_addresses(stats, events),
         )  # fmt: skip
         assert used >= 0
         return int(used), dead[: n_dead.value], stats, events
@@ -188,8 +180,6 @@ class Accelerator:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
         None if no page is present; ``age`` and ``skips`` are updated."""
         n = len(ptes)
-        cols: list[npt.NDArray[np.generic]] = [ptes, imap, fr_ksm, fr_node, age, skips, state]
-        assert all(a.flags.c_contiguous for a in [*cols, node, flags])
         dtypes = [a.dtype for a in (fr_ksm, fr_node, state, node, flags)]
         assert dtypes == [np.bool_, np.int32, np.int8, np.int32, np.uint16]
         pos = np.empty(n, np.int64)
@@ -198,10 +188,8 @@ class Accelerator:
         stale = np.empty(n, np.int64)
         summary = np.zeros(6, np.int64)
         self._window(
-            n, ptes.ctypes.data, imap.ctypes.data, fr_ksm.ctypes.data, fr_node.ctypes.data,
-            age.ctypes.data, skips.ctypes.data, state.ctypes.data, node.ctypes.data,
-            flags.ctypes.data, int(smart), budget, pos.ctypes.data, cum.ctypes.data,
-            skip.ctypes.data, stale.ctypes.data, summary.ctypes.data,
+            n, *_addresses(ptes, imap, fr_ksm, fr_node, age, skips, state, node, flags),
+            int(smart), budget, *_addresses(pos, cum, skip, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped = summary.tolist()
         if last < 0:
@@ -216,6 +204,41 @@ class Accelerator:
             last,
             bool(stopped),
         )
+
+    def map_find(
+        self,
+        keys: npt.NDArray[np.uint64],
+        bits: int,
+        table: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32]],
+        now: int,
+    ) -> npt.NDArray[np.int64]:
+        """``ContentMap.find`` (``contentmap.c``): the value of each key, -1 if absent.
+        ``table`` is the map's keys, values and generations."""
+        keys = np.ascontiguousarray(keys, np.uint64)
+        out = np.empty(len(keys), np.int64)
+        self._map_find(
+            len(keys), *_addresses(keys), bits, *_addresses(*table), now, *_addresses(out)
+        )
+        return out
+
+    def map_insert(
+        self,
+        keys: npt.NDArray[np.uint64],
+        values: npt.NDArray[np.int64],
+        bits: int,
+        table: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32]],
+        now: int,
+    ) -> None:
+        """``ContentMap.insert_new`` (``contentmap.c``): keys distinct and absent, room made."""
+        keys = np.ascontiguousarray(keys, np.uint64)
+        values = np.ascontiguousarray(values, np.int64)
+        self._map_insert(len(keys), *_addresses(keys, values), bits, *_addresses(*table), now)
+
+
+def _addresses(*arrays: npt.NDArray[np.generic]) -> list[int]:
+    """The data addresses of C-contiguous arrays, for the compiled functions."""
+    assert all(a.flags.c_contiguous for a in arrays)
+    return [a.ctypes.data for a in arrays]
 
 
 Window = tuple[
