@@ -49,6 +49,13 @@ def at_rest() -> dict[str, int]:
 REST = {"run": 0, "pages_shared": 0, "pages_sharing": 0, "ksm_zero_pages": 0}
 
 
+def put_back(knobs: dict[str, Any]) -> None:
+    """Unmerge everything and restore ``knobs``, for a test whose replay was killed."""
+    guard = kernel.KsmGuard(force=True)
+    guard.saved, guard.touched = dict(knobs), True
+    guard.stop()
+
+
 @pytest.fixture
 def locked() -> Iterator[None]:
     with kernel.exclusive_lock():
@@ -187,7 +194,13 @@ except KsmreplayError as e:
 def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
     before = knob_state()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD], cwd=REPO, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", CHILD],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell starting this suite in the background ignores SIGINT; the replay
+        # under test must see it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 30
@@ -201,6 +214,7 @@ def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+            put_back(before)  # what the replay should have done
     if sig == signal.SIGTERM:
         assert child.returncode == ExitStatus.LIVE_KERNEL
     else:
