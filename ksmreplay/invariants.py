@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ksmreplay.errors import InvariantError
-from ksmreplay.ksm import NONE, STABLE, UNSTABLE, Chain, Ksmd
+from ksmreplay.ksm import CHAIN_ENTRY, NONE, STABLE, UNSTABLE, Chain, Ksmd
 from ksmreplay.vm import MM, PTE_KSM_ZERO, PTE_ZERO, Memory
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ def validate_ksmd(ksmd: Ksmd) -> None:
     seen: set[int] = set()
     for content, entry in ksmd.stable.items():
         nodes = entry.dups if isinstance(entry, Chain) else [entry]
+        filed = CHAIN_ENTRY if isinstance(entry, Chain) else entry.id
+        _check(ksmd.stable.index().get(content) == filed, "stable tree index wrong")
         if isinstance(entry, Chain):
             chains += 1
             dups += len(entry.dups)
@@ -94,14 +96,21 @@ def validate_ksmd(ksmd: Ksmd) -> None:
             _check(node.content == content, "node filed under another content")
             _check(ksmd.nodes.get(node.id) is node, "node not registered")
             seen.add(node.id)
-            if node.items:
+            linked = ksmd.hlist(node)
+            _check(len(set(linked)) == len(linked), "an hlist loops or repeats an item")
+            if linked:
                 shared += 1
-                sharing += len(node.items) - 1
-            for row in node.items:
+                sharing += len(linked) - 1
+                prev = [-1, *linked[:-1]]
+                _check(it.hprev[linked].tolist() == prev, "hlist back links wrong")
+            for row in linked:
                 _check(int(it.state[row]) == STABLE and int(it.node[row]) == node.id, "bad link")
                 per_slot[int(it.slot[row])] = per_slot.get(int(it.slot[row]), 0) + 1
-            if node.alive:
-                _check(bool(ksmd.mem.frames.ksm[node.frame]), "live node without its KSM page")
+            _check(int(ksmd.node_cols.size[node.id]) == len(linked), "rmap_hlist_len wrong")
+            _check(int(ksmd.node_cols.frame[node.id]) == node.frame, "node frame column wrong")
+            fr = ksmd.mem.frames
+            names = bool(fr.ksm[node.frame]) and int(fr.node[node.frame]) == node.id
+            _check(names == node.alive, "a node's liveness differs from its frame's")
     _check(seen == set(ksmd.nodes), "node table and stable tree differ")
     _check((shared, sharing) == (c.pages_shared, c.pages_sharing), "pages_shared/sharing wrong")
     _check((chains, dups) == (c.stable_node_chains, c.stable_node_dups), "chains/dups wrong")

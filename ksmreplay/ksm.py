@@ -10,7 +10,9 @@ item number; each mm's items are found by address through a sparse
 per-page map with the same layout as a page table (``vm.PageTable``), so the
 kernel's address-sorted ``rmap_list`` is implicit: walking pages in address
 order walks the list.  Stable nodes and chains are few (one per distinct
-merged content) and are small Python objects.
+merged content) and are small Python objects; a node's hlist is a linked
+list through two item columns, its length and KSM frame node columns
+(:class:`NodeColumns`), so that compiled code can link and unlink items.
 
 Abstractions (KSM_MODEL.md section 2), and why they cannot change a counter
 at a full-scan boundary:
@@ -44,8 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import compress
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -140,6 +141,8 @@ class ItemTable:
     :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
     :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
     :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
+    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int64``).
+    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
     """
 
     COLUMNS = (
@@ -153,6 +156,8 @@ class ItemTable:
         ("seq", np.uint8, 0),
         ("node", np.int32, NULL),
         ("flags", np.uint16, 0),
+        ("hnext", np.int64, NULL),
+        ("hprev", np.int64, NULL),
     )
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -171,6 +176,8 @@ class ItemTable:
     seq: npt.NDArray[np.uint8]
     node: npt.NDArray[np.int32]
     flags: npt.NDArray[np.uint16]
+    hnext: IntArray
+    hprev: IntArray
 
     def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
         """Which of ``rows`` carry ZERO_PAGE_FLAG."""
@@ -206,23 +213,17 @@ class ItemTable:
 class StableNode:
     """A stable-tree node for one KSM page (a plain node, or a dup of a chain).
 
-    ``items`` is the node's hlist, as a dictionary of item rows (for removal
-    in constant time) in the order they joined; the order is never observed.
-    Its length is ``rmap_hlist_len``.  ``alive`` turns False the moment the
-    KSM page's last mapping goes: the node is then stale until something
-    notices.
+    Its hlist of items and its length (``rmap_hlist_len``) are in columns
+    (:class:`NodeColumns`, ``ItemTable.hnext``/``hprev``).  ``alive`` turns
+    False the moment the KSM page's last mapping goes: the node is then stale
+    until something notices.
     """
 
     id: int
     content: int
     frame: int
-    items: dict[int, None] = field(default_factory=dict)
     chain: Chain | None = None
     alive: bool = True
-
-    def candidate(self, max_page_sharing: int) -> bool:
-        """``is_page_sharing_candidate()``: 0 < len < max_page_sharing."""
-        return 0 < len(self.items) < max_page_sharing
 
 
 @dataclass(eq=False, slots=True)
@@ -234,11 +235,45 @@ class Chain:
     dups: list[StableNode] = field(default_factory=list)
 
 
+class NodeColumns:
+    """Stable nodes' KSM frames and hlists as columns, indexed by node id.
+
+    A node's hlist is a doubly linked list of its items (``ItemTable.hnext``
+    and ``hprev``) from ``head``, ``size`` long (``rmap_hlist_len``); its
+    order is never observed.  Columns, so that the accelerator (``visit.c``)
+    links and unlinks items itself.
+    """
+
+    __slots__ = ("frame", "head", "size")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.size = np.zeros(capacity, np.int32)
+        self.frame = np.zeros(capacity, np.int64)
+        self.head = np.full(capacity, NULL, np.int64)
+
+    def add(self, first: int, frames: IntArray) -> None:
+        """Nodes ``first``, ``first + 1``, ... for the KSM pages ``frames``, with empty hlists."""
+        end = first + len(frames)
+        if end > len(self.size):
+            more = max(len(self.size), end - len(self.size))
+            self.size = np.concatenate([self.size, np.zeros(more, np.int32)])
+            self.frame = np.concatenate([self.frame, np.zeros(more, np.int64)])
+            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
+        self.frame[first:end] = frames
+        self.size[first:end] = 0
+        self.head[first:end] = NULL
+
+
+CHAIN_ENTRY = 1 << 62
+"""The stable tree's index value for a chain (a plain node's is its id)."""
+
+
 class StableTree:
     """The stable tree: content -> its plain node or chain.
 
     A dictionary, with the contents also in a :class:`ContentMap` so that a
-    window's contents are looked up at once (:meth:`holds`).
+    window's contents are looked up at once (:meth:`holds`); the map's value
+    is a plain node's id, or :data:`CHAIN_ENTRY`.
     """
 
     __slots__ = ("_entries", "_index")
@@ -257,8 +292,7 @@ class StableTree:
         return self._entries[content]
 
     def __setitem__(self, content: int, entry: StableNode | Chain) -> None:
-        if content not in self._entries:
-            self._index[content] = 0
+        self._index[content] = entry.id if isinstance(entry, StableNode) else CHAIN_ENTRY
         self._entries[content] = entry
 
     def __delitem__(self, content: int) -> None:
@@ -271,14 +305,14 @@ class StableTree:
     def values(self) -> list[StableNode | Chain]:
         return list(self._entries.values())
 
-    def entries(self, contents: npt.NDArray[np.uint64]) -> list[StableNode | Chain]:
-        """The entries of ``contents`` (all present)."""
-        return list(map(self._entries.__getitem__, contents.tolist()))
-
     def holds(self, contents: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         """Which of ``contents`` have an entry."""
         held: npt.NDArray[np.bool_] = self._index.find(contents) >= 0
         return held
+
+    def index(self) -> ContentMap:
+        """The content -> node id (or :data:`CHAIN_ENTRY`) map."""
+        return self._index
 
 
 @dataclass(eq=False, slots=True)
@@ -370,6 +404,7 @@ class Ksmd:
         self.cursor_saw_mergeable = False
         self.seqnr = 0
         self.nodes: dict[int, StableNode] = {}
+        self.node_cols = NodeColumns()
         self._next_node_id = 0
         self.stable = StableTree()
         self.unstable = ContentMap()
@@ -544,21 +579,31 @@ class Ksmd:
     def _unlink_from_live(self, rows: IntArray) -> None:
         """Unlink items of live nodes from their nodes (``rmap_hlist_len`` and the
         sharing counters go down; the last item of a node leaves it unshared)."""
-        it, c = self.items, self.c
-        removed = 0
-        emptied = 0
-        for row, nid in zip(rows.tolist(), it.node[rows].tolist(), strict=True):
-            items = self.nodes[nid].items
-            del items[row]
-            removed += 1
-            emptied += not items
-        c.pages_sharing -= removed - emptied
+        it, c, cols = self.items, self.c, self.node_cols
+        nids = it.node[rows].astype(np.int64)
+        head, nxt, prv = cols.head, it.hnext, it.hprev
+        # One at a time: an item's neighbours may be leaving too.
+        for row, nid in zip(rows.tolist(), nids.tolist(), strict=True):
+            before, after = int(prv[row]), int(nxt[row])
+            if before >= 0:
+                nxt[before] = after
+            else:
+                head[nid] = after
+            if after >= 0:
+                prv[after] = before
+        np.subtract.at(cols.size, nids, 1)
+        emptied = int(np.count_nonzero(cols.size[np.unique(nids)] == 0))
+        c.pages_sharing -= len(rows) - emptied
         c.pages_shared -= emptied
-        slots, counts = np.unique(it.slot[rows], return_counts=True)
-        for sid, n in zip(slots.tolist(), counts.tolist(), strict=True):
-            self.slot_by_id[sid].merging_pages -= n
+        self._merging_down(rows)
         it.state[rows] = NONE
         it.node[rows] = NULL
+
+    def _merging_down(self, rows: IntArray) -> None:
+        """Items ``rows`` leave their nodes: their mms' ``merging_pages`` go down."""
+        slots, counts = np.unique(self.items.slot[rows], return_counts=True)
+        for sid, n in zip(slots.tolist(), counts.tolist(), strict=True):
+            self.slot_by_id[sid].merging_pages -= n
 
     def unlink(self, row: int) -> None:
         """``remove_rmap_item_from_tree()``."""
@@ -573,16 +618,15 @@ class Ksmd:
     def _remove_node(self, node: StableNode) -> None:
         """``remove_node_from_stable_tree()``: unlink all its items, detach, free."""
         it = self.items
-        n = len(node.items)
-        if n:
-            self.c.pages_sharing -= n - 1
+        rows = np.array(self.hlist(node), np.int64)
+        if len(rows):
+            self.c.pages_sharing -= len(rows) - 1
             self.c.pages_shared -= 1
-            for row in node.items:
-                self.slot_by_id[int(it.slot[row])].merging_pages -= 1
-            rows = np.fromiter(node.items, np.int64, n)
+            self._merging_down(rows)
             it.state[rows] = NONE
             it.node[rows] = NULL
-            node.items = {}
+            self.node_cols.head[node.id] = NULL
+            self.node_cols.size[node.id] = 0
         if node.chain is not None:
             node.chain.dups.remove(node)
             node.chain = None
@@ -614,11 +658,11 @@ class Ksmd:
                 self._remove_node(dup)
                 continue
             if found is None or (
-                dup.candidate(maxps)
-                and (not found.candidate(maxps) or len(dup.items) > len(found.items))
+                self._candidate(dup, maxps)
+                and (not self._candidate(found, maxps) or self._size(dup) > self._size(found))
             ):
                 found = dup
-            if not prune and found.candidate(maxps):
+            if not prune and self._candidate(found, maxps):
                 break
         if found is None:
             if not chain.dups:
@@ -631,7 +675,7 @@ class Ksmd:
             self.stable[chain.content] = found
             self.c.stable_node_chains -= 1
             self.c.stable_node_dups -= 1
-        elif chain.dups[0] is not found and 0 < len(found.items) < maxps - 1:
+        elif chain.dups[0] is not found and self._candidate(found, maxps - 1):
             # __is_page_sharing_candidate(found, 1): room for one more item.
             chain.dups.remove(found)
             chain.dups.insert(0, found)
@@ -655,7 +699,7 @@ class Ksmd:
             if not node.alive:
                 self._remove_node(node)
                 return None
-        return node if node.candidate(int(self.knob("max_page_sharing"))) else None
+        return node if self._candidate(node, int(self.knob("max_page_sharing"))) else None
 
     def _stable_insert(self, content: int, frame: int) -> StableNode:
         """``stable_tree_insert()``: a node for a new KSM page; a new dup if the content exists."""
@@ -669,6 +713,7 @@ class Ksmd:
         node = StableNode(self._next_node_id, content, frame)
         self._next_node_id += 1
         self.nodes[node.id] = node
+        self.node_cols.add(node.id, np.array([frame], np.int64))
         self.mem.frames.node[frame] = node.id
         if entry is None:
             self.stable[content] = node
@@ -687,14 +732,62 @@ class Ksmd:
 
     def _append(self, row: int, node: StableNode) -> None:
         """``stable_tree_append()``: link an item to a node."""
-        node.items[row] = None
-        if len(node.items) > 1:
+        cols, it, nid = self.node_cols, self.items, node.id
+        first = int(cols.head[nid])
+        it.hnext[row], it.hprev[row] = first, NULL
+        if first >= 0:
+            it.hprev[first] = row
+        cols.head[nid] = row
+        cols.size[nid] += 1
+        if cols.size[nid] > 1:
             self.c.pages_sharing += 1
         else:
             self.c.pages_shared += 1
         self.slot_by_id[int(self.items.slot[row])].merging_pages += 1
         self.items.state[row] = STABLE
         self.items.node[row] = node.id
+
+    def _size(self, node: StableNode) -> int:
+        """``rmap_hlist_len``."""
+        return int(self.node_cols.size[node.id])
+
+    def _candidate(self, node: StableNode, max_page_sharing: int) -> bool:
+        """``is_page_sharing_candidate()``: 0 < rmap_hlist_len < max_page_sharing."""
+        return 0 < self._size(node) < max_page_sharing
+
+    def hlist(self, node: StableNode) -> list[int]:
+        """The items linked to ``node``."""
+        rows: list[int] = []
+        row, nxt = int(self.node_cols.head[node.id]), self.items.hnext
+        while row >= 0 and len(rows) <= len(nxt):  # (a broken list may loop)
+            rows.append(row)
+            row = int(nxt[row])
+        return rows
+
+    def _link(self, rows: IntArray, nids: IntArray) -> None:
+        """Add the items ``rows`` (distinct, unlinked) to the hlists of nodes ``nids``
+        (``stable_tree_append()`` for the hlists; the caller does the rest)."""
+        it, cols = self.items, self.node_cols
+        order = np.argsort(nids, kind="stable")
+        r, n = rows[order], nids[order]
+        first = np.ones(len(r), np.bool_)
+        first[1:] = n[1:] != n[:-1]
+        last = np.ones(len(r), np.bool_)
+        last[:-1] = first[1:]
+        # Each node's new items, in a row, before its old ones.
+        old = cols.head[n[last]]
+        nxt = np.empty(len(r), np.int64)
+        nxt[:-1] = r[1:]
+        nxt[last] = old
+        prv = np.empty(len(r), np.int64)
+        prv[1:] = r[:-1]
+        prv[first] = NULL
+        it.hnext[r] = nxt
+        it.hprev[r] = prv
+        it.hprev[old[old >= 0]] = r[last][old >= 0]
+        cols.head[n[first]] = r[first]
+        starts = np.flatnonzero(first)
+        cols.size[n[first]] += np.diff(starts, append=len(r)).astype(np.int32)
 
     def remove_all_stable_nodes(self) -> bool:
         """``remove_all_stable_nodes()``: drop the nodes whose page is gone; True if some remain."""
@@ -903,13 +996,14 @@ class Ksmd:
         # unstable items only moves pages_unshared.  Unlinking a stable item
         # can change a node's sharing-candidacy for a later visit, so stale and
         # skipped stable items are handled in address order with the visits.
-        linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
         stale_stable = it.state[stale_rows] == STABLE
         self._free_rows(slot, stale_rows[~stale_stable])
         skipped_stable = skip & (it.state[rows] == STABLE)
         self._unlink_rows(rows[skip & ~skipped_stable])
         visits = front.visits
         c.pages_scanned += visits
+        self.cpu_ns += batch_cost_ns(visits)
+        linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
         sequential = visit & ~linked
         if sequential.any():
             sequential, changed = self._bulk_visits(
@@ -940,7 +1034,6 @@ class Ksmd:
                     view = mm.pt.chunk(page >> CHUNK_SHIFT)
                     self._tick(self._window_visits + int(cum[k]))
                     self._cmp_and_merge(slot, int(rows[k]), view, page & (CHUNK - 1), page)
-        self.cpu_ns += batch_cost_ns(visits)
         return visits, stop
 
     def _window_front(self, ptes: IntArray, imap: IntArray, budget: int) -> Front | None:
@@ -1206,16 +1299,16 @@ class Ksmd:
         pair = free & (counts >= 2) & (counts <= maxps) & (frames[first_at] != frames[second_at])
         merge = np.zeros(len(uniq), np.bool_)
         held = np.flatnonzero(has_entry)
-        entries = self.stable.entries(uniq[held])
         # Items of each live plain node (0 for a chain or a stale node).
-        sizes = np.fromiter(
-            (len(e.items) if type(e) is StableNode and e.alive else 0 for e in entries),
-            np.int64,
-            len(entries),
-        )
+        ids = self.stable.index().find(uniq[held])
+        plain = ids < CHAIN_ENTRY
+        ids[~plain] = 0
+        kframes = self.node_cols.frame[ids]
+        live = plain & fr.ksm[kframes] & (fr.node[kframes] == ids)
+        sizes = np.where(live, self.node_cols.size[ids], 0)
         fits = (sizes > 0) & (sizes + counts[held] <= maxps)
         merge[held[fits]] = True
-        merge_nodes = cast(list[StableNode], list(compress(entries, fits.tolist())))
+        merge_ids, merge_frames = ids[fits], kframes[fits]
 
         def members(groups: IntArray) -> tuple[IntArray, IntArray]:
             """Window indices of the visits of ``groups``, group by group; group sizes."""
@@ -1232,25 +1325,17 @@ class Ksmd:
         if merge.any():
             at, k = members(np.flatnonzero(merge))
             m_rows = rows[at]
-            kframes = np.repeat(np.array([n.frame for n in merge_nodes], np.int64), k)
+            kframes = np.repeat(merge_frames, k)
             view[pos[at]] = kframes  # replace_page()
             np.add.at(fr.mapcount, kframes, 1)
             self.mem._put(frames[at])
             self.mem.events["merges"] += len(at)
-            # stable_tree_append() in address order.
-            row_list = m_rows.tolist()
-            if len(row_list) == len(merge_nodes):
-                for node, row in zip(merge_nodes, row_list, strict=True):
-                    node.items[row] = None
-            else:
-                off = 0
-                for node, n in zip(merge_nodes, k.tolist(), strict=True):
-                    node.items.update(dict.fromkeys(row_list[off : off + n]))
-                    off += n
+            m_ids = np.repeat(merge_ids, k)
+            self._link(m_rows, m_ids)
             c.pages_sharing += len(at)
             slot.merging_pages += len(at)
             it.state[m_rows] = STABLE
-            it.node[m_rows] = np.repeat(np.array([n.id for n in merge_nodes], np.int64), k)
+            it.node[m_rows] = m_ids
         if pair.any():
             # New nodes in the order the pairs merge: by the second visit's address.
             groups = np.flatnonzero(pair)
@@ -1271,23 +1356,18 @@ class Ksmd:
             ids = np.arange(self._next_node_id, self._next_node_id + len(groups), dtype=np.int64)
             self._next_node_id += len(groups)
             fr.node[kf] = ids
-            row_list = m_rows.tolist()
-            for gid, x, frame, lo, n in zip(
-                ids.tolist(),
-                uniq[groups].tolist(),
-                kf.tolist(),
-                g_first.tolist(),
-                k.tolist(),
-                strict=True,
-            ):
-                node = StableNode(gid, x, frame, dict.fromkeys(row_list[lo : lo + n]))
+            self.node_cols.add(int(ids[0]), kf)
+            for gid, x, frame in zip(ids.tolist(), uniq[groups].tolist(), kf.tolist(), strict=True):
+                node = StableNode(gid, x, frame)
                 self.nodes[gid] = node
                 self.stable[x] = node
+            m_ids = np.repeat(ids, k)
+            self._link(m_rows, m_ids)
             c.pages_shared += len(groups)
             c.pages_sharing += len(at) - len(groups)
             slot.merging_pages += len(at)
             it.state[m_rows] = STABLE
-            it.node[m_rows] = np.repeat(ids, k)
+            it.node[m_rows] = m_ids
         hard: npt.NDArray[np.bool_] = ~(insert | merge | pair)[inverse]
         return hard
 
