@@ -175,6 +175,20 @@ class ContentMap:
             todo = todo[lost]
             slots[todo] = (s[lost] + 1) & mask
 
+    def table(self) -> tuple[Keys, IntArray, npt.NDArray[np.uint32], int, int]:
+        """Keys, values, generations, bits and current generation, for the
+        accelerator's own lookups and inserts (see :meth:`added`)."""
+        return self._keys, self._vals, self._gen, self._bits, self._now
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more entries (may move the table: take :meth:`table` after)."""
+        self._reserve(n)
+
+    def added(self, n: int) -> None:
+        """``n`` entries were inserted in :meth:`table` directly."""
+        self._len += n
+        self._taken += n
+
     def _reserve(self, n: int) -> None:
         """Keep at most half the slots occupied once ``n`` more are added.
 

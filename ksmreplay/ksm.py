@@ -38,7 +38,10 @@ at a full-scan boundary:
   :meth:`Ksmd._bulk_trees`).
   Only the rest goes through the address-ordered loop, one visit at a time;
   both give the same state, as the tests check against a one-at-a-time
-  reference model.
+  reference model.  With the accelerator, ``visit.c`` runs that loop over
+  every listed visit instead, and hands the rare outcomes it does not do
+  (a new KSM page, a chain, a stale node) back to the Python code
+  (:meth:`Ksmd._visit_listed`).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import accelerator
+from ksmreplay.accel import Accelerator, Visited, accelerator
 from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
@@ -1003,6 +1006,22 @@ class Ksmd:
         visits = front.visits
         c.pages_scanned += visits
         self.cpu_ns += batch_cost_ns(visits)
+        fast = accelerator()
+        if fast is not None and not v6:
+            # Visits and stable unlinks in address order, in C but for the rare ones.
+            work = np.flatnonzero(visit | skipped_stable)
+            order, of, kind, when = pos[work], rows[work], skip[work].view(np.uint8), cum[work]
+            if stale_stable.any():
+                n_stale = int(np.count_nonzero(stale_stable))
+                at = np.concatenate([order, stale[stale_stable]])
+                by = np.argsort(at, kind="stable")
+                order = at[by]
+                of = np.concatenate([of, stale_rows[stale_stable]])[by]
+                kind = np.concatenate([kind, np.ones(n_stale, np.uint8)])[by]
+                when = np.concatenate([when, np.zeros(n_stale, np.int64)])[by]
+            self._visit_listed(fast, slot, segs, ptes, pages, order, of, kind, when)
+            self._free_rows(slot, stale_rows[stale_stable])  # unlinked already
+            return visits, stop
         linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
         sequential = visit & ~linked
         if sequential.any():
@@ -1035,6 +1054,84 @@ class Ksmd:
                     self._tick(self._window_visits + int(cum[k]))
                     self._cmp_and_merge(slot, int(rows[k]), view, page & (CHUNK - 1), page)
         return visits, stop
+
+    def _visit_listed(
+        self,
+        fast: Accelerator,
+        slot: Slot,
+        segs: list[tuple[int, int, IntArray]],
+        ptes: IntArray,
+        pages: IntArray,
+        order: IntArray,
+        rows: IntArray,
+        kind: npt.NDArray[np.uint8],
+        when: IntArray,
+    ) -> None:
+        """A window's visits (``kind`` 0) and stable unlinks (1) of items ``rows``
+        at positions ``order`` (ascending; ``when``: a visit's count in the
+        window), with ``visit.c``.
+
+        The C loop hands back what it does not do (see there); that event is
+        done here, one at a time, and the loop goes on after it.  A window of
+        several runs works on a copy of the PTEs (``ptes``): the copy is written
+        back before a handed-back event, which works on the page table, and
+        gathered again after it.
+        """
+        fr, it, mm = self.mem.frames, self.items, slot.mm
+        copied = len(segs) > 1
+        views = [v for _lo, _hi, v in segs]
+        frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
+        items = (it.checksum, it.checked, it.state, it.seq, it.node, it.hnext, it.hprev)
+        use_zero = bool(self.knob("use_zero_pages"))
+        maxps = int(self.knob("max_page_sharing"))
+        n, start = len(order), 0
+        while start < n:
+            self.unstable.reserve(n - start)
+            done = fast.visit(
+                start,
+                order,
+                rows,
+                kind,
+                ptes,
+                frames,
+                items,
+                (self.node_cols.size, self.node_cols.frame, self.node_cols.head),
+                self.stable.index().table(),
+                self.unstable.table(),
+                self.seqnr & SEQNR_MASK,
+                use_zero,
+                maxps,
+            )
+            self._visited(slot, done)
+            if copied and done.ptes_changed:
+                _write_back(views, ptes)
+            if done.stop == n:
+                return
+            k = done.stop
+            row, p = int(rows[k]), int(pages[order[k]])
+            if kind[k]:
+                self.unlink(row)
+            else:
+                self._tick(self._window_visits + int(when[k]))
+                view = mm.pt.chunk(p >> CHUNK_SHIFT)
+                self._cmp_and_merge(slot, row, view, p & (CHUNK - 1), p)
+                if copied:
+                    ptes[:] = np.concatenate(views)
+            start = k + 1
+
+    def _visited(self, slot: Slot, done: Visited) -> None:
+        """Take in what ``visit.c`` did: counters, hlists, frames freed."""
+        c, mm, events = self.c, slot.mm, self.mem.events
+        c.pages_shared += done.shared
+        c.pages_sharing += done.sharing
+        c.pages_unshared += done.unshared
+        slot.merging_pages += done.merging
+        events["merges"] += done.merges
+        events["zero_pages_merged"] += done.zero
+        mm.rss_anon -= done.zero
+        mm.ksm_zero_ptes += done.zero
+        self.unstable.added(done.inserted)
+        self.mem._bury(done.dead)
 
     def _window_front(self, ptes: IntArray, imap: IntArray, budget: int) -> Front | None:
         """The present pages of a window up to the budget: smart_scan, counting, listing.

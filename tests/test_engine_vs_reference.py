@@ -36,6 +36,13 @@ def test_engine_matches_reference_on_fixed_seeds(seed: int, mode: str) -> None:
     _compare(seed, mode)
 
 
+@pytest.mark.parametrize("mode", ["unshare", "legacy"])
+def test_engine_matches_reference_when_stale_items_share_a_window(mode: str) -> None:
+    """A stale stable item unlinked before a visit of its node's content, in one
+    window: the unlink must come first (the node then has room for the visit)."""
+    _compare(183730, mode, n_events=90)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(min_value=1000, max_value=2**32), mode=st.sampled_from(["unshare", "legacy"])

@@ -1,5 +1,5 @@
 """The optional accelerator (``scan.c``, ``fault.c``, ``window.c``,
-``contentmap.c``), loaded through ctypes.
+``visit.c``, ``contentmap.c``), loaded through ctypes.
 
 Large traces are mostly ``write`` events.  The msgpack library builds Python
 objects for every number, which caps the reader at a few hundred thousand
@@ -7,7 +7,9 @@ events a second: ``scan.c`` decodes the common write shapes straight into
 numpy columns instead.  Applying the writes is a page-by-page walk of page
 tables and frames: ``fault.c`` does it in one pass where numpy needs a dozen.
 ksmd's scan walks every present page of a window, mostly to count it or skip
-it: ``window.c`` does that pass (``ksm.Ksmd._window_front``), and
+it: ``window.c`` does that pass (``ksm.Ksmd._window_front``); ``visit.c``
+does the common visits and unlinks of what the front lists, in address order
+(``ksm.Ksmd._visit_listed``), handing the rare ones back; and
 ``contentmap.c`` walks the probe sequences of the content hash tables
 (``contentmap.ContentMap``).
 
@@ -23,6 +25,7 @@ import ctypes
 import os
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +34,8 @@ from ksmreplay.cbuild import BuildError, build
 from ksmreplay.events import WriteRun
 
 SOURCES = [
-    Path(__file__).with_name(name) for name in ("scan.c", "fault.c", "window.c", "contentmap.c")
+    Path(__file__).with_name(name)
+    for name in ("scan.c", "fault.c", "window.c", "visit.c", "contentmap.c")
 ]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
@@ -43,11 +47,13 @@ END, OTHER, FULL = 0, 1, 2
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
+_i32 = ctypes.c_int32
+_u32 = ctypes.c_uint32
 
 
 class Accelerator:
     """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``,
-    ``ksr_chunk_rows``, ``ksr_window``, ``ksr_map_find``, ``ksr_map_insert``."""
+    ``ksr_chunk_rows``, ``ksr_window``, ``ksr_visit``, ``ksr_map_find``, ``ksr_map_insert``."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -68,6 +74,12 @@ class Accelerator:
         lib.ksr_window.restype = _i64
         lib.ksr_window.argtypes = [_i64, *[_p] * 9, ctypes.c_int32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
+        lib.ksr_visit.restype = _i64
+        lib.ksr_visit.argtypes = [
+            _i64, _i64, *[_p] * 18, _p, _p, _p, _i32, _u32, _p, _p, _p, _i32, _u32,
+            _i32, _i32, _i64, _p, _p,
+        ]  # fmt: skip
+        self._visit = lib.ksr_visit
         lib.ksr_map_find.restype = None
         lib.ksr_map_find.argtypes = [_i64, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32, _p]
         lib.ksr_map_insert.restype = None
@@ -205,6 +217,63 @@ class Accelerator:
             bool(stopped),
         )
 
+    def visit(
+        self,
+        start: int,
+        pos: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+        kind: npt.NDArray[np.uint8],
+        ptes: npt.NDArray[np.int64],
+        frames: tuple[npt.NDArray[np.generic], ...],
+        items: tuple[npt.NDArray[np.generic], ...],
+        nodes: tuple[npt.NDArray[np.generic], ...],
+        stable: MapTable,
+        unstable: MapTable,
+        seqnr: int,
+        use_zero_pages: bool,
+        max_page_sharing: int,
+    ) -> Visited:
+        """Events ``start`` on of a window (``visit.c``) until one it hands back.
+
+        Event ``i`` is a visit (``kind`` 0) or an unlink (1) of item
+        ``rows[i]``, a visit of the page at window position ``pos[i]``.
+        ``frames`` are the frame columns content, mapcount, ksm, node;
+        ``items`` the item columns checksum, checked, state, seq, node, hnext,
+        hprev; ``nodes`` the node columns size, frame, head; the maps are
+        ``ContentMap.table()`` s.  The columns are updated in place.
+        """
+        n = len(pos)
+        dtypes = [a.dtype for a in (*frames, *items, *nodes)]
+        assert dtypes == [
+            *(np.uint64, np.int32, np.bool_, np.int32),  # frames
+            *(np.uint64, np.bool_, np.int8, np.uint8, np.int32, np.int64, np.int64),  # items
+            *(np.int32, np.int64, np.int64),  # nodes
+        ]
+        dead = np.empty(n, np.int64)
+        sums = np.zeros(9, np.int64)  # visit.c's SUM_*
+        st_keys, st_vals, st_gen, st_bits, st_now = stable
+        un_keys, un_vals, un_gen, un_bits, un_now = unstable
+        stop = self._visit(
+            n, start, *_addresses(pos, rows, kind, ptes, *frames, *items, *nodes),
+            *_addresses(st_keys, st_vals, st_gen), st_bits, st_now,
+            *_addresses(un_keys, un_vals, un_gen), un_bits, un_now,
+            seqnr, int(use_zero_pages), max_page_sharing,
+            *_addresses(dead, sums),
+        )  # fmt: skip
+        shared, sharing, unshared, merging, merges, zero, inserted, n_dead, ptes = sums.tolist()
+        return Visited(
+            int(stop),
+            shared,
+            sharing,
+            unshared,
+            merging,
+            merges,
+            zero,
+            inserted,
+            bool(ptes),
+            dead[:n_dead],
+        )
+
     def map_find(
         self,
         keys: npt.NDArray[np.uint64],
@@ -253,6 +322,29 @@ Window = tuple[
 ]
 """Listed positions, their visit counts, skipped or not; stale positions; visits,
 skipped, last position, stopped by the budget (``ksm.Front``)."""
+
+
+MapTable = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32], int, int]
+"""A ``ContentMap``'s keys, values, generations, bits and current generation."""
+
+
+class Visited(NamedTuple):
+    """What :meth:`Accelerator.visit` did."""
+
+    stop: int
+    """The event handed back, or the number of events when all were done."""
+    shared: int
+    """Changes of ``pages_shared``, ``pages_sharing``, ``pages_unshared``, the
+    mm's ``merging_pages``; merges; zero pages merged; unstable-tree inserts."""
+    sharing: int
+    unshared: int
+    merging: int
+    merges: int
+    zero: int
+    inserted: int
+    ptes_changed: bool
+    dead: npt.NDArray[np.int64]
+    """Frames whose last mapping went."""
 
 
 def accelerator() -> Accelerator | None:

@@ -1,0 +1,288 @@
+/*
+ * ksmreplay's optional scan accelerator: the visits of one scan window.
+ *
+ * ksr_visit() walks a window's events in address order -- visits of pages
+ * (cmp_and_merge_page()), and unlinks of skipped or stale items still linked
+ * to a stable node -- and does the common outcomes itself: unlinking an item
+ * from the unstable tree of an earlier pass or from a live stable node,
+ * recording a changed checksum, merging with the zero page, merging into a
+ * plain stable node that has room, and inserting into the unstable tree.
+ * Everything else (a stable node chain, a stale node, an unstable-tree hit
+ * that would make a new KSM page, a KSM page not linked to its item, an
+ * unstable item of the current pass) it leaves untouched and hands back:
+ * it returns that event's index and ksmd (ksmreplay/ksm.py) does it, then
+ * calls again from the next one.  The outcome is the same as
+ * Ksmd._cmp_and_merge and Ksmd.unlink one event at a time, which the tests
+ * check against the numpy path and the reference model.
+ *
+ * Stable nodes' hlists are doubly linked lists through the items (next,
+ * prev) from each node's head, with their lengths in node_size, as ksm.py
+ * keeps them.  Frames whose last mapping goes are listed for the caller to
+ * free (only ordinary pages lose mappings during a scan).
+ */
+
+#include <stdint.h>
+
+#define STATE_NONE 0
+#define STATE_UNSTABLE 1
+#define STATE_STABLE 2
+#define PTE_KSM_ZERO (-3)
+#define MULT 0x9E3779B97F4A7C15ULL
+#define ABSENT (-1)
+#define CHAIN_ENTRY (1LL << 62)
+
+enum { EV_VISIT, EV_UNLINK };
+
+enum {
+	SUM_SHARED,	/* pages_shared */
+	SUM_SHARING,	/* pages_sharing */
+	SUM_UNSHARED,	/* pages_unshared */
+	SUM_MERGING,	/* the mm's merging_pages */
+	SUM_MERGES,	/* merges (PTEs pointed at a KSM page) */
+	SUM_ZERO,	/* zero pages merged: the mm's ksm_zero_ptes, -rss_anon */
+	SUM_INSERTED,	/* entries added to the unstable tree */
+	SUM_DEAD,	/* frames freed */
+	SUM_PTES,	/* PTEs changed */
+	SUMS
+};
+
+/* A content hash table (contentmap.py): keys, values, generations. */
+struct map {
+	uint64_t *keys;
+	int64_t *vals;
+	uint32_t *gen;
+	int32_t bits;
+	uint32_t now;
+};
+
+struct scan {
+	/* window */
+	int64_t *ptes;
+	/* frames */
+	const uint64_t *fr_content;
+	int32_t *fr_mapcount;
+	const uint8_t *fr_ksm;
+	const int32_t *fr_node;
+	/* items */
+	uint64_t *checksum;
+	uint8_t *checked;
+	int8_t *state;
+	uint8_t *seq;
+	int32_t *node;
+	int64_t *next;
+	int64_t *prev;
+	/* stable nodes */
+	int32_t *node_size;
+	const int64_t *node_frame;
+	int64_t *head;
+	/* trees */
+	struct map stable, unstable;
+	/* knobs and pass */
+	uint8_t seqnr;
+	int32_t use_zero_pages;
+	int64_t max_page_sharing;
+	/* outputs */
+	int64_t *dead;
+	int64_t *sums;
+};
+
+static int64_t map_find(const struct map *m, uint64_t key)
+{
+	uint64_t mask = (1ULL << m->bits) - 1;
+	uint64_t s = (key * MULT) >> (64 - m->bits);
+
+	while (m->gen[s] == m->now) {
+		if (m->keys[s] == key && m->vals[s] >= 0)
+			return m->vals[s];
+		s = (s + 1) & mask;
+	}
+	return ABSENT;
+}
+
+/* The key is absent and the caller reserved room. */
+static void map_insert(struct map *m, uint64_t key, int64_t val)
+{
+	uint64_t mask = (1ULL << m->bits) - 1;
+	uint64_t s = (key * MULT) >> (64 - m->bits);
+
+	while (m->gen[s] == m->now)
+		s = (s + 1) & mask;
+	m->gen[s] = m->now;
+	m->keys[s] = key;
+	m->vals[s] = val;
+}
+
+/* A node is live while its KSM page is: the frame still names it. */
+static int node_alive(const struct scan *k, int64_t nid)
+{
+	int64_t frame = k->node_frame[nid];
+
+	return k->fr_ksm[frame] && k->fr_node[frame] == nid;
+}
+
+/* Ksmd._unlink_from_live for one item (its node is live). */
+static void unlink_stable(struct scan *k, int64_t row)
+{
+	int64_t nid = k->node[row], before = k->prev[row], after = k->next[row];
+
+	if (before >= 0)
+		k->next[before] = after;
+	else
+		k->head[nid] = after;
+	if (after >= 0)
+		k->prev[after] = before;
+	if (--k->node_size[nid] == 0)
+		k->sums[SUM_SHARED]--;
+	else
+		k->sums[SUM_SHARING]--;
+	k->sums[SUM_MERGING]--;
+	k->state[row] = STATE_NONE;
+	k->node[row] = -1;
+}
+
+/* Ksmd._append: stable_tree_append(). */
+static void append(struct scan *k, int64_t row, int64_t nid)
+{
+	int64_t first = k->head[nid];
+
+	k->next[row] = first;
+	k->prev[row] = -1;
+	if (first >= 0)
+		k->prev[first] = row;
+	k->head[nid] = row;
+	if (++k->node_size[nid] > 1)
+		k->sums[SUM_SHARING]++;
+	else
+		k->sums[SUM_SHARED]++;
+	k->sums[SUM_MERGING]++;
+	k->state[row] = STATE_STABLE;
+	k->node[row] = (int32_t)nid;
+}
+
+/* Whether remove_rmap_item_from_tree() of the item is one this file does. */
+static int can_unlink(const struct scan *k, int64_t row)
+{
+	switch (k->state[row]) {
+	case STATE_STABLE:
+		return node_alive(k, k->node[row]);
+	case STATE_UNSTABLE:
+		/* In this pass's tree: the caller deletes the entry. */
+		return k->seq[row] != k->seqnr;
+	default:
+		return 1;
+	}
+}
+
+static void unlink_item(struct scan *k, int64_t row)
+{
+	if (k->state[row] == STATE_STABLE) {
+		unlink_stable(k, row);
+	} else if (k->state[row] == STATE_UNSTABLE) {
+		k->sums[SUM_UNSHARED]--;
+		k->state[row] = STATE_NONE;
+	}
+}
+
+static void put_frame(struct scan *k, int64_t frame)
+{
+	if (--k->fr_mapcount[frame] == 0)
+		k->dead[k->sums[SUM_DEAD]++] = frame;
+}
+
+/* cmp_and_merge_page() of the page at window position p, item row; 0 to hand it back. */
+static int visit(struct scan *k, int64_t p, int64_t row)
+{
+	int64_t frame = k->ptes[p], entry = ABSENT, size = 0;
+	uint64_t content;
+	int changed, zero, merge = 0;
+
+	if (k->fr_ksm[frame])
+		/* Only a KSM page already linked to its item is done here. */
+		return k->state[row] == STATE_STABLE && k->node[row] == k->fr_node[frame];
+	if (!can_unlink(k, row))
+		return 0;
+	content = k->fr_content[frame];
+	changed = !k->checked[row] || k->checksum[row] != content;
+	zero = !changed && content == 0 && k->use_zero_pages;
+	if (!changed && !zero) {
+		entry = map_find(&k->stable, content);
+		if (entry >= CHAIN_ENTRY || (entry >= 0 && !node_alive(k, entry)))
+			return 0;
+		if (entry >= 0) {
+			/* Its length once this item left it, if it was linked to it. */
+			size = k->node_size[entry] -
+			       (k->state[row] == STATE_STABLE && k->node[row] == entry);
+			merge = size > 0 && size < k->max_page_sharing;
+		}
+		if (!merge && map_find(&k->unstable, content) >= 0)
+			return 0; /* a new KSM page, or one of its aborts */
+	}
+	unlink_item(k, row);
+	if (changed) {
+		k->checksum[row] = content;
+		k->checked[row] = 1;
+	} else if (zero) {
+		/* try_to_merge_with_zero_page() */
+		k->ptes[p] = PTE_KSM_ZERO;
+		k->sums[SUM_ZERO]++;
+		k->sums[SUM_PTES]++;
+		put_frame(k, frame);
+	} else if (merge) {
+		/* replace_page() into the node's KSM page, stable_tree_append() */
+		int64_t kframe = k->node_frame[entry];
+
+		k->ptes[p] = kframe;
+		k->fr_mapcount[kframe]++;
+		k->sums[SUM_MERGES]++;
+		k->sums[SUM_PTES]++;
+		put_frame(k, frame);
+		append(k, row, entry);
+	} else {
+		/* unstable_tree_search_insert(): no partner, insert */
+		map_insert(&k->unstable, content, row);
+		k->state[row] = STATE_UNSTABLE;
+		k->seq[row] = k->seqnr;
+		k->sums[SUM_UNSHARED]++;
+		k->sums[SUM_INSERTED]++;
+	}
+	return 1;
+}
+
+/*
+ * Events i in [start, n): kind[i] (EV_VISIT or EV_UNLINK) of item rows[i],
+ * a visit of the page at window position pos[i].  Returns the first event
+ * handed back, or n.  sums[] accumulates (see SUM_*); dead[] needs room for
+ * n entries.
+ */
+int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
+		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
+		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
+		  uint64_t *checksum, uint8_t *checked, int8_t *state, uint8_t *seq, int32_t *node,
+		  int64_t *next, int64_t *prev, int32_t *node_size, const int64_t *node_frame,
+		  int64_t *head, uint64_t *st_keys, int64_t *st_vals,
+		  uint32_t *st_gen, int32_t st_bits, uint32_t st_now, uint64_t *un_keys,
+		  int64_t *un_vals, uint32_t *un_gen, int32_t un_bits, uint32_t un_now,
+		  int32_t seqnr, int32_t use_zero_pages, int64_t max_page_sharing, int64_t *dead,
+		  int64_t *sums)
+{
+	struct scan k = {
+		ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
+		checksum, checked, state, seq, node, next, prev, node_size, node_frame, head,
+		{ st_keys, st_vals, st_gen, st_bits, st_now },
+		{ un_keys, un_vals, un_gen, un_bits, un_now },
+		(uint8_t)seqnr, use_zero_pages, max_page_sharing,
+		dead, sums,
+	};
+
+	for (int64_t i = start; i < n; i++) {
+		if (kind[i] == EV_VISIT) {
+			if (!visit(&k, pos[i], rows[i]))
+				return i;
+		} else {
+			if (!can_unlink(&k, rows[i]))
+				return i;
+			unlink_item(&k, rows[i]);
+		}
+	}
+	return n;
+}
