@@ -2,8 +2,9 @@
  * ksmreplay's optional scan accelerator: the visits of one scan window.
  *
  * ksr_visit() walks a window's events in address order -- visits of pages
- * (cmp_and_merge_page()), and unlinks of skipped or stale items still linked
- * to a stable node -- and does the common outcomes itself: unlinking an item
+ * (cmp_and_merge_page()), and unlinks of skipped and stale items from their
+ * trees (remove_rmap_item_from_tree()) -- and does the common outcomes
+ * itself: unlinking an item
  * from the unstable tree of an earlier pass or from a live stable node,
  * recording a changed checksum, merging with the zero page, merging into a
  * plain stable node that has room, and inserting into the unstable tree.
@@ -30,6 +31,11 @@
 #define MULT 0x9E3779B97F4A7C15ULL
 #define ABSENT (-1)
 #define CHAIN_ENTRY (1LL << 62)
+/* Events ahead whose item and frame, then whose tree slots, are fetched. */
+#define AHEAD_ITEM 16
+#define AHEAD_SLOT 8
+/* Functions of nothing but prefetches must be inlined, or the compiler drops them. */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 enum { EV_VISIT, EV_UNLINK };
 
@@ -86,10 +92,54 @@ struct scan {
 	int64_t *sums;
 };
 
+static inline uint64_t map_slot(const struct map *m, uint64_t key)
+{
+	return (key * MULT) >> (64 - m->bits);
+}
+
+ALWAYS_INLINE void map_prefetch(const struct map *m, uint64_t key)
+{
+	uint64_t s = map_slot(m, key);
+
+	__builtin_prefetch(&m->gen[s], 0);
+	__builtin_prefetch(&m->keys[s], 0);
+	__builtin_prefetch(&m->vals[s], 0);
+}
+
+/*
+ * The trees, items and frames are large and visited out of order: fetch what
+ * the events a little ahead will read (their tree slots once their frame's
+ * content is in cache).
+ */
+ALWAYS_INLINE void prefetch(const struct scan *k, const int64_t *pos, const int64_t *rows,
+			    const uint8_t *kind, int64_t i, int64_t n)
+{
+	if (i + AHEAD_ITEM < n) {
+		int64_t row = rows[i + AHEAD_ITEM], frame = k->ptes[pos[i + AHEAD_ITEM]];
+
+		__builtin_prefetch(&k->state[row], 1);
+		__builtin_prefetch(&k->checksum[row], 1);
+		if (kind[i + AHEAD_ITEM] == EV_VISIT && frame >= 0) {
+			__builtin_prefetch(&k->fr_content[frame], 0);
+			__builtin_prefetch(&k->fr_ksm[frame], 0);
+		}
+	}
+	if (i + AHEAD_SLOT < n && kind[i + AHEAD_SLOT] == EV_VISIT) {
+		int64_t frame = k->ptes[pos[i + AHEAD_SLOT]];
+
+		if (frame >= 0) {
+			uint64_t content = k->fr_content[frame];
+
+			map_prefetch(&k->stable, content);
+			map_prefetch(&k->unstable, content);
+		}
+	}
+}
+
 static int64_t map_find(const struct map *m, uint64_t key)
 {
 	uint64_t mask = (1ULL << m->bits) - 1;
-	uint64_t s = (key * MULT) >> (64 - m->bits);
+	uint64_t s = map_slot(m, key);
 
 	while (m->gen[s] == m->now) {
 		if (m->keys[s] == key && m->vals[s] >= 0)
@@ -103,7 +153,7 @@ static int64_t map_find(const struct map *m, uint64_t key)
 static void map_insert(struct map *m, uint64_t key, int64_t val)
 {
 	uint64_t mask = (1ULL << m->bits) - 1;
-	uint64_t s = (key * MULT) >> (64 - m->bits);
+	uint64_t s = map_slot(m, key);
 
 	while (m->gen[s] == m->now)
 		s = (s + 1) & mask;
@@ -275,6 +325,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 	};
 
 	for (int64_t i = start; i < n; i++) {
+		prefetch(&k, pos, rows, kind, i, n);
 		if (kind[i] == EV_VISIT) {
 			if (!visit(&k, pos[i], rows[i]))
 				return i;

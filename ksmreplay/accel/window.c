@@ -43,10 +43,20 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		int64_t pte = ptes[i], row = imap[i];
 		int ksm, skip = 0, wanted;
 
-		/* Frames are spread over memory: fetch ahead what the next pages read. */
+		/* Frames and items are spread over memory: fetch ahead what the
+		 * next pages read. */
 		if (i + AHEAD < n && ptes[i + AHEAD] >= 0) {
+			int64_t ahead = imap[i + AHEAD];
+
 			__builtin_prefetch(&fr_ksm[ptes[i + AHEAD]], 0);
 			__builtin_prefetch(&fr_node[ptes[i + AHEAD]], 0);
+			if (ahead >= 0) {
+				__builtin_prefetch(&age[ahead], 1);
+				__builtin_prefetch(&skips[ahead], 1);
+				__builtin_prefetch(&state[ahead], 0);
+				__builtin_prefetch(&node[ahead], 0);
+				__builtin_prefetch(&flags[ahead], 0);
+			}
 		}
 
 		if (pte < 0) {
