@@ -97,7 +97,8 @@ class Engine:
         i = 0
         while i < n:
             self._advance(int(t[i]))
-            j = n if self.next_wake is None else int(np.searchsorted(t, self.next_wake, "right"))
+            wake = self.next_wake
+            j = n if wake is None else int(t.searchsorted(np.uint64(wake), "right"))
             j = max(j, i + 1)
             self.now = self.ksmd.now = int(t[j - 1])
             self._write_run(run, i, j)

@@ -22,9 +22,9 @@ dying, a KSM zero PTE disappearing) through the :class:`Accounting` hooks.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -385,10 +385,31 @@ class PageTable:
             page = hi
 
 
-def _directories(mms: list[MM]) -> IntArray:
-    """``PageTable.directory()`` of each process's page table, one row each."""
-    flat = chain.from_iterable(mm.pt.directory() for mm in mms)
-    return np.fromiter(flat, np.int64, 4 * len(mms)).reshape(len(mms), 4)
+class _Directories:
+    """``PageTable.directory()`` of each of a list of processes, as the
+    accelerator takes them: the first three fields (rows) and the block tables.
+
+    Writes come tick after tick from the same processes, whose directories
+    rarely change: the arrays of the last call are kept while the same
+    directory objects come back.
+    """
+
+    __slots__ = ("_last", "lookups", "tables")
+
+    def __init__(self) -> None:
+        self._last: list[tuple[int, int, int, int]] = []
+        self.lookups: IntArray = np.zeros((0, 3), np.int64)
+        self.tables: IntArray = np.zeros(0, np.int64)
+
+    def of(self, mms: list[MM]) -> _Directories:
+        dirs = [mm.pt.directory() for mm in mms]
+        same = len(dirs) == len(self._last) and all(map(operator.is_, dirs, self._last))
+        if not same:
+            flat = np.array(dirs, np.int64).reshape(len(dirs), 4)
+            self.lookups = np.ascontiguousarray(flat[:, :3])
+            self.tables = np.ascontiguousarray(flat[:, 3])
+            self._last = dirs
+        return self
 
 
 def gather(places: Places, n: int) -> IntArray:
@@ -531,6 +552,7 @@ class Memory:
         self.mms: dict[int, MM] = {}
         self.events: dict[str, int] = dict(EVENT_COUNTERS_ZERO)
         self.on_ksm_pages_freed = on_ksm_pages_freed
+        self._directories = _Directories()
 
     # -- frames -------------------------------------------------------------
 
@@ -606,15 +628,15 @@ class Memory:
         if fast is not None:
             mine = owner.astype(np.int32)
             keys = pages >> CHUNK_SHIFT
-            dirs = _directories(mms)
-            rows = fast.chunk_rows(mine, keys, np.ascontiguousarray(dirs[:, :3]))
+            dirs = self._directories.of(mms)
+            rows = fast.chunk_rows(mine, keys, dirs.lookups)
             missing = np.flatnonzero(rows < 0)
             if len(missing):
                 # Pages in chunks not made yet: make them (the block tables may grow).
                 for p in np.unique(owner[missing]).tolist():
                     at = missing[owner[missing] == p]
                     rows[at] = mms[p].pt.locate(keys[at])
-                dirs = _directories(mms)
+                dirs = self._directories.of(mms)
             fr = self.frames
             fresh = fr.candidates(len(pages))
             used, dead, stats, events = fast.write_pages(
@@ -622,7 +644,7 @@ class Memory:
                 rows,
                 pages & (CHUNK - 1),
                 np.ascontiguousarray(fps),
-                dirs[:, 3],
+                dirs.tables,
                 fr.content,
                 fr.mapcount,
                 fr.ksm,
