@@ -194,7 +194,7 @@ except KsmreplayError as e:
 def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
     before = knob_state()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-X", "faulthandler", "-c", CHILD],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -209,7 +209,12 @@ def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
             assert time.monotonic() < deadline, "the replay never merged"
             time.sleep(0.01)
         child.send_signal(sig)
-        child.wait(timeout=30)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)  # its Python stack, on stderr
+            _, stderr = child.communicate()
+            pytest.fail(f"the replay did not stop after {sig.name}:\n{stderr}")
     finally:
         if child.poll() is None:
             child.kill()
