@@ -359,7 +359,9 @@ class Front(NamedTuple):
 
     Listed are the positions that need more than counting: a page without
     an item, a skipped item in a tree, and every visit but that of a KSM page
-    linked to its item (and, in the v6 design, not flagged).
+    linked to its item (and, in the v6 design, not flagged).  A skipped item
+    in an earlier pass's unstable tree is unlinked by the front itself (that
+    changes its state and ``pages_unshared`` only), and not listed.
     """
 
     pos: IntArray
@@ -376,6 +378,8 @@ class Front(NamedTuple):
     """The last position handled: the budget's last visit or the last present page."""
     stopped: bool
     """The budget ran out at :attr:`last`."""
+    unshared: int
+    """Skipped items the front took out of an earlier pass's unstable tree."""
 
 
 class Ksmd:
@@ -973,22 +977,31 @@ class Ksmd:
         stale_rows = imap[stale]
         imap[stale] = NULL
         pos, skip, cum = front.pos, front.skip, front.cum
-        frames = ptes[pos]
         rows = imap[pos]
-        is_ksm = fr.ksm[frames]
-        visit = ~skip
         new = np.flatnonzero(rows < 0)
         if len(new):
-            fresh = it.alloc(slot.id, pages[pos[new]])
+            at = pos[new]
+            fresh = it.alloc(slot.id, pages[at])
             rows[new] = fresh
-            imap[pos[new]] = fresh
+            imap[at] = fresh
             slot.rmap_items += len(new)
             c.rmap_items += len(new)
             if self.knob("smart_scan"):
-                it.age[fresh[~is_ksm[new]]] = 1  # skip_age() of a first visit
+                it.age[fresh[~fr.ksm[ptes[at]]]] = 1  # skip_age() of a first visit
         if (len(new) or len(stale)) and len(imap_views) > 1:
             _write_back(imap_views, imap)
         c.pages_skipped += front.skipped
+        c.pages_unshared -= front.unshared
+        visits = front.visits
+        c.pages_scanned += visits
+        self.cpu_ns += batch_cost_ns(visits)
+        fast = accelerator()
+        if fast is not None and not v6:
+            self._visit_listed(fast, slot, segs, ptes, pages, front, rows, stale, stale_rows)
+            return visits, stop
+        frames = ptes[pos]
+        is_ksm = fr.ksm[frames]
+        visit = ~skip
         if v6:
             # v6: a flagged item visited with a normal page there loses its flag.
             cleared = rows[visit & it.flagged(rows)]
@@ -1003,25 +1016,6 @@ class Ksmd:
         self._free_rows(slot, stale_rows[~stale_stable])
         skipped_stable = skip & (it.state[rows] == STABLE)
         self._unlink_rows(rows[skip & ~skipped_stable])
-        visits = front.visits
-        c.pages_scanned += visits
-        self.cpu_ns += batch_cost_ns(visits)
-        fast = accelerator()
-        if fast is not None and not v6:
-            # Visits and stable unlinks in address order, in C but for the rare ones.
-            work = np.flatnonzero(visit | skipped_stable)
-            order, of, kind, when = pos[work], rows[work], skip[work].view(np.uint8), cum[work]
-            if stale_stable.any():
-                n_stale = int(np.count_nonzero(stale_stable))
-                at = np.concatenate([order, stale[stale_stable]])
-                by = np.argsort(at, kind="stable")
-                order = at[by]
-                of = np.concatenate([of, stale_rows[stale_stable]])[by]
-                kind = np.concatenate([kind, np.ones(n_stale, np.uint8)])[by]
-                when = np.concatenate([when, np.zeros(n_stale, np.int64)])[by]
-            self._visit_listed(fast, slot, segs, ptes, pages, order, of, kind, when)
-            self._free_rows(slot, stale_rows[stale_stable])  # unlinked already
-            return visits, stop
         linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
         sequential = visit & ~linked
         if sequential.any():
@@ -1062,14 +1056,14 @@ class Ksmd:
         segs: list[tuple[int, int, IntArray]],
         ptes: IntArray,
         pages: IntArray,
-        order: IntArray,
+        front: Front,
         rows: IntArray,
-        kind: npt.NDArray[np.uint8],
-        when: IntArray,
+        stale: IntArray,
+        stale_rows: IntArray,
     ) -> None:
-        """A window's visits (``kind`` 0) and stable unlinks (1) of items ``rows``
-        at positions ``order`` (ascending; ``when``: a visit's count in the
-        window), with ``visit.c``.
+        """The listed visits and unlinks of a window (``rows`` are the listed
+        items) and the unlinks of its stale items, in address order, with
+        ``visit.c``; then the stale items are freed.
 
         The C loop hands back what it does not do (see there); that event is
         done here, one at a time, and the loop goes on after it.  A window of
@@ -1077,6 +1071,14 @@ class Ksmd:
         back before a handed-back event, which works on the page table, and
         gathered again after it.
         """
+        order, kind, when = front.pos, front.skip.view(np.uint8), front.cum
+        if len(stale):
+            at = np.concatenate([order, stale])
+            by = np.argsort(at, kind="stable")
+            order = at[by]
+            rows = np.concatenate([rows, stale_rows])[by]
+            kind = np.concatenate([kind, np.ones(len(stale), np.uint8)])[by]
+            when = np.concatenate([when, np.zeros(len(stale), np.int64)])[by]
         fr, it, mm = self.mem.frames, self.items, slot.mm
         copied = len(segs) > 1
         views = [v for _lo, _hi, v in segs]
@@ -1106,7 +1108,7 @@ class Ksmd:
             if copied and done.ptes_changed:
                 _write_back(views, ptes)
             if done.stop == n:
-                return
+                break
             k = done.stop
             row, p = int(rows[k]), int(pages[order[k]])
             if kind[k]:
@@ -1118,6 +1120,8 @@ class Ksmd:
                 if copied:
                     ptes[:] = np.concatenate(views)
             start = k + 1
+        if len(stale_rows):
+            self._free_rows(slot, stale_rows)  # unlinked above
 
     def _visited(self, slot: Slot, done: Visited) -> None:
         """Take in what ``visit.c`` did: counters, hlists, frames freed."""
@@ -1139,8 +1143,9 @@ class Ksmd:
         ``ptes`` and ``imap`` are the window's PTEs and item rows.  Walks the
         present pages in address order until the ``budget``-th visit; makes
         smart_scan's decision for each page that has an item (updating its
-        age and remaining skips; a page without one is never skipped) and
-        lists what needs more than counting (see :class:`Front`).  None if no
+        age and remaining skips, and unlinking it if it is skipped in an
+        earlier pass's unstable tree; a page without an item is never
+        skipped) and lists what needs more than counting (see :class:`Front`).  None if no
         page is present.  The accelerator's ``window.c`` does the same in one
         pass.
         """
@@ -1156,9 +1161,11 @@ class Ksmd:
                 it.age,
                 it.skips,
                 it.state,
+                it.seq,
                 it.node,
                 it.flags,
                 smart,
+                self.seqnr & SEQNR_MASK,
                 budget,
             )
             return None if found is None else Front(*found)
@@ -1184,8 +1191,15 @@ class Ksmd:
             n = int(np.searchsorted(cum, budget)) + 1
         pos, frames, rows, safe, cum = (a[:n] for a in (pos, frames, rows, safe, cum))
         has, is_ksm, skip = (a[:n] for a in (has, is_ksm, skip))
+        unshared = 0
         if smart:
             self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
+            skipped = rows[skip]
+            old = skipped[
+                (it.state[skipped] == UNSTABLE) & (it.seq[skipped] != (self.seqnr & SEQNR_MASK))
+            ]
+            it.state[old] = NONE
+            unshared = len(old)
         state = it.state[safe]
         linked = (
             has
@@ -1206,6 +1220,7 @@ class Ksmd:
             int(np.count_nonzero(skip)),
             last,
             stopped,
+            unshared,
         )
 
     def _bulk_visits(

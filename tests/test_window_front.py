@@ -5,7 +5,8 @@ items, KSM pages linked to their item or not, flagged items, every smart_scan
 age and skip count) and budgets that stop the walk anywhere, WHEN the front
 runs with and without the accelerator on copies of the same state, THEN it
 lists the same positions with the same visit counts and skips, finds the same
-stale items, counts the same, and leaves the same ages and skip counts.
+stale items, counts the same, and leaves the same ages, skip counts and item
+states (skipped items of an earlier pass's unstable tree leave it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 FRAMES, ITEMS = 300, 400
 
 
-def _ksmd(rng: np.random.Generator, smart: bool) -> Ksmd:
+def _ksmd(rng: np.random.Generator, smart: bool, seed: int) -> Ksmd:
     knobs = {"smart_scan": int(smart)}
     ksmd = Ksmd(MODES["v6"], knobs.__getitem__, lambda _n: None)
     fr, it = ksmd.mem.frames, ksmd.items
@@ -34,6 +35,9 @@ def _ksmd(rng: np.random.Generator, smart: bool) -> Ksmd:
     it.age = rng.choice(np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 254, 255], np.uint8), ITEMS)
     it.skips = rng.integers(0, 9, ITEMS).astype(np.uint8)
     it.state = rng.choice(np.array([NONE, UNSTABLE, STABLE], np.int8), ITEMS)
+    passes = np.random.default_rng([seed, 1])  # (leaves the draws above as they were)
+    it.seq = passes.integers(0, 3, ITEMS).astype(np.uint8)
+    ksmd.seqnr = int(passes.integers(0, 3)) + 256 * int(passes.integers(0, 2))
     it.node = rng.integers(0, 5, ITEMS).astype(np.int32)
     it.flags = np.where(rng.random(ITEMS) < 0.1, ZERO_PAGE_FLAG, 0).astype(np.uint16)
     return ksmd
@@ -52,14 +56,15 @@ def _window(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
     rng = np.random.default_rng(seed)
     smart = bool(seed % 3)
-    ksmd = _ksmd(rng, smart)
+    ksmd = _ksmd(rng, smart, seed)
     n = int(rng.integers(1, 300))
     ptes, imap = _window(rng, n)
     budget = int(rng.integers(1, n + 2))
     monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
     front = ksmd._window_front(ptes, imap, budget)
     found = None if front is None else tuple(np.asarray(f).tolist() for f in front)
-    return found, ksmd.items.age.tolist(), ksmd.items.skips.tolist()
+    it = ksmd.items
+    return found, it.age.tolist(), it.skips.tolist(), it.state.tolist()
 
 
 @pytest.mark.parametrize("seed", range(300))
@@ -76,3 +81,4 @@ def test_the_fronts_differ_when_they_should(monkeypatch: pytest.MonkeyPatch) -> 
     assert sum(1 for f in present if f[5]) > 50  # something skipped
     assert sum(1 for f in present if f[3]) > 50  # stale items
     assert sum(1 for f in present if len(f[0]) < f[4]) > 50  # linked visits left out
+    assert sum(1 for f in present if f[8]) > 30  # skipped items left an unstable tree

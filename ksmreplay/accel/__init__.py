@@ -73,7 +73,7 @@ class Accelerator:
         lib.ksr_chunk_rows.argtypes = [_i64, _p, _p, _p, _p]
         self._chunk_rows = lib.ksr_chunk_rows
         lib.ksr_window.restype = _i64
-        lib.ksr_window.argtypes = [_i64, *[_p] * 9, ctypes.c_int32, _i64, *[_p] * 5]
+        lib.ksr_window.argtypes = [_i64, *[_p] * 10, _i32, _i32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
         lib.ksr_visit.restype = _i64
         lib.ksr_visit.argtypes = [
@@ -186,26 +186,29 @@ class Accelerator:
         age: npt.NDArray[np.uint8],
         skips: npt.NDArray[np.uint8],
         state: npt.NDArray[np.int8],
+        seq: npt.NDArray[np.uint8],
         node: npt.NDArray[np.int32],
         flags: npt.NDArray[np.uint16],
         smart: bool,
+        seqnr: int,
         budget: int,
     ) -> Window | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
-        None if no page is present; ``age`` and ``skips`` are updated."""
+        None if no page is present; ``age``, ``skips`` and ``state`` are updated."""
         n = len(ptes)
-        dtypes = [a.dtype for a in (fr_ksm, fr_node, state, node, flags)]
-        assert dtypes == [np.bool_, np.int32, np.int8, np.int32, np.uint16]
+        dtypes = [a.dtype for a in (fr_ksm, fr_node, state, seq, node, flags)]
+        assert dtypes == [np.bool_, np.int32, np.int8, np.uint8, np.int32, np.uint16]
         pos = np.empty(n, np.int64)
         cum = np.empty(n, np.int64)
         skip = np.empty(n, np.bool_)
         stale = np.empty(n, np.int64)
-        summary = np.zeros(6, np.int64)
+        summary = np.zeros(7, np.int64)
         self._window(
-            n, *_addresses(ptes, imap), *_columns(fr_ksm, fr_node, age, skips, state, node, flags),
-            int(smart), budget, *_addresses(pos, cum, skip, stale, summary),
+            n, *_addresses(ptes, imap),
+            *_columns(fr_ksm, fr_node, age, skips, state, seq, node, flags),
+            int(smart), seqnr, budget, *_addresses(pos, cum, skip, stale, summary),
         )  # fmt: skip
-        listed, visits, skipped, n_stale, last, stopped = summary.tolist()
+        listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
         if last < 0:
             return None
         return (
@@ -217,6 +220,7 @@ class Accelerator:
             skipped,
             last,
             bool(stopped),
+            unshared,
         )
 
     def visit(
@@ -348,9 +352,11 @@ Window = tuple[
     int,
     int,
     bool,
+    int,
 ]
 """Listed positions, their visit counts, skipped or not; stale positions; visits,
-skipped, last position, stopped by the budget (``ksm.Front``)."""
+skipped, last position, stopped by the budget, unlinked from an unstable tree
+(``ksm.Front``)."""
 
 
 MapTable = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32], int, int]

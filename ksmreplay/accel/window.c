@@ -7,8 +7,10 @@
  * remaining skips), counts the visits until the budget, and lists the
  * positions that need more than counting: a page without an item, a skipped
  * item still in a tree, and every visit other than that of a KSM page already
- * linked to its item.  It also lists the item-map entries at pages no longer
- * present (stale items) before the last page handled.  Most pages of a
+ * linked to its item.  A skipped item in an earlier pass's unstable tree
+ * leaves it here (its state and pages_unshared are all that change, in any
+ * order), so it is not listed.  It also lists the item-map entries at pages
+ * no longer present (stale items) before the last page handled.  Most pages of a
  * settled workload need nothing more, and numpy pays a dozen passes over
  * them where this pays one.  The tests run both and compare.
  */
@@ -16,28 +18,32 @@
 #include <stdint.h>
 
 #define STATE_NONE 0
+#define STATE_UNSTABLE 1
 #define STATE_STABLE 2
 #define ZERO_PAGE_FLAG 0x400
 #define AGE_MAX 255
 #define AHEAD 32
 
-enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SUMS };
+enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SUM_UNSHARED, SUMS };
 
 /*
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
  * Frames: ksm flag and stable node; items: age, skips (updated when smart),
- * state, node, flags.  Outputs have room for n entries: listed positions,
- * the visit count up to and including each, whether each was skipped; stale
- * positions.  Returns 0; the summary gets the counts, the last position
- * handled (-1: none present) and whether the budget stopped the walk.
+ * state (updated when a skipped item leaves an unstable tree of a pass other
+ * than seqnr), seq, node, flags.  Outputs have room for n entries: listed
+ * positions, the visit count up to and including each, whether each was
+ * skipped; stale positions.  Returns 0; the summary gets the counts, the last
+ * position handled (-1: none present), whether the budget stopped the walk
+ * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, uint8_t *age, uint8_t *skips, const int8_t *state,
-		   const int32_t *node, const uint16_t *flags, int32_t smart, int64_t budget,
-		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_skip, int64_t *out_stale,
-		   int64_t *summary)
+		   const int32_t *fr_node, uint8_t *age, uint8_t *skips, int8_t *state,
+		   const uint8_t *seq, const int32_t *node, const uint16_t *flags, int32_t smart,
+		   int32_t seqnr, int64_t budget, int64_t *out_pos, int64_t *out_cum,
+		   uint8_t *out_skip, int64_t *out_stale, int64_t *summary)
 {
 	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
+	int64_t unshared = 0;
 
 	for (int64_t i = 0; i < n; i++) {
 		int64_t pte = ptes[i], row = imap[i];
@@ -53,7 +59,8 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 			if (ahead >= 0) {
 				__builtin_prefetch(&age[ahead], 1);
 				__builtin_prefetch(&skips[ahead], 1);
-				__builtin_prefetch(&state[ahead], 0);
+				__builtin_prefetch(&state[ahead], 1);
+				__builtin_prefetch(&seq[ahead], 0);
 				__builtin_prefetch(&node[ahead], 0);
 				__builtin_prefetch(&flags[ahead], 0);
 			}
@@ -79,6 +86,10 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		last = i;
 		if (skip) {
 			skipped++;
+			if (state[row] == STATE_UNSTABLE && seq[row] != (uint8_t)seqnr) {
+				state[row] = STATE_NONE;
+				unshared++;
+			}
 			wanted = state[row] != STATE_NONE;
 		} else {
 			visits++;
@@ -105,5 +116,6 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 	summary[SUM_STALE] = stale;
 	summary[SUM_LAST] = last;
 	summary[SUM_STOPPED] = stopped;
+	summary[SUM_UNSHARED] = unshared;
 	return 0;
 }
