@@ -27,13 +27,17 @@ def cache_dir() -> Path:
     return Path(base) / "ksmreplay"
 
 
-def build(sources: Sequence[Path], cflags: Sequence[str], stem: str) -> Path:
+def build(
+    sources: Sequence[Path], cflags: Sequence[str], stem: str, headers: Sequence[Path] = ()
+) -> Path:
     """``sources`` compiled into one file (``cache_dir()/stem-DIGEST``), built if needed.
+
+    The digest covers the sources, the ``headers`` they include and the flags.
 
     :raises BuildError: when no compiler is found (``$CC``, ``gcc``, ``cc``),
         the cache directory cannot be created, or the compiler fails.
     """
-    text = b"".join(source.read_bytes() for source in sources)
+    text = b"".join(source.read_bytes() for source in (*sources, *headers))
     digest = hashlib.sha256(text + " ".join(cflags).encode()).hexdigest()[:16]
     target = cache_dir() / f"{stem}-{digest}"
     if target.exists():

@@ -130,8 +130,29 @@ def _write_back(views: list[IntArray], flat: IntArray) -> None:
         at += len(v)
 
 
+ITEM = np.dtype(
+    {
+        "names": [
+            "checksum", "page", "slot", "node", "flags", "age", "skips", "state", "seq", "checked"
+        ],
+        "formats": [
+            np.uint64, np.int64, np.int32, np.int32, np.uint16, np.uint8, np.uint8, np.int8,
+            np.uint8, np.bool_,
+        ],
+        "offsets": [0, 8, 16, 20, 24, 26, 27, 28, 29, 30],
+        "itemsize": 32,
+    }
+)  # fmt: skip
+"""One item's record: ``struct item`` of ``accel/item.h``, field for field."""
+
+
 class ItemTable:
     """Every ``struct ksm_rmap_item``, as columns indexed by item number.
+
+    The columns but the hlist links are fields of one record per item
+    (:data:`ITEM`, :attr:`records`), so that an item is one cache line away
+    (a scan reads several of its fields, at rows all over the table); each
+    column attribute is a view of its field.
 
     :ivar slot: owning mm slot id (``int32``).
     :ivar page: virtual page number (``int64``).
@@ -148,26 +169,23 @@ class ItemTable:
     :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
     """
 
-    COLUMNS = (
-        ("slot", np.int32, NULL),
-        ("page", np.int64, 0),
-        ("checksum", np.uint64, 0),
-        ("checked", np.bool_, False),
-        ("age", np.uint8, 0),
-        ("skips", np.uint8, 0),
-        ("state", np.int8, NONE),
-        ("seq", np.uint8, 0),
-        ("node", np.int32, NULL),
-        ("flags", np.uint16, 0),
-        ("hnext", np.int64, NULL),
-        ("hprev", np.int64, NULL),
-    )
+    FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
+    """Fields of a fresh item that are not zero."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        for name, dtype, fill in self.COLUMNS:
-            setattr(self, name, np.full(capacity, fill, dtype))
+        self._blank = np.zeros((), ITEM)
+        for name, value in self.FILL:
+            self._blank[name] = value
+        self.records = np.full(capacity, self._blank, ITEM)
+        self.hnext = np.full(capacity, NULL, np.int64)
+        self.hprev = np.full(capacity, NULL, np.int64)
+        self._views()
         self._free = FreeStack(capacity)
         self.count = 0
+
+    def _views(self) -> None:
+        for name in ITEM.fields or ():
+            setattr(self, name, self.records[name])
 
     slot: npt.NDArray[np.int32]
     page: npt.NDArray[np.int64]
@@ -191,15 +209,19 @@ class ItemTable:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
         n = len(pages)
         if n > len(self._free):
-            old = len(self.page)
-            new = max(2 * old, old + n)
-            for name, dtype, fill in self.COLUMNS:
-                col = getattr(self, name)
-                setattr(self, name, np.concatenate([col, np.full(new - old, fill, dtype)]))
-            self._free.add_range(old, new)
+            old = len(self.records)
+            more = max(old, n)
+            records = np.full(old + more, self._blank, ITEM)  # (concatenate drops the padding)
+            records[:old] = self.records
+            self.records = records
+            self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
+            self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
+            self._views()
+            self._free.add_range(old, old + more)
         rows = self._free.pop(n)
-        for name, _dtype, fill in self.COLUMNS:
-            getattr(self, name)[rows] = fill
+        self.records[rows] = self._blank
+        self.hnext[rows] = NULL
+        self.hprev[rows] = NULL
         self.slot[rows] = slot
         self.page[rows] = pages
         self.count += n
@@ -1083,7 +1105,7 @@ class Ksmd:
         copied = len(segs) > 1
         views = [v for _lo, _hi, v in segs]
         frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
-        items = (it.checksum, it.checked, it.state, it.seq, it.node, it.hnext, it.hprev)
+        items = (it.records, it.hnext, it.hprev)
         use_zero = bool(self.knob("use_zero_pages"))
         maxps = int(self.knob("max_page_sharing"))
         n, start = len(order), 0
@@ -1158,12 +1180,7 @@ class Ksmd:
                 imap,
                 fr.ksm,
                 fr.node,
-                it.age,
-                it.skips,
-                it.state,
-                it.seq,
-                it.node,
-                it.flags,
+                it.records,
                 smart,
                 self.seqnr & SEQNR_MASK,
                 budget,

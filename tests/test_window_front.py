@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ksmreplay import accel
-from ksmreplay.ksm import NONE, STABLE, UNSTABLE, ZERO_PAGE_FLAG, Ksmd
+from ksmreplay.ksm import ITEM, NONE, STABLE, UNSTABLE, ZERO_PAGE_FLAG, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.vm import PTE_KSM_ZERO, PTE_NONE, PTE_ZERO
 
@@ -32,14 +32,14 @@ def _ksmd(rng: np.random.Generator, smart: bool, seed: int) -> Ksmd:
     fr, it = ksmd.mem.frames, ksmd.items
     fr.ksm = rng.random(FRAMES) < 0.4
     fr.node = np.where(fr.ksm, rng.integers(0, 5, FRAMES), -1).astype(np.int32)
-    it.age = rng.choice(np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 254, 255], np.uint8), ITEMS)
-    it.skips = rng.integers(0, 9, ITEMS).astype(np.uint8)
-    it.state = rng.choice(np.array([NONE, UNSTABLE, STABLE], np.int8), ITEMS)
+    it.age[:ITEMS] = rng.choice(np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 254, 255], np.uint8), ITEMS)
+    it.skips[:ITEMS] = rng.integers(0, 9, ITEMS).astype(np.uint8)
+    it.state[:ITEMS] = rng.choice(np.array([NONE, UNSTABLE, STABLE], np.int8), ITEMS)
     passes = np.random.default_rng([seed, 1])  # (leaves the draws above as they were)
-    it.seq = passes.integers(0, 3, ITEMS).astype(np.uint8)
+    it.seq[:ITEMS] = passes.integers(0, 3, ITEMS).astype(np.uint8)
     ksmd.seqnr = int(passes.integers(0, 3)) + 256 * int(passes.integers(0, 2))
-    it.node = rng.integers(0, 5, ITEMS).astype(np.int32)
-    it.flags = np.where(rng.random(ITEMS) < 0.1, ZERO_PAGE_FLAG, 0).astype(np.uint16)
+    it.node[:ITEMS] = rng.integers(0, 5, ITEMS).astype(np.int32)
+    it.flags[:ITEMS] = np.where(rng.random(ITEMS) < 0.1, ZERO_PAGE_FLAG, 0).astype(np.uint16)
     return ksmd
 
 
@@ -65,6 +65,15 @@ def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tup
     found = None if front is None else tuple(np.asarray(f).tolist() for f in front)
     it = ksmd.items
     return found, it.age.tolist(), it.skips.tolist(), it.state.tolist()
+
+
+def test_the_item_records_are_laid_out_alike() -> None:
+    """window.c and visit.c read ItemTable.records as item.h's struct item."""
+    fast = accel.build_accelerator()
+    assert fast is not None
+    assert ITEM.fields is not None
+    offsets = [ITEM.fields[name][1] for name in ITEM.names]
+    assert fast.item_layout() == [*offsets, ITEM.itemsize]
 
 
 @pytest.mark.parametrize("seed", range(300))

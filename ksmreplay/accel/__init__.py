@@ -38,6 +38,7 @@ SOURCES = [
     Path(__file__).with_name(name)
     for name in ("scan.c", "fault.c", "window.c", "visit.c", "contentmap.c")
 ]
+HEADERS = [Path(__file__).with_name("item.h")]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
 """Set to ``0`` to do without the accelerator."""
@@ -73,11 +74,14 @@ class Accelerator:
         lib.ksr_chunk_rows.argtypes = [_i64, _p, _p, _p, _p]
         self._chunk_rows = lib.ksr_chunk_rows
         lib.ksr_window.restype = _i64
-        lib.ksr_window.argtypes = [_i64, *[_p] * 10, _i32, _i32, _i64, *[_p] * 5]
+        lib.ksr_window.argtypes = [_i64, *[_p] * 5, _i32, _i32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
+        lib.ksr_item_layout.restype = None
+        lib.ksr_item_layout.argtypes = [_p]
+        self._item_layout = lib.ksr_item_layout
         lib.ksr_visit.restype = _i64
         lib.ksr_visit.argtypes = [
-            _i64, _i64, *[_p] * 18, _p, _p, _p, _i32, _u32, _p, _p, _p, _i32, _u32,
+            _i64, _i64, *[_p] * 14, _p, _p, _p, _i32, _u32, _p, _p, _p, _i32, _u32,
             _i32, _i32, _i64, _p, _p,
         ]  # fmt: skip
         self._visit = lib.ksr_visit
@@ -183,21 +187,16 @@ class Accelerator:
         imap: npt.NDArray[np.int64],
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
-        age: npt.NDArray[np.uint8],
-        skips: npt.NDArray[np.uint8],
-        state: npt.NDArray[np.int8],
-        seq: npt.NDArray[np.uint8],
-        node: npt.NDArray[np.int32],
-        flags: npt.NDArray[np.uint16],
+        items: npt.NDArray[np.void],
         smart: bool,
         seqnr: int,
         budget: int,
     ) -> Window | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
-        None if no page is present; ``age``, ``skips`` and ``state`` are updated."""
+        None if no page is present.  ``items`` are ``ItemTable.records``; their
+        age, skips and state are updated."""
         n = len(ptes)
-        dtypes = [a.dtype for a in (fr_ksm, fr_node, state, seq, node, flags)]
-        assert dtypes == [np.bool_, np.int32, np.int8, np.uint8, np.int32, np.uint16]
+        assert [fr_ksm.dtype, fr_node.dtype, items.itemsize] == [np.bool_, np.int32, 32]
         pos = np.empty(n, np.int64)
         cum = np.empty(n, np.int64)
         skip = np.empty(n, np.bool_)
@@ -205,7 +204,7 @@ class Accelerator:
         summary = np.zeros(7, np.int64)
         self._window(
             n, *_addresses(ptes, imap),
-            *_columns(fr_ksm, fr_node, age, skips, state, seq, node, flags),
+            *_columns(fr_ksm, fr_node, items),
             int(smart), seqnr, budget, *_addresses(pos, cum, skip, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
@@ -222,6 +221,13 @@ class Accelerator:
             bool(stopped),
             unshared,
         )
+
+    def item_layout(self) -> list[int]:
+        """``struct item`` (``item.h``): its fields' offsets in order, then its size."""
+        out = np.zeros(11, np.int64)
+        self._item_layout(*_addresses(out))
+        layout: list[int] = out.tolist()
+        return layout
 
     def visit(
         self,
@@ -244,15 +250,15 @@ class Accelerator:
         Event ``i`` is a visit (``kind`` 0) or an unlink (1) of item
         ``rows[i]``, a visit of the page at window position ``pos[i]``.
         ``frames`` are the frame columns content, mapcount, ksm, node;
-        ``items`` the item columns checksum, checked, state, seq, node, hnext,
-        hprev; ``nodes`` the node columns size, frame, head; the maps are
+        ``items`` the item records and hlist links (``ItemTable.records``,
+        ``hnext``, ``hprev``); ``nodes`` the node columns size, frame, head; the maps are
         ``ContentMap.table()`` s.  The columns are updated in place.
         """
         n = len(pos)
-        dtypes = [a.dtype for a in (*frames, *items, *nodes)]
-        assert dtypes == [
+        dtypes = [a.dtype for a in (*frames, *items[1:], *nodes)]
+        assert items[0].itemsize == 32 and dtypes == [
             *(np.uint64, np.int32, np.bool_, np.int32),  # frames
-            *(np.uint64, np.bool_, np.int8, np.uint8, np.int32, np.int64, np.int64),  # items
+            *(np.int64, np.int64),  # hlist links
             *(np.int32, np.int64, np.int64),  # nodes
         ]
         dead = np.empty(n, np.int64)
@@ -392,7 +398,7 @@ def accelerator() -> Accelerator | None:
 def build_accelerator() -> Accelerator | None:
     """Build (or find in the cache) and load the accelerator; None when that fails."""
     try:
-        return Accelerator(ctypes.CDLL(str(build(SOURCES, CFLAGS, "accel"))))
+        return Accelerator(ctypes.CDLL(str(build(SOURCES, CFLAGS, "accel", HEADERS))))
     except (BuildError, OSError):
         return None
 

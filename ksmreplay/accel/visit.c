@@ -24,6 +24,8 @@
 
 #include <stdint.h>
 
+#include "item.h"
+
 #define STATE_NONE 0
 #define STATE_UNSTABLE 1
 #define STATE_STABLE 2
@@ -70,11 +72,7 @@ struct scan {
 	const uint8_t *fr_ksm;
 	const int32_t *fr_node;
 	/* items */
-	uint64_t *checksum;
-	uint8_t *checked;
-	int8_t *state;
-	uint8_t *seq;
-	int32_t *node;
+	struct item *items;
 	int64_t *next;
 	int64_t *prev;
 	/* stable nodes */
@@ -117,8 +115,7 @@ ALWAYS_INLINE void prefetch(const struct scan *k, const int64_t *pos, const int6
 	if (i + AHEAD_ITEM < n) {
 		int64_t row = rows[i + AHEAD_ITEM], frame = k->ptes[pos[i + AHEAD_ITEM]];
 
-		__builtin_prefetch(&k->state[row], 1);
-		__builtin_prefetch(&k->checksum[row], 1);
+		__builtin_prefetch(&k->items[row], 1);
 		if (kind[i + AHEAD_ITEM] == EV_VISIT && frame >= 0) {
 			__builtin_prefetch(&k->fr_content[frame], 0);
 			__builtin_prefetch(&k->fr_ksm[frame], 0);
@@ -173,7 +170,8 @@ static int node_alive(const struct scan *k, int64_t nid)
 /* Ksmd._unlink_from_live for one item (its node is live). */
 static void unlink_stable(struct scan *k, int64_t row)
 {
-	int64_t nid = k->node[row], before = k->prev[row], after = k->next[row];
+	struct item *it = &k->items[row];
+	int64_t nid = it->node, before = k->prev[row], after = k->next[row];
 
 	if (before >= 0)
 		k->next[before] = after;
@@ -186,8 +184,8 @@ static void unlink_stable(struct scan *k, int64_t row)
 	else
 		k->sums[SUM_SHARING]--;
 	k->sums[SUM_MERGING]--;
-	k->state[row] = STATE_NONE;
-	k->node[row] = -1;
+	it->state = STATE_NONE;
+	it->node = -1;
 }
 
 /* Ksmd._append: stable_tree_append(). */
@@ -205,19 +203,21 @@ static void append(struct scan *k, int64_t row, int64_t nid)
 	else
 		k->sums[SUM_SHARED]++;
 	k->sums[SUM_MERGING]++;
-	k->state[row] = STATE_STABLE;
-	k->node[row] = (int32_t)nid;
+	k->items[row].state = STATE_STABLE;
+	k->items[row].node = (int32_t)nid;
 }
 
 /* Whether remove_rmap_item_from_tree() of the item is one this file does. */
 static int can_unlink(const struct scan *k, int64_t row)
 {
-	switch (k->state[row]) {
+	const struct item *it = &k->items[row];
+
+	switch (it->state) {
 	case STATE_STABLE:
-		return node_alive(k, k->node[row]);
+		return node_alive(k, it->node);
 	case STATE_UNSTABLE:
 		/* In this pass's tree: the caller deletes the entry. */
-		return k->seq[row] != k->seqnr;
+		return it->seq != k->seqnr;
 	default:
 		return 1;
 	}
@@ -225,11 +225,13 @@ static int can_unlink(const struct scan *k, int64_t row)
 
 static void unlink_item(struct scan *k, int64_t row)
 {
-	if (k->state[row] == STATE_STABLE) {
+	struct item *it = &k->items[row];
+
+	if (it->state == STATE_STABLE) {
 		unlink_stable(k, row);
-	} else if (k->state[row] == STATE_UNSTABLE) {
+	} else if (it->state == STATE_UNSTABLE) {
 		k->sums[SUM_UNSHARED]--;
-		k->state[row] = STATE_NONE;
+		it->state = STATE_NONE;
 	}
 }
 
@@ -242,17 +244,18 @@ static void put_frame(struct scan *k, int64_t frame)
 /* cmp_and_merge_page() of the page at window position p, item row; 0 to hand it back. */
 static int visit(struct scan *k, int64_t p, int64_t row)
 {
+	struct item *it = &k->items[row];
 	int64_t frame = k->ptes[p], entry = ABSENT, size = 0;
 	uint64_t content;
 	int changed, zero, merge = 0;
 
 	if (k->fr_ksm[frame])
 		/* Only a KSM page already linked to its item is done here. */
-		return k->state[row] == STATE_STABLE && k->node[row] == k->fr_node[frame];
+		return it->state == STATE_STABLE && it->node == k->fr_node[frame];
 	if (!can_unlink(k, row))
 		return 0;
 	content = k->fr_content[frame];
-	changed = !k->checked[row] || k->checksum[row] != content;
+	changed = !it->checked || it->checksum != content;
 	zero = !changed && content == 0 && k->use_zero_pages;
 	if (!changed && !zero) {
 		entry = map_find(&k->stable, content);
@@ -260,8 +263,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 			return 0;
 		if (entry >= 0) {
 			/* Its length once this item left it, if it was linked to it. */
-			size = k->node_size[entry] -
-			       (k->state[row] == STATE_STABLE && k->node[row] == entry);
+			size = k->node_size[entry] - (it->state == STATE_STABLE && it->node == entry);
 			merge = size > 0 && size < k->max_page_sharing;
 		}
 		if (!merge && map_find(&k->unstable, content) >= 0)
@@ -269,8 +271,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	}
 	unlink_item(k, row);
 	if (changed) {
-		k->checksum[row] = content;
-		k->checked[row] = 1;
+		it->checksum = content;
+		it->checked = 1;
 	} else if (zero) {
 		/* try_to_merge_with_zero_page() */
 		k->ptes[p] = PTE_KSM_ZERO;
@@ -290,8 +292,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	} else {
 		/* unstable_tree_search_insert(): no partner, insert */
 		map_insert(&k->unstable, content, row);
-		k->state[row] = STATE_UNSTABLE;
-		k->seq[row] = k->seqnr;
+		it->state = STATE_UNSTABLE;
+		it->seq = k->seqnr;
 		k->sums[SUM_UNSHARED]++;
 		k->sums[SUM_INSERTED]++;
 	}
@@ -307,9 +309,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
 		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
 		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
-		  uint64_t *checksum, uint8_t *checked, int8_t *state, uint8_t *seq, int32_t *node,
-		  int64_t *next, int64_t *prev, int32_t *node_size, const int64_t *node_frame,
-		  int64_t *head, uint64_t *st_keys, int64_t *st_vals,
+		  struct item *items, int64_t *next, int64_t *prev, int32_t *node_size,
+		  const int64_t *node_frame, int64_t *head, uint64_t *st_keys, int64_t *st_vals,
 		  uint32_t *st_gen, int32_t st_bits, uint32_t st_now, uint64_t *un_keys,
 		  int64_t *un_vals, uint32_t *un_gen, int32_t un_bits, uint32_t un_now,
 		  int32_t seqnr, int32_t use_zero_pages, int64_t max_page_sharing, int64_t *dead,
@@ -317,7 +318,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 {
 	struct scan k = {
 		ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
-		checksum, checked, state, seq, node, next, prev, node_size, node_frame, head,
+		items, next, prev, node_size, node_frame, head,
 		{ st_keys, st_vals, st_gen, st_bits, st_now },
 		{ un_keys, un_vals, un_gen, un_bits, un_now },
 		(uint8_t)seqnr, use_zero_pages, max_page_sharing,

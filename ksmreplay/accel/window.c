@@ -15,7 +15,10 @@
  * them where this pays one.  The tests run both and compare.
  */
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "item.h"
 
 #define STATE_NONE 0
 #define STATE_UNSTABLE 1
@@ -24,29 +27,45 @@
 #define AGE_MAX 255
 #define AHEAD 32
 
+/* The offsets of struct item's fields, in declaration order, and its size. */
+void ksr_item_layout(int64_t *out)
+{
+	const int64_t layout[] = {
+		offsetof(struct item, checksum), offsetof(struct item, page),
+		offsetof(struct item, slot), offsetof(struct item, node),
+		offsetof(struct item, flags), offsetof(struct item, age),
+		offsetof(struct item, skips), offsetof(struct item, state),
+		offsetof(struct item, seq), offsetof(struct item, checked),
+		sizeof(struct item),
+	};
+
+	for (unsigned i = 0; i < sizeof(layout) / sizeof(layout[0]); i++)
+		out[i] = layout[i];
+}
+
 enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SUM_UNSHARED, SUMS };
 
 /*
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
- * Frames: ksm flag and stable node; items: age, skips (updated when smart),
- * state (updated when a skipped item leaves an unstable tree of a pass other
- * than seqnr), seq, node, flags.  Outputs have room for n entries: listed
+ * Frames: ksm flag and stable node; items: age and skips updated when smart,
+ * state when a skipped item leaves an unstable tree of a pass other than
+ * seqnr.  Outputs have room for n entries: listed
  * positions, the visit count up to and including each, whether each was
  * skipped; stale positions.  Returns 0; the summary gets the counts, the last
  * position handled (-1: none present), whether the budget stopped the walk
  * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, uint8_t *age, uint8_t *skips, int8_t *state,
-		   const uint8_t *seq, const int32_t *node, const uint16_t *flags, int32_t smart,
-		   int32_t seqnr, int64_t budget, int64_t *out_pos, int64_t *out_cum,
-		   uint8_t *out_skip, int64_t *out_stale, int64_t *summary)
+		   const int32_t *fr_node, struct item *items, int32_t smart, int32_t seqnr,
+		   int64_t budget, int64_t *out_pos, int64_t *out_cum, uint8_t *out_skip,
+		   int64_t *out_stale, int64_t *summary)
 {
 	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
 	int64_t unshared = 0;
 
 	for (int64_t i = 0; i < n; i++) {
 		int64_t pte = ptes[i], row = imap[i];
+		struct item *it = row >= 0 ? &items[row] : 0;
 		int ksm, skip = 0, wanted;
 
 		/* Frames and items are spread over memory: fetch ahead what the
@@ -56,14 +75,8 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 
 			__builtin_prefetch(&fr_ksm[ptes[i + AHEAD]], 0);
 			__builtin_prefetch(&fr_node[ptes[i + AHEAD]], 0);
-			if (ahead >= 0) {
-				__builtin_prefetch(&age[ahead], 1);
-				__builtin_prefetch(&skips[ahead], 1);
-				__builtin_prefetch(&state[ahead], 1);
-				__builtin_prefetch(&seq[ahead], 0);
-				__builtin_prefetch(&node[ahead], 0);
-				__builtin_prefetch(&flags[ahead], 0);
-			}
+			if (ahead >= 0)
+				__builtin_prefetch(&items[ahead], 1);
 		}
 
 		if (pte < 0) {
@@ -74,27 +87,27 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		ksm = fr_ksm[pte];
 		if (row >= 0 && smart && !ksm) {
 			/* should_skip_rmap_item() and skip_age() */
-			uint8_t a = age[row], left = skips[row];
+			uint8_t a = it->age, left = it->skips;
 
 			skip = a >= 3 && left > 0;
-			age[row] = a < AGE_MAX ? a + 1 : AGE_MAX;
+			it->age = a < AGE_MAX ? a + 1 : AGE_MAX;
 			if (a >= 3 && left == 0)
-				skips[row] = a <= 3 ? 1 : a <= 5 ? 2 : a <= 8 ? 4 : 8;
+				it->skips = a <= 3 ? 1 : a <= 5 ? 2 : a <= 8 ? 4 : 8;
 			else if (skip)
-				skips[row] = left - 1;
+				it->skips = left - 1;
 		}
 		last = i;
 		if (skip) {
 			skipped++;
-			if (state[row] == STATE_UNSTABLE && seq[row] != (uint8_t)seqnr) {
-				state[row] = STATE_NONE;
+			if (it->state == STATE_UNSTABLE && it->seq != (uint8_t)seqnr) {
+				it->state = STATE_NONE;
 				unshared++;
 			}
-			wanted = state[row] != STATE_NONE;
+			wanted = it->state != STATE_NONE;
 		} else {
 			visits++;
-			wanted = row < 0 || !ksm || state[row] != STATE_STABLE ||
-				 node[row] != fr_node[pte] || (flags[row] & ZERO_PAGE_FLAG);
+			wanted = row < 0 || !ksm || it->state != STATE_STABLE ||
+				 it->node != fr_node[pte] || (it->flags & ZERO_PAGE_FLAG);
 		}
 		if (wanted) {
 			out_pos[listed] = i;
