@@ -244,6 +244,9 @@ class PageTable:
 
     __slots__ = ("_addresses", "_blocks", "_chunks", "_directory", "_keys", "_lookup", "_row")
 
+    chunks_made = 0
+    """Chunks made by every page table so far (a directory changes only then)."""
+
     def __init__(self) -> None:
         self._chunks: dict[int, IntArray] = {}
         self._row: dict[int, int] = {}
@@ -266,6 +269,7 @@ class PageTable:
             self._row[key] = row
             bisect.insort(self._keys, key)
             self._directory = None
+            PageTable.chunks_made += 1
         return arr
 
     def locate(self, keys: IntArray) -> IntArray:
@@ -390,25 +394,30 @@ class _Directories:
     accelerator takes them: the first three fields (rows) and the block tables.
 
     Writes come tick after tick from the same processes, whose directories
-    rarely change: the arrays of the last call are kept while the same
-    directory objects come back.
+    rarely change: the arrays of the last call are kept while the processes
+    are the same and no page table made a chunk.
     """
 
-    __slots__ = ("_last", "lookups", "tables")
+    __slots__ = ("_made", "_mms", "lookups", "tables")
 
     def __init__(self) -> None:
-        self._last: list[tuple[int, int, int, int]] = []
+        self._mms: list[MM] = []
+        self._made = -1
         self.lookups: IntArray = np.zeros((0, 3), np.int64)
         self.tables: IntArray = np.zeros(0, np.int64)
 
     def of(self, mms: list[MM]) -> _Directories:
-        dirs = [mm.pt.directory() for mm in mms]
-        same = len(dirs) == len(self._last) and all(map(operator.is_, dirs, self._last))
+        same = (
+            self._made == PageTable.chunks_made
+            and len(mms) == len(self._mms)
+            and all(map(operator.is_, mms, self._mms))
+        )
         if not same:
-            flat = np.array(dirs, np.int64).reshape(len(dirs), 4)
+            flat = np.array([mm.pt.directory() for mm in mms], np.int64).reshape(len(mms), 4)
             self.lookups = np.ascontiguousarray(flat[:, :3])
             self.tables = np.ascontiguousarray(flat[:, 3])
-            self._last = dirs
+            self._mms = list(mms)
+            self._made = PageTable.chunks_made
         return self
 
 
