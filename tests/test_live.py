@@ -214,6 +214,7 @@ def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
         except subprocess.TimeoutExpired:
             child.send_signal(signal.SIGABRT)  # its Python stack, on stderr
             _, stderr = child.communicate()
+            put_back(before)  # what the replay should have done
             pytest.fail(f"the replay did not stop after {sig.name}:\n{stderr}")
     finally:
         if child.poll() is None:
