@@ -94,7 +94,7 @@ class ContentMap:
 
     def __setitem__(self, key: int, value: int) -> None:
         assert value >= 0
-        self._reserve(1)
+        self.reserve(1)
         s, found = self._probe(key)
         if not found:
             self._gen[s], self._keys[s] = self._now, key
@@ -150,7 +150,7 @@ class ContentMap:
         n = len(keys)
         if n == 0:
             return
-        self._reserve(n)
+        self.reserve(n)
         self._len += n
         self._taken += n
         fast = accelerator()
@@ -180,17 +180,14 @@ class ContentMap:
         accelerator's own lookups and inserts (see :meth:`added`)."""
         return self._keys, self._vals, self._gen, self._bits, self._now
 
-    def reserve(self, n: int) -> None:
-        """Make room for ``n`` more entries (may move the table: take :meth:`table` after)."""
-        self._reserve(n)
-
     def added(self, n: int) -> None:
         """``n`` entries were inserted in :meth:`table` directly."""
         self._len += n
         self._taken += n
 
-    def _reserve(self, n: int) -> None:
-        """Keep at most half the slots occupied once ``n`` more are added.
+    def reserve(self, n: int) -> None:
+        """Keep at most half the slots occupied once ``n`` more are added (may move
+        the table: take :meth:`table` after).
 
         When they would be, the live entries move to a table at most a
         quarter full (never smaller than this one), leaving tombstones behind.

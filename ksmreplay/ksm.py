@@ -297,7 +297,7 @@ class StableTree:
     """The stable tree: content -> its plain node or chain.
 
     A dictionary, with the contents also in a :class:`ContentMap` so that a
-    window's contents are looked up at once (:meth:`holds`); the map's value
+    window's contents are looked up at once (:meth:`index`); the map's value
     is a plain node's id, or :data:`CHAIN_ENTRY`.
     """
 
@@ -329,11 +329,6 @@ class StableTree:
 
     def values(self) -> list[StableNode | Chain]:
         return list(self._entries.values())
-
-    def holds(self, contents: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-        """Which of ``contents`` have an entry."""
-        held: npt.NDArray[np.bool_] = self._index.find(contents) >= 0
-        return held
 
     def index(self) -> ContentMap:
         """The content -> node id (or :data:`CHAIN_ENTRY`) map."""
@@ -1430,7 +1425,8 @@ class Ksmd:
         inverse = np.empty(len(ordered), np.int64)
         inverse[grouped] = np.cumsum(first) - 1
         maxps = int(self.knob("max_page_sharing"))
-        has_entry = self.stable.holds(uniq)
+        entry_ids = self.stable.index().find(uniq)
+        has_entry = entry_ids >= 0
         free = ~has_entry & (self.unstable.find(uniq) < 0)
         if len(touched):
             hit = _among(uniq, touched)
@@ -1443,7 +1439,7 @@ class Ksmd:
         merge = np.zeros(len(uniq), np.bool_)
         held = np.flatnonzero(has_entry)
         # Items of each live plain node (0 for a chain or a stale node).
-        ids = self.stable.index().find(uniq[held])
+        ids = entry_ids[held]
         plain = ids < CHAIN_ENTRY
         ids[~plain] = 0
         kframes = self.node_cols.frame[ids]
