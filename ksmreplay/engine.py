@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 
-from ksmreplay.arrays import dense_ranks
 from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import UsageError
 from ksmreplay.events import (
@@ -108,14 +107,10 @@ class Engine:
         """Events ``lo:hi`` of ``run``, with no wake-up of ksmd among them."""
         starts = run.fp_start(lo, hi)
         counts = run.fp_end[lo:hi] - starts
-        first, last = int(starts[0]), int(run.fp_end[hi - 1])
-        event = np.repeat(np.arange(hi - lo), counts)
         shift = np.uint64(self.page_size.bit_length() - 1)
         first_page = (run.addr[lo:hi] >> shift).astype(np.int64)
-        pages = first_page[event] + (np.arange(first, last) - starts[event])
-        pids, owner = dense_ranks(run.pid[lo:hi])
-        mms = self.mem.mms
-        self.mem.write_run([mms[p] for p in pids], owner[event], pages, run.fps[first:last])
+        fps = run.fps[int(starts[0]) : int(run.fp_end[hi - 1])]
+        self.mem.write_run(run.pid[lo:hi], first_page, counts, fps)
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         mode, c, ps = self._mode, self.ksmd.c, self.page_size

@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -397,6 +397,23 @@ class Front(NamedTuple):
     """The budget ran out at :attr:`last`."""
     unshared: int
     """Skipped items the front took out of an earlier pass's unstable tree."""
+
+
+class _Pages:
+    """The pages of a one-run window's positions: its first page plus the position
+    (a window of several runs has an array instead)."""
+
+    __slots__ = ("first",)
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+
+    @overload
+    def __getitem__(self, pos: int) -> int: ...
+    @overload
+    def __getitem__(self, pos: IntArray) -> IntArray: ...
+    def __getitem__(self, pos: IntArray | int) -> IntArray | int:
+        return pos + self.first
 
 
 class Ksmd:
@@ -961,18 +978,19 @@ class Ksmd:
         last visit (the cursor stops right after it).
         """
         mm = slot.mm
+        pages: IntArray | _Pages
         if len(segs) == 1:
             lo, hi, ptes = segs[0]  # the page table itself: nothing to write back
-            pages = np.arange(lo, hi, dtype=np.int64)
+            pages = _Pages(lo)
         else:
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
-        if not (ptes >= 0).any():
-            return 0, None  # (and no item map made where no page is)
         imap_views = []
         for lo, hi, _v in segs:
             first, last = lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT
             if not slot.items.covers(first, last):
+                if not (ptes >= 0).any():
+                    return 0, None  # (and no item map made where no page is)
                 for key in range(first, last + 1):
                     slot.items.chunk(key)
             imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
@@ -1072,7 +1090,7 @@ class Ksmd:
         slot: Slot,
         segs: list[tuple[int, int, IntArray]],
         ptes: IntArray,
-        pages: IntArray,
+        pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
         stale: IntArray,

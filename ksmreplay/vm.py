@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import accelerator
+from ksmreplay.accel import Accelerator, accelerator
+from ksmreplay.arrays import dense_ranks
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
@@ -390,35 +391,44 @@ class PageTable:
 
 
 class _Directories:
-    """``PageTable.directory()`` of each of a list of processes, as the
-    accelerator takes them: the first three fields (rows) and the block tables.
+    """``PageTable.directory()`` of every process, as the accelerator takes
+    them (:attr:`table`, in the order of :attr:`mms`), and where each pid is.
 
     Writes come tick after tick from the same processes, whose directories
-    rarely change: the arrays of the last call are kept while the processes
-    are the same and no page table made a chunk.
+    rarely change: the table is kept while the processes are the same and no
+    page table made a chunk.
     """
 
-    __slots__ = ("_made", "_mms", "lookups", "tables")
+    __slots__ = ("_at", "_made", "_pids", "mms", "table")
 
     def __init__(self) -> None:
-        self._mms: list[MM] = []
+        self.mms: list[MM] = []
         self._made = -1
-        self.lookups: IntArray = np.zeros((0, 3), np.int64)
-        self.tables: IntArray = np.zeros(0, np.int64)
+        self.table: IntArray = np.zeros((0, 4), np.int64)
+        self._pids: IntArray = np.zeros(0, np.int64)
+        self._at: IntArray = np.zeros(0, np.int64)
 
-    def of(self, mms: list[MM]) -> _Directories:
+    def of(self, mms: dict[int, MM]) -> _Directories:
         same = (
             self._made == PageTable.chunks_made
-            and len(mms) == len(self._mms)
-            and all(map(operator.is_, mms, self._mms))
+            and len(mms) == len(self.mms)
+            and all(map(operator.is_, mms.values(), self.mms))
         )
         if not same:
-            flat = np.array([mm.pt.directory() for mm in mms], np.int64).reshape(len(mms), 4)
-            self.lookups = np.ascontiguousarray(flat[:, :3])
-            self.tables = np.ascontiguousarray(flat[:, 3])
-            self._mms = list(mms)
+            self.mms = list(mms.values())
+            table = [mm.pt.directory() for mm in self.mms]
+            self.table = np.array(table, np.int64).reshape(len(self.mms), 4)
+            pids = np.fromiter(mms, np.int64, len(mms))
+            self._at = np.argsort(pids)
+            self._pids = pids[self._at]
             self._made = PageTable.chunks_made
         return self
+
+    def index(self, pids: IntArray) -> npt.NDArray[np.int32]:
+        """The row of each of ``pids`` (processes that exist) in :attr:`table`."""
+        at = np.searchsorted(self._pids, pids)
+        assert (self._pids[np.minimum(at, len(self._pids) - 1)] == pids).all(), "no such pid"
+        return self._at[at].astype(np.int32)
 
 
 def gather(places: Places, n: int) -> IntArray:
@@ -624,63 +634,79 @@ class Memory:
         assert done, "the pages of one write cannot share a frame copy-on-write"
 
     def write_run(
-        self, mms: list[MM], owner: IntArray, pages: IntArray, fps: npt.NDArray[np.uint64]
+        self, pids: IntArray, first: IntArray, counts: IntArray, fps: npt.NDArray[np.uint64]
     ) -> None:
         """Many :meth:`write` s at one instant, one page at a time in the order given.
 
-        Page ``i`` (``pages[i]``, content ``fps[i]``) belongs to ``mms[owner[i]]``.
-        With the accelerator, ``fault.c`` does exactly that; without, the
-        pages go to :meth:`write_many` by process, and in the one case where
-        their order matters (see there) to :meth:`write` one write at a time.
+        Write ``e`` stores ``counts[e]`` pages of process ``pids[e]`` from page
+        ``first[e]`` on; ``fps`` are their fingerprints, one write after the
+        other.  With the accelerator, ``fault.c`` does exactly that; without,
+        the pages go to :meth:`write_many` by process, and in the one case
+        where their order matters (see there) to :meth:`write` one write at a
+        time.
         """
         fast = accelerator()
         if fast is not None:
-            mine = owner.astype(np.int32)
-            keys = pages >> CHUNK_SHIFT
-            dirs = self._directories.of(mms)
-            rows = fast.chunk_rows(mine, keys, dirs.lookups)
-            missing = np.flatnonzero(rows < 0)
-            if len(missing):
-                # Pages in chunks not made yet: make them (the block tables may grow).
-                for p in np.unique(owner[missing]).tolist():
-                    at = missing[owner[missing] == p]
-                    rows[at] = mms[p].pt.locate(keys[at])
-                dirs = self._directories.of(mms)
-            fr = self.frames
-            fresh = fr.candidates(len(pages))
-            used, dead, stats, events = fast.write_pages(
-                mine,
-                rows,
-                pages & (CHUNK - 1),
-                np.ascontiguousarray(fps),
-                dirs.tables,
-                fr.content,
-                fr.mapcount,
-                fr.ksm,
-                fresh,
-            )
-            fr.taken(used)
-            self._bury(dead)
-            changed = np.flatnonzero(stats.any(axis=1))
-            for i, (rss, ksm_zero, fault_zero) in zip(
-                changed.tolist(), stats[changed].tolist(), strict=True
-            ):
-                mm = mms[i]
-                mm.rss_anon += rss
-                mm.ksm_zero_ptes += ksm_zero
-                mm.fault_zero_ptes += fault_zero
-            self.events["cow_breaks_ksm"] += int(events[0])
-            self.events["cow_breaks_zero"] += int(events[1])
+            self._write_run_fast(fast, pids, first, counts, fps)
             return
+        starts = np.cumsum(counts) - counts
+        event = np.repeat(np.arange(len(counts)), counts)
+        pages = first[event] + (np.arange(len(fps)) - starts[event])
+        distinct, rank = dense_ranks(pids)
+        mms = [self.mms[p] for p in distinct]
+        owner = rank[event]
         order = np.argsort(owner.astype(np.int16) if len(mms) < 2**15 else owner, kind="stable")
         bounds = np.cumsum(np.bincount(owner, minlength=len(mms))).tolist()
         groups = [order[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
         if self.write_many([(mm, pages[g], fps[g]) for mm, g in zip(mms, groups, strict=True)]):
             return
-        # Pages of one write are consecutive pages of one process, in order.
-        cut = np.flatnonzero((np.diff(owner) != 0) | (np.diff(pages) != 1)) + 1
-        for a, b in zip([0, *cut.tolist()], [*cut.tolist(), len(pages)], strict=True):
-            self.write(mms[int(owner[a])], int(pages[a]), fps[a:b])
+        writes = zip(pids.tolist(), first.tolist(), starts.tolist(), counts.tolist(), strict=True)
+        for pid, page, at, n in writes:
+            self.write(self.mms[pid], page, fps[at : at + n])
+
+    def _write_run_fast(
+        self,
+        fast: Accelerator,
+        pids: IntArray,
+        first: IntArray,
+        counts: IntArray,
+        fps: npt.NDArray[np.uint64],
+    ) -> None:
+        dirs = self._directories.of(self.mms)
+
+        def make_chunks(e: int, j: int) -> IntArray:
+            # The chunks of write e's pages from its j-th on (the blocks may grow).
+            page = int(first[e]) + j
+            keys = np.arange(
+                page >> CHUNK_SHIFT, ((page + int(counts[e]) - j - 1) >> CHUNK_SHIFT) + 1
+            )
+            self.mms[int(pids[e])].pt.locate(keys)
+            return self._directories.of(self.mms).table
+
+        fr = self.frames
+        fresh = fr.candidates(len(fps))
+        used, dead, stats, events = fast.write_run(
+            dirs.index(pids),
+            first,
+            counts,
+            np.ascontiguousarray(fps),
+            dirs.table,
+            make_chunks,
+            (fr.content, fr.mapcount, fr.ksm),
+            fresh,
+        )
+        fr.taken(used)
+        self._bury(dead)
+        changed = np.flatnonzero(stats.any(axis=1))
+        for i, (rss, ksm_zero, fault_zero) in zip(
+            changed.tolist(), stats[changed].tolist(), strict=True
+        ):
+            mm = dirs.mms[i]
+            mm.rss_anon += rss
+            mm.ksm_zero_ptes += ksm_zero
+            mm.fault_zero_ptes += fault_zero
+        self.events["cow_breaks_ksm"] += int(events[0])
+        self.events["cow_breaks_zero"] += int(events[1])
 
     def write_many(self, writes: list[tuple[MM, IntArray, npt.NDArray[np.uint64]]]) -> bool:
         """Many writes at one instant: ``(mm, pages, fingerprints)`` per process.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
+from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
 from typing import NamedTuple
@@ -54,8 +55,8 @@ _u32 = ctypes.c_uint32
 
 
 class Accelerator:
-    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_pages``,
-    ``ksr_chunk_rows``, ``ksr_window``, ``ksr_visit``, ``ksr_map_find``, ``ksr_map_insert``."""
+    """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_run``,
+    ``ksr_window``, ``ksr_visit``, ``ksr_map_find``, ``ksr_map_insert``."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -65,14 +66,11 @@ class Accelerator:
         ]  # fmt: skip
         lib.ksr_skip.restype = _i64
         lib.ksr_skip.argtypes = [ctypes.c_char_p, _i64, _i64]
-        lib.ksr_write_pages.restype = _i64
-        lib.ksr_write_pages.argtypes = [_i64, *[_p] * 9, _i64, *[_p] * 4]
+        lib.ksr_write_run.restype = _i64
+        lib.ksr_write_run.argtypes = [_i64, *[_p] * 12, _i64, *[_p] * 4]
         self._scan = lib.ksr_scan
         self._skip = lib.ksr_skip
-        self._write_pages = lib.ksr_write_pages
-        lib.ksr_chunk_rows.restype = _i64
-        lib.ksr_chunk_rows.argtypes = [_i64, _p, _p, _p, _p]
-        self._chunk_rows = lib.ksr_chunk_rows
+        self._write_run = lib.ksr_write_run
         lib.ksr_window.restype = _i64
         lib.ksr_window.argtypes = [_i64, *[_p] * 5, _i32, _i32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
@@ -91,6 +89,7 @@ class Accelerator:
         lib.ksr_map_insert.argtypes = [_i64, _p, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32]
         self._map_find = lib.ksr_map_find
         self._map_insert = lib.ksr_map_insert
+        self._front_out = _scratch(0)
 
     def scan(
         self,
@@ -138,46 +137,50 @@ class Accelerator:
         """End offset of the object at ``buf[pos]``; -1 if incomplete, -2 if not msgpack."""
         return int(self._skip(buf, len(buf), pos))
 
-    def chunk_rows(
-        self, mm: npt.NDArray[np.int32], keys: npt.NDArray[np.int64], dirs: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.int64]:
-        """The chunk row of each page (``fault.c``), -1 where there is no chunk yet.
-
-        Page ``i`` is in chunk ``keys[i]`` of process ``mm[i]``; ``dirs[p]`` is
-        process ``p``'s ``PageTable.directory()[:3]``.
-        """
-        assert mm.dtype == np.int32
-        rows = np.empty(len(keys), np.int64)
-        self._chunk_rows(len(keys), *_addresses(mm, keys, dirs, rows))
-        return rows
-
-    def write_pages(
+    def write_run(
         self,
         mm: npt.NDArray[np.int32],
-        rows: npt.NDArray[np.int64],
-        offsets: npt.NDArray[np.int64],
+        first: npt.NDArray[np.int64],
+        count: npt.NDArray[np.int64],
         fps: npt.NDArray[np.uint64],
-        block_tables: npt.NDArray[np.int64],
-        content: npt.NDArray[np.uint64],
-        mapcount: npt.NDArray[np.int32],
-        ksm: npt.NDArray[np.bool_],
+        dirs: npt.NDArray[np.int64],
+        make_chunks: Callable[[int, int], npt.NDArray[np.int64]],
+        frames: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.bool_]],
         fresh: npt.NDArray[np.int64],
     ) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Page writes in order (``fault.c``): ``(fresh rows used, dead frames,
+        """One instant's writes in order (``fault.c``): event ``e`` writes
+        ``count[e]`` pages of process ``mm[e]`` from page ``first[e]`` on,
+        with the fingerprints ``fps`` one after the other.
+
+        ``dirs[p]`` is process ``p``'s ``PageTable.directory()``; where a
+        chunk is missing, ``make_chunks(e, j)`` makes those of event ``e``'s
+        pages from its ``j``-th on and returns the directories again.
+        ``frames`` (content, mapcount, ksm) are updated, new frames taken from
+        ``fresh`` in order.  Returns ``(fresh rows used, dead frames,
         per-process [rss_anon, ksm_zero_ptes, fault_zero_ptes] changes,
-        [cow_breaks_ksm, cow_breaks_zero])``."""
-        n = len(rows)
+        [cow_breaks_ksm, cow_breaks_zero])``.
+        """
+        n = len(fps)
+        content, mapcount, ksm = frames
         assert len(fresh) >= n and mm.dtype == np.int32 and ksm.dtype == np.bool_
-        tables = np.ascontiguousarray(block_tables)  # addresses of each mm's block table
+        ptes = np.empty(n, np.int64)
+        owner = np.empty(n, np.int32)
+        found = np.zeros(3, np.int64)
         dead = np.empty(n, np.int64)
         n_dead = _i64(0)
-        stats = np.zeros((len(block_tables), 3), np.int64)
+        stats = np.zeros((len(dirs), 3), np.int64)
         events = np.zeros(2, np.int64)
-        used = self._write_pages(
-            n, *_addresses(mm, rows, offsets, fps, tables), *_columns(content, mapcount, ksm),
-            *_addresses(fresh),
-            len(fresh), *_addresses(dead), ctypes.byref(n_dead), *_addresses(stats, events),
-        )  # fmt: skip
+        head = _addresses(mm, first, count, fps)
+        tail = [
+            *_addresses(ptes, owner, found), *_columns(content, mapcount, ksm),
+            _address(fresh), len(fresh), _address(dead), ctypes.byref(n_dead),
+            *_addresses(stats, events),
+        ]  # fmt: skip
+        while True:
+            used = self._write_run(len(mm), *head, _address(dirs), *tail)
+            if used != -2:
+                break
+            dirs = make_chunks(int(found[1]), int(found[2]))
         assert used >= 0
         return int(used), dead[: n_dead.value], stats, events
 
@@ -197,24 +200,22 @@ class Accelerator:
         age, skips and state are updated."""
         n = len(ptes)
         assert [fr_ksm.dtype, fr_node.dtype, items.itemsize] == [np.bool_, np.int32, 32]
-        pos = np.empty(n, np.int64)
-        cum = np.empty(n, np.int64)
-        skip = np.empty(n, np.bool_)
-        stale = np.empty(n, np.int64)
-        summary = np.zeros(7, np.int64)
+        if len(self._front_out[0]) < n:
+            self._front_out = _scratch(n)
+        pos, cum, skip, stale, summary = self._front_out
         self._window(
             n, *_addresses(ptes, imap),
             *_columns(fr_ksm, fr_node, items),
-            int(smart), seqnr, budget, *_addresses(pos, cum, skip, stale, summary),
+            int(smart), seqnr, budget, *_columns(pos, cum, skip, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
         if last < 0:
             return None
         return (
-            pos[:listed],
-            cum[:listed],
-            skip[:listed],
-            stale[:n_stale],
+            pos[:listed].copy(),
+            cum[:listed].copy(),
+            skip[:listed].copy(),
+            stale[:n_stale].copy(),
             visits,
             skipped,
             last,
@@ -316,10 +317,39 @@ class Accelerator:
         self._map_insert(len(keys), *_addresses(keys, values), bits, *_addresses(*table), now)
 
 
+def _scratch(n: int) -> tuple[npt.NDArray[np.generic], ...]:
+    """Room for :meth:`Accelerator.window`'s outputs for ``n`` positions.
+
+    Kept from one window to the next: a window's outputs are the size of its
+    page-table entries (a quarter of a MiB each), which fresh arrays would
+    take from the kernel and zero on every call; what was found is copied out.
+    """
+    return (
+        np.empty(n, np.int64),
+        np.empty(n, np.int64),
+        np.empty(n, np.bool_),
+        np.empty(n, np.int64),
+        np.zeros(7, np.int64),
+    )
+
+
+_export = (ctypes.c_char * 0).from_buffer
+"""A ctypes view of a writable C-contiguous buffer (TypeError for any other):
+its ``addressof`` is the buffer's address, four times faster than numpy's
+``.ctypes.data``, which a window asks for a dozen times."""
+
+
+def _address(a: npt.NDArray[np.generic]) -> int:
+    try:
+        return ctypes.addressof(_export(a))  # type: ignore[arg-type]  # ndarray is a buffer
+    except TypeError:  # read-only (arrays of the trace's bytes) or not contiguous
+        assert a.flags.c_contiguous
+        return int(a.ctypes.data)
+
+
 def _addresses(*arrays: npt.NDArray[np.generic]) -> list[int]:
     """The data addresses of C-contiguous arrays, for the compiled functions."""
-    assert all(a.flags.c_contiguous for a in arrays)
-    return [a.ctypes.data for a in arrays]
+    return [_address(a) for a in arrays]
 
 
 _known: dict[int, tuple[weakref.ref[npt.NDArray[np.generic]], int]] = {}
@@ -342,8 +372,7 @@ def _columns(*arrays: npt.NDArray[np.generic]) -> list[int]:
         key = id(a)
         seen = _known.get(key)
         if seen is None or seen[0]() is not a:
-            assert a.flags.c_contiguous
-            seen = (weakref.ref(a, partial(_forget, key)), a.ctypes.data)
+            seen = (weakref.ref(a, partial(_forget, key)), _address(a))
             _known[key] = seen
         out.append(seen[1])
     return out

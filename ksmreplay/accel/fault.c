@@ -1,13 +1,14 @@
 /*
  * ksmreplay's optional write-fault accelerator: many page writes in order.
  *
- * ksr_write_pages() does for each page what Memory.write does (ksmreplay/vm.py),
- * one page after the other in the order given: a private frame mapped once is
- * written in place; a KSM page, a frame shared copy-on-write, the zero page
- * or no page at all gets a new frame.  New frames come from the `fresh`
- * rows the caller took from its free list; frames whose last mapping goes are
- * listed in `dead` for the caller to free.  The pure-numpy path in vm.py
- * gives the same pages, counters and reports (the tests run both).
+ * ksr_write_run() does for each page of an instant's writes what Memory.write
+ * does (ksmreplay/vm.py), one page after the other in the order given: a
+ * private frame mapped once is written in place; a KSM page, a frame shared
+ * copy-on-write, the zero page or no page at all gets a new frame.  New
+ * frames come from the `fresh` rows the caller took from its free list;
+ * frames whose last mapping goes are listed in `dead` for the caller to
+ * free.  The pure-numpy path in vm.py gives the same pages, counters and
+ * reports (the tests run both).
  */
 
 #include <stdint.h>
@@ -22,41 +23,31 @@ enum { EV_COW_KSM, EV_COW_ZERO };
 
 #define AHEAD 8
 
-static inline int64_t *pte_of(int64_t *const *const *blocks, const int32_t *mm,
-			      const int64_t *row, const int64_t *off, int64_t i)
-{
-	int64_t r = row[i];
-	return blocks[mm[i]][r >> BLOCK_SHIFT] + ((r & ((1 << BLOCK_SHIFT) - 1)) << CHUNK_SHIFT) +
-	       off[i];
-}
-
 /*
- * Page i belongs to process mm[i]; its PTE is entry off[i] of chunk row[i] of
- * that process's page table, whose blocks (BLOCK rows of 1 << CHUNK_SHIFT
- * entries each) start at blocks[mm[i]][b].  Returns the fresh rows used, or
- * -1 when more were needed than n_fresh.
+ * Page i's PTE is *ptes[i]; it belongs to process owner[i], whose counters
+ * are stats[STATS * owner[i]...].  Returns the fresh rows used, or -1 when
+ * more were needed than n_fresh.
  */
-int64_t ksr_write_pages(int64_t n, const int32_t *mm, const int64_t *row, const int64_t *off,
-			const uint64_t *fp, int64_t *const *const *blocks, uint64_t *content,
-			int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
-			int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
-			int64_t *events)
+static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner,
+			   const uint64_t *fp, uint64_t *content, int32_t *mapcount,
+			   const uint8_t *ksm, const int64_t *fresh, int64_t n_fresh, int64_t *dead,
+			   int64_t *n_dead, int64_t *stats, int64_t *events)
 {
 	int64_t used = 0, nd = 0;
 	for (int64_t i = 0; i < n; i++) {
 		/* The pages are spread over memory: fetch ahead what the next ones read. */
 		if (i + 2 * AHEAD < n)
-			__builtin_prefetch(pte_of(blocks, mm, row, off, i + 2 * AHEAD), 1);
+			__builtin_prefetch(ptes[i + 2 * AHEAD], 1);
 		if (i + AHEAD < n) {
-			int64_t ahead = *pte_of(blocks, mm, row, off, i + AHEAD);
+			int64_t ahead = *ptes[i + AHEAD];
 			if (ahead >= 0) {
 				__builtin_prefetch(&content[ahead], 1);
 				__builtin_prefetch(&mapcount[ahead], 1);
 				__builtin_prefetch(&ksm[ahead], 0);
 			}
 		}
-		int64_t *pte = pte_of(blocks, mm, row, off, i);
-		int64_t *stat = stats + (int64_t)mm[i] * STATS;
+		int64_t *pte = ptes[i];
+		int64_t *stat = stats + (int64_t)owner[i] * STATS;
 		int64_t old = *pte;
 		if (old >= 0) {
 			if (!ksm[old] && mapcount[old] == 1) {
@@ -90,32 +81,71 @@ int64_t ksr_write_pages(int64_t n, const int32_t *mm, const int64_t *row, const 
 }
 
 /*
- * The page-table chunk row of each page: chunk key keys[i] of process mm[i],
- * looked up in that process's sorted chunk keys (dirs[mm] holds the address
- * of its keys, of their rows, and their number).  rows[i] is -1 where the
- * chunk does not exist yet; returns how many those are.
+ * One instant's writes, events [0, n_events): event e writes count[e] pages
+ * of process ev_mm[e] from page first[e] on; the pages' fingerprints follow
+ * one another in fp.  Process p's page table is described by dirs[4p..4p+3]:
+ * the addresses of its sorted chunk keys and of their rows, their number, and
+ * the address of its blocks' addresses.
+ *
+ * The PTE of every page is found first (ptes[], owner[]: room for every page)
+ * and nothing is written until all are: where a chunk does not exist yet the
+ * call returns -2, found[0] saying how many pages were found, found[1] and
+ * found[2] the event and page within it to go on from; the caller makes the
+ * chunks and calls again with the same found[] (a process's blocks never
+ * move, so the PTEs found stay valid).  Then they are written in order
+ * (write_pages(), whose result it returns).
  */
-int64_t ksr_chunk_rows(int64_t n, const int32_t *mm, const int64_t *keys, const int64_t *dirs,
-		       int64_t *rows)
+int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *first,
+		      const int64_t *count, const uint64_t *fp, const int64_t *dirs,
+		      int64_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
+		      int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
+		      int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
+		      int64_t *events)
 {
-	int64_t missing = 0;
-	for (int64_t i = 0; i < n; i++) {
-		const int64_t *d = dirs + 3 * (int64_t)mm[i];
-		const int64_t *sorted = (const int64_t *)d[0], *found = (const int64_t *)d[1];
-		int64_t lo = 0, hi = d[2], key = keys[i];
-		while (lo < hi) {
-			int64_t mid = lo + (hi - lo) / 2;
-			if (sorted[mid] < key)
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
-		if (lo < d[2] && sorted[lo] == key) {
-			rows[i] = found[lo];
-		} else {
-			rows[i] = -1;
-			missing++;
+	int64_t k = found[0];
+
+	for (int64_t e = found[1], j = found[2]; e < n_events; e++, j = 0) {
+		const int64_t *d = dirs + 4 * (int64_t)ev_mm[e];
+		const int64_t *keys = (const int64_t *)d[0], *rows = (const int64_t *)d[1];
+		int64_t *const *blocks = (int64_t *const *)d[3];
+		int64_t n_keys = d[2], at = -1;
+
+		while (j < count[e]) {
+			int64_t page = first[e] + j, key = page >> CHUNK_SHIFT, row, *chunk;
+			int64_t end = ((key + 1) << CHUNK_SHIFT) - first[e];
+
+			/* The pages of an event are consecutive: its next chunk is
+			 * usually the next key. */
+			if (at >= 0 && at + 1 < n_keys && keys[at + 1] == key) {
+				at++;
+			} else {
+				int64_t lo = 0, hi = n_keys;
+				while (lo < hi) {
+					int64_t mid = lo + (hi - lo) / 2;
+					if (keys[mid] < key)
+						lo = mid + 1;
+					else
+						hi = mid;
+				}
+				if (lo == n_keys || keys[lo] != key) {
+					found[0] = k;
+					found[1] = e;
+					found[2] = j;
+					return -2;
+				}
+				at = lo;
+			}
+			row = rows[at];
+			chunk = blocks[row >> BLOCK_SHIFT] + ((row & ((1 << BLOCK_SHIFT) - 1)) << CHUNK_SHIFT);
+			for (; j < count[e] && j < end; j++, k++) {
+				ptes[k] = chunk + ((first[e] + j) & ((1 << CHUNK_SHIFT) - 1));
+				owner[k] = ev_mm[e];
+			}
 		}
 	}
-	return missing;
+	found[0] = k;
+	found[1] = n_events;
+	found[2] = 0;
+	return write_pages(k, ptes, owner, fp, content, mapcount, ksm, fresh, n_fresh, dead,
+			   n_dead, stats, events);
 }
