@@ -130,29 +130,38 @@ def _write_back(views: list[IntArray], flat: IntArray) -> None:
         at += len(v)
 
 
-ITEM = np.dtype(
+ITEM_HOT = np.dtype(
     {
-        "names": [
-            "checksum", "page", "slot", "node", "flags", "age", "skips", "state", "seq", "checked"
-        ],
-        "formats": [
-            np.uint64, np.int64, np.int32, np.int32, np.uint16, np.uint8, np.uint8, np.int8,
-            np.uint8, np.bool_,
-        ],
-        "offsets": [0, 8, 16, 20, 24, 26, 27, 28, 29, 30],
-        "itemsize": 32,
+        "names": ["node", "age", "skips", "state", "seq"],
+        "formats": [np.int32, np.uint8, np.uint8, np.int8, np.uint8],
+        "offsets": [0, 4, 5, 6, 7],
+        "itemsize": 8,
     }
-)  # fmt: skip
-"""One item's record: ``struct item`` of ``accel/item.h``, field for field."""
+)
+"""The fields of an item a scan's walk reads at every page: ``struct item_hot``
+of ``accel/item.h``, field for field."""
+
+ITEM_COLD = np.dtype(
+    {
+        "names": ["checksum", "page", "slot", "flags", "checked"],
+        "formats": [np.uint64, np.int64, np.int32, np.uint16, np.bool_],
+        "offsets": [0, 8, 16, 20, 22],
+        "itemsize": 24,
+    }
+)
+"""The other fields of an item: ``struct item_cold`` of ``accel/item.h``."""
 
 
 class ItemTable:
     """Every ``struct ksm_rmap_item``, as columns indexed by item number.
 
-    The columns but the hlist links are fields of one record per item
-    (:data:`ITEM`, :attr:`records`), so that an item is one cache line away
-    (a scan reads several of its fields, at rows all over the table); each
-    column attribute is a view of its field.
+    The columns but the hlist links are fields of two records per item, in
+    two tables indexed alike: :attr:`hot` (:data:`ITEM_HOT`) holds the few
+    fields smart_scan reads and updates at every page a pass walks, most of
+    them never visited, and the node a KSM page's visit checks, so that a
+    walk reads 8 bytes per page; :attr:`cold`
+    (:data:`ITEM_COLD`) the rest, read by visits.  Each column attribute is a
+    view of its field.
 
     :ivar slot: owning mm slot id (``int32``).
     :ivar page: virtual page number (``int64``).
@@ -173,10 +182,13 @@ class ItemTable:
     """Fields of a fresh item that are not zero."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._blank = np.zeros((), ITEM)
+        self._blank_hot = np.zeros((), ITEM_HOT)
+        self._blank_cold = np.zeros((), ITEM_COLD)
         for name, value in self.FILL:
-            self._blank[name] = value
-        self.records = np.full(capacity, self._blank, ITEM)
+            blank = self._blank_hot if name in (ITEM_HOT.names or ()) else self._blank_cold
+            blank[name] = value
+        self.hot = np.full(capacity, self._blank_hot, ITEM_HOT)
+        self.cold = np.full(capacity, self._blank_cold, ITEM_COLD)
         self.hnext = np.full(capacity, NULL, np.int64)
         self.hprev = np.full(capacity, NULL, np.int64)
         self._views()
@@ -184,8 +196,9 @@ class ItemTable:
         self.count = 0
 
     def _views(self) -> None:
-        for name in ITEM.fields or ():
-            setattr(self, name, self.records[name])
+        for records in (self.hot, self.cold):
+            for name in records.dtype.names or ():
+                setattr(self, name, records[name])
 
     slot: npt.NDArray[np.int32]
     page: npt.NDArray[np.int64]
@@ -209,17 +222,21 @@ class ItemTable:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
         n = len(pages)
         if n > len(self._free):
-            old = len(self.records)
+            old = len(self.hot)
             more = max(old, n)
-            records = np.full(old + more, self._blank, ITEM)  # (concatenate drops the padding)
-            records[:old] = self.records
-            self.records = records
+            # (np.concatenate drops the padding of a record)
+            hot = np.full(old + more, self._blank_hot, ITEM_HOT)
+            hot[:old] = self.hot
+            cold = np.full(old + more, self._blank_cold, ITEM_COLD)
+            cold[:old] = self.cold
+            self.hot, self.cold = hot, cold
             self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
             self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
             self._views()
             self._free.add_range(old, old + more)
         rows = self._free.pop(n)
-        self.records[rows] = self._blank
+        self.hot[rows] = self._blank_hot
+        self.cold[rows] = self._blank_cold
         self.hnext[rows] = NULL
         self.hprev[rows] = NULL
         self.slot[rows] = slot
@@ -1118,7 +1135,7 @@ class Ksmd:
         copied = len(segs) > 1
         views = [v for _lo, _hi, v in segs]
         frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
-        items = (it.records, it.hnext, it.hprev)
+        items = (it.hot, it.cold, it.hnext, it.hprev)
         use_zero = bool(self.knob("use_zero_pages"))
         maxps = int(self.knob("max_page_sharing"))
         n, start = len(order), 0
@@ -1207,8 +1224,9 @@ class Ksmd:
                 imap,
                 fr.ksm,
                 fr.node,
-                it.records,
+                (it.hot, it.cold),
                 smart,
+                self.mode.flags_zero_page_items,
                 self.seqnr & SEQNR_MASK,
                 budget,
             )

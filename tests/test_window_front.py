@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ksmreplay import accel
-from ksmreplay.ksm import ITEM, NONE, STABLE, UNSTABLE, ZERO_PAGE_FLAG, Ksmd
+from ksmreplay.ksm import ITEM_COLD, ITEM_HOT, NONE, STABLE, UNSTABLE, ZERO_PAGE_FLAG, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.vm import PTE_KSM_ZERO, PTE_NONE, PTE_ZERO
 
@@ -68,12 +68,14 @@ def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tup
 
 
 def test_the_item_records_are_laid_out_alike() -> None:
-    """window.c and visit.c read ItemTable.records as item.h's struct item."""
+    """window.c and visit.c read ItemTable.hot and .cold as item.h's structs."""
     fast = accel.build_accelerator()
     assert fast is not None
-    assert ITEM.fields is not None
-    offsets = [ITEM.fields[name][1] for name in ITEM.names]
-    assert fast.item_layout() == [*offsets, ITEM.itemsize]
+    layout = []
+    for dtype in (ITEM_HOT, ITEM_COLD):
+        assert dtype.fields is not None
+        layout += [dtype.fields[name][1] for name in dtype.names or ()] + [dtype.itemsize]
+    assert fast.item_layout() == layout
 
 
 @pytest.mark.parametrize("seed", range(300))

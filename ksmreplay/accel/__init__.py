@@ -72,14 +72,14 @@ class Accelerator:
         self._skip = lib.ksr_skip
         self._write_run = lib.ksr_write_run
         lib.ksr_window.restype = _i64
-        lib.ksr_window.argtypes = [_i64, *[_p] * 5, _i32, _i32, _i64, *[_p] * 5]
+        lib.ksr_window.argtypes = [_i64, *[_p] * 6, _i32, _i32, _i32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
         lib.ksr_item_layout.restype = None
         lib.ksr_item_layout.argtypes = [_p]
         self._item_layout = lib.ksr_item_layout
         lib.ksr_visit.restype = _i64
         lib.ksr_visit.argtypes = [
-            _i64, _i64, *[_p] * 14, _p, _p, _p, _i32, _u32, _p, _p, _p, _i32, _u32,
+            _i64, _i64, *[_p] * 15, _p, _p, _p, _i32, _u32, _p, _p, _p, _i32, _u32,
             _i32, _i32, _i64, _p, _p,
         ]  # fmt: skip
         self._visit = lib.ksr_visit
@@ -190,23 +190,26 @@ class Accelerator:
         imap: npt.NDArray[np.int64],
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
-        items: npt.NDArray[np.void],
+        items: tuple[npt.NDArray[np.void], npt.NDArray[np.void]],
         smart: bool,
+        v6: bool,
         seqnr: int,
         budget: int,
     ) -> Window | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
-        None if no page is present.  ``items`` are ``ItemTable.records``; their
-        age, skips and state are updated."""
+        None if no page is present.  ``items`` are ``ItemTable.hot`` and
+        ``cold``; their age, skips and state are updated.  Only with ``v6``
+        are items' flags read (they are clear in the other designs)."""
         n = len(ptes)
-        assert [fr_ksm.dtype, fr_node.dtype, items.itemsize] == [np.bool_, np.int32, 32]
+        sizes = [a.itemsize for a in items]
+        assert [fr_ksm.dtype, fr_node.dtype, sizes] == [np.bool_, np.int32, [8, 24]]
         if len(self._front_out[0]) < n:
             self._front_out = _scratch(n)
         pos, cum, skip, stale, summary = self._front_out
         self._window(
             n, *_addresses(ptes, imap),
-            *_columns(fr_ksm, fr_node, items),
-            int(smart), seqnr, budget, *_columns(pos, cum, skip, stale, summary),
+            *_columns(fr_ksm, fr_node, *items),
+            int(smart), int(v6), seqnr, budget, *_columns(pos, cum, skip, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
         if last < 0:
@@ -224,8 +227,9 @@ class Accelerator:
         )
 
     def item_layout(self) -> list[int]:
-        """``struct item`` (``item.h``): its fields' offsets in order, then its size."""
-        out = np.zeros(11, np.int64)
+        """``struct item_hot``, then ``struct item_cold`` (``item.h``): each one's
+        fields' offsets in order, then its size."""
+        out = np.zeros(12, np.int64)
         self._item_layout(*_addresses(out))
         layout: list[int] = out.tolist()
         return layout
@@ -251,13 +255,14 @@ class Accelerator:
         Event ``i`` is a visit (``kind`` 0) or an unlink (1) of item
         ``rows[i]``, a visit of the page at window position ``pos[i]``.
         ``frames`` are the frame columns content, mapcount, ksm, node;
-        ``items`` the item records and hlist links (``ItemTable.records``,
-        ``hnext``, ``hprev``); ``nodes`` the node columns size, frame, head; the maps are
-        ``ContentMap.table()`` s.  The columns are updated in place.
+        ``items`` the item records and hlist links (``ItemTable.hot``,
+        ``cold``, ``hnext``, ``hprev``); ``nodes`` the node columns size,
+        frame, head; the maps are ``ContentMap.table()`` s.  The columns are
+        updated in place.
         """
         n = len(pos)
-        dtypes = [a.dtype for a in (*frames, *items[1:], *nodes)]
-        assert items[0].itemsize == 32 and dtypes == [
+        dtypes = [a.dtype for a in (*frames, *items[2:], *nodes)]
+        assert [a.itemsize for a in items[:2]] == [8, 24] and dtypes == [
             *(np.uint64, np.int32, np.bool_, np.int32),  # frames
             *(np.int64, np.int64),  # hlist links
             *(np.int32, np.int64, np.int64),  # nodes

@@ -72,7 +72,8 @@ struct scan {
 	const uint8_t *fr_ksm;
 	const int32_t *fr_node;
 	/* items */
-	struct item *items;
+	struct item_hot *items;
+	struct item_cold *cold;
 	int64_t *next;
 	int64_t *prev;
 	/* stable nodes */
@@ -116,6 +117,7 @@ ALWAYS_INLINE void prefetch(const struct scan *k, const int64_t *pos, const int6
 		int64_t row = rows[i + AHEAD_ITEM], frame = k->ptes[pos[i + AHEAD_ITEM]];
 
 		__builtin_prefetch(&k->items[row], 1);
+		__builtin_prefetch(&k->cold[row], 1);
 		if (kind[i + AHEAD_ITEM] == EV_VISIT && frame >= 0) {
 			__builtin_prefetch(&k->fr_content[frame], 0);
 			__builtin_prefetch(&k->fr_ksm[frame], 0);
@@ -170,8 +172,7 @@ static int node_alive(const struct scan *k, int64_t nid)
 /* Ksmd._unlink_from_live for one item (its node is live). */
 static void unlink_stable(struct scan *k, int64_t row)
 {
-	struct item *it = &k->items[row];
-	int64_t nid = it->node, before = k->prev[row], after = k->next[row];
+	int64_t nid = k->items[row].node, before = k->prev[row], after = k->next[row];
 
 	if (before >= 0)
 		k->next[before] = after;
@@ -184,8 +185,8 @@ static void unlink_stable(struct scan *k, int64_t row)
 	else
 		k->sums[SUM_SHARING]--;
 	k->sums[SUM_MERGING]--;
-	it->state = STATE_NONE;
-	it->node = -1;
+	k->items[row].state = STATE_NONE;
+	k->items[row].node = -1;
 }
 
 /* Ksmd._append: stable_tree_append(). */
@@ -210,7 +211,7 @@ static void append(struct scan *k, int64_t row, int64_t nid)
 /* Whether remove_rmap_item_from_tree() of the item is one this file does. */
 static int can_unlink(const struct scan *k, int64_t row)
 {
-	const struct item *it = &k->items[row];
+	const struct item_hot *it = &k->items[row];
 
 	switch (it->state) {
 	case STATE_STABLE:
@@ -225,7 +226,7 @@ static int can_unlink(const struct scan *k, int64_t row)
 
 static void unlink_item(struct scan *k, int64_t row)
 {
-	struct item *it = &k->items[row];
+	struct item_hot *it = &k->items[row];
 
 	if (it->state == STATE_STABLE) {
 		unlink_stable(k, row);
@@ -244,7 +245,8 @@ static void put_frame(struct scan *k, int64_t frame)
 /* cmp_and_merge_page() of the page at window position p, item row; 0 to hand it back. */
 static int visit(struct scan *k, int64_t p, int64_t row)
 {
-	struct item *it = &k->items[row];
+	struct item_hot *it = &k->items[row];
+	struct item_cold *c = &k->cold[row];
 	int64_t frame = k->ptes[p], entry = ABSENT, size = 0;
 	uint64_t content;
 	int changed, zero, merge = 0;
@@ -255,7 +257,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	if (!can_unlink(k, row))
 		return 0;
 	content = k->fr_content[frame];
-	changed = !it->checked || it->checksum != content;
+	changed = !c->checked || c->checksum != content;
 	zero = !changed && content == 0 && k->use_zero_pages;
 	if (!changed && !zero) {
 		entry = map_find(&k->stable, content);
@@ -271,8 +273,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	}
 	unlink_item(k, row);
 	if (changed) {
-		it->checksum = content;
-		it->checked = 1;
+		c->checksum = content;
+		c->checked = 1;
 	} else if (zero) {
 		/* try_to_merge_with_zero_page() */
 		k->ptes[p] = PTE_KSM_ZERO;
@@ -309,16 +311,16 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
 		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
 		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
-		  struct item *items, int64_t *next, int64_t *prev, int32_t *node_size,
-		  const int64_t *node_frame, int64_t *head, uint64_t *st_keys, int64_t *st_vals,
-		  uint32_t *st_gen, int32_t st_bits, uint32_t st_now, uint64_t *un_keys,
-		  int64_t *un_vals, uint32_t *un_gen, int32_t un_bits, uint32_t un_now,
-		  int32_t seqnr, int32_t use_zero_pages, int64_t max_page_sharing, int64_t *dead,
-		  int64_t *sums)
+		  struct item_hot *items, struct item_cold *cold, int64_t *next, int64_t *prev,
+		  int32_t *node_size, const int64_t *node_frame, int64_t *head, uint64_t *st_keys,
+		  int64_t *st_vals, uint32_t *st_gen, int32_t st_bits, uint32_t st_now,
+		  uint64_t *un_keys, int64_t *un_vals, uint32_t *un_gen, int32_t un_bits,
+		  uint32_t un_now, int32_t seqnr, int32_t use_zero_pages, int64_t max_page_sharing,
+		  int64_t *dead, int64_t *sums)
 {
 	struct scan k = {
 		ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
-		items, next, prev, node_size, node_frame, head,
+		items, cold, next, prev, node_size, node_frame, head,
 		{ st_keys, st_vals, st_gen, st_bits, st_now },
 		{ un_keys, un_vals, un_gen, un_bits, un_now },
 		(uint8_t)seqnr, use_zero_pages, max_page_sharing,

@@ -27,16 +27,16 @@
 #define AGE_MAX 255
 #define AHEAD 32
 
-/* The offsets of struct item's fields, in declaration order, and its size. */
+/* The offsets of the item records' fields, in declaration order, and their sizes. */
 void ksr_item_layout(int64_t *out)
 {
 	const int64_t layout[] = {
-		offsetof(struct item, checksum), offsetof(struct item, page),
-		offsetof(struct item, slot), offsetof(struct item, node),
-		offsetof(struct item, flags), offsetof(struct item, age),
-		offsetof(struct item, skips), offsetof(struct item, state),
-		offsetof(struct item, seq), offsetof(struct item, checked),
-		sizeof(struct item),
+		offsetof(struct item_hot, node), offsetof(struct item_hot, age),
+		offsetof(struct item_hot, skips), offsetof(struct item_hot, state),
+		offsetof(struct item_hot, seq), sizeof(struct item_hot),
+		offsetof(struct item_cold, checksum), offsetof(struct item_cold, page),
+		offsetof(struct item_cold, slot), offsetof(struct item_cold, flags),
+		offsetof(struct item_cold, checked), sizeof(struct item_cold),
 	};
 
 	for (unsigned i = 0; i < sizeof(layout) / sizeof(layout[0]); i++)
@@ -47,25 +47,26 @@ enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SU
 
 /*
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
- * Frames: ksm flag and stable node; items: age and skips updated when smart,
- * state when a skipped item leaves an unstable tree of a pass other than
- * seqnr.  Outputs have room for n entries: listed
- * positions, the visit count up to and including each, whether each was
- * skipped; stale positions.  Returns 0; the summary gets the counts, the last
+ * Frames: ksm flag and stable node; items: their hot records (age and skips
+ * updated when smart, state when a skipped item leaves an unstable tree of a
+ * pass other than seqnr) and cold ones (read only in the v6 design, whose
+ * ZERO_PAGE_FLAG items are listed; the flag is clear in the others).
+ * Outputs have room for n entries: listed positions, the visit count up to
+ * and including each, whether each was skipped; stale positions.  Returns 0; the summary gets the counts, the last
  * position handled (-1: none present), whether the budget stopped the walk
  * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, struct item *items, int32_t smart, int32_t seqnr,
-		   int64_t budget, int64_t *out_pos, int64_t *out_cum, uint8_t *out_skip,
-		   int64_t *out_stale, int64_t *summary)
+		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
+		   int32_t smart, int32_t v6, int32_t seqnr, int64_t budget, int64_t *out_pos,
+		   int64_t *out_cum, uint8_t *out_skip, int64_t *out_stale, int64_t *summary)
 {
 	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
 	int64_t unshared = 0;
 
 	for (int64_t i = 0; i < n; i++) {
 		int64_t pte = ptes[i], row = imap[i];
-		struct item *it = row >= 0 ? &items[row] : 0;
+		struct item_hot *it = row >= 0 ? &items[row] : 0;
 		int ksm, skip = 0, wanted;
 
 		/* Frames and items are spread over memory: fetch ahead what the
@@ -107,7 +108,7 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		} else {
 			visits++;
 			wanted = row < 0 || !ksm || it->state != STATE_STABLE ||
-				 it->node != fr_node[pte] || (it->flags & ZERO_PAGE_FLAG);
+				 it->node != fr_node[pte] || (v6 && (cold[row].flags & ZERO_PAGE_FLAG));
 		}
 		if (wanted) {
 			out_pos[listed] = i;
