@@ -43,10 +43,11 @@ _MASK64 = (1 << 64) - 1
 class ContentMap:
     """``uint64`` key -> non-negative ``int64`` value; see the module docstring."""
 
-    __slots__ = ("_bits", "_gen", "_keys", "_len", "_now", "_taken", "_vals")
+    __slots__ = ("_bits", "_fast", "_gen", "_keys", "_len", "_now", "_taken", "_vals")
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
+        self._fast = accelerator()  # (chosen once: the environment is slow to read)
         self._keys: Keys = np.zeros(1 << bits, np.uint64)
         self._vals: IntArray = np.zeros(1 << bits, np.int64)
         self._gen: npt.NDArray[np.uint32] = np.zeros(1 << bits, np.uint32)
@@ -128,7 +129,7 @@ class ContentMap:
         out = np.full(len(keys), ABSENT, np.int64)
         if self._len == 0 or len(keys) == 0:
             return out
-        fast = accelerator()
+        fast = self._fast
         if fast is not None:
             return fast.map_find(keys, self._bits, (self._keys, self._vals, self._gen), self._now)
         mask = (1 << self._bits) - 1
@@ -153,7 +154,7 @@ class ContentMap:
         self.reserve(n)
         self._len += n
         self._taken += n
-        fast = accelerator()
+        fast = self._fast
         if fast is not None:
             table = (self._keys, self._vals, self._gen)
             fast.map_insert(keys, values, self._bits, table, self._now)

@@ -437,7 +437,8 @@ class Ksmd:
     """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
-    lets the advisor write ``pages_to_scan``.
+    lets the advisor write ``pages_to_scan``.  The scan uses the accelerator
+    if there is one when it is made (``KSMREPLAY_ACCEL``).
     """
 
     def __init__(
@@ -450,6 +451,7 @@ class Ksmd:
         self.knob = knob
         self.set_pages_to_scan = set_pages_to_scan
         self.mem = Memory(self._ksm_pages_freed)
+        self.fast = accelerator()
         self.items = ItemTable()
         self.c = Counters()
         self.slots: list[Slot] = []
@@ -1047,7 +1049,7 @@ class Ksmd:
         visits = front.visits
         c.pages_scanned += visits
         self.cpu_ns += batch_cost_ns(visits)
-        fast = accelerator()
+        fast = self.fast
         if fast is not None and not v6:
             self._visit_listed(fast, slot, segs, ptes, pages, front, rows, stale, stale_rows)
             return visits, stop
@@ -1217,7 +1219,7 @@ class Ksmd:
         """
         fr, it = self.mem.frames, self.items
         smart = bool(self.knob("smart_scan"))
-        fast = accelerator()
+        fast = self.fast
         if fast is not None:
             found = fast.window(
                 ptes,

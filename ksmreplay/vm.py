@@ -569,6 +569,8 @@ class Memory:
     def __init__(self, on_ksm_pages_freed: Callable[[IntArray], None]) -> None:
         self.frames = FrameTable()
         self.mms: dict[int, MM] = {}
+        self.fast = accelerator()
+        """The accelerator of the writes, if there was one when the memory was made."""
         self.events: dict[str, int] = dict(EVENT_COUNTERS_ZERO)
         self.on_ksm_pages_freed = on_ksm_pages_freed
         self._directories = _Directories()
@@ -645,7 +647,7 @@ class Memory:
         where their order matters (see there) to :meth:`write` one write at a
         time.
         """
-        fast = accelerator()
+        fast = self.fast
         if fast is not None:
             self._write_run_fast(fast, pids, first, counts, fps)
             return

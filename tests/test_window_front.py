@@ -54,13 +54,13 @@ def _window(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+    monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
     rng = np.random.default_rng(seed)
     smart = bool(seed % 3)
     ksmd = _ksmd(rng, smart, seed)
     n = int(rng.integers(1, 300))
     ptes, imap = _window(rng, n)
     budget = int(rng.integers(1, n + 2))
-    monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
     front = ksmd._window_front(ptes, imap, budget)
     found = None if front is None else tuple(np.asarray(f).tolist() for f in front)
     it = ksmd.items
