@@ -35,6 +35,17 @@ ABSENT = -1
 DELETED = -2
 """The value of a tombstone."""
 
+SLOT = np.dtype(
+    {
+        "names": ["key", "val", "gen"],
+        "formats": [np.uint64, np.int64, np.uint32],
+        "offsets": [0, 8, 16],
+        "itemsize": 24,
+    }
+)
+"""One slot of the table: ``struct slot`` of ``accel/slot.h``, field for field
+(key, value and generation side by side: a probe reads one cache line)."""
+
 _MULT = 0x9E3779B97F4A7C15
 """Fibonacci hashing: the top bits of ``key * _MULT`` (mod 2**64) pick the slot."""
 _MASK64 = (1 << 64) - 1
@@ -43,14 +54,12 @@ _MASK64 = (1 << 64) - 1
 class ContentMap:
     """``uint64`` key -> non-negative ``int64`` value; see the module docstring."""
 
-    __slots__ = ("_bits", "_fast", "_gen", "_keys", "_len", "_now", "_taken", "_vals")
+    __slots__ = ("_bits", "_fast", "_gen", "_keys", "_len", "_now", "_table", "_taken", "_vals")
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
         self._fast = accelerator()  # (chosen once: the environment is slow to read)
-        self._keys: Keys = np.zeros(1 << bits, np.uint64)
-        self._vals: IntArray = np.zeros(1 << bits, np.int64)
-        self._gen: npt.NDArray[np.uint32] = np.zeros(1 << bits, np.uint32)
+        self._new_table()
         self._now = 1
         """The current generation: a slot is occupied when its ``_gen`` equals it."""
         self._len = 0
@@ -60,6 +69,13 @@ class ContentMap:
 
     def __len__(self) -> int:
         return self._len
+
+    def _new_table(self) -> None:
+        """An empty table of ``1 << _bits`` slots, and its columns (field views)."""
+        self._table = np.zeros(1 << self._bits, SLOT)
+        self._keys: Keys = self._table["key"]
+        self._vals: IntArray = self._table["val"]
+        self._gen: npt.NDArray[np.uint32] = self._table["gen"]
 
     # -- hashing -------------------------------------------------------------
 
@@ -131,7 +147,7 @@ class ContentMap:
             return out
         fast = self._fast
         if fast is not None:
-            return fast.map_find(keys, self._bits, (self._keys, self._vals, self._gen), self._now)
+            return fast.map_find(keys, self._bits, self._table, self._now)
         mask = (1 << self._bits) - 1
         slots = self._slots(keys)
         todo = np.arange(len(keys))
@@ -156,8 +172,7 @@ class ContentMap:
         self._taken += n
         fast = self._fast
         if fast is not None:
-            table = (self._keys, self._vals, self._gen)
-            fast.map_insert(keys, values, self._bits, table, self._now)
+            fast.map_insert(keys, values, self._bits, self._table, self._now)
             return
         mask = (1 << self._bits) - 1
         slots = self._slots(keys)
@@ -176,10 +191,10 @@ class ContentMap:
             todo = todo[lost]
             slots[todo] = (s[lost] + 1) & mask
 
-    def table(self) -> tuple[Keys, IntArray, npt.NDArray[np.uint32], int, int]:
-        """Keys, values, generations, bits and current generation, for the
+    def table(self) -> tuple[npt.NDArray[np.void], int, int]:
+        """The slots (:data:`SLOT`), bits and current generation, for the
         accelerator's own lookups and inserts (see :meth:`added`)."""
-        return self._keys, self._vals, self._gen, self._bits, self._now
+        return self._table, self._bits, self._now
 
     def added(self, n: int) -> None:
         """``n`` entries were inserted in :meth:`table` directly."""
@@ -201,9 +216,7 @@ class ContentMap:
         while 4 * (len(live) + n) > 1 << bits:
             bits += 1
         self._bits = bits
-        self._keys = np.zeros(1 << bits, np.uint64)
-        self._vals = np.zeros(1 << bits, np.int64)
-        self._gen = np.zeros(1 << bits, np.uint32)
+        self._new_table()
         self._now = 1
         self._len = self._taken = 0
         self.insert_new(keys, vals)

@@ -39,7 +39,7 @@ SOURCES = [
     Path(__file__).with_name(name)
     for name in ("scan.c", "fault.c", "window.c", "visit.c", "contentmap.c")
 ]
-HEADERS = [Path(__file__).with_name("item.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("item.h", "slot.h")]
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
 """Set to ``0`` to do without the accelerator."""
@@ -56,7 +56,8 @@ _u32 = ctypes.c_uint32
 
 class Accelerator:
     """The compiled functions: ``ksr_scan``, ``ksr_skip``, ``ksr_write_run``,
-    ``ksr_window``, ``ksr_visit``, ``ksr_map_find``, ``ksr_map_insert``."""
+    ``ksr_window``, ``ksr_visit``, ``ksr_map_find``, ``ksr_map_insert``, and
+    the layouts of the records they share with numpy."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         lib.ksr_scan.restype = _i64
@@ -79,16 +80,19 @@ class Accelerator:
         self._item_layout = lib.ksr_item_layout
         lib.ksr_visit.restype = _i64
         lib.ksr_visit.argtypes = [
-            _i64, _i64, *[_p] * 15, _p, _p, _p, _i32, _u32, _p, _p, _p, _i32, _u32,
+            _i64, _i64, *[_p] * 15, _p, _i32, _u32, _p, _i32, _u32,
             _i32, _i32, _i64, _p, _p,
         ]  # fmt: skip
         self._visit = lib.ksr_visit
         lib.ksr_map_find.restype = None
-        lib.ksr_map_find.argtypes = [_i64, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32, _p]
+        lib.ksr_map_find.argtypes = [_i64, _p, _i32, _p, _u32, _p]
         lib.ksr_map_insert.restype = None
-        lib.ksr_map_insert.argtypes = [_i64, _p, _p, ctypes.c_int32, _p, _p, _p, ctypes.c_uint32]
+        lib.ksr_map_insert.argtypes = [_i64, _p, _p, _i32, _p, _u32]
+        lib.ksr_slot_layout.restype = None
+        lib.ksr_slot_layout.argtypes = [_p]
         self._map_find = lib.ksr_map_find
         self._map_insert = lib.ksr_map_insert
+        self._slot_layout = lib.ksr_slot_layout
         self._front_out = _scratch(0)
 
     def scan(
@@ -234,6 +238,13 @@ class Accelerator:
         layout: list[int] = out.tolist()
         return layout
 
+    def slot_layout(self) -> list[int]:
+        """``struct slot`` (``slot.h``): its fields' offsets in order, then its size."""
+        out = np.zeros(4, np.int64)
+        self._slot_layout(*_addresses(out))
+        layout: list[int] = out.tolist()
+        return layout
+
     def visit(
         self,
         start: int,
@@ -269,12 +280,12 @@ class Accelerator:
         ]
         dead = np.empty(n, np.int64)
         sums = np.zeros(9, np.int64)  # visit.c's SUM_*
-        st_keys, st_vals, st_gen, st_bits, st_now = stable
-        un_keys, un_vals, un_gen, un_bits, un_now = unstable
+        st_slots, st_bits, st_now = stable
+        un_slots, un_bits, un_now = unstable
+        assert st_slots.itemsize == un_slots.itemsize == 24
         stop = self._visit(
             n, start, *_addresses(pos, rows, kind, ptes), *_columns(*frames, *items, *nodes),
-            *_columns(st_keys, st_vals, st_gen), st_bits, st_now,
-            *_columns(un_keys, un_vals, un_gen), un_bits, un_now,
+            *_columns(st_slots), st_bits, st_now, *_columns(un_slots), un_bits, un_now,
             seqnr, int(use_zero_pages), max_page_sharing,
             *_addresses(dead, sums),
         )  # fmt: skip
@@ -296,16 +307,15 @@ class Accelerator:
         self,
         keys: npt.NDArray[np.uint64],
         bits: int,
-        table: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32]],
+        table: npt.NDArray[np.void],
         now: int,
     ) -> npt.NDArray[np.int64]:
         """``ContentMap.find`` (``contentmap.c``): the value of each key, -1 if absent.
-        ``table`` is the map's keys, values and generations."""
+        ``table`` is the map's slots."""
         keys = np.ascontiguousarray(keys, np.uint64)
         out = np.empty(len(keys), np.int64)
-        self._map_find(
-            len(keys), *_addresses(keys), bits, *_addresses(*table), now, *_addresses(out)
-        )
+        assert table.itemsize == 24
+        self._map_find(len(keys), _address(keys), bits, *_columns(table), now, _address(out))
         return out
 
     def map_insert(
@@ -313,13 +323,14 @@ class Accelerator:
         keys: npt.NDArray[np.uint64],
         values: npt.NDArray[np.int64],
         bits: int,
-        table: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32]],
+        table: npt.NDArray[np.void],
         now: int,
     ) -> None:
         """``ContentMap.insert_new`` (``contentmap.c``): keys distinct and absent, room made."""
         keys = np.ascontiguousarray(keys, np.uint64)
         values = np.ascontiguousarray(values, np.int64)
-        self._map_insert(len(keys), *_addresses(keys, values), bits, *_addresses(*table), now)
+        assert table.itemsize == 24
+        self._map_insert(len(keys), *_addresses(keys, values), bits, *_columns(table), now)
 
 
 def _scratch(n: int) -> tuple[npt.NDArray[np.generic], ...]:
@@ -399,8 +410,8 @@ skipped, last position, stopped by the budget, unlinked from an unstable tree
 (``ksm.Front``)."""
 
 
-MapTable = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint32], int, int]
-"""A ``ContentMap``'s keys, values, generations, bits and current generation."""
+MapTable = tuple[npt.NDArray[np.void], int, int]
+"""A ``ContentMap``'s slots, bits and current generation."""
 
 
 class Visited(NamedTuple):

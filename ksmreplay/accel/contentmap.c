@@ -8,7 +8,10 @@
  * observes).  The tests run both.
  */
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "slot.h"
 
 #define MULT 0x9E3779B97F4A7C15ULL
 #define ABSENT (-1)
@@ -18,9 +21,18 @@ static inline uint64_t slot_of(uint64_t key, int32_t bits)
 	return (key * MULT) >> (64 - bits);
 }
 
-/* out[i] = value of keys[i], or ABSENT. */
-void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const uint64_t *tkeys,
-		  const int64_t *tvals, const uint32_t *tgen, uint32_t now, int64_t *out)
+/* The offsets of struct slot's fields, in declaration order, and its size. */
+void ksr_slot_layout(int64_t *out)
+{
+	out[0] = offsetof(struct slot, key);
+	out[1] = offsetof(struct slot, val);
+	out[2] = offsetof(struct slot, gen);
+	out[3] = sizeof(struct slot);
+}
+
+/* out[i] = value of keys[i] in the table of 1 << bits slots, or ABSENT. */
+void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
+		  uint32_t now, int64_t *out)
 {
 	uint64_t mask = (1ULL << bits) - 1;
 
@@ -28,9 +40,9 @@ void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const uint64_t 
 		uint64_t s = slot_of(keys[i], bits);
 		int64_t found = ABSENT;
 
-		while (tgen[s] == now) {
-			if (tkeys[s] == keys[i] && tvals[s] >= 0) {
-				found = tvals[s];
+		while (table[s].gen == now) {
+			if (table[s].key == keys[i] && table[s].val >= 0) {
+				found = table[s].val;
 				break;
 			}
 			s = (s + 1) & mask;
@@ -41,17 +53,17 @@ void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const uint64_t 
 
 /* Insert keys[i] -> vals[i]: keys distinct and absent, room reserved by the caller. */
 void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
-		    uint64_t *tkeys, int64_t *tvals, uint32_t *tgen, uint32_t now)
+		    struct slot *table, uint32_t now)
 {
 	uint64_t mask = (1ULL << bits) - 1;
 
 	for (int64_t i = 0; i < n; i++) {
 		uint64_t s = slot_of(keys[i], bits);
 
-		while (tgen[s] == now)
+		while (table[s].gen == now)
 			s = (s + 1) & mask;
-		tgen[s] = now;
-		tkeys[s] = keys[i];
-		tvals[s] = vals[i];
+		table[s].gen = now;
+		table[s].key = keys[i];
+		table[s].val = vals[i];
 	}
 }

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "item.h"
+#include "slot.h"
 
 #define STATE_NONE 0
 #define STATE_UNSTABLE 1
@@ -54,11 +55,9 @@ enum {
 	SUMS
 };
 
-/* A content hash table (contentmap.py): keys, values, generations. */
+/* A content hash table (contentmap.py): its slots. */
 struct map {
-	uint64_t *keys;
-	int64_t *vals;
-	uint32_t *gen;
+	struct slot *slots;
 	int32_t bits;
 	uint32_t now;
 };
@@ -100,9 +99,9 @@ ALWAYS_INLINE void map_prefetch(const struct map *m, uint64_t key)
 {
 	uint64_t s = map_slot(m, key);
 
-	__builtin_prefetch(&m->gen[s], 0);
-	__builtin_prefetch(&m->keys[s], 0);
-	__builtin_prefetch(&m->vals[s], 0);
+	/* (a slot may straddle two cache lines) */
+	__builtin_prefetch(&m->slots[s], 0);
+	__builtin_prefetch((const char *)&m->slots[s] + sizeof(struct slot) - 1, 0);
 }
 
 /*
@@ -140,9 +139,9 @@ static int64_t map_find(const struct map *m, uint64_t key)
 	uint64_t mask = (1ULL << m->bits) - 1;
 	uint64_t s = map_slot(m, key);
 
-	while (m->gen[s] == m->now) {
-		if (m->keys[s] == key && m->vals[s] >= 0)
-			return m->vals[s];
+	while (m->slots[s].gen == m->now) {
+		if (m->slots[s].key == key && m->slots[s].val >= 0)
+			return m->slots[s].val;
 		s = (s + 1) & mask;
 	}
 	return ABSENT;
@@ -154,11 +153,11 @@ static void map_insert(struct map *m, uint64_t key, int64_t val)
 	uint64_t mask = (1ULL << m->bits) - 1;
 	uint64_t s = map_slot(m, key);
 
-	while (m->gen[s] == m->now)
+	while (m->slots[s].gen == m->now)
 		s = (s + 1) & mask;
-	m->gen[s] = m->now;
-	m->keys[s] = key;
-	m->vals[s] = val;
+	m->slots[s].gen = m->now;
+	m->slots[s].key = key;
+	m->slots[s].val = val;
 }
 
 /* A node is live while its KSM page is: the frame still names it. */
@@ -312,17 +311,16 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
 		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
 		  struct item_hot *items, struct item_cold *cold, int64_t *next, int64_t *prev,
-		  int32_t *node_size, const int64_t *node_frame, int64_t *head, uint64_t *st_keys,
-		  int64_t *st_vals, uint32_t *st_gen, int32_t st_bits, uint32_t st_now,
-		  uint64_t *un_keys, int64_t *un_vals, uint32_t *un_gen, int32_t un_bits,
-		  uint32_t un_now, int32_t seqnr, int32_t use_zero_pages, int64_t max_page_sharing,
-		  int64_t *dead, int64_t *sums)
+		  int32_t *node_size, const int64_t *node_frame, int64_t *head,
+		  struct slot *st_slots, int32_t st_bits, uint32_t st_now, struct slot *un_slots,
+		  int32_t un_bits, uint32_t un_now, int32_t seqnr, int32_t use_zero_pages,
+		  int64_t max_page_sharing, int64_t *dead, int64_t *sums)
 {
 	struct scan k = {
 		ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
 		items, cold, next, prev, node_size, node_frame, head,
-		{ st_keys, st_vals, st_gen, st_bits, st_now },
-		{ un_keys, un_vals, un_gen, un_bits, un_now },
+		{ st_slots, st_bits, st_now },
+		{ un_slots, un_bits, un_now },
 		(uint8_t)seqnr, use_zero_pages, max_page_sharing,
 		dead, sums,
 	};
