@@ -182,23 +182,40 @@ class ItemTable:
     """Fields of a fresh item that are not zero."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._blank_hot = np.zeros((), ITEM_HOT)
-        self._blank_cold = np.zeros((), ITEM_COLD)
+        blank_hot, blank_cold = np.zeros(1, ITEM_HOT), np.zeros(1, ITEM_COLD)
         for name, value in self.FILL:
-            blank = self._blank_hot if name in (ITEM_HOT.names or ()) else self._blank_cold
+            blank = blank_hot if name in (ITEM_HOT.names or ()) else blank_cold
             blank[name] = value
-        self.hot = np.full(capacity, self._blank_hot, ITEM_HOT)
-        self.cold = np.full(capacity, self._blank_cold, ITEM_COLD)
-        self.hnext = np.full(capacity, NULL, np.int64)
-        self.hprev = np.full(capacity, NULL, np.int64)
-        self._views()
-        self._free = FreeStack(capacity)
+        # A fresh item's records as machine words, which numpy copies far
+        # faster than records.
+        self._blank_hot = blank_hot.view(np.uint64)
+        self._blank_cold = blank_cold.view(np.uint64)
+        self.hot = np.empty(0, ITEM_HOT)
+        self.cold = np.empty(0, ITEM_COLD)
+        self.hnext = np.empty(0, np.int64)
+        self.hprev = np.empty(0, np.int64)
+        self._free = FreeStack(0)
+        self._grow(capacity)
         self.count = 0
 
-    def _views(self) -> None:
+    def _grow(self, more: int) -> None:
+        """Room for ``more`` items (the tables are copied: take columns after)."""
+        old = len(self.hot)
+        hot = np.empty(old + more, ITEM_HOT)
+        hot[:old] = self.hot
+        cold = np.empty(old + more, ITEM_COLD)
+        cold[:old] = self.cold
+        self.hot, self.cold = hot, cold
+        self._hot_words = hot.view(np.uint64)
+        self._cold_words = cold.view(np.uint64).reshape(-1, len(self._blank_cold))
+        self._hot_words[old:] = self._blank_hot
+        self._cold_words[old:] = self._blank_cold
+        self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
+        self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
         for records in (self.hot, self.cold):
             for name in records.dtype.names or ():
                 setattr(self, name, records[name])
+        self._free.add_range(old, old + more)
 
     slot: npt.NDArray[np.int32]
     page: npt.NDArray[np.int64]
@@ -222,21 +239,10 @@ class ItemTable:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
         n = len(pages)
         if n > len(self._free):
-            old = len(self.hot)
-            more = max(old, n)
-            # (np.concatenate drops the padding of a record)
-            hot = np.full(old + more, self._blank_hot, ITEM_HOT)
-            hot[:old] = self.hot
-            cold = np.full(old + more, self._blank_cold, ITEM_COLD)
-            cold[:old] = self.cold
-            self.hot, self.cold = hot, cold
-            self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
-            self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
-            self._views()
-            self._free.add_range(old, old + more)
+            self._grow(max(len(self.hot), n))
         rows = self._free.pop(n)
-        self.hot[rows] = self._blank_hot
-        self.cold[rows] = self._blank_cold
+        self._hot_words[rows] = self._blank_hot
+        self._cold_words[rows] = self._blank_cold
         self.hnext[rows] = NULL
         self.hprev[rows] = NULL
         self.slot[rows] = slot

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.accel import Accelerator, accelerator
-from ksmreplay.arrays import dense_ranks
+from ksmreplay.arrays import DENSE_TABLE_LIMIT, dense_ranks
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
@@ -399,14 +399,17 @@ class _Directories:
     page table made a chunk.
     """
 
-    __slots__ = ("_at", "_made", "_pids", "mms", "table")
+    __slots__ = ("_at", "_made", "_pids", "_row", "mms", "table")
 
     def __init__(self) -> None:
         self.mms: list[MM] = []
         self._made = -1
         self.table: IntArray = np.zeros((0, 4), np.int64)
-        self._pids: IntArray = np.zeros(0, np.int64)
-        self._at: IntArray = np.zeros(0, np.int64)
+        self._row: npt.NDArray[np.int32] | None = None
+        """Each pid's row (-1: none), when the pids are small enough for a table."""
+        self._pids: IntArray | None = None
+        """Else the pids in order, and the row of each (:attr:`_at`)."""
+        self._at: npt.NDArray[np.int32] | None = None
 
     def of(self, mms: dict[int, MM]) -> _Directories:
         same = (
@@ -419,16 +422,28 @@ class _Directories:
             table = [mm.pt.directory() for mm in self.mms]
             self.table = np.array(table, np.int64).reshape(len(self.mms), 4)
             pids = np.fromiter(mms, np.int64, len(mms))
-            self._at = np.argsort(pids)
-            self._pids = pids[self._at]
+            rows = np.arange(len(mms), dtype=np.int32)
+            if len(pids) and pids.min() >= 0 and pids.max() < DENSE_TABLE_LIMIT:
+                self._row = np.full(int(pids.max()) + 1, -1, np.int32)
+                self._row[pids] = rows
+                self._pids = self._at = None
+            else:
+                self._row = None
+                self._at = np.argsort(pids).astype(np.int32)
+                self._pids = pids[self._at]
             self._made = PageTable.chunks_made
         return self
 
     def index(self, pids: IntArray) -> npt.NDArray[np.int32]:
         """The row of each of ``pids`` (processes that exist) in :attr:`table`."""
+        if self._row is not None:
+            found = self._row[pids]
+            assert found.min() >= 0, "no such pid"
+            return found
+        assert self._pids is not None and self._at is not None
         at = np.searchsorted(self._pids, pids)
         assert (self._pids[np.minimum(at, len(self._pids) - 1)] == pids).all(), "no such pid"
-        return self._at[at].astype(np.int32)
+        return self._at[at]
 
 
 def gather(places: Places, n: int) -> IntArray:

@@ -166,7 +166,7 @@ class Accelerator:
         """
         n = len(fps)
         content, mapcount, ksm = frames
-        assert len(fresh) >= n and mm.dtype == np.int32 and ksm.dtype == np.bool_
+        assert len(fresh) >= n and mm.dtype == np.int32
         ptes = np.empty(n, np.int64)
         owner = np.empty(n, np.int32)
         found = np.zeros(3, np.int64)
@@ -176,7 +176,7 @@ class Accelerator:
         events = np.zeros(2, np.int64)
         head = _addresses(mm, first, count, fps)
         tail = [
-            *_addresses(ptes, owner, found), *_columns(content, mapcount, ksm),
+            *_addresses(ptes, owner, found), *_columns("u8 i4 b1", content, mapcount, ksm),
             _address(fresh), len(fresh), _address(dead), ctypes.byref(n_dead),
             *_addresses(stats, events),
         ]  # fmt: skip
@@ -205,15 +205,14 @@ class Accelerator:
         ``cold``; their age, skips and state are updated.  Only with ``v6``
         are items' flags read (they are clear in the other designs)."""
         n = len(ptes)
-        sizes = [a.itemsize for a in items]
-        assert [fr_ksm.dtype, fr_node.dtype, sizes] == [np.bool_, np.int32, [8, 24]]
         if len(self._front_out[0]) < n:
             self._front_out = _scratch(n)
         pos, cum, skip, stale, summary = self._front_out
         self._window(
             n, *_addresses(ptes, imap),
-            *_columns(fr_ksm, fr_node, *items),
-            int(smart), int(v6), seqnr, budget, *_columns(pos, cum, skip, stale, summary),
+            *_columns("b1 i4 V8 V24", fr_ksm, fr_node, *items),
+            int(smart), int(v6), seqnr, budget,
+            *_columns("i8 i8 b1 i8 i8", pos, cum, skip, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
         if last < 0:
@@ -272,20 +271,15 @@ class Accelerator:
         updated in place.
         """
         n = len(pos)
-        dtypes = [a.dtype for a in (*frames, *items[2:], *nodes)]
-        assert [a.itemsize for a in items[:2]] == [8, 24] and dtypes == [
-            *(np.uint64, np.int32, np.bool_, np.int32),  # frames
-            *(np.int64, np.int64),  # hlist links
-            *(np.int32, np.int64, np.int64),  # nodes
-        ]
         dead = np.empty(n, np.int64)
         sums = np.zeros(9, np.int64)  # visit.c's SUM_*
         st_slots, st_bits, st_now = stable
         un_slots, un_bits, un_now = unstable
-        assert st_slots.itemsize == un_slots.itemsize == 24
         stop = self._visit(
-            n, start, *_addresses(pos, rows, kind, ptes), *_columns(*frames, *items, *nodes),
-            *_columns(st_slots), st_bits, st_now, *_columns(un_slots), un_bits, un_now,
+            n, start, *_addresses(pos, rows, kind, ptes),
+            *_columns("u8 i4 b1 i4 V8 V24 i8 i8 i4 i8 i8", *frames, *items, *nodes),
+            *_columns("V24", st_slots), st_bits, st_now,
+            *_columns("V24", un_slots), un_bits, un_now,
             seqnr, int(use_zero_pages), max_page_sharing,
             *_addresses(dead, sums),
         )  # fmt: skip
@@ -314,8 +308,7 @@ class Accelerator:
         ``table`` is the map's slots."""
         keys = np.ascontiguousarray(keys, np.uint64)
         out = np.empty(len(keys), np.int64)
-        assert table.itemsize == 24
-        self._map_find(len(keys), _address(keys), bits, *_columns(table), now, _address(out))
+        self._map_find(len(keys), _address(keys), bits, *_columns("V24", table), now, _address(out))
         return out
 
     def map_insert(
@@ -329,8 +322,7 @@ class Accelerator:
         """``ContentMap.insert_new`` (``contentmap.c``): keys distinct and absent, room made."""
         keys = np.ascontiguousarray(keys, np.uint64)
         values = np.ascontiguousarray(values, np.int64)
-        assert table.itemsize == 24
-        self._map_insert(len(keys), *_addresses(keys, values), bits, *_columns(table), now)
+        self._map_insert(len(keys), *_addresses(keys, values), bits, *_columns("V24", table), now)
 
 
 def _scratch(n: int) -> tuple[npt.NDArray[np.generic], ...]:
@@ -376,18 +368,21 @@ def _forget(key: int, _ref: object) -> None:
     _known.pop(key, None)
 
 
-def _columns(*arrays: npt.NDArray[np.generic]) -> list[int]:
+def _columns(types: str, *arrays: npt.NDArray[np.generic]) -> list[int]:
     """:func:`_addresses` of long-lived arrays (table columns), remembered.
 
-    A window passes the same two dozen columns to C each time; asking numpy
-    for an array's address costs microseconds, a dictionary lookup a tenth of
-    one.  An entry goes when its array does.
+    ``types`` are the arrays' types as C reads them (numpy's ``dtype.str``
+    without the byte order: ``u8``, ``i4``, ``b1``, ``V24``...), checked when
+    an array is first seen.  A window passes the same two dozen columns to C
+    each time; asking numpy for an array's address costs microseconds, a
+    dictionary lookup a tenth of one.  An entry goes when its array does.
     """
     out = []
-    for a in arrays:
+    for a, t in zip(arrays, types.split(), strict=True):
         key = id(a)
         seen = _known.get(key)
         if seen is None or seen[0]() is not a:
+            assert a.dtype.str[1:] == t, f"{a.dtype.str} for {t}"
             seen = (weakref.ref(a, partial(_forget, key)), _address(a))
             _known[key] = seen
         out.append(seen[1])
