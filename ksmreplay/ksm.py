@@ -408,8 +408,11 @@ class Front(NamedTuple):
     """Listed positions, ascending."""
     cum: IntArray
     """Visits of the window up to and including each listed position."""
-    skip: npt.NDArray[np.bool_]
-    """Whether smart_scan skipped each listed position."""
+    skip: npt.NDArray[np.bool_] | npt.NDArray[np.uint8]
+    """Whether smart_scan skipped each listed position; in a merged front
+    (``window.c``'s, for ``visit.c``) the stale positions are listed too, and
+    this is their kind: ``accel.LISTED_VISIT``, ``LISTED_SKIPPED`` or
+    ``LISTED_STALE``."""
     stale: IntArray
     """Positions before :attr:`last` with an item but no page."""
     visits: int
@@ -1020,7 +1023,9 @@ class Ksmd:
                     slot.items.chunk(key)
             imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
-        front = self._window_front(ptes, imap, budget)
+        v6 = self.mode.flags_zero_page_items
+        fast = None if v6 else self.fast  # (visit.c: not the v6 design's flags)
+        front = self._window_front(ptes, imap, budget, merge=fast is not None)
         if front is None:
             return 0, None
         fr, it, c = self.mem.frames, self.items, self.c
@@ -1029,15 +1034,14 @@ class Ksmd:
         self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
         self.cursor_item_page = int(pages[front.last]) + 1
         stale = front.stale
-        v6 = self.mode.flags_zero_page_items
         if v6 and len(stale):
             # v6: a flagged item at a zero page is kept (WalkResult.ZERO_PAGE).
             at_zero = (ptes[stale] == PTE_ZERO) | (ptes[stale] == PTE_KSM_ZERO)
             stale = stale[~(at_zero & it.flagged(imap[stale]))]
-        stale_rows = imap[stale]
-        imap[stale] = NULL
         pos, skip, cum = front.pos, front.skip, front.cum
         rows = imap[pos]
+        stale_rows = imap[stale]
+        imap[stale] = NULL
         new = np.flatnonzero(rows < 0)
         if len(new):
             at = pos[new]
@@ -1055,9 +1059,8 @@ class Ksmd:
         visits = front.visits
         c.pages_scanned += visits
         self.cpu_ns += batch_cost_ns(visits)
-        fast = self.fast
-        if fast is not None and not v6:
-            self._visit_listed(fast, slot, segs, ptes, pages, front, rows, stale, stale_rows)
+        if fast is not None:
+            self._visit_listed(fast, slot, segs, ptes, pages, front, rows, stale_rows)
             return visits, stop
         frames = ptes[pos]
         is_ksm = fr.ksm[frames]
@@ -1118,12 +1121,12 @@ class Ksmd:
         pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
-        stale: IntArray,
         stale_rows: IntArray,
     ) -> None:
-        """The listed visits and unlinks of a window (``rows`` are the listed
-        items) and the unlinks of its stale items, in address order, with
-        ``visit.c``; then the stale items are freed.
+        """The listed visits and unlinks of a window and the unlinks of its
+        stale items, in address order, with ``visit.c``; then the stale items
+        are freed.  ``front`` is merged (stale items listed, see
+        :attr:`Front.skip`); ``rows`` are the listed items.
 
         The C loop hands back what it does not do (see there); that event is
         done here, one at a time, and the loop goes on after it.  A window of
@@ -1132,13 +1135,6 @@ class Ksmd:
         gathered again after it.
         """
         order, kind, when = front.pos, front.skip.view(np.uint8), front.cum
-        if len(stale):
-            at = np.concatenate([order, stale])
-            by = np.argsort(at, kind="stable")
-            order = at[by]
-            rows = np.concatenate([rows, stale_rows])[by]
-            kind = np.concatenate([kind, np.ones(len(stale), np.uint8)])[by]
-            when = np.concatenate([when, np.zeros(len(stale), np.int64)])[by]
         fr, it, mm = self.mem.frames, self.items, slot.mm
         copied = len(segs) > 1
         views = [v for _lo, _hi, v in segs]
@@ -1211,7 +1207,9 @@ class Ksmd:
         self.unstable.added(done.inserted)
         self.mem._bury(done.dead)
 
-    def _window_front(self, ptes: IntArray, imap: IntArray, budget: int) -> Front | None:
+    def _window_front(
+        self, ptes: IntArray, imap: IntArray, budget: int, merge: bool = False
+    ) -> Front | None:
         """The present pages of a window up to the budget: smart_scan, counting, listing.
 
         ``ptes`` and ``imap`` are the window's PTEs and item rows.  Walks the
@@ -1221,7 +1219,8 @@ class Ksmd:
         earlier pass's unstable tree; a page without an item is never
         skipped) and lists what needs more than counting (see :class:`Front`).  None if no
         page is present.  The accelerator's ``window.c`` does the same in one
-        pass.
+        pass; ``merge`` (with the accelerator only) lists the stale positions
+        among the others.
         """
         fr, it = self.mem.frames, self.items
         smart = bool(self.knob("smart_scan"))
@@ -1237,8 +1236,10 @@ class Ksmd:
                 self.mode.flags_zero_page_items,
                 self.seqnr & SEQNR_MASK,
                 budget,
+                merge,
             )
             return None if found is None else Front(*found)
+        assert not merge
         pos = np.flatnonzero(ptes >= 0)
         if len(pos) == 0:
             return None

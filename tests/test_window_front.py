@@ -53,7 +53,9 @@ def _window(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ptes, imap
 
 
-def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+def _front(
+    seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch, merge: bool = False
+) -> tuple[object, ...]:
     monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
     rng = np.random.default_rng(seed)
     smart = bool(seed % 3)
@@ -61,7 +63,7 @@ def _front(seed: int, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> tup
     n = int(rng.integers(1, 300))
     ptes, imap = _window(rng, n)
     budget = int(rng.integers(1, n + 2))
-    front = ksmd._window_front(ptes, imap, budget)
+    front = ksmd._window_front(ptes, imap, budget, merge)
     found = None if front is None else tuple(np.asarray(f).tolist() for f in front)
     it = ksmd.items
     return found, it.age.tolist(), it.skips.tolist(), it.state.tolist()
@@ -81,6 +83,30 @@ def test_the_item_records_are_laid_out_alike() -> None:
 @pytest.mark.parametrize("seed", range(300))
 def test_window_c_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _front(seed, True, monkeypatch) == _front(seed, False, monkeypatch)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_a_merged_front_lists_the_stale_items_in_place(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For visit.c, window.c lists the stale positions too, in address order."""
+    plain, *items = _front(seed, False, monkeypatch)
+    merged, *merged_items = _front(seed, True, monkeypatch, merge=True)
+    assert merged_items == items
+    if plain is None:
+        assert merged is None
+        return
+    assert isinstance(plain, tuple) and isinstance(merged, tuple)
+    pos, cum, skip, stale, *counts = plain
+    entries = sorted(
+        [(p, c, int(k)) for p, c, k in zip(pos, cum, skip, strict=True)]
+        + [(p, -1, accel.LISTED_STALE) for p in stale]
+    )
+    m_pos, m_cum, m_kind, m_stale, *m_counts = merged
+    assert [(p, k) for p, _c, k in entries] == list(zip(m_pos, m_kind, strict=True))
+    listed = [i for i, (_p, _c, k) in enumerate(entries) if k != accel.LISTED_STALE]
+    assert [entries[i][1] for i in listed] == [m_cum[i] for i in listed]
+    assert (m_stale, m_counts) == (stale, counts)
 
 
 def test_the_fronts_differ_when_they_should(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,6 +44,9 @@ CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall")
 ENV = "KSMREPLAY_ACCEL"
 """Set to ``0`` to do without the accelerator."""
 
+LISTED_VISIT, LISTED_SKIPPED, LISTED_STALE = 0, 1, 2
+"""The kinds of a merged window front's listed positions (:meth:`Accelerator.window`)."""
+
 END, OTHER, FULL = 0, 1, 2
 """Why :meth:`Accelerator.scan` stopped: end of the buffer, another shape, columns full."""
 
@@ -73,7 +76,7 @@ class Accelerator:
         self._skip = lib.ksr_skip
         self._write_run = lib.ksr_write_run
         lib.ksr_window.restype = _i64
-        lib.ksr_window.argtypes = [_i64, *[_p] * 6, _i32, _i32, _i32, _i64, *[_p] * 5]
+        lib.ksr_window.argtypes = [_i64, *[_p] * 6, _i32, _i32, _i32, _i32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
         lib.ksr_item_layout.restype = None
         lib.ksr_item_layout.argtypes = [_p]
@@ -199,20 +202,24 @@ class Accelerator:
         v6: bool,
         seqnr: int,
         budget: int,
+        merge: bool = False,
     ) -> Window | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
         None if no page is present.  ``items`` are ``ItemTable.hot`` and
         ``cold``; their age, skips and state are updated.  Only with ``v6``
-        are items' flags read (they are clear in the other designs)."""
+        are items' flags read (they are clear in the other designs).  With
+        ``merge``, the stale positions are listed too, among the others in
+        address order, and the skips are a ``uint8`` column of kinds:
+        :data:`LISTED_VISIT`, :data:`LISTED_SKIPPED` or :data:`LISTED_STALE`."""
         n = len(ptes)
         if len(self._front_out[0]) < n:
             self._front_out = _scratch(n)
-        pos, cum, skip, stale, summary = self._front_out
+        pos, cum, kinds, stale, summary = self._front_out
         self._window(
             n, *_addresses(ptes, imap),
             *_columns("b1 i4 V8 V24", fr_ksm, fr_node, *items),
-            int(smart), int(v6), seqnr, budget,
-            *_columns("i8 i8 b1 i8 i8", pos, cum, skip, stale, summary),
+            int(smart), int(v6), int(merge), seqnr, budget,
+            *_columns("i8 i8 u1 i8 i8", pos, cum, kinds, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
         if last < 0:
@@ -220,7 +227,7 @@ class Accelerator:
         return (
             pos[:listed].copy(),
             cum[:listed].copy(),
-            skip[:listed].copy(),
+            kinds[:listed].copy() if merge else kinds[:listed].view(np.bool_).copy(),
             stale[:n_stale].copy(),
             visits,
             skipped,
@@ -335,7 +342,7 @@ def _scratch(n: int) -> tuple[npt.NDArray[np.generic], ...]:
     return (
         np.empty(n, np.int64),
         np.empty(n, np.int64),
-        np.empty(n, np.bool_),
+        np.empty(n, np.uint8),
         np.empty(n, np.int64),
         np.zeros(7, np.int64),
     )
@@ -392,7 +399,7 @@ def _columns(types: str, *arrays: npt.NDArray[np.generic]) -> list[int]:
 Window = tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
-    npt.NDArray[np.bool_],
+    npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
     npt.NDArray[np.int64],
     int,
     int,
@@ -400,9 +407,9 @@ Window = tuple[
     bool,
     int,
 ]
-"""Listed positions, their visit counts, skipped or not; stale positions; visits,
-skipped, last position, stopped by the budget, unlinked from an unstable tree
-(``ksm.Front``)."""
+"""Listed positions, their visit counts, skipped or not (or their kinds);
+stale positions; visits, skipped, last position, stopped by the budget,
+unlinked from an unstable tree (``ksm.Front``)."""
 
 
 MapTable = tuple[npt.NDArray[np.void], int, int]

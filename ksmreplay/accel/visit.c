@@ -302,8 +302,9 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 }
 
 /*
- * Events i in [start, n): kind[i] (EV_VISIT or EV_UNLINK) of item rows[i],
- * a visit of the page at window position pos[i].  Returns the first event
+ * Events i in [start, n): kind[i] (EV_VISIT, or anything else for an unlink:
+ * of a skipped or a stale item) of item rows[i], a visit of the page at
+ * window position pos[i].  Returns the first event
  * handed back, or n.  sums[] accumulates (see SUM_*); dead[] needs room for
  * n entries.
  */

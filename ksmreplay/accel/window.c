@@ -26,6 +26,7 @@
 #define ZERO_PAGE_FLAG 0x400
 #define AGE_MAX 255
 #define AHEAD 32
+#define LISTED_STALE 2
 
 /* The offsets of the item records' fields, in declaration order, and their sizes. */
 void ksr_item_layout(int64_t *out)
@@ -52,14 +53,17 @@ enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SU
  * pass other than seqnr) and cold ones (read only in the v6 design, whose
  * ZERO_PAGE_FLAG items are listed; the flag is clear in the others).
  * Outputs have room for n entries: listed positions, the visit count up to
- * and including each, whether each was skipped; stale positions.  Returns 0; the summary gets the counts, the last
+ * and including each, whether each was skipped (0 or 1); stale positions.
+ * With merge, the stale positions are listed too, in address order among the
+ * others, as LISTED_STALE.  Returns 0; the summary gets the counts, the last
  * position handled (-1: none present), whether the budget stopped the walk
  * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
-		   int32_t smart, int32_t v6, int32_t seqnr, int64_t budget, int64_t *out_pos,
-		   int64_t *out_cum, uint8_t *out_skip, int64_t *out_stale, int64_t *summary)
+		   int32_t smart, int32_t v6, int32_t merge, int32_t seqnr, int64_t budget,
+		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_skip, int64_t *out_stale,
+		   int64_t *summary)
 {
 	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
 	int64_t unshared = 0;
@@ -81,8 +85,14 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		}
 
 		if (pte < 0) {
-			if (row >= 0)
+			if (row >= 0) {
 				out_stale[stale++] = i;
+				if (merge) {
+					out_pos[listed] = i;
+					out_cum[listed] = visits;
+					out_skip[listed++] = LISTED_STALE;
+				}
+			}
 			continue;
 		}
 		ksm = fr_ksm[pte];
@@ -124,6 +134,8 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 	/* Stale items count only before the last page handled. */
 	while (stale > 0 && out_stale[stale - 1] > last)
 		stale--;
+	while (listed > 0 && out_skip[listed - 1] == LISTED_STALE && out_pos[listed - 1] > last)
+		listed--;
 	summary[SUM_LISTED] = listed;
 	summary[SUM_VISITS] = visits;
 	summary[SUM_SKIPPED] = skipped;
