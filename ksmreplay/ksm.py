@@ -157,11 +157,10 @@ class ItemTable:
 
     The columns but the hlist links are fields of two records per item, in
     two tables indexed alike: :attr:`hot` (:data:`ITEM_HOT`) holds the few
-    fields smart_scan reads and updates at every page a pass walks, most of
-    them never visited, and the node a KSM page's visit checks, so that a
-    walk reads 8 bytes per page; :attr:`cold`
-    (:data:`ITEM_COLD`) the rest, read by visits.  Each column attribute is a
-    view of its field.
+    fields smart_scan reads and updates at every page a pass walks (most of
+    them never visited) and the node a KSM page's visit checks, so that a
+    walk reads 8 bytes per page; :attr:`cold` (:data:`ITEM_COLD`) the rest,
+    read by visits.  Each column attribute is a view of its field.
 
     :ivar slot: owning mm slot id (``int32``).
     :ivar page: virtual page number (``int64``).

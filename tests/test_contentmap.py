@@ -7,8 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from ksmreplay import accel
-from ksmreplay.contentmap import ABSENT, SLOT, ContentMap
+from ksmreplay.contentmap import ABSENT, ContentMap
 
 pytestmark = pytest.mark.usefixtures("with_and_without_accel")
 
@@ -99,13 +98,3 @@ def test_growth_keeps_a_million_entries() -> None:
     assert len(m) == len(keys)
     assert (m.find(keys) == vals).all()
     assert (m.find(keys + np.uint64(1 << 63)) == ABSENT).all()
-
-
-def test_the_slots_are_laid_out_alike(with_and_without_accel: str) -> None:
-    """contentmap.c and visit.c read ContentMap's table as slot.h's struct slot."""
-    fast = accel.accelerator()
-    if fast is None:
-        pytest.skip("no accelerator in this run")
-    assert SLOT.fields is not None
-    offsets = [SLOT.fields[name][1] for name in SLOT.names or ()]
-    assert fast.slot_layout() == [*offsets, SLOT.itemsize]

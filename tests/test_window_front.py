@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ksmreplay import accel
+from ksmreplay.contentmap import SLOT
 from ksmreplay.ksm import ITEM_COLD, ITEM_HOT, NONE, STABLE, UNSTABLE, ZERO_PAGE_FLAG, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.vm import PTE_KSM_ZERO, PTE_NONE, PTE_ZERO
@@ -78,6 +79,15 @@ def test_the_item_records_are_laid_out_alike() -> None:
         assert dtype.fields is not None
         layout += [dtype.fields[name][1] for name in dtype.names or ()] + [dtype.itemsize]
     assert fast.item_layout() == layout
+
+
+def test_the_table_slots_are_laid_out_alike() -> None:
+    """contentmap.c and visit.c read ContentMap's table as slot.h's struct slot."""
+    fast = accel.build_accelerator()
+    assert fast is not None
+    assert SLOT.fields is not None
+    offsets = [SLOT.fields[name][1] for name in SLOT.names or ()]
+    assert fast.slot_layout() == [*offsets, SLOT.itemsize]
 
 
 @pytest.mark.parametrize("seed", range(300))
