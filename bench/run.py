@@ -395,7 +395,9 @@ ALL = ("read", "events", *REPLAYS, "scale", "host")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
-    parser.add_argument("--big-runs", type=int, default=1, help="runs of host-4m and of steady-4m")
+    parser.add_argument(
+        "--big-runs", type=int, default=5, help="runs of host-4m and of steady-4m (median)"
+    )
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the read trace")
     parser.add_argument("--pages", type=int, default=200_000, help="pages of the replay traces")
     parser.add_argument("--only", nargs="+", choices=ALL, help="run only these measurements")
