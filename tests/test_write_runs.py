@@ -16,6 +16,7 @@ import random
 import numpy as np
 import pytest
 
+from ksmreplay.arrays import DENSE_TABLE_LIMIT
 from ksmreplay.engine import Engine
 from ksmreplay.events import (
     Alloc,
@@ -37,11 +38,12 @@ PAGE = 4096
 BASE = 0x40000000
 
 
-def write_heavy_trace(seed: int, sparse: bool = False) -> list[Event]:
+def write_heavy_trace(seed: int, sparse: bool = False, first_pid: int = 1) -> list[Event]:
     """Long runs of writes with a few other events between them.
 
     ``sparse``: one mapping of more than :data:`BLOCK` page-table chunks,
-    written a page here and there, so page tables have several blocks.
+    written a page here and there, so page tables have several blocks.  The
+    processes' pids count from ``first_pid``.
     """
     rng = random.Random(seed)
     pages = (BLOCK + 40) * CHUNK if sparse else rng.choice([8, 64, 700])
@@ -61,11 +63,11 @@ def write_heavy_trace(seed: int, sparse: bool = False) -> list[Event]:
             "max_page_sharing": rng.choice([2, 256]),
         },
     )
-    pids = [1, 2]
+    pids = [first_pid, first_pid + 1]
     for pid in pids:
         emit(Alloc, pid, BASE, pages * PAGE)
         emit(Madvise, pid, BASE, pages * PAGE, "mergeable")
-    next_pid = 3
+    next_pid = first_pid + 2
     if sparse:
         # One page in every chunk of process 1: more chunks than one block holds.
         for chunk in range(pages // CHUNK):
@@ -163,6 +165,13 @@ def test_page_tables_of_several_blocks(seed: int) -> None:
             engine.apply(item)
         blocks = max([blocks, *(len(mm.pt._blocks) for mm in engine.mem.mms.values())])
     assert blocks > 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pids_too_large_for_a_table(seed: int) -> None:
+    """The accelerator finds a write's process through a table indexed by pid,
+    or by a search when pids are that large."""
+    assert _compare(write_heavy_trace(seed, first_pid=DENSE_TABLE_LIMIT + 7), "unshare") > 0
 
 
 def test_writes_to_one_shared_frame_from_two_processes() -> None:

@@ -183,10 +183,13 @@ class Accelerator:
             _address(fresh), len(fresh), _address(dead), ctypes.byref(n_dead),
             *_addresses(stats, events),
         ]  # fmt: skip
+        missing = None
         while True:
             used = self._write_run(len(mm), *head, _address(dirs), *tail)
             if used != -2:
                 break
+            assert missing != (found[1], found[2]), "make_chunks did not make the chunk"
+            missing = (found[1], found[2])
             dirs = make_chunks(int(found[1]), int(found[2]))
         assert used >= 0
         return int(used), dead[: n_dead.value], stats, events
