@@ -13,14 +13,6 @@
 
 #include "slot.h"
 
-#define MULT 0x9E3779B97F4A7C15ULL
-#define ABSENT (-1)
-
-static inline uint64_t slot_of(uint64_t key, int32_t bits)
-{
-	return (key * MULT) >> (64 - bits);
-}
-
 /* The offsets of struct slot's fields, in declaration order, and its size. */
 void ksr_slot_layout(int64_t *out)
 {
@@ -30,40 +22,18 @@ void ksr_slot_layout(int64_t *out)
 	out[3] = sizeof(struct slot);
 }
 
-/* out[i] = value of keys[i] in the table of 1 << bits slots, or ABSENT. */
+/* out[i] = value of keys[i] in the table of 1 << bits slots, or -1. */
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out)
 {
-	uint64_t mask = (1ULL << bits) - 1;
-
-	for (int64_t i = 0; i < n; i++) {
-		uint64_t s = slot_of(keys[i], bits);
-		int64_t found = ABSENT;
-
-		while (table[s].gen == now) {
-			if (table[s].key == keys[i] && table[s].val >= 0) {
-				found = table[s].val;
-				break;
-			}
-			s = (s + 1) & mask;
-		}
-		out[i] = found;
-	}
+	for (int64_t i = 0; i < n; i++)
+		out[i] = slot_find(table, bits, now, keys[i]);
 }
 
 /* Insert keys[i] -> vals[i]: keys distinct and absent, room reserved by the caller. */
 void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
 		    struct slot *table, uint32_t now)
 {
-	uint64_t mask = (1ULL << bits) - 1;
-
-	for (int64_t i = 0; i < n; i++) {
-		uint64_t s = slot_of(keys[i], bits);
-
-		while (table[s].gen == now)
-			s = (s + 1) & mask;
-		table[s].gen = now;
-		table[s].key = keys[i];
-		table[s].val = vals[i];
-	}
+	for (int64_t i = 0; i < n; i++)
+		slot_insert(table, bits, now, keys[i], vals[i]);
 }

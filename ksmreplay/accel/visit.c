@@ -31,8 +31,7 @@
 #define STATE_UNSTABLE 1
 #define STATE_STABLE 2
 #define PTE_KSM_ZERO (-3)
-#define MULT 0x9E3779B97F4A7C15ULL
-#define ABSENT (-1)
+#define ABSENT SLOT_ABSENT
 #define CHAIN_ENTRY (1LL << 62)
 /* Events ahead whose item and frame, then whose tree slots, are fetched. */
 #define AHEAD_ITEM 16
@@ -90,14 +89,9 @@ struct scan {
 	int64_t *sums;
 };
 
-static inline uint64_t map_slot(const struct map *m, uint64_t key)
-{
-	return (key * MULT) >> (64 - m->bits);
-}
-
 ALWAYS_INLINE void map_prefetch(const struct map *m, uint64_t key)
 {
-	uint64_t s = map_slot(m, key);
+	uint64_t s = slot_of(key, m->bits);
 
 	/* (a slot may straddle two cache lines) */
 	__builtin_prefetch(&m->slots[s], 0);
@@ -136,28 +130,12 @@ ALWAYS_INLINE void prefetch(const struct scan *k, const int64_t *pos, const int6
 
 static int64_t map_find(const struct map *m, uint64_t key)
 {
-	uint64_t mask = (1ULL << m->bits) - 1;
-	uint64_t s = map_slot(m, key);
-
-	while (m->slots[s].gen == m->now) {
-		if (m->slots[s].key == key && m->slots[s].val >= 0)
-			return m->slots[s].val;
-		s = (s + 1) & mask;
-	}
-	return ABSENT;
+	return slot_find(m->slots, m->bits, m->now, key);
 }
 
-/* The key is absent and the caller reserved room. */
 static void map_insert(struct map *m, uint64_t key, int64_t val)
 {
-	uint64_t mask = (1ULL << m->bits) - 1;
-	uint64_t s = map_slot(m, key);
-
-	while (m->slots[s].gen == m->now)
-		s = (s + 1) & mask;
-	m->slots[s].gen = m->now;
-	m->slots[s].key = key;
-	m->slots[s].val = val;
+	slot_insert(m->slots, m->bits, m->now, key, val);
 }
 
 /* A node is live while its KSM page is: the frame still names it. */
