@@ -393,12 +393,16 @@ class Engine:
         )
 
     def _on_settle(self, ev: Settle) -> None:
-        """Whole full scans back to back, outside trace time, until two change nothing."""
+        """Whole full scans back to back, outside trace time, until two change nothing.
+
+        Or until ksmd's list is empty: at once if it is, else after the full
+        scan that dropped its last slot (a slot stays, mergeable or not, until
+        a walk finds no mergeable VMA in its mm or the mm exited).  Then ksmd
+        sleeps as after any batch, or waits to be woken if its list is empty.
+        """
         if self._knobs["run"] != 1:
             return
-        if not any(mm.has_mergeable for mm in self.mem.mms.values()):
-            return
-        before = self._settle_key()
+        before = self._settle_key() if self.ksmd.slots else ()
         quiet = 0
         for _ in range(ev.max_full_scans):
             if not self.ksmd.slots:

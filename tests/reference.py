@@ -881,15 +881,19 @@ class ReferenceSimulator:
         return visits
 
     def _do_settle(self, e: ev.Settle) -> None:
-        """``settle``: whole passes back to back at ``e.t`` (conventions.md)."""
+        """``settle``: whole passes back to back at ``e.t`` (TRACE_FORMAT.md).
+
+        Until two passes in a row change nothing, ``max_full_scans`` passes, or
+        ksmd's mm list is empty: at once if it is empty already, else after the
+        pass that dropped its last slot.  A slot without a mergeable VMA (or of
+        an exited mm) keeps the list non-empty until a pass walks it.
+        """
         if self._knob("run") != 1:
-            return
-        if not any(v.mergeable for mm in self._procs.values() for v in mm.vmas):
             return
         self._now = e.t
         repetitions = 0
         quiet = 0
-        while repetitions < e.max_full_scans and quiet < 2:
+        while self._mm_list and repetitions < e.max_full_scans and quiet < 2:
             before = self._settle_key()
             self._ksm_do_scan(None)
             repetitions += 1

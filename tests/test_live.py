@@ -235,6 +235,20 @@ def test_settle_does_not_depend_on_batch_size(monkeypatch: pytest.MonkeyPatch) -
 
     expected = json.loads((SCENARIOS / "example_c_zero_pages.kernel.json").read_text())
     monkeypatch.setattr(driver, "SETTLE_PAGES_TO_SCAN", 7)
-    monkeypatch.setattr(driver, "STALL_S", 0.03)
     got = replay_scenario("example_c_zero_pages")
     assert got["runs"][0]["snapshots"] == expected["runs"][0]["snapshots"]
+
+
+def test_settle_needs_to_see_ksmd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ksmd in /proc a settle cannot tell an empty list from a slow pass: refused first."""
+    from ksmreplay.live import driver
+
+    before = knob_state()
+    monkeypatch.setattr(driver, "_find_ksmd", lambda: None)
+    events = [Ksm(1, 0, {"run": 1}), Settle(2, 0), Snapshot(3, 0, "x")]
+    with pytest.raises(LiveKernelError, match="ksmd") as info:
+        execute(events, 4096)
+    assert info.value.exit_status == ExitStatus.LIVE_KERNEL
+    assert knob_state() == before
+    assert at_rest() == REST
+    execute([Ksm(1, 0, {"run": 1}), Snapshot(2, 0, "x")], 4096)  # no settle: no need

@@ -653,6 +653,76 @@ def test_fact_9_merge_any_without_mappings_is_dropped_then_comes_back() -> None:
     assert (k["pages_shared"], k["pages_sharing"]) == (1, 1)
 
 
+def merged_then_settled() -> Trace:
+    """Section 15 A settled at RUN_AT: pass 1 inserts, pass 2 merges, passes 3-4 are quiet."""
+    return example_a().settle(RUN_AT).snap(RUN_AT, "merged")
+
+
+@pytest.mark.parametrize("action", ["unmergeable", "exit"])
+def test_settle_runs_the_pass_that_drops_unmergeable_or_exited_processes(action: str) -> None:
+    """No live mergeable mapping is left, but both mms are still on ksmd's list."""
+    trace = merged_then_settled()
+    for pid in (1, 2):
+        if action == "unmergeable":
+            trace.madvise(RUN_AT, pid, base(pid), 1, "unmergeable")
+        else:
+            trace.exit(RUN_AT, pid)
+    trace.snap(RUN_AT, "before").settle(RUN_AT).snap(RUN_AT, "settled")
+    trace.snap(RUN_AT + 100 * MS, "later")
+    r = replay(trace)
+    assert r.ksm("merged")["full_scans"] == 4
+    k = r.ksm("before")
+    assert (k["pages_shared"], k["pages_sharing"], k["full_scans"]) == (1, 1, 4)
+    k = r.ksm("settled")
+    assert (k["pages_shared"], k["pages_sharing"], k["general_profit"]) == (0, 0, 0)
+    assert k["full_scans"] == 5  # the one pass that frees the items and drops both mms
+    for pid in r.pids("settled"):
+        p = r.proc("settled", pid)
+        assert (p["ksm_rmap_items"], p["ksm_merging_pages"], p["ksm_process_profit"]) == (0, 0, 0)
+    assert r.ksm("later")["full_scans"] == 5  # ksmd waits for work: its list is empty
+
+
+def test_settle_after_merge_any_on_an_empty_process() -> None:
+    trace = (
+        Trace()
+        .ksm(RUN_AT, run=1)
+        .prctl(RUN_AT, 1, True)
+        .settle(RUN_AT)
+        .snap(RUN_AT, "settled")
+        .snap(RUN_AT + 100 * MS, "later")
+    )
+    r = replay(trace)
+    assert r.ksm("settled")["full_scans"] == 1
+    assert r.ksm("later")["full_scans"] == 1
+    p = r.proc("later", 1)
+    assert (p["ksm_merge_any"], p["ksm_mergeable"]) == (True, False)
+
+
+def test_settle_with_an_empty_list_stops_at_once_and_leaves_ksmd_waiting() -> None:
+    """Process 1 exits without rmap_items while ksmd sleeps: the list empties at once."""
+    sleep = 200 * MS
+    late = RUN_AT + 100 * MS
+    trace = (
+        Trace()
+        .alloc(0, 1, base(1), 1)
+        .madvise(0, 1, base(1), 1, "mergeable")  # mergeable, no page: no item
+        .ksm(RUN_AT, run=1, sleep_millisecs=200)
+        .snap(RUN_AT + 50 * MS, "one pass")
+        .exit(RUN_AT + 50 * MS, 1)
+        .settle(RUN_AT + 50 * MS)
+        .snap(RUN_AT + 50 * MS, "settled")
+        .mergeable_pages(late, 2, 1, X)
+        .snap(late + 10 * MS, "registered")
+    )
+    r = replay(trace)
+    assert r.ksm("one pass")["full_scans"] == 1
+    assert r.ksm("settled")["full_scans"] == 1
+    # Registering wakes the waiting ksmd at once, well before its old timer.
+    assert late + 10 * MS < RUN_AT + sleep
+    assert r.ksm("registered")["full_scans"] == 2
+    assert r.rmap_items("registered") == 1
+
+
 def run2_setup() -> Trace:
     """Process 1: two pages of X merged and two zero pages mapped to the zero page."""
     return zero_merged(2, merged_x=2).ksm(after(2), run=2).snap(after(2), "stopped")

@@ -11,10 +11,15 @@ See :func:`execute`.  Method, in short:
   to the trace's value and trace time passes in real time;
 * ``settle`` drives ksmd one full scan at a time: ``pages_to_scan`` is made
   huge (a batch ends at the end of a pass, so one batch is exactly one full
-  scan) and ``sleep_millisecs`` long, and each further scan is started by
-  changing ``sleep_millisecs`` (which wakes ksmd).  Counters are read between
-  full scans.  Afterwards both knobs get the trace's values back and ksmd
-  stays held for ``sleep_millisecs`` of trace time, as in the simulator;
+  scan) and ``sleep_millisecs`` long.  Each scan starts with a wake-up: writing
+  ``run`` wakes ksmd from its wait for work, changing ``sleep_millisecs`` from
+  its timed sleep.  Whether and when ksmd has been through its loop is read
+  from its own ``/proc`` entry (it sleeps again: one more voluntary context
+  switch, state ``S`` off the CPU), never guessed from elapsed time; a wake-up
+  after which ksmd sleeps again without scanning a page or ending a pass means
+  its list of processes is empty, and the settle ends.  Counters are read
+  between full scans.  Afterwards both knobs get the trace's values back and
+  ksmd stays held for ``sleep_millisecs`` of trace time, as in the simulator;
 * snapshots read ``/sys/kernel/mm/ksm``, ``/proc/<pid>/ksm_stat`` and the page
   tables (``/proc/<pid>/pagemap`` + ``/proc/kpageflags``) of the trace's own
   mappings only.
@@ -103,9 +108,10 @@ SETTLE_PAGES_TO_SCAN = 1 << 30
 """pages_to_scan during a settle: more than any pass, so one batch = one full scan."""
 SETTLE_SLEEP_MS = 600_000
 """sleep_millisecs during a settle: ksmd sleeps until kicked."""
-STALL_S = 0.2
-"""No ksmd progress for this long while it sleeps: the kick was lost, kick again."""
 SETTLE_TIMEOUT_S = 600.0
+"""Longest wait for ksmd to finish a batch during a settle, seconds."""
+POLL_S = 0.0005
+"""Interval between two looks at ksmd while waiting for it, seconds."""
 
 FZERO = 4
 KZERO = 5
@@ -417,46 +423,102 @@ class LiveReplay:
             key.append(tuple(sorted(read_ksm_stat(self.procs[pid].worker.pid).items())))
         return tuple(key)
 
-    def ksmd_sleeping(self) -> bool:
+    def ksmd_file(self, name: str) -> str:
+        """``/proc/<ksmd>/NAME``; a :class:`LiveKernelError` if ksmd cannot be seen."""
         if self.ksmd_pid is None:
-            return True
+            raise LiveKernelError(NO_KSMD)
         try:
-            with open(f"/proc/{self.ksmd_pid}/stat", encoding="ascii") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        return state in ("S", "I")
+            with open(f"/proc/{self.ksmd_pid}/{name}", encoding="ascii") as f:
+                return f.read()
+        except OSError as e:
+            raise LiveKernelError(f"cannot read ksmd's /proc/{self.ksmd_pid}/{name}: {e}") from None
 
-    def one_full_scan(self, start_scan: Callable[[], None], kick: Callable[[], None]) -> None:
-        """Start ksmd with ``start_scan`` and wait until the pass it is on ends.
+    def ksmd_switches(self) -> int:
+        """ksmd's voluntary context switches: one more every time it goes to sleep."""
+        for line in self.ksmd_file("status").splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+        raise LiveKernelError("ksmd's /proc status has no voluntary_ctxt_switches")
 
-        ``kick`` wakes ksmd again if it stops short (a lost wake-up, or a batch
-        that ended before the pass under the scan-time advisor).
+    def ksmd_waiting(self) -> bool:
+        """ksmd sleeps interruptibly and is off the CPU: it is in one of its two waits.
+
+        Inside a batch ksmd only sleeps uninterruptibly (locks, draining), so
+        state ``S`` with a wait channel (``0`` while the task is on a run
+        queue) is its timed sleep or its wait for work.
+        """
+        state = self.ksmd_file("stat").rsplit(")", 1)[1].split()[0]
+        return state == "S" and self.ksmd_file("wchan").strip() not in ("", "0")
+
+    def ksmd_at_rest(self, after: int | None = None) -> int:
+        """Wait until ksmd waits; return its voluntary switches by then.
+
+        With ``after``, also until it has gone to sleep since it had ``after``
+        switches: it has been woken and been through its loop.  Seen on two
+        looks in a row, the second after :data:`POLL_S`.
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        seen: int | None = None
+        while True:
+            before = self.ksmd_switches()
+            resting = self.ksmd_waiting() and self.ksmd_switches() == before
+            if resting and (after is None or before > after):
+                if seen == before:
+                    return before
+                seen = before
+            else:
+                seen = None
+            if time.monotonic() > deadline:
+                raise LiveKernelError("ksmd did not finish its batch during settle")
+            time.sleep(POLL_S)
+
+    def kick(self, switches: int, flip: list[int]) -> None:
+        """Wake ksmd, resting with ``switches`` voluntary switches, from whichever wait it is in.
+
+        Writing ``run`` (1) wakes its wait for work, and the woken task is
+        runnable before the write returns.  Only when ksmd is still resting
+        with as many switches, it is in its timed sleep, and changing
+        ``sleep_millisecs`` (between the two values of ``flip``) ends that.
+        Never both wake-ups for one rest: the second could start a second pass.
+        """
+        self.guard.write("run", 1)
+        self.kernel_run = 1
+        if self.ksmd_waiting() and self.ksmd_switches() == switches:
+            flip[0] = SETTLE_SLEEP_MS + 1 if flip[0] == SETTLE_SLEEP_MS else SETTLE_SLEEP_MS
+            self.guard.write("sleep_millisecs", flip[0])
+
+    def scan_progress(self) -> tuple[int, int]:
+        return kernel.read_int("pages_scanned"), kernel.read_int("pages_skipped")
+
+    def one_full_scan(self, flip: list[int]) -> bool:
+        """Let ksmd run to the end of the pass it is on; False if its list was empty.
+
+        A batch that ends inside the pass (the scan-time advisor's
+        ``pages_to_scan``) is followed by the next at once.  With an empty list
+        ksmd wakes, finds nothing to do and waits again: no page scanned or
+        skipped, no pass ended.
         """
         start = kernel.read_int("full_scans")
-        start_scan()
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        progress = (kernel.read_int("pages_scanned"), kernel.read_int("pages_skipped"))
-        quiet_since = time.monotonic()
-        while kernel.read_int("full_scans") == start:
-            now = time.monotonic()
-            if now > deadline:
-                raise LiveKernelError("ksmd did not finish a full scan during settle")
-            seen = (kernel.read_int("pages_scanned"), kernel.read_int("pages_skipped"))
-            if seen != progress:
-                progress, quiet_since = seen, now
-            elif now - quiet_since > STALL_S and self.ksmd_sleeping():
-                kick()
-                quiet_since = now
-            time.sleep(0.0005)
-        # Barrier: writing run takes ksmd's mutex, so the batch has ended.
-        self.guard.write("run", 1)
-        time.sleep(0.002)
+        progress = self.scan_progress()
+        switches = self.ksmd_at_rest()
+        while True:
+            self.kick(switches, flip)
+            switches = self.ksmd_at_rest(after=switches)
+            if kernel.read_int("full_scans") != start:
+                return True
+            seen = self.scan_progress()
+            if seen == progress:
+                return False
+            progress = seen
 
     def settle(self, max_full_scans: int) -> None:
+        """Full scans until two change nothing, ``max_full_scans`` of them, or ksmd's list is empty.
+
+        A process stays on ksmd's list until a walk finds no mergeable mapping
+        in it (or it exited), so the scan that drops it still runs here, even
+        when no live process has a mergeable mapping left.
+        """
         if self.trace_run != 1:
-            return
-        if not any(read_ksm_stat(p.worker.pid).get("ksm_mergeable") for p in self.procs.values()):
             return
         self.hold()
         self.mark_baseline()
@@ -466,21 +528,12 @@ class LiveReplay:
         if not advisor:
             self.guard.write("pages_to_scan", SETTLE_PAGES_TO_SCAN)
         flip = [SETTLE_SLEEP_MS]
-
-        def kick() -> None:
-            flip[0] = SETTLE_SLEEP_MS + 1 if flip[0] == SETTLE_SLEEP_MS else SETTLE_SLEEP_MS
-            self.guard.write("sleep_millisecs", flip[0])
-
         self.guard.write("sleep_millisecs", SETTLE_SLEEP_MS)
         key = self.settle_key()
-
-        def start_run() -> None:
-            self.guard.write("run", 1)
-            self.kernel_run = 1
-
         unchanged = 0
-        for rep in range(max_full_scans):
-            self.one_full_scan(kick if rep else start_run, kick)
+        for _ in range(max_full_scans):
+            if not self.one_full_scan(flip):
+                break
             new = self.settle_key()
             unchanged = unchanged + 1 if new == key else 0
             key = new
@@ -575,6 +628,9 @@ def read_ksm_stat(pid: int) -> dict[str, Any]:
     return out
 
 
+NO_KSMD = "settle needs to watch ksmd, but no ksmd is visible in /proc (another PID namespace?)"
+
+
 def _find_ksmd() -> int | None:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -635,7 +691,8 @@ def execute(
         (``legacy`` on kernels before 6.6) and ``"kernel"`` (``uname -r``).
     :raises LiveKernelError: (exit status 5) not root, no KSM, page size not
         this machine's, KSM busy, lock held, no compiler, trace outside the
-        live address window, or the kernel could not be restored.
+        live address window, a ``settle`` where ksmd is not visible in
+        ``/proc``, or the kernel could not be restored.
     """
     header: Header | None = getattr(reader_or_events, "header", None)
     events: list[Event] = []
@@ -652,6 +709,8 @@ def execute(
         meta = header.meta if header is not None else {}
 
     kernel.check_usable(page_size)
+    if any(isinstance(ev, Settle) for ev in events) and _find_ksmd() is None:
+        raise LiveKernelError(NO_KSMD)
     binary = worker_binary()
     offset = address_offset(events)
     release = platform.release()
