@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("dir", type=Path)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("names", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     unstable = []
     directory: Path = args.dir
     for name in args.names or live_names(directory):
