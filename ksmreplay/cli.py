@@ -1,30 +1,35 @@
 """The command line: parse options, call the library, format its answers.
 
-Nothing here models memory or ksmd.  Every error the user can cause arrives
-as a :class:`~ksmreplay.errors.KsmreplayError`; :class:`_Cli.invoke` is the one
-place that turns it into ``ksmreplay: <message>`` on stderr and its exit
-status (``--debug`` adds the traceback).  Click's own usage errors exit with 2.
+Nothing here models memory or ksmd.  :func:`_exit_status` is the one place
+that turns whatever ends a command into its message and exit status: a
+:class:`~ksmreplay.errors.KsmreplayError` becomes ``ksmreplay: <message>`` on
+stderr (``--debug`` adds the traceback) and its status; click's usage errors
+exit with 2; a stop signal (SIGINT, SIGTERM, SIGHUP, SIGPIPE, which
+:func:`ksmreplay.signals.raising` turns into exceptions for the whole run, so
+that every cleanup runs) and a write into a closed pipe end the process
+quietly by that signal (status 128 + N as a shell shows it); any other failed
+read or write is one line with status 4.  :func:`main` also keeps a standard
+stream that was closed at start behaving as closed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sys
-import tempfile
 import traceback
-from collections.abc import Iterator, Sequence
-from typing import IO, Any, TextIO
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
-from ksmreplay import __version__
+from ksmreplay import __version__, signals
 from ksmreplay.diff import diff_reports, load_report, render_differences
-from ksmreplay.errors import ExitStatus, InputOutputError, KsmreplayError
+from ksmreplay.errors import ExitStatus, KsmreplayError, Stopped
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
+from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
 from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
 from ksmreplay.synth import (
@@ -38,6 +43,13 @@ from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
 
 _DEBUG = "ksmreplay.debug"
 
+OUTPUT_HELP = (
+    "A regular file is replaced only once complete (a temporary file beside it is "
+    "renamed over it, keeping its permissions), a symbolic link's target likewise; "
+    "a device, FIFO or /dev/stdout is written through."
+)
+"""What every -o FILE (and convert's OUT) does with the path it is given."""
+
 
 def _seconds(ns: int) -> str:
     """Nanoseconds as exact decimal seconds."""
@@ -45,38 +57,93 @@ def _seconds(ns: int) -> str:
 
 
 def _error(message: str) -> None:
-    click.echo(f"ksmreplay: {message}", err=True)
+    """``ksmreplay: <message>`` on stderr; dropped if stderr cannot take it."""
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(f"ksmreplay: {message}", err=True)
 
 
-def _quiet_stdout() -> None:
-    """After a broken pipe: send what is left of stdout nowhere, so exit stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
+def _exit_status(exc: BaseException, debug: bool) -> int:
+    """The exit status for ``exc``, which ended a command, after telling the user why.
+
+    The one place exit statuses are decided (their meanings: ExitStatus).
+    An exception that is not the user's doing (a bug) is raised again.
+    """
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, SystemExit):
+        if isinstance(exc.__context__, BrokenPipeError):  # click's own end for a closed pipe
+            return _exit_status(exc.__context__, debug)
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    if isinstance(exc, click.Abort):  # click's wrapping of Ctrl-C outside a command
+        cause = exc.__cause__ or exc.__context__
+        return ExitStatus.INTERRUPTED if cause is None else _exit_status(cause, debug)
+    if isinstance(exc, Stopped):
+        if exc.detail:
+            _error(exc.detail)
+        if exc.exit_status == ExitStatus.BROKEN_PIPE:
+            signals.quiet_stdout()
+        return exc.exit_status
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.INTERRUPTED
+    if isinstance(exc, click.ClickException):
+        with contextlib.suppress(OSError, ValueError):
+            exc.show()
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):
+        signals.quiet_stdout()
+        return ExitStatus.BROKEN_PIPE
+    if isinstance(exc, KsmreplayError | OSError):
+        if debug:
+            with contextlib.suppress(OSError, ValueError):
+                traceback.print_exc()
+        if isinstance(exc, KsmreplayError):
+            _error(str(exc))
+            return exc.exit_status
+        # an OSError nothing else named: a write to standard output or error
+        if exc.filename is not None:
+            _error(f"{exc.filename}: {exc.strerror or exc}")
+        else:
+            _error(f"<stdout>: cannot write: {exc.strerror or exc}")
+        return ExitStatus.IO_ERROR
+    raise exc
 
 
 class _Cli(click.Group):
-    """The command group; maps every ksmreplay error to its message and exit status."""
+    """The command group; every run of it ends through :func:`_exit_status`."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except KsmreplayError as exc:
-            if ctx.meta.get(_DEBUG):
-                traceback.print_exc()
-            _error(str(exc))
-            ctx.exit(int(exc.exit_status))
-        except BrokenPipeError:
-            _quiet_stdout()
-            ctx.exit(int(ExitStatus.IO_ERROR))
-        except OSError as exc:  # a write to stdout or a file that nothing else caught
-            if ctx.meta.get(_DEBUG):
-                traceback.print_exc()
-            _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-            ctx.exit(int(ExitStatus.IO_ERROR))
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except BaseException as exc:  # _exit_status decides, or raises again
+            ctx.exit(_exit_status(exc, bool(ctx.meta.get(_DEBUG))))
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> int:
+        """Run the command line; return its exit status (standalone: exit with it)."""
+        with signals.raising():
+            try:
+                try:
+                    result = super().main(
+                        args, prog_name, complete_var, standalone_mode=False, **extra
+                    )
+                    status = result if isinstance(result, int) else ExitStatus.OK
+                    if status == ExitStatus.OK and sys.stdout is not None:
+                        sys.stdout.flush()  # a failure to write is one more error
+                except BaseException as exc:  # _exit_status decides, or raises again
+                    status = _exit_status(exc, debug=False)
+            except Stopped as exc:  # while the first ending was being told
+                status = exc.exit_status
+        if standalone_mode:
+            sys.exit(status)
+        return int(status)
 
 
 @click.group(
@@ -92,7 +159,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Replay memory-event traces through a simulated Linux VM and ksmd.
 
     Exit statuses: 0 ok, 1 differences (diff), 2 bad usage, 3 invalid trace,
-    4 I/O error, 5 live kernel unusable.
+    4 I/O error, 5 live kernel unusable; 128+N stopped by signal N (130 Ctrl-C,
+    143 SIGTERM, 129 SIGHUP, 141 output pipe closed).
 
     Large traces are read and replayed faster by a small C accelerator built
     on first use with the C compiler (cached in ~/.cache/ksmreplay);
@@ -101,57 +169,48 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta[_DEBUG] = debug
 
 
+def _standard_streams() -> None:
+    """Keep a standard stream that was closed when ksmreplay started behaving as closed.
+
+    Python leaves such a stream None and its descriptor free, so that the next
+    file opened (an output, a trace) would take its number, and commands this
+    process starts would inherit it as their stdin or stdout.  The number is
+    held instead by ``/dev/null`` opened the wrong way round for stdin and
+    stdout (reading or writing it fails with EBADF, as on a closed
+    descriptor: one line, status 4, if a command needs it) and for writing
+    for stderr (messages then go nowhere and the status is unchanged).
+    """
+    for fd, name, mode, flags in (
+        (0, "stdin", "r", os.O_WRONLY),
+        (1, "stdout", "w", os.O_RDONLY),
+        (2, "stderr", "w", os.O_WRONLY),
+    ):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+            continue  # open after all: leave it
+        except OSError:
+            pass
+        try:
+            held = os.open(os.devnull, flags)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
+            os.set_inheritable(fd, True)
+        except OSError:
+            continue
+        setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
+
+
 def main() -> None:
     """Console-script entry point (``ksmreplay``)."""
-    cli(prog_name="ksmreplay")
-
-
-# --------------------------------------------------------------------------- output files
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[IO[bytes]]:
-    """A binary stream for ``path`` (``-`` = stdout) that appears only when complete.
-
-    A file is written to a temporary file in the same directory and renamed
-    over ``path`` at the end; on any error the temporary file is removed and
-    ``path`` is left as it was.
-    """
-    if path == "-":
-        stdout = sys.stdout.buffer
-        yield stdout
-        stdout.flush()
-        return
-    directory = os.path.dirname(os.path.abspath(path))
+    _standard_streams()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    except OSError as exc:
-        raise InputOutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            yield stream
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-            raise InputOutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-        raise
-
-
-@contextlib.contextmanager
-def _text_output(path: str) -> Iterator[TextIO]:
-    """Like :func:`_atomic_output`, as UTF-8 text with ``\\n`` line endings."""
-    with _atomic_output(path) as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8", newline="\n")
-        try:
-            yield text
-            text.flush()
-        finally:
-            text.detach()
+        status = cli.main(prog_name="ksmreplay", standalone_mode=False)
+    except BaseException as exc:  # a signal in the last instants, when Python's handlers are back
+        status = _exit_status(exc, debug=False)
+    signals.exit_process(status)
 
 
 # --------------------------------------------------------------------------- validate
@@ -274,8 +333,10 @@ def convert(source: str, target: str, form: str | None) -> None:
     """Convert trace IN to the msgpack or JSON-lines form OUT.
 
     IN '-' reads stdin and OUT '-' writes stdout.  IN is validated on the
-    way; a file OUT appears only when the whole trace was converted (it is
-    written to a temporary file and renamed).
+    way; a regular file OUT is replaced only when the whole trace was
+    converted (a temporary file beside it is renamed over it, keeping its
+    permissions; a symbolic link's target likewise), while a device, FIFO
+    or /dev/stdout is written through.
 
     \b
     Example:
@@ -291,7 +352,7 @@ def convert(source: str, target: str, form: str | None) -> None:
                 f"cannot tell the form of {target!r} from its suffix "
                 "(use .msgpack or .jsonl, or --to)"
             )
-    with open_trace(source) as reader, _atomic_output(target) as out:
+    with open_trace(source) as reader, open_output(target) as out:
         writer = TraceWriter(out, reader.header, form)
         for event in reader:
             writer.event(event)
@@ -350,12 +411,22 @@ def _report_options(command: Any) -> Any:
                 "--output",
                 default="-",
                 metavar="FILE",
-                help="Write the report to FILE (atomically) instead of stdout.",
+                help=f"Write the report to FILE instead of stdout. {OUTPUT_HELP}",
             ),
         )
     ):
         command = option(command)
     return command
+
+
+def _progress_line(text: str) -> None:
+    """Draw ``text`` as the progress line on stderr (a terminal); "" clears it.
+
+    Cosmetic: a terminal that cannot take it is not an error.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"\r{text}\033[K")
+        sys.stderr.flush()
 
 
 def _progress_callback(trace: str) -> Any:
@@ -369,8 +440,7 @@ def _progress_callback(trace: str) -> Any:
 
     def progress(events: int, bytes_read: int) -> None:
         share = f" ({100 * bytes_read // total}%)" if total and bytes_read else ""
-        sys.stderr.write(f"\r{events} events{share}\033[K")
-        sys.stderr.flush()
+        _progress_line(f"{events} events{share}")
 
     return progress
 
@@ -420,8 +490,8 @@ def run(
             )
     finally:
         if progress is not None:
-            sys.stderr.write("\r\033[K")
-    with _text_output(output) as out:
+            _progress_line("")
+    with open_text_output(output) as out:
         render(report, fmt, out)
 
 
@@ -457,8 +527,8 @@ def exec_(trace: str, fmt: str, settings: dict[str, KnobValue], output: str, for
             report = execute(reader, force=force, progress=progress, settings=settings or None)
     finally:
         if progress is not None:
-            sys.stderr.write("\r\033[K")
-    with _text_output(output) as out:
+            _progress_line("")
+    with open_text_output(output) as out:
         render(report, fmt, out)
 
 
@@ -526,7 +596,9 @@ def diff(
     type=click.Choice(FORMS),
     help="Form to write; by default FILE's suffix decides, else msgpack.",
 )
-@click.option("-o", "--output", metavar="FILE", help="Write the trace to FILE ('-' = stdout).")
+@click.option(
+    "-o", "--output", metavar="FILE", help=f"Write the trace to FILE ('-' = stdout). {OUTPUT_HELP}"
+)
 @click.option(
     "--list", "list_", is_flag=True, help="Describe every workload (or WORKLOAD) and exit."
 )
@@ -540,8 +612,8 @@ def synth(
 ) -> None:
     """Generate the trace of a synthetic WORKLOAD (see --list for each one).
 
-    The same WORKLOAD, parameters and seed give the same bytes.  A file
-    FILE appears only when the whole trace was written.
+    The same WORKLOAD, parameters and seed give the same bytes.  A regular
+    file FILE is replaced only when the whole trace was written.
 
     \b
     Examples:
@@ -557,7 +629,7 @@ def synth(
     if output is None:
         raise click.UsageError("missing -o FILE ('-' for stdout)")
     values = resolve_params(get_workload(workload), params)
-    with _atomic_output(output) as out:
+    with open_output(output) as out:
         synthesize(workload, out, values, seed, form or form_for_path(output) or "msgpack")
 
 
@@ -583,7 +655,11 @@ def synth(
     help="Form to write; by default FILE's suffix decides, else msgpack.",
 )
 @click.option(
-    "-o", "--output", required=True, metavar="FILE", help="Write the trace to FILE ('-' = stdout)."
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help=f"Write the trace to FILE ('-' = stdout). {OUTPUT_HELP}",
 )
 def record(
     command: Sequence[str],
@@ -618,13 +694,10 @@ def record(
     if sys.stderr.isatty():
 
         def progress(samples: int, t: int, live: int, pages: int) -> None:
-            sys.stderr.write(
-                f"\r{samples} samples, {_seconds(t)}, {live} processes, {pages} pages\033[K"
-            )
-            sys.stderr.flush()
+            _progress_line(f"{samples} samples, {_seconds(t)}, {live} processes, {pages} pages")
 
     try:
-        with _atomic_output(output) as out:
+        with open_output(output) as out:
             recording.record(
                 list(pids) or None,
                 list(command) or None,
@@ -638,4 +711,4 @@ def record(
             )
     finally:
         if progress is not None:
-            sys.stderr.write("\r\033[K")
+            _progress_line("")

@@ -56,6 +56,10 @@ MISSING = "missing"
 """The values of a difference about something that exists on one side only."""
 
 
+MAX_NUMBER_DIGITS = 100
+"""The longest integer a report may hold, in decimal digits (counters need 20)."""
+
+
 class ReportError(UsageError):
     """A file that is JSON but not a ksmreplay report of a version we read."""
 
@@ -92,33 +96,84 @@ def load_report(path: str) -> Report:
     """Read a JSON report (``run --format json``) from ``path`` (``-`` = stdin).
 
     Checks the shape enough for :func:`diff_reports` to rely on it (the keys
-    REPORT_FORMAT.md requires, with the right kinds of values).
+    REPORT_FORMAT.md requires, with the right kinds of values: the values
+    compared are numbers, strings, booleans or null, every string compared
+    is valid Unicode, no integer is longer than :data:`MAX_NUMBER_DIGITS`).
 
     :raises InputOutputError: the file cannot be read.
     :raises ReportError: the file is not JSON, or not a version-1 report
         (a :class:`~ksmreplay.errors.UsageError`, exit status 2).
     """
+    name = "<stdin>" if path == "-" else path
     try:
         if path == "-":
+            if sys.stdin is None:
+                raise InputOutputError(f"{name}: standard input is closed")
             text = sys.stdin.read()
         else:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
     except OSError as e:
-        raise InputOutputError(f"{path}: {e.strerror or e}") from None
+        raise InputOutputError(f"{name}: {e.strerror or e}") from None
     except UnicodeDecodeError:
-        raise ReportError(f"{path}: not a ksmreplay report (not UTF-8 text)") from None
+        raise ReportError(f"{name}: not a ksmreplay report (not UTF-8 text)") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise ReportError(
-            f"{path}: not a ksmreplay report (invalid JSON at line {e.lineno} "
+            f"{name}: not a ksmreplay report (invalid JSON at line {e.lineno} "
             f"column {e.colno}: {e.msg})"
         ) from None
+    except _TooLong as e:
+        raise ReportError(
+            f"{name}: not a ksmreplay report (an integer of {e.digits} digits; "
+            f"at most {MAX_NUMBER_DIGITS})"
+        ) from None
+    except RecursionError:
+        raise ReportError(f"{name}: not a ksmreplay report (nested too deeply)") from None
     problem = _check_report(data)
     if problem is not None:
-        raise ReportError(f"{path}: not a ksmreplay report ({problem})")
+        raise ReportError(f"{name}: not a ksmreplay report ({problem})")
     return cast(Report, data)
+
+
+class _TooLong(Exception):
+    def __init__(self, digits: int) -> None:
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_NUMBER_DIGITS:
+        raise _TooLong(digits)
+    return int(text)
+
+
+def _is_text(value: object) -> bool:
+    """A string that can be written out (JSON's ``\\ud800`` escapes make lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_values(where: str, values: object) -> str | None:
+    """Why the object ``values`` is not a map of names to plain values, or None."""
+    if not isinstance(values, dict):
+        return f"{where} is not an object"
+    for key, value in values.items():
+        if not _is_text(key):
+            return f"{where} has a name that is not valid Unicode"
+        if isinstance(value, str):
+            if not _is_text(value):
+                return f"{where}.{key} is not valid Unicode"
+        elif not (value is None or isinstance(value, int | float)):
+            return f"{where}.{key} is not a number, string, boolean or null"
+    return None
 
 
 def _is_int(value: object) -> bool:
@@ -143,17 +198,22 @@ def _check_snap(where: str, snap: object) -> str | None:
     assert isinstance(snap, dict)
     if not isinstance(snap["label"], str):
         return f"{where}.label is not a string"
+    if not _is_text(snap["label"]):
+        return f"{where}.label is not valid Unicode"
     for key in ("t", "event"):
         if not _is_int(snap[key]):
             return f"{where}.{key} is not an integer"
     for key in ("ksm", "memory", "events"):
-        if not isinstance(snap[key], dict):
-            return f"{where}.{key} is not an object"
+        problem = _check_values(f"{where}.{key}", snap[key])
+        if problem is not None:
+            return problem
     if not isinstance(snap["processes"], list):
         return f"{where}.processes is not a list"
     pids = set()
     for i, proc in enumerate(snap["processes"]):
         problem = _check_keys(f"{where}.processes[{i}]", proc, ("pid",))
+        if problem is None:
+            problem = _check_values(f"{where}.processes[{i}]", proc)
         if problem is not None:
             return problem
         if not _is_int(proc["pid"]):
@@ -183,17 +243,22 @@ def _check_report(data: object) -> str | None:
         problem = _check_keys(where, run, ("mode", "settings", "refused", "snapshots", "final"))
         if problem is not None:
             return problem
-        if not isinstance(run["mode"], str):
-            return f"{where}.mode is not a string"
+        if not _is_text(run["mode"]):
+            return f"{where}.mode is not a string of valid Unicode"
         if run["mode"] in modes:
             return f"mode {run['mode']!r} appears twice"
         modes.add(run["mode"])
-        if not isinstance(run["settings"], dict):
-            return f"{where}.settings is not an object"
-        if not isinstance(run["refused"], list) or not all(
-            _check_keys("", r, ("event", "knob")) is None for r in run["refused"]
-        ):
+        problem = _check_values(f"{where}.settings", run["settings"])
+        if problem is not None:
+            return problem
+        if not isinstance(run["refused"], list):
             return f"{where}.refused is not a list of refusals"
+        for j, refusal in enumerate(run["refused"]):
+            problem = _check_keys(f"{where}.refused[{j}]", refusal, ("event", "knob", "error"))
+            if problem is None:
+                problem = _check_values(f"{where}.refused[{j}]", refusal)
+            if problem is not None:
+                return problem
         if not isinstance(run["snapshots"], list):
             return f"{where}.snapshots is not a list"
         for j, snap in enumerate(run["snapshots"]):

@@ -8,6 +8,10 @@ only ``--debug`` shows a traceback.
 from __future__ import annotations
 
 import enum
+import signal
+
+SIGNAL_BASE = 128
+"""A process stopped by signal N exits with status SIGNAL_BASE + N (as a shell shows it)."""
 
 
 class ExitStatus(enum.IntEnum):
@@ -25,6 +29,26 @@ class ExitStatus(enum.IntEnum):
     """A file could not be read or written."""
     LIVE_KERNEL = 5
     """The live kernel cannot be used (not root, no KSM, busy, locked)."""
+    HANGUP = SIGNAL_BASE + signal.SIGHUP
+    """Stopped by SIGHUP (129)."""
+    INTERRUPTED = SIGNAL_BASE + signal.SIGINT
+    """Stopped by SIGINT, Ctrl-C (130)."""
+    BROKEN_PIPE = SIGNAL_BASE + signal.SIGPIPE
+    """The output pipe was closed (a write failed with EPIPE), or SIGPIPE arrived (141)."""
+    TERMINATED = SIGNAL_BASE + signal.SIGTERM
+    """Stopped by SIGTERM (143)."""
+
+    @classmethod
+    def of_signal(cls, signum: int) -> ExitStatus:
+        """The status of a process stopped by ``signum`` (one of the stop signals)."""
+        return cls(SIGNAL_BASE + signum)
+
+    @property
+    def signum(self) -> signal.Signals | None:
+        """The signal this status stands for, or None for an ordinary status."""
+        if self <= SIGNAL_BASE:
+            return None
+        return signal.Signals(self - SIGNAL_BASE)
 
 
 class KsmreplayError(Exception):
@@ -68,6 +92,37 @@ class TraceError(KsmreplayError):
             return f"{self.path}: {self.message}"
         where = f"event {self.index}" if self.t is None else f"event {self.index} (t={self.t})"
         return f"{self.path}: {where}: {self.message}"
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGHUP, SIGPIPE, SIGINT) arrived; raised so that cleanup runs.
+
+    Not an :class:`Exception`: only ``finally`` blocks, ``with`` exits and the
+    CLI's boundary see it.  ``detail`` is a message for stderr (None: stop
+    quietly, as a process killed by the signal would).
+    """
+
+    def __init__(self, signum: int, detail: str | None = None) -> None:
+        self.signum = signal.Signals(signum)
+        self.detail = detail
+        super().__init__(self.signum.name)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """128 + the signal's number."""
+        return ExitStatus.of_signal(self.signum)
+
+
+class Interrupted(Stopped, KeyboardInterrupt):
+    """SIGINT (Ctrl-C): a :class:`Stopped` that is also a :class:`KeyboardInterrupt`."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(signal.SIGINT, detail)
+
+
+def stopped(signum: int) -> Stopped:
+    """The exception that stands for ``signum`` arriving."""
+    return Interrupted() if signum == signal.SIGINT else Stopped(signum)
 
 
 class InvariantError(AssertionError):

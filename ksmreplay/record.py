@@ -33,12 +33,13 @@ import mmap
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 import numpy as np
 
+from ksmreplay import signals
 from ksmreplay.content import fingerprint
 from ksmreplay.errors import InputOutputError, UsageError
 from ksmreplay.events import Header
@@ -549,19 +550,64 @@ def record(
     recorded process has exited, or the started command has exited; Ctrl-C
     ends the recording early with a valid trace.  ``command_stdout`` is a
     file descriptor for the command's standard output (default: inherited).
+    The command is ended (SIGTERM, then SIGKILL after 5 s) when recording
+    ends in any way, also by an error or a stop signal (inside
+    :func:`ksmreplay.signals.raising`, as in the CLI).
     """
     if bool(pids) == bool(command):
         raise UsageError("give either pids or a command to record")
     if interval_ns <= 0:
         raise UsageError("the interval must be positive")
-    page_size = mmap.PAGESIZE
+    with _started(command, command_stdout) as child:
+        return _record(pids, command, child, interval_ns, duration_ns, out, as_is, progress, form)
+
+
+@contextlib.contextmanager
+def _started(
+    command: Sequence[str] | None, stdout: int | None
+) -> Iterator[subprocess.Popen[bytes] | None]:
+    """The process of ``command`` (None without one), ended when the block ends, however."""
+    if not command:
+        yield None
+        return
     child: subprocess.Popen[bytes] | None = None
+    try:
+        with signals.held():  # a stop signal now waits until ``child`` is known
+            try:
+                child = subprocess.Popen(list(command), stdout=stdout)
+            except OSError as exc:
+                raise UsageError(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
+        yield child
+    finally:
+        if child is not None:
+            with signals.held():
+                _end(child)
+
+
+def _end(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(5)
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+def _record(
+    pids: Sequence[int] | None,
+    command: Sequence[str] | None,
+    child: subprocess.Popen[bytes] | None,
+    interval_ns: int,
+    duration_ns: int | None,
+    out: IO[bytes],
+    as_is: bool,
+    progress: Progress | None,
+    form: str,
+) -> RecordSummary:
+    page_size = mmap.PAGESIZE
     roots: list[tuple[int, int]] = []
-    if command:
-        try:
-            child = subprocess.Popen(list(command), stdout=command_stdout)
-        except OSError as exc:
-            raise UsageError(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
+    if child is not None:
         start = _start_time(child.pid)
         roots.append((child.pid, start if start is not None else -1))
     else:
@@ -616,13 +662,6 @@ def record(
             t = max(t + 1, time.monotonic_ns() - began)
     finally:
         recorder.close()
-        if child is not None and child.poll() is None:
-            child.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(5)
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait()
     writer.flush()
     recorder.summary.duration_ns = t
     recorder.summary.events = writer.events

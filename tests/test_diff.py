@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from report_samples import one_mode_report, two_mode_report
 
+from ksmreplay.cli import cli
 from ksmreplay.diff import (
     MISSING,
     PRESENT,
@@ -245,3 +247,66 @@ def test_load_report_checks_snapshots_and_processes(tmp_path: Path) -> None:
 def test_load_report_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(one_mode_report())))
     assert load_report("-") == one_mode_report()
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _text(report: object) -> str:
+    return json.dumps(report)
+
+
+def _without_error() -> str:
+    report = two_mode_report()
+    del report["runs"][0]["refused"][0]["error"]  # type: ignore[misc]
+    return _text(report)
+
+
+def _with_label(label: str) -> str:
+    report = two_mode_report()
+    report["runs"][1]["snapshots"][0]["label"] = label
+    return _text(report)
+
+
+def _with_counter(value: str) -> str:
+    text = _text(two_mode_report())
+    return text.replace('"pages_sharing": 3', f'"pages_sharing": {value}', 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (_without_error(), "runs[0].refused[0] has no 'error'"),
+        (_deep(10_000), "nested too deeply"),
+        (
+            _with_counter(_deep(500)),
+            "runs[0].snapshots[0].ksm.pages_sharing is not a number, string, boolean or null",
+        ),
+        (_with_counter("9" * 5000), "an integer of 5000 digits; at most 100"),
+        (_with_counter("-" + "9" * 101), "an integer of 101 digits; at most 100"),
+        (_with_label("\ud800"), "runs[1].snapshots[0].label is not valid Unicode"),
+    ],
+    ids=["refusal-without-error", "deep", "deep-counter", "long-int", "long-negative", "surrogate"],
+)
+def test_diff_of_a_malformed_report_is_one_line_and_status_2(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(two_mode_report()))
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    for args in ([bad, good], [good, bad], [bad]):
+        result = CliRunner().invoke(cli, ["diff", *map(str, args)])
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == f"ksmreplay: {bad}: not a ksmreplay report ({problem})\n"
+
+
+def test_a_long_but_allowed_integer_is_compared(tmp_path: Path) -> None:
+    a = tmp_path / "a.json"
+    a.write_text(_with_counter("9" * 100))
+    b = tmp_path / "b.json"
+    b.write_text(_with_counter("9" * 99))
+    result = CliRunner().invoke(cli, ["diff", str(a), str(b)])
+    assert result.exit_code == 1
+    assert "9" * 100 in result.stdout

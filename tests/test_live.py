@@ -51,9 +51,10 @@ REST = {"run": 0, "pages_shared": 0, "pages_sharing": 0, "ksm_zero_pages": 0}
 
 def put_back(knobs: dict[str, Any]) -> None:
     """Unmerge everything and restore ``knobs``, for a test whose replay was killed."""
-    guard = kernel.KsmGuard(force=True)
-    guard.saved, guard.touched = dict(knobs), True
-    guard.stop()
+    with kernel.exclusive_lock():
+        guard = kernel.KsmGuard(force=True)
+        guard.saved, guard.touched = dict(knobs), True
+        guard.stop()
 
 
 @pytest.fixture
@@ -169,32 +170,30 @@ def test_refuses_when_locked_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
         holder.wait()
 
 
-CHILD = """
-import sys
-from ksmreplay.errors import KsmreplayError
-from ksmreplay.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
-from ksmreplay.live import execute
-A = 0x10000
-events = [
-    Ksm(1, 0, {"use_zero_pages": 1, "pages_to_scan": 1000, "smart_scan": 0, "run": 1}),
-    Alloc(2, 0, 1, A, 8 * 4096),
-    Write(3, 0, 1, A, 4 * 4096, 0x77),
-    Write(4, 0, 1, A + 16384, 16384, 0),
-    Madvise(5, 0, 1, A, 8 * 4096, "mergeable"), Settle(6, 0), Snapshot(7, 60_000_000_000, "late"),
+TRACE = [
+    {"ksmreplay": 1},
+    [0, "ksm", {"use_zero_pages": 1, "pages_to_scan": 1000, "smart_scan": 0, "run": 1}],
+    [0, "alloc", 1, 0x10000, 8 * 4096],
+    [0, "write", 1, 0x10000, 4 * 4096, 0x77],
+    [0, "write", 1, 0x10000 + 16384, 16384, 0],
+    [0, "madvise", 1, 0x10000, 8 * 4096, "mergeable"],
+    [0, "settle"],
+    [60_000_000_000, "snapshot", "late"],
 ]
-try:
-    execute(events, 4096)
-except KsmreplayError as e:
-    print(e, file=sys.stderr)
-    sys.exit(int(e.exit_status))
-"""
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_mid_replay_restores(sig: signal.Signals, tmp_path: Path) -> None:
+    """GIVEN `exec` waiting for its snapshot with pages merged, WHEN a stop signal
+    comes, THEN every knob is back, nothing stays merged, no report is written and
+    the process ends by that signal, quietly."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps(line) + "\n" for line in TRACE))
     before = knob_state()
+    out = tmp_path / "out.json"
+    command = ["exec", str(trace), "--format", "json", "-o", str(out)]
     child = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", CHILD],
+        [sys.executable, "-X", "faulthandler", "-m", "ksmreplay", *command],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -210,7 +209,7 @@ def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
             time.sleep(0.01)
         child.send_signal(sig)
         try:
-            child.wait(timeout=30)
+            _, stderr = child.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             child.send_signal(signal.SIGABRT)  # its Python stack, on stderr
             _, stderr = child.communicate()
@@ -221,12 +220,13 @@ def test_signal_mid_replay_restores(sig: signal.Signals) -> None:
             child.kill()
             child.wait()
             put_back(before)  # what the replay should have done
-    if sig == signal.SIGTERM:
-        assert child.returncode == ExitStatus.LIVE_KERNEL
-    else:
-        assert child.returncode != 0
-    assert at_rest() == REST
-    assert knob_state() == before
+    rest, knobs = at_rest(), knob_state()
+    if (rest, knobs) != (REST, before):
+        put_back(before)  # what the replay should have done
+    assert (child.returncode, stderr) == (-sig, "")
+    assert rest == REST
+    assert knobs == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
 
 
 def test_settle_does_not_depend_on_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,6 +327,65 @@ def test_trace_on_stdout_stays_apart_from_the_command_output() -> None:
     assert result.exit_code == 0, result.stderr
     _, events, _ = read_back(result.stdout_bytes)
     assert isinstance(events[-1], (Exit, Snapshot))
+
+
+REPO = Path(__file__).parent.parent
+SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+
+
+def _recording_a_sleeper(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`ksmreplay record -o tmp/t.msgpack -- python SLEEPER` with the sleeper started."""
+    pid_file = tmp_path / "pid"
+    command = [sys.executable, "-c", SLEEPER, str(pid_file)]
+    options = ["--interval", "20ms", "-o", str(tmp_path / "t.msgpack")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ksmreplay", "record", *options, "--", *command],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.005)
+    return proc, int(pid_file.read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_ptrace
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=str)
+def test_a_stop_signal_ends_the_recorded_command_too(tmp_path: Path, sig: signal.Signals) -> None:
+    """GIVEN `record -- CMD` running, WHEN it gets SIGTERM or SIGHUP, THEN CMD ends too
+    (it is not left running under init), no trace is written and record ends by that
+    signal; WHEN it gets Ctrl-C, THEN CMD ends and the trace is complete (status 0)."""
+    proc, pid = _recording_a_sleeper(tmp_path)
+    try:
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+        assert not _alive(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if sig == signal.SIGINT:
+        assert (proc.returncode, stderr) == (0, b"")
+        _, events, _ = read_back((tmp_path / "t.msgpack").read_bytes())
+        assert isinstance(events[-1], (Exit, Snapshot))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pid", "t.msgpack"]
+    else:
+        assert (proc.returncode, stderr) == (-sig, b"")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pid"]
 
 
 def test_durations() -> None:

@@ -54,6 +54,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from ksmreplay import signals
+from ksmreplay.errors import Stopped
 from ksmreplay.events import (
     Alloc,
     Event,
@@ -71,7 +73,7 @@ from ksmreplay.events import (
 )
 from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue
 from ksmreplay.live import kernel
-from ksmreplay.live.kernel import KsmGuard, LiveKernelError, RefusedWrite, Terminated
+from ksmreplay.live.kernel import KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.pages import ANON, KSM, NONE, ZERO, classify, read_pagemap, zero_pfn
 from ksmreplay.live.worker import (
     ADVICE,
@@ -670,8 +672,9 @@ def execute(
     ``/run/lock/ksmreplay-live.lock`` for its whole duration.  Knobs start at
     Linux's defaults (overridden by ``settings``) and the trace's ``ksm``
     events apply at their times; a write the kernel refuses is listed in
-    ``refused``.  Whatever happens (success, error, Ctrl-C, SIGTERM) every knob
-    is written back, KSM is left with ``run`` 0 and nothing merged.
+    ``refused``.  Whatever happens (success, error, or a stop signal: Ctrl-C,
+    SIGTERM, SIGHUP, SIGPIPE) every knob is written back, KSM is left with
+    ``run`` 0 and nothing merged.
 
     :param reader_or_events: an open trace (``ksmreplay.trace.TraceReader``:
         ``header``, ``name``, iteration) or any iterable of events (a leading
@@ -693,6 +696,8 @@ def execute(
         this machine's, KSM busy, lock held, no compiler, trace outside the
         live address window, a ``settle`` where ksmd is not visible in
         ``/proc``, or the kernel could not be restored.
+    :raises Stopped: a stop signal arrived (after the kernel was put back;
+        its ``detail`` says what could not be, if anything).
     """
     header: Header | None = getattr(reader_or_events, "header", None)
     events: list[Event] = []
@@ -716,21 +721,20 @@ def execute(
     release = platform.release()
     mode = "unshare" if _version(release) >= (6, 6) else "legacy"
 
-    with kernel.exclusive_lock(), kernel.sigterm_raises():
+    with kernel.exclusive_lock(), signals.raising():
         guard = KsmGuard(force)
         guard.start()
         try:
             run = _execute(
                 events, page_size, guard, binary, offset, observe_events, settings, force, progress
             )
-        except Terminated:
+        except BaseException as exc:
             problems = _cleanup(guard)
-            detail = f" ({'; '.join(problems)})" if problems else ""
-            raise LiveKernelError(
-                f"terminated by SIGTERM; KSM was stopped and restored{detail}"
-            ) from None
-        except BaseException:
-            _cleanup(guard)
+            if problems and isinstance(exc, Stopped):
+                exc.detail = (
+                    f"stopped by {exc.signum.name}; KSM could not be left at rest: "
+                    + "; ".join(problems)
+                )
             raise
         problems = _cleanup(guard)
         if problems:
@@ -754,7 +758,7 @@ _active: list[LiveReplay] = []
 
 
 def _cleanup(guard: KsmGuard) -> list[str]:
-    with kernel.signals_blocked():
+    with signals.held():
         problems: list[str] = []
         while _active:
             replay = _active.pop()

@@ -3,8 +3,10 @@
 ``/sys/kernel/mm/ksm`` is one global state shared by every process of the
 machine.  :class:`KsmGuard` is the only way ksmreplay touches it: it takes an
 exclusive lock, records every knob, refuses to start when others are using
-KSM, and on the way out (success, exception, Ctrl-C, SIGTERM) restores every
-knob it touched and leaves KSM stopped with nothing merged.
+KSM, and on the way out (success, exception, or a stop signal: Ctrl-C,
+SIGTERM, SIGHUP, SIGPIPE, which :func:`ksmreplay.signals.raising` turns into
+exceptions) restores every knob it touched and leaves KSM stopped with
+nothing merged.
 """
 
 from __future__ import annotations
@@ -12,12 +14,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from types import FrameType
-from typing import Any
 
 from ksmreplay.errors import ExitStatus, KsmreplayError
 from ksmreplay.knobs import KNOBS, KnobValue
@@ -60,10 +59,6 @@ class LiveKernelError(KsmreplayError):
     """The live kernel cannot be used: not root, no KSM, busy, locked, no compiler."""
 
     exit_status = ExitStatus.LIVE_KERNEL
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived during a live replay (raised so that cleanup runs)."""
 
 
 class RefusedWrite(Exception):
@@ -206,35 +201,6 @@ def exclusive_lock(path: str = LOCK_PATH, timeout: float | None = None) -> Itera
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` for the duration (main thread only)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(f"signal {signum}")
-
-    try:
-        old: Any = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM (cleanup must not be interrupted half-way)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class KsmGuard:
