@@ -42,14 +42,13 @@ def test_one_fingerprint_over_a_large_range_is_one_segment() -> None:
     # A write of one fingerprint over 2**32 bytes (2**20 pages): a page-by-page
     # count held a dict entry per page (over 100 MB here, 11 GB at 2**40 bytes).
     data = pack(H, [0, "alloc", 1, 0, 2**32], [1, "write", 1, 0, 2**32, 7])
-    inspect_bytes(data)  # the accelerator's scratch columns, made once, are not counted
     tracemalloc.start()
     try:
         info = inspect_bytes(data)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 4 * 2**20
+    assert peak < 16 * 2**20  # the accelerator's columns: 8 MiB
     assert info["processes"] == [
         {"pid": 1, "peak_mapped_pages": 2**20, "peak_written_pages": 2**20}
     ]
