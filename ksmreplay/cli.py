@@ -688,8 +688,8 @@ def record(
 
     if bool(pids) == bool(command):
         raise click.UsageError("give either --pid PID... or -- COMMAND ARGS...")
-    interval_ns = recording.parse_duration(interval)
-    duration_ns = recording.parse_duration(duration) if duration is not None else None
+    interval_ns = recording.parse_duration(interval, "--interval")
+    duration_ns = recording.parse_duration(duration, "--duration") if duration is not None else None
     progress = None
     if sys.stderr.isatty():
 

@@ -7,17 +7,21 @@ written as zeros, and every change of the KSM settings.
 
 "Written pages" are the pages of a process that hold content a ``write`` put
 there: ``fork`` gives the child a copy of the parent's, while ``free``,
-``madvise dontneed`` and ``exit`` drop them.  The state kept is one dict entry
-per written page and one range per mapping, so memory grows with the pages
-written, not with the size of the mappings.
+``madvise dontneed`` and ``exit`` drop them.  They are counted by ranges, not
+page by page: the state kept is one segment per run of pages a write gave one
+fingerprint (a whole range, however large, is one segment) or its list of
+fingerprints, and one range per mapping; so time and memory follow the
+events and the fingerprints a trace lists, never the size of its ranges.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ksmreplay.content import PageStore, literal_write
 from ksmreplay.events import (
@@ -30,48 +34,199 @@ from ksmreplay.events import (
     Madvise,
     Prctl,
     Write,
+    WriteRun,
 )
 from ksmreplay.trace import RangeSet, TraceReader
+
+Fingerprints = int | npt.NDArray[np.uint64]
+"""What a segment of a :class:`PageMap` holds: one fingerprint for each of its
+pages (an int), or one per page (a uint64 array, never changed in place)."""
+
+_LOAD = 256
+"""Segments per block of a :class:`PageMap` (a block splits at twice this)."""
+
+
+def _cut(value: Fingerprints, lo: int, hi: int) -> Fingerprints:
+    """The fingerprints of pages ``lo:hi`` of a segment holding ``value``."""
+    if isinstance(value, int):
+        return value
+    if hi - lo == 1:
+        return int(value[lo])
+    part = value[lo:hi]
+    # A small part of a large array is copied, so that the array can go.
+    return part.copy() if 4 * (hi - lo) < len(value) else part
+
+
+class PageMap:
+    """Page number -> fingerprint of the written pages of one process.
+
+    Sorted, disjoint segments ``[start, end)`` of page numbers, each holding
+    :data:`Fingerprints`; kept in blocks of at most ``2 * _LOAD`` segments, so
+    that adding or dropping one moves few others.  A write or a drop costs
+    the segments it touches (and a search), never the pages its range spans.
+
+    :ivar pages: the number of pages in the map.
+    """
+
+    __slots__ = ("_ends", "_firsts", "_starts", "_values", "pages")
+
+    def __init__(self) -> None:
+        self._firsts: list[int] = []
+        """The first start of each block."""
+        self._starts: list[list[int]] = []
+        self._ends: list[list[int]] = []
+        self._values: list[list[Fingerprints]] = []
+        self.pages = 0
+
+    def copy(self) -> PageMap:
+        """An independent copy (``fork``); the arrays are shared, never changed."""
+        other = PageMap()
+        other._firsts = self._firsts.copy()
+        other._starts = [block.copy() for block in self._starts]
+        other._ends = [block.copy() for block in self._ends]
+        other._values = [block.copy() for block in self._values]
+        other.pages = self.pages
+        return other
+
+    def segments(self) -> list[tuple[int, int, Fingerprints]]:
+        """Every segment ``(start, end, fingerprints)``, in order (for tests)."""
+        return [
+            seg
+            for starts, ends, values in zip(self._starts, self._ends, self._values, strict=True)
+            for seg in zip(starts, ends, values, strict=True)
+        ]
+
+    def get(self, page: int) -> int:
+        """The fingerprint of ``page``; 0 (zeros) if it is not in the map."""
+        b = bisect_right(self._firsts, page) - 1
+        if b < 0:
+            return 0
+        starts = self._starts[b]
+        i = bisect_right(starts, page) - 1
+        if self._ends[b][i] <= page:
+            return 0
+        value = self._values[b][i]
+        return value if isinstance(value, int) else int(value[page - starts[i]])
+
+    def drop(self, start: int, end: int) -> None:
+        """Remove pages ``start .. end-1`` (those not in the map are ignored)."""
+        b = max(bisect_right(self._firsts, start) - 1, 0)
+        while b < len(self._starts):
+            starts, ends, values = self._starts[b], self._ends[b], self._values[b]
+            i = bisect_right(ends, start)  # the first segment that ends after start
+            if i == len(starts):
+                b += 1
+                continue
+            if starts[i] >= end:
+                return
+            j = bisect_left(starts, end, i)  # segments i .. j-1 meet the range
+            whole = j == len(starts)
+            kept_starts: list[int] = []
+            kept_ends: list[int] = []
+            kept_values: list[Fingerprints] = []
+            if starts[i] < start:
+                kept_starts.append(starts[i])
+                kept_ends.append(start)
+                kept_values.append(_cut(values[i], 0, start - starts[i]))
+            if ends[j - 1] > end:
+                kept_starts.append(end)
+                kept_ends.append(ends[j - 1])
+                last = starts[j - 1]
+                kept_values.append(_cut(values[j - 1], end - last, ends[j - 1] - last))
+            self.pages -= sum(ends[i:j]) - sum(starts[i:j])
+            self.pages += sum(kept_ends) - sum(kept_starts)
+            starts[i:j] = kept_starts
+            ends[i:j] = kept_ends
+            values[i:j] = kept_values
+            if not starts:
+                del self._firsts[b], self._starts[b], self._ends[b], self._values[b]
+                continue
+            self._firsts[b] = starts[0]
+            if not whole:
+                return
+            b += 1
+
+    def put(self, start: int, end: int, value: Fingerprints) -> None:
+        """Pages ``start .. end-1`` now hold ``value`` (an int for all of them,
+        or an array of one fingerprint per page)."""
+        if not isinstance(value, int):
+            if len(value) == 1 or not (value != value[0]).any():
+                value = int(value[0])
+            elif value.base is not None:
+                value = value.copy()  # not a view that keeps a larger array
+        if self._starts:
+            b = bisect_right(self._firsts, start) - 1
+            if b < 0:
+                b = 0
+            starts, ends = self._starts[b], self._ends[b]
+            i = bisect_right(ends, start)  # the first segment that ends after start
+            if i < len(starts):
+                if starts[i] >= end:  # in a gap: nothing to drop
+                    self._insert(b, i, start, end, value)
+                    return
+                if starts[i] == start and ends[i] == end:  # the same pages again
+                    self._values[b][i] = value
+                    return
+            elif b + 1 == len(self._starts) or self._firsts[b + 1] >= end:
+                self._insert(b, i, start, end, value)  # in the gap after the block
+                return
+            self.drop(start, end)
+        if not self._starts:
+            self._firsts.append(start)
+            self._starts.append([start])
+            self._ends.append([end])
+            self._values.append([value])
+            self.pages += end - start
+            return
+        b = max(bisect_right(self._firsts, start) - 1, 0)
+        self._insert(b, bisect_left(self._starts[b], start), start, end, value)
+
+    def _insert(self, b: int, i: int, start: int, end: int, value: Fingerprints) -> None:
+        """Put the segment into block ``b`` at ``i``, where its pages are free."""
+        starts, ends, values = self._starts[b], self._ends[b], self._values[b]
+        self.pages += end - start
+        joins_left = i > 0 and ends[i - 1] == start and _same(values[i - 1], value)
+        joins_right = i < len(starts) and starts[i] == end and _same(values[i], value)
+        if joins_left and joins_right:
+            ends[i - 1] = ends[i]
+            del starts[i], ends[i], values[i]
+        elif joins_left:
+            ends[i - 1] = end
+        elif joins_right:
+            starts[i] = start
+        else:
+            starts.insert(i, start)
+            ends.insert(i, end)
+            values.insert(i, value)
+        self._firsts[b] = starts[0]
+        if len(starts) > 2 * _LOAD:
+            self._firsts.insert(b + 1, starts[_LOAD])
+            self._starts.insert(b + 1, starts[_LOAD:])
+            self._ends.insert(b + 1, ends[_LOAD:])
+            self._values.insert(b + 1, values[_LOAD:])
+            del starts[_LOAD:], ends[_LOAD:], values[_LOAD:]
+
+
+def _same(a: Fingerprints, b: Fingerprints) -> bool:
+    """Whether two segments hold one and the same fingerprint for every page."""
+    return isinstance(a, int) and isinstance(b, int) and a == b
 
 
 @dataclass
 class _Process:
-    """One live process: its mappings and the fingerprint of each written page."""
+    """One live process: its mappings and the fingerprints of its written pages."""
 
     ranges: RangeSet = field(default_factory=RangeSet)
     mapped: int = 0
     """Mapped bytes."""
-    written: dict[int, int] = field(default_factory=dict)
-    """Page number -> fingerprint, for pages holding written content."""
+    written: PageMap = field(default_factory=PageMap)
+    """Pages holding written content."""
 
 
 @dataclass
 class _Peaks:
     mapped_pages: int = 0
     written_pages: int = 0
-
-
-class _Lookup:
-    """``current(page)`` for :func:`literal_write`: a page's fingerprint, 0 if unwritten."""
-
-    __slots__ = ("written",)
-
-    def __init__(self, written: dict[int, int]) -> None:
-        self.written = written
-
-    def __call__(self, page: int) -> int:
-        return self.written.get(page, 0)
-
-
-def _drop(written: dict[int, int], first: int, count: int) -> None:
-    """Forget written pages ``first .. first+count-1``, in time proportional to the smaller side."""
-    if count <= len(written):
-        for page in range(first, first + count):
-            written.pop(page, None)
-    else:
-        end = first + count
-        for page in [p for p in written if first <= p < end]:
-            del written[page]
 
 
 def inspect_trace(reader: TraceReader) -> dict[str, Any]:
@@ -102,31 +257,55 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
     settings_changes: list[dict[str, Any]] = []
 
     def note(pid: int, proc: _Process) -> None:
-        peak = peaks.setdefault(pid, _Peaks())
-        peak.mapped_pages = max(peak.mapped_pages, proc.mapped >> shift)
-        peak.written_pages = max(peak.written_pages, len(proc.written))
+        peak = peaks.get(pid)
+        if peak is None:
+            peak = peaks[pid] = _Peaks()
+        if proc.mapped >> shift > peak.mapped_pages:
+            peak.mapped_pages = proc.mapped >> shift
+        if proc.written.pages > peak.written_pages:
+            peak.written_pages = proc.written.pages
 
-    for event in reader:
+    for event in reader.runs():
+        if isinstance(event, WriteRun):
+            # Runs of fingerprint writes (most of a large trace) from their columns.
+            ops["write"] += len(event)
+            column = event.fps
+            zero_pages += len(column) - int(np.count_nonzero(column))
+            fingerprints.update(np.unique(column).tolist())
+            values = column.tolist()
+            columns = zip(
+                event.pid.tolist(),
+                event.addr.tolist(),
+                event.len.tolist(),
+                event.fill.tolist(),
+                event.fp_start().tolist(),
+                event.fp_end.tolist(),
+                strict=True,
+            )
+            for pid, addr, length, fill, lo, hi in columns:
+                proc = procs[pid]
+                first = addr >> shift
+                value = values[lo] if fill or hi - lo == 1 else column[lo:hi]
+                proc.written.put(first, first + (length >> shift), value)
+                note(pid, proc)
+            continue
         ops[event.op] += 1
         if isinstance(event, Write):
             proc = procs[event.pid]
             content = event.content
             first = event.addr >> shift
             if isinstance(content, bytes):
-                first, fps = literal_write(
-                    event.addr, content, page_size, _Lookup(proc.written), store
-                )
-                proc.written.update(zip(range(first, first + len(fps)), fps, strict=True))
+                first, fps = literal_write(event.addr, content, page_size, proc.written.get, store)
+                proc.written.put(first, first + len(fps), np.array(fps, np.uint64))
                 fingerprints.update(fps)
                 zero_pages += fps.count(0)
             elif isinstance(content, np.ndarray):
-                values = content.tolist()
-                proc.written.update(zip(range(first, first + len(values)), values, strict=True))
-                fingerprints.update(values)
-                zero_pages += values.count(0)
+                proc.written.put(first, first + len(content), content)
+                fingerprints.update(content.tolist())
+                zero_pages += len(content) - int(np.count_nonzero(content))
             else:
                 count = event.len >> shift
-                proc.written.update(dict.fromkeys(range(first, first + count), content))
+                proc.written.put(first, first + count, content)
                 fingerprints.add(content)
                 if content == 0:
                     zero_pages += count
@@ -139,10 +318,11 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         elif isinstance(event, Free):
             proc = procs[event.pid]
             proc.mapped -= proc.ranges.remove(event.addr, event.addr + event.len)
-            _drop(proc.written, event.addr >> shift, event.len >> shift)
+            proc.written.drop(event.addr >> shift, (event.addr + event.len) >> shift)
         elif isinstance(event, Madvise):
             if event.advice == "dontneed":
-                _drop(procs[event.pid].written, event.addr >> shift, event.len >> shift)
+                end = (event.addr + event.len) >> shift
+                procs[event.pid].written.drop(event.addr >> shift, end)
         elif isinstance(event, Prctl):
             if event.pid not in procs:
                 procs[event.pid] = _Process()
@@ -150,7 +330,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         elif isinstance(event, Fork):
             parent = procs[event.pid]
             child = procs[event.child_pid] = _Process(
-                parent.ranges.copy(), parent.mapped, dict(parent.written)
+                parent.ranges.copy(), parent.mapped, parent.written.copy()
             )
             note(event.child_pid, child)
         elif isinstance(event, Exit):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import mmap
 import os
 import subprocess
@@ -508,14 +509,30 @@ def _runs(sorted_items: list[int], step: int) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- entry point
 
 
+def _kernel_thread(pid: int) -> bool:
+    """Whether ``pid`` is a kernel thread (it has no user memory)."""
+    try:
+        stat = _read_text(pid, "stat")
+    except _Gone:
+        return False
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return len(fields) > 6 and int(fields[6]) & _PF_KTHREAD != 0
+
+
+_PF_KTHREAD = 0x00200000
+"""The ``flags`` bit (field 9 of ``/proc/PID/stat``) of a kernel thread."""
+
+
 def _check_pid(pid: int) -> int:
     start = _start_time(pid) if pid > 0 else None
     if start is None:
         raise ProcessNotFoundError(f"no process with pid {pid}")
-    for name in ("pagemap", "mem"):
-        fd = _proc_open(pid, name)
-        os.close(fd)
+    if _kernel_thread(pid):
+        raise UsageError(f"pid {pid} is a kernel thread: it has no user memory to record")
     try:
+        for name in ("pagemap", "mem"):
+            fd = _proc_open(pid, name)
+            os.close(fd)
         mem = _proc_open(pid, "mem")
         try:
             os.pread(mem, 1, 0)
@@ -668,8 +685,18 @@ def _record(
     return recorder.summary
 
 
-def parse_duration(text: str) -> int:
-    """``500ms``, ``1s``, ``2m``, ``1.5s`` (or plain seconds) as nanoseconds."""
+MAX_DURATION_NS = 2**62
+"""Longest ``--interval`` or ``--duration``, in ns (about 146 years): the
+trace's times stay below 2**64 and a sleep of that long stays valid."""
+
+
+def parse_duration(text: str, option: str = "duration") -> int:
+    """``500ms``, ``1s``, ``2m``, ``1.5s`` (or plain seconds) as nanoseconds.
+
+    :param option: what the value is, for messages (``--interval``).
+    :raises UsageError: not a positive, finite duration of 1 ns to
+        :data:`MAX_DURATION_NS`.
+    """
     units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
     value = text.strip().lower()
     for suffix in ("ns", "us", "ms", "s", "m"):
@@ -678,11 +705,18 @@ def parse_duration(text: str) -> int:
             break
     else:
         number, scale = value, units["s"]
+    bad = f"bad {option} {text!r}"
     try:
         amount = float(number)
     except ValueError:
-        raise UsageError(f"bad duration {text!r} (examples: 500ms, 1s, 2m)") from None
+        raise UsageError(f"{bad} (examples: 500ms, 1s, 2m)") from None
+    if not math.isfinite(amount):
+        raise UsageError(f"{bad}: not a finite duration")
+    if not amount > 0:
+        raise UsageError(f"{bad}: must be positive")
+    if amount * scale > MAX_DURATION_NS:
+        raise UsageError(f"{bad}: must be at most 2**62 ns (about 146 years)")
     ns = round(amount * scale)
-    if not amount > 0 or ns <= 0:
-        raise UsageError(f"bad duration {text!r}: must be positive")
+    if ns < 1:
+        raise UsageError(f"{bad}: must be at least 1 ns")
     return ns

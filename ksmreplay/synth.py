@@ -786,6 +786,10 @@ def resolve_params(workload: Workload, assignments: Iterable[str] = ()) -> Value
     return resolved
 
 
+SEED_LIMIT = 2**64
+"""Seeds are below this."""
+
+
 def synthesize(
     name: str,
     stream: IO[bytes],
@@ -797,13 +801,15 @@ def synthesize(
 
     :param values: parameter values (missing ones take their defaults); checked
         as :func:`resolve_params` checks them.
-    :param seed: any int >= 0; the same seed gives the same bytes.
+    :param seed: any int from 0 to 2**64-1 (the trace's ``meta`` records it,
+        and the trace format's ints stop there); the same seed gives the same
+        bytes.
     :param form: ``msgpack`` or ``jsonl``.
-    :raises UsageError: for an unknown workload, a bad value or a negative seed.
+    :raises UsageError: for an unknown workload, a bad value or a seed out of range.
     """
     workload = get_workload(name)
-    if seed < 0:
-        raise UsageError(f"seed must be >= 0, not {seed}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"seed must be between 0 and 2**64-1, not {seed}")
     given = dict(values or {})
     for key in given:
         if key not in workload.param_by_name:

@@ -23,10 +23,24 @@ available, msgpack traces are decoded by it a few MiB at a time: write events
 straight into columns, anything else (and every error) by the pure-Python
 path, so both give the same events and messages.
 
-Limits of this reader (not of the format): one event may take at most
-:data:`MAX_EVENT_BYTES` bytes of msgpack (a ``bin`` content of up to
-:data:`MAX_BIN_BYTES` bytes, a fingerprint array of up to
-:data:`MAX_ARRAY_ITEMS` pages) or :data:`MAX_LINE_BYTES` bytes of JSON.
+Limits: one set, the same in both forms and checked when a trace is
+validated, so that a trace valid in one form is valid in the other and
+``convert`` can always write it (README, "The trace format, in short"):
+
+* every int of an event is below 2**64 (``t``, ``addr + len``, fingerprints,
+  ``max_full_scans``, knob values); ``pid`` and ``child_pid`` are below
+  :data:`PID_LIMIT` (2**63: they fit a signed 64-bit column);
+* a snapshot label, the header's description and every str of ``meta`` (keys
+  too) are valid Unicode of at most :data:`MAX_STR_BYTES` bytes of UTF-8;
+* ``meta`` holds JSON values only (ints from -2**63 to 2**64-1, finite
+  floats), nested at most :data:`MAX_META_DEPTH` deep, no map of more than
+  :data:`MAX_MAP_ITEMS` entries nor array of more than :data:`MAX_ARRAY_ITEMS`
+  items, and takes at most :data:`MAX_META_BYTES` bytes written as msgpack;
+* a literal write stores at most :data:`MAX_BIN_BYTES` bytes; a fingerprint
+  array has at most :data:`MAX_ARRAY_ITEMS` items.
+
+Then every valid event fits :data:`MAX_EVENT_BYTES` bytes of msgpack and
+:data:`MAX_LINE_BYTES` bytes of JSON, the sizes the decoders accept.
 
 A write's fingerprint array may be a view of one uint64 array shared by the
 writes decoded in the same batch; the views never overlap.
@@ -47,6 +61,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -89,19 +104,27 @@ MIN_PAGE_SIZE = 4096
 MAX_PAGE_SIZE = 65536
 ADDR_LIMIT = 2**64
 """``addr + len`` must stay below this."""
+INT_LIMIT = 2**64
+"""Every int of an event (``t``, fingerprints, ``max_full_scans``) is below this."""
+PID_LIMIT = 2**63
+"""pids and child pids are below this (they fit the signed 64-bit pid columns)."""
 
 MAX_BIN_BYTES = 64 * 2**20
-"""Largest ``bin`` value (literal write) the reader accepts, in bytes."""
+"""Largest literal write (a ``bin`` content), in bytes."""
 MAX_ARRAY_ITEMS = 2**22
-"""Largest msgpack/JSON array the reader accepts (fingerprints of one write)."""
+"""Largest array (the fingerprints of one write, an array in ``meta``), in items."""
 MAX_MAP_ITEMS = 2**16
-"""Largest map the reader accepts (header ``meta``, ``ksm`` settings)."""
+"""Largest map (``ksm`` settings, a map in ``meta``), in entries."""
 MAX_STR_BYTES = 2**20
-"""Longest str the reader accepts, in bytes."""
+"""Longest str (snapshot label, description, a str of ``meta``), in bytes of UTF-8."""
+MAX_META_BYTES = 2**20
+"""Largest header ``meta``, in bytes written as msgpack."""
+MAX_META_DEPTH = 32
+"""Deepest nesting of maps and arrays in the header's ``meta`` (``meta`` itself is 1)."""
 MAX_EVENT_BYTES = MAX_BIN_BYTES + 4096
-"""Largest msgpack object (header or event) the reader accepts, in bytes."""
+"""Largest msgpack object (header or event) the reader decodes, in bytes."""
 MAX_LINE_BYTES = 4 * MAX_EVENT_BYTES
-"""Longest JSON line the reader accepts, in bytes."""
+"""Longest JSON line the reader decodes, in bytes."""
 
 TraceForm = Literal["msgpack", "jsonl"]
 FORMS: tuple[str, ...] = ("msgpack", "jsonl")
@@ -374,6 +397,20 @@ _SCAN_EVENTS = 1 << 17
 """Most write events one accelerated scan decodes."""
 _SCAN_FPS = 1 << 18
 """Fingerprints one accelerated scan starts with room for (doubled when one write needs more)."""
+_FILL_PAGES = _SCAN_FPS
+"""Most pages the fill writes (one fingerprint for the whole range) of one batch
+are expanded to, one fingerprint per page, to join a run of columns; a fill
+write beyond that comes as a :class:`Write` with its one fingerprint, so that
+the reader's memory does not follow the size of the ranges."""
+
+
+_WRITES = (b"\x96", b"\xdc", b"\xdd", b"")
+"""First bytes of an object the scanner may decode as a write: an array of 6
+items (as a fixarray, array 16 or array 32), or the end of the buffer."""
+_NOT_WRITES = frozenset(bytes([b]) for b in range(256)) - set(_WRITES)
+"""First bytes of an object that cannot be a write: no need to call the scanner."""
+_OTHER_BATCH = 256
+"""Most objects other than writes in one batch of the accelerated reader."""
 
 
 class _ScannedMsgpackSource:
@@ -381,7 +418,11 @@ class _ScannedMsgpackSource:
 
     Runs of write events come out as unchecked :class:`WriteRun` s; every
     other object is cut out with ``ksr_skip`` and decoded by the msgpack
-    library on its own (a one-object batch).  At the first thing out of the
+    library on its own (consecutive ones in one batch, up to the next object
+    that may be a write).  Where the scanner finds only short runs (writes
+    between other events), the msgpack library decodes the next
+    :data:`_OTHER_BATCH` objects, writes too, as one batch: that costs less
+    than a call of the scanner per write.  At the first thing out of the
     ordinary (bytes that are not msgpack, an object over the size limits, the
     stream ending inside an object) the rest of the stream goes to
     :class:`_MsgpackSource`, which words the error exactly as without the
@@ -411,13 +452,27 @@ class _ScannedMsgpackSource:
         count = 0  # objects decoded so far
         eof = False
         room = _SCAN_FPS
+        mixed = False  # the last scan found a short run: decode the next batch as objects
         while True:
             status = OTHER
-            if count and self.shift is not None:
+            if (
+                count
+                and self.shift is not None
+                and not mixed
+                and buf[pos : pos + 1] not in _NOT_WRITES
+            ):
                 cols, pos, status = scanner.scan(
-                    buf, pos, self.shift, MAX_ARRAY_ITEMS, MAX_EVENT_BYTES, _SCAN_EVENTS, room
+                    buf,
+                    pos,
+                    self.shift,
+                    MAX_ARRAY_ITEMS,
+                    _FILL_PAGES,
+                    MAX_EVENT_BYTES,
+                    _SCAN_EVENTS,
+                    room,
                 )
                 self._bytes = base + pos
+                mixed = status == OTHER and len(cols.t) <= _SHORT_RUN
                 if len(cols.t):
                     count += len(cols.t)
                     yield cols
@@ -426,16 +481,30 @@ class _ScannedMsgpackSource:
                 if status == FULL:
                     continue
             if status == OTHER:
-                end = scanner.skip(buf, pos)
-                if end >= 0 and end - pos <= MAX_EVENT_BYTES:
+                objs: list[object] = []
+                failed = False
+                while True:
+                    end = scanner.skip(buf, pos)
+                    if end < 0 or end - pos > MAX_EVENT_BYTES:
+                        break
                     try:
-                        obj = msgpack.unpackb(buf[pos:end], **_LIMITS)
+                        objs.append(msgpack.unpackb(buf[pos:end], **_LIMITS))
                     except (ValueError, TypeError, msgpack.exceptions.UnpackException):
+                        failed = True
                         break
                     pos = end
+                    if not count or len(objs) == _OTHER_BATCH:
+                        break  # the header alone; a full batch
+                    if not mixed and buf[pos : pos + 1] in _WRITES:
+                        break  # a write for the scanner
+                mixed = False
+                if objs:
                     self._bytes = base + pos
-                    count += 1
-                    yield [obj]
+                    count += len(objs)
+                    yield objs  # events before the bad bytes are checked first
+                if failed:
+                    break
+                if objs:
                     continue
                 if end != -1 or len(buf) - pos > MAX_EVENT_BYTES:
                     break
@@ -514,17 +583,32 @@ class _JsonlSource:
             yield batch
 
 
-def _detect(stream: IO[bytes]) -> tuple[TraceForm, bytes]:
-    """Read up to the first non-blank byte; return the form and the bytes read."""
+_BOM = b"\xef\xbb\xbf"
+
+
+def _detect(stream: IO[bytes], name: str) -> tuple[TraceForm, bytes]:
+    """Read up to the first non-blank byte; return the form and the bytes read.
+
+    :raises TraceError: the data starts with a UTF-8 byte order mark (a
+        JSON-lines file saved with one: as msgpack, it would be an int).
+    """
     read = getattr(stream, "read1", stream.read)
     prefix = b""
     while True:
         chunk = read(_READ_SIZE)
+        body = (prefix + chunk).lstrip(_BLANK)
+        if body[:3] == _BOM:
+            raise TraceError(
+                name,
+                0,
+                None,
+                "the trace starts with a UTF-8 byte order mark; "
+                "JSON lines must be UTF-8 without one (save the file without the BOM)",
+            )
         if not chunk:
             return "msgpack", prefix
         prefix += chunk
-        body = prefix.lstrip(_BLANK)
-        if body:
+        if body and not _BOM.startswith(body[:3]):
             return ("jsonl" if body[:1] in (b"{", b"#") else "msgpack"), prefix
 
 
@@ -554,36 +638,64 @@ class _Prefixed(io.RawIOBase):
 # --------------------------------------------------------------------------- validation
 
 
-def _json_value_problem(value: object, where: str) -> str | None:
-    """Why ``value`` cannot be carried into a JSON report, or None."""
-    if isinstance(value, int) and not isinstance(value, bool):
+def _short(text: str) -> str:
+    """``repr(text)``, cut short for messages."""
+    return repr(text) if len(text) <= 40 else repr(text[:32]) + "..."
+
+
+def _str_problem(value: str, where: str) -> str | None:
+    """Why the str ``value`` breaks the limits of a str (valid Unicode, size), or None."""
+    if value.isascii():
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"{where} is a str that is not valid Unicode"
+    if size > MAX_STR_BYTES:
+        return f"{where} is a str of {size} bytes, over the limit of {MAX_STR_BYTES}"
+    return None
+
+
+_NOT_JSON = "; meta may hold only JSON values"
+
+
+def _json_value_problem(value: object, where: str, depth: int = 1) -> str | None:
+    """Why ``value`` cannot be carried into a JSON report and written in both
+    forms (a value of ``meta``, at nesting ``depth``), or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
-            return f"{where} is an int outside the 64-bit range"
+            return f"{where} is an int outside the 64-bit range{_NOT_JSON}"
         return None
-    if value is None or isinstance(value, (bool, str)):
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"{where} is a str that is not valid Unicode"
-        return None
+    if isinstance(value, str):
+        return _str_problem(value, where)
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{where} is a non-finite float"
+        return None if math.isfinite(value) else f"{where} is a non-finite float{_NOT_JSON}"
+    if not isinstance(value, (list, dict)):
+        return f"{where} is {kind(value)}{_NOT_JSON}"
+    if depth > MAX_META_DEPTH:
+        return f"{where} is nested deeper than the limit of {MAX_META_DEPTH}"
     if isinstance(value, list):
+        if len(value) > MAX_ARRAY_ITEMS:
+            return f"{where} is an array of {len(value)} items, over the limit of {MAX_ARRAY_ITEMS}"
         for i, item in enumerate(value):
-            problem = _json_value_problem(item, f"{where}[{i}]")
+            problem = _json_value_problem(item, f"{where}[{i}]", depth + 1)
             if problem:
                 return problem
         return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{where} has a {kind(key)} key"
-            problem = _json_value_problem(item, f"{where}[{key!r}]")
-            if problem:
-                return problem
-        return None
-    return f"{where} is {kind(value)}"
+    if len(value) > MAX_MAP_ITEMS:
+        return f"{where} is a map of {len(value)} entries, over the limit of {MAX_MAP_ITEMS}"
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return f"{where} has a {kind(key)} key{_NOT_JSON}"
+        problem = _str_problem(key, f"{where} key {_short(key)}") or _json_value_problem(
+            item, f"{where}[{_short(key)}]", depth + 1
+        )
+        if problem:
+            return problem
+    return None
 
 
 def _check_header(obj: object, name: str) -> Header:
@@ -598,34 +710,51 @@ def _check_header(obj: object, name: str) -> Header:
     if type(version) is not int:
         fail(f"header ksmreplay must be an int, not {kind(version)}")
     if version != FORMAT_VERSION:
-        fail(f"unsupported trace format version {version} (this reader knows version 1)")
+        fail(f"unsupported trace format version {_int_text(version)} (this reader knows version 1)")
     page_size = obj.get("page_size", DEFAULT_PAGE_SIZE)
     if type(page_size) is not int:
         fail(f"header page_size must be an int, not {kind(page_size)}")
     if not (MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE) or page_size & (page_size - 1):
-        fail(f"header page_size {page_size} is not a power of two between 4096 and 65536")
+        fail(
+            f"header page_size {_int_text(page_size)} is not a power of two between 4096 and 65536"
+        )
     description = obj.get("description")
     if description is not None and not isinstance(description, str):
         fail(f"header description must be a str, not {kind(description)}")
     if description is not None:
-        problem = _json_value_problem(description, "header description")
+        problem = _str_problem(description, "header description")
         if problem:
             fail(problem)
     meta = obj.get("meta", {})
     if not isinstance(meta, dict):
         fail(f"header meta must be a map, not {kind(meta)}")
-    try:
-        problem = _json_value_problem(meta, "header meta")
-    except RecursionError:
-        problem = "header meta is nested too deeply"
+    problem = _json_value_problem(meta, "header meta")
     if problem:
-        fail(f"{problem}; meta may hold only JSON values")
+        fail(problem)
+    if meta:
+        size = len(msgpack.packb(meta))
+        if size > MAX_META_BYTES:
+            fail(f"header meta takes {size} bytes as msgpack, over the limit of {MAX_META_BYTES}")
     return Header(version=version, page_size=page_size, description=description, meta=meta)
 
 
+def _int_text(value: int) -> str:
+    """``value`` in decimal, cut short for messages when it is very long."""
+    if -(10**30) < value < 10**30:
+        return str(value)
+    digits = len(str(abs(value)))
+    return f"{str(value)[:12]}...({digits} digits)"
+
+
 _INT_ONLY = {int}
-_PID_LIMIT = 2**63
-"""pids of the common write shape are below this (they fit an int64 column)."""
+
+
+_MAX_B64_CHARS = -(-MAX_BIN_BYTES // 3) * 4
+"""Length of the base64 text of a bin of :data:`MAX_BIN_BYTES` bytes."""
+
+
+def _bin_over_limit(size: int) -> str:
+    return f"write content is a bin of {size} bytes, over the limit of {MAX_BIN_BYTES}"
 
 
 def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | None]:
@@ -646,6 +775,19 @@ def _fingerprint_views(contents: list[list[Any]]) -> list[FingerprintArray | Non
             offsets = list(accumulate(map(len, contents), initial=0))
             return [whole[lo:hi] for lo, hi in pairwise(offsets)]
     return [None] * len(contents)
+
+
+_SHORT_RUN = 8
+"""Runs of at most this many writes are checked one event at a time."""
+
+
+def _ranks(values: npt.NDArray[np.int64]) -> tuple[list[int], npt.NDArray[np.int64]]:
+    """:func:`~ksmreplay.arrays.dense_ranks` of positive ``values``, in time
+    that follows their number, not their size (a table only when it is short)."""
+    if len(values) and int(values.max()) < 4 * len(values) + 64:
+        return dense_ranks(values)
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return distinct.tolist(), inverse.astype(np.int64).reshape(-1)
 
 
 def _column_object(cols: WriteRun, i: int) -> list[object]:
@@ -712,9 +854,16 @@ class _Validator:
         run: list[list[Any]] = []
         run_contents: list[int | FingerprintArray] = []
         start = first
+        budget = _FILL_PAGES  # pages that fill writes of this batch may expand to
         for i, (obj, write) in enumerate(zip(objs, plain, strict=True)):
             if write is not None:
-                content = write[5] if type(write[5]) is int else next(views)
+                content = write[5]
+                if type(content) is not int:
+                    content = next(views)
+                elif write[4] >> self.shift <= budget:
+                    budget -= write[4] >> self.shift
+                else:
+                    content = None
                 if content is not None:
                     if not run:
                         start = first + i
@@ -722,12 +871,24 @@ class _Validator:
                     run_contents.append(content)
                     continue
             if run:
-                out.extend(self.check_run(start, self._unchecked(start, run, run_contents)))
+                out.extend(self._run(start, run, run_contents))
                 run, run_contents = [], []
             out.append(self.general(first + i, obj))
         if run:
-            out.extend(self.check_run(start, self._unchecked(start, run, run_contents)))
+            out.extend(self._run(start, run, run_contents))
         return out
+
+    def _run(
+        self, index: int, writes: list[list[Any]], contents: list[int | FingerprintArray]
+    ) -> list[Event | WriteRun]:
+        """The checked records of consecutive writes of the common shape.
+
+        A short run takes the general path, one record per write: columns
+        for a few events would cost more than the events.
+        """
+        if len(writes) <= _SHORT_RUN:
+            return [self.general(index + i, obj) for i, obj in enumerate(writes)]
+        return self.check_run(index, self._unchecked(index, writes, contents))
 
     def _unchecked(
         self, index: int, writes: list[list[Any]], contents: list[int | FingerprintArray]
@@ -740,7 +901,8 @@ class _Validator:
         """``obj`` if it has the shape of a common write event (its values unchecked).
 
         A fingerprint for the whole range also needs an aligned range of at
-        most :data:`MAX_ARRAY_ITEMS` pages (it is expanded to every page).
+        most :data:`_FILL_PAGES` pages (it is expanded to every page); a list
+        of fingerprints at most :data:`MAX_ARRAY_ITEMS` items.
         """
         if type(obj) is not list or len(obj) != 6 or obj[1] != "write":
             return None
@@ -750,35 +912,45 @@ class _Validator:
             and type(pid) is int
             and type(addr) is int
             and type(length) is int
-            and 0 <= t < ADDR_LIMIT
-            and 0 < pid < _PID_LIMIT
+            and 0 <= t < INT_LIMIT
+            and 0 < pid < PID_LIMIT
             and 0 <= addr < ADDR_LIMIT
             and 0 <= length < ADDR_LIMIT
         ):
             return None
         if type(content) is list:
-            return obj if content else None
+            return obj if 0 < len(content) <= MAX_ARRAY_ITEMS else None
         fill = (
             type(content) is int
-            and 0 <= content < ADDR_LIMIT
+            and 0 <= content < INT_LIMIT
             and length > 0
             and not (addr | length) & self.mask
-            and length >> self.shift <= MAX_ARRAY_ITEMS
+            and length >> self.shift <= _FILL_PAGES
         )
         return obj if fill else None
 
     def check_run(self, first: int, cols: WriteRun) -> list[Event | WriteRun]:
         """Check a run of write events of the common shape (event indexes from ``first``).
 
-        Every rule of a write, on whole columns; the valid events come out as
-        :class:`WriteRun` s, and the first invalid one goes through the
-        general path as a Python object, which says exactly what is wrong.
+        Every rule of a write, on whole columns (one event at a time for a
+        short run, where numpy's cost per call would outweigh the work); the
+        valid events come out as :class:`WriteRun` s, and the first invalid
+        one goes through the general path as a Python object, which says
+        exactly what is wrong.
         """
         out: list[Event | WriteRun] = []
         n = len(cols.t)
         lo = 0
+        if n <= _SHORT_RUN and self._valid_prefix_short(cols, 0) == n:
+            # All valid (the rule for short runs): the columns as they are.
+            self.last_t = int(cols.t[-1])
+            fields = (cols.t, cols.pid, cols.addr, cols.len, cols.fill, cols.fp_end, cols.fps)
+            return [WriteRun(first, *fields)]
         while lo < n:
-            bad = lo + self._valid_prefix(cols, lo)
+            if n - lo <= _SHORT_RUN:
+                bad = lo + self._valid_prefix_short(cols, lo)
+            else:
+                bad = lo + self._valid_prefix(cols, lo)
             if bad > lo:
                 base = int(cols.fp_end[lo - 1]) if lo else 0
                 out.append(
@@ -800,6 +972,34 @@ class _Validator:
             lo = bad
         return out
 
+    def _valid_prefix_short(self, cols: WriteRun, lo: int) -> int:
+        """:meth:`_valid_prefix`, one event at a time."""
+        mask, shift, procs = self.mask, self.shift, self.procs
+        last = self.last_t
+        before = int(cols.fp_end[lo - 1]) if lo else 0
+        rows = zip(
+            cols.t[lo:].tolist(),
+            cols.pid[lo:].tolist(),
+            cols.addr[lo:].tolist(),
+            cols.len[lo:].tolist(),
+            cols.fp_end[lo:].tolist(),
+            strict=True,
+        )
+        for i, (t, pid, addr, length, fp_end) in enumerate(rows):
+            ranges = procs.get(pid)
+            if (
+                t < last
+                or length <= 0
+                or (addr | length) & mask
+                or addr + length >= ADDR_LIMIT
+                or length >> shift != fp_end - before
+                or ranges is None
+                or ranges.first_missing(addr, addr + length) is not None
+            ):
+                return i
+            last, before = t, fp_end
+        return len(cols.t) - lo
+
     def _valid_prefix(self, cols: WriteRun, lo: int) -> int:
         """How many events of ``cols`` from ``lo`` on pass every check of a write."""
         t, pid, addr, length = cols.t[lo:], cols.pid[lo:], cols.addr[lo:], cols.len[lo:]
@@ -820,21 +1020,49 @@ class _Validator:
     def _mapped(
         self, pid: npt.NDArray[np.int64], addr: npt.NDArray[np.uint64], end: npt.NDArray[np.uint64]
     ) -> npt.NDArray[np.bool_]:
-        """Whether each range ``[addr, end)`` lies inside one mapping of its live ``pid``."""
-        pids, rank = dense_ranks(pid)
+        """Whether each range ``[addr, end)`` lies inside one mapping of its live ``pid``.
+
+        Costs follow the events and the processes they name, never the pid
+        values: ranks come from a table only when it is no longer than the run.
+        """
+        pids, rank = _ranks(pid)
         ranges = [self.procs.get(p) for p in pids]
-        if all(r is not None and len(r.starts) == 1 for r in ranges):
-            # Every process has one mapping (the common case): no search.
-            starts = np.array([r.starts[0] for r in ranges if r], np.uint64)
-            ends = np.array([r.ends[0] for r in ranges if r], np.uint64)
-            return (starts[rank] <= addr) & (ends[rank] >= end)
-        ok = np.zeros(len(pid), np.bool_)
+        # A process with one mapping (the common case) needs no search: its
+        # bounds per rank; none for a process with none (nothing fits in [0, 0)).
+        lows = np.zeros(len(pids), np.uint64)
+        highs = np.zeros(len(pids), np.uint64)
+        several = []
         for i, r in enumerate(ranges):
             if r is None or not r.starts:
                 continue
-            mine = rank == i
-            at = np.searchsorted(np.array(r.starts, np.uint64), addr[mine], side="right") - 1
-            ok[mine] = (at >= 0) & (np.array(r.ends, np.uint64)[np.maximum(at, 0)] >= end[mine])
+            if len(r.starts) == 1:
+                lows[i] = r.starts[0]
+                highs[i] = r.ends[0]
+            else:
+                several.append(i)
+        ok = (lows[rank] <= addr) & (highs[rank] >= end)
+        if not several:
+            return ok
+        # Processes with several mappings: their events grouped by process.
+        in_several = np.zeros(len(pids), np.bool_)
+        in_several[several] = True
+        events = np.flatnonzero(in_several[rank])
+        events = events[np.argsort(rank[events], kind="stable")]
+        cuts = np.flatnonzero(np.diff(rank[events])) + 1
+        for group in np.split(events, cuts):
+            r = ranges[int(rank[group[0]])]
+            assert r is not None
+            if 4 * len(group) < len(r.starts):
+                # Few events for many mappings: search the list, not a copy of it.
+                missing = r.first_missing
+                ok[group] = [
+                    missing(a, e) is None
+                    for a, e in zip(addr[group].tolist(), end[group].tolist(), strict=True)
+                ]
+            else:
+                slot = np.searchsorted(np.array(r.starts, np.uint64), addr[group], "right") - 1
+                found = np.array(r.ends, np.uint64)[np.maximum(slot, 0)] >= end[group]
+                ok[group] = (slot >= 0) & found
         return ok
 
     def general(self, index: int, obj: object) -> Event:
@@ -848,7 +1076,9 @@ class _Validator:
         if type(t) is not int:
             self.fail(index, None, f"t must be an int, not {kind(t)}")
         if t < 0:
-            self.fail(index, None, f"t must be >= 0, not {t}")
+            self.fail(index, None, f"t must be >= 0, not {_int_text(t)}")
+        if t >= INT_LIMIT:
+            self.fail(index, None, f"t must be below 2**64, not {_int_text(t)}")
         if t < self.last_t:
             self.fail(index, t, f"t goes back in time (previous event at t={self.last_t})")
         op = obj[1]
@@ -878,7 +1108,9 @@ class _Validator:
     def pid_field(self, index: int, t: int, op: str, field: str, value: object) -> int:
         pid = self.int_field(index, t, op, field, value)
         if pid <= 0:
-            self.fail(index, t, f"{op} {field} must be positive, not {pid}")
+            self.fail(index, t, f"{op} {field} must be positive, not {_int_text(pid)}")
+        if pid >= PID_LIMIT:
+            self.fail(index, t, f"{op} {field} must be below 2**63, not {_int_text(pid)}")
         return pid
 
     def range_fields(self, index: int, t: int, op: str, obj: list[Any]) -> tuple[int, int, int]:
@@ -888,7 +1120,7 @@ class _Validator:
             type(pid) is int
             and type(addr) is int
             and type(length) is int
-            and pid > 0
+            and 0 < pid < PID_LIMIT
             and addr >= 0
             and length > 0
             and addr + length < ADDR_LIMIT
@@ -898,11 +1130,12 @@ class _Validator:
         self.int_field(index, t, op, "addr", addr)
         self.int_field(index, t, op, "len", length)
         if addr < 0:
-            self.fail(index, t, f"{op} addr must be >= 0, not {addr}")
+            self.fail(index, t, f"{op} addr must be >= 0, not {_int_text(addr)}")
         if length <= 0:
-            self.fail(index, t, f"{op} len must be > 0, not {length}")
+            self.fail(index, t, f"{op} len must be > 0, not {_int_text(length)}")
         end = addr + length
-        self.fail(index, t, f"{op} range ends at {end:#x}; addr + len must be below 2**64")
+        shown = f"{end:#x}" if end < 2**128 else f"an address of {end.bit_length()} bits"
+        self.fail(index, t, f"{op} range ends at {shown}; addr + len must be below 2**64")
 
     def aligned(self, index: int, t: int, op: str, addr: int, length: int, why: str = "") -> None:
         if (addr | length) & self.mask:
@@ -972,12 +1205,18 @@ class _Validator:
         ctype = type(content)
         if ctype is int:
             self.aligned(index, t, "write", addr, length, "; needed for fingerprint content")
-            if content < 0 or content >= ADDR_LIMIT:
-                self.fail(index, t, f"write content {content} is not a fingerprint (0..2**64-1)")
+            if content < 0 or content >= INT_LIMIT:
+                self.fail(
+                    index,
+                    t,
+                    f"write content {_int_text(content)} is not a fingerprint (0..2**64-1)",
+                )
         elif ctype is list:
             self.aligned(index, t, "write", addr, length, "; needed for fingerprint content")
             content = self.fingerprints(index, t, content, length >> self.shift)
         elif ctype is bytes:
+            if len(content) > MAX_BIN_BYTES:
+                self.fail(index, t, _bin_over_limit(len(content)))
             if len(content) != length:
                 self.fail(index, t, f"write content has {len(content)} bytes for len {length}")
         elif ctype is dict and self.jsonl:
@@ -992,6 +1231,13 @@ class _Validator:
         return Write(index, t, pid, addr, length, content)
 
     def fingerprints(self, index: int, t: int, items: list[Any], pages: int) -> Content:
+        if len(items) > MAX_ARRAY_ITEMS:
+            self.fail(
+                index,
+                t,
+                f"write content is an array of {len(items)} fingerprints, "
+                f"over the limit of {MAX_ARRAY_ITEMS}",
+            )
         if len(items) != pages:
             self.fail(
                 index,
@@ -999,13 +1245,17 @@ class _Validator:
                 f"write content has {_plural(len(items), 'fingerprint')} for "
                 f"{_plural(pages, 'page')}",
             )
-        if set(map(type, items)) == _INT_ONLY and min(items) >= 0 and max(items) < ADDR_LIMIT:
+        if set(map(type, items)) == _INT_ONLY and min(items) >= 0 and max(items) < INT_LIMIT:
             return np.array(items, dtype=np.uint64)
         for i, item in enumerate(items):
             if type(item) is not int:
                 self.fail(index, t, f"write content[{i}] must be an int, not {kind(item)}")
-            if item < 0 or item >= ADDR_LIMIT:
-                self.fail(index, t, f"write content[{i}] {item} is not a fingerprint (0..2**64-1)")
+            if item < 0 or item >= INT_LIMIT:
+                self.fail(
+                    index,
+                    t,
+                    f"write content[{i}] {_int_text(item)} is not a fingerprint (0..2**64-1)",
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def b64(self, index: int, t: int, content: dict[str, Any], length: int) -> bytes:
@@ -1014,10 +1264,19 @@ class _Validator:
         text = content["b64"]
         if not isinstance(text, str):
             self.fail(index, t, f"write content b64 must be a str, not {kind(text)}")
+        if len(text) > _MAX_B64_CHARS:
+            self.fail(
+                index,
+                t,
+                f"write content b64 has {len(text)} characters, more than a bin of "
+                f"the limit of {MAX_BIN_BYTES} bytes takes",
+            )
         try:
             data = base64.b64decode(text.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
             self.fail(index, t, "write content b64 is not valid base64")
+        if len(data) > MAX_BIN_BYTES:
+            self.fail(index, t, _bin_over_limit(len(data)))
         if len(data) != length:
             self.fail(index, t, f"write content has {len(data)} bytes for len {length}")
         return data
@@ -1096,7 +1355,11 @@ class _Validator:
         if type(scans) is not int:
             self.fail(index, t, f"settle max_full_scans must be an int, not {kind(scans)}")
         if scans < 1:
-            self.fail(index, t, f"settle max_full_scans must be >= 1, not {scans}")
+            self.fail(index, t, f"settle max_full_scans must be >= 1, not {_int_text(scans)}")
+        if scans >= INT_LIMIT:
+            self.fail(
+                index, t, f"settle max_full_scans must be below 2**64, not {_int_text(scans)}"
+            )
         return Settle(index, t, scans)
 
     def _snapshot(self, index: int, t: int, obj: list[Any]) -> Event:
@@ -1105,7 +1368,7 @@ class _Validator:
         label = obj[2]
         if not isinstance(label, str):
             self.fail(index, t, f"snapshot label must be a str, not {kind(label)}")
-        problem = _json_value_problem(label, "snapshot label")
+        problem = _str_problem(label, "snapshot label")
         if problem:
             self.fail(index, t, problem)
         return Snapshot(index, t, label)
@@ -1130,17 +1393,32 @@ class TraceReader:
     :ivar header: the validated header.
     :ivar events: events yielded so far (the header is not counted).
     :ivar duration_ns: ``t`` of the last event yielded, in ns (0 if none).
+    :ivar validated_ahead: the whole trace was read and found valid before
+        the first event (``validate_first``).
+
+    With ``validate_first``, the reader first reads and validates the whole
+    stream (as fast as ``validate`` does, handing out nothing), then goes
+    back to where it started and reads it again for the events: an invalid
+    trace fails here, before a replay has done any work.  That needs a
+    stream that can be read twice (a regular file, also as stdin, or an
+    in-memory one); a pipe or a terminal is read once, its events checked as
+    they are handed out, as without ``validate_first``.
     """
 
-    def __init__(self, stream: IO[bytes], name: str, close: bool = True) -> None:
+    def __init__(
+        self, stream: IO[bytes], name: str, close: bool = True, validate_first: bool = False
+    ) -> None:
         self.name = name
         self._stream = stream
         self._close = close
         self.events = 0
         self.duration_ns = 0
         self._iterated = False
+        self.validated_ahead = False
         try:
-            form, prefix = _detect(stream)
+            if validate_first:
+                self.validated_ahead = _validate_ahead(stream, name)
+            form, prefix = _detect(stream, name)
             self.form: TraceForm = form
             fast = accelerator() if form == "msgpack" else None
             source: _JsonlSource | _MsgpackSource | _ScannedMsgpackSource
@@ -1230,19 +1508,50 @@ class TraceReader:
         self.close()
 
 
-def open_trace(path: str) -> TraceReader:
+def _validate_ahead(stream: IO[bytes], name: str) -> bool:
+    """Read and validate all of ``stream``, then go back to where it was;
+    False (nothing read) when it cannot be read twice.
+
+    :raises TraceError: the trace is invalid.
+    """
+    try:
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: in memory
+        regular = True
+    try:
+        if not (regular and stream.seekable()):
+            return False
+        start = stream.tell()
+    except (AttributeError, OSError, ValueError):
+        return False
+    with TraceReader(stream, name, close=False) as first:
+        for _ in first.runs():
+            pass
+    try:
+        stream.seek(start)
+    except OSError as exc:
+        raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    return True
+
+
+def open_trace(path: str, validate_first: bool = False) -> TraceReader:
     """Open the trace at ``path`` (``-`` for stdin) and read its header.
 
+    :param validate_first: read and validate the whole trace first, when it
+        is a regular file (by path or as stdin), so that an invalid trace
+        fails here, before any event is handed out; then the reader starts
+        again from the beginning (:class:`TraceReader`).  A pipe is read once.
     :raises InputOutputError: the file cannot be opened or read.
-    :raises TraceError: the header breaks the trace format.
+    :raises TraceError: the header breaks the trace format (with
+        ``validate_first``: any event does).
     """
     if path == "-":
-        return TraceReader(sys.stdin.buffer, "<stdin>", close=False)
+        return TraceReader(sys.stdin.buffer, "<stdin>", close=False, validate_first=validate_first)
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed by the reader
     except OSError as exc:
         raise InputOutputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
-    return TraceReader(stream, path)
+    return TraceReader(stream, path, validate_first=validate_first)
 
 
 def read_trace(path: str) -> tuple[Header, list[Event]]:

@@ -280,7 +280,7 @@ def test_bad_usage() -> None:
     assert invoke("record", "-o", "x.msgpack").exit_code == 2
     assert invoke("record", "--pid", "1", "-o", "x.msgpack", "--", "true").exit_code == 2
     result = invoke("record", "--interval", "soon", "-o", "x.msgpack", "--", "true")
-    assert result.exit_code == 2 and "bad duration" in result.stderr
+    assert result.exit_code == 2 and "bad --interval 'soon'" in result.stderr
 
 
 @needs_ptrace

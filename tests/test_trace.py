@@ -359,9 +359,11 @@ def test_fast_and_general_paths_give_equal_records() -> None:
         [1, "write", 1, 0, 0x2000, [2**64 - 1, 0]],
         [1, "write", 1, 0x2000, 0x2000, [5, 6]],
         [2, "write", 1, 0x1000, 0x1000, 7],
+        *([3, "write", 1, 0x3000, 0x1000, [i]] for i in range(8)),
     ]
     items = _Validator("mem", PAGE, jsonl=False).batch(1, objs)
-    # The writes, fingerprint lists and one fingerprint alike, come as one run.
+    # The writes, fingerprint lists and one fingerprint alike, come as one run
+    # (a run long enough for columns: a short one takes the general path).
     assert [type(item) for item in items] == [Alloc, WriteRun]
     fast = [r for item in items for r in (item.events() if isinstance(item, WriteRun) else [item])]
     general_validator = _Validator("mem", PAGE, jsonl=False)
@@ -370,7 +372,7 @@ def test_fast_and_general_paths_give_equal_records() -> None:
     for record in fast[1:3]:
         assert isinstance(record, Write) and isinstance(record.content, np.ndarray)
         assert record.content.dtype == np.uint64
-    assert general_validator.last_t == 2
+    assert general_validator.last_t == 3
 
 
 def test_content_arrays_of_one_batch_are_independent() -> None:

@@ -50,6 +50,18 @@ LISTED_VISIT, LISTED_SKIPPED, LISTED_STALE = 0, 1, 2
 END, OTHER, FULL = 0, 1, 2
 """Why :meth:`Accelerator.scan` stopped: end of the buffer, another shape, columns full."""
 
+_NO_WRITES = WriteRun(
+    0,
+    np.empty(0, np.uint64),
+    np.empty(0, np.int64),
+    np.empty(0, np.uint64),
+    np.empty(0, np.uint64),
+    np.empty(0, np.bool_),
+    np.empty(0, np.int64),
+    np.empty(0, np.uint64),
+)
+"""The empty run :meth:`Accelerator.scan` returns when no write starts the buffer."""
+
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -104,14 +116,19 @@ class Accelerator:
         pos: int,
         shift: int,
         max_items: int,
+        max_fill_pages: int,
         max_event_bytes: int,
         max_events: int,
         max_fps: int,
     ) -> tuple[WriteRun, int, int]:
         """Write events from ``buf[pos]`` on: ``(run, new pos, status)``.
 
-        The run's events are not checked beyond their shape, and its ``index``
-        is 0: the reader's validator checks them and numbers them.
+        A write's fingerprint array may have up to ``max_items`` items, and a
+        fingerprint for the whole range is expanded to at most
+        ``max_fill_pages`` pages; a write beyond either, or over
+        ``max_event_bytes``, is another shape.  The run's events are not
+        checked beyond their shape, and its ``index`` is 0: the reader's
+        validator checks them and numbers them.
         """
         t = np.empty(max_events, np.uint64)
         pid = np.empty(max_events, np.int64)
@@ -123,11 +140,13 @@ class Accelerator:
         where = _i64(pos)
         status = ctypes.c_int32(0)
         n = self._scan(
-            buf, len(buf), ctypes.byref(where), shift, max_items, max_items, max_event_bytes,
+            buf, len(buf), ctypes.byref(where), shift, max_items, max_fill_pages, max_event_bytes,
             max_events, *_addresses(t, pid, addr, length, fill, fp_end, fps), max_fps,
             ctypes.byref(status),
         )  # fmt: skip
-        used = int(fp_end[n - 1]) if n else 0
+        if not n:
+            return _NO_WRITES, where.value, status.value
+        used = int(fp_end[n - 1])
         cols = WriteRun(
             0,
             t[:n].copy(),

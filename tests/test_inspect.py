@@ -1,0 +1,209 @@
+"""``inspect`` counts written pages by ranges: what it costs follows the events
+and the fingerprints a trace lists, not the size of its ranges; and it counts
+what a page-by-page model counts.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_trace_properties import _write, valid_traces
+
+from ksmreplay import inspect as inspect_module
+from ksmreplay.content import PageStore, literal_write
+from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Madvise, Prctl, Write
+from ksmreplay.inspect import inspect_trace
+from ksmreplay.trace import TraceReader
+
+H: dict[str, Any] = {"ksmreplay": 1}
+PAGE = 4096
+
+
+def inspect_bytes(data: bytes) -> dict[str, Any]:
+    with TraceReader(io.BytesIO(data), "t") as reader:
+        return inspect_trace(reader)
+
+
+def pack(*objects: Any) -> bytes:
+    return b"".join(msgpack.packb(o) for o in objects)
+
+
+@pytest.mark.usefixtures("with_and_without_accel")
+def test_one_fingerprint_over_a_large_range_is_one_segment() -> None:
+    # A write of one fingerprint over 2**32 bytes (2**20 pages): a page-by-page
+    # count held a dict entry per page (over 100 MB here, 11 GB at 2**40 bytes).
+    data = pack(H, [0, "alloc", 1, 0, 2**32], [1, "write", 1, 0, 2**32, 7])
+    tracemalloc.start()
+    try:
+        info = inspect_bytes(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20  # the accelerator's columns: 8 MiB
+    assert info["processes"] == [
+        {"pid": 1, "peak_mapped_pages": 2**20, "peak_written_pages": 2**20}
+    ]
+    assert (info["distinct_fingerprints"], info["zero_pages_written"]) == (1, 0)
+
+
+@pytest.mark.usefixtures("with_and_without_accel")
+def test_ranges_of_any_size_are_counted_exactly() -> None:
+    data = pack(
+        H,
+        [0, "alloc", 1, 0, 2**60],
+        [1, "write", 1, 0, 2**60, 7],  # 2**48 pages
+        [2, "write", 1, 2**40, 3 * PAGE, [1, 2, 3]],
+        [2, "write", 1, 2**40 + 0x1001, 3, b"abc"],  # inside a page: keeps its other bytes
+        [3, "madvise", 1, 2**41, 2**50, "dontneed"],  # drops 2**38 pages
+        [4, "fork", 1, 2],
+        [5, "write", 2, 5 * PAGE, 2**40, 0],  # 2**28 pages, already written
+        [6, "free", 1, 2**59, 2**59],  # pid 1 keeps half
+        [7, "write", 1, 0, PAGE, 9],
+    )
+    info = inspect_bytes(data)
+    assert info["processes"] == [
+        {"pid": 1, "peak_mapped_pages": 2**48, "peak_written_pages": 2**48},
+        {"pid": 2, "peak_mapped_pages": 2**48, "peak_written_pages": 2**48 - 2**38},
+    ]
+    # 7, 1, 2, 3, page 1 of the run of 1, 2, 3 with "abc" written into it, 0 and 9
+    assert info["distinct_fingerprints"] == 7
+    assert info["zero_pages_written"] == 2**28
+
+
+# --------------------------------------------------------------------------- against a model
+
+
+def _getter(pages: dict[int, int]) -> Callable[[int], int]:
+    return lambda page: pages.get(page, 0)
+
+
+def model_inspect(header: Header, events: list[Event]) -> tuple[Any, ...]:
+    """Peaks, distinct fingerprints and zero pages, counted page by page."""
+    shift = header.page_size.bit_length() - 1
+    store = PageStore(header.page_size)
+    written: dict[int, dict[int, int]] = {}
+    mapped: dict[int, set[int]] = {}
+    peaks: dict[int, list[int]] = {}
+    fps: set[int] = set()
+    zeros = 0
+
+    def note(pid: int) -> None:
+        peak = peaks.setdefault(pid, [0, 0])
+        peak[0] = max(peak[0], len(mapped[pid]))
+        peak[1] = max(peak[1], len(written[pid]))
+
+    for ev in events:
+        if isinstance(ev, Alloc):
+            mapped.setdefault(ev.pid, set()).update(
+                range(ev.addr >> shift, (ev.addr + ev.len) >> shift)
+            )
+            written.setdefault(ev.pid, {})
+            note(ev.pid)
+        elif isinstance(ev, Prctl) and ev.pid not in mapped:
+            mapped[ev.pid], written[ev.pid] = set(), {}
+            note(ev.pid)
+        elif isinstance(ev, Write):
+            pages = written[ev.pid]
+            if isinstance(ev.content, bytes):
+                first, new = literal_write(
+                    ev.addr, ev.content, header.page_size, _getter(pages), store
+                )
+            elif isinstance(ev.content, int):
+                first, new = ev.addr >> shift, [ev.content] * (ev.len >> shift)
+            else:
+                first, new = ev.addr >> shift, ev.content.tolist()
+            pages.update(zip(range(first, first + len(new)), new, strict=True))
+            fps.update(new)
+            zeros += new.count(0)
+            note(ev.pid)
+        elif isinstance(ev, (Free, Madvise)):
+            if isinstance(ev, Free) or ev.advice == "dontneed":
+                gone = range(ev.addr >> shift, (ev.addr + ev.len) >> shift)
+                for page in gone:
+                    written[ev.pid].pop(page, None)
+                if isinstance(ev, Free):
+                    mapped[ev.pid] -= set(gone)
+        elif isinstance(ev, Fork):
+            mapped[ev.child_pid] = set(mapped[ev.pid])
+            written[ev.child_pid] = dict(written[ev.pid])
+            note(ev.child_pid)
+        elif isinstance(ev, Exit):
+            del mapped[ev.pid], written[ev.pid]
+    return sorted((pid, *peak) for pid, peak in peaks.items()), len(fps), zeros
+
+
+@pytest.mark.usefixtures("with_and_without_accel")
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(valid_traces(), st.sampled_from([1, 2, 256]))
+def test_inspect_counts_what_a_page_by_page_model_counts(
+    monkeypatch: pytest.MonkeyPatch, trace: tuple[Header, list[Event]], load: int
+) -> None:
+    monkeypatch.setattr(inspect_module, "_LOAD", load)  # small blocks: many splits
+    header, events = trace
+    info = inspect_bytes(_write(header, events, "msgpack"))
+    peaks = [(p["pid"], p["peak_mapped_pages"], p["peak_written_pages"]) for p in info["processes"]]
+    assert (peaks, info["distinct_fingerprints"], info["zero_pages_written"]) == model_inspect(
+        header, events
+    )
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "put", "array", "drop", "copy"]),
+            st.integers(0, 60),
+            st.integers(1, 12),
+            st.integers(0, 3),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([1, 2, 3]),
+)
+def test_page_map_matches_a_dict(
+    monkeypatch: pytest.MonkeyPatch, ops: list[tuple[str, int, int, int]], load: int
+) -> None:
+    monkeypatch.setattr(inspect_module, "_LOAD", load)
+    pages = inspect_module.PageMap()
+    model: dict[int, int] = {}
+    copies: list[tuple[inspect_module.PageMap, dict[int, int]]] = []
+    for op, start, count, value in ops:
+        end = start + count
+        if op == "put":
+            pages.put(start, end, value)
+            model.update(dict.fromkeys(range(start, end), value))
+        elif op == "array":
+            values = np.arange(value, value + count, dtype=np.uint64) % 3
+            pages.put(start, end, values)
+            model.update(zip(range(start, end), values.tolist(), strict=True))
+        elif op == "drop":
+            pages.drop(start, end)
+            for page in range(start, end):
+                model.pop(page, None)
+        else:
+            copies.append((pages.copy(), dict(model)))
+        assert pages.pages == len(model)
+        segments = pages.segments()
+        assert all(s < e for s, e, _ in segments)
+        assert all(e <= s for (_, e, _), (s, _, _) in itertools.pairwise(segments))
+    for copy, frozen in [(pages, model), *copies]:
+        assert {p: copy.get(p) for p in range(80) if copy.get(p) or p in frozen} == {
+            p: frozen[p] for p in frozen
+        }
