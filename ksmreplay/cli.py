@@ -480,7 +480,9 @@ def run(
     chosen = expand_modes(modes)
     progress = _progress_callback(trace)
     try:
-        with open_trace(trace) as reader:
+        # A file is checked whole before anything is simulated, so that an
+        # invalid trace fails at once rather than after replaying up to it.
+        with open_trace(trace, validate_first=True) as reader:
             report = replay(
                 reader,
                 chosen,
@@ -523,7 +525,7 @@ def exec_(trace: str, fmt: str, settings: dict[str, KnobValue], output: str, for
 
     progress = _progress_callback(trace)
     try:
-        with open_trace(trace) as reader:
+        with open_trace(trace, validate_first=True) as reader:
             report = execute(reader, force=force, progress=progress, settings=settings or None)
     finally:
         if progress is not None:
