@@ -46,6 +46,7 @@ at a full-scan boundary:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -55,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.accel import Accelerator, Visited, accelerator
+from ksmreplay.arrays import charge
 from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
@@ -196,10 +198,16 @@ class ItemTable:
         self._free = FreeStack(0)
         self._grow(capacity)
         self.count = 0
+        self.changes = 0
+        """Items allocated and freed so far."""
+
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
+    """Bytes per item: its two records, hlist links and free stack entry."""
 
     def _grow(self, more: int) -> None:
         """Room for ``more`` items (the tables are copied: take columns after)."""
         old = len(self.hot)
+        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
         hot = np.empty(old + more, ITEM_HOT)
         hot[:old] = self.hot
         cold = np.empty(old + more, ITEM_COLD)
@@ -247,12 +255,14 @@ class ItemTable:
         self.slot[rows] = slot
         self.page[rows] = pages
         self.count += n
+        self.changes += n
         return rows
 
     def release(self, rows: IntArray) -> None:
         """``free_rmap_item()``."""
         self.slot[rows] = NULL
         self.count -= len(rows)
+        self.changes += len(rows)
         self._free.push(rows)
 
 
@@ -1727,3 +1737,156 @@ class Ksmd:
         adv.scan_time = scan_time
         adv.cpu_time = cpu
         self.set_pages_to_scan(pages)
+
+    # -- idle stretches --------------------------------------------------------
+
+    def idle_state(self, wake: int, keep: bool = False) -> IdleState:
+        """ksmd's state between two passes (the cursor at the list head), for
+        skipping idle stretches (``engine.Engine``); ``wake`` is when the next
+        pass starts, in ns.
+
+        :attr:`IdleState.key` and :attr:`IdleState.arrays` are everything the
+        passes to come depend on, in a form that repeats once ksmd goes round
+        in circles: smart_scan ages of 9 and more are alike (they decide the
+        same), an unstable item's pass counts from the current one, a chain's
+        prune time from ``wake`` (or only that it may prune at once), the
+        advisor's clocks from ``wake`` and ksmd's CPU time.
+        :attr:`IdleState.marks` are the values that advance from pass to pass.
+        With ``keep``, the arrays are copies (to compare with a later state),
+        else some are the live columns.
+        """
+        assert self.cursor is None
+        it, c, fr, adv = self.items, self.c, self.mem.frames, self.advisor
+        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        chains = []
+        prunes = {}
+        for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
+            if isinstance(entry, Chain):
+                prunes[content] = entry.prune_time
+                ripe = self._jiffies(wake) >= self._jiffies(entry.prune_time + interval)
+                when = () if ripe else (wake - entry.prune_time,)
+                chains.append((content, tuple(d.id for d in entry.dups), when))
+        advisor: tuple[int, ...] = ()
+        if self.knob("advisor_mode") == "scan-time":
+            advisor = (adv.scan_time, adv.change, wake - adv.start_scan, self.cpu_ns - adv.cpu_time)
+        key = (
+            (c.pages_shared, c.pages_sharing, c.pages_unshared, c.rmap_items),
+            (c.stable_node_chains, c.stable_node_dups, c.zero_pages_sharing),
+            tuple(sorted(self.mem.events.items())),
+            (fr.live, fr.live_ksm, fr.changes, fr.capacity),
+            (it.count, it.changes, len(it.hot), self._next_node_id, len(self.nodes)),
+            tuple(
+                (s.id, s.rmap_items, s.merging_pages, s.mm.pid, s.mm.rss_anon) for s in self.slots
+            ),
+            tuple(
+                (s.mm.ksm_zero_ptes, s.mm.fault_zero_ptes, s.mm.zero_pages_sharing, s.mm.exiting)
+                for s in self.slots
+            ),
+            self.knob("pages_to_scan"),
+            advisor,
+            tuple(chains),
+            wake % JIFFY_NS if chains and interval else 0,
+        )
+        seq = np.uint8(self.seqnr & SEQNR_MASK)
+        n = self._next_node_id
+        cols = self.node_cols
+        # (field by field: the records' padding is not state)
+        arrays = [
+            it.node,
+            np.minimum(it.age, 9),
+            it.skips,
+            it.state,
+            np.where(it.state == UNSTABLE, it.seq - seq, 0).astype(np.uint8),
+            it.checksum,
+            it.page,
+            it.slot,
+            it.flags,
+            it.checked,
+            it.hnext,
+            it.hprev,
+            cols.size[:n],
+            cols.head[:n],
+            cols.frame[:n],
+            fr.content,
+            fr.mapcount,
+            fr.ksm,
+            fr.node,
+        ]
+        if keep:
+            arrays = [a.copy() for a in arrays]
+        marks = (
+            self.seqnr,
+            c.pages_scanned,
+            c.pages_skipped,
+            self.cpu_ns,
+            self.now,
+            adv.start_scan,
+            adv.cpu_time,
+        )
+        return IdleState(key, arrays, marks, it.age.copy(), it.seq.copy(), prunes)
+
+    def jump(self, n: int, first: IdleState, last: IdleState) -> None:
+        """Go ``n`` times more round the circle from ``first`` to ``last``.
+
+        ``first`` and ``last`` are :meth:`idle_state` s of two pass ends with
+        the same :meth:`IdleState.same` (``last`` is the state now): what
+        ksmd does from here on repeats what it did between them, so the
+        values that advanced between them advance ``n`` times as much, and
+        the rest stays as it is.  Ages stop at 255 and an item's pass is its
+        low 8 bits, as they do pass by pass.
+        """
+        it, c, adv = self.items, self.c, self.advisor
+        seqnr, scanned, skipped, cpu, now, start_scan, cpu_time = (
+            n * (b - a) for a, b in zip(first.marks, last.marks, strict=True)
+        )
+        self.seqnr += seqnr
+        c.pages_scanned += scanned
+        c.pages_skipped += skipped
+        self.cpu_ns += cpu
+        self.now += now
+        adv.start_scan += start_scan
+        adv.cpu_time += cpu_time
+        aged = last.age.astype(np.int64) - first.age
+        older = np.flatnonzero(aged > 0)
+        if len(older):
+            age = last.age[older] + min(n, AGE_MAX) * aged[older]
+            it.age[older] = np.minimum(age, AGE_MAX)
+        moved = (last.seq.astype(np.int64) - first.seq) % 256
+        inserted = np.flatnonzero(moved)
+        if len(inserted):
+            it.seq[inserted] = (last.seq[inserted] + n % 256 * moved[inserted]) % 256
+        for content, prune_time in last.prunes.items():
+            entry = self.stable[content]
+            assert isinstance(entry, Chain)
+            entry.prune_time += n * (prune_time - first.prunes[content])
+
+
+class IdleState(NamedTuple):
+    """:meth:`Ksmd.idle_state`."""
+
+    key: tuple[object, ...]
+    """What must be equal, as plain values."""
+    arrays: list[npt.NDArray[np.generic]]
+    """What must be equal, as arrays (items, nodes, frames; copies or live columns)."""
+    marks: tuple[int, ...]
+    """Full scans, pages scanned and skipped, ksmd's CPU time (ns), its clock
+    (ns), the advisor's pass start and CPU time mark (ns)."""
+    age: npt.NDArray[np.uint8]
+    """Every item's smart_scan age."""
+    seq: npt.NDArray[np.uint8]
+    """Every item's pass of insertion (low 8 bits)."""
+    prunes: dict[int, int]
+    """Each chain's last prune time (ns), by content."""
+
+    def digest(self) -> bytes:
+        """A 16-byte hash of :attr:`key` and :attr:`arrays`."""
+        h = hashlib.blake2b(repr(self.key).encode(), digest_size=16)
+        for a in self.arrays:
+            h.update(np.ascontiguousarray(a).view(np.uint8).data)  # (copies a field)
+        return h.digest()
+
+    def same(self, other: IdleState) -> bool:
+        """Whether ``other`` is the same state (the advancing values aside)."""
+        return self.key == other.key and all(
+            np.array_equal(a, b) for a, b in zip(self.arrays, other.arrays, strict=True)
+        )
