@@ -481,8 +481,9 @@ class Engine:
 
 
 IDLE_MIN_PASSES = 64
-"""Circles are looked for only while this many passes (as long as the last
-one) still fit before the next event."""
+"""Circles are looked for only once half this many passes ran between two
+events, or while this many (as long as the last one) still fit before the
+next."""
 
 IDLE_TRIES = 4096
 """Passes between two events after which circles are no longer looked for."""
@@ -522,7 +523,9 @@ class _Circles:
         if self._passes > IDLE_TRIES:
             return wake
         if self._first is None:
-            if length is None or t - wake < IDLE_MIN_PASSES * length:
+            # Look once many passes ran, or many more fit before t.
+            many = self._passes >= IDLE_MIN_PASSES // 2
+            if not many and (length is None or t - wake < IDLE_MIN_PASSES * length):
                 return wake
             digest = ksmd.idle_state(wake).digest()
             before = self._seen.get(digest)

@@ -290,6 +290,8 @@ class Chain:
     content: int
     prune_time: int
     dups: list[StableNode] = field(default_factory=list)
+    looked_at: int = 0
+    """Times its dups were chosen (when its prune time was read)."""
 
 
 class NodeColumns:
@@ -725,6 +727,7 @@ class Ksmd:
         """
         maxps = int(self.knob("max_page_sharing"))
         interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        chain.looked_at += 1
         prune = prune_allowed and self._jiffies(self.now) >= self._jiffies(
             chain.prune_time + interval
         )
@@ -1748,9 +1751,11 @@ class Ksmd:
         :attr:`IdleState.key` and :attr:`IdleState.arrays` are everything the
         passes to come depend on, in a form that repeats once ksmd goes round
         in circles: smart_scan ages of 9 and more are alike (they decide the
-        same), an unstable item's pass counts from the current one, a chain's
-        prune time from ``wake`` (or only that it may prune at once), the
-        advisor's clocks from ``wake`` and ksmd's CPU time.
+        same), an unstable item's pass counts from the current one, the
+        advisor's clocks from ``wake`` and ksmd's CPU time.  A chain's prune
+        time matters only if the chain is looked at; :meth:`IdleState.same`
+        compares it (from ``wake``, or only that the chain may prune at once)
+        for the chains looked at between the two states.
         :attr:`IdleState.marks` are the values that advance from pass to pass.
         With ``keep``, the arrays are copies (to compare with a later state),
         else some are the live columns.
@@ -1762,10 +1767,9 @@ class Ksmd:
         prunes = {}
         for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
             if isinstance(entry, Chain):
-                prunes[content] = entry.prune_time
                 ripe = self._jiffies(wake) >= self._jiffies(entry.prune_time + interval)
-                when = () if ripe else (wake - entry.prune_time,)
-                chains.append((content, tuple(d.id for d in entry.dups), when))
+                prunes[content] = (entry.prune_time, entry.looked_at, ripe)
+                chains.append((content, tuple(d.id for d in entry.dups), ripe))
         advisor: tuple[int, ...] = ()
         if self.knob("advisor_mode") == "scan-time":
             advisor = (adv.scan_time, adv.change, wake - adv.start_scan, self.cpu_ns - adv.cpu_time)
@@ -1785,7 +1789,6 @@ class Ksmd:
             self.knob("pages_to_scan"),
             advisor,
             tuple(chains),
-            wake % JIFFY_NS if chains and interval else 0,
         )
         seq = np.uint8(self.seqnr & SEQNR_MASK)
         n = self._next_node_id
@@ -1823,7 +1826,7 @@ class Ksmd:
             adv.start_scan,
             adv.cpu_time,
         )
-        return IdleState(key, arrays, marks, it.age.copy(), it.seq.copy(), prunes)
+        return IdleState(key, arrays, marks, it.age.copy(), it.seq.copy(), prunes, wake, interval)
 
     def jump(self, n: int, first: IdleState, last: IdleState) -> None:
         """Go ``n`` times more round the circle from ``first`` to ``last``.
@@ -1855,10 +1858,10 @@ class Ksmd:
         inserted = np.flatnonzero(moved)
         if len(inserted):
             it.seq[inserted] = (last.seq[inserted] + n % 256 * moved[inserted]) % 256
-        for content, prune_time in last.prunes.items():
+        for content, (prune_time, _looked_at, _ripe) in last.prunes.items():
             entry = self.stable[content]
             assert isinstance(entry, Chain)
-            entry.prune_time += n * (prune_time - first.prunes[content])
+            entry.prune_time += n * (prune_time - first.prunes[content][0])
 
 
 class IdleState(NamedTuple):
@@ -1875,8 +1878,13 @@ class IdleState(NamedTuple):
     """Every item's smart_scan age."""
     seq: npt.NDArray[np.uint8]
     """Every item's pass of insertion (low 8 bits)."""
-    prunes: dict[int, int]
-    """Each chain's last prune time (ns), by content."""
+    prunes: dict[int, tuple[int, int, bool]]
+    """Each chain's last prune time (ns), times looked at, and whether it may
+    prune at :attr:`wake`, by content."""
+    wake: int
+    """When the next pass starts (ns)."""
+    interval: int
+    """The least time between two prunes of a chain (ns)."""
 
     def digest(self) -> bytes:
         """A 16-byte hash of :attr:`key` and :attr:`arrays`."""
@@ -1886,7 +1894,21 @@ class IdleState(NamedTuple):
         return h.digest()
 
     def same(self, other: IdleState) -> bool:
-        """Whether ``other`` is the same state (the advancing values aside)."""
-        return self.key == other.key and all(
-            np.array_equal(a, b) for a, b in zip(self.arrays, other.arrays, strict=True)
-        )
+        """Whether ``other`` (a later state) is the same (the advancing values aside).
+
+        A chain looked at in between must also be as far from its next prune
+        (or both may prune at once), and the clocks as far into a jiffy (the
+        prune times count whole jiffies).
+        """
+        if self.key != other.key:
+            return False
+        looked_at = False
+        for content, (prune_time, times, ripe) in self.prunes.items():
+            later, later_times, _ripe = other.prunes[content]
+            if times != later_times:
+                looked_at = True
+                if not ripe and self.wake - prune_time != other.wake - later:
+                    return False
+        if looked_at and self.interval and (other.wake - self.wake) % JIFFY_NS:
+            return False
+        return all(np.array_equal(a, b) for a, b in zip(self.arrays, other.arrays, strict=True))
