@@ -1026,13 +1026,18 @@ class Ksmd:
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
         imap_views = []
-        for lo, hi, _v in segs:
-            first, last = lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT
-            if not slot.items.covers(first, last):
-                if not (ptes >= 0).any():
-                    return 0, None  # (and no item map made where no page is)
-                for key in range(first, last + 1):
-                    slot.items.chunk(key)
+        keys = [(lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT) for lo, hi, _v in segs]
+        missing = [
+            k
+            for first, last in keys
+            if not slot.items.covers(first, last)
+            for k in range(first, last + 1)
+        ]
+        if missing:
+            if not (ptes >= 0).any():
+                return 0, None  # (and no item map made where no page is)
+            slot.items.locate(np.array(missing, np.int64))  # (made at once: in few blocks)
+        for (lo, hi, _v), (first, last) in zip(segs, keys, strict=True):
             imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
         v6 = self.mode.flags_zero_page_items
@@ -1816,7 +1821,10 @@ class Ksmd:
             fr.node,
         ]
         if keep:
-            arrays = [a.copy() for a in arrays]
+            if sum(a.nbytes for a in arrays) <= KEEP_BYTES:
+                arrays = [a.copy() for a in arrays]
+            else:
+                arrays = [np.frombuffer(_digest(key, arrays), np.uint8)]
         marks = (
             self.seqnr,
             c.pages_scanned,
@@ -1864,13 +1872,26 @@ class Ksmd:
             entry.prune_time += n * (prune_time - first.prunes[content][0])
 
 
+KEEP_BYTES = 64 << 20
+"""A state kept to compare with a later one is copied up to this size (bytes);
+a larger one keeps a 128-bit hash of its arrays instead."""
+
+
+def _digest(key: tuple[object, ...], arrays: list[npt.NDArray[np.generic]]) -> bytes:
+    h = hashlib.blake2b(repr(key).encode(), digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8).data)  # (copies a field)
+    return h.digest()
+
+
 class IdleState(NamedTuple):
     """:meth:`Ksmd.idle_state`."""
 
     key: tuple[object, ...]
     """What must be equal, as plain values."""
     arrays: list[npt.NDArray[np.generic]]
-    """What must be equal, as arrays (items, nodes, frames; copies or live columns)."""
+    """What must be equal, as arrays (items, nodes, frames; copies or live
+    columns; or, kept and larger than :data:`KEEP_BYTES`, their hash)."""
     marks: tuple[int, ...]
     """Full scans, pages scanned and skipped, ksmd's CPU time (ns), its clock
     (ns), the advisor's pass start and CPU time mark (ns)."""
@@ -1888,10 +1909,7 @@ class IdleState(NamedTuple):
 
     def digest(self) -> bytes:
         """A 16-byte hash of :attr:`key` and :attr:`arrays`."""
-        h = hashlib.blake2b(repr(self.key).encode(), digest_size=16)
-        for a in self.arrays:
-            h.update(np.ascontiguousarray(a).view(np.uint8).data)  # (copies a field)
-        return h.digest()
+        return _digest(self.key, self.arrays)
 
     def same(self, other: IdleState) -> bool:
         """Whether ``other`` (a later state) is the same (the advancing values aside).

@@ -212,11 +212,13 @@ class PageTable:
     __slots__ = (
         "_addr",
         "_at",
+        "_at_list",
         "_bases",
         "_blocks",
         "_chunks",
         "_directory",
         "_in",
+        "_in_list",
         "_karr",
         "_keys",
         "_rarr",
@@ -241,6 +243,9 @@ class PageTable:
         """The block of each row."""
         self._at = np.zeros(0, np.int64)
         """Each row's place in its block."""
+        self._in_list: list[int] = []
+        self._at_list: list[int] = []
+        """:attr:`_in` and :attr:`_at` as lists (for one chunk at a time)."""
         self._directory: tuple[int, int, int, int] | None = None
         self.on_change: Callable[[], None] | None = None
 
@@ -270,6 +275,8 @@ class PageTable:
             self._bases.append(self._blocks[-1].ctypes.data)
             block, at = len(self._blocks) - 1, 0
         self._in[row], self._at[row] = block, at
+        self._in_list.append(block)
+        self._at_list.append(at)
         arr: IntArray = self._blocks[block][at]
         arr[:] = PTE_NONE
         self._chunks[key] = arr
@@ -379,27 +386,22 @@ class PageTable:
         keys = self._keys
         i = bisect.bisect_left(keys, start >> CHUNK_SHIFT)
         stop = min(bisect.bisect_left(keys, ((end - 1) >> CHUNK_SHIFT) + 1), i + limit)
-        if i >= stop:
-            return []
-        # Where runs start: a gap in keys or rows, or a block's first row.
-        rows = self._rarr[i:stop]
-        first = np.ones(stop - i, np.bool_)
-        if stop - i > 1:
-            first[1:] = (
-                (np.diff(self._karr[i:stop]) != 1)
-                | (np.diff(rows) != 1)
-                | (self._at[rows[1:]] == 0)
-            )
-        bounds = (np.flatnonzero(first) + i).tolist()
         found = []
-        for a, b in zip(bounds, [*bounds[1:], stop], strict=True):
-            row = self._row[keys[a]]
-            block, at = int(self._in[row]), int(self._at[row])
-            base = keys[a] << CHUNK_SHIFT
+        rows, blocks = self._row, self._blocks
+        while i < stop:
+            # A run ends at a gap in keys or rows, or at the end of a block.
+            key, row = keys[i], rows[keys[i]]
+            block, at = self._in_list[row], self._at_list[row]
+            j = min(stop, i + len(blocks[block]) - at)
+            n = 1
+            while i + n < j and keys[i + n] == key + n and rows[key + n] == row + n:
+                n += 1
+            base = key << CHUNK_SHIFT
             lo = max(start, base)
-            hi = min(end, (keys[b - 1] + 1) << CHUNK_SHIFT)
+            hi = min(end, (key + n) << CHUNK_SHIFT)
             flat = at * CHUNK + lo - base
-            found.append((lo, hi, self._blocks[block].reshape(-1)[flat : flat + hi - lo]))
+            found.append((lo, hi, blocks[block].reshape(-1)[flat : flat + hi - lo]))
+            i += n
         return found
 
     def covers(self, first: int, last: int) -> bool:
@@ -919,13 +921,15 @@ class Memory:
             fault_zero_ptes=parent.fault_zero_ptes,
             zero_pages_sharing=parent.zero_pages_sharing,
         )
-        for v in parent.vmas:
-            for lo, hi, view in parent.pt.segments(v.start, v.end):
-                present = view[view >= 0]
-                if len(present):
-                    np.add.at(self.frames.mapcount, present, 1)
-                base = lo & ~(CHUNK - 1)
-                child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
+        segments = [seg for v in parent.vmas for seg in parent.pt.segments(v.start, v.end)]
+        # The child's chunks made at once: in few blocks, as the parent's may be.
+        child.pt.locate(np.array(sorted({lo >> CHUNK_SHIFT for lo, _hi, _v in segments}), np.int64))
+        for lo, hi, view in segments:
+            present = view[view >= 0]
+            if len(present):
+                np.add.at(self.frames.mapcount, present, 1)
+            base = lo & ~(CHUNK - 1)
+            child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
         return child
 
     def fingerprint_at(self, mm: MM, page: int) -> int:

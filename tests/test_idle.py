@@ -25,6 +25,7 @@ import pytest
 from randtrace import random_trace
 from reference import ReferenceSimulator
 
+from ksmreplay import ksm
 from ksmreplay.engine import Engine
 from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 from ksmreplay.knobs import KnobValue
@@ -101,6 +102,15 @@ def replay_both(events: list[Event], mode: str, reference: bool = False) -> tupl
 def test_skipping_circles_changes_nothing(seed: int, mode: str) -> None:
     skipped, every, _jumps = replay_both(long_gaps(seed), mode)
     assert skipped <= every
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_large_states_compare_by_hash(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN states too large to copy (here: all), kept as hashes
+    monkeypatch.setattr(ksm, "KEEP_BYTES", 0)
+    # THEN skipping circles still changes nothing, and circles are skipped
+    _skipped, _every, jumps = replay_both(long_gaps(seed), "unshare")
+    assert jumps
 
 
 def test_circles_are_skipped() -> None:
