@@ -8,7 +8,7 @@ import resource
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.errors import ResourceError
+from ksmreplay.errors import ResourceError, UsageError
 
 DENSE_TABLE_LIMIT = 1 << 22
 """Largest value :func:`dense_ranks` ranks with a lookup table instead of a sort."""
@@ -63,12 +63,12 @@ def format_size(n: int) -> str:
     """``n`` bytes for people: ``512 B``, ``3.1 KiB``... ``2.0 TiB``."""
     if n < 1024:
         return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n_units = n / 1024
-        if n_units < 1024 or unit == "PiB":
-            return f"{n_units:.1f} {unit}"
-        n = int(n_units)
-    raise AssertionError  # pragma: no cover
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} PiB"
 
 
 def _meminfo(field: str) -> int | None:
@@ -107,7 +107,9 @@ def room() -> int | None:
         try:
             limit = parse_size(setting)
         except ValueError:
-            limit = None
+            raise UsageError(
+                f"{MEMORY_ENV}={setting}: not a size (bytes, or with a K, M, G or T suffix)"
+            ) from None
     size, resident = _self_memory()
     rooms = []
     if limit is None:

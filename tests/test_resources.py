@@ -180,3 +180,15 @@ def test_pids_near_2_64(tmp_path: Path) -> None:
     snap = reports[0]["runs"][0]["snapshots"][0]
     assert [p["pid"] for p in snap["processes"]] == [1, *big]
     assert snap["ksm"]["pages_shared"] == 1 and snap["ksm"]["pages_sharing"] == 5
+
+
+def test_a_memory_limit_that_is_not_a_size(tmp_path: Path) -> None:
+    trace = write_trace(
+        tmp_path / "t.jsonl", [[0, "alloc", 1, 0, 1 << 40], [0, "write", 1, 0, 1 << 40, 7]]
+    )
+    done = run(trace, 1024 * MIB, timeout=60, env={"KSMREPLAY_MEMORY": "lots"})
+    assert done.returncode == ExitStatus.USAGE
+    assert (
+        done.stderr
+        == "ksmreplay: KSMREPLAY_MEMORY=lots: not a size (bytes, or with a K, M, G or T suffix)\n"
+    )
