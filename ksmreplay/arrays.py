@@ -1,9 +1,14 @@
-"""Small numpy helpers shared by the reader and the engine."""
+"""Small numpy helpers shared by the reader and the engine, and the memory budget."""
 
 from __future__ import annotations
 
+import os
+import resource
+
 import numpy as np
 import numpy.typing as npt
+
+from ksmreplay.errors import ResourceError, UsageError
 
 DENSE_TABLE_LIMIT = 1 << 22
 """Largest value :func:`dense_ranks` ranks with a lookup table instead of a sort."""
@@ -12,14 +17,165 @@ DENSE_TABLE_LIMIT = 1 << 22
 def dense_ranks(values: npt.NDArray[np.int64]) -> tuple[list[int], npt.NDArray[np.int64]]:
     """The distinct ``values`` in increasing order, and each value's rank among them.
 
-    Positive ints below :data:`DENSE_TABLE_LIMIT` (pids, as a rule) are ranked
-    with a table, in linear time; others with a sort.
+    Non-negative ints below :data:`DENSE_TABLE_LIMIT` and not much larger
+    than their count (pids, as a rule) are ranked with a table, in linear
+    time; others with a sort.  The table never costs more than a few times
+    ``values`` itself.
     """
-    if len(values) and values.min() >= 0 and values.max() < DENSE_TABLE_LIMIT:
-        seen = np.zeros(int(values.max()) + 1, np.bool_)
-        seen[values] = True
-        distinct = np.flatnonzero(seen)
-        rank = np.cumsum(seen) - 1
-        return distinct.tolist(), rank[values]
-    distinct, inverse = np.unique(values, return_inverse=True)
-    return distinct.tolist(), inverse.astype(np.int64)
+    if len(values):
+        top = int(values.max())
+        if top < DENSE_TABLE_LIMIT and top <= 4 * len(values) + 4096 and values.min() >= 0:
+            seen = np.zeros(top + 1, np.bool_)
+            seen[values] = True
+            distinct = np.flatnonzero(seen)
+            rank = np.cumsum(seen) - 1
+            return distinct.tolist(), rank[values]
+    found, inverse = np.unique(values, return_inverse=True)
+    return found.tolist(), inverse.astype(np.int64).reshape(-1)
+
+
+MEMORY_ENV = "KSMREPLAY_MEMORY"
+"""The environment variable that sets the most memory a replay may take:
+bytes, or with a ``K``, ``M``, ``G`` or ``T`` suffix (powers of 1024); ``0``
+for no limit.  Unset, a replay may take what the machine has available."""
+
+RESERVE = 256 << 20
+"""Memory left to the rest of the machine (bytes): a replay may take what is
+available less this."""
+
+CHECK_EVERY = 64 << 20
+"""Small allocations are checked together, once this many bytes of them were made."""
+
+_SUFFIXES = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def parse_size(text: str) -> int:
+    """``text`` (``123``, ``64M``, ``1.5G``) in bytes; ValueError if it is not a size."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _SUFFIXES else ""
+    number = float(text[: len(text) - len(unit)])
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(text)
+    return int(number * (1 << _SUFFIXES[unit]))
+
+
+def format_size(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``3.1 KiB``... ``2.0 TiB``."""
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} PiB"
+
+
+def _meminfo(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(field.encode() + b":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _self_memory() -> tuple[int, int]:
+    """This process's virtual size and resident set (bytes), 0 where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            size, resident = f.read().split()[:2]
+    except (OSError, ValueError):
+        return 0, 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(size) * page, int(resident) * page
+
+
+def room() -> int | None:
+    """How many more bytes a replay may take now (None: no limit).
+
+    The least of: the machine's available memory (``MemAvailable``) less
+    :data:`RESERVE`; the limit of :data:`MEMORY_ENV` less this process's
+    resident memory; the address-space limit (``RLIMIT_AS``) less its virtual
+    size.  :data:`MEMORY_ENV` set to 0 turns the first two off.
+    """
+    setting = os.environ.get(MEMORY_ENV, "").strip()
+    limit = None
+    if setting:
+        try:
+            limit = parse_size(setting)
+        except ValueError:
+            raise UsageError(
+                f"{MEMORY_ENV}={setting}: not a size (bytes, or with a K, M, G or T suffix)"
+            ) from None
+    size, resident = _self_memory()
+    rooms = []
+    if limit is None:
+        available = _meminfo("MemAvailable")
+        if available is not None:
+            rooms.append(available - RESERVE)
+    elif limit > 0:
+        rooms.append(limit - resident)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and size:
+        rooms.append(soft - size)
+    return max(min(rooms), 0) if rooms else None
+
+
+class NoRoom(ResourceError):
+    """``what`` needs ``need`` more bytes, and only ``room`` may be taken."""
+
+    def __init__(self, what: str, need: int, room: int) -> None:
+        self.what, self.need, self.room = what, need, room
+        super().__init__(
+            f"{what} needs {format_size(need)} more memory, and only {format_size(room)} "
+            f"may be taken ({MEMORY_ENV}=SIZE sets the limit)"
+        )
+
+
+class Budget:
+    """Checks the simulator's allocations against :func:`room` before they are made.
+
+    Large allocations are checked one by one; small ones (a process's first
+    page-table chunk, say) are counted and checked together once
+    :data:`CHECK_EVERY` bytes of them were made, so that many of them cannot
+    take the machine's memory either.
+    """
+
+    __slots__ = ("_small",)
+
+    def __init__(self) -> None:
+        self._small = 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """About to allocate ``nbytes`` for ``what``: raise :class:`NoRoom` if that
+        does not fit."""
+        if nbytes < CHECK_EVERY // 16:
+            self._small += nbytes
+            if self._small < CHECK_EVERY:
+                return
+            self._small = 0
+        self.check(nbytes, what)
+
+    @staticmethod
+    def check(nbytes: int, what: str) -> None:
+        """:func:`check`."""
+        check(nbytes, what)
+
+
+BUDGET = Budget()
+"""The budget of every simulator in this process (they share the machine)."""
+
+
+def check(nbytes: int, what: str) -> None:
+    """Raise :class:`NoRoom` unless ``nbytes`` more fit now."""
+    free = room()
+    if free is not None and nbytes > free:
+        raise NoRoom(what, nbytes, free)
+
+
+def charge(nbytes: int, what: str) -> None:
+    """:meth:`Budget.charge` of :data:`BUDGET`."""
+    BUDGET.charge(nbytes, what)

@@ -159,7 +159,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Replay memory-event traces through a simulated Linux VM and ksmd.
 
     Exit statuses: 0 ok, 1 differences (diff), 2 bad usage, 3 invalid trace,
-    4 I/O error, 5 live kernel unusable; 128+N stopped by signal N (130 Ctrl-C,
+    4 I/O error, 5 live kernel unusable, 6 not enough memory for the replay;
+    128+N stopped by signal N (130 Ctrl-C,
     143 SIGTERM, 129 SIGHUP, 141 output pipe closed).
 
     Large traces are read and replayed faster by a small C accelerator built

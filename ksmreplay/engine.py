@@ -12,8 +12,9 @@ from typing import Literal
 
 import numpy as np
 
+from ksmreplay.arrays import MEMORY_ENV, NoRoom, check, format_size
 from ksmreplay.content import PageStore, literal_write
-from ksmreplay.errors import UsageError
+from ksmreplay.errors import ResourceError, UsageError
 from ksmreplay.events import (
     Alloc,
     Event,
@@ -30,11 +31,24 @@ from ksmreplay.events import (
     WriteRun,
 )
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
-from ksmreplay.ksm import END, Ksmd
+from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.report import Refusal, Snap
 from ksmreplay.timing import next_wake_ns, sleep_ns
-from ksmreplay.vm import MM
+from ksmreplay.vm import MM, FrameTable
+
+WRITTEN_PAGE_BYTES = 8 + FrameTable.ROW_BYTES
+"""The least a written page costs: its PTE and its frame (bytes)."""
+
+READ_PAGE_BYTES = 8
+"""The least a page read without a write costs: its PTE (bytes)."""
+
+EXPECT_FROM = 64 << 20
+"""Events that make pages resident are checked against the memory budget up
+front from this many bytes on."""
+
+WRITE_SLICE = 1 << 20
+"""Pages of a one-fingerprint write written at once."""
 
 DEFAULT_PAGES_TO_SCAN = 100
 """pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``)."""
@@ -42,6 +56,10 @@ DEFAULT_PAGES_TO_SCAN = 100
 
 class Engine:
     """Replays one trace in one mode.  See ``simulator.Simulator``."""
+
+    skip_idle = True
+    """Skip ksmd's circles between two events (see :meth:`_advance`); off, every
+    wake-up runs (the tests compare the two)."""
 
     def __init__(
         self, mode: str, page_size: int, settings: Mapping[str, KnobValue] | None = None
@@ -78,11 +96,15 @@ class Engine:
         return list(self._refused)
 
     def apply(self, event: Event) -> None:
-        self._advance(event.t)
-        self.now = event.t
-        self.ksmd.now = event.t
-        handler = getattr(self, "_on_" + event.op)
-        handler(event)
+        try:
+            self._advance(event.t)
+            self.now = event.t
+            self.ksmd.now = event.t
+            handler = getattr(self, "_on_" + event.op)
+            handler(event)
+        except NoRoom as e:
+            where = f"event {event.index} (t={event.t})"
+            raise _at(e, where, _size(event, self.page_size)) from None
 
     def apply_writes(self, run: WriteRun) -> None:
         """Apply a run of writes: the same as :meth:`apply` on each of ``run.events()``.
@@ -93,15 +115,24 @@ class Engine:
         """
         t = run.t
         n = len(run)
-        i = 0
-        while i < n:
-            self._advance(int(t[i]))
-            wake = self.next_wake
-            j = n if wake is None else int(t.searchsorted(np.uint64(wake), "right"))
-            j = max(j, i + 1)
-            self.now = self.ksmd.now = int(t[j - 1])
-            self._write_run(run, i, j)
-            i = j
+        i = j = 0
+        try:
+            while i < n:
+                j = i + 1
+                self._advance(int(t[i]))
+                wake = self.next_wake
+                j = n if wake is None else int(t.searchsorted(np.uint64(wake), "right"))
+                j = max(j, i + 1)
+                self.now = self.ksmd.now = int(t[j - 1])
+                self._write_run(run, i, j)
+                i = j
+        except NoRoom as e:
+            first, last = run.index + i, run.index + j - 1
+            where = f"event {first} (t={int(t[i])})"
+            if last > first:
+                where = f"events {first} to {last} (t={int(t[i])} to {int(t[j - 1])})"
+            pages = int(run.fp_end[j - 1] - (run.fp_end[i - 1] if i else 0))
+            raise _at(e, where, f"writes of {pages} pages") from None
 
     def _write_run(self, run: WriteRun, lo: int, hi: int) -> None:
         """Events ``lo:hi`` of ``run``, with no wake-up of ksmd among them."""
@@ -196,7 +227,11 @@ class Engine:
         whole budget; the call ends early where a pass ends, and the next
         wake-up follows from the batch that ended it.  Not with the scan-time
         advisor, which changes the budget at the end of a pass.
+
+        Where ksmd has gone round in circles for a while, the whole circles
+        that still fit before ``t`` are skipped (:class:`_Circles`).
         """
+        circles = _Circles() if self.skip_idle else None
         while self.next_wake is not None and self.next_wake < t:
             wake = self.next_wake
             if not self._runnable():
@@ -206,6 +241,13 @@ class Engine:
             sleep = int(self._knobs["sleep_millisecs"])
             period = next_wake_ns(0, budget, sleep)  # from one full batch to the next
             batches = -(-(t - wake) // period)
+            if budget == 0 and circles is not None:
+                # Wake-ups that visit nothing: skip to the last one before t.
+                wake += (batches - 1) * period
+                self.ksmd.batch(0, wake)
+                self.next_wake = wake + period
+                continue
+            passes = self.ksmd.seqnr
             if batches > 1 and budget > 0 and self._knobs["advisor_mode"] == "none":
                 visits = self.ksmd.batch(budget * batches, wake, budget, period)
                 if visits == budget * batches:
@@ -216,6 +258,13 @@ class Engine:
             else:
                 visits = self.ksmd.batch(budget, wake)
             self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
+            if (
+                circles is not None
+                and self.ksmd.seqnr != passes
+                and self.next_wake is not None
+                and self.next_wake < t
+            ):
+                self.next_wake = circles.pass_ended(self.ksmd, self.next_wake, t)
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         self._knobs["pages_to_scan"] = pages
@@ -230,7 +279,7 @@ class Engine:
         mm = self.mem.mms.get(pid)
         if mm is None:
             mm = MM(pid)
-            self.mem.mms[pid] = mm
+            self.mem.add(mm)
         return mm
 
     def _register(self, mm: MM) -> None:
@@ -253,6 +302,8 @@ class Engine:
     def _on_write(self, ev: Write) -> None:
         mm = self.mem.mms[ev.pid]
         content = ev.content
+        start, end = self._pages(ev.addr, ev.len)
+        self._expect(end - start, WRITTEN_PAGE_BYTES)
         if isinstance(content, bytes):
             first, fps = literal_write(
                 ev.addr,
@@ -263,15 +314,26 @@ class Engine:
             )
             self.mem.write(mm, first, np.array(fps, np.uint64))
             return
-        start, end = self._pages(ev.addr, ev.len)
         if isinstance(content, int):
-            self.mem.write(mm, start, np.full(end - start, content, np.uint64))
+            # (in slices: a write of one fingerprint may cover terabytes)
+            for lo in range(start, end, WRITE_SLICE):
+                hi = min(lo + WRITE_SLICE, end)
+                self.mem.write(mm, lo, np.full(hi - lo, content, np.uint64))
         else:
             self.mem.write(mm, start, np.asarray(content, np.uint64))
 
     def _on_read(self, ev: Read) -> None:
         start, end = self._pages(ev.addr, ev.len)
+        self._expect(end - start, READ_PAGE_BYTES)
         self.mem.read(self.mem.mms[ev.pid], start, end)
+
+    @staticmethod
+    def _expect(pages: int, per_page: int) -> None:
+        """An event is about to make ``pages`` pages resident, ``per_page`` bytes
+        each: fail now if that cannot fit (large ones; the tables check the rest
+        as they grow)."""
+        if pages * per_page >= EXPECT_FROM:
+            check(pages * per_page, "its pages")
 
     def _on_madvise(self, ev: Madvise) -> None:
         mm = self.mem.mms[ev.pid]
@@ -315,14 +377,14 @@ class Engine:
     def _on_fork(self, ev: Fork) -> None:
         parent = self.mem.mms[ev.pid]
         child = self.mem.fork(parent, ev.child_pid)
-        self.mem.mms[ev.child_pid] = child
+        self.mem.add(child)
         # ksm_fork(): a registered parent's child is registered with fresh
         # per-mm counters (Linux 6.18: merging_pages and rmap_items start at 0).
         if self.ksmd.registered(parent):
             self._register(child)
 
     def _on_exit(self, ev: Exit) -> None:
-        mm = self.mem.mms.pop(ev.pid)
+        mm = self.mem.remove(ev.pid)
         self.ksmd.exit(mm)  # __ksm_exit() comes before the page tables go
         mm.exiting = True
         for vma in mm.vmas:
@@ -420,3 +482,90 @@ class Engine:
 
     def _on_snapshot(self, ev: Snapshot) -> None:
         """Nothing happens: the driver takes the snapshot."""
+
+
+IDLE_MIN_PASSES = 64
+"""Circles are looked for only once half this many passes ran between two
+events, or while this many (as long as the last one) still fit before the
+next."""
+
+IDLE_TRIES = 4096
+"""Passes between two events after which circles are no longer looked for."""
+
+
+class _Circles:
+    """Finds where ksmd goes round in circles between two events, and skips them.
+
+    With no event, ksmd's passes soon repeat: smart_scan's ages grow past
+    the last one that decides anything (9) and its skips then cycle every 9
+    passes; nothing merges any more; the unstable tree is rebuilt alike.  At
+    each pass end (while many passes still fit before the next event), a
+    hash of ksmd's state (``Ksmd.idle_state``) is kept; when one comes back
+    ``p`` passes later, the state is taken in full, ``p`` passes run, and if
+    the state is then the same, what one circle of ``p`` passes advanced
+    (full scans, pages scanned and skipped, ages, the clocks) is advanced as
+    many times as circles fit before the next event (``Ksmd.jump``); the
+    rest runs pass by pass.  The same outcome as running every wake-up, as
+    the tests check.
+    """
+
+    __slots__ = ("_first", "_last_wake", "_passes", "_seen", "_target")
+
+    def __init__(self) -> None:
+        self._passes = 0
+        self._last_wake: int | None = None
+        self._seen: dict[bytes, int] = {}
+        self._first: tuple[IdleState, int] | None = None
+        self._target = 0
+
+    def pass_ended(self, ksmd: Ksmd, wake: int, t: int) -> int:
+        """A pass ended and the next starts at ``wake`` (before ``t``, the next
+        event): the time of the next wake-up, after any circles skipped."""
+        self._passes += 1
+        length = None if self._last_wake is None else wake - self._last_wake
+        self._last_wake = wake
+        if self._passes > IDLE_TRIES:
+            return wake
+        if self._first is None:
+            # Look once many passes ran, or many more fit before t.
+            many = self._passes >= IDLE_MIN_PASSES // 2
+            if not many and (length is None or t - wake < IDLE_MIN_PASSES * length):
+                return wake
+            digest = ksmd.idle_state(wake).digest()
+            before = self._seen.get(digest)
+            self._seen[digest] = self._passes
+            if before is not None:
+                self._first = (ksmd.idle_state(wake, keep=True), wake)
+                self._target = 2 * self._passes - before
+            return wake
+        if self._passes < self._target:
+            return wake
+        (first, first_wake), self._first = self._first, None
+        self._seen.clear()
+        last = ksmd.idle_state(wake, keep=True)
+        if not last.same(first):
+            return wake
+        circle = wake - first_wake
+        n = (t - wake) // circle
+        if n < 1:
+            return wake
+        ksmd.jump(n, first, last)
+        self._last_wake = wake + n * circle
+        return self._last_wake
+
+
+def _size(event: Event, page_size: int) -> str:
+    """What ``event`` declares, for a message: ``write of 1.0 TiB (268435456 pages)``."""
+    length = getattr(event, "len", None)
+    if isinstance(length, int):
+        return f"{event.op} of {format_size(length)} ({-(-length // page_size)} pages)"
+    return event.op
+
+
+def _at(error: NoRoom, where: str, what: str) -> ResourceError:
+    """``error`` as one line naming the event(s) ``where`` and what they declare."""
+    return ResourceError(
+        f"{where}: {what}: the replay needs {format_size(error.need)} more memory "
+        f"(for {error.what}), and only {format_size(error.room)} may be taken "
+        f"(set {MEMORY_ENV}=SIZE to change the limit)"
+    )

@@ -29,6 +29,9 @@ class ExitStatus(enum.IntEnum):
     """A file could not be read or written."""
     LIVE_KERNEL = 5
     """The live kernel cannot be used (not root, no KSM, busy, locked)."""
+    RESOURCES = 6
+    """The replay needs more memory than it may take (the memory this machine
+    has available, or ``KSMREPLAY_MEMORY``); the trace itself is valid."""
     HANGUP = SIGNAL_BASE + signal.SIGHUP
     """Stopped by SIGHUP (129)."""
     INTERRUPTED = SIGNAL_BASE + signal.SIGINT
@@ -67,6 +70,13 @@ class InputOutputError(KsmreplayError):
     """A file that cannot be opened, read or written."""
 
     exit_status = ExitStatus.IO_ERROR
+
+
+class ResourceError(KsmreplayError):
+    """A replay that would need more memory than it may take, found before
+    the memory is taken."""
+
+    exit_status = ExitStatus.RESOURCES
 
 
 class TraceError(KsmreplayError):

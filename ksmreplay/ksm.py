@@ -46,6 +46,7 @@ at a full-scan boundary:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -55,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.accel import Accelerator, Visited, accelerator
+from ksmreplay.arrays import charge
 from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
@@ -196,10 +198,16 @@ class ItemTable:
         self._free = FreeStack(0)
         self._grow(capacity)
         self.count = 0
+        self.changes = 0
+        """Items allocated and freed so far."""
+
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
+    """Bytes per item: its two records, hlist links and free stack entry."""
 
     def _grow(self, more: int) -> None:
         """Room for ``more`` items (the tables are copied: take columns after)."""
         old = len(self.hot)
+        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
         hot = np.empty(old + more, ITEM_HOT)
         hot[:old] = self.hot
         cold = np.empty(old + more, ITEM_COLD)
@@ -247,12 +255,14 @@ class ItemTable:
         self.slot[rows] = slot
         self.page[rows] = pages
         self.count += n
+        self.changes += n
         return rows
 
     def release(self, rows: IntArray) -> None:
         """``free_rmap_item()``."""
         self.slot[rows] = NULL
         self.count -= len(rows)
+        self.changes += len(rows)
         self._free.push(rows)
 
 
@@ -280,6 +290,8 @@ class Chain:
     content: int
     prune_time: int
     dups: list[StableNode] = field(default_factory=list)
+    looked_at: int = 0
+    """Times its dups were chosen (when its prune time was read)."""
 
 
 class NodeColumns:
@@ -715,6 +727,7 @@ class Ksmd:
         """
         maxps = int(self.knob("max_page_sharing"))
         interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        chain.looked_at += 1
         prune = prune_allowed and self._jiffies(self.now) >= self._jiffies(
             chain.prune_time + interval
         )
@@ -1013,13 +1026,18 @@ class Ksmd:
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
         imap_views = []
-        for lo, hi, _v in segs:
-            first, last = lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT
-            if not slot.items.covers(first, last):
-                if not (ptes >= 0).any():
-                    return 0, None  # (and no item map made where no page is)
-                for key in range(first, last + 1):
-                    slot.items.chunk(key)
+        keys = [(lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT) for lo, hi, _v in segs]
+        missing = [
+            k
+            for first, last in keys
+            if not slot.items.covers(first, last)
+            for k in range(first, last + 1)
+        ]
+        if missing:
+            if not (ptes >= 0).any():
+                return 0, None  # (and no item map made where no page is)
+            slot.items.locate(np.array(missing, np.int64))  # (made at once: in few blocks)
+        for (lo, hi, _v), (first, last) in zip(segs, keys, strict=True):
             imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
         v6 = self.mode.flags_zero_page_items
@@ -1727,3 +1745,188 @@ class Ksmd:
         adv.scan_time = scan_time
         adv.cpu_time = cpu
         self.set_pages_to_scan(pages)
+
+    # -- idle stretches --------------------------------------------------------
+
+    def idle_state(self, wake: int, keep: bool = False) -> IdleState:
+        """ksmd's state between two passes (the cursor at the list head), for
+        skipping idle stretches (``engine.Engine``); ``wake`` is when the next
+        pass starts, in ns.
+
+        :attr:`IdleState.key` and :attr:`IdleState.arrays` are everything the
+        passes to come depend on, in a form that repeats once ksmd goes round
+        in circles: smart_scan ages of 9 and more are alike (they decide the
+        same), an unstable item's pass counts from the current one, the
+        advisor's clocks from ``wake`` and ksmd's CPU time.  A chain's prune
+        time matters only if the chain is looked at; :meth:`IdleState.same`
+        compares it (from ``wake``, or only that the chain may prune at once)
+        for the chains looked at between the two states.
+        :attr:`IdleState.marks` are the values that advance from pass to pass.
+        With ``keep``, the arrays are copies (to compare with a later state),
+        else some are the live columns.
+        """
+        assert self.cursor is None
+        it, c, fr, adv = self.items, self.c, self.mem.frames, self.advisor
+        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        chains = []
+        prunes = {}
+        for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
+            if isinstance(entry, Chain):
+                ripe = self._jiffies(wake) >= self._jiffies(entry.prune_time + interval)
+                prunes[content] = (entry.prune_time, entry.looked_at, ripe)
+                chains.append((content, tuple(d.id for d in entry.dups), ripe))
+        advisor: tuple[int, ...] = ()
+        if self.knob("advisor_mode") == "scan-time":
+            advisor = (adv.scan_time, adv.change, wake - adv.start_scan, self.cpu_ns - adv.cpu_time)
+        key = (
+            (c.pages_shared, c.pages_sharing, c.pages_unshared, c.rmap_items),
+            (c.stable_node_chains, c.stable_node_dups, c.zero_pages_sharing),
+            tuple(sorted(self.mem.events.items())),
+            (fr.live, fr.live_ksm, fr.changes, fr.capacity),
+            (it.count, it.changes, len(it.hot), self._next_node_id, len(self.nodes)),
+            tuple(
+                (s.id, s.rmap_items, s.merging_pages, s.mm.pid, s.mm.rss_anon) for s in self.slots
+            ),
+            tuple(
+                (s.mm.ksm_zero_ptes, s.mm.fault_zero_ptes, s.mm.zero_pages_sharing, s.mm.exiting)
+                for s in self.slots
+            ),
+            self.knob("pages_to_scan"),
+            advisor,
+            tuple(chains),
+        )
+        seq = np.uint8(self.seqnr & SEQNR_MASK)
+        n = self._next_node_id
+        cols = self.node_cols
+        # (field by field: the records' padding is not state)
+        arrays = [
+            it.node,
+            np.minimum(it.age, 9),
+            it.skips,
+            it.state,
+            np.where(it.state == UNSTABLE, it.seq - seq, 0).astype(np.uint8),
+            it.checksum,
+            it.page,
+            it.slot,
+            it.flags,
+            it.checked,
+            it.hnext,
+            it.hprev,
+            cols.size[:n],
+            cols.head[:n],
+            cols.frame[:n],
+            fr.content,
+            fr.mapcount,
+            fr.ksm,
+            fr.node,
+        ]
+        if keep:
+            if sum(a.nbytes for a in arrays) <= KEEP_BYTES:
+                arrays = [a.copy() for a in arrays]
+            else:
+                arrays = [np.frombuffer(_digest(key, arrays), np.uint8)]
+        marks = (
+            self.seqnr,
+            c.pages_scanned,
+            c.pages_skipped,
+            self.cpu_ns,
+            self.now,
+            adv.start_scan,
+            adv.cpu_time,
+        )
+        return IdleState(key, arrays, marks, it.age.copy(), it.seq.copy(), prunes, wake, interval)
+
+    def jump(self, n: int, first: IdleState, last: IdleState) -> None:
+        """Go ``n`` times more round the circle from ``first`` to ``last``.
+
+        ``first`` and ``last`` are :meth:`idle_state` s of two pass ends with
+        the same :meth:`IdleState.same` (``last`` is the state now): what
+        ksmd does from here on repeats what it did between them, so the
+        values that advanced between them advance ``n`` times as much, and
+        the rest stays as it is.  Ages stop at 255 and an item's pass is its
+        low 8 bits, as they do pass by pass.
+        """
+        it, c, adv = self.items, self.c, self.advisor
+        seqnr, scanned, skipped, cpu, now, start_scan, cpu_time = (
+            n * (b - a) for a, b in zip(first.marks, last.marks, strict=True)
+        )
+        self.seqnr += seqnr
+        c.pages_scanned += scanned
+        c.pages_skipped += skipped
+        self.cpu_ns += cpu
+        self.now += now
+        adv.start_scan += start_scan
+        adv.cpu_time += cpu_time
+        aged = last.age.astype(np.int64) - first.age
+        older = np.flatnonzero(aged > 0)
+        if len(older):
+            age = last.age[older] + min(n, AGE_MAX) * aged[older]
+            it.age[older] = np.minimum(age, AGE_MAX)
+        moved = (last.seq.astype(np.int64) - first.seq) % 256
+        inserted = np.flatnonzero(moved)
+        if len(inserted):
+            it.seq[inserted] = (last.seq[inserted] + n % 256 * moved[inserted]) % 256
+        for content, (prune_time, _looked_at, _ripe) in last.prunes.items():
+            entry = self.stable[content]
+            assert isinstance(entry, Chain)
+            entry.prune_time += n * (prune_time - first.prunes[content][0])
+
+
+KEEP_BYTES = 64 << 20
+"""A state kept to compare with a later one is copied up to this size (bytes);
+a larger one keeps a 128-bit hash of its arrays instead."""
+
+
+def _digest(key: tuple[object, ...], arrays: list[npt.NDArray[np.generic]]) -> bytes:
+    h = hashlib.blake2b(repr(key).encode(), digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8).data)  # (copies a field)
+    return h.digest()
+
+
+class IdleState(NamedTuple):
+    """:meth:`Ksmd.idle_state`."""
+
+    key: tuple[object, ...]
+    """What must be equal, as plain values."""
+    arrays: list[npt.NDArray[np.generic]]
+    """What must be equal, as arrays (items, nodes, frames; copies or live
+    columns; or, kept and larger than :data:`KEEP_BYTES`, their hash)."""
+    marks: tuple[int, ...]
+    """Full scans, pages scanned and skipped, ksmd's CPU time (ns), its clock
+    (ns), the advisor's pass start and CPU time mark (ns)."""
+    age: npt.NDArray[np.uint8]
+    """Every item's smart_scan age."""
+    seq: npt.NDArray[np.uint8]
+    """Every item's pass of insertion (low 8 bits)."""
+    prunes: dict[int, tuple[int, int, bool]]
+    """Each chain's last prune time (ns), times looked at, and whether it may
+    prune at :attr:`wake`, by content."""
+    wake: int
+    """When the next pass starts (ns)."""
+    interval: int
+    """The least time between two prunes of a chain (ns)."""
+
+    def digest(self) -> bytes:
+        """A 16-byte hash of :attr:`key` and :attr:`arrays`."""
+        return _digest(self.key, self.arrays)
+
+    def same(self, other: IdleState) -> bool:
+        """Whether ``other`` (a later state) is the same (the advancing values aside).
+
+        A chain looked at in between must also be as far from its next prune
+        (or both may prune at once), and the clocks as far into a jiffy (the
+        prune times count whole jiffies).
+        """
+        if self.key != other.key:
+            return False
+        looked_at = False
+        for content, (prune_time, times, ripe) in self.prunes.items():
+            later, later_times, _ripe = other.prunes[content]
+            if times != later_times:
+                looked_at = True
+                if not ripe and self.wake - prune_time != other.wake - later:
+                    return False
+        if looked_at and self.interval and (other.wake - self.wake) % JIFFY_NS:
+            return False
+        return all(np.array_equal(a, b) for a, b in zip(self.arrays, other.arrays, strict=True))

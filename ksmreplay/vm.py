@@ -8,6 +8,11 @@ Per-page state lives in numpy columns, never in one Python object per page:
   space with 4 KiB pages), created only where something was touched, so a
   mapping of 2**46 bytes costs nothing until its pages are used.
 
+Every table that grows with the pages or processes simulated is charged to
+the memory budget (``arrays.charge``) before it grows: a replay that would
+take more memory than it may fails with a
+:class:`~ksmreplay.errors.ResourceError` instead.
+
 A page-table entry (``int64``) is a frame index (>= 0) or one of the
 negative markers :data:`PTE_NONE`, :data:`PTE_ZERO` (the shared zero page,
 mapped by a read fault: a clean PTE) and :data:`PTE_KSM_ZERO` (the shared zero
@@ -22,15 +27,15 @@ dying, a KSM zero PTE disappearing) through the :class:`Accounting` hooks.
 from __future__ import annotations
 
 import bisect
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.accel import Accelerator, accelerator
-from ksmreplay.arrays import DENSE_TABLE_LIMIT, dense_ranks
+from ksmreplay.arrays import charge, dense_ranks
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
@@ -117,10 +122,16 @@ class FrameTable:
         self._free = FreeStack(capacity)
         self.live = 0
         self.live_ksm = 0
+        self.changes = 0
+        """Frames allocated and freed so far (ksmd's idle passes change none)."""
+
+    ROW_BYTES = 8 + 4 + 1 + 4 + 8
+    """Bytes per frame row: the four columns and the free stack."""
 
     def _grow(self, need: int) -> None:
         old = len(self.content)
         new = max(old * 2, old + need)
+        charge(new * self.ROW_BYTES, "the frame table")
         self.content = np.concatenate([self.content, np.zeros(new - old, np.uint64)])
         self.mapcount = np.concatenate([self.mapcount, np.zeros(new - old, np.int32)])
         self.ksm = np.concatenate([self.ksm, np.zeros(new - old, np.bool_)])
@@ -145,6 +156,7 @@ class FrameTable:
         """The first ``n`` :meth:`candidates` were filled in as frames mapped once."""
         self._free.pop(n)
         self.live += n
+        self.changes += n
 
     def release(self, rows: IntArray) -> None:
         """Free rows whose mapcount reached 0."""
@@ -154,6 +166,7 @@ class FrameTable:
         self.ksm[rows] = False
         self.node[rows] = NULL
         self.live -= len(rows)
+        self.changes += len(rows)
         self._free.push(rows)
 
     def release_one(self, row: int) -> None:
@@ -163,6 +176,7 @@ class FrameTable:
             self.ksm[row] = False
         self.node[row] = NULL
         self.live -= 1
+        self.changes += 1
         self._free.push_one(row)
 
     @property
@@ -172,121 +186,141 @@ class FrameTable:
 
 BLOCK_SHIFT = 9
 BLOCK = 1 << BLOCK_SHIFT
-"""Chunks per block of a page table (2 MiB of entries: allocated untouched, so
-that only the chunks in use cost memory)."""
-
+"""Chunks per full block of a page table (2 MiB of entries)."""
 
 FEW = 16
 """Up to this many chunk keys are looked up one by one (cheaper than numpy for few)."""
 
 
-class _RowLookup:
-    """Chunk keys to chunk rows, for many keys at once.
-
-    A dense table when the keys are close together (one process's mappings
-    usually are), else a binary search.  Chunks are never removed, so a lookup
-    stays right until a chunk is added (the page table then builds a new one).
-    """
-
-    __slots__ = ("_base", "_dense", "keys", "row_list", "rows", "run_end", "size")
-
-    keys: IntArray
-    """The chunk keys, ascending."""
-    rows: IntArray
-    """The row of each."""
-    run_end: list[int]
-    """For the chunk at each index, the index just past its run: chunks of
-    consecutive keys in consecutive rows of one block."""
-
-    def __init__(self, keys: list[int], rows: list[int]) -> None:
-        self.size = len(keys)
-        self.keys = np.array(keys, np.int64)
-        self.rows = np.array(rows, np.int64)
-        self.row_list = rows
-        breaks = np.flatnonzero(
-            (np.diff(self.keys) != 1)
-            | (np.diff(self.rows) != 1)
-            | ((self.rows[1:] & (BLOCK - 1)) == 0)
-        )
-        ends = np.append(breaks + 1, self.size)
-        self.run_end = np.repeat(ends, np.diff(ends, prepend=0)).tolist()
-        self._base = keys[0] if keys else 0
-        span = keys[-1] - keys[0] + 1 if keys else 0
-        self._dense: IntArray | None = None
-        if span <= 8 * len(keys) + 4096:
-            self._dense = np.full(span, -1, np.int64)
-            self._dense[self.keys - self._base] = self.rows
-
-    def find(self, keys: IntArray) -> IntArray:
-        """The rows of chunks ``keys``, -1 where there is no such chunk."""
-        if self._dense is not None:
-            rel = keys - self._base
-            inside = (rel >= 0) & (rel < len(self._dense))
-            if inside.all():
-                return self._dense[rel]
-            found = np.full(len(keys), -1, np.int64)
-            found[inside] = self._dense[rel[inside]]
-            return found
-        at = np.searchsorted(self.keys, keys)
-        hit = at < len(self.keys)
-        hit[hit] = self.keys[at[hit]] == keys[hit]
-        return np.where(hit, self.rows[np.minimum(at, len(self.keys) - 1)], -1)
-
-
 class PageTable:
     """Sparse page table of one process: chunks of :data:`CHUNK` PTEs, created on demand.
 
-    Chunks are rows of 2-D blocks of :data:`BLOCK` rows, numbered in the order
-    they were created, so that many pages can be read and written at once
-    (:meth:`places`, :func:`gather`, :func:`scatter`).  A block is allocated
-    without being touched (the OS maps its memory as rows get used) and never
-    moves: a chunk's view stays valid for the table's life.
+    Chunks are rows of 2-D blocks, numbered in the order they were created,
+    so that many pages can be read and written at once (:meth:`places`,
+    :func:`gather`, :func:`scatter`).  A block never moves: a chunk's view
+    stays valid for the table's life.  Blocks grow with the table, from one
+    chunk to :data:`BLOCK` (or as many as one call makes at once), so that a
+    process with few chunks costs few chunks.  The chunk keys are
+    kept sorted, with their rows, in arrays grown in place (a new chunk
+    shifts the keys above it), so that adding a chunk never rebuilds an
+    index of the others.
+
+    ``on_change`` is called when a chunk is made after :meth:`directory` was
+    read (the directory is then stale).
     """
 
-    __slots__ = ("_addresses", "_blocks", "_chunks", "_directory", "_keys", "_lookup", "_row")
-
-    chunks_made = 0
-    """Chunks made by every page table so far (a directory changes only then)."""
+    __slots__ = (
+        "_addr",
+        "_at",
+        "_at_list",
+        "_bases",
+        "_blocks",
+        "_chunks",
+        "_directory",
+        "_in",
+        "_in_list",
+        "_karr",
+        "_keys",
+        "_rarr",
+        "_row",
+        "on_change",
+    )
 
     def __init__(self) -> None:
         self._chunks: dict[int, IntArray] = {}
         self._row: dict[int, int] = {}
         self._keys: list[int] = []
         self._blocks: list[IntArray] = []
-        self._addresses = np.zeros(0, np.uint64)
+        self._bases: list[int] = []
+        """Each block's address."""
+        self._karr = np.zeros(0, np.int64)
+        """The chunk keys, ascending (the first :attr:`rows` entries)."""
+        self._rarr = np.zeros(0, np.int64)
+        """The row of each of :attr:`_karr`."""
+        self._addr = np.zeros(0, np.uint64)
+        """The address of each row's chunk, by row."""
+        self._in = np.zeros(0, np.int64)
+        """The block of each row."""
+        self._at = np.zeros(0, np.int64)
+        """Each row's place in its block."""
+        self._in_list: list[int] = []
+        self._at_list: list[int] = []
+        """:attr:`_in` and :attr:`_at` as lists (for one chunk at a time)."""
         self._directory: tuple[int, int, int, int] | None = None
-        self._lookup: _RowLookup | None = None
+        self.on_change: Callable[[], None] | None = None
 
     def chunk(self, key: int) -> IntArray:
         """The chunk ``key`` (page number >> CHUNK_SHIFT), created empty if needed."""
         arr = self._chunks.get(key)
         if arr is None:
-            row = len(self._chunks)
-            if row == len(self._blocks) << BLOCK_SHIFT:
-                self._blocks.append(np.empty((BLOCK, CHUNK), np.int64))
-            arr = self._blocks[-1][row & (BLOCK - 1)]
-            arr[:] = PTE_NONE
-            self._chunks[key] = arr
-            self._row[key] = row
-            bisect.insort(self._keys, key)
+            arr = self._make(key)
+        return arr
+
+    def _make(self, key: int, more: int = 1) -> IntArray:
+        """A new chunk ``key``; ``more`` chunks (this one included) are being made."""
+        row = len(self._chunks)
+        if row == len(self._karr):
+            grow = max(8, row)
+            self._karr = np.concatenate([self._karr, np.zeros(grow, np.int64)])
+            self._rarr = np.concatenate([self._rarr, np.zeros(grow, np.int64)])
+            self._addr = np.concatenate([self._addr, np.zeros(grow, np.uint64)])
+            self._in = np.concatenate([self._in, np.zeros(grow, np.int64)])
+            self._at = np.concatenate([self._at, np.zeros(grow, np.int64)])
+        if row and self._at[row - 1] + 1 < len(self._blocks[-1]):
+            block, at = len(self._blocks) - 1, int(self._at[row - 1]) + 1
+        else:
+            size = min(max(row, more, 1), BLOCK)
+            charge(size * CHUNK * 8, "a page table")
+            self._blocks.append(np.empty((size, CHUNK), np.int64))
+            self._bases.append(self._blocks[-1].ctypes.data)
+            block, at = len(self._blocks) - 1, 0
+        self._in[row], self._at[row] = block, at
+        self._in_list.append(block)
+        self._at_list.append(at)
+        arr: IntArray = self._blocks[block][at]
+        arr[:] = PTE_NONE
+        self._chunks[key] = arr
+        self._row[key] = row
+        i = bisect.bisect_left(self._keys, key)
+        self._keys.insert(i, key)
+        karr, rarr = self._karr, self._rarr
+        karr[i + 1 : row + 1] = karr[i:row]
+        rarr[i + 1 : row + 1] = rarr[i:row]
+        karr[i], rarr[i] = key, row
+        self._addr[row] = self._bases[block] + at * CHUNK * 8
+        if self._directory is not None:
             self._directory = None
-            PageTable.chunks_made += 1
+            if self.on_change is not None:
+                self.on_change()
         return arr
 
     def locate(self, keys: IntArray) -> IntArray:
         """The rows of chunks ``keys`` (page numbers >> CHUNK_SHIFT), created if needed."""
         if len(keys) <= FEW:
             row = self._row
-            for key in keys.tolist():
-                if key not in row:
-                    self.chunk(key)
-            return np.array([row[key] for key in keys.tolist()], np.int64)
+            listed = keys.tolist()
+            new = sorted({key for key in listed if key not in row})
+            for i, key in enumerate(new):
+                self._make(key, len(new) - i)
+            return np.array([row[key] for key in listed], np.int64)
         rows = self._find(keys)
-        if (rows < 0).any():
-            for key in np.unique(keys[rows < 0]).tolist():
-                self.chunk(key)
-            rows = self._find(keys)
+        missing = rows < 0
+        if missing.any():
+            new = np.unique(keys[missing]).tolist()
+            for i, key in enumerate(new):
+                self._make(key, len(new) - i)
+            rows[missing] = self._find(keys[missing])
         return rows
+
+    def _find(self, keys: IntArray) -> IntArray:
+        """The rows of chunks ``keys``, -1 where there is no such chunk."""
+        n = len(self._chunks)
+        if n == 0:
+            return np.full(len(keys), -1, np.int64)
+        sorted_keys = self._karr[:n]
+        at = np.minimum(np.searchsorted(sorted_keys, keys), n - 1)
+        found: IntArray = np.where(sorted_keys[at] == keys, self._rarr[at], -1)
+        return found
 
     @property
     def rows(self) -> int:
@@ -295,27 +329,16 @@ class PageTable:
 
     def directory(self) -> tuple[int, int, int, int]:
         """For the accelerator: the addresses of the sorted chunk keys and of
-        their rows, how many there are, and the address of an array of the
-        blocks' addresses (valid until a chunk is added)."""
+        their rows, how many there are, and the address of an array of each
+        row's chunk address (valid until a chunk is added)."""
         if self._directory is None:
-            if len(self._addresses) != len(self._blocks):
-                self._addresses = np.array([b.ctypes.data for b in self._blocks], np.uint64)
-            lookup = self._current()
             self._directory = (
-                lookup.keys.ctypes.data,
-                lookup.rows.ctypes.data,
-                lookup.size,
-                self._addresses.ctypes.data,
+                self._karr.ctypes.data,
+                self._rarr.ctypes.data,
+                len(self._chunks),
+                self._addr.ctypes.data,
             )
         return self._directory
-
-    def _current(self) -> _RowLookup:
-        if self._lookup is None or self._lookup.size != len(self._keys):
-            self._lookup = _RowLookup(self._keys, [self._row[k] for k in self._keys])
-        return self._lookup
-
-    def _find(self, keys: IntArray) -> IntArray:
-        return self._current().find(keys)
 
     def get(self, page: int) -> int:
         arr = self._chunks.get(page >> CHUNK_SHIFT)
@@ -327,7 +350,7 @@ class PageTable:
         (positions in ``rows``; None: all) and their flat indexes there."""
         if len(self._blocks) == 1:
             return [(self._blocks[0].reshape(-1), None, rows * CHUNK + offsets)]
-        block = rows >> BLOCK_SHIFT
+        block, at = self._in[rows], self._at[rows]
         order = np.argsort(block.astype(np.int32), kind="stable")
         ends = np.cumsum(np.bincount(block, minlength=len(self._blocks))).tolist()
         found: Places = []
@@ -335,7 +358,10 @@ class PageTable:
         for b, hi in enumerate(ends):
             if hi > lo:
                 which = order[lo:hi]
-                flat = (rows[which] & (BLOCK - 1)) * CHUNK + offsets[which]
+                if hi - lo == len(rows):
+                    found.append((self._blocks[b].reshape(-1), None, at * CHUNK + offsets))
+                    break
+                flat = at[which] * CHUNK + offsets[which]
                 found.append((self._blocks[b].reshape(-1), which, flat))
             lo = hi
         return found
@@ -357,20 +383,25 @@ class PageTable:
     def runs(self, start: int, end: int, limit: int) -> list[tuple[int, int, IntArray]]:
         """Like :meth:`segments`, for at most ``limit`` chunks, but a run of chunks
         with consecutive keys in consecutive rows of one block is one segment."""
-        lookup = self._current()
         keys = self._keys
         i = bisect.bisect_left(keys, start >> CHUNK_SHIFT)
         stop = min(bisect.bisect_left(keys, ((end - 1) >> CHUNK_SHIFT) + 1), i + limit)
         found = []
+        rows, blocks = self._row, self._blocks
         while i < stop:
-            j = min(lookup.run_end[i], stop)
-            row = lookup.row_list[i]
-            base = keys[i] << CHUNK_SHIFT
+            # A run ends at a gap in keys or rows, or at the end of a block.
+            key, row = keys[i], rows[keys[i]]
+            block, at = self._in_list[row], self._at_list[row]
+            j = min(stop, i + len(blocks[block]) - at)
+            n = 1
+            while i + n < j and keys[i + n] == key + n and rows[key + n] == row + n:
+                n += 1
+            base = key << CHUNK_SHIFT
             lo = max(start, base)
-            hi = min(end, (keys[j - 1] + 1) << CHUNK_SHIFT)
-            at = (row & (BLOCK - 1)) * CHUNK + lo - base
-            found.append((lo, hi, self._blocks[row >> BLOCK_SHIFT].reshape(-1)[at : at + hi - lo]))
-            i = j
+            hi = min(end, (key + n) << CHUNK_SHIFT)
+            flat = at * CHUNK + lo - base
+            found.append((lo, hi, blocks[block].reshape(-1)[flat : flat + hi - lo]))
+            i += n
         return found
 
     def covers(self, first: int, last: int) -> bool:
@@ -391,59 +422,54 @@ class PageTable:
 
 
 class _Directories:
-    """``PageTable.directory()`` of every process, as the accelerator takes
-    them (:attr:`table`, in the order of :attr:`mms`), and where each pid is.
+    """:meth:`PageTable.directory` of every live process, as rows of
+    :attr:`table` (in the order of :attr:`mms`), for the accelerator.
 
-    Writes come tick after tick from the same processes, whose directories
-    rarely change: the table is kept while the processes are the same and no
-    page table made a chunk.
+    A process gets a row when it is added and gives it up when it is removed
+    (the last row moves into its place); a page table that makes a chunk
+    marks its process to be read again (:meth:`refresh`).  A write run thus
+    costs its own processes only, however many live.
     """
 
-    __slots__ = ("_at", "_made", "_pids", "_row", "mms", "table")
+    __slots__ = ("_dirty", "_row", "mms", "table")
 
     def __init__(self) -> None:
         self.mms: list[MM] = []
-        self._made = -1
-        self.table: IntArray = np.zeros((0, 4), np.int64)
-        self._row: npt.NDArray[np.int32] | None = None
-        """Each pid's row (-1: none), when the pids are small enough for a table."""
-        self._pids: IntArray | None = None
-        """Else the pids in order, and the row of each (:attr:`_at`)."""
-        self._at: npt.NDArray[np.int32] | None = None
+        self.table: IntArray = np.zeros((8, 4), np.int64)
+        self._row: dict[int, int] = {}
+        """Each live pid's row."""
+        self._dirty: list[MM] = []
 
-    def of(self, mms: dict[int, MM]) -> _Directories:
-        same = (
-            self._made == PageTable.chunks_made
-            and len(mms) == len(self.mms)
-            and all(map(operator.is_, mms.values(), self.mms))
-        )
-        if not same:
-            self.mms = list(mms.values())
-            table = [mm.pt.directory() for mm in self.mms]
-            self.table = np.array(table, np.int64).reshape(len(self.mms), 4)
-            pids = np.fromiter(mms, np.int64, len(mms))
-            rows = np.arange(len(mms), dtype=np.int32)
-            if len(pids) and pids.min() >= 0 and pids.max() < DENSE_TABLE_LIMIT:
-                self._row = np.full(int(pids.max()) + 1, -1, np.int32)
-                self._row[pids] = rows
-                self._pids = self._at = None
-            else:
-                self._row = None
-                self._at = np.argsort(pids).astype(np.int32)
-                self._pids = pids[self._at]
-            self._made = PageTable.chunks_made
-        return self
+    def add(self, mm: MM) -> None:
+        row = len(self.mms)
+        if row == len(self.table):
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)])
+        self.mms.append(mm)
+        self._row[mm.pid] = row
+        self.table[row] = mm.pt.directory()
+        mm.pt.on_change = partial(self._dirty.append, mm)
 
-    def index(self, pids: IntArray) -> npt.NDArray[np.int32]:
-        """The row of each of ``pids`` (processes that exist) in :attr:`table`."""
-        if self._row is not None:
-            found = self._row[pids]
-            assert found.min() >= 0, "no such pid"
-            return found
-        assert self._pids is not None and self._at is not None
-        at = np.searchsorted(self._pids, pids)
-        assert (self._pids[np.minimum(at, len(self._pids) - 1)] == pids).all(), "no such pid"
-        return self._at[at]
+    def remove(self, mm: MM) -> None:
+        row = self._row.pop(mm.pid)
+        mm.pt.on_change = None
+        last = self.mms.pop()
+        if last is not mm:
+            self.mms[row] = last
+            self._row[last.pid] = row
+            self.table[row] = self.table[len(self.mms)]
+
+    def refresh(self) -> None:
+        """Read again the directories of the page tables that made chunks."""
+        for mm in self._dirty:
+            row = self._row.get(mm.pid)
+            if row is not None and self.mms[row] is mm:
+                self.table[row] = mm.pt.directory()
+        self._dirty.clear()
+
+    def rows(self, pids: list[int]) -> IntArray:
+        """The rows of the live processes ``pids``."""
+        row = self._row
+        return np.array([row[p] for p in pids], np.int64)
 
 
 def gather(places: Places, n: int) -> IntArray:
@@ -528,26 +554,34 @@ class MM:
                     Vma(page, v.end, v.mergeable),
                 ]
 
-    def vmas_in(self, start: int, end: int) -> list[Vma]:
-        """VMAs inside [start, end), after splitting at both ends."""
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The VMAs inside [start, end) are ``vmas[i:j]``, after splitting at both ends."""
         self.split(start)
         self.split(end)
-        i = self.vma_index(start)
-        out = []
-        while i < len(self.vmas) and self.vmas[i].start < end:
-            out.append(self.vmas[i])
-            i += 1
-        return out
+        return self.vma_index(start), self.vma_index(end)
+
+    def vmas_in(self, start: int, end: int) -> list[Vma]:
+        """VMAs inside [start, end), after splitting at both ends."""
+        i, j = self.span(start, end)
+        return self.vmas[i:j]
 
     def merge_adjacent(self) -> None:
         """Merge neighbouring VMAs with the same flags (``vma_merge()``)."""
+        self.merge_around(0, len(self.vmas))
+
+    def merge_around(self, lo: int, hi: int) -> None:
+        """:meth:`merge_adjacent` of ``vmas[lo:hi]`` and their neighbours (the
+        only VMAs that changed)."""
+        vmas = self.vmas
+        a, b = max(lo - 1, 0), min(hi + 1, len(vmas))
         merged: list[Vma] = []
-        for v in self.vmas:
+        for v in vmas[a:b]:
             if merged and merged[-1].end == v.start and merged[-1].mergeable == v.mergeable:
                 merged[-1].end = v.end
             else:
                 merged.append(v)
-        self.vmas = merged
+        if len(merged) < b - a:
+            vmas[a:b] = merged
 
     def mergeable(self, page: int) -> bool:
         i = self.vma_index(page)
@@ -584,11 +618,26 @@ class Memory:
     def __init__(self, on_ksm_pages_freed: Callable[[IntArray], None]) -> None:
         self.frames = FrameTable()
         self.mms: dict[int, MM] = {}
+        """The live processes by pid (change it with :meth:`add` and :meth:`remove`)."""
         self.fast = accelerator()
         """The accelerator of the writes, if there was one when the memory was made."""
         self.events: dict[str, int] = dict(EVENT_COUNTERS_ZERO)
         self.on_ksm_pages_freed = on_ksm_pages_freed
         self._directories = _Directories()
+
+    # -- processes ----------------------------------------------------------
+
+    def add(self, mm: MM) -> None:
+        """A new live process (its pid not live)."""
+        assert mm.pid not in self.mms
+        self.mms[mm.pid] = mm
+        self._directories.add(mm)
+
+    def remove(self, pid: int) -> MM:
+        """The live process ``pid`` goes (exit); returns it."""
+        mm = self.mms.pop(pid)
+        self._directories.remove(mm)
+        return mm
 
     # -- frames -------------------------------------------------------------
 
@@ -627,19 +676,20 @@ class Memory:
         """mmap(MAP_PRIVATE|MAP_ANONYMOUS) of pages [start, end) (the range is free)."""
         i = mm.vma_index(start)
         mm.vmas.insert(i, Vma(start, end, mergeable))
-        mm.merge_adjacent()
+        mm.merge_around(i, i + 1)
 
     def unmap(self, mm: MM, start: int, end: int) -> None:
         """munmap of pages [start, end): zap, then remove the VMAs."""
         self.zap(mm, start, end)
-        inside = set(map(id, mm.vmas_in(start, end)))
-        mm.vmas = [v for v in mm.vmas if id(v) not in inside]
-        mm.merge_adjacent()
+        i, j = mm.span(start, end)
+        del mm.vmas[i:j]
+        mm.merge_around(i, i)
 
     def set_mergeable(self, mm: MM, start: int, end: int, value: bool) -> None:
-        for v in mm.vmas_in(start, end):
+        i, j = mm.span(start, end)
+        for v in mm.vmas[i:j]:
             v.mergeable = value
-        mm.merge_adjacent()
+        mm.merge_around(i, j)
 
     # -- faults -------------------------------------------------------------
 
@@ -663,13 +713,13 @@ class Memory:
         time.
         """
         fast = self.fast
+        distinct, rank = dense_ranks(pids)
         if fast is not None:
-            self._write_run_fast(fast, pids, first, counts, fps)
+            self._write_run_fast(fast, distinct, rank, first, counts, fps)
             return
         starts = np.cumsum(counts) - counts
         event = np.repeat(np.arange(len(counts)), counts)
         pages = first[event] + (np.arange(len(fps)) - starts[event])
-        distinct, rank = dense_ranks(pids)
         mms = [self.mms[p] for p in distinct]
         owner = rank[event]
         order = np.argsort(owner.astype(np.int16) if len(mms) < 2**15 else owner, kind="stable")
@@ -684,30 +734,42 @@ class Memory:
     def _write_run_fast(
         self,
         fast: Accelerator,
-        pids: IntArray,
+        pids: list[int],
+        owner: IntArray,
         first: IntArray,
         counts: IntArray,
         fps: npt.NDArray[np.uint64],
     ) -> None:
-        dirs = self._directories.of(self.mms)
+        """:meth:`write_run` with ``fault.c``: the processes ``pids`` (distinct),
+        write ``e`` of process ``pids[owner[e]]``."""
+        dirs = self._directories
+        dirs.refresh()
+        rows = dirs.rows(pids)
+        mms = [dirs.mms[r] for r in rows.tolist()]
 
         def make_chunks(e: int, j: int) -> IntArray:
-            # The chunks of write e's pages from its j-th on (the blocks may grow).
-            page = int(first[e]) + j
-            keys = np.arange(
-                page >> CHUNK_SHIFT, ((page + int(counts[e]) - j - 1) >> CHUNK_SHIFT) + 1
+            # The chunks of every write from write e's j-th page on, at once.
+            lo = first[e:].copy()
+            lo[0] += j
+            hi = first[e:] + counts[e:] - 1
+            keys_lo, n_keys = lo >> CHUNK_SHIFT, (hi >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1
+            keys = np.repeat(keys_lo - (np.cumsum(n_keys) - n_keys), n_keys) + np.arange(
+                int(n_keys.sum())
             )
-            self.mms[int(pids[e])].pt.locate(keys)
-            return self._directories.of(self.mms).table
+            whose = np.repeat(owner[e:], n_keys)
+            for o in np.unique(whose).tolist():
+                mms[o].pt.locate(np.unique(keys[whose == o]))
+            dirs.refresh()
+            return dirs.table[rows]
 
         fr = self.frames
         fresh = fr.candidates(len(fps))
         used, dead, stats, events = fast.write_run(
-            dirs.index(pids),
+            owner.astype(np.int32),
             first,
             counts,
             np.ascontiguousarray(fps),
-            dirs.table,
+            dirs.table[rows],
             make_chunks,
             (fr.content, fr.mapcount, fr.ksm),
             fresh,
@@ -718,7 +780,7 @@ class Memory:
         for i, (rss, ksm_zero, fault_zero) in zip(
             changed.tolist(), stats[changed].tolist(), strict=True
         ):
-            mm = dirs.mms[i]
+            mm = mms[i]
             mm.rss_anon += rss
             mm.ksm_zero_ptes += ksm_zero
             mm.fault_zero_ptes += fault_zero
@@ -859,13 +921,15 @@ class Memory:
             fault_zero_ptes=parent.fault_zero_ptes,
             zero_pages_sharing=parent.zero_pages_sharing,
         )
-        for v in parent.vmas:
-            for lo, hi, view in parent.pt.segments(v.start, v.end):
-                present = view[view >= 0]
-                if len(present):
-                    np.add.at(self.frames.mapcount, present, 1)
-                base = lo & ~(CHUNK - 1)
-                child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
+        segments = [seg for v in parent.vmas for seg in parent.pt.segments(v.start, v.end)]
+        # The child's chunks made at once: in few blocks, as the parent's may be.
+        child.pt.locate(np.array(sorted({lo >> CHUNK_SHIFT for lo, _hi, _v in segments}), np.int64))
+        for lo, hi, view in segments:
+            present = view[view >= 0]
+            if len(present):
+                np.add.at(self.frames.mapcount, present, 1)
+            base = lo & ~(CHUNK - 1)
+            child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
         return child
 
     def fingerprint_at(self, mm: MM, page: int) -> int:

@@ -57,6 +57,7 @@ def test_runs_hold_what_segments_hold(seed: int) -> None:
 
 def test_a_run_is_a_view_of_the_table() -> None:
     pt = PageTable()
+    pt.locate(np.arange(4))  # made together: one block
     for key in range(4):
         pt.chunk(key)[:] = -1
     [(lo, hi, view)] = pt.runs(100, 3 * CHUNK + 5, 10)
@@ -67,10 +68,24 @@ def test_a_run_is_a_view_of_the_table() -> None:
 
 
 def test_runs_stop_at_block_ends_and_gaps() -> None:
+    # GIVEN BLOCK + 3 chunks made at once (a full block and part of the next), and one apart
     pt = PageTable()
-    for key in [*range(BLOCK + 3), BLOCK + 10]:
-        pt.chunk(key)
+    pt.locate(np.arange(BLOCK + 3))
+    pt.chunk(BLOCK + 10)
     runs = pt.runs(0, 1 << 40, 10**6)
     bounds = [(lo >> CHUNK_SHIFT, hi >> CHUNK_SHIFT) for lo, hi, _ in runs]
     assert bounds == [(0, BLOCK), (BLOCK, BLOCK + 3), (BLOCK + 10, BLOCK + 11)]
     assert pt.covers(0, BLOCK + 2) and not pt.covers(0, BLOCK + 3)
+
+
+def test_blocks_grow_with_the_table() -> None:
+    # GIVEN chunks made one at a time
+    pt = PageTable()
+    for key in range(3 * BLOCK):
+        pt.chunk(2 * key)
+    # THEN the first blocks are small (a process with one chunk costs one chunk),
+    # later ones double up to BLOCK rows
+    sizes = [len(b) for b in pt._blocks]
+    assert sizes[:4] == [1, 1, 2, 4]
+    assert max(sizes) == BLOCK and sum(sizes) == 3 * BLOCK + sum(sizes) - pt.rows
+    assert pt.rows == 3 * BLOCK

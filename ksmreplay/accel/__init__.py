@@ -179,8 +179,8 @@ class Accelerator:
         with the fingerprints ``fps`` one after the other.
 
         ``dirs[p]`` is process ``p``'s ``PageTable.directory()``; where a
-        chunk is missing, ``make_chunks(e, j)`` makes those of event ``e``'s
-        pages from its ``j``-th on and returns the directories again.
+        chunk is missing, ``make_chunks(e, j)`` makes at least those of event
+        ``e``'s pages from its ``j``-th on and returns the directories again.
         ``frames`` (content, mapcount, ksm) are updated, new frames taken from
         ``fresh`` in order.  Returns ``(fresh rows used, dead frames,
         per-process [rss_anon, ksm_zero_ptes, fault_zero_ptes] changes,

@@ -16,7 +16,6 @@
 #define PTE_ZERO (-2)
 #define PTE_KSM_ZERO (-3)
 #define CHUNK_SHIFT 9
-#define BLOCK_SHIFT 9
 
 enum { STAT_RSS, STAT_KSM_ZERO, STAT_FAULT_ZERO, STATS };
 enum { EV_COW_KSM, EV_COW_ZERO };
@@ -85,13 +84,13 @@ static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner
  * of process ev_mm[e] from page first[e] on; the pages' fingerprints follow
  * one another in fp.  Process p's page table is described by dirs[4p..4p+3]:
  * the addresses of its sorted chunk keys and of their rows, their number, and
- * the address of its blocks' addresses.
+ * the address of an array of each row's chunk address.
  *
  * The PTE of every page is found first (ptes[], owner[]: room for every page)
  * and nothing is written until all are: where a chunk does not exist yet the
  * call returns -2, found[0] saying how many pages were found, found[1] and
  * found[2] the event and page within it to go on from; the caller makes the
- * chunks and calls again with the same found[] (a process's blocks never
+ * chunks and calls again with the same found[] (a process's chunks never
  * move, so the PTEs found stay valid).  Then they are written in order
  * (write_pages(), whose result it returns).
  */
@@ -107,7 +106,7 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 	for (int64_t e = found[1], j = found[2]; e < n_events; e++, j = 0) {
 		const int64_t *d = dirs + 4 * (int64_t)ev_mm[e];
 		const int64_t *keys = (const int64_t *)d[0], *rows = (const int64_t *)d[1];
-		int64_t *const *blocks = (int64_t *const *)d[3];
+		int64_t *const *chunks = (int64_t *const *)d[3];
 		int64_t n_keys = d[2], at = -1;
 
 		while (j < count[e]) {
@@ -136,7 +135,7 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 				at = lo;
 			}
 			row = rows[at];
-			chunk = blocks[row >> BLOCK_SHIFT] + ((row & ((1 << BLOCK_SHIFT) - 1)) << CHUNK_SHIFT);
+			chunk = chunks[row];
 			for (; j < count[e] && j < end; j++, k++) {
 				ptes[k] = chunk + ((first[e] + j) & ((1 << CHUNK_SHIFT) - 1));
 				owner[k] = ev_mm[e];

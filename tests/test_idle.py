@@ -1,0 +1,233 @@
+"""Idle stretches: ksmd's circles between two events are skipped, with the same outcome.
+
+GIVEN traces whose events are far apart in time (hundreds to billions of
+wake-ups between two of them, with smart_scan's cycles, stable chains pruned
+by time, the scan-time advisor, a zero sleep, a zero budget), WHEN the engine
+replays them, THEN every snapshot after every event equals that of the
+engine running every wake-up (``Engine.skip_idle`` off) and, where the
+reference model can run every wake-up too, the reference model's; and the
+engine needed far fewer calls to ksmd.  A trace of one page and one snapshot
+at t = 2**63 replays at once, its counters where the clock's model puts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from randtrace import random_trace
+from reference import ReferenceSimulator
+
+from ksmreplay import ksm
+from ksmreplay.engine import Engine
+from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
+from ksmreplay.knobs import KnobValue
+from ksmreplay.timing import next_wake_ns
+
+pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+
+PAGE = 4096
+BASE = 0x10000000
+MS = 1_000_000
+
+
+def long_gaps(seed: int, n_events: int = 30) -> list[Event]:
+    """A random trace whose gaps hold a few hundred passes, with random clock knobs."""
+    rng = random.Random(seed)
+    sleep = rng.choice([0, 1, 10])
+    knobs: dict[str, KnobValue] = {
+        "pages_to_scan": rng.choice([1, 3, 7, 100]),
+        "sleep_millisecs": sleep,
+    }
+    if rng.random() < 0.4:
+        knobs["stable_node_chains_prune_millisecs"] = rng.choice([0, 30, 2000])
+    if rng.random() < 0.25:
+        knobs["advisor_mode"] = "scan-time"
+        knobs["advisor_target_scan_time"] = rng.choice([1, 200])
+    events = random_trace(seed, n_events=n_events)
+    # A pass of these small traces takes microseconds with a zero sleep,
+    # else some 10 ms: stretch the gaps (up to 50 ms) to a few hundred passes.
+    scale = (1, 10) if sleep == 0 else (100, 1)
+    events = [dataclasses.replace(e, t=e.t * scale[0] // scale[1]) for e in events]
+    first = events[0]
+    assert isinstance(first, Ksm)
+    events[0] = dataclasses.replace(first, settings={**first.settings, **knobs})
+    return events
+
+
+def counted(engine: Engine, name: str = "batch") -> list[int]:
+    """Count the engine's calls to ``ksmd.<name>``."""
+    calls = [0]
+    method = getattr(engine.ksmd, name)
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return method(*args)
+
+    setattr(engine.ksmd, name, counting)
+    return calls
+
+
+def replay_both(events: list[Event], mode: str, reference: bool = False) -> tuple[int, int, int]:
+    """Replay ``events`` skipping circles and not, comparing every snapshot (and
+    with the reference model); the two engines' calls to ksmd, and the jumps."""
+    skipping, every = Engine(mode, PAGE), Engine(mode, PAGE)
+    every.skip_idle = False
+    ref = ReferenceSimulator(mode, PAGE) if reference else None
+    calls = counted(skipping), counted(every)
+    jumps = counted(skipping, "jump")
+    for event in events:
+        skipping.apply(event)
+        every.apply(event)
+        mine = skipping.snapshot("x", event.t, event.index)
+        assert mine == every.snapshot("x", event.t, event.index), f"{mode}, after {event}"
+        if ref is not None:
+            ref.apply(event)
+            assert mine == ref.snapshot("x", event.t, event.index), f"{mode}, after {event}"
+    skipping.check_invariants()
+    assert skipping.next_wake == every.next_wake
+    assert skipping.ksmd.seqnr == every.ksmd.seqnr
+    return calls[0][0], calls[1][0], jumps[0]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "v6", "unshare"])
+@pytest.mark.parametrize("seed", range(8))
+def test_skipping_circles_changes_nothing(seed: int, mode: str) -> None:
+    skipped, every, _jumps = replay_both(long_gaps(seed), mode)
+    assert skipped <= every
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_large_states_compare_by_hash(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN states too large to copy (here: all), kept as hashes
+    monkeypatch.setattr(ksm, "KEEP_BYTES", 0)
+    # THEN skipping circles still changes nothing, and circles are skipped
+    _skipped, _every, jumps = replay_both(long_gaps(seed), "unshare")
+    assert jumps
+
+
+def test_circles_are_skipped() -> None:
+    # GIVEN the same traces WHEN ksmd made hundreds of passes in one THEN
+    # some of them were skipped
+    for seed in range(8):
+        engine = Engine("unshare", PAGE)
+        jumps = counted(engine, "jump")
+        for event in long_gaps(seed):
+            engine.apply(event)
+        assert jumps[0] or engine.ksmd.seqnr < 500, f"seed {seed}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_skipping_circles_matches_the_reference(seed: int) -> None:
+    events = long_gaps(100 + seed, n_events=12)
+    skipped, every, _jumps = replay_both(events, "unshare", reference=True)
+    assert skipped <= every
+
+
+def one_page(smart_scan: int, sleep: int, until: int, **knobs: KnobValue) -> list[Event]:
+    settings = {"run": 1, "smart_scan": smart_scan, "sleep_millisecs": sleep, **knobs}
+    return [
+        Ksm(1, 0, settings),
+        Alloc(2, 0, 1, BASE, 3 * PAGE),
+        Write(3, 0, 1, BASE, 3 * PAGE, np.array([5, 6, 5], np.uint64)),
+        Madvise(4, 0, 1, BASE, 3 * PAGE, "mergeable"),
+        Write(5, MS, 1, BASE + PAGE, PAGE, 7),
+        Snapshot(6, until, "end"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"smart_scan": 1, "sleep": 0},
+        {"smart_scan": 0, "sleep": 0},
+        {"smart_scan": 0, "sleep": 1},
+        {"smart_scan": 1, "sleep": 20, "pages_to_scan": 0},
+        {"smart_scan": 1, "sleep": 20, "advisor_mode": "scan-time"},
+    ],
+    ids=str,
+)
+def test_a_long_quiet_stretch(knobs: dict[str, Any]) -> None:
+    # GIVEN two merged pages and one alone, then a long time without events
+    knobs = dict(knobs)
+    smart, sleep = knobs.pop("smart_scan"), knobs.pop("sleep")
+    # (a minute where each wake-up is one call, without a budget or with the advisor)
+    one_call_each = knobs.get("pages_to_scan") == 0 or "advisor_mode" in knobs
+    until = 5 * MS if sleep == 0 else 60_000 * MS if one_call_each else 20_000 * MS
+    skipped, every, _jumps = replay_both(one_page(smart, sleep, until, **knobs), "unshare")
+    # THEN (besides equal snapshots) thousands of wake-ups took a few calls
+    assert every > 1000
+    assert skipped * 20 < every
+
+
+def run_cli(events: list[Event], tmp_path: Path, timeout: float) -> dict[str, Any]:
+    """``ksmreplay run --format json`` of ``events`` (JSON lines) in a subprocess."""
+    path = tmp_path / "trace.jsonl"
+    lines = [json.dumps({"ksmreplay": 1})]
+    for e in events:
+        fields = {k: v for k, v in dataclasses.asdict(e).items() if k not in ("index", "op")}
+        row: list[Any] = [fields.pop("t"), e.op]
+        if isinstance(e, Ksm):
+            row.append(fields["settings"])
+        else:
+            row += [v.tolist() if isinstance(v, np.ndarray) else v for v in fields.values()]
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ksmreplay",
+            "run",
+            "--mode",
+            "unshare",
+            "--format",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_a_snapshot_at_t_2_63(tmp_path: Path) -> None:
+    # GIVEN three pages that never merge and a snapshot at t = 2**63
+    events: list[Event] = [
+        Ksm(1, 0, {"run": 1}),
+        Alloc(2, 0, 1, BASE, 3 * PAGE),
+        Write(3, 0, 1, BASE, 3 * PAGE, np.array([5, 6, 8], np.uint64)),
+        Madvise(4, 0, 1, BASE, 3 * PAGE, "mergeable"),
+        Snapshot(5, 2**63, "end"),
+    ]
+    # WHEN replayed THEN it takes seconds
+    ksm = run_cli(events, tmp_path, timeout=60)["runs"][0]["final"]["ksm"]
+    # and every wake-up before 2**63 ran: each pass walks the 3 pages, visiting
+    # or skipping each, in one batch of 400 ns a visit and a sleep of 24 ms,
+    # from t = 0 on; the last pass started before 2**63, the next one not.
+    passes, visits = ksm["full_scans"], ksm["pages_scanned"]
+    assert visits + ksm["pages_skipped"] == 3 * passes
+    next_pass = passes * next_wake_ns(0, 0, 20) + next_wake_ns(0, visits, 0)
+    assert next_pass - next_wake_ns(0, 3, 20) < 2**63 <= next_pass
+    assert passes > 10**11
+
+
+def test_a_zero_sleep(tmp_path: Path) -> None:
+    # GIVEN two pages merged and one alone, scanned without sleeping or
+    # skipping, for 0.21 s (half a million passes)
+    events = one_page(0, 0, 210 * MS)
+    # WHEN replayed THEN it takes seconds, and every pass ran
+    ksm = run_cli(events, tmp_path, timeout=60)["runs"][0]["final"]["ksm"]
+    assert ksm["full_scans"] > 100_000
+    assert ksm["pages_sharing"] == 1
