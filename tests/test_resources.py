@@ -192,3 +192,36 @@ def test_a_memory_limit_that_is_not_a_size(tmp_path: Path) -> None:
         done.stderr
         == "ksmreplay: KSMREPLAY_MEMORY=lots: not a size (bytes, or with a K, M, G or T suffix)\n"
     )
+
+
+@pytest.mark.parametrize("stdin", [False, True])
+def test_an_invalid_event_after_huge_work_fails_before_any_of_it(
+    tmp_path: Path, stdin: bool
+) -> None:
+    # GIVEN a trace whose valid part declares more work than the memory allowed,
+    # and whose last event is invalid (a write outside any mapping)
+    trace = write_trace(
+        tmp_path / "t.jsonl",
+        [
+            [0, "alloc", 1, 0, 1 << 50],
+            [1, "read", 1, 0, 1 << 50],
+            [2, "write", 1, 1 << 51, PAGE, 7],
+        ],
+    )
+    # WHEN run replays the file (by name, or as stdin redirected from it)
+    if stdin:
+        with trace.open("rb") as source:
+            done = subprocess.run(
+                [sys.executable, "-m", "ksmreplay", "run", "-"],
+                stdin=source,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "KSMREPLAY_MEMORY": "64M"},
+                check=False,
+            )
+    else:
+        done = run(trace, 2 << 30, 60, env={"KSMREPLAY_MEMORY": "64M"})
+    # THEN the trace's error is reported (status 3), not the memory it would need
+    assert done.returncode == ExitStatus.INVALID_TRACE, done.stderr
+    assert "event 3" in done.stderr and "outside any mapping" in done.stderr
