@@ -199,13 +199,16 @@ def test_an_invalid_event_after_huge_work_fails_before_any_of_it(
     tmp_path: Path, stdin: bool
 ) -> None:
     # GIVEN a trace whose valid part declares more work than the memory allowed,
-    # and whose last event is invalid (a write outside any mapping)
+    # then many events (more than the reader checks in one batch), and whose
+    # last event is invalid (a write outside any mapping)
+    padding = 100_000
     trace = write_trace(
         tmp_path / "t.jsonl",
         [
             [0, "alloc", 1, 0, 1 << 50],
             [1, "read", 1, 0, 1 << 50],
-            [2, "write", 1, 1 << 51, PAGE, 7],
+            *([2, "ksm", {"run": 0}] for _ in range(padding)),
+            [3, "write", 1, 1 << 51, PAGE, 7],
         ],
     )
     # WHEN run replays the file (by name, or as stdin redirected from it)
@@ -224,4 +227,4 @@ def test_an_invalid_event_after_huge_work_fails_before_any_of_it(
         done = run(trace, 2 << 30, 60, env={"KSMREPLAY_MEMORY": "64M"})
     # THEN the trace's error is reported (status 3), not the memory it would need
     assert done.returncode == ExitStatus.INVALID_TRACE, done.stderr
-    assert "event 3" in done.stderr and "outside any mapping" in done.stderr
+    assert f"event {padding + 3} " in done.stderr and "outside any mapping" in done.stderr
