@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from test_trace_properties import damaged
 
 from ksmreplay import accel
+from ksmreplay.contentmap import SLOT
 from ksmreplay.errors import TraceError
 from ksmreplay.events import WriteRun
+from ksmreplay.ksm import ITEM_COLD, ITEM_HOT
 from ksmreplay.replay import replay
 from ksmreplay.trace import TraceReader
 
@@ -239,3 +241,25 @@ def test_without_a_compiler_the_pure_reader_is_used(
     assert accel.build_accelerator() is None
     monkeypatch.setenv(accel.ENV, "0")
     assert accel.accelerator() is None
+
+
+@needs_accel
+def test_the_item_records_are_laid_out_alike() -> None:
+    """window.c and visit.c read ItemTable.hot and .cold as item.h's structs."""
+    native = accel.build_accelerator()
+    assert native is not None
+    layout = []
+    for dtype in (ITEM_HOT, ITEM_COLD):
+        assert dtype.fields is not None
+        layout += [dtype.fields[name][1] for name in dtype.names or ()] + [dtype.itemsize]
+    assert native.item_layout() == layout
+
+
+@needs_accel
+def test_the_table_slots_are_laid_out_alike() -> None:
+    """contentmap.c and visit.c read ContentMap's table as slot.h's struct slot."""
+    native = accel.build_accelerator()
+    assert native is not None
+    assert SLOT.fields is not None
+    offsets = [SLOT.fields[name][1] for name in SLOT.names or ()]
+    assert native.slot_layout() == [*offsets, SLOT.itemsize]

@@ -4,7 +4,7 @@ GIVEN pages that merge (new KSM pages, stable merges, zero pages, unique
 pages), then are written (copy-on-write breaks, changed checksums) and
 scanned again, WHEN ksmd scans them with the accelerator, THEN the C loop
 does every visit but the unstable-tree hits that make a new KSM page, and the
-outcome is the one of the numpy path.  (The engine-against-reference tests
+outcome is the one of the scalar walk.  (The engine-against-reference tests
 run the accelerated scan on random traces: chains, stale nodes, forks.)
 """
 

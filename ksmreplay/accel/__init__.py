@@ -88,7 +88,7 @@ class Accelerator:
         self._skip = lib.ksr_skip
         self._write_run = lib.ksr_write_run
         lib.ksr_window.restype = _i64
-        lib.ksr_window.argtypes = [_i64, *[_p] * 6, _i32, _i32, _i32, _i32, _i64, *[_p] * 5]
+        lib.ksr_window.argtypes = [_i64, *[_p] * 5, _i32, _i32, _i64, *[_p] * 5]
         self._window = lib.ksr_window
         lib.ksr_item_layout.restype = None
         lib.ksr_item_layout.argtypes = [_p]
@@ -219,19 +219,15 @@ class Accelerator:
         imap: npt.NDArray[np.int64],
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
-        items: tuple[npt.NDArray[np.void], npt.NDArray[np.void]],
+        items: npt.NDArray[np.void],
         smart: bool,
-        v6: bool,
         seqnr: int,
         budget: int,
-        merge: bool = False,
     ) -> Window | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
-        None if no page is present.  ``items`` are ``ItemTable.hot`` and
-        ``cold``; their age, skips and state are updated.  Only with ``v6``
-        are items' flags read (they are clear in the other designs).  With
-        ``merge``, the stale positions are listed too, among the others in
-        address order, and the skips are a ``uint8`` column of kinds:
+        None if no page is present.  ``items`` is ``ItemTable.hot``; their age,
+        skips and state are updated.  The stale positions are listed among the
+        others in address order, each listed position with its kind:
         :data:`LISTED_VISIT`, :data:`LISTED_SKIPPED` or :data:`LISTED_STALE`."""
         n = len(ptes)
         if len(self._front_out[0]) < n:
@@ -239,8 +235,8 @@ class Accelerator:
         pos, cum, kinds, stale, summary = self._front_out
         self._window(
             n, *_addresses(ptes, imap),
-            *_columns("b1 i4 V8 V24", fr_ksm, fr_node, *items),
-            int(smart), int(v6), int(merge), seqnr, budget,
+            *_columns("b1 i4 V8", fr_ksm, fr_node, items),
+            int(smart), seqnr, budget,
             *_columns("i8 i8 u1 i8 i8", pos, cum, kinds, stale, summary),
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
@@ -249,7 +245,7 @@ class Accelerator:
         return (
             pos[:listed].copy(),
             cum[:listed].copy(),
-            kinds[:listed].copy() if merge else kinds[:listed].view(np.bool_).copy(),
+            kinds[:listed].copy(),
             stale[:n_stale].copy(),
             visits,
             skipped,
@@ -421,7 +417,7 @@ def _columns(types: str, *arrays: npt.NDArray[np.generic]) -> list[int]:
 Window = tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
-    npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
+    npt.NDArray[np.uint8],
     npt.NDArray[np.int64],
     int,
     int,
@@ -429,7 +425,7 @@ Window = tuple[
     bool,
     int,
 ]
-"""Listed positions, their visit counts, skipped or not (or their kinds);
+"""Listed positions, their visit counts, their kinds;
 stale positions; visits, skipped, last position, stopped by the budget,
 unlinked from an unstable tree (``ksm.Front``)."""
 

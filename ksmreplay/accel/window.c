@@ -1,18 +1,18 @@
 /*
  * ksmreplay's optional scan accelerator: the front of one scan window.
  *
- * ksr_window() does what Ksmd._window_front does in numpy (ksmreplay/ksm.py):
- * it walks the present pages of a window of page-table entries in address
- * order, makes smart_scan's decision for each (updating the items' age and
- * remaining skips), counts the visits until the budget, and lists the
- * positions that need more than counting: a page without an item, a skipped
- * item still in a tree, and every visit other than that of a KSM page already
- * linked to its item.  A skipped item in an earlier pass's unstable tree
- * leaves it here (its state and pages_unshared are all that change, in any
- * order), so it is not listed.  It also lists the item-map entries at pages
- * no longer present (stale items) before the last page handled.  Most pages of a
- * settled workload need nothing more, and numpy pays a dozen passes over
- * them where this pays one.  The tests run both and compare.
+ * ksr_window() walks the present pages of a window of page-table entries in
+ * address order as Ksmd._walk_window does (ksmreplay/ksm.py), makes
+ * smart_scan's decision for each (should_skip_rmap_item(): updating the
+ * items' age and remaining skips), counts the visits until the budget, and
+ * lists the positions that need more than counting, for visit.c: a page
+ * without an item, a skipped item still in a tree, every visit other than
+ * that of a KSM page already linked to its item, and the item-map entries at
+ * pages no longer present (stale items) before the last page handled.  A
+ * skipped item in an earlier pass's unstable tree leaves it here (its state
+ * and pages_unshared are all that change, in any order), so it is not
+ * listed.  Most pages of a settled workload need nothing more.  The tests
+ * compare the outcome with the scalar walk's.
  */
 
 #include <stddef.h>
@@ -23,7 +23,6 @@
 #define STATE_NONE 0
 #define STATE_UNSTABLE 1
 #define STATE_STABLE 2
-#define ZERO_PAGE_FLAG 0x400
 #define AGE_MAX 255
 #define AHEAD 32
 #define LISTED_STALE 2
@@ -50,18 +49,16 @@ enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SU
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
  * Frames: ksm flag and stable node; items: their hot records (age and skips
  * updated when smart, state when a skipped item leaves an unstable tree of a
- * pass other than seqnr) and cold ones (read only in the v6 design, whose
- * ZERO_PAGE_FLAG items are listed; the flag is clear in the others).
- * Outputs have room for n entries: listed positions, the visit count up to
- * and including each, whether each was skipped (0 or 1); stale positions.
- * With merge, the stale positions are listed too, in address order among the
- * others, as LISTED_STALE.  Returns 0; the summary gets the counts, the last
+ * pass other than seqnr).  Outputs have room for n entries: listed positions,
+ * the visit count up to and including each, and what each is (a visit, 1 for
+ * a skip, LISTED_STALE for a stale item); the stale positions again on their
+ * own.  Returns 0; the summary gets the counts, the last
  * position handled (-1: none present), whether the budget stopped the walk
  * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
-		   int32_t smart, int32_t v6, int32_t merge, int32_t seqnr, int64_t budget,
+		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
+		   int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_skip, int64_t *out_stale,
 		   int64_t *summary)
 {
@@ -87,11 +84,9 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		if (pte < 0) {
 			if (row >= 0) {
 				out_stale[stale++] = i;
-				if (merge) {
-					out_pos[listed] = i;
-					out_cum[listed] = visits;
-					out_skip[listed++] = LISTED_STALE;
-				}
+				out_pos[listed] = i;
+				out_cum[listed] = visits;
+				out_skip[listed++] = LISTED_STALE;
 			}
 			continue;
 		}
@@ -118,7 +113,7 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		} else {
 			visits++;
 			wanted = row < 0 || !ksm || it->state != STATE_STABLE ||
-				 it->node != fr_node[pte] || (v6 && (cold[row].flags & ZERO_PAGE_FLAG));
+				 it->node != fr_node[pte];
 		}
 		if (wanted) {
 			out_pos[listed] = i;
