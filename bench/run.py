@@ -422,8 +422,9 @@ def main() -> None:
 
     import compileall
 
-    import ksmreplay
     from ksmreplay.accel import build_accelerator
+
+    import ksmreplay
     from ksmreplay.render import plain_table
 
     compileall.compile_dir(Path(ksmreplay.__file__).parent, quiet=1)

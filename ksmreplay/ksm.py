@@ -55,18 +55,31 @@ from typing import NamedTuple, overload
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import Accelerator, Visited, accelerator
 from ksmreplay.arrays import charge
 from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
+from ksmreplay.native import (
+    AGE_MAX,
+    CHAIN_ENTRY,
+    CHUNK_SHIFT,
+    ITEM_COLD,
+    ITEM_HOT,
+    PTE_KSM_ZERO,
+    PTE_ZERO,
+    SEQNR_MASK,
+    STATE_NONE,
+    STATE_STABLE,
+    STATE_UNSTABLE,
+    ZERO_PAGE_FLAG,
+    Native,
+    Visited,
+    native,
+)
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
 from ksmreplay.vm import (
     CHUNK,
-    CHUNK_SHIFT,
     MM,
     NULL,
-    PTE_KSM_ZERO,
-    PTE_ZERO,
     FreeStack,
     Memory,
     PageTable,
@@ -75,11 +88,9 @@ from ksmreplay.vm import (
 WINDOW_CHUNKS = 64
 """Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
 
-NONE, UNSTABLE, STABLE = 0, 1, 2
+NONE, UNSTABLE, STABLE = STATE_NONE, STATE_UNSTABLE, STATE_STABLE
 """Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
 
-SEQNR_MASK = 0xFF
-AGE_MAX = 255
 END = 1 << 62
 """A page number beyond every mapping."""
 
@@ -87,7 +98,7 @@ IntArray = npt.NDArray[np.int64]
 
 
 class WalkResult(Enum):
-    """What the v6 page walk finds at an address (an enum, as the review asked)."""
+    """What the v6 page walk finds at an address."""
 
     NORMAL_PAGE = 1
     """An ordinary or KSM anonymous page: the item is visited."""
@@ -97,12 +108,8 @@ class WalkResult(Enum):
     """No page, or the VMA is gone or not mergeable: items there are freed."""
 
 
-ZERO_PAGE_FLAG = 0x400
-"""The v6 item flag, beside UNSTABLE_FLAG (0x100) and STABLE_FLAG (0x200)."""
-
-
 def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """The v6 flag-clearing helper as the review fixed it: only ZERO_PAGE_FLAG goes."""
+    """The v6 flag-clearing helper: only ZERO_PAGE_FLAG goes (the other flags stay)."""
     cleared: npt.NDArray[np.uint16] = flags & np.uint16(0xFFFF & ~ZERO_PAGE_FLAG)
     return cleared
 
@@ -116,28 +123,6 @@ def _write_back(views: list[IntArray], flat: IntArray) -> None:
     for v in views:
         v[:] = flat[at : at + len(v)]
         at += len(v)
-
-
-ITEM_HOT = np.dtype(
-    {
-        "names": ["node", "age", "skips", "state", "seq"],
-        "formats": [np.int32, np.uint8, np.uint8, np.int8, np.uint8],
-        "offsets": [0, 4, 5, 6, 7],
-        "itemsize": 8,
-    }
-)
-"""The fields of an item a scan's walk reads at every page: ``struct item_hot``
-of ``accel/item.h``, field for field."""
-
-ITEM_COLD = np.dtype(
-    {
-        "names": ["checksum", "page", "slot", "flags", "checked"],
-        "formats": [np.uint64, np.int64, np.int32, np.uint16, np.bool_],
-        "offsets": [0, 8, 16, 20, 22],
-        "itemsize": 24,
-    }
-)
-"""The other fields of an item: ``struct item_cold`` of ``accel/item.h``."""
 
 
 class ItemTable:
@@ -285,7 +270,7 @@ class NodeColumns:
 
     A node's hlist is a doubly linked list of its items (``ItemTable.hnext``
     and ``hprev``) from ``head``, ``size`` long (``rmap_hlist_len``); its
-    order is never observed.  Columns, so that the accelerator (``visit.c``)
+    order is never observed.  Columns, so that the native core (``visit.c``)
     links and unlinks items itself.
     """
 
@@ -307,10 +292,6 @@ class NodeColumns:
         self.frame[first:end] = frames
         self.size[first:end] = 0
         self.head[first:end] = NULL
-
-
-CHAIN_ENTRY = 1 << 62
-"""The stable tree's index value for a chain (a plain node's is its id)."""
 
 
 class StableTree:
@@ -406,7 +387,7 @@ class Front(NamedTuple):
     cum: IntArray
     """Visits of the window up to and including each listed position."""
     kind: npt.NDArray[np.uint8]
-    """What each listed position is: ``accel.LISTED_VISIT``, ``LISTED_SKIPPED``
+    """What each listed position is: ``native.LISTED_VISIT``, ``LISTED_SKIPPED``
     or ``LISTED_STALE``."""
     stale: IntArray
     """Positions before :attr:`last` with an item but no page."""
@@ -455,7 +436,7 @@ class Ksmd:
         self.knob = knob
         self.set_pages_to_scan = set_pages_to_scan
         self.mem = Memory(self._ksm_pages_freed)
-        self.native = accelerator() if mode.native_scan else None
+        self.native = native() if mode.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
         self.c = Counters()
@@ -1133,7 +1114,7 @@ class Ksmd:
 
     def _visit_listed(
         self,
-        fast: Accelerator,
+        core: Native,
         slot: Slot,
         segs: list[tuple[int, int, IntArray]],
         ptes: IntArray,
@@ -1164,7 +1145,7 @@ class Ksmd:
         n, start = len(order), 0
         while start < n:
             self.unstable.reserve(n - start)
-            done = fast.visit(
+            done = core.visit(
                 start,
                 order,
                 rows,
@@ -1227,7 +1208,7 @@ class Ksmd:
         self.mem._bury(done.dead)
 
     def _window_front(
-        self, native: Accelerator, ptes: IntArray, imap: IntArray, budget: int
+        self, core: Native, ptes: IntArray, imap: IntArray, budget: int
     ) -> Front | None:
         """The present pages of a window up to the budget: smart_scan, counting, listing.
 
@@ -1240,7 +1221,7 @@ class Ksmd:
         positions among them (see :class:`Front`).  None if no page is present.
         """
         fr, it = self.mem.frames, self.items
-        found = native.window(
+        found = core.window(
             ptes,
             imap,
             fr.ksm,

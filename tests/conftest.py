@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 
 
 @pytest.fixture(params=["pure", "accelerated"])
@@ -20,10 +20,10 @@ def with_and_without_accel(
     compiler); the other runs everywhere.
     """
     if request.param == "pure":
-        monkeypatch.setenv(accel.ENV, "0")
-        assert accel.accelerator() is None
+        monkeypatch.setenv(native.ENV, "0")
+        assert native.native() is None
     else:
-        monkeypatch.delenv(accel.ENV, raising=False)
-        if accel.accelerator() is None:
+        monkeypatch.delenv(native.ENV, raising=False)
+        if native.native() is None:
             pytest.skip("the decoding accelerator cannot be built here (no C compiler?)")
     yield request.param

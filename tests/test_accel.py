@@ -8,7 +8,10 @@ works through the pure reader.
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +21,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_trace_properties import damaged
 
-from ksmreplay import accel
-from ksmreplay.contentmap import SLOT
+from ksmreplay import native
 from ksmreplay.errors import TraceError
 from ksmreplay.events import WriteRun
-from ksmreplay.ksm import ITEM_COLD, ITEM_HOT
 from ksmreplay.replay import replay
 from ksmreplay.trace import TraceReader
 
 PAGE = 4096
+TRACES = Path(__file__).parent.parent / "traces"
 BASE = 0x7F0000000000
 
 needs_accel = pytest.mark.skipif(
-    accel.build_accelerator() is None, reason="the accelerator cannot be built here"
+    native.native() is None, reason="the accelerator cannot be built here"
 )
 
 
 def read_with(data: bytes, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Events of ``data`` (or the error message), with or without the accelerator."""
-    monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
+    monkeypatch.setenv(native.ENV, "1" if accelerated else "0")
     try:
         with TraceReader(io.BytesIO(data), "t") as reader:
             return reader.header, list(reader)
@@ -147,7 +149,7 @@ def test_runs_are_the_same_events(monkeypatch: pytest.MonkeyPatch) -> None:
     data = pack(HEADER, *body, [1000, "snapshot", "x"], *later)
     _, events = both(data, monkeypatch)
     assert len(events) == len(body) + 1 + 500
-    monkeypatch.setenv(accel.ENV, "1")
+    monkeypatch.setenv(native.ENV, "1")
     with TraceReader(io.BytesIO(data), "t") as reader:
         items = list(reader.runs())
     # the writes come in a few runs, not one by one; int contents stay ints
@@ -193,7 +195,7 @@ def test_truncated_and_garbage_after_runs(cut: int, monkeypatch: pytest.MonkeyPa
 def test_damaged_traces_read_the_same_both_ways(
     data: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if accel.build_accelerator() is None:
+    if native.native() is None:
         pytest.skip("the accelerator cannot be built here")
     both(data, monkeypatch)
 
@@ -223,7 +225,7 @@ def test_replay_reports_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path.write_bytes(pack(HEADER, *body))
 
     def report(accelerated: bool) -> Any:
-        monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
+        monkeypatch.setenv(native.ENV, "1" if accelerated else "0")
         with TraceReader(path.open("rb"), str(path)) as reader:
             return replay(reader, ["legacy", "v6", "unshare"])
 
@@ -232,34 +234,51 @@ def test_replay_reports_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert fast["runs"][0]["final"]["ksm"]["pages_sharing"] > 0
 
 
-def test_without_a_compiler_the_pure_reader_is_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert accel.build_accelerator() is None
-    monkeypatch.setenv(accel.ENV, "0")
-    assert accel.accelerator() is None
+def _without_core(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ksmreplay ARGS`` in a process where the extension module cannot be
+    imported, as after an install without a C compiler."""
+    code = (
+        "import sys; sys.modules['ksmreplay._native'] = None; "
+        "from ksmreplay.cli import main; sys.argv = ['ksmreplay', *sys.argv[1:]]; main()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_without_the_core_everything_runs_and_says_so_once() -> None:
+    # GIVEN an install without the native core
+    # WHEN a trace is replayed THEN the report is the one the core gives, and
+    # one line on stderr says that the scalar path ran
+    trace = str(TRACES / "demo.msgpack")
+    done = _without_core("run", "--format", "json", trace)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("engine: scalar (the native core was not built") == 1
+    with_core = subprocess.run(
+        [sys.executable, "-m", "ksmreplay", "run", "--format", "json", trace],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout) == json.loads(with_core.stdout)
+    # ... and --version names the engine
+    version = _without_core("--version")
+    assert "engine: scalar (the native core was not built" in version.stdout
+
+
+def test_the_engine_in_use_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.native() is None
+    assert native.engine() == f"scalar ({native.ENV}=0)"
 
 
 @needs_accel
-def test_the_item_records_are_laid_out_alike() -> None:
-    """window.c and visit.c read ItemTable.hot and .cold as item.h's structs."""
-    native = accel.build_accelerator()
-    assert native is not None
-    layout = []
-    for dtype in (ITEM_HOT, ITEM_COLD):
-        assert dtype.fields is not None
-        layout += [dtype.fields[name][1] for name in dtype.names or ()] + [dtype.itemsize]
-    assert native.item_layout() == layout
+def test_the_values_without_the_core_are_the_cores() -> None:
+    """ksmreplay.h's records and constants, as the module exports them, are the
+    ones an install without the native core uses (native._WITHOUT_CORE)."""
+    from ksmreplay import _native
 
-
-@needs_accel
-def test_the_table_slots_are_laid_out_alike() -> None:
-    """contentmap.c and visit.c read ContentMap's table as slot.h's struct slot."""
-    native = accel.build_accelerator()
-    assert native is not None
-    assert SLOT.fields is not None
-    offsets = [SLOT.fields[name][1] for name in SLOT.names or ()]
-    assert native.slot_layout() == [*offsets, SLOT.itemsize]
+    for name, value in vars(native._WITHOUT_CORE).items():
+        assert getattr(_native, name) == value, name
+    # ... and every record layout the module exports is there too.
+    assert {"ITEM_HOT", "ITEM_COLD", "SLOT"} <= set(vars(native._WITHOUT_CORE))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 from ksmreplay.errors import ExitStatus
 
 PAGE = 4096
@@ -51,7 +51,7 @@ def run(
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     environ = {**os.environ, **(env or {})}
-    environ[accel.ENV] = "1" if accelerated else "0"
+    environ[native.ENV] = "1" if accelerated else "0"
     return subprocess.run(
         [sys.executable, "-m", "ksmreplay", "run", "--format", "json", str(trace)],
         capture_output=True,

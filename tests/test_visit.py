@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 from ksmreplay.engine import Engine
 from ksmreplay.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.ksm import Ksmd
 
 pytestmark = pytest.mark.skipif(
-    accel.build_accelerator() is None, reason="the accelerator cannot be built here"
+    native.native() is None, reason="the accelerator cannot be built here"
 )
 
 PAGE = 4096
@@ -75,9 +75,9 @@ def test_only_unstable_tree_hits_are_handed_back(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = _trace(3000, seed)
-    monkeypatch.setenv(accel.ENV, "0")
+    monkeypatch.setenv(native.ENV, "0")
     expected = _replay(events)
-    monkeypatch.delenv(accel.ENV)
+    monkeypatch.delenv(native.ENV)
     hits: list[bool] = []
     cmp_and_merge = Ksmd._cmp_and_merge
 

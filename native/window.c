@@ -1,5 +1,5 @@
 /*
- * ksmreplay's optional scan accelerator: the front of one scan window.
+ * ksmreplay's native core: the front of one scan window.
  *
  * ksr_window() walks the present pages of a window of page-table entries in
  * address order as Ksmd._walk_window does (ksmreplay/ksm.py), makes
@@ -15,35 +15,11 @@
  * compare the outcome with the scalar walk's.
  */
 
-#include <stddef.h>
 #include <stdint.h>
 
-#include "item.h"
+#include "ksmreplay.h"
 
-#define STATE_NONE 0
-#define STATE_UNSTABLE 1
-#define STATE_STABLE 2
-#define AGE_MAX 255
 #define AHEAD 32
-#define LISTED_STALE 2
-
-/* The offsets of the item records' fields, in declaration order, and their sizes. */
-void ksr_item_layout(int64_t *out)
-{
-	const int64_t layout[] = {
-		offsetof(struct item_hot, node), offsetof(struct item_hot, age),
-		offsetof(struct item_hot, skips), offsetof(struct item_hot, state),
-		offsetof(struct item_hot, seq), sizeof(struct item_hot),
-		offsetof(struct item_cold, checksum), offsetof(struct item_cold, page),
-		offsetof(struct item_cold, slot), offsetof(struct item_cold, flags),
-		offsetof(struct item_cold, checked), sizeof(struct item_cold),
-	};
-
-	for (unsigned i = 0; i < sizeof(layout) / sizeof(layout[0]); i++)
-		out[i] = layout[i];
-}
-
-enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SUM_UNSHARED, SUMS };
 
 /*
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
@@ -59,7 +35,7 @@ enum { SUM_LISTED, SUM_VISITS, SUM_SKIPPED, SUM_STALE, SUM_LAST, SUM_STOPPED, SU
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
 		   int64_t budget,
-		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_skip, int64_t *out_stale,
+		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind, int64_t *out_stale,
 		   int64_t *summary)
 {
 	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
@@ -86,7 +62,7 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 				out_stale[stale++] = i;
 				out_pos[listed] = i;
 				out_cum[listed] = visits;
-				out_skip[listed++] = LISTED_STALE;
+				out_kind[listed++] = LISTED_STALE;
 			}
 			continue;
 		}
@@ -118,7 +94,7 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		if (wanted) {
 			out_pos[listed] = i;
 			out_cum[listed] = visits;
-			out_skip[listed] = (uint8_t)skip;
+			out_kind[listed] = skip ? LISTED_SKIPPED : LISTED_VISIT;
 			listed++;
 		}
 		if (!skip && visits == budget) {
@@ -129,14 +105,14 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 	/* Stale items count only before the last page handled. */
 	while (stale > 0 && out_stale[stale - 1] > last)
 		stale--;
-	while (listed > 0 && out_skip[listed - 1] == LISTED_STALE && out_pos[listed - 1] > last)
+	while (listed > 0 && out_kind[listed - 1] == LISTED_STALE && out_pos[listed - 1] > last)
 		listed--;
-	summary[SUM_LISTED] = listed;
-	summary[SUM_VISITS] = visits;
-	summary[SUM_SKIPPED] = skipped;
-	summary[SUM_STALE] = stale;
-	summary[SUM_LAST] = last;
-	summary[SUM_STOPPED] = stopped;
-	summary[SUM_UNSHARED] = unshared;
+	summary[FRONT_LISTED] = listed;
+	summary[FRONT_VISITS] = visits;
+	summary[FRONT_SKIPPED] = skipped;
+	summary[FRONT_STALE] = stale;
+	summary[FRONT_LAST] = last;
+	summary[FRONT_STOPPED] = stopped;
+	summary[FRONT_UNSHARED] = unshared;
 	return 0;
 }
