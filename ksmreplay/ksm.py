@@ -423,7 +423,7 @@ class Ksmd:
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
-    if there is one when it is made (``KSMREPLAY_ACCEL``) and the mode can use it.
+    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode can use it.
     """
 
     def __init__(

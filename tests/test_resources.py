@@ -170,7 +170,7 @@ def test_pids_near_2_64(tmp_path: Path) -> None:
     events += [[1, "write", pid, PAGE, 2 * PAGE, 9] for pid in [1, *big, 1]]
     events.append([10**9, "snapshot", "end"])
     trace = write_trace(tmp_path / "t.jsonl", events)
-    # WHEN replayed with the accelerator and without THEN both give the same report
+    # WHEN replayed with the native core and without THEN both give the same report
     reports = []
     for accelerated in (True, False):
         done = run(trace, 1024 * MIB, timeout=60, accelerated=accelerated)

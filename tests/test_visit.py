@@ -2,7 +2,7 @@
 
 GIVEN pages that merge (new KSM pages, stable merges, zero pages, unique
 pages), then are written (copy-on-write breaks, changed checksums) and
-scanned again, WHEN ksmd scans them with the accelerator, THEN the C loop
+scanned again, WHEN ksmd scans them with the native core, THEN the C loop
 does every visit but the unstable-tree hits that make a new KSM page, and the
 outcome is the one of the scalar walk.  (The engine-against-reference tests
 run the accelerated scan on random traces: chains, stale nodes, forks.)
@@ -20,9 +20,7 @@ from ksmreplay.engine import Engine
 from ksmreplay.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.ksm import Ksmd
 
-pytestmark = pytest.mark.skipif(
-    native.native() is None, reason="the accelerator cannot be built here"
-)
+pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
 PAGE = 4096
 BASE = 0x10000000

@@ -1,4 +1,4 @@
-"""The decoding accelerator gives exactly what the pure-Python reader gives.
+"""The native core gives exactly what the scalar code gives.
 
 Same events, same runs of writes, the same error message for every broken
 trace, and the same replay report; and without a compiler everything still
@@ -31,13 +31,11 @@ PAGE = 4096
 TRACES = Path(__file__).parent.parent / "traces"
 BASE = 0x7F0000000000
 
-needs_accel = pytest.mark.skipif(
-    native.native() is None, reason="the accelerator cannot be built here"
-)
+needs_native = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
 
 def read_with(data: bytes, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Events of ``data`` (or the error message), with or without the accelerator."""
+    """Events of ``data`` (or the error message), with or without the native core."""
     monkeypatch.setenv(native.ENV, "1" if accelerated else "0")
     try:
         with TraceReader(io.BytesIO(data), "t") as reader:
@@ -72,7 +70,7 @@ def uint(value: int, code: int) -> bytes:
     return bytes([code]) + struct.pack(fmt[code], value)
 
 
-@needs_accel
+@needs_native
 @pytest.mark.parametrize("code", [0xCC, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3])
 def test_every_integer_encoding(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN writes whose numbers use one integer encoding each
@@ -94,7 +92,7 @@ def test_every_integer_encoding(code: int, monkeypatch: pytest.MonkeyPatch) -> N
     assert events[1].content.tolist() == [small]
 
 
-@needs_accel
+@needs_native
 def test_long_forms_of_str_and_array(monkeypatch: pytest.MonkeyPatch) -> None:
     str8 = b"\xd9\x05write"
     arr16 = b"\xdc\x00\x06"
@@ -105,7 +103,7 @@ def test_long_forms_of_str_and_array(monkeypatch: pytest.MonkeyPatch) -> None:
     assert events[1].content.tolist() == [3, 2**64 - 1]
 
 
-@needs_accel
+@needs_native
 def test_negative_and_odd_shapes_go_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in (
         [1, "write", 1, BASE, PAGE, [-1]],
@@ -142,7 +140,7 @@ def write_events(n: int, pages: int = 4, pids: int = 3, fill_every: int = 5) -> 
     return out
 
 
-@needs_accel
+@needs_native
 def test_runs_are_the_same_events(monkeypatch: pytest.MonkeyPatch) -> None:
     body = write_events(3000)
     later = [[1000 + w[0], *w[1:]] for w in write_events(500)[3:]]
@@ -159,7 +157,7 @@ def test_runs_are_the_same_events(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(events[3].content, int)
 
 
-@needs_accel
+@needs_native
 def test_a_write_bigger_than_a_scan_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     pages = 300_000  # more fingerprints than one scan first has room for
     fps = list(range(pages))
@@ -170,7 +168,7 @@ def test_a_write_bigger_than_a_scan_batch(monkeypatch: pytest.MonkeyPatch) -> No
     assert events[1].content.tolist() == fps
 
 
-@needs_accel
+@needs_native
 def test_an_error_inside_a_run_names_its_event(monkeypatch: pytest.MonkeyPatch) -> None:
     body = write_events(2000)
     body[1500][0] = 0  # time goes back in the middle of a run
@@ -178,7 +176,7 @@ def test_an_error_inside_a_run_names_its_event(monkeypatch: pytest.MonkeyPatch) 
     assert message.startswith("t: event 1501 (t=0): t goes back in time")
 
 
-@needs_accel
+@needs_native
 @pytest.mark.parametrize("cut", [1, 7, 100])
 def test_truncated_and_garbage_after_runs(cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
     data = pack(HEADER, *write_events(1000))
@@ -196,11 +194,11 @@ def test_damaged_traces_read_the_same_both_ways(
     data: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if native.native() is None:
-        pytest.skip("the accelerator cannot be built here")
+        pytest.skip("the native core was not built")
     both(data, monkeypatch)
 
 
-@needs_accel
+@needs_native
 def test_damaged_write_runs_read_the_same_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     data = bytearray(pack(HEADER, *write_events(300)))
     rng = np.random.default_rng(1)
@@ -214,7 +212,7 @@ def test_damaged_write_runs_read_the_same_both_ways(monkeypatch: pytest.MonkeyPa
 # -- a replay, and no compiler ---------------------------------------------------
 
 
-@needs_accel
+@needs_native
 def test_replay_reports_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body: list[Any] = [[0, "ksm", {"run": 1, "pages_to_scan": 300, "sleep_millisecs": 1}]]
     writes = write_events(4000, pids=3)
@@ -272,7 +270,7 @@ def test_the_engine_in_use_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert native.engine() == f"scalar ({native.ENV}=0)"
 
 
-@needs_accel
+@needs_native
 def test_the_values_without_the_core_are_the_cores() -> None:
     """ksmreplay.h's records and constants, as the module exports them, are the
     ones an install without the native core uses (native._WITHOUT_CORE)."""
