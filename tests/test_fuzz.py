@@ -1,7 +1,7 @@
 """The fuzzer (``tests/fuzzer.py``): its own checks, a short run, and the saved cases it found.
 
 ``test_short_fuzz_run`` is marked ``fuzz`` (``pytest -m "not fuzz"`` leaves it
-out); it runs by default, for about 40 seconds.  ``make fuzz`` runs the long
+out); it runs by default, for about 30 seconds.  ``make fuzz`` runs the long
 campaign.  Every case in ``tests/fuzz_cases/`` is a trace that once made a
 command fail; it must now pass every check of the fuzzer.  A case whose
 ``xfail`` field is set still fails on this code (strict: the test errs once
@@ -25,10 +25,10 @@ import pytest
 CASE_FILES = sorted(fuzzer.CASES_DIR.glob("*.json"))
 SHORT_SEED = 2024
 SHORT_COUNT = 400
-SHORT_SECONDS = 40.0
+SHORT_SECONDS = 25.0
 """The short run starts no mutant after this long (it stops earlier when all are done)."""
-SHORT_MIN_MUTANTS = 40
-CASE_LIMITS = fuzzer.Limits(cpu=3, wall=30)
+SHORT_MIN_MUTANTS = 8
+CASE_LIMITS = fuzzer.Limits(cpu=2, wall=30)
 
 
 @pytest.fixture(scope="module")
