@@ -1662,7 +1662,7 @@ def fuzz(
         next_index = 0
         while next_index < count or pending:
             late = deadline is not None and time.monotonic() - start > deadline
-            while next_index < count and len(pending) < 2 * jobs and not late:
+            while next_index < count and len(pending) <= jobs and not late:
                 pending.add(ex.submit(fuzz_one, seed, next_index, limits))
                 next_index += 1
             if not pending:
