@@ -1414,10 +1414,15 @@ def check_mutant(
         if c is None:
             continue
         check.agree(v, f"convert {form}")
-        produced = (workdir / out_dir / "trace").exists()
-        if c.status != 0 and produced:
+        left = sorted(p.name for p in (workdir / out_dir).iterdir())
+        if left not in ([], ["trace"]) or (c.status != 0 and left):
             check.failures.append(
-                Failure("leftover", f"convert {form}", "", "a failed convert left its output")
+                Failure(
+                    "leftover",
+                    f"convert {form}",
+                    "",
+                    f"convert exited {c.status} and left {left} where it writes",
+                )
             )
         if c.status == 0 and check.clean(f"convert {form}"):
             vo = do(f"validate-out {form}", out_dir, ["validate", "trace"])
