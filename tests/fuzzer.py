@@ -1415,7 +1415,8 @@ def check_mutant(
             continue
         check.agree(v, f"convert {form}")
         left = sorted(p.name for p in (workdir / out_dir).iterdir())
-        if left not in ([], ["trace"]) or (c.status != 0 and left):
+        ended = check.clean(f"convert {form}") is not None  # (a killed one cannot clean up)
+        if ended and (left not in ([], ["trace"]) or (c.status != 0 and left)):
             check.failures.append(
                 Failure(
                     "leftover",
