@@ -41,6 +41,7 @@ Usage (``make fuzz`` runs the first)::
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import concurrent.futures
 import contextlib
@@ -1574,6 +1575,7 @@ def _worker_dir() -> Path:
     global _WORKDIR
     if _WORKDIR is None:
         _WORKDIR = Path(tempfile.mkdtemp(prefix="ksmreplay-fuzz."))
+        atexit.register(shutil.rmtree, _WORKDIR, True)
     return _WORKDIR
 
 
