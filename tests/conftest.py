@@ -27,3 +27,9 @@ def with_and_without_accel(
         if accel.accelerator() is None:
             pytest.skip("the decoding accelerator cannot be built here (no C compiler?)")
     yield request.param
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fuzz: a bounded run of the fuzzer (tests/fuzzer.py); -m 'not fuzz' skips it"
+    )
