@@ -26,7 +26,8 @@ from ksmreplay.errors import ExitStatus, InputOutputError, KsmreplayError
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.render import FORMATS, plain_table, render
-from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
+from ksmreplay.replay import MODE_CHOICES, expand_modes, replay_spooled
+from ksmreplay.report import close_spools
 from ksmreplay.synth import (
     WORKLOAD_NAMES,
     describe_workloads,
@@ -411,7 +412,7 @@ def run(
     progress = _progress_callback(trace)
     try:
         with open_trace(trace) as reader:
-            report = replay(
+            report = replay_spooled(
                 reader,
                 chosen,
                 settings or None,
@@ -421,8 +422,11 @@ def run(
     finally:
         if progress is not None:
             sys.stderr.write("\r\033[K")
-    with _text_output(output) as out:
-        render(report, fmt, out)
+    try:
+        with _text_output(output) as out:
+            render(report, fmt, out)
+    finally:
+        close_spools(report)
 
 
 @cli.command("exec")

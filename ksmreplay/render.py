@@ -4,13 +4,21 @@ Every format shows the same numbers and is deterministic: the same report gives
 byte-identical output on every machine (no terminal widths, no locale, no
 colours, ``\\n`` line endings).  ``render(report, fmt, out)`` picks one of
 ``render_table``, ``render_json``, ``render_csv``, ``render_tsv``.
+
+Each renderer takes either form of the report (``report.py``): the whole
+:class:`~ksmreplay.report.Report`, or a
+:class:`~ksmreplay.report.SpooledReport` whose snapshots are read back from
+their spools.  Output is written as it is made, a snapshot at a time, so
+memory does not grow with the number of snapshots: JSON and CSV/TSV read each
+run's snapshots in turn, the table reads every run's n-th snapshot side by
+side.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import zip_longest
 from typing import Any, TextIO
 
@@ -22,8 +30,9 @@ from ksmreplay.report import (
     KSM_COUNTERS,
     MEMORY_COUNTERS,
     PROCESS_COUNTERS,
-    Report,
+    AnyReport,
     Snap,
+    SnapshotSpool,
 )
 
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "tsv")
@@ -39,10 +48,11 @@ _NULL = "-"
 """How the table shows a null counter (one the mode's kernel does not have)."""
 
 
-def render(report: Report, fmt: str, out: TextIO) -> None:
+def render(report: AnyReport, fmt: str, out: TextIO) -> None:
     """Write ``report`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
 
-    :param report: a report as built by ``replay()`` (REPORT_FORMAT.md).
+    :param report: a report as built by ``replay()`` (REPORT_FORMAT.md), or
+        by ``replay_spooled()``.
     :param fmt: ``table`` (for people), ``json`` (exactly REPORT_FORMAT.md),
         ``csv`` or ``tsv`` (one row per counter value).
     :param out: a text stream; everything ends with ``\\n``.
@@ -57,9 +67,53 @@ def render(report: Report, fmt: str, out: TextIO) -> None:
 # --- json -------------------------------------------------------------------------------
 
 
-def render_json(report: Report, out: TextIO) -> None:
-    """The report as REPORT_FORMAT.md: indented JSON in report key order, then ``\\n``."""
-    out.write(json.dumps(report, indent=2))
+_JSON_INDENT = 2
+_JSON_STREAM_DEPTH = 3
+"""How deep :func:`render_json` writes containers piece by piece: the report
+(0), its ``runs`` (1), each run (2), each run's ``snapshots`` (3).  Deeper
+values (a snapshot, ``trace``, ``settings``...) are encoded whole."""
+
+
+def _json_value(value: object, depth: int) -> str:
+    """``value`` as ``json.dumps(..., indent=2)`` writes it at nesting ``depth``.
+
+    Encoded strings never hold a raw newline (JSON escapes it), so every
+    newline is one of the encoder's and is followed by the indent of its depth.
+    """
+    text = json.dumps(value, indent=_JSON_INDENT)
+    return text.replace("\n", "\n" + " " * (_JSON_INDENT * depth)) if depth else text
+
+
+def _write_json(value: object, depth: int, out: TextIO) -> None:
+    """Write what ``json.dumps(value, indent=2)`` would at ``depth``, a piece at a time."""
+    if depth > _JSON_STREAM_DEPTH or not isinstance(value, (dict, list, SnapshotSpool)):
+        out.write(_json_value(value, depth))
+        return
+    if not len(value):
+        out.write("{}" if isinstance(value, dict) else "[]")
+        return
+    inner = "\n" + " " * (_JSON_INDENT * (depth + 1))
+    if isinstance(value, dict):
+        out.write("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.write(("," if i else "") + inner + json.dumps(key) + ": ")
+            _write_json(item, depth + 1, out)
+        out.write("\n" + " " * (_JSON_INDENT * depth) + "}")
+    else:
+        out.write("[")
+        for i, item in enumerate(value):
+            out.write(("," if i else "") + inner)
+            _write_json(item, depth + 1, out)
+        out.write("\n" + " " * (_JSON_INDENT * depth) + "]")
+
+
+def render_json(report: AnyReport, out: TextIO) -> None:
+    """The report as REPORT_FORMAT.md: indented JSON in report key order, then ``\\n``.
+
+    Byte for byte ``json.dumps(report, indent=2) + "\\n"``, written one
+    snapshot at a time.
+    """
+    _write_json(report, 0, out)
     out.write("\n")
 
 
@@ -87,30 +141,57 @@ def _ordered_keys(known: Sequence[str], mappings: Iterable[Mapping[str, Any]]) -
     return [key for key in known if key in seen] + [key for key in extra if key != "pid"]
 
 
-def _snap_rows(mode: str, snap: Snap) -> Iterator[tuple[str, ...]]:
-    """CSV rows of one snapshot: ksm, then each process (by pid), then memory, then events."""
-    label = snap["label"]
-    for counter in _ordered_keys(KSM_COUNTERS, [snap["ksm"]]):
-        yield (mode, label, "ksm", "", counter, _cell(snap["ksm"][counter]))
+def _quoting(delimiter: str) -> Callable[[str], str]:
+    """Fields quoted as ``csv.writer(delimiter=delimiter, lineterminator="\\n")`` quotes them."""
+    special = re.compile(f'["\\n{re.escape(delimiter)}]')
+
+    def field(text: str) -> str:
+        if special.search(text) is None:
+            return text
+        return '"' + text.replace('"', '""') + '"'
+
+    return field
+
+
+csv_field = _quoting(",")
+tsv_field = _quoting("\t")
+
+
+def _text_cell(value: object, field: Callable[[str], str]) -> str:
+    """:func:`_cell`, made a field of the format by ``field``."""
+    if type(value) is int:
+        return str(value)  # the common case: digits need no quoting nor escaping
+    return field(_cell(value))
+
+
+def _snap_lines(mode: str, snap: Snap, field: Callable[[str], str], sep: str) -> str:
+    """The rows of one snapshot: ksm, then each process (by pid), then memory, then events."""
+    head = f"{field(mode)}{sep}{field(snap['label'])}{sep}"
+
+    def section(start: str, values: Mapping[str, Any], known: Sequence[str]) -> Iterator[str]:
+        for counter in _ordered_keys(known, [values]):
+            yield f"{start}{field(counter)}{sep}{_text_cell(values[counter], field)}\n"
+
+    lines = list(section(f"{head}ksm{sep}{sep}", snap["ksm"], KSM_COUNTERS))
     for proc in sorted(snap["processes"], key=lambda p: int(p["pid"])):
-        pid = str(proc["pid"])
-        for counter in _ordered_keys(PROCESS_COUNTERS, [proc]):
-            yield (mode, label, "process", pid, counter, _cell(proc[counter]))
-    for counter in _ordered_keys(MEMORY_COUNTERS, [snap["memory"]]):
-        yield (mode, label, "memory", "", counter, _cell(snap["memory"][counter]))
-    for counter in _ordered_keys(EVENT_COUNTERS, [snap["events"]]):
-        yield (mode, label, "events", "", counter, _cell(snap["events"][counter]))
+        start = f"{head}process{sep}{field(str(proc['pid']))}{sep}"
+        lines.extend(section(start, proc, PROCESS_COUNTERS))
+    lines.extend(section(f"{head}memory{sep}{sep}", snap["memory"], MEMORY_COUNTERS))
+    lines.extend(section(f"{head}events{sep}{sep}", snap["events"], EVENT_COUNTERS))
+    return "".join(lines)
 
 
-def _rows(report: Report) -> Iterator[tuple[str, ...]]:
-    """Every row of the CSV/TSV formats, header first."""
-    yield CSV_HEADER
+def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep: str) -> None:
+    """Every row of the CSV/TSV formats, header first, a snapshot at a time."""
+    out.write(sep.join(field(name) for name in CSV_HEADER) + "\n")
     for run in report["runs"]:
-        for snap in [*run["snapshots"], run["final"]]:
-            yield from _snap_rows(run["mode"], snap)
+        mode = run["mode"]
+        for snap in run["snapshots"]:
+            out.write(_snap_lines(mode, snap, field, sep))
+        out.write(_snap_lines(mode, run["final"], field, sep))
 
 
-def render_csv(report: Report, out: TextIO) -> None:
+def render_csv(report: AnyReport, out: TextIO) -> None:
     """One row per (mode, snapshot, scope, pid, counter, value), with a header row.
 
     Runs in report order; in each, the snapshots in order and then ``final``;
@@ -118,12 +199,12 @@ def render_csv(report: Report, out: TextIO) -> None:
     these rows), ``memory`` and ``events``.  Booleans are ``yes``/``no``, null
     is empty.  Lines end with ``\\n``.
     """
-    csv.writer(out, lineterminator="\n").writerows(_rows(report))
+    _write_rows(report, out, csv_field, ",")
 
 
-def render_tsv(report: Report, out: TextIO) -> None:
+def render_tsv(report: AnyReport, out: TextIO) -> None:
     """The rows of :func:`render_csv`, tab-separated."""
-    csv.writer(out, delimiter="\t", lineterminator="\n").writerows(_rows(report))
+    _write_rows(report, out, tsv_field, "\t")
 
 
 # --- table ------------------------------------------------------------------------------
@@ -245,7 +326,7 @@ def _seconds(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
 
 
-def render_table(report: Report, out: TextIO) -> None:
+def render_table(report: AnyReport, out: TextIO) -> None:
     """The report for people: plain aligned tables, blocks separated by blank lines.
 
     A header (trace path, events, duration, page size, meta, modes); one block
@@ -268,25 +349,24 @@ def render_table(report: Report, out: TextIO) -> None:
     if trace["meta"]:
         head.append(["meta", _show(trace["meta"])])
     head.append(["modes", ", ".join(modes)])
-    blocks = [plain_table([], head, "ll")]
+    out.write(plain_table([], head, "ll"))
 
-    snap_lists = [run["snapshots"] for run in runs]
-    for snaps in zip_longest(*snap_lists):
-        blocks.append(_snap_block(modes, snaps, final=False))
-    blocks.append(_snap_block(modes, [run["final"] for run in runs], final=True))
+    # the n-th snapshot of every run side by side, read from each run in step
+    for snaps in zip_longest(*(run["snapshots"] for run in runs)):
+        out.write("\n\n" + _snap_block(modes, snaps, final=False))
+    out.write("\n\n" + _snap_block(modes, [run["final"] for run in runs], final=True))
 
-    blocks.append(_by_mode("settings", modes, (), [run["settings"] for run in runs]))
+    out.write("\n\n" + _by_mode("settings", modes, (), [run["settings"] for run in runs]))
     refused = [
         [run["mode"], str(r["event"]), str(r["t"]), r["knob"], _show(r["value"]), r["error"]]
         for run in runs
         for r in run["refused"]
     ]
     if refused:
-        blocks.append(
-            "refused writes\n"
+        out.write(
+            "\n\nrefused writes\n"
             + plain_table(["mode", "event", "t", "knob", "value", "error"], refused, "lrrlll")
         )
-    out.write("\n\n".join(blocks))
     out.write("\n")
 
 

@@ -12,22 +12,26 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
+from click.testing import CliRunner
 from golden import check_golden
 from report_samples import one_mode_report, two_mode_report
 
+from ksmreplay.cli import cli
 from ksmreplay.render import CSV_HEADER, FORMATS, render
-from ksmreplay.report import Report
+from ksmreplay.replay import expand_modes, replay, replay_spooled
+from ksmreplay.report import AnyReport, Report, SnapshotSpool, SpooledReport, close_spools
+from ksmreplay.trace import open_trace
 
 GOLDEN = Path(__file__).parent / "golden"
 # the specification lives beside the repository, in shared/spec/
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "spec" / "report.schema.json"
 
 
-def _text(report: Report, fmt: str) -> str:
+def _text(report: AnyReport, fmt: str) -> str:
     out = io.StringIO(newline="")
     render(report, fmt, out)
     return out.getvalue()
@@ -69,6 +73,102 @@ def test_rendering_does_not_change_the_report(fmt: str) -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown format 'xml'"):
         render(two_mode_report(), "xml", io.StringIO())
+
+
+# --- either form of the report: whole, or with its snapshots spooled ----------------------
+
+
+def _spooled(report: Report) -> SpooledReport:
+    """The same report with each run's snapshots in a spool."""
+    runs = []
+    for run in report["runs"]:
+        spool = SnapshotSpool()
+        for snap in run["snapshots"]:
+            spool.append(snap)
+        runs.append({**run, "snapshots": spool})
+    return cast(SpooledReport, {**report, "runs": runs})
+
+
+def _many_snapshots_report() -> Report:
+    """Two modes, snapshots of different labels and process sets, an extra run key."""
+    report = two_mode_report()
+    for n, run in enumerate(report["runs"]):
+        final = run["final"]
+        run["snapshots"] = []
+        for i in range(7):
+            snap = copy.deepcopy(final)
+            snap["label"] = f"s{i}" if i != 3 else ""
+            snap["processes"] = snap["processes"][: i % 3]
+            snap["ksm"]["pages_scanned"] = 100 * i + n
+            run["snapshots"].append(snap)
+        run["events_observed"] = {"merges": n}  # type: ignore[typeddict-unknown-key]
+    return report
+
+
+def _odd_report() -> Report:
+    """Shapes the JSON encoder must get right: empty and nested meta, unicode, floats."""
+    report = one_mode_report()
+    report["trace"]["meta"] = {"a": {}, "b": [], "c": {"d": [1, {"e": None}]}, "é": 0.5}
+    report["trace"]["path"] = "dir/\u00e9\n.msgpack"
+    report["runs"][0]["snapshots"] = [copy.deepcopy(report["runs"][0]["final"])]
+    report["runs"][0]["snapshots"][0]["label"] = '\u2028\x1b"é'
+    report["runs"][0]["snapshots"][0]["processes"] = []
+    return report
+
+
+REPORTS = [two_mode_report, one_mode_report, _many_snapshots_report, _odd_report]
+
+
+@pytest.mark.parametrize("make", REPORTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_spooled_report_renders_byte_identical_to_the_whole_one(make: Any, fmt: str) -> None:
+    report = make()
+    spooled = _spooled(report)
+    try:
+        assert _text(spooled, fmt) == _text(report, fmt)
+        assert _text(spooled, fmt) == _text(report, fmt)  # the spools can be read again
+    finally:
+        close_spools(spooled)
+
+
+@pytest.mark.parametrize("make", REPORTS)
+def test_json_is_byte_for_byte_json_dumps_of_the_report(make: Any) -> None:
+    report = make()
+    assert _text(report, "json") == json.dumps(report, indent=2) + "\n"
+    no_runs = make()
+    no_runs["runs"] = []
+    assert _text(no_runs, "json") == json.dumps(no_runs, indent=2) + "\n"
+
+
+BUNDLED = Path(__file__).parent.parent / "traces"
+
+
+@pytest.mark.parametrize("name", ["demo", "unmerge-cycle", "containers"])
+def test_replay_spooled_renders_what_replay_renders_for_bundled_traces(name: str) -> None:
+    # GIVEN a bundled trace replayed both ways in every mode
+    path = str(BUNDLED / f"{name}.msgpack")
+    modes = expand_modes("all")
+    with open_trace(path) as reader:
+        whole = replay(reader, modes)
+    with open_trace(path) as reader:
+        spooled = replay_spooled(reader, modes)
+    # THEN every format gives the same bytes, and JSON is json.dumps of the whole report
+    try:
+        for fmt in FORMATS:
+            assert _text(spooled, fmt) == _text(whole, fmt), fmt
+        assert _text(spooled, "json") == json.dumps(whole, indent=2) + "\n"
+    finally:
+        close_spools(spooled)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_run_prints_the_whole_reports_bytes(fmt: str) -> None:
+    path = str(BUNDLED / "demo.msgpack")
+    with open_trace(path) as reader:
+        whole = replay(reader, expand_modes("all"))
+    result = CliRunner().invoke(cli, ["run", path, "--mode", "all", "--format", fmt])
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.decode() == _text(whole, fmt)
 
 
 # --- json -------------------------------------------------------------------------------
@@ -189,3 +289,4 @@ def test_table_without_processes_says_so() -> None:
 def test_table_lines_have_no_trailing_blanks() -> None:
     text = _text(two_mode_report(), "table")
     assert all(line == line.rstrip() for line in text.splitlines())
+
