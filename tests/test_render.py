@@ -16,12 +16,15 @@ from typing import Any, cast
 
 import jsonschema
 import pytest
+import tabulate
 from click.testing import CliRunner
 from golden import check_golden
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from report_samples import one_mode_report, two_mode_report
 
 from ksmreplay.cli import cli
-from ksmreplay.render import CSV_HEADER, FORMATS, render
+from ksmreplay.render import CSV_HEADER, FORMATS, plain_table, render
 from ksmreplay.replay import expand_modes, replay, replay_spooled
 from ksmreplay.report import AnyReport, Report, SnapshotSpool, SpooledReport, close_spools
 from ksmreplay.trace import open_trace
@@ -290,3 +293,49 @@ def test_table_lines_have_no_trailing_blanks() -> None:
     text = _text(two_mode_report(), "table")
     assert all(line == line.rstrip() for line in text.splitlines())
 
+
+def _tabulate_plain(headers: list[str], rows: list[list[str]], aligns: str) -> str:
+    """The layout :func:`plain_table` promises, as tabulate makes it."""
+    width = max([len(headers), *(len(row) for row in rows)])
+    colalign = ["left" if i < len(aligns) and aligns[i] == "l" else "right" for i in range(width)]
+    saved = tabulate.MIN_PADDING
+    tabulate.MIN_PADDING = 0
+    try:
+        text = tabulate.tabulate(
+            rows, headers=headers, tablefmt="plain", disable_numparse=True, colalign=colalign
+        )
+    finally:
+        tabulate.MIN_PADDING = saved
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+_CELLS = st.one_of(
+    st.text(max_size=5),  # any character, printable or not
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=8),
+    st.sampled_from(["", " ", " a ", "True", "-", "+3", "-12", "1.5", "1e5", "yes"]),
+)
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]], str]:
+    width = draw(st.integers(1, 5))
+    ragged = draw(st.booleans()) and draw(st.booleans())
+    rows = draw(
+        st.lists(
+            st.lists(_CELLS, min_size=1 if ragged else width, max_size=width),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    headers = draw(st.one_of(st.just([]), st.lists(_CELLS, min_size=width, max_size=width)))
+    aligns = draw(st.text(alphabet="lr", max_size=6))
+    return headers, rows, aligns
+
+
+@settings(max_examples=400, deadline=None)
+@given(_tables())
+def test_plain_table_lays_out_as_tabulate_plain(
+    table: tuple[list[str], list[list[str]], str],
+) -> None:
+    headers, rows, aligns = table
+    assert plain_table(headers, rows, aligns) == _tabulate_plain(headers, rows, aligns)
