@@ -141,20 +141,35 @@ def _ordered_keys(known: Sequence[str], mappings: Iterable[Mapping[str, Any]]) -
     return [key for key in known if key in seen] + [key for key in extra if key != "pid"]
 
 
-def _quoting(delimiter: str) -> Callable[[str], str]:
-    """Fields quoted as ``csv.writer(delimiter=delimiter, lineterminator="\\n")`` quotes them."""
-    special = re.compile(f'["\\n{re.escape(delimiter)}]')
+_CSV_SPECIAL = re.compile(r'[",\r\n]')
+"""Characters that make RFC 4180 enclose a CSV field in double quotes."""
 
-    def field(text: str) -> str:
-        if special.search(text) is None:
-            return text
-        return '"' + text.replace('"', '""') + '"'
-
-    return field
+_TSV_SPECIAL = re.compile(r"[\\\t\n\r]")
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
-csv_field = _quoting(",")
-tsv_field = _quoting("\t")
+def csv_field(text: str) -> str:
+    """One CSV field, quoted as RFC 4180 says.
+
+    A field holding a comma, a double quote, a carriage return or a line feed
+    is enclosed in double quotes, each of its double quotes doubled; any other
+    field is written as it is.
+    """
+    if _CSV_SPECIAL.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def tsv_field(text: str) -> str:
+    """One TSV field: backslash, tab, line feed and carriage return written as
+    ``\\\\``, ``\\t``, ``\\n``, ``\\r``; everything else as it is (no quoting).
+
+    So a TSV row is one line with a tab between fields, and replacing each
+    escape by its character gives the field back.
+    """
+    if _TSV_SPECIAL.search(text) is None:
+        return text
+    return _TSV_SPECIAL.sub(lambda match: _TSV_ESCAPES[match.group()], text)
 
 
 def _text_cell(value: object, field: Callable[[str], str]) -> str:
@@ -197,13 +212,19 @@ def render_csv(report: AnyReport, out: TextIO) -> None:
     Runs in report order; in each, the snapshots in order and then ``final``;
     in each snapshot the ``ksm`` counters, each process's (``pid`` set only on
     these rows), ``memory`` and ``events``.  Booleans are ``yes``/``no``, null
-    is empty.  Lines end with ``\\n``.
+    is empty.  Fields are quoted as RFC 4180 says (:func:`csv_field`), so a
+    label holding a comma, a quote or a line break stays one field; lines end
+    with ``\\n``.
     """
     _write_rows(report, out, csv_field, ",")
 
 
 def render_tsv(report: AnyReport, out: TextIO) -> None:
-    """The rows of :func:`render_csv`, tab-separated."""
+    """The rows of :func:`render_csv`, tab-separated, one row per line.
+
+    No quoting: backslash, tab, line feed and carriage return in a field are
+    written ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (:func:`tsv_field`).
+    """
     _write_rows(report, out, tsv_field, "\t")
 
 
@@ -333,6 +354,16 @@ def _processes(modes: Sequence[str], snaps: Sequence[Snap | None]) -> str:
     return plain_table(["pid", "mode", *counters], rows, "rl")
 
 
+def _printable(text: str) -> str:
+    """``text`` as it is when every character of it is printable, else as a JSON string.
+
+    The table never writes a control character or a line break of a label
+    or a path: those would move the cursor, recolour the terminal or split a
+    row.  JSON's escapes (``\\n``, ``\\u001b``...) show them instead, quoted.
+    """
+    return text if text.isprintable() else json.dumps(text)
+
+
 def _heading(snap: Snap, final: bool) -> str:
     where = f"(event {snap['event']}, t={snap['t']} ns)"
     if final:
@@ -370,13 +401,16 @@ def render_table(report: AnyReport, out: TextIO) -> None:
     there are several modes, blank when equal or not a number), the processes
     (one row per pid and mode), ``memory`` and ``events``; then the settings
     in force at the end and the refused ``ksm`` writes, if any.  Null counters
-    show as ``-``, booleans as ``yes``/``no``.
+    show as ``-``, booleans as ``yes``/``no``.  Labels show as JSON strings;
+    the trace path as it is, or as a JSON string when it holds a character
+    that is not printable (a control character, a line break), so that
+    nothing in a report moves the terminal's cursor or splits a row.
     """
     trace = report["trace"]
     runs = report["runs"]
     modes = [run["mode"] for run in runs]
     head = [
-        ["trace", trace["path"]],
+        ["trace", _printable(trace["path"])],
         ["events", str(trace["events"])],
         ["duration", f"{trace['duration_ns']} ns ({_seconds(trace['duration_ns'])})"],
         ["page size", f"{trace['page_size']} bytes"],

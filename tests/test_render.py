@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from report_samples import one_mode_report, two_mode_report
 
 from ksmreplay.cli import cli
-from ksmreplay.render import CSV_HEADER, FORMATS, plain_table, render
+from ksmreplay.render import CSV_HEADER, FORMATS, csv_field, plain_table, render, tsv_field
 from ksmreplay.replay import expand_modes, replay, replay_spooled
 from ksmreplay.report import AnyReport, Report, SnapshotSpool, SpooledReport, close_spools
 from ksmreplay.trace import open_trace
@@ -244,6 +244,142 @@ def test_csv_quotes_a_label_with_a_comma() -> None:
     report["runs"][0]["final"]["label"] = "a,b"
     rows = _csv_rows(report, "csv")
     assert rows[1][:3] == ["unshare", "a,b", "ksm"]
+
+
+# --- text in fields: labels holding separators, quotes, line breaks, control characters --
+
+NASTY_LABELS = [
+    "new\nline",
+    "tab\there",
+    "back\\slash",
+    "com,ma",
+    'qu"ote',
+    '"',
+    "esc\x1b[31mred",
+    "cr\rret",
+    "crlf\r\n",
+    "nul\x00bel\x07",
+    "ls\u2028nel\x85",
+    "\\n, not a line break",
+    "ends in \\",
+    "",
+]
+
+
+def _labelled(labels: list[str]) -> Report:
+    """The two-mode report with one snapshot per label in each run."""
+    report = two_mode_report()
+    for run in report["runs"]:
+        template = run["snapshots"][0]
+        run["snapshots"] = []
+        for i, label in enumerate(labels):
+            snap = copy.deepcopy(template)
+            snap["label"] = label
+            snap["t"] = i
+            run["snapshots"].append(snap)
+    return report
+
+
+def _placeholders() -> list[str]:
+    return [f"label{i}" for i in range(len(NASTY_LABELS))]
+
+
+def _relabel(rows: list[list[str]]) -> list[list[str]]:
+    """Rows of the placeholder report with each placeholder replaced by its nasty label."""
+    swap = dict(zip(_placeholders(), NASTY_LABELS, strict=True))
+    return [[row[0], swap.get(row[1], row[1]), *row[2:]] for row in rows]
+
+
+def test_csv_quotes_as_rfc_4180_and_parses_back_to_the_same_cells() -> None:
+    # GIVEN labels with commas, quotes, CR, LF and control characters
+    text = _text(_labelled(NASTY_LABELS), "csv")
+    safe = _text(_labelled(_placeholders()), "csv")
+    # WHEN the CSV is parsed back THEN every row has its six cells, labels intact
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    safe_rows = list(csv.reader(io.StringIO(safe, newline="")))
+    assert rows == _relabel(safe_rows)
+    # a field with a comma, a quote, CR or LF is quoted, quotes doubled; others are not
+    assert '\nlegacy,"cr\rret",ksm,,pages_shared,1\n' in text
+    assert '\nlegacy,"qu""ote",ksm,,pages_shared,1\n' in text
+    assert '\nlegacy,"new\nline",ksm,,pages_shared,1\n' in text
+    assert "\nlegacy,esc\x1b[31mred,ksm,,pages_shared,1\n" in text
+    assert "\nlegacy,back\\slash,ksm,,pages_shared,1\n" in text
+
+
+def _tsv_unescape(field: str) -> str:
+    """A TSV field back to its text: \\\\, \\t, \\n, \\r; any other backslash is an error."""
+    out = []
+    chars = iter(field)
+    for ch in chars:
+        if ch == "\\":
+            out.append({"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}[next(chars)])
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def test_tsv_escapes_tab_line_breaks_and_backslash_one_row_per_line() -> None:
+    text = _text(_labelled(NASTY_LABELS), "tsv")
+    safe = _text(_labelled(_placeholders()), "tsv")
+    # every row is one line of six tab-separated fields: no quoting, nothing split
+    lines = text.split("\n")
+    assert lines.pop() == ""
+    assert len(lines) == safe.count("\n")
+    assert "\r" not in text
+    rows = [[_tsv_unescape(field) for field in line.split("\t")] for line in lines]
+    assert all(len(row) == 6 for row in rows)
+    assert rows == _relabel([line.split("\t") for line in safe.split("\n")[:-1]])
+    # the escapes as written
+    assert "\nlegacy\ttab\\there\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tnew\\nline\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tcrlf\\r\\n\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tback\\\\slash\tksm\t\tpages_shared\t1\n" in text
+    assert '\nlegacy\tqu"ote\tksm\t\tpages_shared\t1\n' in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_csv_field_parses_back_and_differs_from_the_csv_module_only_for_cr(text: str) -> None:
+    line = f"{csv_field(text)},x\n"
+    assert list(csv.reader(io.StringIO(line, newline=""))) == [[text, "x"]]
+    if "\r" not in text:
+        # what the reports wrote before for every field without a carriage return
+        written = io.StringIO(newline="")
+        csv.writer(written, lineterminator="\n").writerow([text, "x"])
+        assert line == written.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_tsv_field_is_one_field_of_one_line_and_unescapes_back(text: str) -> None:
+    field = tsv_field(text)
+    assert not {"\t", "\n", "\r"} & set(field)
+    assert _tsv_unescape(field) == text
+
+
+def _unprintable(text: str) -> set[str]:
+    return {ch for ch in text if ch != "\n" and not ch.isprintable()}
+
+
+def test_table_shows_labels_with_control_characters_escaped() -> None:
+    text = _text(_labelled(NASTY_LABELS), "table")
+    safe = _text(_labelled(_placeholders()), "table")
+    assert _unprintable(text) == set()
+    assert text.count("\n") == safe.count("\n")
+    assert '\nsnapshot "esc\\u001b[31mred" (event 7, t=6 ns)\n' in text
+    assert '\nsnapshot "crlf\\r\\n" (event 7, t=8 ns)\n' in text
+
+
+def test_table_shows_a_trace_path_with_control_characters_escaped() -> None:
+    report = two_mode_report()
+    report["trace"]["path"] = "dir/p\nq\x1b[1m\u2028.msgpack"
+    text = _text(report, "table")
+    assert _unprintable(text) == set()
+    assert text.count("\n") == _text(two_mode_report(), "table").count("\n")
+    assert text.startswith('trace      "dir/p\\nq\\u001b[1m\\u2028.msgpack"\nevents ')
+    # a printable path is shown as it is
+    report["trace"]["path"] = "dir/é ü.msgpack"
+    assert _text(report, "table").startswith("trace      dir/é ü.msgpack\nevents ")
 
 
 # --- table ------------------------------------------------------------------------------
