@@ -86,7 +86,12 @@ def _json_value(value: object, depth: int) -> str:
 
 def _write_json(value: object, depth: int, out: TextIO) -> None:
     """Write what ``json.dumps(value, indent=2)`` would at ``depth``, a piece at a time."""
-    if depth > _JSON_STREAM_DEPTH or not isinstance(value, (dict, list, SnapshotSpool)):
+    if (
+        depth > _JSON_STREAM_DEPTH
+        or not isinstance(value, (dict, list, SnapshotSpool))
+        or (isinstance(value, dict) and not all(isinstance(key, str) for key in value))
+    ):
+        # (json.dumps turns a key that is not a string into one; leave that to it)
         out.write(_json_value(value, depth))
         return
     if not len(value):

@@ -141,6 +141,9 @@ def test_json_is_byte_for_byte_json_dumps_of_the_report(make: Any) -> None:
     no_runs = make()
     no_runs["runs"] = []
     assert _text(no_runs, "json") == json.dumps(no_runs, indent=2) + "\n"
+    odd_keys = make()
+    odd_keys["trace"]["meta"] = {1: [True], None: {}, 2.5: "x"}
+    assert _text(odd_keys, "json") == json.dumps(odd_keys, indent=2) + "\n"
 
 
 BUNDLED = Path(__file__).parent.parent / "traces"
