@@ -15,11 +15,14 @@ again), each as its own process with a CPU-time limit, a wall-clock limit and
 an address-space limit (RLIMIT_AS), and the outcomes must pass these checks:
 
 - no traceback, no Python exception name, no warning on stderr; an exit status
-  in :data:`OK_STATUSES`; not killed by a signal; no hang (CPU or wall limit);
-  no more than :data:`RSS_LIMIT` of memory; nothing on stderr on success, one
-  line ``ksmreplay: ...`` on failure;
+  in :data:`OK_STATUSES` (``run`` also :data:`RESOURCES`: a valid trace that
+  needs more memory than the replay may take, :data:`MEMORY_BUDGET`); not
+  killed by a signal; no hang (CPU or wall limit); no more than
+  :data:`RSS_LIMIT` of memory; nothing on stderr on success, one line
+  ``ksmreplay: ...`` on failure;
 - ``run``, ``inspect`` and ``convert`` fail (exit 3) exactly when ``validate``
-  does, with the same message, and a failed ``convert`` leaves no output;
+  does, with the same message (``run`` may refuse a trace ``validate``
+  accepts with :data:`RESOURCES`), and a failed ``convert`` leaves no output;
 - with and without the accelerator, ``validate`` and ``run`` print the same;
 - a converted trace validates, and replays to the same report;
 - the msgpack and JSON-lines twins of a structured mutant give the same
@@ -62,7 +65,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +78,19 @@ CASES_DIR = TESTS / "fuzz_cases"
 
 OK_STATUSES = frozenset({0, 3})
 """Exit statuses allowed for validate, run, inspect and convert of a readable trace file."""
+RESOURCES = 6
+"""The exit status of a replay refused for want of memory (ExitStatus.RESOURCES): the
+trace is valid, the machine too small.  Allowed for ``run`` alone."""
+RUN_VERBS = frozenset({"run", "run-pure", "run-out"})
+"""The fuzzer's names of ``run`` commands (see :func:`check_mutant`)."""
+MEMORY_BUDGET = 256 << 20
+"""``KSMREPLAY_MEMORY`` of every command, in bytes: the most a replay may take.  Fixed,
+so that whether ``run`` has room does not depend on what the machine has free at the
+moment; and small, because a replay's time follows its memory (the pages it
+simulates): a valid trace that declares more work than the CPU limit allows (a
+fill of a million pages in three modes) is refused with :data:`RESOURCES` instead
+of being taken for a hang.  Every seed replays in less than 50 MiB."""
+MEMORY_ENV = "KSMREPLAY_MEMORY"
 MEMORY_LIMIT = 2 * 2**30
 """Address space of one command, in bytes (RLIMIT_AS)."""
 RSS_LIMIT = 1536 * 2**20
@@ -1165,6 +1181,7 @@ def _start(
 ) -> int:
     env = dict(os.environ)
     env.pop(ACCEL_ENV, None)
+    env[MEMORY_ENV] = str(MEMORY_BUDGET)
     if not accel:
         env[ACCEL_ENV] = "0"
     if module != "ksmreplay":  # a helper of the tests
@@ -1259,7 +1276,8 @@ def command_problem(command: str, o: Outcome) -> Failure | None:
         return Failure("warning", command, _exception_name(o.stderr), text)
     if o.maxrss > RSS_LIMIT:
         return Failure("memory", command, "rss", text)
-    if o.status not in OK_STATUSES:
+    allowed = OK_STATUSES | {RESOURCES} if command.split(" ")[0] in RUN_VERBS else OK_STATUSES
+    if o.status not in allowed:
         return Failure("status", command, str(o.status), text)
     if o.status == 0 and o.stderr:
         return Failure("stderr", command, "output on success", text)
@@ -1272,6 +1290,15 @@ def command_problem(command: str, o: Outcome) -> Failure | None:
 def _event_of(message: str) -> str:
     m = re.search(r": event (\d+)", message)
     return m.group(1) if m else message
+
+
+_ROOM = re.compile(r"only [\d.]+ [KMGTP]?i?B may be taken")
+
+
+def _message(o: Outcome) -> str:
+    """What ``o`` said on stderr, less what depends on the moment: the memory a refused
+    replay had room for (it varies with the process's own size)."""
+    return _ROOM.sub("only ... may be taken", o.stderr) if o.status == RESOURCES else o.stderr
 
 
 _ENCODING_WORDS = re.compile(r"msgpack|JSON|UTF-8|this reader's limit|truncated|nested too deeply")
@@ -1289,11 +1316,15 @@ class Check:
         return o if o is not None and command_problem(command, o) is None else None
 
     def agree(self, first: str, second: str, same_output: bool = False) -> None:
-        """``second`` fails exactly when ``first`` does, with the same message."""
+        """``second`` fails exactly when ``first`` does, with the same message; a ``run``
+        may also refuse, with :data:`RESOURCES`, a trace that ``first``, not a ``run``,
+        accepts (two runs of one trace must agree on that too)."""
         a, b = self.clean(first), self.clean(second)
         if a is None or b is None:
             return
-        if (a.status == 0) != (b.status == 0) or (a.status != 0 and a.stderr != b.stderr):
+        if b.status == RESOURCES and a.status == 0 and first.split(" ")[0] not in RUN_VERBS:
+            return
+        if a.status != b.status or (a.status != 0 and _message(a) != _message(b)):
             self.failures.append(
                 Failure(
                     "disagree",
@@ -1322,7 +1353,7 @@ class Check:
             detail = f"{a.status} vs {b.status}"
         elif a.status == 0 and a.stdout_hash != b.stdout_hash:
             detail = "stdout"
-        elif a.status != 0 and a.stderr != b.stderr:
+        elif a.status != 0 and _message(a) != _message(b):
             if _ENCODING_WORDS.search(a.stderr + b.stderr):
                 if _event_of(a.stderr) == _event_of(b.stderr):
                     return
@@ -1357,6 +1388,23 @@ def needed_commands(signature: str) -> set[str]:
     return needed
 
 
+SNAPSHOTS_PER_CPU_SECOND = 2000
+
+
+def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
+    """``limits`` with room for the work ``mutant`` declares: the report grows
+    with its snapshots (each a few KiB of output), so a second of CPU more per
+    :data:`SNAPSHOTS_PER_CPU_SECOND` snapshots; a trace of 100,000 snapshots is
+    no hang."""
+    if mutant.objects is None:
+        return limits
+    snapshots = sum(
+        1 for obj in mutant.objects[1:] if isinstance(obj, list) and obj[1:2] == ["snapshot"]
+    )
+    more = -(-snapshots // SNAPSHOTS_PER_CPU_SECOND)
+    return replace(limits, cpu=limits.cpu + more, wall=limits.wall + 3 * more)
+
+
 def check_mutant(
     mutant: Mutant,
     workdir: Path,
@@ -1373,6 +1421,7 @@ def check_mutant(
     """
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    limits = declared_limits(mutant, limits)
     check = Check()
     stalled = False
 
@@ -1530,11 +1579,112 @@ def slug(signature: str) -> str:
     return text[:80]
 
 
+CASE_FILE_BYTES = 4096
+"""The largest file a saved case may have: a larger trace is saved as a recipe."""
+_RUN_MIN = 16
+"""Items a repeated run of a list must cover to be written as one ``$repeat``."""
+
+
+def expand(value: Any) -> Any:
+    """A recipe (the ``objects`` of a saved case) made whole.
+
+    ``{"$repeat": S, "times": N}`` is the str ``S`` N times over; as an item of a
+    list, ``{"$repeat": [ITEMS], "times": N}`` stands for ``ITEMS`` N times over;
+    ``{"$numbered": P, "count": N}`` is the map ``{P0: 0, P1: 1, ...}`` of N
+    entries; ``{"$bin": B64}`` is bytes.  Anything else is itself.
+    """
+    if isinstance(value, dict):
+        if "$repeat" in value:
+            if not isinstance(value["$repeat"], str):
+                raise ValueError("a $repeat of items stands only in a list")
+            return value["$repeat"] * value["times"]
+        if "$numbered" in value:
+            return {f"{value['$numbered']}{i}": i for i in range(value["count"])}
+        if "$bin" in value:
+            return base64.b64decode(value["$bin"])
+        return {k: expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        out: list[Any] = []
+        for item in value:
+            if isinstance(item, dict) and isinstance(item.get("$repeat"), list):
+                unit = item["$repeat"]
+                for _ in range(item["times"]):
+                    out.extend(expand(x) for x in unit)
+            else:
+                out.append(expand(item))
+        return out
+    return value
+
+
+def _str_unit(text: str) -> str | None:
+    for n in range(1, 9):
+        if len(text) % n == 0 and text[:n] * (len(text) // n) == text:
+            return text[:n]
+    return None
+
+
+def compact(value: Any) -> Any:
+    """A recipe of ``value`` (see :func:`expand`): long repetitive strs, runs of
+    repeated items and numbered maps written short."""
+    if isinstance(value, str):
+        unit = _str_unit(value) if len(value) >= 64 else None
+        return {"$repeat": unit, "times": len(value) // len(unit)} if unit else value
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bin": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        n = len(value)
+        if n >= 64 and all(isinstance(k, str) for k in value):
+            prefix = next(iter(value))[:-1]
+            if list(value.items()) == [(f"{prefix}{i}", i) for i in range(n)]:
+                return {"$numbered": prefix, "count": n}
+        return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        keys = [repr(item) for item in value]  # (repr tells True from 1 from 1.0)
+        out: list[Any] = []
+        i = 0
+        while i < len(value):
+            best = (1, 1)  # (period, times)
+            for period in range(1, 9):
+                unit = keys[i : i + period]
+                times = 1
+                while keys[i + times * period : i + (times + 1) * period] == unit:
+                    times += 1
+                if period * times > best[0] * best[1] and len(unit) == period:
+                    best = (period, times)
+            period, times = best
+            if period * times >= _RUN_MIN and times > 1:
+                out.append({"$repeat": [compact(x) for x in value[i : i + period]], "times": times})
+                i += period * times
+            else:
+                out.append(compact(value[i]))
+                i += 1
+        return out
+    return value
+
+
+def _recipe_of(objects: list[Any], forms: dict[str, bytes]) -> Any | None:
+    """A recipe that gives back exactly ``forms`` through JSON, or None."""
+    recipe = compact(objects)
+    try:
+        again = expand(json.loads(json.dumps(recipe)))
+    except ValueError:
+        return None
+    if any(encode(again, form) != data for form, data in forms.items()):
+        return None
+    return recipe
+
+
 def save_case(directory: Path, name: str, mutant: Mutant, failure: Failure, **extra: Any) -> Path:
-    """Write ``mutant`` and what went wrong as ``NAME.json`` plus its trace file(s)."""
+    """Write ``mutant`` and what went wrong as ``NAME.json`` plus its trace file(s), or as
+    ``NAME.json`` alone with a recipe of the objects when a trace file would be over
+    :data:`CASE_FILE_BYTES` (and the recipe gives the same bytes back)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for form, data in mutant.forms.items():
-        (directory / f"{name}.{form}").write_bytes(data)
+    recipe = None
+    if mutant.objects is not None and max(map(len, mutant.forms.values())) > CASE_FILE_BYTES:
+        recipe = _recipe_of(mutant.objects, mutant.forms)
+    if recipe is None:
+        for form, data in mutant.forms.items():
+            (directory / f"{name}.{form}").write_bytes(data)
     meta = {
         "signature": failure.signature,
         "kind": failure.kind,
@@ -1547,22 +1697,68 @@ def save_case(directory: Path, name: str, mutant: Mutant, failure: Failure, **ex
         "forms": sorted(mutant.forms),
         **extra,
     }
+    if recipe is not None:
+        meta["objects"] = recipe
     path = directory / f"{name}.json"
-    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    path.write_text(_case_text(meta))
     return path
 
 
+def _case_text(meta: dict[str, Any]) -> str:
+    """``meta`` as JSON, one item of its ``objects`` (a recipe) a line."""
+    objects = meta.get("objects")
+    text = json.dumps({k: v for k, v in meta.items() if k != "objects"}, indent=2)
+    if objects is None:
+        return text + "\n"
+    lines = ",\n".join(f"    {json.dumps(obj)}" for obj in objects)
+    return f'{text[:-2]},\n  "objects": [\n{lines}\n  ]\n}}\n'
+
+
 def load_case(meta_path: Path) -> tuple[dict[str, Any], Mutant]:
-    """A saved case: its description and the mutant (its forms as saved)."""
+    """A saved case: its description and the mutant (its forms as saved, or made from
+    its recipe)."""
     meta = json.loads(meta_path.read_text())
     stem = meta_path.name[: -len(".json")]
-    forms = {
-        form: (meta_path.parent / f"{stem}.{form}").read_bytes()
-        for form in FORMS
-        if (meta_path.parent / f"{stem}.{form}").exists()
-    }
     seed, _, index = str(meta.get("mutant", "0:0")).partition(":")
-    return meta, Mutant(int(seed), int(index or 0), stem, meta.get("steps", []), None, forms)
+    objects = None
+    if "objects" in meta:
+        objects = expand(meta["objects"])
+        forms = {}
+        for form in meta["forms"]:
+            data = encode(objects, form)
+            if data is None:
+                raise ValueError(f"{meta_path}: the recipe cannot be written as {form}")
+            forms[form] = data
+    else:
+        forms = {
+            form: (meta_path.parent / f"{stem}.{form}").read_bytes()
+            for form in FORMS
+            if (meta_path.parent / f"{stem}.{form}").exists()
+        }
+    mutant = Mutant(int(seed), int(index or 0), stem, meta.get("steps", []), objects, forms)
+    return meta, mutant
+
+
+def compact_case(meta_path: Path) -> bool:
+    """Rewrite a saved case with trace files as a recipe (its files removed), when the
+    files are one structured trace the recipe gives back exactly; whether it did."""
+    meta, mutant = load_case(meta_path)
+    if "objects" in meta or "msgpack" not in mutant.forms:
+        return False
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2**30)
+    unpacker.feed(mutant.forms["msgpack"])
+    try:
+        objects = list(unpacker)
+    except ValueError:
+        return False
+    recipe = _recipe_of(objects, mutant.forms)
+    if recipe is None:
+        return False
+    meta["objects"] = recipe
+    meta_path.write_text(_case_text(meta))
+    for form in mutant.forms:
+        meta_path.with_suffix(f".{form}").unlink()
+    return True
 
 
 # --------------------------------------------------------------------------- the run
@@ -1603,10 +1799,10 @@ def fuzz_one(seed: int, index: int, limits: Limits) -> Result:
     return Result(index, mutant.size, len(check.outcomes), time.monotonic() - start, check.failures)
 
 
-def check_case(meta_path: str, limits: Limits) -> list[Failure]:
-    """Check a saved case (in a worker); the failures found."""
+def check_case(meta_path: str, limits: Limits) -> Check:
+    """Check a saved case (in a worker): the outcomes and the failures found."""
     _, mutant = load_case(Path(meta_path))
-    return check_mutant(mutant, _worker_dir() / "case", limits).failures
+    return check_mutant(mutant, _worker_dir() / "case", limits)
 
 
 def confirm(seed: int, index: int, signature: str, limits: Limits) -> bool:
@@ -1713,11 +1909,18 @@ def _main() -> int:
         "--seconds", type=float, help="start no mutant after this many seconds (a time budget)"
     )
     parser.add_argument("--replay", type=Path, help="check one saved case (NAME.json) and exit")
+    parser.add_argument(
+        "--compact", type=Path, nargs="+", help="rewrite saved cases (NAME.json) as recipes"
+    )
     args = parser.parse_args()
+    if args.compact:
+        for path in args.compact:
+            print(f"{path}: {'recipe' if compact_case(path) else 'left as it is'}")
+        return 0
     limits = Limits(args.cpu_seconds, 3 * args.cpu_seconds + 10, args.memory_mib << 20)
     if args.replay is not None:
         _prepare_fork()
-        failures = check_case(str(args.replay), limits)
+        failures = check_case(str(args.replay), limits).failures
         for f in failures:
             print(f"{f.kind:10} {f.command:40} {f.detail:20} {f.message}")
         print("no failure" if not failures else f"{len(failures)} failures")

@@ -3,10 +3,11 @@
 ``test_short_fuzz_run`` is marked ``fuzz`` (``pytest -m "not fuzz"`` leaves it
 out); it runs by default, for about 30 seconds.  ``make fuzz`` runs the long
 campaign.  Every case in ``tests/fuzz_cases/`` is a trace that once made a
-command fail; it must now pass every check of the fuzzer.  A case whose
-``xfail`` field is set still fails on this code (strict: the test errs once
-it passes, so that the field is removed with the fix), and the short run
-tolerates the failures those cases stand for.
+command fail (its trace files, or a recipe in ``NAME.json`` for a large one);
+it must now pass every check of the fuzzer and end as ``expect``, ``run`` and
+``message`` say.  A case whose ``xfail`` field is set still fails on this
+code (strict: the test errs once it passes, so that the field is removed with
+the fix), and the short run tolerates the failures those cases stand for.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import random
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +159,74 @@ def test_each_outcome_is_judged(outcome: fuzzer.Outcome, kind: str | None, detai
     assert (problem.kind, problem.detail) == (kind, detail) if problem else kind is None
 
 
+NO_ROOM = (
+    "ksmreplay: event 2 (t=0): write of 1.0 PiB: the replay needs 8.0 TiB more memory, "
+    "and only 981.2 MiB may be taken\n"
+)
+
+
+def test_a_run_may_refuse_a_valid_trace_for_want_of_memory() -> None:
+    """Exit 6 (one line) is an outcome of ``run`` only; a run that has no room must
+    not disagree with ``validate`` accepting the trace, but two runs must agree."""
+    for command in ("run msgpack", "run-pure msgpack", "run-out jsonl"):
+        assert fuzzer.command_problem(command, _outcome(6, NO_ROOM)) is None
+    for command in ("validate msgpack", "inspect jsonl", "convert msgpack"):
+        problem = fuzzer.command_problem(command, _outcome(6, NO_ROOM))
+        assert problem is not None and (problem.kind, problem.detail) == ("status", "6")
+    problem = fuzzer.command_problem("run msgpack", _outcome(6, NO_ROOM + "ksmreplay: more\n"))
+    assert problem is not None and (problem.kind, problem.detail) == ("stderr", "not one line")
+    problem = fuzzer.command_problem(
+        "run msgpack", _outcome(6, "Traceback (most recent call last):\nOverflowError\n")
+    )
+    assert problem is not None and problem.kind == "traceback"
+
+    check = fuzzer.Check()
+    check.outcomes = {
+        "validate msgpack": _outcome(0),
+        "run msgpack": _outcome(6, NO_ROOM),
+        "run-pure msgpack": _outcome(0),
+        "validate jsonl": _outcome(3, "ksmreplay: trace: event 2 (t=0): bad\n"),
+        "run jsonl": _outcome(6, NO_ROOM),
+        "run-out jsonl": _outcome(6, NO_ROOM.replace("981.2 MiB", "1.1 GiB")),
+        "run-pure jsonl": _outcome(6, NO_ROOM.replace("8.0", "9.0")),
+    }
+    check.agree("validate msgpack", "run msgpack")  # valid, no room: fine
+    check.agree("run msgpack", "run-pure msgpack", same_output=True)
+    check.agree("validate jsonl", "run jsonl")  # invalid, yet run says no room
+    check.agree("run jsonl", "run-out jsonl", same_output=True)  # the same refusal, less room
+    check.agree("run jsonl", "run-pure jsonl", same_output=True)
+    check.twins("run msgpack", "run jsonl")  # (same status and message)
+    assert [f.signature for f in check.failures] == [
+        "disagree|run msgpack / run-pure msgpack|6 vs 0",
+        "disagree|validate jsonl / run jsonl|3 vs 6",
+        "disagree|run jsonl / run-pure jsonl|6 vs 6",
+    ]
+
+
+def test_commands_run_with_a_fixed_memory_budget(
+    tmp_path: Path, workers: concurrent.futures.ProcessPoolExecutor
+) -> None:
+    """Whether a replay has room does not depend on the machine's free memory: every
+    command gets ``KSMREPLAY_MEMORY`` (256 MiB), below its address-space limit (2 GiB)."""
+    trace = tmp_path / "d" / "trace"
+    trace.parent.mkdir()
+    trace.write_bytes(
+        msgpack.packb({"ksmreplay": 1})
+        + msgpack.packb([0, "alloc", 1, 0, 2**50])
+        + msgpack.packb([0, "write", 1, 0, 2**50, 7])
+    )
+    for spawn in (False, True):
+        future = workers.submit(
+            fuzzer.run_command, ["run", "trace"], trace.parent, True, CASE_LIMITS, spawn
+        )
+        o = future.result()
+        assert o.status == fuzzer.RESOURCES, o.summary()
+        room = re.search(r"only ([\d.]+) (MiB|GiB) may be taken", o.stderr)
+        assert room is not None and o.stderr.count("\n") == 1, o.stderr
+        mib = fuzzer.MEMORY_BUDGET >> 20
+        assert room.group(2) == "MiB" and mib - 128 < float(room.group(1)) < mib, o.stderr
+
+
 def test_disagreements_are_found() -> None:
     check = fuzzer.Check()
     check.outcomes = {
@@ -296,7 +366,7 @@ def _case_param(path: Path) -> object:
 @pytest.fixture(scope="module")
 def case_results(
     workers: concurrent.futures.ProcessPoolExecutor,
-) -> dict[Path, concurrent.futures.Future[list[fuzzer.Failure]]]:
+) -> dict[Path, concurrent.futures.Future[fuzzer.Check]]:
     """Every saved case checked at once, two at a time."""
     return {path: workers.submit(fuzzer.check_case, str(path), CASE_LIMITS) for path in CASE_FILES}
 
@@ -306,26 +376,76 @@ def test_saved_cases_are_well_formed() -> None:
     for path in CASE_FILES:
         meta, mutant = fuzzer.load_case(path)
         assert meta["expect"] in ("valid", "invalid", "any"), path
+        assert meta.get("run", 0) in (0, 3, fuzzer.RESOURCES), path
         assert set(mutant.forms) == set(meta["forms"]), path
         assert meta["signature"].split("|")[0] == meta["kind"], path
+        assert ("objects" in meta) == (mutant.objects is not None), path
+
+
+def test_saved_cases_are_small() -> None:
+    """Large traces are kept as recipes: the cases take little room in the repository."""
+    sizes = {p.name: p.stat().st_size for p in fuzzer.CASES_DIR.iterdir()}
+    assert {name: n for name, n in sizes.items() if n > fuzzer.CASE_FILE_BYTES} == {}
+    assert sum(sizes.values()) < 64 << 10
+
+
+def test_a_recipe_gives_back_the_trace_it_was_made_from() -> None:
+    label = "é" * 300_001
+    objects = [
+        {"ksmreplay": 1, "meta": {f"k{i}": i for i in range(100)}, "description": "ab" * 40},
+        [0, "alloc", 7, 0, 4096],
+        *([[0, "write", 7, 0, 4096, k], [0, "read", 7, 0, 4096]] for k in (1, True, 1.0) * 10),
+        *[[1, "write", 7, 0, 4096, b"\x00" * 4096]] * 20,
+        [2, "snapshot", label],
+        [2, "snapshot", "\ud800" * 100],
+    ]
+    recipe = fuzzer.compact(objects)
+    text = json.dumps(recipe)
+    assert len(text) < 7000, text
+    assert '"$repeat": "\\u00e9", "times": 300001' in text
+    assert '{"$numbered": "k", "count": 100}' in text
+    again = fuzzer.expand(json.loads(text))
+    assert repr(again) == repr(objects)  # (True, 1 and 1.0 kept apart)
+    for form in fuzzer.FORMS:
+        assert fuzzer.encode(again, form) == fuzzer.encode(objects, form)
+
+
+def test_a_large_case_is_saved_as_a_recipe(tmp_path: Path) -> None:
+    objects = [{"ksmreplay": 1}, [0, "snapshot", "a" * 2**20]]
+    forms = {form: fuzzer.encode(objects, form) or b"" for form in fuzzer.FORMS}
+    mutant = fuzzer.Mutant(0, 7, "o", ["step"], objects, forms)
+    failure = fuzzer.Failure("traceback", "run msgpack", "E", "what")
+    path = fuzzer.save_case(tmp_path, "big", mutant, failure)
+    assert [p.name for p in tmp_path.iterdir()] == ["big.json"]
+    assert path.stat().st_size < 1000
+    meta, again = fuzzer.load_case(path)
+    assert again.forms == forms and meta["signature"] == failure.signature
+    # A small one keeps its trace files, which a person can run as they are.
+    small = fuzzer.Mutant(0, 8, "o", [], objects[:1], {"jsonl": b'{"ksmreplay": 1}\n'})
+    fuzzer.save_case(tmp_path, "small", small, failure)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.json", "small.json", "small.jsonl"]
+    assert "objects" not in json.loads((tmp_path / "small.json").read_text())
 
 
 @pytest.mark.parametrize("path", [_case_param(p) for p in CASE_FILES])
 def test_saved_case(
-    path: Path, case_results: dict[Path, concurrent.futures.Future[list[fuzzer.Failure]]]
+    path: Path, case_results: dict[Path, concurrent.futures.Future[fuzzer.Check]]
 ) -> None:
-    """GIVEN a trace that once made a command fail, THEN every check of the fuzzer passes
-    and ``validate`` gives the outcome the case expects."""
-    failures = case_results[path].result()
+    """GIVEN a trace that once made a command fail, THEN every check of the fuzzer passes,
+    ``validate`` and ``run`` end, in every form, as the case expects (``expect``: valid or
+    invalid; ``run``: the status of run, by default the same as validate's) and every
+    message matches the case's ``message``."""
+    check = case_results[path].result()
+    failures = check.failures
     assert not failures, "\n".join(f"{f.signature}: {f.message}" for f in failures)
     meta, mutant = fuzzer.load_case(path)
-    if meta["expect"] != "any":
-        form = next(f for f in fuzzer.FORMS if f in mutant.forms)
-        workdir = Path(fuzzer.tempfile.mkdtemp(prefix="ksmreplay-case."))
-        try:
-            (workdir / "d").mkdir()
-            (workdir / "d" / "trace").write_bytes(mutant.forms[form])
-            o = fuzzer.run_command(["validate", "trace"], workdir / "d", limits=CASE_LIMITS)
-        finally:
-            fuzzer.shutil.rmtree(workdir)
-        assert o.status == (0 if meta["expect"] == "valid" else 3), o.summary()
+    if meta["expect"] == "any":
+        return
+    validate = 0 if meta["expect"] == "valid" else 3
+    expected = {"validate": validate, "run": meta.get("run", validate)}
+    for form in mutant.forms:
+        for verb, status in expected.items():
+            o = check.outcomes[f"{verb} {form}"]
+            assert o.status == status, f"{verb} {form}: {o.summary()}"
+            if status != 0 and "message" in meta:
+                assert re.search(meta["message"], o.stderr), f"{verb} {form}: {o.summary()}"
