@@ -15,7 +15,7 @@ LINT_PATHS := ksmreplay tests bench traces setup.py
 NATIVE := setup.py $(wildcard native/*.c native/*.h)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint fmt typecheck golden install-check bench clean distclean
+.PHONY: help demo test lint fmt typecheck golden install-check bench fuzz clean distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,11 +53,32 @@ golden: $(TEST_STAMP) ## Rewrite the golden files from the code (review the diff
 install-check: ## Install as users do (a wheel, fresh venv), with and without a C compiler
 	$(PYTHON) tests/install_check.py
 
+FUZZ_N ?= 10000
+FUZZ_SEED ?= 0
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+FUZZ_OUT ?= fuzz-out
+FUZZ_SECONDS ?=
+ATHERIS_SECONDS ?= 300
+
+fuzz: $(TEST_STAMP) ## Fuzz every command (FUZZ_N mutants, default 10000), then the reader with atheris
+	@status=0; \
+	$(PY) tests/fuzzer.py -n $(FUZZ_N) --seed $(FUZZ_SEED) -j $(FUZZ_JOBS) --out $(FUZZ_OUT) \
+		$(if $(FUZZ_SECONDS),--seconds $(FUZZ_SECONDS)) || status=1; \
+	if $(PY) -c 'import atheris' 2>/dev/null || $(PIP) install atheris; then \
+		$(PY) tests/fuzz_reader.py --seconds $(ATHERIS_SECONDS) --out $(FUZZ_OUT)/atheris || status=1; \
+		if ls $(FUZZ_OUT)/atheris/finding-*.txt >/dev/null 2>&1; then \
+			echo "atheris findings:"; head -qn 2 $(FUZZ_OUT)/atheris/finding-*.txt; status=1; \
+		else echo "atheris: no findings in $(ATHERIS_SECONDS) s"; fi; \
+	else \
+		echo "atheris does not install here: no coverage-guided fuzzing"; \
+	fi; \
+	exit $$status
+
 bench: $(STAMP) ## Measure trace reading and simulation speed (bench/run.py)
 	$(PY) bench/run.py
 
 clean: ## Remove caches and build leftovers (keeps .venv)
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-out
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## Also remove the virtual environment

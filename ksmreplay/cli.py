@@ -31,7 +31,8 @@ from ksmreplay.inspect import inspect_trace
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
-from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
+from ksmreplay.replay import MODE_CHOICES, expand_modes, replay_spooled
+from ksmreplay.report import close_spools
 from ksmreplay.synth import (
     WORKLOAD_NAMES,
     describe_workloads,
@@ -505,7 +506,7 @@ def run(
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
         with open_trace(trace, validate_first=True) as reader:
-            report = replay(
+            report = replay_spooled(
                 reader,
                 chosen,
                 settings or None,
@@ -515,8 +516,11 @@ def run(
     finally:
         if progress is not None:
             _progress_line("")
-    with open_text_output(output) as out:
-        render(report, fmt, out)
+    try:
+        with open_text_output(output) as out:
+            render(report, fmt, out)
+    finally:
+        close_spools(report)
 
 
 @cli.command("exec")

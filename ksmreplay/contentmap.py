@@ -182,7 +182,7 @@ class ContentMap:
 
     def table(self) -> tuple[npt.NDArray[np.void], int, int]:
         """The slots (:data:`SLOT`), bits and current generation, for the
-        accelerator's own lookups and inserts (see :meth:`added`)."""
+        native core's own lookups and inserts (see :meth:`added`)."""
         return self._table, self._bits, self._now
 
     def added(self, n: int) -> None:

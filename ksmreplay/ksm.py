@@ -1045,20 +1045,26 @@ class Ksmd:
         v6 = self.mode.flags_zero_page_items
         self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
         visits = 0
-        passed = 0
         last = int(present[-1])
         stop = None
         imap_changed = False
+        # Items at pages that are not present are stale, freed as the walk
+        # passes them (a visit never gives a later page an item or a PTE).
+        stale = np.flatnonzero((ptes < 0) & (imap >= 0)).tolist()
+        s = 0
         for p in present.tolist():
             # Items of the pages passed since the last present page are stale.
-            for q in (passed + np.flatnonzero(imap[passed:p] >= 0)).tolist():
+            while s < len(stale) and stale[s] < p:
+                q = stale[s]
+                s += 1
                 row = int(imap[q])
+                if row < 0:
+                    continue
                 if v6 and ptes[q] in (PTE_ZERO, PTE_KSM_ZERO) and it.flagged(np.array([row]))[0]:
                     continue  # v6: a flagged item at a zero page stays (WalkResult.ZERO_PAGE)
                 self._free_rows(slot, np.array([row], np.int64))
                 imap[q] = NULL
                 imap_changed = True
-            passed = p + 1
             row = int(imap[p])
             frame = int(ptes[p])
             if row < 0:

@@ -425,8 +425,8 @@ class _ScannedMsgpackSource:
     than a call of the scanner per write.  At the first thing out of the
     ordinary (bytes that are not msgpack, an object over the size limits, the
     stream ending inside an object) the rest of the stream goes to
-    :class:`_MsgpackSource`, which words the error exactly as without the
-    accelerator.  ``shift`` (log2 of the page size) must be set once the
+    :class:`_MsgpackSource`, which words the error exactly as without the native
+    core.  ``shift`` (log2 of the page size) must be set once the
     header has been read; until then nothing is scanned as a write.
     """
 
@@ -585,10 +585,18 @@ class _JsonlSource:
 
 
 _BOM = b"\xef\xbb\xbf"
+_TEXT_FIRST = frozenset(range(0x21, 0x7F))
+"""First non-blank bytes of a JSON-lines file: printable ASCII (``{``, ``[``, a digit,
+``#``...).  In msgpack each is a positive fixint, never a valid header (a map
+starts with 0x80..0x8f, 0xde or 0xdf), so reading such a file as JSON lines
+loses no msgpack trace and gives a text file a message about its text."""
 
 
 def _detect(stream: IO[bytes], name: str) -> tuple[TraceForm, bytes]:
     """Read up to the first non-blank byte; return the form and the bytes read.
+
+    A first non-blank byte of printable ASCII (:data:`_TEXT_FIRST`) means JSON
+    lines, any other byte msgpack.
 
     :raises TraceError: the data starts with a UTF-8 byte order mark (a
         JSON-lines file saved with one: as msgpack, it would be an int).
@@ -610,7 +618,7 @@ def _detect(stream: IO[bytes], name: str) -> tuple[TraceForm, bytes]:
             return "msgpack", prefix
         prefix += chunk
         if body and not _BOM.startswith(body[:3]):
-            return ("jsonl" if body[:1] in (b"{", b"#") else "msgpack"), prefix
+            return ("jsonl" if body[0] in _TEXT_FIRST else "msgpack"), prefix
 
 
 class _Prefixed(io.RawIOBase):

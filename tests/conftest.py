@@ -25,3 +25,9 @@ def both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         if native.native() is None:
             pytest.skip("the native core was not built (no C compiler at install?)")
     yield request.param
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fuzz: a bounded run of the fuzzer (tests/fuzzer.py); -m 'not fuzz' skips it"
+    )

@@ -64,7 +64,8 @@ def main() -> int:
         version = run(native, "--version")
         if "engine: native core" not in version.stdout:
             problems.append(f"with a compiler, --version says: {version.stdout!r}")
-        worker = Path(tmp, "native").glob("lib/python*/site-packages/ksmreplay/live/ksmreplay-worker")
+        site = "lib/python*/site-packages"
+        worker = Path(tmp, "native").glob(f"{site}/ksmreplay/live/ksmreplay-worker")
         if not any(os.access(w, os.X_OK) for w in worker):
             problems.append("with a compiler, the live worker was not installed")
         version = run(scalar, "--version")
