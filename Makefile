@@ -1,8 +1,9 @@
 # ksmreplay developer tasks; `make help` lists them.
 #
 # Everything runs in the virtual environment .venv, made with $(PYTHON) -m venv
-# on first use.  Installing is remembered by stamp files in .venv, so a second
-# run installs (and downloads) nothing unless pyproject.toml changed.
+# on first use.  Installing (editable; setup.py builds the native core in
+# place) is remembered by stamp files in .venv, so a second run installs (and
+# downloads) nothing unless pyproject.toml, setup.py or the native sources changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,10 +11,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-LINT_PATHS := ksmreplay tests bench traces
+LINT_PATHS := ksmreplay tests bench traces setup.py
+NATIVE := setup.py $(wildcard native/*.c native/*.h)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint fmt typecheck bench fuzz clean distclean
+.PHONY: help demo test lint fmt typecheck golden install-check bench fuzz clean distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,11 +23,11 @@ help: ## List the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml $(NATIVE) | $(PY)
 	$(PIP) install -e .
 	touch $@
 
-$(TEST_STAMP): pyproject.toml | $(PY)
+$(TEST_STAMP): pyproject.toml $(NATIVE) | $(PY)
 	$(PIP) install -e '.[test]'
 	touch $@ $(STAMP)
 
@@ -44,6 +46,12 @@ fmt: $(TEST_STAMP) ## Reformat the sources (ruff format)
 
 typecheck: $(TEST_STAMP) ## Check types only (mypy --strict)
 	$(PY) -m mypy
+
+golden: $(TEST_STAMP) ## Rewrite the golden files from the code (review the diff!)
+	KSMREPLAY_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_cases.py tests/test_render.py tests/test_v6.py
+
+install-check: ## Install as users do (a wheel, fresh venv), with and without a C compiler
+	$(PYTHON) tests/install_check.py
 
 FUZZ_N ?= 10000
 FUZZ_SEED ?= 0

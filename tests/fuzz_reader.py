@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of the trace reader and writer with atheris (``make fuzz``).
 
 Each input is read as a trace (its form told by its content, as ``open_trace``
-does), without the accelerator and with it.  These must hold:
+does), without the native core and with it.  These must hold:
 
 - reading raises nothing but a :class:`~ksmreplay.errors.KsmreplayError`;
 - both readers give the same header and events, or the same message;
@@ -33,20 +33,20 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports(include=["ksmreplay"]):
-    from ksmreplay.accel import ENV, accelerator
     from ksmreplay.errors import KsmreplayError
+    from ksmreplay.native import ENV, native
     from ksmreplay.trace import FORMS, TraceReader, TraceWriter, event_array, header_object
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.pop(ENV, None)
-_ACCELERATED = accelerator() is not None
+_NATIVE = native() is not None
 OUT = Path("fuzz-out/atheris")
 _FOUND: dict[str, int] = {}
 
 
-def _read(data: bytes, accelerated: bool) -> tuple[str, Any, Any]:
+def _read(data: bytes, native_core: bool) -> tuple[str, Any, Any]:
     """``("ok", header, records)`` or ``("error", message, None)``."""
-    os.environ[ENV] = "1" if accelerated else "0"
+    os.environ[ENV] = "1" if native_core else "0"
     try:
         with TraceReader(io.BytesIO(data), "input") as reader:
             header = reader.header
@@ -89,18 +89,18 @@ def _where(exc: BaseException) -> str:
 def test_one_input(data: bytes) -> None:
     """The checks of one input (see the module's docstring)."""
     try:
-        pure = _read(data, accelerated=False)
+        pure = _read(data, native_core=False)
     except Exception as exc:
-        _finding(f"reader (pure): {_where(exc)}", data, traceback.format_exc())
+        _finding(f"reader (scalar): {_where(exc)}", data, traceback.format_exc())
         return
-    if _ACCELERATED:
+    if _NATIVE:
         try:
-            fast = _read(data, accelerated=True)
+            fast = _read(data, native_core=True)
         except Exception as exc:
-            _finding(f"reader (accelerated): {_where(exc)}", data, traceback.format_exc())
+            _finding(f"reader (native core): {_where(exc)}", data, traceback.format_exc())
             return
         if not _same(pure, fast):
-            _finding("readers disagree", data, f"pure: {pure[:2]!r}\naccelerated: {fast[:2]!r}")
+            _finding("readers disagree", data, f"scalar: {pure[:2]!r}\nnative core: {fast[:2]!r}")
             return
     if pure[0] != "ok":
         return
@@ -115,7 +115,7 @@ def test_one_input(data: bytes) -> None:
             _finding(f"writer ({form}): {_where(exc)}", data, traceback.format_exc())
             continue
         try:
-            again = _read(out.getvalue(), accelerated=False)
+            again = _read(out.getvalue(), native_core=False)
         except Exception as exc:
             _finding(f"reader of {form} written: {_where(exc)}", data, traceback.format_exc())
             continue

@@ -23,7 +23,7 @@ an address-space limit (RLIMIT_AS), and the outcomes must pass these checks:
 - ``run``, ``inspect`` and ``convert`` fail (exit 3) exactly when ``validate``
   does, with the same message (``run`` may refuse a trace ``validate``
   accepts with :data:`RESOURCES`), and a failed ``convert`` leaves no output;
-- with and without the accelerator, ``validate`` and ``run`` print the same;
+- with and without the native core, ``validate`` and ``run`` print the same;
 - a converted trace validates, and replays to the same report;
 - the msgpack and JSON-lines twins of a structured mutant give the same
   statuses, the same ``validate`` line or message (the event index only, for
@@ -101,7 +101,7 @@ FSIZE_LIMIT = 2**30
 """Largest file one command may write, in bytes (RLIMIT_FSIZE)."""
 FORMS = ("msgpack", "jsonl")
 PAGE = 4096
-ACCEL_ENV = "KSMREPLAY_ACCEL"
+NATIVE_ENV = "KSMREPLAY_NATIVE"
 
 # --------------------------------------------------------------------------- seeds
 
@@ -1102,23 +1102,22 @@ def _prepare_fork() -> None:
     import importlib
     import pkgutil
 
-    import ksmreplay.accel
     import ksmreplay.cli
+    import ksmreplay.native
 
     # What a command imports on its way (the engine, the renderers): imported
     # once here, as the interpreter would import it in every child.
     for info in pkgutil.iter_modules(ksmreplay.__path__, "ksmreplay."):
         if info.name not in ("ksmreplay.__main__", "ksmreplay.live", "ksmreplay.record"):
             importlib.import_module(info.name)
-    ksmreplay.accel.build_accelerator()  # built and cached before any child runs
-    ksmreplay.accel._load()
+    ksmreplay.native.native()  # loaded once, before any child runs
     _FORK_READY = True
 
 
 def run_command(
     argv: list[str],
     cwd: Path,
-    accel: bool = True,
+    native: bool = True,
     limits: Limits = Limits(),
     spawn: bool = False,
     module: str = "ksmreplay",
@@ -1128,7 +1127,7 @@ def run_command(
     out_fd, out_path = tempfile.mkstemp(prefix=".out.", dir=cwd.parent)
     err_fd, err_path = tempfile.mkstemp(prefix=".err.", dir=cwd.parent)
     try:
-        pid = _start(argv, cwd, accel, limits, spawn, out_fd, err_fd, module)
+        pid = _start(argv, cwd, native, limits, spawn, out_fd, err_fd, module)
         os.close(out_fd)
         os.close(err_fd)
         out_fd = err_fd = -1
@@ -1172,7 +1171,7 @@ def run_command(
 def _start(
     argv: list[str],
     cwd: Path,
-    accel: bool,
+    native: bool,
     limits: Limits,
     spawn: bool,
     out_fd: int,
@@ -1180,10 +1179,10 @@ def _start(
     module: str,
 ) -> int:
     env = dict(os.environ)
-    env.pop(ACCEL_ENV, None)
+    env.pop(NATIVE_ENV, None)
     env[MEMORY_ENV] = str(MEMORY_BUDGET)
-    if not accel:
-        env[ACCEL_ENV] = "0"
+    if not native:
+        env[NATIVE_ENV] = "0"
     if module != "ksmreplay":  # a helper of the tests
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     if spawn:
@@ -1425,13 +1424,13 @@ def check_mutant(
     check = Check()
     stalled = False
 
-    def do(name: str, form_dir: str, argv: list[str], accel: bool = True) -> Outcome | None:
+    def do(name: str, form_dir: str, argv: list[str], native: bool = True) -> Outcome | None:
         nonlocal stalled
         if only is not None and name not in only:
             return None
         if stalled and argv[0] == "run":
             return None
-        o = run_command(argv, workdir / form_dir, accel, limits, spawn)
+        o = run_command(argv, workdir / form_dir, native, limits, spawn)
         check.outcomes[name] = o
         problem = command_problem(name, o)
         if problem is not None:
@@ -1451,12 +1450,12 @@ def check_mutant(
         v = f"validate {form}"
         do(v, form, ["validate", "trace"])
         if form == "msgpack":
-            do(f"validate-pure {form}", form, ["validate", "trace"], accel=False)
+            do(f"validate-pure {form}", form, ["validate", "trace"], native=False)
             check.agree(v, f"validate-pure {form}", same_output=True)
         do(f"run {form}", form, RUN_ARGS)
         check.agree(v, f"run {form}")
         if first:
-            do(f"run-pure {form}", form, RUN_ARGS, accel=False)
+            do(f"run-pure {form}", form, RUN_ARGS, native=False)
             check.agree(f"run {form}", f"run-pure {form}", same_output=True)
             do(f"inspect {form}", form, ["inspect", "--format", "json", "trace"])
             check.agree(v, f"inspect {form}")

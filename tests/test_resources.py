@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 from ksmreplay.errors import ExitStatus
 
 PAGE = 4096
@@ -51,7 +51,7 @@ def run(
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     environ = {**os.environ, **(env or {})}
-    environ[accel.ENV] = "1" if accelerated else "0"
+    environ[native.ENV] = "1" if accelerated else "0"
     return subprocess.run(
         [sys.executable, "-m", "ksmreplay", "run", "--format", "json", str(trace)],
         capture_output=True,
@@ -171,7 +171,7 @@ def test_pids_up_to_the_largest_the_format_allows(tmp_path: Path) -> None:
     events += [[1, "write", pid, PAGE, 2 * PAGE, 9] for pid in [1, *big, 1]]
     events.append([10**9, "snapshot", "end"])
     trace = write_trace(tmp_path / "t.jsonl", events)
-    # WHEN replayed with the accelerator and without THEN both give the same report
+    # WHEN replayed with the native core and without THEN both give the same report
     reports = []
     for accelerated in (True, False):
         done = run(trace, 1024 * MIB, timeout=60, accelerated=accelerated)

@@ -133,7 +133,7 @@ ONLY_JSON_CAN_HOLD: list[tuple[str, list[Any], str]] = [
 ]
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @pytest.mark.parametrize(
     ("objects", "message"),
     [pytest.param(o, m, id=i) for i, o, m in ONLY_JSON_CAN_HOLD],
@@ -184,7 +184,7 @@ OVER_A_LIMIT: list[tuple[str, list[Any], str]] = [
 ]
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @pytest.mark.parametrize(
     ("objects", "message"),
     [pytest.param(o, m, id=i) for i, o, m in OVER_A_LIMIT],
@@ -195,7 +195,7 @@ def test_over_a_limit_is_refused_in_both_forms(objects: list[Any], message: str)
     assert error(pack(*objects)).startswith("T: event ")
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 def test_values_at_the_limits_are_accepted_and_convert_both_ways() -> None:
     objects = [
         {
@@ -246,7 +246,7 @@ def test_a_json_literal_write_over_the_limit_is_refused() -> None:
     )
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 def test_a_json_lines_file_with_a_byte_order_mark_gets_a_clear_message() -> None:
     data = b"\xef\xbb\xbf" + jsonl(H, MAP)
     assert error(data) == (
@@ -255,7 +255,7 @@ def test_a_json_lines_file_with_a_byte_order_mark_gets_a_clear_message() -> None
     )
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -278,7 +278,7 @@ def test_a_text_file_whose_first_line_is_not_a_map_is_read_as_json_lines(
     assert error(data) == f"T: event 0: {message}"
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @pytest.mark.parametrize(
     ("data", "message"),
     [
