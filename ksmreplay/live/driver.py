@@ -39,7 +39,9 @@ sections) is derived from the page tables:
   merge; a write counts the KSM pages and KSM zero PTEs it hit; unmerging
   (MADV_UNMERGEABLE, prctl off, run=2) counts the KSM pages and KSM zero PTEs
   that became private.  With ``observe_events=False`` none of this is read,
-  the counts stay 0 and the run says ``"events_observed": false``.
+  the counts stay 0 and the run says ``"events_observed": false``; so it is
+  on a kernel whose page flags mark every anonymous page KSM (see
+  :func:`probe_pages`), where ``memory.ksm_frames`` is None too.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWr
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
 from ksmreplay.live.pages import (
     ANON,
+    KPF_KSM,
     KPF_ZERO_PAGE,
     KSM,
     NONE,
@@ -201,7 +204,9 @@ class LiveReplay:
         self.settled = False
         self.ksmd_pid = _find_ksmd(machine)
         self.top = USER_TOP.get(machine.arch(), USER_TOP["x86_64"])
-        self.zpfn = zero_pfn(machine, page_size, self.top)
+        self.zpfn, self.ksm_flag = probe_pages(machine, page_size, self.top)
+        if not self.ksm_flag:
+            self.observe = False
         counters = self.ksm_files.read_counters()
         self.scanned0 = counters.get("pages_scanned")
         self.skipped0 = counters.get("pages_skipped")
@@ -634,7 +639,8 @@ class LiveReplay:
             "processes": processes,
             "memory": {
                 "anon_frames": len(frames),
-                "ksm_frames": len(ksm_frames),
+                # None where the kernel's page flags cannot tell KSM pages (probe_pages).
+                "ksm_frames": len(ksm_frames) if self.ksm_flag else None,  # type: ignore[dict-item]
                 "zero_page_maps_by_ksm": by_ksm,
                 "zero_page_maps_by_fault": by_fault,
             },
@@ -705,27 +711,34 @@ def _find_ksmd(machine: Machine = LOCAL) -> int | None:
     return None
 
 
-def zero_pfn(machine: Machine, page_size: int, top: int) -> int:
-    """Frame number of the machine's shared zero page.
+def probe_pages(machine: Machine, page_size: int, top: int) -> tuple[int, bool]:
+    """The machine's zero-page frame number, and whether its page flags tell KSM pages apart.
 
-    A short-lived worker maps one page in the trace window (which it keeps
-    unmergeable: no ``madvise`` is made), read-faults it and the page table
-    says which frame it got.
+    A short-lived worker maps two pages in the trace window (never made
+    mergeable), read-faults the first and writes the second: the first's page
+    table entry names the zero page's frame; the second is an ordinary
+    anonymous page, which ``/proc/kpageflags`` must not flag KPF_KSM.  Some
+    kernels (6.12's ``stable_page_flags()`` tests the anonymous-mapping bits
+    loosely) flag every anonymous page so; on them no page can be told to be
+    a KSM page.
     """
     worker = Worker.spawn(machine)
     try:
         worker.call(OP_INIT, page_size, WINDOW_LO, WINDOW_HI, top)
-        worker.call(OP_MMAP, WINDOW_LO, page_size)
+        worker.call(OP_MMAP, WINDOW_LO, 2 * page_size)
         worker.call(OP_READ, WINDOW_LO, page_size)
-        entry = read_pagemap(worker.pid, WINDOW_LO, 1, page_size, machine)[0]
+        worker.call(OP_FILL, WINDOW_LO + page_size, page_size, 0x6B736D7265706C61)
+        zero_entry, anon_entry = read_pagemap(worker.pid, WINDOW_LO, 2, page_size, machine)
+        pfn = zero_entry & PM_PFN_MASK
+        anon = anon_entry & PM_PFN_MASK
+        if not zero_entry & PM_PRESENT or not pfn or not anon_entry & PM_PRESENT or not anon:
+            raise LiveKernelError("cannot find the probe pages' frame numbers in pagemap")
+        flags = read_kpageflags([pfn, anon], machine)  # while the pages are still mapped
     finally:
         worker.kill()
-    pfn = entry & PM_PFN_MASK
-    if not entry & PM_PRESENT or not pfn:
-        raise LiveKernelError("cannot find the zero page's frame number in pagemap")
-    if not read_kpageflags([pfn], machine)[pfn] & KPF_ZERO_PAGE:
+    if not flags[pfn] & KPF_ZERO_PAGE:
         raise LiveKernelError("a read-faulted page is not flagged as the zero page")
-    return pfn
+    return pfn, not flags[anon] & KPF_KSM
 
 
 def _sleep_until(deadline: float) -> None:
@@ -944,6 +957,5 @@ def _execute(
         "refused": replay.refused,
         "snapshots": snapshots,
         "final": final,
-        "events_observed": observe_events,
+        "events_observed": replay.observe,
     }
-

@@ -178,9 +178,7 @@ def check_usable(page_size: int, machine: Machine = LOCAL) -> None:
         raise LiveKernelError(f"{knob_path('run')} is not writable")
     own = machine.page_size()
     if page_size != own:
-        raise LiveKernelError(
-            f"the trace's page size is {page_size} but this machine's is {own}"
-        )
+        raise LiveKernelError(f"the trace's page size is {page_size} but this machine's is {own}")
 
 
 def busy_reason(counters: Mapping[str, int]) -> str | None:
