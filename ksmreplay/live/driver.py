@@ -840,7 +840,8 @@ def execute(
             )
         except BaseException as exc:
             problems = _cleanup(guard)
-            if problems and isinstance(exc, Stopped):
+            # A guest's KSM goes with the guest: only this machine's must be left at rest.
+            if problems and local and isinstance(exc, Stopped):
                 exc.detail = (
                     f"stopped by {exc.signum.name}; KSM could not be left at rest: "
                     + "; ".join(problems)

@@ -271,9 +271,14 @@ class GuestMachine(Machine):
             raise GuestError(f"a request of {len(frame)} bytes is too large for the guest agent")
         try:
             self.sock.sendall(frame)
+            status, data = self._reply(REQUEST_TIMEOUT_S)
         except OSError as e:
             raise self._fail(f"channel failed: {e.strerror}") from None
-        status, data = self._reply(REQUEST_TIMEOUT_S)
+        except BaseException:
+            # A stop signal between a request and its reply: the channel is out
+            # of step, and the guest is given up (stop() kills it).
+            self.alive = False
+            raise
         if status < 0:
             raise OSError(-status, os.strerror(-status), path)
         return data
@@ -340,16 +345,22 @@ class GuestMachine(Machine):
     # ---------------------------------------------------------------- stop
 
     def stop(self) -> None:
-        """Power the guest off (kill qemu if it does not end in time) and wait for qemu."""
+        """Power the guest off (kill qemu if it does not end in time) and wait for qemu.
+
+        A guest that stopped answering, or whose channel a stop signal left out
+        of step, is killed at once.
+        """
         if self.alive:
+            self.alive = False
             try:
                 self.sock.sendall(struct.pack("<IB", 1, A_POWEROFF))
                 self._reply(POWEROFF_TIMEOUT_S)
+                powered_off = True
             except (OSError, GuestError):
-                pass
-            self.alive = False
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=POWEROFF_TIMEOUT_S)
+                powered_off = False
+            if powered_off:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=POWEROFF_TIMEOUT_S)
         kill(self.proc)
         self.sock.close()
 
