@@ -129,23 +129,24 @@ def test_scenario_matches_the_recorded_answer(
 
 
 def test_error_in_the_guest_stops_it(tmp_path: Path) -> None:
-    """A trace the guest's kernel refuses (an overlapping mapping): status 5, guest ended."""
+    """A mapping the guest's kernel refuses (larger than its memory): status 5, guest ended."""
     trace = tmp_path / "t.jsonl"
     lines: list[Any] = [
         {"ksmreplay": 1},
-        [0, "alloc", 1, 0x10000, 8192],
-        [0, "alloc", 1, 0x10000, 4096],
+        [0, "alloc", 1, 0x10000, 512 << 20],
+        [0, "write", 1, 0x10000, 512 << 20, 7],
     ]
     trace.write_text("".join(json.dumps(line) + "\n" for line in lines))
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     child = ksmreplay(
         "exec", str(trace), "--kernel-image", str(image_path(VERSIONS[0])), "--accel", ACCEL,
-        tmp=tmp,
+        "--guest-memory", "160", tmp=tmp,
     )  # fmt: skip
     _, stderr = child.communicate(timeout=600)
-    assert child.returncode == 5
-    assert stderr.startswith("ksmreplay: live worker ") and "File exists" in stderr
+    assert child.returncode == 5, stderr
+    assert stderr.startswith("ksmreplay: live worker ")
+    assert stderr.endswith("failed: Cannot allocate memory\n")
     assert list(tmp.iterdir()) == []
 
 
