@@ -25,8 +25,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ksmreplay.cbuild import cache_dir
-
 SUITES = {"6.1": "bookworm", "6.12": "trixie"}
 """Kernel series -> the Debian release that ships it."""
 META_PACKAGE = "linux-image-cloud-amd64"
@@ -43,8 +41,9 @@ REQUIRED = (
 
 
 def kernels_dir() -> Path:
-    """Where the fetched images are kept."""
-    return cache_dir() / "kernels"
+    """Where the fetched images are kept (``$XDG_CACHE_HOME/ksmreplay/kernels``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ksmreplay" / "kernels"
 
 
 def image_path(version: str, directory: Path | None = None) -> Path:

@@ -6,7 +6,7 @@ worker processes only through a :class:`Machine`:
 * :class:`LocalMachine` is the running kernel: files are opened directly and
   workers are child processes connected by a socket pair;
 * ``ksmreplay.live.qemu.GuestMachine`` is a kernel booted under qemu: the same
-  requests are carried out by a small agent in the guest (see ``agent.c``).
+  requests are carried out by a small agent in the guest (see ``native/agent.c``).
 
 A worker's end of the conversation is a :class:`Channel`: records go out and
 come back exactly as they do over the local ``SOCK_SEQPACKET`` socket.

@@ -3,10 +3,11 @@
 The replay logic stays on the host (``driver.py``); the guest is a
 :class:`~ksmreplay.live.machine.Machine` reached through a small agent:
 
-* the initramfs is built here, at run time, without root: a ``newc`` cpio
-  archive holding the agent (``agent.c``, static, as ``/init``), the live
-  worker (``worker.c``, the host's own build) and ``/dev/console``; it is
-  cached beside the compiled programs, named by their digest;
+* the initramfs is made here, at run time, without root: a ``newc`` cpio
+  archive holding the agent (``native/agent.c``, built statically at
+  install, as ``/init``), the live worker (``native/worker.c``, the host's
+  own build) and ``/dev/console``, written into the boot's temporary
+  directory;
 * qemu boots the image with that initramfs, the kernel's console on the
   first serial port (kept in a log, quoted when the guest fails) and the
   agent's channel on the second, connected to a socket pair of ours;
@@ -25,7 +26,6 @@ as Debian's kernels and an x86-64 defconfig have them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import select
 import shutil
@@ -40,13 +40,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ksmreplay import signals
-from ksmreplay.cbuild import BuildError, build, cache_dir
 from ksmreplay.live.kernel import LiveKernelError
 from ksmreplay.live.machine import Channel, Machine
 from ksmreplay.live.worker import worker_binary
 
-AGENT_SOURCE = Path(__file__).with_name("agent.c")
-AGENT_CFLAGS = ("-O2", "-static", "-Wall")
+AGENT = Path(__file__).with_name("ksmreplay-agent")
+"""The guest's ``/init``, built at install (``native/agent.c``, linked statically)."""
 MAGIC = b"KSMREPLAY-AGENT 1"
 
 A_READ = 2
@@ -116,11 +115,13 @@ def check_image(image: str) -> Path:
 
 
 def agent_binary() -> Path:
-    """The compiled agent (static, with the C library), built on first use."""
-    try:
-        return build([AGENT_SOURCE], AGENT_CFLAGS, "agent")
-    except BuildError as e:
-        raise GuestError(f"the guest agent could not be built: {e}") from None
+    """The guest agent built at install; a clear error where it was not."""
+    if not os.access(AGENT, os.X_OK):
+        raise GuestError(
+            f"--kernel-image needs the guest agent, {AGENT}, which was not built at install "
+            "(it needs a C compiler and a static C library: reinstall ksmreplay where both are)"
+        )
+    return AGENT
 
 
 def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> bytes:
@@ -147,21 +148,14 @@ def initramfs_bytes(agent: bytes, worker: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 512)
 
 
-def initramfs() -> Path:
-    """The initramfs file in the cache, built if the agent or the worker changed."""
-    agent = agent_binary().read_bytes()
-    worker = worker_binary().read_bytes()
-    data = initramfs_bytes(agent, worker)
-    target = cache_dir() / f"initramfs-{hashlib.sha256(data).hexdigest()[:16]}.cpio"
-    if target.exists():
-        return target
+def initramfs(directory: Path) -> Path:
+    """The initramfs file, written into ``directory`` (the boot's temporary directory)."""
+    data = initramfs_bytes(agent_binary().read_bytes(), worker_binary().read_bytes())
+    target = directory / "initramfs.cpio"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".initramfs-", dir=target.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        target.write_bytes(data)
     except OSError as e:
-        raise GuestError(f"cannot write the initramfs into {target.parent}: {e.strerror}") from None
+        raise GuestError(f"cannot write the initramfs into {directory}: {e.strerror}") from None
     return target
 
 
@@ -471,10 +465,11 @@ def boot(
     """
     program = find_qemu(qemu)
     path = check_image(image)
-    initrd = initramfs()
+    agent_binary()  # before anything is made: a missing agent is a plain error
     tmp = Path(tempfile.mkdtemp(prefix="ksmreplay-guest-"))
     guest: GuestMachine | None = None
     try:
+        initrd = initramfs(tmp)
         if accel == "auto":
             if kvm_usable():
                 with contextlib.suppress(GuestError):
