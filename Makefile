@@ -15,7 +15,7 @@ LINT_PATHS := ksmreplay tests bench traces setup.py
 NATIVE := setup.py $(wildcard native/*.c native/*.h)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint fmt typecheck golden install-check bench fuzz clean distclean
+.PHONY: help demo test test-qemu kernels lint fmt typecheck golden install-check bench fuzz clean distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,12 @@ demo: $(STAMP) ## Replay the bundled demo trace (legacy and unshare side by side
 
 test: $(TEST_STAMP) ## Run the whole test suite
 	$(PY) -m pytest
+
+test-qemu: $(TEST_STAMP) ## Boot qemu guests (Linux 6.1, 6.12) on a scenario; needs qemu-system-x86 and `make kernels`
+	KSMREPLAY_TEST_QEMU=1 $(PY) -m pytest tests/test_qemu.py
+
+kernels: $(STAMP) ## Fetch Debian's 6.1 and 6.12 kernel images for test-qemu (apt, private lists)
+	$(PY) tests/qemu_kernels.py
 
 lint: $(TEST_STAMP) ## Check style (ruff) and types (mypy --strict)
 	$(PY) -m ruff check $(LINT_PATHS)

@@ -7,6 +7,9 @@
 * ``ksmreplay/live/ksmreplay-worker``: the program ``ksmreplay exec`` starts
   once per trace pid, built freestanding (no C library) so that it owns no
   anonymous memory but its stack and one buffer (``native/worker.c``).
+* ``ksmreplay/live/ksmreplay-agent``: the ``/init`` of the guests that
+  ``ksmreplay exec --kernel-image`` boots under qemu, linked statically
+  (``native/agent.c``).  Optional too: without it, ``--kernel-image`` says so.
 
 Everything else is in ``pyproject.toml``.
 """
@@ -36,27 +39,31 @@ WORKER_FLAGS = [
 ]
 
 
+AGENT_FLAGS = ["-O2", "-static", "-Wall"]
+
+
 class BuildNative(build_ext):
-    """``build_ext``, then the live worker beside the package's ``live`` module."""
+    """``build_ext``, then the live worker and the guest agent, in the package's ``live``."""
 
     def run(self) -> None:
         super().run()
-        package = os.path.dirname(self.get_ext_fullpath("ksmreplay._native"))
-        target = os.path.join(package, "live", "ksmreplay-worker")
+        live = os.path.join(os.path.dirname(self.get_ext_fullpath("ksmreplay._native")), "live")
+        self._program("worker.c", live, "ksmreplay-worker", WORKER_FLAGS, "'ksmreplay exec'")
+        self._program(
+            "agent.c", live, "ksmreplay-agent", AGENT_FLAGS, "'ksmreplay exec --kernel-image'"
+        )
+
+    def _program(self, source: str, where: str, name: str, flags: list[str], user: str) -> None:
+        """Build ``native/source`` into the program ``where/name``; warn if it cannot be."""
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 objects = self.compiler.compile(
-                    [os.path.join("native", "worker.c")], output_dir=tmp, extra_preargs=WORKER_FLAGS
+                    [os.path.join("native", source)], output_dir=tmp, extra_preargs=flags
                 )
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                self.compiler.link_executable(
-                    objects,
-                    os.path.basename(target),
-                    output_dir=os.path.dirname(target),
-                    extra_preargs=WORKER_FLAGS,
-                )
-        except Exception as exc:  # no compiler, or one that cannot build it freestanding
-            self.warn(f"the live worker was not built ({exc}): 'ksmreplay exec' will say so")
+                os.makedirs(where, exist_ok=True)
+                self.compiler.link_executable(objects, name, output_dir=where, extra_preargs=flags)
+        except Exception as exc:  # no compiler, or no static C library
+            self.warn(f"{name} was not built ({exc}): {user} will say so")
 
 
 setup(

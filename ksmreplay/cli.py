@@ -544,28 +544,82 @@ def run(
     is_flag=True,
     help="Run even when other processes use KSM (they are unmerged at the end).",
 )
-def exec_(trace: str, fmt: str, settings: dict[str, KnobValue], output: str, force: bool) -> None:
-    """Replay TRACE on this machine's kernel; report what its KSM shows.
+@click.option(
+    "--kernel-image",
+    metavar="BZIMAGE",
+    help="Replay inside a qemu guest booting this kernel image instead of on this kernel.",
+)
+@click.option(
+    "--qemu",
+    metavar="PATH",
+    help="The qemu program for --kernel-image (default: qemu-system-x86_64 on PATH).",
+)
+@click.option(
+    "--guest-memory",
+    type=click.IntRange(min=128),
+    default=1024,
+    show_default=True,
+    metavar="MIB",
+    help="Memory of the guest of --kernel-image, MiB.",
+)
+@click.option(
+    "--accel",
+    type=click.Choice(("auto", "kvm", "tcg")),
+    default="auto",
+    show_default=True,
+    help="qemu accelerator for --kernel-image; auto: KVM if it boots, else TCG.",
+)
+def exec_(
+    trace: str,
+    fmt: str,
+    settings: dict[str, KnobValue],
+    output: str,
+    force: bool,
+    kernel_image: str | None,
+    qemu: str | None,
+    guest_memory: int,
+    accel: str,
+) -> None:
+    """Replay TRACE on this machine's kernel, or on KERNEL-IMAGE under qemu; report what KSM shows.
 
     Needs root, /sys/kernel/mm/ksm and a C compiler (a tiny worker process is
     built once per trace pid).  Events run at their times; one run is
-    reported, in the mode of the running kernel, with the kernel version, so
-    that `ksmreplay diff` can compare it with `ksmreplay run`.  Every KSM
-    knob is restored afterwards and KSM is left stopped with nothing merged,
-    also on errors, Ctrl-C and SIGTERM.
+    reported, in the mode of the kernel, with the kernel version, so that
+    `ksmreplay diff` can compare it with `ksmreplay run`.  Every KSM knob is
+    restored afterwards and KSM is left stopped with nothing merged, also on
+    errors, Ctrl-C and SIGTERM.
+
+    With --kernel-image the replay runs in a qemu guest booting that image
+    (needs qemu and a C compiler; not root): this machine's KSM is not
+    touched, and the guest is ended on every way out.
 
     \b
     Examples:
         ksmreplay exec trace.jsonl --format json -o kernel.json
         ksmreplay run trace.jsonl --mode unshare --format json -o sim.json
         ksmreplay diff sim.json kernel.json
+        ksmreplay exec trace.jsonl --kernel-image arch/x86/boot/bzImage
     """
     from ksmreplay.live import execute
 
+    if kernel_image is None and qemu is not None:
+        raise click.UsageError("--qemu needs --kernel-image")
     progress = _progress_callback(trace)
     try:
         with open_trace(trace, validate_first=True) as reader:
-            report = execute(reader, force=force, progress=progress, settings=settings or None)
+            if kernel_image is None:
+                report = execute(reader, force=force, progress=progress, settings=settings or None)
+            else:
+                from ksmreplay.live.qemu import boot
+
+                with boot(kernel_image, qemu=qemu, memory_mib=guest_memory, accel=accel) as guest:
+                    report = execute(
+                        reader,
+                        force=force,
+                        progress=progress,
+                        settings=settings or None,
+                        machine=guest,
+                    )
     finally:
         if progress is not None:
             _progress_line("")

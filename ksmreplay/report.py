@@ -108,7 +108,7 @@ class ProcessCounters(TypedDict):
 
 class MemoryCounters(TypedDict):
     anon_frames: int
-    ksm_frames: int
+    ksm_frames: int | None  # None: exec on a kernel whose page flags cannot tell KSM pages
     zero_page_maps_by_ksm: int
     zero_page_maps_by_fault: int
 

@@ -31,7 +31,15 @@ DEMO = ROOT / "traces" / "demo.msgpack"
 
 
 SKIP = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "ksmreplay-worker"
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.so",
+    "ksmreplay-worker",
+    "ksmreplay-agent",
 )
 """What a copy of the source tree leaves out: anything a build or an install made."""
 
@@ -69,6 +77,9 @@ def main() -> int:
         worker = Path(tmp, "native").glob(f"{site}/ksmreplay/live/ksmreplay-worker")
         if not any(os.access(w, os.X_OK) for w in worker):
             problems.append("with a compiler, the live worker was not installed")
+        agent = Path(tmp, "native").glob(f"{site}/ksmreplay/live/ksmreplay-agent")
+        if not any(os.access(a, os.X_OK) for a in agent):
+            problems.append("with a compiler, the guest agent was not installed")
         version = run(scalar, "--version")
         if "engine: scalar (the native core was not built" not in version.stdout:
             problems.append(f"without a compiler, --version says: {version.stdout!r}")

@@ -1,15 +1,22 @@
-"""Record the live kernel's answer to the traces of a directory (needs root and KSM).
+"""Record a kernel's answer to the traces of a directory: the live kernel's, or a qemu guest's.
 
     .venv/bin/python tests/record_kernel.py DIR [--runs N] [NAME ...]
+    .venv/bin/python tests/record_kernel.py DIR --kernel 6.1 [--kernel-image IMAGE] [NAME ...]
 
 For the scenarios (``tests/scenarios``), the ported selftests
 (``tests/selftests``) and the golden cases (``tests/cases``).  Replays each
-4 KiB ``NAME.jsonl`` of DIR (or only the NAMEs given) on the running kernel
-``--runs`` times (default 2) through ``ksmreplay.live.execute``, which holds
-the live-kernel lock and restores KSM afterwards; refuses to record a trace
-whose reports differ between runs; and writes ``NAME.kernel.json`` with the
-trace path normalised to the file name.  Traces of other page sizes cannot run
-on this kernel and are skipped.
+4 KiB ``NAME.jsonl`` of DIR (or only the NAMEs given) ``--runs`` times
+(default 2) through ``ksmreplay.live.execute``; refuses to record a trace
+whose reports differ between runs; and writes the report with the trace path
+normalised to the file name.  Traces of other page sizes are skipped.
+
+Without ``--kernel``, the running kernel answers (needs root and KSM;
+``execute`` holds the live-kernel lock and restores KSM afterwards), into
+``NAME.kernel.json``.  With ``--kernel VERSION``, a qemu guest booting
+``--kernel-image`` (default: the image ``tests/qemu_kernels.py`` fetched for
+VERSION) answers, into ``NAME.kernel-VERSION.json``; each run boots its own
+guest and replays every trace in it, one after the other, so that the two
+runs compare two boots.  The host's KSM is not touched then.
 """
 
 from __future__ import annotations
@@ -17,15 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from qemu_kernels import image_path
+
 from ksmreplay.live import execute
+from ksmreplay.live.machine import Machine
 from ksmreplay.trace import open_trace
 
 
 def live_names(directory: Path) -> list[str]:
-    """The traces of ``directory`` that the live kernel can run (4 KiB pages)."""
+    """The traces of ``directory`` that a 4 KiB kernel can run."""
     names = []
     for path in sorted(directory.glob("*.jsonl")):
         with open_trace(str(path)) as reader:
@@ -34,27 +46,55 @@ def live_names(directory: Path) -> list[str]:
     return names
 
 
-def replay(directory: Path, name: str) -> dict[str, Any]:
+def replay(directory: Path, name: str, machine: Machine | None = None) -> dict[str, Any]:
     with open_trace(str(directory / f"{name}.jsonl")) as reader:
-        report: dict[str, Any] = dict(execute(reader))
+        report: dict[str, Any] = dict(execute(reader, machine=machine))
     report["trace"]["path"] = f"{name}.jsonl"
     return report
+
+
+@contextmanager
+def guest(image: Path | None) -> Iterator[Machine | None]:
+    """A booted guest for one run (None: the live kernel)."""
+    if image is None:
+        yield None
+        return
+    from ksmreplay.live.qemu import boot
+
+    with boot(str(image), accel="tcg") as machine:
+        yield machine
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--kernel", metavar="VERSION", help="record a guest's answer (6.1, 6.12)")
+    parser.add_argument("--kernel-image", type=Path, help="the guest's image (with --kernel)")
     parser.add_argument("names", nargs="*")
     args = parser.parse_intermixed_args()
-    unstable = []
     directory: Path = args.dir
-    for name in args.names or live_names(directory):
-        reports = [replay(directory, name) for _ in range(args.runs)]
-        same = len({json.dumps(r, sort_keys=True) for r in reports}) == 1
+    image: Path | None = None
+    suffix = ".kernel.json"
+    if args.kernel is not None:
+        image = args.kernel_image or image_path(args.kernel)
+        suffix = f".kernel-{args.kernel}.json"
+    names = args.names or live_names(directory)
+    runs: list[dict[str, dict[str, Any]]] = []
+    for _ in range(args.runs):
+        reports: dict[str, dict[str, Any]] = {}
+        with guest(image) if image is not None else nullcontext(None) as machine:
+            for name in names:
+                reports[name] = replay(directory, name, machine)
+                print(f"{name}: replayed", flush=True)
+        runs.append(reports)
+    unstable = []
+    for name in names:
+        same = len({json.dumps(run[name], sort_keys=True) for run in runs}) == 1
         print(f"{name}: {'ok' if same else 'NOT REPRODUCIBLE'}", flush=True)
         if same:
-            (directory / f"{name}.kernel.json").write_text(json.dumps(reports[0], indent=1) + "\n")
+            text = json.dumps(runs[0][name], indent=1) + "\n"
+            (directory / f"{name}{suffix}").write_text(text)
         else:
             unstable.append(name)
     return 1 if unstable else 0

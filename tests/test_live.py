@@ -244,7 +244,7 @@ def test_settle_needs_to_see_ksmd(monkeypatch: pytest.MonkeyPatch) -> None:
     from ksmreplay.live import driver
 
     before = knob_state()
-    monkeypatch.setattr(driver, "_find_ksmd", lambda: None)
+    monkeypatch.setattr(driver, "_find_ksmd", lambda machine: None)
     events = [Ksm(1, 0, {"run": 1}), Settle(2, 0), Snapshot(3, 0, "x")]
     with pytest.raises(LiveKernelError, match="ksmd") as info:
         execute(events, 4096)

@@ -39,14 +39,15 @@ sections) is derived from the page tables:
   merge; a write counts the KSM pages and KSM zero PTEs it hit; unmerging
   (MADV_UNMERGEABLE, prctl off, run=2) counts the KSM pages and KSM zero PTEs
   that became private.  With ``observe_events=False`` none of this is read,
-  the counts stay 0 and the run says ``"events_observed": false``.
+  the counts stay 0 and the run says ``"events_observed": false``; so it is
+  on a kernel whose page flags mark every anonymous page KSM (see
+  :func:`probe_pages`), where ``memory.ksm_frames`` is None too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import os
-import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,8 +74,21 @@ from ksmreplay.events import (
 )
 from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue
 from ksmreplay.live import kernel
-from ksmreplay.live.kernel import KsmGuard, LiveKernelError, RefusedWrite
-from ksmreplay.live.pages import ANON, KSM, NONE, ZERO, classify, read_pagemap, zero_pfn
+from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
+from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
+from ksmreplay.live.pages import (
+    ANON,
+    KPF_KSM,
+    KPF_ZERO_PAGE,
+    KSM,
+    NONE,
+    PM_PFN_MASK,
+    PM_PRESENT,
+    ZERO,
+    classify,
+    read_kpageflags,
+    read_pagemap,
+)
 from ksmreplay.live.worker import (
     ADVICE,
     MADV_UNMERGEABLE,
@@ -86,6 +100,7 @@ from ksmreplay.live.worker import (
     OP_PRCTL,
     OP_READ,
     Worker,
+    WorkerError,
     worker_binary,
 )
 from ksmreplay.report import (
@@ -169,29 +184,32 @@ class LiveReplay:
         self,
         page_size: int,
         guard: KsmGuard,
-        binary: Any,
+        machine: Machine,
         offset: int,
         observe_events: bool,
     ) -> None:
         self.ps = page_size
         self.guard = guard
-        self.binary = binary
+        self.ksm_files: KsmFiles = guard.ksm
+        self.machine = machine
         self.offset = offset
         self.observe = observe_events
         self.procs: dict[int, Proc] = {}
         self.serial = 0
-        self.zpfn = zero_pfn(page_size)
         self.trace_run: int = 0
         self.kernel_run: int = 0
         self.refused: list[Refusal] = []
         self.events = dict.fromkeys(EVENT_COUNTERS, 0)
         self.baseline: dict[PageKey, tuple[int, int]] = {}
         self.settled = False
-        self.ksmd_pid = _find_ksmd()
-        self.top = USER_TOP.get(platform.machine(), USER_TOP["x86_64"])
-        counters = kernel.read_counters()
-        self.scanned0 = counters.get("pages_scanned", 0)
-        self.skipped0 = counters.get("pages_skipped", 0)
+        self.ksmd_pid = _find_ksmd(machine)
+        self.top = USER_TOP.get(machine.arch(), USER_TOP["x86_64"])
+        self.zpfn, self.ksm_flag = probe_pages(machine, page_size, self.top)
+        if not self.ksm_flag:
+            self.observe = False
+        counters = self.ksm_files.read_counters()
+        self.scanned0 = counters.get("pages_scanned")
+        self.skipped0 = counters.get("pages_skipped")
         self.full_scans0 = counters.get("full_scans", 0)
 
     # ------------------------------------------------------------------ ksmd
@@ -223,7 +241,7 @@ class LiveReplay:
         return p
 
     def spawn(self, pid: int) -> Proc:
-        worker = Worker.spawn(self.binary)
+        worker = Worker.spawn(self.machine)
         p = self.new_proc(pid, worker)
         worker.call(OP_INIT, self.ps, WINDOW_LO, WINDOW_HI, self.top)
         return p
@@ -240,8 +258,10 @@ class LiveReplay:
         """Kind and frame of each page of ``p`` (zero PTEs refined to FZERO/KZERO)."""
         out: dict[PageKey, tuple[int, int]] = {}
         for first, count in _runs(pages):
-            entries = read_pagemap(p.worker.pid, self.live(first * self.ps), count, self.ps)
-            view = classify(entries, self.zpfn)
+            entries = read_pagemap(
+                p.worker.pid, self.live(first * self.ps), count, self.ps, self.machine
+            )
+            view = classify(entries, self.zpfn, self.machine)
             if view.thp:
                 raise LiveKernelError(
                     "a replayed page is part of a huge page; live replay needs small pages"
@@ -320,11 +340,7 @@ class LiveReplay:
         elif isinstance(ev, Madvise):
             self.madvise(ev)
         elif isinstance(ev, Prctl):
-            p = self.procs.get(ev.pid) or self.spawn(ev.pid)
-            before = self.observe_pages(p, p.pages) if self.observe and not ev.value else {}
-            p.worker.call(OP_PRCTL, WINDOW_LO, WINDOW_HI, int(ev.value))
-            if before:
-                self.account_unmerge(before, self.observe_pages(p, p.pages))
+            self.prctl(ev)
         elif isinstance(ev, Fork):
             parent = self.proc(ev.pid)
             if ev.child_pid in self.procs:
@@ -364,6 +380,22 @@ class LiveReplay:
         p.populated.update(pages)
         p.fault_zero.difference_update(pages)
 
+    def prctl(self, ev: Prctl) -> None:
+        p = self.procs.get(ev.pid) or self.spawn(ev.pid)
+        before = self.observe_pages(p, p.pages) if self.observe and not ev.value else {}
+        try:
+            p.worker.call(OP_PRCTL, WINDOW_LO, WINDOW_HI, int(ev.value))
+        except WorkerError as e:
+            # Kernels before 6.4 have no PR_SET_MEMORY_MERGE: the call fails with
+            # EINVAL and the process stays as it was, as on that kernel.
+            if e.errno != errno.EINVAL:
+                raise
+            refusal = {"event": ev.index, "t": ev.t, "knob": "merge_any", "value": ev.value}
+            self.refused.append({**refusal, "error": "EINVAL"})  # type: ignore[typeddict-item]
+            return
+        if before:
+            self.account_unmerge(before, self.observe_pages(p, p.pages))
+
     def madvise(self, ev: Madvise) -> None:
         p = self.proc(ev.pid)
         advice = ADVICE[ev.advice]
@@ -384,7 +416,8 @@ class LiveReplay:
             try:
                 self.guard.write(name, value)
             except RefusedWrite as e:
-                error = "EBUSY" if e.errno == errno.EBUSY else "EINVAL"
+                # EBUSY or EINVAL; ENOENT when this kernel has no such knob.
+                error = errno.errorcode.get(e.errno, "EINVAL")
                 self.refused.append(
                     {"event": ev.index, "t": ev.t, "knob": name, "value": value, "error": error}  # type: ignore[typeddict-item]
                 )
@@ -408,7 +441,7 @@ class LiveReplay:
     # --------------------------------------------------------------- settle
 
     def settle_key(self) -> tuple[Any, ...]:
-        c = kernel.read_counters()
+        c = self.ksm_files.read_counters()
         key: list[Any] = [
             c.get(n, 0)
             for n in (
@@ -422,7 +455,8 @@ class LiveReplay:
             )
         ]
         for pid in sorted(self.procs):
-            key.append(tuple(sorted(read_ksm_stat(self.procs[pid].worker.pid).items())))
+            stat = read_ksm_stat(self.procs[pid].worker.pid, self.machine)
+            key.append(tuple(sorted(stat.items())))
         return tuple(key)
 
     def ksmd_file(self, name: str) -> str:
@@ -430,8 +464,7 @@ class LiveReplay:
         if self.ksmd_pid is None:
             raise LiveKernelError(NO_KSMD)
         try:
-            with open(f"/proc/{self.ksmd_pid}/{name}", encoding="ascii") as f:
-                return f.read()
+            return self.machine.read(f"/proc/{self.ksmd_pid}/{name}").decode("ascii")
         except OSError as e:
             raise LiveKernelError(f"cannot read ksmd's /proc/{self.ksmd_pid}/{name}: {e}") from None
 
@@ -489,8 +522,15 @@ class LiveReplay:
             flip[0] = SETTLE_SLEEP_MS + 1 if flip[0] == SETTLE_SLEEP_MS else SETTLE_SLEEP_MS
             self.guard.write("sleep_millisecs", flip[0])
 
-    def scan_progress(self) -> tuple[int, int]:
-        return kernel.read_int("pages_scanned"), kernel.read_int("pages_skipped")
+    def scan_progress(self) -> tuple[int | None, int | None]:
+        """``pages_scanned`` and ``pages_skipped`` (None on kernels before 6.7, which have neither).
+
+        Without them, a batch that ends no pass can only be a wake-up with an
+        empty list: a settle's batch is a whole pass, and those kernels have no
+        scan-time advisor to cut it short.
+        """
+        c = self.ksm_files.read_counters()
+        return c.get("pages_scanned"), c.get("pages_skipped")
 
     def one_full_scan(self, flip: list[int]) -> bool:
         """Let ksmd run to the end of the pass it is on; False if its list was empty.
@@ -500,13 +540,13 @@ class LiveReplay:
         ksmd wakes, finds nothing to do and waits again: no page scanned or
         skipped, no pass ended.
         """
-        start = kernel.read_int("full_scans")
+        start = self.ksm_files.read_int("full_scans")
         progress = self.scan_progress()
         switches = self.ksmd_at_rest()
         while True:
             self.kick(switches, flip)
             switches = self.ksmd_at_rest(after=switches)
-            if kernel.read_int("full_scans") != start:
+            if self.ksm_files.read_int("full_scans") != start:
                 return True
             seen = self.scan_progress()
             if seen == progress:
@@ -524,9 +564,12 @@ class LiveReplay:
             return
         self.hold()
         self.mark_baseline()
-        pages_to_scan = kernel.read_knob("pages_to_scan")
-        sleep_ms = kernel.read_knob("sleep_millisecs")
-        advisor = kernel.read_knob("advisor_mode") == "scan-time"
+        pages_to_scan = self.ksm_files.read_knob("pages_to_scan")
+        sleep_ms = self.ksm_files.read_knob("sleep_millisecs")
+        advisor = (
+            self.ksm_files.has("advisor_mode")
+            and self.ksm_files.read_knob("advisor_mode") == "scan-time"
+        )
         if not advisor:
             self.guard.write("pages_to_scan", SETTLE_PAGES_TO_SCAN)
         flip = [SETTLE_SLEEP_MS]
@@ -551,10 +594,10 @@ class LiveReplay:
     # ------------------------------------------------------------- snapshot
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
-        c = kernel.read_counters()
+        c = self.ksm_files.read_counters()
         ksm: dict[str, Any] = {name: c.get(name) for name in KSM_COUNTERS}
-        ksm["pages_scanned"] = c.get("pages_scanned", 0) - self.scanned0
-        ksm["pages_skipped"] = c.get("pages_skipped", 0) - self.skipped0
+        ksm["pages_scanned"] = _since(c.get("pages_scanned"), self.scanned0)
+        ksm["pages_skipped"] = _since(c.get("pages_skipped"), self.skipped0)
         ksm["full_scans"] = c.get("full_scans", 0) - self.full_scans0
         view = self.observe_all()
         processes: list[dict[str, Any]] = []
@@ -563,7 +606,7 @@ class LiveReplay:
         by_ksm = by_fault = 0
         for pid in sorted(self.procs):
             p = self.procs[pid]
-            stat = read_ksm_stat(p.worker.pid)
+            stat = read_ksm_stat(p.worker.pid, self.machine)
             rss = 0
             for page in p.pages:
                 kind, pfn = view[(p.serial, page)]
@@ -579,12 +622,12 @@ class LiveReplay:
             processes.append(
                 {
                     "pid": pid,
-                    "ksm_rmap_items": stat["ksm_rmap_items"],
-                    "ksm_zero_pages": stat["ksm_zero_pages"],
-                    "ksm_merging_pages": stat["ksm_merging_pages"],
-                    "ksm_process_profit": stat["ksm_process_profit"],
-                    "ksm_merge_any": stat["ksm_merge_any"],
-                    "ksm_mergeable": stat["ksm_mergeable"],
+                    "ksm_rmap_items": stat.get("ksm_rmap_items"),
+                    "ksm_zero_pages": stat.get("ksm_zero_pages"),
+                    "ksm_merging_pages": stat.get("ksm_merging_pages"),
+                    "ksm_process_profit": stat.get("ksm_process_profit"),
+                    "ksm_merge_any": stat.get("ksm_merge_any"),
+                    "ksm_mergeable": stat.get("ksm_mergeable"),
                     "rss_anon_pages": rss,
                 }
             )
@@ -596,20 +639,25 @@ class LiveReplay:
             "processes": processes,
             "memory": {
                 "anon_frames": len(frames),
-                "ksm_frames": len(ksm_frames),
+                # None where the kernel's page flags cannot tell KSM pages (probe_pages).
+                "ksm_frames": len(ksm_frames) if self.ksm_flag else None,  # type: ignore[dict-item]
                 "zero_page_maps_by_ksm": by_ksm,
                 "zero_page_maps_by_fault": by_fault,
             },
             "events": dict(self.events),
         }
 
-    def settings(self) -> dict[str, KnobValue]:
-        out: dict[str, KnobValue] = {}
+    def settings(self) -> dict[str, KnobValue | None]:
+        """Every knob of the table at the end; None for those this kernel does not have."""
+        out: dict[str, KnobValue | None] = {}
+        have = set(self.ksm_files.available_knobs())
         for knob in KNOBS:
             if knob.name == "run":
                 out["run"] = self.trace_run
-            elif os.path.exists(kernel.knob_path(knob.name)):
-                out[knob.name] = kernel.read_knob(knob.name)
+            elif knob.name in have:
+                out[knob.name] = self.ksm_files.read_knob(knob.name)
+            else:
+                out[knob.name] = None
         return out
 
     def shutdown(self) -> None:
@@ -618,32 +666,79 @@ class LiveReplay:
         self.procs.clear()
 
 
-def read_ksm_stat(pid: int) -> dict[str, Any]:
-    """``/proc/<pid>/ksm_stat`` as a dict (yes/no fields as booleans)."""
+def read_ksm_stat(pid: int, machine: Machine = LOCAL) -> dict[str, Any]:
+    """``/proc/<pid>/ksm_stat`` as a dict (yes/no fields as booleans).
+
+    Kernels before 6.6 show fewer fields there (6.1: only ``ksm_rmap_items``,
+    with ``ksm_merging_pages`` in a file of its own); a field the kernel does
+    not show is missing from the dict.
+    """
     out: dict[str, Any] = {}
-    with open(f"/proc/{pid}/ksm_stat", encoding="ascii") as f:
-        for line in f:
-            name, _, value = line.partition(" ")
-            name = name.rstrip(":")
-            value = value.strip()
-            out[name] = value == "yes" if value in ("yes", "no") else int(value)
+    try:
+        text = machine.read(f"/proc/{pid}/ksm_stat").decode("ascii")
+    except FileNotFoundError:
+        text = ""
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        name = name.rstrip(":")
+        value = value.strip()
+        out[name] = value == "yes" if value in ("yes", "no") else int(value)
+    if "ksm_merging_pages" not in out:
+        with contextlib.suppress(FileNotFoundError):
+            out["ksm_merging_pages"] = int(machine.read(f"/proc/{pid}/ksm_merging_pages"))
     return out
+
+
+def _since(value: int | None, start: int | None) -> int | None:
+    """A counter's growth since the replay started; None when the kernel has no such counter."""
+    if value is None:
+        return None
+    return value - (start or 0)
 
 
 NO_KSMD = "settle needs to watch ksmd, but no ksmd is visible in /proc (another PID namespace?)"
 
 
-def _find_ksmd() -> int | None:
-    for entry in os.listdir("/proc"):
+def _find_ksmd(machine: Machine = LOCAL) -> int | None:
+    for entry in machine.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/comm", encoding="ascii") as f:
-                if f.read().strip() == "ksmd":
-                    return int(entry)
+            if machine.read(f"/proc/{entry}/comm").decode("ascii", "replace").strip() == "ksmd":
+                return int(entry)
         except OSError:
             continue
     return None
+
+
+def probe_pages(machine: Machine, page_size: int, top: int) -> tuple[int, bool]:
+    """The machine's zero-page frame number, and whether its page flags tell KSM pages apart.
+
+    A short-lived worker maps two pages in the trace window (never made
+    mergeable), read-faults the first and writes the second: the first's page
+    table entry names the zero page's frame; the second is an ordinary
+    anonymous page, which ``/proc/kpageflags`` must not flag KPF_KSM.  Some
+    kernels (6.12's ``stable_page_flags()`` tests the anonymous-mapping bits
+    loosely) flag every anonymous page so; on them no page can be told to be
+    a KSM page.
+    """
+    worker = Worker.spawn(machine)
+    try:
+        worker.call(OP_INIT, page_size, WINDOW_LO, WINDOW_HI, top)
+        worker.call(OP_MMAP, WINDOW_LO, 2 * page_size)
+        worker.call(OP_READ, WINDOW_LO, page_size)
+        worker.call(OP_FILL, WINDOW_LO + page_size, page_size, 0x6B736D7265706C61)
+        zero_entry, anon_entry = read_pagemap(worker.pid, WINDOW_LO, 2, page_size, machine)
+        pfn = zero_entry & PM_PFN_MASK
+        anon = anon_entry & PM_PFN_MASK
+        if not zero_entry & PM_PRESENT or not pfn or not anon_entry & PM_PRESENT or not anon:
+            raise LiveKernelError("cannot find the probe pages' frame numbers in pagemap")
+        flags = read_kpageflags([pfn, anon], machine)  # while the pages are still mapped
+    finally:
+        worker.kill()
+    if not flags[pfn] & KPF_ZERO_PAGE:
+        raise LiveKernelError("a read-faulted page is not flagged as the zero page")
+    return pfn, not flags[anon] & KPF_KSM
 
 
 def _sleep_until(deadline: float) -> None:
@@ -664,12 +759,16 @@ def execute(
     path: str | None = None,
     meta: Mapping[str, Any] | None = None,
     observe_events: bool = True,
+    machine: Machine | None = None,
 ) -> Report:
     """Replay a trace on the running kernel; return the report (one run, like ``run``).
 
     This is ``ksmreplay exec TRACE``: it needs root, ``/sys/kernel/mm/ksm``
     and gcc (to build the worker once), and takes
-    ``/run/lock/ksmreplay-live.lock`` for its whole duration.  Knobs start at
+    ``/run/lock/ksmreplay-live.lock`` for its whole duration.  With
+    ``machine`` (a guest booted by :mod:`ksmreplay.live.qemu`), the replay
+    drives that machine's kernel instead, and this machine's KSM and lock are
+    never touched.  Knobs start at
     Linux's defaults (overridden by ``settings``) and the trace's ``ksm``
     events apply at their times; a write the kernel refuses is listed in
     ``refused``.  Whatever happens (success, error, or a stop signal: Ctrl-C,
@@ -690,8 +789,13 @@ def execute(
     :param observe_events: derive the ``events`` section from page tables
         (costs a page-table read per instant); when False they are 0 and the
         run says ``"events_observed": false``.
+    :param machine: where to replay (default: this machine).
     :returns: the report of REPORT_FORMAT.md; its run has mode ``unshare``
-        (``legacy`` on kernels before 6.6) and ``"kernel"`` (``uname -r``).
+        when the kernel has ``/sys/kernel/mm/ksm/ksm_zero_pages`` (the
+        zero-page series, 6.6), ``legacy`` otherwise, and ``"kernel"``
+        (``uname -r``).  Counters and knobs the kernel does not have are
+        None; a ``prctl`` the kernel does not know (before 6.4) and a knob
+        it does not have are listed in ``refused`` (EINVAL, ENOENT).
     :raises LiveKernelError: (exit status 5) not root, no KSM, page size not
         this machine's, KSM busy, lock held, no compiler, trace outside the
         live address window, a ``settle`` where ksmd is not visible in
@@ -713,24 +817,31 @@ def execute(
     if meta is None:
         meta = header.meta if header is not None else {}
 
-    kernel.check_usable(page_size)
-    if any(isinstance(ev, Settle) for ev in events) and _find_ksmd() is None:
+    local = machine is None
+    if machine is None:
+        kernel.check_usable(page_size)
+        machine = LocalMachine(worker_binary())
+    else:
+        kernel.check_usable(page_size, machine)
+    if any(isinstance(ev, Settle) for ev in events) and _find_ksmd(machine) is None:
         raise LiveKernelError(NO_KSMD)
-    binary = worker_binary()
     offset = address_offset(events)
-    release = platform.release()
-    mode = "unshare" if _version(release) >= (6, 6) else "legacy"
+    ksm = KsmFiles(machine)
+    # The zero-page series (Linux 6.6) is known by its file, not by a version number.
+    mode = "unshare" if ksm.has("ksm_zero_pages") else "legacy"
+    release = machine.release()
 
-    with kernel.exclusive_lock(), signals.raising():
-        guard = KsmGuard(force)
+    with kernel.exclusive_lock() if local else contextlib.nullcontext(), signals.raising():
+        guard = KsmGuard(force, ksm)
         guard.start()
         try:
             run = _execute(
-                events, page_size, guard, binary, offset, observe_events, settings, force, progress
+                events, page_size, guard, machine, offset, observe_events, settings, force, progress
             )
         except BaseException as exc:
             problems = _cleanup(guard)
-            if problems and isinstance(exc, Stopped):
+            # A guest's KSM goes with the guest: only this machine's must be left at rest.
+            if problems and local and isinstance(exc, Stopped):
                 exc.detail = (
                     f"stopped by {exc.signum.name}; KSM could not be left at rest: "
                     + "; ".join(problems)
@@ -764,9 +875,12 @@ def _cleanup(guard: KsmGuard) -> list[str]:
             replay = _active.pop()
             try:
                 replay.shutdown()
-            except OSError as e:
+            except (OSError, LiveKernelError) as e:
                 problems.append(f"could not end the workers: {e}")
-        problems.extend(guard.stop())
+        try:
+            problems.extend(guard.stop())
+        except (OSError, LiveKernelError) as e:
+            problems.append(f"could not leave KSM at rest: {e}")
         return problems
 
 
@@ -774,7 +888,7 @@ def _execute(
     events: list[Event],
     page_size: int,
     guard: KsmGuard,
-    binary: Any,
+    machine: Machine,
     offset: int,
     observe_events: bool,
     settings: Mapping[str, KnobValue] | None,
@@ -790,13 +904,9 @@ def _execute(
     else:
         guard.write("run", 0)
     for name in kernel.RESTORE_ORDER:
-        if (
-            name in start
-            and os.path.exists(kernel.knob_path(name))
-            and kernel.read_knob(name) != start[name]
-        ):
+        if name in start and guard.ksm.has(name) and guard.ksm.read_knob(name) != start[name]:
             guard.write(name, start[name])
-    replay = LiveReplay(page_size, guard, binary, offset, observe_events)
+    replay = LiveReplay(page_size, guard, machine, offset, observe_events)
     _active.append(replay)
     replay.trace_run = initial_run
     if initial_run == 2:
@@ -832,7 +942,7 @@ def _execute(
         released_at = time.monotonic()
         if j < len(events):
             if replay.settled:
-                sleep_ms = int(kernel.read_knob("sleep_millisecs"))
+                sleep_ms = int(guard.ksm.read_knob("sleep_millisecs"))
                 pending_release = released_at + jiffies_ns(sleep_ms) / 1e9
             else:
                 replay.release()
@@ -848,13 +958,5 @@ def _execute(
         "refused": replay.refused,
         "snapshots": snapshots,
         "final": final,
-        "events_observed": observe_events,
+        "events_observed": replay.observe,
     }
-
-
-def _version(release: str) -> tuple[int, int]:
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 from ksmreplay.errors import ExitStatus, KsmreplayError
 from ksmreplay.knobs import KNOBS, KnobValue
+from ksmreplay.live.machine import LOCAL, Machine
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 LOCK_PATH = "/run/lock/ksmreplay-live.lock"
@@ -75,76 +76,109 @@ def knob_path(name: str) -> str:
     return os.path.join(KSM_DIR, name)
 
 
+class KsmFiles:
+    """``/sys/kernel/mm/ksm`` of one machine (this one by default)."""
+
+    def __init__(self, machine: Machine = LOCAL) -> None:
+        self.machine = machine
+
+    def read_text(self, name: str) -> str:
+        return self.machine.read(knob_path(name)).decode("ascii").strip()
+
+    def read_int(self, name: str) -> int:
+        return int(self.read_text(name))
+
+    def read_knob(self, name: str) -> KnobValue:
+        """One knob's value; ``advisor_mode`` is shown as ``[none] scan-time`` and parsed."""
+        text = self.read_text(name)
+        if name == "advisor_mode":
+            for word in text.split():
+                if word.startswith("["):
+                    return word.strip("[]")
+            return text
+        return int(text)
+
+    def has(self, name: str) -> bool:
+        """Whether this kernel has the file ``name`` (a knob or a counter)."""
+        return self.machine.exists(knob_path(name))
+
+    def available_knobs(self) -> list[str]:
+        """The knobs of the table that this kernel has."""
+        names = set(self.machine.listdir(KSM_DIR))
+        return [k.name for k in KNOBS if k.name in names]
+
+    def write_knob(self, name: str, value: KnobValue) -> None:
+        """Write one knob, retrying EINTR.
+
+        :raises RefusedWrite: the kernel refused the value (EBUSY, EINVAL), or
+            has no such knob (ENOENT: an older kernel).
+        """
+        data = str(value).encode("ascii")
+        while True:
+            try:
+                self.machine.write(knob_path(name), data)
+                return
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                if e.errno in (errno.EBUSY, errno.EINVAL, errno.ENOENT):
+                    raise RefusedWrite(name, value, e.errno) from None
+                raise LiveKernelError(f"cannot write {name}={value}: {e.strerror}") from None
+
+    def read_counters(self) -> dict[str, int]:
+        """Every integer file of ``/sys/kernel/mm/ksm`` (counters and knobs)."""
+        out: dict[str, int] = {}
+        for name in sorted(self.machine.listdir(KSM_DIR)):
+            try:
+                out[name] = int(self.read_text(name))
+            except (ValueError, OSError):
+                continue
+        return out
+
+
+LOCAL_KSM = KsmFiles(LOCAL)
+"""This machine's KSM files."""
+
+
 def read_text(name: str) -> str:
-    with open(knob_path(name), encoding="ascii") as f:
-        return f.read().strip()
+    return LOCAL_KSM.read_text(name)
 
 
 def read_int(name: str) -> int:
-    return int(read_text(name))
+    return LOCAL_KSM.read_int(name)
 
 
 def read_knob(name: str) -> KnobValue:
     """One knob's value; ``advisor_mode`` is shown as ``[none] scan-time`` and parsed."""
-    text = read_text(name)
-    if name == "advisor_mode":
-        for word in text.split():
-            if word.startswith("["):
-                return word.strip("[]")
-        return text
-    return int(text)
+    return LOCAL_KSM.read_knob(name)
 
 
 def available_knobs() -> list[str]:
     """The knobs of the table that this kernel has."""
-    return [k.name for k in KNOBS if os.path.exists(knob_path(k.name))]
+    return LOCAL_KSM.available_knobs()
 
 
 def write_knob(name: str, value: KnobValue) -> None:
     """Write one knob; raise :class:`RefusedWrite` on EBUSY/EINVAL, retry EINTR."""
-    data = str(value).encode("ascii")
-    while True:
-        try:
-            fd = os.open(knob_path(name), os.O_WRONLY)
-        except OSError as e:
-            raise LiveKernelError(f"cannot open {knob_path(name)}: {e.strerror}") from None
-        try:
-            os.write(fd, data)
-            return
-        except OSError as e:
-            if e.errno == errno.EINTR:
-                continue
-            if e.errno in (errno.EBUSY, errno.EINVAL):
-                raise RefusedWrite(name, value, e.errno) from None
-            raise LiveKernelError(f"cannot write {name}={value}: {e.strerror}") from None
-        finally:
-            os.close(fd)
+    LOCAL_KSM.write_knob(name, value)
 
 
 def read_counters() -> dict[str, int]:
     """Every integer file of ``/sys/kernel/mm/ksm`` (counters and knobs)."""
-    out: dict[str, int] = {}
-    for name in sorted(os.listdir(KSM_DIR)):
-        try:
-            out[name] = int(read_text(name))
-        except (ValueError, OSError):
-            continue
-    return out
+    return LOCAL_KSM.read_counters()
 
 
-def check_usable(page_size: int) -> None:
-    """Refuse early (exit status 5) when this machine cannot replay live."""
-    if os.geteuid() != 0:
+def check_usable(page_size: int, machine: Machine = LOCAL) -> None:
+    """Refuse early (exit status 5) when ``machine`` cannot replay live."""
+    if not machine.is_root():
         raise LiveKernelError("live replay needs root (it writes /sys/kernel/mm/ksm)")
-    if not os.path.isdir(KSM_DIR):
+    if not machine.exists(KSM_DIR):
         raise LiveKernelError(f"this kernel has no KSM ({KSM_DIR} is missing)")
-    if not os.access(knob_path("run"), os.W_OK):
+    if not machine.access(knob_path("run"), os.W_OK):
         raise LiveKernelError(f"{knob_path('run')} is not writable")
-    machine = os.sysconf("SC_PAGE_SIZE")
-    if page_size != machine:
-        raise LiveKernelError(
-            f"the trace's page size is {page_size} but this machine's is {machine}"
-        )
+    own = machine.page_size()
+    if page_size != own:
+        raise LiveKernelError(f"the trace's page size is {page_size} but this machine's is {own}")
 
 
 def busy_reason(counters: Mapping[str, int]) -> str | None:
@@ -211,16 +245,17 @@ class KsmGuard:
     and writes every recorded knob back.
     """
 
-    def __init__(self, force: bool = False) -> None:
+    def __init__(self, force: bool = False, ksm: KsmFiles = LOCAL_KSM) -> None:
         self.force = force
+        self.ksm = ksm
         self.saved: dict[str, KnobValue] = {}
         self.touched = False
         self.start_counters: dict[str, int] = {}
 
     def start(self) -> None:
-        for name in available_knobs():
-            self.saved[name] = read_knob(name)
-        self.start_counters = read_counters()
+        for name in self.ksm.available_knobs():
+            self.saved[name] = self.ksm.read_knob(name)
+        self.start_counters = self.ksm.read_counters()
         reason = busy_reason(self.start_counters)
         if reason is not None and not self.force:
             raise LiveKernelError(
@@ -230,17 +265,17 @@ class KsmGuard:
     def write(self, name: str, value: KnobValue) -> None:
         """Write a knob (recorded for restoration); may raise :class:`RefusedWrite`."""
         self.touched = True
-        write_knob(name, value)
+        self.ksm.write_knob(name, value)
 
     def unmerge_all(self) -> None:
         """run=2 (synchronous unmerge of everything), then run=0."""
         for _ in range(100):
             try:
-                write_knob("run", 2)
+                self.ksm.write_knob("run", 2)
                 break
             except RefusedWrite:
                 time.sleep(0.01)
-        write_knob("run", 0)
+        self.ksm.write_knob("run", 0)
 
     def stop(self) -> list[str]:
         """Leave KSM at rest and restore the knobs; returns problems found (empty if none)."""
@@ -255,18 +290,18 @@ class KsmGuard:
             if name not in self.saved:
                 continue
             try:
-                if read_knob(name) != self.saved[name]:
-                    write_knob(name, self.saved[name])
+                if self.ksm.read_knob(name) != self.saved[name]:
+                    self.ksm.write_knob(name, self.saved[name])
             except (LiveKernelError, RefusedWrite, OSError) as e:
                 problems.append(f"could not restore {name}={self.saved[name]}: {e}")
-        counters = read_counters()
+        counters = self.ksm.read_counters()
         for name in ("pages_shared", "pages_sharing", "ksm_zero_pages"):
             if counters.get(name, 0) and not self.force:
                 problems.append(f"{name} is {counters[name]} after unmerging")
         original_run = self.saved.get("run", 0)
         if original_run != 0:
             try:
-                write_knob("run", original_run)
+                self.ksm.write_knob("run", original_run)
             except (LiveKernelError, RefusedWrite) as e:
                 problems.append(f"could not restore run={original_run}: {e}")
         return problems

@@ -3,16 +3,15 @@
 Each page of a range is classified as not present, an ordinary anonymous
 frame, a KSM frame, or the shared zero page.  Page tables cannot tell a zero
 PTE that KSM placed (dirty) from one a read fault placed (clean): the driver
-decides that from the trace's own history (see ``execute.py``).
+decides that from the trace's own history (see ``driver.py``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
 import struct
 from collections.abc import Iterable
+
+from ksmreplay.live.machine import LOCAL, Machine
 
 PM_PRESENT = 1 << 63
 PM_SWAPPED = 1 << 62
@@ -29,61 +28,32 @@ KSM = 2
 ZERO = 3
 
 
-def read_pagemap(pid: int, addr: int, npages: int, page_size: int) -> list[int]:
+def read_pagemap(
+    pid: int, addr: int, npages: int, page_size: int, machine: Machine = LOCAL
+) -> list[int]:
     """Raw pagemap entries of ``npages`` pages from ``addr`` in process ``pid``."""
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    try:
-        data = os.pread(fd, npages * 8, (addr // page_size) * 8)
-    finally:
-        os.close(fd)
+    data = machine.pread(f"/proc/{pid}/pagemap", (addr // page_size) * 8, npages * 8)
     if len(data) != npages * 8:
         raise OSError(f"short pagemap read for pid {pid}")
     return list(struct.unpack(f"<{npages}Q", data))
 
 
-def read_kpageflags(pfns: Iterable[int]) -> dict[int, int]:
+def read_kpageflags(pfns: Iterable[int], machine: Machine = LOCAL) -> dict[int, int]:
     """Page flags of each frame number, reading contiguous runs at once."""
     wanted = sorted(set(pfns))
     flags: dict[int, int] = {}
-    if not wanted:
-        return flags
-    fd = os.open("/proc/kpageflags", os.O_RDONLY)
-    try:
-        i = 0
-        while i < len(wanted):
-            j = i
-            while j + 1 < len(wanted) and wanted[j + 1] - wanted[j] < 64:
-                j += 1
-            first, last = wanted[i], wanted[j]
-            data = os.pread(fd, (last - first + 1) * 8, first * 8)
-            values = struct.unpack(f"<{len(data) // 8}Q", data)
-            for pfn in wanted[i : j + 1]:
-                flags[pfn] = values[pfn - first]
-            i = j + 1
-    finally:
-        os.close(fd)
+    i = 0
+    while i < len(wanted):
+        j = i
+        while j + 1 < len(wanted) and wanted[j + 1] - wanted[j] < 64:
+            j += 1
+        first, last = wanted[i], wanted[j]
+        data = machine.pread("/proc/kpageflags", first * 8, (last - first + 1) * 8)
+        values = struct.unpack(f"<{len(data) // 8}Q", data)
+        for pfn in wanted[i : j + 1]:
+            flags[pfn] = values[pfn - first]
+        i = j + 1
     return flags
-
-
-def zero_pfn(page_size: int) -> int:
-    """Frame number of the shared zero page: map a private page, read-fault it, look."""
-    m = mmap.mmap(-1, page_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        buf = ctypes.c_char.from_buffer(m)
-        try:
-            addr = ctypes.addressof(buf)
-            _ = m[0]
-            entry = read_pagemap(os.getpid(), addr, 1, page_size)[0]
-        finally:
-            del buf
-    finally:
-        m.close()
-    if not entry & PM_PRESENT or not entry & PM_PFN_MASK:
-        raise OSError("cannot find the zero page's frame number in pagemap")
-    pfn = entry & PM_PFN_MASK
-    if not read_kpageflags([pfn])[pfn] & KPF_ZERO_PAGE:
-        raise OSError("the read-faulted page is not flagged as the zero page")
-    return pfn
 
 
 class PageView:
@@ -97,10 +67,10 @@ class PageView:
         self.thp = thp
 
 
-def classify(entries: list[int], zpfn: int) -> PageView:
+def classify(entries: list[int], zpfn: int, machine: Machine = LOCAL) -> PageView:
     """Classify raw pagemap entries (one kpageflags lookup for all frames)."""
     pfns = [e & PM_PFN_MASK if e & PM_PRESENT else 0 for e in entries]
-    flags = read_kpageflags(p for p in pfns if p and p != zpfn)
+    flags = read_kpageflags((p for p in pfns if p and p != zpfn), machine)
     kinds: list[int] = []
     thp = False
     for e, pfn in zip(entries, pfns, strict=True):

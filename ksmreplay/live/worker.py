@@ -8,14 +8,13 @@ unmergeable (see the C file's header).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import socket
 import struct
-import subprocess
 from pathlib import Path
 
 from ksmreplay.live.kernel import LiveKernelError
+from ksmreplay.live.machine import Channel, Machine
 
 BINARY = Path(__file__).with_name("ksmreplay-worker")
 """The worker, built at install (``setup.py``)."""
@@ -60,43 +59,33 @@ def worker_binary() -> Path:
 class WorkerError(LiveKernelError):
     """A worker command failed (the kernel returned an error the trace did not expect)."""
 
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
 
 class Worker:
-    """One live process standing for one trace pid."""
+    """One live process standing for one trace pid, reached through a :class:`Channel`."""
 
-    def __init__(self, sock: socket.socket, pid: int, proc: subprocess.Popen[bytes] | None) -> None:
-        self.sock = sock
+    def __init__(self, channel: Channel, pid: int) -> None:
+        self.channel = channel
         self.pid = pid
-        self.proc = proc
-        self.pidfd: int | None = None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (OSError, AttributeError):
-            self.pidfd = None
+        channel.bind(pid)
         self.alive = True
 
     @classmethod
-    def spawn(cls, binary: Path) -> Worker:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def spawn(cls, machine: Machine) -> Worker:
+        """Start a worker on ``machine`` and wait for its first record (its pid)."""
+        channel = machine.spawn_worker()
         try:
-            proc = subprocess.Popen(
-                [str(binary)],
-                stdin=theirs.fileno(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        except OSError as e:
-            mine.close()
-            raise LiveKernelError(f"cannot start the live worker {binary}: {e.strerror}") from None
-        finally:
-            theirs.close()
-        _, pid = cls._recv_reply(mine)
-        return cls(mine, pid, proc)
+            _, pid = cls._reply(channel.recv(REP.size))
+        except BaseException:
+            channel.close()
+            raise
+        return cls(channel, pid)
 
     @staticmethod
-    def _recv_reply(sock: socket.socket) -> tuple[int, int]:
-        data = sock.recv(REP.size)
+    def _reply(data: bytes) -> tuple[int, int]:
         if len(data) != REP.size:
             raise WorkerError("a live worker died unexpectedly")
         ret, val = REP.unpack(data)
@@ -104,77 +93,66 @@ class Worker:
 
     def call(self, op: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0) -> int:
         """Send one command and wait for its completion; returns its value, raises on error."""
-        self.sock.send(CMD.pack(op, a, b, c, d))
-        return self._finish(op)
+        return self._check(op, self.channel.call(CMD.pack(op, a, b, c, d), REP.size))
+
+    def _check(self, op: int, data: bytes) -> int:
+        ret, val = self._reply(data)
+        if ret < 0:
+            raise WorkerError(
+                f"live worker {self.pid}: command {op} failed: {os.strerror(-ret)}", -ret
+            )
+        return val
 
     def _finish(self, op: int) -> int:
-        ret, val = self._recv_reply(self.sock)
-        if ret < 0:
-            raise WorkerError(f"live worker {self.pid}: command {op} failed: {os.strerror(-ret)}")
-        return val
+        return self._check(op, self.channel.recv(REP.size))
 
     def send_payload(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         for start in range(0, len(view), CHUNK):
-            self.sock.send(view[start : start + CHUNK])
+            self.channel.send(bytes(view[start : start + CHUNK]))
 
     def fill_list(self, addr: int, length: int, values: bytes) -> None:
-        self.sock.send(CMD.pack(OP_FILL_LIST, addr, length, 0, 0))
+        self.channel.send(CMD.pack(OP_FILL_LIST, addr, length, 0, 0))
         self.send_payload(values)
         self._finish(OP_FILL_LIST)
 
     def write_bytes(self, addr: int, data: bytes) -> None:
-        self.sock.send(CMD.pack(OP_BYTES, addr, len(data), 0, 0))
+        self.channel.send(CMD.pack(OP_BYTES, addr, len(data), 0, 0))
         self.send_payload(data)
         self._finish(OP_BYTES)
 
     def fork(self) -> Worker:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        child = self.channel.fork(CMD.pack(OP_FORK, 0, 0, 0, 0))
         try:
-            socket.send_fds(self.sock, [CMD.pack(OP_FORK, 0, 0, 0, 0)], [theirs.fileno()])
-        finally:
-            theirs.close()
-        child_pid = self._finish(OP_FORK)
-        ret, pid = self._recv_reply(mine)
-        if ret < 0 or pid != child_pid:
-            raise WorkerError(f"live worker {self.pid}: forked child did not start")
-        return Worker(mine, child_pid, None)
+            child_pid = self._finish(OP_FORK)
+            ret, pid = self._reply(child.recv(REP.size))
+            if ret < 0 or pid != child_pid:
+                raise WorkerError(f"live worker {self.pid}: forked child did not start")
+        except BaseException:
+            child.close()
+            raise
+        return Worker(child, child_pid)
 
     def exit(self) -> None:
         """End the process and wait until its memory is gone (the channel reaches end of file)."""
         if not self.alive:
             return
-        self.sock.send(CMD.pack(OP_EXIT, 0, 0, 0, 0))
-        self._wait_gone()
-
-    def _wait_gone(self) -> None:
+        self.channel.send(CMD.pack(OP_EXIT, 0, 0, 0, 0))
         # The kernel releases the address space before the descriptors, so end
         # of file on the channel means the exit's effect on memory is complete.
-        while self.sock.recv(REP.size):
+        while self.channel.recv(REP.size):
             pass
         self.alive = False
-        if self.proc is not None:
-            self.proc.wait()
+        self.channel.reap()
         self.close()
 
     def kill(self) -> None:
         """Kill the process (by pidfd when possible, never a recycled pid) and wait for it."""
         if self.alive:
-            try:
-                if self.pidfd is not None:
-                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                elif self.proc is not None:
-                    self.proc.kill()
-            except ProcessLookupError:
-                pass
-            try:
-                self._wait_gone()
-            except OSError:
-                self.alive = False
+            self.alive = False
+            with contextlib.suppress(OSError):
+                self.channel.kill(self.pid)
         self.close()
 
     def close(self) -> None:
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
-        self.sock.close()
+        self.channel.close()
