@@ -682,6 +682,7 @@ class Ksmd:
         del self.nodes[node.id]
         if node.alive:
             self.mem.frames.node[node.frame] = NULL
+            self.mem.frames.changes += 1
 
     def _choose_dup(self, chain: Chain, prune_allowed: bool) -> StableNode | None:
         """``stable_node_dup()`` + ``__stable_node_chain()``: pick a dup, prune, collapse.
@@ -762,6 +763,7 @@ class Ksmd:
         self.nodes[node.id] = node
         self.node_cols.add(node.id, np.array([frame], np.int64))
         self.mem.frames.node[frame] = node.id
+        self.mem.frames.changes += 1
         if entry is None:
             self.stable[content] = node
             return node
@@ -1211,6 +1213,8 @@ class Ksmd:
         mm.rss_anon -= done.zero
         mm.ksm_zero_ptes += done.zero
         self.unstable.added(done.inserted)
+        # Each merge and zero-page merge moved a mapping between two frames.
+        self.mem.frames.changes += done.merges + done.zero
         self.mem._bury(done.dead)
 
     def _window_front(
@@ -1280,6 +1284,7 @@ class Ksmd:
         p_k = p_page & (CHUNK - 1)
         fr.ksm[frame] = True
         fr.live_ksm += 1
+        fr.changes += 1
         self._replace(p_slot.mm, p_view, p_k, int(p_view[p_k]), frame)
         self.mem.events["merges"] += 2
         self.unlink(partner)
@@ -1291,6 +1296,7 @@ class Ksmd:
         """``replace_page()``: point one PTE at a KSM page, drop the old page."""
         view[k] = kframe
         self.mem.frames.mapcount[kframe] += 1
+        self.mem.frames.changes += 1
         self.mem._put_one(old)
 
     def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
@@ -1433,6 +1439,18 @@ class Ksmd:
             advisor,
             tuple(chains),
         )
+        # The frame columns (content, mapcount, ksm, node) are not hashed:
+        # they cover all memory, mergeable or not, and a pass must cost what
+        # ksmd's own state costs.  The states compared are pass ends of one
+        # stretch between two events (``engine._Circles``), where nothing but
+        # ksmd writes; and every write to those columns, ksmd's or an
+        # event's, in Python or in the native core, raises ``fr.changes``
+        # (``FrameTable.changes``), which never goes down.  So two states of
+        # one stretch with the same key saw no write to a frame between them:
+        # their frame columns are equal, element for element (and so are the
+        # page tables: ksmd changes a PTE only where it merges, which writes
+        # a mapcount); with the rest of the key and arrays equal, the passes
+        # that follow are equal too.
         seq = np.uint8(self.seqnr & SEQNR_MASK)
         n = self._next_node_id
         cols = self.node_cols
@@ -1453,10 +1471,6 @@ class Ksmd:
             cols.size[:n],
             cols.head[:n],
             cols.frame[:n],
-            fr.content,
-            fr.mapcount,
-            fr.ksm,
-            fr.node,
         ]
         if keep:
             if sum(a.nbytes for a in arrays) <= KEEP_BYTES:
@@ -1528,7 +1542,7 @@ class IdleState(NamedTuple):
     key: tuple[object, ...]
     """What must be equal, as plain values."""
     arrays: list[npt.NDArray[np.generic]]
-    """What must be equal, as arrays (items, nodes, frames; copies or live
+    """What must be equal, as arrays (items, nodes; copies or live
     columns; or, kept and larger than :data:`KEEP_BYTES`, their hash)."""
     marks: tuple[int, ...]
     """Full scans, pages scanned and skipped, ksmd's CPU time (ns), its clock

@@ -118,7 +118,12 @@ class FrameTable:
         self.live = 0
         self.live_ksm = 0
         self.changes = 0
-        """Frames allocated and freed so far (ksmd's idle passes change none)."""
+        """A counter that every write to the four columns raises (by at least one
+        when it may change a row): frames allocated and freed, contents written
+        in place, mappings added and dropped, KSM pages made and their nodes
+        set.  It never goes down, so two moments with the same count have the
+        same columns; ``Ksmd.idle_state`` relies on it instead of hashing the
+        columns (ksmd's idle passes change none)."""
 
     ROW_BYTES = 8 + 4 + 1 + 4 + 8
     """Bytes per frame row: the four columns and the free stack."""
@@ -646,6 +651,7 @@ class Memory:
             return
         mc = self.frames.mapcount
         np.subtract.at(mc, rows, 1)
+        self.frames.changes += len(rows)
         self._bury(np.unique(rows[mc[rows] == 0]))
 
     def _bury(self, dead: IntArray) -> None:
@@ -660,6 +666,7 @@ class Memory:
         """:meth:`_put` of a single mapping."""
         fr = self.frames
         fr.mapcount[row] -= 1
+        fr.changes += 1
         if fr.mapcount[row] == 0:
             if fr.ksm[row]:
                 self.on_ksm_pages_freed(np.array([fr.node[row]], np.int64))
@@ -770,6 +777,7 @@ class Memory:
             fresh,
         )
         fr.taken(used)
+        fr.changes += len(fps)  # (contents written in place, copies' mappings dropped)
         self._bury(dead)
         changed = np.flatnonzero(stats.any(axis=1))
         for i, (rss, ksm_zero, fault_zero) in zip(
@@ -832,6 +840,7 @@ class Memory:
         keep = present.copy()
         keep[present] = private & (mapcount == 1)
         fr.content[pte[keep]] = new[keep]
+        fr.changes += int(np.count_nonzero(keep))
         copied = present & ~keep
         if copied.any():
             self.events["cow_breaks_ksm"] += int(np.count_nonzero(fr.ksm[pte[copied]]))
@@ -923,6 +932,7 @@ class Memory:
             present = view[view >= 0]
             if len(present):
                 np.add.at(self.frames.mapcount, present, 1)
+                self.frames.changes += len(present)
             base = lo & ~(CHUNK - 1)
             child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
         return child

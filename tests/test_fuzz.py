@@ -13,6 +13,7 @@ the fix), and the short run tolerates the failures those cases stand for.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import random
 import re
@@ -368,7 +369,15 @@ def case_results(
     workers: concurrent.futures.ProcessPoolExecutor,
 ) -> dict[Path, concurrent.futures.Future[fuzzer.Check]]:
     """Every saved case checked at once, two at a time."""
-    return {path: workers.submit(fuzzer.check_case, str(path), CASE_LIMITS) for path in CASE_FILES}
+    submit = workers.submit
+    return {path: submit(fuzzer.check_case, str(path), _case_limits(path)) for path in CASE_FILES}
+
+
+def _case_limits(path: Path) -> fuzzer.Limits:
+    """:data:`CASE_LIMITS`, with the case's own ``cpu`` (s) where it sets one (a case that
+    once hung: more than it needs now, less than it took then)."""
+    cpu = json.loads(path.read_text()).get("cpu", CASE_LIMITS.cpu)
+    return dataclasses.replace(CASE_LIMITS, cpu=cpu)
 
 
 def test_saved_cases_are_well_formed() -> None:
