@@ -423,7 +423,10 @@ class Ksmd:
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
-    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode can use it.
+    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode and the
+    kernel version can use it (``native_scan``).  ``checksum_first``: the
+    visit order of Linux 6.11 and later (see :meth:`_cmp_and_merge`); False
+    for older versions (``kernels.Kernel.checksum_first``).
     """
 
     def __init__(
@@ -431,12 +434,16 @@ class Ksmd:
         mode: Mode,
         knob: Callable[[str], int | str],
         set_pages_to_scan: Callable[[int], None],
+        *,
+        native_scan: bool = True,
+        checksum_first: bool = True,
     ) -> None:
         self.mode = mode
         self.knob = knob
         self.set_pages_to_scan = set_pages_to_scan
+        self.checksum_first = checksum_first
         self.mem = Memory(self._ksm_pages_freed)
-        self.native = native() if mode.native_scan else None
+        self.native = native() if mode.native_scan and native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
         self.c = Counters()
@@ -1240,7 +1247,14 @@ class Ksmd:
         return None if found is None else Front(*found)
 
     def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
-        """``cmp_and_merge_page()`` (Linux 6.11+ order: checksum, zero page, stable, unstable)."""
+        """``cmp_and_merge_page()``.
+
+        Linux 6.11+ order: checksum, zero page, stable tree, unstable tree.
+        Before 6.11 (``checksum_first`` False) the stable tree was searched
+        first, while the item was still linked where it was, and only a page
+        that did not join a KSM page went on to the checksum test and the
+        zero page.
+        """
         fr, it = self.mem.frames, self.items
         frame = int(view[k])
         if fr.ksm[frame]:
@@ -1252,8 +1266,15 @@ class Ksmd:
             self.unlink(row)
             self._append(row, node)
             return
-        self.unlink(row)
         content = int(fr.content[frame])
+        if not self.checksum_first:
+            found = self._stable_search(content)
+            self.unlink(row)
+            if found is not None:
+                self._join(row, slot, view, k, frame, found)
+                return
+        else:
+            self.unlink(row)
         if not it.checked[row] or int(it.checksum[row]) != content:
             it.checksum[row] = content
             it.checked[row] = True
@@ -1263,12 +1284,11 @@ class Ksmd:
             if self.mode.flags_zero_page_items:
                 self._flag_zero(slot, np.array([row], np.int64))
             return
-        found = self._stable_search(content)
-        if found is not None:
-            self._replace(slot.mm, view, k, frame, found.frame)
-            self.mem.events["merges"] += 1
-            self._append(row, found)
-            return
+        if self.checksum_first:
+            found = self._stable_search(content)
+            if found is not None:
+                self._join(row, slot, view, k, frame, found)
+                return
         partner = self._unstable_search_insert(row, content, frame)
         if partner is None:
             return
@@ -1285,6 +1305,14 @@ class Ksmd:
         self.unlink(partner)
         node = self._stable_insert(content, frame)
         self._append(partner, node)
+        self._append(row, node)
+
+    def _join(
+        self, row: int, slot: Slot, view: IntArray, k: int, frame: int, node: StableNode
+    ) -> None:
+        """``try_to_merge_with_ksm_page()`` then ``stable_tree_append()``."""
+        self._replace(slot.mm, view, k, frame, node.frame)
+        self.mem.events["merges"] += 1
         self._append(row, node)
 
     def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:
