@@ -93,8 +93,7 @@ class Engine:
             self._mode,
             self._knobs.__getitem__,
             self._advisor_sets_pages_to_scan,
-            native_scan=self.kernel.native_scan,
-            checksum_first=self.kernel.checksum_first,
+            kernel=self.kernel,
         )
         self.mem = self.ksmd.mem
         self.store = PageStore(page_size)

@@ -76,6 +76,14 @@ class Kernel:
         recorded answers show).  Before, the child's mm was a copy of the
         parent's, counters included, and the copied values stayed in the
         child's counters for its whole life.
+    :ivar chain_collapse_any: a stable node chain left with one dup becomes a
+        plain node at any lookup, and the lookup settles for the fullest dup
+        when none has room (commit a0b856b617c5 "mm/ksm: optimize the
+        chain()/chain_prune() interfaces", in v6.11).  Before, only a lookup
+        that pruned the chain (at most every
+        ``stable_node_chains_prune_millisecs``) collapsed it, and only if its
+        one dup had room for another page; a lookup that found no dup with
+        room returned nothing and left the chain as it was.
     :ivar merge_flags: ksm_stat shows ``ksm_merge_any`` and ``ksm_mergeable``
         (commit 3ab76c767bc7, in v6.14).
     """
@@ -88,6 +96,7 @@ class Kernel:
     merge_any: bool
     profits: bool
     checksum_first: bool
+    chain_collapse_any: bool
     fork_resets_counters: bool
     merge_flags: bool
 
@@ -125,6 +134,7 @@ LINUX_6_18 = Kernel(
     merge_any=True,
     profits=True,
     checksum_first=True,
+    chain_collapse_any=True,
     fork_resets_counters=True,
     merge_flags=True,
 )
@@ -139,6 +149,7 @@ LINUX_6_12 = Kernel(
     merge_any=True,
     profits=True,
     checksum_first=True,
+    chain_collapse_any=True,
     fork_resets_counters=True,
     merge_flags=False,
 )
@@ -155,12 +166,14 @@ LINUX_6_1 = Kernel(
     merge_any=False,
     profits=False,
     checksum_first=False,
+    chain_collapse_any=False,
     fork_resets_counters=False,
     merge_flags=False,
 )
 """Linux 6.1 (Debian 12): no zero-page series, pages_scanned, smart_scan,
 advisor, prctl or profits; the stable tree searched before the checksum test;
-fork children inherit their parent's per-mm counters."""
+chains collapsed only when pruned; fork children inherit their parent's
+per-mm counters."""
 
 KERNELS: dict[str, Kernel] = {k.version: k for k in (LINUX_6_1, LINUX_6_12, LINUX_6_18)}
 """Every version ``--kernel`` accepts, oldest first."""

@@ -57,6 +57,7 @@ import numpy.typing as npt
 
 from ksmreplay.arrays import charge
 from ksmreplay.contentmap import ContentMap
+from ksmreplay.kernels import LINUX_6_18, Kernel
 from ksmreplay.modes import Mode
 from ksmreplay.native import (
     AGE_MAX,
@@ -424,9 +425,9 @@ class Ksmd:
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
     if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode and the
-    kernel version can use it (``native_scan``).  ``checksum_first``: the
-    visit order of Linux 6.11 and later (see :meth:`_cmp_and_merge`); False
-    for older versions (``kernels.Kernel.checksum_first``).
+    kernel version can use it (``Kernel.native_scan``).  ``kernel`` is the
+    version whose rules differ from 6.18's (``kernels.py``): the visit order
+    (:meth:`_cmp_and_merge`) and the chain lookup (:meth:`_choose_dup`).
     """
 
     def __init__(
@@ -434,16 +435,15 @@ class Ksmd:
         mode: Mode,
         knob: Callable[[str], int | str],
         set_pages_to_scan: Callable[[int], None],
-        *,
-        native_scan: bool = True,
-        checksum_first: bool = True,
+        kernel: Kernel = LINUX_6_18,
     ) -> None:
         self.mode = mode
         self.knob = knob
         self.set_pages_to_scan = set_pages_to_scan
-        self.checksum_first = checksum_first
+        self.checksum_first = kernel.checksum_first
+        self.chain_collapse_any = kernel.chain_collapse_any
         self.mem = Memory(self._ksm_pages_freed)
-        self.native = native() if mode.native_scan and native_scan else None
+        self.native = native() if mode.native_scan and kernel.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
         self.c = Counters()
@@ -696,7 +696,9 @@ class Ksmd:
         With pruning (at most every stable_node_chains_prune_millisecs) every
         dup is checked and the fullest candidate wins; without, the walk stops
         at the first candidate.  A chain left with one dup collapses into a
-        plain node; a chain left with none is freed.
+        plain node; a chain left with none is freed.  Before 6.11
+        (``chain_collapse_any`` False) only candidates are chosen (None if no
+        dup has room) and only a pruning lookup collapses the chain.
         """
         maxps = int(self.knob("max_page_sharing"))
         interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
@@ -711,6 +713,14 @@ class Ksmd:
             if not dup.alive:
                 self._remove_node(dup)
                 continue
+            if not self.chain_collapse_any:
+                if self._candidate(dup, maxps) and (
+                    found is None or self._size(dup) > self._size(found)
+                ):
+                    found = dup
+                    if not prune:
+                        break
+                continue
             if found is None or (
                 self._candidate(dup, maxps)
                 and (not self._candidate(found, maxps) or self._size(dup) > self._size(found))
@@ -723,7 +733,7 @@ class Ksmd:
                 del self.stable[chain.content]
                 self.c.stable_node_chains -= 1
             return None
-        if len(chain.dups) == 1:
+        if len(chain.dups) == 1 and (prune or self.chain_collapse_any):
             chain.dups.clear()
             found.chain = None
             self.stable[chain.content] = found

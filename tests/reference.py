@@ -1276,6 +1276,16 @@ class ReferenceSimulator:
         for dup in list(chain.dups):
             if self._ksm_get_folio(dup) is None:
                 continue  # stale dup removed from the chain
+            if not self.kernel.chain_collapse_any:
+                # Before 6.11: only a dup with room is chosen, the fullest.
+                if self._is_page_sharing_candidate(dup) and (
+                    found is None or dup.rmap_hlist_len > found_len
+                ):
+                    found = dup
+                    found_len = dup.rmap_hlist_len
+                    if not prune:
+                        break
+                continue
             if found is None or (
                 self._is_page_sharing_candidate(dup)
                 and (not self._is_page_sharing_candidate(found) or dup.rmap_hlist_len > found_len)
@@ -1285,9 +1295,11 @@ class ReferenceSimulator:
                 if not prune and self._is_page_sharing_candidate(found):
                     break
         if found is None:
-            self._free_stable_node_chain(chain)  # its hlist is empty
+            if not chain.dups:
+                self._free_stable_node_chain(chain)  # its hlist is empty
             return None
-        if chain.dups == [found]:
+        if chain.dups == [found] and (prune or self.kernel.chain_collapse_any):
+            # Before 6.11 only a pruning lookup collapsed the chain.
             # Only one dup left: it replaces the chain as a plain node.
             chain.dups.clear()
             found.chain = None

@@ -30,10 +30,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from kernel_answer import format_differences, kernel_differences, replay_file, run_of
+from reference import ReferenceSimulator
 
 from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
 from ksmreplay.errors import ExitStatus, UsageError
+from ksmreplay.events import Alloc, Event, Exit, Ksm, Madvise, Settle, Write
 from ksmreplay.kernels import KERNELS, LINUX_6_1
 from ksmreplay.knobs import KNOBS
 
@@ -198,3 +200,52 @@ def test_diff_compares_one_mode_on_two_kernels() -> None:
 
 def test_every_version_is_listed_oldest_first() -> None:
     assert list(KERNELS) == ["6.1", "6.12", "6.18"]
+
+
+# -- a rule no recorded trace shows: the chain lookup before 6.11 -------------------
+
+
+def full_dup_left_alone() -> list[Event]:
+    """Four pages of one content with max_page_sharing 2 make a chain of two full
+    dups; two of the processes exit (one dup goes stale), then a fifth page of
+    that content makes ksmd look the chain up, within the prune interval."""
+    page = 4096
+    events: list[Event] = [
+        Ksm(1, 0, {"pages_to_scan": 1000, "sleep_millisecs": 20, "max_page_sharing": 2})
+    ]
+
+    def process(pid: int) -> None:
+        for make in (
+            lambda i: Alloc(i, 0, pid, 0x10000, page),
+            lambda i: Write(i, 0, pid, 0x10000, page, 7),
+            lambda i: Madvise(i, 0, pid, 0x10000, page, "mergeable"),
+        ):
+            events.append(make(len(events) + 1))
+
+    for pid in (1, 2, 3, 4):
+        process(pid)
+    events += [Ksm(len(events) + 1, 0, {"run": 1}), Settle(len(events) + 2, 0)]
+    events += [Exit(len(events) + 1, 0, 3), Exit(len(events) + 2, 0, 4)]
+    process(5)
+    events.append(Settle(len(events) + 1, 0))
+    return events
+
+
+@pytest.mark.usefixtures("both_engines")
+@pytest.mark.parametrize(("kernel", "chains"), [("6.1", 1), ("6.12", 0), ("6.18", 0)])
+def test_a_chain_of_one_full_dup_collapses_only_since_6_11(kernel: str, chains: int) -> None:
+    engine = Engine("legacy", 4096, None, kernel)
+    ref = ReferenceSimulator("legacy", 4096, kernel=kernel)
+    snap: dict[str, Any] = {}
+    for event in full_dup_left_alone():
+        engine.apply(event)
+        ref.apply(event)
+        snap = dict(engine.snapshot("x", event.t, event.index))
+        assert snap == ref.snapshot("x", event.t, event.index), f"{kernel}, after {event}"
+        if isinstance(event, Settle) and event.index < 20:
+            assert (snap["ksm"]["stable_node_chains"], snap["ksm"]["stable_node_dups"]) == (1, 2)
+    # 6.11+: the lookup collapses the chain into its one (full) dup; before, only
+    # a pruning lookup that found a dup with room did.
+    assert snap["ksm"]["stable_node_chains"] == chains
+    assert snap["ksm"]["stable_node_dups"] == chains
+    assert snap["ksm"]["pages_shared"] == 1
