@@ -85,7 +85,8 @@ class Kernel:
         one dup had room for another page; a lookup that found no dup with
         room returned nothing and left the chain as it was.
     :ivar merge_flags: ksm_stat shows ``ksm_merge_any`` and ``ksm_mergeable``
-        (commit 3ab76c767bc7, in v6.14).
+        (commit 3ab76c767bc7 "ksm: add ksm involvement information for each
+        process", in v6.14).
     """
 
     version: str
