@@ -32,7 +32,7 @@ from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
-from ksmreplay.replay import MODE_CHOICES, expand_modes, replay_spooled
+from ksmreplay.replay import MODE_CHOICES, MODE_GROUPS, expand_modes, replay_spooled
 from ksmreplay.report import close_spools, schema_text
 from ksmreplay.synth import (
     WORKLOAD_NAMES,
@@ -504,9 +504,7 @@ def _progress_callback(trace: str) -> Any:
 )
 @_report_options
 @click.option("--check-invariants", is_flag=True, hidden=True)
-@click.pass_context
 def run(
-    ctx: click.Context,
     trace: str,
     modes: Sequence[str],
     kernel_versions: Sequence[str],
@@ -518,9 +516,9 @@ def run(
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
 
     TRACE '-' reads stdin.  The report lists, for each kernel version and
-    mode, every snapshot the trace asks for and the final state.  Without
-    --mode, a version replays the modes of `both` it has (6.1: legacy only);
-    a mode named with --mode that a version lacks is an error.
+    mode, every snapshot the trace asks for and the final state.  The groups
+    `both` (the default) and `all` stand for the modes each version has (6.1:
+    legacy only); a mode named on its own that a version lacks is an error.
 
     \b
     Examples:
@@ -532,7 +530,9 @@ def run(
     _engine_notice()
     chosen = expand_modes(modes)
     versions = expand_kernels(tuple(kernel_versions))
-    explicit = ctx.get_parameter_source("modes") is not click.core.ParameterSource.DEFAULT
+    # Groups (`both`, the default, and `all`) stand for the modes each version
+    # has; a mode named on its own must exist on every version asked for.
+    explicit = any(name not in MODE_GROUPS for name in modes)
     progress = _progress_callback(trace)
     try:
         # A file is checked whole before anything is simulated, so that an

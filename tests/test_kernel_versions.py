@@ -156,6 +156,15 @@ def test_default_modes_on_6_1_are_those_it_has() -> None:
     assert runs == [("6.1", "legacy"), ("6.18", "legacy"), ("6.18", "unshare")]
 
 
+def test_all_on_6_1_is_legacy() -> None:
+    result = invoke("--kernel", "6.1", "--kernel", "6.12", "--mode", "all", "--format", "json")
+    assert result.exit_code == 0, result.output
+    runs = [(run["kernel"], run["mode"]) for run in json.loads(result.stdout)["runs"]]
+    assert runs == [("6.1", "legacy"), ("6.12", "legacy"), ("6.12", "v6"), ("6.12", "unshare")]
+    named = invoke("--kernel", "6.1", "--mode", "all", "--mode", "v6")
+    assert named.exit_code == ExitStatus.USAGE
+
+
 def test_default_kernel_is_6_18() -> None:
     result = invoke("--mode", "legacy", "--format", "json")
     assert [run["kernel"] for run in json.loads(result.stdout)["runs"]] == ["6.18"]
