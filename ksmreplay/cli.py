@@ -28,10 +28,11 @@ from ksmreplay import __version__, native, signals
 from ksmreplay.diff import diff_reports, load_report, render_differences
 from ksmreplay.errors import ExitStatus, KsmreplayError, Stopped
 from ksmreplay.inspect import inspect_trace
+from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
-from ksmreplay.replay import MODE_CHOICES, expand_modes, replay_spooled
+from ksmreplay.replay import MODE_CHOICES, MODE_GROUPS, expand_modes, replay_spooled
 from ksmreplay.report import close_spools, schema_text
 from ksmreplay.synth import (
     WORKLOAD_NAMES,
@@ -491,11 +492,22 @@ def _progress_callback(trace: str) -> Any:
     show_default=True,
     help="Mode(s) to replay in; repeatable. both = legacy and unshare; all = every mode.",
 )
+@click.option(
+    "--kernel",
+    "kernel_versions",
+    type=click.Choice(tuple(KERNELS)),
+    multiple=True,
+    default=(DEFAULT_KERNEL,),
+    show_default=True,
+    help="Linux version(s) to replay on; repeatable (runs side by side). "
+    "6.1 has only the legacy mode.",
+)
 @_report_options
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
     modes: Sequence[str],
+    kernel_versions: Sequence[str],
     fmt: str,
     settings: dict[str, KnobValue],
     output: str,
@@ -503,17 +515,24 @@ def run(
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
 
-    TRACE '-' reads stdin.  The report lists, for each mode, every
-    snapshot the trace asks for and the final state.
+    TRACE '-' reads stdin.  The report lists, for each kernel version and
+    mode, every snapshot the trace asks for and the final state.  The groups
+    `both` (the default) and `all` stand for the modes each version has (6.1:
+    legacy only); a mode named on its own that a version lacks is an error.
 
     \b
     Examples:
         ksmreplay run trace.msgpack
         ksmreplay run trace.msgpack --mode all --format json -o report.json
         ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
+        ksmreplay run trace.msgpack --kernel 6.1 --kernel 6.18 --mode legacy
     """
     _engine_notice()
     chosen = expand_modes(modes)
+    versions = expand_kernels(tuple(kernel_versions))
+    # Groups (`both`, the default, and `all`) stand for the modes each version
+    # has; a mode named on its own must exist on every version asked for.
+    explicit = any(name not in MODE_GROUPS for name in modes)
     progress = _progress_callback(trace)
     try:
         # A file is checked whole before anything is simulated, so that an
@@ -525,6 +544,8 @@ def run(
                 settings or None,
                 progress=progress,
                 check_invariants=check_invariants,
+                kernels=versions,
+                only_modes_each_has=not explicit,
             )
     finally:
         if progress is not None:

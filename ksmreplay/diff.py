@@ -5,10 +5,12 @@
     diffs = diff_reports(load_report("a.json"), load_report("b.json"), ignore={"pages_scanned"})
     render_differences(diffs, sys.stdout)
 
-Runs are matched by mode; when each report holds one run and their modes
-differ, those two runs are compared (so ``run --mode legacy`` against ``run
---mode unshare`` works), and a single report with exactly two runs can be
-compared with itself (``diff_reports(report)``: first run against second).
+Runs are matched by mode (by mode and kernel version when a report holds
+one mode on several versions, ``run --kernel``); when each report holds one
+run and their modes (or simulated versions) differ, those two runs are
+compared (so ``run --mode legacy`` against ``run --mode unshare`` works),
+and a single report with exactly two runs can be compared with itself
+(``diff_reports(report)``: first run against second).
 Snapshots are matched by position (a label that differs is a difference),
 processes by pid.  Whatever exists on one side only is a difference too.
 """
@@ -21,6 +23,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO, cast
 
 from ksmreplay.errors import InputOutputError, UsageError
+from ksmreplay.kernels import KERNELS
 from ksmreplay.knobs import KNOB_BY_NAME
 from ksmreplay.render import plain_table
 from ksmreplay.report import (
@@ -245,9 +248,13 @@ def _check_report(data: object) -> str | None:
             return problem
         if not _is_text(run["mode"]):
             return f"{where}.mode is not a string of valid Unicode"
-        if run["mode"] in modes:
-            return f"mode {run['mode']!r} appears twice"
-        modes.add(run["mode"])
+        kernel = run.get("kernel")
+        if kernel is not None and not _is_text(kernel):
+            return f"{where}.kernel is not a string of valid Unicode"
+        if (run["mode"], kernel) in modes:
+            on = "" if kernel is None else f" on kernel {kernel!r}"
+            return f"mode {run['mode']!r} appears twice{on}"
+        modes.add((run["mode"], kernel))
         problem = _check_values(f"{where}.settings", run["settings"])
         if problem is not None:
             return problem
@@ -418,19 +425,41 @@ def _snapshot_names(snaps: Sequence[Snap]) -> list[str]:
     return names
 
 
+def _run_keys(runs: Sequence[Run], by_kernel: bool) -> list[str]:
+    """Each run's name: its mode, or ``MODE@KERNEL`` when runs are told apart by kernel."""
+    if by_kernel:
+        return [f"{run['mode']}@{run.get('kernel')}" for run in runs]
+    return [run["mode"] for run in runs]
+
+
+def _simulated_versions(runs: Sequence[Run]) -> set[str | None]:
+    """The simulated kernel versions (``run --kernel``) of ``runs``; None for any other."""
+    return {str(run["kernel"]) if run.get("kernel") in KERNELS else None for run in runs}
+
+
 def _pair_runs(a: Report, b: Report) -> Iterator[tuple[str, Run | None, Run | None]]:
-    """The runs to compare: (mode, run of a, run of b), a missing side as None."""
+    """The runs to compare: (name, run of a, run of b), a missing side as None.
+
+    Runs are matched by mode; by mode and kernel version when a report holds
+    one mode on several versions (``run --kernel 6.1 --kernel 6.18``).
+    """
     runs_a, runs_b = a["runs"], b["runs"]
-    if len(runs_a) == 1 and len(runs_b) == 1 and runs_a[0]["mode"] != runs_b[0]["mode"]:
-        yield f"{runs_a[0]['mode']}/{runs_b[0]['mode']}", runs_a[0], runs_b[0]
-        return
-    by_mode_b = {run["mode"]: run for run in runs_b}
-    modes_a = {run["mode"] for run in runs_a}
-    for run in runs_a:
-        yield run["mode"], run, by_mode_b.get(run["mode"])
-    for run in runs_b:
-        if run["mode"] not in modes_a:
-            yield run["mode"], None, run
+    by_kernel = any(len({run["mode"] for run in runs}) < len(runs) for runs in (runs_a, runs_b))
+    names_a, names_b = _run_keys(runs_a, by_kernel), _run_keys(runs_b, by_kernel)
+    if len(runs_a) == 1 and len(runs_b) == 1:
+        one_a, one_b = runs_a[0], runs_b[0]
+        versions = _simulated_versions(runs_a) | _simulated_versions(runs_b)
+        if one_a["mode"] != one_b["mode"] or (None not in versions and len(versions) > 1):
+            if None not in versions and len(versions) > 1:
+                names_a, names_b = _run_keys(runs_a, True), _run_keys(runs_b, True)
+            yield f"{names_a[0]}/{names_b[0]}", one_a, one_b
+            return
+    by_name_b = dict(zip(names_b, runs_b, strict=True))
+    for name, run in zip(names_a, runs_a, strict=True):
+        yield name, run, by_name_b.get(name)
+    for name, run in zip(names_b, runs_b, strict=True):
+        if name not in names_a:
+            yield name, None, run
 
 
 def diff_reports(
@@ -469,7 +498,7 @@ def diff_reports(
         first, second = a["runs"]
         a = cast(Report, {**a, "runs": [first]})
         b = cast(Report, {**a, "runs": [second]})
-        if first["mode"] == second["mode"]:
+        if first["mode"] == second["mode"] and first.get("kernel") == second.get("kernel"):
             raise UsageError("the two runs of the report have the same mode")
     _check_ignore(ignore, (a, b))
     comparer = _Comparer(ignore, tolerance)

@@ -30,6 +30,7 @@ from ksmreplay.events import (
     Write,
     WriteRun,
 )
+from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
@@ -62,21 +63,38 @@ class Engine:
     wake-up runs (the tests compare the two)."""
 
     def __init__(
-        self, mode: str, page_size: int, settings: Mapping[str, KnobValue] | None = None
+        self,
+        mode: str,
+        page_size: int,
+        settings: Mapping[str, KnobValue] | None = None,
+        kernel_version: str = DEFAULT_KERNEL,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"mode {mode!r} is not available (modes: {', '.join(MODES)})")
+        self.kernel = kernel(kernel_version)
+        self.kernel.check_mode(mode)
         self.mode = mode
         self._mode = MODES[mode]
         self.page_size = page_size
         self._knobs: dict[str, KnobValue] = dict(DEFAULTS)
+        missing = self.kernel.missing_knobs
+        for name in missing:
+            # ksmd behaves as without the feature; the report shows null.
+            self._knobs[name] = ABSENT.get(name, self._knobs[name])
         for name, value in (settings or {}).items():
             knob = KNOB_BY_NAME.get(name)
             problem = "unknown knob" if knob is None else knob.check(value)
+            if not problem and name in missing:
+                problem = f"Linux {self.kernel.version} has no such knob"
             if problem:
                 raise UsageError(f"--set {name}={value}: {problem}")
             self._knobs[name] = value
-        self.ksmd = Ksmd(self._mode, self._knobs.__getitem__, self._advisor_sets_pages_to_scan)
+        self.ksmd = Ksmd(
+            self._mode,
+            self._knobs.__getitem__,
+            self._advisor_sets_pages_to_scan,
+            kernel=self.kernel,
+        )
         self.mem = self.ksmd.mem
         self.store = PageStore(page_size)
         self._refused: list[Refusal] = []
@@ -88,8 +106,9 @@ class Engine:
     # -- the interface ---------------------------------------------------------
 
     @property
-    def settings(self) -> dict[str, KnobValue]:
-        return dict(self._knobs)
+    def settings(self) -> dict[str, KnobValue | None]:
+        missing = self.kernel.missing_knobs
+        return {k: None if k in missing else v for k, v in self._knobs.items()}
 
     @property
     def refused(self) -> list[Refusal]:
@@ -144,7 +163,7 @@ class Engine:
         self.mem.write_run(run.pid[lo:hi], first_page, counts, fps)
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
-        mode, c, ps = self._mode, self.ksmd.c, self.page_size
+        mode, c, ps, kern = self._mode, self.ksmd.c, self.page_size, self.kernel
         live = [self.mem.mms[pid] for pid in sorted(self.mem.mms)]
         zero = sum(mm.ksm_zero_ptes for mm in live)
         ksm = {
@@ -154,8 +173,8 @@ class Engine:
             "pages_volatile": max(
                 0, c.rmap_items - c.pages_shared - c.pages_sharing - c.pages_unshared
             ),
-            "pages_scanned": c.pages_scanned,
-            "pages_skipped": c.pages_skipped,
+            "pages_scanned": c.pages_scanned if kern.pages_scanned else None,
+            "pages_skipped": c.pages_skipped if kern.smart_scan else None,
             "full_scans": self.ksmd.seqnr,
             "stable_node_chains": c.stable_node_chains,
             "stable_node_dups": c.stable_node_dups,
@@ -163,13 +182,15 @@ class Engine:
             **mode.zero_pages_sharing(c.zero_pages_sharing),
             "general_profit": mode.general_profit(
                 c.pages_sharing, mode.saved_zero_pages(zero, c.zero_pages_sharing), c.rmap_items, ps
-            ),
+            )
+            if kern.profits
+            else None,
         }
         processes = []
         for mm in live:
             slot = self.ksmd.slot_of.get(id(mm))
-            rmap = slot.rmap_items if slot else 0
-            merging = slot.merging_pages if slot else 0
+            rmap = (slot.rmap_items if slot else 0) + mm.inherited_rmap_items
+            merging = (slot.merging_pages if slot else 0) + mm.inherited_merging_pages
             processes.append(
                 {
                     "pid": mm.pid,
@@ -182,9 +203,11 @@ class Engine:
                         mode.saved_zero_pages(mm.ksm_zero_ptes, mm.zero_pages_sharing),
                         rmap,
                         ps,
-                    ),
-                    "ksm_merge_any": mm.merge_any,
-                    "ksm_mergeable": mm.has_mergeable,
+                    )
+                    if kern.profits
+                    else None,
+                    "ksm_merge_any": mm.merge_any if kern.merge_flags else None,
+                    "ksm_mergeable": mm.has_mergeable if kern.merge_flags else None,
                     "rss_anon_pages": mm.rss_anon,
                 }
             )
@@ -354,6 +377,17 @@ class Engine:
 
     def _on_prctl(self, ev: Prctl) -> None:
         mm = self._mm(ev.pid)
+        if not self.kernel.merge_any:
+            # No PR_SET_MEMORY_MERGE before 6.4: EINVAL, the process is unchanged.
+            refusal: Refusal = {
+                "event": ev.index,
+                "t": ev.t,
+                "knob": "merge_any",
+                "value": ev.value,
+                "error": "EINVAL",
+            }
+            self._refused.append(refusal)
+            return
         if ev.value:
             # ksm_enable_merge_any()
             if mm.merge_any:
@@ -378,6 +412,16 @@ class Engine:
         parent = self.mem.mms[ev.pid]
         child = self.mem.fork(parent, ev.child_pid)
         self.mem.add(child)
+        if not self.kernel.fork_resets_counters:
+            # The child's mm is a copy of the parent's, per-mm KSM counters
+            # included; nothing ever takes the copied values out again.
+            slot = self.ksmd.slot_of.get(id(parent))
+            child.inherited_rmap_items = parent.inherited_rmap_items + (
+                slot.rmap_items if slot else 0
+            )
+            child.inherited_merging_pages = parent.inherited_merging_pages + (
+                slot.merging_pages if slot else 0
+            )
         # ksm_fork(): a registered parent's child is registered with fresh
         # per-mm counters (Linux 6.18: merging_pages and rmap_items start at 0).
         if self.ksmd.registered(parent):
@@ -393,7 +437,7 @@ class Engine:
 
     def _on_ksm(self, ev: Ksm) -> None:
         for name, value in ev.settings.items():
-            error = self._write_knob(name, value)
+            error = "ENOENT" if name in self.kernel.missing_knobs else self._write_knob(name, value)
             if error is not None:
                 self._refused.append(
                     {"event": ev.index, "t": ev.t, "knob": name, "value": value, "error": error}

@@ -57,6 +57,7 @@ import numpy.typing as npt
 
 from ksmreplay.arrays import charge
 from ksmreplay.contentmap import ContentMap
+from ksmreplay.kernels import LINUX_6_18, Kernel
 from ksmreplay.modes import Mode
 from ksmreplay.native import (
     AGE_MAX,
@@ -423,7 +424,10 @@ class Ksmd:
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
-    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode can use it.
+    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode and the
+    kernel version can use it (``Kernel.native_scan``).  ``kernel`` is the
+    version whose rules differ from 6.18's (``kernels.py``): the visit order
+    (:meth:`_cmp_and_merge`) and the chain lookup (:meth:`_choose_dup`).
     """
 
     def __init__(
@@ -431,12 +435,15 @@ class Ksmd:
         mode: Mode,
         knob: Callable[[str], int | str],
         set_pages_to_scan: Callable[[int], None],
+        kernel: Kernel = LINUX_6_18,
     ) -> None:
         self.mode = mode
         self.knob = knob
         self.set_pages_to_scan = set_pages_to_scan
+        self.checksum_first = kernel.checksum_first
+        self.chain_collapse_any = kernel.chain_collapse_any
         self.mem = Memory(self._ksm_pages_freed)
-        self.native = native() if mode.native_scan else None
+        self.native = native() if mode.native_scan and kernel.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
         self.c = Counters()
@@ -690,7 +697,9 @@ class Ksmd:
         With pruning (at most every stable_node_chains_prune_millisecs) every
         dup is checked and the fullest candidate wins; without, the walk stops
         at the first candidate.  A chain left with one dup collapses into a
-        plain node; a chain left with none is freed.
+        plain node; a chain left with none is freed.  Before 6.11
+        (``chain_collapse_any`` False) only candidates are chosen (None if no
+        dup has room) and only a pruning lookup collapses the chain.
         """
         maxps = int(self.knob("max_page_sharing"))
         interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
@@ -705,6 +714,14 @@ class Ksmd:
             if not dup.alive:
                 self._remove_node(dup)
                 continue
+            if not self.chain_collapse_any:
+                if self._candidate(dup, maxps) and (
+                    found is None or self._size(dup) > self._size(found)
+                ):
+                    found = dup
+                    if not prune:
+                        break
+                continue
             if found is None or (
                 self._candidate(dup, maxps)
                 and (not self._candidate(found, maxps) or self._size(dup) > self._size(found))
@@ -717,7 +734,7 @@ class Ksmd:
                 del self.stable[chain.content]
                 self.c.stable_node_chains -= 1
             return None
-        if len(chain.dups) == 1:
+        if len(chain.dups) == 1 and (prune or self.chain_collapse_any):
             chain.dups.clear()
             found.chain = None
             self.stable[chain.content] = found
@@ -1244,7 +1261,14 @@ class Ksmd:
         return None if found is None else Front(*found)
 
     def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
-        """``cmp_and_merge_page()`` (Linux 6.11+ order: checksum, zero page, stable, unstable)."""
+        """``cmp_and_merge_page()``.
+
+        Linux 6.11+ order: checksum, zero page, stable tree, unstable tree.
+        Before 6.11 (``checksum_first`` False) the stable tree was searched
+        first, while the item was still linked where it was, and only a page
+        that did not join a KSM page went on to the checksum test and the
+        zero page.
+        """
         fr, it = self.mem.frames, self.items
         frame = int(view[k])
         if fr.ksm[frame]:
@@ -1256,8 +1280,15 @@ class Ksmd:
             self.unlink(row)
             self._append(row, node)
             return
-        self.unlink(row)
         content = int(fr.content[frame])
+        if not self.checksum_first:
+            found = self._stable_search(content)
+            self.unlink(row)
+            if found is not None:
+                self._join(row, slot, view, k, frame, found)
+                return
+        else:
+            self.unlink(row)
         if not it.checked[row] or int(it.checksum[row]) != content:
             it.checksum[row] = content
             it.checked[row] = True
@@ -1267,12 +1298,11 @@ class Ksmd:
             if self.mode.flags_zero_page_items:
                 self._flag_zero(slot, np.array([row], np.int64))
             return
-        found = self._stable_search(content)
-        if found is not None:
-            self._replace(slot.mm, view, k, frame, found.frame)
-            self.mem.events["merges"] += 1
-            self._append(row, found)
-            return
+        if self.checksum_first:
+            found = self._stable_search(content)
+            if found is not None:
+                self._join(row, slot, view, k, frame, found)
+                return
         partner = self._unstable_search_insert(row, content, frame)
         if partner is None:
             return
@@ -1290,6 +1320,14 @@ class Ksmd:
         self.unlink(partner)
         node = self._stable_insert(content, frame)
         self._append(partner, node)
+        self._append(row, node)
+
+    def _join(
+        self, row: int, slot: Slot, view: IntArray, k: int, frame: int, node: StableNode
+    ) -> None:
+        """``try_to_merge_with_ksm_page()`` then ``stable_tree_append()``."""
+        self._replace(slot.mm, view, k, frame, node.frame)
+        self.mem.events["merges"] += 1
         self._append(row, node)
 
     def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:

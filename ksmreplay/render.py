@@ -201,11 +201,20 @@ def _snap_lines(mode: str, snap: Snap, field: Callable[[str], str], sep: str) ->
     return "".join(lines)
 
 
+def run_names(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the table and the rows call each run: its mode, or ``MODE@KERNEL``
+    (``legacy@6.1``) when the runs are on more than one kernel version."""
+    if len({run.get("kernel") for run in runs}) > 1:
+        return [f"{run['mode']}@{run.get('kernel')}" for run in runs]
+    return [str(run["mode"]) for run in runs]
+
+
 def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep: str) -> None:
     """Every row of the CSV/TSV formats, header first, a snapshot at a time."""
     out.write(sep.join(field(name) for name in CSV_HEADER) + "\n")
+    names = iter(run_names(report["runs"]))
     for run in report["runs"]:
-        mode = run["mode"]
+        mode = next(names)
         for snap in run["snapshots"]:
             out.write(_snap_lines(mode, snap, field, sep))
         out.write(_snap_lines(mode, run["final"], field, sep))
@@ -413,7 +422,7 @@ def render_table(report: AnyReport, out: TextIO) -> None:
     """
     trace = report["trace"]
     runs = report["runs"]
-    modes = [run["mode"] for run in runs]
+    modes = run_names(runs)
     head = [
         ["trace", _printable(trace["path"])],
         ["events", str(trace["events"])],
@@ -432,8 +441,8 @@ def render_table(report: AnyReport, out: TextIO) -> None:
 
     out.write("\n\n" + _by_mode("settings", modes, (), [run["settings"] for run in runs]))
     refused = [
-        [run["mode"], str(r["event"]), str(r["t"]), r["knob"], _show(r["value"]), r["error"]]
-        for run in runs
+        [mode, str(r["event"]), str(r["t"]), r["knob"], _show(r["value"]), r["error"]]
+        for run, mode in zip(runs, modes, strict=True)
         for r in run["refused"]
     ]
     if refused:

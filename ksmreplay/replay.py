@@ -22,6 +22,7 @@ from typing import Protocol
 from ksmreplay import modes
 from ksmreplay.errors import UsageError
 from ksmreplay.events import Event, Header, Snapshot, WriteRun
+from ksmreplay.kernels import DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import (
     REPORT_VERSION,
@@ -51,7 +52,7 @@ PROGRESS_EVERY = 16384
 """The progress callback runs after every this many events (and once at the end)."""
 
 ProgressCallback = Callable[[int, int], None]
-SimulatorFactory = Callable[[str, int, Mapping[str, KnobValue] | None], Simulator]
+SimulatorFactory = Callable[[str, int, Mapping[str, KnobValue] | None, str], Simulator]
 
 
 class EventSource(Protocol):
@@ -106,14 +107,30 @@ class _SnapshotSink(Protocol):
     def append(self, snap: Snap, /) -> None: ...
 
 
-def _check_modes(modes: Sequence[str]) -> None:
+def _check_modes(
+    modes: Sequence[str], kernels: Sequence[str], only_modes_each_has: bool = False
+) -> list[tuple[str, str]]:
+    """The runs to make, as (kernel version, mode) pairs: every mode on every
+    version (with ``only_modes_each_has``, every mode the version has)."""
     if not modes:
         raise UsageError("no mode to replay")
+    if not kernels:
+        raise UsageError("no kernel version to replay on")
     for i, mode in enumerate(modes):
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         if mode in modes[:i]:
             raise UsageError(f"mode {mode!r} asked for twice")
+    pairs: list[tuple[str, str]] = []
+    for i, version in enumerate(kernels):
+        if version in kernels[:i]:
+            raise UsageError(f"kernel {version!r} asked for twice")
+        has = kernel(version).modes
+        wanted = [m for m in modes if m in has] if only_modes_each_has else list(modes)
+        for mode in wanted or list(modes):
+            kernel(version).check_mode(mode)
+            pairs.append((version, mode))
+    return pairs
 
 
 def _drive(
@@ -174,6 +191,8 @@ def replay(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    kernels: Sequence[str] = (DEFAULT_KERNEL,),
+    only_modes_each_has: bool = False,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -200,8 +219,15 @@ def replay(
         else 0.  For drawing a progress line; the report does not depend on it.
     :param check_invariants: run every simulator's ``check_invariants()`` after
         every event (slow; for tests and ``--check-invariants``).
+    :param kernels: kernel versions (``kernels.KERNELS``), each at most once;
+        every mode is replayed on every version, versions first: with
+        ``kernels=("6.12", "6.18")`` and ``modes=("legacy", "unshare")`` the
+        runs are (6.12, legacy), (6.12, unshare), (6.18, legacy), (6.18,
+        unshare).  A mode a version lacks (``unshare`` on 6.1) is a usage error.
+    :param only_modes_each_has: leave out, on each version, the modes it
+        lacks (the CLI's default ``both`` on 6.1 is then ``legacy``).
     :param factory: builds one simulator, ``factory(mode, page_size,
-        settings)``; tests pass a fake.
+        settings, kernel)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
         reader's ``name``, events counted
         without the header, ``duration_ns`` = ``t`` of the last event, page
@@ -211,19 +237,20 @@ def replay(
         reported then.
     :raises InvariantError: when ``check_invariants`` finds a simulator bug.
     """
-    _check_modes(modes)
-    sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
+    pairs = _check_modes(modes, kernels, only_modes_each_has)
+    sims = [factory(mode, reader.header.page_size, settings, version) for version, mode in pairs]
     snapshots: list[list[Snap]] = [[] for _ in sims]
     trace, finals = _drive(reader, sims, snapshots, progress, check_invariants)
     runs: list[Run] = [
         {
             "mode": mode,
+            "kernel": version,
             "settings": dict(sim.settings),
             "refused": list(sim.refused),
             "snapshots": snaps,
             "final": final,
         }
-        for mode, sim, snaps, final in zip(modes, sims, snapshots, finals, strict=True)
+        for (version, mode), sim, snaps, final in zip(pairs, sims, snapshots, finals, strict=True)
     ]
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
 
@@ -235,6 +262,8 @@ def replay_spooled(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    kernels: Sequence[str] = (DEFAULT_KERNEL,),
+    only_modes_each_has: bool = False,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -253,20 +282,21 @@ def replay_spooled(
 
     :raises InputOutputError: when a spool cannot be written.
     """
-    _check_modes(modes)
-    sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
+    pairs = _check_modes(modes, kernels, only_modes_each_has)
+    sims = [factory(mode, reader.header.page_size, settings, version) for version, mode in pairs]
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
         trace, finals = _drive(reader, sims, spools, progress, check_invariants)
         runs: list[SpooledRun] = [
             {
                 "mode": mode,
+                "kernel": version,
                 "settings": dict(sim.settings),
                 "refused": list(sim.refused),
                 "snapshots": spool,
                 "final": final,
             }
-            for mode, sim, spool, final in zip(modes, sims, spools, finals, strict=True)
+            for (version, mode), sim, spool, final in zip(pairs, sims, spools, finals, strict=True)
         ]
         stack.pop_all()
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}

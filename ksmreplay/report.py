@@ -137,11 +137,12 @@ class Refusal(TypedDict):
     t: int
     knob: str
     value: Any
-    error: Literal["EBUSY", "EINVAL"]
+    error: Literal["EBUSY", "EINVAL", "ENOENT"]
 
 
 class Run(TypedDict):
     mode: str
+    kernel: str
     settings: dict[str, Any]
     refused: list[Refusal]
     snapshots: list[Snap]
@@ -313,6 +314,7 @@ class SpooledRun(TypedDict):
     """A :class:`Run` whose snapshots wait in a :class:`SnapshotSpool`."""
 
     mode: str
+    kernel: str
     settings: dict[str, Any]
     refused: list[Refusal]
     snapshots: SnapshotSpool

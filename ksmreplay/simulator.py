@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ksmreplay.events import Event, WriteRun
+from ksmreplay.kernels import DEFAULT_KERNEL
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import Refusal, Snap
 
@@ -46,8 +47,9 @@ class Simulator(Protocol):
         """The statistics now, as REPORT_FORMAT.md's SNAP (a fresh dict, never shared)."""
 
     @property
-    def settings(self) -> dict[str, KnobValue]:
-        """Every knob's value now (all knobs, not only those the trace set)."""
+    def settings(self) -> dict[str, KnobValue | None]:
+        """Every knob's value now (all knobs, not only those the trace set; None
+        for a knob the kernel version does not have)."""
 
     @property
     def refused(self) -> list[Refusal]:
@@ -58,13 +60,17 @@ class Simulator(Protocol):
 
 
 def make_simulator(
-    mode: str, page_size: int, settings: Mapping[str, KnobValue] | None = None
+    mode: str,
+    page_size: int,
+    settings: Mapping[str, KnobValue] | None = None,
+    kernel: str = DEFAULT_KERNEL,
 ) -> Simulator:
-    """Build the engine for ``mode`` (``legacy``, ``v6`` or ``unshare``).
+    """Build the engine for ``mode`` (``legacy``, ``v6`` or ``unshare``) on ``kernel``.
 
     ``settings`` overrides Linux's default knob values before the first event
     (the CLI's ``--set``); the trace's own ``ksm`` events still apply later.
+    ``kernel`` is a version of ``kernels.KERNELS`` (``6.1``, ``6.12``, ``6.18``).
     """
     from ksmreplay.engine import Engine
 
-    return Engine(mode, page_size, settings)
+    return Engine(mode, page_size, settings, kernel)

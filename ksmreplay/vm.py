@@ -520,6 +520,10 @@ class MM:
     :ivar exiting: the process has exited; ksmd has not dropped it yet.
     :ivar zero_pages_sharing: the v6 design's per-mm counter of flagged items
         (``ksm_zero_pages_sharing``); copied with the mm at fork.
+    :ivar inherited_rmap_items: ``ksm_rmap_items`` copied from the parent at
+        fork on kernels before the 6.18 fork fix (``kernels.Kernel``); the
+        counter shown is ksmd's own count plus this.
+    :ivar inherited_merging_pages: the same for ``ksm_merging_pages``.
     """
 
     pid: int
@@ -530,6 +534,8 @@ class MM:
     ksm_zero_ptes: int = 0
     fault_zero_ptes: int = 0
     zero_pages_sharing: int = 0
+    inherited_rmap_items: int = 0
+    inherited_merging_pages: int = 0
     exiting: bool = False
 
     def vma_index(self, page: int) -> int:

@@ -21,10 +21,15 @@ SNAP_SECTIONS = ("ksm", "processes", "memory", "events")
 """The sections of a snapshot that hold counters."""
 
 
-def replay_file(path: Path, modes: Sequence[str], check_invariants: bool = True) -> dict[str, Any]:
-    """Replay one trace file through the simulator (invariants checked after every event)."""
+def replay_file(
+    path: Path, modes: Sequence[str], check_invariants: bool = True, kernel: str = "6.18"
+) -> dict[str, Any]:
+    """Replay one trace file through the simulator on one kernel version
+    (invariants checked after every event)."""
     with open_trace(str(path)) as reader:
-        report: dict[str, Any] = dict(replay(reader, modes, check_invariants=check_invariants))
+        report: dict[str, Any] = dict(
+            replay(reader, modes, check_invariants=check_invariants, kernels=(kernel,))
+        )
     return report
 
 

@@ -43,6 +43,7 @@ from typing import Any, Literal
 from ksmreplay import events as ev
 from ksmreplay.content import ZERO, PageStore, literal_write
 from ksmreplay.errors import InvariantError
+from ksmreplay.kernels import KERNELS, Kernel
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, Refusal, Snap
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns, next_wake_ns, sleep_ns
@@ -225,12 +226,21 @@ class ReferenceSimulator:
     """The reference engine for one trace in one mode (``legacy`` or ``unshare``)."""
 
     def __init__(
-        self, mode: str, page_size: int, settings: Mapping[str, KnobValue] | None = None
+        self,
+        mode: str,
+        page_size: int,
+        settings: Mapping[str, KnobValue] | None = None,
+        kernel: str = "6.18",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"reference model has no mode {mode!r}")
         self.mode = mode
         self.page_size = page_size
+        # What the version has (the table of ksmreplay.kernels; the rules are here).
+        self.kernel: Kernel = KERNELS[kernel]
+        if mode not in self.kernel.modes:
+            raise ValueError(f"Linux {kernel} has no mode {mode!r}")
+        self._missing = self.kernel.missing_knobs
         # Since Linux kernel commits 79271476b336, e2942062e01d, 6080d19f0704 and
         # 1a8e84305783 (in v6.6) KSM marks the zero pages it places (dirty PTE),
         # counts them in ksm_zero_pages and unshares them when unmerging.
@@ -239,9 +249,11 @@ class ReferenceSimulator:
         # Overrides are the boot-time values of the knobs (no store side effects).
         self._settings: dict[str, KnobValue] = dict(DEFAULTS)
         for name, value in (settings or {}).items():
-            if name not in KNOB_BY_NAME:
+            if name not in KNOB_BY_NAME or name in self._missing:
                 raise ValueError(f"unknown ksm setting {name!r}")
             self._settings[name] = value
+        if "smart_scan" in self._missing:
+            self._settings["smart_scan"] = 0  # no smart_scan: every page visited
         self._refused: list[Refusal] = []
         self._store = PageStore(page_size)
 
@@ -299,8 +311,8 @@ class ReferenceSimulator:
     # ------------------------------------------------------------------
 
     @property
-    def settings(self) -> dict[str, KnobValue]:
-        return {k.name: self._settings[k.name] for k in KNOBS}
+    def settings(self) -> dict[str, KnobValue | None]:
+        return {k.name: None if k.name in self._missing else self._settings[k.name] for k in KNOBS}
 
     @property
     def refused(self) -> list[Refusal]:
@@ -345,13 +357,13 @@ class ReferenceSimulator:
             "pages_sharing": self._pages_sharing,
             "pages_unshared": self._pages_unshared,
             "pages_volatile": self._pages_volatile(),
-            "pages_scanned": self._pages_scanned,
-            "pages_skipped": self._pages_skipped,
+            "pages_scanned": self._pages_scanned if self.kernel.pages_scanned else None,
+            "pages_skipped": self._pages_skipped if self.kernel.smart_scan else None,
             "full_scans": self._seqnr,
             "stable_node_chains": self._chains,
             "stable_node_dups": self._dups,
             "ksm_zero_pages": zero,
-            "general_profit": self._general_profit(),
+            "general_profit": self._general_profit() if self.kernel.profits else None,
         }
         assert tuple(ksm) == KSM_COUNTERS
         processes: list[dict[str, Any]] = []
@@ -407,9 +419,12 @@ class ReferenceSimulator:
             "ksm_rmap_items": mm.ksm_rmap_items,
             "ksm_zero_pages": mm.ksm_zero_pages if self.tracks_zero_pages else None,
             "ksm_merging_pages": mm.ksm_merging_pages,
-            "ksm_process_profit": saved * self.page_size - mm.ksm_rmap_items * RMAP_ITEM_SIZE,
-            "ksm_merge_any": mm.merge_any,
-            "ksm_mergeable": any(v.mergeable for v in mm.vmas),  # ksm_process_mergeable()
+            "ksm_process_profit": saved * self.page_size - mm.ksm_rmap_items * RMAP_ITEM_SIZE
+            if self.kernel.profits
+            else None,
+            "ksm_merge_any": mm.merge_any if self.kernel.merge_flags else None,
+            # ksm_process_mergeable()
+            "ksm_mergeable": any(v.mergeable for v in mm.vmas) if self.kernel.merge_flags else None,
         }
 
     def _knob(self, name: str) -> int:
@@ -622,6 +637,18 @@ class ReferenceSimulator:
 
     def _do_prctl(self, e: ev.Prctl) -> None:
         mm = self._process(e.pid, create=True)
+        if not self.kernel.merge_any:
+            # No PR_SET_MEMORY_MERGE (before 6.4): prctl() fails with EINVAL.
+            self._refused.append(
+                {
+                    "event": e.index,
+                    "t": e.t,
+                    "knob": "merge_any",
+                    "value": e.value,
+                    "error": "EINVAL",
+                }
+            )
+            return
         if e.value:
             self._ksm_enable_merge_any(mm)
         else:
@@ -659,8 +686,9 @@ class ReferenceSimulator:
         # merging_pages and rmap_items start at 0 and its inherited zero pages
         # are added to the global count.
         if parent.registered:
-            child.ksm_merging_pages = 0
-            child.ksm_rmap_items = 0
+            if self.kernel.fork_resets_counters:
+                child.ksm_merging_pages = 0
+                child.ksm_rmap_items = 0
             if self.tracks_zero_pages:
                 self._ksm_zero_pages += child.ksm_zero_pages
             self._ksm_enter(child)
@@ -738,14 +766,16 @@ class ReferenceSimulator:
             self._store_knob(e, name, value)
 
     def _refuse(
-        self, e: ev.Ksm, name: str, value: KnobValue, error: Literal["EBUSY", "EINVAL"]
+        self, e: ev.Ksm, name: str, value: KnobValue, error: Literal["EBUSY", "EINVAL", "ENOENT"]
     ) -> None:
         self._refused.append(
             {"event": e.index, "t": e.t, "knob": name, "value": value, "error": error}
         )
 
     def _store_knob(self, e: ev.Ksm, name: str, value: KnobValue) -> None:
-        if name == "run":
+        if name in self._missing:
+            self._refuse(e, name, value, "ENOENT")  # no such file on this version
+        elif name == "run":
             assert isinstance(value, int)
             self._run_store(value)
         elif name == "pages_to_scan":
@@ -1083,6 +1113,18 @@ class ReferenceSimulator:
             if not self._is_page_sharing_candidate(node):
                 bypass = True
             kframe: Frame | None = frame  # stable_tree_search(): "ksm page forked"
+        elif not self.kernel.checksum_first:
+            # Before 6.11: the stable tree first (the item still where it was
+            # linked), then the checksum, the zero page and the unstable tree.
+            kframe = self._stable_tree_search(frame.content)
+            self._remove_rmap_item_from_tree(item)
+            if kframe is None:
+                checksum = frame.content  # calc_checksum()
+                if item.oldchecksum != checksum:
+                    item.oldchecksum = checksum
+                    return
+                if self._try_to_merge_with_zero_page(item, frame):
+                    return
         else:
             self._remove_rmap_item_from_tree(item)
             checksum = frame.content  # calc_checksum()
@@ -1234,6 +1276,16 @@ class ReferenceSimulator:
         for dup in list(chain.dups):
             if self._ksm_get_folio(dup) is None:
                 continue  # stale dup removed from the chain
+            if not self.kernel.chain_collapse_any:
+                # Before 6.11: only a dup with room is chosen, the fullest.
+                if self._is_page_sharing_candidate(dup) and (
+                    found is None or dup.rmap_hlist_len > found_len
+                ):
+                    found = dup
+                    found_len = dup.rmap_hlist_len
+                    if not prune:
+                        break
+                continue
             if found is None or (
                 self._is_page_sharing_candidate(dup)
                 and (not self._is_page_sharing_candidate(found) or dup.rmap_hlist_len > found_len)
@@ -1243,9 +1295,11 @@ class ReferenceSimulator:
                 if not prune and self._is_page_sharing_candidate(found):
                     break
         if found is None:
-            self._free_stable_node_chain(chain)  # its hlist is empty
+            if not chain.dups:
+                self._free_stable_node_chain(chain)  # its hlist is empty
             return None
-        if chain.dups == [found]:
+        if chain.dups == [found] and (prune or self.kernel.chain_collapse_any):
+            # Before 6.11 only a pruning lookup collapsed the chain.
             # Only one dup left: it replaces the chain as a plain node.
             chain.dups.clear()
             found.chain = None

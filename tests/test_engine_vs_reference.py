@@ -19,21 +19,32 @@ from ksmreplay.engine import Engine
 pytestmark = pytest.mark.usefixtures("both_engines")
 
 
-def _compare(seed: int, mode: str, n_events: int = 60) -> None:
-    engine, reference = Engine(mode, 4096), ReferenceSimulator(mode, 4096)
+def _compare(seed: int, mode: str, n_events: int = 60, kernel: str = "6.18") -> None:
+    engine = Engine(mode, 4096, kernel_version=kernel)
+    reference = ReferenceSimulator(mode, 4096, kernel=kernel)
     for event in random_trace(seed, n_events=n_events):
         engine.apply(event)
         reference.apply(event)
         engine.check_invariants()
         mine = engine.snapshot("x", event.t, event.index)
         theirs = reference.snapshot("x", event.t, event.index)
-        assert mine == theirs, f"seed {seed}, {mode}, after {event}"
+        assert mine == theirs, f"seed {seed}, {mode} on {kernel}, after {event}"
+    assert engine.refused == reference.refused
+    assert engine.settings == reference.settings
 
 
 @pytest.mark.parametrize("mode", ["unshare", "legacy"])
 @pytest.mark.parametrize("seed", range(40))
 def test_engine_matches_reference_on_fixed_seeds(seed: int, mode: str) -> None:
     _compare(seed, mode)
+
+
+@pytest.mark.parametrize(("kernel", "mode"), [("6.1", "legacy"), ("6.12", "unshare")])
+@pytest.mark.parametrize("seed", range(40))
+def test_engine_matches_reference_on_older_kernels(seed: int, kernel: str, mode: str) -> None:
+    """The version rules (``kernels.py``): 6.1's visit order, missing knobs and
+    prctl, fork counters; 6.12's missing ksm_stat lines."""
+    _compare(seed, mode, kernel=kernel)
 
 
 @pytest.mark.parametrize("mode", ["unshare", "legacy"])
@@ -49,6 +60,12 @@ def test_engine_matches_reference_when_stale_items_share_a_window(mode: str) -> 
 )
 def test_engine_matches_reference_on_random_traces(seed: int, mode: str) -> None:
     _compare(seed, mode, n_events=90)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=1000, max_value=2**32))
+def test_engine_matches_reference_on_random_traces_on_6_1(seed: int) -> None:
+    _compare(seed, "legacy", n_events=90, kernel="6.1")
 
 
 @pytest.mark.parametrize("mode", ["unshare", "legacy"])

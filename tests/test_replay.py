@@ -93,7 +93,9 @@ class FakeSimulator:
 
 
 def _factory(made: list[FakeSimulator], fail_at: int | None = None) -> Any:
-    def make(mode: str, page_size: int, settings: Mapping[str, KnobValue] | None) -> FakeSimulator:
+    def make(
+        mode: str, page_size: int, settings: Mapping[str, KnobValue] | None, kernel: str
+    ) -> FakeSimulator:
         sim = FakeSimulator(mode, page_size, settings)
         sim.fail_invariants_at = fail_at
         made.append(sim)
@@ -362,7 +364,9 @@ def _peak_bytes(snapshots: int, replayer: Callable[..., Any], fmt: str) -> int:
     """Peak of Python's allocations while replaying and rendering ``snapshots`` snapshots."""
     events: list[Event] = [Snapshot(i, i, f"s{i}") for i in range(1, snapshots + 1)]
 
-    def make(mode: str, page_size: int, settings: Mapping[str, KnobValue] | None) -> Any:
+    def make(
+        mode: str, page_size: int, settings: Mapping[str, KnobValue] | None, kernel: str
+    ) -> Any:
         return _BigSnapshots(mode, page_size, settings)
 
     tracemalloc.start()
