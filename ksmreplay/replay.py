@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from ksmreplay import modes
+from ksmreplay import modes, traps
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Event, Header, Snapshot, WriteRun
+from ksmreplay.events import Event, Header, Ksm, Settle, Snapshot, WriteRun
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import (
     REPORT_VERSION,
@@ -34,6 +34,7 @@ from ksmreplay.report import (
     TraceInfo,
 )
 from ksmreplay.simulator import Simulator, make_simulator
+from ksmreplay.traps import Trap
 
 MODES: tuple[str, ...] = tuple(modes.MODES)
 """Every mode a simulator can replay, in the order ``all`` lists them (``modes.py``)."""
@@ -51,7 +52,10 @@ PROGRESS_EVERY = 16384
 """The progress callback runs after every this many events (and once at the end)."""
 
 ProgressCallback = Callable[[int, int], None]
-SimulatorFactory = Callable[[str, int, Mapping[str, KnobValue] | None], Simulator]
+WarnCallback = Callable[[Trap], None]
+SimulatorFactory = Callable[
+    [str, int, Mapping[str, KnobValue] | None, Mapping[str, KnobValue] | None], Simulator
+]
 
 
 class EventSource(Protocol):
@@ -116,14 +120,27 @@ def _check_modes(modes: Sequence[str]) -> None:
             raise UsageError(f"mode {mode!r} asked for twice")
 
 
+def _warn(sims: Sequence[Simulator], warn: WarnCallback | None, final: bool = False) -> None:
+    """Hand the traps the simulators found to ``warn``, each once for all modes."""
+    found = [(sim.mode, sim.traps(final)) for sim in sims]
+    if warn is not None:
+        for trap in traps.merge(found):
+            warn(trap)
+
+
 def _drive(
     reader: EventSource,
     sims: Sequence[Simulator],
     sinks: Sequence[_SnapshotSink],
     progress: ProgressCallback | None,
     check_invariants: bool,
+    warn: WarnCallback | None = None,
 ) -> tuple[TraceInfo, list[Snap]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
+
+    Traps (``traps.py``) come only from ``ksm`` and ``settle`` events and from
+    the end of the trace; they go to ``warn`` as soon as every simulator has
+    applied the event.
 
     :returns: the report's ``trace`` section and each simulator's ``final`` snapshot.
     """
@@ -148,6 +165,8 @@ def _drive(
                 if isinstance(event, Snapshot):
                     for sim, sink in zip(sims, sinks, strict=True):
                         sink.append(sim.snapshot(event.label, event.t, event.index))
+                elif isinstance(event, Ksm | Settle):
+                    _warn(sims, warn)
                 count += 1
                 last_t, last_index = event.t, event.index
         if progress is not None and count >= next_progress:
@@ -155,6 +174,7 @@ def _drive(
             next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
     if progress is not None:
         progress(count, _bytes_read(reader))
+    _warn(sims, warn, final=True)
 
     header = reader.header
     trace: TraceInfo = {
@@ -167,6 +187,18 @@ def _drive(
     return trace, [sim.snapshot("final", last_t, last_index) for sim in sims]
 
 
+def _run_head(sim: Simulator, pins: Mapping[str, KnobValue] | None) -> dict[str, Any]:
+    """A run's keys before its snapshots: mode, settings, refused and (with pins) pinned."""
+    head: dict[str, Any] = {
+        "mode": sim.mode,
+        "settings": dict(sim.settings),
+        "refused": list(sim.refused),
+    }
+    if pins:
+        head["pinned"] = sim.pinned
+    return head
+
+
 def replay(
     reader: EventSource,
     modes: Sequence[str],
@@ -174,6 +206,8 @@ def replay(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    pins: Mapping[str, KnobValue] | None = None,
+    warn: WarnCallback | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -200,8 +234,14 @@ def replay(
         else 0.  For drawing a progress line; the report does not depend on it.
     :param check_invariants: run every simulator's ``check_invariants()`` after
         every event (slow; for tests and ``--check-invariants``).
+    :param pins: knob values in force before the first event and kept for the
+        whole replay (``--pin``): the trace's writes of them are ignored and
+        listed in each run's ``pinned`` (a key present only with pins).
+    :param warn: called with each warning (:class:`~ksmreplay.traps.Trap`)
+        as the replay finds it, once for all modes; warnings are never part of
+        the report.
     :param factory: builds one simulator, ``factory(mode, page_size,
-        settings)``; tests pass a fake.
+        settings, pins)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
         reader's ``name``, events counted
         without the header, ``duration_ns`` = ``t`` of the last event, page
@@ -212,19 +252,12 @@ def replay(
     :raises InvariantError: when ``check_invariants`` finds a simulator bug.
     """
     _check_modes(modes)
-    sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
+    sims = [factory(mode, reader.header.page_size, settings, pins) for mode in modes]
     snapshots: list[list[Snap]] = [[] for _ in sims]
-    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants)
-    runs: list[Run] = [
-        {
-            "mode": mode,
-            "settings": dict(sim.settings),
-            "refused": list(sim.refused),
-            "snapshots": snaps,
-            "final": final,
-        }
-        for mode, sim, snaps, final in zip(modes, sims, snapshots, finals, strict=True)
-    ]
+    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants, warn)
+    runs: list[Run] = []
+    for sim, snaps, final in zip(sims, snapshots, finals, strict=True):
+        runs.append(cast(Run, {**_run_head(sim, pins), "snapshots": snaps, "final": final}))
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
 
 
@@ -235,6 +268,8 @@ def replay_spooled(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    pins: Mapping[str, KnobValue] | None = None,
+    warn: WarnCallback | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -254,19 +289,13 @@ def replay_spooled(
     :raises InputOutputError: when a spool cannot be written.
     """
     _check_modes(modes)
-    sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
+    sims = [factory(mode, reader.header.page_size, settings, pins) for mode in modes]
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
-        trace, finals = _drive(reader, sims, spools, progress, check_invariants)
-        runs: list[SpooledRun] = [
-            {
-                "mode": mode,
-                "settings": dict(sim.settings),
-                "refused": list(sim.refused),
-                "snapshots": spool,
-                "final": final,
-            }
-            for mode, sim, spool, final in zip(modes, sims, spools, finals, strict=True)
-        ]
+        trace, finals = _drive(reader, sims, spools, progress, check_invariants, warn)
+        runs: list[SpooledRun] = []
+        for sim, spool, final in zip(sims, spools, finals, strict=True):
+            head = _run_head(sim, pins)
+            runs.append(cast(SpooledRun, {**head, "snapshots": spool, "final": final}))
         stack.pop_all()
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
