@@ -179,3 +179,27 @@ def check(nbytes: int, what: str) -> None:
 def charge(nbytes: int, what: str) -> None:
     """:meth:`Budget.charge` of :data:`BUDGET`."""
     BUDGET.charge(nbytes, what)
+
+
+PAGE_ESTIMATE = 170
+"""What a replay takes per page resident, mergeable and scanned (bytes; its
+frame, PTE, rmap_item and tree entries, as measured: README, "What a replay
+costs")."""
+
+PROCESS_ESTIMATE = 15 << 10
+"""What a replay takes per live process (bytes, as measured there)."""
+
+
+def estimate_replay(pages: int, processes: int, modes: int) -> int:
+    """The memory a replay is likely to need beyond what it holds at start (bytes).
+
+    Every mode replayed keeps its own state: ``modes`` times ``pages`` pages
+    at :data:`PAGE_ESTIMATE` and ``processes`` processes at
+    :data:`PROCESS_ESTIMATE`.  Distinct contents and mappings cost more, pages
+    never written less: an estimate, not a bound.
+
+    :param pages: the most pages the trace keeps resident at once (pages).
+    :param processes: the most processes alive at once.
+    :param modes: how many modes are replayed side by side.
+    """
+    return modes * (pages * PAGE_ESTIMATE + processes * PROCESS_ESTIMATE)

@@ -24,12 +24,12 @@ from typing import Any
 
 import click
 
-from ksmreplay import __version__, native, signals
+from ksmreplay import __version__, arrays, native, signals, traps
 from ksmreplay.diff import diff_reports, load_report, render_differences
 from ksmreplay.errors import ExitStatus, KsmreplayError, Stopped
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
-from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
+from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue, start_order
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
 from ksmreplay.replay import MODE_CHOICES, MODE_GROUPS, expand_modes, replay_spooled
@@ -62,6 +62,59 @@ def _error(message: str) -> None:
     """``ksmreplay: <message>`` on stderr; dropped if stderr cannot take it."""
     with contextlib.suppress(OSError, ValueError):
         click.echo(f"ksmreplay: {message}", err=True)
+
+
+WARNINGS_PER_KIND = 5
+"""Warnings of one kind printed in full; the rest are counted in one line."""
+
+
+class _Warnings:
+    """Prints a replay's warnings on stderr: ``ksmreplay: warning: <text>``, one line each.
+
+    At most :data:`WARNINGS_PER_KIND` of one kind; :meth:`close` says how many
+    more there were.  A progress line being drawn is cleared first.
+    """
+
+    def __init__(self, progress: bool) -> None:
+        self._progress = progress
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, trap: traps.Trap) -> None:
+        count = self._counts[trap.kind] = self._counts.get(trap.kind, 0) + 1
+        if count <= WARNINGS_PER_KIND:
+            if self._progress:
+                _progress_line("")
+            _error(f"warning: {trap.text}")
+
+    def close(self) -> None:
+        for kind, count in self._counts.items():
+            if count > WARNINGS_PER_KIND:
+                more = count - WARNINGS_PER_KIND
+                _error(f"warning: {more} more {kind} warning{'s' * (more > 1)} not shown")
+
+
+def _memory_warning(reader: Any, modes: int) -> traps.Trap | None:
+    """A warning when the trace is likely to need more memory than the replay may take.
+
+    Estimated before replaying from what validating the whole trace found
+    (:class:`~ksmreplay.trace.Footprint`); nothing for a trace read from a pipe.
+    """
+    footprint = reader.footprint
+    if footprint is None:
+        return None
+    need = arrays.estimate_replay(footprint.peak_pages, footprint.peak_processes, modes)
+    room = arrays.room()
+    if room is None or need <= room:
+        return None
+    modes_text = "1 mode" if modes == 1 else f"{modes} modes"
+    return traps.Trap(
+        traps.MEMORY,
+        f"{reader.name}: the replay may need about {arrays.format_size(need)} "
+        f"(up to {footprint.peak_pages} pages resident, in {modes_text}), and only "
+        f"{arrays.format_size(room)} may be taken: it is likely to stop with exit status "
+        f"{int(ExitStatus.RESOURCES)} (fewer --mode, or set {arrays.MEMORY_ENV}=SIZE to change "
+        "the limit)",
+    )
 
 
 def _exit_status(exc: BaseException, debug: bool) -> int:
@@ -503,6 +556,16 @@ def _progress_callback(trace: str) -> Any:
     "6.1 has only the legacy mode.",
 )
 @_report_options
+@click.option(
+    "--pin",
+    "pins",
+    metavar="KNOB=VALUE",
+    multiple=True,
+    callback=_parse_sets,
+    help="Set a KSM knob before the first event and keep it for the whole replay: the "
+    "trace's writes of it are ignored (listed in the report as pinned); repeatable. "
+    "The knobs of --set; a knob is given to --set or to --pin, not both.",
+)
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -511,6 +574,7 @@ def run(
     fmt: str,
     settings: dict[str, KnobValue],
     output: str,
+    pins: dict[str, KnobValue],
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -519,6 +583,10 @@ def run(
     mode, every snapshot the trace asks for and the final state.  The groups
     `both` (the default) and `all` stand for the modes each version has (6.1:
     legacy only); a mode named on its own that a version lacks is an error.
+    Warnings go to stderr, one line each (`ksmreplay: warning: ...`): a --set
+    knob the trace overwrites, a settle cut short by max_full_scans or with
+    ksmd stopped, a trace that never starts ksmd, a trace likely to need more
+    memory than the replay may take.
 
     \b
     Examples:
@@ -526,18 +594,27 @@ def run(
         ksmreplay run trace.msgpack --mode all --format json -o report.json
         ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
         ksmreplay run trace.msgpack --kernel 6.1 --kernel 6.18 --mode legacy
+        ksmreplay run trace.msgpack --pin pages_to_scan=1000
     """
     _engine_notice()
+    try:
+        start_order(settings, pins)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     chosen = expand_modes(modes)
     versions = expand_kernels(tuple(kernel_versions))
     # Groups (`both`, the default, and `all`) stand for the modes each version
     # has; a mode named on its own must exist on every version asked for.
     explicit = any(name not in MODE_GROUPS for name in modes)
     progress = _progress_callback(trace)
+    warnings = _Warnings(progress is not None)
     try:
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
         with open_trace(trace, validate_first=True) as reader:
+            memory = _memory_warning(reader, len(chosen))
+            if memory is not None:
+                warnings(memory)
             report = replay_spooled(
                 reader,
                 chosen,
@@ -546,10 +623,13 @@ def run(
                 check_invariants=check_invariants,
                 kernels=versions,
                 only_modes_each_has=not explicit,
+                pins=pins or None,
+                warn=warnings,
             )
     finally:
         if progress is not None:
             _progress_line("")
+        warnings.close()
     try:
         with open_text_output(output) as out:
             render(report, fmt, out)

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from ksmreplay import traps
 from ksmreplay.arrays import MEMORY_ENV, NoRoom, check, format_size
 from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import ResourceError, UsageError
@@ -31,11 +32,12 @@ from ksmreplay.events import (
     WriteRun,
 )
 from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
-from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
+from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.report import Ignored, Pinned, Refusal, Snap
 from ksmreplay.timing import next_wake_ns, sleep_ns
+from ksmreplay.traps import Trap
 from ksmreplay.vm import MM, FrameTable
 
 WRITTEN_PAGE_BYTES = 8 + FrameTable.ROW_BYTES
@@ -50,6 +52,23 @@ front from this many bytes on."""
 
 WRITE_SLICE = 1 << 20
 """Pages of a one-fingerprint write written at once."""
+
+SETTLE_COUNTERS = (
+    "pages_shared",
+    "pages_sharing",
+    "pages_unshared",
+    "pages_volatile",
+    "ksm_zero_pages",
+    "zero_pages_sharing",
+    "stable_node_chains",
+    "stable_node_dups",
+)
+"""The global counters a ``settle`` watches (TRACE_FORMAT.md; ``zero_pages_sharing`` is
+v6's name for ``ksm_zero_pages``)."""
+
+_SettleKey = tuple[tuple[object, ...], tuple[tuple[object, ...], ...]]
+"""What a ``settle`` compares between full scans: the global counters of
+:data:`SETTLE_COUNTERS`, and every live process's ksm_stat."""
 
 DEFAULT_PAGES_TO_SCAN = 100
 """pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``)."""
@@ -68,6 +87,8 @@ class Engine:
         page_size: int,
         settings: Mapping[str, KnobValue] | None = None,
         kernel_version: str = DEFAULT_KERNEL,
+        *,
+        pins: Mapping[str, KnobValue] | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"mode {mode!r} is not available (modes: {', '.join(MODES)})")
@@ -81,14 +102,6 @@ class Engine:
         for name in missing:
             # ksmd behaves as without the feature; the report shows null.
             self._knobs[name] = ABSENT.get(name, self._knobs[name])
-        for name, value in (settings or {}).items():
-            knob = KNOB_BY_NAME.get(name)
-            problem = "unknown knob" if knob is None else knob.check(value)
-            if not problem and name in missing:
-                problem = f"Linux {self.kernel.version} has no such knob"
-            if problem:
-                raise UsageError(f"--set {name}={value}: {problem}")
-            self._knobs[name] = value
         self.ksmd = Ksmd(
             self._mode,
             self._knobs.__getitem__,
@@ -98,9 +111,35 @@ class Engine:
         self.mem = self.ksmd.mem
         self.store = PageStore(page_size)
         self._refused: list[Refusal] = []
+        self._traps: list[Trap] = []
         self.now = 0
         self.next_wake: int | None = None
         """When ksmd next wakes from its timed sleep; None while it waits to be woken."""
+        self._pins: dict[str, KnobValue] = {}
+        self._ignored: dict[str, list[Ignored]] = {}
+        self._ran = False
+        """Whether ``run`` was 1 at some point of the replay."""
+        settings, pins = settings or {}, pins or {}
+        try:
+            start = start_order(settings, pins)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        for name, value in start:
+            # Written as the trace's ksm events are, with the same side effects.
+            knob = KNOB_BY_NAME.get(name)
+            problem = "unknown knob" if knob is None else knob.check(value)
+            if not problem and name in missing:
+                problem = f"Linux {self.kernel.version} has no such knob"
+            option = "--pin" if name in pins else "--set"
+            if problem:
+                raise UsageError(f"{option} {name}={value}: {problem}")
+            error = self._write_knob(name, value)
+            if error is not None:  # not at the start (no KSM page, advisor checked)
+                raise UsageError(f"{option} {name}={value}: Linux refuses it ({error})")
+        self._pins = dict(pins)
+        self._ignored = {name: [] for name in pins}
+        self._set: dict[str, KnobValue] = dict(settings)
+        """``--set`` knobs the trace has not changed yet."""
         self._wake_if_idle(0)
 
     # -- the interface ---------------------------------------------------------
@@ -113,6 +152,25 @@ class Engine:
     @property
     def refused(self) -> list[Refusal]:
         return list(self._refused)
+
+    @property
+    def pinned(self) -> list[Pinned]:
+        return [
+            {"knob": name, "value": value, "ignored": list(self._ignored[name])}
+            for name, value in self._pins.items()
+        ]
+
+    def traps(self, final: bool = False) -> list[Trap]:
+        found, self._traps = self._traps, []
+        if final and not self._ran:
+            found.append(
+                Trap(
+                    traps.NEVER_RAN,
+                    "run is never 1 in this replay: ksmd never runs, so nothing merges "
+                    "(a ksm event with run=1, or --set run=1, starts it)",
+                )
+            )
+        return found
 
     def apply(self, event: Event) -> None:
         try:
@@ -290,7 +348,8 @@ class Engine:
                 self.next_wake = circles.pass_ended(self.ksmd, self.next_wake, t)
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
-        self._knobs["pages_to_scan"] = pages
+        if ADVISOR_OWNS not in self._pins:
+            self._knobs["pages_to_scan"] = pages
 
     # -- events ----------------------------------------------------------------
 
@@ -436,12 +495,47 @@ class Engine:
         mm.vmas = []
 
     def _on_ksm(self, ev: Ksm) -> None:
+        knobs = self._knobs
+        advisor = knobs["advisor_mode"]
         for name, value in ev.settings.items():
-            error = "ENOENT" if name in self.kernel.missing_knobs else self._write_knob(name, value)
+            if name in self._pins:
+                self._ignored[name].append({"event": ev.index, "t": ev.t, "value": value})
+                continue
+            error: Literal["EBUSY", "EINVAL", "ENOENT"] | None = (
+                "ENOENT" if name in self.kernel.missing_knobs else self._write_knob(name, value)
+            )
             if error is not None:
                 self._refused.append(
                     {"event": ev.index, "t": ev.t, "knob": name, "value": value, "error": error}
                 )
+        where = f"event {ev.index} (t={ev.t})"
+        for name, value in list(self._set.items()):
+            if knobs[name] == value:
+                continue
+            del self._set[name]
+            if name in ev.settings:
+                how = f"sets {name}={_show(knobs[name])}"
+            else:  # a side effect: switching the advisor rewrites pages_to_scan
+                how = (
+                    f"sets advisor_mode={knobs['advisor_mode']}, "
+                    f"which sets {name}={_show(knobs[name])}"
+                )
+            self._traps.append(
+                Trap(
+                    traps.SET_OVERWRITTEN,
+                    f"{where}: the trace {how} over --set {name}={_show(value)} "
+                    f"(--pin {name}={_show(value)} keeps it for the whole replay)",
+                )
+            )
+        if ADVISOR_OWNS in self._pins and advisor != "scan-time" == knobs["advisor_mode"]:
+            self._traps.append(
+                Trap(
+                    traps.PIN_ADVISOR,
+                    f"{where}: the trace turns the scan-time advisor on; --pin "
+                    f"{ADVISOR_OWNS}={_show(self._pins[ADVISOR_OWNS])} keeps it from "
+                    f"changing {ADVISOR_OWNS}",
+                )
+            )
 
     def _write_knob(self, name: str, value: KnobValue) -> Literal["EBUSY", "EINVAL"] | None:
         """One sysfs write (``*_store()`` in mm/ksm.c); the errno if Linux refuses it."""
@@ -453,6 +547,7 @@ class Engine:
                 if value == 2:
                     ksmd.unmerge_all()
             if value == 1:
+                self._ran = True
                 self._wake_if_idle(self.now)
             return None
         if name == "pages_to_scan" and knobs["advisor_mode"] == "scan-time":
@@ -466,37 +561,46 @@ class Engine:
         if name == "sleep_millisecs" and value != current and self.next_wake is not None:
             self.next_wake = self.now
         if name == "advisor_mode" and value != current:
+            # advisor_mode_store(): a change of advisor resets it
+            # (set_advisor_defaults()): scan-time starts from a clean state at
+            # advisor_min_pages_to_scan, none goes back to the default budget.
             ksmd.advisor_reset()
-            knobs["pages_to_scan"] = (
-                knobs["advisor_min_pages_to_scan"]
-                if value == "scan-time"
-                else DEFAULT_PAGES_TO_SCAN
-            )
+            if ADVISOR_OWNS not in self._pins:
+                knobs[ADVISOR_OWNS] = (
+                    knobs["advisor_min_pages_to_scan"]
+                    if value == "scan-time"
+                    else DEFAULT_PAGES_TO_SCAN
+                )
         knobs[name] = value
         return None
 
-    def _settle_key(self) -> tuple[object, ...]:
+    def _settle_key(self) -> _SettleKey:
         snap = self.snapshot("", 0, 0)
         ksm = snap["ksm"]
         return (
-            tuple(
-                ksm.get(k)
-                for k in (
-                    "pages_shared",
-                    "pages_sharing",
-                    "pages_unshared",
-                    "pages_volatile",
-                    "ksm_zero_pages",
-                    "zero_pages_sharing",
-                    "stable_node_chains",
-                    "stable_node_dups",
-                )
-            ),
+            tuple(ksm.get(k) for k in SETTLE_COUNTERS),
             tuple(
                 tuple(p[k] for k in sorted(p) if k not in ("rss_anon_pages",))
                 for p in snap["processes"]
             ),
         )
+
+    @staticmethod
+    def _still_merging(before: _SettleKey, after: _SettleKey) -> list[str]:
+        """What a full scan changed of what merging shows (:data:`SETTLE_COUNTERS`
+        but ``pages_unshared`` and ``pages_volatile``, and the processes' ksm_stat).
+
+        Those two can swap pages every full scan for ever: smart_scan skips an
+        unmerged page on some passes, and a skipped page counts as volatile.
+        """
+        changed = [
+            name
+            for name, a, b in zip(SETTLE_COUNTERS, before[0], after[0], strict=True)
+            if a != b and name not in ("pages_unshared", "pages_volatile")
+        ]
+        if before[1] != after[1]:
+            changed.append("processes' ksm_stat")
+        return changed
 
     def _on_settle(self, ev: Settle) -> None:
         """Whole full scans back to back, outside trace time, until two change nothing.
@@ -506,10 +610,22 @@ class Engine:
         a walk finds no mergeable VMA in its mm or the mm exited).  Then ksmd
         sleeps as after any batch, or waits to be woken if its list is empty.
         """
+        where = f"event {ev.index} (t={ev.t})"
         if self._knobs["run"] != 1:
+            self._traps.append(
+                Trap(
+                    traps.SETTLE_STOPPED,
+                    f"{where}: settle does nothing: run is {self._knobs['run']}, not 1, "
+                    "so ksmd does not scan",
+                )
+            )
             return
-        before = self._settle_key() if self.ksmd.slots else ()
+        if not self.ksmd.slots:
+            self._sleep_after_settle()
+            return
+        before = self._settle_key()
         quiet = 0
+        changed: list[str] = []
         for _ in range(ev.max_full_scans):
             if not self.ksmd.slots:
                 break
@@ -517,9 +633,25 @@ class Engine:
             self.ksmd.batch(END, self.now)
             after = self._settle_key()
             quiet = quiet + 1 if after == before else 0
+            changed = self._still_merging(before, after)
             before = after
             if quiet >= 2:
                 break
+        else:
+            if self.ksmd.slots and changed:
+                # Stopped by the limit, with merging still going on.
+                self._traps.append(
+                    Trap(
+                        traps.SETTLE_LIMIT,
+                        f"{where}: settle stopped at max_full_scans={ev.max_full_scans} "
+                        f"while ksmd was still merging (its last full scan changed "
+                        f"{', '.join(changed)}): what follows is not the settled state "
+                        "(raise max_full_scans)",
+                    )
+                )
+        self._sleep_after_settle()
+
+    def _sleep_after_settle(self) -> None:
         self.next_wake = (
             self.now + sleep_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
         )
@@ -596,6 +728,11 @@ class _Circles:
         ksmd.jump(n, first, last)
         self._last_wake = wake + n * circle
         return self._last_wake
+
+
+def _show(value: KnobValue) -> str:
+    """A knob value as a message shows it."""
+    return str(value)
 
 
 def _size(event: Event, page_size: int) -> str:

@@ -114,3 +114,45 @@ def check_settings(settings: Mapping[object, object]) -> str | None:
         if problem is not None:
             return f"ksm setting {name}={value!r}: {problem}"
     return None
+
+
+ADVISOR_OWNS = "pages_to_scan"
+"""The knob the scan-time advisor writes itself (and Linux refuses to take from
+outside while the advisor is on)."""
+
+
+def start_order(
+    settings: Mapping[str, KnobValue], pins: Mapping[str, KnobValue]
+) -> list[tuple[str, KnobValue]]:
+    """The knob writes that set up the state before the first event, in order.
+
+    ``settings`` (``--set``) and ``pins`` (``--pin``) together, each knob
+    once, written as sysfs writes: every knob in the order given, except
+    ``advisor_mode``, which is written last, so that switching the advisor on
+    starts it from the ``advisor_min_pages_to_scan`` given beside it (the
+    switch sets ``pages_to_scan`` from it, as ``advisor_mode_store()`` does).
+
+    :raises ValueError: a knob both set and pinned, or ``pages_to_scan`` given
+        together with ``advisor_mode=scan-time`` (the advisor owns
+        ``pages_to_scan``: Linux refuses a write of it while the advisor is on,
+        and switching the advisor on overwrites it).
+    """
+    both = [name for name in settings if name in pins]
+    if both:
+        name = both[0]
+        raise ValueError(
+            f"--set {name}={settings[name]} and --pin {name}={pins[name]}: "
+            f"give {name} once (--pin keeps it for the whole replay, --set only at the start)"
+        )
+    start = {**settings, **pins}
+    if start.get("advisor_mode") == "scan-time" and ADVISOR_OWNS in start:
+        given = "--pin" if ADVISOR_OWNS in pins else "--set"
+        raise ValueError(
+            f"{given} {ADVISOR_OWNS}={start[ADVISOR_OWNS]} with advisor_mode=scan-time: "
+            f"the scan-time advisor sets {ADVISOR_OWNS} itself, starting from "
+            "advisor_min_pages_to_scan (set that instead)"
+        )
+    order = [(name, value) for name, value in start.items() if name != "advisor_mode"]
+    if "advisor_mode" in start:
+        order.append(("advisor_mode", start["advisor_mode"]))
+    return order

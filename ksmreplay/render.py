@@ -450,7 +450,40 @@ def render_table(report: AnyReport, out: TextIO) -> None:
             "\n\nrefused writes\n"
             + plain_table(["mode", "event", "t", "knob", "value", "error"], refused, "lrrlll")
         )
+    pinned = _pinned_block(runs)
+    if pinned:
+        out.write("\n\n" + pinned)
     out.write("\n")
+
+
+PINNED_EVENTS_SHOWN = 5
+"""Ignored writes of a pinned knob the table names by event (the JSON lists all)."""
+
+
+def _pinned_block(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The knobs held by ``run --pin`` and the trace's writes of them that were
+    ignored; one row per knob (per mode and knob if the modes differ), "" if none."""
+    per_run = [run.get("pinned") or [] for run in runs]
+    if not any(per_run):
+        return ""
+    same = all(pins == per_run[0] for pins in per_run)
+    rows = []
+    for run, pins in zip(runs, per_run, strict=True):
+        for pin in pins:
+            ignored = pin["ignored"]
+            shown = ", ".join(str(w["event"]) for w in ignored[:PINNED_EVENTS_SHOWN])
+            more = ", ..." if len(ignored) > PINNED_EVENTS_SHOWN else ""
+            events = "events" if len(ignored) > 1 else "event"
+            text = f"{len(ignored)} ({events} {shown}{more})" if ignored else "0"
+            rows.append([run["mode"], pin["knob"], _show(pin["value"]), text])
+        if same:
+            break
+    if same:
+        rows = [row[1:] for row in rows]
+    head = ["knob", "value", "trace writes ignored"]
+    return "pinned knobs (--pin)\n" + plain_table(
+        head if same else ["mode", *head], rows, "lll" if same else "llll"
+    )
 
 
 _RENDERERS = {

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from ksmreplay import modes
+from ksmreplay import modes, traps
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Event, Header, Snapshot, WriteRun
+from ksmreplay.events import Event, Header, Ksm, Settle, Snapshot, WriteRun
 from ksmreplay.kernels import DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import (
@@ -35,6 +35,7 @@ from ksmreplay.report import (
     TraceInfo,
 )
 from ksmreplay.simulator import Simulator, make_simulator
+from ksmreplay.traps import Trap
 
 MODES: tuple[str, ...] = tuple(modes.MODES)
 """Every mode a simulator can replay, in the order ``all`` lists them (``modes.py``)."""
@@ -52,7 +53,10 @@ PROGRESS_EVERY = 16384
 """The progress callback runs after every this many events (and once at the end)."""
 
 ProgressCallback = Callable[[int, int], None]
-SimulatorFactory = Callable[[str, int, Mapping[str, KnobValue] | None, str], Simulator]
+WarnCallback = Callable[[Trap], None]
+SimulatorFactory = Callable[
+    [str, int, Mapping[str, KnobValue] | None, Mapping[str, KnobValue] | None, str], Simulator
+]
 
 
 class EventSource(Protocol):
@@ -133,14 +137,36 @@ def _check_modes(
     return pairs
 
 
+def _run_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """How warnings name each run: its mode, and ``mode@kernel`` when several kernels run."""
+    several = len({version for version, _mode in pairs}) > 1
+    return [f"{mode}@{version}" if several else mode for version, mode in pairs]
+
+
+def _warn(
+    sims: Sequence[Simulator], names: Sequence[str], warn: WarnCallback | None, final: bool = False
+) -> None:
+    """Hand the traps the simulators found to ``warn``, each once for all runs."""
+    found = [(name, sim.traps(final)) for name, sim in zip(names, sims, strict=True)]
+    if warn is not None:
+        for trap in traps.merge(found):
+            warn(trap)
+
+
 def _drive(
     reader: EventSource,
     sims: Sequence[Simulator],
+    names: Sequence[str],
     sinks: Sequence[_SnapshotSink],
     progress: ProgressCallback | None,
     check_invariants: bool,
+    warn: WarnCallback | None = None,
 ) -> tuple[TraceInfo, list[Snap]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
+
+    Traps (``traps.py``) come only from ``ksm`` and ``settle`` events and from
+    the end of the trace; they go to ``warn`` as soon as every simulator has
+    applied the event.
 
     :returns: the report's ``trace`` section and each simulator's ``final`` snapshot.
     """
@@ -165,6 +191,8 @@ def _drive(
                 if isinstance(event, Snapshot):
                     for sim, sink in zip(sims, sinks, strict=True):
                         sink.append(sim.snapshot(event.label, event.t, event.index))
+                elif isinstance(event, Ksm | Settle):
+                    _warn(sims, names, warn)
                 count += 1
                 last_t, last_index = event.t, event.index
         if progress is not None and count >= next_progress:
@@ -172,6 +200,7 @@ def _drive(
             next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
     if progress is not None:
         progress(count, _bytes_read(reader))
+    _warn(sims, names, warn, final=True)
 
     header = reader.header
     trace: TraceInfo = {
@@ -184,6 +213,19 @@ def _drive(
     return trace, [sim.snapshot("final", last_t, last_index) for sim in sims]
 
 
+def _run_head(sim: Simulator, version: str, pins: Mapping[str, KnobValue] | None) -> dict[str, Any]:
+    """A run's keys before its snapshots: mode, kernel, settings, refused and (with pins) pinned."""
+    head: dict[str, Any] = {
+        "mode": sim.mode,
+        "kernel": version,
+        "settings": dict(sim.settings),
+        "refused": list(sim.refused),
+    }
+    if pins:
+        head["pinned"] = sim.pinned
+    return head
+
+
 def replay(
     reader: EventSource,
     modes: Sequence[str],
@@ -193,6 +235,8 @@ def replay(
     *,
     kernels: Sequence[str] = (DEFAULT_KERNEL,),
     only_modes_each_has: bool = False,
+    pins: Mapping[str, KnobValue] | None = None,
+    warn: WarnCallback | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -226,8 +270,14 @@ def replay(
         unshare).  A mode a version lacks (``unshare`` on 6.1) is a usage error.
     :param only_modes_each_has: leave out, on each version, the modes it
         lacks (the CLI's default ``both`` on 6.1 is then ``legacy``).
+    :param pins: knob values in force before the first event and kept for the
+        whole replay (``--pin``): the trace's writes of them are ignored and
+        listed in each run's ``pinned`` (a key present only with pins).
+    :param warn: called with each warning (:class:`~ksmreplay.traps.Trap`)
+        as the replay finds it, once for all runs; warnings are never part of
+        the report.
     :param factory: builds one simulator, ``factory(mode, page_size,
-        settings, kernel)``; tests pass a fake.
+        settings, pins, kernel)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
         reader's ``name``, events counted
         without the header, ``duration_ns`` = ``t`` of the last event, page
@@ -238,20 +288,17 @@ def replay(
     :raises InvariantError: when ``check_invariants`` finds a simulator bug.
     """
     pairs = _check_modes(modes, kernels, only_modes_each_has)
-    sims = [factory(mode, reader.header.page_size, settings, version) for version, mode in pairs]
-    snapshots: list[list[Snap]] = [[] for _ in sims]
-    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants)
-    runs: list[Run] = [
-        {
-            "mode": mode,
-            "kernel": version,
-            "settings": dict(sim.settings),
-            "refused": list(sim.refused),
-            "snapshots": snaps,
-            "final": final,
-        }
-        for (version, mode), sim, snaps, final in zip(pairs, sims, snapshots, finals, strict=True)
+    sims = [
+        factory(mode, reader.header.page_size, settings, pins, version) for version, mode in pairs
     ]
+    snapshots: list[list[Snap]] = [[] for _ in sims]
+    trace, finals = _drive(
+        reader, sims, _run_names(pairs), snapshots, progress, check_invariants, warn
+    )
+    runs: list[Run] = []
+    for (version, _mode), sim, snaps, final in zip(pairs, sims, snapshots, finals, strict=True):
+        head = _run_head(sim, version, pins)
+        runs.append(cast(Run, {**head, "snapshots": snaps, "final": final}))
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
 
 
@@ -264,6 +311,8 @@ def replay_spooled(
     *,
     kernels: Sequence[str] = (DEFAULT_KERNEL,),
     only_modes_each_has: bool = False,
+    pins: Mapping[str, KnobValue] | None = None,
+    warn: WarnCallback | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -283,20 +332,17 @@ def replay_spooled(
     :raises InputOutputError: when a spool cannot be written.
     """
     pairs = _check_modes(modes, kernels, only_modes_each_has)
-    sims = [factory(mode, reader.header.page_size, settings, version) for version, mode in pairs]
+    sims = [
+        factory(mode, reader.header.page_size, settings, pins, version) for version, mode in pairs
+    ]
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
-        trace, finals = _drive(reader, sims, spools, progress, check_invariants)
-        runs: list[SpooledRun] = [
-            {
-                "mode": mode,
-                "kernel": version,
-                "settings": dict(sim.settings),
-                "refused": list(sim.refused),
-                "snapshots": spool,
-                "final": final,
-            }
-            for (version, mode), sim, spool, final in zip(pairs, sims, spools, finals, strict=True)
-        ]
+        trace, finals = _drive(
+            reader, sims, _run_names(pairs), spools, progress, check_invariants, warn
+        )
+        runs: list[SpooledRun] = []
+        for (version, _mode), sim, spool, final in zip(pairs, sims, spools, finals, strict=True):
+            head = _run_head(sim, version, pins)
+            runs.append(cast(SpooledRun, {**head, "snapshots": spool, "final": final}))
         stack.pop_all()
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}

@@ -140,13 +140,34 @@ class Refusal(TypedDict):
     error: Literal["EBUSY", "EINVAL", "ENOENT"]
 
 
-class Run(TypedDict):
+class Ignored(TypedDict):
+    """A trace's write of a pinned knob, which the replay ignored."""
+
+    event: int
+    t: int
+    value: Any
+
+
+class Pinned(TypedDict):
+    """A knob held at ``value`` for the whole replay (``run --pin``)."""
+
+    knob: str
+    value: Any
+    ignored: list[Ignored]
+
+
+class _RunKeys(TypedDict):
     mode: str
     kernel: str
     settings: dict[str, Any]
     refused: list[Refusal]
     snapshots: list[Snap]
     final: Snap
+
+
+class Run(_RunKeys, total=False):
+    pinned: list[Pinned]
+    """Only when knobs were pinned (``run --pin``)."""
 
 
 class TraceInfo(TypedDict):
@@ -310,15 +331,19 @@ def _spool_error(exc: OSError) -> InputOutputError:
     return InputOutputError(f"temporary file for the report in {tempfile.gettempdir()}: {reason}")
 
 
-class SpooledRun(TypedDict):
-    """A :class:`Run` whose snapshots wait in a :class:`SnapshotSpool`."""
-
+class _SpooledRunKeys(TypedDict):
     mode: str
     kernel: str
     settings: dict[str, Any]
     refused: list[Refusal]
     snapshots: SnapshotSpool
     final: Snap
+
+
+class SpooledRun(_SpooledRunKeys, total=False):
+    """A :class:`Run` whose snapshots wait in a :class:`SnapshotSpool`."""
+
+    pinned: list[Pinned]
 
 
 class SpooledReport(TypedDict):

@@ -29,7 +29,8 @@ from typing import Protocol
 from ksmreplay.events import Event, WriteRun
 from ksmreplay.kernels import DEFAULT_KERNEL
 from ksmreplay.knobs import KnobValue
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.report import Pinned, Refusal, Snap
+from ksmreplay.traps import Trap
 
 
 class Simulator(Protocol):
@@ -55,6 +56,14 @@ class Simulator(Protocol):
     def refused(self) -> list[Refusal]:
         """``ksm`` writes Linux refused, in trace order."""
 
+    @property
+    def pinned(self) -> list[Pinned]:
+        """The knobs pinned (``run --pin``), each with the trace's writes it ignored."""
+
+    def traps(self, final: bool = False) -> list[Trap]:
+        """The warnings found since the last call (``final``: at the end of the
+        trace, with those about the whole replay)."""
+
     def check_invariants(self) -> None:
         """Raise :class:`ksmreplay.errors.InvariantError` if the state is inconsistent."""
 
@@ -63,14 +72,18 @@ def make_simulator(
     mode: str,
     page_size: int,
     settings: Mapping[str, KnobValue] | None = None,
+    pins: Mapping[str, KnobValue] | None = None,
     kernel: str = DEFAULT_KERNEL,
 ) -> Simulator:
     """Build the engine for ``mode`` (``legacy``, ``v6`` or ``unshare``) on ``kernel``.
 
     ``settings`` overrides Linux's default knob values before the first event
     (the CLI's ``--set``); the trace's own ``ksm`` events still apply later.
+    ``pins`` (``--pin``) does too, and the knobs it names then keep their
+    values: the trace's writes of them are ignored (and listed).  Both are
+    written as the trace's ``ksm`` events write knobs, side effects included.
     ``kernel`` is a version of ``kernels.KERNELS`` (``6.1``, ``6.12``, ``6.18``).
     """
     from ksmreplay.engine import Engine
 
-    return Engine(mode, page_size, settings, kernel)
+    return Engine(mode, page_size, settings, kernel, pins=pins)

@@ -814,6 +814,67 @@ def _column_object(cols: WriteRun, i: int) -> list[object]:
     ]
 
 
+class Footprint:
+    """An upper bound on the pages a trace keeps resident, kept while it is validated.
+
+    Per process, the pages its writes and reads touched, never more than it
+    has mapped (a ``fork`` child starts with its parent's; ``free`` lowers
+    the bound to what stays mapped; ``exit`` drops it).  Counted per event
+    from lengths, never page by page, so the cost follows the events, not
+    their sizes.  :func:`ksmreplay.arrays.estimate_replay` turns the peak into
+    bytes before a replay starts.
+
+    :ivar peak_pages: the most pages resident at once, at most (pages).
+    :ivar peak_processes: the most processes alive at once.
+    """
+
+    __slots__ = ("_mapped", "_total", "_touched", "peak_pages", "peak_processes")
+
+    def __init__(self) -> None:
+        self._mapped: dict[int, int] = {}
+        self._touched: dict[int, int] = {}
+        self._total = 0
+        self.peak_pages = 0
+        self.peak_processes = 0
+
+    def _set(self, pid: int, pages: int) -> None:
+        self._total += pages - self._touched.get(pid, 0)
+        self._touched[pid] = pages
+        self.peak_pages = max(self.peak_pages, self._total)
+
+    def mapped(self, pid: int, pages: int) -> None:
+        """``pid`` has ``pages`` pages more (or, negative, fewer) mapped."""
+        mapped = self._mapped[pid] = self._mapped.get(pid, 0) + pages
+        self.peak_processes = max(self.peak_processes, len(self._mapped))
+        if self._touched.get(pid, 0) > mapped:
+            self._set(pid, mapped)
+
+    def touched(self, pid: int, pages: int) -> None:
+        """``pid`` wrote or read ``pages`` pages."""
+        self._set(pid, min(self._touched.get(pid, 0) + pages, self._mapped.get(pid, 0)))
+
+    def touched_columns(self, pid: npt.NDArray[np.int64], pages: npt.NDArray[np.float64]) -> None:
+        """:meth:`touched` for a run of writes, one pid and page count per write."""
+        if not len(pid):
+            return
+        if pid[0] == pid.min() == pid.max():
+            self.touched(int(pid[0]), int(pages.sum()))
+            return
+        pids, ranks = dense_ranks(pid)
+        for one, n in zip(pids, np.bincount(ranks, weights=pages).tolist(), strict=True):
+            self.touched(one, int(n))
+
+    def fork(self, parent: int, child: int) -> None:
+        self._mapped[child] = self._mapped.get(parent, 0)
+        self.peak_processes = max(self.peak_processes, len(self._mapped))
+        self._set(child, self._touched.get(parent, 0))
+
+    def exit(self, pid: int) -> None:
+        self._set(pid, 0)
+        del self._touched[pid]
+        self._mapped.pop(pid, None)
+
+
 class _Validator:
     """Checks events one at a time and turns them into typed records."""
 
@@ -827,6 +888,7 @@ class _Validator:
         self.procs: dict[int, RangeSet] = {}
         self.exited: set[int] = set()
         self.created = 0
+        self.footprint = Footprint()
         self.handlers: dict[str, Callable[[int, int, list[Any]], Event]] = {
             "alloc": self._alloc,
             "free": self._free,
@@ -953,6 +1015,7 @@ class _Validator:
         if n <= _SHORT_RUN and self._valid_prefix_short(cols, 0) == n:
             # All valid (the rule for short runs): the columns as they are.
             self.last_t = int(cols.t[-1])
+            self._touched(cols.pid, cols.len)
             fields = (cols.t, cols.pid, cols.addr, cols.len, cols.fill, cols.fp_end, cols.fps)
             return [WriteRun(first, *fields)]
         while lo < n:
@@ -975,11 +1038,16 @@ class _Validator:
                     )
                 )
                 self.last_t = int(cols.t[bad - 1])
+                self._touched(cols.pid[lo:bad], cols.len[lo:bad])
             if bad < n:
                 out.append(self.general(first + bad, _column_object(cols, bad)))
                 bad += 1
             lo = bad
         return out
+
+    def _touched(self, pid: npt.NDArray[np.int64], length: npt.NDArray[np.uint64]) -> None:
+        """The valid writes of a run in the footprint (whole pages: they are aligned)."""
+        self.footprint.touched_columns(pid, (length >> np.uint64(self.shift)).astype(np.float64))
 
     def _valid_prefix_short(self, cols: WriteRun, lo: int) -> int:
         """:meth:`_valid_prefix`, one event at a time."""
@@ -1179,6 +1247,7 @@ class _Validator:
             ranges = self.procs[pid] = RangeSet()
             self.exited.discard(pid)
             self.created += 1
+            self.footprint.mapped(pid, 0)
         return ranges
 
     # -- ops ---------------------------------------------------------------------
@@ -1196,6 +1265,7 @@ class _Validator:
                     index, t, f"alloc in pid {pid} at {overlap:#x} overlaps an existing mapping"
                 )
         self.create(pid).add(addr, addr + length)
+        self.footprint.mapped(pid, length >> self.shift)
         return Alloc(index, t, pid, addr, length)
 
     def _free(self, index: int, t: int, obj: list[Any]) -> Event:
@@ -1203,7 +1273,8 @@ class _Validator:
             self.arity(index, t, "free", obj)
         pid, addr, length = self.range_fields(index, t, "free", obj)
         self.aligned(index, t, "free", addr, length)
-        self.process(index, t, "free", pid).remove(addr, addr + length)
+        removed = self.process(index, t, "free", pid).remove(addr, addr + length)
+        self.footprint.mapped(pid, -(removed >> self.shift))
         return Free(index, t, pid, addr, length)
 
     def _write(self, index: int, t: int, obj: list[Any]) -> Event:
@@ -1237,6 +1308,7 @@ class _Validator:
                 f"write content must be an int, an array of ints or a bin, not {kind(content)}",
             )
         self.mapped(index, t, "write", pid, addr, length)
+        self.footprint.touched(pid, ((addr & self.mask) + length + self.mask) >> self.shift)
         return Write(index, t, pid, addr, length, content)
 
     def fingerprints(self, index: int, t: int, items: list[Any], pages: int) -> Content:
@@ -1295,6 +1367,7 @@ class _Validator:
             self.arity(index, t, "read", obj)
         pid, addr, length = self.range_fields(index, t, "read", obj)
         self.mapped(index, t, "read", pid, addr, length)
+        self.footprint.touched(pid, ((addr & self.mask) + length + self.mask) >> self.shift)
         return Read(index, t, pid, addr, length)
 
     def _madvise(self, index: int, t: int, obj: list[Any]) -> Event:
@@ -1332,6 +1405,7 @@ class _Validator:
         self.procs[child] = ranges.copy()
         self.exited.discard(child)
         self.created += 1
+        self.footprint.fork(pid, child)
         return Fork(index, t, pid, child)
 
     def _exit(self, index: int, t: int, obj: list[Any]) -> Event:
@@ -1341,6 +1415,7 @@ class _Validator:
         self.process(index, t, "exit", pid)
         del self.procs[pid]
         self.exited.add(pid)
+        self.footprint.exit(pid)
         return Exit(index, t, pid)
 
     def _ksm(self, index: int, t: int, obj: list[Any]) -> Event:
@@ -1404,6 +1479,8 @@ class TraceReader:
     :ivar duration_ns: ``t`` of the last event yielded, in ns (0 if none).
     :ivar validated_ahead: the whole trace was read and found valid before
         the first event (``validate_first``).
+    :ivar footprint: then, what the whole trace keeps resident at most
+        (:class:`Footprint`); None when the trace was not validated ahead.
 
     With ``validate_first``, the reader first reads and validates the whole
     stream (as fast as ``validate`` does, handing out nothing), then goes
@@ -1424,9 +1501,11 @@ class TraceReader:
         self.duration_ns = 0
         self._iterated = False
         self.validated_ahead = False
+        self.footprint: Footprint | None = None
         try:
             if validate_first:
-                self.validated_ahead = _validate_ahead(stream, name)
+                self.footprint = _validate_ahead(stream, name)
+                self.validated_ahead = self.footprint is not None
             form, prefix = _detect(stream, name)
             self.form: TraceForm = form
             core = native() if form == "msgpack" else None
@@ -1517,9 +1596,9 @@ class TraceReader:
         self.close()
 
 
-def _validate_ahead(stream: IO[bytes], name: str) -> bool:
-    """Read and validate all of ``stream``, then go back to where it was;
-    False (nothing read) when it cannot be read twice.
+def _validate_ahead(stream: IO[bytes], name: str) -> Footprint | None:
+    """Read and validate all of ``stream``, then go back to where it was; the
+    trace's :class:`Footprint`, or None (nothing read) when it cannot be read twice.
 
     :raises TraceError: the trace is invalid.
     """
@@ -1529,10 +1608,10 @@ def _validate_ahead(stream: IO[bytes], name: str) -> bool:
         regular = True
     try:
         if not (regular and stream.seekable()):
-            return False
+            return None
         start = stream.tell()
     except (AttributeError, OSError, ValueError):
-        return False
+        return None
     with TraceReader(stream, name, close=False) as first:
         for _ in first.runs():
             pass
@@ -1540,7 +1619,7 @@ def _validate_ahead(stream: IO[bytes], name: str) -> bool:
         stream.seek(start)
     except OSError as exc:
         raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
-    return True
+    return first._validator.footprint
 
 
 def open_trace(path: str, validate_first: bool = False) -> TraceReader:

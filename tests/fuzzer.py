@@ -14,12 +14,13 @@ Every mutant is run through ``validate``, ``run``, ``inspect`` and ``convert``
 again), each as its own process with a CPU-time limit, a wall-clock limit and
 an address-space limit (RLIMIT_AS), and the outcomes must pass these checks:
 
-- no traceback, no Python exception name, no warning on stderr; an exit status
+- no traceback, no Python exception name, no Python warning on stderr; an exit status
   in :data:`OK_STATUSES` (``run`` also :data:`RESOURCES`: a valid trace that
   needs more memory than the replay may take, :data:`MEMORY_BUDGET`); not
   killed by a signal; no hang (CPU or wall limit); no more than
   :data:`RSS_LIMIT` of memory; nothing on stderr on success, one line
-  ``ksmreplay: ...`` on failure;
+  ``ksmreplay: ...`` on failure, besides ``run``'s warning lines
+  (``ksmreplay: warning: ...``, which only ``run`` may print);
 - ``run``, ``inspect`` and ``convert`` fail (exit 3) exactly when ``validate``
   does, with the same message (``run`` may refuse a trace ``validate``
   accepts with :data:`RESOURCES`), and a failed ``convert`` leaves no output;
@@ -83,6 +84,9 @@ RESOURCES = 6
 trace is valid, the machine too small.  Allowed for ``run`` alone."""
 RUN_VERBS = frozenset({"run", "run-pure", "run-out"})
 """The fuzzer's names of ``run`` commands (see :func:`check_mutant`)."""
+WARNING_PREFIX = "ksmreplay: warning: "
+"""How ``run`` starts a warning line on stderr: a trap in the trace or the
+options, not a failure; kept apart from the rest of stderr."""
 MEMORY_BUDGET = 256 << 20
 """``KSMREPLAY_MEMORY`` of every command, in bytes: the most a replay may take.  Fixed,
 so that whether ``run`` has room does not depend on what the machine has free at the
@@ -1011,6 +1015,8 @@ class Outcome:
     stderr: str
     maxrss: int
     seconds: float
+    warnings: tuple[str, ...] = ()
+    """``run``'s warning lines (``ksmreplay: warning: ...``), kept apart from ``stderr``."""
 
     def summary(self) -> str:
         if self.timed_out:
@@ -1156,15 +1162,18 @@ def run_command(
         for path in (out_path, err_path):
             os.unlink(path)
     sig = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else None
+    lines = err.splitlines(keepends=True)
+    warnings = tuple(line for line in lines if line.startswith(WARNING_PREFIX))
     return Outcome(
         status=os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else None,
         signal=sig,
         timed_out=timed_out,
         stdout=head,
         stdout_hash=digest.hexdigest(),
-        stderr=err,
+        stderr="".join(line for line in lines if not line.startswith(WARNING_PREFIX)),
         maxrss=usage.ru_maxrss * 1024,
         seconds=usage.ru_utime + usage.ru_stime,
+        warnings=warnings,
     )
 
 
@@ -1275,6 +1284,8 @@ def command_problem(command: str, o: Outcome) -> Failure | None:
         return Failure("warning", command, _exception_name(o.stderr), text)
     if o.maxrss > RSS_LIMIT:
         return Failure("memory", command, "rss", text)
+    if o.warnings and command.split(" ")[0] not in RUN_VERBS:
+        return Failure("stderr", command, "a warning from a command that has none", text)
     allowed = OK_STATUSES | {RESOURCES} if command.split(" ")[0] in RUN_VERBS else OK_STATUSES
     if o.status not in allowed:
         return Failure("status", command, str(o.status), text)

@@ -150,7 +150,8 @@ def test_a_stop_signal_while_reading_ends_the_run_by_that_signal(
 
 
 def test_a_closed_output_pipe_ends_run_quietly(tmp_path: Path) -> None:
-    events = [[0, "alloc", 1, 0, 1 << 24]] + [[i, "snapshot", f"s{i}"] for i in range(2000)]
+    events = [[0, "ksm", {"run": 1}], [0, "alloc", 1, 0, 1 << 24]]  # (run=1: no warning)
+    events += [[i, "snapshot", f"s{i}"] for i in range(2000)]
     path = tmp_path / "many.msgpack"
     path.write_bytes(pack([{"ksmreplay": 1}, *events]))
     proc = ksmreplay("run", str(path), "--format", "csv")

@@ -21,8 +21,9 @@ from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapsho
 from ksmreplay.knobs import DEFAULTS, KnobValue
 from ksmreplay.render import FORMATS, render
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay, replay_spooled
-from ksmreplay.report import Refusal, Snap, close_spools, unspool
+from ksmreplay.report import Pinned, Refusal, Snap, close_spools, unspool
 from ksmreplay.trace import open_trace, write_trace
+from ksmreplay.traps import Trap
 
 
 class FakeReader:
@@ -48,7 +49,13 @@ class FakeSimulator:
 
     log: ClassVar[list[tuple[str, str, int]]] = []  # (mode, what, event index), all instances
 
-    def __init__(self, mode: str, page_size: int, settings: Mapping[str, KnobValue] | None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        page_size: int,
+        settings: Mapping[str, KnobValue] | None,
+        pins: Mapping[str, KnobValue] | None = None,
+    ) -> None:
         self.mode = mode
         self.page_size = page_size
         self._settings = {**DEFAULTS, **(settings or {})}
@@ -86,6 +93,13 @@ class FakeSimulator:
     def refused(self) -> list[Refusal]:
         return [{"event": 1, "t": 0, "knob": "max_page_sharing", "value": 2, "error": "EBUSY"}]
 
+    @property
+    def pinned(self) -> list[Pinned]:
+        return []
+
+    def traps(self, final: bool = False) -> list[Trap]:
+        return []
+
     def check_invariants(self) -> None:
         self.invariant_checks += 1
         if self.invariant_checks == self.fail_invariants_at:
@@ -94,7 +108,11 @@ class FakeSimulator:
 
 def _factory(made: list[FakeSimulator], fail_at: int | None = None) -> Any:
     def make(
-        mode: str, page_size: int, settings: Mapping[str, KnobValue] | None, kernel: str
+        mode: str,
+        page_size: int,
+        settings: Mapping[str, KnobValue] | None,
+        pins: Mapping[str, KnobValue] | None,
+        kernel: str,
     ) -> FakeSimulator:
         sim = FakeSimulator(mode, page_size, settings)
         sim.fail_invariants_at = fail_at
@@ -365,7 +383,11 @@ def _peak_bytes(snapshots: int, replayer: Callable[..., Any], fmt: str) -> int:
     events: list[Event] = [Snapshot(i, i, f"s{i}") for i in range(1, snapshots + 1)]
 
     def make(
-        mode: str, page_size: int, settings: Mapping[str, KnobValue] | None, kernel: str
+        mode: str,
+        page_size: int,
+        settings: Mapping[str, KnobValue] | None,
+        pins: Mapping[str, KnobValue] | None,
+        kernel: str,
     ) -> Any:
         return _BigSnapshots(mode, page_size, settings)
 

@@ -64,10 +64,17 @@ def run(
 
 
 def refused(done: subprocess.CompletedProcess[str]) -> str:
-    """The one line of a replay that did not fit (asserting that it is one)."""
+    """The one line of a replay that did not fit (asserting that it is one).
+
+    A trace in a file that declares that much was warned of before the
+    replay: at most that warning comes first.
+    """
     assert done.returncode == ExitStatus.RESOURCES, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.splitlines()
+    if len(lines) == 2:
+        assert "the replay may need about" in lines[0], done.stderr
+        assert lines.pop(0).startswith("ksmreplay: warning: "), done.stderr
     assert len(lines) == 1 and lines[0].startswith("ksmreplay: "), done.stderr
     return lines[0]
 
