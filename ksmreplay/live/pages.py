@@ -8,20 +8,16 @@ decides that from the trace's own history (see ``execute.py``).
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
-import struct
-from collections.abc import Iterable
-
-PM_PRESENT = 1 << 63
-PM_SWAPPED = 1 << 62
-PM_PFN_MASK = (1 << 55) - 1
-
-KPF_ANON = 1 << 12
-KPF_KSM = 1 << 21
-KPF_THP = 1 << 22
-KPF_ZERO_PAGE = 1 << 24
+from ksmreplay import procfs
+from ksmreplay.procfs import (
+    KPF_KSM,
+    KPF_THP,
+    PM_PFN_MASK,
+    PM_PRESENT,
+    PM_SWAPPED,
+    read_kpageflags,
+)
+from ksmreplay.procfs import zero_pfn as zero_pfn
 
 NONE = 0
 ANON = 1
@@ -31,59 +27,8 @@ ZERO = 3
 
 def read_pagemap(pid: int, addr: int, npages: int, page_size: int) -> list[int]:
     """Raw pagemap entries of ``npages`` pages from ``addr`` in process ``pid``."""
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    try:
-        data = os.pread(fd, npages * 8, (addr // page_size) * 8)
-    finally:
-        os.close(fd)
-    if len(data) != npages * 8:
-        raise OSError(f"short pagemap read for pid {pid}")
-    return list(struct.unpack(f"<{npages}Q", data))
-
-
-def read_kpageflags(pfns: Iterable[int]) -> dict[int, int]:
-    """Page flags of each frame number, reading contiguous runs at once."""
-    wanted = sorted(set(pfns))
-    flags: dict[int, int] = {}
-    if not wanted:
-        return flags
-    fd = os.open("/proc/kpageflags", os.O_RDONLY)
-    try:
-        i = 0
-        while i < len(wanted):
-            j = i
-            while j + 1 < len(wanted) and wanted[j + 1] - wanted[j] < 64:
-                j += 1
-            first, last = wanted[i], wanted[j]
-            data = os.pread(fd, (last - first + 1) * 8, first * 8)
-            values = struct.unpack(f"<{len(data) // 8}Q", data)
-            for pfn in wanted[i : j + 1]:
-                flags[pfn] = values[pfn - first]
-            i = j + 1
-    finally:
-        os.close(fd)
-    return flags
-
-
-def zero_pfn(page_size: int) -> int:
-    """Frame number of the shared zero page: map a private page, read-fault it, look."""
-    m = mmap.mmap(-1, page_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        buf = ctypes.c_char.from_buffer(m)
-        try:
-            addr = ctypes.addressof(buf)
-            _ = m[0]
-            entry = read_pagemap(os.getpid(), addr, 1, page_size)[0]
-        finally:
-            del buf
-    finally:
-        m.close()
-    if not entry & PM_PRESENT or not entry & PM_PFN_MASK:
-        raise OSError("cannot find the zero page's frame number in pagemap")
-    pfn = entry & PM_PFN_MASK
-    if not read_kpageflags([pfn])[pfn] & KPF_ZERO_PAGE:
-        raise OSError("the read-faulted page is not flagged as the zero page")
-    return pfn
+    entries: list[int] = procfs.read_pagemap(pid, addr, npages, page_size).tolist()
+    return entries
 
 
 class PageView:
