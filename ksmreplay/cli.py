@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,6 +40,9 @@ from ksmreplay.synth import (
     synthesize,
 )
 from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
+
+if TYPE_CHECKING:
+    from ksmreplay.record import RecordSummary
 
 _DEBUG = "ksmreplay.debug"
 
@@ -652,6 +655,13 @@ def synth(
     help="Keep the mergeability the processes set (mg VmFlag) instead of making all mergeable.",
 )
 @click.option(
+    "--freeze",
+    is_flag=True,
+    help="Stop the processes while each sample is read (cgroup v2 freezer when they are "
+    "alone in their cgroup, else SIGSTOP/SIGCONT): consistent samples, at the cost of "
+    "pausing them.",
+)
+@click.option(
     "--format",
     "form",
     type=click.Choice(FORMS),
@@ -664,12 +674,15 @@ def synth(
     metavar="FILE",
     help=f"Write the trace to FILE ('-' = stdout). {OUTPUT_HELP}",
 )
+@click.pass_context
 def record(
+    ctx: click.Context,
     command: Sequence[str],
     pids: Sequence[int],
     interval: str,
     duration: str | None,
     as_is: bool,
+    freeze: bool,
     form: str | None,
     output: str,
 ) -> None:
@@ -678,14 +691,17 @@ def record(
     Samples the private anonymous memory (heap, stack, anonymous mmaps) of
     each --pid, or of COMMAND started here, and of their children, every
     --interval; each sample becomes alloc, free, write, madvise, fork and
-    exit events.  Needs ptrace rights over the processes (or root).  Ctrl-C
-    ends the recording with a complete trace.
+    exit events.  After a process's first sample only the pages written
+    since (soft-dirty bits) are read.  Needs ptrace rights over the
+    processes (or root).  Ctrl-C ends the recording with a complete trace.
+    A summary goes to stderr at the end.  With COMMAND, exits with its
+    status when it ended by itself (128+N when signal N ended it).
 
     \b
     Examples:
         ksmreplay record --pid 1234 --interval 1s --duration 60s -o t.msgpack
         ksmreplay record -o t.msgpack --interval 500ms -- python3 -c "import numpy"
-        ksmreplay record --pid 1234 --as-is --duration 2m -o t.msgpack
+        ksmreplay record --pid "$(pidof qemu-system-x86_64)" --freeze --duration 1m -o vm.msgpack
     """
     from ksmreplay import record as recording
 
@@ -699,9 +715,14 @@ def record(
         def progress(samples: int, t: int, live: int, pages: int) -> None:
             _progress_line(f"{samples} samples, {_seconds(t)}, {live} processes, {pages} pages")
 
+    def warn(message: str) -> None:
+        if progress is not None:
+            _progress_line("")
+        _error(f"warning: {message}")
+
     try:
         with open_output(output) as out:
-            recording.record(
+            summary = recording.record(
                 list(pids) or None,
                 list(command) or None,
                 interval_ns,
@@ -711,7 +732,64 @@ def record(
                 progress=progress,
                 form=form or form_for_path(output) or "msgpack",
                 command_stdout=2 if output == "-" else None,  # keep the trace alone on stdout
+                freeze=freeze,
+                warn=warn,
             )
     finally:
         if progress is not None:
             _progress_line("")
+    for line in _record_summary(summary, output):
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(f"[ ksmreplay record: {line} ]", err=True)
+    if summary.command_status:
+        ctx.exit(summary.command_status)
+
+
+def _size(n: int) -> str:
+    """Bytes for people: B, KiB, MiB, GiB with one decimal."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} B"
+
+
+_SKIPPED_NAMES = {
+    "shared": "shared",
+    "file": "file-backed",
+    "device": "device",
+    "hugetlb": "hugetlbfs",
+}
+
+
+def _record_summary(summary: RecordSummary, output: str) -> list[str]:
+    """The closing lines of ``record`` (without their brackets)."""
+    where = "stdout" if output == "-" else output
+    samples = "sample" if summary.samples == 1 else "samples"
+    achieved = summary.achieved_interval_ns
+    timing = f"interval {_seconds(summary.interval_ns)} asked"
+    if achieved is not None:
+        longest = _seconds(summary.longest_interval_ns)
+        timing += f", {_seconds(achieved)} achieved (mean; longest {longest})"
+    how = "changed pages read (soft-dirty)" if summary.soft_dirty else "every present page read"
+    if summary.freeze:
+        how += f", processes frozen while read ({summary.freeze})"
+    lines = [
+        f"{summary.samples} {samples} of {summary.processes} processes over "
+        f"{_seconds(summary.duration_ns)}; {timing}",
+        f"{summary.pages_read} pages read ({how}); at most {summary.max_present_pages} "
+        "pages recorded at once",
+        f"wrote {summary.events} events, {summary.bytes_written} bytes "
+        f"({_size(summary.bytes_written)}) to {where}",
+    ]
+    skipped = [
+        f"{_SKIPPED_NAMES[kind]} {_size(size)}"
+        for kind, size in summary.skipped_bytes.items()
+        if size
+    ]
+    if skipped:
+        lines.append("not recorded (mapped, the most at one sample): " + ", ".join(skipped))
+    if summary.unreadable_pages:
+        lines.append(
+            f"{summary.unreadable_pages} page reads failed (those pages kept their last state)"
+        )
+    return lines
