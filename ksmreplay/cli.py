@@ -33,8 +33,10 @@ from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
 from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
 from ksmreplay.synth import (
+    FIT_WORKLOADS,
     WORKLOAD_NAMES,
     describe_workloads,
+    fit_params,
     get_workload,
     resolve_params,
     synthesize,
@@ -291,7 +293,36 @@ def _inspect_table(info: dict[str, Any]) -> str:
             for c in info["ksm_settings"]
         ]
         blocks.append(plain_table(["t (ns)", "event", "ksm settings"], rows, "rrl"))
+    blocks.append(plain_table(["contents", ""], _contents_rows(info["contents"]), "ll"))
     return "\n\n".join(blocks) + "\n"
+
+
+def _contents_rows(c: dict[str, Any]) -> list[list[str]]:
+    """The measurements of ``inspect`` (and ``synth --fit``) as rows of two cells."""
+    if c["t"] is None:
+        where = "-"
+    elif c["snapshot"] is None:
+        where = f"the end (t={_seconds(c['t'])})"
+    else:
+        where = f"snapshot {c['snapshot']!r} (t={_seconds(c['t'])})"
+    return [
+        ["measured at", where],
+        ["processes", str(c["processes"])],
+        ["pages", f"{c['pages']} ({c['bytes_per_process']} bytes per process)"],
+        ["zero pages", f"{c['zero_pages']} ({c['zero_percent']:.3f} %)"],
+        ["distinct contents", f"{c['distinct_contents']} (not zeros)"],
+        ["duplicate pages", f"{c['duplicate_pages']} (copies of a content another page holds)"],
+        [
+            "shared pages",
+            f"{c['shared_pages']} ({c['shared_percent']:.3f} %, content another process holds)",
+        ],
+        [
+            "rewritten pages",
+            f"{c['rewritten_pages']} in {c['activity_s']:.3f} s from the first write: "
+            f"{c['dirty_pages_per_s']:.3f} pages/s per process",
+        ],
+        ["later writes", f"{c['dirty_zero_percent']:.3f} % zeros (after the first write's t)"],
+    ]
 
 
 @cli.command()
@@ -309,7 +340,9 @@ def inspect(trace: str, fmt: str) -> None:
 
     TRACE '-' reads stdin.  Shows the header, the duration, the events per op, each process's peak
     mapped and written pages, the distinct fingerprints written, the pages
-    written as zeros and every change of the KSM settings.
+    written as zeros, every change of the KSM settings, and what the memory
+    holds at the last snapshot (zeros, duplicates, pages shared between
+    processes, the rate of rewrites): what `synth --fit` uses.
 
     \b
     Example:
@@ -606,6 +639,12 @@ def diff(
     "-o", "--output", metavar="FILE", help=f"Write the trace to FILE ('-' = stdout). {OUTPUT_HELP}"
 )
 @click.option(
+    "--fit",
+    metavar="TRACE",
+    help="Set the parameters from what TRACE (a recording) holds: size, zero and shared "
+    f"pages, rewrite rate, KSM knobs ({', '.join(FIT_WORKLOADS)}); --param overrides.",
+)
+@click.option(
     "--list", "list_", is_flag=True, help="Describe every workload (or WORKLOAD) and exit."
 )
 def synth(
@@ -614,18 +653,22 @@ def synth(
     seed: int,
     form: str | None,
     output: str | None,
+    fit: str | None,
     list_: bool,
 ) -> None:
     """Generate the trace of a synthetic WORKLOAD (see --list for each one).
 
     The same WORKLOAD, parameters and seed give the same bytes.  A regular
-    file FILE is replaced only when the whole trace was written.
+    file FILE is replaced only when the whole trace was written.  --fit
+    measures a recorded trace as `inspect` does and prints on stderr what it
+    measured and the parameters it set.
 
     \b
     Examples:
         ksmreplay synth --list
         ksmreplay synth vm-guests --param guests=8 --param guest_mib=64 -o vm.msgpack
         ksmreplay synth zero-heavy --seed 2 -o - | ksmreplay run -
+        ksmreplay synth vm-guests --fit guest.msgpack --param guests=40 -o forty.msgpack
     """
     if list_:
         click.echo(describe_workloads([workload] if workload else None), nl=False)
@@ -634,7 +677,26 @@ def synth(
         raise click.UsageError("missing WORKLOAD (see --list)")
     if output is None:
         raise click.UsageError("missing -o FILE ('-' for stdout)")
-    values = resolve_params(get_workload(workload), params)
+    fitted: Sequence[str] = ()
+    if fit is not None:
+        get_workload(workload)
+        with open_trace(fit) as reader:
+            contents = inspect_trace(reader)["contents"]
+        found = fit_params(workload, contents)
+        fitted = found.assignments
+        lines = [f"fitted to {reader.name}:"]
+        lines += [
+            f"  {line}"
+            for line in plain_table(["", ""], _contents_rows(contents), "ll")
+            .strip("\n")
+            .splitlines()
+        ]
+        lines.append("  parameters: " + " ".join(fitted))
+        lines += [f"  note: {note}" for note in found.notes]
+        for line in lines:
+            with contextlib.suppress(OSError, ValueError):
+                click.echo(line.rstrip(), err=True)
+    values = resolve_params(get_workload(workload), [*fitted, *params])
     with open_output(output) as out:
         synthesize(workload, out, values, seed, form or form_for_path(output) or "msgpack")
 
