@@ -10,8 +10,8 @@ The one place that knows the layout of these files:
   (:data:`PM_PFN_MASK`; reads as 0 without CAP_SYS_ADMIN);
 * ``/proc/kpageflags``: one 64-bit flags word per frame (root only), bits
   :data:`KPF_ANON`, :data:`KPF_KSM`, :data:`KPF_THP`, :data:`KPF_ZERO_PAGE`;
-* ``/proc/PID/mem``: the bytes of a range, read with ``preadv``
-  (:func:`read_memory`);
+* memory: :class:`MemoryReader` reads many ranges with one
+  ``process_vm_readv``, or each with a ``preadv`` of ``/proc/PID/mem``;
 * ``/proc/PID/clear_refs``: writing ``4`` clears the soft-dirty bits of every
   page of the process (:func:`clear_soft_dirty`); the kernel sets a page's
   bit again when the page is written.  Kernels built without soft-dirty
@@ -31,8 +31,9 @@ import ctypes
 import errno
 import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -388,26 +389,137 @@ class ZeroFrames:
 # --------------------------------------------------------------------------- memory
 
 
-def read_memory(fd: int, addr: int, buffer: memoryview) -> int:
-    """Read ``len(buffer)`` bytes of process memory at ``addr`` from ``/proc/PID/mem``
-    (``fd``) with ``preadv``; the bytes read (fewer when a page cannot be read).
+IOV_MAX = 1024
+"""Most ranges one ``process_vm_readv`` call takes."""
 
-    :raises ProcessGone: the process's memory is gone.
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+def _vm_readv() -> Any:
+    """The C library's ``process_vm_readv``, or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    pointer = ctypes.POINTER(_IoVec)
+    function.argtypes = (
+        ctypes.c_int,
+        pointer,
+        ctypes.c_ulong,
+        pointer,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    )
+    function.restype = ctypes.c_ssize_t
+    return function
+
+
+_VM_READV = _vm_readv()
+
+
+class MemoryReader:
+    """Reads ranges of one process's memory into a buffer, in as few system calls as it can.
+
+    ``process_vm_readv`` reads up to :data:`IOV_MAX` ranges in one call; where
+    the kernel or a sandbox refuses it (or ``use_vm_readv`` is False), each
+    range is read by a ``preadv`` of ``/proc/PID/mem``.  Both need the same
+    rights over the process (ptrace, or root).
+
+    :param buffer: where the bytes go, from its start; it must not be resized
+        while the reader lives.
     """
-    done = 0
-    while done < len(buffer):
-        try:
-            got = os.preadv(fd, [buffer[done:]], addr + done)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                raise ProcessGone from exc
-            return done  # EIO, EFAULT: the page at addr + done cannot be read
-        if got == 0:
-            if done == 0:
-                raise ProcessGone  # an exiting process reads as nothing
-            return done
-        done += got
-    return done
+
+    def __init__(self, pid: int, buffer: bytearray, use_vm_readv: bool = True) -> None:
+        self.pid = pid
+        self._view = memoryview(buffer)
+        self._holder: Any = ctypes.c_char.from_buffer(buffer)
+        self._address = ctypes.addressof(self._holder)
+        self._mem: int | None = None
+        self._vm_readv: Any = _VM_READV if use_vm_readv else None
+
+    def close(self) -> None:
+        """Close ``/proc/PID/mem`` if it was opened, and let go of the buffer."""
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
+        self._holder = None
+
+    def __enter__(self) -> MemoryReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Read the ``(address, bytes)`` ``ranges`` one after the other into the buffer.
+
+        :returns: the bytes read; fewer than asked when the byte after them
+            cannot be read (a page unmapped meanwhile, or of a kind that cannot
+            be read).
+        :raises ProcessGone: the process or its memory is gone.
+        :raises PermissionError: not allowed.
+        """
+        if self._vm_readv is not None:
+            done = self._read_vm(ranges)
+            if done is not None:
+                return done
+        return self._read_mem(ranges)
+
+    def _read_vm(self, ranges: Sequence[tuple[int, int]]) -> int | None:
+        """Bytes read by ``process_vm_readv``, or None when it is refused (the caller
+        reads through ``/proc/PID/mem`` instead, which says whether that is allowed)."""
+        done = 0
+        for first in range(0, len(ranges), IOV_MAX):
+            part = ranges[first : first + IOV_MAX]
+            remote = np.array(part, dtype=np.uint64).reshape(len(part), 2)
+            want = int(remote[:, 1].sum())
+            local = _IoVec(self._address + done, want)
+            got: int = self._vm_readv(
+                self.pid,
+                ctypes.byref(local),
+                1,
+                remote.ctypes.data_as(ctypes.POINTER(_IoVec)),
+                len(part),
+                0,
+            )
+            if got < 0:
+                code = ctypes.get_errno()
+                if code == errno.ESRCH:
+                    raise ProcessGone(self.pid)
+                if code in (errno.EPERM, errno.ENOSYS, errno.EACCES):
+                    self._vm_readv = None
+                    if done:
+                        return done
+                    return None
+                return done  # EFAULT, ENOMEM: the first page cannot be read
+            done += got
+            if got < want:
+                return done
+        return done
+
+    def _read_mem(self, ranges: Sequence[tuple[int, int]]) -> int:
+        if self._mem is None:
+            self._mem = open_proc(self.pid, "mem")
+        done = 0
+        for addr, length in ranges:
+            start, end = done, done + length
+            while done < end:
+                try:
+                    got = os.preadv(self._mem, [self._view[done:end]], addr + done - start)
+                except OSError as exc:
+                    if exc.errno == errno.ESRCH:
+                        raise ProcessGone(self.pid) from exc
+                    if isinstance(exc, PermissionError):
+                        raise
+                    return done  # EIO, EFAULT: this page cannot be read
+                if got == 0:
+                    if done == 0:
+                        raise ProcessGone(self.pid)  # an exiting process reads as nothing
+                    return done
+                done += got
+        return done
 
 
 # --------------------------------------------------------------------------- soft-dirty

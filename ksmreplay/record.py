@@ -30,9 +30,10 @@ soft_dirty_works`).  The bits are cleared just after the page table is read,
 so that without ``freeze`` a page written in that instant, between its entry
 being read and the bits being cleared, is seen at its next write only.
 
-Contents are read in ``preadv`` calls of up to :data:`READ_PAGES` pages over
-runs of pages to read, into one buffer whose pages are then fingerprinted at
-once.
+Contents are read into one buffer of :data:`READ_PAGES` pages, as many runs
+of pages at a time as fit (one ``process_vm_readv``, or one ``preadv`` of
+``/proc/PID/mem`` per run where that is refused: :class:`ksmreplay.procfs.
+MemoryReader`), and the pages of the buffer are fingerprinted at once.
 
 ``freeze`` stops the recorded processes while a sample is read, so that the
 sample shows one moment: with the cgroup v2 freezer when the processes are
@@ -50,6 +51,7 @@ what it would make of it given time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import mmap
@@ -498,6 +500,8 @@ class Recorder:
         where the kernel keeps soft-dirty bits.
     :param freezer: stops the processes while a sample is read (None: never).
     :param warn: takes one-line warnings.
+    :param use_vm_readv: read memory with ``process_vm_readv`` where allowed
+        (False: always ``preadv`` of ``/proc/PID/mem``).
     """
 
     def __init__(
@@ -508,8 +512,10 @@ class Recorder:
         soft_dirty: bool = True,
         freezer: _Freezer | None = None,
         warn: Warn | None = None,
+        use_vm_readv: bool = True,
     ) -> None:
         self.writer = writer
+        self.use_vm_readv = use_vm_readv
         self.page = page_size
         self.as_is = as_is
         self.freezer = freezer
@@ -641,14 +647,11 @@ class Recorder:
             w.madvise(t, pid, start, end - start, "unmergeable")
         proc.mergeable = want_mg
         changes = _Changes()
-        mem = procfs.open_proc(proc.real, "mem")
-        try:
+        with procfs.MemoryReader(proc.real, self._buffer, self.use_vm_readv) as reader:
             proc.areas = [
-                self._sample_area(mem, area, e, incremental, changes)
+                self._sample_area(reader, area, e, incremental, changes)
                 for area, e in zip(areas, entries, strict=True)
             ]
-        finally:
-            os.close(mem)
         self._write_changes(t, pid, changes)
 
     def _pagemap(self, real: int, mapped: Ranges) -> list[npt.NDArray[np.uint64]]:
@@ -677,7 +680,7 @@ class Recorder:
 
     def _sample_area(
         self,
-        mem: int,
+        reader: procfs.MemoryReader,
         area: _Area,
         entries: npt.NDArray[np.uint64],
         incremental: bool,
@@ -703,7 +706,7 @@ class Recorder:
         pending[known_zero | (~present & ~swapped)] = False
         to_read = np.flatnonzero(need & ~known_zero)
         if len(to_read):
-            index, values = self._read(mem, area.start, to_read)
+            index, values = self._read(reader, area.start, to_read)
             pending[to_read] = True  # until read: a page that could not be read stays pending
             pending[index] = False
             on_zero = np.zeros(len(index), dtype=bool)
@@ -727,44 +730,43 @@ class Recorder:
         return _Area(area.start, area.end, fps, state, frame, pending)
 
     def _read(
-        self, mem: int, base: int, pages: npt.NDArray[np.intp]
+        self, reader: procfs.MemoryReader, base: int, pages: npt.NDArray[np.intp]
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]:
         """Read and fingerprint ``pages`` (page indices from ``base``, sorted); the indices
         that could be read and their fingerprints."""
         page = self.page
         got_index: list[npt.NDArray[np.intp]] = []
         got_fps: list[npt.NDArray[np.uint64]] = []
-        filled = 0
-        held: list[npt.NDArray[np.intp]] = []
-
-        def flush() -> None:
-            nonlocal filled
-            if filled:
-                data = self._view[: filled * page]
-                got_fps.append(fingerprint_pages(data, page, self._pages))
-                got_index.append(np.concatenate(held))
-                held.clear()
-                filled = 0
-
         mask = np.zeros(int(pages[-1]) + 1, dtype=bool)
         mask[pages] = True
-        for lo, hi in _mask_runs(mask):
-            k = lo
-            while k < hi:
-                if filled == READ_PAGES:
-                    flush()
-                count = min(hi - k, READ_PAGES - filled)
-                target = self._view[filled * page : (filled + count) * page]
-                done = procfs.read_memory(mem, base + k * page, target) // page
-                if done:
-                    held.append(np.arange(k, k + done, dtype=np.intp))
-                    filled += done
-                if done < count:
-                    self.summary.unreadable_pages += 1
-                    k += done + 1  # the page at k + done cannot be read: keep its state
-                else:
-                    k += count
-        flush()
+        work = collections.deque(_mask_runs(mask))
+        while work:
+            batch: list[tuple[int, int]] = []  # (first page, pages)
+            room = READ_PAGES
+            while work and room and len(batch) < procfs.IOV_MAX:
+                lo, hi = work.popleft()
+                take = min(hi - lo, room)
+                batch.append((lo, take))
+                if lo + take < hi:
+                    work.appendleft((lo + take, hi))
+                room -= take
+            done = reader.read([(base + lo * page, n * page) for lo, n in batch]) // page
+            firsts = np.array([lo for lo, _ in batch], dtype=np.intp)
+            counts = np.array([n for _, n in batch], dtype=np.intp)
+            offsets = np.cumsum(counts) - counts
+            index = np.repeat(firsts - offsets, counts) + np.arange(int(counts.sum()))
+            if done:
+                got_fps.append(fingerprint_pages(self._view[: done * page], page, self._pages))
+                got_index.append(index[:done])
+            if done < len(index):
+                # The page after those read cannot be read: it keeps its state; the
+                # pages after it are read again.
+                self.summary.unreadable_pages += 1
+                rest = index[done + 1 :]
+                if len(rest):
+                    again = np.zeros(int(rest[-1]) + 1, dtype=bool)
+                    again[rest] = True
+                    work.extendleft(reversed(_mask_runs(again)))
         self.summary.pages_read += sum(len(i) for i in got_index)
         if not got_index:
             return np.zeros(0, np.intp), np.zeros(0, np.uint64)
@@ -778,6 +780,9 @@ class Recorder:
         for addr, n in changes.reads:
             w.read(t, pid, addr, n * page)
         for addr, fps in changes.writes:
+            if len(fps) == 1:
+                w.write(t, pid, addr, page, int(fps[0]))
+                continue
             for j in range(0, len(fps), WRITE_PAGES):
                 chunk = fps[j : j + WRITE_PAGES]
                 content: int | npt.NDArray[np.uint64] = (
