@@ -245,7 +245,9 @@ class _Activity:
     """Counts of the writes up to a moment.
 
     :ivar first_write_t: ``t`` of the first write (None before it).
-    :ivar rewritten: pages written while they held written content.
+    :ivar rewritten: pages written while they held written content, after the
+        first write's instant (at that instant a trace builds its memory: a
+        recording's forked children differ from their parent there).
     :ivar later: pages written after the first write's instant.
     :ivar later_zero: of those, pages written as zeros.
     """
@@ -364,7 +366,8 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         ``shared_pages`` and ``shared_percent`` (non-zero pages whose content
         some other process holds too), ``activity_s`` (seconds from the
         write), ``rewritten_pages`` (pages written while they held written
-        content), ``dirty_pages_per_s`` (those per process and second),
+        content, after the first write's instant), ``dirty_pages_per_s``
+        (those per process and second),
         ``dirty_zero_percent`` (the share of zeros among the pages written
         after the first write's instant) and ``ksm_settings`` (every knob as
         in force then)).
@@ -417,6 +420,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             fingerprints.update(np.unique(column).tolist())
             values = column.tolist()
             columns = zip(
+                event.t.tolist(),
                 event.pid.tolist(),
                 event.addr.tolist(),
                 event.len.tolist(),
@@ -425,13 +429,14 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 event.fp_end.tolist(),
                 strict=True,
             )
-            for pid, addr, length, fill, lo, hi in columns:
+            for when, pid, addr, length, fill, lo, hi in columns:
                 proc = procs[pid]
                 first = addr >> shift
                 value = values[lo] if fill or hi - lo == 1 else column[lo:hi]
                 before = proc.written.pages
                 proc.written.put(first, first + (length >> shift), value)
-                activity.rewritten += (length >> shift) - (proc.written.pages - before)
+                if when > activity.first_write_t:
+                    activity.rewritten += (length >> shift) - (proc.written.pages - before)
                 note(pid, proc)
             continue
         ops[event.op] += 1
@@ -458,10 +463,10 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 fingerprints.add(content)
                 zeros = count if content == 0 else 0
             zero_pages += zeros
-            activity.rewritten += count - (proc.written.pages - before)
             if activity.first_write_t is None:
                 activity.first_write_t = event.t
             elif event.t > activity.first_write_t:
+                activity.rewritten += count - (proc.written.pages - before)
                 activity.later += count
                 activity.later_zero += zeros
             note(event.pid, proc)
