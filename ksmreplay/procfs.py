@@ -211,9 +211,11 @@ class Mapping:
             return "shared"
         if path in _SPECIAL:
             return "special"
+        if "io" in self.flags or "pf" in self.flags:
+            return "device"
         if path == "/dev/zero" or (self.inode == 0 and _anonymous_name(path)):
             return "inaccessible" if self.perms[:3] == "---" else "anonymous"
-        if "io" in self.flags or "pf" in self.flags or path.startswith("/dev/"):
+        if path.startswith("/dev/"):
             return "device"
         if self.inode != 0 or path.startswith("/") or path.startswith("memfd:"):
             return "file"
@@ -325,7 +327,8 @@ def read_kpageflags(pfns: Iterable[int]) -> dict[int, int]:
     return flags
 
 
-def _address_of(area: mmap.mmap) -> int:
+def address_of(area: mmap.mmap) -> int:
+    """The address of ``area``'s first byte in this process."""
     holder = ctypes.c_char.from_buffer(area)
     try:
         return ctypes.addressof(holder)
@@ -342,7 +345,7 @@ def zero_pfn(page_size: int) -> int:
     area = mmap.mmap(-1, page_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         _ = area[0]  # a read fault maps the zero page
-        entry = int(read_pagemap(os.getpid(), _address_of(area), 1, page_size)[0])
+        entry = int(read_pagemap(os.getpid(), address_of(area), 1, page_size)[0])
     finally:
         area.close()
     if not entry & PM_PRESENT or not entry & PM_PFN_MASK:
@@ -564,7 +567,7 @@ def _test_soft_dirty() -> bool:
     area = mmap.mmap(-1, page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         area[0] = 1
-        addr = _address_of(area)
+        addr = address_of(area)
         fd = open_proc(os.getpid(), "pagemap")
         try:
             clear_soft_dirty(os.getpid())
