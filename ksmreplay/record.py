@@ -987,6 +987,10 @@ def _record(
                 "(the summary at the end gives the interval achieved)"
             )
         t = now
+    if child is not None and not recorder.procs:
+        # Its memory is gone: it is exiting, and its status is a moment away.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(5)
     writer.flush()
     summary.duration_ns = t
     summary.events = writer.events
