@@ -827,6 +827,7 @@ def _record_summary(summary: RecordSummary, output: str) -> list[str]:
     """The closing lines of ``record`` (without their brackets)."""
     where = "stdout" if output == "-" else output
     samples = "sample" if summary.samples == 1 else "samples"
+    processes = "process" if summary.processes == 1 else "processes"
     achieved = summary.achieved_interval_ns
     timing = f"interval {_seconds(summary.interval_ns)} asked"
     if achieved is not None:
@@ -836,7 +837,7 @@ def _record_summary(summary: RecordSummary, output: str) -> list[str]:
     if summary.freeze:
         how += f", processes frozen while read ({summary.freeze})"
     lines = [
-        f"{summary.samples} {samples} of {summary.processes} processes over "
+        f"{summary.samples} {samples} of {summary.processes} {processes} over "
         f"{_seconds(summary.duration_ns)}; {timing}",
         f"{summary.pages_read} pages read ({how}); at most {summary.max_present_pages} "
         "pages recorded at once",
