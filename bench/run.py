@@ -11,8 +11,8 @@ Every trace is generated here, deterministically, into a temporary directory:
   through ``ksmreplay run --mode unshare`` (decoding, the fault path, ksmd,
   the report); events per second.
 
-Both are measured with the accelerator (``ksmreplay.accel``, when it can be
-built here) and without it (``KSMREPLAY_ACCEL=0``: the pure-Python reader
+Both are measured with the native core (``ksmreplay.native``, when it was
+built here) and without it (``KSMREPLAY_NATIVE=0``: the pure-Python reader
 and the numpy fault path), rows marked ``accel`` and ``pure``; ``--no-accel``
 measures the other rows without it (marked ``pure``).
 * ``steady``: N mergeable pages (default 200,000) in 4 processes, 1,000
@@ -342,7 +342,7 @@ def child(kind: str, path: str) -> None:
 def measure(kind: str, path: Path, runs: int, pages: int, accel: bool = True) -> dict[str, Any]:
     import os
 
-    from ksmreplay.accel import ENV
+    from ksmreplay.native import ENV
 
     env = {**os.environ, ENV: "1" if accel else "0"}
     results = []
@@ -585,7 +585,7 @@ def main() -> None:
     import os
 
     import ksmreplay
-    from ksmreplay.accel import build_accelerator
+    from ksmreplay.native import native
     from ksmreplay.render import plain_table
 
     compileall.compile_dir(Path(ksmreplay.__file__).parent, quiet=1)
@@ -607,8 +607,8 @@ def main() -> None:
                     generate(str(path), args.events)
                 name = f"{kind}-{args.events // 1000}k" + (" (run)" if kind == "events" else "")
                 for both, label in ((True, "accel"), (False, "pure")):
-                    if both and build_accelerator() is None:
-                        notes.append("accelerator: cannot be built here (no C compiler?)")
+                    if both and native() is None:
+                        notes.append("native core: not built at install (no C compiler?)")
                         continue
                     r = measure("read" if kind == "read" else "cli", path, args.runs, 0, both)
                     rows.append(row(f"{name}, {label}", args.runs, r, False))

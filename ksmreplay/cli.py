@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ksmreplay import __version__, signals
+from ksmreplay import __version__, native, signals
 from ksmreplay.diff import diff_reports, load_report, render_differences
 from ksmreplay.errors import ExitStatus, KsmreplayError, Stopped
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
-from ksmreplay.replay import MODE_CHOICES, expand_modes, replay
+from ksmreplay.replay import MODE_CHOICES, expand_modes, replay_spooled
+from ksmreplay.report import close_spools
 from ksmreplay.synth import (
     FIT_WORKLOADS,
     WORKLOAD_NAMES,
@@ -113,6 +114,18 @@ def _exit_status(exc: BaseException, debug: bool) -> int:
     raise exc
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"ksmreplay {__version__}\nengine: {native.engine()}")
+        ctx.exit()
+
+
+def _engine_notice() -> None:
+    """Say once on stderr when the scalar path runs because the native core was not built."""
+    if native.native() is None and not native.disabled():
+        _error(f"note: engine: {native.engine()}; replays are much slower")
+
+
 class _Cli(click.Group):
     """The command group; every run of it ends through :func:`_exit_status`."""
 
@@ -155,8 +168,13 @@ class _Cli(click.Group):
     cls=_Cli,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(
-    __version__, "--version", prog_name="ksmreplay", message="%(prog)s %(version)s"
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and the engine in use (native core or scalar), and exit.",
 )
 @click.option("--debug", is_flag=True, help="Show a traceback with every error.")
 @click.pass_context
@@ -165,12 +183,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Exit statuses: 0 ok, 1 differences (diff), 2 bad usage, 3 invalid trace,
     4 I/O error, 5 live kernel unusable, 6 not enough memory for the replay;
-    128+N stopped by signal N (130 Ctrl-C,
-    143 SIGTERM, 129 SIGHUP, 141 output pipe closed).
+    128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, 141
+    output pipe closed).
 
-    Large traces are read and replayed faster by a small C accelerator built
-    on first use with the C compiler (cached in ~/.cache/ksmreplay);
-    KSMREPLAY_ACCEL=0 does without it (same results, slower).
+    Traces are read and replayed by a native core built at install
+    (`ksmreplay --version` names the engine in use); KSMREPLAY_NATIVE=0 does
+    without it (the same results, much slower).
     """
     ctx.meta[_DEBUG] = debug
 
@@ -236,6 +254,7 @@ def validate(ctx: click.Context, traces: Sequence[str]) -> None:
     Example:
         ksmreplay validate traces/*.msgpack
     """
+    _engine_notice()
     status = ExitStatus.OK
     for path in traces:
         try:
@@ -348,6 +367,7 @@ def inspect(trace: str, fmt: str) -> None:
     Example:
         ksmreplay inspect trace.msgpack --format json
     """
+    _engine_notice()
     with open_trace(trace) as reader:
         info = inspect_trace(reader)
     text = json.dumps(info, indent=2) + "\n" if fmt == "json" else _inspect_table(info)
@@ -380,6 +400,7 @@ def convert(source: str, target: str, form: str | None) -> None:
         ksmreplay convert trace.msgpack trace.jsonl
         ksmreplay convert trace.jsonl - --to msgpack | ksmreplay validate -
     """
+    _engine_notice()
     if form is None:
         if target == "-":
             raise click.UsageError("--to is required when OUT is '-'")
@@ -514,13 +535,14 @@ def run(
         ksmreplay run trace.msgpack --mode all --format json -o report.json
         ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
     """
+    _engine_notice()
     chosen = expand_modes(modes)
     progress = _progress_callback(trace)
     try:
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
         with open_trace(trace, validate_first=True) as reader:
-            report = replay(
+            report = replay_spooled(
                 reader,
                 chosen,
                 settings or None,
@@ -530,8 +552,11 @@ def run(
     finally:
         if progress is not None:
             _progress_line("")
-    with open_text_output(output) as out:
-        render(report, fmt, out)
+    try:
+        with open_text_output(output) as out:
+            render(report, fmt, out)
+    finally:
+        close_spools(report)
 
 
 @cli.command("exec")

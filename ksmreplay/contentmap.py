@@ -14,8 +14,8 @@ its columns: each slot carries the generation that filled it, and
 tombstone (value :data:`DELETED`) until the next generation or growth, so
 probe sequences are never cut.
 
-With the accelerator, ``accel/contentmap.c`` walks the probe sequences of a
-column of keys; the entries are the same either way.
+With the native core, ``contentmap.c`` walks the probe sequences of a column
+of keys; the entries are the same either way.
 """
 
 from __future__ import annotations
@@ -25,26 +25,15 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import accelerator
+from ksmreplay.native import SLOT, SLOT_ABSENT, SLOT_DELETED, native
 
 IntArray = npt.NDArray[np.int64]
 Keys = npt.NDArray[np.uint64]
 
-ABSENT = -1
+ABSENT = SLOT_ABSENT
 """What :meth:`ContentMap.find` gives for a key not in the map."""
-DELETED = -2
+DELETED = SLOT_DELETED
 """The value of a tombstone."""
-
-SLOT = np.dtype(
-    {
-        "names": ["key", "val", "gen"],
-        "formats": [np.uint64, np.int64, np.uint32],
-        "offsets": [0, 8, 16],
-        "itemsize": 24,
-    }
-)
-"""One slot of the table: ``struct slot`` of ``accel/slot.h``, field for field
-(key, value and generation side by side: a probe reads one cache line)."""
 
 _MULT = 0x9E3779B97F4A7C15
 """Fibonacci hashing: the top bits of ``key * _MULT`` (mod 2**64) pick the slot."""
@@ -54,11 +43,11 @@ _MASK64 = (1 << 64) - 1
 class ContentMap:
     """``uint64`` key -> non-negative ``int64`` value; see the module docstring."""
 
-    __slots__ = ("_bits", "_fast", "_gen", "_keys", "_len", "_now", "_table", "_taken", "_vals")
+    __slots__ = ("_bits", "_gen", "_keys", "_len", "_native", "_now", "_table", "_taken", "_vals")
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
-        self._fast = accelerator()  # (chosen once: the environment is slow to read)
+        self._native = native()  # (chosen once: the environment is slow to read)
         self._new_table()
         self._now = 1
         """The current generation: a slot is occupied when its ``_gen`` equals it."""
@@ -145,9 +134,9 @@ class ContentMap:
         out = np.full(len(keys), ABSENT, np.int64)
         if self._len == 0 or len(keys) == 0:
             return out
-        fast = self._fast
-        if fast is not None:
-            return fast.map_find(keys, self._bits, self._table, self._now)
+        native = self._native
+        if native is not None:
+            return native.map_find(keys, self._bits, self._table, self._now)
         mask = (1 << self._bits) - 1
         slots = self._slots(keys)
         todo = np.arange(len(keys))
@@ -170,9 +159,9 @@ class ContentMap:
         self.reserve(n)
         self._len += n
         self._taken += n
-        fast = self._fast
-        if fast is not None:
-            fast.map_insert(keys, values, self._bits, self._table, self._now)
+        native = self._native
+        if native is not None:
+            native.map_insert(keys, values, self._bits, self._table, self._now)
             return
         mask = (1 << self._bits) - 1
         slots = self._slots(keys)
@@ -193,7 +182,7 @@ class ContentMap:
 
     def table(self) -> tuple[npt.NDArray[np.void], int, int]:
         """The slots (:data:`SLOT`), bits and current generation, for the
-        accelerator's own lookups and inserts (see :meth:`added`)."""
+        native core's own lookups and inserts (see :meth:`added`)."""
         return self._table, self._bits, self._now
 
     def added(self, n: int) -> None:

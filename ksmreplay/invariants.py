@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ksmreplay.errors import InvariantError
-from ksmreplay.ksm import CHAIN_ENTRY, NONE, STABLE, UNSTABLE, Chain, Ksmd
-from ksmreplay.vm import MM, PTE_KSM_ZERO, PTE_ZERO, Memory
+from ksmreplay.ksm import NONE, STABLE, UNSTABLE, Chain, Ksmd
+from ksmreplay.native import CHAIN_ENTRY, PTE_KSM_ZERO, PTE_ZERO
+from ksmreplay.vm import MM, Memory
 
 if TYPE_CHECKING:
     from ksmreplay.engine import Engine

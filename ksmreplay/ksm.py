@@ -29,19 +29,19 @@ at a full-scan boundary:
   page, or is the very same frame (fork), the lookup aborts and the current
   page stays volatile this pass (``unstable_tree_search_insert()``'s aborts).
 * Merges never fail (no page locks, no extra references, no THP).
-* A batch runs at one instant of trace time; visits whose outcome cannot
-  depend on earlier visits of the same batch are applied in bulk, a window
-  of page-table chunks at a time (:meth:`Ksmd._scan_window`): a KSM page
-  already linked to its item, smart_scan's decisions, checksum updates,
-  zero-page merges, and the tree work of every content that no remaining
-  visit touches (:meth:`Ksmd._window_front`, :meth:`Ksmd._bulk_visits`,
-  :meth:`Ksmd._bulk_trees`).
-  Only the rest goes through the address-ordered loop, one visit at a time;
-  both give the same state, as the tests check against a one-at-a-time
-  reference model.  With the accelerator, ``visit.c`` runs that loop over
-  every listed visit instead, and hands the rare outcomes it does not do
-  (a new KSM page, a chain, a stale node) back to the Python code
-  (:meth:`Ksmd._visit_listed`).
+* A batch runs at one instant of trace time.
+
+The scan is written twice: here, page by page as the kernel walks
+(:meth:`Ksmd._walk_window`, :meth:`Ksmd._should_skip`,
+:meth:`Ksmd._cmp_and_merge`: the place where a KSM rule is read and a new
+mode prototyped), and in the native core, a window of page-table chunks at a
+time: ``window.c`` makes smart_scan's decisions and counts the visits that
+change nothing (:meth:`Ksmd._window_front`), ``visit.c`` does the common
+visits in address order and hands the rare outcomes it does not do (a new
+KSM page, a chain, a stale node) back to :meth:`Ksmd._cmp_and_merge`
+(:meth:`Ksmd._visit_listed`).  A mode runs the native core only if it says
+it can (``Mode.native_scan``).  Both give the same state, as the tests check
+against each other and against a one-at-a-time reference model.
 """
 
 from __future__ import annotations
@@ -55,18 +55,31 @@ from typing import NamedTuple, overload
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import Accelerator, Visited, accelerator
 from ksmreplay.arrays import charge
 from ksmreplay.contentmap import ContentMap
 from ksmreplay.modes import Mode
+from ksmreplay.native import (
+    AGE_MAX,
+    CHAIN_ENTRY,
+    CHUNK_SHIFT,
+    ITEM_COLD,
+    ITEM_HOT,
+    PTE_KSM_ZERO,
+    PTE_ZERO,
+    SEQNR_MASK,
+    STATE_NONE,
+    STATE_STABLE,
+    STATE_UNSTABLE,
+    ZERO_PAGE_FLAG,
+    Native,
+    Visited,
+    native,
+)
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
 from ksmreplay.vm import (
     CHUNK,
-    CHUNK_SHIFT,
     MM,
     NULL,
-    PTE_KSM_ZERO,
-    PTE_ZERO,
     FreeStack,
     Memory,
     PageTable,
@@ -75,11 +88,9 @@ from ksmreplay.vm import (
 WINDOW_CHUNKS = 64
 """Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
 
-NONE, UNSTABLE, STABLE = 0, 1, 2
+NONE, UNSTABLE, STABLE = STATE_NONE, STATE_UNSTABLE, STATE_STABLE
 """Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
 
-SEQNR_MASK = 0xFF
-AGE_MAX = 255
 END = 1 << 62
 """A page number beyond every mapping."""
 
@@ -87,7 +98,7 @@ IntArray = npt.NDArray[np.int64]
 
 
 class WalkResult(Enum):
-    """What the v6 page walk finds at an address (an enum, as the review asked)."""
+    """What the v6 page walk finds at an address."""
 
     NORMAL_PAGE = 1
     """An ordinary or KSM anonymous page: the item is visited."""
@@ -97,28 +108,10 @@ class WalkResult(Enum):
     """No page, or the VMA is gone or not mergeable: items there are freed."""
 
 
-ZERO_PAGE_FLAG = 0x400
-"""The v6 item flag, beside UNSTABLE_FLAG (0x100) and STABLE_FLAG (0x200)."""
-
-
 def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """The v6 flag-clearing helper as the review fixed it: only ZERO_PAGE_FLAG goes."""
+    """The v6 flag-clearing helper: only ZERO_PAGE_FLAG goes (the other flags stay)."""
     cleared: npt.NDArray[np.uint16] = flags & np.uint16(0xFFFF & ~ZERO_PAGE_FLAG)
     return cleared
-
-
-def _among(values: npt.NDArray[np.uint64], pool: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-    """Which ``values`` occur in ``pool`` (``numpy.isin``, cheaper for these sizes)."""
-    found: npt.NDArray[np.bool_]
-    if len(values) <= 32:
-        found = (pool[:, None] == values).any(axis=0)
-    elif len(pool) <= 32:
-        found = (values[:, None] == pool).any(axis=1)
-    else:
-        ordered = np.sort(pool)
-        at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
-        found = ordered[at] == values
-    return found
 
 
 def _write_back(views: list[IntArray], flat: IntArray) -> None:
@@ -130,28 +123,6 @@ def _write_back(views: list[IntArray], flat: IntArray) -> None:
     for v in views:
         v[:] = flat[at : at + len(v)]
         at += len(v)
-
-
-ITEM_HOT = np.dtype(
-    {
-        "names": ["node", "age", "skips", "state", "seq"],
-        "formats": [np.int32, np.uint8, np.uint8, np.int8, np.uint8],
-        "offsets": [0, 4, 5, 6, 7],
-        "itemsize": 8,
-    }
-)
-"""The fields of an item a scan's walk reads at every page: ``struct item_hot``
-of ``accel/item.h``, field for field."""
-
-ITEM_COLD = np.dtype(
-    {
-        "names": ["checksum", "page", "slot", "flags", "checked"],
-        "formats": [np.uint64, np.int64, np.int32, np.uint16, np.bool_],
-        "offsets": [0, 8, 16, 20, 22],
-        "itemsize": 24,
-    }
-)
-"""The other fields of an item: ``struct item_cold`` of ``accel/item.h``."""
 
 
 class ItemTable:
@@ -299,7 +270,7 @@ class NodeColumns:
 
     A node's hlist is a doubly linked list of its items (``ItemTable.hnext``
     and ``hprev``) from ``head``, ``size`` long (``rmap_hlist_len``); its
-    order is never observed.  Columns, so that the accelerator (``visit.c``)
+    order is never observed.  Columns, so that the native core (``visit.c``)
     links and unlinks items itself.
     """
 
@@ -321,10 +292,6 @@ class NodeColumns:
         self.frame[first:end] = frames
         self.size[first:end] = 0
         self.head[first:end] = NULL
-
-
-CHAIN_ENTRY = 1 << 62
-"""The stable tree's index value for a chain (a plain node's is its id)."""
 
 
 class StableTree:
@@ -409,21 +376,19 @@ class Front(NamedTuple):
     """What :meth:`Ksmd._window_front` found in a window (positions index the window).
 
     Listed are the positions that need more than counting: a page without
-    an item, a skipped item in a tree, and every visit but that of a KSM page
-    linked to its item (and, in the v6 design, not flagged).  A skipped item
-    in an earlier pass's unstable tree is unlinked by the front itself (that
-    changes its state and ``pages_unshared`` only), and not listed.
+    an item, a skipped item in a tree, a stale item (an item where no page is
+    any more), and every visit but that of a KSM page linked to its item.  A
+    skipped item in an earlier pass's unstable tree is unlinked by the front
+    itself (that changes its state and ``pages_unshared`` only), and not listed.
     """
 
     pos: IntArray
     """Listed positions, ascending."""
     cum: IntArray
     """Visits of the window up to and including each listed position."""
-    skip: npt.NDArray[np.bool_] | npt.NDArray[np.uint8]
-    """Whether smart_scan skipped each listed position; in a merged front
-    (``window.c``'s, for ``visit.c``) the stale positions are listed too, and
-    this is their kind: ``accel.LISTED_VISIT``, ``LISTED_SKIPPED`` or
-    ``LISTED_STALE``."""
+    kind: npt.NDArray[np.uint8]
+    """What each listed position is: ``native.LISTED_VISIT``, ``LISTED_SKIPPED``
+    or ``LISTED_STALE``."""
     stale: IntArray
     """Positions before :attr:`last` with an item but no page."""
     visits: int
@@ -457,8 +422,8 @@ class Ksmd:
     """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
-    lets the advisor write ``pages_to_scan``.  The scan uses the accelerator
-    if there is one when it is made (``KSMREPLAY_ACCEL``).
+    lets the advisor write ``pages_to_scan``.  The scan uses the native core
+    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode can use it.
     """
 
     def __init__(
@@ -471,7 +436,8 @@ class Ksmd:
         self.knob = knob
         self.set_pages_to_scan = set_pages_to_scan
         self.mem = Memory(self._ksm_pages_freed)
-        self.fast = accelerator()
+        self.native = native() if mode.native_scan else None
+        """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
         self.c = Counters()
         self.slots: list[Slot] = []
@@ -845,31 +811,6 @@ class Ksmd:
             row = int(nxt[row])
         return rows
 
-    def _link(self, rows: IntArray, nids: IntArray) -> None:
-        """Add the items ``rows`` (distinct, unlinked) to the hlists of nodes ``nids``
-        (``stable_tree_append()`` for the hlists; the caller does the rest)."""
-        it, cols = self.items, self.node_cols
-        order = np.argsort(nids, kind="stable")
-        r, n = rows[order], nids[order]
-        first = np.ones(len(r), np.bool_)
-        first[1:] = n[1:] != n[:-1]
-        last = np.ones(len(r), np.bool_)
-        last[:-1] = first[1:]
-        # Each node's new items, in a row, before its old ones.
-        old = cols.head[n[last]]
-        nxt = np.empty(len(r), np.int64)
-        nxt[:-1] = r[1:]
-        nxt[last] = old
-        prv = np.empty(len(r), np.int64)
-        prv[1:] = r[:-1]
-        prv[first] = NULL
-        it.hnext[r] = nxt
-        it.hprev[r] = prv
-        it.hprev[old[old >= 0]] = r[last][old >= 0]
-        cols.head[n[first]] = r[first]
-        starts = np.flatnonzero(first)
-        cols.size[n[first]] += np.diff(starts, append=len(r)).astype(np.int32)
-
     def remove_all_stable_nodes(self) -> bool:
         """``remove_all_stable_nodes()``: drop the nodes whose page is gone; True if some remain."""
         remain = False
@@ -1006,18 +947,16 @@ class Ksmd:
 
         ``segs`` are ``PageTable.runs()`` of the mm.  The runs' PTEs and
         item-map entries are flat arrays (``ptes``, ``imap``, indexed by
-        position in the window, ``pages`` giving each position's page), so
-        that the bulk work below costs a few numpy calls per window rather
-        than per 512 pages.  A window of one run (the rule) works on the page
-        table and item map themselves; a window of several gathers copies,
-        and writes the item map back before any visit and the PTEs changed in
-        bulk back before the address-ordered loop, which works on the page
-        table itself.
+        position in the window, ``pages`` giving each position's page).  A
+        window of one run (the rule) works on the page table and item map
+        themselves; a window of several gathers copies, and writes the item
+        map back (and, with the native core, the PTEs it changes).  The walk
+        is :meth:`_walk_window`'s, or the native core's (:meth:`_window_front`
+        then :meth:`_visit_listed`).
 
         Returns the visits made and, if the budget ran out, the page of the
         last visit (the cursor stops right after it).
         """
-        mm = slot.mm
         pages: IntArray | _Pages
         if len(segs) == 1:
             lo, hi, ptes = segs[0]  # the page table itself: nothing to write back
@@ -1040,35 +979,30 @@ class Ksmd:
         for (lo, hi, _v), (first, last) in zip(segs, keys, strict=True):
             imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
-        v6 = self.mode.flags_zero_page_items
-        fast = None if v6 else self.fast  # (visit.c: not the v6 design's flags)
-        front = self._window_front(ptes, imap, budget, merge=fast is not None)
+        if self.native is None:
+            return self._walk_window(slot, ptes, imap, imap_views, pages, budget)
+        front = self._window_front(self.native, ptes, imap, budget)
         if front is None:
             return 0, None
-        fr, it, c = self.mem.frames, self.items, self.c
+        it, c = self.items, self.c
         stop = int(pages[front.last]) if front.stopped else None
         # get_next_rmap_item(): free the stale items the walk passes.
         self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
         self.cursor_item_page = int(pages[front.last]) + 1
         stale = front.stale
-        if v6 and len(stale):
-            # v6: a flagged item at a zero page is kept (WalkResult.ZERO_PAGE).
-            at_zero = (ptes[stale] == PTE_ZERO) | (ptes[stale] == PTE_KSM_ZERO)
-            stale = stale[~(at_zero & it.flagged(imap[stale]))]
-        pos, skip, cum = front.pos, front.skip, front.cum
-        rows = imap[pos]
+        rows = imap[front.pos]
         stale_rows = imap[stale]
         imap[stale] = NULL
         new = np.flatnonzero(rows < 0)
         if len(new):
-            at = pos[new]
+            at = front.pos[new]
             fresh = it.alloc(slot.id, pages[at])
             rows[new] = fresh
             imap[at] = fresh
             slot.rmap_items += len(new)
             c.rmap_items += len(new)
             if self.knob("smart_scan"):
-                it.age[fresh[~fr.ksm[ptes[at]]]] = 1  # skip_age() of a first visit
+                it.age[fresh[~self.mem.frames.ksm[ptes[at]]]] = 1  # skip_age() of a first visit
         if (len(new) or len(stale)) and len(imap_views) > 1:
             _write_back(imap_views, imap)
         c.pages_skipped += front.skipped
@@ -1076,62 +1010,117 @@ class Ksmd:
         visits = front.visits
         c.pages_scanned += visits
         self.cpu_ns += batch_cost_ns(visits)
-        if fast is not None:
-            self._visit_listed(fast, slot, segs, ptes, pages, front, rows, stale_rows)
-            return visits, stop
-        frames = ptes[pos]
-        is_ksm = fr.ksm[frames]
-        visit = ~skip
-        if v6:
-            # v6: a flagged item visited with a normal page there loses its flag.
-            cleared = rows[visit & it.flagged(rows)]
-            if len(cleared):
-                self._clear_zero(slot, cleared)
-        # What can be done in bulk: visits of KSM pages already linked to their
-        # item change nothing but pages_scanned, and unlinking volatile or
-        # unstable items only moves pages_unshared.  Unlinking a stable item
-        # can change a node's sharing-candidacy for a later visit, so stale and
-        # skipped stable items are handled in address order with the visits.
-        stale_stable = it.state[stale_rows] == STABLE
-        self._free_rows(slot, stale_rows[~stale_stable])
-        skipped_stable = skip & (it.state[rows] == STABLE)
-        self._unlink_rows(rows[skip & ~skipped_stable])
-        linked = visit & is_ksm & (it.state[rows] == STABLE) & (it.node[rows] == fr.node[frames])
-        sequential = visit & ~linked
-        if sequential.any():
-            sequential, changed = self._bulk_visits(
-                slot,
-                ptes,
-                pos,
-                frames,
-                rows,
-                is_ksm,
-                sequential,
-                skipped_stable,
-                stale_rows[stale_stable],
-            )
-            if changed and len(segs) > 1:
-                _write_back([v for _lo, _hi, v in segs], ptes)
-        work = np.flatnonzero(sequential | skipped_stable)
-        if len(work) or stale_stable.any():
-            order = np.concatenate([pos[work], stale[stale_stable]])
-            kinds = np.concatenate([work, -1 - np.flatnonzero(stale_stable)])
-            for j in np.argsort(order, kind="stable"):
-                k = int(kinds[j])
-                if k < 0:
-                    self._free_rows(slot, stale_rows[[-1 - k]])
-                elif skip[k]:
-                    self.unlink(int(rows[k]))
-                else:
-                    page = int(pages[pos[k]])
-                    view = mm.pt.chunk(page >> CHUNK_SHIFT)
-                    self._tick(self._window_visits + int(cum[k]))
-                    self._cmp_and_merge(slot, int(rows[k]), view, page & (CHUNK - 1), page)
+        self._visit_listed(self.native, slot, segs, ptes, pages, front, rows, stale_rows)
         return visits, stop
+
+    def _walk_window(
+        self,
+        slot: Slot,
+        ptes: IntArray,
+        imap: IntArray,
+        imap_views: list[IntArray],
+        pages: IntArray | _Pages,
+        budget: int,
+    ) -> tuple[int, int | None]:
+        """The window page by page, as ``scan_get_next_rmap_item()`` walks an mm.
+
+        The scalar ksmd, and the place where a KSM rule is read: for each
+        present page in address order, the items of the pages passed that are
+        no longer present are freed (``get_next_rmap_item()``; in the v6
+        design a flagged item at a zero page is kept), the page's item is
+        found or made, smart_scan may skip it (:meth:`_should_skip`), and
+        otherwise it is visited (:meth:`_cmp_and_merge`), until ``budget``
+        visits were made.  Used without the native core, and for the modes it
+        does not know (``Mode.native_scan``); the native core does the same
+        (``window.c``, ``visit.c``, handing back to :meth:`_cmp_and_merge`).
+        Visits change only their own page's PTE and earlier ones (a merge
+        partner was visited before), so ``ptes`` holds every page's PTE at the
+        time the walk reaches it; the visits themselves work on the page table.
+        """
+        present = np.flatnonzero(ptes >= 0)
+        if len(present) == 0:
+            return 0, None
+        mm, it, c, fr = slot.mm, self.items, self.c, self.mem.frames
+        smart = bool(self.knob("smart_scan"))
+        v6 = self.mode.flags_zero_page_items
+        self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
+        visits = 0
+        last = int(present[-1])
+        stop = None
+        imap_changed = False
+        # Items at pages that are not present are stale, freed as the walk
+        # passes them (a visit never gives a later page an item or a PTE).
+        stale = np.flatnonzero((ptes < 0) & (imap >= 0)).tolist()
+        s = 0
+        for p in present.tolist():
+            # Items of the pages passed since the last present page are stale.
+            while s < len(stale) and stale[s] < p:
+                q = stale[s]
+                s += 1
+                row = int(imap[q])
+                if row < 0:
+                    continue
+                if v6 and ptes[q] in (PTE_ZERO, PTE_KSM_ZERO) and it.flagged(np.array([row]))[0]:
+                    continue  # v6: a flagged item at a zero page stays (WalkResult.ZERO_PAGE)
+                self._free_rows(slot, np.array([row], np.int64))
+                imap[q] = NULL
+                imap_changed = True
+            row = int(imap[p])
+            frame = int(ptes[p])
+            if row < 0:
+                row = int(it.alloc(slot.id, np.array([pages[p]], np.int64))[0])
+                imap[p] = row
+                imap_changed = True
+                slot.rmap_items += 1
+                c.rmap_items += 1
+            if smart and self._should_skip(row, bool(fr.ksm[frame])):
+                continue
+            visits += 1
+            page = int(pages[p])
+            self._tick(self._window_visits + visits)
+            if v6 and it.flagged(np.array([row]))[0]:
+                # v6: a flagged item visited with a normal page there loses its flag.
+                self._clear_zero(slot, np.array([row], np.int64))
+            view = mm.pt.chunk(page >> CHUNK_SHIFT)
+            self._cmp_and_merge(slot, row, view, page & (CHUNK - 1), page)
+            if visits == budget:
+                last, stop = p, page
+                break
+        self.cursor_item_page = int(pages[last]) + 1
+        if imap_changed and len(imap_views) > 1:
+            _write_back(imap_views, imap)
+        c.pages_scanned += visits
+        self.cpu_ns += batch_cost_ns(visits)
+        return visits, stop
+
+    def _should_skip(self, row: int, is_ksm: bool) -> bool:
+        """``should_skip_rmap_item()`` with smart_scan on, for the item of a present page.
+
+        A KSM page is never skipped.  Otherwise the item ages (up to 255); an
+        item younger than 3 passes is never skipped; else, with no skips left,
+        it gets ``skip_age()`` more and is visited, and with some left one is
+        used: the page is skipped and its item leaves its tree.
+        """
+        if is_ksm:
+            return False
+        it = self.items
+        age = int(it.age[row])
+        if age != AGE_MAX:
+            it.age[row] = age + 1
+        if age < 3:
+            return False
+        left = int(it.skips[row])
+        if left == 0:
+            it.skips[row] = 1 if age <= 3 else 2 if age <= 5 else 4 if age <= 8 else 8
+            return False
+        it.skips[row] = left - 1
+        self.c.pages_skipped += 1
+        self.unlink(row)  # remove_rmap_item_from_tree()
+        return True
 
     def _visit_listed(
         self,
-        fast: Accelerator,
+        core: Native,
         slot: Slot,
         segs: list[tuple[int, int, IntArray]],
         ptes: IntArray,
@@ -1151,7 +1140,7 @@ class Ksmd:
         back before a handed-back event, which works on the page table, and
         gathered again after it.
         """
-        order, kind, when = front.pos, front.skip.view(np.uint8), front.cum
+        order, kind, when = front.pos, front.kind, front.cum
         fr, it, mm = self.mem.frames, self.items, slot.mm
         copied = len(segs) > 1
         views = [v for _lo, _hi, v in segs]
@@ -1162,7 +1151,7 @@ class Ksmd:
         n, start = len(order), 0
         while start < n:
             self.unstable.reserve(n - start)
-            done = fast.visit(
+            done = core.visit(
                 start,
                 order,
                 rows,
@@ -1225,381 +1214,30 @@ class Ksmd:
         self.mem._bury(done.dead)
 
     def _window_front(
-        self, ptes: IntArray, imap: IntArray, budget: int, merge: bool = False
+        self, core: Native, ptes: IntArray, imap: IntArray, budget: int
     ) -> Front | None:
         """The present pages of a window up to the budget: smart_scan, counting, listing.
 
-        ``ptes`` and ``imap`` are the window's PTEs and item rows.  Walks the
-        present pages in address order until the ``budget``-th visit; makes
-        smart_scan's decision for each page that has an item (updating its
-        age and remaining skips, and unlinking it if it is skipped in an
-        earlier pass's unstable tree; a page without an item is never
-        skipped) and lists what needs more than counting (see :class:`Front`).  None if no
-        page is present.  The accelerator's ``window.c`` does the same in one
-        pass; ``merge`` (with the accelerator only) lists the stale positions
-        among the others.
+        ``ptes`` and ``imap`` are the window's PTEs and item rows.
+        ``window.c`` walks the present pages in address order until the
+        ``budget``-th visit; makes smart_scan's decision for each page that has
+        an item (updating its age and remaining skips, and unlinking it if it
+        is skipped in an earlier pass's unstable tree; a page without an item
+        is never skipped) and lists what needs more than counting, the stale
+        positions among them (see :class:`Front`).  None if no page is present.
         """
         fr, it = self.mem.frames, self.items
-        smart = bool(self.knob("smart_scan"))
-        fast = self.fast
-        if fast is not None:
-            found = fast.window(
-                ptes,
-                imap,
-                fr.ksm,
-                fr.node,
-                (it.hot, it.cold),
-                smart,
-                self.mode.flags_zero_page_items,
-                self.seqnr & SEQNR_MASK,
-                budget,
-                merge,
-            )
-            return None if found is None else Front(*found)
-        assert not merge
-        pos = np.flatnonzero(ptes >= 0)
-        if len(pos) == 0:
-            return None
-        frames = ptes[pos]
-        rows = imap[pos]
-        has = rows >= 0
-        is_ksm = fr.ksm[frames]
-        safe = np.where(has, rows, 0)
-        if smart:
-            age = np.where(has, it.age[safe], 0).astype(np.int64)
-            left = np.where(has, it.skips[safe], 0).astype(np.int64)
-            aging = has & ~is_ksm
-            skip = aging & (age >= 3) & (left > 0)
-        else:
-            skip = np.zeros(len(pos), np.bool_)
-        cum = np.cumsum(~skip, dtype=np.int64)
-        n = len(pos)
-        stopped = bool(cum[-1] >= budget)
-        if stopped:
-            n = int(np.searchsorted(cum, budget)) + 1
-        pos, frames, rows, safe, cum = (a[:n] for a in (pos, frames, rows, safe, cum))
-        has, is_ksm, skip = (a[:n] for a in (has, is_ksm, skip))
-        unshared = 0
-        if smart:
-            self._smart_scan(rows, age[:n], left[:n], aging[:n], skip)
-            skipped = rows[skip]
-            old = skipped[
-                (it.state[skipped] == UNSTABLE) & (it.seq[skipped] != (self.seqnr & SEQNR_MASK))
-            ]
-            it.state[old] = NONE
-            unshared = len(old)
-        state = it.state[safe]
-        linked = (
-            has
-            & is_ksm
-            & (state == STABLE)
-            & (it.node[safe] == fr.node[frames])
-            & ((it.flags[safe] & ZERO_PAGE_FLAG) == 0)
+        found = core.window(
+            ptes,
+            imap,
+            fr.ksm,
+            fr.node,
+            it.hot,
+            bool(self.knob("smart_scan")),
+            self.seqnr & SEQNR_MASK,
+            budget,
         )
-        listed = np.flatnonzero(np.where(skip, state != NONE, ~linked))
-        last = int(pos[-1])
-        stale = np.flatnonzero((imap[:last] >= 0) & (ptes[:last] < 0))
-        return Front(
-            pos[listed],
-            cum[listed],
-            skip[listed],
-            stale,
-            int(cum[-1]),
-            int(np.count_nonzero(skip)),
-            last,
-            stopped,
-            unshared,
-        )
-
-    def _bulk_visits(
-        self,
-        slot: Slot,
-        view: IntArray,
-        pos: IntArray,
-        frames: IntArray,
-        rows: IntArray,
-        is_ksm: npt.NDArray[np.bool_],
-        todo: npt.NDArray[np.bool_],
-        skipped_stable: npt.NDArray[np.bool_],
-        stale_stable_rows: IntArray,
-    ) -> tuple[npt.NDArray[np.bool_], bool]:
-        """Do in bulk the visits of ``todo`` whose outcome cannot depend on their order.
-
-        ``view`` is the window's PTEs (a copy the caller writes back).  Returns
-        the visits left for the address-ordered loop, and whether a PTE changed.  A visit of an
-        ordinary page whose item is not in the stable tree starts by unlinking
-        the item, which only moves pages_unshared (an item is visited once per
-        pass, so it is never in this pass's unstable tree).  Then, per
-        :meth:`_cmp_and_merge`:
-
-        * checksum changed: record it.  Touches only the item.
-        * zero content with use_zero_pages: map the zero page.  Touches only
-          the page, its frame's map count and counters that are sums.
-        * otherwise the trees are consulted, but only at the page's content:
-          every tree change a visit makes is at its page's content or its
-          item's node's content.  So for a content that no visit left to the
-          loop touches, the visits of that content are independent of all the
-          others: if its stable entry is a live plain node with room for all
-          of them (``0 < len`` and ``len + k <= max_page_sharing``) each merges
-          into that KSM page, in address order; if it has no stable and no
-          unstable entry and exactly one visit, that visit inserts its item
-          into the unstable tree.  Any other content goes to the loop.
-
-        Frames never link two contents here: merging reads only frames of the
-        merged content, and no frame is allocated during a scan.
-        """
-        fr, it = self.mem.frames, self.items
-        broken = todo & ~is_ksm & (it.state[rows] == STABLE)
-        if broken.any():
-            todo = todo & ~self._bulk_broken(
-                frames, rows, todo, broken, skipped_stable, stale_stable_rows
-            )
-        easy = todo & ~is_ksm & (it.state[rows] != STABLE)
-        if not easy.any():
-            return todo, False
-        idx = np.flatnonzero(easy)
-        erows = rows[idx]
-        content = fr.content[frames[idx]]
-        self._unlink_unstable(erows[it.state[erows] == UNSTABLE])
-        changed = ~it.checked[erows] | (it.checksum[erows] != content)
-        if changed.any():
-            it.checksum[erows[changed]] = content[changed]
-            it.checked[erows[changed]] = True
-        rest = ~changed
-        ptes_changed = False
-        if self.knob("use_zero_pages"):
-            zero = rest & (content == 0)
-            if zero.any():
-                self._bulk_merge_zero(slot.mm, view, pos[idx[zero]], frames[idx[zero]])
-                if self.mode.flags_zero_page_items:
-                    self._flag_zero(slot, erows[zero])
-                rest &= ~zero
-                ptes_changed = True
-        left: npt.NDArray[np.bool_] = todo & ~easy
-        if rest.any():
-            ridx, rcontent = idx[rest], content[rest]
-            touched = self._touched_contents(
-                frames[left], rows[left | skipped_stable], stale_stable_rows
-            )
-            hard = self._bulk_trees(slot, view, pos, frames, rows, ridx, rcontent, touched)
-            ptes_changed = ptes_changed or not hard.all()
-            left[ridx[hard]] = True
-        return left, ptes_changed
-
-    def _bulk_broken(
-        self,
-        frames: IntArray,
-        rows: IntArray,
-        todo: npt.NDArray[np.bool_],
-        broken: npt.NDArray[np.bool_],
-        skipped_stable: npt.NDArray[np.bool_],
-        stale_stable_rows: IntArray,
-    ) -> npt.NDArray[np.bool_]:
-        """Visits of ordinary pages still linked to a stable node, done in bulk when plain.
-
-        Such a page was written since it merged (copy-on-write broke it away
-        from the KSM page).  Its visit unlinks the item from the node, and when
-        the content changed, records the new checksum and ends.  Unlinking
-        changes only the node (its hlist; ``pages_sharing`` or, for the last
-        item, ``pages_shared``: the same totals in any order) and the item's
-        mm's ``merging_pages``.  So when the node is live and not in a chain,
-        the content changed, and no other visit of the window (nor a skipped
-        or stale stable item) has the node's content or a node of that content,
-        no other visit can see the difference: the visit is done here.
-        Returns the mask of the visits done.
-        """
-        fr, it = self.mem.frames, self.items
-        idx = np.flatnonzero(broken)
-        brows = rows[idx]
-        content = fr.content[frames[idx]]
-        nodes = [self.nodes[n] for n in it.node[brows].tolist()]
-        node_content = np.array([n.content for n in nodes], np.uint64)
-        plain = np.array([n.alive and n.chain is None for n in nodes], np.bool_)
-        ok = plain & it.checked[brows] & (it.checksum[brows] != content)
-        others = todo.copy()
-        others[idx[ok]] = False
-        touched = self._touched_contents(
-            frames[others], rows[others | skipped_stable], stale_stable_rows
-        )
-        if len(touched):
-            ok &= ~_among(node_content, touched)
-        done = np.zeros(len(todo), np.bool_)
-        if ok.any():
-            self._unlink_from_live(brows[ok])
-            it.checksum[brows[ok]] = content[ok]
-            done[idx[ok]] = True
-        return done
-
-    def _touched_contents(
-        self, frames: IntArray, rows: IntArray, stale_rows: IntArray
-    ) -> npt.NDArray[np.uint64]:
-        """Contents whose tree entries the address-ordered loop may change (unsorted)."""
-        it = self.items
-        linked = [rs[it.state[rs] == STABLE] for rs in (rows, stale_rows)]
-        nodes = np.concatenate(linked).tolist()
-        if not nodes:
-            return self.mem.frames.content[frames]
-        of_nodes = np.array([self.nodes[n].content for n in it.node[nodes].tolist()], np.uint64)
-        return np.concatenate([self.mem.frames.content[frames], of_nodes])
-
-    def _bulk_trees(
-        self,
-        slot: Slot,
-        view: IntArray,
-        pos: IntArray,
-        frames: IntArray,
-        rows: IntArray,
-        ridx: IntArray,
-        rcontent: npt.NDArray[np.uint64],
-        touched: npt.NDArray[np.uint64],
-    ) -> npt.NDArray[np.bool_]:
-        """Stable merges, unstable inserts and new KSM pages by content.
-
-        ``ridx`` indexes the window's visits, in address order, ``rcontent``
-        their contents (checksums unchanged, not zero-page merges).  The
-        visits of one content form a group; a group whose content the loop
-        does not touch (see :meth:`_bulk_visits`) is done here when its
-        outcome is plain:
-
-        * a live plain stable node with ``0 < len`` and ``len + k <=
-          max_page_sharing``: all k merge into its KSM page;
-        * no stable and no unstable entry, k = 1: the item enters the
-          unstable tree;
-        * no stable and no unstable entry, ``2 <= k <= max_page_sharing``:
-          the first visit enters the unstable tree, the second finds it and
-          the pair becomes a new KSM page (the second page's frame, in place),
-          whose node the other k - 2 visits join.  The partner checks of
-          ``unstable_tree_search_insert()`` all pass: the partner is a present
-          ordinary page of this same mergeable VMA with the same content, and
-          a different frame (checked).
-
-        Returns a mask over ``ridx``: the visits left undone.
-        """
-        it, c, fr = self.items, self.c, self.mem.frames
-        # Visits grouped by content, address order kept within a group.
-        grouped = np.argsort(rcontent, kind="stable")
-        ordered = rcontent[grouped]
-        first = np.ones(len(ordered), np.bool_)
-        first[1:] = ordered[1:] != ordered[:-1]
-        starts = np.flatnonzero(first)
-        uniq = ordered[starts]
-        counts = np.diff(starts, append=len(ordered))
-        inverse = np.empty(len(ordered), np.int64)
-        inverse[grouped] = np.cumsum(first) - 1
-        maxps = int(self.knob("max_page_sharing"))
-        entry_ids = self.stable.index().find(uniq)
-        has_entry = entry_ids >= 0
-        free = ~has_entry & (self.unstable.find(uniq) < 0)
-        if len(touched):
-            hit = _among(uniq, touched)
-            has_entry &= ~hit
-            free &= ~hit
-        insert = free & (counts == 1)
-        first_at = ridx[grouped[starts]]
-        second_at = ridx[grouped[np.minimum(starts + 1, len(grouped) - 1)]]
-        pair = free & (counts >= 2) & (counts <= maxps) & (frames[first_at] != frames[second_at])
-        merge = np.zeros(len(uniq), np.bool_)
-        held = np.flatnonzero(has_entry)
-        # Items of each live plain node (0 for a chain or a stale node).
-        ids = entry_ids[held]
-        plain = ids < CHAIN_ENTRY
-        ids[~plain] = 0
-        kframes = self.node_cols.frame[ids]
-        live = plain & fr.ksm[kframes] & (fr.node[kframes] == ids)
-        sizes = np.where(live, self.node_cols.size[ids], 0)
-        fits = (sizes > 0) & (sizes + counts[held] <= maxps)
-        merge[held[fits]] = True
-        merge_ids, merge_frames = ids[fits], kframes[fits]
-
-        def members(groups: IntArray) -> tuple[IntArray, IntArray]:
-            """Window indices of the visits of ``groups``, group by group; group sizes."""
-            k = counts[groups]
-            within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
-            return ridx[grouped[np.repeat(starts[groups], k) + within]], k
-
-        if insert.any():
-            new_rows = rows[first_at[insert]]
-            self.unstable.insert_new(uniq[insert], new_rows)
-            it.state[new_rows] = UNSTABLE
-            it.seq[new_rows] = self.seqnr & SEQNR_MASK
-            c.pages_unshared += len(new_rows)
-        if merge.any():
-            at, k = members(np.flatnonzero(merge))
-            m_rows = rows[at]
-            kframes = np.repeat(merge_frames, k)
-            view[pos[at]] = kframes  # replace_page()
-            np.add.at(fr.mapcount, kframes, 1)
-            self.mem._put(frames[at])
-            self.mem.events["merges"] += len(at)
-            m_ids = np.repeat(merge_ids, k)
-            self._link(m_rows, m_ids)
-            c.pages_sharing += len(at)
-            slot.merging_pages += len(at)
-            it.state[m_rows] = STABLE
-            it.node[m_rows] = m_ids
-        if pair.any():
-            # New nodes in the order the pairs merge: by the second visit's address.
-            groups = np.flatnonzero(pair)
-            groups = groups[np.argsort(second_at[groups], kind="stable")]
-            at, k = members(groups)
-            g_first = np.cumsum(k) - k
-            kf = frames[second_at[groups]]
-            is_second = np.zeros(len(at), np.bool_)
-            is_second[g_first + 1] = True
-            m_rows = rows[at]
-            it.seq[m_rows[g_first]] = self.seqnr & SEQNR_MASK
-            fr.ksm[kf] = True
-            fr.live_ksm += len(groups)
-            view[pos[at]] = np.repeat(kf, k)  # the partner and the later visits
-            fr.mapcount[kf] += (k - 1).astype(np.int32)
-            self.mem._put(frames[at[~is_second]])
-            self.mem.events["merges"] += len(at)
-            ids = np.arange(self._next_node_id, self._next_node_id + len(groups), dtype=np.int64)
-            self._next_node_id += len(groups)
-            fr.node[kf] = ids
-            self.node_cols.add(int(ids[0]), kf)
-            for gid, x, frame in zip(ids.tolist(), uniq[groups].tolist(), kf.tolist(), strict=True):
-                node = StableNode(gid, x, frame)
-                self.nodes[gid] = node
-                self.stable[x] = node
-            m_ids = np.repeat(ids, k)
-            self._link(m_rows, m_ids)
-            c.pages_shared += len(groups)
-            c.pages_sharing += len(at) - len(groups)
-            slot.merging_pages += len(at)
-            it.state[m_rows] = STABLE
-            it.node[m_rows] = m_ids
-        hard: npt.NDArray[np.bool_] = ~(insert | merge | pair)[inverse]
-        return hard
-
-    def _bulk_merge_zero(self, mm: MM, view: IntArray, at: IntArray, frames: IntArray) -> None:
-        """:meth:`_merge_zero` for several pages."""
-        view[at] = PTE_KSM_ZERO
-        mm.rss_anon -= len(at)
-        mm.ksm_zero_ptes += len(at)
-        self.mem.events["zero_pages_merged"] += len(at)
-        self.mem._put(frames)
-
-    def _smart_scan(
-        self,
-        rows: IntArray,
-        age: IntArray,
-        left: IntArray,
-        aging: npt.NDArray[np.bool_],
-        skip: npt.NDArray[np.bool_],
-    ) -> None:
-        """``should_skip_rmap_item()`` + ``skip_age()`` for the non-KSM pages with items.
-
-        The caller counts and unlinks the skipped items.
-        """
-        it = self.items
-        it.age[rows[aging]] = np.minimum(age[aging] + 1, AGE_MAX)
-        reset = aging & (age >= 3) & (left == 0)
-        if reset.any():
-            a = age[reset]
-            it.skips[rows[reset]] = np.where(a <= 3, 1, np.where(a <= 5, 2, np.where(a <= 8, 4, 8)))
-        if skip.any():
-            it.skips[rows[skip]] = left[skip] - 1
+        return None if found is None else Front(*found)
 
     def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
         """``cmp_and_merge_page()`` (Linux 6.11+ order: checksum, zero page, stable, unstable)."""

@@ -43,6 +43,9 @@ class Mode:
     """The item of a page merged with the zero page is kept, flagged
     ZERO_PAGE_FLAG and counted in ``zero_pages_sharing`` (the v6 design): see
     :data:`V6`."""
+    native_scan: bool = True
+    """The native core knows this design's scan; else the scalar ksmd walks
+    every page (``ksm.Ksmd._walk_window``): where a new design is prototyped."""
 
     def ksm_zero_pages(self, marked_ptes: int) -> int | None:
         """``ksm_zero_pages`` as this kernel shows it, given the marked PTEs."""
@@ -96,6 +99,7 @@ V6 = Mode(
     counts_zero_pages=False,
     profit_counts_zero_pages=True,
     flags_zero_page_items=True,
+    native_scan=False,
 )
 """The design first proposed for zero-page tracking: series "ksm: support
 tracking KSM-placed zero-pages" v6 (posted 2023-02-10, dropped from the

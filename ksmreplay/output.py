@@ -39,7 +39,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -197,18 +197,19 @@ def _stdout() -> Iterator[IO[bytes]]:
     stdout = sys.stdout
     if stdout is None:
         raise InputOutputError(f"{STDOUT_NAME}: cannot write: standard output is closed")
-    try:
-        stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise _write_error(STDOUT_NAME, exc) from exc
+    _flush_stdout(stdout)
     buffer = stdout.buffer
     sink = _Sink(buffer.write, STDOUT_NAME)
     with _stream(sink) as out:
         yield out
+    _flush_stdout(buffer)
+
+
+def _flush_stdout(stream: IO[Any]) -> None:
+    """Flush standard output; a write error becomes one line (a closed pipe stays
+    :class:`BrokenPipeError`, for the quiet exit)."""
     try:
-        buffer.flush()
+        stream.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:

@@ -4,13 +4,21 @@ Every format shows the same numbers and is deterministic: the same report gives
 byte-identical output on every machine (no terminal widths, no locale, no
 colours, ``\\n`` line endings).  ``render(report, fmt, out)`` picks one of
 ``render_table``, ``render_json``, ``render_csv``, ``render_tsv``.
+
+Each renderer takes either form of the report (``report.py``): the whole
+:class:`~ksmreplay.report.Report`, or a
+:class:`~ksmreplay.report.SpooledReport` whose snapshots are read back from
+their spools.  Output is written as it is made, a snapshot at a time, so
+memory does not grow with the number of snapshots: JSON and CSV/TSV read each
+run's snapshots in turn, the table reads every run's n-th snapshot side by
+side.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import zip_longest
 from typing import Any, TextIO
 
@@ -22,8 +30,9 @@ from ksmreplay.report import (
     KSM_COUNTERS,
     MEMORY_COUNTERS,
     PROCESS_COUNTERS,
-    Report,
+    AnyReport,
     Snap,
+    SnapshotSpool,
 )
 
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "tsv")
@@ -39,10 +48,11 @@ _NULL = "-"
 """How the table shows a null counter (one the mode's kernel does not have)."""
 
 
-def render(report: Report, fmt: str, out: TextIO) -> None:
+def render(report: AnyReport, fmt: str, out: TextIO) -> None:
     """Write ``report`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
 
-    :param report: a report as built by ``replay()`` (REPORT_FORMAT.md).
+    :param report: a report as built by ``replay()`` (REPORT_FORMAT.md), or
+        by ``replay_spooled()``.
     :param fmt: ``table`` (for people), ``json`` (exactly REPORT_FORMAT.md),
         ``csv`` or ``tsv`` (one row per counter value).
     :param out: a text stream; everything ends with ``\\n``.
@@ -57,9 +67,58 @@ def render(report: Report, fmt: str, out: TextIO) -> None:
 # --- json -------------------------------------------------------------------------------
 
 
-def render_json(report: Report, out: TextIO) -> None:
-    """The report as REPORT_FORMAT.md: indented JSON in report key order, then ``\\n``."""
-    out.write(json.dumps(report, indent=2))
+_JSON_INDENT = 2
+_JSON_STREAM_DEPTH = 3
+"""How deep :func:`render_json` writes containers piece by piece: the report
+(0), its ``runs`` (1), each run (2), each run's ``snapshots`` (3).  Deeper
+values (a snapshot, ``trace``, ``settings``...) are encoded whole."""
+
+
+def _json_value(value: object, depth: int) -> str:
+    """``value`` as ``json.dumps(..., indent=2)`` writes it at nesting ``depth``.
+
+    Encoded strings never hold a raw newline (JSON escapes it), so every
+    newline is one of the encoder's and is followed by the indent of its depth.
+    """
+    text = json.dumps(value, indent=_JSON_INDENT)
+    return text.replace("\n", "\n" + " " * (_JSON_INDENT * depth)) if depth else text
+
+
+def _write_json(value: object, depth: int, out: TextIO) -> None:
+    """Write what ``json.dumps(value, indent=2)`` would at ``depth``, a piece at a time."""
+    if (
+        depth > _JSON_STREAM_DEPTH
+        or not isinstance(value, (dict, list, SnapshotSpool))
+        or (isinstance(value, dict) and not all(isinstance(key, str) for key in value))
+    ):
+        # (json.dumps turns a key that is not a string into one; leave that to it)
+        out.write(_json_value(value, depth))
+        return
+    if not len(value):
+        out.write("{}" if isinstance(value, dict) else "[]")
+        return
+    inner = "\n" + " " * (_JSON_INDENT * (depth + 1))
+    if isinstance(value, dict):
+        out.write("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.write(("," if i else "") + inner + json.dumps(key) + ": ")
+            _write_json(item, depth + 1, out)
+        out.write("\n" + " " * (_JSON_INDENT * depth) + "}")
+    else:
+        out.write("[")
+        for i, item in enumerate(value):
+            out.write(("," if i else "") + inner)
+            _write_json(item, depth + 1, out)
+        out.write("\n" + " " * (_JSON_INDENT * depth) + "]")
+
+
+def render_json(report: AnyReport, out: TextIO) -> None:
+    """The report as REPORT_FORMAT.md: indented JSON in report key order, then ``\\n``.
+
+    Byte for byte ``json.dumps(report, indent=2) + "\\n"``, written one
+    snapshot at a time.
+    """
+    _write_json(report, 0, out)
     out.write("\n")
 
 
@@ -87,43 +146,91 @@ def _ordered_keys(known: Sequence[str], mappings: Iterable[Mapping[str, Any]]) -
     return [key for key in known if key in seen] + [key for key in extra if key != "pid"]
 
 
-def _snap_rows(mode: str, snap: Snap) -> Iterator[tuple[str, ...]]:
-    """CSV rows of one snapshot: ksm, then each process (by pid), then memory, then events."""
-    label = snap["label"]
-    for counter in _ordered_keys(KSM_COUNTERS, [snap["ksm"]]):
-        yield (mode, label, "ksm", "", counter, _cell(snap["ksm"][counter]))
+_CSV_SPECIAL = re.compile(r'[",\r\n]')
+"""Characters that make RFC 4180 enclose a CSV field in double quotes."""
+
+_TSV_SPECIAL = re.compile(r"[\\\t\n\r]")
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def csv_field(text: str) -> str:
+    """One CSV field, quoted as RFC 4180 says.
+
+    A field holding a comma, a double quote, a carriage return or a line feed
+    is enclosed in double quotes, each of its double quotes doubled; any other
+    field is written as it is.
+    """
+    if _CSV_SPECIAL.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def tsv_field(text: str) -> str:
+    """One TSV field: backslash, tab, line feed and carriage return written as
+    ``\\\\``, ``\\t``, ``\\n``, ``\\r``; everything else as it is (no quoting).
+
+    So a TSV row is one line with a tab between fields, and replacing each
+    escape by its character gives the field back.
+    """
+    if _TSV_SPECIAL.search(text) is None:
+        return text
+    return _TSV_SPECIAL.sub(lambda match: _TSV_ESCAPES[match.group()], text)
+
+
+def _text_cell(value: object, field: Callable[[str], str]) -> str:
+    """:func:`_cell`, made a field of the format by ``field``."""
+    if type(value) is int:
+        return str(value)  # the common case: digits need no quoting nor escaping
+    return field(_cell(value))
+
+
+def _snap_lines(mode: str, snap: Snap, field: Callable[[str], str], sep: str) -> str:
+    """The rows of one snapshot: ksm, then each process (by pid), then memory, then events."""
+    head = f"{field(mode)}{sep}{field(snap['label'])}{sep}"
+
+    def section(start: str, values: Mapping[str, Any], known: Sequence[str]) -> Iterator[str]:
+        for counter in _ordered_keys(known, [values]):
+            yield f"{start}{field(counter)}{sep}{_text_cell(values[counter], field)}\n"
+
+    lines = list(section(f"{head}ksm{sep}{sep}", snap["ksm"], KSM_COUNTERS))
     for proc in sorted(snap["processes"], key=lambda p: int(p["pid"])):
-        pid = str(proc["pid"])
-        for counter in _ordered_keys(PROCESS_COUNTERS, [proc]):
-            yield (mode, label, "process", pid, counter, _cell(proc[counter]))
-    for counter in _ordered_keys(MEMORY_COUNTERS, [snap["memory"]]):
-        yield (mode, label, "memory", "", counter, _cell(snap["memory"][counter]))
-    for counter in _ordered_keys(EVENT_COUNTERS, [snap["events"]]):
-        yield (mode, label, "events", "", counter, _cell(snap["events"][counter]))
+        start = f"{head}process{sep}{field(str(proc['pid']))}{sep}"
+        lines.extend(section(start, proc, PROCESS_COUNTERS))
+    lines.extend(section(f"{head}memory{sep}{sep}", snap["memory"], MEMORY_COUNTERS))
+    lines.extend(section(f"{head}events{sep}{sep}", snap["events"], EVENT_COUNTERS))
+    return "".join(lines)
 
 
-def _rows(report: Report) -> Iterator[tuple[str, ...]]:
-    """Every row of the CSV/TSV formats, header first."""
-    yield CSV_HEADER
+def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep: str) -> None:
+    """Every row of the CSV/TSV formats, header first, a snapshot at a time."""
+    out.write(sep.join(field(name) for name in CSV_HEADER) + "\n")
     for run in report["runs"]:
-        for snap in [*run["snapshots"], run["final"]]:
-            yield from _snap_rows(run["mode"], snap)
+        mode = run["mode"]
+        for snap in run["snapshots"]:
+            out.write(_snap_lines(mode, snap, field, sep))
+        out.write(_snap_lines(mode, run["final"], field, sep))
 
 
-def render_csv(report: Report, out: TextIO) -> None:
+def render_csv(report: AnyReport, out: TextIO) -> None:
     """One row per (mode, snapshot, scope, pid, counter, value), with a header row.
 
     Runs in report order; in each, the snapshots in order and then ``final``;
     in each snapshot the ``ksm`` counters, each process's (``pid`` set only on
     these rows), ``memory`` and ``events``.  Booleans are ``yes``/``no``, null
-    is empty.  Lines end with ``\\n``.
+    is empty.  Fields are quoted as RFC 4180 says (:func:`csv_field`), so a
+    label holding a comma, a quote or a line break stays one field; lines end
+    with ``\\n``.
     """
-    csv.writer(out, lineterminator="\n").writerows(_rows(report))
+    _write_rows(report, out, csv_field, ",")
 
 
-def render_tsv(report: Report, out: TextIO) -> None:
-    """The rows of :func:`render_csv`, tab-separated."""
-    csv.writer(out, delimiter="\t", lineterminator="\n").writerows(_rows(report))
+def render_tsv(report: AnyReport, out: TextIO) -> None:
+    """The rows of :func:`render_csv`, tab-separated, one row per line.
+
+    No quoting: backslash, tab, line feed and carriage return in a field are
+    written ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (:func:`tsv_field`).
+    """
+    _write_rows(report, out, tsv_field, "\t")
 
 
 # --- table ------------------------------------------------------------------------------
@@ -157,10 +264,26 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], aligns: s
     """A plain table of strings, trailing blanks stripped, no final newline.
 
     Column ``i`` is aligned by ``aligns[i]`` (``l`` left, ``r`` right); columns
-    past the end of ``aligns`` are right-aligned.  No width depends on the
-    terminal.
+    past the end of ``aligns`` are right-aligned.  Columns are two spaces
+    apart and as wide as their widest cell or header, a character counting
+    one; blanks around a cell (not a header) are dropped.  No width depends
+    on the terminal.
+
+    That is tabulate's ``plain`` format.  Tables whose every cell and header
+    is printable (no control character, no line break) and whose rows all
+    have one length, as every report table has, are laid out here directly,
+    many times faster; others (a line break in a cell, say) are handed to
+    tabulate.
     """
     width = max([len(headers), *(len(row) for row in rows)])
+    if (
+        rows
+        and len(headers) in (0, width)
+        and all(len(row) == width for row in rows)
+        and all(header.isprintable() for header in headers)
+        and all(cell.isprintable() for row in rows for cell in row)
+    ):
+        return _plain_table(headers, rows, aligns, width)
     colalign = tuple(
         "left" if i < len(aligns) and aligns[i] == "l" else "right" for i in range(width)
     )
@@ -175,6 +298,25 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], aligns: s
     finally:
         tabulate_module.MIN_PADDING = saved
     return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+def _plain_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], aligns: str, width: int
+) -> str:
+    """:func:`plain_table` of printable cells in rows of ``width`` cells (``rows`` not empty)."""
+    cells = [[cell.strip() for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(width)]
+    if headers:
+        widths = [max(w, len(header)) for w, header in zip(widths, headers, strict=True)]
+    pads: list[Callable[[str, int], str]] = [
+        str.ljust if i < len(aligns) and aligns[i] == "l" else str.rjust for i in range(width)
+    ]
+    text = "\n".join(
+        "  ".join(pad(cell, w) for pad, cell, w in zip(pads, row, widths, strict=True)).rstrip()
+        for row in ([headers, *cells] if headers else cells)
+    )
+    # as plain_table treats tabulate's text (which drops a last row left empty)
+    return "\n".join(text.splitlines())
 
 
 _ABSENT: Mapping[str, Any] = {}
@@ -217,6 +359,16 @@ def _processes(modes: Sequence[str], snaps: Sequence[Snap | None]) -> str:
     return plain_table(["pid", "mode", *counters], rows, "rl")
 
 
+def _printable(text: str) -> str:
+    """``text`` as it is when every character of it is printable, else as a JSON string.
+
+    The table never writes a control character or a line break of a label
+    or a path: those would move the cursor, recolour the terminal or split a
+    row.  JSON's escapes (``\\n``, ``\\u001b``...) show them instead, quoted.
+    """
+    return text if text.isprintable() else json.dumps(text)
+
+
 def _heading(snap: Snap, final: bool) -> str:
     where = f"(event {snap['event']}, t={snap['t']} ns)"
     if final:
@@ -245,7 +397,7 @@ def _seconds(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
 
 
-def render_table(report: Report, out: TextIO) -> None:
+def render_table(report: AnyReport, out: TextIO) -> None:
     """The report for people: plain aligned tables, blocks separated by blank lines.
 
     A header (trace path, events, duration, page size, meta, modes); one block
@@ -254,13 +406,16 @@ def render_table(report: Report, out: TextIO) -> None:
     there are several modes, blank when equal or not a number), the processes
     (one row per pid and mode), ``memory`` and ``events``; then the settings
     in force at the end and the refused ``ksm`` writes, if any.  Null counters
-    show as ``-``, booleans as ``yes``/``no``.
+    show as ``-``, booleans as ``yes``/``no``.  Labels show as JSON strings;
+    the trace path as it is, or as a JSON string when it holds a character
+    that is not printable (a control character, a line break), so that
+    nothing in a report moves the terminal's cursor or splits a row.
     """
     trace = report["trace"]
     runs = report["runs"]
     modes = [run["mode"] for run in runs]
     head = [
-        ["trace", trace["path"]],
+        ["trace", _printable(trace["path"])],
         ["events", str(trace["events"])],
         ["duration", f"{trace['duration_ns']} ns ({_seconds(trace['duration_ns'])})"],
         ["page size", f"{trace['page_size']} bytes"],
@@ -268,25 +423,24 @@ def render_table(report: Report, out: TextIO) -> None:
     if trace["meta"]:
         head.append(["meta", _show(trace["meta"])])
     head.append(["modes", ", ".join(modes)])
-    blocks = [plain_table([], head, "ll")]
+    out.write(plain_table([], head, "ll"))
 
-    snap_lists = [run["snapshots"] for run in runs]
-    for snaps in zip_longest(*snap_lists):
-        blocks.append(_snap_block(modes, snaps, final=False))
-    blocks.append(_snap_block(modes, [run["final"] for run in runs], final=True))
+    # the n-th snapshot of every run side by side, read from each run in step
+    for snaps in zip_longest(*(run["snapshots"] for run in runs)):
+        out.write("\n\n" + _snap_block(modes, snaps, final=False))
+    out.write("\n\n" + _snap_block(modes, [run["final"] for run in runs], final=True))
 
-    blocks.append(_by_mode("settings", modes, (), [run["settings"] for run in runs]))
+    out.write("\n\n" + _by_mode("settings", modes, (), [run["settings"] for run in runs]))
     refused = [
         [run["mode"], str(r["event"]), str(r["t"]), r["knob"], _show(r["value"]), r["error"]]
         for run in runs
         for r in run["refused"]
     ]
     if refused:
-        blocks.append(
-            "refused writes\n"
+        out.write(
+            "\n\nrefused writes\n"
             + plain_table(["mode", "event", "t", "knob", "value", "error"], refused, "lrrlll")
         )
-    out.write("\n\n".join(blocks))
     out.write("\n")
 
 

@@ -3,7 +3,9 @@
 ::
 
     with open_trace("trace.msgpack") as reader:
-        report = replay(reader, expand_modes("both"))
+        report = replay(reader, expand_modes("both"))           # the whole report in memory
+    with open_trace("trace.msgpack") as reader:
+        spooled = replay_spooled(reader, expand_modes("both"))  # snapshots in temporary files
 
 The driver owns iteration; each simulator only sees ``apply(event)`` and
 ``snapshot(label, t, index)`` (``simulator.py``).  The simulators are
@@ -13,13 +15,23 @@ the modes were asked for, and none may change it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ksmreplay.errors import UsageError
 from ksmreplay.events import Event, Header, Snapshot, WriteRun
 from ksmreplay.knobs import KnobValue
-from ksmreplay.report import REPORT_VERSION, Report, Run, Snap, TraceInfo
+from ksmreplay.report import (
+    REPORT_VERSION,
+    Report,
+    Run,
+    Snap,
+    SnapshotSpool,
+    SpooledReport,
+    SpooledRun,
+    TraceInfo,
+)
 from ksmreplay.simulator import Simulator, make_simulator
 
 MODES: tuple[str, ...] = ("legacy", "v6", "unshare")
@@ -87,6 +99,73 @@ def _bytes_read(reader: EventSource) -> int:
     return value if isinstance(value, int) else 0
 
 
+class _SnapshotSink(Protocol):
+    """Where the driver puts a run's snapshots: a list, or a :class:`SnapshotSpool`."""
+
+    def append(self, snap: Snap, /) -> None: ...
+
+
+def _check_modes(modes: Sequence[str]) -> None:
+    if not modes:
+        raise UsageError("no mode to replay")
+    for i, mode in enumerate(modes):
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        if mode in modes[:i]:
+            raise UsageError(f"mode {mode!r} asked for twice")
+
+
+def _drive(
+    reader: EventSource,
+    sims: Sequence[Simulator],
+    sinks: Sequence[_SnapshotSink],
+    progress: ProgressCallback | None,
+    check_invariants: bool,
+) -> tuple[TraceInfo, list[Snap]]:
+    """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
+
+    :returns: the report's ``trace`` section and each simulator's ``final`` snapshot.
+    """
+    count = 0
+    last_t = 0
+    last_index = 0
+
+    next_progress = PROGRESS_EVERY
+    for item in reader.runs():
+        if isinstance(item, WriteRun) and not check_invariants:
+            for sim in sims:
+                sim.apply_writes(item)
+            count += len(item)
+            last_t, last_index = item.last_t, item.last_index
+        else:
+            # One event at a time (runs too when every event's invariants are checked).
+            for event in item.events() if isinstance(item, WriteRun) else [item]:
+                for sim in sims:
+                    sim.apply(event)
+                    if check_invariants:
+                        sim.check_invariants()
+                if isinstance(event, Snapshot):
+                    for sim, sink in zip(sims, sinks, strict=True):
+                        sink.append(sim.snapshot(event.label, event.t, event.index))
+                count += 1
+                last_t, last_index = event.t, event.index
+        if progress is not None and count >= next_progress:
+            progress(count, _bytes_read(reader))
+            next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
+    if progress is not None:
+        progress(count, _bytes_read(reader))
+
+    header = reader.header
+    trace: TraceInfo = {
+        "path": reader.name,
+        "events": count,
+        "duration_ns": last_t,
+        "page_size": header.page_size,
+        "meta": dict(header.meta),
+    }
+    return trace, [sim.snapshot("final", last_t, last_index) for sim in sims]
+
+
 def replay(
     reader: EventSource,
     modes: Sequence[str],
@@ -103,6 +182,10 @@ def replay(
     records a snapshot with that event's label, ``t`` and index.  After the last
     event every simulator records the ``final`` snapshot with the last event's
     ``t`` and index (``t`` = 0 and event 0 for a trace with no events).
+
+    The whole report is held in memory, every snapshot of every run; for
+    traces with many snapshots, :func:`replay_spooled` keeps them in a
+    temporary file instead.
 
     :param reader: an open trace (:class:`EventSource`: ``header``, ``name``,
         ``runs()`` over validated events), read once from start to end.
@@ -127,61 +210,62 @@ def replay(
         reported then.
     :raises InvariantError: when ``check_invariants`` finds a simulator bug.
     """
-    if not modes:
-        raise UsageError("no mode to replay")
-    for i, mode in enumerate(modes):
-        if mode not in MODES:
-            raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
-        if mode in modes[:i]:
-            raise UsageError(f"mode {mode!r} asked for twice")
-
-    header = reader.header
-    sims = [factory(mode, header.page_size, settings) for mode in modes]
+    _check_modes(modes)
+    sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
     snapshots: list[list[Snap]] = [[] for _ in sims]
-    count = 0
-    last_t = 0
-    last_index = 0
-
-    next_progress = PROGRESS_EVERY
-    for item in reader.runs():
-        if isinstance(item, WriteRun) and not check_invariants:
-            for sim in sims:
-                sim.apply_writes(item)
-            count += len(item)
-            last_t, last_index = item.last_t, item.last_index
-        else:
-            # One event at a time (runs too when every event's invariants are checked).
-            for event in item.events() if isinstance(item, WriteRun) else [item]:
-                for sim in sims:
-                    sim.apply(event)
-                    if check_invariants:
-                        sim.check_invariants()
-                if isinstance(event, Snapshot):
-                    for sim, snaps in zip(sims, snapshots, strict=True):
-                        snaps.append(sim.snapshot(event.label, event.t, event.index))
-                count += 1
-                last_t, last_index = event.t, event.index
-        if progress is not None and count >= next_progress:
-            progress(count, _bytes_read(reader))
-            next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
-    if progress is not None:
-        progress(count, _bytes_read(reader))
-
+    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants)
     runs: list[Run] = [
         {
             "mode": mode,
             "settings": dict(sim.settings),
             "refused": list(sim.refused),
             "snapshots": snaps,
-            "final": sim.snapshot("final", last_t, last_index),
+            "final": final,
         }
-        for mode, sim, snaps in zip(modes, sims, snapshots, strict=True)
+        for mode, sim, snaps, final in zip(modes, sims, snapshots, finals, strict=True)
     ]
-    trace: TraceInfo = {
-        "path": reader.name,
-        "events": count,
-        "duration_ns": last_t,
-        "page_size": header.page_size,
-        "meta": dict(header.meta),
-    }
+    return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
+
+
+def replay_spooled(
+    reader: EventSource,
+    modes: Sequence[str],
+    settings: Mapping[str, KnobValue] | None = None,
+    progress: ProgressCallback | None = None,
+    check_invariants: bool = False,
+    *,
+    factory: SimulatorFactory = make_simulator,
+) -> SpooledReport:
+    """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
+
+    The same replay and the same report (:func:`~ksmreplay.report.unspool`
+    turns it into :func:`replay`'s), but each snapshot goes to its run's
+    :class:`~ksmreplay.report.SnapshotSpool` as soon as it is taken, so memory
+    stays that of the simulators however many snapshots the trace asks for
+    (the file grows by a few hundred bytes per snapshot and mode; see
+    :class:`~ksmreplay.report.SnapshotSpool`).  The renderers read the spools
+    back in the order their format needs.  Call
+    :func:`~ksmreplay.report.close_spools` when done; on an error nothing is
+    left open.
+
+    Parameters, errors and the report's content are those of :func:`replay`.
+
+    :raises InputOutputError: when a spool cannot be written.
+    """
+    _check_modes(modes)
+    sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
+    with contextlib.ExitStack() as stack:
+        spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
+        trace, finals = _drive(reader, sims, spools, progress, check_invariants)
+        runs: list[SpooledRun] = [
+            {
+                "mode": mode,
+                "settings": dict(sim.settings),
+                "refused": list(sim.refused),
+                "snapshots": spool,
+                "final": final,
+            }
+            for mode, sim, spool, final in zip(modes, sims, spools, finals, strict=True)
+        ]
+        stack.pop_all()
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}

@@ -2,11 +2,25 @@
 
 Renderers (``render.py``) only format it; simulators fill the snapshot parts.
 Key order here is the order every format prints.
+
+A report comes in two forms with the same keys: :class:`Report`, whose runs
+hold their snapshots in lists (for library callers, ``diff`` and the tests),
+and :class:`SpooledReport`, whose runs keep them in a :class:`SnapshotSpool`,
+an anonymous temporary file read back in order, so that memory does not grow
+with the number of snapshots (``ksmreplay run``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+import os
+import tempfile
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Literal, TypedDict, cast
+
+import msgpack
+
+from ksmreplay.errors import InputOutputError
 
 REPORT_VERSION = 1
 
@@ -145,3 +159,184 @@ class Report(TypedDict):
     report: int
     trace: TraceInfo
     runs: list[Run]
+
+
+class SnapshotSpool:
+    """One run's snapshots, kept in an anonymous temporary file instead of memory.
+
+    :meth:`append` packs a snapshot as msgpack; every dict in it is written as
+    the number of its tuple of keys (each distinct tuple is kept once, in
+    memory) and its values, so a process costs its values and a few bytes
+    (about 10 bytes in all for a process of small counters).  Iterating reads
+    the snapshots back, in the order they were appended, as equal dicts (same
+    keys in the same order; tuples come back as lists).  Every iteration starts
+    from the beginning, reads the file at its own offset and holds one
+    snapshot at a time, so several iterations may run side by side.
+
+    The file has no name (``tempfile.TemporaryFile`` in ``$TMPDIR``): it
+    leaves nothing behind however the process ends.  :meth:`close` frees it;
+    the spool is a context manager that closes it.
+    """
+
+    _CHUNK = 1 << 16
+    """Bytes read from the file at a time."""
+
+    def __init__(self) -> None:
+        try:
+            self._file = tempfile.TemporaryFile(prefix="ksmreplay-")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise _spool_error(exc) from exc
+        self._packer = msgpack.Packer(autoreset=True, strict_types=True, default=self._default)
+        self._keys: list[tuple[Any, ...]] = []
+        self._key_ids: dict[tuple[Any, ...], int] = {}
+        self._count = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        """The number of snapshots appended."""
+        return self._count
+
+    @property
+    def size(self) -> int:
+        """Bytes the spooled snapshots take in the file."""
+        return self._size
+
+    def append(self, snap: Snap) -> None:
+        """Write one snapshot to the end of the file.
+
+        :raises InputOutputError: when the file cannot be written (e.g. a full disk).
+        """
+        data = self._packer.pack(self._encode(cast("dict[str, Any]", snap)))
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _spool_error(exc) from exc
+        self._count += 1
+        self._size += len(data)
+
+    def __iter__(self) -> Iterator[Snap]:
+        """The snapshots, in the order they were appended.
+
+        :raises InputOutputError: when the file cannot be read back.
+        """
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise _spool_error(exc) from exc
+        unpacker = msgpack.Unpacker(
+            object_hook=self._decode, strict_map_key=False, max_buffer_size=0
+        )
+        fd = self._file.fileno()
+        offset = 0
+        while offset < self._size:
+            try:
+                chunk = os.pread(fd, min(self._CHUNK, self._size - offset), offset)
+            except OSError as exc:
+                raise _spool_error(exc) from exc
+            if not chunk:
+                raise InputOutputError("the report's temporary file was cut short")
+            offset += len(chunk)
+            unpacker.feed(chunk)
+            yield from unpacker
+
+    def close(self) -> None:
+        """Free the file (the snapshots cannot be read any more)."""
+        self._file.close()
+
+    def __enter__(self) -> SnapshotSpool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _encode(self, value: dict[Any, Any]) -> dict[int, list[Any]]:
+        """A dict as ``{key tuple number: [values]}``, its values as :meth:`_encode_list`.
+
+        Only dicts and lists of exactly those types are looked into here (one
+        test in C per container says whether any of its values is one);
+        msgpack hands everything else it cannot pack as it is (tuples, and
+        subclasses of dict, list, int, float, str) to :meth:`_default`.
+        """
+        keys = tuple(value)
+        key_id = self._key_ids.get(keys)
+        if key_id is None:
+            key_id = self._key_ids[keys] = len(self._keys)
+            self._keys.append(keys)
+        return {key_id: self._encode_list(list(value.values()))}
+
+    def _encode_list(self, values: list[Any]) -> list[Any]:
+        """``values`` with each dict and list in it encoded (the list itself when none is)."""
+        if _CONTAINERS.isdisjoint(map(type, values)):
+            return values
+        return [
+            self._encode(item)
+            if type(item) is dict
+            else self._encode_list(item)
+            if type(item) is list
+            else item
+            for item in values
+        ]
+
+    def _default(self, value: object) -> object:
+        """What msgpack packs for a value it does not pack itself: as ``json.dumps`` sees it."""
+        if isinstance(value, dict):
+            return self._encode(dict(value))
+        if isinstance(value, (list, tuple)):
+            return self._encode_list(list(value))
+        for base in (int, float, str):
+            if isinstance(value, base):
+                return base(value)
+        raise TypeError(f"a snapshot cannot hold {type(value).__name__}")
+
+    def _decode(self, packed: dict[int, list[Any]]) -> dict[Any, Any]:
+        """A dict back from :meth:`_encode`'s form (msgpack calls it for every map)."""
+        ((key_id, values),) = packed.items()
+        return dict(zip(self._keys[key_id], values, strict=True))
+
+
+_CONTAINERS = frozenset((dict, list))
+"""The types :meth:`SnapshotSpool._encode` looks into (exactly these, not subclasses)."""
+
+
+def _spool_error(exc: OSError) -> InputOutputError:
+    reason = exc.strerror or exc
+    return InputOutputError(f"temporary file for the report in {tempfile.gettempdir()}: {reason}")
+
+
+class SpooledRun(TypedDict):
+    """A :class:`Run` whose snapshots wait in a :class:`SnapshotSpool`."""
+
+    mode: str
+    settings: dict[str, Any]
+    refused: list[Refusal]
+    snapshots: SnapshotSpool
+    final: Snap
+
+
+class SpooledReport(TypedDict):
+    """A :class:`Report` whose runs are :class:`SpooledRun` (``replay_spooled()``)."""
+
+    report: int
+    trace: TraceInfo
+    runs: list[SpooledRun]
+
+
+AnyReport = Report | SpooledReport
+"""What the renderers take: either form of the report."""
+
+
+def unspool(report: SpooledReport) -> Report:
+    """The whole report in memory: every spool read back into a list."""
+    runs: list[Run] = [{**run, "snapshots": list(run["snapshots"])} for run in report["runs"]]
+    return {**report, "runs": runs}
+
+
+def close_spools(report: SpooledReport) -> None:
+    """Free every run's spool (the report cannot be rendered any more)."""
+    for run in report["runs"]:
+        run["snapshots"].close()

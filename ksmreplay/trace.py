@@ -18,7 +18,7 @@ or the length of the trace.
 
 ``reader.runs()`` yields the same events with each run of consecutive
 fingerprint writes as one :class:`~ksmreplay.events.WriteRun` (columns), the
-form the replay uses.  Where the accelerator (:mod:`ksmreplay.accel`) is
+form the replay uses.  Where the native core (:mod:`ksmreplay.native`) is
 available, msgpack traces are decoded by it a few MiB at a time: write events
 straight into columns, anything else (and every error) by the pure-Python
 path, so both give the same events and messages.
@@ -73,7 +73,6 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import FULL, OTHER, Accelerator, accelerator
 from ksmreplay.arrays import dense_ranks
 from ksmreplay.errors import InputOutputError, TraceError
 from ksmreplay.events import (
@@ -98,6 +97,7 @@ from ksmreplay.events import (
     WriteRun,
 )
 from ksmreplay.knobs import KnobValue, check_settings
+from ksmreplay.native import SCAN_FULL, SCAN_OTHER, Native, native
 
 FORMAT_VERSION = 1
 MIN_PAGE_SIZE = 4096
@@ -392,11 +392,11 @@ _LIMITS = {
     "max_ext_len": MAX_STR_BYTES,
 }
 _SCAN_READ_SIZE = 4 * 2**20
-"""Bytes the accelerated reader reads at a time: big batches make long write runs."""
+"""Bytes the native reader reads at a time: big batches make long write runs."""
 _SCAN_EVENTS = 1 << 17
-"""Most write events one accelerated scan decodes."""
+"""Most write events one native scan decodes."""
 _SCAN_FPS = 1 << 18
-"""Fingerprints one accelerated scan starts with room for (doubled when one write needs more)."""
+"""Fingerprints one native scan starts with room for (doubled when one write needs more)."""
 _FILL_PAGES = _SCAN_FPS
 """Most pages the fill writes (one fingerprint for the whole range) of one batch
 are expanded to, one fingerprint per page, to join a run of columns; a fill
@@ -410,11 +410,11 @@ items (as a fixarray, array 16 or array 32), or the end of the buffer."""
 _NOT_WRITES = frozenset(bytes([b]) for b in range(256)) - set(_WRITES)
 """First bytes of an object that cannot be a write: no need to call the scanner."""
 _OTHER_BATCH = 256
-"""Most objects other than writes in one batch of the accelerated reader."""
+"""Most objects other than writes in one batch of the native reader."""
 
 
 class _ScannedMsgpackSource:
-    """A msgpack stream decoded with the accelerator (``ksmreplay.accel``).
+    """A msgpack stream decoded with the native core (``ksmreplay.native``).
 
     Runs of write events come out as unchecked :class:`WriteRun` s; every
     other object is cut out with ``ksr_skip`` and decoded by the msgpack
@@ -425,12 +425,12 @@ class _ScannedMsgpackSource:
     than a call of the scanner per write.  At the first thing out of the
     ordinary (bytes that are not msgpack, an object over the size limits, the
     stream ending inside an object) the rest of the stream goes to
-    :class:`_MsgpackSource`, which words the error exactly as without the
-    accelerator.  ``shift`` (log2 of the page size) must be set once the
+    :class:`_MsgpackSource`, which words the error exactly as without the native
+    core.  ``shift`` (log2 of the page size) must be set once the
     header has been read; until then nothing is scanned as a write.
     """
 
-    def __init__(self, stream: IO[bytes], prefix: bytes, name: str, scanner: Accelerator) -> None:
+    def __init__(self, stream: IO[bytes], prefix: bytes, name: str, scanner: Native) -> None:
         self._stream = stream
         self._read = stream.read  # whole chunks, from pipes too
         self._prefix = prefix
@@ -454,14 +454,14 @@ class _ScannedMsgpackSource:
         room = _SCAN_FPS
         mixed = False  # the last scan found a short run: decode the next batch as objects
         while True:
-            status = OTHER
+            status = SCAN_OTHER
             if (
                 count
                 and self.shift is not None
                 and not mixed
                 and buf[pos : pos + 1] not in _NOT_WRITES
             ):
-                cols, pos, status = scanner.scan(
+                columns, pos, status = scanner.scan(
                     buf,
                     pos,
                     self.shift,
@@ -472,15 +472,16 @@ class _ScannedMsgpackSource:
                     room,
                 )
                 self._bytes = base + pos
-                mixed = status == OTHER and len(cols.t) <= _SHORT_RUN
-                if len(cols.t):
-                    count += len(cols.t)
-                    yield cols
-                elif status == FULL:
+                found = 0 if columns is None else len(columns[0])
+                mixed = status == SCAN_OTHER and found <= _SHORT_RUN
+                if columns is not None:
+                    count += found
+                    yield WriteRun(0, *columns)
+                elif status == SCAN_FULL:
                     room *= 2  # one write holds more fingerprints than there is room for
-                if status == FULL:
+                if status == SCAN_FULL:
                     continue
-            if status == OTHER:
+            if status == SCAN_OTHER:
                 objs: list[object] = []
                 failed = False
                 while True:
@@ -584,10 +585,18 @@ class _JsonlSource:
 
 
 _BOM = b"\xef\xbb\xbf"
+_TEXT_FIRST = frozenset(range(0x21, 0x7F))
+"""First non-blank bytes of a JSON-lines file: printable ASCII (``{``, ``[``, a digit,
+``#``...).  In msgpack each is a positive fixint, never a valid header (a map
+starts with 0x80..0x8f, 0xde or 0xdf), so reading such a file as JSON lines
+loses no msgpack trace and gives a text file a message about its text."""
 
 
 def _detect(stream: IO[bytes], name: str) -> tuple[TraceForm, bytes]:
     """Read up to the first non-blank byte; return the form and the bytes read.
+
+    A first non-blank byte of printable ASCII (:data:`_TEXT_FIRST`) means JSON
+    lines, any other byte msgpack.
 
     :raises TraceError: the data starts with a UTF-8 byte order mark (a
         JSON-lines file saved with one: as msgpack, it would be an int).
@@ -609,7 +618,7 @@ def _detect(stream: IO[bytes], name: str) -> tuple[TraceForm, bytes]:
             return "msgpack", prefix
         prefix += chunk
         if body and not _BOM.startswith(body[:3]):
-            return ("jsonl" if body[:1] in (b"{", b"#") else "msgpack"), prefix
+            return ("jsonl" if body[0] in _TEXT_FIRST else "msgpack"), prefix
 
 
 class _Prefixed(io.RawIOBase):
@@ -840,10 +849,10 @@ class _Validator:
     def batch(self, first: int, objs: list[object]) -> list[Event | WriteRun]:
         """Check the events ``objs`` (event indexes from ``first``) and return their records.
 
-        Writes of the common shape (what the accelerator decodes: integer
+        Writes of the common shape (what the native core decodes: integer
         fields, a fingerprint or a list of them), the bulk of large traces,
         gather into runs of columns, checked by :meth:`check_run` as the
-        accelerator's are; the fingerprint lists of the whole batch become one
+        native core's are; the fingerprint lists of the whole batch become one
         uint64 array in one go.  Anything else takes the general path, which
         also says what is wrong.
         """
@@ -1420,10 +1429,10 @@ class TraceReader:
                 self.validated_ahead = _validate_ahead(stream, name)
             form, prefix = _detect(stream, name)
             self.form: TraceForm = form
-            fast = accelerator() if form == "msgpack" else None
+            core = native() if form == "msgpack" else None
             source: _JsonlSource | _MsgpackSource | _ScannedMsgpackSource
-            if fast is not None:
-                source = _ScannedMsgpackSource(stream, prefix, name, fast)
+            if core is not None:
+                source = _ScannedMsgpackSource(stream, prefix, name, core)
             elif form == "msgpack":
                 source = _MsgpackSource(stream, prefix, name)
             else:

@@ -34,17 +34,12 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.accel import Accelerator, accelerator
 from ksmreplay.arrays import charge, dense_ranks
+from ksmreplay.native import CHUNK_SHIFT, PTE_KSM_ZERO, PTE_NONE, PTE_ZERO, Native, native
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
 
-PTE_NONE = -1
-PTE_ZERO = -2
-PTE_KSM_ZERO = -3
-
-CHUNK_SHIFT = 9
 CHUNK = 1 << CHUNK_SHIFT
 """Entries per page-table chunk (512, like one x86-64 PTE page)."""
 
@@ -328,7 +323,7 @@ class PageTable:
         return len(self._chunks)
 
     def directory(self) -> tuple[int, int, int, int]:
-        """For the accelerator: the addresses of the sorted chunk keys and of
+        """For the native core: the addresses of the sorted chunk keys and of
         their rows, how many there are, and the address of an array of each
         row's chunk address (valid until a chunk is added)."""
         if self._directory is None:
@@ -423,7 +418,7 @@ class PageTable:
 
 class _Directories:
     """:meth:`PageTable.directory` of every live process, as rows of
-    :attr:`table` (in the order of :attr:`mms`), for the accelerator.
+    :attr:`table` (in the order of :attr:`mms`), for the native core.
 
     A process gets a row when it is added and gives it up when it is removed
     (the last row moves into its place); a page table that makes a chunk
@@ -619,8 +614,8 @@ class Memory:
         self.frames = FrameTable()
         self.mms: dict[int, MM] = {}
         """The live processes by pid (change it with :meth:`add` and :meth:`remove`)."""
-        self.fast = accelerator()
-        """The accelerator of the writes, if there was one when the memory was made."""
+        self.native = native()
+        """The native core of the writes, if there was one when the memory was made."""
         self.events: dict[str, int] = dict(EVENT_COUNTERS_ZERO)
         self.on_ksm_pages_freed = on_ksm_pages_freed
         self._directories = _Directories()
@@ -707,15 +702,15 @@ class Memory:
 
         Write ``e`` stores ``counts[e]`` pages of process ``pids[e]`` from page
         ``first[e]`` on; ``fps`` are their fingerprints, one write after the
-        other.  With the accelerator, ``fault.c`` does exactly that; without,
+        other.  With the native core, ``fault.c`` does exactly that; without,
         the pages go to :meth:`write_many` by process, and in the one case
         where their order matters (see there) to :meth:`write` one write at a
         time.
         """
-        fast = self.fast
+        native = self.native
         distinct, rank = dense_ranks(pids)
-        if fast is not None:
-            self._write_run_fast(fast, distinct, rank, first, counts, fps)
+        if native is not None:
+            self._write_run_native(native, distinct, rank, first, counts, fps)
             return
         starts = np.cumsum(counts) - counts
         event = np.repeat(np.arange(len(counts)), counts)
@@ -731,9 +726,9 @@ class Memory:
         for pid, page, at, n in writes:
             self.write(self.mms[pid], page, fps[at : at + n])
 
-    def _write_run_fast(
+    def _write_run_native(
         self,
-        fast: Accelerator,
+        native: Native,
         pids: list[int],
         owner: IntArray,
         first: IntArray,
@@ -764,7 +759,7 @@ class Memory:
 
         fr = self.frames
         fresh = fr.candidates(len(fps))
-        used, dead, stats, events = fast.write_run(
+        used, dead, stats, events = native.write_run(
             owner.astype(np.int32),
             first,
             counts,

@@ -6,24 +6,28 @@ from collections.abc import Iterator
 
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 
 
-@pytest.fixture(params=["pure", "accelerated"])
-def with_and_without_accel(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """Run the test without the accelerator (pure-Python reader, numpy fault path),
-    then with it.
+@pytest.fixture(params=["scalar", "native"])
+def both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on the scalar path (the pure-Python reader, the numpy fault
+    path, the scalar ksmd), then with the native core: its id says which.
 
-    The accelerated run is skipped where the accelerator cannot be built (no C
-    compiler); the other runs everywhere.
+    The native run is skipped where the native core was not built (no C
+    compiler at install); the other runs everywhere.
     """
-    if request.param == "pure":
-        monkeypatch.setenv(accel.ENV, "0")
-        assert accel.accelerator() is None
+    if request.param == "scalar":
+        monkeypatch.setenv(native.ENV, "0")
+        assert native.native() is None
     else:
-        monkeypatch.delenv(accel.ENV, raising=False)
-        if accel.accelerator() is None:
-            pytest.skip("the decoding accelerator cannot be built here (no C compiler?)")
+        monkeypatch.delenv(native.ENV, raising=False)
+        if native.native() is None:
+            pytest.skip("the native core was not built (no C compiler at install?)")
     yield request.param
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fuzz: a bounded run of the fuzzer (tests/fuzzer.py); -m 'not fuzz' skips it"
+    )

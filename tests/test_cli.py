@@ -15,7 +15,7 @@ import msgpack
 import pytest
 from click.testing import CliRunner, Result
 
-from ksmreplay import __version__
+from ksmreplay import __version__, native
 from ksmreplay.cli import cli
 from ksmreplay.knobs import DEFAULTS
 
@@ -68,7 +68,8 @@ BAD_MESSAGE = "event 2 (t=5): read from pid 1 at 0x11000 outside any mapping"
 
 def test_version() -> None:
     result = invoke("--version")
-    assert (result.exit_code, result.stdout, result.stderr) == (0, f"ksmreplay {__version__}\n", "")
+    expected = f"ksmreplay {__version__}\nengine: {native.engine()}\n"
+    assert (result.exit_code, result.stdout, result.stderr) == (0, expected, "")
 
 
 def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:

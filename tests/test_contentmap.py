@@ -9,7 +9,7 @@ import pytest
 
 from ksmreplay.contentmap import ABSENT, ContentMap
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 
 def _keys(rng: random.Random) -> list[int]:

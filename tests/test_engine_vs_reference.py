@@ -16,7 +16,7 @@ from reference import ReferenceSimulator
 
 from ksmreplay.engine import Engine
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 
 def _compare(seed: int, mode: str, n_events: int = 60) -> None:

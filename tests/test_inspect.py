@@ -37,7 +37,7 @@ def pack(*objects: Any) -> bytes:
     return b"".join(msgpack.packb(o) for o in objects)
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 def test_one_fingerprint_over_a_large_range_is_one_segment() -> None:
     # A write of one fingerprint over 2**32 bytes (2**20 pages): a page-by-page
     # count held a dict entry per page (over 100 MB here, 11 GB at 2**40 bytes).
@@ -48,14 +48,14 @@ def test_one_fingerprint_over_a_large_range_is_one_segment() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 16 * 2**20  # the accelerator's columns: 8 MiB
+    assert peak < 16 * 2**20  # the native reader's columns: 8 MiB
     assert info["processes"] == [
         {"pid": 1, "peak_mapped_pages": 2**20, "peak_written_pages": 2**20}
     ]
     assert (info["distinct_fingerprints"], info["zero_pages_written"]) == (1, 0)
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 def test_ranges_of_any_size_are_counted_exactly() -> None:
     data = pack(
         H,
@@ -141,7 +141,7 @@ def model_inspect(header: Header, events: list[Event]) -> tuple[Any, ...]:
     return sorted((pid, *peak) for pid, peak in peaks.items()), len(fps), zeros
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @settings(
     max_examples=150,
     deadline=None,

@@ -12,22 +12,29 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
+import tabulate
+from click.testing import CliRunner
 from golden import check_golden
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from report_samples import one_mode_report, two_mode_report
 
-from ksmreplay.render import CSV_HEADER, FORMATS, render
-from ksmreplay.report import Report
+from ksmreplay.cli import cli
+from ksmreplay.render import CSV_HEADER, FORMATS, csv_field, plain_table, render, tsv_field
+from ksmreplay.replay import expand_modes, replay, replay_spooled
+from ksmreplay.report import AnyReport, Report, SnapshotSpool, SpooledReport, close_spools
+from ksmreplay.trace import open_trace
 
 GOLDEN = Path(__file__).parent / "golden"
 # the specification lives beside the repository, in shared/spec/
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "spec" / "report.schema.json"
 
 
-def _text(report: Report, fmt: str) -> str:
+def _text(report: AnyReport, fmt: str) -> str:
     out = io.StringIO(newline="")
     render(report, fmt, out)
     return out.getvalue()
@@ -69,6 +76,105 @@ def test_rendering_does_not_change_the_report(fmt: str) -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown format 'xml'"):
         render(two_mode_report(), "xml", io.StringIO())
+
+
+# --- either form of the report: whole, or with its snapshots spooled ----------------------
+
+
+def _spooled(report: Report) -> SpooledReport:
+    """The same report with each run's snapshots in a spool."""
+    runs = []
+    for run in report["runs"]:
+        spool = SnapshotSpool()
+        for snap in run["snapshots"]:
+            spool.append(snap)
+        runs.append({**run, "snapshots": spool})
+    return cast(SpooledReport, {**report, "runs": runs})
+
+
+def _many_snapshots_report() -> Report:
+    """Two modes, snapshots of different labels and process sets, an extra run key."""
+    report = two_mode_report()
+    for n, run in enumerate(report["runs"]):
+        final = run["final"]
+        run["snapshots"] = []
+        for i in range(7):
+            snap = copy.deepcopy(final)
+            snap["label"] = f"s{i}" if i != 3 else ""
+            snap["processes"] = snap["processes"][: i % 3]
+            snap["ksm"]["pages_scanned"] = 100 * i + n
+            run["snapshots"].append(snap)
+        run["events_observed"] = {"merges": n}  # type: ignore[typeddict-unknown-key]
+    return report
+
+
+def _odd_report() -> Report:
+    """Shapes the JSON encoder must get right: empty and nested meta, unicode, floats."""
+    report = one_mode_report()
+    report["trace"]["meta"] = {"a": {}, "b": [], "c": {"d": [1, {"e": None}]}, "é": 0.5}
+    report["trace"]["path"] = "dir/\u00e9\n.msgpack"
+    report["runs"][0]["snapshots"] = [copy.deepcopy(report["runs"][0]["final"])]
+    report["runs"][0]["snapshots"][0]["label"] = '\u2028\x1b"é'
+    report["runs"][0]["snapshots"][0]["processes"] = []
+    return report
+
+
+REPORTS = [two_mode_report, one_mode_report, _many_snapshots_report, _odd_report]
+
+
+@pytest.mark.parametrize("make", REPORTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_spooled_report_renders_byte_identical_to_the_whole_one(make: Any, fmt: str) -> None:
+    report = make()
+    spooled = _spooled(report)
+    try:
+        assert _text(spooled, fmt) == _text(report, fmt)
+        assert _text(spooled, fmt) == _text(report, fmt)  # the spools can be read again
+    finally:
+        close_spools(spooled)
+
+
+@pytest.mark.parametrize("make", REPORTS)
+def test_json_is_byte_for_byte_json_dumps_of_the_report(make: Any) -> None:
+    report = make()
+    assert _text(report, "json") == json.dumps(report, indent=2) + "\n"
+    no_runs = make()
+    no_runs["runs"] = []
+    assert _text(no_runs, "json") == json.dumps(no_runs, indent=2) + "\n"
+    odd_keys = make()
+    odd_keys["trace"]["meta"] = {1: [True], None: {}, 2.5: "x"}
+    assert _text(odd_keys, "json") == json.dumps(odd_keys, indent=2) + "\n"
+
+
+BUNDLED = Path(__file__).parent.parent / "traces"
+
+
+@pytest.mark.parametrize("name", ["demo", "unmerge-cycle", "containers"])
+def test_replay_spooled_renders_what_replay_renders_for_bundled_traces(name: str) -> None:
+    # GIVEN a bundled trace replayed both ways in every mode
+    path = str(BUNDLED / f"{name}.msgpack")
+    modes = expand_modes("all")
+    with open_trace(path) as reader:
+        whole = replay(reader, modes)
+    with open_trace(path) as reader:
+        spooled = replay_spooled(reader, modes)
+    # THEN every format gives the same bytes, and JSON is json.dumps of the whole report
+    try:
+        for fmt in FORMATS:
+            assert _text(spooled, fmt) == _text(whole, fmt), fmt
+        assert _text(spooled, "json") == json.dumps(whole, indent=2) + "\n"
+    finally:
+        close_spools(spooled)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_run_prints_the_whole_reports_bytes(fmt: str) -> None:
+    path = str(BUNDLED / "demo.msgpack")
+    with open_trace(path) as reader:
+        whole = replay(reader, expand_modes("all"))
+    result = CliRunner().invoke(cli, ["run", path, "--mode", "all", "--format", fmt])
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.decode() == _text(whole, fmt)
 
 
 # --- json -------------------------------------------------------------------------------
@@ -143,6 +249,142 @@ def test_csv_quotes_a_label_with_a_comma() -> None:
     assert rows[1][:3] == ["unshare", "a,b", "ksm"]
 
 
+# --- text in fields: labels holding separators, quotes, line breaks, control characters --
+
+NASTY_LABELS = [
+    "new\nline",
+    "tab\there",
+    "back\\slash",
+    "com,ma",
+    'qu"ote',
+    '"',
+    "esc\x1b[31mred",
+    "cr\rret",
+    "crlf\r\n",
+    "nul\x00bel\x07",
+    "ls\u2028nel\x85",
+    "\\n, not a line break",
+    "ends in \\",
+    "",
+]
+
+
+def _labelled(labels: list[str]) -> Report:
+    """The two-mode report with one snapshot per label in each run."""
+    report = two_mode_report()
+    for run in report["runs"]:
+        template = run["snapshots"][0]
+        run["snapshots"] = []
+        for i, label in enumerate(labels):
+            snap = copy.deepcopy(template)
+            snap["label"] = label
+            snap["t"] = i
+            run["snapshots"].append(snap)
+    return report
+
+
+def _placeholders() -> list[str]:
+    return [f"label{i}" for i in range(len(NASTY_LABELS))]
+
+
+def _relabel(rows: list[list[str]]) -> list[list[str]]:
+    """Rows of the placeholder report with each placeholder replaced by its nasty label."""
+    swap = dict(zip(_placeholders(), NASTY_LABELS, strict=True))
+    return [[row[0], swap.get(row[1], row[1]), *row[2:]] for row in rows]
+
+
+def test_csv_quotes_as_rfc_4180_and_parses_back_to_the_same_cells() -> None:
+    # GIVEN labels with commas, quotes, CR, LF and control characters
+    text = _text(_labelled(NASTY_LABELS), "csv")
+    safe = _text(_labelled(_placeholders()), "csv")
+    # WHEN the CSV is parsed back THEN every row has its six cells, labels intact
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    safe_rows = list(csv.reader(io.StringIO(safe, newline="")))
+    assert rows == _relabel(safe_rows)
+    # a field with a comma, a quote, CR or LF is quoted, quotes doubled; others are not
+    assert '\nlegacy,"cr\rret",ksm,,pages_shared,1\n' in text
+    assert '\nlegacy,"qu""ote",ksm,,pages_shared,1\n' in text
+    assert '\nlegacy,"new\nline",ksm,,pages_shared,1\n' in text
+    assert "\nlegacy,esc\x1b[31mred,ksm,,pages_shared,1\n" in text
+    assert "\nlegacy,back\\slash,ksm,,pages_shared,1\n" in text
+
+
+def _tsv_unescape(field: str) -> str:
+    """A TSV field back to its text: \\\\, \\t, \\n, \\r; any other backslash is an error."""
+    out = []
+    chars = iter(field)
+    for ch in chars:
+        if ch == "\\":
+            out.append({"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}[next(chars)])
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def test_tsv_escapes_tab_line_breaks_and_backslash_one_row_per_line() -> None:
+    text = _text(_labelled(NASTY_LABELS), "tsv")
+    safe = _text(_labelled(_placeholders()), "tsv")
+    # every row is one line of six tab-separated fields: no quoting, nothing split
+    lines = text.split("\n")
+    assert lines.pop() == ""
+    assert len(lines) == safe.count("\n")
+    assert "\r" not in text
+    rows = [[_tsv_unescape(field) for field in line.split("\t")] for line in lines]
+    assert all(len(row) == 6 for row in rows)
+    assert rows == _relabel([line.split("\t") for line in safe.split("\n")[:-1]])
+    # the escapes as written
+    assert "\nlegacy\ttab\\there\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tnew\\nline\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tcrlf\\r\\n\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tback\\\\slash\tksm\t\tpages_shared\t1\n" in text
+    assert '\nlegacy\tqu"ote\tksm\t\tpages_shared\t1\n' in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_csv_field_parses_back_and_differs_from_the_csv_module_only_for_cr(text: str) -> None:
+    line = f"{csv_field(text)},x\n"
+    assert list(csv.reader(io.StringIO(line, newline=""))) == [[text, "x"]]
+    if "\r" not in text:
+        # what the reports wrote before for every field without a carriage return
+        written = io.StringIO(newline="")
+        csv.writer(written, lineterminator="\n").writerow([text, "x"])
+        assert line == written.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_tsv_field_is_one_field_of_one_line_and_unescapes_back(text: str) -> None:
+    field = tsv_field(text)
+    assert not {"\t", "\n", "\r"} & set(field)
+    assert _tsv_unescape(field) == text
+
+
+def _unprintable(text: str) -> set[str]:
+    return {ch for ch in text if ch != "\n" and not ch.isprintable()}
+
+
+def test_table_shows_labels_with_control_characters_escaped() -> None:
+    text = _text(_labelled(NASTY_LABELS), "table")
+    safe = _text(_labelled(_placeholders()), "table")
+    assert _unprintable(text) == set()
+    assert text.count("\n") == safe.count("\n")
+    assert '\nsnapshot "esc\\u001b[31mred" (event 7, t=6 ns)\n' in text
+    assert '\nsnapshot "crlf\\r\\n" (event 7, t=8 ns)\n' in text
+
+
+def test_table_shows_a_trace_path_with_control_characters_escaped() -> None:
+    report = two_mode_report()
+    report["trace"]["path"] = "dir/p\nq\x1b[1m\u2028.msgpack"
+    text = _text(report, "table")
+    assert _unprintable(text) == set()
+    assert text.count("\n") == _text(two_mode_report(), "table").count("\n")
+    assert text.startswith('trace      "dir/p\\nq\\u001b[1m\\u2028.msgpack"\nevents ')
+    # a printable path is shown as it is
+    report["trace"]["path"] = "dir/é ü.msgpack"
+    assert _text(report, "table").startswith("trace      dir/é ü.msgpack\nevents ")
+
+
 # --- table ------------------------------------------------------------------------------
 
 
@@ -189,3 +431,50 @@ def test_table_without_processes_says_so() -> None:
 def test_table_lines_have_no_trailing_blanks() -> None:
     text = _text(two_mode_report(), "table")
     assert all(line == line.rstrip() for line in text.splitlines())
+
+
+def _tabulate_plain(headers: list[str], rows: list[list[str]], aligns: str) -> str:
+    """The layout :func:`plain_table` promises, as tabulate makes it."""
+    width = max([len(headers), *(len(row) for row in rows)])
+    colalign = ["left" if i < len(aligns) and aligns[i] == "l" else "right" for i in range(width)]
+    saved = tabulate.MIN_PADDING
+    tabulate.MIN_PADDING = 0
+    try:
+        text = tabulate.tabulate(
+            rows, headers=headers, tablefmt="plain", disable_numparse=True, colalign=colalign
+        )
+    finally:
+        tabulate.MIN_PADDING = saved
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+_CELLS = st.one_of(
+    st.text(max_size=5),  # any character, printable or not
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=8),
+    st.sampled_from(["", " ", " a ", "True", "-", "+3", "-12", "1.5", "1e5", "yes"]),
+)
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]], str]:
+    width = draw(st.integers(1, 5))
+    ragged = draw(st.booleans()) and draw(st.booleans())
+    rows = draw(
+        st.lists(
+            st.lists(_CELLS, min_size=1 if ragged else width, max_size=width),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    headers = draw(st.one_of(st.just([]), st.lists(_CELLS, min_size=width, max_size=width)))
+    aligns = draw(st.text(alphabet="lr", max_size=6))
+    return headers, rows, aligns
+
+
+@settings(max_examples=400, deadline=None)
+@given(_tables())
+def test_plain_table_lays_out_as_tabulate_plain(
+    table: tuple[list[str], list[list[str]], str],
+) -> None:
+    headers, rows, aligns = table
+    assert plain_table(headers, rows, aligns) == _tabulate_plain(headers, rows, aligns)

@@ -7,17 +7,21 @@ simulator and when snapshots were taken.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import io
+import os
+import tracemalloc
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from ksmreplay.errors import InvariantError, UsageError
+from ksmreplay.errors import InvariantError, TraceError, UsageError
 from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapshot, Write, WriteRun
 from ksmreplay.knobs import DEFAULTS, KnobValue
-from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.render import FORMATS, render
+from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay, replay_spooled
+from ksmreplay.report import Refusal, Snap, close_spools, unspool
 from ksmreplay.trace import open_trace, write_trace
 
 
@@ -266,3 +270,120 @@ def test_replay_of_a_real_trace_reader(tmp_path: Path) -> None:
         "page_size": 4096,
         "meta": {"k": [1, 2]},
     }
+
+
+# --- replay_spooled: the same report, its snapshots in temporary files ---------------------
+
+
+def test_replay_spooled_gives_the_report_replay_gives() -> None:
+    whole = replay(FakeReader(EVENTS), ["unshare", "legacy"], factory=_factory([]))
+    log = FakeSimulator.log
+    FakeSimulator.log = []
+    spooled = replay_spooled(FakeReader(EVENTS), ["unshare", "legacy"], factory=_factory([]))
+    try:
+        # the simulators saw the same calls in the same order
+        assert FakeSimulator.log == log
+        assert [len(run["snapshots"]) for run in spooled["runs"]] == [2, 2]
+        assert unspool(spooled) == whole
+        assert list(unspool(spooled)["runs"][0]) == list(whole["runs"][0])
+    finally:
+        close_spools(spooled)
+
+
+def test_replay_spooled_of_a_real_trace_in_every_mode(tmp_path: Path) -> None:
+    path = tmp_path / "small.jsonl"
+    write_trace(str(path), Header(page_size=4096, meta={}), EVENTS)
+    with open_trace(str(path)) as reader:
+        whole = replay(reader, expand_modes("all"))
+    with open_trace(str(path)) as reader:
+        spooled = replay_spooled(reader, expand_modes("all"))
+    try:
+        assert unspool(spooled) == whole
+    finally:
+        close_spools(spooled)
+
+
+class _FailingReader(FakeReader):
+    """Fails like an invalid trace after ``good`` events."""
+
+    def __init__(self, events: Sequence[Event], good: int) -> None:
+        super().__init__(events)
+        self.good = good
+
+    def runs(self) -> Iterator[Event]:
+        for i, event in enumerate(super().runs()):
+            if i == self.good:
+                raise TraceError(self.name, event.index, event.t, "broken here")
+            yield event
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("fail", ["trace", "invariant", "modes"])
+def test_replay_spooled_leaves_no_spool_open_on_an_error(fail: str) -> None:
+    before = _open_fds()
+    with pytest.raises((TraceError, InvariantError, UsageError)):
+        if fail == "trace":
+            replay_spooled(_FailingReader(EVENTS, 7), ["legacy", "unshare"], factory=_factory([]))
+        elif fail == "invariant":
+            replay_spooled(
+                FakeReader(EVENTS),
+                ["legacy"],
+                check_invariants=True,
+                factory=_factory([], fail_at=8),
+            )
+        else:
+            replay_spooled(FakeReader(EVENTS), ["legacy", "legacy"], factory=_factory([]))
+    assert _open_fds() == before
+
+
+class _BigSnapshots(FakeSimulator):
+    """Snapshots of 30 processes, as a host with 30 processes would give."""
+
+    def snapshot(self, label: str, t: int, index: int) -> Snap:
+        snap = super().snapshot(label, t, index)
+        snap["processes"] = [
+            {"pid": pid, "ksm_rmap_items": index + pid, "ksm_merge_any": False}
+            for pid in range(1, 31)
+        ]
+        return snap
+
+
+class _Discard(io.TextIOBase):
+    """An output stream that keeps nothing."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _peak_bytes(snapshots: int, replayer: Callable[..., Any], fmt: str) -> int:
+    """Peak of Python's allocations while replaying and rendering ``snapshots`` snapshots."""
+    events: list[Event] = [Snapshot(i, i, f"s{i}") for i in range(1, snapshots + 1)]
+
+    def make(mode: str, page_size: int, settings: Mapping[str, KnobValue] | None) -> Any:
+        return _BigSnapshots(mode, page_size, settings)
+
+    tracemalloc.start()
+    try:
+        report = replayer(FakeReader(events), ["legacy", "unshare"], factory=make)
+        render(report, fmt, _Discard())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    if replayer is replay_spooled:
+        close_spools(report)
+    return peak
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_memory_does_not_grow_with_the_snapshots_when_spooled(fmt: str) -> None:
+    # GIVEN 50 and then 200 snapshots of 30 processes in two modes
+    # WHEN they are replayed and rendered whole, then through the spools
+    whole_few, whole_many = _peak_bytes(50, replay, fmt), _peak_bytes(200, replay, fmt)
+    few, many = _peak_bytes(50, replay_spooled, fmt), _peak_bytes(200, replay_spooled, fmt)
+    # THEN the whole report's peak grows with the snapshots (so this test can fail) and the
+    # spooled one's hardly (what grows is the fake simulators' logs of the events)
+    assert whole_many - whole_few > 1_000_000
+    assert many - few < (whole_many - whole_few) / 10, (few, many, whole_few, whole_many)

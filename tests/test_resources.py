@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 from ksmreplay.errors import ExitStatus
 
 PAGE = 4096
@@ -51,7 +51,7 @@ def run(
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     environ = {**os.environ, **(env or {})}
-    environ[accel.ENV] = "1" if accelerated else "0"
+    environ[native.ENV] = "1" if accelerated else "0"
     return subprocess.run(
         [sys.executable, "-m", "ksmreplay", "run", "--format", "json", str(trace)],
         capture_output=True,
@@ -161,16 +161,17 @@ def test_thirty_thousand_mappings(tmp_path: Path) -> None:
     assert processes[0]["rss_anon_pages"] == n - 100
 
 
-def test_pids_near_2_64(tmp_path: Path) -> None:
-    # GIVEN processes with pids of 2**63 and more writing in one instant with pid 1
-    big = [2**63 + 5, 2**64 - 1]
+def test_pids_up_to_the_largest_the_format_allows(tmp_path: Path) -> None:
+    # GIVEN processes with pids near the largest a trace may hold (2**63 - 1)
+    # writing in one instant with pid 1
+    big = [2**62 + 5, 2**63 - 1]
     events: list[list[Any]] = [[0, "ksm", {"run": 1}]]
     for pid in [*big, 1]:
         events += [[0, "alloc", pid, PAGE, 2 * PAGE], [0, "prctl", pid, "merge_any", True]]
     events += [[1, "write", pid, PAGE, 2 * PAGE, 9] for pid in [1, *big, 1]]
     events.append([10**9, "snapshot", "end"])
     trace = write_trace(tmp_path / "t.jsonl", events)
-    # WHEN replayed with the accelerator and without THEN both give the same report
+    # WHEN replayed with the native core and without THEN both give the same report
     reports = []
     for accelerated in (True, False):
         done = run(trace, 1024 * MIB, timeout=60, accelerated=accelerated)

@@ -28,8 +28,8 @@ from ksmreplay.errors import TraceError
 from ksmreplay.events import Event, Header
 from ksmreplay.trace import FORMS, TraceReader, TraceWriter
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
-"""Every test here runs with the pure-Python reader and with the accelerator."""
+pytestmark = pytest.mark.usefixtures("both_engines")
+"""Every test here runs with the scalar code and with the native core."""
 
 EDGE_INTS = [0, 1, 2, 4096, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -1, -(2**63), -(2**63) - 1, 10**30]
 ODD_TEXT = ["", "é", '\x00\n\t\\"', "\ud800", "a\udfff", "\u2028", "x" * 40]

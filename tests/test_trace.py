@@ -39,8 +39,8 @@ from ksmreplay.trace import (
     write_trace,
 )
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
-"""Every test here runs with the pure-Python reader and with the accelerator."""
+pytestmark = pytest.mark.usefixtures("both_engines")
+"""Every test here runs with the scalar code and with the native core."""
 
 BASE = 0x7F0000000000
 PAGE = 4096

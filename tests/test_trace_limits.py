@@ -133,7 +133,7 @@ ONLY_JSON_CAN_HOLD: list[tuple[str, list[Any], str]] = [
 ]
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @pytest.mark.parametrize(
     ("objects", "message"),
     [pytest.param(o, m, id=i) for i, o, m in ONLY_JSON_CAN_HOLD],
@@ -184,7 +184,7 @@ OVER_A_LIMIT: list[tuple[str, list[Any], str]] = [
 ]
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @pytest.mark.parametrize(
     ("objects", "message"),
     [pytest.param(o, m, id=i) for i, o, m in OVER_A_LIMIT],
@@ -195,7 +195,7 @@ def test_over_a_limit_is_refused_in_both_forms(objects: list[Any], message: str)
     assert error(pack(*objects)).startswith("T: event ")
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 def test_values_at_the_limits_are_accepted_and_convert_both_ways() -> None:
     objects = [
         {
@@ -246,13 +246,53 @@ def test_a_json_literal_write_over_the_limit_is_refused() -> None:
     )
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 def test_a_json_lines_file_with_a_byte_order_mark_gets_a_clear_message() -> None:
     data = b"\xef\xbb\xbf" + jsonl(H, MAP)
     assert error(data) == (
         "T: event 0: the trace starts with a UTF-8 byte order mark; "
         "JSON lines must be UTF-8 without one (save the file without the BOM)"
     )
+
+
+@pytest.mark.usefixtures("both_engines")
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"null\n" + jsonl(MAP), "header must be a map, not nil"),
+        (jsonl([0, "snapshot", "s"]), "header must be a map, not array"),
+        (b' \n\t "ksmreplay"\n' + jsonl(MAP), "header must be a map, not str"),
+        (b"true\n", "header must be a map, not bool"),
+        (b"1.5\n", "header must be a map, not float"),
+        (b"nul\n", "invalid JSON (Expecting value at column 1)"),
+        (b"ksmreplay: 1\n", "invalid JSON (Expecting value at column 1)"),
+        (b"-\n", "invalid JSON (Expecting value at column 1)"),
+    ],
+    ids=["null", "array", "str", "bool", "float", "nul", "word", "minus"],
+)
+def test_a_text_file_whose_first_line_is_not_a_map_is_read_as_json_lines(
+    data: bytes, message: str
+) -> None:
+    """GIVEN a file whose first non-blank byte is printable ASCII (in msgpack a small
+    positive int, never a valid header) THEN it is read as JSON lines, not msgpack."""
+    assert error(data) == f"T: event 0: {message}"
+
+
+@pytest.mark.usefixtures("both_engines")
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (pack([1]), "header must be a map, not array"),
+        (pack(7), "header must be a map, not int"),
+        (pack(None), "header must be a map, not nil"),
+        (b"\xc1", "invalid msgpack data"),
+    ],
+    ids=["array", "int", "nil", "garbage"],
+)
+def test_a_binary_file_whose_first_object_is_not_a_map_is_read_as_msgpack(
+    data: bytes, message: str
+) -> None:
+    assert error(data) == f"T: event 0: {message}"
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,8 @@ from ksmreplay.events import (
 )
 from ksmreplay.trace import RangeSet, TraceReader, TraceWriter
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
-"""Every test here runs with the pure-Python reader and with the accelerator."""
+pytestmark = pytest.mark.usefixtures("both_engines")
+"""Every test here runs with the scalar code and with the native core."""
 
 PAGE = 4096
 SLOT_PAGES = 8

@@ -25,8 +25,8 @@ from ksmreplay.errors import TraceError
 from ksmreplay.events import Event, WriteRun
 from ksmreplay.trace import RangeSet, TraceReader, open_trace
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
-"""Every test here runs with the pure-Python reader and with the accelerator."""
+pytestmark = pytest.mark.usefixtures("both_engines")
+"""Every test here runs with the scalar code and with the native core."""
 
 H: dict[str, Any] = {"ksmreplay": 1}
 PAGE = 4096
@@ -65,7 +65,7 @@ def test_cost_does_not_follow_the_pid_values() -> None:
     for i in range(1, 1001):
         body += [[i, "write", pid, PAGE, PAGE, i], [i, "read", pid, PAGE, PAGE]]
     data = pack(H, *body)
-    assert peak_bytes(lambda: drain(data)) < 16 * 2**20  # the accelerator's columns: 8 MiB
+    assert peak_bytes(lambda: drain(data)) < 16 * 2**20  # the native reader's columns: 8 MiB
 
 
 @pytest.mark.parametrize("order", ["interleaved", "grouped"])

@@ -16,8 +16,8 @@ import pytest
 from ksmreplay.errors import ExitStatus, InputOutputError, TraceError
 from ksmreplay.trace import open_trace, read_trace
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
-"""Every test here runs with the pure-Python reader and with the accelerator."""
+pytestmark = pytest.mark.usefixtures("both_engines")
+"""Every test here runs with the scalar code and with the native core."""
 
 H: dict[str, Any] = {"ksmreplay": 1}
 MAP = [0, "alloc", 1, 0x10000, 0x4000]

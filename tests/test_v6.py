@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from golden import UPDATE, check_golden, run_report
-from randtrace import large_random_trace, random_trace
 
 from ksmreplay.engine import Engine
 from ksmreplay.events import (
@@ -284,51 +283,3 @@ def test_v6_case_shows_a_difference(name: str) -> None:
     for snap in runs["v6"]["snapshots"]:
         assert snap["ksm"]["ksm_zero_pages"] is None
         assert isinstance(snap["ksm"]["zero_pages_sharing"], int)
-
-
-# -- the bulk scan paths against the address-ordered loop, in v6 mode ----------------
-
-
-def _replay_both(events: list[Event], every_event: bool) -> int:
-    """GIVEN a random trace, WHEN replayed in v6 with and without the bulk paths,
-    THEN every snapshot is identical and the invariants hold.
-
-    Returns the most zero pages flagged at once (so a test can see it tested some).
-    """
-    fast = Engine("v6", PS)
-    slow = Engine("v6", PS)
-
-    def loop_only(*args: Any) -> tuple[Any, bool]:
-        # Ksmd._bulk_visits doing nothing: every visit goes through the loop.
-        return args[6], False
-
-    slow.ksmd._bulk_visits = loop_only  # type: ignore[method-assign]
-    most = 0
-    for event in events:
-        fast.apply(event)
-        slow.apply(event)
-        if every_event:
-            fast.check_invariants()
-        assert fast.snapshot("x", event.t, event.index) == slow.snapshot(
-            "x", event.t, event.index
-        ), f"after {event}"
-        most = max(most, fast.ksmd.c.zero_pages_sharing)
-    fast.check_invariants()
-    slow.check_invariants()
-    return most
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_v6_bulk_paths_match_loop_on_random_traces(seed: int) -> None:
-    _replay_both(random_trace(seed, n_events=90), every_event=True)
-
-
-def test_v6_random_traces_flag_zero_pages() -> None:
-    """The random traces above do reach flagged zero-page items."""
-    flagged = [_replay_both(random_trace(seed, n_events=90), False) for seed in range(30)]
-    assert sum(n > 0 for n in flagged) >= 5
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_v6_bulk_paths_match_loop_on_large_traces(seed: int) -> None:
-    _replay_both(large_random_trace(seed), every_event=False)

@@ -2,9 +2,9 @@
 
 GIVEN pages that merge (new KSM pages, stable merges, zero pages, unique
 pages), then are written (copy-on-write breaks, changed checksums) and
-scanned again, WHEN ksmd scans them with the accelerator, THEN the C loop
+scanned again, WHEN ksmd scans them with the native core, THEN the C loop
 does every visit but the unstable-tree hits that make a new KSM page, and the
-outcome is the one of the numpy path.  (The engine-against-reference tests
+outcome is the one of the scalar walk.  (The engine-against-reference tests
 run the accelerated scan on random traces: chains, stale nodes, forks.)
 """
 
@@ -15,14 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ksmreplay import accel
+from ksmreplay import native
 from ksmreplay.engine import Engine
 from ksmreplay.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.ksm import Ksmd
 
-pytestmark = pytest.mark.skipif(
-    accel.build_accelerator() is None, reason="the accelerator cannot be built here"
-)
+pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
 PAGE = 4096
 BASE = 0x10000000
@@ -75,9 +73,9 @@ def test_only_unstable_tree_hits_are_handed_back(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = _trace(3000, seed)
-    monkeypatch.setenv(accel.ENV, "0")
+    monkeypatch.setenv(native.ENV, "0")
     expected = _replay(events)
-    monkeypatch.delenv(accel.ENV)
+    monkeypatch.delenv(native.ENV)
     hits: list[bool] = []
     cmp_and_merge = Ksmd._cmp_and_merge
 

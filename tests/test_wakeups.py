@@ -23,7 +23,7 @@ from ksmreplay.engine import Engine
 from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 from ksmreplay.timing import next_wake_ns
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
+pytestmark = pytest.mark.usefixtures("both_engines")
 
 PAGE = 4096
 BASE = 0x10000000

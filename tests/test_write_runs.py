@@ -31,8 +31,8 @@ from ksmreplay.events import (
 )
 from ksmreplay.vm import BLOCK, CHUNK
 
-pytestmark = pytest.mark.usefixtures("with_and_without_accel")
-"""Every test here runs with the numpy fault path and with the accelerator's."""
+pytestmark = pytest.mark.usefixtures("both_engines")
+"""Every test here runs with the numpy fault path and with the native core's."""
 
 PAGE = 4096
 BASE = 0x40000000
@@ -169,7 +169,7 @@ def test_page_tables_of_several_blocks(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_pids_too_large_for_a_table(seed: int) -> None:
-    """The accelerator finds a write's process through a table indexed by pid,
+    """The native core finds a write's process through a table indexed by pid,
     or by a search when pids are that large."""
     assert _compare(write_heavy_trace(seed, first_pid=DENSE_TABLE_LIMIT + 7), "unshare") > 0
 

@@ -1,9 +1,9 @@
-"""The per-pid worker processes: building the C program and talking to it.
+"""The per-pid worker processes: the C program and talking to it.
 
-The worker (``worker.c`` beside this file) is compiled once per source version
-into the cache directory of ``ksmreplay.cbuild``
-with no C library, so that it owns no anonymous memory besides its stack and a
-64 KiB buffer, and marks even those unmergeable (see the C file's header).
+The worker (``native/worker.c`` in the source tree) is built at install beside
+this file, ``ksmreplay-worker``, with no C library, so that it owns no
+anonymous memory besides its stack and a 64 KiB buffer, and marks even those
+unmergeable (see the C file's header).
 """
 
 from __future__ import annotations
@@ -15,23 +15,10 @@ import struct
 import subprocess
 from pathlib import Path
 
-from ksmreplay.cbuild import BuildError, build
 from ksmreplay.live.kernel import LiveKernelError
 
-SOURCE = Path(__file__).with_name("worker.c")
-CFLAGS = (
-    "-O2",
-    "-static",
-    "-nostdlib",
-    "-ffreestanding",
-    "-fno-builtin",
-    "-fno-stack-protector",
-    "-fno-pie",
-    "-no-pie",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-tree-loop-distribute-patterns",
-    "-Wall",
-)
+BINARY = Path(__file__).with_name("ksmreplay-worker")
+"""The worker, built at install (``setup.py``)."""
 
 OP_INIT = 1
 OP_MMAP = 2
@@ -58,11 +45,16 @@ CHUNK = 65536
 
 
 def worker_binary() -> Path:
-    """The compiled worker, building it if its source changed since the last build."""
-    try:
-        return build([SOURCE], CFLAGS, "worker")
-    except BuildError as e:
-        raise LiveKernelError(f"live replay needs its worker built: {e}") from None
+    """The worker program, built at install.
+
+    :raises LiveKernelError: it was not built (no C compiler at install).
+    """
+    if not os.access(BINARY, os.X_OK):
+        raise LiveKernelError(
+            f"live replay needs its worker, {BINARY}, which was not built at install "
+            "(no C compiler?): install ksmreplay again where gcc works"
+        )
+    return BINARY
 
 
 class WorkerError(LiveKernelError):

@@ -1,5 +1,5 @@
 /*
- * ksmreplay's optional accelerator for ContentMap (ksmreplay/contentmap.py):
+ * ksmreplay's native core for ContentMap (ksmreplay/contentmap.py):
  * looking up and inserting a column of keys in the open-addressing table,
  * one probe sequence after the other, where numpy takes a round of a dozen
  * operations per probe step.  Same hash, same linear probing, same
@@ -8,19 +8,9 @@
  * observes).  The tests run both.
  */
 
-#include <stddef.h>
 #include <stdint.h>
 
-#include "slot.h"
-
-/* The offsets of struct slot's fields, in declaration order, and its size. */
-void ksr_slot_layout(int64_t *out)
-{
-	out[0] = offsetof(struct slot, key);
-	out[1] = offsetof(struct slot, val);
-	out[2] = offsetof(struct slot, gen);
-	out[3] = sizeof(struct slot);
-}
+#include "ksmreplay.h"
 
 /* out[i] = value of keys[i] in the table of 1 << bits slots, or -1. */
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,

@@ -1,5 +1,5 @@
 /*
- * ksmreplay's optional write-fault accelerator: many page writes in order.
+ * ksmreplay's native core: many page writes in order.
  *
  * ksr_write_run() does for each page of an instant's writes what Memory.write
  * does (ksmreplay/vm.py), one page after the other in the order given: a
@@ -13,18 +13,13 @@
 
 #include <stdint.h>
 
-#define PTE_ZERO (-2)
-#define PTE_KSM_ZERO (-3)
-#define CHUNK_SHIFT 9
-
-enum { STAT_RSS, STAT_KSM_ZERO, STAT_FAULT_ZERO, STATS };
-enum { EV_COW_KSM, EV_COW_ZERO };
+#include "ksmreplay.h"
 
 #define AHEAD 8
 
 /*
  * Page i's PTE is *ptes[i]; it belongs to process owner[i], whose counters
- * are stats[STATS * owner[i]...].  Returns the fresh rows used, or -1 when
+ * are stats[WRITE_STATS * owner[i]...].  Returns the fresh rows used, or -1 when
  * more were needed than n_fresh.
  */
 static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner,
@@ -46,7 +41,7 @@ static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner
 			}
 		}
 		int64_t *pte = ptes[i];
-		int64_t *stat = stats + (int64_t)owner[i] * STATS;
+		int64_t *stat = stats + (int64_t)owner[i] * WRITE_STATS;
 		int64_t old = *pte;
 		if (old >= 0) {
 			if (!ksm[old] && mapcount[old] == 1) {
@@ -54,17 +49,17 @@ static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner
 				continue;
 			}
 			if (ksm[old])
-				events[EV_COW_KSM]++;
+				events[WRITE_COW_KSM]++;
 			if (--mapcount[old] == 0)
 				dead[nd++] = old;
 		} else {
 			if (old == PTE_KSM_ZERO) {
-				stat[STAT_KSM_ZERO]--;
-				events[EV_COW_ZERO]++;
+				stat[WRITE_KSM_ZERO]--;
+				events[WRITE_COW_ZERO]++;
 			} else if (old == PTE_ZERO) {
-				stat[STAT_FAULT_ZERO]--;
+				stat[WRITE_FAULT_ZERO]--;
 			}
-			stat[STAT_RSS]++;
+			stat[WRITE_RSS]++;
 		}
 		if (used == n_fresh) {
 			*n_dead = nd;
@@ -130,7 +125,7 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 					found[0] = k;
 					found[1] = e;
 					found[2] = j;
-					return -2;
+					return WRITE_MISSING;
 				}
 				at = lo;
 			}

@@ -1,4 +1,4 @@
-"""The decoding accelerator gives exactly what the pure-Python reader gives.
+"""The native core gives exactly what the scalar code gives.
 
 Same events, same runs of writes, the same error message for every broken
 trace, and the same replay report; and without a compiler everything still
@@ -8,7 +8,10 @@ works through the pure reader.
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +21,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_trace_properties import damaged
 
-from ksmreplay import accel
+from ksmreplay import native
 from ksmreplay.errors import TraceError
 from ksmreplay.events import WriteRun
 from ksmreplay.replay import replay
 from ksmreplay.trace import TraceReader
 
 PAGE = 4096
+TRACES = Path(__file__).parent.parent / "traces"
 BASE = 0x7F0000000000
 
-needs_accel = pytest.mark.skipif(
-    accel.build_accelerator() is None, reason="the accelerator cannot be built here"
-)
+needs_native = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
 
 def read_with(data: bytes, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Events of ``data`` (or the error message), with or without the accelerator."""
-    monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
+    """Events of ``data`` (or the error message), with or without the native core."""
+    monkeypatch.setenv(native.ENV, "1" if accelerated else "0")
     try:
         with TraceReader(io.BytesIO(data), "t") as reader:
             return reader.header, list(reader)
@@ -68,7 +70,7 @@ def uint(value: int, code: int) -> bytes:
     return bytes([code]) + struct.pack(fmt[code], value)
 
 
-@needs_accel
+@needs_native
 @pytest.mark.parametrize("code", [0xCC, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3])
 def test_every_integer_encoding(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN writes whose numbers use one integer encoding each
@@ -90,7 +92,7 @@ def test_every_integer_encoding(code: int, monkeypatch: pytest.MonkeyPatch) -> N
     assert events[1].content.tolist() == [small]
 
 
-@needs_accel
+@needs_native
 def test_long_forms_of_str_and_array(monkeypatch: pytest.MonkeyPatch) -> None:
     str8 = b"\xd9\x05write"
     arr16 = b"\xdc\x00\x06"
@@ -101,7 +103,7 @@ def test_long_forms_of_str_and_array(monkeypatch: pytest.MonkeyPatch) -> None:
     assert events[1].content.tolist() == [3, 2**64 - 1]
 
 
-@needs_accel
+@needs_native
 def test_negative_and_odd_shapes_go_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in (
         [1, "write", 1, BASE, PAGE, [-1]],
@@ -138,14 +140,14 @@ def write_events(n: int, pages: int = 4, pids: int = 3, fill_every: int = 5) -> 
     return out
 
 
-@needs_accel
+@needs_native
 def test_runs_are_the_same_events(monkeypatch: pytest.MonkeyPatch) -> None:
     body = write_events(3000)
     later = [[1000 + w[0], *w[1:]] for w in write_events(500)[3:]]
     data = pack(HEADER, *body, [1000, "snapshot", "x"], *later)
     _, events = both(data, monkeypatch)
     assert len(events) == len(body) + 1 + 500
-    monkeypatch.setenv(accel.ENV, "1")
+    monkeypatch.setenv(native.ENV, "1")
     with TraceReader(io.BytesIO(data), "t") as reader:
         items = list(reader.runs())
     # the writes come in a few runs, not one by one; int contents stay ints
@@ -155,7 +157,7 @@ def test_runs_are_the_same_events(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(events[3].content, int)
 
 
-@needs_accel
+@needs_native
 def test_a_write_bigger_than_a_scan_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     pages = 300_000  # more fingerprints than one scan first has room for
     fps = list(range(pages))
@@ -166,7 +168,7 @@ def test_a_write_bigger_than_a_scan_batch(monkeypatch: pytest.MonkeyPatch) -> No
     assert events[1].content.tolist() == fps
 
 
-@needs_accel
+@needs_native
 def test_an_error_inside_a_run_names_its_event(monkeypatch: pytest.MonkeyPatch) -> None:
     body = write_events(2000)
     body[1500][0] = 0  # time goes back in the middle of a run
@@ -174,7 +176,7 @@ def test_an_error_inside_a_run_names_its_event(monkeypatch: pytest.MonkeyPatch) 
     assert message.startswith("t: event 1501 (t=0): t goes back in time")
 
 
-@needs_accel
+@needs_native
 @pytest.mark.parametrize("cut", [1, 7, 100])
 def test_truncated_and_garbage_after_runs(cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
     data = pack(HEADER, *write_events(1000))
@@ -191,12 +193,12 @@ def test_truncated_and_garbage_after_runs(cut: int, monkeypatch: pytest.MonkeyPa
 def test_damaged_traces_read_the_same_both_ways(
     data: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if accel.build_accelerator() is None:
-        pytest.skip("the accelerator cannot be built here")
+    if native.native() is None:
+        pytest.skip("the native core was not built")
     both(data, monkeypatch)
 
 
-@needs_accel
+@needs_native
 def test_damaged_write_runs_read_the_same_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     data = bytearray(pack(HEADER, *write_events(300)))
     rng = np.random.default_rng(1)
@@ -210,7 +212,7 @@ def test_damaged_write_runs_read_the_same_both_ways(monkeypatch: pytest.MonkeyPa
 # -- a replay, and no compiler ---------------------------------------------------
 
 
-@needs_accel
+@needs_native
 def test_replay_reports_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body: list[Any] = [[0, "ksm", {"run": 1, "pages_to_scan": 300, "sleep_millisecs": 1}]]
     writes = write_events(4000, pids=3)
@@ -221,7 +223,7 @@ def test_replay_reports_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path.write_bytes(pack(HEADER, *body))
 
     def report(accelerated: bool) -> Any:
-        monkeypatch.setenv(accel.ENV, "1" if accelerated else "0")
+        monkeypatch.setenv(native.ENV, "1" if accelerated else "0")
         with TraceReader(path.open("rb"), str(path)) as reader:
             return replay(reader, ["legacy", "v6", "unshare"])
 
@@ -230,12 +232,51 @@ def test_replay_reports_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert fast["runs"][0]["final"]["ksm"]["pages_sharing"] > 0
 
 
-def test_without_a_compiler_the_pure_reader_is_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert accel.build_accelerator() is None
-    monkeypatch.setenv(accel.ENV, "0")
-    assert accel.accelerator() is None
+def _without_core(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ksmreplay ARGS`` in a process where the extension module cannot be
+    imported, as after an install without a C compiler."""
+    code = (
+        "import sys; sys.modules['ksmreplay._native'] = None; "
+        "from ksmreplay.cli import main; sys.argv = ['ksmreplay', *sys.argv[1:]]; main()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_without_the_core_everything_runs_and_says_so_once() -> None:
+    # GIVEN an install without the native core
+    # WHEN a trace is replayed THEN the report is the one the core gives, and
+    # one line on stderr says that the scalar path ran
+    trace = str(TRACES / "demo.msgpack")
+    done = _without_core("run", "--format", "json", trace)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("engine: scalar (the native core was not built") == 1
+    with_core = subprocess.run(
+        [sys.executable, "-m", "ksmreplay", "run", "--format", "json", trace],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout) == json.loads(with_core.stdout)
+    # ... and --version names the engine
+    version = _without_core("--version")
+    assert "engine: scalar (the native core was not built" in version.stdout
+
+
+def test_the_engine_in_use_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.native() is None
+    assert native.engine() == f"scalar ({native.ENV}=0)"
+
+
+@needs_native
+def test_the_values_without_the_core_are_the_cores() -> None:
+    """ksmreplay.h's records and constants, as the module exports them, are the
+    ones an install without the native core uses (native._WITHOUT_CORE)."""
+    from ksmreplay import _native
+
+    for name, value in vars(native._WITHOUT_CORE).items():
+        assert getattr(_native, name) == value, name
+    # ... and every record layout the module exports is there too.
+    assert {"ITEM_HOT", "ITEM_COLD", "SLOT"} <= set(vars(native._WITHOUT_CORE))

@@ -1,7 +1,7 @@
 /*
- * ksmreplay's optional trace-decoding accelerator.
+ * ksmreplay's native core: decoding traces.
  *
- * Two functions, called through ctypes on a buffer of msgpack bytes:
+ * Two functions, called on a buffer of msgpack bytes:
  *
  *   ksr_scan()  decodes consecutive `write` events of the common shape
  *               [t, "write", pid, addr, len, content] with every number a
@@ -21,7 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { KSR_END = 0, KSR_OTHER = 1, KSR_FULL = 2 };
+#include "ksmreplay.h"
+
 enum { OK = 1, NO = 0, SHORT = -1 };
 
 static uint64_t be(const uint8_t *p, int n)
@@ -129,7 +130,7 @@ static int get_write(const uint8_t **pp, const uint8_t *end)
 /*
  * One write event at *pp: its fields into the row `row` of the columns and its
  * fingerprints from fps[nfp] on.  NO for another shape, SHORT when the buffer
- * ends first, KSR_FULL (as 2) when the fingerprints do not fit.
+ * ends first, SCAN_FULL (as 2) when the fingerprints do not fit.
  */
 static int get_event(const uint8_t **pp, const uint8_t *end, int shift, uint64_t max_items,
 		     uint64_t max_fill_pages, uint64_t *t, int64_t *pid, uint64_t *addr,
@@ -183,8 +184,8 @@ static int get_event(const uint8_t **pp, const uint8_t *end, int shift, uint64_t
 /*
  * Decode write events from buf[*pos] on, at most max_events of them and
  * max_fps fingerprints in all.  Returns the number decoded; *pos moves past
- * them; *status says why it stopped: KSR_END (the buffer ends, maybe inside
- * an object), KSR_OTHER (the object at *pos has another shape), KSR_FULL.
+ * them; *status says why it stopped: SCAN_END (the buffer ends, maybe inside
+ * an object), SCAN_OTHER (the object at *pos has another shape), SCAN_FULL.
  * fp_end[i] is the end of event i's fingerprints in fps.
  */
 int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint64_t max_items,
@@ -195,10 +196,10 @@ int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint
 	const uint8_t *end = buf + size;
 	const uint8_t *p = buf + *pos;
 	int64_t n = 0, nfp = 0;
-	*status = KSR_END;
+	*status = SCAN_END;
 	while (p < end) {
 		if (n == max_events) {
-			*status = KSR_FULL;
+			*status = SCAN_FULL;
 			break;
 		}
 		const uint8_t *q = p;
@@ -208,7 +209,7 @@ int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint
 		if (r == OK && q - p > max_event_bytes)
 			r = NO;
 		if (r != OK) {
-			*status = r == SHORT ? KSR_END : r == 2 ? KSR_FULL : KSR_OTHER;
+			*status = r == SHORT ? SCAN_END : r == 2 ? SCAN_FULL : SCAN_OTHER;
 			break;
 		}
 		nfp += used;

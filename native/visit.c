@@ -1,5 +1,5 @@
 /*
- * ksmreplay's optional scan accelerator: the visits of one scan window.
+ * ksmreplay's native core: the visits of one scan window.
  *
  * ksr_visit() walks a window's events in address order -- visits of pages
  * (cmp_and_merge_page()), and unlinks of skipped and stale items from their
@@ -14,7 +14,7 @@
  * it returns that event's index and ksmd (ksmreplay/ksm.py) does it, then
  * calls again from the next one.  The outcome is the same as
  * Ksmd._cmp_and_merge and Ksmd.unlink one event at a time, which the tests
- * check against the numpy path and the reference model.
+ * check against the scalar walk and the reference model.
  *
  * Stable nodes' hlists are doubly linked lists through the items (next,
  * prev) from each node's head, with their lengths in node_size, as ksm.py
@@ -24,35 +24,13 @@
 
 #include <stdint.h>
 
-#include "item.h"
-#include "slot.h"
+#include "ksmreplay.h"
 
-#define STATE_NONE 0
-#define STATE_UNSTABLE 1
-#define STATE_STABLE 2
-#define PTE_KSM_ZERO (-3)
-#define ABSENT SLOT_ABSENT
-#define CHAIN_ENTRY (1LL << 62)
 /* Events ahead whose item and frame, then whose tree slots, are fetched. */
 #define AHEAD_ITEM 16
 #define AHEAD_SLOT 8
 /* Functions of nothing but prefetches must be inlined, or the compiler drops them. */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-enum { EV_VISIT, EV_UNLINK };
-
-enum {
-	SUM_SHARED,	/* pages_shared */
-	SUM_SHARING,	/* pages_sharing */
-	SUM_UNSHARED,	/* pages_unshared */
-	SUM_MERGING,	/* the mm's merging_pages */
-	SUM_MERGES,	/* merges (PTEs pointed at a KSM page) */
-	SUM_ZERO,	/* zero pages merged: the mm's ksm_zero_ptes, -rss_anon */
-	SUM_INSERTED,	/* entries added to the unstable tree */
-	SUM_DEAD,	/* frames freed */
-	SUM_PTES,	/* PTEs changed */
-	SUMS
-};
 
 /* A content hash table (contentmap.py): its slots. */
 struct map {
@@ -111,12 +89,12 @@ ALWAYS_INLINE void prefetch(const struct scan *k, const int64_t *pos, const int6
 
 		__builtin_prefetch(&k->items[row], 1);
 		__builtin_prefetch(&k->cold[row], 1);
-		if (kind[i + AHEAD_ITEM] == EV_VISIT && frame >= 0) {
+		if (kind[i + AHEAD_ITEM] == LISTED_VISIT && frame >= 0) {
 			__builtin_prefetch(&k->fr_content[frame], 0);
 			__builtin_prefetch(&k->fr_ksm[frame], 0);
 		}
 	}
-	if (i + AHEAD_SLOT < n && kind[i + AHEAD_SLOT] == EV_VISIT) {
+	if (i + AHEAD_SLOT < n && kind[i + AHEAD_SLOT] == LISTED_VISIT) {
 		int64_t frame = k->ptes[pos[i + AHEAD_SLOT]];
 
 		if (frame >= 0) {
@@ -158,10 +136,10 @@ static void unlink_stable(struct scan *k, int64_t row)
 	if (after >= 0)
 		k->prev[after] = before;
 	if (--k->node_size[nid] == 0)
-		k->sums[SUM_SHARED]--;
+		k->sums[VISIT_SHARED]--;
 	else
-		k->sums[SUM_SHARING]--;
-	k->sums[SUM_MERGING]--;
+		k->sums[VISIT_SHARING]--;
+	k->sums[VISIT_MERGING]--;
 	k->items[row].state = STATE_NONE;
 	k->items[row].node = -1;
 }
@@ -177,10 +155,10 @@ static void append(struct scan *k, int64_t row, int64_t nid)
 		k->prev[first] = row;
 	k->head[nid] = row;
 	if (++k->node_size[nid] > 1)
-		k->sums[SUM_SHARING]++;
+		k->sums[VISIT_SHARING]++;
 	else
-		k->sums[SUM_SHARED]++;
-	k->sums[SUM_MERGING]++;
+		k->sums[VISIT_SHARED]++;
+	k->sums[VISIT_MERGING]++;
 	k->items[row].state = STATE_STABLE;
 	k->items[row].node = (int32_t)nid;
 }
@@ -208,7 +186,7 @@ static void unlink_item(struct scan *k, int64_t row)
 	if (it->state == STATE_STABLE) {
 		unlink_stable(k, row);
 	} else if (it->state == STATE_UNSTABLE) {
-		k->sums[SUM_UNSHARED]--;
+		k->sums[VISIT_UNSHARED]--;
 		it->state = STATE_NONE;
 	}
 }
@@ -216,7 +194,7 @@ static void unlink_item(struct scan *k, int64_t row)
 static void put_frame(struct scan *k, int64_t frame)
 {
 	if (--k->fr_mapcount[frame] == 0)
-		k->dead[k->sums[SUM_DEAD]++] = frame;
+		k->dead[k->sums[VISIT_DEAD]++] = frame;
 }
 
 /* cmp_and_merge_page() of the page at window position p, item row; 0 to hand it back. */
@@ -224,7 +202,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 {
 	struct item_hot *it = &k->items[row];
 	struct item_cold *c = &k->cold[row];
-	int64_t frame = k->ptes[p], entry = ABSENT, size = 0;
+	int64_t frame = k->ptes[p], entry = SLOT_ABSENT, size = 0;
 	uint64_t content;
 	int changed, zero, merge = 0;
 
@@ -255,8 +233,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	} else if (zero) {
 		/* try_to_merge_with_zero_page() */
 		k->ptes[p] = PTE_KSM_ZERO;
-		k->sums[SUM_ZERO]++;
-		k->sums[SUM_PTES]++;
+		k->sums[VISIT_ZERO]++;
+		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);
 	} else if (merge) {
 		/* replace_page() into the node's KSM page, stable_tree_append() */
@@ -264,8 +242,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 
 		k->ptes[p] = kframe;
 		k->fr_mapcount[kframe]++;
-		k->sums[SUM_MERGES]++;
-		k->sums[SUM_PTES]++;
+		k->sums[VISIT_MERGES]++;
+		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);
 		append(k, row, entry);
 	} else {
@@ -273,14 +251,14 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 		map_insert(&k->unstable, content, row);
 		it->state = STATE_UNSTABLE;
 		it->seq = k->seqnr;
-		k->sums[SUM_UNSHARED]++;
-		k->sums[SUM_INSERTED]++;
+		k->sums[VISIT_UNSHARED]++;
+		k->sums[VISIT_INSERTED]++;
 	}
 	return 1;
 }
 
 /*
- * Events i in [start, n): kind[i] (EV_VISIT, or anything else for an unlink:
+ * Events i in [start, n): kind[i] (LISTED_VISIT, or anything else for an unlink:
  * of a skipped or a stale item) of item rows[i], a visit of the page at
  * window position pos[i].  Returns the first event
  * handed back, or n.  sums[] accumulates (see SUM_*); dead[] needs room for
@@ -306,7 +284,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 
 	for (int64_t i = start; i < n; i++) {
 		prefetch(&k, pos, rows, kind, i, n);
-		if (kind[i] == EV_VISIT) {
+		if (kind[i] == LISTED_VISIT) {
 			if (!visit(&k, pos[i], rows[i]))
 				return i;
 		} else {

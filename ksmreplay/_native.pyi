@@ -1,0 +1,95 @@
+# Types of the native core's extension module (native/module.c); see ksmreplay/native.py.
+from typing import Any
+
+from numpy.typing import NDArray
+
+PTE_NONE: int
+PTE_ZERO: int
+PTE_KSM_ZERO: int
+CHUNK_SHIFT: int
+STATE_NONE: int
+STATE_UNSTABLE: int
+STATE_STABLE: int
+AGE_MAX: int
+SEQNR_MASK: int
+ZERO_PAGE_FLAG: int
+CHAIN_ENTRY: int
+SLOT_ABSENT: int
+SLOT_DELETED: int
+SCAN_END: int
+SCAN_OTHER: int
+SCAN_FULL: int
+LISTED_VISIT: int
+LISTED_SKIPPED: int
+LISTED_STALE: int
+FRONT_LISTED: int
+FRONT_VISITS: int
+FRONT_SKIPPED: int
+FRONT_STALE: int
+FRONT_LAST: int
+FRONT_STOPPED: int
+FRONT_UNSHARED: int
+FRONT_SUMS: int
+VISIT_SHARED: int
+VISIT_SHARING: int
+VISIT_UNSHARED: int
+VISIT_MERGING: int
+VISIT_MERGES: int
+VISIT_ZERO: int
+VISIT_INSERTED: int
+VISIT_DEAD: int
+VISIT_PTES: int
+VISIT_SUMS: int
+WRITE_RSS: int
+WRITE_KSM_ZERO: int
+WRITE_FAULT_ZERO: int
+WRITE_STATS: int
+WRITE_COW_KSM: int
+WRITE_COW_ZERO: int
+WRITE_EVENTS: int
+WRITE_MISSING: int
+ITEM_HOT: dict[str, Any]
+ITEM_COLD: dict[str, Any]
+SLOT: dict[str, Any]
+
+def scan(
+    buf: bytes,
+    pos: int,
+    shift: int,
+    max_items: int,
+    max_fill_pages: int,
+    max_event_bytes: int,
+    t: NDArray[Any],
+    pid: NDArray[Any],
+    addr: NDArray[Any],
+    len: NDArray[Any],
+    fill: NDArray[Any],
+    fp_end: NDArray[Any],
+    fps: NDArray[Any],
+    /,
+) -> tuple[int, int, int]: ...
+def skip(buf: bytes, pos: int, /) -> int: ...
+def write_run(*arrays: NDArray[Any]) -> int: ...
+def window(
+    ptes: NDArray[Any],
+    imap: NDArray[Any],
+    fr_ksm: NDArray[Any],
+    fr_node: NDArray[Any],
+    items: NDArray[Any],
+    smart: int,
+    seqnr: int,
+    budget: int,
+    out_pos: NDArray[Any],
+    out_cum: NDArray[Any],
+    out_kind: NDArray[Any],
+    out_stale: NDArray[Any],
+    summary: NDArray[Any],
+    /,
+) -> None: ...
+def visit(start: int, *args: Any) -> int: ...
+def map_find(
+    keys: NDArray[Any], bits: int, table: NDArray[Any], now: int, out: NDArray[Any], /
+) -> None: ...
+def map_insert(
+    keys: NDArray[Any], vals: NDArray[Any], bits: int, table: NDArray[Any], now: int, /
+) -> None: ...

@@ -1,0 +1,455 @@
+"""The native core, ``ksmreplay._native``: its records, its constants, its functions.
+
+The core is C (``native/`` in the source tree: ``scan.c``, ``fault.c``,
+``window.c``, ``visit.c``, ``contentmap.c``, one header ``ksmreplay.h`` and
+the module ``module.c``), built at install by setuptools as an extension
+module.  It is the fast half of the work; the scalar Python code is the
+other, readable half, and gives the same events, messages and reports:
+
+* the trace reader decodes the common ``write`` events straight into columns
+  (``scan``), where the msgpack library builds a Python object per number;
+* the fault path applies an instant's page writes in one pass (``write_run``)
+  where numpy needs a dozen;
+* ksmd's scan makes a window's smart_scan decisions and counts the visits that
+  change nothing (``window``; ``ksm.Ksmd._window_front``), then does the
+  common visits in address order, handing the rare ones back to the scalar
+  ksmd (``visit``; ``ksm.Ksmd._visit_listed``);
+* the content hash tables look up and insert a column of keys at once
+  (``map_find``, ``map_insert``; ``contentmap.ContentMap``).
+
+Every record layout and constant the two halves share is defined once, in
+``ksmreplay.h``, and read here from the module.  An install without a C
+compiler has no module: then the same values come from :data:`_WITHOUT_CORE`
+(the tests check they are the module's) and everything runs on the scalar
+path, much slower; :func:`engine` says which runs.  ``KSMREPLAY_NATIVE=0``
+in the environment does without the core too.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from types import ModuleType, SimpleNamespace
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+_core: ModuleType | None
+try:
+    from ksmreplay import _native as _core
+except ImportError:  # installed without a C compiler
+    _core = None
+
+ENV = "KSMREPLAY_NATIVE"
+"""Set to ``0`` in the environment to do without the native core."""
+
+_WITHOUT_CORE = SimpleNamespace(
+    PTE_NONE=-1,
+    PTE_ZERO=-2,
+    PTE_KSM_ZERO=-3,
+    CHUNK_SHIFT=9,
+    STATE_NONE=0,
+    STATE_UNSTABLE=1,
+    STATE_STABLE=2,
+    AGE_MAX=255,
+    SEQNR_MASK=0xFF,
+    ZERO_PAGE_FLAG=0x400,
+    CHAIN_ENTRY=1 << 62,
+    SLOT_ABSENT=-1,
+    SLOT_DELETED=-2,
+    SCAN_END=0,
+    SCAN_OTHER=1,
+    SCAN_FULL=2,
+    LISTED_VISIT=0,
+    LISTED_SKIPPED=1,
+    LISTED_STALE=2,
+    ITEM_HOT={
+        "names": ["node", "age", "skips", "state", "seq"],
+        "formats": ["<i4", "u1", "u1", "i1", "u1"],
+        "offsets": [0, 4, 5, 6, 7],
+        "itemsize": 8,
+    },
+    ITEM_COLD={
+        "names": ["checksum", "page", "slot", "flags", "checked"],
+        "formats": ["<u8", "<i8", "<i4", "<u2", "?"],
+        "offsets": [0, 8, 16, 20, 22],
+        "itemsize": 24,
+    },
+    SLOT={
+        "names": ["key", "val", "gen"],
+        "formats": ["<u8", "<i8", "<u4"],
+        "offsets": [0, 8, 16],
+        "itemsize": 24,
+    },
+)
+"""``ksmreplay.h``'s values, for an install without the native core only
+(the tests check that they are the module's)."""
+
+_h: Any = _core if _core is not None else _WITHOUT_CORE
+
+PTE_NONE: int = _h.PTE_NONE
+"""A page-table entry: no page."""
+PTE_ZERO: int = _h.PTE_ZERO
+"""A page-table entry: the shared zero page, mapped by a read fault (a clean PTE)."""
+PTE_KSM_ZERO: int = _h.PTE_KSM_ZERO
+"""A page-table entry: the shared zero page, placed by ksmd."""
+CHUNK_SHIFT: int = _h.CHUNK_SHIFT
+"""log2 of the entries of a page-table chunk."""
+
+STATE_NONE: int = _h.STATE_NONE
+"""An item in no tree (volatile)."""
+STATE_UNSTABLE: int = _h.STATE_UNSTABLE
+"""An item in the unstable tree."""
+STATE_STABLE: int = _h.STATE_STABLE
+"""An item linked to a stable node."""
+AGE_MAX: int = _h.AGE_MAX
+"""smart_scan's age saturates here."""
+SEQNR_MASK: int = _h.SEQNR_MASK
+"""An item keeps these low bits of the pass that inserted it in the unstable tree."""
+ZERO_PAGE_FLAG: int = _h.ZERO_PAGE_FLAG
+"""The v6 design's item flag, beside UNSTABLE_FLAG (0x100) and STABLE_FLAG (0x200)."""
+CHAIN_ENTRY: int = _h.CHAIN_ENTRY
+"""The stable tree's index value for a chain (a plain node's is its id)."""
+SLOT_ABSENT: int = _h.SLOT_ABSENT
+"""A content table's answer for a key it does not hold."""
+SLOT_DELETED: int = _h.SLOT_DELETED
+"""A content table's tombstone."""
+SCAN_END: int = _h.SCAN_END
+SCAN_OTHER: int = _h.SCAN_OTHER
+SCAN_FULL: int = _h.SCAN_FULL
+"""Why :meth:`Native.scan` stopped: the end of the buffer, an object of another
+shape, the columns full."""
+LISTED_VISIT: int = _h.LISTED_VISIT
+LISTED_SKIPPED: int = _h.LISTED_SKIPPED
+LISTED_STALE: int = _h.LISTED_STALE
+"""What a listed position of a window front is (:meth:`Native.window`)."""
+
+ITEM_HOT = np.dtype(_h.ITEM_HOT)
+"""The fields of an rmap item a scan's walk reads at every page: ``struct item_hot``."""
+ITEM_COLD = np.dtype(_h.ITEM_COLD)
+"""The other fields of an rmap item: ``struct item_cold``."""
+SLOT = np.dtype(_h.SLOT)
+"""One slot of a content hash table: ``struct slot``."""
+
+
+class Visited(NamedTuple):
+    """What :meth:`Native.visit` did."""
+
+    stop: int
+    """The event handed back, or the number of events when all were done."""
+    shared: int
+    """Change of ``pages_shared``."""
+    sharing: int
+    """Change of ``pages_sharing``."""
+    unshared: int
+    """Change of ``pages_unshared``."""
+    merging: int
+    """Change of the mm's ``merging_pages``."""
+    merges: int
+    """PTEs pointed at a KSM page."""
+    zero: int
+    """Pages merged with the zero page."""
+    inserted: int
+    """Entries added to the unstable tree."""
+    ptes_changed: bool
+    """Some PTE changed."""
+    dead: npt.NDArray[np.int64]
+    """Frames whose last mapping went."""
+
+
+Front = tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.int64],
+    int,
+    int,
+    int,
+    bool,
+    int,
+]
+"""Listed positions, their visit counts, their kinds; stale positions;
+visits, skipped, last position, stopped by the budget, unlinked from an
+unstable tree (``ksm.Front``)."""
+
+MapTable = tuple[npt.NDArray[np.void], int, int]
+"""A ``ContentMap``'s slots, bits and current generation."""
+
+WriteColumns = tuple[
+    npt.NDArray[np.uint64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.uint64],
+    npt.NDArray[np.uint64],
+    npt.NDArray[np.bool_],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.uint64],
+]
+"""Decoded writes: t, pid, addr, len, whether the content fills the range,
+the end of each one's fingerprints, the fingerprints (``events.WriteRun``)."""
+
+
+class Native:
+    """The native core's functions, over numpy arrays (``ksmreplay._native``)."""
+
+    def __init__(self, core: ModuleType) -> None:
+        self._core = core
+        self._front_out = _scratch(0, core.FRONT_SUMS)
+
+    def scan(
+        self,
+        buf: bytes,
+        pos: int,
+        shift: int,
+        max_items: int,
+        max_fill_pages: int,
+        max_event_bytes: int,
+        max_events: int,
+        max_fps: int,
+    ) -> tuple[WriteColumns | None, int, int]:
+        """Write events from ``buf[pos]`` on: ``(columns or None, new pos, status)``.
+
+        A write's fingerprint array may have up to ``max_items`` items, and a
+        fingerprint for the whole range is expanded to at most
+        ``max_fill_pages`` pages; a write beyond either, or over
+        ``max_event_bytes``, is another shape.  The events are not checked
+        beyond their shape: the reader's validator checks and numbers them.
+        ``status`` is :data:`SCAN_END`, :data:`SCAN_OTHER` or :data:`SCAN_FULL`.
+        """
+        t = np.empty(max_events, np.uint64)
+        pid = np.empty(max_events, np.int64)
+        addr = np.empty(max_events, np.uint64)
+        length = np.empty(max_events, np.uint64)
+        fill = np.empty(max_events, np.uint8)
+        fp_end = np.empty(max_events, np.int64)
+        fps = np.empty(max_fps, np.uint64)
+        n, where, status = self._core.scan(
+            buf, pos, shift, max_items, max_fill_pages, max_event_bytes,
+            t, pid, addr, length, fill, fp_end, fps,
+        )  # fmt: skip
+        if not n:
+            return None, where, status
+        used = int(fp_end[n - 1])
+        columns = (
+            t[:n].copy(),
+            pid[:n].copy(),
+            addr[:n].copy(),
+            length[:n].copy(),
+            fill[:n].astype(np.bool_),
+            fp_end[:n].copy(),
+            fps[:used].copy(),
+        )
+        return columns, where, status
+
+    def skip(self, buf: bytes, pos: int) -> int:
+        """End offset of the object at ``buf[pos]``; -1 if incomplete, -2 if not msgpack."""
+        end: int = self._core.skip(buf, pos)
+        return end
+
+    def write_run(
+        self,
+        mm: npt.NDArray[np.int32],
+        first: npt.NDArray[np.int64],
+        count: npt.NDArray[np.int64],
+        fps: npt.NDArray[np.uint64],
+        dirs: npt.NDArray[np.int64],
+        make_chunks: Any,
+        frames: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.bool_]],
+        fresh: npt.NDArray[np.int64],
+    ) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """One instant's writes in order (``fault.c``): event ``e`` writes
+        ``count[e]`` pages of process ``mm[e]`` from page ``first[e]`` on,
+        with the fingerprints ``fps`` one after the other.
+
+        ``dirs[p]`` is process ``p``'s ``PageTable.directory()``; where a
+        chunk is missing, ``make_chunks(e, j)`` makes at least those of event
+        ``e``'s pages from its ``j``-th on and returns the directories again.
+        ``frames`` (content, mapcount, ksm) are updated, new frames taken from
+        ``fresh`` in order.  Returns ``(fresh rows used, dead frames,
+        per-process [rss_anon, ksm_zero_ptes, fault_zero_ptes] changes,
+        [cow_breaks_ksm, cow_breaks_zero])``.
+        """
+        core = self._core
+        n = len(fps)
+        content, mapcount, ksm = frames
+        assert len(fresh) >= n
+        ptes = np.empty(n, np.int64)
+        owner = np.empty(n, np.int32)
+        found = np.zeros(3, np.int64)
+        dead = np.empty(n, np.int64)
+        n_dead = np.zeros(1, np.int64)
+        stats = np.zeros((len(dirs), core.WRITE_STATS), np.int64)
+        events = np.zeros(core.WRITE_EVENTS, np.int64)
+        missing = None
+        while True:
+            used: int = core.write_run(
+                mm, first, count, fps, dirs, ptes, owner, found, content, mapcount,
+                ksm, fresh, dead, n_dead, stats, events,
+            )  # fmt: skip
+            if used != core.WRITE_MISSING:
+                break
+            assert missing != (found[1], found[2]), "make_chunks did not make the chunk"
+            missing = (found[1], found[2])
+            dirs = make_chunks(int(found[1]), int(found[2]))
+        assert used >= 0
+        return used, dead[: int(n_dead[0])], stats, events
+
+    def window(
+        self,
+        ptes: npt.NDArray[np.int64],
+        imap: npt.NDArray[np.int64],
+        fr_ksm: npt.NDArray[np.bool_],
+        fr_node: npt.NDArray[np.int32],
+        items: npt.NDArray[np.void],
+        smart: bool,
+        seqnr: int,
+        budget: int,
+    ) -> Front | None:
+        """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
+        None if no page is present.  ``items`` is ``ItemTable.hot``; their age,
+        skips and state are updated.  The stale positions are listed among the
+        others in address order, each listed position with its kind:
+        :data:`LISTED_VISIT`, :data:`LISTED_SKIPPED` or :data:`LISTED_STALE`."""
+        n = len(ptes)
+        if len(self._front_out[0]) < n:
+            self._front_out = _scratch(n, self._core.FRONT_SUMS)
+        pos, cum, kinds, stale, summary = self._front_out
+        self._core.window(
+            ptes, imap, fr_ksm, fr_node, items, int(smart), seqnr, budget,
+            pos, cum, kinds, stale, summary,
+        )  # fmt: skip
+        listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
+        if last < 0:
+            return None
+        return (
+            pos[:listed].copy(),
+            cum[:listed].copy(),
+            kinds[:listed].copy(),
+            stale[:n_stale].copy(),
+            visits,
+            skipped,
+            last,
+            bool(stopped),
+            unshared,
+        )
+
+    def visit(
+        self,
+        start: int,
+        pos: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+        kind: npt.NDArray[np.uint8],
+        ptes: npt.NDArray[np.int64],
+        frames: tuple[npt.NDArray[np.generic], ...],
+        items: tuple[npt.NDArray[np.generic], ...],
+        nodes: tuple[npt.NDArray[np.generic], ...],
+        stable: MapTable,
+        unstable: MapTable,
+        seqnr: int,
+        use_zero_pages: bool,
+        max_page_sharing: int,
+    ) -> Visited:
+        """Events ``start`` on of a window (``visit.c``) until one it hands back.
+
+        Event ``i`` is of item ``rows[i]`` at window position ``pos[i]``: a
+        visit (``kind`` :data:`LISTED_VISIT`), or an unlink of a skipped or a
+        stale item.  ``frames`` are the frame columns content, mapcount, ksm,
+        node; ``items`` the item records and hlist links (``ItemTable.hot``,
+        ``cold``, ``hnext``, ``hprev``); ``nodes`` the node columns size,
+        frame, head; the maps are ``ContentMap.table()`` s.  The columns are
+        updated in place.
+        """
+        core = self._core
+        dead = np.empty(len(pos), np.int64)
+        sums = np.zeros(core.VISIT_SUMS, np.int64)
+        st_slots, st_bits, st_now = stable
+        un_slots, un_bits, un_now = unstable
+        stop: int = core.visit(
+            start, pos, rows, kind, ptes, *frames, *items, *nodes,
+            st_slots, st_bits, st_now, un_slots, un_bits, un_now,
+            seqnr, int(use_zero_pages), max_page_sharing, dead, sums,
+        )  # fmt: skip
+        s = sums.tolist()
+        return Visited(
+            stop,
+            s[core.VISIT_SHARED],
+            s[core.VISIT_SHARING],
+            s[core.VISIT_UNSHARED],
+            s[core.VISIT_MERGING],
+            s[core.VISIT_MERGES],
+            s[core.VISIT_ZERO],
+            s[core.VISIT_INSERTED],
+            bool(s[core.VISIT_PTES]),
+            dead[: s[core.VISIT_DEAD]],
+        )
+
+    def map_find(
+        self,
+        keys: npt.NDArray[np.uint64],
+        bits: int,
+        table: npt.NDArray[np.void],
+        now: int,
+    ) -> npt.NDArray[np.int64]:
+        """``ContentMap.find`` (``contentmap.c``): the value of each key,
+        :data:`SLOT_ABSENT` if absent.  ``table`` is the map's slots."""
+        keys = np.ascontiguousarray(keys, np.uint64)
+        out = np.empty(len(keys), np.int64)
+        self._core.map_find(keys, bits, table, now, out)
+        return out
+
+    def map_insert(
+        self,
+        keys: npt.NDArray[np.uint64],
+        values: npt.NDArray[np.int64],
+        bits: int,
+        table: npt.NDArray[np.void],
+        now: int,
+    ) -> None:
+        """``ContentMap.insert_new`` (``contentmap.c``): keys distinct and absent, room made."""
+        keys = np.ascontiguousarray(keys, np.uint64)
+        values = np.ascontiguousarray(values, np.int64)
+        self._core.map_insert(keys, values, bits, table, now)
+
+
+def _scratch(n: int, sums: int) -> tuple[npt.NDArray[Any], ...]:
+    """Room for :meth:`Native.window`'s outputs for ``n`` positions (and its ``sums``).
+
+    Kept from one window to the next: a window's outputs are the size of its
+    page-table entries (a quarter of a MiB each), which fresh arrays would
+    take from the kernel and zero on every call; what was found is copied out.
+    """
+    return (
+        np.empty(n, np.int64),
+        np.empty(n, np.int64),
+        np.empty(n, np.uint8),
+        np.empty(n, np.int64),
+        np.zeros(sums, np.int64),
+    )
+
+
+@cache
+def _built() -> Native | None:
+    return Native(_core) if _core is not None else None
+
+
+def disabled() -> bool:
+    """Whether ``KSMREPLAY_NATIVE=0`` asks to do without the native core."""
+    return os.environ.get(ENV, "1") == "0"
+
+
+def native() -> Native | None:
+    """The native core, or None: not built at install, or :func:`disabled`.
+
+    Read when a reader, a memory, a ksmd or a content map is made, which then
+    keeps it (the environment is slow to read, and asked often).
+    """
+    return None if disabled() else _built()
+
+
+def engine() -> str:
+    """Which engine runs, in words (``ksmreplay --version``)."""
+    if _core is None:
+        return "scalar (the native core was not built at install: no C compiler?)"
+    if disabled():
+        return f"scalar ({ENV}=0)"
+    return "native core"

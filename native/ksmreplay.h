@@ -1,0 +1,198 @@
+/*
+ * ksmreplay's native core: the one place its records and constants are
+ * defined.  Python reads every one of them from the extension module
+ * (ksmreplay._native, see module.c; ksmreplay/native.py gives them names),
+ * so that the numpy columns and the C structs cannot drift apart.
+ *
+ * The core is the fast half of ksmd's scan and of the fault path; the scalar
+ * Python ksmd (ksmreplay/ksm.py) is the other, readable half, and the place
+ * where a KSM rule is read first:
+ *
+ *   scan.c        decodes the common msgpack `write` events into columns;
+ *   fault.c       applies an instant's page writes in order (Memory.write);
+ *   window.c      the front of a scan window: smart_scan, counting, listing;
+ *   visit.c       the common visits of a window, handing the rare ones back;
+ *   contentmap.c  batch lookups and inserts in the content hash tables.
+ */
+
+#ifndef KSMREPLAY_H
+#define KSMREPLAY_H
+
+#include <stdint.h>
+
+/* -- page tables (vm.py) ------------------------------------------------- */
+
+/* A page-table entry is a frame row (>= 0) or one of these. */
+#define PTE_NONE (-1)		/* no page */
+#define PTE_ZERO (-2)		/* the shared zero page, mapped by a read fault */
+#define PTE_KSM_ZERO (-3)	/* the shared zero page, placed by ksmd */
+
+#define CHUNK_SHIFT 9		/* 512 entries per page-table chunk */
+
+/* -- rmap items (ksm.py ItemTable) ---------------------------------------- */
+
+#define STATE_NONE 0		/* volatile: in no tree */
+#define STATE_UNSTABLE 1	/* in the unstable tree */
+#define STATE_STABLE 2		/* linked to a stable node */
+
+#define AGE_MAX 255		/* smart_scan's age saturates here */
+#define SEQNR_MASK 0xff		/* an item keeps the low bits of its pass */
+#define ZERO_PAGE_FLAG 0x400	/* the v6 design's flag, beside 0x100 and 0x200 */
+
+/*
+ * One rmap item is two records, in two tables indexed alike.  smart_scan
+ * reads and updates a few fields of every item a pass walks, most of them
+ * never visited, and the stable node of a KSM page's: those are one small
+ * record, so that a walk reads 8 bytes per page; the rest are in the other.
+ */
+struct item_hot {
+	int32_t node;		/* stable node of a STABLE item, else -1 */
+	uint8_t age;		/* smart_scan age */
+	uint8_t skips;		/* smart_scan remaining_skips */
+	int8_t state;		/* STATE_* */
+	uint8_t seq;		/* low 8 bits of the pass of an unstable insert */
+};
+
+struct item_cold {
+	uint64_t checksum;	/* content at the last non-KSM visit */
+	int64_t page;		/* virtual page number */
+	int32_t slot;		/* owning mm slot, -1 when free */
+	uint16_t flags;		/* ZERO_PAGE_FLAG of the v6 design */
+	uint8_t checked;	/* a checksum was recorded */
+	uint8_t pad;
+};
+
+_Static_assert(sizeof(struct item_hot) == 8, "struct item_hot: 8 bytes");
+_Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
+
+/* -- the trees (ksm.py StableTree, contentmap.py ContentMap) --------------- */
+
+#define CHAIN_ENTRY (1LL << 62)	/* the stable tree's value for a chain */
+
+/*
+ * One slot of a content hash table: key, value and generation side by side,
+ * so that a probe reads one cache line.  Fibonacci hashing, linear probing; a
+ * slot is occupied when its generation is the table's current one, and a
+ * deleted entry is a tombstone until the next generation or growth.
+ */
+struct slot {
+	uint64_t key;		/* the content */
+	int64_t val;		/* its value, or SLOT_DELETED */
+	uint32_t gen;		/* the generation that filled it */
+	uint32_t pad;
+};
+
+_Static_assert(sizeof(struct slot) == 24, "struct slot: 24 bytes");
+
+#define SLOT_ABSENT (-1)	/* a lookup found nothing */
+#define SLOT_DELETED (-2)	/* a tombstone */
+
+/* The first slot of key's probe sequence in a table of 1 << bits slots. */
+static inline uint64_t slot_of(uint64_t key, int32_t bits)
+{
+	return (key * 0x9E3779B97F4A7C15ULL) >> (64 - bits);
+}
+
+/* The value of key, or SLOT_ABSENT. */
+static inline int64_t slot_find(const struct slot *table, int32_t bits, uint32_t now,
+				uint64_t key)
+{
+	uint64_t mask = (1ULL << bits) - 1, s = slot_of(key, bits);
+
+	while (table[s].gen == now) {
+		if (table[s].key == key && table[s].val >= 0)
+			return table[s].val;
+		s = (s + 1) & mask;
+	}
+	return SLOT_ABSENT;
+}
+
+/* Add key -> val: key absent, room reserved by the caller. */
+static inline void slot_insert(struct slot *table, int32_t bits, uint32_t now, uint64_t key,
+			       int64_t val)
+{
+	uint64_t mask = (1ULL << bits) - 1, s = slot_of(key, bits);
+
+	while (table[s].gen == now)
+		s = (s + 1) & mask;
+	table[s].gen = now;
+	table[s].key = key;
+	table[s].val = val;
+}
+
+/* -- what the functions say ----------------------------------------------- */
+
+/* Why ksr_scan() stopped: end of the buffer, an object of another shape, columns full. */
+enum { SCAN_END = 0, SCAN_OTHER = 1, SCAN_FULL = 2 };
+
+/* What a listed position of a window front is (ksr_window() for ksr_visit()). */
+enum { LISTED_VISIT = 0, LISTED_SKIPPED = 1, LISTED_STALE = 2 };
+
+/* ksr_window()'s summary. */
+enum {
+	FRONT_LISTED,		/* positions listed */
+	FRONT_VISITS,		/* pages visited */
+	FRONT_SKIPPED,		/* pages smart_scan skipped */
+	FRONT_STALE,		/* stale positions */
+	FRONT_LAST,		/* the last position handled, -1: none present */
+	FRONT_STOPPED,		/* the budget stopped the walk */
+	FRONT_UNSHARED,		/* skipped items that left an earlier pass's unstable tree */
+	FRONT_SUMS
+};
+
+/* What ksr_visit() did, summed. */
+enum {
+	VISIT_SHARED,		/* change of pages_shared */
+	VISIT_SHARING,		/* change of pages_sharing */
+	VISIT_UNSHARED,		/* change of pages_unshared */
+	VISIT_MERGING,		/* change of the mm's merging_pages */
+	VISIT_MERGES,		/* merges (PTEs pointed at a KSM page) */
+	VISIT_ZERO,		/* zero pages merged: the mm's ksm_zero_ptes, -rss_anon */
+	VISIT_INSERTED,		/* entries added to the unstable tree */
+	VISIT_DEAD,		/* frames freed (listed in dead[]) */
+	VISIT_PTES,		/* PTEs changed */
+	VISIT_SUMS
+};
+
+/* ksr_write_run()'s per-process changes, and its events. */
+enum { WRITE_RSS, WRITE_KSM_ZERO, WRITE_FAULT_ZERO, WRITE_STATS };
+enum { WRITE_COW_KSM, WRITE_COW_ZERO, WRITE_EVENTS };
+
+/* ksr_write_run(): a chunk is missing (see found[]). */
+#define WRITE_MISSING (-2)
+
+/* -- the functions (each file says more) ------------------------------------ */
+
+int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint64_t max_items,
+		 uint64_t max_fill_pages, int64_t max_event_bytes, int64_t max_events,
+		 uint64_t *t, int64_t *pid, uint64_t *addr, uint64_t *len, uint8_t *fill,
+		 int64_t *fp_end, uint64_t *fps, int64_t max_fps, int32_t *status);
+int64_t ksr_skip(const uint8_t *buf, int64_t size, int64_t pos);
+
+int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *first,
+		      const int64_t *count, const uint64_t *fp, const int64_t *dirs,
+		      int64_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
+		      int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
+		      int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
+		      int64_t *events);
+
+int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
+		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
+		   int64_t budget, int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind,
+		   int64_t *out_stale, int64_t *summary);
+
+int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
+		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
+		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
+		  struct item_hot *items, struct item_cold *cold, int64_t *next, int64_t *prev,
+		  int32_t *node_size, const int64_t *node_frame, int64_t *head,
+		  struct slot *st_slots, int32_t st_bits, uint32_t st_now, struct slot *un_slots,
+		  int32_t un_bits, uint32_t un_now, int32_t seqnr, int32_t use_zero_pages,
+		  int64_t max_page_sharing, int64_t *dead, int64_t *sums);
+
+void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
+		  uint32_t now, int64_t *out);
+void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
+		    struct slot *table, uint32_t now);
+
+#endif

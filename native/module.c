@@ -1,0 +1,488 @@
+/*
+ * ksmreplay._native: the native core as a Python extension module.
+ *
+ * Each function takes numpy arrays (any object with the buffer protocol,
+ * C-contiguous) and plain ints, checks every array's item size and kind, and
+ * calls the C function of the same name without the ksr_ prefix.  The module
+ * also exports the records and constants of ksmreplay.h, which the Python
+ * side reads instead of restating them (ksmreplay/native.py).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "ksmreplay.h"
+
+/* -- arrays ----------------------------------------------------------------- */
+
+#define MAX_ARRAYS 28
+
+struct held {
+	Py_buffer view[MAX_ARRAYS];
+	int n;
+};
+
+static void release(struct held *h)
+{
+	while (h->n > 0)
+		PyBuffer_Release(&h->view[--h->n]);
+}
+
+/*
+ * The data of array `o` (argument `name`), held until release(): `size`-byte
+ * items of `kind`: 'i' signed integers, 'u' unsigned ones (and booleans for
+ * size 1), 'r' records of any layout; writable if `writable`.  NULL with an
+ * exception set when it is not such an array.
+ */
+static void *take(struct held *h, PyObject *o, const char *name, Py_ssize_t size, char kind,
+		  int writable, Py_ssize_t *len)
+{
+	Py_buffer *b = &h->view[h->n];
+	int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+	const char *fmt, *ok;
+	char last;
+
+	if (PyObject_GetBuffer(o, b, flags) < 0)
+		return NULL;
+	h->n++;
+	if (b->itemsize != size) {
+		PyErr_Format(PyExc_TypeError, "%s: items of %zd bytes expected, not %zd", name,
+			     size, b->itemsize);
+		return NULL;
+	}
+	if (kind != 'r') {
+		fmt = b->format ? b->format : "B";
+		last = fmt[strlen(fmt) - 1];
+		ok = kind == 'i' ? "bhilq" : "BHILQ?";
+		if (!strchr(ok, last)) {
+			PyErr_Format(PyExc_TypeError, "%s: %s integers expected, not format %s", name,
+				     kind == 'i' ? "signed" : "unsigned", fmt);
+			return NULL;
+		}
+	}
+	if (len)
+		*len = b->len / size;
+	return b->buf;
+}
+
+#define TAKE(var, type, obj, size, kind, writable)                                          \
+	type var = take(&h, obj, #var, size, kind, writable, NULL);                          \
+	if (!var)                                                                             \
+		goto fail
+
+#define TAKE_N(var, type, obj, size, kind, writable, n)                                     \
+	type var = take(&h, obj, #var, size, kind, writable, &(n));                          \
+	if (!var)                                                                             \
+		goto fail
+
+/* -- scan.c ------------------------------------------------------------------ */
+
+PyDoc_STRVAR(scan_doc,
+	     "scan(buf, pos, shift, max_items, max_fill_pages, max_event_bytes,\n"
+	     "     t, pid, addr, len, fill, fp_end, fps) -> (events, pos, status)\n\n"
+	     "Decode write events from buf[pos] on into the columns (ksr_scan).");
+
+static PyObject *py_scan(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_buf, *o_t, *o_pid, *o_addr, *o_len, *o_fill, *o_fp_end, *o_fps, *out = NULL;
+	long long pos, max_event_bytes;
+	unsigned long long max_items, max_fill_pages;
+	int shift;
+	Py_ssize_t size, max_events, n_pid, n_addr, n_len, n_fill, n_fp_end, max_fps;
+	int32_t status = SCAN_END;
+	int64_t done, where;
+
+	if (!PyArg_ParseTuple(args, "OLiKKLOOOOOOO", &o_buf, &pos, &shift, &max_items,
+			      &max_fill_pages, &max_event_bytes, &o_t, &o_pid, &o_addr, &o_len,
+			      &o_fill, &o_fp_end, &o_fps))
+		return NULL;
+	TAKE_N(buf, const uint8_t *, o_buf, 1, 'u', 0, size);
+	TAKE_N(t, uint64_t *, o_t, 8, 'u', 1, max_events);
+	TAKE_N(pid, int64_t *, o_pid, 8, 'i', 1, n_pid);
+	TAKE_N(addr, uint64_t *, o_addr, 8, 'u', 1, n_addr);
+	TAKE_N(len, uint64_t *, o_len, 8, 'u', 1, n_len);
+	TAKE_N(fill, uint8_t *, o_fill, 1, 'u', 1, n_fill);
+	TAKE_N(fp_end, int64_t *, o_fp_end, 8, 'i', 1, n_fp_end);
+	TAKE_N(fps, uint64_t *, o_fps, 8, 'u', 1, max_fps);
+	if (n_pid < max_events || n_addr < max_events || n_len < max_events ||
+	    n_fill < max_events || n_fp_end < max_events || pos < 0 || pos > size) {
+		PyErr_SetString(PyExc_ValueError, "scan: columns shorter than t, or pos outside buf");
+		goto fail;
+	}
+	where = pos;
+	Py_BEGIN_ALLOW_THREADS
+	done = ksr_scan(buf, size, &where, shift, max_items, max_fill_pages, max_event_bytes,
+			max_events, t, pid, addr, len, fill, fp_end, fps, max_fps, &status);
+	Py_END_ALLOW_THREADS
+	out = Py_BuildValue("LLi", (long long)done, (long long)where, (int)status);
+fail:
+	release(&h);
+	return out;
+}
+
+PyDoc_STRVAR(skip_doc,
+	     "skip(buf, pos) -> int\n\n"
+	     "Where the msgpack object at buf[pos] ends; -1 if incomplete, -2 if not msgpack.");
+
+static PyObject *py_skip(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_buf, *out = NULL;
+	long long pos;
+	Py_ssize_t size;
+
+	if (!PyArg_ParseTuple(args, "OL", &o_buf, &pos))
+		return NULL;
+	TAKE_N(buf, const uint8_t *, o_buf, 1, 'u', 0, size);
+	if (pos < 0 || pos > size) {
+		PyErr_SetString(PyExc_ValueError, "skip: pos outside buf");
+		goto fail;
+	}
+	out = PyLong_FromLongLong(ksr_skip(buf, size, pos));
+fail:
+	release(&h);
+	return out;
+}
+
+/* -- fault.c ----------------------------------------------------------------- */
+
+PyDoc_STRVAR(write_run_doc,
+	     "write_run(mm, first, count, fps, dirs, ptes, owner, found, content, mapcount,\n"
+	     "          ksm, fresh, dead, n_dead, stats, events) -> int\n\n"
+	     "An instant's page writes in order (ksr_write_run): the fresh rows used, or\n"
+	     "WRITE_MISSING when a chunk is missing (found[] says where to go on).");
+
+static PyObject *py_write_run(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o[16], *out = NULL;
+	Py_ssize_t n_events, n_first, n_count, n_fps, n_ptes, n_owner, n_found, n_fresh, n_dead;
+	Py_ssize_t n_content, n_mapcount, n_ksm, n_dead_count, n_stats, n_ev;
+	int64_t used;
+
+	if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+			      &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14],
+			      &o[15]))
+		return NULL;
+	TAKE_N(mm, const int32_t *, o[0], 4, 'i', 0, n_events);
+	TAKE_N(first, const int64_t *, o[1], 8, 'i', 0, n_first);
+	TAKE_N(count, const int64_t *, o[2], 8, 'i', 0, n_count);
+	TAKE_N(fps, const uint64_t *, o[3], 8, 'u', 0, n_fps);
+	TAKE(dirs, const int64_t *, o[4], 8, 'i', 0);
+	TAKE_N(ptes, int64_t **, o[5], 8, 'i', 1, n_ptes);
+	TAKE_N(owner, int32_t *, o[6], 4, 'i', 1, n_owner);
+	TAKE_N(found, int64_t *, o[7], 8, 'i', 1, n_found);
+	TAKE_N(content, uint64_t *, o[8], 8, 'u', 1, n_content);
+	TAKE_N(mapcount, int32_t *, o[9], 4, 'i', 1, n_mapcount);
+	TAKE_N(ksm, const uint8_t *, o[10], 1, 'u', 0, n_ksm);
+	TAKE_N(fresh, const int64_t *, o[11], 8, 'i', 0, n_fresh);
+	TAKE_N(dead, int64_t *, o[12], 8, 'i', 1, n_dead);
+	TAKE_N(n_dead_out, int64_t *, o[13], 8, 'i', 1, n_dead_count);
+	TAKE_N(stats, int64_t *, o[14], 8, 'i', 1, n_stats);
+	TAKE_N(events, int64_t *, o[15], 8, 'i', 1, n_ev);
+	if (n_first < n_events || n_count < n_events || n_ptes < n_fps || n_owner < n_fps ||
+	    n_found < 3 || n_dead < n_fps || n_dead_count < 1 || n_ev < WRITE_EVENTS ||
+	    n_content != n_mapcount || n_content != n_ksm) {
+		PyErr_SetString(PyExc_ValueError, "write_run: arrays of the wrong lengths");
+		goto fail;
+	}
+	(void)n_stats;
+	used = ksr_write_run(n_events, mm, first, count, fps, dirs, ptes, owner, found, content,
+			     mapcount, ksm, fresh, n_fresh, dead, n_dead_out, stats, events);
+	out = PyLong_FromLongLong(used);
+fail:
+	release(&h);
+	return out;
+}
+
+/* -- window.c ---------------------------------------------------------------- */
+
+PyDoc_STRVAR(window_doc,
+	     "window(ptes, imap, fr_ksm, fr_node, items, smart, seqnr, budget,\n"
+	     "       out_pos, out_cum, out_kind, out_stale, summary) -> None\n\n"
+	     "The front of a scan window (ksr_window); summary gets FRONT_SUMS values.");
+
+static PyObject *py_window(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o[11], *out = NULL;
+	int smart, seqnr;
+	long long budget;
+	Py_ssize_t n, n_imap, n_pos, n_cum, n_kind, n_stale, n_summary;
+
+	if (!PyArg_ParseTuple(args, "OOOOOiiLOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &smart,
+			      &seqnr, &budget, &o[5], &o[6], &o[7], &o[8], &o[9]))
+		return NULL;
+	TAKE_N(ptes, const int64_t *, o[0], 8, 'i', 0, n);
+	TAKE_N(imap, const int64_t *, o[1], 8, 'i', 0, n_imap);
+	TAKE(fr_ksm, const uint8_t *, o[2], 1, 'u', 0);
+	TAKE(fr_node, const int32_t *, o[3], 4, 'i', 0);
+	TAKE(items, struct item_hot *, o[4], sizeof(struct item_hot), 'r', 1);
+	TAKE_N(out_pos, int64_t *, o[5], 8, 'i', 1, n_pos);
+	TAKE_N(out_cum, int64_t *, o[6], 8, 'i', 1, n_cum);
+	TAKE_N(out_kind, uint8_t *, o[7], 1, 'u', 1, n_kind);
+	TAKE_N(out_stale, int64_t *, o[8], 8, 'i', 1, n_stale);
+	TAKE_N(summary, int64_t *, o[9], 8, 'i', 1, n_summary);
+	if (n_imap != n || n_pos < n || n_cum < n || n_kind < n || n_stale < n ||
+	    n_summary < FRONT_SUMS) {
+		PyErr_SetString(PyExc_ValueError, "window: arrays of the wrong lengths");
+		goto fail;
+	}
+	ksr_window(n, ptes, imap, fr_ksm, fr_node, items, smart, seqnr, budget, out_pos, out_cum,
+		   out_kind, out_stale, summary);
+	out = Py_NewRef(Py_None);
+fail:
+	release(&h);
+	return out;
+}
+
+/* -- visit.c ----------------------------------------------------------------- */
+
+PyDoc_STRVAR(visit_doc,
+	     "visit(start, pos, rows, kind, ptes, fr_content, fr_mapcount, fr_ksm, fr_node,\n"
+	     "      hot, cold, hnext, hprev, node_size, node_frame, head,\n"
+	     "      st_slots, st_bits, st_now, un_slots, un_bits, un_now,\n"
+	     "      seqnr, use_zero_pages, max_page_sharing, dead, sums) -> int\n\n"
+	     "A window's events from start on (ksr_visit): the first handed back, or len(pos).");
+
+static PyObject *py_visit(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o[20], *out = NULL;
+	long long start, max_page_sharing;
+	int st_bits, un_bits, seqnr, use_zero_pages;
+	unsigned int st_now, un_now;
+	Py_ssize_t n, n_rows, n_kind, n_dead, n_sums;
+	int64_t stop;
+
+	if (!PyArg_ParseTuple(args, "LOOOOOOOOOOOOOOOOiIOiIiiLOO", &start, &o[0], &o[1], &o[2],
+			      &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11],
+			      &o[12], &o[13], &o[14], &o[15], &st_bits, &st_now, &o[16], &un_bits,
+			      &un_now, &seqnr, &use_zero_pages, &max_page_sharing, &o[17], &o[18]))
+		return NULL;
+	TAKE_N(pos, const int64_t *, o[0], 8, 'i', 0, n);
+	TAKE_N(rows, const int64_t *, o[1], 8, 'i', 0, n_rows);
+	TAKE_N(kind, const uint8_t *, o[2], 1, 'u', 0, n_kind);
+	TAKE(ptes, int64_t *, o[3], 8, 'i', 1);
+	TAKE(fr_content, const uint64_t *, o[4], 8, 'u', 0);
+	TAKE(fr_mapcount, int32_t *, o[5], 4, 'i', 1);
+	TAKE(fr_ksm, const uint8_t *, o[6], 1, 'u', 0);
+	TAKE(fr_node, const int32_t *, o[7], 4, 'i', 0);
+	TAKE(hot, struct item_hot *, o[8], sizeof(struct item_hot), 'r', 1);
+	TAKE(cold, struct item_cold *, o[9], sizeof(struct item_cold), 'r', 1);
+	TAKE(hnext, int64_t *, o[10], 8, 'i', 1);
+	TAKE(hprev, int64_t *, o[11], 8, 'i', 1);
+	TAKE(node_size, int32_t *, o[12], 4, 'i', 1);
+	TAKE(node_frame, const int64_t *, o[13], 8, 'i', 0);
+	TAKE(head, int64_t *, o[14], 8, 'i', 1);
+	TAKE(st_slots, struct slot *, o[15], sizeof(struct slot), 'r', 1);
+	TAKE(un_slots, struct slot *, o[16], sizeof(struct slot), 'r', 1);
+	TAKE_N(dead, int64_t *, o[17], 8, 'i', 1, n_dead);
+	TAKE_N(sums, int64_t *, o[18], 8, 'i', 1, n_sums);
+	if (n_rows != n || n_kind != n || n_dead < n || n_sums < VISIT_SUMS || start < 0 ||
+	    start > n) {
+		PyErr_SetString(PyExc_ValueError, "visit: arrays of the wrong lengths");
+		goto fail;
+	}
+	stop = ksr_visit(n, start, pos, rows, kind, ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
+			 hot, cold, hnext, hprev, node_size, node_frame, head, st_slots, st_bits,
+			 st_now, un_slots, un_bits, un_now, seqnr, use_zero_pages,
+			 max_page_sharing, dead, sums);
+	out = PyLong_FromLongLong(stop);
+fail:
+	release(&h);
+	return out;
+}
+
+/* -- contentmap.c ------------------------------------------------------------ */
+
+PyDoc_STRVAR(map_find_doc,
+	     "map_find(keys, bits, table, now, out) -> None\n\n"
+	     "out[i] = the value of keys[i] in the table, or SLOT_ABSENT (ksr_map_find).");
+
+static PyObject *py_map_find(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_keys, *o_table, *o_out, *out = NULL;
+	int bits;
+	unsigned int now;
+	Py_ssize_t n, n_table, n_out;
+
+	if (!PyArg_ParseTuple(args, "OiOIO", &o_keys, &bits, &o_table, &now, &o_out))
+		return NULL;
+	TAKE_N(keys, const uint64_t *, o_keys, 8, 'u', 0, n);
+	TAKE_N(table, const struct slot *, o_table, sizeof(struct slot), 'r', 0, n_table);
+	TAKE_N(result, int64_t *, o_out, 8, 'i', 1, n_out);
+	if (n_out < n || bits < 1 || bits > 62 || n_table != ((Py_ssize_t)1 << bits)) {
+		PyErr_SetString(PyExc_ValueError, "map_find: arrays of the wrong lengths");
+		goto fail;
+	}
+	ksr_map_find(n, keys, bits, table, now, result);
+	out = Py_NewRef(Py_None);
+fail:
+	release(&h);
+	return out;
+}
+
+PyDoc_STRVAR(map_insert_doc,
+	     "map_insert(keys, vals, bits, table, now) -> None\n\n"
+	     "Insert keys[i] -> vals[i], keys distinct and absent, room made (ksr_map_insert).");
+
+static PyObject *py_map_insert(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_keys, *o_vals, *o_table, *out = NULL;
+	int bits;
+	unsigned int now;
+	Py_ssize_t n, n_vals, n_table;
+
+	if (!PyArg_ParseTuple(args, "OOiOI", &o_keys, &o_vals, &bits, &o_table, &now))
+		return NULL;
+	TAKE_N(keys, const uint64_t *, o_keys, 8, 'u', 0, n);
+	TAKE_N(vals, const int64_t *, o_vals, 8, 'i', 0, n_vals);
+	TAKE_N(table, struct slot *, o_table, sizeof(struct slot), 'r', 1, n_table);
+	if (n_vals != n || bits < 1 || bits > 62 || n_table != ((Py_ssize_t)1 << bits)) {
+		PyErr_SetString(PyExc_ValueError, "map_insert: arrays of the wrong lengths");
+		goto fail;
+	}
+	ksr_map_insert(n, keys, vals, bits, table, now);
+	out = Py_NewRef(Py_None);
+fail:
+	release(&h);
+	return out;
+}
+
+/* -- the module -------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+	{ "scan", py_scan, METH_VARARGS, scan_doc },
+	{ "skip", py_skip, METH_VARARGS, skip_doc },
+	{ "write_run", py_write_run, METH_VARARGS, write_run_doc },
+	{ "window", py_window, METH_VARARGS, window_doc },
+	{ "visit", py_visit, METH_VARARGS, visit_doc },
+	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
+	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
+	{ NULL, NULL, 0, NULL },
+};
+
+/* A record's layout as numpy.dtype() takes it: names, formats, offsets, itemsize. */
+struct field {
+	const char *name;
+	const char *format;
+	Py_ssize_t offset;
+};
+
+static PyObject *layout(const struct field *fields, Py_ssize_t size)
+{
+	PyObject *names = PyList_New(0), *formats = PyList_New(0), *offsets = PyList_New(0);
+	PyObject *out = NULL;
+
+	if (!names || !formats || !offsets)
+		goto done;
+	for (const struct field *f = fields; f->name; f++) {
+		PyObject *name = PyUnicode_FromString(f->name);
+		PyObject *format = PyUnicode_FromString(f->format);
+		PyObject *offset = PyLong_FromSsize_t(f->offset);
+		int bad = !name || !format || !offset || PyList_Append(names, name) ||
+			  PyList_Append(formats, format) || PyList_Append(offsets, offset);
+
+		Py_XDECREF(name);
+		Py_XDECREF(format);
+		Py_XDECREF(offset);
+		if (bad)
+			goto done;
+	}
+	out = Py_BuildValue("{sOsOsOsn}", "names", names, "formats", formats, "offsets", offsets,
+			    "itemsize", size);
+done:
+	Py_XDECREF(names);
+	Py_XDECREF(formats);
+	Py_XDECREF(offsets);
+	return out;
+}
+
+#define FIELD(type, name, format) { #name, format, offsetof(struct type, name) }
+
+static const struct field item_hot_fields[] = {
+	FIELD(item_hot, node, "<i4"),  FIELD(item_hot, age, "u1"), FIELD(item_hot, skips, "u1"),
+	FIELD(item_hot, state, "i1"),  FIELD(item_hot, seq, "u1"), { NULL, NULL, 0 },
+};
+
+static const struct field item_cold_fields[] = {
+	FIELD(item_cold, checksum, "<u8"), FIELD(item_cold, page, "<i8"),
+	FIELD(item_cold, slot, "<i4"),	   FIELD(item_cold, flags, "<u2"),
+	FIELD(item_cold, checked, "?"),	   { NULL, NULL, 0 },
+};
+
+static const struct field slot_fields[] = {
+	FIELD(slot, key, "<u8"),
+	FIELD(slot, val, "<i8"),
+	FIELD(slot, gen, "<u4"),
+	{ NULL, NULL, 0 },
+};
+
+/* PyModule_AddObject(), which steals the reference only when it succeeds. */
+static int add(PyObject *m, const char *name, PyObject *value)
+{
+	if (!value)
+		return -1;
+	if (PyModule_AddObject(m, name, value) < 0) {
+		Py_DECREF(value);
+		return -1;
+	}
+	return 0;
+}
+
+static int exec_module(PyObject *m)
+{
+	const struct {
+		const char *name;
+		long long value;
+	} constants[] = {
+#define C(name) { #name, name }
+		C(PTE_NONE),	  C(PTE_ZERO),	    C(PTE_KSM_ZERO),  C(CHUNK_SHIFT),
+		C(STATE_NONE),	  C(STATE_UNSTABLE), C(STATE_STABLE), C(AGE_MAX),
+		C(SEQNR_MASK),	  C(ZERO_PAGE_FLAG), C(CHAIN_ENTRY),  C(SLOT_ABSENT),
+		C(SLOT_DELETED),  C(SCAN_END),	    C(SCAN_OTHER),    C(SCAN_FULL),
+		C(LISTED_VISIT),  C(LISTED_SKIPPED), C(LISTED_STALE), C(FRONT_LISTED),
+		C(FRONT_VISITS),  C(FRONT_SKIPPED), C(FRONT_STALE),   C(FRONT_LAST),
+		C(FRONT_STOPPED), C(FRONT_UNSHARED), C(FRONT_SUMS),   C(VISIT_SHARED),
+		C(VISIT_SHARING), C(VISIT_UNSHARED), C(VISIT_MERGING), C(VISIT_MERGES),
+		C(VISIT_ZERO),	  C(VISIT_INSERTED), C(VISIT_DEAD),   C(VISIT_PTES),
+		C(VISIT_SUMS),	  C(WRITE_RSS),	    C(WRITE_KSM_ZERO), C(WRITE_FAULT_ZERO),
+		C(WRITE_STATS),	  C(WRITE_COW_KSM), C(WRITE_COW_ZERO), C(WRITE_EVENTS),
+		C(WRITE_MISSING),
+#undef C
+	};
+
+	for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
+		if (add(m, constants[i].name, PyLong_FromLongLong(constants[i].value)) < 0)
+			return -1;
+	if (add(m, "ITEM_HOT", layout(item_hot_fields, sizeof(struct item_hot))) < 0 ||
+	    add(m, "ITEM_COLD", layout(item_cold_fields, sizeof(struct item_cold))) < 0 ||
+	    add(m, "SLOT", layout(slot_fields, sizeof(struct slot))) < 0)
+		return -1;
+	return 0;
+}
+
+static PyModuleDef_Slot slots[] = {
+	{ Py_mod_exec, exec_module },
+	{ 0, NULL },
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = "ksmreplay._native",
+	.m_doc = "ksmreplay's native core (see ksmreplay/native.py).",
+	.m_size = 0,
+	.m_methods = methods,
+	.m_slots = slots,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+	return PyModuleDef_Init(&module);
+}

@@ -1,0 +1,118 @@
+/*
+ * ksmreplay's native core: the front of one scan window.
+ *
+ * ksr_window() walks the present pages of a window of page-table entries in
+ * address order as Ksmd._walk_window does (ksmreplay/ksm.py), makes
+ * smart_scan's decision for each (should_skip_rmap_item(): updating the
+ * items' age and remaining skips), counts the visits until the budget, and
+ * lists the positions that need more than counting, for visit.c: a page
+ * without an item, a skipped item still in a tree, every visit other than
+ * that of a KSM page already linked to its item, and the item-map entries at
+ * pages no longer present (stale items) before the last page handled.  A
+ * skipped item in an earlier pass's unstable tree leaves it here (its state
+ * and pages_unshared are all that change, in any order), so it is not
+ * listed.  Most pages of a settled workload need nothing more.  The tests
+ * compare the outcome with the scalar walk's.
+ */
+
+#include <stdint.h>
+
+#include "ksmreplay.h"
+
+#define AHEAD 32
+
+/*
+ * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
+ * Frames: ksm flag and stable node; items: their hot records (age and skips
+ * updated when smart, state when a skipped item leaves an unstable tree of a
+ * pass other than seqnr).  Outputs have room for n entries: listed positions,
+ * the visit count up to and including each, and what each is (a visit, 1 for
+ * a skip, LISTED_STALE for a stale item); the stale positions again on their
+ * own.  Returns 0; the summary gets the counts, the last
+ * position handled (-1: none present), whether the budget stopped the walk
+ * and the items that left an unstable tree.
+ */
+int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
+		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
+		   int64_t budget,
+		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind, int64_t *out_stale,
+		   int64_t *summary)
+{
+	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
+	int64_t unshared = 0;
+
+	for (int64_t i = 0; i < n; i++) {
+		int64_t pte = ptes[i], row = imap[i];
+		struct item_hot *it = row >= 0 ? &items[row] : 0;
+		int ksm, skip = 0, wanted;
+
+		/* Frames and items are spread over memory: fetch ahead what the
+		 * next pages read. */
+		if (i + AHEAD < n && ptes[i + AHEAD] >= 0) {
+			int64_t ahead = imap[i + AHEAD];
+
+			__builtin_prefetch(&fr_ksm[ptes[i + AHEAD]], 0);
+			__builtin_prefetch(&fr_node[ptes[i + AHEAD]], 0);
+			if (ahead >= 0)
+				__builtin_prefetch(&items[ahead], 1);
+		}
+
+		if (pte < 0) {
+			if (row >= 0) {
+				out_stale[stale++] = i;
+				out_pos[listed] = i;
+				out_cum[listed] = visits;
+				out_kind[listed++] = LISTED_STALE;
+			}
+			continue;
+		}
+		ksm = fr_ksm[pte];
+		if (row >= 0 && smart && !ksm) {
+			/* should_skip_rmap_item() and skip_age() */
+			uint8_t a = it->age, left = it->skips;
+
+			skip = a >= 3 && left > 0;
+			it->age = a < AGE_MAX ? a + 1 : AGE_MAX;
+			if (a >= 3 && left == 0)
+				it->skips = a <= 3 ? 1 : a <= 5 ? 2 : a <= 8 ? 4 : 8;
+			else if (skip)
+				it->skips = left - 1;
+		}
+		last = i;
+		if (skip) {
+			skipped++;
+			if (it->state == STATE_UNSTABLE && it->seq != (uint8_t)seqnr) {
+				it->state = STATE_NONE;
+				unshared++;
+			}
+			wanted = it->state != STATE_NONE;
+		} else {
+			visits++;
+			wanted = row < 0 || !ksm || it->state != STATE_STABLE ||
+				 it->node != fr_node[pte];
+		}
+		if (wanted) {
+			out_pos[listed] = i;
+			out_cum[listed] = visits;
+			out_kind[listed] = skip ? LISTED_SKIPPED : LISTED_VISIT;
+			listed++;
+		}
+		if (!skip && visits == budget) {
+			stopped = 1;
+			break;
+		}
+	}
+	/* Stale items count only before the last page handled. */
+	while (stale > 0 && out_stale[stale - 1] > last)
+		stale--;
+	while (listed > 0 && out_kind[listed - 1] == LISTED_STALE && out_pos[listed - 1] > last)
+		listed--;
+	summary[FRONT_LISTED] = listed;
+	summary[FRONT_VISITS] = visits;
+	summary[FRONT_SKIPPED] = skipped;
+	summary[FRONT_STALE] = stale;
+	summary[FRONT_LAST] = last;
+	summary[FRONT_STOPPED] = stopped;
+	summary[FRONT_UNSHARED] = unshared;
+	return 0;
+}
