@@ -277,7 +277,7 @@ def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.usefixtures("with_and_without_accel")
+@pytest.mark.usefixtures("both_engines")
 @settings(
     max_examples=150,
     deadline=None,

@@ -161,7 +161,7 @@ def test_the_closing_summary_agrees_with_the_trace(tmp_path: Path) -> None:
     assert result.exit_code == 0
     lines = summary_lines(result.stderr)
     _, events, _ = read_back(out.read_bytes())
-    samples = re.match(r"(\d+) samples of (\d+) processes over (\d+\.\d+) s", lines[0])
+    samples = re.match(r"(\d+) samples of (\d+) process(?:es)? over (\d+\.\d+) s", lines[0])
     assert samples is not None, lines[0]
     assert int(samples[1]) >= 3 and int(samples[2]) == 1
     times = sorted({e.t for e in events})
