@@ -340,6 +340,11 @@ def _contents_rows(c: dict[str, Any]) -> list[list[str]]:
             f"{c['rewritten_pages']} in {c['activity_s']:.3f} s from the first write: "
             f"{c['dirty_pages_per_s']:.3f} pages/s per process",
         ],
+        [
+            "touched pages",
+            f"{c['touched_pages']} ({c['touched_percent']:.3f} %, written after the first "
+            "write's t, each once)",
+        ],
         ["later writes", f"{c['dirty_zero_percent']:.3f} % zeros (after the first write's t)"],
     ]
 

@@ -232,6 +232,8 @@ class _Process:
     """Mapped bytes."""
     written: PageMap = field(default_factory=PageMap)
     """Pages holding written content."""
+    later: PageMap = field(default_factory=PageMap)
+    """Of those, the pages written after the first write's instant (each holds 1)."""
 
 
 @dataclass
@@ -265,15 +267,17 @@ class _Moment:
     t: int
     label: str | None
     written: dict[int, PageMap]
+    later: dict[int, PageMap]
     settings: dict[str, Any]
     activity: _Activity
     shared: bool = True
-    """``written`` holds the live page maps (copied before the next change)."""
+    """``written`` and ``later`` hold the live page maps (copied before the next change)."""
 
     def keep(self) -> None:
         """Copy the page maps, which are about to change."""
         if self.shared:
             self.written = {pid: pages.copy() for pid, pages in self.written.items()}
+            self.later = {pid: pages.copy() for pid, pages in self.later.items()}
             self.shared = False
 
 
@@ -318,6 +322,7 @@ def measure_contents(moment: _Moment | None, page_size: int) -> dict[str, Any]:
     if moment is not None and activity.first_write_t is not None:
         seconds = (moment.t - activity.first_write_t) / 1e9
     rewritten = activity.rewritten
+    touched = 0 if moment is None else sum(moment.later[pid].pages for pid in live)
     processes = len(live)
     rate = rewritten / processes / seconds if processes and seconds > 0 else 0.0
     return {
@@ -334,6 +339,8 @@ def measure_contents(moment: _Moment | None, page_size: int) -> dict[str, Any]:
         "shared_percent": _percent(shared, pages),
         "activity_s": round(seconds, 6),
         "rewritten_pages": rewritten,
+        "touched_pages": touched,
+        "touched_percent": _percent(touched, pages),
         "dirty_pages_per_s": round(rate, 3),
         "dirty_zero_percent": _percent(activity.later_zero, activity.later),
         "ksm_settings": dict(DEFAULTS) | ({} if moment is None else moment.settings),
@@ -366,7 +373,9 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         ``shared_pages`` and ``shared_percent`` (non-zero pages whose content
         some other process holds too), ``activity_s`` (seconds from the
         write), ``rewritten_pages`` (pages written while they held written
-        content, after the first write's instant), ``dirty_pages_per_s``
+        content, after the first write's instant), ``touched_pages`` and
+        ``touched_percent`` (of the pages held, those written after the
+        first write's instant, each counted once), ``dirty_pages_per_s``
         (those per process and second),
         ``dirty_zero_percent`` (the share of zeros among the pages written
         after the first write's instant) and ``ksm_settings`` (every knob as
@@ -437,6 +446,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 proc.written.put(first, first + (length >> shift), value)
                 if when > activity.first_write_t:
                     activity.rewritten += (length >> shift) - (proc.written.pages - before)
+                    proc.later.put(first, first + (length >> shift), 1)
                 note(pid, proc)
             continue
         ops[event.op] += 1
@@ -467,6 +477,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 activity.first_write_t = event.t
             elif event.t > activity.first_write_t:
                 activity.rewritten += count - (proc.written.pages - before)
+                proc.later.put(first, first + count, 1)
                 activity.later += count
                 activity.later_zero += zeros
             note(event.pid, proc)
@@ -479,10 +490,12 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             proc = procs[event.pid]
             proc.mapped -= proc.ranges.remove(event.addr, event.addr + event.len)
             proc.written.drop(event.addr >> shift, (event.addr + event.len) >> shift)
+            proc.later.drop(event.addr >> shift, (event.addr + event.len) >> shift)
         elif isinstance(event, Madvise):
             if event.advice == "dontneed":
                 end = (event.addr + event.len) >> shift
                 procs[event.pid].written.drop(event.addr >> shift, end)
+                procs[event.pid].later.drop(event.addr >> shift, end)
         elif isinstance(event, Prctl):
             if event.pid not in procs:
                 procs[event.pid] = _Process()
@@ -490,7 +503,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         elif isinstance(event, Fork):
             parent = procs[event.pid]
             child = procs[event.child_pid] = _Process(
-                parent.ranges.copy(), parent.mapped, parent.written.copy()
+                parent.ranges.copy(), parent.mapped, parent.written.copy(), parent.later.copy()
             )
             note(event.child_pid, child)
         elif isinstance(event, Exit):
@@ -505,6 +518,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 event.t,
                 event.label,
                 {pid: proc.written for pid, proc in procs.items()},
+                {pid: proc.later for pid, proc in procs.items()},
                 dict(settings),
                 _Activity(**vars(activity)),
             )
@@ -513,6 +527,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             reader.duration_ns,
             None,
             {pid: proc.written for pid, proc in procs.items()},
+            {pid: proc.later for pid, proc in procs.items()},
             settings,
             activity,
         )

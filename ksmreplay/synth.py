@@ -324,9 +324,15 @@ def _vm_guests(s: _Synth, v: Values) -> None:
     s.settle(0, "booted")
     duration = v.ns("duration_s")
     rate, to_zero = float(v["dirty_pages_per_s"]), v.share("dirty_zero_percent")
+    working = round(pages * v.share("dirty_set_percent"))
+    # The pages each guest rewrites: all of them, or a working set drawn once.
+    sets = {pid: s.sample(pages, working) for pid in range(1, guests + 1) if working < pages}
     for t, dt in _ticks(duration):
         for pid in range(1, guests + 1):
-            dirty = s.sample(pages, s.poisson(rate * dt))
+            if pid in sets:
+                dirty = sets[pid][s.sample(working, s.poisson(rate * dt))]
+            else:
+                dirty = s.sample(pages, s.poisson(rate * dt))
             s.scatter(t, pid, BASE, dirty, s.mixed(len(dirty), to_zero))
     if duration:
         s.snapshot(duration, "dirtied")
@@ -611,7 +617,8 @@ WORKLOADS: tuple[Workload, ...] = (
         "Each guest maps its memory, fills it at t=0 (zero pages, pages every guest "
         "holds, pages of its own, spread over the range) and madvises it mergeable; "
         "ksmd settles: snapshot 'booted'.  Then every guest rewrites pages at its "
-        "dirty rate, some to zeros, while ksmd runs in trace time: snapshot "
+        "dirty rate (random pages of its working set, dirty_set_percent of its "
+        "pages), some to zeros, while ksmd runs in trace time: snapshot "
         "'dirtied' at duration_s; a last settle: snapshot 'settled'.",
         (
             Param("guests", 4, 1, 1024, "number of guests"),
@@ -621,6 +628,13 @@ WORKLOADS: tuple[Workload, ...] = (
             Param("dirty_pages_per_s", 500.0, 0.0, 1e7, "pages each guest rewrites per second"),
             Param(
                 "dirty_zero_percent", 10.0, 0.0, 100.0, "share of rewritten pages that get zeros"
+            ),
+            Param(
+                "dirty_set_percent",
+                100.0,
+                0.0,
+                100.0,
+                "share of each guest's pages its rewrites fall on (a working set drawn at random)",
             ),
             _duration(2.0),
             *_common_knobs(1000, 1),
@@ -854,11 +868,14 @@ def fit_params(name: str, contents: Mapping[str, Any]) -> Fitted:
     ``vm-guests``: one guest per process, of the processes' mean size; the
     share of zero pages, the pages every guest holds, the rewrite rate, the
     share of rewrites that are zeros, ``duration_s`` and the KSM knobs.  The
-    generator rewrites random pages at its rate, which turns zero and shared
+    working set (``dirty_set_percent``) is the share of pages that
+    ``rate * duration`` rewrites per guest, drawn at random from it, must
+    fall on to touch as many pages as the trace's rewrites touched
+    (``touched_percent``): a process that rewrites a few pages again and
+    again has a small one.  The generator's rewrites turn zero and shared
     pages into others, so the shares are set to what they must be at the
-    start for the trace to end with the measured ones (after a rewrite of
-    ``rate * duration`` pages per guest, a page is untouched with
-    probability ``exp(-rate * duration / pages)``).  Pages shared between
+    start for the trace to end with the measured ones (the pages left
+    untouched are those the trace left untouched).  Pages shared between
     guests are set so that the copies a merge would save (the measured
     duplicate pages) are the same; they cannot be measured on one process.
     ``zero-heavy`` and ``unmerge-cycle``: processes, size, zero and shared
@@ -917,13 +934,37 @@ def _knobs(c: Mapping[str, Any], names: Iterable[str]) -> dict[str, ParamValue]:
     return {name: int(c["ksm_settings"][name]) for name in names}
 
 
+def _working_set(rewrites: float, c: Mapping[str, Any]) -> float:
+    """The share ``x`` of each guest's pages that its rewrites fall on, such that
+    ``rewrites`` (per page of the guest) drawn at random from them touch the measured
+    share of the pages (``touched_percent``): ``touched = x * (1 - exp(-rewrites / x))``.
+
+    1 (every page) when the rewrites are spread as widely as at random over all
+    pages, or wider; else found by bisection, which the function's growth in
+    ``x`` allows.
+    """
+    touched = float(c.get("touched_percent", 100.0)) / 100.0
+
+    def reach(x: float) -> float:
+        return x * -math.expm1(-rewrites / x)
+
+    if rewrites <= 0 or touched >= reach(1.0):
+        return 1.0
+    lo, hi = max(touched, 1e-9), 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if reach(mid) < touched else (lo, mid)
+    return round(hi, 5)
+
+
 def _fit_vm_guests(c: Mapping[str, Any]) -> tuple[dict[str, ParamValue], list[str]]:
     notes: list[str] = []
     processes = int(c["processes"])
     per = int(c["pages"]) / processes
     duration = min(float(c["activity_s"]), 3600.0)
     rate = float(c["dirty_pages_per_s"])
-    untouched = math.exp(-rate * duration / per) if per else 1.0
+    working = _working_set(rate * duration / per if per else 0.0, c)
+    untouched = 1.0 - working * (1.0 - math.exp(-rate * duration / per / working)) if per else 1.0
     if untouched < 0.05:
         notes.append(
             f"at {rate:g} pages/s for {duration:g} s a guest rewrites nearly every page; "
@@ -937,6 +978,7 @@ def _fit_vm_guests(c: Mapping[str, Any]) -> tuple[dict[str, ParamValue], list[st
         "zero_percent": zero,
         "dirty_pages_per_s": round(rate, 3),
         "dirty_zero_percent": round(float(c["dirty_zero_percent"]), 3),
+        "dirty_set_percent": round(100.0 * working, 3),
         "duration_s": round(duration, 3),
         **_knobs(c, ("pages_to_scan", "sleep_millisecs", "use_zero_pages")),
     }

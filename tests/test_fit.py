@@ -84,6 +84,28 @@ def test_fit_recovers_the_parameters_of_a_vm_guests_trace(tmp_path: Path) -> Non
     assert saved_share(fit, "settled") == pytest.approx(saved_share(given, "settled"), rel=0.05)
 
 
+def test_fit_finds_the_working_set_the_rewrites_fall_on(tmp_path: Path) -> None:
+    """GIVEN vm-guests traces whose rewrites fall on all pages or on a fifth of them, WHEN
+    each is fitted, THEN dirty_set_percent comes back, and the fitted trace saves what
+    the given one saves (a model of uniform rewrites would lose the pages shared)."""
+    for working in (100, 20):
+        given = tmp_path / f"given-{working}.msgpack"
+        made = invoke(
+            "synth", "vm-guests", "--seed", "5", "--param", "guest_mib=8",
+            "--param", "zero_percent=10", "--param", "shared_percent=70",
+            "--param", "dirty_pages_per_s=600", "--param", "duration_s=3",
+            "--param", f"dirty_set_percent={working}", "-o", str(given),
+        )  # fmt: skip
+        assert made.exit_code == 0, made.stderr
+        fit = tmp_path / f"fit-{working}.msgpack"
+        result = invoke("synth", "vm-guests", "--fit", str(given), "-o", str(fit))
+        assert result.exit_code == 0, result.stderr
+        p = fitted_params(result.stderr)
+        assert p["dirty_set_percent"] == pytest.approx(working, abs=4)
+        assert p["shared_percent"] == pytest.approx(70, abs=3)
+        assert saved_share(fit, "settled") == pytest.approx(saved_share(given, "settled"), rel=0.03)
+
+
 def test_a_param_overrides_the_fit(tmp_path: Path) -> None:
     given = tmp_path / "given.msgpack"
     assert invoke("synth", "vm-guests", "--seed", "1", "-o", str(given)).exit_code == 0

@@ -216,14 +216,15 @@ def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
     """What ``contents`` measures, page by page: at the last snapshot at which some
     process holds written pages (else the end), the processes holding pages, the pages,
     zeros, distinct non-zero contents, duplicates, pages whose content another process
-    holds; pages written over written pages after the first write's instant; zeros
-    among the pages written after it."""
+    holds; pages written over written pages after the first write's instant; the pages
+    held that were written after it; zeros among the pages written after it."""
     shift = header.page_size.bit_length() - 1
     store = PageStore(header.page_size)
     written: dict[int, dict[int, int]] = {}
+    touched: dict[int, set[int]] = {}
     first_t: int | None = None
     rewritten = later = later_zero = 0
-    moment: tuple[dict[int, dict[int, int]], int, int, int] | None = None
+    moment: tuple[dict[int, dict[int, int]], dict[int, set[int]], int, int, int] | None = None
     for ev in events:
         if isinstance(ev, (Alloc, Prctl)):
             written.setdefault(ev.pid, {})
@@ -241,6 +242,7 @@ def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
             if first_t is None:
                 first_t = ev.t
             elif ev.t > first_t:
+                touched.setdefault(ev.pid, set()).update(numbers)
                 rewritten += sum(1 for page in numbers if page in pages)
                 later += len(new)
                 later_zero += new.count(0)
@@ -249,15 +251,24 @@ def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
             if isinstance(ev, Free) or ev.advice == "dontneed":
                 for page in range(ev.addr >> shift, (ev.addr + ev.len) >> shift):
                     written[ev.pid].pop(page, None)
+                    touched.get(ev.pid, set()).discard(page)
         elif isinstance(ev, Fork):
             written[ev.child_pid] = dict(written[ev.pid])
+            touched[ev.child_pid] = set(touched.get(ev.pid, ()))
         elif isinstance(ev, Exit):
             del written[ev.pid]
+            touched.pop(ev.pid, None)
         elif isinstance(ev, Snapshot) and any(written.values()):
-            moment = ({p: dict(w) for p, w in written.items()}, rewritten, later, later_zero)
+            moment = (
+                {p: dict(w) for p, w in written.items()},
+                {p: set(s) for p, s in touched.items()},
+                rewritten,
+                later,
+                later_zero,
+            )
     if moment is None:
-        moment = (written, rewritten, later, later_zero)
-    held, rewritten, later, later_zero = moment
+        moment = (written, touched, rewritten, later, later_zero)
+    held, held_touched, rewritten, later, later_zero = moment
     live = {pid: pages for pid, pages in held.items() if pages}
     values = [fp for pages in live.values() for fp in pages.values()]
     nonzero = [fp for fp in values if fp]
@@ -273,6 +284,7 @@ def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
         "duplicate_pages": len(nonzero) - len(set(nonzero)),
         "shared_pages": sum(1 for fp in nonzero if len(holders[fp]) > 1),
         "rewritten_pages": rewritten if live else 0,
+        "touched_pages": sum(len(held_touched.get(pid, set())) for pid in live),
         "later_zero": (later_zero, later) if live else (0, 0),
     }
 
