@@ -609,6 +609,10 @@ class Recorder:
     def _update(self, t: int, proc: _Process, skipped: dict[str, int]) -> None:
         maps = procfs.read_maps(proc.real, self.as_is)
         if not maps:
+            # Maps opened just before an exec read nothing (they belong to the memory the
+            # exec let go): read them again, from the memory that replaced it.
+            maps = procfs.read_maps(proc.real, self.as_is)
+        if not maps:
             raise ProcessGone  # every live process has a stack; an exiting one has no maps left
         kept = []
         for m in maps:

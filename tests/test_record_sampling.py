@@ -15,6 +15,7 @@ import mmap
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -327,3 +328,64 @@ def test_a_hash_of_zero_is_taken_as_one(monkeypatch: pytest.MonkeyPatch) -> None
     assert (
         fingerprint_pages(memoryview(bytearray(page)), PAGE).tolist() == [1] == [fingerprint(page)]
     )
+
+
+def test_maps_opened_before_an_exec_read_nothing() -> None:
+    """The kernel's behaviour the recorder must live with: ``maps`` opened on a process
+    that then execs reads empty; opened again, it reads the new program's maps."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; sys.stdin.readline(); os.execv('/bin/sleep', ['sleep', '5'])",
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert procfs.read_maps(child.pid)  # the interpreter is running
+        fd = os.open(f"/proc/{child.pid}/maps", os.O_RDONLY)
+        try:
+            assert child.stdin is not None
+            child.stdin.write("exec\n")
+            child.stdin.flush()
+            deadline = time.monotonic() + 10
+            while "sleep" not in procfs.read_text(child.pid, "comm"):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert os.read(fd, 1 << 20) == b""
+        finally:
+            os.close(fd)
+        assert any(m.path.endswith("sleep") for m in procfs.read_maps(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+
+
+@needs_ptrace
+def test_a_process_met_in_an_exec_is_read_again_not_taken_for_gone(
+    writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a sample whose first read of a process's maps is empty, as when they were
+    opened just before an exec, WHEN the process is still there, THEN it is read again
+    and recorded, not written off as exited."""
+    real = procfs.read_maps
+    empty_once = {writer.proc.pid}
+
+    def maps(pid: int, with_flags: bool = False) -> list[procfs.Mapping]:
+        if pid in empty_once:
+            empty_once.discard(pid)
+            return []
+        return real(pid, with_flags)
+
+    monkeypatch.setattr(procfs, "read_maps", maps)
+    out = io.BytesIO()
+    rec = recorder(out)
+    start = procfs.start_time(writer.proc.pid)
+    assert start is not None
+    rec.watch(writer.proc.pid, start)
+    assert rec.sample(0) == []
+    assert writer.proc.pid in rec.procs and not empty_once
+    _, events, _ = read_back(out.getvalue())
+    (_, pages), *_ = pages_of(events, 1)
+    assert pages[writer.page(3)] == fingerprint(random_page(3))
