@@ -32,7 +32,7 @@ from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
 from ksmreplay.replay import MODE_CHOICES, expand_modes, replay_spooled
-from ksmreplay.report import close_spools
+from ksmreplay.report import close_spools, schema_text
 from ksmreplay.synth import (
     FIT_WORKLOADS,
     WORKLOAD_NAMES,
@@ -380,6 +380,19 @@ def inspect(trace: str, fmt: str) -> None:
 
 
 # --------------------------------------------------------------------------- convert
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON schema of the report that `run --format json` writes.
+
+    \b
+    Example:
+      ksmreplay run t.msgpack --format json > r.json
+      ksmreplay schema > report.schema.json   # then check r.json with any JSON-schema tool
+    """
+    with open_text_output("-") as out:
+        out.write(schema_text())
 
 
 @cli.command()

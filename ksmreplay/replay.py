@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
+from ksmreplay import modes
 from ksmreplay.errors import UsageError
 from ksmreplay.events import Event, Header, Snapshot, WriteRun
 from ksmreplay.knobs import KnobValue
@@ -34,12 +35,12 @@ from ksmreplay.report import (
 )
 from ksmreplay.simulator import Simulator, make_simulator
 
-MODES: tuple[str, ...] = ("legacy", "v6", "unshare")
-"""Every mode a simulator can replay, in the order ``all`` lists them."""
+MODES: tuple[str, ...] = tuple(modes.MODES)
+"""Every mode a simulator can replay, in the order ``all`` lists them (``modes.py``)."""
 
 MODE_GROUPS: Mapping[str, tuple[str, ...]] = {
-    "both": ("legacy", "unshare"),
-    "all": ("legacy", "v6", "unshare"),
+    "both": (modes.LEGACY.name, modes.UNSHARE.name),
+    "all": MODES,
 }
 """Names that stand for several modes (``--mode both``, ``--mode all``)."""
 

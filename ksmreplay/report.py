@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from importlib import resources
 from types import TracebackType
 from typing import Any, Literal, TypedDict, cast
 
@@ -340,3 +341,8 @@ def close_spools(report: SpooledReport) -> None:
     """Free every run's spool (the report cannot be rendered any more)."""
     for run in report["runs"]:
         run["snapshots"].close()
+
+
+def schema_text() -> str:
+    """The JSON schema of the report (``report.schema.json``, shipped in the package)."""
+    return (resources.files("ksmreplay") / "report.schema.json").read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ editable) into a fresh virtual environment, twice:
   say so once on stderr;
 
 and both must replay the bundled demo trace to the same report, byte for
-byte.  Exits 0 when all holds, else 1 with what did not.  Needs pip's index
+byte; the wheel must carry the report schema (``ksmreplay schema``).  Exits 0 when all holds, else 1 with what did not.  Needs pip's index
 (or its cache) for the build requirements and the dependencies.
 """
 
@@ -71,6 +71,10 @@ def main() -> int:
         version = run(scalar, "--version")
         if "engine: scalar (the native core was not built" not in version.stdout:
             problems.append(f"without a compiler, --version says: {version.stdout!r}")
+
+        schema = run(native, "schema")
+        if schema.returncode != 0 or '"$schema"' not in schema.stdout:
+            problems.append(f"the report schema is not in the wheel: {schema.stderr!r}")
 
         reports = {}
         for name, program in (("native", native), ("scalar", scalar)):

@@ -26,12 +26,19 @@ from report_samples import one_mode_report, two_mode_report
 from ksmreplay.cli import cli
 from ksmreplay.render import CSV_HEADER, FORMATS, csv_field, plain_table, render, tsv_field
 from ksmreplay.replay import expand_modes, replay, replay_spooled
-from ksmreplay.report import AnyReport, Report, SnapshotSpool, SpooledReport, close_spools
+from ksmreplay.report import (
+    AnyReport,
+    Report,
+    SnapshotSpool,
+    SpooledReport,
+    close_spools,
+    schema_text,
+)
 from ksmreplay.trace import open_trace
 
 GOLDEN = Path(__file__).parent / "golden"
 # the specification lives beside the repository, in shared/spec/
-SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "spec" / "report.schema.json"
+SPEC_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "spec" / "report.schema.json"
 
 
 def _text(report: AnyReport, fmt: str) -> str:
@@ -181,10 +188,38 @@ def test_run_prints_the_whole_reports_bytes(fmt: str) -> None:
 
 
 def _schema() -> dict[str, Any]:
-    if not SCHEMA.exists():
-        pytest.skip(f"{SCHEMA} not found")
-    loaded: dict[str, Any] = json.loads(SCHEMA.read_text())
+    """The schema the package ships (what ``ksmreplay schema`` prints)."""
+    loaded: dict[str, Any] = json.loads(schema_text())
     return loaded
+
+
+def test_schema_command_prints_the_shipped_schema() -> None:
+    result = CliRunner().invoke(cli, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.output) == _schema()
+    assert _schema()["$schema"].startswith("http")
+
+
+def test_shipped_schema_covers_the_contract() -> None:
+    """Every property the contract's schema names is in the shipped one (it may add more)."""
+    if not SPEC_SCHEMA.exists():
+        pytest.skip(f"{SPEC_SCHEMA} not found")
+    spec = json.loads(SPEC_SCHEMA.read_text())
+
+    def props(node: Any, path: str = "") -> set[str]:
+        found: set[str] = set()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                sub = f"{path}/{key}"
+                if key == "properties" and isinstance(value, dict):
+                    found |= {f"{path}/{name}" for name in value}
+                found |= props(value, sub)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                found |= props(value, f"{path}/{i}")
+        return found
+
+    assert props(spec) <= props(_schema())
 
 
 @pytest.mark.parametrize("make", [two_mode_report, one_mode_report])
