@@ -12,8 +12,9 @@ editable) into a fresh virtual environment, twice:
   say so once on stderr;
 
 and both must replay the bundled demo trace to the same report, byte for
-byte; the wheel must carry the report schema (``ksmreplay schema``).  Exits 0 when all holds, else 1 with what did not.  Needs pip's index
-(or its cache) for the build requirements and the dependencies.
+byte; the wheel must carry the report schema (``ksmreplay schema``).  Exits 0
+when all holds, else 1 with what did not.  Needs pip's index (or its cache) for
+the build requirements and the dependencies.
 """
 
 from __future__ import annotations
