@@ -30,6 +30,17 @@ measures the other rows without it (marked ``pure``).
   shared and own contents), one hour of trace time with writes, through
   ``ksmreplay run``: seconds and peak RSS (``--big-runs`` times; generating
   it takes minutes, ``--host-trace`` reuses a file made earlier).
+* ``record``: ``ksmreplay record``'s sampling of a process holding 1 GiB of
+  distinct pages (``--record-mib``): ``record-1g first`` is a recorder's first
+  sample (every present page read), median of ``--runs`` fresh recorders;
+  ``record-1g 1% dirty`` is a later sample after the process rewrote 1 % of
+  its pages, spread at random, median of ``--record-samples`` samples.
+  Targets: under 1.5 s and under 0.2 s.  Where the kernel keeps no
+  soft-dirty bits the second row reads every page (as ``record`` does
+  there), and a note gives the same samples with the bits simulated: the
+  bench sets bit 55 in the pagemap entries of the pages it rewrote, so that
+  the recorder reads those pages only, while the kernel still walks the page
+  table to clear the bits (``clear_refs``).
 
 The anchor: where root may write ``/sys/kernel/mm/ksm``, each of the four
 replay traces is also run on the live kernel: 4 child processes map and fill
@@ -389,7 +400,143 @@ def row(name: str, runs: int, r: dict[str, Any], replay: bool) -> list[str]:
     ]
 
 
-ALL = ("read", "events", *REPLAYS, "scale", "host")
+ALL = ("read", "events", *REPLAYS, "scale", "host", "record")
+RECORD_DIRTY = 0.01
+"""Share of the recorded process's pages rewritten between two samples (``record``)."""
+
+
+def record_holder(mib: int) -> None:
+    """Map ``mib`` MiB of distinct pages, print the address, then rewrite pages on demand.
+
+    Each stdin line ``dirty SEED`` rewrites the pages :func:`dirty_pages` names
+    and answers ``ok``; end of input ends it.
+    """
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    pages = mib * 256
+    area = mmap.mmap(-1, pages * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    words = np.frombuffer(area, dtype=np.uint64).reshape(pages, PAGE // 8)
+    words[:, :] = np.arange(1, pages + 1, dtype=np.uint64)[:, None]
+    words[:, 1] = 0  # not one repeated value: every page is hashed
+    holder = ctypes.c_char.from_buffer(area)
+    print(ctypes.addressof(holder), flush=True)
+    for generation, line in enumerate(sys.stdin, 1):
+        chosen = dirty_pages(pages, int(line.split()[1]))
+        words[chosen, 2] = generation
+        print("ok", flush=True)
+
+
+def dirty_pages(pages: int, seed: int) -> Any:
+    """The pages a ``dirty SEED`` rewrites: RECORD_DIRTY of them, at random."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pages, size=max(1, round(pages * RECORD_DIRTY)), replace=False))
+
+
+def record_child(mib: int, runs: int, samples: int) -> None:
+    """Time ``record``'s samples of a holder process; print the seconds as JSON."""
+    import io
+
+    from ksmreplay import procfs
+    from ksmreplay.record import Recorder
+    from ksmreplay.trace import TraceWriter
+
+    holder = subprocess.Popen(
+        [sys.executable, __file__, "--record-holder", str(mib)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    pages = mib * 256
+    first_page = int(holder.stdout.readline()) // PAGE
+    start = procfs.start_time(holder.pid)
+    assert start is not None
+    sink = io.BytesIO()
+
+    def recorder() -> Recorder:
+        sink.seek(0)
+        sink.truncate()
+        r = Recorder(TraceWriter(sink), PAGE)
+        r.watch(holder.pid, start)
+        return r
+
+    def dirty(seed: int) -> Any:
+        holder.stdin.write(f"dirty {seed}\n")  # type: ignore[union-attr]
+        holder.stdin.flush()  # type: ignore[union-attr]
+        assert holder.stdout.readline().strip() == "ok"  # type: ignore[union-attr]
+        return dirty_pages(pages, seed)
+
+    cpu: dict[str, list[float]] = {"first": [], "dirty": [], "simulated": []}
+
+    def timed(r: Recorder, t: int, kind: str) -> float:
+        begin, used = time.perf_counter(), time.process_time()
+        r.sample(t)
+        cpu[kind].append(time.process_time() - used)
+        return time.perf_counter() - begin
+
+    try:
+        first = [timed(recorder(), 0, "first") for _ in range(runs)]
+        r = recorder()
+        r.sample(0)
+        later = []
+        for k in range(samples):
+            dirty(k)
+            later.append(timed(r, k + 1, "dirty"))
+        result: dict[str, Any] = {
+            "first": first,
+            "dirty": later,
+            "soft_dirty": r.soft_dirty,
+            "pages_read": r.summary.pages_read,
+        }
+        if not r.soft_dirty:
+            # The same samples as a kernel with soft-dirty bits would give them.
+            import numpy as np
+
+            real_entries = procfs.pagemap_entries
+            marked: Any = np.zeros(0, dtype=np.int64)
+
+            def entries(fd: int, first: int, npages: int) -> Any:
+                out = real_entries(fd, first, npages).copy()
+                inside = marked[(marked >= first) & (marked < first + npages)]
+                out[inside - first] |= np.uint64(procfs.PM_SOFT_DIRTY)
+                return out
+
+            procfs.soft_dirty_works = lambda: True  # type: ignore[assignment]
+            procfs.pagemap_entries = entries  # type: ignore[assignment]
+            r = recorder()
+            r.sample(0)
+            simulated = []
+            for k in range(samples):
+                marked = dirty(1000 + k) + first_page
+                simulated.append(timed(r, k + 1, "simulated"))
+            result["simulated"] = simulated
+            result["simulated_read"] = r.summary.pages_read
+        result["cpu"] = cpu
+        print(json.dumps(result))
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def measure_record(mib: int, runs: int, samples: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--record-child", str(mib), str(runs), str(samples)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(f"bench: the record measurement failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def record_row(name: str, runs: int, seconds: float) -> list[str]:
+    return [name, str(runs), "", "", "", "", f"{seconds:.3f}", "", "", "", ""]
 
 
 def main() -> None:
@@ -410,17 +557,32 @@ def main() -> None:
         help="replay traces, scale and host-4m without the accelerator (read and events "
         "are measured both ways anyway)",
     )
+    parser.add_argument(
+        "--record-mib", type=int, default=1024, help="memory of the recorded process (record)"
+    )
+    parser.add_argument(
+        "--record-samples", type=int, default=10, help="1%%-dirty samples timed (record)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--record-child", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--record-holder", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--live-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.record_child:
+        record_child(*args.record_child)
+        return
+    if args.record_holder:
+        record_holder(args.record_holder)
         return
     if args.live_child:
         live_child(args.live_child[0], int(args.live_child[1]), int(args.live_child[2]))
         return
 
     import compileall
+    import os
 
     import ksmreplay
     from ksmreplay.native import native
@@ -460,6 +622,34 @@ def main() -> None:
                     line[-2] = f"{real:,.0f}"
                     line[-1] = f"{r['rate'] / real:.2f}"
                 rows.append(line)
+            elif kind == "record":
+                r = measure_record(args.record_mib, args.runs, args.record_samples)
+                size = (
+                    f"{args.record_mib // 1024}g"
+                    if args.record_mib >= 1024
+                    else (f"{args.record_mib}m")
+                )
+                first = statistics.median(r["first"])
+                dirty = statistics.median(r["dirty"])
+                how = "" if r["soft_dirty"] else " (no soft-dirty: every page read)"
+                rows.append(record_row(f"record-{size} first", args.runs, first))
+                rows.append(record_row(f"record-{size} 1% dirty{how}", args.record_samples, dirty))
+                cpu = {k: statistics.median(v) for k, v in r["cpu"].items() if v}
+                load = os.getloadavg()[0]
+                notes.append(
+                    f"record-{size}: first sample {first:.3f} s (CPU {cpu['first']:.3f} s; "
+                    f"target < 1.5 s), 1% dirty {dirty:.3f} s (CPU {cpu['dirty']:.3f} s; "
+                    f"target < 0.2 s); load average {load:.1f} on "
+                    f"{len(os.sched_getaffinity(0))} CPUs"
+                )
+                if "simulated" in r:
+                    notes.append(
+                        f"record-{size} 1% dirty, soft-dirty bits simulated (this kernel keeps "
+                        f"none): {statistics.median(r['simulated']):.3f} s per sample (CPU "
+                        f"{cpu['simulated']:.3f} s), "
+                        f"{r['simulated_read'] // (args.record_samples + 1)} pages read per "
+                        "sample on average (the first sample included)"
+                    )
             elif kind == "scale":
                 for pages in SCALES:
                     make_replay_trace(path, "steady", pages)
@@ -475,8 +665,6 @@ def main() -> None:
                 r = measure("cli", host, args.big_runs, 0, accel)
                 r["per_page"] = (r["maxrss_mib"] * 2**20) / 4_096_000
                 rows.append(row(f"host-4m (run){suffix}", args.big_runs, r, False))
-    import os
-
     lines = [
         f"median of the runs shown, each in a fresh process "
         f"(Python {platform.python_version()}, {platform.machine()}, "

@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -35,13 +35,18 @@ from ksmreplay.render import FORMATS, plain_table, render
 from ksmreplay.replay import MODE_CHOICES, MODE_GROUPS, expand_modes, replay_spooled
 from ksmreplay.report import close_spools, schema_text
 from ksmreplay.synth import (
+    FIT_WORKLOADS,
     WORKLOAD_NAMES,
     describe_workloads,
+    fit_params,
     get_workload,
     resolve_params,
     synthesize,
 )
 from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
+
+if TYPE_CHECKING:
+    from ksmreplay.record import RecordSummary
 
 _DEBUG = "ksmreplay.debug"
 
@@ -361,7 +366,41 @@ def _inspect_table(info: dict[str, Any]) -> str:
             for c in info["ksm_settings"]
         ]
         blocks.append(plain_table(["t (ns)", "event", "ksm settings"], rows, "rrl"))
+    blocks.append(plain_table(["contents", ""], _contents_rows(info["contents"]), "ll"))
     return "\n\n".join(blocks) + "\n"
+
+
+def _contents_rows(c: dict[str, Any]) -> list[list[str]]:
+    """The measurements of ``inspect`` (and ``synth --fit``) as rows of two cells."""
+    if c["t"] is None:
+        where = "-"
+    elif c["snapshot"] is None:
+        where = f"the end (t={_seconds(c['t'])})"
+    else:
+        where = f"snapshot {c['snapshot']!r} (t={_seconds(c['t'])})"
+    return [
+        ["measured at", where],
+        ["processes", str(c["processes"])],
+        ["pages", f"{c['pages']} ({c['bytes_per_process']} bytes per process)"],
+        ["zero pages", f"{c['zero_pages']} ({c['zero_percent']:.3f} %)"],
+        ["distinct contents", f"{c['distinct_contents']} (not zeros)"],
+        ["duplicate pages", f"{c['duplicate_pages']} (copies of a content another page holds)"],
+        [
+            "shared pages",
+            f"{c['shared_pages']} ({c['shared_percent']:.3f} %, content another process holds)",
+        ],
+        [
+            "rewritten pages",
+            f"{c['rewritten_pages']} in {c['activity_s']:.3f} s from the first write: "
+            f"{c['dirty_pages_per_s']:.3f} pages/s per process",
+        ],
+        [
+            "touched pages",
+            f"{c['touched_pages']} ({c['touched_percent']:.3f} %, written after the first "
+            "write's t, each once)",
+        ],
+        ["later writes", f"{c['dirty_zero_percent']:.3f} % zeros (after the first write's t)"],
+    ]
 
 
 @cli.command()
@@ -379,7 +418,9 @@ def inspect(trace: str, fmt: str) -> None:
 
     TRACE '-' reads stdin.  Shows the header, the duration, the events per op, each process's peak
     mapped and written pages, the distinct fingerprints written, the pages
-    written as zeros and every change of the KSM settings.
+    written as zeros, every change of the KSM settings, and what the memory
+    holds at the last snapshot (zeros, duplicates, pages shared between
+    processes, the rate of rewrites): what `synth --fit` uses.
 
     \b
     Example:
@@ -796,6 +837,12 @@ def diff(
     "-o", "--output", metavar="FILE", help=f"Write the trace to FILE ('-' = stdout). {OUTPUT_HELP}"
 )
 @click.option(
+    "--fit",
+    metavar="TRACE",
+    help="Set the parameters from what TRACE (a recording) holds: size, zero and shared "
+    f"pages, rewrite rate, KSM knobs ({', '.join(FIT_WORKLOADS)}); --param overrides.",
+)
+@click.option(
     "--list", "list_", is_flag=True, help="Describe every workload (or WORKLOAD) and exit."
 )
 def synth(
@@ -804,18 +851,22 @@ def synth(
     seed: int,
     form: str | None,
     output: str | None,
+    fit: str | None,
     list_: bool,
 ) -> None:
     """Generate the trace of a synthetic WORKLOAD (see --list for each one).
 
     The same WORKLOAD, parameters and seed give the same bytes.  A regular
-    file FILE is replaced only when the whole trace was written.
+    file FILE is replaced only when the whole trace was written.  --fit
+    measures a recorded trace as `inspect` does and prints on stderr what it
+    measured and the parameters it set.
 
     \b
     Examples:
         ksmreplay synth --list
         ksmreplay synth vm-guests --param guests=8 --param guest_mib=64 -o vm.msgpack
         ksmreplay synth zero-heavy --seed 2 -o - | ksmreplay run -
+        ksmreplay synth vm-guests --fit guest.msgpack --param guests=40 -o forty.msgpack
     """
     if list_:
         click.echo(describe_workloads([workload] if workload else None), nl=False)
@@ -824,7 +875,26 @@ def synth(
         raise click.UsageError("missing WORKLOAD (see --list)")
     if output is None:
         raise click.UsageError("missing -o FILE ('-' for stdout)")
-    values = resolve_params(get_workload(workload), params)
+    fitted: Sequence[str] = ()
+    if fit is not None:
+        get_workload(workload)
+        with open_trace(fit) as reader:
+            contents = inspect_trace(reader)["contents"]
+        found = fit_params(workload, contents)
+        fitted = found.assignments
+        lines = [f"fitted to {reader.name}:"]
+        lines += [
+            f"  {line}"
+            for line in plain_table(["", ""], _contents_rows(contents), "ll")
+            .strip("\n")
+            .splitlines()
+        ]
+        lines.append("  parameters: " + " ".join(fitted))
+        lines += [f"  note: {note}" for note in found.notes]
+        for line in lines:
+            with contextlib.suppress(OSError, ValueError):
+                click.echo(line.rstrip(), err=True)
+    values = resolve_params(get_workload(workload), [*fitted, *params])
     with open_output(output) as out:
         synthesize(workload, out, values, seed, form or form_for_path(output) or "msgpack")
 
@@ -845,6 +915,13 @@ def synth(
     help="Keep the mergeability the processes set (mg VmFlag) instead of making all mergeable.",
 )
 @click.option(
+    "--freeze",
+    is_flag=True,
+    help="Stop the processes while each sample is read (cgroup v2 freezer when they are "
+    "alone in their cgroup, else SIGSTOP/SIGCONT): consistent samples, at the cost of "
+    "pausing them.",
+)
+@click.option(
     "--format",
     "form",
     type=click.Choice(FORMS),
@@ -857,12 +934,15 @@ def synth(
     metavar="FILE",
     help=f"Write the trace to FILE ('-' = stdout). {OUTPUT_HELP}",
 )
+@click.pass_context
 def record(
+    ctx: click.Context,
     command: Sequence[str],
     pids: Sequence[int],
     interval: str,
     duration: str | None,
     as_is: bool,
+    freeze: bool,
     form: str | None,
     output: str,
 ) -> None:
@@ -871,14 +951,17 @@ def record(
     Samples the private anonymous memory (heap, stack, anonymous mmaps) of
     each --pid, or of COMMAND started here, and of their children, every
     --interval; each sample becomes alloc, free, write, madvise, fork and
-    exit events.  Needs ptrace rights over the processes (or root).  Ctrl-C
-    ends the recording with a complete trace.
+    exit events.  After a process's first sample only the pages written
+    since (soft-dirty bits) are read.  Needs ptrace rights over the
+    processes (or root).  Ctrl-C ends the recording with a complete trace.
+    A summary goes to stderr at the end.  With COMMAND, exits with its
+    status when it ended by itself (128+N when signal N ended it).
 
     \b
     Examples:
         ksmreplay record --pid 1234 --interval 1s --duration 60s -o t.msgpack
         ksmreplay record -o t.msgpack --interval 500ms -- python3 -c "import numpy"
-        ksmreplay record --pid 1234 --as-is --duration 2m -o t.msgpack
+        ksmreplay record --pid "$(pidof qemu-system-x86_64)" --freeze --duration 1m -o vm.msgpack
     """
     from ksmreplay import record as recording
 
@@ -892,9 +975,14 @@ def record(
         def progress(samples: int, t: int, live: int, pages: int) -> None:
             _progress_line(f"{samples} samples, {_seconds(t)}, {live} processes, {pages} pages")
 
+    def warn(message: str) -> None:
+        if progress is not None:
+            _progress_line("")
+        _error(f"warning: {message}")
+
     try:
         with open_output(output) as out:
-            recording.record(
+            summary = recording.record(
                 list(pids) or None,
                 list(command) or None,
                 interval_ns,
@@ -904,7 +992,65 @@ def record(
                 progress=progress,
                 form=form or form_for_path(output) or "msgpack",
                 command_stdout=2 if output == "-" else None,  # keep the trace alone on stdout
+                freeze=freeze,
+                warn=warn,
             )
     finally:
         if progress is not None:
             _progress_line("")
+    for line in _record_summary(summary, output):
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(f"[ ksmreplay record: {line} ]", err=True)
+    if summary.command_status:
+        ctx.exit(summary.command_status)
+
+
+def _size(n: int) -> str:
+    """Bytes for people: B, KiB, MiB, GiB with one decimal."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} B"
+
+
+_SKIPPED_NAMES = {
+    "shared": "shared",
+    "file": "file-backed",
+    "device": "device",
+    "hugetlb": "hugetlbfs",
+}
+
+
+def _record_summary(summary: RecordSummary, output: str) -> list[str]:
+    """The closing lines of ``record`` (without their brackets)."""
+    where = "stdout" if output == "-" else output
+    samples = "sample" if summary.samples == 1 else "samples"
+    processes = "process" if summary.processes == 1 else "processes"
+    achieved = summary.achieved_interval_ns
+    timing = f"interval {_seconds(summary.interval_ns)} asked"
+    if achieved is not None:
+        longest = _seconds(summary.longest_interval_ns)
+        timing += f", {_seconds(achieved)} achieved (mean; longest {longest})"
+    how = "changed pages read (soft-dirty)" if summary.soft_dirty else "every present page read"
+    if summary.freeze:
+        how += f", processes frozen while read ({summary.freeze})"
+    lines = [
+        f"{summary.samples} {samples} of {summary.processes} {processes} over "
+        f"{_seconds(summary.duration_ns)}; {timing}",
+        f"{summary.pages_read} pages read ({how}); at most {summary.max_present_pages} "
+        "pages recorded at once",
+        f"wrote {summary.events} events, {summary.bytes_written} bytes "
+        f"({_size(summary.bytes_written)}) to {where}",
+    ]
+    skipped = [
+        f"{_SKIPPED_NAMES[kind]} {_size(size)}"
+        for kind, size in summary.skipped_bytes.items()
+        if size
+    ]
+    if skipped:
+        lines.append("not recorded (mapped, the most at one sample): " + ", ".join(skipped))
+    if summary.unreadable_pages:
+        lines.append(
+            f"{summary.unreadable_pages} page reads failed (those pages kept their last state)"
+        )
+    return lines

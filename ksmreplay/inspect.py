@@ -5,6 +5,15 @@ duration, how many events of each op, each process's peak mapped and peak
 written pages, how many distinct fingerprints were written, how many pages were
 written as zeros, and every change of the KSM settings.
 
+``contents`` measures what KSM could make of the memory, at one moment (the
+last ``snapshot`` at which some process holds written pages, else the end):
+how many processes and pages, the share of pages that are zeros, the pages
+whose content another page holds too (another process's or the same
+process's), the rate at which written pages were written again, the share of
+zeros among the pages written after the first writes, and the KSM settings in
+force.  ``ksmreplay synth --fit`` sets a workload's
+parameters from these measurements.
+
 "Written pages" are the pages of a process that hold content a ``write`` put
 there: ``fork`` gives the child a copy of the parent's, while ``free``,
 ``madvise dontneed`` and ``exit`` drop them.  They are counted by ranges, not
@@ -33,9 +42,11 @@ from ksmreplay.events import (
     Ksm,
     Madvise,
     Prctl,
+    Snapshot,
     Write,
     WriteRun,
 )
+from ksmreplay.knobs import DEFAULTS
 from ksmreplay.trace import RangeSet, TraceReader
 
 Fingerprints = int | npt.NDArray[np.uint64]
@@ -221,12 +232,123 @@ class _Process:
     """Mapped bytes."""
     written: PageMap = field(default_factory=PageMap)
     """Pages holding written content."""
+    later: PageMap = field(default_factory=PageMap)
+    """Of those, the pages written after the first write's instant (each holds 1)."""
 
 
 @dataclass
 class _Peaks:
     mapped_pages: int = 0
     written_pages: int = 0
+
+
+@dataclass
+class _Activity:
+    """Counts of the writes up to a moment.
+
+    :ivar first_write_t: ``t`` of the first write (None before it).
+    :ivar rewritten: pages written while they held written content, after the
+        first write's instant (at that instant a trace builds its memory: a
+        recording's forked children differ from their parent there).
+    :ivar later: pages written after the first write's instant.
+    :ivar later_zero: of those, pages written as zeros.
+    """
+
+    first_write_t: int | None = None
+    rewritten: int = 0
+    later: int = 0
+    later_zero: int = 0
+
+
+@dataclass
+class _Moment:
+    """The written pages of every live process at one instant, and what led to it."""
+
+    t: int
+    label: str | None
+    written: dict[int, PageMap]
+    later: dict[int, PageMap]
+    settings: dict[str, Any]
+    activity: _Activity
+    shared: bool = True
+    """``written`` and ``later`` hold the live page maps (copied before the next change)."""
+
+    def keep(self) -> None:
+        """Copy the page maps, which are about to change."""
+        if self.shared:
+            self.written = {pid: pages.copy() for pid, pages in self.written.items()}
+            self.later = {pid: pages.copy() for pid, pages in self.later.items()}
+            self.shared = False
+
+
+def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """The distinct fingerprints of one process's written pages and how many pages hold each."""
+    ints: list[int] = []
+    int_counts: list[int] = []
+    arrays: list[npt.NDArray[np.uint64]] = []
+    for start, end, value in pages.segments():
+        if isinstance(value, int):
+            ints.append(value)
+            int_counts.append(end - start)
+        else:
+            arrays.append(value)
+    fps = np.concatenate([np.array(ints, dtype=np.uint64), *arrays])
+    counts = np.concatenate(
+        [np.array(int_counts, dtype=np.int64), *(np.ones(len(a), np.int64) for a in arrays)]
+    )
+    unique, inverse = np.unique(fps, return_inverse=True)
+    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique)).astype(
+        np.int64
+    )
+
+
+def measure_contents(moment: _Moment | None, page_size: int) -> dict[str, Any]:
+    """The ``contents`` section of :func:`inspect_trace` for ``moment``."""
+    live = {} if moment is None else {p: m for p, m in moment.written.items() if m.pages}
+    per = [_process_contents(live[pid]) for pid in sorted(live)]
+    pages = sum(m.pages for m in live.values())
+    zero = sum(int(c[f == 0].sum()) for f, c in per)
+    if per:
+        everything = np.concatenate([f for f, _ in per])
+        held, holders = np.unique(everything, return_counts=True)
+        nonzero = held != 0
+        distinct = int(np.count_nonzero(nonzero))
+        in_several = held[nonzero & (holders > 1)]
+        shared = sum(int(c[np.isin(f, in_several)].sum()) for f, c in per)
+    else:
+        distinct = shared = 0
+    activity = _Activity() if moment is None else moment.activity
+    seconds = 0.0
+    if moment is not None and activity.first_write_t is not None:
+        seconds = (moment.t - activity.first_write_t) / 1e9
+    rewritten = activity.rewritten
+    touched = 0 if moment is None else sum(moment.later[pid].pages for pid in live)
+    processes = len(live)
+    rate = rewritten / processes / seconds if processes and seconds > 0 else 0.0
+    return {
+        "t": None if moment is None else moment.t,
+        "snapshot": None if moment is None else moment.label,
+        "processes": processes,
+        "pages": pages,
+        "bytes_per_process": pages * page_size // processes if processes else 0,
+        "zero_pages": zero,
+        "zero_percent": _percent(zero, pages),
+        "distinct_contents": distinct,
+        "duplicate_pages": pages - zero - distinct,
+        "shared_pages": shared,
+        "shared_percent": _percent(shared, pages),
+        "activity_s": round(seconds, 6),
+        "rewritten_pages": rewritten,
+        "touched_pages": touched,
+        "touched_percent": _percent(touched, pages),
+        "dirty_pages_per_s": round(rate, 3),
+        "dirty_zero_percent": _percent(activity.later_zero, activity.later),
+        "ksm_settings": dict(DEFAULTS) | ({} if moment is None else moment.settings),
+    }
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 3) if whole else 0.0
 
 
 def inspect_trace(reader: TraceReader) -> dict[str, Any]:
@@ -240,9 +362,24 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         by pid: ``pid``, ``peak_mapped_pages``, ``peak_written_pages``; a pid
         reused after ``exit`` reports its peaks over all its lives),
         ``distinct_fingerprints`` (distinct page contents ever written, zeros
-        included), ``zero_pages_written`` (pages a write left all zero), and
+        included), ``zero_pages_written`` (pages a write left all zero),
         ``ksm_settings`` (``t``, ``event`` index and ``settings`` of each
-        ``ksm`` event).
+        ``ksm`` event) and ``contents`` (:func:`measure_contents`: at ``t``,
+        the snapshot labelled ``snapshot`` or the end when that is None:
+        ``processes`` holding written pages, their ``pages``,
+        ``bytes_per_process``, ``zero_pages`` and ``zero_percent``,
+        ``distinct_contents`` (non-zero), ``duplicate_pages`` (non-zero pages
+        whose content another page holds too, less one per content),
+        ``shared_pages`` and ``shared_percent`` (non-zero pages whose content
+        some other process holds too), ``activity_s`` (seconds from the
+        write), ``rewritten_pages`` (pages written while they held written
+        content, after the first write's instant), ``touched_pages`` and
+        ``touched_percent`` (of the pages held, those written after the
+        first write's instant, each counted once), ``dirty_pages_per_s``
+        (those per process and second),
+        ``dirty_zero_percent`` (the share of zeros among the pages written
+        after the first write's instant) and ``ksm_settings`` (every knob as
+        in force then)).
     :raises TraceError: the trace is invalid.
     """
     header = reader.header
@@ -255,6 +392,9 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
     fingerprints: set[int] = set()
     zero_pages = 0
     settings_changes: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    activity = _Activity()
+    moment: _Moment | None = None
 
     def note(pid: int, proc: _Process) -> None:
         peak = peaks.get(pid)
@@ -268,12 +408,28 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
     for event in reader.runs():
         if isinstance(event, WriteRun):
             # Runs of fingerprint writes (most of a large trace) from their columns.
+            if moment is not None:
+                moment.keep()
             ops["write"] += len(event)
             column = event.fps
             zero_pages += len(column) - int(np.count_nonzero(column))
+            if activity.first_write_t is None:
+                activity.first_write_t = int(event.t[0])
+            later = event.t > np.uint64(activity.first_write_t)
+            if later.any():
+                run_pages = (event.len >> np.uint64(shift)).astype(np.int64)
+                starts = event.fp_start()
+                is_zero = column == 0
+                total = np.concatenate(([0], np.cumsum(is_zero)))
+                run_zeros = np.where(
+                    event.fill, run_pages * is_zero[starts], total[event.fp_end] - total[starts]
+                )
+                activity.later += int(run_pages[later].sum())
+                activity.later_zero += int(run_zeros[later].sum())
             fingerprints.update(np.unique(column).tolist())
             values = column.tolist()
             columns = zip(
+                event.t.tolist(),
                 event.pid.tolist(),
                 event.addr.tolist(),
                 event.len.tolist(),
@@ -282,33 +438,48 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 event.fp_end.tolist(),
                 strict=True,
             )
-            for pid, addr, length, fill, lo, hi in columns:
+            for when, pid, addr, length, fill, lo, hi in columns:
                 proc = procs[pid]
                 first = addr >> shift
                 value = values[lo] if fill or hi - lo == 1 else column[lo:hi]
+                before = proc.written.pages
                 proc.written.put(first, first + (length >> shift), value)
+                if when > activity.first_write_t:
+                    activity.rewritten += (length >> shift) - (proc.written.pages - before)
+                    proc.later.put(first, first + (length >> shift), 1)
                 note(pid, proc)
             continue
         ops[event.op] += 1
+        if moment is not None and isinstance(event, (Write, Free, Madvise)):
+            moment.keep()
         if isinstance(event, Write):
             proc = procs[event.pid]
             content = event.content
             first = event.addr >> shift
+            before = proc.written.pages
             if isinstance(content, bytes):
                 first, fps = literal_write(event.addr, content, page_size, proc.written.get, store)
                 proc.written.put(first, first + len(fps), np.array(fps, np.uint64))
                 fingerprints.update(fps)
-                zero_pages += fps.count(0)
+                count, zeros = len(fps), fps.count(0)
             elif isinstance(content, np.ndarray):
                 proc.written.put(first, first + len(content), content)
                 fingerprints.update(content.tolist())
-                zero_pages += len(content) - int(np.count_nonzero(content))
+                count = len(content)
+                zeros = count - int(np.count_nonzero(content))
             else:
                 count = event.len >> shift
                 proc.written.put(first, first + count, content)
                 fingerprints.add(content)
-                if content == 0:
-                    zero_pages += count
+                zeros = count if content == 0 else 0
+            zero_pages += zeros
+            if activity.first_write_t is None:
+                activity.first_write_t = event.t
+            elif event.t > activity.first_write_t:
+                activity.rewritten += count - (proc.written.pages - before)
+                proc.later.put(first, first + count, 1)
+                activity.later += count
+                activity.later_zero += zeros
             note(event.pid, proc)
         elif isinstance(event, Alloc):
             proc = procs.setdefault(event.pid, _Process())
@@ -319,10 +490,12 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             proc = procs[event.pid]
             proc.mapped -= proc.ranges.remove(event.addr, event.addr + event.len)
             proc.written.drop(event.addr >> shift, (event.addr + event.len) >> shift)
+            proc.later.drop(event.addr >> shift, (event.addr + event.len) >> shift)
         elif isinstance(event, Madvise):
             if event.advice == "dontneed":
                 end = (event.addr + event.len) >> shift
                 procs[event.pid].written.drop(event.addr >> shift, end)
+                procs[event.pid].later.drop(event.addr >> shift, end)
         elif isinstance(event, Prctl):
             if event.pid not in procs:
                 procs[event.pid] = _Process()
@@ -330,7 +503,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         elif isinstance(event, Fork):
             parent = procs[event.pid]
             child = procs[event.child_pid] = _Process(
-                parent.ranges.copy(), parent.mapped, parent.written.copy()
+                parent.ranges.copy(), parent.mapped, parent.written.copy(), parent.later.copy()
             )
             note(event.child_pid, child)
         elif isinstance(event, Exit):
@@ -339,6 +512,25 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             settings_changes.append(
                 {"t": event.t, "event": event.index, "settings": dict(event.settings)}
             )
+            settings.update(event.settings)
+        elif isinstance(event, Snapshot) and any(p.written.pages for p in procs.values()):
+            moment = _Moment(
+                event.t,
+                event.label,
+                {pid: proc.written for pid, proc in procs.items()},
+                {pid: proc.later for pid, proc in procs.items()},
+                dict(settings),
+                _Activity(**vars(activity)),
+            )
+    if moment is None and any(proc.written.pages for proc in procs.values()):
+        moment = _Moment(
+            reader.duration_ns,
+            None,
+            {pid: proc.written for pid, proc in procs.items()},
+            {pid: proc.later for pid, proc in procs.items()},
+            settings,
+            activity,
+        )
 
     return {
         "path": reader.name,
@@ -363,4 +555,5 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         "distinct_fingerprints": len(fingerprints),
         "zero_pages_written": zero_pages,
         "ksm_settings": settings_changes,
+        "contents": measure_contents(moment, page_size),
     }

@@ -1,11 +1,12 @@
 """Record the anonymous memory of real processes on this machine into a trace.
 
-:func:`record` samples the processes every interval.  Each sample reads, per
-process, ``/proc/PID/maps`` (and ``smaps`` VmFlags with ``as_is``), keeps the
-private anonymous mappings (heap, stack, anonymous mmaps), reads
-``/proc/PID/pagemap`` for the pages present in memory and ``/proc/PID/mem``
-for their bytes, and names each page by :func:`ksmreplay.content.fingerprint`.
-The events written are the difference from the previous sample:
+A :class:`Recorder` samples the processes every interval.  Each sample reads,
+per process, ``/proc/PID/maps`` (``smaps`` with ``as_is``), keeps the private
+anonymous mappings (heap, stack, anonymous mmaps), reads
+``/proc/PID/pagemap`` for them and ``/proc/PID/mem`` for the bytes of the
+pages it must look at, and names each page by the trace format's rule
+(:func:`ksmreplay.content.fingerprint_pages`).  The events written are the
+difference from the previous sample:
 
 * ``alloc``/``free`` for address ranges that became mapped or unmapped;
 * ``madvise mergeable`` on every mapped range (or, with ``as_is``, on the
@@ -18,49 +19,90 @@ The events written are the difference from the previous sample:
 * ``fork`` for a child found in ``/proc/PID/task/*/children`` (its first sample
   is compared with its parent's), ``exit`` for a process that is gone.
 
+Incremental samples: after reading a process's page table, the recorder
+clears its soft-dirty bits (``/proc/PID/clear_refs``); the next sample reads
+the bytes of only the pages whose soft-dirty bit is set again (written
+since), that were not present before, whose frame changed, or that could not
+be read last time.  Every other page costs its pagemap entry and nothing
+more.  A process's first sample reads every present page, and so does every
+sample where the kernel keeps no soft-dirty bits (:func:`ksmreplay.procfs.
+soft_dirty_works`).  The bits are cleared just after the page table is read,
+so that without ``freeze`` a page written in that instant, between its entry
+being read and the bits being cleared, is seen at its next write only.
+
+Contents are read into one buffer of :data:`READ_PAGES` pages, as many runs
+of pages at a time as fit (one ``process_vm_readv``, or one ``preadv`` of
+``/proc/PID/mem`` per run where that is refused: :class:`ksmreplay.procfs.
+MemoryReader`), and the pages of the buffer are fingerprinted at once.
+
+``freeze`` stops the recorded processes while a sample is read, so that the
+sample shows one moment: with the cgroup v2 freezer when the processes are
+alone in their cgroup (a virtual machine's or a container's), else with
+SIGSTOP and SIGCONT of each process.  Whatever ends a sample, the processes
+are let go on the way out.
+
 A swapped-out page keeps the state it had.  Real pids become trace pids 1,
 2, ... in order of appearance; addresses are the real virtual addresses.  The
 trace starts KSM (``ksm run=1`` at t=0) and ends with a ``snapshot "end"``
-taken before the last exits, so that a replay shows what KSM would make of the
-recorded memory.
+taken before the last exits, then a ``settle`` and a ``snapshot "settled"``,
+so that a replay shows what ksmd made of the memory in the recorded time and
+what it would make of it given time.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import errno
 import math
 import mmap
 import os
+import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 import numpy as np
+import numpy.typing as npt
 
-from ksmreplay import signals
-from ksmreplay.content import fingerprint
+from ksmreplay import procfs, signals
+from ksmreplay.content import fingerprint_pages
 from ksmreplay.errors import InputOutputError, UsageError
 from ksmreplay.events import Header
-from ksmreplay.trace import MAX_ARRAY_ITEMS, TraceWriter
+from ksmreplay.procfs import (
+    PM_MMAP_EXCLUSIVE,
+    PM_PFN_MASK,
+    PM_PRESENT,
+    PM_SOFT_DIRTY,
+    PM_SWAPPED,
+    ProcessGone,
+)
+from ksmreplay.trace import TraceWriter
 
 Ranges = list[tuple[int, int]]
 """Sorted, disjoint, non-adjacent ``[start, end)`` address ranges."""
 
-ZERO_PAGE = -1
-"""Page state: maps the shared zero page."""
+ABSENT, WRITTEN, ZERO = 0, 1, 2
+"""Page states: not present; holding the fingerprint recorded for it; mapping the
+shared zero page."""
 
-KPF_ZERO_PAGE = 24
-_PRESENT = 1 << 63
-_SWAPPED = 1 << 62
-_PFN_MASK = (1 << 55) - 1
-_READ_CHUNK_PAGES = 256
-_SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
+READ_PAGES = 256
+"""Pages read into the buffer before they are fingerprinted (1 MiB of 4 KiB pages:
+the buffer stays in the CPU's cache from the read to the hash)."""
+WRITE_PAGES = 8192
+"""Most pages one ``write`` event covers."""
+SKIPPED_KINDS = ("shared", "file", "device", "hugetlb")
+"""Mapping kinds (:data:`ksmreplay.procfs.KINDS`) that are not recorded but summarised."""
+STOP_TIMEOUT_S = 2.0
+"""How long ``freeze`` waits for the processes to stop before reading anyway."""
+
+_FRAME = np.uint64(PM_PFN_MASK | PM_MMAP_EXCLUSIVE)
 
 Progress = Callable[[int, int, int, int], None]
 """``progress(samples, t_ns, live processes, present pages)``, after each sample."""
+Warn = Callable[[str], None]
+"""Takes a warning for the user (one line, no prefix)."""
 
 
 class ProcessNotFoundError(UsageError):
@@ -71,8 +113,12 @@ class RecordPermissionError(InputOutputError):
     """The memory of a process cannot be read."""
 
 
-class _Gone(Exception):
-    """The process vanished while it was being read."""
+def _denied(pid: int, exc: PermissionError) -> RecordPermissionError:
+    name = exc.filename or f"/proc/{pid}/mem"
+    return RecordPermissionError(
+        f"pid {pid}: permission denied reading {name} "
+        "(recording needs ptrace rights over the process, or root)"
+    )
 
 
 # --------------------------------------------------------------------------- range sets
@@ -113,129 +159,306 @@ def intersect(a: Ranges, b: Ranges) -> Ranges:
     return subtract(a, subtract(a, b))
 
 
-# --------------------------------------------------------------------------- /proc
+def _mask_runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each run of True in ``mask``."""
+    if not mask.any():
+        return []
+    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    return list(
+        zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True)
+    )
+
+
+# --------------------------------------------------------------------------- per-page state
 
 
 @dataclass
-class _Mapping:
+class _Area:
+    """The recorded state of the pages of one mapped range ``[start, end)``.
+
+    :ivar fps: the fingerprint of each page (meaningful where ``state`` is WRITTEN).
+    :ivar state: ABSENT, WRITTEN or ZERO per page.
+    :ivar frame: each page's frame number and exclusive bit at its last sample.
+    :ivar pending: a change that has not been read yet (the page was swapped out
+        after a write, or could not be read).
+    """
+
     start: int
     end: int
-    mergeable: bool
+    fps: npt.NDArray[np.uint64]
+    state: npt.NDArray[np.uint8]
+    frame: npt.NDArray[np.uint64]
+    pending: npt.NDArray[np.bool_]
+
+    @classmethod
+    def empty(cls, start: int, end: int, page: int) -> _Area:
+        n = (end - start) // page
+        return cls(
+            start,
+            end,
+            np.zeros(n, np.uint64),
+            np.zeros(n, np.uint8),
+            np.zeros(n, np.uint64),
+            np.zeros(n, bool),
+        )
+
+    def copy(self) -> _Area:
+        return _Area(
+            self.start,
+            self.end,
+            self.fps.copy(),
+            self.state.copy(),
+            self.frame.copy(),
+            self.pending.copy(),
+        )
 
 
-def _proc_open(pid: int, name: str, flags: int = os.O_RDONLY) -> int:
-    try:
-        return os.open(f"/proc/{pid}/{name}", flags)
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise _Gone from exc
-    except PermissionError as exc:
-        raise RecordPermissionError(
-            f"pid {pid}: permission denied reading /proc/{pid}/{name} "
-            "(recording needs ptrace rights over the process, or root)"
-        ) from exc
-
-
-def _read_text(pid: int, name: str) -> str:
-    fd = _proc_open(pid, name)
-    try:
-        chunks = []
-        while True:
-            data = os.read(fd, 1 << 20)
-            if not data:
-                break
-            chunks.append(data)
-    except (ProcessLookupError, FileNotFoundError) as exc:
-        raise _Gone from exc
-    except OSError as exc:
-        if exc.errno in (errno.ESRCH, errno.ENOENT):
-            raise _Gone from exc
-        raise
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
-def _start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (identifies it against pid reuse), None if it is gone."""
-    try:
-        stat = _read_text(pid, "stat")
-    except _Gone:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X", "x"):
-        return None
-    return int(fields[19])
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as stream:
-                out.extend(int(word) for word in stream.read().split())
-        except OSError:
+def _reshape(areas: list[_Area], ranges: Ranges, page: int) -> list[_Area]:
+    """Areas for ``ranges``, keeping the state of the pages the old ``areas`` held."""
+    out: list[_Area] = []
+    old = {(a.start, a.end): a for a in areas}
+    for start, end in ranges:
+        same = old.get((start, end))
+        if same is not None:
+            out.append(same)
             continue
+        area = _Area.empty(start, end, page)
+        for a in areas:
+            lo, hi = max(start, a.start), min(end, a.end)
+            if lo >= hi:
+                continue
+            dst = slice((lo - start) // page, (hi - start) // page)
+            src = slice((lo - a.start) // page, (hi - a.start) // page)
+            area.fps[dst] = a.fps[src]
+            area.state[dst] = a.state[src]
+            area.frame[dst] = a.frame[src]
+            area.pending[dst] = a.pending[src]
+        out.append(area)
     return out
 
 
-def _is_private_anonymous(perms: str, inode: str, path: str) -> bool:
-    if len(perms) < 4 or perms[3] != "p" or inode != "0" or perms[:3] == "---":
-        return False
-    return path in ("", "[heap]", "[stack]") or path.startswith(("[anon:", "[stack:"))
+# --------------------------------------------------------------------------- the summary
 
 
-def _mappings(pid: int, with_flags: bool) -> list[_Mapping]:
-    """The private anonymous mappings of ``pid`` (with the ``mg`` VmFlag when asked)."""
-    text = _read_text(pid, "smaps" if with_flags else "maps")
-    out: list[_Mapping] = []
-    current: _Mapping | None = None
+@dataclass
+class RecordSummary:
+    """What a recording saw and did.
+
+    :ivar samples: samples taken.
+    :ivar processes: processes recorded (each fork adds one).
+    :ivar events: trace events written.
+    :ivar bytes_written: bytes of trace written (header included).
+    :ivar duration_ns: ``t`` of the last sample.
+    :ivar interval_ns: the interval asked for.
+    :ivar longest_interval_ns: the longest time between two sample starts.
+    :ivar max_present_pages: most pages holding recorded contents at once.
+    :ivar pages_read: pages whose bytes were read, over all samples.
+    :ivar unreadable_pages: times a page's bytes could not be read (it kept its state).
+    :ivar skipped_bytes: for each of :data:`SKIPPED_KINDS`, the most bytes of
+        such mappings the processes had at one sample.
+    :ivar soft_dirty: whether samples after the first read changed pages only.
+    :ivar freeze: how processes were stopped during samples ("cgroup",
+        "signals"), or None.
+    :ivar command_status: the exit status of the recorded command when it
+        ended by itself (128 + N when a signal N ended it); None otherwise.
+    """
+
+    samples: int = 0
+    processes: int = 0
+    events: int = 0
+    bytes_written: int = 0
+    duration_ns: int = 0
+    interval_ns: int = 0
+    longest_interval_ns: int = 0
+    max_present_pages: int = 0
+    pages_read: int = 0
+    unreadable_pages: int = 0
+    skipped_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIPPED_KINDS, 0))
+    soft_dirty: bool = False
+    freeze: str | None = None
+    command_status: int | None = None
+
+    @property
+    def achieved_interval_ns(self) -> int | None:
+        """The mean time between two sample starts (None with fewer than two samples)."""
+        if self.samples < 2:
+            return None
+        return self.duration_ns // (self.samples - 1)
+
+
+class _CountingWriter(TraceWriter):
+    """A trace writer that counts the events and bytes it writes."""
+
+    events = -1  # the header is not an event
+    written = 0
+
+    def _put(self, obj: object) -> None:
+        data = self._encode(obj)
+        self.stream.write(data)
+        self.written += len(data)
+        self.events += 1
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+class _Freezer:
+    """Stops the recorded processes while a sample is read (see :meth:`Recorder.sample`)."""
+
+    name = ""
+
+    def stop(self, roots: Iterable[int]) -> None:
+        """Stop ``roots`` and their descendants."""
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        """Let go of every process :meth:`stop` stopped (also after a failed stop)."""
+        raise NotImplementedError
+
+
+class _SignalFreezer(_Freezer):
+    """SIGSTOP each process (through a pidfd, so that a reused pid is never hit), SIGCONT
+    it afterwards.  A process that was already stopped is left to whoever stopped it."""
+
+    name = "signals"
+
+    def __init__(self) -> None:
+        self._stopped: dict[int, int] = {}  # pid -> pidfd
+
+    def stop(self, roots: Iterable[int]) -> None:
+        queue = list(roots)
+        seen: set[int] = set()
+        while queue:
+            pid = queue.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            states = procfs.thread_states(pid)
+            if not states:
+                continue
+            if not all(s in "tT" for s in states):
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                self._stopped[pid] = pidfd  # known before it is stopped: resume sees it
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+            queue.extend(procfs.children(pid))
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        waiting = list(self._stopped)
+        while waiting and time.monotonic() < deadline:
+            waiting = [p for p in waiting if not all(s in "tTZX" for s in procfs.thread_states(p))]
+            if waiting:
+                time.sleep(0.0002)
+
+    def resume(self) -> None:
+        stopped, self._stopped = self._stopped, {}
+        for pidfd in stopped.values():
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(pidfd)
+
+
+class _CgroupFreezer(_Freezer):
+    """Freeze the cgroup v2 the recorded processes are alone in (``cgroup.freeze``)."""
+
+    name = "cgroup"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._frozen = False
+
+    def _write(self, value: bytes) -> None:
+        fd = os.open(os.path.join(self.path, "cgroup.freeze"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+
+    def _events(self) -> dict[str, str]:
+        with open(os.path.join(self.path, "cgroup.events")) as stream:
+            return dict(line.split(None, 1) for line in stream.read().split("\n") if " " in line)
+
+    def stop(self, roots: Iterable[int]) -> None:
+        with open(os.path.join(self.path, "cgroup.freeze")) as stream:
+            if stream.read().strip() == "1":
+                return  # frozen by someone else: theirs to thaw
+        self._frozen = True
+        self._write(b"1")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self._events().get("frozen", "").strip() != "1" and time.monotonic() < deadline:
+            time.sleep(0.0002)
+
+    def resume(self) -> None:
+        if self._frozen:
+            self._frozen = False
+            self._write(b"0")
+
+
+def _cgroup2_root() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted, or None."""
+    try:
+        with open("/proc/self/mountinfo") as stream:
+            for line in stream:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_of(pid: int) -> str | None:
+    try:
+        text = procfs.read_text(pid, "cgroup")
+    except (ProcessGone, OSError):
+        return None
     for line in text.splitlines():
-        if with_flags and line.startswith("VmFlags:"):
-            if current is not None:
-                current.mergeable = "mg" in line.split()[1:]
-            continue
-        parts = line.split(None, 5)
-        if len(parts) < 5 or "-" not in parts[0] or parts[0].endswith(":"):
-            continue
-        try:
-            start_text, end_text = parts[0].split("-")
-            start, end = int(start_text, 16), int(end_text, 16)
-        except ValueError:
-            continue
-        path = parts[5].strip() if len(parts) > 5 else ""
-        current = None
-        if _is_private_anonymous(parts[1], parts[4], path) and path not in _SPECIAL:
-            current = _Mapping(start, end, False)
-            out.append(current)
-    return out
+        if line.startswith("0::"):
+            return line[3:]
+    return None
 
 
-def _zero_pfns() -> set[int]:
-    """PFNs of the shared zero page found by mapping it in this process (empty if unseen)."""
-    page = mmap.PAGESIZE
-    area = mmap.mmap(-1, page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        _ = area[0]  # a read fault maps the zero page
-        addr = _address_of(area)
-        with open("/proc/self/pagemap", "rb") as stream:
-            stream.seek(addr // page * 8)
-            entry = int.from_bytes(stream.read(8), "little")
-    except OSError:
-        return set()
-    finally:
-        area.close()
-    pfn = entry & _PFN_MASK
-    return {pfn} if entry & _PRESENT and pfn else set()
+def _members(path: str) -> set[int]:
+    """Every process in the cgroup at ``path`` and below it."""
+    pids: set[int] = set()
+    for directory, _, files in os.walk(path):
+        if "cgroup.procs" in files:
+            with contextlib.suppress(OSError), open(os.path.join(directory, "cgroup.procs")) as f:
+                pids.update(int(word) for word in f.read().split())
+    return pids
 
 
-def _address_of(area: mmap.mmap) -> int:
-    import ctypes
+def _descendants(roots: Iterable[int]) -> set[int]:
+    seen: set[int] = set()
+    queue = list(roots)
+    while queue:
+        pid = queue.pop()
+        if pid not in seen:
+            seen.add(pid)
+            queue.extend(procfs.children(pid))
+    return seen
 
-    return ctypes.addressof(ctypes.c_char.from_buffer(area))
+
+def choose_freezer(roots: Sequence[int]) -> _Freezer:
+    """The cgroup v2 freezer when ``roots`` and their descendants are alone in one cgroup
+    (other than the root), else SIGSTOP/SIGCONT."""
+    mount = _cgroup2_root()
+    groups = {_cgroup_of(pid) for pid in roots}
+    if mount is not None and len(groups) == 1:
+        group = groups.pop()
+        if group not in (None, "/"):
+            assert group is not None
+            path = os.path.join(mount, group.lstrip("/"))
+            if os.access(os.path.join(path, "cgroup.freeze"), os.W_OK) and _members(
+                path
+            ) <= _descendants(roots):
+                return _CgroupFreezer(path)
+    return _SignalFreezer()
 
 
 # --------------------------------------------------------------------------- the recorder
@@ -248,51 +471,71 @@ class _Process:
     trace_pid: int
     parent: int | None = None  # trace pid
     born: bool = False
+    tracked: bool = False  # soft-dirty bits cleared at its last sample
     mapped: Ranges = field(default_factory=list)
     mergeable: Ranges = field(default_factory=list)
-    pages: dict[int, int] = field(default_factory=dict)  # addr -> fingerprint or ZERO_PAGE
+    areas: list[_Area] = field(default_factory=list)
+
+    def present_pages(self) -> int:
+        return sum(int(np.count_nonzero(a.state == WRITTEN)) for a in self.areas)
 
 
-@dataclass
-class RecordSummary:
-    """What :func:`record` saw."""
+class _Changes:
+    """The page events of one process's sample, written in order: drops, reads, writes."""
 
-    samples: int = 0
-    processes: int = 0
-    events: int = 0
-    duration_ns: int = 0
-    max_present_pages: int = 0
+    def __init__(self) -> None:
+        self.drops: list[tuple[int, int]] = []  # (addr, pages)
+        self.reads: list[tuple[int, int]] = []
+        self.writes: list[tuple[int, npt.NDArray[np.uint64]]] = []  # (addr, fingerprints)
 
 
-class _CountingWriter(TraceWriter):
-    """A trace writer that counts the events it writes."""
+class Recorder:
+    """Samples processes into a trace (see the module's docstring).
 
-    events = -1  # the header is not an event
+    :param writer: where the events go (the header is already written).
+    :param page_size: bytes per page.
+    :param as_is: keep the mergeability the processes set instead of making
+        every mapping mergeable.
+    :param soft_dirty: read only changed pages after a process's first sample,
+        where the kernel keeps soft-dirty bits.
+    :param freezer: stops the processes while a sample is read (None: never).
+    :param warn: takes one-line warnings.
+    :param use_vm_readv: read memory with ``process_vm_readv`` where allowed
+        (False: always ``preadv`` of ``/proc/PID/mem``).
+    """
 
-    def _put(self, obj: object) -> None:
-        super()._put(obj)
-        self.events += 1
-
-
-class _Recorder:
-    def __init__(self, writer: TraceWriter, as_is: bool, page_size: int) -> None:
+    def __init__(
+        self,
+        writer: TraceWriter,
+        page_size: int,
+        as_is: bool = False,
+        soft_dirty: bool = True,
+        freezer: _Freezer | None = None,
+        warn: Warn | None = None,
+        use_vm_readv: bool = True,
+    ) -> None:
         self.writer = writer
-        self.as_is = as_is
+        self.use_vm_readv = use_vm_readv
         self.page = page_size
+        self.as_is = as_is
+        self.freezer = freezer
+        self.warn = warn or (lambda message: None)
         self.procs: dict[int, _Process] = {}  # real pid -> live process
         self.next_pid = 1
-        self.summary = RecordSummary()
-        self.zero_pfns = _zero_pfns()
-        self.kpageflags: int | None = None
-        with contextlib.suppress(OSError):
-            self.kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
+        self.summary = RecordSummary(freeze=freezer.name if freezer else None)
+        self.soft_dirty = soft_dirty and procfs.soft_dirty_works()
+        self.summary.soft_dirty = self.soft_dirty
+        self.zero = procfs.ZeroFrames(page_size)
+        self._buffer = bytearray(READ_PAGES * page_size)
+        self._view = memoryview(self._buffer)
+        self._pages = [self._view[i * page_size : (i + 1) * page_size] for i in range(READ_PAGES)]
 
-    def close(self) -> None:
-        if self.kpageflags is not None:
-            os.close(self.kpageflags)
-            self.kpageflags = None
+    def watch(self, real: int, start_time: int) -> None:
+        """Record process ``real`` (which started at ``start_time``, as
+        :func:`ksmreplay.procfs.start_time` says) from the next sample on."""
+        self._add(real, start_time, None)
 
-    def add(self, real: int, start_time: int, parent: _Process | None) -> _Process:
+    def _add(self, real: int, start_time: int, parent: _Process | None) -> _Process:
         proc = _Process(real, start_time, self.next_pid)
         self.next_pid += 1
         self.summary.processes += 1
@@ -300,253 +543,283 @@ class _Recorder:
             proc.parent = parent.trace_pid
             proc.mapped = list(parent.mapped)
             proc.mergeable = list(parent.mergeable)
-            proc.pages = dict(parent.pages)
+            proc.areas = [a.copy() for a in parent.areas]
         self.procs[real] = proc
         return proc
 
     # ------------------------------------------------------------------ one sample
 
     def sample(self, t: int) -> list[_Process]:
-        """Bring every process up to date at ``t``; return those that are gone (not yet written)."""
+        """Bring every process up to date at ``t`` (ns); return those that are gone
+        (their exits are not written yet: :meth:`write_exits`)."""
+        skipped = dict.fromkeys(SKIPPED_KINDS, 0)
         gone: list[_Process] = []
-        present = 0
-        queue = list(self.procs.values())
-        seen: set[int] = set(self.procs)
-        while queue:
-            proc = queue.pop(0)
-            if _start_time(proc.real) != proc.start_time:
-                gone.append(proc)
-                continue
-            try:
-                present += self.update(t, proc)
-            except _Gone:
-                gone.append(proc)
-                continue
-            for child in _children(proc.real):
-                if child in seen:
+        with self._frozen():
+            queue = list(self.procs.values())
+            seen: set[int] = set(self.procs)
+            while queue:
+                proc = queue.pop(0)
+                if procfs.start_time(proc.real) != proc.start_time:
+                    gone.append(proc)
                     continue
-                seen.add(child)
-                start = _start_time(child)
-                if start is None:
+                try:
+                    self._update(t, proc, skipped)
+                except ProcessGone:
+                    gone.append(proc)
                     continue
-                queue.append(self.add(child, start, proc))
-        self.summary.samples += 1
-        self.summary.max_present_pages = max(self.summary.max_present_pages, present)
+                except PermissionError as exc:
+                    raise _denied(proc.real, exc) from exc
+                for child in procfs.children(proc.real):
+                    if child in seen:
+                        continue
+                    seen.add(child)
+                    start = procfs.start_time(child)
+                    if start is None:
+                        continue
+                    queue.append(self._add(child, start, proc))
+        summary = self.summary
+        summary.samples += 1
         for proc in gone:
             del self.procs[proc.real]
+        present = sum(p.present_pages() for p in self.procs.values())
+        summary.max_present_pages = max(summary.max_present_pages, present)
+        for kind, size in skipped.items():
+            summary.skipped_bytes[kind] = max(summary.skipped_bytes[kind], size)
         return gone
 
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        if self.freezer is None:
+            yield
+            return
+        try:
+            with signals.held():
+                self.freezer.stop(list(self.procs))
+            yield
+        finally:
+            with signals.held():
+                self.freezer.resume()
+
     def write_exits(self, t: int, gone: list[_Process]) -> None:
+        """Write the ``exit`` of each process of ``gone``."""
         for proc in gone:
             if proc.born:
                 self.writer.exit(t, proc.trace_pid)
 
-    def update(self, t: int, proc: _Process) -> int:
-        maps = _mappings(proc.real, self.as_is)
+    def _update(self, t: int, proc: _Process, skipped: dict[str, int]) -> None:
+        maps = procfs.read_maps(proc.real, self.as_is)
         if not maps:
-            raise _Gone  # every live process has a stack; an exiting one has no maps left
-        mapped = normalise([(m.start, m.end) for m in maps])
+            # Maps opened just before an exec read nothing (they belong to the memory the
+            # exec let go): read them again, from the memory that replaced it.
+            maps = procfs.read_maps(proc.real, self.as_is)
+        if not maps:
+            raise ProcessGone  # every live process has a stack; an exiting one has no maps left
+        kept = []
+        for m in maps:
+            kind = m.kind
+            if kind == "anonymous":
+                kept.append(m)
+            elif kind in skipped:
+                skipped[kind] += m.end - m.start
+        mapped = normalise([(m.start, m.end) for m in kept])
         if self.as_is:
-            want_mg = normalise([(m.start, m.end) for m in maps if m.mergeable])
+            want_mg = normalise([(m.start, m.end) for m in kept if m.mergeable])
         else:
             want_mg = mapped
-        states = self.read_pages(proc.real, mapped)
+        entries = self._pagemap(proc.real, mapped)
+        incremental = proc.tracked
+        if self.soft_dirty:
+            proc.tracked = self._clear(proc.real)
         w = self.writer
         pid = proc.trace_pid
         if not proc.born:
             if not mapped:
-                return 0
+                return
             if proc.parent is not None:
-                parent = proc.parent
-                w.fork(t, parent, pid)
+                w.fork(t, proc.parent, pid)
             proc.born = True
         for start, end in subtract(proc.mapped, mapped):
             w.free(t, pid, start, end - start)
-            for addr in range(start, end, self.page):
-                proc.pages.pop(addr, None)
         proc.mergeable = intersect(proc.mergeable, mapped)
         for start, end in subtract(mapped, proc.mapped):
             w.alloc(t, pid, start, end - start)
+        areas = _reshape(proc.areas, mapped, self.page)
         proc.mapped = mapped
         for start, end in subtract(want_mg, proc.mergeable):
             w.madvise(t, pid, start, end - start, "mergeable")
         for start, end in subtract(proc.mergeable, want_mg):
             w.madvise(t, pid, start, end - start, "unmergeable")
         proc.mergeable = want_mg
-        self.apply_pages(t, proc, states)
-        return sum(1 for s in proc.pages.values() if s != ZERO_PAGE)
+        changes = _Changes()
+        with procfs.MemoryReader(proc.real, self._buffer, self.use_vm_readv) as reader:
+            proc.areas = [
+                self._sample_area(reader, area, e, incremental, changes)
+                for area, e in zip(areas, entries, strict=True)
+            ]
+        self._write_changes(t, pid, changes)
 
-    def apply_pages(self, t: int, proc: _Process, states: dict[int, int | None]) -> None:
-        """Write the page changes; ``states`` gives each readable page's state (None = absent)."""
-        drops: list[int] = []
-        reads: list[int] = []
-        writes: list[tuple[int, int]] = []
-        for addr, new in states.items():
-            old = proc.pages.get(addr)
-            if old == new:
-                continue
-            if new is None:
-                drops.append(addr)
-                del proc.pages[addr]
-                continue
-            if new == ZERO_PAGE:
-                if old is not None:
-                    drops.append(addr)
-                reads.append(addr)
-            else:
-                writes.append((addr, new))
-            proc.pages[addr] = new
-        pid = proc.trace_pid
-        w = self.writer
-        for start, n in _runs(sorted(drops), self.page):
-            w.madvise(t, pid, start, n * self.page, "dontneed")
-        for start, n in _runs(sorted(reads), self.page):
-            w.read(t, pid, start, n * self.page)
-        writes.sort()
-        addrs = [a for a, _ in writes]
-        i = 0
-        for start, n in _runs(addrs, self.page):
-            fps = [fp for _, fp in writes[i : i + n]]
-            i += n
-            for j in range(0, n, MAX_ARRAY_ITEMS):
-                chunk = fps[j : j + MAX_ARRAY_ITEMS]
-                content: int | list[int] = chunk[0] if len(set(chunk)) == 1 else chunk
-                addr = start + j * self.page
-                w.write(t, pid, addr, len(chunk) * self.page, content)
-
-    def read_pages(self, real: int, mapped: Ranges) -> dict[int, int | None]:
-        """The state of every page of ``mapped`` that could be told (swapped pages are left out)."""
-        page = self.page
-        states: dict[int, int | None] = {}
-        pagemap = _proc_open(real, "pagemap")
+    def _pagemap(self, real: int, mapped: Ranges) -> list[npt.NDArray[np.uint64]]:
+        fd = procfs.open_proc(real, "pagemap")
         try:
-            mem = _proc_open(real, "mem")
-        except BaseException:
-            os.close(pagemap)
-            raise
-        try:
-            for start, end in mapped:
-                n = (end - start) // page
-                try:
-                    raw = os.pread(pagemap, n * 8, start // page * 8)
-                except OSError as exc:
-                    if exc.errno in (errno.ESRCH, errno.ENOENT):
-                        raise _Gone from exc
-                    continue
-                if not raw and n:
-                    raise _Gone
-                entries = np.frombuffer(raw, dtype="<u8")
-                present = (entries & np.uint64(_PRESENT)) != 0
-                swapped = (entries & np.uint64(_SWAPPED)) != 0
-                for k in np.flatnonzero(~present & ~swapped).tolist():
-                    states[start + k * page] = None
-                self.read_present(real, mem, start, entries, present, states)
+            return [
+                procfs.pagemap_entries(fd, start // self.page, (end - start) // self.page)
+                for start, end in mapped
+            ]
         finally:
-            os.close(mem)
-            os.close(pagemap)
-        return states
+            os.close(fd)
 
-    def read_present(
-        self,
-        real: int,
-        mem: int,
-        base: int,
-        entries: np.ndarray,
-        present: np.ndarray,
-        states: dict[int, int | None],
-    ) -> None:
-        page = self.page
-        index = np.flatnonzero(present).tolist()
-        for first, n in _runs(index, 1):
-            k = first
-            while k < first + n:
-                count = min(_READ_CHUNK_PAGES, first + n - k)
-                addr = base + k * page
-                try:
-                    data = os.pread(mem, count * page, addr)
-                except OSError as exc:
-                    if exc.errno == errno.ESRCH:
-                        raise _Gone from exc
-                    data = b""
-                if not data:
-                    raise _Gone  # a process whose memory is torn down reads as nothing
-                for j in range(len(data) // page):
-                    fp = fingerprint(data[j * page : (j + 1) * page])
-                    if fp == 0 and self.is_zero_page(int(entries[k + j]) & _PFN_MASK):
-                        states[addr + j * page] = ZERO_PAGE
-                    else:
-                        states[addr + j * page] = fp
-                k += count
-
-    def is_zero_page(self, pfn: int) -> bool:
-        if not pfn:
-            return False
-        if pfn in self.zero_pfns:
-            return True
-        if self.kpageflags is None:
-            return False
+    def _clear(self, real: int) -> bool:
+        """Clear the soft-dirty bits of ``real``; False (and full reads from now on) if
+        that is not allowed."""
         try:
-            flags = int.from_bytes(os.pread(self.kpageflags, 8, pfn * 8), "little")
-        except OSError:
+            procfs.clear_soft_dirty(real)
+        except PermissionError as exc:
+            self.soft_dirty = self.summary.soft_dirty = False
+            self.warn(
+                f"cannot clear the soft-dirty bits of pid {real} ({exc.strerror}): "
+                "every sample reads every present page"
+            )
             return False
-        if flags >> KPF_ZERO_PAGE & 1:
-            self.zero_pfns.add(pfn)
-            return True
-        return False
+        return True
 
-
-def _runs(sorted_items: list[int], step: int) -> list[tuple[int, int]]:
-    """``(first, count)`` of each run of items that follow one another by ``step``."""
-    runs: list[tuple[int, int]] = []
-    for item in sorted_items:
-        if runs and runs[-1][0] + runs[-1][1] * step == item:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+    def _sample_area(
+        self,
+        reader: procfs.MemoryReader,
+        area: _Area,
+        entries: npt.NDArray[np.uint64],
+        incremental: bool,
+        changes: _Changes,
+    ) -> _Area:
+        """The new state of ``area`` from its pagemap ``entries``; its events into ``changes``."""
+        present = (entries & np.uint64(PM_PRESENT)) != 0
+        swapped = ~present & ((entries & np.uint64(PM_SWAPPED)) != 0)
+        frame = entries & _FRAME
+        pfn = entries & np.uint64(PM_PFN_MASK)
+        if incremental:
+            dirty = (entries & np.uint64(PM_SOFT_DIRTY)) != 0
+            need = present & (dirty | (area.state == ABSENT) | (frame != area.frame) | area.pending)
+            pending = area.pending | (swapped & dirty)
         else:
-            runs.append((item, 1))
-    return runs
+            need = present
+            pending = area.pending.copy()
+        known_zero = present & (pfn != 0) & np.isin(pfn, self.zero.frames)
+        state = area.state.copy()
+        fps = area.fps.copy()
+        state[~present & ~swapped] = ABSENT
+        state[known_zero] = ZERO
+        pending[known_zero | (~present & ~swapped)] = False
+        to_read = np.flatnonzero(need & ~known_zero)
+        if len(to_read):
+            index, values = self._read(reader, area.start, to_read)
+            pending[to_read] = True  # until read: a page that could not be read stays pending
+            pending[index] = False
+            on_zero = np.zeros(len(index), dtype=bool)
+            zeros = np.flatnonzero(values == 0)
+            if len(zeros):
+                on_zero[zeros] = self.zero.check(pfn[index[zeros]])
+            state[index[on_zero]] = ZERO
+            state[index[~on_zero]] = WRITTEN
+            fps[index[~on_zero]] = values[~on_zero]
+        old = area.state
+        now_zero = state == ZERO
+        drop = ((old != ABSENT) & (state == ABSENT)) | ((old == WRITTEN) & now_zero)
+        page = self.page
+        for lo, hi in _mask_runs(drop):
+            changes.drops.append((area.start + lo * page, hi - lo))
+        for lo, hi in _mask_runs(now_zero & (old != ZERO)):
+            changes.reads.append((area.start + lo * page, hi - lo))
+        write = (state == WRITTEN) & ((old != WRITTEN) | (fps != area.fps))
+        for lo, hi in _mask_runs(write):
+            changes.writes.append((area.start + lo * page, fps[lo:hi]))
+        return _Area(area.start, area.end, fps, state, frame, pending)
+
+    def _read(
+        self, reader: procfs.MemoryReader, base: int, pages: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]:
+        """Read and fingerprint ``pages`` (page indices from ``base``, sorted); the indices
+        that could be read and their fingerprints."""
+        page = self.page
+        got_index: list[npt.NDArray[np.intp]] = []
+        got_fps: list[npt.NDArray[np.uint64]] = []
+        mask = np.zeros(int(pages[-1]) + 1, dtype=bool)
+        mask[pages] = True
+        work = collections.deque(_mask_runs(mask))
+        while work:
+            batch: list[tuple[int, int]] = []  # (first page, pages)
+            room = READ_PAGES
+            while work and room and len(batch) < procfs.IOV_MAX:
+                lo, hi = work.popleft()
+                take = min(hi - lo, room)
+                batch.append((lo, take))
+                if lo + take < hi:
+                    work.appendleft((lo + take, hi))
+                room -= take
+            done = reader.read([(base + lo * page, n * page) for lo, n in batch]) // page
+            firsts = np.array([lo for lo, _ in batch], dtype=np.intp)
+            counts = np.array([n for _, n in batch], dtype=np.intp)
+            offsets = np.cumsum(counts) - counts
+            index = np.repeat(firsts - offsets, counts) + np.arange(int(counts.sum()))
+            if done:
+                got_fps.append(fingerprint_pages(self._view[: done * page], page, self._pages))
+                got_index.append(index[:done])
+            if done < len(index):
+                # The page after those read cannot be read: it keeps its state; the
+                # pages after it are read again.
+                self.summary.unreadable_pages += 1
+                rest = index[done + 1 :]
+                if len(rest):
+                    again = np.zeros(int(rest[-1]) + 1, dtype=bool)
+                    again[rest] = True
+                    work.extendleft(reversed(_mask_runs(again)))
+        self.summary.pages_read += sum(len(i) for i in got_index)
+        if not got_index:
+            return np.zeros(0, np.intp), np.zeros(0, np.uint64)
+        return np.concatenate(got_index), np.concatenate(got_fps)
+
+    def _write_changes(self, t: int, pid: int, changes: _Changes) -> None:
+        w = self.writer
+        page = self.page
+        for addr, n in changes.drops:
+            w.madvise(t, pid, addr, n * page, "dontneed")
+        for addr, n in changes.reads:
+            w.read(t, pid, addr, n * page)
+        for addr, fps in changes.writes:
+            if len(fps) == 1:
+                w.write(t, pid, addr, page, int(fps[0]))
+                continue
+            for j in range(0, len(fps), WRITE_PAGES):
+                chunk = fps[j : j + WRITE_PAGES]
+                content: int | npt.NDArray[np.uint64] = (
+                    int(chunk[0]) if bool((chunk == chunk[0]).all()) else chunk
+                )
+                w.write(t, pid, addr + j * page, len(chunk) * page, content)
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def _kernel_thread(pid: int) -> bool:
-    """Whether ``pid`` is a kernel thread (it has no user memory)."""
-    try:
-        stat = _read_text(pid, "stat")
-    except _Gone:
-        return False
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return len(fields) > 6 and int(fields[6]) & _PF_KTHREAD != 0
-
-
-_PF_KTHREAD = 0x00200000
-"""The ``flags`` bit (field 9 of ``/proc/PID/stat``) of a kernel thread."""
-
-
 def _check_pid(pid: int) -> int:
-    start = _start_time(pid) if pid > 0 else None
+    start = procfs.start_time(pid) if pid > 0 else None
     if start is None:
         raise ProcessNotFoundError(f"no process with pid {pid}")
-    if _kernel_thread(pid):
+    if procfs.is_kernel_thread(pid):
         raise UsageError(f"pid {pid} is a kernel thread: it has no user memory to record")
     try:
         for name in ("pagemap", "mem"):
-            fd = _proc_open(pid, name)
-            os.close(fd)
-        mem = _proc_open(pid, "mem")
+            os.close(procfs.open_proc(pid, name))
+        mem = procfs.open_proc(pid, "mem")
         try:
             os.pread(mem, 1, 0)
         except PermissionError as exc:
-            raise RecordPermissionError(
-                f"pid {pid}: permission denied reading /proc/{pid}/mem "
-                "(recording needs ptrace rights over the process, or root)"
-            ) from exc
+            raise _denied(pid, exc) from exc
         except OSError:
             pass
         finally:
             os.close(mem)
-    except _Gone as exc:
+    except ProcessGone as exc:
         raise ProcessNotFoundError(f"no process with pid {pid}") from exc
+    except PermissionError as exc:
+        raise _denied(pid, exc) from exc
     return start
 
 
@@ -560,6 +833,8 @@ def record(
     progress: Progress | None = None,
     form: str = "msgpack",
     command_stdout: int | None = None,
+    freeze: bool = False,
+    warn: Warn | None = None,
 ) -> RecordSummary:
     """Record ``pids`` (or a process started from ``command``) into a trace written to ``out``.
 
@@ -569,32 +844,51 @@ def record(
     file descriptor for the command's standard output (default: inherited).
     The command is ended (SIGTERM, then SIGKILL after 5 s) when recording
     ends in any way, also by an error or a stop signal (inside
-    :func:`ksmreplay.signals.raising`, as in the CLI).
+    :func:`ksmreplay.signals.raising`, as in the CLI).  ``freeze`` stops the
+    processes while each sample is read.  ``warn`` gets warnings: that the
+    kernel keeps no soft-dirty bits (once, at the start), that a sample took
+    longer than the interval (once, with the interval achieved).
+
+    :returns: the summary; its ``command_status`` is the command's exit status
+        when the command ended by itself.
     """
     if bool(pids) == bool(command):
         raise UsageError("give either pids or a command to record")
     if interval_ns <= 0:
         raise UsageError("the interval must be positive")
-    with _started(command, command_stdout) as child:
-        return _record(pids, command, child, interval_ns, duration_ns, out, as_is, progress, form)
+    say = warn or (lambda message: None)
+    with _started(command, command_stdout) as (child, status):
+        summary = _record(
+            pids, command, child, interval_ns, duration_ns, out, as_is, progress, form, freeze, say
+        )
+        summary.command_status = status()
+        return summary
 
 
 @contextlib.contextmanager
 def _started(
     command: Sequence[str] | None, stdout: int | None
-) -> Iterator[subprocess.Popen[bytes] | None]:
-    """The process of ``command`` (None without one), ended when the block ends, however."""
+) -> Iterator[tuple[subprocess.Popen[bytes] | None, Callable[[], int | None]]]:
+    """The process of ``command`` (None without one), ended when the block ends, however;
+    and a function that says its exit status if it has ended by itself (else None)."""
     if not command:
-        yield None
+        yield None, lambda: None
         return
     child: subprocess.Popen[bytes] | None = None
+
+    def status() -> int | None:
+        code = child.poll() if child is not None else None
+        if code is None:
+            return None
+        return code if code >= 0 else 128 - code
+
     try:
         with signals.held():  # a stop signal now waits until ``child`` is known
             try:
                 child = subprocess.Popen(list(command), stdout=stdout)
             except OSError as exc:
                 raise UsageError(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
-        yield child
+        yield child, status
     finally:
         if child is not None:
             with signals.held():
@@ -621,16 +915,25 @@ def _record(
     as_is: bool,
     progress: Progress | None,
     form: str,
+    freeze: bool,
+    warn: Warn,
 ) -> RecordSummary:
     page_size = mmap.PAGESIZE
     roots: list[tuple[int, int]] = []
     if child is not None:
-        start = _start_time(child.pid)
+        start = procfs.start_time(child.pid)
         roots.append((child.pid, start if start is not None else -1))
     else:
         assert pids is not None
         for pid in dict.fromkeys(pids):
             roots.append((pid, _check_pid(pid)))
+    freezer = choose_freezer([pid for pid, _ in roots]) if freeze else None
+    soft_dirty = procfs.soft_dirty_works()
+    if not soft_dirty:
+        warn(
+            "this kernel keeps no soft-dirty bits (/proc/PID/clear_refs): "
+            "every sample reads every present page"
+        )
     meta: dict[str, object] = {
         "recorder": "ksmreplay record",
         "command": list(command) if command else None,
@@ -638,51 +941,78 @@ def _record(
         "interval_ns": interval_ns,
         "kernel": os.uname().release,
         "as_is": as_is,
+        "soft_dirty": soft_dirty,
+        "freeze": freezer.name if freezer else None,
     }
     what = " ".join(command) if command else "pids " + ", ".join(str(p) for p, _ in roots)
     header = Header(page_size=page_size, description=f"recorded from {what}", meta=meta)
     writer = _CountingWriter(out, header, form)
-    recorder = _Recorder(writer, as_is, page_size)
+    recorder = Recorder(writer, page_size, as_is, soft_dirty, freezer, warn)
+    summary = recorder.summary
+    summary.interval_ns = interval_ns
     for pid, start in roots:
-        recorder.add(pid, start, None)
+        recorder.watch(pid, start)
     writer.ksm(0, {"run": 1})
     began = time.monotonic_ns()
     t = 0
-    try:
-        while True:
-            try:
-                gone = recorder.sample(t)
-            except KeyboardInterrupt:
-                gone = []
-                final = True
-            else:
-                command_done = child is not None and child.poll() is not None
-                final = (
-                    not recorder.procs
-                    or command_done
-                    or (duration_ns is not None and t + interval_ns > duration_ns)
-                )
-            if progress is not None:
-                live = len(recorder.procs)
-                progress(recorder.summary.samples, t, live, recorder.summary.max_present_pages)
-            if final:
-                writer.snapshot(t, "end")
-                recorder.write_exits(t, gone)
-                break
-            recorder.write_exits(t, gone)
-            wake = began + t + interval_ns
-            try:
-                time.sleep(max(0, wake - time.monotonic_ns()) / 1e9)
-            except KeyboardInterrupt:
-                writer.snapshot(t, "end")
-                break
-            t = max(t + 1, time.monotonic_ns() - began)
-    finally:
-        recorder.close()
+    warned = False
+    while True:
+        try:
+            gone = recorder.sample(t)
+        except KeyboardInterrupt:
+            gone = []
+            final = True
+        else:
+            command_done = child is not None and child.poll() is not None
+            final = (
+                not recorder.procs
+                or command_done
+                or (duration_ns is not None and t + interval_ns > duration_ns)
+            )
+        if progress is not None:
+            progress(summary.samples, t, len(recorder.procs), summary.max_present_pages)
+        if final:
+            _finish(writer, recorder, t, gone)
+            break
+        recorder.write_exits(t, gone)
+        wake = began + t + interval_ns
+        try:
+            time.sleep(max(0, wake - time.monotonic_ns()) / 1e9)
+        except KeyboardInterrupt:
+            _finish(writer, recorder, t, [])
+            break
+        now = max(t + 1, time.monotonic_ns() - began)
+        summary.longest_interval_ns = max(summary.longest_interval_ns, now - t)
+        if not warned and now - t > interval_ns + interval_ns // 10 + 1_000_000:
+            warned = True
+            warn(
+                f"--interval {_secs(interval_ns)} overrun: sample {summary.samples + 1} "
+                f"started {_secs(now - t)} after sample {summary.samples} "
+                "(the summary at the end gives the interval achieved)"
+            )
+        t = now
+    if child is not None and not recorder.procs:
+        # Its memory is gone: it is exiting, and its status is a moment away.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(5)
     writer.flush()
-    recorder.summary.duration_ns = t
-    recorder.summary.events = writer.events
-    return recorder.summary
+    summary.duration_ns = t
+    summary.events = writer.events
+    summary.bytes_written = writer.written
+    return summary
+
+
+def _secs(ns: int) -> str:
+    return f"{ns / 1e9:.3f} s"
+
+
+def _finish(writer: TraceWriter, recorder: Recorder, t: int, gone: list[_Process]) -> None:
+    """The end of the trace: what ksmd made of the memory in the recorded time, what it
+    would make of it given time, then the exits of the processes gone at the last sample."""
+    writer.snapshot(t, "end")
+    writer.settle(t)
+    writer.snapshot(t, "settled")
+    recorder.write_exits(t, gone)
 
 
 MAX_DURATION_NS = 2**62

@@ -1400,6 +1400,11 @@ def needed_commands(signature: str) -> set[str]:
 
 SNAPSHOTS_PER_CPU_SECOND = 2000
 
+SCALAR_CPU_FACTOR = 3
+"""The scalar path (no native core) may take this many times the CPU limit: it
+is the slow fallback of an install without a C compiler, a few times slower
+than the native core on traces of many pages; a hang exceeds any factor."""
+
 
 def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
     """``limits`` with room for the work ``mutant`` declares: the report grows
@@ -1441,7 +1446,12 @@ def check_mutant(
             return None
         if stalled and argv[0] == "run":
             return None
-        o = run_command(argv, workdir / form_dir, native, limits, spawn)
+        mine = limits
+        if not native:
+            mine = replace(
+                limits, cpu=limits.cpu * SCALAR_CPU_FACTOR, wall=limits.wall * SCALAR_CPU_FACTOR
+            )
+        o = run_command(argv, workdir / form_dir, native, mine, spawn)
         check.outcomes[name] = o
         problem = command_problem(name, o)
         if problem is not None:

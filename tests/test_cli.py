@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from ksmreplay import __version__, native
 from ksmreplay.cli import cli
+from ksmreplay.knobs import DEFAULTS
 
 H = {"ksmreplay": 1}
 
@@ -201,6 +202,31 @@ EXPECTED_INSPECT: dict[str, Any] = {
     "distinct_fingerprints": 3,
     "zero_pages_written": 3,
     "ksm_settings": [{"t": 7, "event": 8, "settings": {"run": 1, "pages_to_scan": 50}}],
+    # At the snapshot: pid 1 holds 0x12000 (bytes 0x01) and 0x13000 (zeros); pid 2 is
+    # gone and pid 3 holds nothing.  One write went over a written page (t=9, bytes
+    # 0x01 over the zeros of t=2), 3.000000009 s before the snapshot from the first
+    # write (t=1); after t=1 three pages were written, two of them zeros (t=2, t=3):
+    # both pages held at the snapshot were written after t=1.
+    "contents": {
+        "t": 3_000_000_010,
+        "snapshot": "end",
+        "processes": 1,
+        "pages": 2,
+        "bytes_per_process": 8192,
+        "zero_pages": 1,
+        "zero_percent": 50.0,
+        "distinct_contents": 1,
+        "duplicate_pages": 0,
+        "shared_pages": 0,
+        "shared_percent": 0.0,
+        "activity_s": 3.0,
+        "rewritten_pages": 1,
+        "touched_pages": 2,
+        "touched_percent": 100.0,
+        "dirty_pages_per_s": 0.333,
+        "dirty_zero_percent": 66.667,
+        "ksm_settings": {**DEFAULTS, "run": 1, "pages_to_scan": 50},
+    },
 }
 
 
@@ -271,6 +297,18 @@ def test_inspect_table(small: Path) -> None:
         "\n"
         "t (ns)  event  ksm settings\n"
         "     7      8  run=1 pages_to_scan=50\n"
+        "\n"
+        "contents\n"
+        "measured at        snapshot 'end' (t=3.000000010 s)\n"
+        "processes          1\n"
+        "pages              2 (8192 bytes per process)\n"
+        "zero pages         1 (50.000 %)\n"
+        "distinct contents  1 (not zeros)\n"
+        "duplicate pages    0 (copies of a content another page holds)\n"
+        "shared pages       0 (0.000 %, content another process holds)\n"
+        "rewritten pages    1 in 3.000 s from the first write: 0.333 pages/s per process\n"
+        "touched pages      2 (100.000 %, written after the first write's t, each once)\n"
+        "later writes       66.667 % zeros (after the first write's t)\n"
     )
 
 

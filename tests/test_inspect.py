@@ -20,7 +20,7 @@ from test_trace_properties import _write, valid_traces
 
 from ksmreplay import inspect as inspect_module
 from ksmreplay.content import PageStore, literal_write
-from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Madvise, Prctl, Write
+from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Madvise, Prctl, Snapshot, Write
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.trace import TraceReader
 
@@ -207,3 +207,126 @@ def test_page_map_matches_a_dict(
         assert {p: copy.get(p) for p in range(80) if copy.get(p) or p in frozen} == {
             p: frozen[p] for p in frozen
         }
+
+
+# --------------------------------------------------------------------------- contents
+
+
+def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
+    """What ``contents`` measures, page by page: at the last snapshot at which some
+    process holds written pages (else the end), the processes holding pages, the pages,
+    zeros, distinct non-zero contents, duplicates, pages whose content another process
+    holds; pages written over written pages after the first write's instant; the pages
+    held that were written after it; zeros among the pages written after it."""
+    shift = header.page_size.bit_length() - 1
+    store = PageStore(header.page_size)
+    written: dict[int, dict[int, int]] = {}
+    touched: dict[int, set[int]] = {}
+    first_t: int | None = None
+    rewritten = later = later_zero = 0
+    moment: tuple[dict[int, dict[int, int]], dict[int, set[int]], int, int, int] | None = None
+    for ev in events:
+        if isinstance(ev, (Alloc, Prctl)):
+            written.setdefault(ev.pid, {})
+        elif isinstance(ev, Write):
+            pages = written[ev.pid]
+            if isinstance(ev.content, bytes):
+                first, new = literal_write(
+                    ev.addr, ev.content, header.page_size, _getter(pages), store
+                )
+            elif isinstance(ev.content, int):
+                first, new = ev.addr >> shift, [ev.content] * (ev.len >> shift)
+            else:
+                first, new = ev.addr >> shift, ev.content.tolist()
+            numbers = range(first, first + len(new))
+            if first_t is None:
+                first_t = ev.t
+            elif ev.t > first_t:
+                touched.setdefault(ev.pid, set()).update(numbers)
+                rewritten += sum(1 for page in numbers if page in pages)
+                later += len(new)
+                later_zero += new.count(0)
+            pages.update(zip(numbers, new, strict=True))
+        elif isinstance(ev, (Free, Madvise)):
+            if isinstance(ev, Free) or ev.advice == "dontneed":
+                for page in range(ev.addr >> shift, (ev.addr + ev.len) >> shift):
+                    written[ev.pid].pop(page, None)
+                    touched.get(ev.pid, set()).discard(page)
+        elif isinstance(ev, Fork):
+            written[ev.child_pid] = dict(written[ev.pid])
+            touched[ev.child_pid] = set(touched.get(ev.pid, ()))
+        elif isinstance(ev, Exit):
+            del written[ev.pid]
+            touched.pop(ev.pid, None)
+        elif isinstance(ev, Snapshot) and any(written.values()):
+            moment = (
+                {p: dict(w) for p, w in written.items()},
+                {p: set(s) for p, s in touched.items()},
+                rewritten,
+                later,
+                later_zero,
+            )
+    if moment is None:
+        moment = (written, touched, rewritten, later, later_zero)
+    held, held_touched, rewritten, later, later_zero = moment
+    live = {pid: pages for pid, pages in held.items() if pages}
+    values = [fp for pages in live.values() for fp in pages.values()]
+    nonzero = [fp for fp in values if fp]
+    holders: dict[int, set[int]] = {}
+    for pid, pages in live.items():
+        for fp in pages.values():
+            holders.setdefault(fp, set()).add(pid)
+    return {
+        "processes": len(live),
+        "pages": len(values),
+        "zero_pages": values.count(0),
+        "distinct_contents": len(set(nonzero)),
+        "duplicate_pages": len(nonzero) - len(set(nonzero)),
+        "shared_pages": sum(1 for fp in nonzero if len(holders[fp]) > 1),
+        "rewritten_pages": rewritten if live else 0,
+        "touched_pages": sum(len(held_touched.get(pid, set())) for pid in live),
+        "later_zero": (later_zero, later) if live else (0, 0),
+    }
+
+
+@pytest.mark.usefixtures("both_engines")
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(valid_traces(), st.sampled_from([1, 2, 256]))
+def test_contents_are_what_a_page_by_page_model_measures(
+    monkeypatch: pytest.MonkeyPatch, trace: tuple[Header, list[Event]], load: int
+) -> None:
+    monkeypatch.setattr(inspect_module, "_LOAD", load)
+    header, events = trace
+    got = inspect_bytes(_write(header, events, "msgpack"))["contents"]
+    want = model_contents(header, events)
+    zero_share = want.pop("later_zero")
+    assert {key: got[key] for key in want} == want
+    expected = round(100 * zero_share[0] / zero_share[1], 3) if zero_share[1] else 0.0
+    if want["processes"]:
+        assert got["dirty_zero_percent"] == expected
+
+
+def test_contents_of_huge_ranges_are_counted_by_ranges() -> None:
+    data = pack(
+        H,
+        [0, "alloc", 1, 0, 2**50],
+        [0, "write", 1, 0, 2**50, 7],  # 2**38 pages of one content
+        [1, "write", 1, 0, 3 * PAGE, [0, 8, 8]],
+        [2, "fork", 1, 2],
+        [3, "write", 2, 2**49, 2**49, 0],  # the child's upper half: zeros
+        [4, "snapshot", "here"],
+        [5, "exit", 2],
+    )
+    c = inspect_bytes(data)["contents"]
+    pages = 2**38
+    assert (c["snapshot"], c["processes"], c["pages"]) == ("here", 2, 2 * pages)
+    assert c["zero_pages"] == 1 + 1 + pages // 2
+    assert c["distinct_contents"] == 2  # 7 and 8
+    assert c["duplicate_pages"] == 2 * pages - c["zero_pages"] - 2
+    # 7 and 8 are in both processes: every non-zero page is shared
+    assert c["shared_pages"] == 2 * pages - c["zero_pages"]
+    assert c["rewritten_pages"] == 3 + pages // 2  # t=1 over t=0's pages; t=3 over the fork's

@@ -78,12 +78,8 @@ from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWr
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
 from ksmreplay.live.pages import (
     ANON,
-    KPF_KSM,
-    KPF_ZERO_PAGE,
     KSM,
     NONE,
-    PM_PFN_MASK,
-    PM_PRESENT,
     ZERO,
     classify,
     read_kpageflags,
@@ -103,6 +99,7 @@ from ksmreplay.live.worker import (
     WorkerError,
     worker_binary,
 )
+from ksmreplay.procfs import KPF_KSM, KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,

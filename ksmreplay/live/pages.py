@@ -11,16 +11,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from ksmreplay import procfs
 from ksmreplay.live.machine import LOCAL, Machine
-
-PM_PRESENT = 1 << 63
-PM_SWAPPED = 1 << 62
-PM_PFN_MASK = (1 << 55) - 1
-
-KPF_ANON = 1 << 12
-KPF_KSM = 1 << 21
-KPF_THP = 1 << 22
-KPF_ZERO_PAGE = 1 << 24
+from ksmreplay.procfs import KPF_KSM, KPF_THP, PM_PFN_MASK, PM_PRESENT, PM_SWAPPED
 
 NONE = 0
 ANON = 1
@@ -39,21 +32,10 @@ def read_pagemap(
 
 
 def read_kpageflags(pfns: Iterable[int], machine: Machine = LOCAL) -> dict[int, int]:
-    """Page flags of each frame number, reading contiguous runs at once."""
-    wanted = sorted(set(pfns))
-    flags: dict[int, int] = {}
-    i = 0
-    while i < len(wanted):
-        j = i
-        while j + 1 < len(wanted) and wanted[j + 1] - wanted[j] < 64:
-            j += 1
-        first, last = wanted[i], wanted[j]
-        data = machine.pread("/proc/kpageflags", first * 8, (last - first + 1) * 8)
-        values = struct.unpack(f"<{len(data) // 8}Q", data)
-        for pfn in wanted[i : j + 1]:
-            flags[pfn] = values[pfn - first]
-        i = j + 1
-    return flags
+    """Page flags of each frame number of ``machine`` (``procfs.read_kpageflags``)."""
+    return procfs.read_kpageflags(
+        pfns, lambda offset, length: machine.pread("/proc/kpageflags", offset, length)
+    )
 
 
 class PageView:
