@@ -33,7 +33,7 @@ from ksmreplay.events import (
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.report import KsmdWork, Refusal, Snap, summarise
 from ksmreplay.timing import next_wake_ns, sleep_ns
 from ksmreplay.vm import MM, FrameTable
 
@@ -83,6 +83,10 @@ class Engine:
         self.now = 0
         self.next_wake: int | None = None
         """When ksmd next wakes from its timed sleep; None while it waits to be woken."""
+        self.wakeups = 0
+        """ksmd's batches run in trace time so far (``settle`` scans not counted)."""
+        self.settle_cpu_ns = 0
+        """Modelled ksmd CPU time spent inside ``settle`` events so far (ns)."""
         self._wake_if_idle(0)
 
     # -- the interface ---------------------------------------------------------
@@ -94,6 +98,21 @@ class Engine:
     @property
     def refused(self) -> list[Refusal]:
         return list(self._refused)
+
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        """ksmd's modelled work so far (REPORT_FORMAT.md ``RUN.ksmd`` without ``cpu_percent``).
+
+        ``cpu_ns`` is the CPU time ``Ksmd.cpu_ns`` charged (``timing.py``) outside
+        ``settle`` events, ``settle_cpu_ns`` the rest; ``visits`` counts every
+        visit, in settles too (the ``pages_scanned`` ksmd added).
+        """
+        return {
+            "visits": self.ksmd.c.pages_scanned,
+            "wakeups": self.wakeups,
+            "cpu_ns": self.ksmd.cpu_ns - self.settle_cpu_ns,
+            "settle_cpu_ns": self.settle_cpu_ns,
+        }
 
     def apply(self, event: Event) -> None:
         try:
@@ -188,10 +207,16 @@ class Engine:
                     "rss_anon_pages": mm.rss_anon,
                 }
             )
+        without = sum(mm.rss_anon for mm in live) + zero
+        resident, distinct, zero_filled = self.mem.mergeable_contents()
+        ideal = without - resident + distinct
+        if zero_filled and not self._knobs["use_zero_pages"]:
+            ideal += 1
         return {
             "label": label,
             "t": t,
             "event": index,
+            "summary": summarise(without, self.mem.frames.live, ideal, ps),
             "ksm": ksm,
             "processes": processes,
             "memory": {
@@ -245,6 +270,7 @@ class Engine:
                 # Wake-ups that visit nothing: skip to the last one before t.
                 wake += (batches - 1) * period
                 self.ksmd.batch(0, wake)
+                self.wakeups += batches
                 self.next_wake = wake + period
                 continue
             passes = self.ksmd.seqnr
@@ -255,8 +281,10 @@ class Engine:
                 else:
                     last, visits = divmod(visits, budget)
                 wake += last * period
+                self.wakeups += last + 1
             else:
                 visits = self.ksmd.batch(budget, wake)
+                self.wakeups += 1
             self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
             if (
                 circles is not None
@@ -264,7 +292,10 @@ class Engine:
                 and self.next_wake is not None
                 and self.next_wake < t
             ):
-                self.next_wake = circles.pass_ended(self.ksmd, self.next_wake, t)
+                self.next_wake, skipped = circles.pass_ended(
+                    self.ksmd, self.next_wake, t, self.wakeups
+                )
+                self.wakeups += skipped
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         self._knobs["pages_to_scan"] = pages
@@ -465,6 +496,7 @@ class Engine:
         if self._knobs["run"] != 1:
             return
         before = self._settle_key() if self.ksmd.slots else ()
+        cpu = self.ksmd.cpu_ns
         quiet = 0
         for _ in range(ev.max_full_scans):
             if not self.ksmd.slots:
@@ -476,6 +508,7 @@ class Engine:
             before = after
             if quiet >= 2:
                 break
+        self.settle_cpu_ns += self.ksmd.cpu_ns - cpu
         self.next_wake = (
             self.now + sleep_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
         )
@@ -515,43 +548,45 @@ class _Circles:
         self._passes = 0
         self._last_wake: int | None = None
         self._seen: dict[bytes, int] = {}
-        self._first: tuple[IdleState, int] | None = None
+        self._first: tuple[IdleState, int, int] | None = None
         self._target = 0
 
-    def pass_ended(self, ksmd: Ksmd, wake: int, t: int) -> int:
+    def pass_ended(self, ksmd: Ksmd, wake: int, t: int, wakeups: int) -> tuple[int, int]:
         """A pass ended and the next starts at ``wake`` (before ``t``, the next
-        event): the time of the next wake-up, after any circles skipped."""
+        event); ``wakeups`` is ksmd's count of wake-ups so far.  Returns the
+        time of the next wake-up, after any circles skipped, and the wake-ups
+        those circles stood for."""
         self._passes += 1
         length = None if self._last_wake is None else wake - self._last_wake
         self._last_wake = wake
         if self._passes > IDLE_TRIES:
-            return wake
+            return wake, 0
         if self._first is None:
             # Look once many passes ran, or many more fit before t.
             many = self._passes >= IDLE_MIN_PASSES // 2
             if not many and (length is None or t - wake < IDLE_MIN_PASSES * length):
-                return wake
+                return wake, 0
             digest = ksmd.idle_state(wake).digest()
             before = self._seen.get(digest)
             self._seen[digest] = self._passes
             if before is not None:
-                self._first = (ksmd.idle_state(wake, keep=True), wake)
+                self._first = (ksmd.idle_state(wake, keep=True), wake, wakeups)
                 self._target = 2 * self._passes - before
-            return wake
+            return wake, 0
         if self._passes < self._target:
-            return wake
-        (first, first_wake), self._first = self._first, None
+            return wake, 0
+        (first, first_wake, first_wakeups), self._first = self._first, None
         self._seen.clear()
         last = ksmd.idle_state(wake, keep=True)
         if not last.same(first):
-            return wake
+            return wake, 0
         circle = wake - first_wake
         n = (t - wake) // circle
         if n < 1:
-            return wake
+            return wake, 0
         ksmd.jump(n, first, last)
         self._last_wake = wake + n * circle
-        return self._last_wake
+        return self._last_wake, n * (wakeups - first_wakeups)
 
 
 def _size(event: Event, page_size: int) -> str:

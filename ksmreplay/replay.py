@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from ksmreplay.errors import UsageError
 from ksmreplay.events import Event, Header, Snapshot, WriteRun
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import (
     REPORT_VERSION,
+    KsmdCost,
+    Milestones,
+    MilestoneTracker,
     Report,
     Run,
     Snap,
@@ -31,6 +36,7 @@ from ksmreplay.report import (
     SpooledReport,
     SpooledRun,
     TraceInfo,
+    ksmd_cost,
 )
 from ksmreplay.simulator import Simulator, make_simulator
 
@@ -115,55 +121,137 @@ def _check_modes(modes: Sequence[str]) -> None:
             raise UsageError(f"mode {mode!r} asked for twice")
 
 
+class _Driver:
+    """Feeds every event to every simulator; snapshots go to ``sinks`` (one per simulator).
+
+    With ``every`` (ns), a snapshot ``every@T`` is also taken for T = 0,
+    ``every``, 2 ``every``, ... up to the trace's end, as if an event
+    ``[T, "snapshot", "every@T"]`` stood after every other event at time T:
+    it is applied (ksmd runs the wake-ups due before T) and recorded once
+    every event up to T is in.  Its ``event`` is the index of the last event
+    before it (0, the header, if none).
+    """
+
+    def __init__(
+        self,
+        sims: Sequence[Simulator],
+        sinks: Sequence[_SnapshotSink],
+        check_invariants: bool,
+        every: int | None,
+    ) -> None:
+        self.sims = sims
+        self.sinks = sinks
+        self.check_invariants = check_invariants
+        self.every = every
+        self.next_every: int | None = 0 if every else None
+        self.milestones = [MilestoneTracker() for _ in sims]
+        self.count = 0
+        self.last_t = 0
+        self.last_index = 0
+
+    def run(self, reader: EventSource, progress: ProgressCallback | None) -> None:
+        next_progress = PROGRESS_EVERY
+        for item in reader.runs():
+            if isinstance(item, WriteRun) and not self.check_invariants:
+                self._write_run(item)
+            else:
+                # One event at a time (runs too when every event's invariants are checked).
+                for event in item.events() if isinstance(item, WriteRun) else [item]:
+                    self._every_before(event.t)
+                    for sim in self.sims:
+                        sim.apply(event)
+                        if self.check_invariants:
+                            sim.check_invariants()
+                    if isinstance(event, Snapshot):
+                        self._record(event.label, event.t, event.index)
+                    self.count += 1
+                    self.last_t, self.last_index = event.t, event.index
+            if progress is not None and self.count >= next_progress:
+                progress(self.count, _bytes_read(reader))
+                next_progress = (self.count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
+        self._every_before(self.last_t + 1)
+        if progress is not None:
+            progress(self.count, _bytes_read(reader))
+
+    def _write_run(self, run: WriteRun) -> None:
+        """A run of writes, cut where an ``every@T`` snapshot falls between two of them."""
+        t = run.t
+        n = len(run)
+        lo = 0
+        while self.next_every is not None and self.next_every < int(t[-1]):
+            hi = int(t.searchsorted(np.uint64(self.next_every), "right"))
+            if hi > lo:
+                self._apply_writes(run if hi - lo == n else run.cut(lo, hi))
+            self._every_before(int(t[hi]))
+            lo = hi
+        if lo < n:
+            self._apply_writes(run if lo == 0 else run.cut(lo, n))
+
+    def _apply_writes(self, run: WriteRun) -> None:
+        for sim in self.sims:
+            sim.apply_writes(run)
+        self.count += len(run)
+        self.last_t, self.last_index = run.last_t, run.last_index
+
+    def _every_before(self, t: int) -> None:
+        """Take the ``every@T`` snapshots due before an event at ``t``."""
+        while self.next_every is not None and self.next_every < t:
+            at = self.next_every
+            label = f"every@{at}"
+            event = Snapshot(self.last_index, at, label)
+            for sim in self.sims:
+                sim.apply(event)
+            self._record(label, at, self.last_index)
+            assert self.every is not None
+            self.next_every = at + self.every
+
+    def _record(self, label: str, t: int, index: int) -> None:
+        for sim, sink, milestones in zip(self.sims, self.sinks, self.milestones, strict=True):
+            snap = sim.snapshot(label, t, index)
+            sink.append(snap)
+            milestones.add(t, snap["summary"]["saved_pages"])
+
+
 def _drive(
     reader: EventSource,
     sims: Sequence[Simulator],
     sinks: Sequence[_SnapshotSink],
     progress: ProgressCallback | None,
     check_invariants: bool,
-) -> tuple[TraceInfo, list[Snap]]:
+    every: int | None,
+) -> tuple[TraceInfo, list[_Ending]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
 
-    :returns: the report's ``trace`` section and each simulator's ``final`` snapshot.
+    :returns: the report's ``trace`` section and, per simulator, its ``final``
+        snapshot, ``ksmd`` and ``milestones``.
     """
-    count = 0
-    last_t = 0
-    last_index = 0
-
-    next_progress = PROGRESS_EVERY
-    for item in reader.runs():
-        if isinstance(item, WriteRun) and not check_invariants:
-            for sim in sims:
-                sim.apply_writes(item)
-            count += len(item)
-            last_t, last_index = item.last_t, item.last_index
-        else:
-            # One event at a time (runs too when every event's invariants are checked).
-            for event in item.events() if isinstance(item, WriteRun) else [item]:
-                for sim in sims:
-                    sim.apply(event)
-                    if check_invariants:
-                        sim.check_invariants()
-                if isinstance(event, Snapshot):
-                    for sim, sink in zip(sims, sinks, strict=True):
-                        sink.append(sim.snapshot(event.label, event.t, event.index))
-                count += 1
-                last_t, last_index = event.t, event.index
-        if progress is not None and count >= next_progress:
-            progress(count, _bytes_read(reader))
-            next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
-    if progress is not None:
-        progress(count, _bytes_read(reader))
-
+    driver = _Driver(sims, sinks, check_invariants, every)
+    driver.run(reader, progress)
     header = reader.header
     trace: TraceInfo = {
         "path": reader.name,
-        "events": count,
-        "duration_ns": last_t,
+        "events": driver.count,
+        "duration_ns": driver.last_t,
         "page_size": header.page_size,
         "meta": dict(header.meta),
     }
-    return trace, [sim.snapshot("final", last_t, last_index) for sim in sims]
+    endings = [
+        _Ending(
+            sim.snapshot("final", driver.last_t, driver.last_index),
+            ksmd_cost(sim.ksmd_work, driver.last_t),
+            milestones.milestones(),
+        )
+        for sim, milestones in zip(sims, driver.milestones, strict=True)
+    ]
+    return trace, endings
+
+
+class _Ending(NamedTuple):
+    """What a run ends with: its ``final`` snapshot, ``ksmd`` and ``milestones``."""
+
+    final: Snap
+    ksmd: KsmdCost
+    milestones: Milestones
 
 
 def replay(
@@ -173,6 +261,7 @@ def replay(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    every: int | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -199,6 +288,11 @@ def replay(
         else 0.  For drawing a progress line; the report does not depend on it.
     :param check_invariants: run every simulator's ``check_invariants()`` after
         every event (slow; for tests and ``--check-invariants``).
+    :param every: take a snapshot ``every@T`` at every multiple T of this
+        many nanoseconds (0 included) up to the trace's end, as if the event
+        ``[T, "snapshot", "every@T"]`` stood after every other event at time
+        T (``run --every``); its ``event`` is the index of the last event
+        before it.  Every snapshot, these too, counts for ``milestones``.
     :param factory: builds one simulator, ``factory(mode, page_size,
         settings)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
@@ -213,16 +307,18 @@ def replay(
     _check_modes(modes)
     sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
     snapshots: list[list[Snap]] = [[] for _ in sims]
-    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants)
+    trace, endings = _drive(reader, sims, snapshots, progress, check_invariants, every)
     runs: list[Run] = [
         {
             "mode": mode,
             "settings": dict(sim.settings),
             "refused": list(sim.refused),
+            "ksmd": end.ksmd,
+            "milestones": end.milestones,
             "snapshots": snaps,
-            "final": final,
+            "final": end.final,
         }
-        for mode, sim, snaps, final in zip(modes, sims, snapshots, finals, strict=True)
+        for mode, sim, snaps, end in zip(modes, sims, snapshots, endings, strict=True)
     ]
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
 
@@ -234,6 +330,7 @@ def replay_spooled(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    every: int | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -256,16 +353,18 @@ def replay_spooled(
     sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
-        trace, finals = _drive(reader, sims, spools, progress, check_invariants)
+        trace, endings = _drive(reader, sims, spools, progress, check_invariants, every)
         runs: list[SpooledRun] = [
             {
                 "mode": mode,
                 "settings": dict(sim.settings),
                 "refused": list(sim.refused),
+                "ksmd": end.ksmd,
+                "milestones": end.milestones,
                 "snapshots": spool,
-                "final": final,
+                "final": end.final,
             }
-            for mode, sim, spool, final in zip(modes, sims, spools, finals, strict=True)
+            for mode, sim, spool, end in zip(modes, sims, spools, endings, strict=True)
         ]
         stack.pop_all()
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}

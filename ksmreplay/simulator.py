@@ -28,7 +28,7 @@ from typing import Protocol
 
 from ksmreplay.events import Event, WriteRun
 from ksmreplay.knobs import KnobValue
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.report import KsmdWork, Refusal, Snap
 
 
 class Simulator(Protocol):
@@ -52,6 +52,11 @@ class Simulator(Protocol):
     @property
     def refused(self) -> list[Refusal]:
         """``ksm`` writes Linux refused, in trace order."""
+
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        """ksmd's modelled work so far: visits, wake-ups in trace time, CPU time (ns)
+        of those and of ``settle`` scans."""
 
     def check_invariants(self) -> None:
         """Raise :class:`ksmreplay.errors.InvariantError` if the state is inconsistent."""

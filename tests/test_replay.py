@@ -21,7 +21,7 @@ from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapsho
 from ksmreplay.knobs import DEFAULTS, KnobValue
 from ksmreplay.render import FORMATS, render
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay, replay_spooled
-from ksmreplay.report import Refusal, Snap, close_spools, unspool
+from ksmreplay.report import KsmdWork, Refusal, Snap, close_spools, summarise, unspool
 from ksmreplay.trace import open_trace, write_trace
 
 
@@ -72,6 +72,7 @@ class FakeSimulator:
             "label": label,
             "t": t,
             "event": index,
+            "summary": summarise(len(self.applied), 0, 0, self.page_size),
             "ksm": {"pages_scanned": len(self.applied), "page_size": self.page_size},
             "processes": [],
             "memory": {"anon_frames": 0},
@@ -85,6 +86,11 @@ class FakeSimulator:
     @property
     def refused(self) -> list[Refusal]:
         return [{"event": 1, "t": 0, "knob": "max_page_sharing", "value": 2, "error": "EBUSY"}]
+
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        n = len(self.applied)
+        return {"visits": n, "wakeups": n, "cpu_ns": 1000 * n, "settle_cpu_ns": 0}
 
     def check_invariants(self) -> None:
         self.invariant_checks += 1
