@@ -479,6 +479,12 @@ def _progress_callback(trace: str) -> Any:
     help="Mode(s) to replay in; repeatable. both = legacy and unshare; all = every mode.",
 )
 @_report_options
+@click.option(
+    "--every",
+    metavar="DURATION",
+    help="Also take a snapshot every@T at every multiple T of DURATION (500ms, 1s, 2m; "
+    "T = 0 included) up to the trace's end.",
+)
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -486,6 +492,7 @@ def run(
     fmt: str,
     settings: dict[str, KnobValue],
     output: str,
+    every: str | None,
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -498,9 +505,15 @@ def run(
         ksmreplay run trace.msgpack
         ksmreplay run trace.msgpack --mode all --format json -o report.json
         ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
+        ksmreplay run trace.msgpack --every 1s --format csv
     """
     _engine_notice()
     chosen = expand_modes(modes)
+    every_ns = None
+    if every is not None:
+        from ksmreplay.record import parse_duration
+
+        every_ns = parse_duration(every, "--every")
     progress = _progress_callback(trace)
     try:
         # A file is checked whole before anything is simulated, so that an
@@ -512,6 +525,7 @@ def run(
                 settings or None,
                 progress=progress,
                 check_invariants=check_invariants,
+                every=every_ns,
             )
     finally:
         if progress is not None:
