@@ -163,6 +163,11 @@ class Engine:
         self.mem.write_run(run.pid[lo:hi], first_page, counts, fps)
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
+        return self._snapshot(label, t, index, with_summary=True)
+
+    def _snapshot(self, label: str, t: int, index: int, with_summary: bool) -> Snap:
+        """The snapshot; its ``summary`` (a pass over every mergeable page)
+        only ``with_summary``."""
         mode, c, ps = self._mode, self.ksmd.c, self.page_size
         live = [self.mem.mms[pid] for pid in sorted(self.mem.mms)]
         zero = sum(mm.ksm_zero_ptes for mm in live)
@@ -207,26 +212,24 @@ class Engine:
                     "rss_anon_pages": mm.rss_anon,
                 }
             )
-        without = sum(mm.rss_anon for mm in live) + zero
-        resident, distinct, zero_filled = self.mem.mergeable_contents()
-        ideal = without - resident + distinct
-        if zero_filled and not self._knobs["use_zero_pages"]:
-            ideal += 1
-        return {
-            "label": label,
-            "t": t,
-            "event": index,
-            "summary": summarise(without, self.mem.frames.live, ideal, ps),
-            "ksm": ksm,
-            "processes": processes,
-            "memory": {
-                "anon_frames": self.mem.frames.live,
-                "ksm_frames": self.mem.frames.live_ksm,
-                "zero_page_maps_by_ksm": zero,
-                "zero_page_maps_by_fault": sum(mm.fault_zero_ptes for mm in live),
-            },
-            "events": dict(self.mem.events),
+        snap: Snap = {"label": label, "t": t, "event": index}  # type: ignore[typeddict-item]
+        if with_summary:
+            without = sum(mm.rss_anon for mm in live) + zero
+            resident, distinct, zero_filled = self.mem.mergeable_contents()
+            ideal = without - resident + distinct
+            if zero_filled and not self._knobs["use_zero_pages"]:
+                ideal += 1
+            snap["summary"] = summarise(without, self.mem.frames.live, ideal, ps)
+        snap["ksm"] = ksm
+        snap["processes"] = processes
+        snap["memory"] = {
+            "anon_frames": self.mem.frames.live,
+            "ksm_frames": self.mem.frames.live_ksm,
+            "zero_page_maps_by_ksm": zero,
+            "zero_page_maps_by_fault": sum(mm.fault_zero_ptes for mm in live),
         }
+        snap["events"] = dict(self.mem.events)
+        return snap
 
     def check_invariants(self) -> None:
         from ksmreplay.invariants import validate_engine
@@ -463,7 +466,7 @@ class Engine:
         return None
 
     def _settle_key(self) -> tuple[object, ...]:
-        snap = self.snapshot("", 0, 0)
+        snap = self._snapshot("", 0, 0, with_summary=False)
         ksm = snap["ksm"]
         return (
             tuple(

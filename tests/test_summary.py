@@ -252,9 +252,9 @@ def test_milestones_are_null_when_nothing_is_saved(tmp_path: Path) -> None:
 
 
 def test_ksmd_work_in_settles_is_kept_apart(tmp_path: Path) -> None:
-    # GIVEN ksmd started, settled and stopped within one instant
+    # GIVEN ksmd started, settled and stopped before its first wake-up in trace time
     events = _three_processes(0)
-    events.append([1000, "ksm", {"run": 0}])
+    events.append([2000, "ksm", {"run": 0}])
     events.append([SECOND, "snapshot", "later"])
     (run,) = _replay(_trace(tmp_path, events), ("unshare",))["runs"]
     # THEN all its work was in the settle: no wake-up in trace time
