@@ -607,6 +607,12 @@ def _progress_callback(trace: str) -> Any:
     "trace's writes of it are ignored (listed in the report as pinned); repeatable. "
     "The knobs of --set; a knob is given to --set or to --pin, not both.",
 )
+@click.option(
+    "--every",
+    metavar="DURATION",
+    help="Also take a snapshot every@T at every multiple T of DURATION (500ms, 1s, 2m; "
+    "T = 0 included) up to the trace's end.",
+)
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -616,6 +622,7 @@ def run(
     settings: dict[str, KnobValue],
     output: str,
     pins: dict[str, KnobValue],
+    every: str | None,
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -636,6 +643,7 @@ def run(
         ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
         ksmreplay run trace.msgpack --kernel 6.1 --kernel 6.18 --mode legacy
         ksmreplay run trace.msgpack --pin pages_to_scan=1000
+        ksmreplay run trace.msgpack --every 1s --format csv
     """
     _engine_notice()
     try:
@@ -647,13 +655,18 @@ def run(
     # Groups (`both`, the default, and `all`) stand for the modes each version
     # has; a mode named on its own must exist on every version asked for.
     explicit = any(name not in MODE_GROUPS for name in modes)
+    every_ns = None
+    if every is not None:
+        from ksmreplay.record import parse_duration
+
+        every_ns = parse_duration(every, "--every")
     progress = _progress_callback(trace)
     warnings = _Warnings(progress is not None)
     try:
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
         with open_trace(trace, validate_first=True) as reader:
-            memory = _memory_warning(reader, len(chosen))
+            memory = _memory_warning(reader, len(chosen) * len(versions))
             if memory is not None:
                 warnings(memory)
             report = replay_spooled(
@@ -666,6 +679,7 @@ def run(
                 only_modes_each_has=not explicit,
                 pins=pins or None,
                 warn=warnings,
+                every=every_ns,
             )
     finally:
         if progress is not None:

@@ -35,7 +35,7 @@ from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
-from ksmreplay.report import Ignored, Pinned, Refusal, Snap
+from ksmreplay.report import Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
 from ksmreplay.timing import next_wake_ns, sleep_ns
 from ksmreplay.traps import Trap
 from ksmreplay.vm import MM, FrameTable
@@ -119,6 +119,10 @@ class Engine:
         self._ignored: dict[str, list[Ignored]] = {}
         self._ran = False
         """Whether ``run`` was 1 at some point of the replay."""
+        self.wakeups = 0
+        """ksmd's batches run in trace time so far (``settle`` scans not counted)."""
+        self.settle_cpu_ns = 0
+        """Modelled ksmd CPU time spent inside ``settle`` events so far (ns)."""
         settings, pins = settings or {}, pins or {}
         try:
             start = start_order(settings, pins)
@@ -172,6 +176,21 @@ class Engine:
             )
         return found
 
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        """ksmd's modelled work so far (REPORT_FORMAT.md ``RUN.ksmd`` without ``cpu_percent``).
+
+        ``cpu_ns`` is the CPU time ``Ksmd.cpu_ns`` charged (``timing.py``) outside
+        ``settle`` events, ``settle_cpu_ns`` the rest; ``visits`` counts every
+        visit, in settles too (the ``pages_scanned`` ksmd added).
+        """
+        return {
+            "visits": self.ksmd.c.pages_scanned,
+            "wakeups": self.wakeups,
+            "cpu_ns": self.ksmd.cpu_ns - self.settle_cpu_ns,
+            "settle_cpu_ns": self.settle_cpu_ns,
+        }
+
     def apply(self, event: Event) -> None:
         try:
             self._advance(event.t)
@@ -221,6 +240,11 @@ class Engine:
         self.mem.write_run(run.pid[lo:hi], first_page, counts, fps)
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
+        return self._snapshot(label, t, index, with_summary=True)
+
+    def _snapshot(self, label: str, t: int, index: int, with_summary: bool) -> Snap:
+        """The snapshot; its ``summary`` (a pass over every mergeable page)
+        only ``with_summary``."""
         mode, c, ps, kern = self._mode, self.ksmd.c, self.page_size, self.kernel
         live = [self.mem.mms[pid] for pid in sorted(self.mem.mms)]
         zero = sum(mm.ksm_zero_ptes for mm in live)
@@ -269,20 +293,24 @@ class Engine:
                     "rss_anon_pages": mm.rss_anon,
                 }
             )
-        return {
-            "label": label,
-            "t": t,
-            "event": index,
-            "ksm": ksm,
-            "processes": processes,
-            "memory": {
-                "anon_frames": self.mem.frames.live,
-                "ksm_frames": self.mem.frames.live_ksm,
-                "zero_page_maps_by_ksm": zero,
-                "zero_page_maps_by_fault": sum(mm.fault_zero_ptes for mm in live),
-            },
-            "events": dict(self.mem.events),
+        snap: Snap = {"label": label, "t": t, "event": index}  # type: ignore[typeddict-item]
+        if with_summary:
+            without = sum(mm.rss_anon for mm in live) + zero
+            resident, distinct, zero_filled = self.mem.mergeable_contents()
+            ideal = without - resident + distinct
+            if zero_filled and not self._knobs["use_zero_pages"]:
+                ideal += 1
+            snap["summary"] = summarise(without, self.mem.frames.live, ideal, ps)
+        snap["ksm"] = ksm
+        snap["processes"] = processes
+        snap["memory"] = {
+            "anon_frames": self.mem.frames.live,
+            "ksm_frames": self.mem.frames.live_ksm,
+            "zero_page_maps_by_ksm": zero,
+            "zero_page_maps_by_fault": sum(mm.fault_zero_ptes for mm in live),
         }
+        snap["events"] = dict(self.mem.events)
+        return snap
 
     def check_invariants(self) -> None:
         from ksmreplay.invariants import validate_engine
@@ -326,6 +354,7 @@ class Engine:
                 # Wake-ups that visit nothing: skip to the last one before t.
                 wake += (batches - 1) * period
                 self.ksmd.batch(0, wake)
+                self.wakeups += batches
                 self.next_wake = wake + period
                 continue
             passes = self.ksmd.seqnr
@@ -336,8 +365,10 @@ class Engine:
                 else:
                     last, visits = divmod(visits, budget)
                 wake += last * period
+                self.wakeups += last + 1
             else:
                 visits = self.ksmd.batch(budget, wake)
+                self.wakeups += 1
             self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
             if (
                 circles is not None
@@ -345,7 +376,10 @@ class Engine:
                 and self.next_wake is not None
                 and self.next_wake < t
             ):
-                self.next_wake = circles.pass_ended(self.ksmd, self.next_wake, t)
+                self.next_wake, skipped = circles.pass_ended(
+                    self.ksmd, self.next_wake, t, self.wakeups
+                )
+                self.wakeups += skipped
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         if ADVISOR_OWNS not in self._pins:
@@ -575,7 +609,7 @@ class Engine:
         return None
 
     def _settle_key(self) -> _SettleKey:
-        snap = self.snapshot("", 0, 0)
+        snap = self._snapshot("", 0, 0, with_summary=False)
         ksm = snap["ksm"]
         return (
             tuple(ksm.get(k) for k in SETTLE_COUNTERS),
@@ -624,6 +658,7 @@ class Engine:
             self._sleep_after_settle()
             return
         before = self._settle_key()
+        cpu = self.ksmd.cpu_ns
         quiet = 0
         changed: list[str] = []
         for _ in range(ev.max_full_scans):
@@ -649,6 +684,7 @@ class Engine:
                         "(raise max_full_scans)",
                     )
                 )
+        self.settle_cpu_ns += self.ksmd.cpu_ns - cpu
         self._sleep_after_settle()
 
     def _sleep_after_settle(self) -> None:
@@ -691,43 +727,45 @@ class _Circles:
         self._passes = 0
         self._last_wake: int | None = None
         self._seen: dict[bytes, int] = {}
-        self._first: tuple[IdleState, int] | None = None
+        self._first: tuple[IdleState, int, int] | None = None
         self._target = 0
 
-    def pass_ended(self, ksmd: Ksmd, wake: int, t: int) -> int:
+    def pass_ended(self, ksmd: Ksmd, wake: int, t: int, wakeups: int) -> tuple[int, int]:
         """A pass ended and the next starts at ``wake`` (before ``t``, the next
-        event): the time of the next wake-up, after any circles skipped."""
+        event); ``wakeups`` is ksmd's count of wake-ups so far.  Returns the
+        time of the next wake-up, after any circles skipped, and the wake-ups
+        those circles stood for."""
         self._passes += 1
         length = None if self._last_wake is None else wake - self._last_wake
         self._last_wake = wake
         if self._passes > IDLE_TRIES:
-            return wake
+            return wake, 0
         if self._first is None:
             # Look once many passes ran, or many more fit before t.
             many = self._passes >= IDLE_MIN_PASSES // 2
             if not many and (length is None or t - wake < IDLE_MIN_PASSES * length):
-                return wake
+                return wake, 0
             digest = ksmd.idle_state(wake).digest()
             before = self._seen.get(digest)
             self._seen[digest] = self._passes
             if before is not None:
-                self._first = (ksmd.idle_state(wake, keep=True), wake)
+                self._first = (ksmd.idle_state(wake, keep=True), wake, wakeups)
                 self._target = 2 * self._passes - before
-            return wake
+            return wake, 0
         if self._passes < self._target:
-            return wake
-        (first, first_wake), self._first = self._first, None
+            return wake, 0
+        (first, first_wake, first_wakeups), self._first = self._first, None
         self._seen.clear()
         last = ksmd.idle_state(wake, keep=True)
         if not last.same(first):
-            return wake
+            return wake, 0
         circle = wake - first_wake
         n = (t - wake) // circle
         if n < 1:
-            return wake
+            return wake, 0
         ksmd.jump(n, first, last)
         self._last_wake = wake + n * circle
-        return self._last_wake
+        return self._last_wake, n * (wakeups - first_wakeups)
 
 
 def _show(value: KnobValue) -> str:

@@ -269,6 +269,20 @@ class WriteRun:
     def last_index(self) -> int:
         return self.index + len(self.t) - 1
 
+    def cut(self, lo: int, hi: int) -> WriteRun:
+        """Events ``lo:hi`` of the run (``0 <= lo < hi <= len``), as a run of their own."""
+        base = int(self.fp_end[lo - 1]) if lo else 0
+        return WriteRun(
+            self.index + lo,
+            self.t[lo:hi],
+            self.pid[lo:hi],
+            self.addr[lo:hi],
+            self.len[lo:hi],
+            self.fill[lo:hi],
+            self.fp_end[lo:hi] - base,
+            self.fps[base : int(self.fp_end[hi - 1])],
+        )
+
     def fp_start(self, lo: int = 0, hi: int | None = None) -> npt.NDArray[np.int64]:
         """Where the fingerprints of events ``lo:hi`` start in :attr:`fps`."""
         end = self.fp_end[lo:hi]

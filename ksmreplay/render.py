@@ -28,8 +28,11 @@ from tabulate import tabulate
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,
+    KSMD_KEYS,
     MEMORY_COUNTERS,
+    MILESTONE_KEYS,
     PROCESS_COUNTERS,
+    SUMMARY_KEYS,
     AnyReport,
     Snap,
     SnapshotSpool,
@@ -38,11 +41,21 @@ from ksmreplay.report import (
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "tsv")
 """Every ``--format`` value, the default first."""
 
-CSV_HEADER: tuple[str, ...] = ("mode", "snapshot", "scope", "pid", "counter", "value")
+CSV_HEADER: tuple[str, ...] = (
+    "mode",
+    "snapshot",
+    "t",
+    "event",
+    "scope",
+    "pid",
+    "counter",
+    "value",
+)
 """The columns of the CSV and TSV formats."""
 
-SCOPES: tuple[str, ...] = ("ksm", "process", "memory", "events")
-"""The ``scope`` values of CSV/TSV rows, in the order rows appear."""
+SCOPES: tuple[str, ...] = ("summary", "ksm", "process", "memory", "events", "ksmd", "milestones")
+"""The ``scope`` values of CSV/TSV rows, in the order rows appear (the last two
+are a run's, after its ``final``)."""
 
 _NULL = "-"
 """How the table shows a null counter (one the mode's kernel does not have)."""
@@ -185,14 +198,16 @@ def _text_cell(value: object, field: Callable[[str], str]) -> str:
 
 
 def _snap_lines(mode: str, snap: Snap, field: Callable[[str], str], sep: str) -> str:
-    """The rows of one snapshot: ksm, then each process (by pid), then memory, then events."""
-    head = f"{field(mode)}{sep}{field(snap['label'])}{sep}"
+    """The rows of one snapshot: summary, ksm, then each process (by pid), then
+    memory, then events."""
+    head = f"{field(mode)}{sep}{field(snap['label'])}{sep}{snap['t']}{sep}{snap['event']}{sep}"
 
     def section(start: str, values: Mapping[str, Any], known: Sequence[str]) -> Iterator[str]:
         for counter in _ordered_keys(known, [values]):
             yield f"{start}{field(counter)}{sep}{_text_cell(values[counter], field)}\n"
 
-    lines = list(section(f"{head}ksm{sep}{sep}", snap["ksm"], KSM_COUNTERS))
+    lines = list(section(f"{head}summary{sep}{sep}", snap.get("summary", {}), SUMMARY_KEYS))
+    lines.extend(section(f"{head}ksm{sep}{sep}", snap["ksm"], KSM_COUNTERS))
     for proc in sorted(snap["processes"], key=lambda p: int(p["pid"])):
         start = f"{head}process{sep}{field(str(proc['pid']))}{sep}"
         lines.extend(section(start, proc, PROCESS_COUNTERS))
@@ -209,6 +224,17 @@ def run_names(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [str(run["mode"]) for run in runs]
 
 
+def _run_lines(name: str, run: Mapping[str, Any], field: Callable[[str], str], sep: str) -> str:
+    """The rows of a run's ``ksmd`` and ``milestones`` (no snapshot, t, event nor pid)."""
+    lines = []
+    for scope, known in (("ksmd", KSMD_KEYS), ("milestones", MILESTONE_KEYS)):
+        values = run.get(scope, {})
+        start = f"{field(name)}{sep}{sep}{sep}{sep}{scope}{sep}{sep}"
+        for counter in _ordered_keys(known, [values]):
+            lines.append(f"{start}{field(counter)}{sep}{_text_cell(values[counter], field)}\n")
+    return "".join(lines)
+
+
 def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep: str) -> None:
     """Every row of the CSV/TSV formats, header first, a snapshot at a time."""
     out.write(sep.join(field(name) for name in CSV_HEADER) + "\n")
@@ -218,15 +244,18 @@ def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep
         for snap in run["snapshots"]:
             out.write(_snap_lines(mode, snap, field, sep))
         out.write(_snap_lines(mode, run["final"], field, sep))
+        out.write(_run_lines(mode, run, field, sep))
 
 
 def render_csv(report: AnyReport, out: TextIO) -> None:
-    """One row per (mode, snapshot, scope, pid, counter, value), with a header row.
+    """One row per (mode, snapshot, t, event, scope, pid, counter, value), with a header row.
 
     Runs in report order; in each, the snapshots in order and then ``final``;
-    in each snapshot the ``ksm`` counters, each process's (``pid`` set only on
-    these rows), ``memory`` and ``events``.  Booleans are ``yes``/``no``, null
-    is empty.  Fields are quoted as RFC 4180 says (:func:`csv_field`), so a
+    in each snapshot (its label, ``t`` and ``event`` on each of its rows) the
+    ``summary``, the ``ksm`` counters, each process's (``pid`` set only on
+    these rows), ``memory`` and ``events``; then the run's ``ksmd`` and
+    ``milestones`` (snapshot, t, event and pid empty).  Booleans are
+    ``yes``/``no``, null is empty.  Fields are quoted as RFC 4180 says (:func:`csv_field`), so a
     label holding a comma, a quote or a line break stays one field; lines end
     with ``\\n``.
     """
@@ -385,10 +414,57 @@ def _heading(snap: Snap, final: bool) -> str:
     return f"snapshot {json.dumps(snap['label'])} {where}"
 
 
-def _snap_block(modes: Sequence[str], snaps: Sequence[Snap | None], final: bool) -> str:
+_MIB = 1 << 20
+
+
+def _mib(pages: int, page_size: int) -> str:
+    return f"{pages * page_size / _MIB:.2f}"
+
+
+_SUMMARY_ROWS: tuple[tuple[str, Callable[[Mapping[str, Any], int], float | int]], ...] = (
+    ("without KSM (MiB)", lambda s, ps: s["resident_without_ksm"] * ps / _MIB),
+    ("with KSM (MiB)", lambda s, ps: s["resident_with_ksm"] * ps / _MIB),
+    ("saved (MiB)", lambda s, ps: s["saved_pages"] * ps / _MIB),
+    ("saved (%)", lambda s, ps: s["saved_percent"]),
+    ("ideal saved (MiB)", lambda s, ps: s["ideal_saved_pages"] * ps / _MIB),
+    ("of ideal (%)", lambda s, ps: s["percent_of_ideal"]),
+)
+"""The summary block's rows: a label and how to get the value from ``summary``."""
+
+
+def _summary_block(
+    modes: Sequence[str], summaries: Sequence[Mapping[str, Any] | None], page_size: int
+) -> str | None:
+    """Resident memory with and without KSM, saved and ideal, in MiB and
+    percent, one column per mode (plus ``difference``, last minus first)."""
+    if all(s is None for s in summaries):
+        return None
+    headers = ["summary", *modes]
+    if len(modes) > 1:
+        headers.append("difference")
+    rows = []
+    for label, value in _SUMMARY_ROWS:
+        cells = [None if s is None else f"{value(s, page_size):.2f}" for s in summaries]
+        row = [label] + [_NULL if cell is None else cell for cell in cells]
+        if len(modes) > 1:
+            # (of the numbers shown, so that equal cells never differ)
+            first, last = cells[0], cells[-1]
+            diff = "" if first is None or last is None else f"{float(last) - float(first):+.2f}"
+            row.append("" if diff in ("+0.00", "-0.00") else diff)
+        rows.append(row)
+    return plain_table(headers, rows)
+
+
+def _snap_block(
+    modes: Sequence[str], snaps: Sequence[Snap | None], final: bool, page_size: int
+) -> str:
     present = [s for s in snaps if s is not None]
+    summary = _summary_block(
+        modes, [None if s is None else s.get("summary") for s in snaps], page_size
+    )
     parts = [
         _heading(present[0], final),
+        *([summary] if summary is not None else []),
         _by_mode("ksm", modes, KSM_COUNTERS, [_ABSENT if s is None else s["ksm"] for s in snaps]),
         _processes(modes, snaps),
         _by_mode(
@@ -399,6 +475,26 @@ def _snap_block(modes: Sequence[str], snaps: Sequence[Snap | None], final: bool)
         ),
     ]
     return "\n\n".join(parts)
+
+
+def _run_block(modes: Sequence[str], runs: Sequence[Mapping[str, Any]], page_size: int) -> str:
+    """ksmd's modelled cost and the milestones of each run, one column per mode."""
+
+    def seconds(ns: int | None) -> str:
+        return _NULL if ns is None else _seconds(ns)
+
+    rows: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+        ("visits", lambda r: str(r["ksmd"]["visits"])),
+        ("wake-ups", lambda r: str(r["ksmd"]["wakeups"])),
+        ("cpu", lambda r: seconds(r["ksmd"]["cpu_ns"])),
+        ("cpu (%)", lambda r: f"{r['ksmd']['cpu_percent']:.2f}"),
+        ("cpu in settles", lambda r: seconds(r["ksmd"]["settle_cpu_ns"])),
+        ("max saved (MiB)", lambda r: _mib(r["milestones"]["max_saved_pages"], page_size)),
+        ("50 % saved at", lambda r: seconds(r["milestones"]["t_saved_50"])),
+        ("90 % saved at", lambda r: seconds(r["milestones"]["t_saved_90"])),
+    ]
+    table: list[list[str]] = [[label] + [cell(run) for run in runs] for label, cell in rows]
+    return plain_table(["ksmd", *modes], table)
 
 
 def _seconds(ns: int) -> str:
@@ -435,9 +531,12 @@ def render_table(report: AnyReport, out: TextIO) -> None:
     out.write(plain_table([], head, "ll"))
 
     # the n-th snapshot of every run side by side, read from each run in step
+    page_size = trace["page_size"]
     for snaps in zip_longest(*(run["snapshots"] for run in runs)):
-        out.write("\n\n" + _snap_block(modes, snaps, final=False))
-    out.write("\n\n" + _snap_block(modes, [run["final"] for run in runs], final=True))
+        out.write("\n\n" + _snap_block(modes, snaps, False, page_size))
+    out.write("\n\n" + _snap_block(modes, [run["final"] for run in runs], True, page_size))
+    if all("ksmd" in run and "milestones" in run for run in runs):
+        out.write("\n\n" + _run_block(modes, runs, page_size))
 
     out.write("\n\n" + _by_mode("settings", modes, (), [run["settings"] for run in runs]))
     refused = [
@@ -468,14 +567,14 @@ def _pinned_block(runs: Sequence[Mapping[str, Any]]) -> str:
         return ""
     same = all(pins == per_run[0] for pins in per_run)
     rows = []
-    for run, pins in zip(runs, per_run, strict=True):
+    for name, pins in zip(run_names(runs), per_run, strict=True):
         for pin in pins:
             ignored = pin["ignored"]
             shown = ", ".join(str(w["event"]) for w in ignored[:PINNED_EVENTS_SHOWN])
             more = ", ..." if len(ignored) > PINNED_EVENTS_SHOWN else ""
             events = "events" if len(ignored) > 1 else "event"
             text = f"{len(ignored)} ({events} {shown}{more})" if ignored else "0"
-            rows.append([run["mode"], pin["knob"], _show(pin["value"]), text])
+            rows.append([name, pin["knob"], _show(pin["value"]), text])
         if same:
             break
     if same:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
+
+import numpy as np
 
 from ksmreplay import modes, traps
 from ksmreplay.errors import UsageError
@@ -26,6 +28,9 @@ from ksmreplay.kernels import DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import (
     REPORT_VERSION,
+    KsmdCost,
+    Milestones,
+    MilestoneTracker,
     Report,
     Run,
     Snap,
@@ -33,6 +38,7 @@ from ksmreplay.report import (
     SpooledReport,
     SpooledRun,
     TraceInfo,
+    ksmd_cost,
 )
 from ksmreplay.simulator import Simulator, make_simulator
 from ksmreplay.traps import Trap
@@ -153,6 +159,104 @@ def _warn(
             warn(trap)
 
 
+class _Driver:
+    """Feeds every event to every simulator; snapshots go to ``sinks`` (one per simulator).
+
+    With ``every`` (ns), a snapshot ``every@T`` is also taken for T = 0,
+    ``every``, 2 ``every``, ... up to the trace's end, as if an event
+    ``[T, "snapshot", "every@T"]`` stood after every other event at time T:
+    it is applied (ksmd runs the wake-ups due before T) and recorded once
+    every event up to T is in.  Its ``event`` is the index of the last event
+    before it (0, the header, if none).
+    """
+
+    def __init__(
+        self,
+        sims: Sequence[Simulator],
+        names: Sequence[str],
+        sinks: Sequence[_SnapshotSink],
+        check_invariants: bool,
+        every: int | None,
+        warn: WarnCallback | None,
+    ) -> None:
+        self.sims = sims
+        self.names = names
+        self.warn = warn
+        self.sinks = sinks
+        self.check_invariants = check_invariants
+        self.every = every
+        self.next_every: int | None = 0 if every else None
+        self.milestones = [MilestoneTracker() for _ in sims]
+        self.count = 0
+        self.last_t = 0
+        self.last_index = 0
+
+    def run(self, reader: EventSource, progress: ProgressCallback | None) -> None:
+        next_progress = PROGRESS_EVERY
+        for item in reader.runs():
+            if isinstance(item, WriteRun) and not self.check_invariants:
+                self._write_run(item)
+            else:
+                # One event at a time (runs too when every event's invariants are checked).
+                for event in item.events() if isinstance(item, WriteRun) else [item]:
+                    self._every_before(event.t)
+                    for sim in self.sims:
+                        sim.apply(event)
+                        if self.check_invariants:
+                            sim.check_invariants()
+                    if isinstance(event, Snapshot):
+                        self._record(event.label, event.t, event.index)
+                    elif isinstance(event, Ksm | Settle):
+                        _warn(self.sims, self.names, self.warn)
+                    self.count += 1
+                    self.last_t, self.last_index = event.t, event.index
+            if progress is not None and self.count >= next_progress:
+                progress(self.count, _bytes_read(reader))
+                next_progress = (self.count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
+        self._every_before(self.last_t + 1)
+        if progress is not None:
+            progress(self.count, _bytes_read(reader))
+        _warn(self.sims, self.names, self.warn, final=True)
+
+    def _write_run(self, run: WriteRun) -> None:
+        """A run of writes, cut where an ``every@T`` snapshot falls between two of them."""
+        t = run.t
+        n = len(run)
+        lo = 0
+        while self.next_every is not None and self.next_every < int(t[-1]):
+            hi = int(t.searchsorted(np.uint64(self.next_every), "right"))
+            if hi > lo:
+                self._apply_writes(run if hi - lo == n else run.cut(lo, hi))
+            self._every_before(int(t[hi]))
+            lo = hi
+        if lo < n:
+            self._apply_writes(run if lo == 0 else run.cut(lo, n))
+
+    def _apply_writes(self, run: WriteRun) -> None:
+        for sim in self.sims:
+            sim.apply_writes(run)
+        self.count += len(run)
+        self.last_t, self.last_index = run.last_t, run.last_index
+
+    def _every_before(self, t: int) -> None:
+        """Take the ``every@T`` snapshots due before an event at ``t``."""
+        while self.next_every is not None and self.next_every < t:
+            at = self.next_every
+            label = f"every@{at}"
+            event = Snapshot(self.last_index, at, label)
+            for sim in self.sims:
+                sim.apply(event)
+            self._record(label, at, self.last_index)
+            assert self.every is not None
+            self.next_every = at + self.every
+
+    def _record(self, label: str, t: int, index: int) -> None:
+        for sim, sink, milestones in zip(self.sims, self.sinks, self.milestones, strict=True):
+            snap = sim.snapshot(label, t, index)
+            sink.append(snap)
+            milestones.add(t, snap["summary"]["saved_pages"])
+
+
 def _drive(
     reader: EventSource,
     sims: Sequence[Simulator],
@@ -160,70 +264,69 @@ def _drive(
     sinks: Sequence[_SnapshotSink],
     progress: ProgressCallback | None,
     check_invariants: bool,
+    every: int | None,
     warn: WarnCallback | None = None,
-) -> tuple[TraceInfo, list[Snap]]:
+) -> tuple[TraceInfo, list[_Ending]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
 
     Traps (``traps.py``) come only from ``ksm`` and ``settle`` events and from
     the end of the trace; they go to ``warn`` as soon as every simulator has
     applied the event.
 
-    :returns: the report's ``trace`` section and each simulator's ``final`` snapshot.
+    :returns: the report's ``trace`` section and, per simulator, its ``final``
+        snapshot, ``ksmd`` and ``milestones``.
     """
-    count = 0
-    last_t = 0
-    last_index = 0
-
-    next_progress = PROGRESS_EVERY
-    for item in reader.runs():
-        if isinstance(item, WriteRun) and not check_invariants:
-            for sim in sims:
-                sim.apply_writes(item)
-            count += len(item)
-            last_t, last_index = item.last_t, item.last_index
-        else:
-            # One event at a time (runs too when every event's invariants are checked).
-            for event in item.events() if isinstance(item, WriteRun) else [item]:
-                for sim in sims:
-                    sim.apply(event)
-                    if check_invariants:
-                        sim.check_invariants()
-                if isinstance(event, Snapshot):
-                    for sim, sink in zip(sims, sinks, strict=True):
-                        sink.append(sim.snapshot(event.label, event.t, event.index))
-                elif isinstance(event, Ksm | Settle):
-                    _warn(sims, names, warn)
-                count += 1
-                last_t, last_index = event.t, event.index
-        if progress is not None and count >= next_progress:
-            progress(count, _bytes_read(reader))
-            next_progress = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
-    if progress is not None:
-        progress(count, _bytes_read(reader))
-    _warn(sims, names, warn, final=True)
-
+    driver = _Driver(sims, names, sinks, check_invariants, every, warn)
+    driver.run(reader, progress)
     header = reader.header
     trace: TraceInfo = {
         "path": reader.name,
-        "events": count,
-        "duration_ns": last_t,
+        "events": driver.count,
+        "duration_ns": driver.last_t,
         "page_size": header.page_size,
         "meta": dict(header.meta),
     }
-    return trace, [sim.snapshot("final", last_t, last_index) for sim in sims]
+    endings = [
+        _Ending(
+            sim.snapshot("final", driver.last_t, driver.last_index),
+            ksmd_cost(sim.ksmd_work, driver.last_t),
+            milestones.milestones(),
+        )
+        for sim, milestones in zip(sims, driver.milestones, strict=True)
+    ]
+    return trace, endings
 
 
-def _run_head(sim: Simulator, version: str, pins: Mapping[str, KnobValue] | None) -> dict[str, Any]:
-    """A run's keys before its snapshots: mode, kernel, settings, refused and (with pins) pinned."""
-    head: dict[str, Any] = {
+class _Ending(NamedTuple):
+    """What a run ends with: its ``final`` snapshot, ``ksmd`` and ``milestones``."""
+
+    final: Snap
+    ksmd: KsmdCost
+    milestones: Milestones
+
+
+def _run(
+    sim: Simulator,
+    version: str,
+    pins: Mapping[str, KnobValue] | None,
+    end: _Ending,
+    snapshots: object,
+) -> dict[str, Any]:
+    """One run of the report, its keys in the report's order: mode, kernel,
+    settings, refused, (with pins) pinned, ksmd, milestones, snapshots, final."""
+    run: dict[str, Any] = {
         "mode": sim.mode,
         "kernel": version,
         "settings": dict(sim.settings),
         "refused": list(sim.refused),
     }
     if pins:
-        head["pinned"] = sim.pinned
-    return head
+        run["pinned"] = sim.pinned
+    run["ksmd"] = end.ksmd
+    run["milestones"] = end.milestones
+    run["snapshots"] = snapshots
+    run["final"] = end.final
+    return run
 
 
 def replay(
@@ -237,6 +340,7 @@ def replay(
     only_modes_each_has: bool = False,
     pins: Mapping[str, KnobValue] | None = None,
     warn: WarnCallback | None = None,
+    every: int | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -276,6 +380,11 @@ def replay(
     :param warn: called with each warning (:class:`~ksmreplay.traps.Trap`)
         as the replay finds it, once for all runs; warnings are never part of
         the report.
+    :param every: take a snapshot ``every@T`` at every multiple T of this
+        many nanoseconds (0 included) up to the trace's end, as if the event
+        ``[T, "snapshot", "every@T"]`` stood after every other event at time
+        T (``run --every``); its ``event`` is the index of the last event
+        before it.  Every snapshot, these too, counts for ``milestones``.
     :param factory: builds one simulator, ``factory(mode, page_size,
         settings, pins, kernel)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
@@ -292,13 +401,13 @@ def replay(
         factory(mode, reader.header.page_size, settings, pins, version) for version, mode in pairs
     ]
     snapshots: list[list[Snap]] = [[] for _ in sims]
-    trace, finals = _drive(
-        reader, sims, _run_names(pairs), snapshots, progress, check_invariants, warn
+    trace, endings = _drive(
+        reader, sims, _run_names(pairs), snapshots, progress, check_invariants, every, warn
     )
-    runs: list[Run] = []
-    for (version, _mode), sim, snaps, final in zip(pairs, sims, snapshots, finals, strict=True):
-        head = _run_head(sim, version, pins)
-        runs.append(cast(Run, {**head, "snapshots": snaps, "final": final}))
+    runs: list[Run] = [
+        cast(Run, _run(sim, version, pins, end, snaps))
+        for (version, _mode), sim, snaps, end in zip(pairs, sims, snapshots, endings, strict=True)
+    ]
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}
 
 
@@ -313,6 +422,7 @@ def replay_spooled(
     only_modes_each_has: bool = False,
     pins: Mapping[str, KnobValue] | None = None,
     warn: WarnCallback | None = None,
+    every: int | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -337,12 +447,12 @@ def replay_spooled(
     ]
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
-        trace, finals = _drive(
-            reader, sims, _run_names(pairs), spools, progress, check_invariants, warn
+        trace, endings = _drive(
+            reader, sims, _run_names(pairs), spools, progress, check_invariants, every, warn
         )
-        runs: list[SpooledRun] = []
-        for (version, _mode), sim, spool, final in zip(pairs, sims, spools, finals, strict=True):
-            head = _run_head(sim, version, pins)
-            runs.append(cast(SpooledRun, {**head, "snapshots": spool, "final": final}))
+        runs: list[SpooledRun] = [
+            cast(SpooledRun, _run(sim, version, pins, end, spool))
+            for (version, _mode), sim, spool, end in zip(pairs, sims, spools, endings, strict=True)
+        ]
         stack.pop_all()
     return {"report": REPORT_VERSION, "trace": trace, "runs": runs}

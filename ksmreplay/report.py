@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from array import array
 from collections.abc import Iterator
 from importlib import resources
 from types import TracebackType
-from typing import Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import msgpack
 
 from ksmreplay.errors import InputOutputError
+
+if TYPE_CHECKING:  # (typing has it from Python 3.11 on)
+    from typing_extensions import NotRequired
 
 REPORT_VERSION = 1
 
@@ -81,6 +85,137 @@ EVENT_COUNTERS: tuple[str, ...] = (
 """
 
 
+SUMMARY_KEYS: tuple[str, ...] = (
+    "resident_without_ksm",
+    "resident_with_ksm",
+    "saved_pages",
+    "saved_bytes",
+    "saved_percent",
+    "ideal_frames",
+    "ideal_saved_pages",
+    "percent_of_ideal",
+)
+"""The answer in pages, bytes and percent (``summary`` section, REPORT_FORMAT.md "Additions")."""
+
+KSMD_KEYS: tuple[str, ...] = ("visits", "wakeups", "cpu_ns", "cpu_percent", "settle_cpu_ns")
+"""ksmd's modelled work over a whole run (``RUN.ksmd``)."""
+
+MILESTONE_KEYS: tuple[str, ...] = ("max_saved_pages", "t_saved_50", "t_saved_90")
+"""When the savings came (``RUN.milestones``)."""
+
+
+class Summary(TypedDict):
+    resident_without_ksm: int
+    resident_with_ksm: int
+    saved_pages: int
+    saved_bytes: int
+    saved_percent: float
+    ideal_frames: int
+    ideal_saved_pages: int
+    percent_of_ideal: float
+
+
+def _percent(part: int, whole: int, empty: float) -> float:
+    """``100 * part / whole`` rounded to 2 places; ``empty`` when ``whole`` is 0."""
+    return round(100 * part / whole, 2) if whole else empty
+
+
+def summarise(without: int, with_ksm: int, ideal_frames: int, page_size: int) -> Summary:
+    """The ``summary`` section from its three measured quantities.
+
+    :param without: pages that would be resident had KSM never run (the live
+        processes' RssAnon plus the PTEs KSM pointed at the zero page).
+    :param with_ksm: anonymous page frames in use (KSM pages counted once).
+    :param ideal_frames: the frames the best deduplication would leave
+        (one per distinct content of the pages in mergeable mappings,
+        REPORT_FORMAT.md "Additions").
+    :param page_size: bytes per page.
+    :returns: pages, bytes (``saved_bytes``) and percentages (2 places).
+    """
+    saved = without - with_ksm
+    ideal_saved = without - ideal_frames
+    return {
+        "resident_without_ksm": without,
+        "resident_with_ksm": with_ksm,
+        "saved_pages": saved,
+        "saved_bytes": saved * page_size,
+        "saved_percent": _percent(saved, without, 0.0),
+        "ideal_frames": ideal_frames,
+        "ideal_saved_pages": ideal_saved,
+        "percent_of_ideal": _percent(saved, ideal_saved, 100.0),
+    }
+
+
+class KsmdWork(TypedDict):
+    """What a simulator reports of ksmd's work; ``RUN.ksmd`` adds ``cpu_percent``."""
+
+    visits: int
+    wakeups: int
+    cpu_ns: int
+    settle_cpu_ns: int
+
+
+class KsmdCost(TypedDict):
+    visits: int
+    wakeups: int
+    cpu_ns: int
+    cpu_percent: float
+    settle_cpu_ns: int
+
+
+def ksmd_cost(work: KsmdWork, duration_ns: int) -> KsmdCost:
+    """``RUN.ksmd``: ``work`` with ``cpu_percent`` = 100 * cpu_ns / ``duration_ns``
+    (of one CPU, 2 places; 0.0 for a trace of no duration)."""
+    return {
+        "visits": work["visits"],
+        "wakeups": work["wakeups"],
+        "cpu_ns": work["cpu_ns"],
+        "cpu_percent": _percent(work["cpu_ns"], duration_ns, 0.0),
+        "settle_cpu_ns": work["settle_cpu_ns"],
+    }
+
+
+class Milestones(TypedDict):
+    max_saved_pages: int
+    t_saved_50: int | None
+    t_saved_90: int | None
+
+
+class MilestoneTracker:
+    """``RUN.milestones`` of a run, fed its snapshots' ``t`` and ``saved_pages`` in order.
+
+    Only the snapshots that saved more than every one before them are kept
+    (the first to reach any amount is one of them), as two integers each.
+    """
+
+    __slots__ = ("_saved", "_t")
+
+    def __init__(self) -> None:
+        self._t = array("Q")
+        self._saved = array("q")
+
+    def add(self, t: int, saved_pages: int) -> None:
+        """One more snapshot, taken at ``t`` (ns), with ``saved_pages`` saved."""
+        if not self._saved or saved_pages > self._saved[-1]:
+            self._t.append(t)
+            self._saved.append(saved_pages)
+
+    def milestones(self) -> Milestones:
+        """The largest saving and the first times it was half and 90 % reached."""
+        top = max(self._saved[-1], 0) if self._saved else 0
+
+        def first(percent: int) -> int | None:
+            if top == 0:
+                return None
+            return next(
+                t
+                for t, saved in zip(self._t, self._saved, strict=True)
+                if 100 * saved >= percent * top
+            )
+
+        return {"max_saved_pages": top, "t_saved_50": first(50), "t_saved_90": first(90)}
+
+
 class KsmCounters(TypedDict):
     pages_shared: int
     pages_sharing: int
@@ -126,6 +261,8 @@ class Snap(TypedDict):
     label: str
     t: int
     event: int
+    summary: NotRequired[Summary]
+    """Always in a replay's report; ``exec`` knows no page contents and leaves it out."""
     ksm: dict[str, Any]
     processes: list[dict[str, Any]]
     memory: dict[str, int]
@@ -161,6 +298,8 @@ class _RunKeys(TypedDict):
     kernel: str
     settings: dict[str, Any]
     refused: list[Refusal]
+    ksmd: KsmdCost
+    milestones: Milestones
     snapshots: list[Snap]
     final: Snap
 
@@ -336,6 +475,8 @@ class _SpooledRunKeys(TypedDict):
     kernel: str
     settings: dict[str, Any]
     refused: list[Refusal]
+    ksmd: KsmdCost
+    milestones: Milestones
     snapshots: SnapshotSpool
     final: Snap
 

@@ -29,7 +29,7 @@ from typing import Protocol
 from ksmreplay.events import Event, WriteRun
 from ksmreplay.kernels import DEFAULT_KERNEL
 from ksmreplay.knobs import KnobValue
-from ksmreplay.report import Pinned, Refusal, Snap
+from ksmreplay.report import KsmdWork, Pinned, Refusal, Snap
 from ksmreplay.traps import Trap
 
 
@@ -63,6 +63,11 @@ class Simulator(Protocol):
     def traps(self, final: bool = False) -> list[Trap]:
         """The warnings found since the last call (``final``: at the end of the
         trace, with those about the whole replay)."""
+
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        """ksmd's modelled work so far: visits, wake-ups in trace time, CPU time (ns)
+        of those and of ``settle`` scans."""
 
     def check_invariants(self) -> None:
         """Raise :class:`ksmreplay.errors.InvariantError` if the state is inconsistent."""

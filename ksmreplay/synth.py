@@ -21,7 +21,8 @@ Every generated trace
 * writes page contents as fingerprint lists (one ``uint64`` per page): ``0``
   for a page of zeros, otherwise values drawn for the trace, each distinct
   from every other unless the workload means two pages to be identical;
-* places ``settle`` and ``snapshot`` events where a user would look.
+* places ``settle`` and ``snapshot`` events where a user would look (with
+  ``--param settle=0`` only the snapshots: ksmd then merges in trace time only).
 
 The same workload, parameters and seed give byte-identical output (with the
 same numpy version: the generators draw from ``numpy.random.default_rng``).
@@ -123,10 +124,23 @@ def _knob_param(name: str, default: int) -> Param:
     return Param(name, default, knob.minimum, knob.maximum, f"KSM knob at t=0: {knob.help}")
 
 
+SETTLE = Param(
+    "settle",
+    1,
+    0,
+    1,
+    "1: ksmd settles before the snapshots that end a phase; "
+    "0: no settle, ksmd works in trace time only",
+)
+"""Every workload's last parameter: whether its trace has ``settle`` events."""
+
+
 def _common_knobs(pages_to_scan: int, use_zero_pages: int | None) -> tuple[Param, ...]:
+    """The knob parameters every workload has, and :data:`SETTLE`."""
     params = [_knob_param("pages_to_scan", pages_to_scan), _knob_param("sleep_millisecs", 20)]
     if use_zero_pages is not None:
         params.append(_knob_param("use_zero_pages", use_zero_pages))
+    params.append(SETTLE)
     return tuple(params)
 
 
@@ -181,8 +195,10 @@ class _Synth:
     :ivar rng: the one source of randomness of a trace.
     """
 
-    def __init__(self, writer: TraceWriter, seed: int) -> None:
+    def __init__(self, writer: TraceWriter, seed: int, settles: bool = True) -> None:
         self.w = writer
+        self.settles = settles
+        """Whether :meth:`settle` writes a ``settle`` event (parameter ``settle``)."""
         self.rng = np.random.default_rng(seed)
         # Fresh fingerprints are counter * an odd multiplier, modulo 2**64: a
         # bijection, so they never repeat and never hit 0 (counter >= 1).
@@ -271,9 +287,10 @@ class _Synth:
             self.w.write(t, pid, addr, length, fps)
 
     def settle(self, t: int, label: str) -> None:
-        """Let ksmd settle, then take the snapshot ``label``."""
-        self.w.settle(self.at(t))
-        self.w.snapshot(t, label)
+        """Let ksmd settle (unless :attr:`settles` is off), then take the snapshot ``label``."""
+        if self.settles:
+            self.w.settle(self.at(t))
+        self.w.snapshot(self.at(t), label)
 
     def snapshot(self, t: int, label: str) -> None:
         self.w.snapshot(self.at(t), label)
@@ -841,7 +858,7 @@ def synthesize(
         },
     )
     writer = TraceWriter(stream, header, form)
-    workload.generate(_Synth(writer, seed), resolved)
+    workload.generate(_Synth(writer, seed, bool(resolved.integer("settle"))), resolved)
     writer.flush()
 
 

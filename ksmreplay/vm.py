@@ -943,6 +943,36 @@ class Memory:
             child.pt.chunk(lo >> CHUNK_SHIFT)[lo - base : hi - base] = view
         return child
 
+    def mergeable_contents(self) -> tuple[int, int, bool]:
+        """What the ideal deduplication needs to know of the live processes'
+        pages in mergeable mappings (REPORT_FORMAT.md ``summary``).
+
+        A page counts when it is resident as ``RssAnon`` or ``ksm_zero_pages``
+        count it: a PTE mapping an anonymous frame, or the zero page placed by
+        KSM (zero-filled); zero pages mapped by a read fault do not.
+
+        :returns: those pages (a frame mapped by several PTEs counts once per
+            PTE), the number of distinct non-zero contents among them, and
+            whether one of them is zero-filled.
+        """
+        fr = self.frames
+        seen = np.zeros(fr.capacity, np.bool_)
+        pages = ksm_zero = 0
+        for mm in self.mms.values():
+            for vma in mm.vmas:
+                if not vma.mergeable:
+                    continue
+                for _lo, _hi, view in mm.pt.runs(vma.start, vma.end, mm.pt.rows):
+                    present = view[view >= 0]
+                    pages += len(present)
+                    seen[present] = True
+                    ksm_zero += int(np.count_nonzero(view == PTE_KSM_ZERO))
+        contents = fr.content[seen]
+        nonzero = np.sort(contents[contents != 0])
+        # (sorted and counted: numpy's unique() hashes, many times slower here)
+        distinct = int(np.count_nonzero(nonzero[1:] != nonzero[:-1])) + (len(nonzero) > 0)
+        return pages + ksm_zero, distinct, ksm_zero > 0 or len(nonzero) < len(contents)
+
     def fingerprint_at(self, mm: MM, page: int) -> int:
         """Content of ``page`` as a load would see it (0 when unpopulated or a zero page)."""
         pte = mm.pt.get(page)

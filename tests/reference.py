@@ -45,7 +45,7 @@ from ksmreplay.content import ZERO, PageStore, literal_write
 from ksmreplay.errors import InvariantError
 from ksmreplay.kernels import KERNELS, Kernel
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
-from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, Refusal, Snap
+from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, KsmdWork, Refusal, Snap
 from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns, next_wake_ns, sleep_ns
 
 MODES = ("legacy", "unshare")
@@ -299,6 +299,8 @@ class ReferenceSimulator:
         self._next_wake: int | None = None  # None: ksmd idle (waiting on ksm_thread_wait)
         self._ksmd_cpu_ns = 0  # task_sched_runtime(ksmd), whole batches so far
         self._batch_visits = 0  # visits of the batch running now
+        self._wakeups = 0  # batches run by _wake_up (not in settles)
+        self._settle_cpu_ns = 0  # of _ksmd_cpu_ns, spent in settles
 
         # advisor_ctx
         self._adv_start_scan = 0
@@ -388,10 +390,57 @@ class ReferenceSimulator:
             "label": label,
             "t": t,
             "event": index,
+            "summary": self._summary(),
             "ksm": ksm,
             "processes": processes,
             "memory": memory,
             "events": dict(self._events),
+        }
+
+    def _summary(self) -> dict[str, Any]:
+        """REPORT_FORMAT.md ``summary``, page by page from the page tables."""
+        without = 0
+        outside = 0
+        contents: set[int] = set()
+        for mm in self._procs.values():
+            for page, pte in mm.ptes.items():
+                if isinstance(pte, Frame):
+                    content = pte.content
+                elif pte == ZERO_BY_KSM:
+                    content = ZERO
+                else:
+                    continue  # a zero page mapped by a read fault is not resident
+                without += 1
+                vma = self._find_vma(mm, page)
+                if vma is not None and vma.mergeable:
+                    contents.add(content)
+                else:
+                    outside += 1
+        ideal = outside + len(contents - {ZERO})
+        if ZERO in contents and not self._knob("use_zero_pages"):
+            ideal += 1
+        with_ksm = len(self._frames)
+        saved = without - with_ksm
+        ideal_saved = without - ideal
+        return {
+            "resident_without_ksm": without,
+            "resident_with_ksm": with_ksm,
+            "saved_pages": saved,
+            "saved_bytes": saved * self.page_size,
+            "saved_percent": round(saved * 100 / without, 2) if without else 0.0,
+            "ideal_frames": ideal,
+            "ideal_saved_pages": ideal_saved,
+            "percent_of_ideal": round(saved * 100 / ideal_saved, 2) if ideal_saved else 100.0,
+        }
+
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        """ksmd's visits, wake-ups in trace time and CPU time in and out of settles."""
+        return {
+            "visits": self._pages_scanned,
+            "wakeups": self._wakeups,
+            "cpu_ns": self._ksmd_cpu_ns - self._settle_cpu_ns,
+            "settle_cpu_ns": self._settle_cpu_ns,
         }
 
     # ------------------------------------------------------------------
@@ -887,6 +936,7 @@ class ReferenceSimulator:
             self._next_wake = None
             return
         visits = self._ksm_do_scan(self._knob("pages_to_scan"))
+        self._wakeups += 1
         # KSM_MODEL.md section 4.2: sleep only if still runnable, else wait idle
         # (the batch may have dropped the last slot).
         if self._ksmd_should_run():
@@ -925,7 +975,9 @@ class ReferenceSimulator:
         quiet = 0
         while self._mm_list and repetitions < e.max_full_scans and quiet < 2:
             before = self._settle_key()
+            cpu = self._ksmd_cpu_ns
             self._ksm_do_scan(None)
+            self._settle_cpu_ns += self._ksmd_cpu_ns - cpu
             repetitions += 1
             quiet = quiet + 1 if self._settle_key() == before else 0
         if self._ksmd_should_run():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ksmreplay.report import Report
+from ksmreplay.report import Report, summarise
 
 
 def _snap(
@@ -19,6 +19,8 @@ def _snap(
         "label": label,
         "t": t,
         "event": event,
+        # rss of pids 2 and 1 plus the zero-page maps by KSM; the frames of memory
+        "summary": summarise(rss2 + 4 + 2, 5, 4, 4096),
         "ksm": {
             "pages_shared": 1,
             "pages_sharing": 3,
@@ -55,7 +57,7 @@ def _snap(
             },
         ],
         "memory": {
-            "anon_frames": 9,
+            "anon_frames": 5,
             "ksm_frames": 1,
             "zero_page_maps_by_ksm": 2,
             "zero_page_maps_by_fault": 0,
@@ -88,6 +90,15 @@ SETTINGS: dict[str, Any] = {
 }
 
 
+KSMD: dict[str, Any] = {
+    "visits": 120,
+    "wakeups": 6,
+    "cpu_ns": 30_000_000,
+    "cpu_percent": 2.0,  # of the trace's 1.5 s
+    "settle_cpu_ns": 18_000,
+}
+
+
 def two_mode_report() -> Report:
     """legacy and unshare over one trace with one snapshot, one refused write."""
     refused = [{"event": 5, "t": 2000, "knob": "max_page_sharing", "value": 2, "error": "EBUSY"}]
@@ -105,6 +116,8 @@ def two_mode_report() -> Report:
                 "mode": "legacy",
                 "settings": dict(SETTINGS),
                 "refused": copy.deepcopy(refused),
+                "ksmd": copy.deepcopy(KSMD),
+                "milestones": {"max_saved_pages": 3, "t_saved_50": 1000, "t_saved_90": 1000},
                 "snapshots": [_snap("merged", 1000, 7, None, 11904, 2, 0)],
                 "final": _snap("final", 1500000000, 12, None, 11904, 2, 0),
             },
@@ -112,6 +125,8 @@ def two_mode_report() -> Report:
                 "mode": "unshare",
                 "settings": dict(SETTINGS),
                 "refused": copy.deepcopy(refused),
+                "ksmd": copy.deepcopy(KSMD),
+                "milestones": {"max_saved_pages": 3, "t_saved_50": 1000, "t_saved_90": 1000},
                 "snapshots": [_snap("merged", 1000, 7, 2, 20096, 2, 0)],
                 "final": _snap("final", 1500000000, 12, 2, 20096, 4, 2),
             },
@@ -126,6 +141,7 @@ def one_mode_report() -> Report:
     run = report["runs"][1]
     run["snapshots"] = []
     run["refused"] = []
+    run["milestones"] = {"max_saved_pages": 0, "t_saved_50": None, "t_saved_90": None}
     report["runs"] = [run]
     report["trace"]["meta"] = {}
     return report

@@ -453,7 +453,7 @@ def test_run_output_file_and_invalid_trace(small: Path, bad: Path, tmp_path: Pat
     out = tmp_path / "report.csv"
     result = invoke("run", str(small), "--mode", "unshare", "--format", "csv", "-o", str(out))
     assert (result.exit_code, result.stdout) == (0, "")
-    assert out.read_text().startswith("mode,snapshot,scope,pid,counter,value\n")
+    assert out.read_text().startswith("mode,snapshot,t,event,scope,pid,counter,value\n")
     out2 = tmp_path / "never.json"
     result = invoke("run", str(bad), "-o", str(out2))
     assert result.exit_code == 3

@@ -97,6 +97,10 @@ def replay_both(
             ref.apply(event)
             assert mine == ref.snapshot("x", event.t, event.index), f"{mode}, after {event}"
     skipping.check_invariants()
+    # ksmd's work (wake-ups too) is the same whether circles are skipped or not
+    assert skipping.ksmd_work == every.ksmd_work
+    if ref is not None:
+        assert skipping.ksmd_work == ref.ksmd_work
     assert skipping.next_wake == every.next_wake
     assert skipping.ksmd.seqnr == every.ksmd.seqnr
     return calls[0][0], calls[1][0], jumps[0]

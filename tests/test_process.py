@@ -156,7 +156,7 @@ def test_a_closed_output_pipe_ends_run_quietly(tmp_path: Path) -> None:
     path.write_bytes(pack([{"ksmreplay": 1}, *events]))
     proc = ksmreplay("run", str(path), "--format", "csv")
     assert proc.stdout is not None
-    assert proc.stdout.readline() == b"mode,snapshot,scope,pid,counter,value\n"
+    assert proc.stdout.readline() == b"mode,snapshot,t,event,scope,pid,counter,value\n"
     proc.stdout.close()
     _, stderr = proc.communicate(timeout=120)
     assert (proc.returncode, stderr) == (-signal.SIGPIPE, b"")  # 141 in a shell, as `head` expects

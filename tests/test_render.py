@@ -24,7 +24,15 @@ from hypothesis import strategies as st
 from report_samples import one_mode_report, two_mode_report
 
 from ksmreplay.cli import cli
-from ksmreplay.render import CSV_HEADER, FORMATS, csv_field, plain_table, render, tsv_field
+from ksmreplay.render import (
+    CSV_HEADER,
+    FORMATS,
+    SCOPES,
+    csv_field,
+    plain_table,
+    render,
+    tsv_field,
+)
 from ksmreplay.replay import expand_modes, replay, replay_spooled
 from ksmreplay.report import (
     AnyReport,
@@ -222,22 +230,46 @@ def test_shipped_schema_covers_the_contract() -> None:
     assert props(spec) <= props(_schema())
 
 
+def _spec_schema() -> dict[str, Any]:
+    """The contract's schema, where the repository sits beside it."""
+    if not SPEC_SCHEMA.exists():
+        pytest.skip(f"{SPEC_SCHEMA} not found")
+    loaded: dict[str, Any] = json.loads(SPEC_SCHEMA.read_text())
+    return loaded
+
+
+@pytest.mark.parametrize("schema", [_schema, _spec_schema], ids=["shipped", "spec"])
 @pytest.mark.parametrize("make", [two_mode_report, one_mode_report])
-def test_json_validates_against_the_schema_and_round_trips(make: Any) -> None:
+def test_json_validates_against_the_schema_and_round_trips(make: Any, schema: Any) -> None:
     report = make()
     text = _text(report, "json")
     parsed = json.loads(text)
-    jsonschema.validate(parsed, _schema())
+    jsonschema.validate(parsed, schema())
     assert parsed == report
     # key order is the report's (no sorting): "report" first, "runs" last
     assert list(parsed) == ["report", "trace", "runs"]
     assert text.startswith('{\n  "report": 1,\n  "trace": {\n    "path": ')
 
 
-def test_json_schema_rejects_a_broken_report() -> None:
-    # the schema test above can fail: a missing counter is caught
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [
+        (("final",), "pages_shared"),  # in final.ksm
+        ((), "ksmd"),
+        ((), "milestones"),
+        (("final",), "summary"),
+        (("final", "summary"), "percent_of_ideal"),
+    ],
+)
+def test_json_schema_rejects_a_broken_report(where: tuple[str, ...], key: str) -> None:
+    # the schema test above can fail: a missing key is caught
     report = two_mode_report()
-    del report["runs"][0]["final"]["ksm"]["pages_shared"]
+    part: Any = report["runs"][0]
+    for step in where:
+        part = part[step]
+    if key == "pages_shared":
+        part = part["ksm"]
+    del part[key]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(json.loads(_text(report, "json")), _schema())
 
@@ -258,22 +290,33 @@ def test_csv_has_one_row_per_counter_value(fmt: str) -> None:
     expected = 0
     for run in report["runs"]:
         for snap in [*run["snapshots"], run["final"]]:
-            expected += len(snap["ksm"]) + len(snap["memory"]) + len(snap["events"])
+            expected += len(snap["summary"]) + len(snap["ksm"])
+            expected += len(snap["memory"]) + len(snap["events"])
             expected += sum(len(p) - 1 for p in snap["processes"])  # pid is not a counter
+        expected += len(run["ksmd"]) + len(run["milestones"])
     assert len(rows) - 1 == expected
-    assert {row[2] for row in rows[1:]} == {"ksm", "process", "memory", "events"}
-    assert all((row[3] != "") == (row[2] == "process") for row in rows[1:])
+    assert {row[4] for row in rows[1:]} == set(SCOPES)
+    assert all((row[5] != "") == (row[4] == "process") for row in rows[1:])
+    # a run's own rows name no snapshot; every snapshot row carries its t and event
+    per_run = {"ksmd", "milestones"}
+    assert all((row[1:4] == ["", "", ""]) == (row[4] in per_run) for row in rows[1:])
+    assert {tuple(row[1:4]) for row in rows[1:] if row[4] not in per_run} == {
+        ("merged", "1000", "7"),
+        ("final", "1500000000", "12"),
+    }
 
 
 def test_csv_values_booleans_nulls_and_line_endings() -> None:
     text = _text(two_mode_report(), "csv")
     assert text.count("\n") == len(text.splitlines())
-    assert "legacy,merged,ksm,,ksm_zero_pages,\n" in text
-    assert "unshare,merged,ksm,,ksm_zero_pages,2\n" in text
-    assert "legacy,final,process,2,ksm_merge_any,yes\n" in text
-    assert "legacy,final,process,1,ksm_merge_any,no\n" in text
+    assert "legacy,merged,1000,7,ksm,,ksm_zero_pages,\n" in text
+    assert "unshare,merged,1000,7,ksm,,ksm_zero_pages,2\n" in text
+    assert "legacy,final,1500000000,12,process,2,ksm_merge_any,yes\n" in text
+    assert "legacy,final,1500000000,12,process,1,ksm_merge_any,no\n" in text
+    assert "legacy,merged,1000,7,summary,,saved_percent,37.5\n" in text
+    assert "unshare,,,,milestones,,t_saved_50,1000\n" in text
     # processes come out by pid although the report lists pid 2 first
-    pids = [row[3] for row in _csv_rows(two_mode_report(), "csv") if row[2] == "process"]
+    pids = [row[5] for row in _csv_rows(two_mode_report(), "csv") if row[4] == "process"]
     assert pids[:14] == ["1"] * 7 + ["2"] * 7
 
 
@@ -281,7 +324,7 @@ def test_csv_quotes_a_label_with_a_comma() -> None:
     report = one_mode_report()
     report["runs"][0]["final"]["label"] = "a,b"
     rows = _csv_rows(report, "csv")
-    assert rows[1][:3] == ["unshare", "a,b", "ksm"]
+    assert rows[1][:5] == ["unshare", "a,b", "1500000000", "12", "summary"]
 
 
 # --- text in fields: labels holding separators, quotes, line breaks, control characters --
@@ -337,11 +380,12 @@ def test_csv_quotes_as_rfc_4180_and_parses_back_to_the_same_cells() -> None:
     safe_rows = list(csv.reader(io.StringIO(safe, newline="")))
     assert rows == _relabel(safe_rows)
     # a field with a comma, a quote, CR or LF is quoted, quotes doubled; others are not
-    assert '\nlegacy,"cr\rret",ksm,,pages_shared,1\n' in text
-    assert '\nlegacy,"qu""ote",ksm,,pages_shared,1\n' in text
-    assert '\nlegacy,"new\nline",ksm,,pages_shared,1\n' in text
-    assert "\nlegacy,esc\x1b[31mred,ksm,,pages_shared,1\n" in text
-    assert "\nlegacy,back\\slash,ksm,,pages_shared,1\n" in text
+    # (each label's snapshot is at t = its place in NASTY_LABELS, event 7)
+    assert '\nlegacy,"cr\rret",7,7,ksm,,pages_shared,1\n' in text
+    assert '\nlegacy,"qu""ote",4,7,ksm,,pages_shared,1\n' in text
+    assert '\nlegacy,"new\nline",0,7,ksm,,pages_shared,1\n' in text
+    assert "\nlegacy,esc\x1b[31mred,6,7,ksm,,pages_shared,1\n" in text
+    assert "\nlegacy,back\\slash,2,7,ksm,,pages_shared,1\n" in text
 
 
 def _tsv_unescape(field: str) -> str:
@@ -365,14 +409,14 @@ def test_tsv_escapes_tab_line_breaks_and_backslash_one_row_per_line() -> None:
     assert len(lines) == safe.count("\n")
     assert "\r" not in text
     rows = [[_tsv_unescape(field) for field in line.split("\t")] for line in lines]
-    assert all(len(row) == 6 for row in rows)
+    assert all(len(row) == len(CSV_HEADER) for row in rows)
     assert rows == _relabel([line.split("\t") for line in safe.split("\n")[:-1]])
     # the escapes as written
-    assert "\nlegacy\ttab\\there\tksm\t\tpages_shared\t1\n" in text
-    assert "\nlegacy\tnew\\nline\tksm\t\tpages_shared\t1\n" in text
-    assert "\nlegacy\tcrlf\\r\\n\tksm\t\tpages_shared\t1\n" in text
-    assert "\nlegacy\tback\\\\slash\tksm\t\tpages_shared\t1\n" in text
-    assert '\nlegacy\tqu"ote\tksm\t\tpages_shared\t1\n' in text
+    assert "\nlegacy\ttab\\there\t1\t7\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tnew\\nline\t0\t7\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tcrlf\\r\\n\t8\t7\tksm\t\tpages_shared\t1\n" in text
+    assert "\nlegacy\tback\\\\slash\t2\t7\tksm\t\tpages_shared\t1\n" in text
+    assert '\nlegacy\tqu"ote\t4\t7\tksm\t\tpages_shared\t1\n' in text
 
 
 @settings(max_examples=300, deadline=None)

@@ -21,7 +21,7 @@ from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapsho
 from ksmreplay.knobs import DEFAULTS, KnobValue
 from ksmreplay.render import FORMATS, render
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay, replay_spooled
-from ksmreplay.report import Pinned, Refusal, Snap, close_spools, unspool
+from ksmreplay.report import KsmdWork, Pinned, Refusal, Snap, close_spools, summarise, unspool
 from ksmreplay.trace import open_trace, write_trace
 from ksmreplay.traps import Trap
 
@@ -79,6 +79,7 @@ class FakeSimulator:
             "label": label,
             "t": t,
             "event": index,
+            "summary": summarise(len(self.applied), 0, 0, self.page_size),
             "ksm": {"pages_scanned": len(self.applied), "page_size": self.page_size},
             "processes": [],
             "memory": {"anon_frames": 0},
@@ -99,6 +100,11 @@ class FakeSimulator:
 
     def traps(self, final: bool = False) -> list[Trap]:
         return []
+
+    @property
+    def ksmd_work(self) -> KsmdWork:
+        n = len(self.applied)
+        return {"visits": n, "wakeups": n, "cpu_ns": 1000 * n, "settle_cpu_ns": 0}
 
     def check_invariants(self) -> None:
         self.invariant_checks += 1

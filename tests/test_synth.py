@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import shlex
@@ -147,6 +148,20 @@ def test_jsonl_form_holds_the_same_events(name: str, tmp_path: Path) -> None:
     _, packed = read(build(name), tmp_path, "t.msgpack")
     _, lines = read(build(name, form="jsonl"), tmp_path, "t.jsonl")
     assert lines == packed
+
+
+@pytest.mark.parametrize("name", [w.name for w in WORKLOADS])
+def test_settle_0_leaves_out_the_settles_and_nothing_else(name: str, tmp_path: Path) -> None:
+    # GIVEN the same workload with and without settles
+    _, settled = read(build(name), tmp_path, "a.msgpack")
+    reader, timed = read(build(name, settle=0), tmp_path, "b.msgpack")
+    # THEN the second is the first without its settle events (events renumbered)
+    assert reader.header.meta["params"]["settle"] == 0
+    assert not any(isinstance(e, Settle) for e in timed)
+    kept = [e for e in settled if not isinstance(e, Settle)]
+    assert len(kept) < len(settled)
+    for i, (a, b) in enumerate(zip(kept, timed, strict=True), start=1):
+        assert b == dataclasses.replace(a, index=i)
 
 
 @pytest.mark.parametrize("name", [w.name for w in WORKLOADS])
