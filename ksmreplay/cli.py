@@ -32,7 +32,13 @@ from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue, start_order
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.render import FORMATS, plain_table, render
-from ksmreplay.replay import MODE_CHOICES, MODE_GROUPS, expand_modes, replay_spooled
+from ksmreplay.replay import (
+    MODE_CHOICES,
+    MODE_GROUPS,
+    check_every,
+    expand_modes,
+    replay_spooled,
+)
 from ksmreplay.report import close_spools, schema_text
 from ksmreplay.synth import (
     FIT_WORKLOADS,
@@ -666,6 +672,8 @@ def run(
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
         with open_trace(trace, validate_first=True) as reader:
+            if every_ns is not None and reader.declared_duration_ns is not None:
+                check_every(every_ns, reader.declared_duration_ns)
             memory = _memory_warning(reader, len(chosen) * len(versions))
             if memory is not None:
                 warnings(memory)

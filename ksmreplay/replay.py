@@ -56,6 +56,11 @@ MODE_CHOICES: tuple[str, ...] = (*MODES, *MODE_GROUPS)
 """Everything ``--mode`` accepts."""
 
 PROGRESS_EVERY = 16384
+
+EVERY_LIMIT = 100_000
+"""The most ``every@T`` snapshots one replay takes (``run --every``): each is
+a snapshot of every run, so a DURATION far below the trace's length would
+turn a replay into hours of snapshots."""
 """The progress callback runs after every this many events (and once at the end)."""
 
 ProgressCallback = Callable[[int, int], None]
@@ -159,6 +164,20 @@ def _warn(
             warn(trap)
 
 
+def check_every(every: int, duration: int) -> None:
+    """Refuse ``--every`` when its snapshots up to ``duration`` (ns) would
+    exceed :data:`EVERY_LIMIT`.
+
+    :raises UsageError: naming how many snapshots that would be.
+    """
+    count = duration // every + 1
+    if count > EVERY_LIMIT:
+        raise UsageError(
+            f"--every: {count:,} snapshots per run over the trace's {duration / 1e9:g} s "
+            f"(one every {every / 1e9:g} s); at most {EVERY_LIMIT:,}: choose a longer DURATION"
+        )
+
+
 class _Driver:
     """Feeds every event to every simulator; snapshots go to ``sinks`` (one per simulator).
 
@@ -239,15 +258,20 @@ class _Driver:
         self.last_t, self.last_index = run.last_t, run.last_index
 
     def _every_before(self, t: int) -> None:
-        """Take the ``every@T`` snapshots due before an event at ``t``."""
+        """Take the ``every@T`` snapshots due before an event at ``t``.
+
+        :raises UsageError: more than :data:`EVERY_LIMIT` would be taken (a
+            trace read once, from a pipe, is found out only here).
+        """
         while self.next_every is not None and self.next_every < t:
             at = self.next_every
+            assert self.every is not None
+            check_every(self.every, at)
             label = f"every@{at}"
             event = Snapshot(self.last_index, at, label)
             for sim in self.sims:
                 sim.apply(event)
             self._record(label, at, self.last_index)
-            assert self.every is not None
             self.next_every = at + self.every
 
     def _record(self, label: str, t: int, index: int) -> None:

@@ -1481,6 +1481,8 @@ class TraceReader:
         the first event (``validate_first``).
     :ivar footprint: then, what the whole trace keeps resident at most
         (:class:`Footprint`); None when the trace was not validated ahead.
+    :ivar declared_duration_ns: then, ``t`` of the trace's last event, in ns;
+        None when the trace was not validated ahead.
 
     With ``validate_first``, the reader first reads and validates the whole
     stream (as fast as ``validate`` does, handing out nothing), then goes
@@ -1502,10 +1504,13 @@ class TraceReader:
         self._iterated = False
         self.validated_ahead = False
         self.footprint: Footprint | None = None
+        self.declared_duration_ns: int | None = None
         try:
             if validate_first:
-                self.footprint = _validate_ahead(stream, name)
-                self.validated_ahead = self.footprint is not None
+                ahead = _validate_ahead(stream, name)
+                if ahead is not None:
+                    self.footprint, self.declared_duration_ns = ahead
+                self.validated_ahead = ahead is not None
             form, prefix = _detect(stream, name)
             self.form: TraceForm = form
             core = native() if form == "msgpack" else None
@@ -1596,9 +1601,10 @@ class TraceReader:
         self.close()
 
 
-def _validate_ahead(stream: IO[bytes], name: str) -> Footprint | None:
+def _validate_ahead(stream: IO[bytes], name: str) -> tuple[Footprint, int] | None:
     """Read and validate all of ``stream``, then go back to where it was; the
-    trace's :class:`Footprint`, or None (nothing read) when it cannot be read twice.
+    trace's :class:`Footprint` and duration (ns), or None (nothing read) when
+    it cannot be read twice.
 
     :raises TraceError: the trace is invalid.
     """
@@ -1619,7 +1625,7 @@ def _validate_ahead(stream: IO[bytes], name: str) -> Footprint | None:
         stream.seek(start)
     except OSError as exc:
         raise InputOutputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
-    return first._validator.footprint
+    return first._validator.footprint, first.duration_ns
 
 
 def open_trace(path: str, validate_first: bool = False) -> TraceReader:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +418,29 @@ def test_a_bad_every_is_a_usage_error(bad: str) -> None:
     result = CliRunner().invoke(cli, ["run", str(ROOT / "traces/demo.msgpack"), "--every", bad])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"ksmreplay: bad --every '{bad}'")
+
+
+def test_every_refuses_more_snapshots_than_the_limit(tmp_path: Path) -> None:
+    """A DURATION far below the trace's length is a usage error before any replay,
+    from a file (its length is known ahead) and from a pipe (found as it goes)."""
+    trace = tmp_path / "long.jsonl"
+    trace.write_text(
+        '{"ksmreplay": 1, "page_size": 4096}\n'
+        '[0, "alloc", 1, 4096, 4096]\n'
+        '[3600000000000, "snapshot", "end"]\n'
+    )
+    result = CliRunner().invoke(cli, ["run", str(trace), "--every", "1ms"])
+    assert result.exit_code == 2, result.output
+    assert "3,600,001 snapshots per run" in result.output  # 3600 s / 1 ms, T = 0 included
+    assert "at most 100,000" in result.output
+    piped = subprocess.run(
+        [sys.executable, "-m", "ksmreplay", "run", "-", "--every", "1ms"],
+        input=trace.read_bytes(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert piped.returncode == 2, piped.stderr
+    assert b"choose a longer DURATION" in piped.stderr
+    fine = CliRunner().invoke(cli, ["run", str(trace), "--every", "60s", "--format", "json"])
+    assert fine.exit_code == 0, fine.output
+    assert fine.output.count('"every@') == 2 * 61  # both modes, T = 0 .. 3600 s
