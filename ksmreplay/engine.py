@@ -34,7 +34,15 @@ from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.report import Refusal, Snap
-from ksmreplay.timing import next_wake_ns, sleep_ns
+from ksmreplay.timing import (
+    JIFFY_NS,
+    Work,
+    batch_cost_ns,
+    batch_wall_ns,
+    next_wake_ns,
+    timer_granularity_ns,
+    worst_batch_ns,
+)
 from ksmreplay.vm import MM, FrameTable
 
 WRITTEN_PAGE_BYTES = 8 + FrameTable.ROW_BYTES
@@ -222,16 +230,22 @@ class Engine:
     def _advance(self, t: int) -> None:
         """Run every wake-up due strictly before ``t`` (``ksm_scan_thread()``).
 
-        Wake-ups with nothing between them run as one call to ksmd (see
-        ``Ksmd.batch``): as many as fit before ``t`` if each batch uses its
-        whole budget; the call ends early where a pass ends, and the next
-        wake-up follows from the batch that ended it.  Not with the scan-time
-        advisor, which changes the budget at the end of a pass.
+        A batch lasts its modelled CPU time (``Ksmd.batch_ns``); then ksmd
+        sleeps (``timing.next_wake_ns``), or with ``sleep_millisecs`` = 0
+        starts the next batch at once.  Wake-ups with nothing between them run
+        as one call to ksmd (see ``Ksmd.batch``) where that cannot change when
+        any of them starts: while ksmd sleeps and its period from one wake-up
+        to the next is steady, and no batch can cost so much that it ends
+        after the tick it started before (:meth:`_steady_period`).  The call
+        ends early where a pass ends; the next wake-up follows from the batch
+        that ended it.  Not with the scan-time advisor, which changes the
+        budget at the end of a pass.
 
         Where ksmd has gone round in circles for a while, the whole circles
         that still fit before ``t`` are skipped (:class:`_Circles`).
         """
         circles = _Circles() if self.skip_idle else None
+        ksmd = self.ksmd
         while self.next_wake is not None and self.next_wake < t:
             wake = self.next_wake
             if not self._runnable():
@@ -239,32 +253,56 @@ class Engine:
                 break
             budget = int(self._knobs["pages_to_scan"])
             sleep = int(self._knobs["sleep_millisecs"])
-            period = next_wake_ns(0, budget, sleep)  # from one full batch to the next
-            batches = -(-(t - wake) // period)
             if budget == 0 and circles is not None:
-                # Wake-ups that visit nothing: skip to the last one before t.
-                wake += (batches - 1) * period
-                self.ksmd.batch(0, wake)
-                self.next_wake = wake + period
+                # Wake-ups that visit nothing, each as long as the last: skip to
+                # the last one before t (the period is steady after the first).
+                cost = batch_cost_ns(Work(batches=1))
+                first = next_wake_ns(wake, cost, sleep)
+                if first < t:
+                    period = next_wake_ns(first, cost, sleep) - first
+                    skipped = (t - first - 1) // period
+                    ksmd.idle_batches(1 + skipped)
+                    wake = first + skipped * period
+                ksmd.batch(0, wake)
+                self.next_wake = next_wake_ns(wake, ksmd.batch_ns, sleep)
                 continue
-            passes = self.ksmd.seqnr
-            if batches > 1 and budget > 0 and self._knobs["advisor_mode"] == "none":
-                visits = self.ksmd.batch(budget * batches, wake, budget, period)
-                if visits == budget * batches:
-                    last, visits = batches - 1, budget
-                else:
-                    last, visits = divmod(visits, budget)
-                wake += last * period
+            passes = ksmd.seqnr
+            period = self._steady_period(wake, t, budget, sleep)
+            if period:
+                batches = -(-(t - wake) // period)
+                visits = ksmd.batch(budget * batches, wake, budget, period)
+                last = batches - 1 if visits == budget * batches else visits // budget
+                # (each batch ends before the tick after its start: the sleeps are alike)
+                self.next_wake = wake + (last + 1) * period
             else:
-                visits = self.ksmd.batch(budget, wake)
-            self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
+                ksmd.batch(budget, wake)
+                self.next_wake = next_wake_ns(wake, ksmd.batch_ns, sleep)
+            if not self._runnable():
+                self.next_wake = None
             if (
                 circles is not None
-                and self.ksmd.seqnr != passes
+                and ksmd.seqnr != passes
                 and self.next_wake is not None
                 and self.next_wake < t
             ):
-                self.next_wake = circles.pass_ended(self.ksmd, self.next_wake, t)
+                self.next_wake = circles.pass_ended(ksmd, self.next_wake, t, sleep)
+
+    def _steady_period(self, wake: int, t: int, budget: int, sleep: int) -> int:
+        """The time from one wake-up to the next, ns, if every wake-up from
+        ``wake`` on until ``t`` is as far from the last (several fit, ksmd
+        sleeps, the timer's period is steady, the advisor is off, and no batch
+        can reach the next tick); else 0."""
+        if budget == 0 or sleep == 0 or self._knobs["advisor_mode"] != "none":
+            return 0
+        first = next_wake_ns(wake, 0, sleep)
+        period = first - wake
+        if first >= t or next_wake_ns(first, 0, sleep) - first != period:
+            return 0
+        c = self.ksmd.c
+        batches = -(-(t - wake) // period)
+        dups = c.stable_node_dups + budget * batches
+        most = worst_batch_ns(budget, c.rmap_items, c.pages_shared + budget * batches, dups)
+        return period if batch_wall_ns(most) < JIFFY_NS - wake % JIFFY_NS else 0
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         self._knobs["pages_to_scan"] = pages
@@ -476,9 +514,9 @@ class Engine:
             before = after
             if quiet >= 2:
                 break
-        self.next_wake = (
-            self.now + sleep_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
-        )
+        # As after any batch that ends now.
+        sleep = int(self._knobs["sleep_millisecs"])
+        self.next_wake = next_wake_ns(self.now, 0, sleep) if self._runnable() else None
 
     def _on_snapshot(self, ev: Snapshot) -> None:
         """Nothing happens: the driver takes the snapshot."""
@@ -518,9 +556,10 @@ class _Circles:
         self._first: tuple[IdleState, int] | None = None
         self._target = 0
 
-    def pass_ended(self, ksmd: Ksmd, wake: int, t: int) -> int:
+    def pass_ended(self, ksmd: Ksmd, wake: int, t: int, sleep: int) -> int:
         """A pass ended and the next starts at ``wake`` (before ``t``, the next
-        event): the time of the next wake-up, after any circles skipped."""
+        event), ksmd sleeping ``sleep`` ms between batches: the time of the
+        next wake-up, after any circles skipped."""
         self._passes += 1
         length = None if self._last_wake is None else wake - self._last_wake
         self._last_wake = wake
@@ -547,7 +586,8 @@ class _Circles:
             return wake
         circle = wake - first_wake
         n = (t - wake) // circle
-        if n < 1:
+        if n < 1 or (sleep and circle % timer_granularity_ns(sleep)):
+            # (a sleep ends on the timer's ticks: only whole buckets repeat alike)
             return wake
         ksmd.jump(n, first, last)
         self._last_wake = wake + n * circle
