@@ -4,7 +4,8 @@ Usage::
 
     sudo .venv/bin/python bench/cpu_model.py measure [--reps N] [--only NAME ...]
     .venv/bin/python bench/cpu_model.py fit
-    sudo .venv/bin/python bench/cpu_model.py validate [--reps N]
+    sudo .venv/bin/python bench/cpu_model.py validate [--reps N] [--only NAME ...]
+    .venv/bin/python bench/cpu_model.py rework | report
 
 ``measure`` replays each calibration trace (:data:`EXPERIMENTS`) ``--reps``
 times on the live kernel with ``ksmreplay.live.execute(..., ksmd_clock=True)``
@@ -24,6 +25,10 @@ error) and prints :data:`ksmreplay.timing.COST_NS` as fitted, and the
 calibration table: for each trace, the kind it isolates, the measured CPU
 time per unit of work (median, 10th and 90th percentile over the replays)
 and what the model says.
+
+``rework`` counts the work of every recorded interval again with the
+simulator of today (after the kinds of work changed), keeping the live
+measurements.
 
 ``validate`` replays workloads the model was not fitted on (``synth``
 traces: guests, containers, a garbage-collected heap) live ``--reps`` times
