@@ -27,7 +27,10 @@ from kernel_answer import (
     replay_file,
     run_of,
 )
+from reference import ReferenceSimulator
 
+from ksmreplay.engine import Engine
+from ksmreplay.events import Snapshot
 from ksmreplay.timing import CPU_SHARE_PERCENT
 from ksmreplay.trace import open_trace
 
@@ -113,3 +116,19 @@ def test_the_cpu_share_is_the_one_recorded() -> None:
     # THEN the model's share of a CPU is their median (CPU time over trace time)
     assert len(shares) >= 100
     assert round(100 * statistics.median(shares)) == CPU_SHARE_PERCENT
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "n1000" not in n and "advisor" not in n])
+def test_the_reference_model_keeps_the_same_clock(name: str) -> None:
+    # GIVEN a timed scenario (not the largest: the reference is slow)
+    with open_trace(str(TIMED / f"{name}.jsonl")) as reader:
+        events = list(reader)
+    engine, reference = Engine("unshare", 4096), ReferenceSimulator("unshare", 4096)
+    # WHEN both replay it THEN every snapshot is the same: the same batches,
+    # priced alike, wake ksmd at the same times
+    for event in events:
+        engine.apply(event)
+        reference.apply(event)
+        if isinstance(event, Snapshot):
+            mine = engine.snapshot(event.label, event.t, event.index)
+            assert mine == reference.snapshot(event.label, event.t, event.index), event.label
