@@ -134,7 +134,8 @@ def next_wake_ns(batch_start: int, cost_ns: int, sleep_millisecs: int) -> int:
 
 
 def sleep_ns(msecs: int) -> int:
-    """ksmd's period when its batches are short and start on a tick, in ns (0: no sleep).
+    """ksmd's period when its batches are short and start on a tick, in ns (for
+    0 a jiffy: what :func:`next_wake_ns` gives a batch of no cost).
 
     That is ``msecs`` rounded up to jiffies and then to the timer wheel's next
     bucket: one jiffy more up to 63 jiffies (about what was measured on the
