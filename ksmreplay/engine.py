@@ -36,7 +36,15 @@ from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, sta
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
 from ksmreplay.report import Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
-from ksmreplay.timing import next_wake_ns, sleep_ns
+from ksmreplay.timing import (
+    JIFFY_NS,
+    Work,
+    batch_cost_ns,
+    batch_wall_ns,
+    next_wake_ns,
+    timer_granularity_ns,
+    worst_batch_ns,
+)
 from ksmreplay.traps import Trap
 from ksmreplay.vm import MM, FrameTable
 
@@ -119,8 +127,8 @@ class Engine:
         self._ignored: dict[str, list[Ignored]] = {}
         self._ran = False
         """Whether ``run`` was 1 at some point of the replay."""
-        self.wakeups = 0
-        """ksmd's batches run in trace time so far (``settle`` scans not counted)."""
+        self.settle_batches = 0
+        """ksmd's batches inside ``settle`` events so far (each full scan is one)."""
         self.settle_cpu_ns = 0
         """Modelled ksmd CPU time spent inside ``settle`` events so far (ns)."""
         settings, pins = settings or {}, pins or {}
@@ -186,7 +194,7 @@ class Engine:
         """
         return {
             "visits": self.ksmd.c.pages_scanned,
-            "wakeups": self.wakeups,
+            "wakeups": self.ksmd.work_done.batches - self.settle_batches,
             "cpu_ns": self.ksmd.cpu_ns - self.settle_cpu_ns,
             "settle_cpu_ns": self.settle_cpu_ns,
         }
@@ -331,16 +339,22 @@ class Engine:
     def _advance(self, t: int) -> None:
         """Run every wake-up due strictly before ``t`` (``ksm_scan_thread()``).
 
-        Wake-ups with nothing between them run as one call to ksmd (see
-        ``Ksmd.batch``): as many as fit before ``t`` if each batch uses its
-        whole budget; the call ends early where a pass ends, and the next
-        wake-up follows from the batch that ended it.  Not with the scan-time
-        advisor, which changes the budget at the end of a pass.
+        A batch lasts its modelled CPU time (``Ksmd.batch_ns``); then ksmd
+        sleeps (``timing.next_wake_ns``), or with ``sleep_millisecs`` = 0
+        starts the next batch at once.  Wake-ups with nothing between them run
+        as one call to ksmd (see ``Ksmd.batch``) where that cannot change when
+        any of them starts: while ksmd sleeps and its period from one wake-up
+        to the next is steady, and no batch can cost so much that it ends
+        after the tick it started before (:meth:`_steady_period`).  The call
+        ends early where a pass ends; the next wake-up follows from the batch
+        that ended it.  Not with the scan-time advisor, which changes the
+        budget at the end of a pass.
 
         Where ksmd has gone round in circles for a while, the whole circles
         that still fit before ``t`` are skipped (:class:`_Circles`).
         """
         circles = _Circles() if self.skip_idle else None
+        ksmd = self.ksmd
         while self.next_wake is not None and self.next_wake < t:
             wake = self.next_wake
             if not self._runnable():
@@ -348,38 +362,56 @@ class Engine:
                 break
             budget = int(self._knobs["pages_to_scan"])
             sleep = int(self._knobs["sleep_millisecs"])
-            period = next_wake_ns(0, budget, sleep)  # from one full batch to the next
-            batches = -(-(t - wake) // period)
             if budget == 0 and circles is not None:
-                # Wake-ups that visit nothing: skip to the last one before t.
-                wake += (batches - 1) * period
-                self.ksmd.batch(0, wake)
-                self.wakeups += batches
-                self.next_wake = wake + period
+                # Wake-ups that visit nothing, each as long as the last: skip to
+                # the last one before t (the period is steady after the first).
+                cost = batch_cost_ns(Work(batches=1))
+                first = next_wake_ns(wake, cost, sleep)
+                if first < t:
+                    period = next_wake_ns(first, cost, sleep) - first
+                    skipped = (t - first - 1) // period
+                    ksmd.idle_batches(1 + skipped)
+                    wake = first + skipped * period
+                ksmd.batch(0, wake)
+                self.next_wake = next_wake_ns(wake, ksmd.batch_ns, sleep)
                 continue
-            passes = self.ksmd.seqnr
-            if batches > 1 and budget > 0 and self._knobs["advisor_mode"] == "none":
-                visits = self.ksmd.batch(budget * batches, wake, budget, period)
-                if visits == budget * batches:
-                    last, visits = batches - 1, budget
-                else:
-                    last, visits = divmod(visits, budget)
-                wake += last * period
-                self.wakeups += last + 1
+            passes = ksmd.seqnr
+            period = self._steady_period(wake, t, budget, sleep)
+            if period:
+                batches = -(-(t - wake) // period)
+                visits = ksmd.batch(budget * batches, wake, budget, period)
+                last = batches - 1 if visits == budget * batches else visits // budget
+                # (each batch ends before the tick after its start: the sleeps are alike)
+                self.next_wake = wake + (last + 1) * period
             else:
-                visits = self.ksmd.batch(budget, wake)
-                self.wakeups += 1
-            self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
+                ksmd.batch(budget, wake)
+                self.next_wake = next_wake_ns(wake, ksmd.batch_ns, sleep)
+            if not self._runnable():
+                self.next_wake = None
             if (
                 circles is not None
-                and self.ksmd.seqnr != passes
+                and ksmd.seqnr != passes
                 and self.next_wake is not None
                 and self.next_wake < t
             ):
-                self.next_wake, skipped = circles.pass_ended(
-                    self.ksmd, self.next_wake, t, self.wakeups
-                )
-                self.wakeups += skipped
+                self.next_wake = circles.pass_ended(ksmd, self.next_wake, t, sleep)
+
+    def _steady_period(self, wake: int, t: int, budget: int, sleep: int) -> int:
+        """The time from one wake-up to the next, ns, if every wake-up from
+        ``wake`` on until ``t`` is as far from the last (several fit, ksmd
+        sleeps, the timer's period is steady, the advisor is off, and no batch
+        can reach the next tick); else 0."""
+        if budget == 0 or sleep == 0 or self._knobs["advisor_mode"] != "none":
+            return 0
+        first = next_wake_ns(wake, 0, sleep)
+        period = first - wake
+        if first >= t or next_wake_ns(first, 0, sleep) - first != period:
+            return 0
+        c = self.ksmd.c
+        batches = -(-(t - wake) // period)
+        dups = c.stable_node_dups + budget * batches
+        most = worst_batch_ns(budget, c.rmap_items, c.pages_shared + budget * batches, dups)
+        return period if batch_wall_ns(most) < JIFFY_NS - wake % JIFFY_NS else 0
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         if ADVISOR_OWNS not in self._pins:
@@ -658,7 +690,7 @@ class Engine:
             self._sleep_after_settle()
             return
         before = self._settle_key()
-        cpu = self.ksmd.cpu_ns
+        cpu, batches = self.ksmd.cpu_ns, self.ksmd.work_done.batches
         quiet = 0
         changed: list[str] = []
         for _ in range(ev.max_full_scans):
@@ -685,12 +717,13 @@ class Engine:
                     )
                 )
         self.settle_cpu_ns += self.ksmd.cpu_ns - cpu
+        self.settle_batches += self.ksmd.work_done.batches - batches
         self._sleep_after_settle()
 
     def _sleep_after_settle(self) -> None:
-        self.next_wake = (
-            self.now + sleep_ns(int(self._knobs["sleep_millisecs"])) if self._runnable() else None
-        )
+        # As after any batch that ends now.
+        sleep = int(self._knobs["sleep_millisecs"])
+        self.next_wake = next_wake_ns(self.now, 0, sleep) if self._runnable() else None
 
     def _on_snapshot(self, ev: Snapshot) -> None:
         """Nothing happens: the driver takes the snapshot."""
@@ -727,45 +760,45 @@ class _Circles:
         self._passes = 0
         self._last_wake: int | None = None
         self._seen: dict[bytes, int] = {}
-        self._first: tuple[IdleState, int, int] | None = None
+        self._first: tuple[IdleState, int] | None = None
         self._target = 0
 
-    def pass_ended(self, ksmd: Ksmd, wake: int, t: int, wakeups: int) -> tuple[int, int]:
+    def pass_ended(self, ksmd: Ksmd, wake: int, t: int, sleep: int) -> int:
         """A pass ended and the next starts at ``wake`` (before ``t``, the next
-        event); ``wakeups`` is ksmd's count of wake-ups so far.  Returns the
-        time of the next wake-up, after any circles skipped, and the wake-ups
-        those circles stood for."""
+        event), ksmd sleeping ``sleep`` ms between batches: the time of the
+        next wake-up, after any circles skipped."""
         self._passes += 1
         length = None if self._last_wake is None else wake - self._last_wake
         self._last_wake = wake
         if self._passes > IDLE_TRIES:
-            return wake, 0
+            return wake
         if self._first is None:
             # Look once many passes ran, or many more fit before t.
             many = self._passes >= IDLE_MIN_PASSES // 2
             if not many and (length is None or t - wake < IDLE_MIN_PASSES * length):
-                return wake, 0
+                return wake
             digest = ksmd.idle_state(wake).digest()
             before = self._seen.get(digest)
             self._seen[digest] = self._passes
             if before is not None:
-                self._first = (ksmd.idle_state(wake, keep=True), wake, wakeups)
+                self._first = (ksmd.idle_state(wake, keep=True), wake)
                 self._target = 2 * self._passes - before
-            return wake, 0
+            return wake
         if self._passes < self._target:
-            return wake, 0
-        (first, first_wake, first_wakeups), self._first = self._first, None
+            return wake
+        (first, first_wake), self._first = self._first, None
         self._seen.clear()
         last = ksmd.idle_state(wake, keep=True)
         if not last.same(first):
-            return wake, 0
+            return wake
         circle = wake - first_wake
         n = (t - wake) // circle
-        if n < 1:
-            return wake, 0
+        if n < 1 or (sleep and circle % timer_granularity_ns(sleep)):
+            # (a sleep ends on the timer's ticks: only whole buckets repeat alike)
+            return wake
         ksmd.jump(n, first, last)
         self._last_wake = wake + n * circle
-        return self._last_wake, n * (wakeups - first_wakeups)
+        return self._last_wake
 
 
 def _show(value: KnobValue) -> str:

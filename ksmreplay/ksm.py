@@ -76,7 +76,13 @@ from ksmreplay.native import (
     Visited,
     native,
 )
-from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns
+from ksmreplay.timing import (
+    JIFFY_NS,
+    Work,
+    batch_cost_ns,
+    jiffies_ns,
+    unstable_levels,
+)
 from ksmreplay.vm import (
     CHUNK,
     MM,
@@ -361,6 +367,40 @@ class Counters:
     zero_pages_sharing: int = 0
     pages_scanned: int = 0
     pages_skipped: int = 0
+    # The kinds of visit (ksmd's CPU model, timing.Work): each visit counted in
+    # pages_scanned is one of hits, checksums, searches, merges, zero_merges.
+    hits: int = 0
+    """Visits of a KSM page (linked to its item, or reached through fork)."""
+    checksums: int = 0
+    """Visits that stopped at a changed checksum."""
+    searches: int = 0
+    """Visits that searched the unstable tree (inserted, aborted or paired)."""
+    pairs: int = 0
+    """Of the searches, those that made a new KSM page with a partner."""
+    merges: int = 0
+    """Visits merged into an existing KSM page."""
+    zero_merges: int = 0
+    """Visits that mapped the zero page (use_zero_pages)."""
+    dups: int = 0
+    """Dups of stable node chains looked at."""
+    passes: int = 0
+    """Passes ended (``full_scans``, but not reset by run=2)."""
+
+
+class _Marks(NamedTuple):
+    """The counters :meth:`Ksmd.work` takes differences of."""
+
+    skipped: int
+    hits: int
+    checksums: int
+    searches: int
+    pairs: int
+    merges: int
+    zero_merges: int
+    dups: int
+    passes: int
+    items: int
+    item_changes: int
 
 
 @dataclass(slots=True)
@@ -400,6 +440,8 @@ class Front(NamedTuple):
     """The budget ran out at :attr:`last`."""
     unshared: int
     """Skipped items the front took out of an earlier pass's unstable tree."""
+    hits: int
+    """Visits not listed: of KSM pages linked to their items."""
 
 
 class _Pages:
@@ -464,6 +506,15 @@ class Ksmd:
         """The unstable tree: content -> item."""
         self.now = 0
         self.cpu_ns = 0
+        """ksmd's modelled CPU time so far (ns): every batch's cost
+        (:func:`~ksmreplay.timing.batch_cost_ns`), settles included."""
+        self.work_done = Work()
+        """What every batch so far did, by kind (:class:`~ksmreplay.timing.Work`)."""
+        self.batch_ns = 0
+        """The modelled CPU time of the last :meth:`batch` call (ns)."""
+        self._batch_marks = self._marks()
+        self._pass_marks = (0, 0)
+        """Unstable searches and pages_shared at the start of the current pass."""
         self.advisor = Advisor()
         self._clock = (0, 0, 0)
         """(start, sub_budget, period) of the batch running; see :meth:`batch`."""
@@ -711,6 +762,7 @@ class Ksmd:
             chain.prune_time = self.now
         found: StableNode | None = None
         for dup in list(chain.dups):
+            self.c.dups += 1
             if not dup.alive:
                 self._remove_node(dup)
                 continue
@@ -862,6 +914,7 @@ class Ksmd:
         """
         self.now = now
         self._clock = (now, sub_budget, period)
+        self._batch_marks = self._marks()
         visits = 0
         while visits < budget:
             if self.cursor is None:
@@ -878,7 +931,65 @@ class Ksmd:
             self._tick(visits + 1)
             if self._next_mm(slot):
                 break
+        batches = min(budget // sub_budget, visits // sub_budget + 1) if sub_budget else 1
+        self._account(self.work(self._batch_marks, batches))
         return visits
+
+    # -- ksmd's CPU time (timing.Work) -------------------------------------
+
+    def _marks(self) -> _Marks:
+        c, it = self.c, self.items
+        return _Marks(
+            c.pages_skipped,
+            c.hits,
+            c.checksums,
+            c.searches,
+            c.pairs,
+            c.merges,
+            c.zero_merges,
+            c.dups,
+            c.passes,
+            it.count,
+            it.changes,
+        )
+
+    def work(self, since: _Marks, batches: int) -> Work:
+        """What ksmd did since ``since`` (:meth:`_marks`, within one pass), by
+        ``batches`` batches: the kinds of visit as counted by the walk, items
+        made and freed from the item table's count and changes, and the tree
+        walks' depths (:func:`~ksmreplay.timing.unstable_levels`; the stable
+        tree's as deep as ``pages_shared`` at the pass start says).
+        """
+        now = self._marks()
+        d = _Marks(*(b - a for a, b in zip(since, now, strict=True)))
+        base, shared = self._pass_marks
+        levels = unstable_levels(max(since.searches - base, 0), now.searches - base)
+        return Work(
+            batches=batches,
+            passes=d.passes,
+            skips=d.skipped,
+            hits=d.hits,
+            checksums=d.checksums,
+            searches=d.searches,
+            pairs=d.pairs,
+            merges=d.merges,
+            zero_merges=d.zero_merges,
+            allocs=(d.item_changes + d.items) // 2,
+            frees=(d.item_changes - d.items) // 2,
+            dups=d.dups,
+            unstable_levels=levels,
+            stable_levels=(d.searches + d.merges) * shared.bit_length(),
+        )
+
+    def _account(self, work: Work) -> None:
+        """Charge a batch call's ``work`` to ksmd's CPU time (:attr:`cpu_ns`)."""
+        self.work_done = Work(*(a + b for a, b in zip(self.work_done, work, strict=True)))
+        self.batch_ns = batch_cost_ns(work)
+        self.cpu_ns += self.batch_ns
+
+    def idle_batches(self, n: int) -> None:
+        """Charge ``n`` batches that visit nothing (``pages_to_scan`` = 0)."""
+        self._account(Work(batches=n))
 
     def _tick(self, visit: int) -> None:
         """Set :attr:`now` to the start of the batch the ``visit``-th visit (from 1) falls in."""
@@ -890,6 +1001,7 @@ class Ksmd:
         """Start of a pass: advisor clock, empty unstable tree, cursor on the first mm."""
         if self.knob("advisor_mode") == "scan-time":
             self.advisor.start_scan = self.now
+        self._pass_marks = (self.c.searches, self.c.pages_shared)
         self.unstable.clear()
         self.cursor = self.slots[0]
         self.cursor_page = 0
@@ -914,6 +1026,8 @@ class Ksmd:
         return False
 
     def _end_pass(self) -> None:
+        # (a pass is charged where it ends: the batch that ends it does no more)
+        self.c.passes += 1
         if self.knob("advisor_mode") == "scan-time":
             self._advise()
         self.seqnr += 1
@@ -1028,7 +1142,7 @@ class Ksmd:
         c.pages_unshared -= front.unshared
         visits = front.visits
         c.pages_scanned += visits
-        self.cpu_ns += batch_cost_ns(visits)
+        c.hits += front.hits
         self._visit_listed(self.native, slot, segs, ptes, pages, front, rows, stale_rows)
         return visits, stop
 
@@ -1109,7 +1223,6 @@ class Ksmd:
         if imap_changed and len(imap_views) > 1:
             _write_back(imap_views, imap)
         c.pages_scanned += visits
-        self.cpu_ns += batch_cost_ns(visits)
         return visits, stop
 
     def _should_skip(self, row: int, is_ksm: bool) -> bool:
@@ -1232,6 +1345,11 @@ class Ksmd:
         self.unstable.added(done.inserted)
         # Each merge and zero-page merge moved a mapping between two frames.
         self.mem.frames.changes += done.merges + done.zero
+        c.hits += done.hits
+        c.checksums += done.checksums
+        c.searches += done.searches
+        c.merges += done.merges
+        c.zero_merges += done.zero
         self.mem._bury(done.dead)
 
     def _window_front(
@@ -1275,6 +1393,7 @@ class Ksmd:
             # A KSM page reached through fork, or an item linked elsewhere:
             # stable_tree_search() returns the page itself; append with bypass.
             node = self.nodes[int(fr.node[frame])]
+            self.c.hits += 1
             if int(it.state[row]) == STABLE and int(it.node[row]) == node.id:
                 return
             self.unlink(row)
@@ -1292,8 +1411,10 @@ class Ksmd:
         if not it.checked[row] or int(it.checksum[row]) != content:
             it.checksum[row] = content
             it.checked[row] = True
+            self.c.checksums += 1
             return
         if content == 0 and self.knob("use_zero_pages"):
+            self.c.zero_merges += 1
             self._merge_zero(slot.mm, view, k, frame)
             if self.mode.flags_zero_page_items:
                 self._flag_zero(slot, np.array([row], np.int64))
@@ -1303,9 +1424,11 @@ class Ksmd:
             if found is not None:
                 self._join(row, slot, view, k, frame, found)
                 return
+        self.c.searches += 1
         partner = self._unstable_search_insert(row, content, frame)
         if partner is None:
             return
+        self.c.pairs += 1
         # try_to_merge_two_pages(): this page becomes the KSM page in place,
         # the partner's PTE is pointed at it.
         p_slot = self.slot_by_id[int(it.slot[partner])]
@@ -1328,6 +1451,7 @@ class Ksmd:
         """``try_to_merge_with_ksm_page()`` then ``stable_tree_append()``."""
         self._replace(slot.mm, view, k, frame, node.frame)
         self.mem.events["merges"] += 1
+        self.c.merges += 1
         self._append(row, node)
 
     def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:
@@ -1408,7 +1532,8 @@ class Ksmd:
         """``scan_time_advisor()`` at the end of a pass: a new pages_to_scan."""
         adv = self.advisor
         scan_time = max((self.now - adv.start_scan) // 1_000_000_000, 1)
-        cpu = self.cpu_ns
+        # task_sched_runtime(): the batches so far and this one up to here.
+        cpu = self.cpu_ns + batch_cost_ns(self.work(self._batch_marks, 1))
         # The first evaluation measures ksmd's whole lifetime.
         cpu_ms = (cpu - adv.cpu_time) // 1_000_000
         cpu_percent = max(cpu_ms * 100 // (scan_time * 1000), 1)
@@ -1523,6 +1648,8 @@ class Ksmd:
             self.now,
             adv.start_scan,
             adv.cpu_time,
+            *self._marks(),
+            *self.work_done,
         )
         return IdleState(key, arrays, marks, it.age.copy(), it.seq.copy(), prunes, wake, interval)
 
@@ -1537,9 +1664,16 @@ class Ksmd:
         low 8 bits, as they do pass by pass.
         """
         it, c, adv = self.items, self.c, self.advisor
-        seqnr, scanned, skipped, cpu, now, start_scan, cpu_time = (
+        seqnr, scanned, skipped, cpu, now, start_scan, cpu_time, *rest = (
             n * (b - a) for a, b in zip(first.marks, last.marks, strict=True)
         )
+        kinds = _Marks(*rest[: len(_Marks._fields)])  # (items alike: in the key)
+        for name in ("hits", "checksums", "searches", "pairs", "merges", "zero_merges"):
+            setattr(c, name, getattr(c, name) + getattr(kinds, name))
+        c.dups += kinds.dups
+        c.passes += kinds.passes
+        done = rest[len(_Marks._fields) :]
+        self.work_done = Work(*(a + b for a, b in zip(self.work_done, done, strict=True)))
         self.seqnr += seqnr
         c.pages_scanned += scanned
         c.pages_skipped += skipped
@@ -1584,7 +1718,8 @@ class IdleState(NamedTuple):
     columns; or, kept and larger than :data:`KEEP_BYTES`, their hash)."""
     marks: tuple[int, ...]
     """Full scans, pages scanned and skipped, ksmd's CPU time (ns), its clock
-    (ns), the advisor's pass start and CPU time mark (ns)."""
+    (ns), the advisor's pass start and CPU time mark (ns), the counters of
+    the kinds of work (``Ksmd._marks``) and :attr:`Ksmd.work_done`."""
     age: npt.NDArray[np.uint8]
     """Every item's smart_scan age."""
     seq: npt.NDArray[np.uint8]

@@ -156,6 +156,12 @@ class Visited(NamedTuple):
     """Some PTE changed."""
     dead: npt.NDArray[np.int64]
     """Frames whose last mapping went."""
+    hits: int
+    """Visits of a KSM page linked to its item."""
+    checksums: int
+    """Visits that stopped at a changed checksum."""
+    searches: int
+    """Visits that searched the unstable tree (and inserted)."""
 
 
 Front = tuple[
@@ -168,10 +174,11 @@ Front = tuple[
     int,
     bool,
     int,
+    int,
 ]
 """Listed positions, their visit counts, their kinds; stale positions;
 visits, skipped, last position, stopped by the budget, unlinked from an
-unstable tree (``ksm.Front``)."""
+unstable tree, visits not listed (``ksm.Front``)."""
 
 MapTable = tuple[npt.NDArray[np.void], int, int]
 """A ``ContentMap``'s slots, bits and current generation."""
@@ -318,7 +325,7 @@ class Native:
             ptes, imap, fr_ksm, fr_node, items, int(smart), seqnr, budget,
             pos, cum, kinds, stale, summary,
         )  # fmt: skip
-        listed, visits, skipped, n_stale, last, stopped, unshared = summary.tolist()
+        listed, visits, skipped, n_stale, last, stopped, unshared, hits = summary.tolist()
         if last < 0:
             return None
         return (
@@ -331,6 +338,7 @@ class Native:
             last,
             bool(stopped),
             unshared,
+            hits,
         )
 
     def visit(
@@ -381,6 +389,9 @@ class Native:
             s[core.VISIT_INSERTED],
             bool(s[core.VISIT_PTES]),
             dead[: s[core.VISIT_DEAD]],
+            s[core.VISIT_HITS],
+            s[core.VISIT_CHECKSUMS],
+            s[core.VISIT_SEARCHES],
         )
 
     def map_find(

@@ -137,6 +137,7 @@ enum {
 	FRONT_LAST,		/* the last position handled, -1: none present */
 	FRONT_STOPPED,		/* the budget stopped the walk */
 	FRONT_UNSHARED,		/* skipped items that left an earlier pass's unstable tree */
+	FRONT_HITS,		/* visits of a KSM page linked to its item (not listed) */
 	FRONT_SUMS
 };
 
@@ -151,6 +152,10 @@ enum {
 	VISIT_INSERTED,		/* entries added to the unstable tree */
 	VISIT_DEAD,		/* frames freed (listed in dead[]) */
 	VISIT_PTES,		/* PTEs changed */
+	/* The kinds of visit (ksmd's CPU model, timing.py Work): */
+	VISIT_HITS,		/* visits of a KSM page linked to its item */
+	VISIT_CHECKSUMS,	/* visits that stopped at a changed checksum */
+	VISIT_SEARCHES,		/* visits that searched the unstable tree (all inserted here) */
 	VISIT_SUMS
 };
 

@@ -206,9 +206,13 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	uint64_t content;
 	int changed, zero, merge = 0;
 
-	if (k->fr_ksm[frame])
+	if (k->fr_ksm[frame]) {
 		/* Only a KSM page already linked to its item is done here. */
-		return it->state == STATE_STABLE && it->node == k->fr_node[frame];
+		if (it->state != STATE_STABLE || it->node != k->fr_node[frame])
+			return 0;
+		k->sums[VISIT_HITS]++;
+		return 1;
+	}
 	if (!can_unlink(k, row))
 		return 0;
 	content = k->fr_content[frame];
@@ -230,6 +234,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 	if (changed) {
 		c->checksum = content;
 		c->checked = 1;
+		k->sums[VISIT_CHECKSUMS]++;
 	} else if (zero) {
 		/* try_to_merge_with_zero_page() */
 		k->ptes[p] = PTE_KSM_ZERO;
@@ -253,6 +258,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 		it->seq = k->seqnr;
 		k->sums[VISIT_UNSHARED]++;
 		k->sums[VISIT_INSERTED]++;
+		k->sums[VISIT_SEARCHES]++;
 	}
 	return 1;
 }
@@ -261,7 +267,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
  * Events i in [start, n): kind[i] (LISTED_VISIT, or anything else for an unlink:
  * of a skipped or a stale item) of item rows[i], a visit of the page at
  * window position pos[i].  Returns the first event
- * handed back, or n.  sums[] accumulates (see SUM_*); dead[] needs room for
+ * handed back, or n.  sums[] accumulates (see VISIT_*); dead[] needs room for
  * n entries.
  */
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,

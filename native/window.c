@@ -39,7 +39,7 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		   int64_t *summary)
 {
 	int64_t listed = 0, visits = 0, skipped = 0, stale = 0, last = -1, stopped = 0;
-	int64_t unshared = 0;
+	int64_t unshared = 0, hits = 0;
 
 	for (int64_t i = 0; i < n; i++) {
 		int64_t pte = ptes[i], row = imap[i];
@@ -96,6 +96,8 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 			out_cum[listed] = visits;
 			out_kind[listed] = skip ? LISTED_SKIPPED : LISTED_VISIT;
 			listed++;
+		} else if (!skip) {
+			hits++;
 		}
 		if (!skip && visits == budget) {
 			stopped = 1;
@@ -114,5 +116,6 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 	summary[FRONT_LAST] = last;
 	summary[FRONT_STOPPED] = stopped;
 	summary[FRONT_UNSHARED] = unshared;
+	summary[FRONT_HITS] = hits;
 	return 0;
 }

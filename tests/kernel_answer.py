@@ -114,3 +114,81 @@ def recorded_names(directory: Path) -> list[str]:
 def format_differences(name: str, lines: Iterable[str]) -> str:
     """An assertion message listing the differences of one trace."""
     return f"{name}: simulator and kernel differ:\n  " + "\n  ".join(lines)
+
+
+# -- timed scenarios: the live kernel's spread ---------------------------------------
+
+SPREAD_COUNTERS = ("full_scans", "pages_scanned")
+"""The counters a timed scenario's recorded spread covers, at each snapshot."""
+
+SPREAD_VERSION = 1
+
+
+def percentile(values: Sequence[int], q: float) -> float:
+    """The ``q``-th percentile of ``values``, linear between the closest ranks
+    (numpy's default): for 20 values the 10th lies between the 2nd and 3rd smallest."""
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q / 100
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+SPREAD_CLOCK = ("ksmd_cpu_ns", "elapsed_ns")
+"""What a spread also records at each snapshot when the runs read ksmd's clock
+(``execute(..., ksmd_clock=True)``): ksmd's CPU time and the real time since
+the replay started, ns (not compared with the simulator: they say how much
+of a CPU ksmd had while the spread was recorded)."""
+
+
+def _spread(values: Sequence[int]) -> dict[str, Any]:
+    return {
+        "median": percentile(values, 50),
+        "p10": percentile(values, 10),
+        "p90": percentile(values, 90),
+        "values": list(values),
+    }
+
+
+def spread_of(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per snapshot of several live runs of one trace: label, t, and for each of
+    :data:`SPREAD_COUNTERS` (and :data:`SPREAD_CLOCK` if the runs read it) every
+    run's value, their median and 10th and 90th percentiles."""
+    snaps = [run["snapshots"] for run in runs]
+    out = []
+    for i, first in enumerate(snaps[0]):
+        entry: dict[str, Any] = {"label": first["label"], "t": first["t"]}
+        for name in SPREAD_COUNTERS:
+            entry[name] = _spread([s[i]["ksm"][name] for s in snaps])
+        if all("live" in s[i] for s in snaps):
+            for name in SPREAD_CLOCK:
+                entry[name] = _spread([s[i]["live"][name] for s in snaps])
+        out.append(entry)
+    return out
+
+
+def load_spread(path: Path) -> dict[str, Any]:
+    """A timed scenario's recorded spread (``NAME.kernel-spread.json``)."""
+    spread: dict[str, Any] = json.loads(path.read_text())
+    assert spread["spread"] == SPREAD_VERSION, f"{path.name}: not a spread of this version"
+    return spread
+
+
+def outside_spread(
+    snapshots: Sequence[Mapping[str, Any]], simulated: Mapping[str, Any]
+) -> list[str]:
+    """Every snapshot counter of a simulated run outside the live 10th-90th percentile
+    range of ``snapshots`` (:func:`spread_of`); one line each (empty: all inside)."""
+    out = []
+    sims = simulated["snapshots"]
+    if len(sims) != len(snapshots):
+        return [f"snapshots: live {len(snapshots)}, simulator {len(sims)}"]
+    for rec, sim in zip(snapshots, sims, strict=True):
+        for name in SPREAD_COUNTERS:
+            r, value = rec[name], sim["ksm"][name]
+            if not r["p10"] <= value <= r["p90"]:
+                out.append(
+                    f"snapshot {rec['label']!r} {name}: simulator {value}, live median "
+                    f"{r['median']:g}, 10th-90th percentile {r['p10']:g}-{r['p90']:g}"
+                )
+    return out

@@ -1,6 +1,7 @@
 """Record a kernel's answer to the traces of a directory: the live kernel's, or a qemu guest's.
 
     .venv/bin/python tests/record_kernel.py DIR [--runs N] [NAME ...]
+    .venv/bin/python tests/record_kernel.py DIR --spread N [NAME ...]
     .venv/bin/python tests/record_kernel.py DIR --kernel 6.1 [--kernel-image IMAGE] [NAME ...]
 
 For the scenarios (``tests/scenarios``), the ported selftests
@@ -17,6 +18,14 @@ Without ``--kernel``, the running kernel answers (needs root and KSM;
 VERSION) answers, into ``NAME.kernel-VERSION.json``; each run boots its own
 guest and replays every trace in it, one after the other, so that the two
 runs compare two boots.  The host's KSM is not touched then.
+
+With ``--spread N`` (the timed scenarios, ``tests/scenarios/timed``, whose
+answers depend on how fast ksmd runs) each trace is replayed N times and
+``NAME.kernel-spread.json`` records, at every snapshot, every run's
+``full_scans`` and ``pages_scanned`` with their median and 10th and 90th
+percentiles (``kernel_answer.spread_of``), and alike ksmd's CPU time and the
+real time since the replay started.  Before each replay it waits
+until no other process has mergeable memory: ksmd would scan that too.
 """
 
 from __future__ import annotations
@@ -24,16 +33,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from kernel_answer import SPREAD_VERSION, spread_of
 from qemu_kernels import image_path
 
 from ksmreplay.live import execute
+from ksmreplay.live.kernel import exclusive_lock, free_leftover_items, mergeable_processes
 from ksmreplay.live.machine import Machine
 from ksmreplay.trace import open_trace
+
+ALONE_TIMEOUT_S = 7200.0
+"""Longest wait for other processes' mergeable memory to go (seconds)."""
 
 
 def live_names(directory: Path) -> list[str]:
@@ -46,9 +61,11 @@ def live_names(directory: Path) -> list[str]:
     return names
 
 
-def replay(directory: Path, name: str, machine: Machine | None = None) -> dict[str, Any]:
+def replay(
+    directory: Path, name: str, machine: Machine | None = None, clock: bool = False
+) -> dict[str, Any]:
     with open_trace(str(directory / f"{name}.jsonl")) as reader:
-        report: dict[str, Any] = dict(execute(reader, machine=machine))
+        report: dict[str, Any] = dict(execute(reader, machine=machine, ksmd_clock=clock))
     report["trace"]["path"] = f"{name}.jsonl"
     return report
 
@@ -65,15 +82,55 @@ def guest(image: Path | None) -> Iterator[Machine | None]:
         yield machine
 
 
+def wait_alone() -> None:
+    """Wait until no other process of the machine has mergeable memory."""
+    deadline = time.monotonic() + ALONE_TIMEOUT_S
+    said = False
+    while others := mergeable_processes():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"other processes keep mergeable memory: {others}")
+        if not said:
+            print(f"waiting for {others} to end", flush=True)
+            said = True
+        time.sleep(5)
+
+
+def record_spread(directory: Path, name: str, runs: int) -> None:
+    reports: list[dict[str, Any]] = []
+    while len(reports) < runs:
+        wait_alone()
+        with exclusive_lock(timeout=ALONE_TIMEOUT_S):  # (others replay live too)
+            if mergeable_processes():
+                continue
+            free_leftover_items()
+            report = replay(directory, name, clock=True)["runs"][0]
+        if not mergeable_processes():  # (else it came while the replay ran: again)
+            reports.append(report)
+    spread = {
+        "spread": SPREAD_VERSION,
+        "trace": f"{name}.jsonl",
+        "kernel": reports[0]["kernel"],
+        "runs": runs,
+        "snapshots": spread_of(reports),
+    }
+    (directory / f"{name}.kernel-spread.json").write_text(json.dumps(spread, indent=1) + "\n")
+    print(f"{name}: {runs} runs", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--kernel", metavar="VERSION", help="record a guest's answer (6.1, 6.12)")
     parser.add_argument("--kernel-image", type=Path, help="the guest's image (with --kernel)")
+    parser.add_argument("--spread", type=int, default=0, metavar="N")
     parser.add_argument("names", nargs="*")
     args = parser.parse_intermixed_args()
     directory: Path = args.dir
+    if args.spread:
+        for name in args.names or live_names(directory):
+            record_spread(directory, name, args.spread)
+        return 0
     image: Path | None = None
     suffix = ".kernel.json"
     if args.kernel is not None:

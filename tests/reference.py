@@ -46,7 +46,7 @@ from ksmreplay.errors import InvariantError
 from ksmreplay.kernels import KERNELS, Kernel
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, KsmdWork, Refusal, Snap
-from ksmreplay.timing import JIFFY_NS, batch_cost_ns, jiffies_ns, next_wake_ns, sleep_ns
+from ksmreplay.timing import JIFFY_NS, Work, batch_cost_ns, jiffies_ns, next_wake_ns
 
 MODES = ("legacy", "unshare")
 
@@ -301,6 +301,10 @@ class ReferenceSimulator:
         self._batch_visits = 0  # visits of the batch running now
         self._wakeups = 0  # batches run by _wake_up (not in settles)
         self._settle_cpu_ns = 0  # of _ksmd_cpu_ns, spent in settles
+        self._work: dict[str, int] | None = None  # the running batch's Work, kind by kind
+        self._batch_ns = 0  # the last batch's cost
+        self._pass_searches = 0  # unstable tree searches of the pass so far
+        self._pass_shared = 0  # pages_shared when the pass started
 
         # advisor_ctx
         self._adv_start_scan = 0
@@ -935,18 +939,20 @@ class ReferenceSimulator:
         if not self._ksmd_should_run():
             self._next_wake = None
             return
-        visits = self._ksm_do_scan(self._knob("pages_to_scan"))
+        self._ksm_do_scan(self._knob("pages_to_scan"))
         self._wakeups += 1
         # KSM_MODEL.md section 4.2: sleep only if still runnable, else wait idle
-        # (the batch may have dropped the last slot).
+        # (the batch may have dropped the last slot).  The batch lasts its cost.
         if self._ksmd_should_run():
-            self._next_wake = next_wake_ns(w, visits, self._knob("sleep_millisecs"))
+            sleep = self._knob("sleep_millisecs")
+            self._next_wake = next_wake_ns(w, self._batch_ns, sleep)
         else:
             self._next_wake = None
 
     def _ksm_do_scan(self, scan_npages: int | None) -> int:
         """``ksm_do_scan()``: up to ``scan_npages`` visits (None: until the pass ends)."""
         self._batch_visits = 0
+        self._work = {"batches": 1}
         while scan_npages is None or self._batch_visits < scan_npages:
             found = self._scan_get_next_rmap_item()
             if found is None:
@@ -956,9 +962,16 @@ class ReferenceSimulator:
             self._pages_scanned += 1
             self._batch_visits += 1
         visits = self._batch_visits
-        self._ksmd_cpu_ns += batch_cost_ns(visits)
+        self._batch_ns = batch_cost_ns(Work(**self._work))
+        self._ksmd_cpu_ns += self._batch_ns
         self._batch_visits = 0
+        self._work = None
         return visits
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` of a kind of ksmd's work (``timing.Work``) in the running batch."""
+        if self._work is not None:
+            self._work[kind] = self._work.get(kind, 0) + n
 
     def _do_settle(self, e: ev.Settle) -> None:
         """``settle``: whole passes back to back at ``e.t`` (TRACE_FORMAT.md).
@@ -981,7 +994,8 @@ class ReferenceSimulator:
             repetitions += 1
             quiet = quiet + 1 if self._settle_key() == before else 0
         if self._ksmd_should_run():
-            self._next_wake = e.t + sleep_ns(self._knob("sleep_millisecs"))
+            # as after a batch that ends now
+            self._next_wake = next_wake_ns(e.t, 0, self._knob("sleep_millisecs"))
         else:
             self._next_wake = None
 
@@ -1014,6 +1028,8 @@ class ReferenceSimulator:
             return None
         if self._scan_mm is None:
             # Start of a pass.
+            self._pass_searches = 0
+            self._pass_shared = self._pages_shared
             self._advisor_start_scan()
             # lru_add_drain_all(): nothing to model.
             self._unstable = {}  # root_unstable_tree = RB_ROOT
@@ -1044,7 +1060,9 @@ class ReferenceSimulator:
                 break
             self._scan_address = 0  # next_mm:
             self._scan_pos = 0
-        # The cursor is back at the head: the pass is complete.
+        # The cursor is back at the head: the pass is complete (and charged,
+        # with the drain at the next start, to the batch that ends it).
+        self._count("passes")
         self._advisor_stop_scan()
         self._seqnr += 1
         return None
@@ -1106,6 +1124,7 @@ class ReferenceSimulator:
             self._remove_rmap_item_from_tree(item)
             self._free_rmap_item(item)
         item = RmapItem(mm, address)  # alloc_rmap_item(): zeroed
+        self._count("allocs")
         mm.ksm_rmap_items += 1
         self._rmap_items += 1
         mm.items.insert(pos, item)
@@ -1121,6 +1140,7 @@ class ReferenceSimulator:
     def _free_rmap_item(self, item: RmapItem) -> None:
         """``free_rmap_item()``."""
         assert item.state == NONE
+        self._count("frees")
         self._rmap_items -= 1
         item.mm.ksm_rmap_items -= 1
 
@@ -1146,6 +1166,7 @@ class ReferenceSimulator:
                 item.remaining_skips = 8
             return False
         self._pages_skipped += 1
+        self._count("skips")
         item.remaining_skips -= 1
         self._remove_rmap_item_from_tree(item)
         return True
@@ -1160,6 +1181,7 @@ class ReferenceSimulator:
         if frame.ksm:
             node = frame.node
             assert node is not None
+            self._count("hits")
             if item.state == STABLE and item.node is node:
                 return  # already linked to this KSM page
             if not self._is_page_sharing_candidate(node):
@@ -1182,10 +1204,19 @@ class ReferenceSimulator:
             checksum = frame.content  # calc_checksum()
             if item.oldchecksum != checksum:
                 item.oldchecksum = checksum
+                self._count("checksums")
                 return
             if self._try_to_merge_with_zero_page(item, frame):
+                self._count("zero_merges")
                 return
             kframe = self._stable_tree_search(frame.content)
+            self._count("stable_levels", self._pass_shared.bit_length())
+            if kframe is not None:
+                self._count("merges")
+            else:
+                self._count("searches")
+                self._pass_searches += 1
+                self._count("unstable_levels", self._pass_searches.bit_length())
 
         self._remove_rmap_item_from_tree(item)
         if kframe is not None:
@@ -1197,6 +1228,7 @@ class ReferenceSimulator:
         found = self._unstable_tree_search_insert(item, frame)
         if found is not None:
             tree_item, tree_frame = found
+            self._count("pairs")
             kpage = self._try_to_merge_two_pages(item, frame, tree_item, tree_frame)
             node = self._stable_tree_insert(kpage)
             self._stable_tree_append(tree_item, node, False)
@@ -1326,6 +1358,7 @@ class ReferenceSimulator:
         found: StableNode | None = None
         found_len = 0
         for dup in list(chain.dups):
+            self._count("dups")
             if self._ksm_get_folio(dup) is None:
                 continue  # stale dup removed from the chain
             if not self.kernel.chain_collapse_any:
@@ -1479,8 +1512,8 @@ class ReferenceSimulator:
         """``scan_time_advisor()``: integer arithmetic (unsigned long / unsigned int)."""
         scan_time = (self._now - self._adv_start_scan) // 1_000_000 // 1000
         scan_time = scan_time or 1
-        # ksmd's CPU time now: whole batches so far plus this batch's visits.
-        cpu_time = self._ksmd_cpu_ns + batch_cost_ns(self._batch_visits)
+        # ksmd's CPU time now: whole batches so far plus this batch so far.
+        cpu_time = self._ksmd_cpu_ns + batch_cost_ns(Work(**(self._work or {})))
         cpu_time_diff_ms = ((cpu_time - self._adv_cpu_time) % ULONG) // 1000 // 1000
         cpu_percent = ((cpu_time_diff_ms * 100) % ULONG // (scan_time * 1000)) % UINT
         cpu_percent = cpu_percent or 1

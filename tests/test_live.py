@@ -252,3 +252,66 @@ def test_settle_needs_to_see_ksmd(monkeypatch: pytest.MonkeyPatch) -> None:
     assert knob_state() == before
     assert at_rest() == REST
     execute([Ksm(1, 0, {"run": 1}), Snapshot(2, 0, "x")], 4096)  # no settle: no need
+
+
+TIMED = SCENARIOS / "timed"
+LIVE_TIMED = ("sleep0_n101", "sleep0_n1000_nosmart")
+"""Timed scenarios replayed live here: short ones (at most 100 ms of trace
+time) where ksmd never sleeps.  (Those where it sleeps a jiffy or more end a
+pass sooner or later live from one session to the next, by how late the
+driver holds ksmd at a snapshot: a few runs are not enough to tell.)"""
+LIVE_TIMED_RUNS = 5
+IDLE_LOAD = 1.0
+"""The 1-minute load average below which the machine counts as idle: the
+spreads were recorded with ksmd getting a whole CPU (timing.CPU_SHARE_PERCENT)."""
+
+
+@pytest.mark.parametrize("name", LIVE_TIMED)
+def test_timed_scenario_live_agrees_with_its_recording_and_the_simulator(name: str) -> None:
+    """GIVEN a timed scenario replayed live a few times (each under the live lock)
+    THEN the median of the live runs at every snapshot is inside the recorded
+    10th-90th percentile range (which test_timed.py holds the simulator to),
+    and the simulator is inside the range of today's runs."""
+    from kernel_answer import (
+        SPREAD_COUNTERS,
+        load_spread,
+        outside_spread,
+        replay_file,
+        run_of,
+        spread_of,
+    )
+
+    from ksmreplay.live.kernel import mergeable_processes
+
+    runs = []
+    for _ in range(LIVE_TIMED_RUNS):
+        if mergeable_processes():
+            pytest.skip("other processes have mergeable memory: ksmd scans it too")
+        if os.getloadavg()[0] >= IDLE_LOAD:
+            pytest.skip("the machine is busy: ksmd's pace is its share of a CPU (recorded idle)")
+        with open_trace(str(TIMED / f"{name}.jsonl")) as reader:
+            runs.append(execute(reader)["runs"][0])
+        assert at_rest() == REST
+    today = spread_of(runs)
+    recorded = load_spread(TIMED / f"{name}.kernel-spread.json")["snapshots"]
+    for now, then in zip(today, recorded, strict=True):
+        for counter in SPREAD_COUNTERS:
+            r = then[counter]
+            assert r["p10"] <= now[counter]["median"] <= r["p90"], (
+                now["label"],
+                counter,
+                now[counter],
+            )
+    widest = [
+        {
+            **snap,
+            **{
+                c: {**snap[c], "p10": min(snap[c]["values"]), "p90": max(snap[c]["values"])}
+                for c in SPREAD_COUNTERS
+            },
+        }
+        for snap in today
+    ]
+    simulated = run_of(replay_file(TIMED / f"{name}.jsonl", ["unshare"]), "unshare")
+    outside = outside_spread(widest, simulated)
+    assert not outside, f"{name}:\n  " + "\n  ".join(outside)

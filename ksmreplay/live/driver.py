@@ -22,7 +22,12 @@ See :func:`execute`.  Method, in short:
   ksmd stays held for ``sleep_millisecs`` of trace time, as in the simulator;
 * snapshots read ``/sys/kernel/mm/ksm``, ``/proc/<pid>/ksm_stat`` and the page
   tables (``/proc/<pid>/pagemap`` + ``/proc/kpageflags``) of the trace's own
-  mappings only.
+  mappings only.  With ``ksmd_clock=True`` each snapshot also carries a
+  ``live`` section: ksmd's own CPU time since the replay started (the first
+  field of ``/proc/<ksmd>/schedstat``, ns, read while ksmd is held, so no
+  batch is half counted) and the real time since then (ns).  It is what the
+  CPU model (``bench/cpu_model.py``) and the timed scenarios' spreads are
+  measured with; without it reports are as before.
 
 Ground truth the kernel does not count (the ``memory`` and ``events``
 sections) is derived from the page tables:
@@ -184,6 +189,7 @@ class LiveReplay:
         machine: Machine,
         offset: int,
         observe_events: bool,
+        ksmd_clock: bool = False,
     ) -> None:
         self.ps = page_size
         self.guard = guard
@@ -208,8 +214,15 @@ class LiveReplay:
         self.scanned0 = counters.get("pages_scanned")
         self.skipped0 = counters.get("pages_skipped")
         self.full_scans0 = counters.get("full_scans", 0)
+        self.clock = ksmd_clock
+        self.started_ns = time.monotonic_ns()
+        self.cpu0 = self.ksmd_cpu_ns() if ksmd_clock else 0
 
     # ------------------------------------------------------------------ ksmd
+
+    def ksmd_cpu_ns(self) -> int:
+        """ksmd's CPU time so far (``/proc/<ksmd>/schedstat``, first field), ns."""
+        return int(self.ksmd_file("schedstat").split()[0])
 
     def hold(self) -> None:
         """Stop ksmd between batches (the write waits for a running batch)."""
@@ -628,7 +641,7 @@ class LiveReplay:
                     "rss_anon_pages": rss,
                 }
             )
-        return {
+        snap: dict[str, Any] = {
             "label": label,
             "t": t,
             "event": index,
@@ -643,6 +656,12 @@ class LiveReplay:
             },
             "events": dict(self.events),
         }
+        if self.clock:
+            snap["live"] = {
+                "ksmd_cpu_ns": self.ksmd_cpu_ns() - self.cpu0,
+                "elapsed_ns": time.monotonic_ns() - self.started_ns,
+            }
+        return cast(Snap, snap)
 
     def settings(self) -> dict[str, KnobValue | None]:
         """Every knob of the table at the end; None for those this kernel does not have."""
@@ -757,6 +776,7 @@ def execute(
     meta: Mapping[str, Any] | None = None,
     observe_events: bool = True,
     machine: Machine | None = None,
+    ksmd_clock: bool = False,
 ) -> Report:
     """Replay a trace on the running kernel; return the report (one run, like ``run``).
 
@@ -787,6 +807,9 @@ def execute(
         (costs a page-table read per instant); when False they are 0 and the
         run says ``"events_observed": false``.
     :param machine: where to replay (default: this machine).
+    :param ksmd_clock: add to every snapshot a ``live`` section, ``{"ksmd_cpu_ns",
+        "elapsed_ns"}``: ksmd's CPU time and the real time since the replay
+        started (ns); needs ksmd visible in ``/proc``.
     :returns: the report of REPORT_FORMAT.md; its run has mode ``unshare``
         when the kernel has ``/sys/kernel/mm/ksm/ksm_zero_pages`` (the
         zero-page series, 6.6), ``legacy`` otherwise, and ``"kernel"``
@@ -820,7 +843,8 @@ def execute(
         machine = LocalMachine(worker_binary())
     else:
         kernel.check_usable(page_size, machine)
-    if any(isinstance(ev, Settle) for ev in events) and _find_ksmd(machine) is None:
+    needs_ksmd = ksmd_clock or any(isinstance(ev, Settle) for ev in events)
+    if needs_ksmd and _find_ksmd(machine) is None:
         raise LiveKernelError(NO_KSMD)
     offset = address_offset(events)
     ksm = KsmFiles(machine)
@@ -833,7 +857,16 @@ def execute(
         guard.start()
         try:
             run = _execute(
-                events, page_size, guard, machine, offset, observe_events, settings, force, progress
+                events,
+                page_size,
+                guard,
+                machine,
+                offset,
+                observe_events,
+                settings,
+                force,
+                progress,
+                ksmd_clock,
             )
         except BaseException as exc:
             problems = _cleanup(guard)
@@ -891,6 +924,7 @@ def _execute(
     settings: Mapping[str, KnobValue] | None,
     force: bool,
     progress: ProgressCallback | None,
+    ksmd_clock: bool = False,
 ) -> dict[str, Any]:
     guard.touched = True
     start = dict(DEFAULTS)
@@ -903,7 +937,7 @@ def _execute(
     for name in kernel.RESTORE_ORDER:
         if name in start and guard.ksm.has(name) and guard.ksm.read_knob(name) != start[name]:
             guard.write(name, start[name])
-    replay = LiveReplay(page_size, guard, machine, offset, observe_events)
+    replay = LiveReplay(page_size, guard, machine, offset, observe_events, ksmd_clock)
     _active.append(replay)
     replay.trace_run = initial_run
     if initial_run == 2:

@@ -191,6 +191,27 @@ def busy_reason(counters: Mapping[str, int]) -> str | None:
     return None
 
 
+def mergeable_processes() -> list[tuple[int, str]]:
+    """Processes with mergeable memory (``ksm_mergeable`` or ``ksm_merge_any`` in
+    ``/proc/PID/ksm_stat``), as (pid, command name): ksmd scans their pages
+    along with a replay's once ``run`` is 1, so timings and CPU times measured
+    meanwhile are theirs too (virtual machines often madvise their memory)."""
+    found = []
+    for entry in sorted(os.listdir("/proc")):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/ksm_stat", encoding="ascii") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if "ksm_mergeable: yes" in stat or "ksm_merge_any: yes" in stat:
+            found.append((int(entry), comm))
+    return found
+
+
 _lock_depth = 0
 """How many :func:`exclusive_lock` blocks of this process are open (the lock is reentrant)."""
 
@@ -305,3 +326,28 @@ class KsmGuard:
             except (LiveKernelError, RefusedWrite) as e:
                 problems.append(f"could not restore run={original_run}: {e}")
         return problems
+
+
+def free_leftover_items() -> bool:
+    """Free rmap_items that only gone processes left (``pages_volatile`` or
+    ``pages_unshared`` above 0 with ``run`` 0, nothing merged, no process with
+    mergeable memory: ksmd frees an exited process's items only when it next
+    runs), so that a replay does not take KSM for busy.  Holds the live lock;
+    writes run=2 then run=0 through :class:`KsmGuard`, every knob restored.
+    True if there were such items.
+    """
+    with exclusive_lock():
+        counters = read_counters()
+        reason = busy_reason(counters)
+        merged = any(
+            counters.get(n, 0) for n in ("run", "pages_shared", "pages_sharing", "ksm_zero_pages")
+        )
+        if reason is None or merged or mergeable_processes():
+            return False
+        guard = KsmGuard(force=True)
+        guard.start()
+        guard.touched = True
+        problems = guard.stop()
+        if problems:
+            raise LiveKernelError("; ".join(problems))
+        return True
