@@ -282,8 +282,8 @@ def simulate(path: Path) -> list[dict[str, Any]]:
     """Every snapshot of the simulator's replay: label, ksm counters, work, modelled CPU."""
     kept: list[tuple[str, Work, int]] = []
 
-    def factory(mode: str, page_size: int, settings: Any) -> Engine:
-        engine = _Recording(mode, page_size, settings)
+    def factory(mode: str, page_size: int, settings: Any, pins: Any, kernel: str) -> Engine:
+        engine = _Recording(mode, page_size, settings, kernel, pins=pins)
         engine.kept = kept
         return engine
 

@@ -59,8 +59,8 @@ def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 def engines_of(path: Path) -> list[Engine]:
     made: list[Engine] = []
 
-    def factory(mode: str, page_size: int, settings: Any) -> Engine:
-        engine = Engine(mode, page_size, settings)
+    def factory(mode: str, page_size: int, settings: Any, pins: Any, kernel: str) -> Engine:
+        engine = Engine(mode, page_size, settings, kernel, pins=pins)
         made.append(engine)
         return engine
 

@@ -650,7 +650,7 @@ class LiveReplay:
             "memory": {
                 "anon_frames": len(frames),
                 # None where the kernel's page flags cannot tell KSM pages (probe_pages).
-                "ksm_frames": len(ksm_frames) if self.ksm_flag else None,  # type: ignore[dict-item]
+                "ksm_frames": len(ksm_frames) if self.ksm_flag else None,
                 "zero_page_maps_by_ksm": by_ksm,
                 "zero_page_maps_by_fault": by_fault,
             },
