@@ -492,6 +492,11 @@ def _progress_callback(trace: str) -> Any:
     help="Mode(s) to replay in; repeatable. both = legacy and unshare; all = every mode.",
 )
 @_report_options
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Add to every snapshot why each resident page is or is not merged, by category.",
+)
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -499,6 +504,7 @@ def run(
     fmt: str,
     settings: dict[str, KnobValue],
     output: str,
+    explain: bool,
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -511,6 +517,7 @@ def run(
         ksmreplay run trace.msgpack
         ksmreplay run trace.msgpack --mode all --format json -o report.json
         ksmreplay run trace.msgpack --set pages_to_scan=1000 --set use_zero_pages=1
+        ksmreplay run trace.msgpack --explain
     """
     _engine_notice()
     chosen = expand_modes(modes)
@@ -525,6 +532,7 @@ def run(
                 settings or None,
                 progress=progress,
                 check_invariants=check_invariants,
+                explain=explain,
             )
     finally:
         if progress is not None:

@@ -33,7 +33,7 @@ from ksmreplay.events import (
 from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KnobValue
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.report import Explain, Refusal, Snap
 from ksmreplay.timing import next_wake_ns, sleep_ns
 from ksmreplay.vm import MM, FrameTable
 
@@ -202,6 +202,13 @@ class Engine:
             },
             "events": dict(self.mem.events),
         }
+
+    def explain(self) -> Explain:
+        """Every page counted as resident without KSM, by why it is (not)
+        merged (``explain.py``); computed now, from the state as it is."""
+        from ksmreplay.explain import explain  # (only with --explain)
+
+        return explain(self.ksmd, self.page_size)
 
     def check_invariants(self) -> None:
         from ksmreplay.invariants import validate_engine

@@ -122,8 +122,11 @@ def _drive(
     sinks: Sequence[_SnapshotSink],
     progress: ProgressCallback | None,
     check_invariants: bool,
+    explain: bool = False,
 ) -> tuple[TraceInfo, list[Snap]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
+
+    With ``explain``, every snapshot also gets the simulator's ``explain()``.
 
     :returns: the report's ``trace`` section and each simulator's ``final`` snapshot.
     """
@@ -147,7 +150,7 @@ def _drive(
                         sim.check_invariants()
                 if isinstance(event, Snapshot):
                     for sim, sink in zip(sims, sinks, strict=True):
-                        sink.append(sim.snapshot(event.label, event.t, event.index))
+                        sink.append(_snapshot(sim, event.label, event.t, event.index, explain))
                 count += 1
                 last_t, last_index = event.t, event.index
         if progress is not None and count >= next_progress:
@@ -164,7 +167,15 @@ def _drive(
         "page_size": header.page_size,
         "meta": dict(header.meta),
     }
-    return trace, [sim.snapshot("final", last_t, last_index) for sim in sims]
+    return trace, [_snapshot(sim, "final", last_t, last_index, explain) for sim in sims]
+
+
+def _snapshot(sim: Simulator, label: str, t: int, index: int, explain: bool) -> Snap:
+    """``sim.snapshot()``, and with ``explain`` its ``explain()`` as the ``explain`` key."""
+    snap = sim.snapshot(label, t, index)
+    if explain:
+        snap["explain"] = sim.explain()
+    return snap
 
 
 def replay(
@@ -174,6 +185,7 @@ def replay(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    explain: bool = False,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -200,6 +212,8 @@ def replay(
         else 0.  For drawing a progress line; the report does not depend on it.
     :param check_invariants: run every simulator's ``check_invariants()`` after
         every event (slow; for tests and ``--check-invariants``).
+    :param explain: add ``explain`` to every snapshot (``run --explain``:
+        every resident page by why it is or is not merged; ``explain.py``).
     :param factory: builds one simulator, ``factory(mode, page_size,
         settings)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
@@ -214,7 +228,7 @@ def replay(
     _check_modes(modes)
     sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
     snapshots: list[list[Snap]] = [[] for _ in sims]
-    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants)
+    trace, finals = _drive(reader, sims, snapshots, progress, check_invariants, explain)
     runs: list[Run] = [
         {
             "mode": mode,
@@ -235,6 +249,7 @@ def replay_spooled(
     progress: ProgressCallback | None = None,
     check_invariants: bool = False,
     *,
+    explain: bool = False,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -257,7 +272,7 @@ def replay_spooled(
     sims = [factory(mode, reader.header.page_size, settings) for mode in modes]
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
-        trace, finals = _drive(reader, sims, spools, progress, check_invariants)
+        trace, finals = _drive(reader, sims, spools, progress, check_invariants, explain)
         runs: list[SpooledRun] = [
             {
                 "mode": mode,

@@ -17,11 +17,14 @@ import tempfile
 from collections.abc import Iterator
 from importlib import resources
 from types import TracebackType
-from typing import Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import msgpack
 
 from ksmreplay.errors import InputOutputError
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired  # (typing's own from Python 3.11)
 
 REPORT_VERSION = 1
 
@@ -130,6 +133,27 @@ class Snap(TypedDict):
     processes: list[dict[str, Any]]
     memory: dict[str, int]
     events: dict[str, int]
+    explain: NotRequired[Explain]
+
+
+class ExplainProcess(TypedDict):
+    pid: int
+    categories: dict[str, int]
+
+
+class ExplainMapping(TypedDict):
+    pid: int
+    start: int  # bytes
+    end: int  # bytes
+    categories: dict[str, int]
+
+
+class Explain(TypedDict):
+    """``SNAP.explain`` (``run --explain``): pages by category (``explain.py``)."""
+
+    system: dict[str, int]
+    processes: list[ExplainProcess]
+    mappings: list[ExplainMapping]
 
 
 class Refusal(TypedDict):

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from ksmreplay.events import Event, WriteRun
 from ksmreplay.knobs import KnobValue
-from ksmreplay.report import Refusal, Snap
+from ksmreplay.report import Explain, Refusal, Snap
 
 
 class Simulator(Protocol):
@@ -44,6 +44,10 @@ class Simulator(Protocol):
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         """The statistics now, as REPORT_FORMAT.md's SNAP (a fresh dict, never shared)."""
+
+    def explain(self) -> Explain:
+        """Why pages are (not) merged now: REPORT_FORMAT.md's ``SNAP.explain``
+        (asked for right after ``snapshot``, only with ``run --explain``)."""
 
     @property
     def settings(self) -> dict[str, KnobValue]:
