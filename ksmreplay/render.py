@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import tabulate as tabulate_module
 from tabulate import tabulate
 
+from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,
@@ -41,8 +42,17 @@ FORMATS: tuple[str, ...] = ("table", "json", "csv", "tsv")
 CSV_HEADER: tuple[str, ...] = ("mode", "snapshot", "scope", "pid", "counter", "value")
 """The columns of the CSV and TSV formats."""
 
-SCOPES: tuple[str, ...] = ("ksm", "process", "memory", "events")
-"""The ``scope`` values of CSV/TSV rows, in the order rows appear."""
+SCOPES: tuple[str, ...] = (
+    "ksm",
+    "process",
+    "memory",
+    "events",
+    "explain",
+    "explain_process",
+    "explain_mapping",
+)
+"""The ``scope`` values of CSV/TSV rows, in the order rows appear (the
+``explain`` ones only with ``run --explain``)."""
 
 _NULL = "-"
 """How the table shows a null counter (one the mode's kernel does not have)."""
@@ -198,7 +208,33 @@ def _snap_lines(mode: str, snap: Snap, field: Callable[[str], str], sep: str) ->
         lines.extend(section(start, proc, PROCESS_COUNTERS))
     lines.extend(section(f"{head}memory{sep}{sep}", snap["memory"], MEMORY_COUNTERS))
     lines.extend(section(f"{head}events{sep}{sep}", snap["events"], EVENT_COUNTERS))
+    lines.extend(_explain_lines(head, snap, field, sep))
     return "".join(lines)
+
+
+def _explain_lines(head: str, snap: Snap, field: Callable[[str], str], sep: str) -> list[str]:
+    """The rows of ``explain``, if the snapshot has it: the system's categories
+    (scope ``explain``), each process's (``explain_process``, with its pid) and
+    each mapping's (``explain_mapping``, with its pid; the counter is
+    ``START-END:CATEGORY``, addresses in bytes)."""
+    explain = snap.get("explain")
+    if explain is None:
+        return []
+    lines = [
+        f"{head}explain{sep}{sep}{field(name)}{sep}{pages}\n"
+        for name, pages in explain["system"].items()
+    ]
+    for proc in explain["processes"]:
+        start = f"{head}explain_process{sep}{proc['pid']}{sep}"
+        lines.extend(
+            f"{start}{field(name)}{sep}{pages}\n" for name, pages in proc["categories"].items()
+        )
+    for m in explain["mappings"]:
+        start = f"{head}explain_mapping{sep}{m['pid']}{sep}{m['start']}-{m['end']}:"
+        lines.extend(
+            f"{start}{field(name)}{sep}{pages}\n" for name, pages in m["categories"].items()
+        )
+    return lines
 
 
 def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep: str) -> None:
@@ -392,6 +428,79 @@ def _snap_block(modes: Sequence[str], snaps: Sequence[Snap | None], final: bool)
     return "\n\n".join(parts)
 
 
+EXPLAIN_TOP = 10
+"""Mappings the table lists per mode under ``explain`` (those with the most
+pages that have a twin but are not merged)."""
+
+
+def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int) -> str:
+    """``explain`` for people: each category's pages, MiB and share of the
+    pages counted (one row per category and mode), then per mode the
+    :data:`EXPLAIN_TOP` mappings with the most pages that have a twin but are
+    not merged, and the largest of those categories there."""
+    explained = [
+        (mode, snap["explain"])
+        for mode, snap in zip(modes, snaps, strict=True)
+        if snap is not None and "explain" in snap
+    ]
+    rows = []
+    for name in CATEGORIES:
+        for mode, explain in explained:
+            system = explain["system"]
+            total = sum(system.values())
+            pages = system.get(name, 0)
+            share = 100 * pages / total if total else 0.0
+            rows.append([name, mode, str(pages), _mib(pages, page_size), f"{share:.2f}"])
+    parts = [plain_table(["explain", "mode", "pages", "MiB", "%"], rows, "ll")]
+    top = []
+    for mode, explain in explained:
+        ranked = sorted(
+            (
+                (
+                    -sum(m["categories"].get(name, 0) for name in TWIN_NOT_MERGED),
+                    m["pid"],
+                    m["start"],
+                    m,
+                )
+                for m in explain["mappings"]
+            ),
+            key=lambda entry: entry[:3],
+        )
+        for negative, pid, start, m in ranked[:EXPLAIN_TOP]:
+            if not negative:
+                break
+            reason = max(TWIN_NOT_MERGED, key=lambda name: m["categories"].get(name, 0))
+            top.append(
+                [
+                    mode,
+                    str(pid),
+                    f"{start:#x}",
+                    f"{m['end']:#x}",
+                    str(-negative),
+                    _mib(-negative, page_size),
+                    reason,
+                ]
+            )
+    if top:
+        headers = ["mode", "pid", "start", "end", "twin, not merged", "MiB", "mostly"]
+        title = f"mappings with the most pages that have a twin, not merged (top {EXPLAIN_TOP})"
+        parts.append(title + "\n" + plain_table(headers, top, "lrllrrl"))
+    return "\n\n".join(parts)
+
+
+def _mib(pages: int, page_size: int) -> str:
+    """``pages`` in MiB, 2 decimals."""
+    return f"{pages * page_size / (1 << 20):.2f}"
+
+
+def _write_explain(
+    out: TextIO, modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int
+) -> None:
+    """The :func:`_explain_block` after a snapshot's block, if one of its snapshots has it."""
+    if any(snap is not None and "explain" in snap for snap in snaps):
+        out.write("\n\n" + _explain_block(modes, snaps, page_size))
+
+
 def _seconds(ns: int) -> str:
     """Nanoseconds as exact decimal seconds (no floating point)."""
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
@@ -428,7 +537,10 @@ def render_table(report: AnyReport, out: TextIO) -> None:
     # the n-th snapshot of every run side by side, read from each run in step
     for snaps in zip_longest(*(run["snapshots"] for run in runs)):
         out.write("\n\n" + _snap_block(modes, snaps, final=False))
-    out.write("\n\n" + _snap_block(modes, [run["final"] for run in runs], final=True))
+        _write_explain(out, modes, snaps, trace["page_size"])
+    finals = [run["final"] for run in runs]
+    out.write("\n\n" + _snap_block(modes, finals, final=True))
+    _write_explain(out, modes, finals, trace["page_size"])
 
     out.write("\n\n" + _by_mode("settings", modes, (), [run["settings"] for run in runs]))
     refused = [
