@@ -182,7 +182,9 @@ def _classify(
 
     # The frames mapped in mergeable mappings, by content: how many private
     # ones, and how many KSM pages with room for one more item, or full.
-    frames = np.unique(frame[present & mergeable])
+    seen = np.zeros(fr.capacity, np.bool_)
+    seen[frame[present & mergeable]] = True
+    frames = np.flatnonzero(seen)
     is_ksm = fr.ksm[frames]
     node = fr.node[frames].astype(np.int64)
     size = np.where(is_ksm & (node >= 0), cols.size[np.maximum(node, 0)], 0)
@@ -195,10 +197,16 @@ def _classify(
 
     f = frame[cand]
     content = fr.content[f]
-    k = np.searchsorted(contents, content)
+    group = np.empty(fr.capacity, np.int64)
+    group[frames] = inverse
+    k = group[f]
     zero_twin = (content == 0) if use_zero else np.zeros(len(cand), np.bool_)
     twin = (private[k] + shared[k] >= 2) | zero_twin
+    cat[cand] = np.where(fr.mapcount[f] > 1, _FORK, _UNIQUE)
 
+    # Pages with a twin: what keeps them apart, from ksmd's item.
+    at = np.flatnonzero(twin)
+    cand, content, k, zero_twin = cand[at], content[at], k[at], zero_twin[at]
     r = row[cand]
     has = r >= 0
     r = np.maximum(r, 0)
@@ -207,16 +215,8 @@ def _classify(
     unstable = has & (it.state[r] == STATE_UNSTABLE)
     skipped = has & (it.skips[r] > 0) if smart else np.zeros(len(cand), np.bool_)
     cat[cand] = np.select(
-        [
-            ~twin & (fr.mapcount[f] <= 1),
-            ~twin,
-            ~has,
-            changed,
-            held,
-            unstable,
-            skipped,
-        ],
-        [_UNIQUE, _FORK, _NOT_VISITED, _CHANGED, _MAX_SHARING, _UNSTABLE, _SKIPPED],
+        [~has, changed, held, unstable, skipped],
+        [_NOT_VISITED, _CHANGED, _MAX_SHARING, _UNSTABLE, _SKIPPED],
         _AWAITING,
     )
     return cat
