@@ -307,7 +307,39 @@ def _inspect_table(info: dict[str, Any]) -> str:
             for c in info["ksm_settings"]
         ]
         blocks.append(plain_table(["t (ns)", "event", "ksm settings"], rows, "rrl"))
+    blocks.append(_inspect_explain(info["explain"], header["page_size"]))
     return "\n\n".join(blocks) + "\n"
+
+
+def _inspect_explain(explain: dict[str, Any], page_size: int) -> str:
+    """``inspect``'s ``explain``: what KSM could save at the trace's end, in pages and MiB."""
+
+    def pages(n: int) -> str:
+        return f"{n} ({n * page_size / (1 << 20):.2f} MiB)"
+
+    rows = [
+        ["written pages", pages(explain["written_pages"])],
+        ["in mergeable mappings", pages(explain["mergeable_pages"])],
+        ["distinct contents", str(explain["distinct_contents"])],
+        ["of those in mergeable mappings", str(explain["distinct_mergeable_contents"])],
+        ["ideal saving", pages(explain["ideal_saved_pages"])],
+        ["if every mapping were mergeable", pages(explain["ideal_saved_pages_all_mergeable"])],
+        ["kept from sharing by unmergeable", pages(explain["saved_lost_to_unmergeable_pages"])],
+    ]
+    text = "explain (at the trace's end, without a replay)\n" + plain_table([], rows, "ll")
+    if explain["processes"]:
+        procs = [
+            [
+                str(p["pid"]),
+                str(p["written_pages"]),
+                str(p["mergeable_pages"]),
+                str(p["distinct_contents"]),
+            ]
+            for p in explain["processes"]
+        ]
+        headers = ["pid", "written pages", "mergeable", "distinct contents"]
+        text += "\n\n" + plain_table(headers, procs, "r")
+    return text
 
 
 @cli.command()
@@ -325,7 +357,10 @@ def inspect(trace: str, fmt: str) -> None:
 
     TRACE '-' reads stdin.  Shows the header, the duration, the events per op, each process's peak
     mapped and written pages, the distinct fingerprints written, the pages
-    written as zeros and every change of the KSM settings.
+    written as zeros, every change of the KSM settings, and (explain) what
+    KSM could save at the trace's end: the pages written per process, their
+    distinct contents, the ideal saving, and how much of it mappings that
+    are not mergeable keep out of reach.
 
     \b
     Example:

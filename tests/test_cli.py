@@ -201,6 +201,21 @@ EXPECTED_INSPECT: dict[str, Any] = {
     "distinct_fingerprints": 3,
     "zero_pages_written": 3,
     "ksm_settings": [{"t": 7, "event": 8, "settings": {"run": 1, "pages_to_scan": 50}}],
+    # At the end pid 1 keeps pages 0x12000 (bytes 0x01) and 0x13000 (zeros),
+    # in no mergeable mapping; pid 2 exited; pid 3 (merge_any) wrote nothing.
+    "explain": {
+        "written_pages": 2,
+        "mergeable_pages": 0,
+        "distinct_contents": 2,
+        "distinct_mergeable_contents": 0,
+        "ideal_saved_pages": 0,
+        "ideal_saved_pages_all_mergeable": 0,
+        "saved_lost_to_unmergeable_pages": 0,
+        "processes": [
+            {"pid": 1, "written_pages": 2, "mergeable_pages": 0, "distinct_contents": 2},
+            {"pid": 3, "written_pages": 0, "mergeable_pages": 0, "distinct_contents": 0},
+        ],
+    },
 }
 
 
@@ -271,6 +286,19 @@ def test_inspect_table(small: Path) -> None:
         "\n"
         "t (ns)  event  ksm settings\n"
         "     7      8  run=1 pages_to_scan=50\n"
+        "\n"
+        "explain (at the trace's end, without a replay)\n"
+        "written pages                     2 (0.01 MiB)\n"
+        "in mergeable mappings             0 (0.00 MiB)\n"
+        "distinct contents                 2\n"
+        "of those in mergeable mappings    0\n"
+        "ideal saving                      0 (0.00 MiB)\n"
+        "if every mapping were mergeable   0 (0.00 MiB)\n"
+        "kept from sharing by unmergeable  0 (0.00 MiB)\n"
+        "\n"
+        "pid  written pages  mergeable  distinct contents\n"
+        "  1              2          0                  2\n"
+        "  3              0          0                  0\n"
     )
 
 

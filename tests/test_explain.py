@@ -9,6 +9,7 @@ category; the scalar ksmd and the native core explain alike.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
@@ -18,13 +19,18 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from test_trace_properties import _write, valid_traces
 
 from ksmreplay import native
 from ksmreplay.cli import cli
+from ksmreplay.content import PageStore, literal_write
+from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Ksm, Madvise, Prctl, Write
 from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
+from ksmreplay.inspect import inspect_trace
 from ksmreplay.replay import MODES, replay
 from ksmreplay.report import Report, schema_text
-from ksmreplay.trace import open_trace
+from ksmreplay.trace import TraceReader, open_trace
 
 ROOT = Path(__file__).parent.parent
 TESTS = Path(__file__).parent
@@ -81,14 +87,37 @@ def check_sums(report: Report) -> None:
             assert sum(m["categories"].values()) <= (m["end"] - m["start"]) // 4096
 
 
+def check_against_inspect(path: Path, report: Report) -> None:
+    """At the end, ``inspect`` (no replay) finds as many written pages, and
+    as many in mergeable mappings, as the unshare replay explains (legacy and
+    v6 keep KSM's zero pages in mappings made unmergeable; v6 also unshares
+    zero pages that were only read)."""
+    with open_trace(str(path)) as reader:
+        info = inspect_trace(reader)["explain"]
+    (run,) = [run for run in report["runs"] if run["mode"] == "unshare"]
+    system = run["final"]["explain"]["system"]
+    total = sum(system.values())
+    assert (total, total - system["not_mergeable"]) == (
+        info["written_pages"],
+        info["mergeable_pages"],
+    )
+    by_pid = {p["pid"]: p for p in run["final"]["explain"]["processes"]}
+    for proc in info["processes"]:
+        assert sum(by_pid[proc["pid"]]["categories"].values()) == proc["written_pages"]
+
+
 @pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])
 def test_categories_add_up_in_every_bundled_trace(path: Path) -> None:
-    check_sums(_replay(path))
+    report = _replay(path)
+    check_sums(report)
+    check_against_inspect(path, report)
 
 
 @pytest.mark.parametrize("path", CASES + SCENARIOS, ids=[p.name for p in CASES + SCENARIOS])
 def test_categories_add_up_in_every_case_and_scenario(path: Path) -> None:
-    check_sums(_replay(path))
+    report = _replay(path)
+    check_sums(report)
+    check_against_inspect(path, report)
 
 
 # --- hand-worked cases ----------------------------------------------------------------
@@ -391,4 +420,139 @@ def test_category_names() -> None:
         "in_unstable_tree",
         "skipped_by_smart_scan",
         "awaiting_next_visit",
+    }
+
+
+# --- inspect: what KSM could save, without a replay -----------------------------------
+
+
+def model_explain(header: Header, events: list[Event]) -> dict[str, Any]:
+    """``inspect``'s ``explain``, page by page."""
+    shift = header.page_size.bit_length() - 1
+    store = PageStore(header.page_size)
+    written: dict[int, dict[int, int]] = {}
+    mapped: dict[int, set[int]] = {}
+    mergeable: dict[int, set[int]] = {}
+    merge_any: dict[int, bool] = {}
+    use_zero = False
+
+    def new(pid: int) -> None:
+        if pid not in mapped:
+            written[pid], mapped[pid], mergeable[pid], merge_any[pid] = {}, set(), set(), False
+
+    for ev in events:
+        if isinstance(ev, (Alloc, Free, Madvise, Write)):
+            pages = set(range(ev.addr >> shift, -(-(ev.addr + ev.len) // header.page_size)))
+        if isinstance(ev, Alloc):
+            new(ev.pid)
+            mapped[ev.pid] |= pages
+            if merge_any[ev.pid]:
+                mergeable[ev.pid] |= pages
+        elif isinstance(ev, Prctl):
+            new(ev.pid)
+            if ev.value != merge_any[ev.pid]:
+                merge_any[ev.pid] = ev.value
+                mergeable[ev.pid] = set(mapped[ev.pid]) if ev.value else set()
+        elif isinstance(ev, Write):
+            page_map = written[ev.pid]
+            if isinstance(ev.content, bytes):
+                first, fps = literal_write(
+                    ev.addr, ev.content, header.page_size, lambda p, m=page_map: m.get(p, 0), store
+                )
+            elif isinstance(ev.content, int):
+                first, fps = ev.addr >> shift, [ev.content] * len(pages)
+            else:
+                first, fps = ev.addr >> shift, ev.content.tolist()
+            page_map.update(zip(range(first, first + len(fps)), fps, strict=True))
+        elif isinstance(ev, Free):
+            for page in pages:
+                written[ev.pid].pop(page, None)
+            mapped[ev.pid] -= pages
+            mergeable[ev.pid] -= pages
+        elif isinstance(ev, Madvise):
+            if ev.advice == "dontneed":
+                for page in pages:
+                    written[ev.pid].pop(page, None)
+            elif ev.advice == "mergeable":
+                mergeable[ev.pid] |= pages & mapped[ev.pid]
+            else:
+                mergeable[ev.pid] -= pages
+        elif isinstance(ev, Fork):
+            written[ev.child_pid] = dict(written[ev.pid])
+            mapped[ev.child_pid] = set(mapped[ev.pid])
+            mergeable[ev.child_pid] = set(mergeable[ev.pid])
+            merge_any[ev.child_pid] = merge_any[ev.pid]
+        elif isinstance(ev, Exit):
+            del written[ev.pid], mapped[ev.pid], mergeable[ev.pid], merge_any[ev.pid]
+        elif isinstance(ev, Ksm) and "use_zero_pages" in ev.settings:
+            use_zero = bool(ev.settings["use_zero_pages"])
+
+    def saved(contents: list[int]) -> int:
+        distinct = set(contents)
+        return len(contents) - len(distinct) + int(use_zero and 0 in distinct)
+
+    every = [fp for pid in written for fp in written[pid].values()]
+    merg = [fp for pid in written for p, fp in written[pid].items() if p in mergeable[pid]]
+    return {
+        "written_pages": len(every),
+        "mergeable_pages": len(merg),
+        "distinct_contents": len(set(every)),
+        "distinct_mergeable_contents": len(set(merg)),
+        "ideal_saved_pages": saved(merg),
+        "ideal_saved_pages_all_mergeable": saved(every),
+        "saved_lost_to_unmergeable_pages": saved(every) - saved(merg),
+        "processes": [
+            {
+                "pid": pid,
+                "written_pages": len(written[pid]),
+                "mergeable_pages": len(written[pid].keys() & mergeable[pid]),
+                "distinct_contents": len(set(written[pid].values())),
+            }
+            for pid in sorted(written)
+        ],
+    }
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(valid_traces())
+def test_inspect_explain_is_what_a_page_by_page_model_finds(
+    trace: tuple[Header, list[Event]],
+) -> None:
+    header, events = trace
+    with TraceReader(io.BytesIO(_write(header, events, "msgpack")), "t") as reader:
+        info = inspect_trace(reader)
+    assert info["explain"] == model_explain(header, events)
+
+
+def test_inspect_explain_by_hand(tmp_path: Path) -> None:
+    # Two processes: pid 1 madvises 4 of its 6 pages (contents 5 5 5 0 | 7 7),
+    # pid 2 (merge_any) holds 5 5 and a 9; use_zero_pages=1.
+    lines = [
+        '[0, "ksm", {"use_zero_pages": 1}]',
+        '[0, "alloc", 1, 65536, 24576]',
+        '[0, "write", 1, 65536, 24576, [5, 5, 5, 0, 7, 7]]',
+        '[0, "madvise", 1, 65536, 16384, "mergeable"]',
+        '[0, "prctl", 2, "merge_any", true]',
+        '[0, "alloc", 2, 65536, 12288]',
+        '[0, "write", 2, 65536, 12288, [5, 5, 9]]',
+    ]
+    path = _write_trace(tmp_path, lines)
+    with open_trace(str(path)) as reader:
+        explain = inspect_trace(reader)["explain"]
+    assert explain == {
+        "written_pages": 9,
+        "mergeable_pages": 7,  # 5 5 5 0 and 5 5 9
+        "distinct_contents": 4,  # 5 0 7 9
+        "distinct_mergeable_contents": 3,  # 5 0 9
+        "ideal_saved_pages": 5,  # 7 pages in 2 frames: one 5, one 9 (0: the zero page)
+        "ideal_saved_pages_all_mergeable": 6,  # 9 pages in 3 frames (5, 7, 9)
+        "saved_lost_to_unmergeable_pages": 1,  # the second 7
+        "processes": [
+            {"pid": 1, "written_pages": 6, "mergeable_pages": 4, "distinct_contents": 3},
+            {"pid": 2, "written_pages": 3, "mergeable_pages": 3, "distinct_contents": 2},
+        ],
     }
