@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from ksmreplay.arrays import check
 from ksmreplay.native import PTE_KSM_ZERO, STATE_UNSTABLE
 from ksmreplay.report import Explain
 
@@ -86,6 +87,13 @@ TWIN_NOT_MERGED: tuple[str, ...] = CATEGORIES[5:]
 
 IntArray = npt.NDArray[np.int64]
 
+BYTES_PER_PAGE = 96
+"""The most :func:`explain` holds at once per page-table entry it reads (bytes)."""
+
+CHECK_FROM = 64 << 20
+"""An explanation is checked against the memory budget from this many bytes on
+(as the engine checks large events)."""
+
 
 def explain(ksmd: Ksmd, page_size: int) -> Explain:
     """Every page counted in ``resident_without_ksm`` in one of :data:`CATEGORIES`.
@@ -121,6 +129,9 @@ def explain(ksmd: Ksmd, page_size: int) -> Explain:
     n_cat = len(CATEGORIES)
     if ptes:
         lengths = np.array([len(v) for v in ptes], np.int64)
+        need = int(lengths.sum()) * BYTES_PER_PAGE
+        if need >= CHECK_FROM:
+            check(need, "--explain (its columns of every page)")
         pte = np.concatenate(ptes)
         row = np.concatenate(rows)
         mapping = np.repeat(np.array(seg_map, np.int64), lengths)

@@ -556,3 +556,18 @@ def test_inspect_explain_by_hand(tmp_path: Path) -> None:
             {"pid": 2, "written_pages": 3, "mergeable_pages": 3, "distinct_contents": 2},
         ],
     }
+
+
+def test_explain_beyond_the_memory_budget_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ksmreplay import explain as explain_module
+
+    lines, _expected = HAND["merged"]
+    path = str(_write_trace(tmp_path, lines))
+    monkeypatch.setattr(explain_module, "CHECK_FROM", 0)  # (a large trace, in effect)
+    monkeypatch.setenv("KSMREPLAY_MEMORY", "1K")
+    result = CliRunner().invoke(cli, ["run", path, "--explain"], prog_name="ksmreplay")
+    assert result.exit_code == 6
+    assert result.stderr.startswith("ksmreplay: --explain (its columns of every page) needs ")
+    assert _run(path) != ""  # without --explain, the same replay fits
