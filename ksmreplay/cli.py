@@ -373,6 +373,7 @@ def _inspect_table(info: dict[str, Any]) -> str:
         ]
         blocks.append(plain_table(["t (ns)", "event", "ksm settings"], rows, "rrl"))
     blocks.append(plain_table(["contents", ""], _contents_rows(info["contents"]), "ll"))
+    blocks.append(_inspect_explain(info["explain"], header["page_size"]))
     return "\n\n".join(blocks) + "\n"
 
 
@@ -409,6 +410,37 @@ def _contents_rows(c: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _inspect_explain(explain: dict[str, Any], page_size: int) -> str:
+    """``inspect``'s ``explain``: what KSM could save at the trace's end, in pages and MiB."""
+
+    def pages(n: int) -> str:
+        return f"{n} ({n * page_size / (1 << 20):.2f} MiB)"
+
+    rows = [
+        ["written pages", pages(explain["written_pages"])],
+        ["in mergeable mappings", pages(explain["mergeable_pages"])],
+        ["distinct contents", str(explain["distinct_contents"])],
+        ["of those in mergeable mappings", str(explain["distinct_mergeable_contents"])],
+        ["ideal saving", pages(explain["ideal_saved_pages"])],
+        ["if every mapping were mergeable", pages(explain["ideal_saved_pages_all_mergeable"])],
+        ["kept from sharing by unmergeable", pages(explain["saved_lost_to_unmergeable_pages"])],
+    ]
+    text = "explain (at the trace's end, without a replay)\n" + plain_table([], rows, "ll")
+    if explain["processes"]:
+        procs = [
+            [
+                str(p["pid"]),
+                str(p["written_pages"]),
+                str(p["mergeable_pages"]),
+                str(p["distinct_contents"]),
+            ]
+            for p in explain["processes"]
+        ]
+        headers = ["pid", "written pages", "mergeable", "distinct contents"]
+        text += "\n\n" + plain_table(headers, procs, "r")
+    return text
+
+
 @cli.command()
 @click.argument("trace")
 @click.option(
@@ -426,7 +458,10 @@ def inspect(trace: str, fmt: str) -> None:
     mapped and written pages, the distinct fingerprints written, the pages
     written as zeros, every change of the KSM settings, and what the memory
     holds at the last snapshot (zeros, duplicates, pages shared between
-    processes, the rate of rewrites): what `synth --fit` uses.
+    processes, the rate of rewrites): what `synth --fit` uses; and (explain)
+    what KSM could save at the trace's end: the pages written per process,
+    their distinct contents, the ideal saving, and how much of it mappings
+    that are not mergeable keep out of reach.
 
     \b
     Example:
@@ -619,6 +654,11 @@ def _progress_callback(trace: str) -> Any:
     help="Also take a snapshot every@T at every multiple T of DURATION (500ms, 1s, 2m; "
     "T = 0 included) up to the trace's end.",
 )
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Add to every snapshot why each resident page is or is not merged, by category.",
+)
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -629,6 +669,7 @@ def run(
     output: str,
     pins: dict[str, KnobValue],
     every: str | None,
+    explain: bool,
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -650,6 +691,7 @@ def run(
         ksmreplay run trace.msgpack --kernel 6.1 --kernel 6.18 --mode legacy
         ksmreplay run trace.msgpack --pin pages_to_scan=1000
         ksmreplay run trace.msgpack --every 1s --format csv
+        ksmreplay run trace.msgpack --explain
     """
     _engine_notice()
     try:
@@ -688,6 +730,7 @@ def run(
                 pins=pins or None,
                 warn=warnings,
                 every=every_ns,
+                explain=explain,
             )
     finally:
         if progress is not None:

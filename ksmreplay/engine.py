@@ -35,7 +35,7 @@ from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
 from ksmreplay.ksm import END, IdleState, Ksmd
 from ksmreplay.modes import MODES
-from ksmreplay.report import Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
+from ksmreplay.report import Explain, Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
 from ksmreplay.timing import (
     JIFFY_NS,
     Work,
@@ -319,6 +319,13 @@ class Engine:
         }
         snap["events"] = dict(self.mem.events)
         return snap
+
+    def explain(self) -> Explain:
+        """Every page counted as resident without KSM, by why it is (not)
+        merged (``explain.py``); computed now, from the state as it is."""
+        from ksmreplay.explain import explain  # (only with --explain)
+
+        return explain(self.ksmd, self.page_size)
 
     def check_invariants(self) -> None:
         from ksmreplay.invariants import validate_engine

@@ -3,7 +3,9 @@
 :func:`inspect_trace` reads a trace once and summarises it: the header, the
 duration, how many events of each op, each process's peak mapped and peak
 written pages, how many distinct fingerprints were written, how many pages were
-written as zeros, and every change of the KSM settings.
+written as zeros, every change of the KSM settings, and what KSM could save
+at the trace's end (``explain``: written pages, distinct contents, the ideal
+saving and how much of it mappings that are not mergeable keep away).
 
 ``contents`` measures what KSM could make of the memory, at one moment (the
 last ``snapshot`` at which some process holds written pages, else the end):
@@ -234,6 +236,9 @@ class _Process:
     """Pages holding written content."""
     later: PageMap = field(default_factory=PageMap)
     """Of those, the pages written after the first write's instant (each holds 1)."""
+    mergeable: RangeSet = field(default_factory=RangeSet)
+    """The mapped bytes that are mergeable (madvised, or all with ``merge_any``)."""
+    merge_any: bool = False
 
 
 @dataclass
@@ -379,7 +384,18 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         (those per process and second),
         ``dirty_zero_percent`` (the share of zeros among the pages written
         after the first write's instant) and ``ksm_settings`` (every knob as
-        in force then)).
+        in force then)),
+        and ``explain``: at the trace's end, the pages
+        written by the live processes (``written_pages``), those in
+        mergeable mappings (``mergeable_pages``), their distinct contents
+        (``distinct_contents``, ``distinct_mergeable_contents``), what the
+        ideal deduplication saves (``ideal_saved_pages``: one page per
+        distinct content in mergeable mappings, none for zeros with
+        ``use_zero_pages=1``), what it would save were every mapping
+        mergeable (``ideal_saved_pages_all_mergeable``), the difference
+        (``saved_lost_to_unmergeable_pages``), and per live process by pid
+        ``pid``, ``written_pages``, ``mergeable_pages`` and
+        ``distinct_contents``.
     :raises TraceError: the trace is invalid.
     """
     header = reader.header
@@ -395,6 +411,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     activity = _Activity()
     moment: _Moment | None = None
+    use_zero = False
 
     def note(pid: int, proc: _Process) -> None:
         peak = peaks.get(pid)
@@ -485,25 +502,42 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             proc = procs.setdefault(event.pid, _Process())
             proc.ranges.add(event.addr, event.addr + event.len)
             proc.mapped += event.len
+            if proc.merge_any:
+                _set_mergeable(proc, event.addr, event.addr + event.len, True)
             note(event.pid, proc)
         elif isinstance(event, Free):
             proc = procs[event.pid]
             proc.mapped -= proc.ranges.remove(event.addr, event.addr + event.len)
+            proc.mergeable.remove(event.addr, event.addr + event.len)
             proc.written.drop(event.addr >> shift, (event.addr + event.len) >> shift)
             proc.later.drop(event.addr >> shift, (event.addr + event.len) >> shift)
         elif isinstance(event, Madvise):
+            proc = procs[event.pid]
             if event.advice == "dontneed":
                 end = (event.addr + event.len) >> shift
-                procs[event.pid].written.drop(event.addr >> shift, end)
-                procs[event.pid].later.drop(event.addr >> shift, end)
+                proc.written.drop(event.addr >> shift, end)
+                proc.later.drop(event.addr >> shift, end)
+            else:
+                mergeable = event.advice == "mergeable"
+                _set_mergeable(proc, event.addr, event.addr + event.len, mergeable)
         elif isinstance(event, Prctl):
             if event.pid not in procs:
                 procs[event.pid] = _Process()
                 note(event.pid, procs[event.pid])
+            proc = procs[event.pid]
+            # merge_any on makes every mapping mergeable; off, none is (unmerged)
+            if bool(event.value) != proc.merge_any:
+                proc.merge_any = bool(event.value)
+                proc.mergeable = proc.ranges.copy() if proc.merge_any else RangeSet()
         elif isinstance(event, Fork):
             parent = procs[event.pid]
             child = procs[event.child_pid] = _Process(
-                parent.ranges.copy(), parent.mapped, parent.written.copy(), parent.later.copy()
+                parent.ranges.copy(),
+                parent.mapped,
+                parent.written.copy(),
+                parent.later.copy(),
+                parent.mergeable.copy(),
+                parent.merge_any,
             )
             note(event.child_pid, child)
         elif isinstance(event, Exit):
@@ -513,6 +547,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 {"t": event.t, "event": event.index, "settings": dict(event.settings)}
             )
             settings.update(event.settings)
+            use_zero = bool(event.settings.get("use_zero_pages", use_zero))
         elif isinstance(event, Snapshot) and any(p.written.pages for p in procs.values()):
             moment = _Moment(
                 event.t,
@@ -556,4 +591,98 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         "zero_pages_written": zero_pages,
         "ksm_settings": settings_changes,
         "contents": measure_contents(moment, page_size),
+        "explain": _explain(procs, shift, use_zero),
     }
+
+
+def _set_mergeable(proc: _Process, start: int, end: int, mergeable: bool) -> None:
+    """MADV_MERGEABLE / MADV_UNMERGEABLE of bytes [start, end) (the mapped part of it)."""
+    proc.mergeable.remove(start, end)
+    if mergeable:
+        ranges = proc.ranges
+        lo = bisect_right(ranges.ends, start)
+        hi = bisect_left(ranges.starts, end)
+        for a, b in zip(ranges.starts[lo:hi], ranges.ends[lo:hi], strict=True):
+            proc.mergeable.add(max(a, start), min(b, end))
+
+
+class _Contents:
+    """A multiset of page contents: runs of one fingerprint and arrays of them."""
+
+    __slots__ = ("arrays", "pages", "values")
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+        self.arrays: list[npt.NDArray[np.uint64]] = []
+        self.pages = 0
+
+    def add(self, value: Fingerprints, pages: int) -> None:
+        if isinstance(value, int):
+            self.values.append(value)
+        else:
+            self.arrays.append(value)
+        self.pages += pages
+
+    def distinct(self) -> npt.NDArray[np.uint64]:
+        """The distinct contents, ascending."""
+        found: npt.NDArray[np.uint64] = np.unique(
+            np.concatenate([np.array(self.values, np.uint64), *self.arrays])
+        )
+        return found
+
+
+def _explain(procs: dict[int, _Process], shift: int, use_zero: bool) -> dict[str, Any]:
+    """What KSM could save at the trace's end, from the pages written (no replay).
+
+    A written page is in a mergeable mapping or not; the ideal keeps one page
+    per distinct content (none for zero pages with ``use_zero_pages=1`` as the
+    trace last set it), so it saves ``pages - frames``; of what every
+    mapping being mergeable would save, ``saved_lost_to_unmergeable_pages``
+    is what the mappings not made mergeable keep from it.
+    """
+    everything, mergeable = _Contents(), _Contents()
+    processes = []
+    for pid in sorted(procs):
+        proc = procs[pid]
+        mine, mine_mergeable = _Contents(), _Contents()
+        starts, ends = proc.mergeable.starts, proc.mergeable.ends
+        for start, end, value in proc.written.segments():
+            mine.add(value, end - start)
+            # the parts of the segment in mergeable ranges (bytes >> shift: pages)
+            lo = bisect_right(ends, start << shift)
+            hi = bisect_left(starts, end << shift)
+            for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
+                first, last = max(start, a >> shift), min(end, b >> shift)
+                if first < last:
+                    mine_mergeable.add(_cut(value, first - start, last - start), last - first)
+        for whole, part in ((everything, mine), (mergeable, mine_mergeable)):
+            whole.values += part.values
+            whole.arrays += part.arrays
+            whole.pages += part.pages
+        processes.append(
+            {
+                "pid": pid,
+                "written_pages": mine.pages,
+                "mergeable_pages": mine_mergeable.pages,
+                "distinct_contents": len(mine.distinct()),
+            }
+        )
+    saved = [
+        contents.pages - _frames(contents.distinct(), use_zero)
+        for contents in (everything, mergeable)
+    ]
+    return {
+        "written_pages": everything.pages,
+        "mergeable_pages": mergeable.pages,
+        "distinct_contents": len(everything.distinct()),
+        "distinct_mergeable_contents": len(mergeable.distinct()),
+        "ideal_saved_pages": saved[1],
+        "ideal_saved_pages_all_mergeable": saved[0],
+        "saved_lost_to_unmergeable_pages": saved[0] - saved[1],
+        "processes": processes,
+    }
+
+
+def _frames(distinct: npt.NDArray[np.uint64], use_zero: bool) -> int:
+    """Pages the distinct contents ``distinct`` take, one each (zero: none with use_zero_pages)."""
+    return len(distinct) - int(use_zero and len(distinct) > 0 and distinct[0] == 0)

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import tabulate as tabulate_module
 from tabulate import tabulate
 
+from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,
@@ -53,9 +54,21 @@ CSV_HEADER: tuple[str, ...] = (
 )
 """The columns of the CSV and TSV formats."""
 
-SCOPES: tuple[str, ...] = ("summary", "ksm", "process", "memory", "events", "ksmd", "milestones")
-"""The ``scope`` values of CSV/TSV rows, in the order rows appear (the last two
-are a run's, after its ``final``)."""
+SCOPES: tuple[str, ...] = (
+    "summary",
+    "ksm",
+    "process",
+    "memory",
+    "events",
+    "explain",
+    "explain_process",
+    "explain_mapping",
+    "ksmd",
+    "milestones",
+)
+"""The ``scope`` values of CSV/TSV rows, in the order rows appear (the
+``explain`` ones only with ``run --explain``; the last two are a run's,
+after its ``final``)."""
 
 _NULL = "-"
 """How the table shows a null counter (one the mode's kernel does not have)."""
@@ -213,6 +226,7 @@ def _snap_lines(mode: str, snap: Snap, field: Callable[[str], str], sep: str) ->
         lines.extend(section(start, proc, PROCESS_COUNTERS))
     lines.extend(section(f"{head}memory{sep}{sep}", snap["memory"], MEMORY_COUNTERS))
     lines.extend(section(f"{head}events{sep}{sep}", snap["events"], EVENT_COUNTERS))
+    lines.extend(_explain_lines(head, snap, field, sep))
     return "".join(lines)
 
 
@@ -233,6 +247,31 @@ def _run_lines(name: str, run: Mapping[str, Any], field: Callable[[str], str], s
         for counter in _ordered_keys(known, [values]):
             lines.append(f"{start}{field(counter)}{sep}{_text_cell(values[counter], field)}\n")
     return "".join(lines)
+
+
+def _explain_lines(head: str, snap: Snap, field: Callable[[str], str], sep: str) -> list[str]:
+    """The rows of ``explain``, if the snapshot has it: the system's categories
+    (scope ``explain``), each process's (``explain_process``, with its pid) and
+    each mapping's (``explain_mapping``, with its pid; the counter is
+    ``START-END:CATEGORY``, addresses in bytes)."""
+    explain = snap.get("explain")
+    if explain is None:
+        return []
+    lines = [
+        f"{head}explain{sep}{sep}{field(name)}{sep}{pages}\n"
+        for name, pages in explain["system"].items()
+    ]
+    for proc in explain["processes"]:
+        start = f"{head}explain_process{sep}{proc['pid']}{sep}"
+        lines.extend(
+            f"{start}{field(name)}{sep}{pages}\n" for name, pages in proc["categories"].items()
+        )
+    for m in explain["mappings"]:
+        start = f"{head}explain_mapping{sep}{m['pid']}{sep}{m['start']}-{m['end']}:"
+        lines.extend(
+            f"{start}{field(name)}{sep}{pages}\n" for name, pages in m["categories"].items()
+        )
+    return lines
 
 
 def _write_rows(report: AnyReport, out: TextIO, field: Callable[[str], str], sep: str) -> None:
@@ -418,6 +457,7 @@ _MIB = 1 << 20
 
 
 def _mib(pages: int, page_size: int) -> str:
+    """``pages`` in MiB, 2 decimals."""
     return f"{pages * page_size / _MIB:.2f}"
 
 
@@ -497,6 +537,74 @@ def _run_block(modes: Sequence[str], runs: Sequence[Mapping[str, Any]], page_siz
     return plain_table(["ksmd", *modes], table)
 
 
+EXPLAIN_TOP = 10
+"""Mappings the table lists per mode under ``explain`` (those with the most
+pages that have a twin but are not merged)."""
+
+
+def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int) -> str:
+    """``explain`` for people: each category's pages, MiB and share of the
+    pages counted (one row per category and mode), then per mode the
+    :data:`EXPLAIN_TOP` mappings with the most pages that have a twin but are
+    not merged, and the largest of those categories there."""
+    explained = [
+        (mode, snap["explain"])
+        for mode, snap in zip(modes, snaps, strict=True)
+        if snap is not None and "explain" in snap
+    ]
+    rows = []
+    for name in CATEGORIES:
+        for mode, explain in explained:
+            system = explain["system"]
+            total = sum(system.values())
+            pages = system.get(name, 0)
+            share = 100 * pages / total if total else 0.0
+            rows.append([name, mode, str(pages), _mib(pages, page_size), f"{share:.2f}"])
+    parts = [plain_table(["explain", "mode", "pages", "MiB", "%"], rows, "ll")]
+    top = []
+    for mode, explain in explained:
+        ranked = sorted(
+            (
+                (
+                    -sum(m["categories"].get(name, 0) for name in TWIN_NOT_MERGED),
+                    m["pid"],
+                    m["start"],
+                    m,
+                )
+                for m in explain["mappings"]
+            ),
+            key=lambda entry: entry[:3],
+        )
+        for negative, pid, start, m in ranked[:EXPLAIN_TOP]:
+            if not negative:
+                break
+            reason = max(TWIN_NOT_MERGED, key=lambda name: m["categories"].get(name, 0))
+            top.append(
+                [
+                    mode,
+                    str(pid),
+                    f"{start:#x}",
+                    f"{m['end']:#x}",
+                    str(-negative),
+                    _mib(-negative, page_size),
+                    reason,
+                ]
+            )
+    if top:
+        headers = ["mode", "pid", "start", "end", "twin, not merged", "MiB", "mostly"]
+        title = f"mappings with the most pages that have a twin, not merged (top {EXPLAIN_TOP})"
+        parts.append(title + "\n" + plain_table(headers, top, "lrllrrl"))
+    return "\n\n".join(parts)
+
+
+def _write_explain(
+    out: TextIO, modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int
+) -> None:
+    """The :func:`_explain_block` after a snapshot's block, if one of its snapshots has it."""
+    if any(snap is not None and "explain" in snap for snap in snaps):
+        out.write("\n\n" + _explain_block(modes, snaps, page_size))
+
+
 def _seconds(ns: int) -> str:
     """Nanoseconds as exact decimal seconds (no floating point)."""
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
@@ -534,7 +642,10 @@ def render_table(report: AnyReport, out: TextIO) -> None:
     page_size = trace["page_size"]
     for snaps in zip_longest(*(run["snapshots"] for run in runs)):
         out.write("\n\n" + _snap_block(modes, snaps, False, page_size))
-    out.write("\n\n" + _snap_block(modes, [run["final"] for run in runs], True, page_size))
+        _write_explain(out, modes, snaps, page_size)
+    finals = [run["final"] for run in runs]
+    out.write("\n\n" + _snap_block(modes, finals, True, page_size))
+    _write_explain(out, modes, finals, page_size)
     if all("ksmd" in run and "milestones" in run for run in runs):
         out.write("\n\n" + _run_block(modes, runs, page_size))
 

@@ -197,8 +197,10 @@ class _Driver:
         check_invariants: bool,
         every: int | None,
         warn: WarnCallback | None,
+        explain: bool = False,
     ) -> None:
         self.sims = sims
+        self.explain = explain
         self.names = names
         self.warn = warn
         self.sinks = sinks
@@ -276,7 +278,7 @@ class _Driver:
 
     def _record(self, label: str, t: int, index: int) -> None:
         for sim, sink, milestones in zip(self.sims, self.sinks, self.milestones, strict=True):
-            snap = sim.snapshot(label, t, index)
+            snap = _snapshot(sim, label, t, index, self.explain)
             sink.append(snap)
             milestones.add(t, snap["summary"]["saved_pages"])
 
@@ -290,17 +292,19 @@ def _drive(
     check_invariants: bool,
     every: int | None,
     warn: WarnCallback | None = None,
+    explain: bool = False,
 ) -> tuple[TraceInfo, list[_Ending]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
 
     Traps (``traps.py``) come only from ``ksm`` and ``settle`` events and from
     the end of the trace; they go to ``warn`` as soon as every simulator has
-    applied the event.
+    applied the event.  With ``explain``, every snapshot also gets the
+    simulator's ``explain()``.
 
     :returns: the report's ``trace`` section and, per simulator, its ``final``
         snapshot, ``ksmd`` and ``milestones``.
     """
-    driver = _Driver(sims, names, sinks, check_invariants, every, warn)
+    driver = _Driver(sims, names, sinks, check_invariants, every, warn, explain)
     driver.run(reader, progress)
     header = reader.header
     trace: TraceInfo = {
@@ -312,13 +316,21 @@ def _drive(
     }
     endings = [
         _Ending(
-            sim.snapshot("final", driver.last_t, driver.last_index),
+            _snapshot(sim, "final", driver.last_t, driver.last_index, explain),
             ksmd_cost(sim.ksmd_work, driver.last_t),
             milestones.milestones(),
         )
         for sim, milestones in zip(sims, driver.milestones, strict=True)
     ]
     return trace, endings
+
+
+def _snapshot(sim: Simulator, label: str, t: int, index: int, explain: bool) -> Snap:
+    """``sim.snapshot()``, and with ``explain`` its ``explain()`` as the ``explain`` key."""
+    snap = sim.snapshot(label, t, index)
+    if explain:
+        snap["explain"] = sim.explain()
+    return snap
 
 
 class _Ending(NamedTuple):
@@ -365,6 +377,7 @@ def replay(
     pins: Mapping[str, KnobValue] | None = None,
     warn: WarnCallback | None = None,
     every: int | None = None,
+    explain: bool = False,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -409,6 +422,8 @@ def replay(
         ``[T, "snapshot", "every@T"]`` stood after every other event at time
         T (``run --every``); its ``event`` is the index of the last event
         before it.  Every snapshot, these too, counts for ``milestones``.
+    :param explain: add ``explain`` to every snapshot (``run --explain``:
+        every resident page by why it is or is not merged; ``explain.py``).
     :param factory: builds one simulator, ``factory(mode, page_size,
         settings, pins, kernel)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
@@ -426,7 +441,7 @@ def replay(
     ]
     snapshots: list[list[Snap]] = [[] for _ in sims]
     trace, endings = _drive(
-        reader, sims, _run_names(pairs), snapshots, progress, check_invariants, every, warn
+        reader, sims, _run_names(pairs), snapshots, progress, check_invariants, every, warn, explain
     )
     runs: list[Run] = [
         cast(Run, _run(sim, version, pins, end, snaps))
@@ -447,6 +462,7 @@ def replay_spooled(
     pins: Mapping[str, KnobValue] | None = None,
     warn: WarnCallback | None = None,
     every: int | None = None,
+    explain: bool = False,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -472,7 +488,15 @@ def replay_spooled(
     with contextlib.ExitStack() as stack:
         spools = [stack.enter_context(SnapshotSpool()) for _ in sims]
         trace, endings = _drive(
-            reader, sims, _run_names(pairs), spools, progress, check_invariants, every, warn
+            reader,
+            sims,
+            _run_names(pairs),
+            spools,
+            progress,
+            check_invariants,
+            every,
+            warn,
+            explain,
         )
         runs: list[SpooledRun] = [
             cast(SpooledRun, _run(sim, version, pins, end, spool))

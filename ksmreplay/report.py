@@ -267,6 +267,27 @@ class Snap(TypedDict):
     processes: list[dict[str, Any]]
     memory: dict[str, int]
     events: dict[str, int]
+    explain: NotRequired[Explain]
+
+
+class ExplainProcess(TypedDict):
+    pid: int
+    categories: dict[str, int]
+
+
+class ExplainMapping(TypedDict):
+    pid: int
+    start: int  # bytes
+    end: int  # bytes
+    categories: dict[str, int]
+
+
+class Explain(TypedDict):
+    """``SNAP.explain`` (``run --explain``): pages by category (``explain.py``)."""
+
+    system: dict[str, int]
+    processes: list[ExplainProcess]
+    mappings: list[ExplainMapping]
 
 
 class Refusal(TypedDict):

@@ -29,7 +29,7 @@ from typing import Protocol
 from ksmreplay.events import Event, WriteRun
 from ksmreplay.kernels import DEFAULT_KERNEL
 from ksmreplay.knobs import KnobValue
-from ksmreplay.report import KsmdWork, Pinned, Refusal, Snap
+from ksmreplay.report import Explain, KsmdWork, Pinned, Refusal, Snap
 from ksmreplay.traps import Trap
 
 
@@ -46,6 +46,10 @@ class Simulator(Protocol):
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         """The statistics now, as REPORT_FORMAT.md's SNAP (a fresh dict, never shared)."""
+
+    def explain(self) -> Explain:
+        """Why pages are (not) merged now: REPORT_FORMAT.md's ``SNAP.explain``
+        (asked for right after ``snapshot``, only with ``run --explain``)."""
 
     @property
     def settings(self) -> dict[str, KnobValue | None]:

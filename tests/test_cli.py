@@ -227,6 +227,21 @@ EXPECTED_INSPECT: dict[str, Any] = {
         "dirty_zero_percent": 66.667,
         "ksm_settings": {**DEFAULTS, "run": 1, "pages_to_scan": 50},
     },
+    # At the end pid 1 keeps pages 0x12000 (bytes 0x01) and 0x13000 (zeros),
+    # in no mergeable mapping; pid 2 exited; pid 3 (merge_any) wrote nothing.
+    "explain": {
+        "written_pages": 2,
+        "mergeable_pages": 0,
+        "distinct_contents": 2,
+        "distinct_mergeable_contents": 0,
+        "ideal_saved_pages": 0,
+        "ideal_saved_pages_all_mergeable": 0,
+        "saved_lost_to_unmergeable_pages": 0,
+        "processes": [
+            {"pid": 1, "written_pages": 2, "mergeable_pages": 0, "distinct_contents": 2},
+            {"pid": 3, "written_pages": 0, "mergeable_pages": 0, "distinct_contents": 0},
+        ],
+    },
 }
 
 
@@ -309,6 +324,19 @@ def test_inspect_table(small: Path) -> None:
         "rewritten pages    1 in 3.000 s from the first write: 0.333 pages/s per process\n"
         "touched pages      2 (100.000 %, written after the first write's t, each once)\n"
         "later writes       66.667 % zeros (after the first write's t)\n"
+        "\n"
+        "explain (at the trace's end, without a replay)\n"
+        "written pages                     2 (0.01 MiB)\n"
+        "in mergeable mappings             0 (0.00 MiB)\n"
+        "distinct contents                 2\n"
+        "of those in mergeable mappings    0\n"
+        "ideal saving                      0 (0.00 MiB)\n"
+        "if every mapping were mergeable   0 (0.00 MiB)\n"
+        "kept from sharing by unmergeable  0 (0.00 MiB)\n"
+        "\n"
+        "pid  written pages  mergeable  distinct contents\n"
+        "  1              2          0                  2\n"
+        "  3              0          0                  0\n"
     )
 
 
