@@ -12,7 +12,7 @@ as the sysfs file is missing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ksmreplay.errors import UsageError
 from ksmreplay.knobs import KnobValue
@@ -141,19 +141,7 @@ LINUX_6_18 = Kernel(
 )
 """Linux 6.18: what the modes of ``modes.py`` describe."""
 
-LINUX_6_12 = Kernel(
-    "6.12",
-    modes=tuple(MODES),
-    pages_scanned=True,
-    smart_scan=True,
-    advisor=True,
-    merge_any=True,
-    profits=True,
-    checksum_first=True,
-    chain_collapse_any=True,
-    fork_resets_counters=True,
-    merge_flags=False,
-)
+LINUX_6_12 = replace(LINUX_6_18, version="6.12", merge_flags=False)
 """Linux 6.12 (Debian 13): 6.18 without ksm_stat's two yes/no lines.
 
 The fork fix of 6.18 is in the 6.12 stable series, so it is kept here."""
