@@ -433,7 +433,55 @@ def _processes(modes: Sequence[str], snaps: Sequence[Snap | None]) -> str:
         [str(pid), modes[i]] + [_show(proc.get(counter)) for counter in counters]
         for pid, i, proc in entries
     ]
-    return plain_table(["pid", "mode", *counters], rows, "rl")
+    return wrapped_table(["pid", "mode", *counters], rows, "rl", keep=2)
+
+
+TABLE_WIDTH = 80
+"""The widest line the table format writes where it can (a terminal's width)."""
+
+
+def wrapped_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    aligns: str = "l",
+    keep: int = 1,
+    width: int = TABLE_WIDTH,
+) -> str:
+    """:func:`plain_table`, its columns cut into several tables, one under the
+    other, where one would be wider than ``width``: each repeats the first
+    ``keep`` columns (what names a row) and takes as many of the others as
+    fit (at least one).  The same rows in the same order in each.
+    """
+    text = plain_table(headers, rows, aligns)
+    if max(map(len, text.splitlines()), default=0) <= width:
+        return text
+    key = plain_table(headers[:keep], [row[:keep] for row in rows], aligns[:keep])
+    used = max(map(len, key.splitlines()), default=0) + 2
+    groups: list[list[int]] = [[]]
+    room = width - used
+    for i in range(keep, len(headers)):
+        column = max(len(headers[i]), *(len(row[i].strip()) for row in rows)) + 2
+        if groups[-1] and column > room:
+            groups.append([])
+            room = width - used
+        groups[-1].append(i)
+        room -= column
+    parts = []
+    for group in groups:
+        cols = [*range(keep), *group]
+        part_aligns = "".join(aligns[i] if i < len(aligns) else "r" for i in cols)
+        parts.append(
+            plain_table(
+                [headers[i] for i in cols], [[row[i] for i in cols] for row in rows], part_aligns
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ``...`` at the end saying so (the
+    JSON report keeps it whole)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _printable(text: str) -> str:
@@ -593,7 +641,7 @@ def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size
     if top:
         headers = ["mode", "pid", "start", "end", "twin, not merged", "MiB", "mostly"]
         title = f"mappings with the most pages that have a twin, not merged (top {EXPLAIN_TOP})"
-        parts.append(title + "\n" + plain_table(headers, top, "lrllrrl"))
+        parts.append(title + "\n" + wrapped_table(headers, top, "lrllrrl", keep=4))
     return "\n\n".join(parts)
 
 
@@ -634,7 +682,7 @@ def render_table(report: AnyReport, out: TextIO) -> None:
         ["page size", f"{trace['page_size']} bytes"],
     ]
     if trace["meta"]:
-        head.append(["meta", _show(trace["meta"])])
+        head.append(["meta", _cut(_show(trace["meta"]), TABLE_WIDTH - len("meta       "))])
     head.append(["modes", ", ".join(modes)])
     out.write(plain_table([], head, "ll"))
 

@@ -498,8 +498,9 @@ def test_table_with_one_mode_has_no_difference_column_nor_refusals() -> None:
 def test_table_processes_one_row_per_pid_and_mode() -> None:
     text = _text(two_mode_report(), "table")
     rows = [line.split()[:2] for line in text.splitlines() if line[:5].strip().isdigit()]
-    # two blocks (snapshot, final), each pid 1 then 2, each legacy then unshare
-    assert rows == [["1", "legacy"], ["1", "unshare"], ["2", "legacy"], ["2", "unshare"]] * 2
+    # two blocks (snapshot, final), each cut in two tables to fit 80 columns,
+    # each pid 1 then 2, each legacy then unshare
+    assert rows == [["1", "legacy"], ["1", "unshare"], ["2", "legacy"], ["2", "unshare"]] * 4
 
 
 def test_table_without_processes_says_so() -> None:
@@ -558,3 +559,33 @@ def test_plain_table_lays_out_as_tabulate_plain(
 ) -> None:
     headers, rows, aligns = table
     assert plain_table(headers, rows, aligns) == _tabulate_plain(headers, rows, aligns)
+
+
+@pytest.mark.parametrize("options", [[], ["--mode", "all"], ["--explain"]], ids=str)
+@pytest.mark.parametrize("trace", sorted(BUNDLED.glob("*.msgpack")), ids=lambda p: p.name)
+def test_table_of_every_bundled_trace_fits_80_columns(trace: Path, options: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["run", str(trace), *options])
+    assert result.exit_code == 0, result.output
+    wide = [line for line in result.stdout.splitlines() if len(line) > 80]
+    assert not wide, wide[:3]
+
+
+def test_a_wide_table_is_cut_into_tables_that_repeat_the_key_columns() -> None:
+    from ksmreplay.render import wrapped_table
+
+    headers = ["pid", "mode", *(f"counter_{i:02d}" for i in range(8))]
+    rows = [[str(pid), "unshare", *(str(pid * 1000 + i) for i in range(8))] for pid in (1, 22)]
+    text = wrapped_table(headers, rows, "rl", keep=2, width=40)
+    parts = text.split("\n\n")
+    assert len(parts) > 1
+    assert all(len(line) <= 40 for line in text.splitlines())
+    for part in parts:
+        lines = part.splitlines()
+        assert lines[0].split()[:2] == ["pid", "mode"]
+        assert [line.split()[:2] for line in lines[1:]] == [["1", "unshare"], ["22", "unshare"]]
+    cells = [cell for part in parts for cell in part.splitlines()[0].split()[2:]]
+    assert cells == headers[2:]  # every column once, in order
+    narrow = [r[:4] for r in rows]
+    assert wrapped_table(headers[:4], narrow, "rl", keep=2) == (
+        plain_table(headers[:4], narrow, "rl")
+    )
