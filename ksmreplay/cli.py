@@ -31,6 +31,7 @@ from ksmreplay.inspect import inspect_trace
 from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue, start_order
 from ksmreplay.output import open_output, open_text_output
+from ksmreplay.plot import PLOT_FORMATS
 from ksmreplay.render import FORMATS, UNITS, plain_table, render, table_view
 from ksmreplay.replay import (
     MODE_CHOICES,
@@ -930,6 +931,50 @@ def diff(
     render_differences(diffs, out)
     out.flush()
     ctx.exit(int(ExitStatus.DIFFERENCES if diffs else ExitStatus.OK))
+
+
+# --------------------------------------------------------------------------- plot
+
+
+@cli.command("plot")
+@click.argument("report", metavar="REPORT.json")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help=f"Write the figures to FILE (.png, .svg or .html; '-' = stdout). {OUTPUT_HELP}",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(PLOT_FORMATS),
+    help="png, svg or html (one self-contained page); by default FILE's suffix decides.",
+)
+def plot_(report: str, output: str, fmt: str | None) -> None:
+    """Plot a JSON report's sharing over time, per mode.
+
+    REPORT '-' reads stdin.  One figure per group: memory saved and the
+    ideal (ksmd's CPU time so far on a second axis), the zero pages KSM
+    placed, and pages_volatile/pages_unshared; a point per snapshot, so make
+    the report with `run --every DURATION`.  Needs matplotlib: pip install
+    'ksmreplay[plot]'.
+
+    \b
+    Examples:
+        ksmreplay run trace.msgpack --every 1s --format json -o report.json
+        ksmreplay plot report.json -o report.html
+        ksmreplay run trace.msgpack --every 1s --format json | ksmreplay plot - -o sharing.png
+    """
+    from ksmreplay import plot as plotting
+
+    fmt = plotting.output_format(output, fmt)
+    plotting.require_matplotlib()
+    data = load_report(report)
+    name = "<stdin>" if report == "-" else report
+    plotting.series(data, name)  # nothing to plot: said before the output is touched
+    with open_output(output) as out:
+        plotting.plot(data, fmt, out, name)
 
 
 # --------------------------------------------------------------------------- synth

@@ -487,7 +487,7 @@ def table_view(
 _UNIT_SHIFTS: tuple[tuple[str, int], ...] = (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10))
 
 
-def _human_unit(largest: int) -> tuple[str, int]:
+def human_unit(largest: int) -> tuple[str, int]:
     """The unit (name, power of 2) for sizes up to ``largest`` bytes: the
     largest unit not above it (bytes below 1 KiB)."""
     for name, shift in _UNIT_SHIFTS:
@@ -503,7 +503,7 @@ def _in_unit(size: int, shift: int) -> str:
 
 def human_size(size: int) -> str:
     """``size`` bytes for people: ``512 B``, ``1.50 KiB``, ``2.50 GiB`` (powers of 1024)."""
-    name, shift = _human_unit(abs(size))
+    name, shift = human_unit(abs(size))
     return f"{_in_unit(size, shift)} {name}"
 
 
@@ -516,7 +516,7 @@ def _size_row(
     sizes = [None if p is None else p * page_size for p in pages]
     if units == "bytes":
         return "bytes", [None if b is None else str(b) for b in sizes]
-    name, shift = _human_unit(max((abs(b) for b in sizes if b is not None), default=0))
+    name, shift = human_unit(max((abs(b) for b in sizes if b is not None), default=0))
     return name, [None if b is None else _in_unit(b, shift) for b in sizes]
 
 
