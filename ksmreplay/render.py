@@ -879,12 +879,22 @@ def _run_block(
         ("cpu in settles", lambda r: seconds(r["ksmd"]["settle_cpu_ns"])),
     ]
     table: list[list[str]] = [[label] + [cell(run) for run in runs] for label, cell in rows]
+    if not any(len(run["snapshots"]) for run in runs):
+        # (the milestones come from snapshots: with none, 0 would read as "nothing saved")
+        table += [[label] + [_NULL] * len(runs) for label in MILESTONE_LABELS]
+        return plain_table(["ksmd", *modes], table) + "\n" + NO_MILESTONES
     table.append([f"max saved ({unit})", *(_NULL if c is None else c for c in saved)])
     table += [
         [label] + [seconds(run["milestones"][key]) for run in runs]
         for label, key in (("50 % saved at", "t_saved_50"), ("90 % saved at", "t_saved_90"))
     ]
     return plain_table(["ksmd", *modes], table)
+
+
+MILESTONE_LABELS = ("max saved", "50 % saved at", "90 % saved at")
+NO_MILESTONES = "note: no snapshots, so no milestones: add --every DURATION (e.g. --every 1s)"
+"""Said under ksmd's block when the runs have no snapshots (``milestones`` are
+taken from snapshots only, REPORT_FORMAT.md)."""
 
 
 EXPLAIN_TOP = 10

@@ -338,3 +338,23 @@ def test_the_demo_shows_legacy_saving_more_with_less_general_profit() -> None:
         "note: legacy->unshare: saved down, general_profit up; legacy omits zero pages"
     ]
     assert _note_free(two_mode_report())  # type: ignore[arg-type]
+
+
+# --- milestones -------------------------------------------------------------------------
+
+
+def test_without_snapshots_the_milestones_are_not_shown_as_nothing_saved() -> None:
+    # GIVEN a report whose runs have no snapshots, only the final state (which
+    # saved pages): the milestones, taken from snapshots, are 0 and null
+    report = two_mode_report()
+    for run in report["runs"]:
+        run["snapshots"] = []
+        run["milestones"] = {"max_saved_pages": 0, "t_saved_50": None, "t_saved_90": None}
+    text = _table(report)
+    # THEN the table shows no figure for them, and says how to get them
+    assert _row(text, "max saved") == ["max", "saved", "-", "-"]
+    assert "add --every DURATION" in text
+    # and with snapshots it shows the figures, without the note
+    with_snapshots = _table(two_mode_report())
+    assert "add --every" not in with_snapshots
+    assert _row(with_snapshots, "max saved")[-1] != "-"
