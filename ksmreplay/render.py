@@ -879,7 +879,7 @@ def _run_block(
         ("cpu in settles", lambda r: seconds(r["ksmd"]["settle_cpu_ns"])),
     ]
     table: list[list[str]] = [[label] + [cell(run) for run in runs] for label, cell in rows]
-    if not any(len(run["snapshots"]) for run in runs):
+    if not any(len(run["snapshots"]) or run["milestones"]["max_saved_pages"] for run in runs):
         # (the milestones come from snapshots: with none, 0 would read as "nothing saved")
         table += [[label] + [_NULL] * len(runs) for label in MILESTONE_LABELS]
         return plain_table(["ksmd", *modes], table) + "\n" + NO_MILESTONES
