@@ -33,10 +33,13 @@ import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from ksmreplay.native import Native
 
 Entries = npt.NDArray[np.uint64]
 """Pagemap entries, one per page."""
@@ -478,6 +481,42 @@ class MemoryReader:
                 return done
         return self._read_mem(ranges)
 
+    def fingerprints(
+        self, core: Native, runs: npt.NDArray[np.uint64], page_size: int, out: Entries
+    ) -> tuple[int, bool]:
+        """Read the pages of ``runs`` (rows of first address and pages) into the buffer
+        and fingerprint each one into ``out``, in order, with the native core
+        (:meth:`ksmreplay.native.Native.read_pages`; it needs a hash function).
+
+        :returns: the pages done, and whether the page after them cannot be
+            read (False: all were done).
+        :raises ProcessGone: the process or its memory is gone.
+        :raises PermissionError: not allowed.
+        """
+        buffer = self._view.obj
+        assert isinstance(buffer, bytearray)
+        done = 0
+        while True:
+            mem = -1 if self._vm_readv is not None else self._open_mem()
+            got, error = core.read_pages(self.pid, mem, runs, page_size, buffer, out[done:])
+            done += got
+            if not error:
+                return done, False
+            if error == errno.ESRCH:
+                raise ProcessGone(self.pid)
+            if error in (errno.EPERM, errno.ENOSYS, errno.EACCES):
+                if mem < 0:
+                    self._vm_readv = None  # refused: /proc/PID/mem says whether it is allowed
+                    runs = skip_pages(runs, got, page_size)
+                    continue
+                raise PermissionError(error, os.strerror(error), f"/proc/{self.pid}/mem")
+            return done, True
+
+    def _open_mem(self) -> int:
+        if self._mem is None:
+            self._mem = open_proc(self.pid, "mem")
+        return self._mem
+
     def _read_vm(self, ranges: Sequence[tuple[int, int]]) -> int | None:
         """Bytes read by ``process_vm_readv``, or None when it is refused (the caller
         reads through ``/proc/PID/mem`` instead, which says whether that is allowed)."""
@@ -511,8 +550,8 @@ class MemoryReader:
         return done
 
     def _read_mem(self, ranges: Sequence[tuple[int, int]]) -> int:
-        if self._mem is None:
-            self._mem = open_proc(self.pid, "mem")
+        self._open_mem()
+        assert self._mem is not None
         done = 0
         for addr, length in ranges:
             start, end = done, done + length
@@ -531,6 +570,21 @@ class MemoryReader:
                     return done
                 done += got
         return done
+
+
+def skip_pages(runs: npt.NDArray[np.uint64], pages: int, page_size: int) -> npt.NDArray[np.uint64]:
+    """``runs`` (rows of first address and pages, bytes and pages of ``page_size``
+    bytes) without their first ``pages`` pages."""
+    if not pages:
+        return runs
+    ends = np.cumsum(runs[:, 1].astype(np.int64))
+    first = int(np.searchsorted(ends, pages, side="right"))
+    rest: npt.NDArray[np.uint64] = runs[first:].copy()
+    if len(rest):
+        into = pages - (int(ends[first - 1]) if first else 0)
+        rest[0, 0] += np.uint64(into * page_size)
+        rest[0, 1] -= np.uint64(into)
+    return rest
 
 
 # --------------------------------------------------------------------------- soft-dirty
