@@ -717,7 +717,7 @@ class Recorder:
         else:
             need = present
             pending = area.pending.copy()
-        known_zero = present & (pfn != 0) & np.isin(pfn, self.zero.frames)
+        known_zero = present & (pfn != 0) & self.zero.known(pfn)
         state = area.state.copy()
         fps = area.fps.copy()
         state[~present & ~swapped] = ABSENT

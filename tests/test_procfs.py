@@ -106,6 +106,47 @@ def test_the_zero_page_is_known_by_its_frame() -> None:
         area.close()
 
 
+@pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK), reason="needs root")
+def test_the_huge_zero_page_is_known_by_its_block_asked_once() -> None:
+    """GIVEN an aligned huge page's worth of memory that is read (the huge zero page,
+    where the kernel maps it) and a page of it written, WHEN their frames are checked,
+    THEN every frame of the huge zero page is the zero page and the written one is not;
+    their block was asked about once, and the check knows them from then on."""
+    order = procfs.huge_zero_order(PAGE)
+    huge = PAGE << order
+    area = mmap.mmap(-1, 3 * huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        offset = -procfs.address_of(area) % huge
+        area.madvise(mmap.MADV_HUGEPAGE, offset, huge)
+        _ = area[offset]  # a read fault of the whole huge page
+        entries = procfs.read_pagemap(
+            os.getpid(), procfs.address_of(area) + offset, 1 << order, PAGE
+        )
+        pfns = entries & np.uint64(procfs.PM_PFN_MASK)
+        if int(pfns[1]) != int(pfns[0]) + 1:
+            pytest.skip("no huge zero page here (transparent huge pages off, or its use)")
+        area[offset + huge] = 0  # a page of its own, in the next block
+        own = procfs.read_pagemap(os.getpid(), procfs.address_of(area) + offset + huge, 1, PAGE)
+        zero = procfs.ZeroFrames(PAGE)
+        asked: list[list[int]] = []
+        real = procfs.read_kpageflags
+
+        def counted(frames: list[int]) -> dict[int, int]:
+            asked.append(frames)
+            return real(frames)
+
+        both = np.concatenate([pfns, own & np.uint64(procfs.PM_PFN_MASK)])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(procfs, "read_kpageflags", counted)
+            assert not zero.known(pfns).any()
+            assert zero.check(both).tolist() == [True] * (1 << order) + [False]
+            assert zero.check(both).tolist() == [True] * (1 << order) + [False]
+        assert len(asked) == 1 and int(pfns[0]) in asked[0]
+        assert zero.known(pfns).all()
+    finally:
+        area.close()
+
+
 HOLDER = r"""
 import ctypes, mmap, sys
 PAGE = mmap.PAGESIZE
