@@ -20,8 +20,9 @@ page, placed by ksmd).  Whether the kernel can tell the last two apart is a
 property of the mode (``modes.py``); the simulator always can.
 
 Nothing here knows about ksmd's trees: frames carry a ``node`` column that
-``ksm.py`` fills, and the VM reports the events ksmd must see (a KSM frame
-dying, a KSM zero PTE disappearing) through the :class:`Accounting` hooks.
+``ksm.py`` fills.  The VM tells ksmd of the one event it must see at once, a
+KSM frame's last mapping going (``Memory.on_ksm_pages_freed``); the KSM zero
+PTEs it drops are counted down in each process's ``MM.ksm_zero_ptes``.
 """
 
 from __future__ import annotations

@@ -1801,7 +1801,23 @@ def _worker_dir() -> Path:
     return _WORKDIR
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _end_worker(signum: int, _frame: object) -> None:
+    """A worker's SIGTERM: remove its work directory and exit at once (an
+    exception would be taken for the task's outcome and the worker go on)."""
+    if _WORKDIR is not None:
+        shutil.rmtree(_WORKDIR, ignore_errors=True)
+    os._exit(128 + signum)
+
+
 def _init_worker() -> None:
+    # A worker ends with the fuzzer however the fuzzer ends (a SIGKILL too).
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    signal.signal(signal.SIGTERM, _end_worker)
     _prepare_fork()
     load_seeds()
 
