@@ -34,8 +34,9 @@ measures the other rows without it (marked ``pure``).
   distinct pages (``--record-mib``): ``record-1g first`` is a recorder's first
   sample (every present page read), median of ``--runs`` fresh recorders;
   ``record-1g 1% dirty`` is a later sample after the process rewrote 1 % of
-  its pages, spread at random, median of ``--record-samples`` samples.
-  Targets: under 1.5 s and under 0.2 s.  Where the kernel keeps no
+  its pages, spread at random, median of ``--record-samples`` samples (with
+  the native core where it was built: ``KSMREPLAY_NATIVE=0`` measures numpy
+  and a hash call per page).  Targets: under 1.5 s and under 0.2 s.  Where the kernel keeps no
   soft-dirty bits the second row reads every page (as ``record`` does
   there), and a note gives the same samples with the bits simulated: the
   bench sets bit 55 in the pagemap entries of the pages it rewrote, so that

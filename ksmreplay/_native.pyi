@@ -97,3 +97,14 @@ def map_find(
 def map_insert(
     keys: NDArray[Any], vals: NDArray[Any], bits: int, table: NDArray[Any], now: int, /
 ) -> None: ...
+def fingerprint_pages(data: Any, page_size: int, hash: int, out: NDArray[Any], /) -> None: ...
+def read_pages(
+    pid: int,
+    mem: int,
+    runs: NDArray[Any],
+    page_size: int,
+    buffer: Any,
+    hash: int,
+    out: NDArray[Any],
+    /,
+) -> tuple[int, int]: ...

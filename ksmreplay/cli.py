@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -45,6 +45,7 @@ from ksmreplay.synth import (
     FIT_WORKLOADS,
     WORKLOAD_NAMES,
     describe_workloads,
+    fit_contents,
     fit_params,
     get_workload,
     resolve_params,
@@ -344,7 +345,7 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return " ".join(f"{name}={value}" for name, value in settings.items())
 
 
-def _inspect_table(info: dict[str, Any]) -> str:
+def _inspect_table(info: dict[str, Any], since_ns: int = 0) -> str:
     header = info["header"]
     summary = [
         ["trace", f"{info['path']} ({info['form']})"],
@@ -373,19 +374,27 @@ def _inspect_table(info: dict[str, Any]) -> str:
             for c in info["ksm_settings"]
         ]
         blocks.append(plain_table(["t (ns)", "event", "ksm settings"], rows, "rrl"))
-    blocks.append(plain_table(["contents", ""], _contents_rows(info["contents"]), "ll"))
+    rows = _contents_rows(info["contents"], since_ns)
+    blocks.append(plain_table(["contents", ""], rows, "ll"))
+    mergeable = info["mergeable_contents"]
+    if 0 < mergeable["pages"] != info["contents"]["pages"]:
+        rows = _contents_rows(mergeable, since_ns)
+        blocks.append(plain_table(["contents of mergeable mappings", ""], rows, "ll"))
     blocks.append(_inspect_explain(info["explain"], header["page_size"]))
     return "\n\n".join(blocks) + "\n"
 
 
-def _contents_rows(c: dict[str, Any]) -> list[list[str]]:
-    """The measurements of ``inspect`` (and ``synth --fit``) as rows of two cells."""
+def _contents_rows(c: Mapping[str, Any], since_ns: int = 0) -> list[list[str]]:
+    """The measurements of ``inspect`` (and ``synth --fit``) as rows of two cells
+    (``since_ns``: the ``--since`` given, 0 without one)."""
     if c["t"] is None:
         where = "-"
     elif c["snapshot"] is None:
         where = f"the end (t={_seconds(c['t'])})"
     else:
         where = f"snapshot {c['snapshot']!r} (t={_seconds(c['t'])})"
+    first = "the first write" if not since_ns else f"t={_seconds(since_ns)} (--since)"
+    first_t = "the first write's t" if not since_ns else f"t={_seconds(since_ns)}"
     return [
         ["measured at", where],
         ["processes", str(c["processes"])],
@@ -399,15 +408,15 @@ def _contents_rows(c: dict[str, Any]) -> list[list[str]]:
         ],
         [
             "rewritten pages",
-            f"{c['rewritten_pages']} in {c['activity_s']:.3f} s from the first write: "
+            f"{c['rewritten_pages']} in {c['activity_s']:.3f} s from {first}: "
             f"{c['dirty_pages_per_s']:.3f} pages/s per process",
         ],
         [
             "touched pages",
-            f"{c['touched_pages']} ({c['touched_percent']:.3f} %, written after the first "
-            "write's t, each once)",
+            f"{c['touched_pages']} ({c['touched_percent']:.3f} %, written after {first_t}, "
+            "each once)",
         ],
-        ["later writes", f"{c['dirty_zero_percent']:.3f} % zeros (after the first write's t)"],
+        ["later writes", f"{c['dirty_zero_percent']:.3f} % zeros (after {first_t})"],
     ]
 
 
@@ -452,27 +461,44 @@ def _inspect_explain(explain: dict[str, Any], page_size: int) -> str:
     show_default=True,
     help="Output format.",
 )
-def inspect(trace: str, fmt: str) -> None:
+@click.option(
+    "--since",
+    metavar="DURATION",
+    help="Measure the rewrites from this t on (after a recorded boot), not the first write's.",
+)
+def inspect(trace: str, fmt: str, since: str | None) -> None:
     """Summarise TRACE without replaying it.
 
     TRACE '-' reads stdin.  Shows the header, the duration, the events per op, each process's peak
     mapped and written pages, the distinct fingerprints written, the pages
     written as zeros, every change of the KSM settings, and what the memory
     holds at the last snapshot (zeros, duplicates, pages shared between
-    processes, the rate of rewrites): what `synth --fit` uses; and (explain)
-    what KSM could save at the trace's end: the pages written per process,
-    their distinct contents, the ideal saving, and how much of it mappings
-    that are not mergeable keep out of reach.
+    processes, the rate of rewrites; and the same of the pages in mergeable
+    mappings when some written pages are not): what `synth --fit` uses; and
+    (explain) what KSM could save at the trace's end: the pages written per
+    process, their distinct contents, the ideal saving, and how much of it
+    mappings that are not mergeable keep out of reach.
 
     \b
     Example:
         ksmreplay inspect trace.msgpack --format json
+        ksmreplay inspect guests.msgpack --since 25s
     """
     _engine_notice()
+    since_ns = _since(since, "--since")
     with open_trace(trace) as reader:
-        info = inspect_trace(reader)
-    text = json.dumps(info, indent=2) + "\n" if fmt == "json" else _inspect_table(info)
+        info = inspect_trace(reader, since_ns)
+    text = json.dumps(info, indent=2) + "\n" if fmt == "json" else _inspect_table(info, since_ns)
     click.echo(text, nl=False)
+
+
+def _since(text: str | None, option: str) -> int:
+    """The ns of a ``--since``-like option (0 when not given)."""
+    if text is None:
+        return 0
+    from ksmreplay.record import parse_duration
+
+    return parse_duration(text, option)
 
 
 # --------------------------------------------------------------------------- convert
@@ -1012,6 +1038,11 @@ def plot_(report: str, output: str, fmt: str | None) -> None:
     f"pages, rewrite rate, KSM knobs ({', '.join(FIT_WORKLOADS)}); --param overrides.",
 )
 @click.option(
+    "--fit-since",
+    metavar="DURATION",
+    help="With --fit: measure TRACE's rewrites from this t on (after a recorded boot).",
+)
+@click.option(
     "--list", "list_", is_flag=True, help="Describe every workload (or WORKLOAD) and exit."
 )
 def synth(
@@ -1021,6 +1052,7 @@ def synth(
     form: str | None,
     output: str | None,
     fit: str | None,
+    fit_since: str | None,
     list_: bool,
 ) -> None:
     """Generate the trace of a synthetic WORKLOAD (see --list for each one).
@@ -1028,7 +1060,12 @@ def synth(
     The same WORKLOAD, parameters and seed give the same bytes.  A regular
     file FILE is replaced only when the whole trace was written.  --fit
     measures a recorded trace as `inspect` does and prints on stderr what it
-    measured and the parameters it set.
+    measured and the parameters it set: of the pages in mergeable mappings
+    when some written pages are not (a guest's RAM recorded with --as-is,
+    without the hypervisor's own memory), else of every written page.
+    --fit-since measures the rewrites from that t on, as if the memory had
+    been built then (a recording of guests booting: the rate of their idle
+    time, not of their boot).
 
     \b
     Examples:
@@ -1036,6 +1073,7 @@ def synth(
         ksmreplay synth vm-guests --param guests=8 --param guest_mib=64 -o vm.msgpack
         ksmreplay synth zero-heavy --seed 2 -o - | ksmreplay run -
         ksmreplay synth vm-guests --fit guest.msgpack --param guests=40 -o forty.msgpack
+        ksmreplay synth vm-guests --fit guests.msgpack --fit-since 25s -o fit.msgpack
     """
     if list_:
         click.echo(describe_workloads([workload] if workload else None), nl=False)
@@ -1044,17 +1082,21 @@ def synth(
         raise click.UsageError("missing WORKLOAD (see --list)")
     if output is None:
         raise click.UsageError("missing -o FILE ('-' for stdout)")
+    if fit_since is not None and fit is None:
+        raise click.UsageError("--fit-since needs --fit")
+    since_ns = _since(fit_since, "--fit-since")
     fitted: Sequence[str] = ()
     if fit is not None:
         get_workload(workload)
         with open_trace(fit) as reader:
-            contents = inspect_trace(reader)["contents"]
+            inspected = inspect_trace(reader, since_ns)
+        contents, which = fit_contents(inspected)
         found = fit_params(workload, contents)
         fitted = found.assignments
-        lines = [f"fitted to {reader.name}:"]
+        lines = [f"fitted to {reader.name}" + (f" ({which}):" if which else ":")]
         lines += [
             f"  {line}"
-            for line in plain_table(["", ""], _contents_rows(contents), "ll")
+            for line in plain_table(["", ""], _contents_rows(contents, since_ns), "ll")
             .strip("\n")
             .splitlines()
         ]

@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
+from ksmreplay.native import native
+
 ZERO = 0
 """Fingerprint of the page of zeros."""
 
@@ -55,13 +57,21 @@ def fingerprint_pages(
     """The fingerprint of each whole page of ``data`` (``len(data)`` bytes, a multiple
     of ``page_size``), by the same rule as :func:`fingerprint`.
 
-    The repeated-value test runs on all pages at once (numpy: the first, second
-    and last words first, then every word of the pages that pass); only the
-    other pages are hashed, one ``xxh3_64`` call each on a view of the buffer
-    (no copy).  ``views`` may give those views ready made (``views[i]`` is
-    page ``i``), for a buffer that is read into again and again.
+    With the native core, one call names every page (:meth:`ksmreplay.native.
+    Native.fingerprint_pages`).  Without it, the repeated-value test runs on
+    all pages at once (numpy: the first, second and last words first, then
+    every word of the pages that pass); only the other pages are hashed, one
+    ``xxh3_64`` call each on a view of the buffer (no copy).  ``views`` may
+    give those views ready made (``views[i]`` is page ``i``), for a buffer
+    that is read into again and again.
     """
     count = len(data) // page_size
+    core = native()
+    if core is not None:
+        out = np.empty(count, np.uint64)
+        whole = data.cast("B") if data.format != "B" else data
+        if core.fingerprint_pages(whole[: count * page_size], page_size, out):
+            return out
     words = np.frombuffer(data, dtype="<u8", count=count * (page_size // 8))
     words = words.reshape(count, page_size // 8)
     first = words[:, 0]

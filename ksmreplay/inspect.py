@@ -13,8 +13,11 @@ how many processes and pages, the share of pages that are zeros, the pages
 whose content another page holds too (another process's or the same
 process's), the rate at which written pages were written again, the share of
 zeros among the pages written after the first writes, and the KSM settings in
-force.  ``ksmreplay synth --fit`` sets a workload's
-parameters from these measurements.
+force.  ``mergeable_contents`` measures the same on the pages in mergeable
+mappings only, its rewrites counted over the writes into mergeable mappings:
+what KSM may merge of a recording made with ``--as-is`` (a virtual machine's
+RAM, without the hypervisor's own memory).  ``ksmreplay synth --fit`` sets a
+workload's parameters from these measurements.
 
 "Written pages" are the pages of a process that hold content a ``write`` put
 there: ``fork`` gives the child a copy of the parent's, while ``free``,
@@ -120,6 +123,34 @@ class PageMap:
             return 0
         value = self._values[b][i]
         return value if isinstance(value, int) else int(value[page - starts[i]])
+
+    def count(self, start: int, end: int) -> int:
+        """How many of pages ``start .. end-1`` are in the map."""
+        total = 0
+        b = max(bisect_right(self._firsts, start) - 1, 0)
+        while b < len(self._starts):
+            starts, ends = self._starts[b], self._ends[b]
+            i = bisect_right(ends, start)  # the first segment that ends after start
+            while i < len(starts) and starts[i] < end:
+                total += min(ends[i], end) - max(starts[i], start)
+                i += 1
+            if i < len(starts):
+                break
+            b += 1
+        return total
+
+    def restricted(self, ranges: RangeSet, shift: int) -> PageMap:
+        """The pages of the map inside ``ranges`` (bytes; pages of ``1 << shift`` bytes)."""
+        out = PageMap()
+        starts, ends = ranges.starts, ranges.ends
+        for start, end, value in self.segments():
+            lo = bisect_right(ends, start << shift)
+            hi = bisect_left(starts, end << shift)
+            for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
+                first, last = max(start, a >> shift), min(end, b >> shift)
+                if first < last:
+                    out.put(first, last, _cut(value, first - start, last - start))
+        return out
 
     def drop(self, start: int, end: int) -> None:
         """Remove pages ``start .. end-1`` (those not in the map are ignored)."""
@@ -251,7 +282,9 @@ class _Peaks:
 class _Activity:
     """Counts of the writes up to a moment.
 
-    :ivar first_write_t: ``t`` of the first write (None before it).
+    :ivar first_write_t: ``t`` of the first write, or the ``since_ns`` of
+        :func:`inspect_trace` when later (None before the first write): the
+        instant the activity is measured from.
     :ivar rewritten: pages written while they held written content, after the
         first write's instant (at that instant a trace builds its memory: a
         recording's forked children differ from their parent there).
@@ -275,6 +308,10 @@ class _Moment:
     later: dict[int, PageMap]
     settings: dict[str, Any]
     activity: _Activity
+    mergeable: dict[int, RangeSet] = field(default_factory=dict)
+    """Each process's mergeable mappings (bytes), copied."""
+    merged: _Activity = field(default_factory=_Activity)
+    """The activity of the writes into mergeable mappings."""
     shared: bool = True
     """``written`` and ``later`` hold the live page maps (copied before the next change)."""
 
@@ -307,8 +344,29 @@ def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArr
     )
 
 
-def measure_contents(moment: _Moment | None, page_size: int) -> dict[str, Any]:
-    """The ``contents`` section of :func:`inspect_trace` for ``moment``."""
+def measure_contents(
+    moment: _Moment | None, page_size: int, mergeable: bool = False
+) -> dict[str, Any]:
+    """The ``contents`` section of :func:`inspect_trace` for ``moment``; with
+    ``mergeable``, its ``mergeable_contents``: the pages in mergeable mappings and the
+    writes into them."""
+    if moment is not None and mergeable:
+        shift = page_size.bit_length() - 1
+        empty = RangeSet()
+        moment = _Moment(
+            moment.t,
+            moment.label,
+            {
+                p: m.restricted(moment.mergeable.get(p, empty), shift)
+                for p, m in moment.written.items()
+            },
+            {
+                p: m.restricted(moment.mergeable.get(p, empty), shift)
+                for p, m in moment.later.items()
+            },
+            moment.settings,
+            moment.merged,
+        )
     live = {} if moment is None else {p: m for p, m in moment.written.items() if m.pages}
     per = [_process_contents(live[pid]) for pid in sorted(live)]
     pages = sum(m.pages for m in live.values())
@@ -322,7 +380,7 @@ def measure_contents(moment: _Moment | None, page_size: int) -> dict[str, Any]:
         shared = sum(int(c[np.isin(f, in_several)].sum()) for f, c in per)
     else:
         distinct = shared = 0
-    activity = _Activity() if moment is None else moment.activity
+    activity = _Activity() if moment is None or not live else moment.activity
     seconds = 0.0
     if moment is not None and activity.first_write_t is not None:
         seconds = (moment.t - activity.first_write_t) / 1e9
@@ -356,8 +414,12 @@ def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 3) if whole else 0.0
 
 
-def inspect_trace(reader: TraceReader) -> dict[str, Any]:
+def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
     """Read every event of ``reader`` and summarise the trace.
+
+    ``contents`` measures the rewrites from the first write's instant, or from
+    ``since_ns`` when that is later (a recording of guests booting: the rewrites
+    of their idle time after the boot), as if the memory had been built then.
 
     :returns: a dict, keys in this order: ``path``, ``form`` (``msgpack`` or
         ``jsonl``), ``header`` (``version``, ``page_size`` in bytes,
@@ -384,7 +446,9 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         (those per process and second),
         ``dirty_zero_percent`` (the share of zeros among the pages written
         after the first write's instant) and ``ksm_settings`` (every knob as
-        in force then)),
+        in force then)), ``mergeable_contents`` (the same, of the pages in
+        mergeable mappings at that moment, their rewrites and later writes
+        counted over the writes into mergeable mappings),
         and ``explain``: at the trace's end, the pages
         written by the live processes (``written_pages``), those in
         mergeable mappings (``mergeable_pages``), their distinct contents
@@ -410,6 +474,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
     settings_changes: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
     activity = _Activity()
+    merged = _Activity()  # of the writes into mergeable mappings
     moment: _Moment | None = None
     use_zero = False
 
@@ -431,7 +496,7 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             column = event.fps
             zero_pages += len(column) - int(np.count_nonzero(column))
             if activity.first_write_t is None:
-                activity.first_write_t = int(event.t[0])
+                activity.first_write_t = max(int(event.t[0]), since_ns)
             later = event.t > np.uint64(activity.first_write_t)
             if later.any():
                 run_pages = (event.len >> np.uint64(shift)).astype(np.int64)
@@ -460,6 +525,8 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
                 first = addr >> shift
                 value = values[lo] if fill or hi - lo == 1 else column[lo:hi]
                 before = proc.written.pages
+                if when > activity.first_write_t and proc.mergeable.starts:
+                    _count_merged(merged, proc, first, length >> shift, value, shift)
                 proc.written.put(first, first + (length >> shift), value)
                 if when > activity.first_write_t:
                     activity.rewritten += (length >> shift) - (proc.written.pages - before)
@@ -474,24 +541,32 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             content = event.content
             first = event.addr >> shift
             before = proc.written.pages
+            is_later = activity.first_write_t is not None and event.t > activity.first_write_t
             if isinstance(content, bytes):
                 first, fps = literal_write(event.addr, content, page_size, proc.written.get, store)
-                proc.written.put(first, first + len(fps), np.array(fps, np.uint64))
+                array = np.array(fps, np.uint64)
+                if is_later and proc.mergeable.starts:
+                    _count_merged(merged, proc, first, len(fps), array, shift)
+                proc.written.put(first, first + len(fps), array)
                 fingerprints.update(fps)
                 count, zeros = len(fps), fps.count(0)
             elif isinstance(content, np.ndarray):
+                if is_later and proc.mergeable.starts:
+                    _count_merged(merged, proc, first, len(content), content, shift)
                 proc.written.put(first, first + len(content), content)
                 fingerprints.update(content.tolist())
                 count = len(content)
                 zeros = count - int(np.count_nonzero(content))
             else:
                 count = event.len >> shift
+                if is_later and proc.mergeable.starts:
+                    _count_merged(merged, proc, first, count, content, shift)
                 proc.written.put(first, first + count, content)
                 fingerprints.add(content)
                 zeros = count if content == 0 else 0
             zero_pages += zeros
             if activity.first_write_t is None:
-                activity.first_write_t = event.t
+                activity.first_write_t = max(event.t, since_ns)
             elif event.t > activity.first_write_t:
                 activity.rewritten += count - (proc.written.pages - before)
                 proc.later.put(first, first + count, 1)
@@ -549,23 +624,9 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
             settings.update(event.settings)
             use_zero = bool(event.settings.get("use_zero_pages", use_zero))
         elif isinstance(event, Snapshot) and any(p.written.pages for p in procs.values()):
-            moment = _Moment(
-                event.t,
-                event.label,
-                {pid: proc.written for pid, proc in procs.items()},
-                {pid: proc.later for pid, proc in procs.items()},
-                dict(settings),
-                _Activity(**vars(activity)),
-            )
+            moment = _moment(event.t, event.label, procs, settings, activity, merged)
     if moment is None and any(proc.written.pages for proc in procs.values()):
-        moment = _Moment(
-            reader.duration_ns,
-            None,
-            {pid: proc.written for pid, proc in procs.items()},
-            {pid: proc.later for pid, proc in procs.items()},
-            settings,
-            activity,
-        )
+        moment = _moment(reader.duration_ns, None, procs, settings, activity, merged)
 
     return {
         "path": reader.name,
@@ -591,8 +652,57 @@ def inspect_trace(reader: TraceReader) -> dict[str, Any]:
         "zero_pages_written": zero_pages,
         "ksm_settings": settings_changes,
         "contents": measure_contents(moment, page_size),
+        "mergeable_contents": measure_contents(moment, page_size, mergeable=True),
         "explain": _explain(procs, shift, use_zero),
     }
+
+
+def _moment(
+    t: int,
+    label: str | None,
+    procs: dict[int, _Process],
+    settings: dict[str, Any],
+    activity: _Activity,
+    merged: _Activity,
+) -> _Moment:
+    """The processes' written pages at ``t`` (shared until :meth:`_Moment.keep`)."""
+    return _Moment(
+        t,
+        label,
+        {pid: proc.written for pid, proc in procs.items()},
+        {pid: proc.later for pid, proc in procs.items()},
+        dict(settings),
+        _Activity(**vars(activity)),
+        {pid: proc.mergeable.copy() for pid, proc in procs.items()},
+        _Activity(**(vars(merged) | {"first_write_t": activity.first_write_t})),
+    )
+
+
+def _count_merged(
+    merged: _Activity,
+    proc: _Process,
+    first: int,
+    count: int,
+    value: Fingerprints,
+    shift: int,
+) -> None:
+    """Count a write after the first write's instant, of ``count`` pages from page
+    ``first`` holding ``value``, into ``merged`` for its pages in mergeable mappings
+    (before the write is put: pages it writes over written pages are rewrites)."""
+    starts, ends = proc.mergeable.starts, proc.mergeable.ends
+    last = first + count
+    lo = bisect_right(ends, first << shift)
+    hi = bisect_left(starts, last << shift)
+    for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
+        p, q = max(first, a >> shift), min(last, b >> shift)
+        if p >= q:
+            continue
+        merged.rewritten += proc.written.count(p, q)
+        merged.later += q - p
+        if isinstance(value, int):
+            merged.later_zero += q - p if value == 0 else 0
+        else:
+            merged.later_zero += q - p - int(np.count_nonzero(value[p - first : q - first]))
 
 
 def _set_mergeable(proc: _Process, start: int, end: int, mergeable: bool) -> None:

@@ -15,7 +15,14 @@ other, readable half, and gives the same events, messages and reports:
   common visits in address order, handing the rare ones back to the scalar
   ksmd (``visit``; ``ksm.Ksmd._visit_listed``);
 * the content hash tables look up and insert a column of keys at once
-  (``map_find``, ``map_insert``; ``contentmap.ContentMap``).
+  (``map_find``, ``map_insert``; ``contentmap.ContentMap``);
+* ``record`` reads another process's pages and names each one in one call
+  per list of runs of pages (``read_pages``; ``record.Recorder``), and a
+  buffer of pages is named in one call (``fingerprint_pages``;
+  ``content.fingerprint_pages``), where Python makes a hash call per page.
+  The hash is the xxhash module's own C function (found in its library,
+  checked against its Python API on pages of every length that is tried:
+  :func:`hash_address`).
 
 Every record layout and constant the two halves share is defined once, in
 ``ksmreplay.h``, and read here from the module.  An install without a C
@@ -27,6 +34,7 @@ in the environment does without the core too.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from functools import cache
 from types import ModuleType, SimpleNamespace
@@ -196,12 +204,99 @@ WriteColumns = tuple[
 the end of each one's fingerprints, the fingerprints (``events.WriteRun``)."""
 
 
+HASH_SYMBOLS = ("XXH3_64bits_dispatch", "XXH3_64bits")
+"""The C functions of the xxhash module's library that compute ``xxh3_64``, best first
+(the first picks the CPU's widest vector instructions at run time)."""
+
+
+@cache
+def hash_address(page_size: int) -> int:
+    """The address of a C function ``uint64_t f(const void *, size_t)`` that gives
+    ``xxhash.xxh3_64_intdigest`` of ``page_size`` bytes, or 0 when none is found.
+
+    The function is looked up in the library of the xxhash module (one of
+    :data:`HASH_SYMBOLS`) and used only if it gives the Python API's values
+    for a few pages of ``page_size`` bytes (the native core's fingerprints
+    of them are compared with :func:`ksmreplay.content.fingerprint`'s rule).
+    """
+    core = _built()
+    if core is None:
+        return 0
+    try:
+        import xxhash
+        from xxhash import _xxhash  # type: ignore[attr-defined]
+
+        library = ctypes.CDLL(_xxhash.__file__)
+    except (ImportError, OSError, AttributeError, TypeError):
+        return 0
+    pages = _probe_pages(page_size)
+    want = np.array([xxhash.xxh3_64_intdigest(p) or 1 for p in pages], np.uint64)
+    data = b"".join(pages)
+    for name in HASH_SYMBOLS:
+        try:
+            address = ctypes.cast(getattr(library, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            continue
+        if address:
+            got = np.zeros(len(pages), np.uint64)
+            core._core.fingerprint_pages(data, page_size, address, got)
+            if bool((got == want).all()):
+                return address
+    return 0
+
+
+def _probe_pages(page_size: int) -> list[bytes]:
+    """A few pages of ``page_size`` bytes that are not one value repeated (the rule
+    names those without a hash), different in their first, middle and last bytes."""
+    ramp = bytes(range(256)) * (page_size // 256 + 1)
+    pages = []
+    for k in range(4):
+        page = bytearray(ramp[k : k + page_size])
+        page[(k * page_size) // 4] ^= 0x5A
+        pages.append(bytes(page))
+    return pages
+
+
 class Native:
     """The native core's functions, over numpy arrays (``ksmreplay._native``)."""
 
     def __init__(self, core: ModuleType) -> None:
         self._core = core
         self._front_out = _scratch(0, core.FRONT_SUMS)
+
+    def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
+        """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
+        pages of ``page_size`` bytes), by the trace format's rule; False (and ``out``
+        untouched) when no C hash function was found (:func:`hash_address`)."""
+        address = hash_address(page_size)
+        if not address:
+            return False
+        self._core.fingerprint_pages(data, page_size, address, out)
+        return True
+
+    def read_pages(
+        self,
+        pid: int,
+        mem: int,
+        runs: npt.NDArray[np.uint64],
+        page_size: int,
+        buffer: bytearray,
+        out: npt.NDArray[np.uint64],
+    ) -> tuple[int, int]:
+        """Read the pages of ``runs`` (rows of first address and pages, bytes and
+        pages) of process ``pid`` into ``buffer``, batch after batch, and write the
+        fingerprint of each page into ``out``, in order.  With ``mem`` >= 0 the pages
+        are read through that file (``/proc/PID/mem``), else by ``process_vm_readv``.
+        Needs :func:`hash_address` (the caller checks it).
+
+        :returns: the pages done, and 0 if that is all of them, else the errno of
+            the read that stopped (``ESRCH``: the process is gone; ``EPERM`` and
+            the like: refused; others: the page after those done cannot be read).
+        """
+        done, error = self._core.read_pages(
+            pid, mem, runs, page_size, buffer, hash_address(page_size), out
+        )
+        return int(done), int(error)
 
     def scan(
         self,

@@ -33,10 +33,13 @@ import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from ksmreplay.native import Native
 
 Entries = npt.NDArray[np.uint64]
 """Pagemap entries, one per page."""
@@ -369,37 +372,70 @@ def zero_pfn(page_size: int) -> int:
     return pfn
 
 
+def huge_zero_order(page_size: int) -> int:
+    """log2 of the pages of the huge zero page (a PMD's worth: 9 for 4 KiB pages on x86-64)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as stream:
+            size = int(stream.read())
+    except (OSError, ValueError):
+        size = 512 * page_size
+    return max(size // page_size, 1).bit_length() - 1
+
+
 class ZeroFrames:
     """Tells which frames are the shared zero page (the small one and the huge one's).
 
-    Frames are known from this process's own zero page and from
-    ``/proc/kpageflags``, asked once per frame; without root neither is
-    readable and no frame is known (such pages read as written zeros).
+    The small zero page's frame is this process's own (:func:`zero_pfn`).  The
+    huge zero page is one naturally aligned block of ``1 << order`` frames
+    (:func:`huge_zero_order`): a frame of another block is asked about in
+    ``/proc/kpageflags`` once per block, the block's first frame standing for
+    all of its frames (they belong to one folio, or the block is not the huge
+    zero page's).  So a guest of 1 M zero-filled pages costs a flags read per
+    block, once, and 8 bytes per block remembered.  Without root neither file
+    is readable and no frame is known (such pages read as written zeros).
     """
 
     def __init__(self, page_size: int) -> None:
-        self._known: set[int] = set()
-        self._asked: set[int] = set()
+        self._frames = np.zeros(0, np.uint64)  # known small zero pages, sorted
+        self._blocks = np.zeros(0, np.uint64)  # known huge zero page blocks, sorted
+        self._asked = np.zeros(0, np.uint64)  # blocks asked about, sorted
+        self._order = np.uint64(huge_zero_order(page_size))
         with contextlib.suppress(OSError):
-            self._known.add(zero_pfn(page_size))
+            self._frames = np.array([zero_pfn(page_size)], np.uint64)
         self._readable = os.access("/proc/kpageflags", os.R_OK)
 
     @property
     def frames(self) -> npt.NDArray[np.uint64]:
         """The frame numbers known to be the zero page, sorted."""
-        return np.array(sorted(self._known), dtype=np.uint64)
+        blocks = (self._blocks[:, None] << self._order) + np.arange(
+            1 << int(self._order), dtype=np.uint64
+        )
+        return np.union1d(self._frames, blocks.ravel())
+
+    def known(self, pfns: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        """Which of ``pfns`` are known to be the zero page (nothing is asked)."""
+        found: npt.NDArray[np.bool_] = np.isin(pfns, self._frames)
+        if len(self._blocks):
+            found |= np.isin(pfns >> self._order, self._blocks)
+        return found
 
     def check(self, pfns: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-        """Which of ``pfns`` (frames of pages that read as zeros) are the zero page."""
-        unknown = {int(p) for p in np.unique(pfns).tolist()} - self._known - self._asked - {0}
-        if unknown and self._readable:
-            self._asked |= unknown
-            try:
-                flags = read_kpageflags(unknown)
-            except OSError:
-                flags = {}
-            self._known |= {pfn for pfn, f in flags.items() if f & KPF_ZERO_PAGE}
-        return np.isin(pfns, self.frames)
+        """Which of ``pfns`` (frames of pages that read as zeros) are the zero page;
+        the blocks of those not known yet are asked about first."""
+        if self._readable and len(pfns):
+            blocks = np.unique(pfns[pfns != 0] >> self._order)
+            new = blocks[~np.isin(blocks, self._asked, assume_unique=True)]
+            if len(new):
+                self._asked = np.union1d(self._asked, new)
+                try:
+                    flags = read_kpageflags((new << self._order).tolist())
+                except OSError:
+                    flags = {}
+                zero = [pfn for pfn, f in flags.items() if f & KPF_ZERO_PAGE]
+                if zero:
+                    found = np.array(zero, np.uint64) >> self._order
+                    self._blocks = np.union1d(self._blocks, found)
+        return self.known(pfns)
 
 
 # --------------------------------------------------------------------------- memory
@@ -483,6 +519,42 @@ class MemoryReader:
                 return done
         return self._read_mem(ranges)
 
+    def fingerprints(
+        self, core: Native, runs: npt.NDArray[np.uint64], page_size: int, out: Entries
+    ) -> tuple[int, bool]:
+        """Read the pages of ``runs`` (rows of first address and pages) into the buffer
+        and fingerprint each one into ``out``, in order, with the native core
+        (:meth:`ksmreplay.native.Native.read_pages`; it needs a hash function).
+
+        :returns: the pages done, and whether the page after them cannot be
+            read (False: all were done).
+        :raises ProcessGone: the process or its memory is gone.
+        :raises PermissionError: not allowed.
+        """
+        buffer = self._view.obj
+        assert isinstance(buffer, bytearray)
+        done = 0
+        while True:
+            mem = -1 if self._vm_readv is not None else self._open_mem()
+            got, error = core.read_pages(self.pid, mem, runs, page_size, buffer, out[done:])
+            done += got
+            if not error:
+                return done, False
+            if error == errno.ESRCH:
+                raise ProcessGone(self.pid)
+            if error in (errno.EPERM, errno.ENOSYS, errno.EACCES):
+                if mem < 0:
+                    self._vm_readv = None  # refused: /proc/PID/mem says whether it is allowed
+                    runs = skip_pages(runs, got, page_size)
+                    continue
+                raise PermissionError(error, os.strerror(error), f"/proc/{self.pid}/mem")
+            return done, True
+
+    def _open_mem(self) -> int:
+        if self._mem is None:
+            self._mem = open_proc(self.pid, "mem")
+        return self._mem
+
     def _read_vm(self, ranges: Sequence[tuple[int, int]]) -> int | None:
         """Bytes read by ``process_vm_readv``, or None when it is refused (the caller
         reads through ``/proc/PID/mem`` instead, which says whether that is allowed)."""
@@ -516,8 +588,8 @@ class MemoryReader:
         return done
 
     def _read_mem(self, ranges: Sequence[tuple[int, int]]) -> int:
-        if self._mem is None:
-            self._mem = open_proc(self.pid, "mem")
+        self._open_mem()
+        assert self._mem is not None
         done = 0
         for addr, length in ranges:
             start, end = done, done + length
@@ -536,6 +608,21 @@ class MemoryReader:
                     return done
                 done += got
         return done
+
+
+def skip_pages(runs: npt.NDArray[np.uint64], pages: int, page_size: int) -> npt.NDArray[np.uint64]:
+    """``runs`` (rows of first address and pages, bytes and pages of ``page_size``
+    bytes) without their first ``pages`` pages."""
+    if not pages:
+        return runs
+    ends = np.cumsum(runs[:, 1].astype(np.int64))
+    first = int(np.searchsorted(ends, pages, side="right"))
+    rest: npt.NDArray[np.uint64] = runs[first:].copy()
+    if len(rest):
+        into = pages - (int(ends[first - 1]) if first else 0)
+        rest[0, 0] += np.uint64(into * page_size)
+        rest[0, 1] -= np.uint64(into)
+    return rest
 
 
 # --------------------------------------------------------------------------- soft-dirty

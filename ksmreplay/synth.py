@@ -878,6 +878,26 @@ class Fitted:
     notes: tuple[str, ...]
 
 
+def fit_contents(inspected: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The measurements ``--fit`` takes from :func:`ksmreplay.inspect.inspect_trace`'s
+    result, and what they are of, in words ("" when every written page is mergeable).
+
+    Those of the pages in mergeable mappings when some written pages are and others
+    are not (a recording made with ``--as-is``: a virtual machine's RAM, without the
+    hypervisor's own memory, which KSM never merges); else those of every written
+    page (all of them mergeable, or none: then what KSM could make of them if they
+    were).
+    """
+    mergeable, everything = inspected["mergeable_contents"], inspected["contents"]
+    if mergeable["pages"] == everything["pages"]:
+        return everything, ""
+    if not mergeable["pages"]:
+        return everything, "every written page; none is in a mergeable mapping"
+    return mergeable, (
+        f"the {mergeable['pages']} pages in mergeable mappings, of {everything['pages']} written"
+    )
+
+
 def fit_params(name: str, contents: Mapping[str, Any]) -> Fitted:
     """The parameters of workload ``name`` that make a trace like the one ``contents``
     (the ``contents`` of :func:`ksmreplay.inspect.inspect_trace`) describes.

@@ -12,13 +12,15 @@
  *   fault.c       applies an instant's page writes in order (Memory.write);
  *   window.c      the front of a scan window: smart_scan, counting, listing;
  *   visit.c       the common visits of a window, handing the rare ones back;
- *   contentmap.c  batch lookups and inserts in the content hash tables.
+ *   contentmap.c  batch lookups and inserts in the content hash tables;
+ *   pages.c       record's reading of another process's pages, and their names.
  */
 
 #ifndef KSMREPLAY_H
 #define KSMREPLAY_H
 
 #include <stdint.h>
+#include <stddef.h>
 
 /* -- page tables (vm.py) ------------------------------------------------- */
 
@@ -199,5 +201,17 @@ void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct sl
 		  uint32_t now, int64_t *out);
 void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
 		    struct slot *table, uint32_t now);
+
+/* -- recorded pages (record.py, content.py) ------------------------------- */
+
+/* The hash of a page that is not one value repeated: the trace format's xxh3_64. */
+typedef uint64_t (*ksr_hash)(const void *data, size_t len);
+
+uint64_t ksr_fingerprint(const uint8_t *page, int64_t page_size, ksr_hash hash);
+void ksr_fingerprint_pages(int64_t n, const uint8_t *data, int64_t page_size, ksr_hash hash,
+			   uint64_t *fps);
+int64_t ksr_read_pages(int32_t pid, int32_t mem, int64_t n, const uint64_t *runs,
+		       int64_t page_size, uint8_t *buffer, int64_t room, ksr_hash hash,
+		       uint64_t *fps, int32_t *error);
 
 #endif

@@ -355,6 +355,93 @@ fail:
 	return out;
 }
 
+/* -- pages.c ----------------------------------------------------------------- */
+
+/* The hash function at address `a` (an int), or NULL with an exception set. */
+static ksr_hash hash_at(unsigned long long a)
+{
+	if (!a) {
+		PyErr_SetString(PyExc_ValueError, "no hash function");
+		return NULL;
+	}
+	return (ksr_hash)(uintptr_t)a;
+}
+
+PyDoc_STRVAR(fingerprint_pages_doc,
+	     "fingerprint_pages(data, page_size, hash, out) -> None\n\n"
+	     "out[i] = the fingerprint of page i of data; hash: the address of the\n"
+	     "hash function (ksr_fingerprint_pages).");
+
+static PyObject *py_fingerprint_pages(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_data, *o_out, *out = NULL;
+	long long page_size;
+	unsigned long long address;
+	Py_ssize_t size, n_out;
+	ksr_hash hash;
+
+	if (!PyArg_ParseTuple(args, "OLKO", &o_data, &page_size, &address, &o_out))
+		return NULL;
+	TAKE_N(data, const uint8_t *, o_data, 1, 'u', 0, size);
+	TAKE_N(fps, uint64_t *, o_out, 8, 'u', 1, n_out);
+	if (!(hash = hash_at(address)))
+		goto fail;
+	if (page_size < 8 || page_size % 8 || size % page_size || n_out < size / page_size) {
+		PyErr_SetString(PyExc_ValueError, "fingerprint_pages: not whole pages, or out short");
+		goto fail;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	ksr_fingerprint_pages(size / page_size, data, page_size, hash, fps);
+	Py_END_ALLOW_THREADS
+	out = Py_NewRef(Py_None);
+fail:
+	release(&h);
+	return out;
+}
+
+PyDoc_STRVAR(read_pages_doc,
+	     "read_pages(pid, mem, runs, page_size, buffer, hash, out) -> (pages, errno)\n\n"
+	     "Read the runs (address, pages) of process pid (through the file mem when\n"
+	     "mem >= 0) into buffer, and fingerprint each page into out: the pages done,\n"
+	     "and 0 or the errno of the read that stopped (ksr_read_pages).");
+
+static PyObject *py_read_pages(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_runs, *o_buffer, *o_out, *out = NULL;
+	int pid, mem;
+	long long page_size;
+	unsigned long long address;
+	Py_ssize_t n_runs, size, n_out;
+	int64_t want = 0, done;
+	int32_t error;
+	ksr_hash hash;
+
+	if (!PyArg_ParseTuple(args, "iiOLOKO", &pid, &mem, &o_runs, &page_size, &o_buffer,
+			      &address, &o_out))
+		return NULL;
+	TAKE_N(runs, const uint64_t *, o_runs, 8, 'u', 0, n_runs);
+	TAKE_N(buffer, uint8_t *, o_buffer, 1, 'u', 1, size);
+	TAKE_N(fps, uint64_t *, o_out, 8, 'u', 1, n_out);
+	if (!(hash = hash_at(address)))
+		goto fail;
+	for (Py_ssize_t i = 1; i < n_runs; i += 2)
+		want += (int64_t)runs[i];
+	if (n_runs % 2 || page_size < 8 || page_size % 8 || size < page_size || n_out < want) {
+		PyErr_SetString(PyExc_ValueError, "read_pages: runs not pairs, or buffer or out short");
+		goto fail;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	done = ksr_read_pages(pid, mem, n_runs / 2, runs, page_size, buffer, size / page_size, hash,
+			      fps, &error);
+	Py_END_ALLOW_THREADS
+	out = Py_BuildValue("Li", (long long)done, (int)error);
+fail:
+	release(&h);
+	return out;
+}
+
 /* -- the module -------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -365,6 +452,8 @@ static PyMethodDef methods[] = {
 	{ "visit", py_visit, METH_VARARGS, visit_doc },
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
+	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
+	{ "read_pages", py_read_pages, METH_VARARGS, read_pages_doc },
 	{ NULL, NULL, 0, NULL },
 };
 

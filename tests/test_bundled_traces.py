@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import quick
 
 from ksmreplay.replay import expand_modes, replay
 from ksmreplay.trace import open_trace
 
 TRACES = Path(__file__).parent.parent / "traces"
-BUNDLED = sorted(TRACES.glob("*.msgpack")) + sorted((TRACES / "selftests").glob("*.jsonl"))
+BUNDLED = quick(sorted(TRACES.glob("*.msgpack"))) + sorted((TRACES / "selftests").glob("*.jsonl"))
 
 
 def test_the_bundle_has_demo_recordings_and_selftests() -> None:

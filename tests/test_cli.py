@@ -227,6 +227,28 @@ EXPECTED_INSPECT: dict[str, Any] = {
         "dirty_zero_percent": 66.667,
         "ksm_settings": {**DEFAULTS, "run": 1, "pages_to_scan": 50},
     },
+    # No page of pid 1 is in a mergeable mapping (nothing was madvised) and pid 3
+    # (merge_any) wrote nothing: the same moment, nothing to measure (no activity).
+    "mergeable_contents": {
+        "t": 3_000_000_010,
+        "snapshot": "end",
+        "processes": 0,
+        "pages": 0,
+        "bytes_per_process": 0,
+        "zero_pages": 0,
+        "zero_percent": 0.0,
+        "distinct_contents": 0,
+        "duplicate_pages": 0,
+        "shared_pages": 0,
+        "shared_percent": 0.0,
+        "activity_s": 0.0,
+        "rewritten_pages": 0,
+        "touched_pages": 0,
+        "touched_percent": 0.0,
+        "dirty_pages_per_s": 0.0,
+        "dirty_zero_percent": 0.0,
+        "ksm_settings": {**DEFAULTS, "run": 1, "pages_to_scan": 50},
+    },
     # At the end pid 1 keeps pages 0x12000 (bytes 0x01) and 0x13000 (zeros),
     # in no mergeable mapping; pid 2 exited; pid 3 (merge_any) wrote nothing.
     "explain": {

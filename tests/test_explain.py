@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest import quick
 from hypothesis import HealthCheck, given, settings
 from test_trace_properties import _write, valid_traces
 
@@ -34,7 +35,7 @@ from ksmreplay.trace import TraceReader, open_trace
 
 ROOT = Path(__file__).parent.parent
 TESTS = Path(__file__).parent
-BUNDLED = sorted((ROOT / "traces").glob("*.msgpack")) + sorted(
+BUNDLED = quick(sorted((ROOT / "traces").glob("*.msgpack"))) + sorted(
     (ROOT / "traces" / "selftests").glob("*.jsonl")
 )
 CASES = sorted((TESTS / "cases").glob("*.jsonl")) + sorted((TESTS / "cases" / "v6").glob("*.jsonl"))

@@ -141,6 +141,16 @@ def model_inspect(header: Header, events: list[Event]) -> tuple[Any, ...]:
     return sorted((pid, *peak) for pid, peak in peaks.items()), len(fps), zeros
 
 
+def _kept(pages: dict[int, int], merging: set[int], mergeable: bool) -> dict[int, int]:
+    """``pages``, only those in ``merging`` with ``mergeable`` (a copy either way)."""
+    return {p: fp for p, fp in pages.items() if not mergeable or p in merging}
+
+
+def _kept_set(pages: set[int], merging: set[int], mergeable: bool) -> set[int]:
+    """``pages``, only those in ``merging`` with ``mergeable`` (a copy either way)."""
+    return pages & merging if mergeable else set(pages)
+
+
 @pytest.mark.usefixtures("both_engines")
 @settings(
     max_examples=150,
@@ -212,22 +222,42 @@ def test_page_map_matches_a_dict(
 # --------------------------------------------------------------------------- contents
 
 
-def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
+def model_contents(header: Header, events: list[Event], mergeable: bool = False) -> dict[str, Any]:
     """What ``contents`` measures, page by page: at the last snapshot at which some
     process holds written pages (else the end), the processes holding pages, the pages,
     zeros, distinct non-zero contents, duplicates, pages whose content another process
     holds; pages written over written pages after the first write's instant; the pages
-    held that were written after it; zeros among the pages written after it."""
+    held that were written after it; zeros among the pages written after it.
+
+    With ``mergeable``, what ``mergeable_contents`` measures: the same of the pages in
+    mergeable mappings at that moment, the writes counted for their pages that were in
+    mergeable mappings when written.  A page is mergeable from a madvise mergeable of
+    it while mapped, or while mapped by a process in merge_any, until it is unmapped,
+    madvised unmergeable or merge_any is turned off."""
     shift = header.page_size.bit_length() - 1
     store = PageStore(header.page_size)
     written: dict[int, dict[int, int]] = {}
     touched: dict[int, set[int]] = {}
+    mapped: dict[int, set[int]] = {}
+    merging: dict[int, set[int]] = {}
+    merge_any: dict[int, bool] = {}
     first_t: int | None = None
     rewritten = later = later_zero = 0
     moment: tuple[dict[int, dict[int, int]], dict[int, set[int]], int, int, int] | None = None
     for ev in events:
         if isinstance(ev, (Alloc, Prctl)):
             written.setdefault(ev.pid, {})
+            mapped.setdefault(ev.pid, set())
+            merging.setdefault(ev.pid, set())
+            merge_any.setdefault(ev.pid, False)
+            if isinstance(ev, Alloc):
+                numbers = set(range(ev.addr >> shift, (ev.addr + ev.len) >> shift))
+                mapped[ev.pid] |= numbers
+                if merge_any[ev.pid]:
+                    merging[ev.pid] |= numbers
+            elif bool(ev.value) != merge_any[ev.pid]:
+                merge_any[ev.pid] = bool(ev.value)
+                merging[ev.pid] = set(mapped[ev.pid]) if ev.value else set()
         elif isinstance(ev, Write):
             pages = written[ev.pid]
             if isinstance(ev.content, bytes):
@@ -239,35 +269,57 @@ def model_contents(header: Header, events: list[Event]) -> dict[str, Any]:
             else:
                 first, new = ev.addr >> shift, ev.content.tolist()
             numbers = range(first, first + len(new))
+            counted = [
+                (page, fp)
+                for page, fp in zip(numbers, new, strict=True)
+                if not mergeable or page in merging[ev.pid]
+            ]
             if first_t is None:
                 first_t = ev.t
             elif ev.t > first_t:
                 touched.setdefault(ev.pid, set()).update(numbers)
-                rewritten += sum(1 for page in numbers if page in pages)
-                later += len(new)
-                later_zero += new.count(0)
+                rewritten += sum(1 for page, _ in counted if page in pages)
+                later += len(counted)
+                later_zero += sum(1 for _, fp in counted if fp == 0)
             pages.update(zip(numbers, new, strict=True))
         elif isinstance(ev, (Free, Madvise)):
+            numbers = set(range(ev.addr >> shift, (ev.addr + ev.len) >> shift))
             if isinstance(ev, Free) or ev.advice == "dontneed":
-                for page in range(ev.addr >> shift, (ev.addr + ev.len) >> shift):
+                for page in numbers:
                     written[ev.pid].pop(page, None)
                     touched.get(ev.pid, set()).discard(page)
+            if isinstance(ev, Free):
+                mapped[ev.pid] -= numbers
+                merging[ev.pid] -= numbers
+            elif ev.advice == "mergeable":
+                merging[ev.pid] |= numbers & mapped[ev.pid]
+            elif ev.advice == "unmergeable":
+                merging[ev.pid] -= numbers
         elif isinstance(ev, Fork):
             written[ev.child_pid] = dict(written[ev.pid])
             touched[ev.child_pid] = set(touched.get(ev.pid, ()))
+            mapped[ev.child_pid] = set(mapped[ev.pid])
+            merging[ev.child_pid] = set(merging[ev.pid])
+            merge_any[ev.child_pid] = merge_any[ev.pid]
         elif isinstance(ev, Exit):
-            del written[ev.pid]
+            del written[ev.pid], mapped[ev.pid], merging[ev.pid], merge_any[ev.pid]
             touched.pop(ev.pid, None)
         elif isinstance(ev, Snapshot) and any(written.values()):
             moment = (
-                {p: dict(w) for p, w in written.items()},
-                {p: set(s) for p, s in touched.items()},
+                {p: _kept(w, merging[p], mergeable) for p, w in written.items()},
+                {p: _kept_set(s, merging[p], mergeable) for p, s in touched.items()},
                 rewritten,
                 later,
                 later_zero,
             )
     if moment is None:
-        moment = (written, touched, rewritten, later, later_zero)
+        moment = (
+            {p: _kept(w, merging[p], mergeable) for p, w in written.items()},
+            {p: _kept_set(s, merging[p], mergeable) for p, s in touched.items()},
+            rewritten,
+            later,
+            later_zero,
+        )
     held, held_touched, rewritten, later, later_zero = moment
     live = {pid: pages for pid, pages in held.items() if pages}
     values = [fp for pages in live.values() for fp in pages.values()]
@@ -301,13 +353,15 @@ def test_contents_are_what_a_page_by_page_model_measures(
 ) -> None:
     monkeypatch.setattr(inspect_module, "_LOAD", load)
     header, events = trace
-    got = inspect_bytes(_write(header, events, "msgpack"))["contents"]
-    want = model_contents(header, events)
-    zero_share = want.pop("later_zero")
-    assert {key: got[key] for key in want} == want
-    expected = round(100 * zero_share[0] / zero_share[1], 3) if zero_share[1] else 0.0
-    if want["processes"]:
-        assert got["dirty_zero_percent"] == expected
+    inspected = inspect_bytes(_write(header, events, "msgpack"))
+    for key, mergeable in (("contents", False), ("mergeable_contents", True)):
+        got = inspected[key]
+        want = model_contents(header, events, mergeable)
+        zero_share = want.pop("later_zero")
+        assert {key: got[key] for key in want} == want, key
+        expected = round(100 * zero_share[0] / zero_share[1], 3) if zero_share[1] else 0.0
+        if want["processes"]:
+            assert got["dirty_zero_percent"] == expected, key
 
 
 def test_contents_of_huge_ranges_are_counted_by_ranges() -> None:
@@ -330,3 +384,42 @@ def test_contents_of_huge_ranges_are_counted_by_ranges() -> None:
     # 7 and 8 are in both processes: every non-zero page is shared
     assert c["shared_pages"] == 2 * pages - c["zero_pages"]
     assert c["rewritten_pages"] == 3 + pages // 2  # t=1 over t=0's pages; t=3 over the fork's
+
+
+def test_a_guest_is_measured_on_its_mergeable_ram_and_after_its_boot() -> None:
+    """GIVEN two hypervisor processes, each with a mergeable mapping (the guest's RAM)
+    and another (the hypervisor's own memory), both built at t=0, rewritten during a
+    boot at 1 s and a page of the RAM again at 5 s, WHEN inspected from 3 s on, THEN
+    mergeable_contents holds the RAM's pages only, and only the write at 5 s is a rewrite;
+    from the first write on, the boot's rewrites count too (the RAM's only in
+    mergeable_contents)."""
+    ram, own, second = 0x100000, 0x900000, 1_000_000_000
+    events: list[list[Any]] = []
+    for pid in (1, 2):
+        events += [
+            [0, "alloc", pid, ram, 4 * PAGE],
+            [0, "madvise", pid, ram, 4 * PAGE, "mergeable"],
+            [0, "alloc", pid, own, 2 * PAGE],
+            [0, "write", pid, ram, 4 * PAGE, [0, 0, 0, 0]],
+            [0, "write", pid, own, 2 * PAGE, [pid, pid]],
+        ]
+    for pid in (1, 2):
+        events += [
+            [second, "write", pid, ram, 4 * PAGE, [7, 7, 8, 0]],  # the kernel, in both
+            [second, "write", pid, own, 2 * PAGE, [10 + pid, 20 + pid]],
+        ]
+    events += [[5 * second, "write", 1, ram + 3 * PAGE, PAGE, 9], [7 * second, "snapshot", "end"]]
+    data = pack(H, *events)
+    with TraceReader(io.BytesIO(data), "t") as reader:
+        late = inspect_trace(reader, since_ns=3 * second)
+    whole = inspect_bytes(data)
+    c, m = late["contents"], late["mergeable_contents"]
+    assert (c["pages"], m["pages"]) == (12, 8)
+    assert (m["zero_pages"], m["distinct_contents"], m["shared_pages"]) == (1, 3, 6)
+    assert (c["rewritten_pages"], m["rewritten_pages"]) == (1, 1)
+    assert (m["touched_pages"], m["activity_s"]) == (1, 4.0)
+    assert m["dirty_pages_per_s"] == round(1 / 2 / 4.0, 3)
+    w, wm = whole["contents"], whole["mergeable_contents"]
+    assert (w["rewritten_pages"], wm["rewritten_pages"]) == (13, 9)
+    assert (w["touched_pages"], wm["touched_pages"]) == (12, 8)
+    assert wm["dirty_zero_percent"] == round(100 * 2 / 9, 3)  # page 3 at 1 s, in each

@@ -3,17 +3,20 @@ ways of reading another process's memory, checked against processes made here.""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import numpy as np
 import pytest
 from test_record import needs_ptrace
 
-from ksmreplay import procfs
+from ksmreplay import native, procfs
+from ksmreplay.content import fingerprint
 from ksmreplay.procfs import Mapping
 
 PAGE = mmap.PAGESIZE
@@ -103,6 +106,47 @@ def test_the_zero_page_is_known_by_its_frame() -> None:
         area.close()
 
 
+@pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK), reason="needs root")
+def test_the_huge_zero_page_is_known_by_its_block_asked_once() -> None:
+    """GIVEN an aligned huge page's worth of memory that is read (the huge zero page,
+    where the kernel maps it) and a page of it written, WHEN their frames are checked,
+    THEN every frame of the huge zero page is the zero page and the written one is not;
+    their block was asked about once, and the check knows them from then on."""
+    order = procfs.huge_zero_order(PAGE)
+    huge = PAGE << order
+    area = mmap.mmap(-1, 3 * huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        offset = -procfs.address_of(area) % huge
+        area.madvise(mmap.MADV_HUGEPAGE, offset, huge)
+        _ = area[offset]  # a read fault of the whole huge page
+        entries = procfs.read_pagemap(
+            os.getpid(), procfs.address_of(area) + offset, 1 << order, PAGE
+        )
+        pfns = entries & np.uint64(procfs.PM_PFN_MASK)
+        if int(pfns[1]) != int(pfns[0]) + 1:
+            pytest.skip("no huge zero page here (transparent huge pages off, or its use)")
+        area[offset + huge] = 0  # a page of its own, in the next block
+        own = procfs.read_pagemap(os.getpid(), procfs.address_of(area) + offset + huge, 1, PAGE)
+        zero = procfs.ZeroFrames(PAGE)
+        asked: list[list[int]] = []
+        real = procfs.read_kpageflags
+
+        def counted(frames: list[int]) -> dict[int, int]:
+            asked.append(frames)
+            return real(frames)
+
+        both = np.concatenate([pfns, own & np.uint64(procfs.PM_PFN_MASK)])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(procfs, "read_kpageflags", counted)
+            assert not zero.known(pfns).any()
+            assert zero.check(both).tolist() == [True] * (1 << order) + [False]
+            assert zero.check(both).tolist() == [True] * (1 << order) + [False]
+        assert len(asked) == 1 and int(pfns[0]) in asked[0]
+        assert zero.known(pfns).all()
+    finally:
+        area.close()
+
+
 HOLDER = r"""
 import ctypes, mmap, sys
 PAGE = mmap.PAGESIZE
@@ -146,6 +190,92 @@ def test_memory_reader_reads_ranges_in_order_and_stops_where_it_cannot(
         assert child.stdin is not None
         child.stdin.close()
         child.wait(10)
+
+
+def _core() -> Any:
+    core = native.native()
+    if core is None or not native.hash_address(PAGE):
+        pytest.skip("no native core, or no C hash function found")
+    return core
+
+
+def _runs(*rows: tuple[int, int]) -> Any:
+    return np.array(rows, dtype=np.uint64).reshape(len(rows), 2)
+
+
+@needs_ptrace
+@pytest.mark.parametrize("use_vm_readv", [True, False], ids=["process_vm_readv", "proc-mem"])
+def test_memory_reader_fingerprints_runs_in_order_and_stops_where_it_cannot(
+    use_vm_readv: bool,
+) -> None:
+    """GIVEN the same process, WHEN runs of its pages are fingerprinted by the native core
+    through a buffer of 2 pages, THEN the fingerprints come in order of the runs; a run
+    into the hole stops at the page before it, and says that the next cannot be read."""
+    core = _core()
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        addr = int(child.stdout.readline())
+        buffer = bytearray(2 * PAGE)
+        value = [fingerprint(bytes([v]) * PAGE) for v in range(11)]
+        with procfs.MemoryReader(child.pid, buffer, use_vm_readv) as reader:
+            out = np.zeros(8, np.uint64)
+            runs = _runs((addr + 5 * PAGE, 1), (addr, 3), (addr + 7 * PAGE, 1))
+            assert reader.fingerprints(core, runs, PAGE, out) == (5, False)
+            assert out[:5].tolist() == [value[6], value[1], value[2], value[3], value[8]]
+            runs = _runs((addr + 6 * PAGE, 3), (addr, 1))
+            assert reader.fingerprints(core, runs, PAGE, out) == (2, True)
+            assert out[:2].tolist() == [value[7], value[8]]
+            rest = procfs.skip_pages(runs, 3, PAGE)
+            assert rest.tolist() == [[addr, 1]]
+            assert reader.fingerprints(core, rest, PAGE, out) == (1, False)
+            assert out[0] == value[1]
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
+
+
+@needs_ptrace
+def test_native_reading_says_when_the_process_is_gone_and_falls_back_when_refused() -> None:
+    """GIVEN the native core refused by process_vm_readv (EPERM from a sandbox, here
+    simulated), WHEN pages are fingerprinted, THEN /proc/PID/mem reads them and the
+    refusal is not asked again; once the process is gone, ProcessGone either way."""
+    real = _core()
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def read_pages(self, pid: int, mem: int, runs: Any, *rest: Any) -> tuple[int, int]:
+            self.calls.append(mem)
+            if mem < 0:
+                return 0, errno.EPERM
+            done, error = real.read_pages(pid, mem, runs, *rest)
+            return done, error
+
+    core = Refusing()
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdin is not None
+    addr = int(child.stdout.readline())
+    buffer = bytearray(PAGE)
+    out = np.zeros(2, np.uint64)
+    with procfs.MemoryReader(child.pid, buffer) as reader:
+        assert reader.fingerprints(core, _runs((addr + 2 * PAGE, 2)), PAGE, out) == (2, False)  # type: ignore[arg-type]
+        assert out.tolist() == [fingerprint(bytes([3]) * PAGE), fingerprint(bytes([4]) * PAGE)]
+        assert reader.fingerprints(core, _runs((addr, 1)), PAGE, out) == (1, False)  # type: ignore[arg-type]
+        assert core.calls[0] == -1 and all(mem >= 0 for mem in core.calls[1:])
+        live = procfs.MemoryReader(child.pid, bytearray(PAGE))
+        child.stdin.close()
+        child.wait(10)
+        for r, c in ((reader, core), (live, real)):
+            with pytest.raises(procfs.ProcessGone):
+                r.fingerprints(c, _runs((addr, 1)), PAGE, out)  # type: ignore[arg-type]
+        live.close()
 
 
 @needs_ptrace

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_record import needs_ptrace, pages_of, read_back
 
-from ksmreplay import procfs
+from ksmreplay import native, procfs
 from ksmreplay.content import fingerprint, fingerprint_pages
 from ksmreplay.events import Madvise, Write
 from ksmreplay.record import Recorder
@@ -123,22 +123,33 @@ class Kernel:
 
 
 class ReadLog:
-    """The addresses of the pages the recorder reads."""
+    """The addresses of the pages the recorder reads (with the native core or without)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.pages: list[int] = []
         real = procfs.MemoryReader.read
+        real_fingerprints = procfs.MemoryReader.fingerprints
+
+        def log(ranges: list[tuple[int, int]], done: int) -> None:
+            for addr, length in ranges:
+                n = min(length, done) // PAGE
+                self.pages.extend(addr + k * PAGE for k in range(n))
+                done -= n * PAGE
 
         def read(reader: procfs.MemoryReader, ranges: list[tuple[int, int]]) -> int:
             done: int = real(reader, ranges)
-            left = done
-            for addr, length in ranges:
-                n = min(length, left) // PAGE
-                self.pages.extend(addr + k * PAGE for k in range(n))
-                left -= n * PAGE
+            log(ranges, done)
             return done
 
+        def fingerprints(
+            reader: procfs.MemoryReader, core: Any, runs: Any, page_size: int, out: Any
+        ) -> tuple[int, bool]:
+            done, stopped = real_fingerprints(reader, core, runs, page_size, out)
+            log([(int(a), int(n) * page_size) for a, n in runs], done * page_size)
+            return done, stopped
+
         monkeypatch.setattr(procfs.MemoryReader, "read", read)
+        monkeypatch.setattr(procfs.MemoryReader, "fingerprints", fingerprints)
 
     def take(self, lo: int, hi: int) -> set[int]:
         """The pages read in ``[lo, hi)`` since the last call."""
@@ -274,13 +285,15 @@ def test_the_kernel_s_soft_dirty_bits_pick_the_pages_to_read(
 
 
 @needs_ptrace
-def test_both_ways_of_reading_memory_record_the_same_pages(writer: Writer) -> None:
+def test_every_way_of_reading_memory_records_the_same_pages(writer: Writer) -> None:
+    """process_vm_readv or /proc/PID/mem, the native core or a hash call per page."""
     writer.do("fill", 0, 0)
     writer.do("fill", 7, 0x77)
     traces = []
-    for use_vm_readv in (True, False):
+    for use_vm_readv, use_native in ((True, True), (False, True), (True, False), (False, False)):
         out = io.BytesIO()
-        rec = recorder(out, use_vm_readv=use_vm_readv, soft_dirty=False)
+        rec = recorder(out, use_vm_readv=use_vm_readv, use_native=use_native, soft_dirty=False)
+        assert (rec._core is not None) == (use_native and native.native() is not None)
         start = procfs.start_time(writer.proc.pid)
         assert start is not None
         rec.watch(writer.proc.pid, start)
@@ -288,7 +301,7 @@ def test_both_ways_of_reading_memory_record_the_same_pages(writer: Writer) -> No
         _, events, _ = read_back(out.getvalue())
         (_, pages), *_ = pages_of(events, 1)
         traces.append({a: f for a, f in pages.items() if writer.addr <= a < writer.page(PAGES)})
-    assert traces[0] == traces[1]
+    assert traces[0] == traces[1] == traces[2] == traces[3]
     assert traces[0][writer.page(0)] == 0 and traces[0][writer.page(7)] == 0x77
     assert traces[0][writer.page(3)] == fingerprint(random_page(3))
 
@@ -306,13 +319,16 @@ PATTERNS = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(PATTERNS, min_size=1, max_size=12), st.booleans())
 def test_fingerprint_pages_names_each_page_as_fingerprint_does(
-    pages: list[bytes], ready_views: bool
+    both_engines: str, pages: list[bytes], ready_views: bool
 ) -> None:
     """A buffer of pages: zeros, one 8-byte value repeated, such a page with one word
-    changed anywhere (first, last, in between), random bytes."""
+    changed anywhere (first, last, in between), random bytes; named by numpy and a hash
+    call per page, or by the native core in one call."""
     data = memoryview(bytearray(b"".join(pages)))
     views = [data[i * PAGE : (i + 1) * PAGE] for i in range(len(pages))] if ready_views else None
     got = fingerprint_pages(data, PAGE, views)
@@ -323,11 +339,52 @@ def test_fingerprint_pages_names_each_page_as_fingerprint_does(
 def test_a_hash_of_zero_is_taken_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
     import xxhash
 
+    monkeypatch.setenv(native.ENV, "0")
     monkeypatch.setattr(xxhash, "xxh3_64_intdigest", lambda page: 0)
     page = os.urandom(PAGE)
     assert (
         fingerprint_pages(memoryview(bytearray(page)), PAGE).tolist() == [1] == [fingerprint(page)]
     )
+
+
+def test_the_native_core_takes_a_hash_of_zero_as_one_too() -> None:
+    """The native core with a hash function that gives 0: 1, as the rule says; a page of
+    one repeated value is named without the hash."""
+    import ctypes
+
+    core = native.native()
+    if core is None:
+        pytest.skip("the native core was not built (no C compiler at install?)")
+    hashed: list[int] = []
+
+    @ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)
+    def zero(data: int, size: int) -> int:
+        hashed.append(size)
+        return 0
+
+    address = ctypes.cast(zero, ctypes.c_void_p).value
+    data = bytearray(os.urandom(PAGE) + bytes(PAGE) + b"\x07" * PAGE)
+    out = np.zeros(3, np.uint64)
+    core._core.fingerprint_pages(data, PAGE, address, out)
+    assert out.tolist() == [1, 0, 0x0707070707070707]
+    assert hashed == [PAGE]
+
+
+def test_the_native_core_hashes_with_xxh3_of_every_page_size() -> None:
+    """The C hash function found in the xxhash module's library gives its Python API's
+    values for pages of 4 to 64 KiB (a machine's page size may be any of them)."""
+    import xxhash
+
+    core = native.native()
+    if core is None or not native.hash_address(PAGE):
+        pytest.skip("no native core, or no C hash function found")
+    rng = np.random.default_rng(18)
+    for size in (4096, 16384, 65536):
+        data = bytearray(rng.integers(0, 256, 3 * size, dtype=np.uint8).tobytes())
+        out = np.zeros(3, np.uint64)
+        assert core.fingerprint_pages(data, size, out)
+        want = [xxhash.xxh3_64_intdigest(bytes(data[i * size : (i + 1) * size])) for i in range(3)]
+        assert out.tolist() == want
 
 
 def test_maps_opened_before_an_exec_read_nothing() -> None:

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import tabulate
 from click.testing import CliRunner
+from conftest import quick
 from golden import check_golden
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -623,7 +624,7 @@ def test_plain_table_lays_out_as_tabulate_plain(
 
 
 @pytest.mark.parametrize("options", [[], ["--mode", "all"], ["--explain"]], ids=str)
-@pytest.mark.parametrize("trace", sorted(BUNDLED.glob("*.msgpack")), ids=lambda p: p.name)
+@pytest.mark.parametrize("trace", quick(sorted(BUNDLED.glob("*.msgpack"))), ids=lambda p: p.name)
 def test_table_of_every_bundled_trace_fits_80_columns(trace: Path, options: list[str]) -> None:
     result = CliRunner().invoke(cli, ["run", str(trace), *options])
     assert result.exit_code == 0, result.output

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 from click.testing import CliRunner
+from conftest import quick
 from reference import ReferenceSimulator
 
 from ksmreplay.cli import cli
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).parent
 TRACES = sorted(
     [
-        *(ROOT / "traces").rglob("*.msgpack"),
+        *quick((ROOT / "traces").rglob("*.msgpack")),
         *(ROOT / "traces").rglob("*.jsonl"),
         *(TESTS / "cases").rglob("*.jsonl"),
         *(TESTS / "scenarios").rglob("*.jsonl"),
