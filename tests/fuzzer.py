@@ -1410,19 +1410,55 @@ is the slow fallback of an install without a C compiler, a few times slower
 than the native core on traces of many pages; a hang exceeds any factor."""
 
 
+FLAT_OUT_CPU_PER_SECOND = 3
+"""CPU seconds ``run --mode all`` may take per second of trace time in which
+ksmd runs with ``sleep_millisecs=0``: it then scans back to back, as many
+visits as its modelled cost allows (millions a second), and the v6 mode
+replays them on the scalar walk, some 2 us a visit."""
+FLAT_OUT_MAX_SECONDS = 120
+"""The most CPU seconds a flat-out ksmd adds (a hang still ends)."""
+
+
+def _flat_out_ns(objects: list[Any]) -> int:
+    """Trace time (ns) during which ksmd runs with ``sleep_millisecs=0``."""
+    run, sleep, last, total = 0, 20, None, 0
+    for obj in objects[1:]:
+        if not (isinstance(obj, list) and len(obj) >= 2 and type(obj[0]) is int):
+            continue
+        t = obj[0]
+        if last is not None and run == 1 and sleep == 0 and t > last:
+            total += t - last
+        last = t if last is None else max(last, t)
+        if obj[1] == "ksm" and len(obj) > 2 and isinstance(obj[2], dict):
+            run = obj[2].get("run", run) if type(obj[2].get("run", run)) is int else run
+            value = obj[2].get("sleep_millisecs", sleep)
+            sleep = value if type(value) is int else sleep
+    return total
+
+
 def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
-    """``limits`` with room for the work ``mutant`` declares: the report grows
-    with its snapshots in every mode ``run --mode all`` replays, so a second of
-    CPU more per :data:`SNAPSHOTS_PER_CPU_SECOND` of them; a trace of 100,000
-    snapshots is no hang."""
+    """``limits`` with room for the work ``mutant`` declares.
+
+    The report grows with its snapshots in every mode ``run --mode all``
+    replays, so a second of CPU more per :data:`SNAPSHOTS_PER_CPU_SECOND` of
+    them (a trace of 100,000 snapshots is no hang; a mutant damaged byte by
+    byte counts the word ``snapshot`` in its bytes); and ksmd running flat
+    out declares its visits: :data:`FLAT_OUT_CPU_PER_SECOND` per second of it.
+    """
     from ksmreplay.modes import MODES
 
     if mutant.objects is None:
-        return limits
-    snapshots = sum(
-        1 for obj in mutant.objects[1:] if isinstance(obj, list) and obj[1:2] == ["snapshot"]
-    )
-    more = -(-snapshots * len(MODES) // SNAPSHOTS_PER_CPU_SECOND)
+        snapshots = max((data.count(b"snapshot") for data in mutant.forms.values()), default=0)
+        flat_out = 0
+    else:
+        snapshots = sum(
+            1 for obj in mutant.objects[1:] if isinstance(obj, list) and obj[1:2] == ["snapshot"]
+        )
+        flat_out = min(
+            -(-_flat_out_ns(mutant.objects) * FLAT_OUT_CPU_PER_SECOND // 10**9),
+            FLAT_OUT_MAX_SECONDS,
+        )
+    more = -(-snapshots * len(MODES) // SNAPSHOTS_PER_CPU_SECOND) + flat_out
     return replace(limits, cpu=limits.cpu + more, wall=limits.wall + 3 * more)
 
 

@@ -20,10 +20,13 @@ import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fuzzer
 import msgpack
 import pytest
+
+from ksmreplay.modes import MODES
 
 CASE_FILES = sorted(fuzzer.CASES_DIR.glob("*.json"))
 SHORT_SEED = 0
@@ -461,3 +464,26 @@ def test_saved_case(
             assert o.status == status, f"{verb} {form}: {o.summary()}"
             if status != 0 and "message" in meta:
                 assert re.search(meta["message"], o.stderr), f"{verb} {form}: {o.summary()}"
+
+
+def test_the_limits_grow_with_the_work_a_mutant_declares() -> None:
+    base = fuzzer.Limits(cpu=5, wall=30)
+    header = {"ksmreplay": 1}
+
+    def limits(objects: list[Any] | None, forms: dict[str, bytes] | None = None) -> int:
+        mutant = fuzzer.Mutant(0, 0, "test", [], objects, forms or {"jsonl": b""})
+        return fuzzer.declared_limits(mutant, base).cpu
+
+    assert limits([header, [0, "ksm", {"run": 1}], [10**10, "settle"]]) == 5
+    # ksmd flat out (sleep_millisecs=0) for 10 s of trace time: its visits
+    flat = [header, [0, "ksm", {"run": 1, "sleep_millisecs": 0}], [10**10, "snapshot", "x"]]
+    assert limits(flat) == 5 + 1 + 10 * fuzzer.FLAT_OUT_CPU_PER_SECOND
+    # not while ksmd sleeps or is stopped, and never without end
+    stopped = [header, [0, "ksm", {"run": 0, "sleep_millisecs": 0}], [10**10, "settle"]]
+    assert limits(stopped) == 5
+    forever = [header, [0, "ksm", {"run": 1, "sleep_millisecs": 0}], [2**62, "settle"]]
+    assert limits(forever) == 5 + fuzzer.FLAT_OUT_MAX_SECONDS
+    # snapshots, counted in the bytes of a mutant damaged byte by byte
+    data = b"".join(b'[%d, "snapshot", "s"]\n' % t for t in range(20_000))
+    per_second = fuzzer.SNAPSHOTS_PER_CPU_SECOND
+    assert limits(None, {"jsonl": data}) == 5 + 20_000 * len(MODES) // per_second
