@@ -173,18 +173,22 @@ def make_sweep_trace(path: Path) -> None:
         synthesize("vm-guests", f, values, 1)
 
 
-def measure_sweep(path: Path, jobs: int) -> float:
-    """Seconds (wall) of one ``ksmreplay sweep`` of :data:`SWEEP_GRID` with ``jobs``."""
+def measure_sweep(path: Path, jobs: int) -> tuple[float, float]:
+    """Seconds of one ``ksmreplay sweep`` of :data:`SWEEP_GRID` with ``jobs``:
+    wall time, and CPU time of the processes (user and system)."""
     command = [sys.executable, "-m", "ksmreplay", "sweep", str(path), *SWEEP_GRID]
     command += ["--mode", "unshare", "--format", "csv", "--jobs", str(jobs)]
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     begin = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - begin
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     if done.returncode != 0:
         sys.exit(f"bench: the sweep failed:\n{done.stderr}")
     if done.stdout.count("\n") != 101:
         sys.exit("bench: the sweep did not give 100 rows")
-    return seconds
+    return seconds, cpu
 
 
 def make_host_trace(path: Path) -> None:
@@ -702,13 +706,13 @@ def main() -> None:
             elif kind == "sweep":
                 make_sweep_trace(path)
                 before = os.getloadavg()[0]
-                seconds = {
-                    jobs: statistics.median(
-                        measure_sweep(path, jobs) for _ in range(args.sweep_runs)
-                    )
+                times = {
+                    jobs: [measure_sweep(path, jobs) for _ in range(args.sweep_runs)]
                     for jobs in (1, 2)
                 }
                 after = os.getloadavg()[0]
+                seconds = {jobs: statistics.median(t for t, _ in times[jobs]) for jobs in times}
+                cpu = {jobs: statistics.median(c for _, c in times[jobs]) for jobs in times}
                 cpus = len(os.sched_getaffinity(0))
                 ratio = seconds[2] / seconds[1]
                 for jobs in (1, 2):
@@ -720,7 +724,8 @@ def main() -> None:
                 notes.append(
                     f"sweep-200k x100: --jobs 2 took {ratio:.2f} of the time of --jobs 1 "
                     f"(target under 0.6: {'met' if ratio < 0.6 else 'not met'}); load average "
-                    f"{before:.1f} before, {after:.1f} after, on {cpus} CPUs"
+                    f"{before:.1f} before, {after:.1f} after, on {cpus} CPUs; CPU time "
+                    f"{cpu[1]:.1f} s and {cpu[2]:.1f} s"
                 )
             elif kind == "scale":
                 for pages in SCALES:

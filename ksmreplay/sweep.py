@@ -199,7 +199,8 @@ class TraceInput:
     """One trace of a sweep, checked whole before any replay.
 
     :ivar name: what rows and reports call it (the report's ``trace.path``):
-        the path as given, or ``WORKLOAD[NAME=VALUE ...]`` for a ``--synth`` trace.
+        the path as given, or for a ``--synth`` trace ``WORKLOAD[NAME=VALUE ...]``
+        with the parameters given more than one value (``WORKLOAD`` if none).
     :ivar path: an absolute path to the file that holds it.
     :ivar digest: the SHA-256 of its bytes (hex): the cache's key.
     :ivar size: its size, bytes.
@@ -315,7 +316,11 @@ def trace_inputs(
                 path = os.path.join(tmp, f"{n}.msgpack")
                 with open(path, "wb") as f:
                     synthesize(workload, f, resolved, seed)
-                label = f"{workload}[{' '.join(texts)}]" if texts else workload
+                # named by the parameters that differ between the traces
+                varying = [
+                    t for t, (_name, items) in zip(texts, grids, strict=True) if len(items) > 1
+                ]
+                label = f"{workload}[{' '.join(varying)}]" if varying else workload
                 inputs.append(check_trace(path, label))
         yield inputs
 
@@ -839,12 +844,20 @@ class Recommendation:
         ``100 - within`` percent of :attr:`best`'s saving (ties: the larger
         saving, then the first in the sweep).
     :ivar best: the run that saves the most (ties: the least CPU, then the first).
-    :ivar text: the recommendation in one line.
+    :ivar where: what it is for: the trace, and ``(MODE@KERNEL)`` when the
+        sweep has several.
+    :ivar advice: the settings and what they give, one sentence.
     """
 
     row: Row
     best: Row
-    text: str
+    where: str
+    advice: str
+
+    @property
+    def text(self) -> str:
+        """The recommendation in one line: ``WHERE: ADVICE``."""
+        return f"{self.where}: {self.advice}"
 
 
 def _mib(pages: int, page_size: int) -> str:
@@ -881,26 +894,26 @@ def recommend(rows: Sequence[Row], within: float, several: bool) -> list[Recomme
         chosen.recommended = True
         ps = chosen.page_size
         where = f"{trace} ({mode}@{version})" if several else trace
-        head = f"{where}: {settings_text(chosen.task.settings)}"
+        head = settings_text(chosen.task.settings)
         if best.saved_pages <= 0:
-            text = (
+            advice = (
                 f"{head}: no setting saves memory here; the least ksmd CPU: "
                 f"{chosen.cpu_percent:.2f} %"
             )
         elif chosen is best:
-            text = (
+            advice = (
                 f"{head}: saves the most, {_mib(chosen.saved_pages, ps)} MiB "
                 f"({chosen.summary['saved_percent']:.2f} %), for {chosen.cpu_percent:.2f} % "
                 "ksmd CPU"
             )
         else:
             share = 100 * chosen.saved_pages / best.saved_pages
-            text = (
+            advice = (
                 f"{head}: saves {_mib(chosen.saved_pages, ps)} MiB ({share:.1f} % of the best, "
                 f"{_mib(best.saved_pages, ps)} MiB) for {chosen.cpu_percent:.2f} % ksmd CPU "
                 f"(the best: {best.cpu_percent:.2f} %)"
             )
-        out.append(Recommendation(chosen, best, text))
+        out.append(Recommendation(chosen, best, where, advice))
     return out
 
 
@@ -1089,21 +1102,6 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else json.dumps(text)
 
 
-def _key_columns(outcome: Outcome) -> list[tuple[str, Callable[[Row], str]]]:
-    """What names a row in the table: the trace, kernel and mode when they
-    vary, and the settings."""
-    tasks = outcome.plan.tasks
-    key: list[tuple[str, Callable[[Row], str]]] = []
-    if len({t.name for t in tasks}) > 1:
-        key.append(("trace", lambda r: _printable(r.task.name)))
-    if len({t.kernel for t in tasks}) > 1:
-        key.append(("kernel", lambda r: r.task.kernel))
-    if len({t.mode for t in tasks}) > 1:
-        key.append(("mode", lambda r: r.task.mode))
-    key.append(("settings", lambda r: ", ".join(str(v) for _k, v in r.task.settings) or "-"))
-    return key
-
-
 _FIGURES: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("saved MiB", lambda r: _mib(r.saved_pages, r.page_size)),
     ("saved %", lambda r: f"{r.summary['saved_percent']:.2f}"),
@@ -1114,12 +1112,36 @@ _FIGURES: tuple[tuple[str, Callable[[Row], str]], ...] = (
 )
 """The table's figures: a header and how to show it."""
 
+LEGEND = (
+    "saved: at that snapshot; 90 % at: when 90 % of the run's most saving came (s);\n"
+    "cpu: ksmd's modelled CPU over the run; front: * on the Pareto front of saving\n"
+    "against CPU, pick: the recommendation\n"
+)
+"""What the table's columns are, under it."""
+
+
+def _block(outcome: Outcome, rows: Sequence[Row]) -> str:
+    """The table of one (trace, kernel, mode): a row per grid point."""
+    columns = outcome.plan.columns
+    cols: list[tuple[str, Callable[[Row], str]]] = [
+        ("settings", lambda r: ", ".join(str(v) for _k, v in r.task.settings) or "-"),
+        *_FIGURES,
+        *((name, lambda r, n=name: _value(r.columns[n])) for name in columns),
+        ("front", lambda r: ("* pick" if r.recommended else "*") if r.pareto else ""),
+    ]
+    cells = [[cell(row) for _title, cell in cols] for row in rows]
+    aligns = "l" + "r" * (len(cols) - 2) + "l"
+    return wrapped_table([title for title, _ in cols], cells, aligns, keep=1)
+
 
 def render_table(outcome: Outcome, out: TextIO) -> None:
-    """The sweep for people: what every row shares, the rows, the recommendations.
+    """The sweep for people: what every run shares, then for each trace (and
+    kernel and mode) its table, a row per grid point, and its recommendation
+    in one line; then what the columns are.
 
-    Fits :data:`~ksmreplay.render.TABLE_WIDTH` columns where it can (wide
-    tables are cut into several that repeat what names a row).
+    Tables fit :data:`~ksmreplay.render.TABLE_WIDTH` columns (a table too wide
+    is cut into several that repeat the settings); a recommendation is one
+    line, however long.
     """
     plan = outcome.plan
     tasks = plan.tasks
@@ -1139,30 +1161,15 @@ def render_table(outcome: Outcome, out: TextIO) -> None:
     done = len(outcome.rows)
     runs = f"{done}" if done == len(tasks) else f"{done} of {len(tasks)} (interrupted)"
     head.append(["runs", runs])
+    head.append(["pick", f"the least ksmd CPU within {plan.within:g} % of the best saving"])
     out.write(plain_table([], head, "ll") + "\n")
+    groups = len({row.group for row in outcome.rows}) > 1
+    for rec in outcome.recommendations:
+        rows = [row for row in outcome.rows if row.group == rec.row.group]
+        title = _printable(rec.where) + "\n" if groups else ""
+        out.write(f"\n{title}{_block(outcome, rows)}\nrecommended: {rec.advice}\n")
     if outcome.rows:
-        key = _key_columns(outcome)
-        cols = [
-            *key,
-            *_FIGURES,
-            *((name, lambda r, n=name: _value(r.columns[n])) for name in plan.columns),
-            ("front", lambda r: ("* pick" if r.recommended else "*") if r.pareto else ""),
-        ]
-        rows = [[cell(row) for _title, cell in cols] for row in outcome.rows]
-        aligns = "l" * len(key) + "r" * (len(cols) - len(key) - 1) + "l"
-        table = wrapped_table([title for title, _ in cols], rows, aligns, keep=len(key))
-        out.write("\n" + table + "\n")
-        out.write(
-            "\nsaved: at that snapshot; 90 % at: when 90 % of the run's most saving came (s);\n"
-            "cpu: ksmd's modelled CPU over the run; front: * on the Pareto front of saving\n"
-            "against CPU, pick: the recommendation\n"
-        )
-    if outcome.recommendations:
-        out.write(
-            f"\nrecommended (the least ksmd CPU within {plan.within:g} % of the best saving)\n"
-        )
-        for rec in outcome.recommendations:
-            out.write(rec.text + "\n")
+        out.write("\n" + LEGEND)
 
 
 def _row_object(row: Row) -> dict[str, Any]:

@@ -203,15 +203,12 @@ def test_the_output_is_the_same_with_one_or_two_jobs(fmt: str) -> None:
     assert (one.exit_code, two.exit_code, one.stderr) == (0, 0, "")
     assert one.stdout == two.stdout
     if fmt == "table":
-        head = "\nrecommended (the least ksmd CPU within 5 % of the best saving)\n"
-        table, recommendations = one.stdout.split(head)
-        assert max(len(line) for line in table.splitlines()) <= 80
-        # one line per mode, each a sentence of its own
-        assert [line.split(" ", 2)[1] for line in recommendations.splitlines()] == [
-            "(legacy@6.18):",
-            "(v6@6.18):",
-            "(unshare@6.18):",
-        ]
+        lines = one.stdout.splitlines()
+        recommendations = [line for line in lines if line.startswith("recommended: ")]
+        assert max(len(line) for line in lines if line not in recommendations) <= 80
+        # a table per mode, each followed by its recommendation in one line
+        titles = [lines[i - 6] for i, line in enumerate(lines) if line in recommendations]
+        assert titles == [f"{DEMO} ({mode}@6.18)" for mode in ("legacy", "v6", "unshare")]
     if fmt in ("csv", "tsv"):
         sep = "," if fmt == "csv" else "\t"
         lines = one.stdout.splitlines()
@@ -231,15 +228,19 @@ def test_the_issue_grid_is_one_command_with_a_recommendation() -> None:
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert "runs      12" in lines
-    table = lines[lines.index("runs      12") + 2 :]
+    table = lines[lines.index("runs      12") + 3 :]
     assert table[0].split() == [
         "settings", "saved", "MiB", "saved", "%", "of", "ideal", "%", "90", "%", "at",
         "cpu", "%", "cpu", "s", "front",
     ]  # fmt: skip
     assert [line.split(",")[0] for line in table[1:13]] == ["0"] * 6 + ["1"] * 6
-    assert sum("* pick" in line for line in table[1:13]) == 1
-    (rec,) = [line for line in lines if line.startswith(f"{VM}: use_zero_pages=")]
-    assert "ksmd CPU" in rec
+    (pick,) = [line for line in table[1:13] if line.endswith("* pick")]
+    # the recommendation follows the table, in one line, and names the settings picked
+    rec = table[13]
+    assert rec.startswith("recommended: use_zero_pages=") and rec.endswith(" %)")
+    uzp, pts, sm = pick.split()[:3]
+    assert f"use_zero_pages={uzp.strip(',')} pages_to_scan={pts.strip(',')} " in rec
+    assert f" sleep_millisecs={sm}: saves " in rec
     assert max(len(line) for line in lines if line != rec) <= 80
 
 
@@ -316,7 +317,7 @@ def test_synth_traces_are_those_synth_writes(tmp_path: Path) -> None:
     assert (swept.exit_code, files.exit_code) == (0, 0), swept.stderr
     # THEN the rows are the same but for the traces' names
     names = [line.split(",", 1)[0] for line in swept.stdout.splitlines()[1:]]
-    label = "zero-heavy[processes=2 mib=1 duration_s=1 unmerging_processes={}]"
+    label = "zero-heavy[unmerging_processes={}]"  # the parameters that differ
     assert names == [label.format(1)] * 2 + [label.format(2)] * 2
     assert [line.split(",", 1)[1] for line in swept.stdout.splitlines()] == [
         line.split(",", 1)[1] for line in files.stdout.splitlines()
