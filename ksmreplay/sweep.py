@@ -665,16 +665,28 @@ def local_results(fn: Callable[[T], R], tasks: Sequence[T], jobs: int) -> Genera
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel what has not started, end the running workers."""
-    processes = list(getattr(pool, "_processes", None) or {})
+    """Stop a pool now: cancel what has not started, end the running workers.
+
+    While the pool's own threads notice that its workers are gone, a write of
+    theirs into a pipe no worker reads any more must fail there, not stop
+    ksmreplay by SIGPIPE: SIGPIPE is ignored until they have ended.
+    """
     workers = dict(getattr(pool, "_processes", None) or {})
     pool.shutdown(wait=False, cancel_futures=True)
-    for pid in processes:
-        process = workers.get(pid)
-        if process is not None and process.is_alive():
-            process.terminate()
     for process in workers.values():
-        process.join()
+        if process.is_alive():
+            process.terminate()
+    try:
+        previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to change
+        previous = None
+    try:
+        for process in workers.values():
+            process.join()
+        pool.shutdown(wait=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGPIPE, previous)
 
 
 def dask_results(

@@ -336,6 +336,23 @@ def test_no_grid_replays_the_trace_as_it_is() -> None:
     assert doc["recommendations"][0]["text"].startswith(f"{DEMO}: the trace's own settings: ")
 
 
+def test_a_failed_run_stops_the_sweep_with_its_own_message(tmp_path: Path) -> None:
+    # GIVEN a sweep planned on a trace that is gone when it runs
+    trace = tmp_path / "t.msgpack"
+    shutil.copyfile(DEMO, trace)
+    with sweep.trace_inputs([str(trace)]) as traces:
+        plan = sweep.plan_sweep(traces, [parse_grid("pages_to_scan=5,100")], ("unshare",))
+    trace.unlink()
+    # THEN the error of the run, here or in a worker process, is told as it was there
+    message = f"{trace}: cannot open {trace}: No such file or directory"
+    for jobs in (1, 2):
+        with pytest.raises(sweep.TaskError, match=message) as info:
+            sweep.run_sweep(plan, jobs)
+        assert info.value.exit_status == 4
+    with pytest.raises(sweep.TaskError, match=message):
+        sweep.replay_in_parallel(str(trace), str(trace), [("6.18", "legacy"), ("6.18", "v6")], 2)
+
+
 def test_dask_without_the_extra_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import fails
     result = invoke("sweep", str(DEMO), "--grid", "run=1", "--dask", "local")
@@ -393,11 +410,21 @@ def test_a_repeated_sweep_replays_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(replays) == 9
 
 
-def test_an_interrupted_sweep_prints_what_finished_and_resumes(tmp_path: Path) -> None:
+def _children(pid: int) -> set[int]:
+    """The processes ``pid`` started that are still there."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(child) for child in f.read().split())
+    return found
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_interrupted_sweep_prints_what_finished_and_resumes(tmp_path: Path, jobs: str) -> None:
     cache = tmp_path / "cache"
     args = (
         "sweep", str(TRACES / "zero-heavy.msgpack"), "--grid", "pages_to_scan=100,200,300,400",
-        "--grid", "sleep_millisecs=20,50", "--jobs", "1", "--cache", str(cache),
+        "--grid", "sleep_millisecs=20,50", "--jobs", jobs, "--cache", str(cache),
         "--format", "csv",
     )  # fmt: skip
     # GIVEN a sweep stopped by Ctrl-C once its first run is in the cache
@@ -406,6 +433,8 @@ def test_an_interrupted_sweep_prints_what_finished_and_resumes(tmp_path: Path) -
     while not (cache.is_dir() and any(p.suffix == ".json" for p in cache.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert len(workers) == (0 if jobs == "1" else 2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     # THEN it ends by SIGINT (130 in a shell) and prints the runs that finished, in order
@@ -414,6 +443,8 @@ def test_an_interrupted_sweep_prints_what_finished_and_resumes(tmp_path: Path) -
     entries = len(list(cache.glob("*.json")))
     assert 1 <= len(rows) <= entries < 8
     assert err.decode().endswith(f"ksmreplay: interrupted: {len(rows)} of 8 runs finished\n")
+    # AND its worker processes are gone
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
     # WHEN it runs again THEN it replays only what is not in the cache
     resumed = invoke(*args)
     assert resumed.exit_code == 0
@@ -424,7 +455,8 @@ def test_an_interrupted_sweep_prints_what_finished_and_resumes(tmp_path: Path) -
     def figures(lines: list[str]) -> list[str]:  # (pareto and recommended change)
         return [line.rsplit(",", 2)[0] for line in lines]
 
-    assert figures(full[1 : 1 + len(rows)]) == figures(rows)
+    finished = figures(rows)
+    assert [line for line in figures(full[1:]) if line in finished] == finished
 
 
 def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
