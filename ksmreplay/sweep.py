@@ -56,7 +56,13 @@ from typing import Any, TextIO, TypeVar, cast
 import msgpack
 
 from ksmreplay import __version__, traps
-from ksmreplay.errors import ExitStatus, Interrupted, KsmreplayError, UsageError
+from ksmreplay.errors import (
+    ExitStatus,
+    InputOutputError,
+    Interrupted,
+    KsmreplayError,
+    UsageError,
+)
 from ksmreplay.events import Snapshot
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_text_output
@@ -249,8 +255,6 @@ def check_trace(path: str, name: str | None = None) -> TraceInput:
     try:
         digest, size = _digest(path)
     except OSError as exc:  # gone since it was read
-        from ksmreplay.errors import InputOutputError
-
         raise InputOutputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     return TraceInput(
         name if name is not None else path,
@@ -418,8 +422,6 @@ def replay_task(task: Task, data: bytes | None = None) -> TaskResult:
 
 
 def _open(path: str, name: str) -> io.BufferedReader:
-    from ksmreplay.errors import InputOutputError
-
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -532,8 +534,6 @@ class Cache:
     """
 
     def __init__(self, directory: str) -> None:
-        from ksmreplay.errors import InputOutputError
-
         self.directory = directory
         try:
             os.makedirs(directory, exist_ok=True)
@@ -578,8 +578,6 @@ class Cache:
 
         :raises InputOutputError: the directory cannot be written.
         """
-        from ksmreplay.errors import InputOutputError
-
         assert result.report is not None
         entry = {
             "key": self.key(task),
@@ -711,8 +709,6 @@ def dask_results(
         distributed: Any = importlib.import_module("distributed")
     except ImportError:
         raise UsageError("--dask needs dask.distributed: pip install 'ksmreplay[dask]'") from None
-    from ksmreplay.errors import InputOutputError
-
     with contextlib.ExitStack() as stack:
         try:
             if address == "local":
@@ -1072,8 +1068,6 @@ def write_reports(outcome: Outcome, directory: str) -> None:
 
     :raises InputOutputError: the directory or a file cannot be written.
     """
-    from ksmreplay.errors import InputOutputError
-
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
@@ -1369,8 +1363,6 @@ def _replay_run(task: _RunTask) -> _RunResult:
                 for snap in run["snapshots"]:
                     f.write(packer.pack(snap))
         except OSError as exc:
-            from ksmreplay.errors import InputOutputError
-
             raise InputOutputError(f"{task.snapshots}: {exc.strerror or exc}") from exc
         finally:
             close_spools(report)
@@ -1382,8 +1374,6 @@ def _replay_run(task: _RunTask) -> _RunResult:
 
 def _spool_file(path: str, spool: SnapshotSpool) -> None:
     """Append the snapshots of a run's file to ``spool``."""
-    from ksmreplay.errors import InputOutputError
-
     try:
         with open(path, "rb") as f:
             for snap in msgpack.Unpacker(f, raw=False, strict_map_key=False, max_buffer_size=0):
