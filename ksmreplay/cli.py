@@ -1087,6 +1087,10 @@ def exec_(
 
     if kernel_image is None and qemu is not None:
         raise click.UsageError("--qemu needs --kernel-image")
+    try:
+        start_order(settings, {})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     progress = _progress_callback(trace)
     try:
         with open_trace(trace, validate_first=True) as reader:

@@ -100,14 +100,88 @@ _JSON_STREAM_DEPTH = 3
 values (a snapshot, ``trace``, ``settings``...) are encoded whole."""
 
 
-def _json_value(value: object, depth: int) -> str:
-    """``value`` as ``json.dumps(..., indent=2)`` writes it at nesting ``depth``.
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
-    Encoded strings never hold a raw newline (JSON escapes it), so every
-    newline is one of the encoder's and is followed by the indent of its depth.
+
+def _json_float(value: float) -> str:
+    """A float as the json module writes it (``NaN`` and ``Infinity`` included)."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+_JSON_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _encode_str,
+    int: int.__repr__,
+    float: _json_float,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _value: "null",
+}
+"""How each scalar type is written, by exact type (subclasses take the slow path)."""
+
+
+def _indented(value: object, newline: str, parts: list[str]) -> None:
+    """Append to ``parts`` what ``json.dumps(value, indent=2)`` writes, with
+    ``newline`` (a newline and the indent of ``value``'s depth) for its breaks.
+
+    The json module encodes an indented document in Python, one generator per
+    container; this does the same work in one recursion, several times faster
+    on reports (a snapshot is hundreds of small values).  Byte for byte the
+    same output (tests compare the two on every bundled trace's report).
     """
-    text = json.dumps(value, indent=_JSON_INDENT)
-    return text.replace("\n", "\n" + " " * (_JSON_INDENT * depth)) if depth else text
+    scalar = _JSON_SCALARS.get(type(value))
+    if scalar is not None:
+        parts.append(scalar(value))
+    elif isinstance(value, dict):
+        if not value:
+            parts.append("{}")
+        elif not all(type(key) is str for key in value):
+            # (json.dumps turns a key that is not a string into one; leave that to it)
+            parts.append(json.dumps(value, indent=_JSON_INDENT).replace("\n", newline))
+        else:
+            inner = newline + " " * _JSON_INDENT
+            sep = "{" + inner
+            for key, item in value.items():
+                scalar = _JSON_SCALARS.get(type(item))
+                if scalar is not None:
+                    parts.append(sep + _encode_str(key) + ": " + scalar(item))
+                else:
+                    parts.append(sep + _encode_str(key) + ": ")
+                    _indented(item, inner, parts)
+                sep = "," + inner
+            parts.append(newline + "}")
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            parts.append("[]")
+        else:
+            inner = newline + " " * _JSON_INDENT
+            sep = "[" + inner
+            for item in value:
+                scalar = _JSON_SCALARS.get(type(item))
+                if scalar is not None:
+                    parts.append(sep + scalar(item))
+                else:
+                    parts.append(sep)
+                    _indented(item, inner, parts)
+                sep = "," + inner
+            parts.append(newline + "]")
+    elif isinstance(value, (str, int, float)):
+        # (subclasses: an enum of str or int, a bool is an int too)
+        for kind in (str, bool, int, float):
+            if isinstance(value, kind):
+                parts.append(_JSON_SCALARS[kind](value))
+                break
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_value(value: object, depth: int) -> str:
+    """``value`` as ``json.dumps(..., indent=2)`` writes it at nesting ``depth``."""
+    parts: list[str] = []
+    _indented(value, "\n" + " " * (_JSON_INDENT * depth), parts)
+    return "".join(parts)
 
 
 def _write_json(value: object, depth: int, out: TextIO) -> None:

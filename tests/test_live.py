@@ -131,6 +131,27 @@ def test_error_mid_replay_restores(locked: None) -> None:
         kernel.write_knob("sleep_millisecs", 20)
 
 
+def test_set_advisor_scan_time_starts_as_run_does() -> None:
+    """--set advisor_mode=scan-time: the switch sets pages_to_scan itself (the
+    kernel refuses a write of it after), from advisor_min_pages_to_scan."""
+    before = knob_state()
+    events = [
+        Alloc(0, 0, 1, 0x10000, 8 * 4096),
+        Write(1, 0, 1, 0x10000, 8 * 4096, 0),
+        Madvise(2, 0, 1, 0x10000, 8 * 4096, "mergeable"),
+        Ksm(3, 0, {"run": 1}),
+        Snapshot(4, 0, "started"),
+    ]
+    settings = {"advisor_mode": "scan-time", "advisor_min_pages_to_scan": 700}
+    live = execute(events, 4096, settings=settings)
+    (run,) = live["runs"]
+    assert run["refused"] == []
+    assert run["settings"]["advisor_mode"] == "scan-time"
+    assert 700 <= run["settings"]["pages_to_scan"] <= run["settings"]["advisor_max_pages_to_scan"]
+    assert knob_state() == before
+    assert at_rest() == REST
+
+
 def test_refuses_when_ksm_busy(locked: None) -> None:
     before = knob_state()
     kernel.write_knob("run", 1)

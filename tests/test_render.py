@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import enum
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +33,7 @@ from ksmreplay.render import (
     csv_field,
     plain_table,
     render,
+    render_json,
     tsv_field,
 )
 from ksmreplay.replay import expand_modes, replay, replay_spooled
@@ -159,6 +162,54 @@ def test_json_is_byte_for_byte_json_dumps_of_the_report(make: Any) -> None:
     odd_keys = make()
     odd_keys["trace"]["meta"] = {1: [True], None: {}, 2.5: "x"}
     assert _text(odd_keys, "json") == json.dumps(odd_keys, indent=2) + "\n"
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e300, 2**53 + 1.0])
+    | st.text(max_size=12)
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        | st.dictionaries(st.integers(-3, 3) | st.booleans() | st.none(), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+class _Kind(enum.IntEnum):
+    ONE = 1
+
+
+class _Name(str, enum.Enum):
+    A = "a\u00e9"
+
+
+@given(value=_JSON_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_json_writes_any_value_as_json_dumps_does(value: Any) -> None:
+    # (the report's own encoder is faster than the json module's: it must
+    # write the same bytes for every value the json module accepts)
+    report = {"runs": [{"snapshots": [value, {"k": value}], "x": [value]}], "v": value}
+    out = io.StringIO()
+    render_json(cast(AnyReport, report), out)
+    assert out.getvalue() == json.dumps(report, indent=2) + "\n"
+
+
+def test_json_writes_subclasses_of_scalars_as_json_dumps_does() -> None:
+    report = {"runs": [{"snapshots": [{"a": _Kind.ONE, "b": [_Name.A, 2.5]}]}]}
+    out = io.StringIO()
+    render_json(cast(AnyReport, report), out)
+    assert out.getvalue() == json.dumps(report, indent=2) + "\n"
+    with pytest.raises(TypeError):
+        render_json(cast(AnyReport, {"runs": [{"snapshots": [{"a": object()}]}]}), io.StringIO())
 
 
 BUNDLED = Path(__file__).parent.parent / "traces"

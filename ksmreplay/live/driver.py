@@ -77,7 +77,7 @@ from ksmreplay.events import (
     Snapshot,
     Write,
 )
-from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue
+from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
@@ -927,16 +927,24 @@ def _execute(
     ksmd_clock: bool = False,
 ) -> dict[str, Any]:
     guard.touched = True
-    start = dict(DEFAULTS)
-    start.update(settings or {})
-    initial_run = int(start.pop("run"))
+    given = dict(settings or {})
+    initial_run = int(given.pop("run", DEFAULTS["run"]))
     if not force:
         guard.unmerge_all()  # nothing to unmerge: resets full_scans and ksmd's cursor
     else:
         guard.write("run", 0)
-    for name in kernel.RESTORE_ORDER:
-        if name in start and guard.ksm.has(name) and guard.ksm.read_knob(name) != start[name]:
-            guard.write(name, start[name])
+    # The simulator's starting state: every knob at its default (the advisor
+    # first, so that pages_to_scan can be written), then --set as run writes
+    # it (knobs.start_order: the advisor last, so that switching it on sets
+    # pages_to_scan itself, as the kernel refuses a write of it after).
+    writes = [(name, DEFAULTS[name]) for name in kernel.RESTORE_ORDER if name in DEFAULTS]
+    writes += start_order(given, {})
+    for name, value in writes:
+        if guard.ksm.has(name) and guard.ksm.read_knob(name) != value:
+            try:
+                guard.write(name, value)
+            except RefusedWrite as e:
+                raise LiveKernelError(f"the kernel refused the starting setting {e}") from None
     replay = LiveReplay(page_size, guard, machine, offset, observe_events, ksmd_clock)
     _active.append(replay)
     replay.trace_run = initial_run
