@@ -726,7 +726,8 @@ def main() -> None:
                     f"sweep-200k x100: --jobs 2 took {ratio:.2f} of the time of --jobs 1 "
                     f"(target under 0.6: {'met' if ratio < 0.6 else 'not met'}); load average "
                     f"{before:.1f} before, {after:.1f} after, on {cpus} CPUs; CPU time "
-                    f"{cpu[1]:.1f} s and {cpu[2]:.1f} s"
+                    f"{cpu[1]:.1f} s and {cpu[2]:.1f} s, that is {cpu[1] / seconds[1]:.2f} and "
+                    f"{cpu[2] / seconds[2]:.2f} CPUs busy"
                 )
             elif kind == "scale":
                 for pages in SCALES:
