@@ -382,14 +382,18 @@ def test_a_repeated_sweep_replays_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     replays = _count_replays(monkeypatch)
     cache = str(tmp_path / "cache")
     args = ("sweep", str(DEMO), *DEMO_GRID, "--jobs", "1", "--cache", cache, "--format", "json")
-    first = invoke(*args)
+    first = invoke(*args[:-2], "--reports", str(tmp_path / "fresh"), "--format", "csv")
     assert first.exit_code == 0
     assert first.stderr == f"ksmreplay: cache {cache}: 0 of 4 runs found, 4 replayed\n"
     assert len(replays) == 4
     # WHEN the same sweep runs again THEN nothing is replayed and the output is the same
-    again = invoke(*args)
+    again = invoke(*args[:-2], "--reports", str(tmp_path / "cached"), "--format", "csv")
     assert again.stderr == f"ksmreplay: cache {cache}: 4 of 4 runs found, 0 replayed\n"
-    assert (len(replays), again.stdout) == (4, first.stdout)
+    assert (len(replays), again.stdout) == (4, first.stdout.replace("/fresh/", "/cached/"))
+    for report in (tmp_path / "fresh").iterdir():
+        assert (tmp_path / "cached" / report.name).read_bytes() == report.read_bytes()
+    first = invoke(*args)
+    assert len(replays) == 4
     # WHEN the trace has another name THEN it is found by its content, and named anew
     other = tmp_path / "other.msgpack"
     shutil.copyfile(DEMO, other)
