@@ -500,10 +500,14 @@ def plan_sweep(
         _check_at(trace, at, every)
         if every is not None:
             check_every(every, trace.duration_ns)
-    # Every point on every run: refused knobs (a version's missing knob, the
-    # advisor's pages_to_scan) are found here, before any replay.
+    # Every point on every version: refused knobs (a version's missing knob,
+    # the advisor's pages_to_scan) are found here, before any replay.  (The
+    # knobs a simulator takes depend on the version, not on the mode.)
     page_sizes = sorted({trace.page_size for trace in traces})
-    for (version, mode), point, page_size in itertools.product(pairs, points, page_sizes):
+    first_mode = {version: mode for version, mode in reversed(pairs)}
+    for (version, mode), point, page_size in itertools.product(
+        first_mode.items(), points, page_sizes
+    ):
         try:
             make_simulator(mode, page_size, None, dict(point) or None, version)
         except UsageError as exc:
