@@ -11,6 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
+PLOT_STAMP := $(VENV)/.installed-plot
 TEST_STAMP := $(VENV)/.installed-test
 LINT_PATHS := ksmreplay tests bench traces setup.py
 NATIVE := setup.py $(wildcard native/*.c native/*.h)
@@ -28,15 +29,25 @@ $(STAMP): pyproject.toml $(NATIVE) | $(PY)
 	$(PIP) install -e '.[dask]'
 	touch $@
 
-$(TEST_STAMP): pyproject.toml $(NATIVE) | $(PY)
-	$(PIP) install -e '.[test]'
+$(PLOT_STAMP): pyproject.toml $(NATIVE) | $(PY)
+	$(PIP) install -e '.[plot,dask]'
 	touch $@ $(STAMP)
 
-demo: $(STAMP) ## Replay the bundled demo trace (legacy and unshare side by side)
-	$(PY) -m ksmreplay run traces/demo.msgpack
+# The tests install the plot extra too, so that `ksmreplay plot` is tested.
+$(TEST_STAMP): pyproject.toml $(NATIVE) | $(PY)
+	$(PIP) install -e '.[test,plot]'
+	touch $@ $(STAMP) $(PLOT_STAMP)
 
-test: $(TEST_STAMP) ## Run the whole test suite
-	$(PY) -m pytest
+DEMO_HTML := demo.html
+
+demo: $(PLOT_STAMP) ## Replay the demo trace (legacy and unshare side by side), plot it to demo.html
+	$(PY) -m ksmreplay run traces/demo.msgpack
+	$(PY) -m ksmreplay run traces/demo.msgpack --every 1ms --format json \
+		| $(PY) -m ksmreplay plot - -o $(DEMO_HTML)
+	@echo "demo: the demo trace's sharing over time is in $(CURDIR)/$(DEMO_HTML)"
+
+test: $(TEST_STAMP) ## Run the whole test suite (one worker per CPU; the live-kernel tests in one)
+	$(PY) -m pytest -n auto --dist loadgroup
 
 test-qemu: $(TEST_STAMP) ## Boot qemu guests (Linux 6.1, 6.12) on a scenario; needs qemu-system-x86 and `make kernels`
 	KSMREPLAY_TEST_QEMU=1 $(PY) -m pytest tests/test_qemu.py
@@ -85,7 +96,7 @@ bench: $(STAMP) ## Measure trace reading, simulation and sweep speed (bench/run.
 	$(PY) bench/run.py
 
 clean: ## Remove caches and build leftovers (keeps .venv)
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-out
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-out $(DEMO_HTML)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## Also remove the virtual environment

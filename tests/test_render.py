@@ -302,6 +302,16 @@ def test_json_validates_against_the_schema_and_round_trips(make: Any, schema: An
     assert text.startswith('{\n  "report": 1,\n  "trace": {\n    "path": ')
 
 
+def test_schema_takes_exec_ksmd_with_what_the_kernel_does_not_tell() -> None:
+    # exec: no count of ksmd's batches, no pages_scanned before 6.7, no CPU without ksmd
+    report = one_mode_report()
+    report["runs"][0]["ksmd"] = dict.fromkeys(report["runs"][0]["ksmd"])  # type: ignore[typeddict-item]
+    jsonschema.validate(json.loads(_text(report, "json")), _schema())
+    report["runs"][0]["ksmd"]["cpu_ns"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(_text(report, "json")), _schema())
+
+
 @pytest.mark.parametrize(
     ("where", "key"),
     [

@@ -512,6 +512,11 @@ def test_run_jobs_with_explain_and_from_stdin() -> None:
 # --------------------------------------------------------------------------- dask
 
 
+DASK = pytest.mark.xdist_group("dask")
+"""The dask tests run in one worker of ``make test`` (pytest-xdist): one cluster
+for them all, and the README's sweep replayed once to compare with."""
+
+
 @pytest.fixture(scope="module")
 def issue_grid_csv() -> str:
     """The README's 12-point sweep as CSV, replayed here (``--jobs 1``)."""
@@ -574,6 +579,7 @@ def dask_cluster(
             proc.wait(timeout=30)
 
 
+@DASK
 def test_dask_local_gives_the_same_bytes(issue_grid_csv: str) -> None:
     pytest.importorskip("distributed")
     args = ("sweep", str(VM), "--at", "dirtied", *ISSUE_GRID, "--format", "csv")
@@ -583,6 +589,7 @@ def test_dask_local_gives_the_same_bytes(issue_grid_csv: str) -> None:
     assert out.decode() == issue_grid_csv
 
 
+@DASK
 def test_a_dask_cluster_gives_the_same_bytes(
     dask_cluster: tuple[str, list[Any]], issue_grid_csv: str
 ) -> None:
@@ -594,6 +601,7 @@ def test_a_dask_cluster_gives_the_same_bytes(
     assert out.decode() == issue_grid_csv
 
 
+@DASK
 def test_a_sweep_outlives_a_lost_dask_worker(
     dask_cluster: tuple[str, list[subprocess.Popen[bytes]]], tmp_path: Path, issue_grid_csv: str
 ) -> None:
