@@ -999,7 +999,7 @@ def run_sweep(
     if progress is not None:
         progress(len(results), len(tasks), None)
     try:
-        if dask is not None:
+        if dask is not None and todo:  # (no cluster for a sweep the cache holds whole)
             stream = dask_results(todo, plan.traces, dask, jobs)
         else:
             stream = local_results(replay_task, todo, jobs)
