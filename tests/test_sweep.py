@@ -242,6 +242,10 @@ def test_the_issue_grid_is_one_command_with_a_recommendation() -> None:
     assert f"use_zero_pages={uzp.strip(',')} pages_to_scan={pts.strip(',')} " in rec
     assert f" sleep_millisecs={sm}: saves " in rec
     assert max(len(line) for line in lines if line != rec) <= 80
+    # AND the README shows it as it is
+    readme = (TRACES.parent / "README.md").read_text()
+    shown = "".join(f"    {line}\n" if line else "\n" for line in lines)
+    assert shown.replace(str(VM), "traces/vm-guests.msgpack") in readme
 
 
 def test_at_picks_the_snapshot_and_columns_add_counters() -> None:
