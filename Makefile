@@ -2,7 +2,8 @@
 #
 # Everything runs in the virtual environment .venv, made with $(PYTHON) -m venv
 # on first use.  Installing (editable; setup.py builds the native core in
-# place) is remembered by stamp files in .venv, so a second run installs (and
+# place; with the dask extra, which `sweep --dask` needs and the test extra
+# holds too) is remembered by stamp files in .venv, so a second run installs (and
 # downloads) nothing unless pyproject.toml, setup.py or the native sources changed.
 
 PYTHON ?= python3
@@ -25,11 +26,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml $(NATIVE) | $(PY)
-	$(PIP) install -e .
+	$(PIP) install -e '.[dask]'
 	touch $@
 
 $(PLOT_STAMP): pyproject.toml $(NATIVE) | $(PY)
-	$(PIP) install -e '.[plot]'
+	$(PIP) install -e '.[plot,dask]'
 	touch $@ $(STAMP)
 
 # The tests install the plot extra too, so that `ksmreplay plot` is tested.
@@ -91,7 +92,7 @@ fuzz: $(TEST_STAMP) ## Fuzz every command (FUZZ_N mutants, default 10000), then 
 	fi; \
 	exit $$status
 
-bench: $(STAMP) ## Measure trace reading and simulation speed (bench/run.py)
+bench: $(STAMP) ## Measure trace reading, simulation and sweep speed (bench/run.py)
 	$(PY) bench/run.py
 
 clean: ## Remove caches and build leftovers (keeps .venv)

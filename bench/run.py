@@ -26,6 +26,14 @@ measures the other rows without it (marked ``pure``).
 * ``zero``: N zero-filled pages with ``use_zero_pages=1``, settled.
 * ``scale``: ``steady`` at 250k, 1M and 4M pages: time per visit and bytes per
   page, to show the cost grows linearly (4M runs ``--big-runs`` times).
+* ``sweep``: ``ksmreplay sweep`` of 100 runs (``pages_to_scan`` x
+  ``sleep_millisecs``, 10 values each, mode ``unshare``) of a 200k-page
+  trace (``vm-guests``: 8 guests of 100 MiB, 10 s of trace time without
+  settles), with ``--jobs 1`` and with ``--jobs 2``: seconds of each
+  (``--sweep-runs`` times each, alternately, median) and their ratio; the
+  target is under 0.6.
+  The note gives the load average around it: on a machine shared with other
+  work the ratio says as much about that work as about the sweep.
 * ``host``: host-4m, 64 ``vm-guests`` of 250 MiB (4,096,000 pages of zero,
   shared and own contents), one hour of trace time with writes, through
   ``ksmreplay run``: seconds and peak RSS (``--big-runs`` times; generating
@@ -140,6 +148,49 @@ HOST_PARAMS = (
 )
 """host-4m: 64 guests of 250 MiB (4,096,000 pages, mixed zero/shared/own contents),
 one hour of trace time in which every guest rewrites 50 pages a second."""
+
+
+SWEEP_PARAMS = (
+    "guests=8",
+    "guest_mib=100",
+    "duration_s=10",
+    "settle=0",
+)
+"""sweep: 8 guests of 100 MiB (204,800 pages), 10 s of trace time, no settles."""
+
+SWEEP_GRID = (
+    "--grid",
+    "pages_to_scan=100,200,400,700,1000,1500,2000,3000,4000,5000",
+    "--grid",
+    "sleep_millisecs=10,20,30,50,70,100,150,200,300,500",
+)
+"""The sweep's 100 runs."""
+
+
+def make_sweep_trace(path: Path) -> None:
+    from ksmreplay.synth import get_workload, resolve_params, synthesize
+
+    values = resolve_params(get_workload("vm-guests"), SWEEP_PARAMS)
+    with path.open("wb") as f:
+        synthesize("vm-guests", f, values, 1)
+
+
+def measure_sweep(path: Path, jobs: int) -> tuple[float, float]:
+    """Seconds of one ``ksmreplay sweep`` of :data:`SWEEP_GRID` with ``jobs``:
+    wall time, and CPU time of the processes (user and system)."""
+    command = [sys.executable, "-m", "ksmreplay", "sweep", str(path), *SWEEP_GRID]
+    command += ["--mode", "unshare", "--format", "csv", "--jobs", str(jobs)]
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    begin = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - begin
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    if done.returncode != 0:
+        sys.exit(f"bench: the sweep failed:\n{done.stderr}")
+    if done.stdout.count("\n") != 101:
+        sys.exit("bench: the sweep did not give 100 rows")
+    return seconds, cpu
 
 
 def make_host_trace(path: Path) -> None:
@@ -401,7 +452,7 @@ def row(name: str, runs: int, r: dict[str, Any], replay: bool) -> list[str]:
     ]
 
 
-ALL = ("read", "events", *REPLAYS, "scale", "host", "record")
+ALL = ("read", "events", *REPLAYS, "scale", "sweep", "host", "record")
 RECORD_DIRTY = 0.01
 """Share of the recorded process's pages rewritten between two samples (``record``)."""
 
@@ -564,6 +615,9 @@ def main() -> None:
     parser.add_argument(
         "--record-samples", type=int, default=10, help="1%%-dirty samples timed (record)"
     )
+    parser.add_argument(
+        "--sweep-runs", type=int, default=1, help="runs of each sweep measurement (median)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--record-child", nargs=3, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--record-holder", type=int, help=argparse.SUPPRESS)
@@ -651,6 +705,31 @@ def main() -> None:
                         f"{r['simulated_read'] // (args.record_samples + 1)} pages read per "
                         "sample on average (the first sample included)"
                     )
+            elif kind == "sweep":
+                make_sweep_trace(path)
+                before = os.getloadavg()[0]
+                times: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+                for _ in range(args.sweep_runs):  # alternately, so that both see the same load
+                    for jobs in times:
+                        times[jobs].append(measure_sweep(path, jobs))
+                after = os.getloadavg()[0]
+                seconds = {jobs: statistics.median(t for t, _ in times[jobs]) for jobs in times}
+                cpu = {jobs: statistics.median(c for _, c in times[jobs]) for jobs in times}
+                cpus = len(os.sched_getaffinity(0))
+                ratio = seconds[2] / seconds[1]
+                for jobs in (1, 2):
+                    rows.append(
+                        record_row(
+                            f"sweep-200k x100, --jobs {jobs}", args.sweep_runs, seconds[jobs]
+                        )
+                    )
+                notes.append(
+                    f"sweep-200k x100: --jobs 2 took {ratio:.2f} of the time of --jobs 1 "
+                    f"(target under 0.6: {'met' if ratio < 0.6 else 'not met'}); load average "
+                    f"{before:.1f} before, {after:.1f} after, on {cpus} CPUs; CPU time "
+                    f"{cpu[1]:.1f} s and {cpu[2]:.1f} s, that is {cpu[1] / seconds[1]:.2f} and "
+                    f"{cpu[2] / seconds[2]:.2f} CPUs busy"
+                )
             elif kind == "scale":
                 for pages in SCALES:
                     make_replay_trace(path, "steady", pages)

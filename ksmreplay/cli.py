@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import traceback
@@ -39,6 +40,7 @@ from ksmreplay.replay import (
     check_every,
     expand_modes,
     replay_spooled,
+    run_pairs,
 )
 from ksmreplay.report import close_spools, schema_text
 from ksmreplay.synth import (
@@ -729,6 +731,14 @@ def _progress_callback(trace: str) -> Any:
     help="Add to every snapshot why each resident page is or is not merged, by category.",
 )
 @_table_options
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Replay the runs (kernel and mode) in up to this many processes at once; the "
+    "same report. A trace on stdin is replayed in one.",
+)
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -744,6 +754,7 @@ def run(
     processes: bool,
     pids: Sequence[int],
     snapshots: Sequence[str],
+    jobs: int,
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -767,6 +778,7 @@ def run(
         ksmreplay run trace.msgpack --every 1s --format csv
         ksmreplay run trace.msgpack --explain
         ksmreplay run trace.msgpack --every 5s --snapshot every@30000000000 --no-processes
+        ksmreplay run trace.msgpack --mode all --kernel 6.12 --kernel 6.18 --jobs 2
     """
     _engine_notice()
     view = table_view(fmt, units, processes, pids, snapshots)
@@ -795,19 +807,34 @@ def run(
             memory = _memory_warning(reader, len(chosen) * len(versions))
             if memory is not None:
                 warnings(memory)
-            report = replay_spooled(
-                reader,
-                chosen,
-                settings or None,
-                progress=progress,
-                check_invariants=check_invariants,
-                kernels=versions,
-                only_modes_each_has=not explicit,
-                pins=pins or None,
-                warn=warnings,
-                every=every_ns,
-                explain=explain,
-            )
+            pairs = run_pairs(chosen, versions, not explicit)
+            if jobs > 1 and len(pairs) > 1 and trace != "-":
+                report = _run_in_parallel(
+                    reader.name,
+                    pairs,
+                    jobs,
+                    settings=settings or None,
+                    pins=pins or None,
+                    every=every_ns,
+                    explain=explain,
+                    check_invariants=check_invariants,
+                    progress=progress is not None,
+                    warn=warnings,
+                )
+            else:
+                report = replay_spooled(
+                    reader,
+                    chosen,
+                    settings or None,
+                    progress=progress,
+                    check_invariants=check_invariants,
+                    kernels=versions,
+                    only_modes_each_has=not explicit,
+                    pins=pins or None,
+                    warn=warnings,
+                    every=every_ns,
+                    explain=explain,
+                )
     finally:
         if progress is not None:
             _progress_line("")
@@ -817,6 +844,255 @@ def run(
             render(report, fmt, out, view)
     finally:
         close_spools(report)
+
+
+def _run_in_parallel(
+    trace: str,
+    pairs: Sequence[tuple[str, str]],
+    jobs: int,
+    *,
+    progress: bool,
+    warn: _Warnings,
+    **options: Any,
+) -> Any:
+    """``run --jobs``: the runs in worker processes (``sweep.replay_in_parallel``),
+    a progress line of runs done on a terminal, the warnings once all are done."""
+    from ksmreplay.sweep import replay_in_parallel
+
+    def runs_done(done: int, total: int) -> None:
+        _progress_line(f"{done} of {total} runs replayed")
+
+    if progress:
+        runs_done(0, len(pairs))
+    report, found = replay_in_parallel(
+        trace, trace, pairs, jobs, progress=runs_done if progress else None, **options
+    )
+    for trap in found:
+        warn(trap)
+    return report
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _sweep_progress() -> Any:
+    """A progress line on stderr for ``sweep`` (runs done of all, ETA), or None
+    when stderr is no terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(done: int, total: int, eta: float | None) -> None:
+        left = "" if eta is None or done == total else f", about {math.ceil(eta)} s left"
+        _progress_line(f"{done}/{total} runs{left}")
+
+    return progress
+
+
+@cli.command()
+@click.argument("traces", nargs=-1, metavar="[TRACE]...")
+@click.option(
+    "--grid",
+    "grids",
+    metavar="KNOB=V1,V2,...",
+    multiple=True,
+    help="A KSM knob and the values to try, each pinned for the whole replay (as run --pin); "
+    "repeatable: every combination is replayed.",
+)
+@click.option(
+    "--synth",
+    "workload",
+    type=click.Choice(WORKLOAD_NAMES),
+    metavar="WORKLOAD",
+    help="Also sweep traces of this synth workload, one per combination of --param.",
+)
+@click.option(
+    "--param",
+    "params",
+    metavar="NAME=V1,V2,...",
+    multiple=True,
+    help="A parameter of the --synth workload and its values; repeatable.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed of the --synth traces.",
+)
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(MODE_CHOICES),
+    multiple=True,
+    default=("unshare",),
+    show_default=True,
+    help="Mode(s) to replay in; repeatable (as run --mode).",
+)
+@click.option(
+    "--kernel",
+    "kernel_versions",
+    type=click.Choice(tuple(KERNELS)),
+    multiple=True,
+    default=(DEFAULT_KERNEL,),
+    show_default=True,
+    help="Linux version(s) to replay on; repeatable.",
+)
+@click.option(
+    "--at",
+    default="final",
+    show_default=True,
+    metavar="LABEL",
+    help="Show savings at the snapshot with this label (final: the end of the trace).",
+)
+@click.option(
+    "--column",
+    "columns",
+    metavar="COUNTER",
+    multiple=True,
+    help="Add a counter of the report to each row (ksm, memory, events, summary at --at; "
+    "ksmd, milestones of the run); repeatable.",
+)
+@click.option(
+    "--within",
+    default="5%",
+    show_default=True,
+    metavar="PERCENT",
+    help="Recommend the least ksmd CPU among the settings that save this close to the best.",
+)
+@click.option(
+    "--every",
+    metavar="DURATION",
+    help="Snapshots every DURATION of trace time (as run --every): finer milestones.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    metavar="FILE",
+    help=f"Write the rows to FILE instead of stdout. {OUTPUT_HELP}",
+)
+@click.option(
+    "--reports",
+    metavar="DIR",
+    help="Also write every run's whole report (run --format json) into DIR, one file each.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Local worker processes (with --dask local, the cluster's workers) "
+    "[default: the CPU count].",
+)
+@click.option(
+    "--dask",
+    metavar="ADDRESS",
+    help="Run the replays on the dask.distributed scheduler at ADDRESS, or 'local' for a "
+    "cluster on this machine (needs ksmreplay[dask]).",
+)
+@click.option(
+    "--cache",
+    metavar="DIR",
+    help="Keep each run's report in DIR (keyed by the trace's content, the version and "
+    "the settings): a sweep run again replays only what is not there.",
+)
+def sweep(
+    traces: Sequence[str],
+    grids: Sequence[str],
+    workload: str | None,
+    params: Sequence[str],
+    seed: int,
+    modes: Sequence[str],
+    kernel_versions: Sequence[str],
+    at: str,
+    columns: Sequence[str],
+    within: str,
+    every: str | None,
+    fmt: str,
+    output: str,
+    reports: str | None,
+    jobs: int | None,
+    dask: str | None,
+    cache: str | None,
+) -> None:
+    """Replay TRACEs under every combination of KSM settings; compare, recommend.
+
+    Each run is one trace on one kernel version in one mode with one point of
+    the grid, the grid's knobs pinned for the whole replay.  One row per run:
+    the memory saved (MiB, % and % of the ideal) at --at, when 90 % of the
+    run's most saving came, and ksmd's modelled CPU; then, per trace (and
+    kernel and mode), the settings that cost ksmd the least CPU within
+    --within of the best saving, in one line.  The rows are the same bytes
+    however the runs ran: here, in --jobs processes, or on --dask workers.
+    Ctrl-C stops the sweep and prints the runs that finished (exit 130).
+
+    \b
+    Examples:
+        ksmreplay sweep traces/vm-guests.msgpack --at dirtied --grid use_zero_pages=0,1 \\
+            --grid pages_to_scan=100,1000,4000 --grid sleep_millisecs=20,200
+        ksmreplay sweep --synth vm-guests --param guests=8,40 --grid use_zero_pages=0,1
+        ksmreplay sweep host*.msgpack --grid pages_to_scan=100,1000 --dask tcp://sched:8786
+        ksmreplay sweep t.msgpack --grid pages_to_scan=100,1000 --cache ~/.cache/ksm --format csv
+    """
+    from ksmreplay import sweep as sweeps
+
+    _engine_notice()
+    chosen = expand_modes(modes)
+    versions = expand_kernels(tuple(kernel_versions))
+    explicit = any(name not in MODE_GROUPS for name in modes)
+    every_ns = None
+    if every is not None:
+        from ksmreplay.record import parse_duration
+
+        every_ns = parse_duration(every, "--every")
+    parsed = [sweeps.parse_grid(text) for text in grids]
+    tolerance = sweeps.parse_within(within)
+    store = sweeps.Cache(cache) if cache is not None else None
+    progress = _sweep_progress()
+    try:
+        with sweeps.trace_inputs(traces, workload, params, seed) as inputs:
+            plan = sweeps.plan_sweep(
+                inputs,
+                parsed,
+                chosen,
+                versions,
+                only_modes_each_has=not explicit,
+                at=at,
+                columns=columns,
+                within=tolerance,
+                every=every_ns,
+            )
+            outcome = sweeps.run_sweep(
+                plan,
+                jobs or sweeps.cpu_count(),
+                dask=dask,
+                cache=store,
+                keep_reports=reports is not None,
+                progress=progress,
+            )
+    finally:
+        if progress is not None:
+            _progress_line("")
+    for line in outcome.warnings:
+        _error(f"warning: {line}")
+    if store is not None:
+        _error(
+            f"cache {cache}: {outcome.cached} of {len(plan.tasks)} runs found, "
+            f"{outcome.replayed} replayed"
+        )
+    if reports is not None:
+        sweeps.write_reports(outcome, reports)
+    with open_text_output(output) as out:
+        sweeps.render_sweep(outcome, fmt, out)
+    if outcome.interrupted is not None:
+        _error(f"interrupted: {len(outcome.rows)} of {len(plan.tasks)} runs finished")
+        raise outcome.interrupted
 
 
 @cli.command("exec")

@@ -122,11 +122,16 @@ class _SnapshotSink(Protocol):
     def append(self, snap: Snap, /) -> None: ...
 
 
-def _check_modes(
+def run_pairs(
     modes: Sequence[str], kernels: Sequence[str], only_modes_each_has: bool = False
 ) -> list[tuple[str, str]]:
-    """The runs to make, as (kernel version, mode) pairs: every mode on every
-    version (with ``only_modes_each_has``, every mode the version has)."""
+    """The runs to make, as (kernel version, mode) pairs, in report order:
+    every mode on every version (with ``only_modes_each_has``, every mode the
+    version has), versions first.
+
+    :raises UsageError: for an empty, unknown or repeated mode or version, or
+        a mode a version lacks.
+    """
     if not modes:
         raise UsageError("no mode to replay")
     if not kernels:
@@ -148,7 +153,7 @@ def _check_modes(
     return pairs
 
 
-def _run_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
+def run_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
     """How warnings name each run: its mode, and ``mode@kernel`` when several kernels run."""
     several = len({version for version, _mode in pairs}) > 1
     return [f"{mode}@{version}" if several else mode for version, mode in pairs]
@@ -435,13 +440,13 @@ def replay(
         reported then.
     :raises InvariantError: when ``check_invariants`` finds a simulator bug.
     """
-    pairs = _check_modes(modes, kernels, only_modes_each_has)
+    pairs = run_pairs(modes, kernels, only_modes_each_has)
     sims = [
         factory(mode, reader.header.page_size, settings, pins, version) for version, mode in pairs
     ]
     snapshots: list[list[Snap]] = [[] for _ in sims]
     trace, endings = _drive(
-        reader, sims, _run_names(pairs), snapshots, progress, check_invariants, every, warn, explain
+        reader, sims, run_names(pairs), snapshots, progress, check_invariants, every, warn, explain
     )
     runs: list[Run] = [
         cast(Run, _run(sim, version, pins, end, snaps))
@@ -481,7 +486,7 @@ def replay_spooled(
 
     :raises InputOutputError: when a spool cannot be written.
     """
-    pairs = _check_modes(modes, kernels, only_modes_each_has)
+    pairs = run_pairs(modes, kernels, only_modes_each_has)
     sims = [
         factory(mode, reader.header.page_size, settings, pins, version) for version, mode in pairs
     ]
@@ -490,7 +495,7 @@ def replay_spooled(
         trace, endings = _drive(
             reader,
             sims,
-            _run_names(pairs),
+            run_names(pairs),
             spools,
             progress,
             check_invariants,
