@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -14,6 +16,28 @@ SLOW_BUNDLED = frozenset({"recorded-guests.msgpack"})
 QEMU guests takes seconds per mode (70,899 mergeable pages, 52,000 merges; over
 35 s in those tests), so tests/test_recorded_guests.py replays it once, in one
 mode, and checks there what they check."""
+
+
+LIVE_TESTS_LOCK = "/run/lock/ksmreplay-live-tests.lock"
+"""Held for the whole of every test marked ``live``, so that such tests run one
+at a time whatever runs them (the workers of ``make test``, two suites at
+once): KSM is one global state, and a test that reads the knobs before and
+after a replay must not see another test's replay change them in between.
+Not the project's live lock, which the replays under test take themselves
+(some in child processes)."""
+
+
+@pytest.fixture(autouse=True)
+def _one_live_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("live") is None:
+        yield
+        return
+    fd = os.open(LIVE_TESTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def quick(paths: Iterable[Path]) -> list[Path]:
@@ -37,16 +61,6 @@ def both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         if native.native() is None:
             pytest.skip("the native core was not built (no C compiler at install?)")
     yield request.param
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs two workers), every test that
-    uses the live kernel runs in one worker, one after another: KSM is one
-    global state, and a test that reads the knobs before and after a replay
-    must not see another worker's replay change them in between."""
-    for item in items:
-        if item.get_closest_marker("live") is not None:
-            item.add_marker(pytest.mark.xdist_group("live-kernel"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

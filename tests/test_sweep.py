@@ -517,8 +517,8 @@ def test_run_jobs_with_explain_and_from_stdin() -> None:
 
 
 DASK = pytest.mark.xdist_group("dask")
-"""The dask tests run in one worker of ``make test`` (pytest-xdist): one cluster
-for them all, and the README's sweep replayed once to compare with."""
+"""The dask tests, as one group (pytest-xdist's ``loadgroup``; ``make test``
+distributes by load, and each worker that runs one builds its own cluster)."""
 
 
 @pytest.fixture(scope="module")
