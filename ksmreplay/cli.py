@@ -50,6 +50,8 @@ from ksmreplay.synth import (
     synthesize,
 )
 from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
+from ksmreplay.tracepoints import EVENTS as TRACEPOINT_EVENTS
+from ksmreplay.tracepoints import open_tracepoints
 
 if TYPE_CHECKING:
     from ksmreplay.record import RecordSummary
@@ -590,6 +592,31 @@ def _report_options(command: Any) -> Any:
     return command
 
 
+def _tracepoint_options(command: Any) -> Any:
+    """--tracepoints and --tracepoints-filter (run and exec)."""
+    for option in reversed(
+        (
+            click.option(
+                "--tracepoints",
+                metavar="FILE",
+                help="Also write ksmd's KSM trace events (include/trace/events/ksm.h) to "
+                "FILE, one JSON object a line. " + OUTPUT_HELP,
+            ),
+            click.option(
+                "--tracepoints-filter",
+                "tracepoints_filter",
+                metavar="EVENTS|pid=PIDS",
+                multiple=True,
+                help="Keep only these events (comma-separated names: "
+                + ", ".join(TRACEPOINT_EVENTS)
+                + "), or those of these trace pids (pid=1,2); repeatable.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def _progress_line(text: str) -> None:
     """Draw ``text`` as the progress line on stderr (a terminal); "" clears it.
 
@@ -659,6 +686,7 @@ def _progress_callback(trace: str) -> Any:
     is_flag=True,
     help="Add to every snapshot why each resident page is or is not merged, by category.",
 )
+@_tracepoint_options
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -670,6 +698,8 @@ def run(
     pins: dict[str, KnobValue],
     every: str | None,
     explain: bool,
+    tracepoints: str | None,
+    tracepoints_filter: Sequence[str],
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -692,6 +722,7 @@ def run(
         ksmreplay run trace.msgpack --pin pages_to_scan=1000
         ksmreplay run trace.msgpack --every 1s --format csv
         ksmreplay run trace.msgpack --explain
+        ksmreplay run trace.msgpack --tracepoints events.jsonl --tracepoints-filter pid=2
     """
     _engine_notice()
     try:
@@ -713,7 +744,10 @@ def run(
     try:
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
-        with open_trace(trace, validate_first=True) as reader:
+        with (
+            open_tracepoints(tracepoints, tracepoints_filter, output) as tracer,
+            open_trace(trace, validate_first=True) as reader,
+        ):
             if every_ns is not None and reader.declared_duration_ns is not None:
                 check_every(every_ns, reader.declared_duration_ns)
             memory = _memory_warning(reader, len(chosen) * len(versions))
@@ -731,6 +765,7 @@ def run(
                 warn=warnings,
                 every=every_ns,
                 explain=explain,
+                tracepoints=tracer,
             )
     finally:
         if progress is not None:
@@ -776,6 +811,7 @@ def run(
     show_default=True,
     help="qemu accelerator for --kernel-image; auto: KVM if it boots, else TCG.",
 )
+@_tracepoint_options
 def exec_(
     trace: str,
     fmt: str,
@@ -786,6 +822,8 @@ def exec_(
     qemu: str | None,
     guest_memory: int,
     accel: str,
+    tracepoints: str | None,
+    tracepoints_filter: Sequence[str],
 ) -> None:
     """Replay TRACE on this machine's kernel, or on KERNEL-IMAGE under qemu; report what KSM shows.
 
@@ -806,16 +844,28 @@ def exec_(
         ksmreplay run trace.jsonl --mode unshare --format json -o sim.json
         ksmreplay diff sim.json kernel.json
         ksmreplay exec trace.jsonl --kernel-image arch/x86/boot/bzImage
+        ksmreplay exec trace.jsonl --tracepoints kernel-events.jsonl
     """
     from ksmreplay.live import execute
 
     if kernel_image is None and qemu is not None:
         raise click.UsageError("--qemu needs --kernel-image")
+    if kernel_image is not None and tracepoints is not None:
+        raise click.UsageError("--tracepoints reads this machine's kernel, not a guest's")
     progress = _progress_callback(trace)
     try:
-        with open_trace(trace, validate_first=True) as reader:
+        with (
+            open_tracepoints(tracepoints, tracepoints_filter, output) as tracer,
+            open_trace(trace, validate_first=True) as reader,
+        ):
             if kernel_image is None:
-                report = execute(reader, force=force, progress=progress, settings=settings or None)
+                report = execute(
+                    reader,
+                    force=force,
+                    progress=progress,
+                    settings=settings or None,
+                    tracepoints=tracer,
+                )
             else:
                 from ksmreplay.live.qemu import boot
 
@@ -826,6 +876,7 @@ def exec_(
                         progress=progress,
                         settings=settings or None,
                         machine=guest,
+                        tracepoints=tracer,
                     )
     finally:
         if progress is not None:

@@ -10,10 +10,12 @@ suite gives, per full scan, the events the live kernel gave
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from kernel_answer import (
     load_tracepoints,
     recorded_names,
@@ -24,6 +26,7 @@ from randtrace import large_random_trace, random_trace
 from reference import ReferenceSimulator
 from test_idle import counted, long_gaps
 
+from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
 from ksmreplay.events import Event
 from ksmreplay.live import tracefs
@@ -261,3 +264,90 @@ def test_a_fork_childs_enter_is_the_childs() -> None:
         ("ksm_enter", 3),
         ("ksm_exit", 3),
     ]
+
+
+# -- the command line ------------------------------------------------------------------
+
+PAIR = SCENARIOS / "example_a_pair_merge.jsonl"
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_run_writes_the_events_a_line_each(tmp_path: Path) -> None:
+    """GIVEN run --tracepoints FILE WHEN two modes replay THEN FILE has every
+    event of both runs, one JSON object a line, named by mode and kernel, and
+    the report is as without it."""
+    out = tmp_path / "events.jsonl"
+    plain = _cli("run", str(PAIR), "--format", "json")
+    traced = _cli("run", str(PAIR), "--format", "json", "--tracepoints", str(out))
+    assert (traced.exit_code, traced.output) == (0, plain.output)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(e["mode"], e["kernel"]) for e in lines} == {("legacy", "6.18"), ("unshare", "6.18")}
+    unshare = [e for e in lines if e["mode"] == "unshare"]
+    assert [e["event"] for e in unshare].count("ksm_stop_scan") == 4
+    assert [e for e in unshare if e["event"] == "ksm_merge_with_ksm_page"] == [
+        {
+            "t": 0,
+            "mode": "unshare",
+            "kernel": "6.18",
+            "event": "ksm_merge_with_ksm_page",
+            "ksm_page": None,
+            "pfn": {"pid": 2, "addr": 65536},
+            "rmap_item": 65536,
+            "mm": 2,
+            "err": 0,
+        },
+        {
+            "t": 0,
+            "mode": "unshare",
+            "kernel": "6.18",
+            "event": "ksm_merge_with_ksm_page",
+            "ksm_page": {"pid": 2, "addr": 65536},
+            "pfn": {"pid": 2, "addr": 65536},
+            "rmap_item": 65536,
+            "mm": 1,
+            "err": 0,
+        },
+    ]
+
+
+def test_filter_by_event_and_pid(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    result = _cli(
+        "run", str(PAIR), "--mode", "unshare", "-o", str(tmp_path / "report"),
+        "--tracepoints", str(out),
+        "--tracepoints-filter", "ksm_enter,ksm_merge_with_ksm_page",
+        "--tracepoints-filter", "pid=1",
+    )  # fmt: skip
+    assert result.exit_code == 0
+    kept = [(e["event"], e["mm"]) for e in map(json.loads, out.read_text().splitlines())]
+    assert kept == [("ksm_enter", 1), ("ksm_merge_with_ksm_page", 1)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tracepoints-filter", "ksm_enter"], "--tracepoints-filter needs --tracepoints FILE"),
+        (["--tracepoints", "x", "--tracepoints-filter", "ksm_merge"], "unknown event 'ksm_merge'"),
+        (["--tracepoints", "x", "--tracepoints-filter", "pid=1,x"], "'x' is not a pid"),
+        (["--tracepoints", "-"], "--tracepoints - needs the report elsewhere (-o FILE)"),
+    ],
+)
+def test_bad_tracepoint_options_are_usage_errors(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    args = [str(tmp_path / "x") if a == "x" else a for a in args]
+    result = CliRunner().invoke(cli, ["run", str(PAIR), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_exec_reads_no_guests_tracepoints() -> None:
+    result = CliRunner().invoke(
+        cli, ["exec", str(PAIR), "--kernel-image", "bzImage", "--tracepoints", "x"]
+    )
+    assert result.exit_code == 2
+    assert "--tracepoints reads this machine's kernel" in result.output
