@@ -10,6 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
+PLOT_STAMP := $(VENV)/.installed-plot
 TEST_STAMP := $(VENV)/.installed-test
 LINT_PATHS := ksmreplay tests bench traces setup.py
 NATIVE := setup.py $(wildcard native/*.c native/*.h)
@@ -27,12 +28,22 @@ $(STAMP): pyproject.toml $(NATIVE) | $(PY)
 	$(PIP) install -e .
 	touch $@
 
-$(TEST_STAMP): pyproject.toml $(NATIVE) | $(PY)
-	$(PIP) install -e '.[test]'
+$(PLOT_STAMP): pyproject.toml $(NATIVE) | $(PY)
+	$(PIP) install -e '.[plot]'
 	touch $@ $(STAMP)
 
-demo: $(STAMP) ## Replay the bundled demo trace (legacy and unshare side by side)
+# The tests install the plot extra too, so that `ksmreplay plot` is tested.
+$(TEST_STAMP): pyproject.toml $(NATIVE) | $(PY)
+	$(PIP) install -e '.[test,plot]'
+	touch $@ $(STAMP) $(PLOT_STAMP)
+
+DEMO_HTML := demo.html
+
+demo: $(PLOT_STAMP) ## Replay the demo trace (legacy and unshare side by side), plot it to demo.html
 	$(PY) -m ksmreplay run traces/demo.msgpack
+	$(PY) -m ksmreplay run traces/demo.msgpack --every 1ms --format json \
+		| $(PY) -m ksmreplay plot - -o $(DEMO_HTML)
+	@echo "demo: the demo trace's sharing over time is in $(CURDIR)/$(DEMO_HTML)"
 
 test: $(TEST_STAMP) ## Run the whole test suite
 	$(PY) -m pytest
@@ -84,7 +95,7 @@ bench: $(STAMP) ## Measure trace reading and simulation speed (bench/run.py)
 	$(PY) bench/run.py
 
 clean: ## Remove caches and build leftovers (keeps .venv)
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-out
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-out $(DEMO_HTML)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## Also remove the virtual environment

@@ -31,7 +31,8 @@ from ksmreplay.inspect import inspect_trace
 from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue, start_order
 from ksmreplay.output import open_output, open_text_output
-from ksmreplay.render import FORMATS, plain_table, render
+from ksmreplay.plot import PLOT_FORMATS
+from ksmreplay.render import FORMATS, UNITS, plain_table, render, table_view
 from ksmreplay.replay import (
     MODE_CHOICES,
     MODE_GROUPS,
@@ -617,6 +618,48 @@ def _tracepoint_options(command: Any) -> Any:
     return command
 
 
+def _table_options(command: Any) -> Any:
+    """The options that choose what the table format shows: --units,
+    --processes/--no-processes, --pid, --snapshot (see :func:`table_view`)."""
+    for option in reversed(
+        (
+            click.option(
+                "--units",
+                type=click.Choice(UNITS),
+                default=UNITS[0],
+                show_default=True,
+                help="Sizes in the table's summary, ksmd and explain blocks: human (KiB, MiB, "
+                "GiB), pages or bytes. The kernel's counters show as the kernel counts them; "
+                "JSON, CSV and TSV always hold exact integers (pages, bytes as named).",
+            ),
+            click.option(
+                "--processes/--no-processes",
+                default=True,
+                show_default=True,
+                help="Show the process tables in the table format.",
+            ),
+            click.option(
+                "--pid",
+                "pids",
+                type=click.IntRange(min=1),
+                multiple=True,
+                metavar="PID",
+                help="Show only this process in the table format; repeatable.",
+            ),
+            click.option(
+                "--snapshot",
+                "snapshots",
+                multiple=True,
+                metavar="LABEL",
+                help="Show only the snapshots of this label in the table format (final: "
+                "the final state); repeatable. JSON, CSV and TSV are always whole.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def _progress_line(text: str) -> None:
     """Draw ``text`` as the progress line on stderr (a terminal); "" clears it.
 
@@ -687,6 +730,7 @@ def _progress_callback(trace: str) -> Any:
     help="Add to every snapshot why each resident page is or is not merged, by category.",
 )
 @_tracepoint_options
+@_table_options
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
     trace: str,
@@ -700,6 +744,10 @@ def run(
     explain: bool,
     tracepoints: str | None,
     tracepoints_filter: Sequence[str],
+    units: str,
+    processes: bool,
+    pids: Sequence[int],
+    snapshots: Sequence[str],
     check_invariants: bool,
 ) -> None:
     """Replay TRACE through the simulated VM and ksmd; report the KSM counters.
@@ -723,8 +771,10 @@ def run(
         ksmreplay run trace.msgpack --every 1s --format csv
         ksmreplay run trace.msgpack --explain
         ksmreplay run trace.msgpack --tracepoints events.jsonl --tracepoints-filter pid=2
+        ksmreplay run trace.msgpack --every 5s --snapshot every@30000000000 --no-processes
     """
     _engine_notice()
+    view = table_view(fmt, units, processes, pids, snapshots)
     try:
         start_order(settings, pins)
     except ValueError as exc:
@@ -773,7 +823,7 @@ def run(
         warnings.close()
     try:
         with open_text_output(output) as out:
-            render(report, fmt, out)
+            render(report, fmt, out, view)
     finally:
         close_spools(report)
 
@@ -812,6 +862,7 @@ def run(
     help="qemu accelerator for --kernel-image; auto: KVM if it boots, else TCG.",
 )
 @_tracepoint_options
+@_table_options
 def exec_(
     trace: str,
     fmt: str,
@@ -824,6 +875,10 @@ def exec_(
     accel: str,
     tracepoints: str | None,
     tracepoints_filter: Sequence[str],
+    units: str,
+    processes: bool,
+    pids: Sequence[int],
+    snapshots: Sequence[str],
 ) -> None:
     """Replay TRACE on this machine's kernel, or on KERNEL-IMAGE under qemu; report what KSM shows.
 
@@ -852,6 +907,11 @@ def exec_(
         raise click.UsageError("--qemu needs --kernel-image")
     if kernel_image is not None and tracepoints is not None:
         raise click.UsageError("--tracepoints reads this machine's kernel, not a guest's")
+    try:
+        start_order(settings, {})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    view = table_view(fmt, units, processes, pids, snapshots)
     progress = _progress_callback(trace)
     try:
         with (
@@ -882,7 +942,7 @@ def exec_(
         if progress is not None:
             _progress_line("")
     with open_text_output(output) as out:
-        render(report, fmt, out)
+        render(report, fmt, out, view)
 
 
 @cli.command()
@@ -926,6 +986,50 @@ def diff(
     render_differences(diffs, out)
     out.flush()
     ctx.exit(int(ExitStatus.DIFFERENCES if diffs else ExitStatus.OK))
+
+
+# --------------------------------------------------------------------------- plot
+
+
+@cli.command("plot")
+@click.argument("report", metavar="REPORT.json")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help=f"Write the figures to FILE (.png, .svg or .html; '-' = stdout). {OUTPUT_HELP}",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(PLOT_FORMATS),
+    help="png, svg or html (one self-contained page); by default FILE's suffix decides.",
+)
+def plot_(report: str, output: str, fmt: str | None) -> None:
+    """Plot a JSON report's sharing over time, per mode.
+
+    REPORT '-' reads stdin.  One figure per group: memory saved and the
+    ideal (ksmd's CPU time so far on a second axis), the zero pages KSM
+    placed, and pages_volatile/pages_unshared; a point per snapshot, so make
+    the report with `run --every DURATION`.  Needs matplotlib: pip install
+    'ksmreplay[plot]'.
+
+    \b
+    Examples:
+        ksmreplay run trace.msgpack --every 1s --format json -o report.json
+        ksmreplay plot report.json -o report.html
+        ksmreplay run trace.msgpack --every 1s --format json | ksmreplay plot - -o sharing.png
+    """
+    from ksmreplay import plot as plotting
+
+    fmt = plotting.output_format(output, fmt)
+    plotting.require_matplotlib()
+    data = load_report(report)
+    name = "<stdin>" if report == "-" else report
+    plotting.series(data, name)  # nothing to plot: said before the output is touched
+    with open_output(output) as out:
+        plotting.plot(data, fmt, out, name)
 
 
 # --------------------------------------------------------------------------- synth

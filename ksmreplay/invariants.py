@@ -127,4 +127,8 @@ def validate_ksmd(ksmd: Ksmd) -> None:
 def validate_engine(engine: Engine) -> None:
     """Every invariant of one engine."""
     validate_memory(engine.mem, _all_mms(engine.ksmd))
+    _check(
+        engine.mem.mergeable_contents() == engine.mem.count_mergeable_contents(),
+        "the remembered count of mergeable contents is stale",
+    )
     validate_ksmd(engine.ksmd)

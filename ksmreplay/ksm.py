@@ -223,6 +223,10 @@ class ItemTable:
         flagged: npt.NDArray[np.bool_] = (self.flags[rows] & ZERO_PAGE_FLAG) != 0
         return flagged
 
+    def is_flagged(self, row: int) -> bool:
+        """Whether item ``row`` carries ZERO_PAGE_FLAG (one item, no array)."""
+        return bool(int(self.flags[row]) & ZERO_PAGE_FLAG)
+
     def alloc(self, slot: int, pages: IntArray) -> IntArray:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
         n = len(pages)
@@ -1280,7 +1284,7 @@ class Ksmd:
                 if row < 0:
                     continue
                 self._tick(self._window_visits + visits + 1)
-                if v6 and ptes[q] in (PTE_ZERO, PTE_KSM_ZERO) and it.flagged(np.array([row]))[0]:
+                if v6 and ptes[q] in (PTE_ZERO, PTE_KSM_ZERO) and it.is_flagged(row):
                     continue  # v6: a flagged item at a zero page stays (WalkResult.ZERO_PAGE)
                 self._free_rows(slot, np.array([row], np.int64))
                 imap[q] = NULL
@@ -1298,7 +1302,7 @@ class Ksmd:
             visits += 1
             page = int(pages[p])
             self._tick(self._window_visits + visits)
-            if v6 and it.flagged(np.array([row]))[0]:
+            if v6 and it.is_flagged(row):
                 # v6: a flagged item visited with a normal page there loses its flag.
                 self._clear_zero(slot, np.array([row], np.int64))
             view = mm.pt.chunk(page >> CHUNK_SHIFT)

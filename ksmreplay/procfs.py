@@ -238,7 +238,12 @@ def read_maps(pid: int, with_flags: bool = False) -> list[Mapping]:
 
     :raises ProcessGone: the process is gone.
     """
-    text = read_text(pid, "smaps" if with_flags else "maps")
+    return parse_maps(read_text(pid, "smaps" if with_flags else "maps"))
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    """The mappings of the text of a ``maps`` or ``smaps`` file (:func:`read_maps`;
+    ``exec`` reads the file from the machine it drives)."""
     out: list[Mapping] = []
     for line in text.splitlines():
         if line.startswith("VmFlags:"):

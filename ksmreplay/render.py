@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import zip_longest
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import tabulate as tabulate_module
 from tabulate import tabulate
 
+from ksmreplay.errors import UsageError
 from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.report import (
     EVENT_COUNTERS,
@@ -74,7 +77,7 @@ _NULL = "-"
 """How the table shows a null counter (one the mode's kernel does not have)."""
 
 
-def render(report: AnyReport, fmt: str, out: TextIO) -> None:
+def render(report: AnyReport, fmt: str, out: TextIO, view: TableView | None = None) -> None:
     """Write ``report`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
 
     :param report: a report as built by ``replay()`` (REPORT_FORMAT.md), or
@@ -82,8 +85,15 @@ def render(report: AnyReport, fmt: str, out: TextIO) -> None:
     :param fmt: ``table`` (for people), ``json`` (exactly REPORT_FORMAT.md),
         ``csv`` or ``tsv`` (one row per counter value).
     :param out: a text stream; everything ends with ``\\n``.
+    :param view: the table's units and what it shows (:class:`TableView`);
+        the other formats are always the whole report in exact integers.
     :raises ValueError: for an unknown format (the CLI offers only :data:`FORMATS`).
+    :raises UsageError: ``view`` selects a snapshot label or a pid that the
+        report does not hold (checked before anything is written).
     """
+    if fmt == "table":
+        render_table(report, out, view)
+        return
     renderer = _RENDERERS.get(fmt)
     if renderer is None:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -100,14 +110,88 @@ _JSON_STREAM_DEPTH = 3
 values (a snapshot, ``trace``, ``settings``...) are encoded whole."""
 
 
-def _json_value(value: object, depth: int) -> str:
-    """``value`` as ``json.dumps(..., indent=2)`` writes it at nesting ``depth``.
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
-    Encoded strings never hold a raw newline (JSON escapes it), so every
-    newline is one of the encoder's and is followed by the indent of its depth.
+
+def _json_float(value: float) -> str:
+    """A float as the json module writes it (``NaN`` and ``Infinity`` included)."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+_JSON_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _encode_str,
+    int: int.__repr__,
+    float: _json_float,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _value: "null",
+}
+"""How each scalar type is written, by exact type (subclasses take the slow path)."""
+
+
+def _indented(value: object, newline: str, parts: list[str]) -> None:
+    """Append to ``parts`` what ``json.dumps(value, indent=2)`` writes, with
+    ``newline`` (a newline and the indent of ``value``'s depth) for its breaks.
+
+    The json module encodes an indented document in Python, one generator per
+    container; this does the same work in one recursion, several times faster
+    on reports (a snapshot is hundreds of small values).  Byte for byte the
+    same output (tests compare the two on every bundled trace's report).
     """
-    text = json.dumps(value, indent=_JSON_INDENT)
-    return text.replace("\n", "\n" + " " * (_JSON_INDENT * depth)) if depth else text
+    scalar = _JSON_SCALARS.get(type(value))
+    if scalar is not None:
+        parts.append(scalar(value))
+    elif isinstance(value, dict):
+        if not value:
+            parts.append("{}")
+        elif not all(type(key) is str for key in value):
+            # (json.dumps turns a key that is not a string into one; leave that to it)
+            parts.append(json.dumps(value, indent=_JSON_INDENT).replace("\n", newline))
+        else:
+            inner = newline + " " * _JSON_INDENT
+            sep = "{" + inner
+            for key, item in value.items():
+                scalar = _JSON_SCALARS.get(type(item))
+                if scalar is not None:
+                    parts.append(sep + _encode_str(key) + ": " + scalar(item))
+                else:
+                    parts.append(sep + _encode_str(key) + ": ")
+                    _indented(item, inner, parts)
+                sep = "," + inner
+            parts.append(newline + "}")
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            parts.append("[]")
+        else:
+            inner = newline + " " * _JSON_INDENT
+            sep = "[" + inner
+            for item in value:
+                scalar = _JSON_SCALARS.get(type(item))
+                if scalar is not None:
+                    parts.append(sep + scalar(item))
+                else:
+                    parts.append(sep)
+                    _indented(item, inner, parts)
+                sep = "," + inner
+            parts.append(newline + "]")
+    elif isinstance(value, (str, int, float)):
+        # (subclasses: an enum of str or int, a bool is an int too)
+        for kind in (str, bool, int, float):
+            if isinstance(value, kind):
+                parts.append(_JSON_SCALARS[kind](value))
+                break
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_value(value: object, depth: int) -> str:
+    """``value`` as ``json.dumps(..., indent=2)`` writes it at nesting ``depth``."""
+    parts: list[str] = []
+    _indented(value, "\n" + " " * (_JSON_INDENT * depth), parts)
+    return "".join(parts)
 
 
 def _write_json(value: object, depth: int, out: TextIO) -> None:
@@ -415,7 +499,124 @@ def _by_mode(
     return plain_table(headers, rows)
 
 
-def _processes(modes: Sequence[str], snaps: Sequence[Snap | None]) -> str:
+UNITS: tuple[str, ...] = ("human", "pages", "bytes")
+"""Every ``--units`` value of the table format, the default first."""
+
+
+@dataclass(frozen=True)
+class TableView:
+    """What the table format shows, and in which units (``run``/``exec`` options).
+
+    :ivar units: how sizes show in the summary, ksmd and explain blocks:
+        ``human`` (B, KiB, MiB, GiB, TiB, powers of 1024, 2 decimals; one unit
+        per row of the summary and ksmd blocks, named in the row's label),
+        ``pages`` or ``bytes`` (exact integers).  The kernel's counters and
+        the ground truth beside them (the ``ksm``, processes, ``memory`` and
+        ``events`` sections) show as the kernel counts them, in the unit
+        their names say, whatever the units.
+    :ivar processes: whether the process tables show.
+    :ivar pids: only these processes in the process tables and explain's
+        mappings (None: every one).
+    :ivar snapshots: only the snapshots of these labels, and the final state
+        only if ``final`` is one of them (None: every one).
+    """
+
+    units: str = UNITS[0]
+    processes: bool = True
+    pids: frozenset[int] | None = None
+    snapshots: frozenset[str] | None = None
+
+
+def table_view(
+    fmt: str,
+    units: str = UNITS[0],
+    processes: bool = True,
+    pids: Iterable[int] = (),
+    snapshots: Iterable[str] = (),
+) -> TableView:
+    """The :class:`TableView` of the command line's table options.
+
+    :param fmt: the ``--format``: the selection options are the table's
+        only (JSON, CSV and TSV are always the whole report, as
+        REPORT_FORMAT.md has it); ``units`` is accepted with every format and
+        changes only the table (the others keep exact integers).
+    :raises UsageError: ``--no-processes``, ``--pid`` or ``--snapshot`` with a
+        format other than ``table``; ``--pid`` with ``--no-processes``.
+    :raises ValueError: an unknown ``units`` (the CLI offers only :data:`UNITS`).
+    """
+    if units not in UNITS:
+        raise ValueError(f"unknown units {units!r} (choose from {', '.join(UNITS)})")
+    pid_set = frozenset(pids)
+    label_set = frozenset(snapshots)
+    if fmt != "table" and (not processes or pid_set or label_set):
+        raise UsageError(
+            "--no-processes, --pid and --snapshot select what the table shows; "
+            f"--format {fmt} is always the whole report"
+        )
+    if pid_set and not processes:
+        raise UsageError("--pid shows those processes: not with --no-processes")
+    return TableView(units, processes, pid_set or None, label_set or None)
+
+
+_UNIT_SHIFTS: tuple[tuple[str, int], ...] = (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10))
+
+
+def human_unit(largest: int) -> tuple[str, int]:
+    """The unit (name, power of 2) for sizes up to ``largest`` bytes: the
+    largest unit not above it (bytes below 1 KiB)."""
+    for name, shift in _UNIT_SHIFTS:
+        if largest >= 1 << shift:
+            return name, shift
+    return "B", 0
+
+
+def _in_unit(size: int, shift: int) -> str:
+    """``size`` bytes in the unit ``1 << shift``: 2 decimals, or whole bytes."""
+    return str(size) if shift == 0 else f"{size / (1 << shift):.2f}"
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes for people: ``512 B``, ``1.50 KiB``, ``2.50 GiB`` (powers of 1024)."""
+    name, shift = human_unit(abs(size))
+    return f"{_in_unit(size, shift)} {name}"
+
+
+def _size_row(
+    pages: Sequence[int | None], page_size: int, units: str
+) -> tuple[str, list[str | None]]:
+    """One row of sizes given in pages: the unit's name and each cell (None stays None)."""
+    if units == "pages":
+        return "pages", [None if p is None else str(p) for p in pages]
+    sizes = [None if p is None else p * page_size for p in pages]
+    if units == "bytes":
+        return "bytes", [None if b is None else str(b) for b in sizes]
+    name, shift = human_unit(max((abs(b) for b in sizes if b is not None), default=0))
+    return name, [None if b is None else _in_unit(b, shift) for b in sizes]
+
+
+def _size_cell(pages: int, page_size: int, units: str) -> str:
+    """One size given in pages, as ``units`` shows it (human: with its unit)."""
+    if units == "pages":
+        return str(pages)
+    if units == "bytes":
+        return str(pages * page_size)
+    return human_size(pages * page_size)
+
+
+def _shown_difference(first: str | None, last: str | None) -> str:
+    """``last - first`` of two cells as shown (so that equal cells never differ):
+    2 decimals when they have decimals, else whole; blank when equal or absent."""
+    if first is None or last is None:
+        return ""
+    if "." in first or "." in last:
+        diff = f"{float(last) - float(first):+.2f}"
+        return "" if diff in ("+0.00", "-0.00") else diff
+    return _difference(int(first), int(last))
+
+
+def _processes(
+    modes: Sequence[str], snaps: Sequence[Snap | None], pids: frozenset[int] | None
+) -> str:
     """One row per (pid, mode), by pid then mode order: ksm_stat fields and RssAnon in pages."""
     entries = sorted(
         (
@@ -423,10 +624,13 @@ def _processes(modes: Sequence[str], snaps: Sequence[Snap | None]) -> str:
             for i, snap in enumerate(snaps)
             if snap is not None
             for proc in snap["processes"]
+            if pids is None or int(proc["pid"]) in pids
         ),
         key=lambda entry: entry[:2],
     )
     if not entries:
+        if pids is not None:
+            return "processes: none of --pid " + ", ".join(map(str, sorted(pids))) + " here"
         return "processes: none"
     counters = _ordered_keys(PROCESS_COUNTERS, [proc for _, _, proc in entries])
     rows = [
@@ -495,66 +699,152 @@ def _printable(text: str) -> str:
 
 
 def _heading(snap: Snap, final: bool) -> str:
-    where = f"(event {snap['event']}, t={snap['t']} ns)"
-    if final:
-        return f"final {where}"
-    return f"snapshot {json.dumps(snap['label'])} {where}"
+    return f"{_title(snap, final)} {_where(snap)}"
 
 
-_MIB = 1 << 20
+def _title(snap: Snap, final: bool) -> str:
+    return "final" if final else f"snapshot {json.dumps(snap['label'])}"
 
 
-def _mib(pages: int, page_size: int) -> str:
-    """``pages`` in MiB, 2 decimals."""
-    return f"{pages * page_size / _MIB:.2f}"
+def _where(snap: Snap) -> str:
+    return f"(event {snap['event']}, t={snap['t']} ns)"
 
 
-_SUMMARY_ROWS: tuple[tuple[str, Callable[[Mapping[str, Any], int], float | int]], ...] = (
-    ("without KSM (MiB)", lambda s, ps: s["resident_without_ksm"] * ps / _MIB),
-    ("with KSM (MiB)", lambda s, ps: s["resident_with_ksm"] * ps / _MIB),
-    ("saved (MiB)", lambda s, ps: s["saved_pages"] * ps / _MIB),
-    ("saved (%)", lambda s, ps: s["saved_percent"]),
-    ("ideal saved (MiB)", lambda s, ps: s["ideal_saved_pages"] * ps / _MIB),
-    ("of ideal (%)", lambda s, ps: s["percent_of_ideal"]),
+_SUMMARY_ROWS: tuple[tuple[str, str, bool], ...] = (
+    ("without KSM", "resident_without_ksm", True),
+    ("with KSM", "resident_with_ksm", True),
+    ("saved", "saved_pages", True),
+    ("saved (%)", "saved_percent", False),
+    ("ideal saved", "ideal_saved_pages", True),
+    ("of ideal (%)", "percent_of_ideal", False),
 )
-"""The summary block's rows: a label and how to get the value from ``summary``."""
+"""The summary block's rows: a label, the ``summary`` key, and whether it is a
+size in pages (shown in the table's units, named after the label)."""
 
 
 def _summary_block(
-    modes: Sequence[str], summaries: Sequence[Mapping[str, Any] | None], page_size: int
+    modes: Sequence[str],
+    summaries: Sequence[Mapping[str, Any] | None],
+    page_size: int,
+    units: str,
 ) -> str | None:
-    """Resident memory with and without KSM, saved and ideal, in MiB and
-    percent, one column per mode (plus ``difference``, last minus first)."""
+    """Resident memory with and without KSM, saved and ideal, in the table's
+    units and percent, one column per mode (plus ``difference``, last minus first)."""
     if all(s is None for s in summaries):
         return None
     headers = ["summary", *modes]
     if len(modes) > 1:
         headers.append("difference")
     rows = []
-    for label, value in _SUMMARY_ROWS:
-        cells = [None if s is None else f"{value(s, page_size):.2f}" for s in summaries]
+    for label, key, size in _SUMMARY_ROWS:
+        values = [None if s is None else s.get(key) for s in summaries]
+        if size:
+            unit, cells = _size_row(values, page_size, units)
+            label = f"{label} ({unit})"
+        else:
+            cells = [None if v is None else f"{v:.2f}" for v in values]
         row = [label] + [_NULL if cell is None else cell for cell in cells]
         if len(modes) > 1:
-            # (of the numbers shown, so that equal cells never differ)
-            first, last = cells[0], cells[-1]
-            diff = "" if first is None or last is None else f"{float(last) - float(first):+.2f}"
-            row.append("" if diff in ("+0.00", "-0.00") else diff)
+            row.append(_shown_difference(cells[0], cells[-1]))
         rows.append(row)
     return plain_table(headers, rows)
 
 
+_DIRECTION = {1: "up", -1: "down"}
+
+
+def _sign(n: int) -> int:
+    return (n > 0) - (n < 0)
+
+
+def _saved_and_profit(snap: Snap | None) -> tuple[int, int] | None:
+    """A snapshot's ``summary.saved_pages`` and ``ksm.general_profit``, if it has both."""
+    if snap is None:
+        return None
+    saved = snap.get("summary", {}).get("saved_pages")
+    profit = snap["ksm"].get("general_profit")
+    if not isinstance(saved, int) or not isinstance(profit, int):
+        return None
+    return saved, profit
+
+
+def _disagreement(before: Snap | None, after: Snap | None) -> str | None:
+    """``saved up, general_profit down`` (or the other way) when the two move
+    in opposite directions from ``before`` to ``after``; else None."""
+    a, b = _saved_and_profit(before), _saved_and_profit(after)
+    if a is None or b is None:
+        return None
+    saved, profit = _sign(b[0] - a[0]), _sign(b[1] - a[1])
+    if saved * profit >= 0:
+        return None
+    return f"saved {_DIRECTION[saved]}, general_profit {_DIRECTION[profit]}"
+
+
+_LAG = "KSM counters lag"
+"""Why ``general_profit`` can move against the pages really saved in one run:
+the kernel's counters change only when ksmd revisits a page (README,
+"Report formats", which lists the other causes)."""
+
+_LEGACY = "legacy omits zero pages"
+"""Why it can between ``legacy`` and another mode: legacy's general_profit
+leaves out the zero pages KSM placed (and its unmerging leaves them mapped)."""
+
+
+def _note(where: str, moved: str, why: str) -> str:
+    """One note line, wrapped (indented) only where it would pass :data:`TABLE_WIDTH`."""
+    return textwrap.fill(
+        f"note: {where}: {moved}; {why}",
+        TABLE_WIDTH,
+        subsequent_indent="      ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _notes(
+    modes: Sequence[str],
+    snaps: Sequence[Snap | None],
+    previous: Sequence[Snap | None],
+    legacy: Sequence[bool],
+) -> list[str]:
+    """Notes where the summary's saved pages and ``general_profit`` move in
+    opposite directions: from one mode to the next in this block, and in a
+    mode since its previous snapshot (``previous``, None for the first).
+    ``legacy`` says which runs are of the legacy mode."""
+    notes = []
+    for i in range(len(modes) - 1):
+        moved = _disagreement(snaps[i], snaps[i + 1])
+        if moved is not None:
+            why = _LEGACY if legacy[i] != legacy[i + 1] else _LAG
+            notes.append(_note(f"{modes[i]}->{modes[i + 1]}", moved, why))
+    moves = [_disagreement(p, s) for p, s in zip(previous, snaps, strict=True)]
+    for moved in dict.fromkeys(m for m in moves if m is not None):
+        which = [mode for mode, m in zip(modes, moves, strict=True) if m == moved]
+        where = "" if len(which) == len(modes) else ", in " + ", ".join(which)
+        notes.append(_note(f"since the last snapshot{where}", moved, _LAG))
+    return notes
+
+
 def _snap_block(
-    modes: Sequence[str], snaps: Sequence[Snap | None], final: bool, page_size: int
+    modes: Sequence[str],
+    snaps: Sequence[Snap | None],
+    final: bool,
+    page_size: int,
+    view: TableView,
+    previous: Sequence[Snap | None],
+    legacy: Sequence[bool],
 ) -> str:
     present = [s for s in snaps if s is not None]
     summary = _summary_block(
-        modes, [None if s is None else s.get("summary") for s in snaps], page_size
+        modes, [None if s is None else s.get("summary") for s in snaps], page_size, view.units
     )
+    ksm = _by_mode("ksm", modes, KSM_COUNTERS, [_ABSENT if s is None else s["ksm"] for s in snaps])
+    notes = _notes(modes, snaps, previous, legacy)
     parts = [
         _heading(present[0], final),
         *([summary] if summary is not None else []),
-        _by_mode("ksm", modes, KSM_COUNTERS, [_ABSENT if s is None else s["ksm"] for s in snaps]),
-        _processes(modes, snaps),
+        "\n".join([ksm, *notes]),
+        *([_processes(modes, snaps, view.pids)] if view.processes else []),
         _by_mode(
             "memory", modes, MEMORY_COUNTERS, [_ABSENT if s is None else s["memory"] for s in snaps]
         ),
@@ -565,24 +855,46 @@ def _snap_block(
     return "\n\n".join(parts)
 
 
-def _run_block(modes: Sequence[str], runs: Sequence[Mapping[str, Any]], page_size: int) -> str:
-    """ksmd's modelled cost and the milestones of each run, one column per mode."""
+def _run_block(
+    modes: Sequence[str], runs: Sequence[Mapping[str, Any]], page_size: int, units: str
+) -> str:
+    """ksmd's cost and the milestones of each run, one column per mode (``-``
+    where a run does not know a value: ``exec`` on a kernel that does not tell it)."""
 
     def seconds(ns: int | None) -> str:
         return _NULL if ns is None else _seconds(ns)
 
+    def count(value: int | None) -> str:
+        return _NULL if value is None else str(value)
+
+    def percent(value: float | None) -> str:
+        return _NULL if value is None else f"{value:.2f}"
+
+    unit, saved = _size_row([r["milestones"]["max_saved_pages"] for r in runs], page_size, units)
     rows: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
-        ("visits", lambda r: str(r["ksmd"]["visits"])),
-        ("wake-ups", lambda r: str(r["ksmd"]["wakeups"])),
+        ("visits", lambda r: count(r["ksmd"]["visits"])),
+        ("wake-ups", lambda r: count(r["ksmd"]["wakeups"])),
         ("cpu", lambda r: seconds(r["ksmd"]["cpu_ns"])),
-        ("cpu (%)", lambda r: f"{r['ksmd']['cpu_percent']:.2f}"),
+        ("cpu (%)", lambda r: percent(r["ksmd"]["cpu_percent"])),
         ("cpu in settles", lambda r: seconds(r["ksmd"]["settle_cpu_ns"])),
-        ("max saved (MiB)", lambda r: _mib(r["milestones"]["max_saved_pages"], page_size)),
-        ("50 % saved at", lambda r: seconds(r["milestones"]["t_saved_50"])),
-        ("90 % saved at", lambda r: seconds(r["milestones"]["t_saved_90"])),
     ]
     table: list[list[str]] = [[label] + [cell(run) for run in runs] for label, cell in rows]
+    if not any(len(run["snapshots"]) for run in runs):
+        # (the milestones come from snapshots: with none, 0 would read as "nothing saved")
+        table += [[label] + [_NULL] * len(runs) for label in MILESTONE_LABELS]
+        return plain_table(["ksmd", *modes], table) + "\n" + NO_MILESTONES
+    table.append([f"max saved ({unit})", *(_NULL if c is None else c for c in saved)])
+    table += [
+        [label] + [seconds(run["milestones"][key]) for run in runs]
+        for label, key in (("50 % saved at", "t_saved_50"), ("90 % saved at", "t_saved_90"))
+    ]
     return plain_table(["ksmd", *modes], table)
+
+
+MILESTONE_LABELS = ("max saved", "50 % saved at", "90 % saved at")
+NO_MILESTONES = "note: no snapshots, so no milestones: add --every DURATION (e.g. --every 1s)"
+"""Said under ksmd's block when the runs have no snapshots (``milestones`` are
+taken from snapshots only, REPORT_FORMAT.md)."""
 
 
 EXPLAIN_TOP = 10
@@ -590,16 +902,25 @@ EXPLAIN_TOP = 10
 pages that have a twin but are not merged)."""
 
 
-def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int) -> str:
-    """``explain`` for people: each category's pages, MiB and share of the
-    pages counted (one row per category and mode), then per mode the
-    :data:`EXPLAIN_TOP` mappings with the most pages that have a twin but are
-    not merged, and the largest of those categories there."""
+def _explain_block(
+    modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int, view: TableView
+) -> str:
+    """``explain`` for people: each category's pages, size (in the table's
+    units, unless pages) and share of the pages counted (one row per category
+    and mode), then per mode the :data:`EXPLAIN_TOP` mappings (of the
+    selected pids) with the most pages that have a twin but are not merged,
+    and the largest of those categories there."""
     explained = [
         (mode, snap["explain"])
         for mode, snap in zip(modes, snaps, strict=True)
         if snap is not None and "explain" in snap
     ]
+    units = view.units
+    size_head = [] if units == "pages" else ["bytes" if units == "bytes" else "size"]
+
+    def size(pages: int) -> list[str]:
+        return [] if units == "pages" else [_size_cell(pages, page_size, units)]
+
     rows = []
     for name in CATEGORIES:
         for mode, explain in explained:
@@ -607,8 +928,8 @@ def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size
             total = sum(system.values())
             pages = system.get(name, 0)
             share = 100 * pages / total if total else 0.0
-            rows.append([name, mode, str(pages), _mib(pages, page_size), f"{share:.2f}"])
-    parts = [plain_table(["explain", "mode", "pages", "MiB", "%"], rows, "ll")]
+            rows.append([name, mode, str(pages), *size(pages), f"{share:.2f}"])
+    parts = [plain_table(["explain", "mode", "pages", *size_head, "%"], rows, "ll")]
     top = []
     for mode, explain in explained:
         ranked = sorted(
@@ -620,6 +941,7 @@ def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size
                     m,
                 )
                 for m in explain["mappings"]
+                if view.pids is None or m["pid"] in view.pids
             ),
             key=lambda entry: entry[:3],
         )
@@ -634,23 +956,28 @@ def _explain_block(modes: Sequence[str], snaps: Sequence[Snap | None], page_size
                     f"{start:#x}",
                     f"{m['end']:#x}",
                     str(-negative),
-                    _mib(-negative, page_size),
+                    *size(-negative),
                     reason,
                 ]
             )
     if top:
-        headers = ["mode", "pid", "start", "end", "twin, not merged", "MiB", "mostly"]
+        headers = ["mode", "pid", "start", "end", "twin, not merged", *size_head, "mostly"]
+        aligns = "lrllr" + "r" * len(size_head) + "l"
         title = f"mappings with the most pages that have a twin, not merged (top {EXPLAIN_TOP})"
-        parts.append(title + "\n" + wrapped_table(headers, top, "lrllrrl", keep=4))
+        parts.append(title + "\n" + wrapped_table(headers, top, aligns, keep=4))
     return "\n\n".join(parts)
 
 
 def _write_explain(
-    out: TextIO, modes: Sequence[str], snaps: Sequence[Snap | None], page_size: int
+    out: TextIO,
+    modes: Sequence[str],
+    snaps: Sequence[Snap | None],
+    page_size: int,
+    view: TableView,
 ) -> None:
     """The :func:`_explain_block` after a snapshot's block, if one of its snapshots has it."""
     if any(snap is not None and "explain" in snap for snap in snaps):
-        out.write("\n\n" + _explain_block(modes, snaps, page_size))
+        out.write("\n\n" + _explain_block(modes, snaps, page_size, view))
 
 
 def _seconds(ns: int) -> str:
@@ -658,20 +985,61 @@ def _seconds(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
 
 
-def render_table(report: AnyReport, out: TextIO) -> None:
+def _check_view(report: AnyReport, view: TableView) -> None:
+    """Refuse a selection of what the report does not hold, before anything is written."""
+    runs = report["runs"]
+    if view.snapshots is not None:
+        labels = {"final"}
+        if runs:
+            labels.update(snap["label"] for snap in runs[0]["snapshots"])
+        missing = sorted(view.snapshots - labels)
+        if missing:
+            raise UsageError(f"--snapshot {json.dumps(missing[0])}: no snapshot has that label")
+    if view.pids is not None:
+        seen: set[int] = set()
+        for run in runs:
+            for snap in [*run["snapshots"], run["final"]]:
+                seen.update(int(proc["pid"]) for proc in snap["processes"])
+        missing_pids = sorted(view.pids - seen)
+        if missing_pids:
+            raise UsageError(f"--pid {missing_pids[0]}: no such process in any snapshot")
+
+
+def _same_state(snap: Snap | None, final: Snap) -> bool:
+    """Whether ``final`` holds exactly what ``snap`` does, but for its label."""
+    if snap is None:
+        return False
+    a, b = cast(Mapping[str, Any], snap), cast(Mapping[str, Any], final)
+    return all(a.get(key) == b.get(key) for key in (set(a) | set(b)) - {"label"})
+
+
+def render_table(report: AnyReport, out: TextIO, view: TableView | None = None) -> None:
     """The report for people: plain aligned tables, blocks separated by blank lines.
 
     A header (trace path, events, duration, page size, meta, modes); one block
-    per snapshot and one for the final state, each with the ``ksm`` counters
-    (one column per mode, plus ``difference`` = last mode minus first when
-    there are several modes, blank when equal or not a number), the processes
-    (one row per pid and mode), ``memory`` and ``events``; then the settings
-    in force at the end and the refused ``ksm`` writes, if any.  Null counters
-    show as ``-``, booleans as ``yes``/``no``.  Labels show as JSON strings;
-    the trace path as it is, or as a JSON string when it holds a character
-    that is not printable (a control character, a line break), so that
-    nothing in a report moves the terminal's cursor or splits a row.
+    per snapshot and one for the final state, each with the summary (sizes
+    in ``view.units``, percentages), the ``ksm`` counters (one column per
+    mode, plus ``difference`` = last mode minus first when there are several
+    modes, blank when equal or not a number), a note wherever the summary's
+    saved pages and ``general_profit`` move in opposite directions (from one
+    mode to the next, or since the previous snapshot), the processes (one
+    row per pid and mode), ``memory`` and ``events``.  The final state is
+    one line when the trace ended with a snapshot that holds exactly the
+    same (in every run).  Then ksmd's cost and the milestones, the settings
+    in force at the end, the refused ``ksm`` writes and the pinned knobs, if
+    any.  ``view`` selects the processes and snapshots shown
+    (:class:`TableView`).  Null counters show as ``-``, booleans as
+    ``yes``/``no``.  Labels show as JSON strings; the trace path as it is,
+    or as a JSON string when it holds a character that is not printable (a
+    control character, a line break), so that nothing in a report moves the
+    terminal's cursor or splits a row.
+
+    :raises UsageError: ``view`` selects a label or pid the report does not
+        hold (nothing is written then).
     """
+    if view is None:
+        view = TableView()
+    _check_view(report, view)
     trace = report["trace"]
     runs = report["runs"]
     modes = run_names(runs)
@@ -686,16 +1054,36 @@ def render_table(report: AnyReport, out: TextIO) -> None:
     head.append(["modes", ", ".join(modes)])
     out.write(plain_table([], head, "ll"))
 
+    def shown(label: str) -> bool:
+        return view.snapshots is None or label in view.snapshots
+
     # the n-th snapshot of every run side by side, read from each run in step
     page_size = trace["page_size"]
+    legacy = [run["mode"] == "legacy" for run in runs]
+    previous: Sequence[Snap | None] = [None] * len(runs)
+    last_shown = False
     for snaps in zip_longest(*(run["snapshots"] for run in runs)):
-        out.write("\n\n" + _snap_block(modes, snaps, False, page_size))
-        _write_explain(out, modes, snaps, page_size)
+        label = next(s for s in snaps if s is not None)["label"]
+        last_shown = shown(label)
+        if last_shown:
+            out.write("\n\n" + _snap_block(modes, snaps, False, page_size, view, previous, legacy))
+            _write_explain(out, modes, snaps, page_size, view)
+        previous = snaps
     finals = [run["final"] for run in runs]
-    out.write("\n\n" + _snap_block(modes, finals, True, page_size))
-    _write_explain(out, modes, finals, page_size)
+    if shown("final"):
+        if last_shown and all(
+            _same_state(snap, final) for snap, final in zip(previous, finals, strict=True)
+        ):
+            last = next(s for s in previous if s is not None)
+            line = f"{_heading(finals[0], True)}: as {_title(last, False)} above"
+            if len(line) > TABLE_WIDTH:
+                line = f"{_heading(finals[0], True)}: as the last snapshot above"
+            out.write("\n\n" + line)
+        else:
+            out.write("\n\n" + _snap_block(modes, finals, True, page_size, view, previous, legacy))
+            _write_explain(out, modes, finals, page_size, view)
     if all("ksmd" in run and "milestones" in run for run in runs):
-        out.write("\n\n" + _run_block(modes, runs, page_size))
+        out.write("\n\n" + _run_block(modes, runs, page_size, view.units))
 
     out.write("\n\n" + _by_mode("settings", modes, (), [run["settings"] for run in runs]))
     refused = [

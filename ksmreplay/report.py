@@ -262,7 +262,8 @@ class Snap(TypedDict):
     t: int
     event: int
     summary: NotRequired[Summary]
-    """Always in a replay's report; ``exec`` knows no page contents and leaves it out."""
+    """In every snapshot of a report, ``run``'s and ``exec``'s (a simulator
+    asked not to count it, inside ``settle``'s per-pass check, leaves it out)."""
     ksm: dict[str, Any]
     processes: list[dict[str, Any]]
     memory: dict[str, int]

@@ -20,8 +20,9 @@ page, placed by ksmd).  Whether the kernel can tell the last two apart is a
 property of the mode (``modes.py``); the simulator always can.
 
 Nothing here knows about ksmd's trees: frames carry a ``node`` column that
-``ksm.py`` fills, and the VM reports the events ksmd must see (a KSM frame
-dying, a KSM zero PTE disappearing) through the :class:`Accounting` hooks.
+``ksm.py`` fills.  The VM tells ksmd of the one event it must see at once, a
+KSM frame's last mapping going (``Memory.on_ksm_pages_freed``); the KSM zero
+PTEs it drops are counted down in each process's ``MM.ksm_zero_ptes``.
 """
 
 from __future__ import annotations
@@ -630,6 +631,8 @@ class Memory:
         self.events: dict[str, int] = dict(EVENT_COUNTERS_ZERO)
         self.on_ksm_pages_freed = on_ksm_pages_freed
         self._directories = _Directories()
+        self._contents: tuple[object, tuple[int, int, bool]] | None = None
+        """:meth:`mergeable_contents`'s last key and answer."""
 
     # -- processes ----------------------------------------------------------
 
@@ -944,6 +947,29 @@ class Memory:
         return child
 
     def mergeable_contents(self) -> tuple[int, int, bool]:
+        """:meth:`count_mergeable_contents`, counted again only when memory
+        changed since the last count.
+
+        Every snapshot asks, and most snapshots of a long trace follow others
+        with nothing but ksmd's work between them.  The answer depends on the
+        frames' contents and mappings (every write to them raises
+        ``frames.changes``), on the mappings' bounds and flags, and on the PTEs
+        KSM pointed at the zero page: those are made only with a frame's
+        mapping dropped (a frame change) and go only by lowering their
+        process's ``ksm_zero_ptes``.  The key holds all of it.
+        """
+        key = (
+            self.frames.changes,
+            tuple(
+                (mm.pid, mm.ksm_zero_ptes, tuple((v.start, v.end, v.mergeable) for v in mm.vmas))
+                for mm in self.mms.values()
+            ),
+        )
+        if self._contents is None or self._contents[0] != key:
+            self._contents = (key, self.count_mergeable_contents())
+        return self._contents[1]
+
+    def count_mergeable_contents(self) -> tuple[int, int, bool]:
         """What the ideal deduplication needs to know of the live processes'
         pages in mergeable mappings (REPORT_FORMAT.md ``summary``).
 

@@ -1,7 +1,7 @@
 """A slow, obviously correct reference model of the whole ksmreplay simulator.
 
 This is the model the fast engine is tested against: the same written
-behaviour (``KSM_MODEL.md`` plus ``conventions.md``), implemented a second
+behaviour (``KSM_MODEL.md``, with the modelling choices below), implemented a second
 time, independently, with plain dicts, lists and small classes.  Every step is
 named after the kernel function it models (``mm/ksm.c`` unless stated), so a
 counter can be checked by reading this file next to the kernel source.
@@ -19,10 +19,11 @@ Modelling choices (where the written model leaves room):
   one of the two zero-page markers :data:`ZERO_BY_FAULT` /
   :data:`ZERO_BY_KSM`.  ``Mm.pte_pages`` keeps the populated page numbers
   sorted so that ksmd's page walk and range zaps never visit holes.
-* **Trees** follow the dictionary abstraction of conventions.md: the stable
-  tree is ``content -> StableNode | StableChain``, the unstable tree
-  ``content -> RmapItem``.  Contents are fingerprints; the checksum of a page
-  is its fingerprint and "no previous checksum" is ``None``.
+* **Trees** are dictionaries (KSM_MODEL.md, "Dictionaries instead of
+  red-black trees"): the stable tree is ``content -> StableNode |
+  StableChain``, the unstable tree ``content -> RmapItem``.  Contents are
+  fingerprints; the checksum of a page is its fingerprint and "no previous
+  checksum" is ``None``.
 * **Time**: a ksmd batch runs atomically at its wake-up time; chain pruning
   compares whole jiffies (``now_ns // JIFFY_NS``) like the kernel's
   ``time_before(jiffies, ...)``.

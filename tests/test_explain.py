@@ -384,12 +384,14 @@ def test_run_explain_table(tmp_path: Path) -> None:
     rows = text.splitlines()
     # 5 pages of 4 KiB: 4 merged (80 %), 1 held back (20 %)
     cells = [row.split() for row in rows]
-    assert ["merged", "legacy", "4", "0.02", "80.00"] in cells
-    assert ["max_page_sharing", "legacy", "1", "0.00", "20.00"] in cells
-    assert ["unique_content", "legacy", "0", "0.00", "0.00"] in cells
-    assert cells.count(["explain", "mode", "pages", "MiB", "%"]) == 2  # snapshot "s", final
+    assert ["merged", "legacy", "4", "16.00", "KiB", "80.00"] in cells
+    assert ["max_page_sharing", "legacy", "1", "4.00", "KiB", "20.00"] in cells
+    assert ["unique_content", "legacy", "0", "0", "B", "0.00"] in cells
+    # snapshot "s" only: the final state, the same, is one line
+    assert cells.count(["explain", "mode", "pages", "size", "%"]) == 1
+    assert 'final (event 7, t=0 ns): as snapshot "s" above' in rows
     title = "mappings with the most pages that have a twin, not merged (top 10)"
-    at = len(rows) - 1 - rows[::-1].index(title)  # the final snapshot's
+    at = len(rows) - 1 - rows[::-1].index(title)
     assert rows[at + 1].split() == [
         "mode",
         "pid",
@@ -398,7 +400,7 @@ def test_run_explain_table(tmp_path: Path) -> None:
         "twin,",
         "not",
         "merged",
-        "MiB",
+        "size",
         "mostly",
     ]
     assert rows[at + 2].split() == [
@@ -407,11 +409,17 @@ def test_run_explain_table(tmp_path: Path) -> None:
         "0x10000",
         "0x15000",
         "1",
-        "0.00",
+        "4.00",
+        "KiB",
         "max_page_sharing",
     ]
     assert len(rows) > at + 3 and rows[at + 3] == ""
     assert title not in _run(path, "--mode", "legacy")
+    # in pages, no size column; in bytes, exact
+    in_pages = _run(path, "--mode", "legacy", "--explain", "--units", "pages").splitlines()
+    assert ["merged", "legacy", "4", "80.00"] in [row.split() for row in in_pages]
+    in_bytes = _run(path, "--mode", "legacy", "--explain", "--units", "bytes").splitlines()
+    assert ["merged", "legacy", "4", "16384", "80.00"] in [row.split() for row in in_bytes]
 
 
 def test_category_names() -> None:

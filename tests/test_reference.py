@@ -2,9 +2,9 @@
 
 Every expected value here comes from KSM_MODEL.md (section 15, worked
 examples; section 17, facts observed on the live kernel; the rules of sections
-4, 7, 11 and 12) or conventions.md, never from running the model.  Each trace
-is built from the event records directly and ``check_invariants()`` runs after
-every event.
+4, 7, 11 and 12) or the reference's modelling choices (``reference.py``),
+never from running the model.  Each trace is built from the event records
+directly and ``check_invariants()`` runs after every event.
 
 Timing used throughout: ``run=1`` is written at 1 ms, so ksmd wakes at 1 ms and
 then every 20 ms (plus 400 ns per visit).  With a small workload each wake-up
@@ -354,7 +354,7 @@ def test_example_e_fork_child_linked_at_its_visit() -> None:
     assert (k["pages_shared"], k["pages_sharing"]) == (1, 2)
     assert r.proc("visited", 3)["ksm_merging_pages"] == 1
     assert r.rmap_items("visited") == 3
-    # Linking a forked mapping is not a merge (conventions.md).
+    # Linking a forked mapping is not a merge (no page changed its frame).
     assert r.events("visited")["merges"] == 2
     assert r.memory("visited")["ksm_frames"] == 1
 
@@ -831,8 +831,9 @@ def test_scan_time_advisor_first_evaluations() -> None:
 
 
 def test_unstable_partner_changed_since_insertion_aborts() -> None:
-    # conventions.md: if the unstable entry's page no longer holds X, the current
-    # page is neither merged nor inserted (stays volatile).  One visit per batch
+    # KSM_MODEL.md (dictionaries, b and c): if the unstable entry's page no
+    # longer holds X, the current page is neither merged nor inserted (stays
+    # volatile).  One visit per batch
     # (pages_to_scan 1), so process 1 can write between the two visits of pass 2:
     # wake-ups every 24 ms (20 ms and one jiffy) at 1, 25, 49 (pass 1 closes),
     # 73 (visit 1), 97 (visit 2), 121 ms (pass 2 closes).

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import enum
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +33,7 @@ from ksmreplay.render import (
     csv_field,
     plain_table,
     render,
+    render_json,
     tsv_field,
 )
 from ksmreplay.replay import expand_modes, replay, replay_spooled
@@ -161,6 +164,54 @@ def test_json_is_byte_for_byte_json_dumps_of_the_report(make: Any) -> None:
     assert _text(odd_keys, "json") == json.dumps(odd_keys, indent=2) + "\n"
 
 
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e300, 2**53 + 1.0])
+    | st.text(max_size=12)
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        | st.dictionaries(st.integers(-3, 3) | st.booleans() | st.none(), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+class _Kind(enum.IntEnum):
+    ONE = 1
+
+
+class _Name(str, enum.Enum):
+    A = "a\u00e9"
+
+
+@given(value=_JSON_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_json_writes_any_value_as_json_dumps_does(value: Any) -> None:
+    # (the report's own encoder is faster than the json module's: it must
+    # write the same bytes for every value the json module accepts)
+    report = {"runs": [{"snapshots": [value, {"k": value}], "x": [value]}], "v": value}
+    out = io.StringIO()
+    render_json(cast(AnyReport, report), out)
+    assert out.getvalue() == json.dumps(report, indent=2) + "\n"
+
+
+def test_json_writes_subclasses_of_scalars_as_json_dumps_does() -> None:
+    report = {"runs": [{"snapshots": [{"a": _Kind.ONE, "b": [_Name.A, 2.5]}]}]}
+    out = io.StringIO()
+    render_json(cast(AnyReport, report), out)
+    assert out.getvalue() == json.dumps(report, indent=2) + "\n"
+    with pytest.raises(TypeError):
+        render_json(cast(AnyReport, {"runs": [{"snapshots": [{"a": object()}]}]}), io.StringIO())
+
+
 BUNDLED = Path(__file__).parent.parent / "traces"
 
 
@@ -249,6 +300,16 @@ def test_json_validates_against_the_schema_and_round_trips(make: Any, schema: An
     # key order is the report's (no sorting): "report" first, "runs" last
     assert list(parsed) == ["report", "trace", "runs"]
     assert text.startswith('{\n  "report": 1,\n  "trace": {\n    "path": ')
+
+
+def test_schema_takes_exec_ksmd_with_what_the_kernel_does_not_tell() -> None:
+    # exec: no count of ksmd's batches, no pages_scanned before 6.7, no CPU without ksmd
+    report = one_mode_report()
+    report["runs"][0]["ksmd"] = dict.fromkeys(report["runs"][0]["ksmd"])  # type: ignore[typeddict-item]
+    jsonschema.validate(json.loads(_text(report, "json")), _schema())
+    report["runs"][0]["ksmd"]["cpu_ns"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(_text(report, "json")), _schema())
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,19 @@ See :func:`execute`.  Method, in short:
   gets the trace time of the instant it came in, or, between instants, the
   time since the last instant ended (from the event's own time stamp).
 
+Every snapshot has its ``summary`` (REPORT_FORMAT.md), measured as the
+simulator counts it: resident pages with and without KSM from the page
+tables; the ideal from the contents of the pages themselves, read through
+``/proc/<pid>/mem`` (present pages only, so nothing is faulted in, while
+ksmd is held) and the ``mg`` flag of the mappings in ``/proc/<pid>/smaps``.
+The run has ``milestones`` (from the snapshots) and ``ksmd``: ``visits`` are
+the ``pages_scanned`` the replay added (null on kernels without that
+counter), ``cpu_ns`` and ``settle_cpu_ns`` ksmd's own CPU time
+(``/proc/<ksmd>/schedstat``) outside and inside ``settle`` events (null when
+ksmd cannot be seen), and ``wakeups`` is null: nothing the kernel shows
+counts ksmd's batches (its voluntary context switches also count waits
+inside a batch and its waits for ``run``).
+
 Ground truth the kernel does not count (the ``memory`` and ``events``
 sections) is derived from the page tables:
 
@@ -58,6 +71,7 @@ sections) is derived from the page tables:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import time
@@ -68,6 +82,7 @@ from typing import Any, cast
 import numpy as np
 
 from ksmreplay import signals
+from ksmreplay.content import fingerprint_pages
 from ksmreplay.errors import Stopped
 from ksmreplay.events import (
     Alloc,
@@ -84,7 +99,7 @@ from ksmreplay.events import (
     Snapshot,
     Write,
 )
-from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue
+from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
@@ -112,15 +127,17 @@ from ksmreplay.live.worker import (
     WorkerError,
     worker_binary,
 )
-from ksmreplay.procfs import KPF_KSM, KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT
+from ksmreplay.procfs import KPF_KSM, KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT, parse_maps
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,
     REPORT_VERSION,
+    MilestoneTracker,
     Refusal,
     Report,
     Run,
     Snap,
+    summarise,
 )
 from ksmreplay.timing import jiffies_ns
 from ksmreplay.tracepoints import Sink
@@ -144,6 +161,9 @@ POLL_S = 0.0005
 FZERO = 4
 KZERO = 5
 """Refined page kinds: zero-page PTE placed by a read fault / by KSM."""
+
+MEM_READ_PAGES = 256
+"""Pages read from ``/proc/<pid>/mem`` at a time (for the summary's ideal)."""
 
 ProgressCallback = Callable[[int, int], None]
 PageKey = tuple[int, int]
@@ -226,6 +246,8 @@ class LiveReplay:
         self.clock = ksmd_clock
         self.started_ns = time.monotonic_ns()
         self.cpu0 = self.ksmd_cpu_ns() if ksmd_clock else 0
+        self.cpu_start = self.ksmd_cpu_or_none()
+        self.settle_cpu: int | None = 0 if self.cpu_start is not None else None
         self.tracing: tuple[KsmEvents, Mapper] | None = None
         """The kernel's KSM events and their mapping (``exec --tracepoints``), or None."""
         self.now_t = 0
@@ -264,6 +286,32 @@ class LiveReplay:
     def ksmd_cpu_ns(self) -> int:
         """ksmd's CPU time so far (``/proc/<ksmd>/schedstat``, first field), ns."""
         return int(self.ksmd_file("schedstat").split()[0])
+
+    def ksmd_cpu_or_none(self) -> int | None:
+        """:meth:`ksmd_cpu_ns`, or None when ksmd cannot be seen or its schedstat read."""
+        if self.ksmd_pid is None:
+            return None
+        try:
+            return self.ksmd_cpu_ns()
+        except (LiveKernelError, ValueError, IndexError):
+            return None
+
+    def ksmd_cost(self, duration_ns: int, visits: int | None) -> dict[str, Any]:
+        """``RUN.ksmd`` as the kernel lets it be known (the module says what is null)."""
+        end = self.ksmd_cpu_or_none()
+        cpu: int | None = None
+        if end is not None and self.cpu_start is not None and self.settle_cpu is not None:
+            cpu = end - self.cpu_start - self.settle_cpu
+        percent = None
+        if cpu is not None:
+            percent = round(100 * cpu / duration_ns, 2) if duration_ns else 0.0
+        return {
+            "visits": visits,
+            "wakeups": None,
+            "cpu_ns": cpu,
+            "cpu_percent": percent,
+            "settle_cpu_ns": self.settle_cpu if cpu is not None else None,
+        }
 
     def hold(self) -> None:
         """Stop ksmd between batches (the write waits for a running batch)."""
@@ -635,6 +683,7 @@ class LiveReplay:
         if self.trace_run != 1:
             return
         self.hold()
+        cpu_before = self.ksmd_cpu_or_none()
         self.mark_baseline()
         pages_to_scan = self.ksm_files.read_knob("pages_to_scan")
         sleep_ms = self.ksm_files.read_knob("sleep_millisecs")
@@ -660,6 +709,11 @@ class LiveReplay:
             if unchanged >= 2:
                 break
         self.hold()
+        cpu_after = self.ksmd_cpu_or_none()
+        if cpu_before is None or cpu_after is None or self.settle_cpu is None:
+            self.settle_cpu = None
+        else:
+            self.settle_cpu += cpu_after - cpu_before
         self.drain()
         if not advisor:
             self.guard.write("pages_to_scan", pages_to_scan)
@@ -707,10 +761,13 @@ class LiveReplay:
                     "rss_anon_pages": rss,
                 }
             )
+        without = sum(proc["rss_anon_pages"] for proc in processes) + by_ksm
+        summary = summarise(without, len(frames), self.ideal_frames(view, without), self.ps)
         snap: dict[str, Any] = {
             "label": label,
             "t": t,
             "event": index,
+            "summary": summary,
             "ksm": ksm,
             "processes": processes,
             "memory": {
@@ -728,6 +785,69 @@ class LiveReplay:
                 "elapsed_ns": time.monotonic_ns() - self.started_ns,
             }
         return cast(Snap, snap)
+
+    def mergeable(self, p: Proc) -> list[tuple[int, int]]:
+        """The live address ranges of ``p``'s mergeable mappings (``mg`` in
+        ``/proc/<pid>/smaps``), sorted."""
+        try:
+            text = self.machine.read(f"/proc/{p.worker.pid}/smaps").decode("ascii", "replace")
+        except OSError as e:
+            raise LiveKernelError(f"cannot read /proc/{p.worker.pid}/smaps: {e}") from None
+        return sorted((m.start, m.end) for m in parse_maps(text) if m.mergeable)
+
+    def ideal_frames(self, view: Mapping[PageKey, tuple[int, int]], without: int) -> int:
+        """``summary.ideal_frames``, counted as the simulator counts it.
+
+        Of the ``without`` pages, those resident in mergeable mappings (each
+        PTE mapping a page frame, each zero page KSM placed) are replaced by
+        one frame per distinct non-zero content among them, and one more for
+        zero-filled pages unless ``use_zero_pages`` is 1.  Each frame's content
+        is read once, through ``/proc/<pid>/mem`` at a page that maps it (a
+        present page: nothing is faulted in).
+        """
+        resident = 0
+        contents: set[int] = set()
+        zero_filled = False
+        seen: set[int] = set()
+        for pid in sorted(self.procs):
+            p = self.procs[pid]
+            ranges = self.mergeable(p)
+            starts = [start for start, _ in ranges]
+            read = []
+            for page in sorted(p.pages):
+                addr = self.live(page * self.ps)
+                at = bisect.bisect_right(starts, addr) - 1
+                if at < 0 or addr >= ranges[at][1]:
+                    continue  # not in a mergeable mapping: its own frame
+                kind, pfn = view[(p.serial, page)]
+                if kind == KZERO:
+                    resident += 1
+                    zero_filled = True
+                elif kind in (ANON, KSM):
+                    resident += 1
+                    if pfn not in seen:
+                        seen.add(pfn)
+                        read.append(page)
+            for first, count in _runs(read):
+                for start in range(first, first + count, MEM_READ_PAGES):
+                    fps = self.read_fingerprints(
+                        p, start, min(MEM_READ_PAGES, first + count - start)
+                    )
+                    zero_filled = zero_filled or bool((fps == 0).any())
+                    contents.update(fps[fps != 0].tolist())
+        use_zero_pages = int(self.ksm_files.read_knob("use_zero_pages"))
+        return without - resident + len(contents) + int(zero_filled and not use_zero_pages)
+
+    def read_fingerprints(self, p: Proc, first: int, count: int) -> Any:
+        """The fingerprints (TRACE_FORMAT.md) of ``count`` present pages of ``p`` from ``first``."""
+        path = f"/proc/{p.worker.pid}/mem"
+        try:
+            data = self.machine.pread(path, self.live(first * self.ps), count * self.ps)
+        except OSError as e:
+            raise LiveKernelError(f"cannot read {path}: {e}") from None
+        if len(data) != count * self.ps:
+            raise LiveKernelError(f"short read of {path}")
+        return fingerprint_pages(memoryview(data), self.ps)
 
     def settings(self) -> dict[str, KnobValue | None]:
         """Every knob of the table at the end; None for those this kernel does not have."""
@@ -1010,16 +1130,24 @@ def _execute(
     tracing: tuple[KsmEvents, Sink, str, str] | None = None,
 ) -> dict[str, Any]:
     guard.touched = True
-    start = dict(DEFAULTS)
-    start.update(settings or {})
-    initial_run = int(start.pop("run"))
+    given = dict(settings or {})
+    initial_run = int(given.pop("run", DEFAULTS["run"]))
     if not force:
         guard.unmerge_all()  # nothing to unmerge: resets full_scans and ksmd's cursor
     else:
         guard.write("run", 0)
-    for name in kernel.RESTORE_ORDER:
-        if name in start and guard.ksm.has(name) and guard.ksm.read_knob(name) != start[name]:
-            guard.write(name, start[name])
+    # The simulator's starting state: every knob at its default (the advisor
+    # first, so that pages_to_scan can be written), then --set as run writes
+    # it (knobs.start_order: the advisor last, so that switching it on sets
+    # pages_to_scan itself, as the kernel refuses a write of it after).
+    writes = [(name, DEFAULTS[name]) for name in kernel.RESTORE_ORDER if name in DEFAULTS]
+    writes += start_order(given, {})
+    for name, value in writes:
+        if guard.ksm.has(name) and guard.ksm.read_knob(name) != value:
+            try:
+                guard.write(name, value)
+            except RefusedWrite as e:
+                raise LiveKernelError(f"the kernel refused the starting setting {e}") from None
     replay = LiveReplay(page_size, guard, machine, offset, observe_events, ksmd_clock)
     _active.append(replay)
     if tracing is not None:
@@ -1084,10 +1212,16 @@ def _execute(
                 f"{lost} KSM trace events were lost: the ring buffer filled up between two reads"
             )
     final = replay.snapshot("final", last.t if last else 0, last.index if last else 0)
+    milestones = MilestoneTracker()
+    for snap in snapshots:
+        milestones.add(snap["t"], snap["summary"]["saved_pages"])
+    duration = events[-1].t if events else 0
     return {
         "mode": "unshare",
         "settings": replay.settings(),
         "refused": replay.refused,
+        "ksmd": replay.ksmd_cost(duration, final["ksm"]["pages_scanned"]),
+        "milestones": milestones.milestones(),
         "snapshots": snapshots,
         "final": final,
         "events_observed": replay.observe,
