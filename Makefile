@@ -45,8 +45,8 @@ demo: $(PLOT_STAMP) ## Replay the demo trace (legacy and unshare side by side), 
 		| $(PY) -m ksmreplay plot - -o $(DEMO_HTML)
 	@echo "demo: the demo trace's sharing over time is in $(CURDIR)/$(DEMO_HTML)"
 
-test: $(TEST_STAMP) ## Run the whole test suite
-	$(PY) -m pytest
+test: $(TEST_STAMP) ## Run the whole test suite (one worker per CPU; the live-kernel tests in one)
+	$(PY) -m pytest -n auto --dist loadgroup
 
 test-qemu: $(TEST_STAMP) ## Boot qemu guests (Linux 6.1, 6.12) on a scenario; needs qemu-system-x86 and `make kernels`
 	KSMREPLAY_TEST_QEMU=1 $(PY) -m pytest tests/test_qemu.py

@@ -27,6 +27,16 @@ def both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     yield request.param
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), every test that
+    uses the live kernel runs in one worker, one after another: KSM is one
+    global state, and a test that reads the knobs before and after a replay
+    must not see another worker's replay change them in between."""
+    for item in items:
+        if item.get_closest_marker("live") is not None:
+            item.add_marker(pytest.mark.xdist_group("live-kernel"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fuzz: a bounded run of the fuzzer (tests/fuzzer.py); -m 'not fuzz' skips it"

@@ -291,18 +291,19 @@ def test_every_frame_write_moves_the_change_count(seed: int, mode: str) -> None:
 
 
 def test_a_content_written_in_place_between_two_gaps() -> None:
-    # GIVEN mergeable pages that settle, a long gap, one page written in
-    # place (a private frame: nothing but its content changes), a long gap
+    # GIVEN mergeable pages that settle, a long gap (20 ms: thousands of
+    # back-to-back passes with sleep_millisecs=0), one page written in place
+    # (a private frame: nothing but its content changes), a long gap
     events: list[Event] = [
         Ksm(1, 0, {"run": 1, "pages_to_scan": 4, "sleep_millisecs": 0}),
         Alloc(2, 0, 1, BASE, 16 * PAGE),
         Write(3, 0, 1, BASE, 16 * PAGE, np.arange(16, dtype=np.uint64) % 5 + 1),
         Madvise(4, 0, 1, BASE, 16 * PAGE, "mergeable"),
-        Snapshot(5, 200 * MS, "settled"),
-        Write(6, 200 * MS, 1, BASE + 15 * PAGE, PAGE, 99),
-        Snapshot(7, 400 * MS, "rewritten"),
-        Write(8, 400 * MS, 1, BASE + 15 * PAGE, PAGE, 1),
-        Snapshot(9, 600 * MS, "merged again"),
+        Snapshot(5, 20 * MS, "settled"),
+        Write(6, 20 * MS, 1, BASE + 15 * PAGE, PAGE, 99),
+        Snapshot(7, 40 * MS, "rewritten"),
+        Write(8, 40 * MS, 1, BASE + 15 * PAGE, PAGE, 1),
+        Snapshot(9, 60 * MS, "merged again"),
     ]
     # THEN skipping circles changes nothing, and circles were skipped
     for mode in ("legacy", "unshare"):
