@@ -43,6 +43,8 @@ VISIT_PTES: int
 VISIT_HITS: int
 VISIT_CHECKSUMS: int
 VISIT_SEARCHES: int
+VISIT_TRACED: int
+TRACED_ZERO: int
 VISIT_SUMS: int
 WRITE_RSS: int
 WRITE_KSM_ZERO: int
@@ -55,6 +57,7 @@ WRITE_MISSING: int
 ITEM_HOT: dict[str, Any]
 ITEM_COLD: dict[str, Any]
 SLOT: dict[str, Any]
+TRACED: dict[str, Any]
 
 def scan(
     buf: bytes,

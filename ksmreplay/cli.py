@@ -54,6 +54,8 @@ from ksmreplay.synth import (
     synthesize,
 )
 from ksmreplay.trace import FORMS, TraceWriter, form_for_path, open_trace
+from ksmreplay.tracepoints import EVENTS as TRACEPOINT_EVENTS
+from ksmreplay.tracepoints import open_tracepoints
 
 if TYPE_CHECKING:
     from ksmreplay.record import RecordSummary
@@ -619,6 +621,31 @@ def _report_options(command: Any) -> Any:
     return command
 
 
+def _tracepoint_options(command: Any) -> Any:
+    """--tracepoints and --tracepoints-filter (run and exec)."""
+    for option in reversed(
+        (
+            click.option(
+                "--tracepoints",
+                metavar="FILE",
+                help="Also write ksmd's KSM trace events (include/trace/events/ksm.h) to "
+                "FILE, one JSON object a line. " + OUTPUT_HELP,
+            ),
+            click.option(
+                "--tracepoints-filter",
+                "tracepoints_filter",
+                metavar="EVENTS|pid=PIDS",
+                multiple=True,
+                help="Keep only these events (comma-separated names: "
+                + ", ".join(TRACEPOINT_EVENTS)
+                + "), or those of these trace pids (pid=1,2); repeatable.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def _table_options(command: Any) -> Any:
     """The options that choose what the table format shows: --units,
     --processes/--no-processes, --pid, --snapshot (see :func:`table_view`)."""
@@ -730,6 +757,7 @@ def _progress_callback(trace: str) -> Any:
     is_flag=True,
     help="Add to every snapshot why each resident page is or is not merged, by category.",
 )
+@_tracepoint_options
 @_table_options
 @click.option(
     "--jobs",
@@ -737,7 +765,7 @@ def _progress_callback(trace: str) -> Any:
     default=1,
     show_default=True,
     help="Replay the runs (kernel and mode) in up to this many processes at once; the "
-    "same report. A trace on stdin is replayed in one.",
+    "same report. A trace on stdin, or with --tracepoints, is replayed in one.",
 )
 @click.option("--check-invariants", is_flag=True, hidden=True)
 def run(
@@ -750,6 +778,8 @@ def run(
     pins: dict[str, KnobValue],
     every: str | None,
     explain: bool,
+    tracepoints: str | None,
+    tracepoints_filter: Sequence[str],
     units: str,
     processes: bool,
     pids: Sequence[int],
@@ -777,6 +807,7 @@ def run(
         ksmreplay run trace.msgpack --pin pages_to_scan=1000
         ksmreplay run trace.msgpack --every 1s --format csv
         ksmreplay run trace.msgpack --explain
+        ksmreplay run trace.msgpack --tracepoints events.jsonl --tracepoints-filter pid=2
         ksmreplay run trace.msgpack --every 5s --snapshot every@30000000000 --no-processes
         ksmreplay run trace.msgpack --mode all --kernel 6.12 --kernel 6.18 --jobs 2
     """
@@ -801,14 +832,17 @@ def run(
     try:
         # A file is checked whole before anything is simulated, so that an
         # invalid trace fails at once rather than after replaying up to it.
-        with open_trace(trace, validate_first=True) as reader:
+        with (
+            open_tracepoints(tracepoints, tracepoints_filter, output) as tracer,
+            open_trace(trace, validate_first=True) as reader,
+        ):
             if every_ns is not None and reader.declared_duration_ns is not None:
                 check_every(every_ns, reader.declared_duration_ns)
             memory = _memory_warning(reader, len(chosen) * len(versions))
             if memory is not None:
                 warnings(memory)
             pairs = run_pairs(chosen, versions, not explicit)
-            if jobs > 1 and len(pairs) > 1 and trace != "-":
+            if jobs > 1 and len(pairs) > 1 and trace != "-" and tracer is None:
                 report = _run_in_parallel(
                     reader.name,
                     pairs,
@@ -834,6 +868,7 @@ def run(
                     warn=warnings,
                     every=every_ns,
                     explain=explain,
+                    tracepoints=tracer,
                 )
     finally:
         if progress is not None:
@@ -1128,6 +1163,7 @@ def sweep(
     show_default=True,
     help="qemu accelerator for --kernel-image; auto: KVM if it boots, else TCG.",
 )
+@_tracepoint_options
 @_table_options
 def exec_(
     trace: str,
@@ -1139,6 +1175,8 @@ def exec_(
     qemu: str | None,
     guest_memory: int,
     accel: str,
+    tracepoints: str | None,
+    tracepoints_filter: Sequence[str],
     units: str,
     processes: bool,
     pids: Sequence[int],
@@ -1163,11 +1201,14 @@ def exec_(
         ksmreplay run trace.jsonl --mode unshare --format json -o sim.json
         ksmreplay diff sim.json kernel.json
         ksmreplay exec trace.jsonl --kernel-image arch/x86/boot/bzImage
+        ksmreplay exec trace.jsonl --tracepoints kernel-events.jsonl
     """
     from ksmreplay.live import execute
 
     if kernel_image is None and qemu is not None:
         raise click.UsageError("--qemu needs --kernel-image")
+    if kernel_image is not None and tracepoints is not None:
+        raise click.UsageError("--tracepoints reads this machine's kernel, not a guest's")
     try:
         start_order(settings, {})
     except ValueError as exc:
@@ -1175,9 +1216,18 @@ def exec_(
     view = table_view(fmt, units, processes, pids, snapshots)
     progress = _progress_callback(trace)
     try:
-        with open_trace(trace, validate_first=True) as reader:
+        with (
+            open_tracepoints(tracepoints, tracepoints_filter, output) as tracer,
+            open_trace(trace, validate_first=True) as reader,
+        ):
             if kernel_image is None:
-                report = execute(reader, force=force, progress=progress, settings=settings or None)
+                report = execute(
+                    reader,
+                    force=force,
+                    progress=progress,
+                    settings=settings or None,
+                    tracepoints=tracer,
+                )
             else:
                 from ksmreplay.live.qemu import boot
 
@@ -1188,6 +1238,7 @@ def exec_(
                         progress=progress,
                         settings=settings or None,
                         machine=guest,
+                        tracepoints=tracer,
                     )
     finally:
         if progress is not None:

@@ -8,7 +8,7 @@ wake-ups run between instants, never inside one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from ksmreplay.timing import (
 )
 from ksmreplay.traps import Trap
 from ksmreplay.vm import MM, FrameTable
+
+if TYPE_CHECKING:
+    from ksmreplay.tracepoints import Sink
 
 WRITTEN_PAGE_BYTES = 8 + FrameTable.ROW_BYTES
 """The least a written page costs: its PTE and its frame (bytes)."""
@@ -320,6 +323,13 @@ class Engine:
         snap["events"] = dict(self.mem.events)
         return snap
 
+    def trace(self, sink: Sink) -> None:
+        """Hand ksmd's tracepoint events to ``sink`` from now on (``run --tracepoints``;
+        see ``tracepoints.py``)."""
+        from ksmreplay.tracepoints import Tracer  # (only with --tracepoints)
+
+        self.ksmd.tracer = Tracer(sink, self.mode, self.kernel.version, self.page_size)
+
     def explain(self) -> Explain:
         """Every page counted as resident without KSM, by why it is (not)
         merged (``explain.py``); computed now, from the state as it is."""
@@ -402,6 +412,8 @@ class Engine:
                 and self.next_wake < t
             ):
                 self.next_wake = circles.pass_ended(ksmd, self.next_wake, t, sleep)
+        if circles is not None and circles.watching() and ksmd.tracer is not None:
+            ksmd.tracer.drop()  # (a circle not finished before t)
 
     def _steady_period(self, wake: int, t: int, budget: int, sleep: int) -> int:
         """The time from one wake-up to the next, ns, if every wake-up from
@@ -770,6 +782,10 @@ class _Circles:
         self._first: tuple[IdleState, int] | None = None
         self._target = 0
 
+    def watching(self) -> bool:
+        """Whether a circle is being run through to see if it repeats."""
+        return self._first is not None
+
     def pass_ended(self, ksmd: Ksmd, wake: int, t: int, sleep: int) -> int:
         """A pass ended and the next starts at ``wake`` (before ``t``, the next
         event), ksmd sleeping ``sleep`` ms between batches: the time of the
@@ -790,6 +806,8 @@ class _Circles:
             if before is not None:
                 self._first = (ksmd.idle_state(wake, keep=True), wake)
                 self._target = 2 * self._passes - before
+                if ksmd.tracer is not None:
+                    ksmd.tracer.capture()  # (a skipped circle emits what this one does)
             return wake
         if self._passes < self._target:
             return wake
@@ -797,11 +815,15 @@ class _Circles:
         self._seen.clear()
         last = ksmd.idle_state(wake, keep=True)
         if not last.same(first):
+            if ksmd.tracer is not None:
+                ksmd.tracer.drop()
             return wake
         circle = wake - first_wake
         n = (t - wake) // circle
         if n < 1 or (sleep and circle % timer_granularity_ns(sleep)):
             # (a sleep ends on the timer's ticks: only whole buckets repeat alike)
+            if ksmd.tracer is not None:
+                ksmd.tracer.drop()
             return wake
         ksmd.jump(n, first, last)
         self._last_wake = wake + n * circle

@@ -50,7 +50,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +91,9 @@ from ksmreplay.vm import (
     Memory,
     PageTable,
 )
+
+if TYPE_CHECKING:
+    from ksmreplay.tracepoints import Tracer
 
 WINDOW_CHUNKS = 64
 """Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
@@ -526,6 +529,51 @@ class Ksmd:
         """Visits of the running batch before the window being scanned."""
         self._visits_per_chunk = CHUNK
         """Visits per page-table chunk of the last window (sizes the next one)."""
+        self.tracer: Tracer | None = None
+        """Where the tracepoint events go (``run --tracepoints``), or None: none
+        is made.  Every step that emits one says so (``trace_*`` in its docstring)."""
+
+    # -- tracepoints (tracepoints.py) ------------------------------------------
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        """Trace event ``name`` now (only called with a tracer)."""
+        assert self.tracer is not None
+        self.tracer.emit(self.now, name, fields)
+
+    def _item_page(self, row: int) -> tuple[int, int]:
+        """(pid, page) of an item."""
+        return self.slot_by_id[int(self.items.slot[row])].mm.pid, int(self.items.page[row])
+
+    def _kpage(self, node: StableNode) -> dict[str, int] | None:
+        """The name of a stable node's KSM page (its ``kpfn``): the page that became it."""
+        assert self.tracer is not None
+        origin = self.tracer.origins.get(node.id)
+        return None if origin is None else self.tracer.page(*origin)
+
+    def _emit_merge(self, row: int, ksm_page: dict[str, int] | None, pfn: Any) -> None:
+        """``trace_ksm_merge_with_ksm_page()`` for item ``row`` (merged: err 0)."""
+        assert self.tracer is not None
+        pid, page = self._item_page(row)
+        self._emit(
+            "ksm_merge_with_ksm_page",
+            ksm_page=ksm_page,
+            pfn=pfn,
+            rmap_item=page * self.tracer.page_size,
+            mm=pid,
+            err=0,
+        )
+
+    def _emit_zero(self, row: int) -> None:
+        """``trace_ksm_merge_one_page()`` of a zero-page merge of item ``row`` (err 0)."""
+        assert self.tracer is not None
+        pid, page = self._item_page(row)
+        self._emit(
+            "ksm_merge_one_page",
+            pfn="zero",
+            rmap_item=page * self.tracer.page_size,
+            mm=pid,
+            err=0,
+        )
 
     # -- hooks ---------------------------------------------------------------
 
@@ -545,6 +593,7 @@ class Ksmd:
 
         The slot goes just before the cursor's slot, so the current pass does
         not reach it and the next one does; while run is 2 it goes last.
+        Emits ``trace_ksm_enter()``.
         """
         slot = Slot(self._next_slot_id, mm)
         self._next_slot_id += 1
@@ -555,12 +604,22 @@ class Ksmd:
             self.slots.append(slot)
         else:
             self.slots.insert(self.slots.index(self.cursor), slot)
+        if self.tracer is not None:
+            self._emit("ksm_enter", mm=mm.pid)
         return was_empty
 
     def exit(self, mm: MM) -> None:
-        """``__ksm_exit()``, before the exiting mm's page tables are torn down."""
+        """``__ksm_exit()``, before the exiting mm's page tables are torn down.
+
+        Only an mm with a slot (``MMF_VM_MERGEABLE``) gets there, and emits
+        ``trace_ksm_exit()``.
+        """
         slot = self.slot_of.get(id(mm))
-        if slot is None or slot is self.cursor:
+        if slot is None:
+            return
+        if self.tracer is not None:
+            self._emit("ksm_exit", mm=mm.pid)
+        if slot is self.cursor:
             return
         self.slots.remove(slot)
         if slot.rmap_items == 0:
@@ -724,9 +783,26 @@ class Ksmd:
     # -- stable tree -----------------------------------------------------------
 
     def _remove_node(self, node: StableNode) -> None:
-        """``remove_node_from_stable_tree()``: unlink all its items, detach, free."""
+        """``remove_node_from_stable_tree()``: unlink all its items, detach, free.
+
+        Emits ``trace_ksm_remove_rmap_item()`` for each item of its hlist but
+        the last (the oldest: the one that counted in ``pages_shared``), then
+        ``trace_ksm_remove_ksm_page()``.
+        """
         it = self.items
         rows = np.array(self.hlist(node), np.int64)
+        if self.tracer is not None:
+            kpage = self._kpage(node)
+            for row in rows[:-1].tolist():
+                pid, page = self._item_page(row)
+                self._emit(
+                    "ksm_remove_rmap_item",
+                    pfn=kpage,
+                    rmap_item=page * self.tracer.page_size,
+                    mm=pid,
+                )
+            self._emit("ksm_remove_ksm_page", pfn=kpage)
+            self.tracer.origins.pop(node.id, None)
         if len(rows):
             self.c.pages_sharing -= len(rows) - 1
             self.c.pages_shared -= 1
@@ -1002,9 +1078,12 @@ class Ksmd:
             self.now = start + (max(visit, 1) - 1) // sub * period
 
     def _start_pass(self) -> None:
-        """Start of a pass: advisor clock, empty unstable tree, cursor on the first mm."""
+        """Start of a pass: advisor clock, ``trace_ksm_start_scan()``, empty
+        unstable tree, cursor on the first mm."""
         if self.knob("advisor_mode") == "scan-time":
             self.advisor.start_scan = self.now
+        if self.tracer is not None:
+            self._emit("ksm_start_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
         self._pass_marks = (self.c.searches, self.c.pages_shared)
         self.unstable.clear()
         self.cursor = self.slots[0]
@@ -1030,10 +1109,13 @@ class Ksmd:
         return False
 
     def _end_pass(self) -> None:
+        """End of a pass: the advisor, ``trace_ksm_stop_scan()``, ``full_scans`` up."""
         # (a pass is charged where it ends: the batch that ends it does no more)
         self.c.passes += 1
         if self.knob("advisor_mode") == "scan-time":
             self._advise()
+        if self.tracer is not None:
+            self._emit("ksm_stop_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
         self.seqnr += 1
 
     def _scan_mm(self, slot: Slot, budget: int, visits: int) -> tuple[bool, int]:
@@ -1123,7 +1205,9 @@ class Ksmd:
             return 0, None
         it, c = self.items, self.c
         stop = int(pages[front.last]) if front.stopped else None
-        # get_next_rmap_item(): free the stale items the walk passes.
+        # get_next_rmap_item(): free the stale items the walk passes (in the
+        # batch of the next visit, as every unlink the walk makes).
+        self._tick(self._window_visits + 1)
         self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
         self.cursor_item_page = int(pages[front.last]) + 1
         stale = front.stale
@@ -1180,6 +1264,8 @@ class Ksmd:
         mm, it, c, fr = slot.mm, self.items, self.c, self.mem.frames
         smart = bool(self.knob("smart_scan"))
         v6 = self.mode.flags_zero_page_items
+        # Unlinks the walk makes belong to the batch of the next visit.
+        self._tick(self._window_visits + 1)
         self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
         visits = 0
         last = int(present[-1])
@@ -1197,6 +1283,7 @@ class Ksmd:
                 row = int(imap[q])
                 if row < 0:
                     continue
+                self._tick(self._window_visits + visits + 1)
                 if v6 and ptes[q] in (PTE_ZERO, PTE_KSM_ZERO) and it.is_flagged(row):
                     continue  # v6: a flagged item at a zero page stays (WalkResult.ZERO_PAGE)
                 self._free_rows(slot, np.array([row], np.int64))
@@ -1210,7 +1297,7 @@ class Ksmd:
                 imap_changed = True
                 slot.rmap_items += 1
                 c.rmap_items += 1
-            if smart and self._should_skip(row, bool(fr.ksm[frame])):
+            if smart and self._should_skip(row, bool(fr.ksm[frame]), visits + 1):
                 continue
             visits += 1
             page = int(pages[p])
@@ -1229,13 +1316,14 @@ class Ksmd:
         c.pages_scanned += visits
         return visits, stop
 
-    def _should_skip(self, row: int, is_ksm: bool) -> bool:
+    def _should_skip(self, row: int, is_ksm: bool, next_visit: int) -> bool:
         """``should_skip_rmap_item()`` with smart_scan on, for the item of a present page.
 
         A KSM page is never skipped.  Otherwise the item ages (up to 255); an
         item younger than 3 passes is never skipped; else, with no skips left,
         it gets ``skip_age()`` more and is visited, and with some left one is
-        used: the page is skipped and its item leaves its tree.
+        used: the page is skipped and its item leaves its tree (in the batch
+        of the window's ``next_visit``-th visit).
         """
         if is_ksm:
             return False
@@ -1251,7 +1339,9 @@ class Ksmd:
             return False
         it.skips[row] = left - 1
         self.c.pages_skipped += 1
-        self.unlink(row)  # remove_rmap_item_from_tree()
+        if it.state[row] != NONE:
+            self._tick(self._window_visits + next_visit)
+            self.unlink(row)  # remove_rmap_item_from_tree()
         return True
 
     def _visit_listed(
@@ -1284,6 +1374,7 @@ class Ksmd:
         items = (it.hot, it.cold, it.hnext, it.hprev)
         use_zero = bool(self.knob("use_zero_pages"))
         maxps = int(self.knob("max_page_sharing"))
+        traced = self.tracer is not None
         n, start = len(order), 0
         while start < n:
             self.unstable.reserve(n - start)
@@ -1301,8 +1392,11 @@ class Ksmd:
                 self.seqnr & SEQNR_MASK,
                 use_zero,
                 maxps,
+                traced,
             )
             self._visited(slot, done)
+            if traced:
+                self._emit_visited(done, rows, when)
             if copied and done.ptes_changed:
                 _write_back(views, ptes)
             k = done.stop
@@ -1314,6 +1408,7 @@ class Ksmd:
             while True:
                 row, p = int(rows[k]), int(pages[order[k]])
                 if kind[k]:
+                    self._tick(self._window_visits + int(when[k]) + 1)
                     self.unlink(row)
                 else:
                     self._tick(self._window_visits + int(when[k]))
@@ -1327,6 +1422,19 @@ class Ksmd:
             start = k
         if len(stale_rows):
             self._free_rows(slot, stale_rows)  # unlinked above
+
+    def _emit_visited(self, done: Visited, rows: IntArray, when: IntArray) -> None:
+        """The tracepoints of the merges ``visit.c`` made (``Visited.traced``):
+        event ``i`` merged item ``rows[i]`` into node ``node`` (-1: the zero page),
+        in the batch of its visit (``when[i]``)."""
+        for i, nid in done.traced.tolist():
+            self._tick(self._window_visits + int(when[i]))
+            row = int(rows[i])
+            if nid < 0:
+                self._emit_zero(row)
+            else:
+                kpage = self._kpage(self.nodes[nid])
+                self._emit_merge(row, kpage, kpage)
 
     def _meets_chain(self, pte: int) -> bool:
         """Whether a visit of the page mapped by ``pte`` looks up a stable node chain."""
@@ -1389,7 +1497,10 @@ class Ksmd:
         Before 6.11 (``checksum_first`` False) the stable tree was searched
         first, while the item was still linked where it was, and only a page
         that did not join a KSM page went on to the checksum test and the
-        zero page.
+        zero page.  A merge emits ``trace_ksm_merge_one_page()`` (the zero
+        page) or ``trace_ksm_merge_with_ksm_page()`` (a KSM page: one event,
+        or two for a new pair; also for a KSM page reached through fork,
+        merged with itself).
         """
         fr, it = self.mem.frames, self.items
         frame = int(view[k])
@@ -1401,6 +1512,10 @@ class Ksmd:
             if int(it.state[row]) == STABLE and int(it.node[row]) == node.id:
                 return
             self.unlink(row)
+            if self.tracer is not None:
+                # try_to_merge_with_ksm_page() of the page with itself: merged.
+                kpage = self._kpage(node)
+                self._emit_merge(row, kpage, kpage)
             self._append(row, node)
             return
         content = int(fr.content[frame])
@@ -1420,6 +1535,8 @@ class Ksmd:
         if content == 0 and self.knob("use_zero_pages"):
             self.c.zero_merges += 1
             self._merge_zero(slot.mm, view, k, frame)
+            if self.tracer is not None:
+                self._emit_zero(row)
             if self.mode.flags_zero_page_items:
                 self._flag_zero(slot, np.array([row], np.int64))
             return
@@ -1445,17 +1562,29 @@ class Ksmd:
         self._replace(p_slot.mm, p_view, p_k, int(p_view[p_k]), frame)
         self.mem.events["merges"] += 2
         self.unlink(partner)
+        if self.tracer is not None:
+            # Two try_to_merge_with_ksm_page(): this page into itself (no KSM
+            # page yet), then the partner into it.
+            kpage = self.tracer.page(slot.mm.pid, page)
+            self._emit_merge(row, None, kpage)
+            self._emit_merge(partner, kpage, kpage)
         node = self._stable_insert(content, frame)
+        if self.tracer is not None:
+            self.tracer.origins[node.id] = (slot.mm.pid, page)
         self._append(partner, node)
         self._append(row, node)
 
     def _join(
         self, row: int, slot: Slot, view: IntArray, k: int, frame: int, node: StableNode
     ) -> None:
-        """``try_to_merge_with_ksm_page()`` then ``stable_tree_append()``."""
+        """``try_to_merge_with_ksm_page()`` (emits ``trace_ksm_merge_with_ksm_page()``)
+        then ``stable_tree_append()``."""
         self._replace(slot.mm, view, k, frame, node.frame)
         self.mem.events["merges"] += 1
         self.c.merges += 1
+        if self.tracer is not None:
+            kpage = self._kpage(node)
+            self._emit_merge(row, kpage, kpage)
         self._append(row, node)
 
     def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:
@@ -1533,7 +1662,8 @@ class Ksmd:
         self.advisor = Advisor()
 
     def _advise(self) -> None:
-        """``scan_time_advisor()`` at the end of a pass: a new pages_to_scan."""
+        """``scan_time_advisor()`` at the end of a pass: a new pages_to_scan;
+        emits ``trace_ksm_advisor()``."""
         adv = self.advisor
         scan_time = max((self.now - adv.start_scan) // 1_000_000_000, 1)
         # task_sched_runtime(): the batches so far and this one up to here.
@@ -1556,6 +1686,10 @@ class Ksmd:
         adv.scan_time = scan_time
         adv.cpu_time = cpu
         self.set_pages_to_scan(pages)
+        if self.tracer is not None:
+            self._emit(
+                "ksm_advisor", scan_time=scan_time, pages_to_scan=pages, cpu_percent=cpu_percent
+            )
 
     # -- idle stretches --------------------------------------------------------
 
@@ -1665,9 +1799,14 @@ class Ksmd:
         ksmd does from here on repeats what it did between them, so the
         values that advanced between them advance ``n`` times as much, and
         the rest stays as it is.  Ages stop at 255 and an item's pass is its
-        low 8 bits, as they do pass by pass.
+        low 8 bits, as they do pass by pass.  The tracepoints of the circles
+        skipped are those of the last, repeated (``Tracer.repeat``; the tracer
+        kept them since ``first``).
         """
         it, c, adv = self.items, self.c, self.advisor
+        if self.tracer is not None:
+            passes = last.marks[0] - first.marks[0]
+            self.tracer.repeat(n, last.wake - first.wake, passes)
         seqnr, scanned, skipped, cpu, now, start_scan, cpu_time, *rest = (
             n * (b - a) for a, b in zip(first.marks, last.marks, strict=True)
         )

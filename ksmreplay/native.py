@@ -90,6 +90,13 @@ _WITHOUT_CORE = SimpleNamespace(
         "offsets": [0, 8, 16],
         "itemsize": 24,
     },
+    TRACED_ZERO=-1,
+    TRACED={
+        "names": ["event", "node"],
+        "formats": ["<i8", "<i8"],
+        "offsets": [0, 8],
+        "itemsize": 16,
+    },
 )
 """``ksmreplay.h``'s values, for an install without the native core only
 (the tests check that they are the module's)."""
@@ -139,6 +146,10 @@ ITEM_COLD = np.dtype(_h.ITEM_COLD)
 """The other fields of an rmap item: ``struct item_cold``."""
 SLOT = np.dtype(_h.SLOT)
 """One slot of a content hash table: ``struct slot``."""
+TRACED = np.dtype(_h.TRACED)
+"""A merge :meth:`Native.visit` made, for the tracepoints: ``struct traced``."""
+TRACED_ZERO: int = _h.TRACED_ZERO
+"""A traced merge's node when the page was merged with the zero page."""
 
 
 class Visited(NamedTuple):
@@ -170,6 +181,9 @@ class Visited(NamedTuple):
     """Visits that stopped at a changed checksum."""
     searches: int
     """Visits that searched the unstable tree (and inserted)."""
+    traced: npt.NDArray[np.int64]
+    """With ``traced``: the merges made, one (event, stable node or
+    :data:`TRACED_ZERO`) row each, in order; else empty."""
 
 
 Front = tuple[
@@ -451,6 +465,7 @@ class Native:
         seqnr: int,
         use_zero_pages: bool,
         max_page_sharing: int,
+        traced: bool = False,
     ) -> Visited:
         """Events ``start`` on of a window (``visit.c``) until one it hands back.
 
@@ -460,17 +475,19 @@ class Native:
         node; ``items`` the item records and hlist links (``ItemTable.hot``,
         ``cold``, ``hnext``, ``hprev``); ``nodes`` the node columns size,
         frame, head; the maps are ``ContentMap.table()`` s.  The columns are
-        updated in place.
+        updated in place.  With ``traced``, the merges made are listed too
+        (``Visited.traced``, for ksmd's tracepoints).
         """
         core = self._core
         dead = np.empty(len(pos), np.int64)
+        merges = np.empty(len(pos), TRACED) if traced else _NOT_TRACED
         sums = np.zeros(core.VISIT_SUMS, np.int64)
         st_slots, st_bits, st_now = stable
         un_slots, un_bits, un_now = unstable
         stop: int = core.visit(
             start, pos, rows, kind, ptes, *frames, *items, *nodes,
             st_slots, st_bits, st_now, un_slots, un_bits, un_now,
-            seqnr, int(use_zero_pages), max_page_sharing, dead, sums,
+            seqnr, int(use_zero_pages), max_page_sharing, dead, merges, sums,
         )  # fmt: skip
         s = sums.tolist()
         return Visited(
@@ -487,6 +504,9 @@ class Native:
             s[core.VISIT_HITS],
             s[core.VISIT_CHECKSUMS],
             s[core.VISIT_SEARCHES],
+            merges[: s[core.VISIT_TRACED]].view(np.int64).reshape(-1, 2)
+            if traced
+            else _NONE_TRACED,
         )
 
     def map_find(
@@ -515,6 +535,12 @@ class Native:
         keys = np.ascontiguousarray(keys, np.uint64)
         values = np.ascontiguousarray(values, np.int64)
         self._core.map_insert(keys, values, bits, table, now)
+
+
+_NOT_TRACED = np.empty(0, TRACED)
+"""The ``traced`` argument of ``visit.c`` when not tracing (none: nothing recorded)."""
+_NONE_TRACED = np.empty((0, 2), np.int64)
+"""``Visited.traced`` when not tracing."""
 
 
 def _scratch(n: int, sums: int) -> tuple[npt.NDArray[Any], ...]:

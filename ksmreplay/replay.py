@@ -41,6 +41,7 @@ from ksmreplay.report import (
     ksmd_cost,
 )
 from ksmreplay.simulator import Simulator, make_simulator
+from ksmreplay.tracepoints import Sink
 from ksmreplay.traps import Trap
 
 MODES: tuple[str, ...] = tuple(modes.MODES)
@@ -298,17 +299,22 @@ def _drive(
     every: int | None,
     warn: WarnCallback | None = None,
     explain: bool = False,
+    tracepoints: Sink | None = None,
 ) -> tuple[TraceInfo, list[_Ending]]:
     """Feed every event to every simulator; snapshots go to ``sinks`` (one per simulator).
 
     Traps (``traps.py``) come only from ``ksm`` and ``settle`` events and from
     the end of the trace; they go to ``warn`` as soon as every simulator has
     applied the event.  With ``explain``, every snapshot also gets the
-    simulator's ``explain()``.
+    simulator's ``explain()``; with ``tracepoints``, every simulator's
+    tracepoint events go there as they come.
 
     :returns: the report's ``trace`` section and, per simulator, its ``final``
         snapshot, ``ksmd`` and ``milestones``.
     """
+    if tracepoints is not None:
+        for sim in sims:
+            sim.trace(tracepoints)
     driver = _Driver(sims, names, sinks, check_invariants, every, warn, explain)
     driver.run(reader, progress)
     header = reader.header
@@ -383,6 +389,7 @@ def replay(
     warn: WarnCallback | None = None,
     every: int | None = None,
     explain: bool = False,
+    tracepoints: Sink | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> Report:
     """Replay one trace in every mode of ``modes`` and build the report.
@@ -429,6 +436,9 @@ def replay(
         before it.  Every snapshot, these too, counts for ``milestones``.
     :param explain: add ``explain`` to every snapshot (``run --explain``:
         every resident page by why it is or is not merged; ``explain.py``).
+    :param tracepoints: where every run's KSM tracepoint events go, as they
+        come (``run --tracepoints``; ``tracepoints.py``); each names its
+        run by ``mode`` and ``kernel``.
     :param factory: builds one simulator, ``factory(mode, page_size,
         settings, pins, kernel)``; tests pass a fake.
     :returns: the report of REPORT_FORMAT.md: ``trace`` (``path`` = the
@@ -446,7 +456,16 @@ def replay(
     ]
     snapshots: list[list[Snap]] = [[] for _ in sims]
     trace, endings = _drive(
-        reader, sims, run_names(pairs), snapshots, progress, check_invariants, every, warn, explain
+        reader,
+        sims,
+        run_names(pairs),
+        snapshots,
+        progress,
+        check_invariants,
+        every,
+        warn,
+        explain,
+        tracepoints,
     )
     runs: list[Run] = [
         cast(Run, _run(sim, version, pins, end, snaps))
@@ -468,6 +487,7 @@ def replay_spooled(
     warn: WarnCallback | None = None,
     every: int | None = None,
     explain: bool = False,
+    tracepoints: Sink | None = None,
     factory: SimulatorFactory = make_simulator,
 ) -> SpooledReport:
     """:func:`replay`, with each run's snapshots kept in a temporary file, not in memory.
@@ -502,6 +522,7 @@ def replay_spooled(
             every,
             warn,
             explain,
+            tracepoints,
         )
         runs: list[SpooledRun] = [
             cast(SpooledRun, _run(sim, version, pins, end, spool))

@@ -30,6 +30,7 @@ from ksmreplay.events import Event, WriteRun
 from ksmreplay.kernels import DEFAULT_KERNEL
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import Explain, KsmdWork, Pinned, Refusal, Snap
+from ksmreplay.tracepoints import Sink
 from ksmreplay.traps import Trap
 
 
@@ -50,6 +51,10 @@ class Simulator(Protocol):
     def explain(self) -> Explain:
         """Why pages are (not) merged now: REPORT_FORMAT.md's ``SNAP.explain``
         (asked for right after ``snapshot``, only with ``run --explain``)."""
+
+    def trace(self, sink: Sink) -> None:
+        """Hand the KSM tracepoint events to ``sink`` from now on (only with
+        ``run --tracepoints``: ``tracepoints.py``)."""
 
     @property
     def settings(self) -> dict[str, KnobValue | None]:

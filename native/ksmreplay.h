@@ -158,8 +158,21 @@ enum {
 	VISIT_HITS,		/* visits of a KSM page linked to its item */
 	VISIT_CHECKSUMS,	/* visits that stopped at a changed checksum */
 	VISIT_SEARCHES,		/* visits that searched the unstable tree (all inserted here) */
+	VISIT_TRACED,		/* merges recorded in traced[] (only when tracing) */
 	VISIT_SUMS
 };
+
+/*
+ * ksr_visit()'s record of a merge it made, for the tracepoints (ksmreplay/
+ * tracepoints.py): the event's index and the stable node the item joined,
+ * or TRACED_ZERO for the zero page.  Recorded only when traced[] is given.
+ */
+struct traced {
+	int64_t event;
+	int64_t node;
+};
+
+#define TRACED_ZERO (-1)
 
 /* ksr_write_run()'s per-process changes, and its events. */
 enum { WRITE_RSS, WRITE_KSM_ZERO, WRITE_FAULT_ZERO, WRITE_STATS };
@@ -195,7 +208,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 		  int32_t *node_size, const int64_t *node_frame, int64_t *head,
 		  struct slot *st_slots, int32_t st_bits, uint32_t st_now, struct slot *un_slots,
 		  int32_t un_bits, uint32_t un_now, int32_t seqnr, int32_t use_zero_pages,
-		  int64_t max_page_sharing, int64_t *dead, int64_t *sums);
+		  int64_t max_page_sharing, int64_t *dead, struct traced *traced, int64_t *sums);
 
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out);

@@ -245,8 +245,9 @@ PyDoc_STRVAR(visit_doc,
 	     "visit(start, pos, rows, kind, ptes, fr_content, fr_mapcount, fr_ksm, fr_node,\n"
 	     "      hot, cold, hnext, hprev, node_size, node_frame, head,\n"
 	     "      st_slots, st_bits, st_now, un_slots, un_bits, un_now,\n"
-	     "      seqnr, use_zero_pages, max_page_sharing, dead, sums) -> int\n\n"
-	     "A window's events from start on (ksr_visit): the first handed back, or len(pos).");
+	     "      seqnr, use_zero_pages, max_page_sharing, dead, traced, sums) -> int\n\n"
+	     "A window's events from start on (ksr_visit): the first handed back, or len(pos).\n"
+	     "traced: struct traced records, room for len(pos), or none (not tracing).");
 
 static PyObject *py_visit(PyObject *self, PyObject *args)
 {
@@ -255,13 +256,14 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	long long start, max_page_sharing;
 	int st_bits, un_bits, seqnr, use_zero_pages;
 	unsigned int st_now, un_now;
-	Py_ssize_t n, n_rows, n_kind, n_dead, n_sums;
+	Py_ssize_t n, n_rows, n_kind, n_dead, n_traced, n_sums;
 	int64_t stop;
 
-	if (!PyArg_ParseTuple(args, "LOOOOOOOOOOOOOOOOiIOiIiiLOO", &start, &o[0], &o[1], &o[2],
+	if (!PyArg_ParseTuple(args, "LOOOOOOOOOOOOOOOOiIOiIiiLOOO", &start, &o[0], &o[1], &o[2],
 			      &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11],
 			      &o[12], &o[13], &o[14], &o[15], &st_bits, &st_now, &o[16], &un_bits,
-			      &un_now, &seqnr, &use_zero_pages, &max_page_sharing, &o[17], &o[18]))
+			      &un_now, &seqnr, &use_zero_pages, &max_page_sharing, &o[17], &o[19],
+			      &o[18]))
 		return NULL;
 	TAKE_N(pos, const int64_t *, o[0], 8, 'i', 0, n);
 	TAKE_N(rows, const int64_t *, o[1], 8, 'i', 0, n_rows);
@@ -281,16 +283,19 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE(st_slots, struct slot *, o[15], sizeof(struct slot), 'r', 1);
 	TAKE(un_slots, struct slot *, o[16], sizeof(struct slot), 'r', 1);
 	TAKE_N(dead, int64_t *, o[17], 8, 'i', 1, n_dead);
+	TAKE_N(traced, struct traced *, o[19], sizeof(struct traced), 'r', 1, n_traced);
 	TAKE_N(sums, int64_t *, o[18], 8, 'i', 1, n_sums);
-	if (n_rows != n || n_kind != n || n_dead < n || n_sums < VISIT_SUMS || start < 0 ||
-	    start > n) {
+	if (n_traced == 0)
+		traced = NULL;
+	if (n_rows != n || n_kind != n || n_dead < n || (traced && n_traced < n) ||
+	    n_sums < VISIT_SUMS || start < 0 || start > n) {
 		PyErr_SetString(PyExc_ValueError, "visit: arrays of the wrong lengths");
 		goto fail;
 	}
 	stop = ksr_visit(n, start, pos, rows, kind, ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
 			 hot, cold, hnext, hprev, node_size, node_frame, head, st_slots, st_bits,
 			 st_now, un_slots, un_bits, un_now, seqnr, use_zero_pages,
-			 max_page_sharing, dead, sums);
+			 max_page_sharing, dead, traced, sums);
 	out = PyLong_FromLongLong(stop);
 fail:
 	release(&h);
@@ -506,6 +511,12 @@ static const struct field item_cold_fields[] = {
 	FIELD(item_cold, checked, "?"),	   { NULL, NULL, 0 },
 };
 
+static const struct field traced_fields[] = {
+	FIELD(traced, event, "<i8"),
+	FIELD(traced, node, "<i8"),
+	{ NULL, NULL, 0 },
+};
+
 static const struct field slot_fields[] = {
 	FIELD(slot, key, "<u8"),
 	FIELD(slot, val, "<i8"),
@@ -542,6 +553,7 @@ static int exec_module(PyObject *m)
 		C(VISIT_SHARED),  C(VISIT_SHARING), C(VISIT_UNSHARED), C(VISIT_MERGING),
 		C(VISIT_MERGES),  C(VISIT_ZERO),    C(VISIT_INSERTED), C(VISIT_DEAD),
 		C(VISIT_PTES),	  C(VISIT_HITS),    C(VISIT_CHECKSUMS), C(VISIT_SEARCHES),
+		C(VISIT_TRACED),  C(TRACED_ZERO),
 		C(VISIT_SUMS),	  C(WRITE_RSS),	    C(WRITE_KSM_ZERO), C(WRITE_FAULT_ZERO),
 		C(WRITE_STATS),	  C(WRITE_COW_KSM), C(WRITE_COW_ZERO), C(WRITE_EVENTS),
 		C(WRITE_MISSING),
@@ -553,7 +565,8 @@ static int exec_module(PyObject *m)
 			return -1;
 	if (add(m, "ITEM_HOT", layout(item_hot_fields, sizeof(struct item_hot))) < 0 ||
 	    add(m, "ITEM_COLD", layout(item_cold_fields, sizeof(struct item_cold))) < 0 ||
-	    add(m, "SLOT", layout(slot_fields, sizeof(struct slot))) < 0)
+	    add(m, "SLOT", layout(slot_fields, sizeof(struct slot))) < 0 ||
+	    add(m, "TRACED", layout(traced_fields, sizeof(struct traced))) < 0)
 		return -1;
 	return 0;
 }

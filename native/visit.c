@@ -19,7 +19,9 @@
  * Stable nodes' hlists are doubly linked lists through the items (next,
  * prev) from each node's head, with their lengths in node_size, as ksm.py
  * keeps them.  Frames whose last mapping goes are listed for the caller to
- * free (only ordinary pages lose mappings during a scan).
+ * free (only ordinary pages lose mappings during a scan).  With traced[],
+ * every merge made here (into a KSM page or the zero page) is recorded there
+ * too, for ksmd's tracepoints.
  */
 
 #include <stdint.h>
@@ -64,6 +66,7 @@ struct scan {
 	int64_t max_page_sharing;
 	/* outputs */
 	int64_t *dead;
+	struct traced *traced;	/* NULL: not tracing */
 	int64_t *sums;
 };
 
@@ -191,14 +194,23 @@ static void unlink_item(struct scan *k, int64_t row)
 	}
 }
 
+/* A merge of event i into node (TRACED_ZERO: the zero page), when tracing. */
+static void trace_merge(struct scan *k, int64_t i, int64_t node)
+{
+	struct traced *t = &k->traced[k->sums[VISIT_TRACED]++];
+
+	t->event = i;
+	t->node = node;
+}
+
 static void put_frame(struct scan *k, int64_t frame)
 {
 	if (--k->fr_mapcount[frame] == 0)
 		k->dead[k->sums[VISIT_DEAD]++] = frame;
 }
 
-/* cmp_and_merge_page() of the page at window position p, item row; 0 to hand it back. */
-static int visit(struct scan *k, int64_t p, int64_t row)
+/* cmp_and_merge_page() of event i: the page at window position p, item row; 0 to hand it back. */
+static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 {
 	struct item_hot *it = &k->items[row];
 	struct item_cold *c = &k->cold[row];
@@ -241,6 +253,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 		k->sums[VISIT_ZERO]++;
 		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);
+		if (k->traced)
+			trace_merge(k, i, TRACED_ZERO);
 	} else if (merge) {
 		/* replace_page() into the node's KSM page, stable_tree_append() */
 		int64_t kframe = k->node_frame[entry];
@@ -251,6 +265,8 @@ static int visit(struct scan *k, int64_t p, int64_t row)
 		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);
 		append(k, row, entry);
+		if (k->traced)
+			trace_merge(k, i, entry);
 	} else {
 		/* unstable_tree_search_insert(): no partner, insert */
 		map_insert(&k->unstable, content, row);
@@ -268,7 +284,7 @@ static int visit(struct scan *k, int64_t p, int64_t row)
  * of a skipped or a stale item) of item rows[i], a visit of the page at
  * window position pos[i].  Returns the first event
  * handed back, or n.  sums[] accumulates (see VISIT_*); dead[] needs room for
- * n entries.
+ * n entries, and so does traced[] unless it is NULL (no tracing).
  */
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
 		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
@@ -277,7 +293,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 		  int32_t *node_size, const int64_t *node_frame, int64_t *head,
 		  struct slot *st_slots, int32_t st_bits, uint32_t st_now, struct slot *un_slots,
 		  int32_t un_bits, uint32_t un_now, int32_t seqnr, int32_t use_zero_pages,
-		  int64_t max_page_sharing, int64_t *dead, int64_t *sums)
+		  int64_t max_page_sharing, int64_t *dead, struct traced *traced, int64_t *sums)
 {
 	struct scan k = {
 		ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
@@ -285,13 +301,13 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 		{ st_slots, st_bits, st_now },
 		{ un_slots, un_bits, un_now },
 		(uint8_t)seqnr, use_zero_pages, max_page_sharing,
-		dead, sums,
+		dead, traced, sums,
 	};
 
 	for (int64_t i = start; i < n; i++) {
 		prefetch(&k, pos, rows, kind, i, n);
 		if (kind[i] == LISTED_VISIT) {
-			if (!visit(&k, pos[i], rows[i]))
+			if (!visit(&k, i, pos[i], rows[i]))
 				return i;
 		} else {
 			if (!can_unlink(&k, rows[i]))

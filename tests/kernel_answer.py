@@ -216,3 +216,95 @@ def outside_spread(
                     f"{r['median']:g}, 10th-90th percentile {r['p10']:g}-{r['p90']:g}"
                 )
     return out
+
+
+# -- tracepoints: the live kernel's KSM trace events, per full scan --------------------
+
+TRACEPOINTS_VERSION = 1
+
+TIMED_FIELDS = {"ksm_advisor": ("scan_time", "cpu_percent")}
+"""Fields that measure the real ksmd's time (the advisor's scan time, and its
+CPU share, whose first reading is of ksmd's whole life): not recorded."""
+
+UNNAMED = {"mm": str, "rmap_item": str, "pfn": int, "ksm_page": int}
+"""What a live event's field is when the replay could not name it (the
+kernel's hashed pointer, its frame number): it then matches anything."""
+
+
+def tracepoint_scans(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Events per full scan (``tracepoints.per_full_scan``'s split): each scan's
+    ``counts`` by kind and its ``events`` without time, mode and kernel (nor
+    :data:`TIMED_FIELDS`)."""
+    from ksmreplay.tracepoints import per_full_scan
+
+    scans: list[list[dict[str, Any]]] = [[]]
+    listed = list(events)
+    for event in listed:
+        plain = {k: v for k, v in event.items() if k not in ("t", "mode", "kernel")}
+        for name in TIMED_FIELDS.get(plain["event"], ()):
+            plain.pop(name)
+        scans[-1].append(plain)
+        if plain["event"] == "ksm_stop_scan":
+            scans.append([])
+    return [
+        {"counts": counts, "events": scan}
+        for counts, scan in zip(per_full_scan(listed), scans, strict=True)
+    ]
+
+
+def _same_event(live: Mapping[str, Any], simulated: Mapping[str, Any]) -> bool:
+    if live.keys() != simulated.keys():
+        return False
+    for key, value in live.items():
+        unnamed = UNNAMED.get(key)
+        if unnamed is not None and type(value) is unnamed:
+            continue
+        if value != simulated[key]:
+            return False
+    return True
+
+
+def tracepoint_differences(
+    live: Sequence[Mapping[str, Any]], simulated: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """Every full scan (:func:`tracepoint_scans`) whose counts differ, or whose
+    events differ where the live side named them; one line each."""
+    out = []
+    if len(live) != len(simulated):
+        out.append(f"full scans: live {len(live) - 1}, simulator {len(simulated) - 1}")
+    for i, (a, b) in enumerate(zip(live, simulated, strict=False)):
+        if a["counts"] != b["counts"]:
+            out.append(f"scan {i}: counts live {a['counts']}, simulator {b['counts']}")
+            continue
+        for x, y in zip(a["events"], b["events"], strict=True):
+            if not _same_event(x, y):
+                out.append(f"scan {i}: live {x}, simulator {y}")
+                break
+    return out
+
+
+def dump_tracepoints(name: str, kernel: str, scans: Sequence[Mapping[str, Any]]) -> str:
+    """A ``NAME.kernel-tracepoints.json`` recording, one event a line."""
+    lines = [
+        "{",
+        f' "tracepoints": {TRACEPOINTS_VERSION},',
+        f' "trace": {json.dumps(name + ".jsonl")},',
+        f' "kernel": {json.dumps(kernel)},',
+        ' "full_scans": [',
+    ]
+    for i, scan in enumerate(scans):
+        events = ",\n".join(f"    {json.dumps(e)}" for e in scan["events"])
+        lines.append("  {")
+        lines.append(f'   "counts": {json.dumps(scan["counts"])},')
+        lines.append('   "events": [' + (f"\n{events}\n   ]" if events else "]"))
+        lines.append("  }" + ("," if i < len(scans) - 1 else ""))
+    lines += [" ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def load_tracepoints(path: Path) -> list[dict[str, Any]]:
+    """The full scans of a ``NAME.kernel-tracepoints.json`` recording."""
+    recorded: dict[str, Any] = json.loads(path.read_text())
+    assert recorded["tracepoints"] == TRACEPOINTS_VERSION, f"{path.name}: another version"
+    scans: list[dict[str, Any]] = recorded["full_scans"]
+    return scans

@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/record_kernel.py DIR [--runs N] [NAME ...]
     .venv/bin/python tests/record_kernel.py DIR --spread N [NAME ...]
+    .venv/bin/python tests/record_kernel.py DIR --tracepoints [--runs N] [NAME ...]
     .venv/bin/python tests/record_kernel.py DIR --kernel 6.1 [--kernel-image IMAGE] [NAME ...]
 
 For the scenarios (``tests/scenarios``), the ported selftests
@@ -26,6 +27,12 @@ answers depend on how fast ksmd runs) each trace is replayed N times and
 percentiles (``kernel_answer.spread_of``), and alike ksmd's CPU time and the
 real time since the replay started.  Before each replay it waits
 until no other process has mergeable memory: ksmd would scan that too.
+
+With ``--tracepoints`` each trace is replayed ``--runs`` times on the running
+kernel with its KSM trace events read (``exec --tracepoints``), and
+``NAME.kernel-tracepoints.json`` records them per full scan: the count of
+each kind and the events themselves, without their times
+(``kernel_answer.tracepoint_scans``); a trace whose runs differ is refused.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from kernel_answer import SPREAD_VERSION, spread_of
+from kernel_answer import SPREAD_VERSION, dump_tracepoints, spread_of, tracepoint_scans
 from qemu_kernels import image_path
 
 from ksmreplay.live import execute
@@ -117,6 +124,27 @@ def record_spread(directory: Path, name: str, runs: int) -> None:
     print(f"{name}: {runs} runs", flush=True)
 
 
+def record_tracepoints(directory: Path, names: list[str], runs: int) -> int:
+    unstable = []
+    for name in names:
+        seen = []
+        kernel = ""
+        for _ in range(runs):
+            events: list[dict[str, Any]] = []
+            with open_trace(str(directory / f"{name}.jsonl")) as reader:
+                report = execute(reader, tracepoints=events.append)
+            kernel = report["runs"][0]["kernel"] or ""
+            seen.append(tracepoint_scans(events))
+        same = all(s == seen[0] for s in seen)
+        print(f"{name}: {'ok' if same else 'NOT REPRODUCIBLE'}", flush=True)
+        if same:
+            text = dump_tracepoints(name, kernel, seen[0])
+            (directory / f"{name}.kernel-tracepoints.json").write_text(text)
+        else:
+            unstable.append(name)
+    return 1 if unstable else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path)
@@ -124,9 +152,12 @@ def main() -> int:
     parser.add_argument("--kernel", metavar="VERSION", help="record a guest's answer (6.1, 6.12)")
     parser.add_argument("--kernel-image", type=Path, help="the guest's image (with --kernel)")
     parser.add_argument("--spread", type=int, default=0, metavar="N")
+    parser.add_argument("--tracepoints", action="store_true")
     parser.add_argument("names", nargs="*")
     args = parser.parse_intermixed_args()
     directory: Path = args.dir
+    if args.tracepoints:
+        return record_tracepoints(directory, args.names or live_names(directory), args.runs)
     if args.spread:
         for name in args.names or live_names(directory):
             record_spread(directory, name, args.spread)

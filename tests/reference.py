@@ -38,7 +38,7 @@ Modelling choices (where the written model leaves room):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ksmreplay import events as ev
@@ -80,10 +80,12 @@ class Frame:
     """One physical anonymous page (an order-0 folio).
 
     ``mapcount`` is the number of PTEs mapping it; at 0 the page is freed.
-    ``ksm`` is ``folio_test_ksm()``; ``node`` is ``folio_stable_node()``.
+    ``ksm`` is ``folio_test_ksm()``; ``node`` is ``folio_stable_node()``;
+    ``origin`` the (pid, page) it was when it became a KSM page (how the
+    tracepoints name its pfn).
     """
 
-    __slots__ = ("content", "fid", "ksm", "mapcount", "node")
+    __slots__ = ("content", "fid", "ksm", "mapcount", "node", "origin")
 
     def __init__(self, fid: int, content: int) -> None:
         self.fid = fid
@@ -91,6 +93,7 @@ class Frame:
         self.mapcount = 0
         self.ksm = False
         self.node: StableNode | None = None
+        self.origin: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         kind = "ksm" if self.ksm else "anon"
@@ -313,6 +316,10 @@ class ReferenceSimulator:
         self._adv_change = 0
         self._adv_cpu_time = 0
 
+        # the KSM tracepoints (include/trace/events/ksm.h), when asked for
+        self._sink: Callable[[dict[str, Any]], None] | None = None
+        self._trace_t = 0  # the time of the event or wake-up running
+
     # ------------------------------------------------------------------
     # Simulator protocol
     # ------------------------------------------------------------------
@@ -325,10 +332,28 @@ class ReferenceSimulator:
     def refused(self) -> list[Refusal]:
         return list(self._refused)
 
+    def trace(self, sink: Callable[[dict[str, Any]], None]) -> None:
+        """Hand every KSM tracepoint event to ``sink`` from now on."""
+        self._sink = sink
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        """``trace_<name>()``: the event, with pages named as ``ksmreplay.tracepoints`` says."""
+        if self._sink is not None:
+            head = {"t": self._trace_t, "mode": self.mode, "kernel": self.kernel.version}
+            self._sink({**head, "event": name, **fields})
+
+    def _name(self, frame: Frame | None) -> dict[str, int] | None:
+        """A KSM page's name: the page it was made of."""
+        if frame is None or frame.origin is None:
+            return None
+        pid, page = frame.origin
+        return {"pid": pid, "addr": page * self.page_size}
+
     def apply(self, event: ev.Event) -> None:
         """Run ksmd's wake-ups due strictly before ``event.t``, then apply ``event``."""
         while self._next_wake is not None and self._next_wake < event.t:
             self._wake_up(self._next_wake)
+        self._trace_t = event.t
         if isinstance(event, ev.Alloc):
             self._do_alloc(event)
         elif isinstance(event, ev.Free):
@@ -775,10 +800,12 @@ class ReferenceSimulator:
         else:
             self._mm_list.insert(self._mm_list.index(self._scan_mm), mm)
         mm.registered = True
+        self._emit("ksm_enter", mm=mm.pid)
         # Waking ksmd when the list was empty: see apply().
 
     def _ksm_exit(self, mm: Mm) -> None:
         """``__ksm_exit()``: free an empty slot now, else let ksmd clean it next."""
+        self._emit("ksm_exit", mm=mm.pid)
         if mm is self._scan_mm:
             return  # ksmd is in this mm: it notices the exit on its next call
         self._mm_list.remove(mm)
@@ -936,7 +963,7 @@ class ReferenceSimulator:
 
     def _wake_up(self, w: int) -> None:
         """One iteration of ``ksm_scan_thread()`` at time ``w``."""
-        self._now = w
+        self._now = self._trace_t = w
         if not self._ksmd_should_run():
             self._next_wake = None
             return
@@ -984,7 +1011,7 @@ class ReferenceSimulator:
         """
         if self._knob("run") != 1:
             return
-        self._now = e.t
+        self._now = self._trace_t = e.t
         repetitions = 0
         quiet = 0
         while self._mm_list and repetitions < e.max_full_scans and quiet < 2:
@@ -1032,6 +1059,7 @@ class ReferenceSimulator:
             self._pass_searches = 0
             self._pass_shared = self._pages_shared
             self._advisor_start_scan()
+            self._emit("ksm_start_scan", seq=self._seqnr, rmap_entries=self._rmap_items)
             # lru_add_drain_all(): nothing to model.
             self._unstable = {}  # root_unstable_tree = RB_ROOT
             self._scan_mm = self._mm_list[0]
@@ -1065,6 +1093,7 @@ class ReferenceSimulator:
         # with the drain at the next start, to the batch that ends it).
         self._count("passes")
         self._advisor_stop_scan()
+        self._emit("ksm_stop_scan", seq=self._seqnr, rmap_entries=self._rmap_items)
         self._seqnr += 1
         return None
 
@@ -1249,6 +1278,13 @@ class ReferenceSimulator:
             mm.ksm_zero_pages += 1
             self._ksm_zero_pages += 1
         self._events["zero_pages_merged"] += 1
+        self._emit(
+            "ksm_merge_one_page",
+            pfn="zero",
+            rmap_item=item.address * self.page_size,
+            mm=mm.pid,
+            err=0,
+        )
         return True
 
     def _try_to_merge_with_ksm_page(
@@ -1262,6 +1298,7 @@ class ReferenceSimulator:
         elif kframe is None:
             # No target: the page itself becomes a KSM page (stable node set later).
             frame.ksm = True
+            frame.origin = (mm.pid, item.address)
             self._events["merges"] += 1
         else:
             # pages_identical() then replace_page(): map the KSM page instead.
@@ -1269,6 +1306,14 @@ class ReferenceSimulator:
             self._set_pte(mm, item.address, kframe)
             self._events["merges"] += 1
         self._remove_rmap_item_from_tree(item)
+        self._emit(
+            "ksm_merge_with_ksm_page",
+            ksm_page=self._name(kframe),
+            pfn=self._name(kframe or frame),
+            rmap_item=item.address * self.page_size,
+            mm=mm.pid,
+            err=0,
+        )
 
     def _try_to_merge_two_pages(
         self, item: RmapItem, frame: Frame, tree_item: RmapItem, tree_frame: Frame
@@ -1453,7 +1498,19 @@ class ReferenceSimulator:
         item.mm.ksm_merging_pages += 1
 
     def _remove_node_from_stable_tree(self, node: StableNode) -> None:
-        """``remove_node_from_stable_tree()``: unlink every item, then free the node."""
+        """``remove_node_from_stable_tree()``: unlink every item, then free the node.
+
+        Traces every item but the last of the list (the oldest), then the KSM page.
+        """
+        kpage = self._name(node.kframe)
+        for item in node.items[:-1]:
+            self._emit(
+                "ksm_remove_rmap_item",
+                pfn=kpage,
+                rmap_item=item.address * self.page_size,
+                mm=item.mm.pid,
+            )
+        self._emit("ksm_remove_ksm_page", pfn=kpage)
         for i, item in enumerate(node.items):
             if i < len(node.items) - 1:
                 self._pages_sharing -= 1
@@ -1542,6 +1599,7 @@ class ReferenceSimulator:
         self._adv_scan_time = scan_time
         self._adv_cpu_time = cpu_time
         self._settings["pages_to_scan"] = pages % UINT
+        self._emit("ksm_advisor", scan_time=scan_time, pages_to_scan=pages, cpu_percent=cpu_percent)
 
     # ------------------------------------------------------------------
     # Invariants

@@ -7,6 +7,8 @@ Skipped unless this machine can replay live (root, writable
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import signal
@@ -18,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernel_answer import comparable, why_not_live
+from kernel_answer import comparable, tracepoint_differences, tracepoint_scans, why_not_live
 
 from ksmreplay.errors import ExitStatus
 from ksmreplay.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
-from ksmreplay.live import LiveKernelError, execute, kernel
+from ksmreplay.live import LiveKernelError, execute, kernel, tracefs
+from ksmreplay.replay import replay
 from ksmreplay.trace import open_trace
 
 pytestmark = pytest.mark.live
@@ -70,6 +73,16 @@ def replay_scenario(name: str) -> dict[str, Any]:
     return report
 
 
+@functools.cache
+def traced_scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A scenario replayed live with its KSM trace events read (once per session)."""
+    events: list[dict[str, Any]] = []
+    with open_trace(str(SCENARIOS / f"{name}.jsonl")) as reader:
+        report: dict[str, Any] = dict(execute(reader, tracepoints=events.append))
+    report["trace"]["path"] = f"{name}.jsonl"
+    return report, events
+
+
 RECORDED = sorted(p.name[: -len(".kernel.json")] for p in SCENARIOS.glob("*.kernel.json"))
 
 
@@ -81,14 +94,72 @@ def test_enough_scenarios_recorded() -> None:
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_scenario_matches_recording(name: str) -> None:
+    """(Replayed with tracepoints read: reading them changes nothing.)"""
     expected = json.loads((SCENARIOS / f"{name}.kernel.json").read_text())
-    got = replay_scenario(name)
+    got = copy.deepcopy(traced_scenario(name)[0])
     expected["runs"][0].pop("kernel")
     got["runs"][0].pop("kernel")
     got["runs"] = [comparable(got["runs"][0], expected["runs"][0])]
     expected["runs"] = [comparable(expected["runs"][0], expected["runs"][0])]
     assert got == expected
     assert at_rest() == REST
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_scenario_tracepoints_match_simulator(name: str) -> None:
+    """GIVEN a scenario replayed live and in the simulator, both with tracepoints
+    THEN every full scan has as many events of each kind, the same events where
+    the live ones could be named (the recordings of test_tracepoints.py, now)."""
+    _report, live = traced_scenario(name)
+    simulated: list[dict[str, Any]] = []
+    with open_trace(str(SCENARIOS / f"{name}.jsonl")) as reader:
+        replay(reader, ["unshare"], tracepoints=simulated.append)
+    differences = tracepoint_differences(tracepoint_scans(live), tracepoint_scans(simulated))
+    assert not differences, f"{name}:\n  " + "\n  ".join(differences)
+
+
+def test_tracing_leaves_tracefs_as_found() -> None:
+    """exec --tracepoints reads the KSM events in a tracing instance of its own:
+    nothing of the top-level tracing state changes, the instance goes, and
+    tracefs stays mounted or not as it was (tried both ways)."""
+
+    def replay_traced() -> None:
+        mounted, before = tracefs_mounted(), tracing_state()
+        events: list[dict[str, Any]] = []
+        with open_trace(str(SCENARIOS / "example_a_pair_merge.jsonl")) as reader:
+            execute(reader, tracepoints=events.append)
+        assert any(e["event"] == "ksm_merge_with_ksm_page" for e in events)
+        assert tracefs_mounted() == mounted
+        assert tracing_state() == before
+        assert at_rest() == REST
+
+    replay_traced()
+    if not tracefs_mounted():
+        with kernel.exclusive_lock():  # (the test's own mount, for its length)
+            tracefs.mount_tracefs(tracefs.TRACEFS)
+            try:
+                assert tracing_state()
+                replay_traced()
+            finally:
+                tracefs.unmount(tracefs.TRACEFS)
+
+
+def tracefs_mounted() -> bool:
+    return any(
+        line.split()[2] == "tracefs" for line in Path("/proc/mounts").read_text().splitlines()
+    )
+
+
+def tracing_state() -> dict[str, str]:
+    """What a replay must leave as it was: the top-level tracing switches and instances."""
+    root = Path(tracefs.TRACEFS)
+    if not (root / "instances").is_dir():
+        return {}
+    names = ("tracing_on", "buffer_size_kb", "trace_clock", "set_event", "current_tracer")
+    state = {name: (root / name).read_text() for name in names}
+    state["events/ksm/enable"] = (root / "events/ksm/enable").read_text()
+    state["instances"] = " ".join(sorted(p.name for p in (root / "instances").iterdir()))
+    return state
 
 
 def test_kernel_left_as_found() -> None:
@@ -205,16 +276,28 @@ TRACE = [
 ]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_signal_mid_replay_restores(sig: signal.Signals, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "traced"),
+    [
+        (signal.SIGTERM, False),
+        (signal.SIGINT, False),
+        (signal.SIGHUP, False),
+        (signal.SIGTERM, True),
+    ],
+)
+def test_signal_mid_replay_restores(sig: signal.Signals, traced: bool, tmp_path: Path) -> None:
     """GIVEN `exec` waiting for its snapshot with pages merged, WHEN a stop signal
     comes, THEN every knob is back, nothing stays merged, no report is written and
-    the process ends by that signal, quietly."""
+    the process ends by that signal, quietly; with --tracepoints, no events file
+    either, and tracefs as it was."""
     trace = tmp_path / "t.jsonl"
     trace.write_text("".join(json.dumps(line) + "\n" for line in TRACE))
     before = knob_state()
+    tracing = tracefs_mounted(), tracing_state()
     out = tmp_path / "out.json"
     command = ["exec", str(trace), "--format", "json", "-o", str(out)]
+    if traced:
+        command += ["--tracepoints", str(tmp_path / "events.jsonl")]
     child = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "ksmreplay", *command],
         cwd=REPO,
@@ -250,6 +333,7 @@ def test_signal_mid_replay_restores(sig: signal.Signals, tmp_path: Path) -> None
     assert rest == REST
     assert knobs == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+    assert (tracefs_mounted(), tracing_state()) == tracing
 
 
 def test_settle_does_not_depend_on_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -279,4 +279,4 @@ def test_the_values_without_the_core_are_the_cores() -> None:
     for name, value in vars(native._WITHOUT_CORE).items():
         assert getattr(_native, name) == value, name
     # ... and every record layout the module exports is there too.
-    assert {"ITEM_HOT", "ITEM_COLD", "SLOT"} <= set(vars(native._WITHOUT_CORE))
+    assert {"ITEM_HOT", "ITEM_COLD", "SLOT", "TRACED"} <= set(vars(native._WITHOUT_CORE))

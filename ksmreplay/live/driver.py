@@ -27,7 +27,14 @@ See :func:`execute`.  Method, in short:
   field of ``/proc/<ksmd>/schedstat``, ns, read while ksmd is held, so no
   batch is half counted) and the real time since then (ns).  It is what the
   CPU model (``bench/cpu_model.py``) and the timed scenarios' spreads are
-  measured with; without it reports are as before.
+  measured with; without it reports are as before;
+* with ``tracepoints``, the kernel's own KSM trace events are read through a
+  tracefs instance of the replay's own (``tracefs.py``) at the start of every
+  instant (ksmd held: what it did since, and what the last instant's events
+  made it do), around a fork, after every full scan of a settle and at the
+  end, and handed on in the simulator's form (``tracefs.Mapper``).  An event
+  gets the trace time of the instant it came in, or, between instants, the
+  time since the last instant ended (from the event's own time stamp).
 
 Every snapshot has its ``summary`` (REPORT_FORMAT.md), measured as the
 simulator counts it: resident pages with and without KSM from the page
@@ -93,7 +100,7 @@ from ksmreplay.events import (
     Write,
 )
 from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
-from ksmreplay.live import kernel
+from ksmreplay.live import kernel, tracefs
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
 from ksmreplay.live.pages import (
@@ -105,6 +112,7 @@ from ksmreplay.live.pages import (
     read_kpageflags,
     read_pagemap,
 )
+from ksmreplay.live.tracefs import KsmEvents, Mapper
 from ksmreplay.live.worker import (
     ADVICE,
     MADV_UNMERGEABLE,
@@ -132,6 +140,7 @@ from ksmreplay.report import (
     summarise,
 )
 from ksmreplay.timing import jiffies_ns
+from ksmreplay.tracepoints import Sink
 
 WINDOW_LO = 0x1000_0000_0000
 """Lowest live address of trace memory (16 TiB)."""
@@ -239,6 +248,38 @@ class LiveReplay:
         self.cpu0 = self.ksmd_cpu_ns() if ksmd_clock else 0
         self.cpu_start = self.ksmd_cpu_or_none()
         self.settle_cpu: int | None = 0 if self.cpu_start is not None else None
+        self.tracing: tuple[KsmEvents, Mapper] | None = None
+        """The kernel's KSM events and their mapping (``exec --tracepoints``), or None."""
+        self.now_t = 0
+        """The trace time of the instant running (ns)."""
+        self.prev_t = 0
+        self.released_ns = 0
+        """When ksmd was last let go between instants (``time.monotonic_ns``)."""
+
+    # ----------------------------------------------------------- tracepoints
+
+    def drain(self, between: bool = False) -> None:
+        """Hand on the kernel's KSM events since the last read: at the time of
+        the instant running, or (``between``: read as an instant starts) after
+        the last instant by as long as the event came after ksmd was let go."""
+        if self.tracing is None:
+            return
+        events, mapper = self.tracing
+        raw = events.read()
+        if not raw:
+            return
+        if between and self.now_t > self.prev_t:
+            last = self.now_t - 1
+
+            def when(ts: int) -> int:
+                return min(self.prev_t + max(ts - self.released_ns, 0), last)
+
+        else:
+
+            def when(ts: int) -> int:
+                return self.now_t
+
+        mapper.events(raw, when)
 
     # ------------------------------------------------------------------ ksmd
 
@@ -296,6 +337,8 @@ class LiveReplay:
         self.serial += 1
         p = Proc(pid, self.serial, worker)
         self.procs[pid] = p
+        if self.tracing is not None:
+            self.tracing[1].worker(worker.pid, pid)
         return p
 
     def spawn(self, pid: int) -> Proc:
@@ -335,6 +378,15 @@ class LiveReplay:
         out: dict[PageKey, tuple[int, int]] = {}
         for p in self.procs.values():
             out.update(self.observe_pages(p, p.pages))
+        if self.tracing is not None:
+            pids = {p.serial: p.pid for p in self.procs.values()}
+            kinds = {ANON: tracefs.ANON, KSM: tracefs.KSM, KZERO: tracefs.KSM_ZERO}
+            self.tracing[1].look(
+                {
+                    (pids[serial], page): (kinds.get(kind, tracefs.OTHER), pfn)
+                    for (serial, page), (kind, pfn) in out.items()
+                }
+            )
         return out
 
     def mark_baseline(self) -> None:
@@ -403,7 +455,13 @@ class LiveReplay:
             parent = self.proc(ev.pid)
             if ev.child_pid in self.procs:
                 raise LiveKernelError(f"trace pid {ev.child_pid} already exists")
+            if self.tracing is not None:
+                self.drain()  # (the child's ksm_enter is the parent's: read it alone)
+                self.tracing[1].fork((ev.pid, ev.child_pid))
             child = self.new_proc(ev.child_pid, parent.worker.fork())
+            if self.tracing is not None:
+                self.drain()
+                self.tracing[1].fork(None)
             child.pages = set(parent.pages)
             child.populated = set(parent.populated)
             child.fault_zero = set(parent.fault_zero)
@@ -486,6 +544,10 @@ class LiveReplay:
                 before = self.observe_all() if self.observe else {}
                 self.guard.write("run", 2)
                 self.kernel_run = 2
+                if self.tracing is not None:
+                    self.drain()  # (the removals name the items as they were)
+                    self.tracing[1].flush()
+                    self.tracing[1].forget_items()
                 self.full_scans0 = 0
                 if self.observe:
                     after = self.observe_all()
@@ -638,6 +700,9 @@ class LiveReplay:
         for _ in range(max_full_scans):
             if not self.one_full_scan(flip):
                 break
+            if self.tracing is not None:
+                self.drain()
+                self.observe_all()  # (names the pages merged in this pass)
             new = self.settle_key()
             unchanged = unchanged + 1 if new == key else 0
             key = new
@@ -649,6 +714,7 @@ class LiveReplay:
             self.settle_cpu = None
         else:
             self.settle_cpu += cpu_after - cpu_before
+        self.drain()
         if not advisor:
             self.guard.write("pages_to_scan", pages_to_scan)
         self.guard.write("sleep_millisecs", sleep_ms)
@@ -897,6 +963,7 @@ def execute(
     observe_events: bool = True,
     machine: Machine | None = None,
     ksmd_clock: bool = False,
+    tracepoints: Sink | None = None,
 ) -> Report:
     """Replay a trace on the running kernel; return the report (one run, like ``run``).
 
@@ -930,6 +997,9 @@ def execute(
     :param ksmd_clock: add to every snapshot a ``live`` section, ``{"ksmd_cpu_ns",
         "elapsed_ns"}``: ksmd's CPU time and the real time since the replay
         started (ns); needs ksmd visible in ``/proc``.
+    :param tracepoints: where the kernel's own KSM trace events go, as the
+        simulator's ``run --tracepoints`` gives them (``tracefs.py`` says how
+        they are read and named); this machine's kernel only.
     :returns: the report of REPORT_FORMAT.md; its run has mode ``unshare``
         when the kernel has ``/sys/kernel/mm/ksm/ksm_zero_pages`` (the
         zero-page series, 6.6), ``legacy`` otherwise, and ``"kernel"``
@@ -939,7 +1009,9 @@ def execute(
     :raises LiveKernelError: (exit status 5) not root, no KSM, page size not
         this machine's, KSM busy, lock held, no compiler, trace outside the
         live address window, a ``settle`` where ksmd is not visible in
-        ``/proc``, or the kernel could not be restored.
+        ``/proc``, the kernel could not be restored; with ``tracepoints``, no
+        tracefs or KSM events, or events lost (more than the ring buffer held
+        between two reads).
     :raises Stopped: a stop signal arrived (after the kernel was put back;
         its ``detail`` says what could not be, if anything).
     """
@@ -958,6 +1030,8 @@ def execute(
         meta = header.meta if header is not None else {}
 
     local = machine is None
+    if tracepoints is not None and not local:
+        raise LiveKernelError("--tracepoints reads this machine's kernel; not with a guest")
     if machine is None:
         kernel.check_usable(page_size)
         machine = LocalMachine(worker_binary())
@@ -972,9 +1046,16 @@ def execute(
     mode = "unshare" if ksm.has("ksm_zero_pages") else "legacy"
     release = machine.release()
 
-    with kernel.exclusive_lock() if local else contextlib.nullcontext(), signals.raising():
+    with (
+        kernel.exclusive_lock() if local else contextlib.nullcontext(),
+        signals.raising(),
+        KsmEvents() if tracepoints is not None else contextlib.nullcontext() as trace_events,
+    ):
         guard = KsmGuard(force, ksm)
         guard.start()
+        tracing = None
+        if trace_events is not None and tracepoints is not None:
+            tracing = trace_events, tracepoints, mode, release
         try:
             run = _execute(
                 events,
@@ -987,6 +1068,7 @@ def execute(
                 force,
                 progress,
                 ksmd_clock,
+                tracing,
             )
         except BaseException as exc:
             problems = _cleanup(guard)
@@ -1045,6 +1127,7 @@ def _execute(
     force: bool,
     progress: ProgressCallback | None,
     ksmd_clock: bool = False,
+    tracing: tuple[KsmEvents, Sink, str, str] | None = None,
 ) -> dict[str, Any]:
     guard.touched = True
     given = dict(settings or {})
@@ -1067,6 +1150,10 @@ def _execute(
                 raise LiveKernelError(f"the kernel refused the starting setting {e}") from None
     replay = LiveReplay(page_size, guard, machine, offset, observe_events, ksmd_clock)
     _active.append(replay)
+    if tracing is not None:
+        trace_events, sink, mode, release = tracing
+        trace_events.read()  # (the unmerging before the replay)
+        replay.tracing = trace_events, Mapper(sink, mode, release, page_size, replay.zpfn)
     replay.trace_run = initial_run
     if initial_run == 2:
         replay.kernel_run = 0
@@ -1090,6 +1177,8 @@ def _execute(
             pending_release = None
             _sleep_until(target)
         replay.hold()
+        replay.now_t = t
+        replay.drain(between=True)
         replay.account_ksmd()
         replay.settled = False
         for ev in events[i:j]:
@@ -1099,6 +1188,8 @@ def _execute(
             last = ev
         replay.mark_baseline()
         released_at = time.monotonic()
+        replay.prev_t = t
+        replay.released_ns = time.monotonic_ns()
         if j < len(events):
             if replay.settled:
                 sleep_ms = int(guard.ksm.read_knob("sleep_millisecs"))
@@ -1110,6 +1201,16 @@ def _execute(
         if progress is not None:
             progress(i, 0)
     replay.hold()
+    replay.now_t = last.t + 1 if last else 0
+    replay.drain(between=True)
+    if replay.tracing is not None:
+        replay.observe_all()
+        replay.tracing[1].flush()
+        lost = replay.tracing[0].lost()
+        if lost:
+            raise LiveKernelError(
+                f"{lost} KSM trace events were lost: the ring buffer filled up between two reads"
+            )
     final = replay.snapshot("final", last.t if last else 0, last.index if last else 0)
     milestones = MilestoneTracker()
     for snap in snapshots:
