@@ -225,6 +225,29 @@ def test_set_advisor_scan_time_starts_as_run_does() -> None:
     assert at_rest() == REST
 
 
+def test_a_scan_time_advisor_found_on_is_left_on(locked: None) -> None:
+    """KSM found with the scan-time advisor on (which owns pages_to_scan): the
+    replay runs from the defaults and puts the advisor back on after."""
+    # (switched on from a minimum of 700, then the minimum back at 500: the
+    # advisor's pages_to_scan is not what switching it on would give now)
+    kernel.write_knob("advisor_min_pages_to_scan", 700)
+    kernel.write_knob("advisor_mode", "scan-time")
+    kernel.write_knob("advisor_min_pages_to_scan", 500)
+    try:
+        before = knob_state()
+        replay_scenario("run2_unmerges_everything")
+        after = knob_state()
+        assert after["advisor_mode"] == "scan-time"
+        # (pages_to_scan is the advisor's own: it starts again from its minimum)
+        assert {k: v for k, v in after.items() if k != "pages_to_scan"} == {
+            k: v for k, v in before.items() if k != "pages_to_scan"
+        }
+        assert at_rest() == REST
+    finally:
+        kernel.write_knob("advisor_mode", "none")
+        kernel.write_knob("pages_to_scan", 100)
+
+
 def test_refuses_when_ksm_busy(locked: None) -> None:
     before = knob_state()
     kernel.write_knob("run", 1)

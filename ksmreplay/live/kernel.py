@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from ksmreplay.errors import ExitStatus, KsmreplayError
-from ksmreplay.knobs import KNOBS, KnobValue
+from ksmreplay.knobs import ADVISOR_OWNS, KNOBS, KnobValue
 from ksmreplay.live.machine import LOCAL, Machine
 
 KSM_DIR = "/sys/kernel/mm/ksm"
@@ -307,7 +307,14 @@ class KsmGuard:
             self.unmerge_all()
         except (LiveKernelError, RefusedWrite) as e:
             problems.append(f"could not stop and unmerge KSM: {e}")
-        for name in RESTORE_ORDER:
+        order = list(RESTORE_ORDER)
+        if self.saved.get("advisor_mode") == "scan-time":
+            # The advisor owned pages_to_scan (a write of it is refused while
+            # the advisor is on) and sets it again when switched on: switch it
+            # on last, after the knobs it starts from.
+            order = [n for n in order if n not in ("advisor_mode", ADVISOR_OWNS)]
+            order.append("advisor_mode")
+        for name in order:
             if name not in self.saved:
                 continue
             try:
