@@ -332,12 +332,32 @@ def _note_free(report: dict[str, Any]) -> bool:
 def test_the_demo_shows_legacy_saving_more_with_less_general_profit() -> None:
     # legacy's unmerging leaves KSM's zero pages mapped (saved), which its
     # general_profit never counted: the note says so at the end
+    # (and that those pages are saved beyond what merging could save: they sit
+    # in mappings that are no longer mergeable)
     result = CliRunner().invoke(cli, ["run", DEMO])
     assert result.exit_code == 0, result.output
     assert _notes(result.stdout) == [
-        "note: legacy->unshare: saved down, general_profit up; legacy omits zero pages"
+        "note: legacy: saves 32.00 KiB beyond the ideal; zero pages KSM left mapped where",
+        "note: legacy->unshare: saved down, general_profit up; legacy omits zero pages",
     ]
     assert _note_free(two_mode_report())  # type: ignore[arg-type]
+
+
+def test_a_note_when_a_run_saves_more_than_the_ideal() -> None:
+    report = two_mode_report()
+    for run in report["runs"]:
+        run["snapshots"] = []
+    legacy, unshare = (run["final"] for run in report["runs"])
+    profit = unshare["ksm"]["general_profit"]
+    legacy["summary"] = summarise(100, 60, 70, 4096)  # 40 saved, 30 possible
+    unshare["summary"] = summarise(100, 70, 70, 4096)  # all 30 saved: no note
+    legacy["ksm"]["general_profit"] = profit
+    assert _notes(_table(report)) == [
+        "note: legacy: saves 40.00 KiB beyond the ideal; zero pages KSM left mapped where"
+    ]
+    assert "      merging was switched off" in _table(report).splitlines()
+    view = TableView(units="pages")
+    assert _notes(_table(report, view))[0].startswith("note: legacy: saves 10 pages beyond")
 
 
 # --- milestones -------------------------------------------------------------------------
