@@ -44,6 +44,7 @@ VISIT_HITS: int
 VISIT_CHECKSUMS: int
 VISIT_SEARCHES: int
 VISIT_TRACED: int
+VISIT_DUPS: int
 TRACED_ZERO: int
 VISIT_SUMS: int
 WRITE_RSS: int
@@ -58,6 +59,7 @@ ITEM_HOT: dict[str, Any]
 ITEM_COLD: dict[str, Any]
 SLOT: dict[str, Any]
 TRACED: dict[str, Any]
+VISIT_ARGS: dict[str, Any]
 
 def scan(
     buf: bytes,

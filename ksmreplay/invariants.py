@@ -86,11 +86,16 @@ def validate_ksmd(ksmd: Ksmd) -> None:
     seen: set[int] = set()
     for content, entry in ksmd.stable.items():
         nodes = entry.dups if isinstance(entry, Chain) else [entry]
-        filed = CHAIN_ENTRY if isinstance(entry, Chain) else entry.id
+        filed = CHAIN_ENTRY + entry.id if isinstance(entry, Chain) else entry.id
         _check(ksmd.stable.index().get(content) == filed, "stable tree index wrong")
         if isinstance(entry, Chain):
             chains += 1
             dups += len(entry.dups)
+            walked, nid = 0, entry.head
+            while nid >= 0 and walked <= entry.count:
+                walked += 1
+                nid = int(ksmd.node_cols.dup_next[nid])
+            _check(walked == entry.count and nid < 0, "a chain's list of dups and count differ")
             # A chain may be left empty when its last dup is removed as stale;
             # it is freed by the next walk that reaches it (__stable_node_chain()).
         for node in nodes:

@@ -111,11 +111,6 @@ class Kernel:
             missing += ADVISOR_KNOBS
         return frozenset(missing)
 
-    @property
-    def native_scan(self) -> bool:
-        """The native core knows this version's visit (only the 6.11+ order)."""
-        return self.checksum_first
-
     def check_mode(self, mode: str) -> None:
         """Raise a usage error if ``mode`` cannot be replayed on this version."""
         if mode not in self.modes:

@@ -12,7 +12,9 @@ kernel's address-sorted ``rmap_list`` is implicit: walking pages in address
 order walks the list.  Stable nodes and chains are few (one per distinct
 merged content) and are small Python objects; a node's hlist is a linked
 list through two item columns, its length and KSM frame node columns
-(:class:`NodeColumns`), so that compiled code can link and unlink items.
+(:class:`NodeColumns`), and a chain's dups a list through a node column
+(:class:`ChainColumns`), so that compiled code can link and unlink items and
+pick a chain's dup.
 
 Abstractions (KSM_MODEL.md section 2), and why they cannot change a counter
 at a full-scan boundary:
@@ -37,8 +39,9 @@ The scan is written twice: here, page by page as the kernel walks
 mode prototyped), and in the native core, a window of page-table chunks at a
 time: ``window.c`` makes smart_scan's decisions and counts the visits that
 change nothing (:meth:`Ksmd._window_front`), ``visit.c`` does the common
-visits in address order and hands the rare outcomes it does not do (a new
-KSM page, a chain, a stale node) back to :meth:`Ksmd._cmp_and_merge`
+visits in address order, chains and 6.1's visit order included, and hands
+the rare outcomes it does not do (a new KSM page, a chain to prune or
+collapse, a stale node) back to :meth:`Ksmd._cmp_and_merge`
 (:meth:`Ksmd._visit_listed`).  A mode runs the native core only if it says
 it can (``Mode.native_scan``).  Both give the same state, as the tests check
 against each other and against a one-at-a-time reference model.
@@ -268,15 +271,75 @@ class StableNode:
     alive: bool = True
 
 
-@dataclass(eq=False, slots=True)
 class Chain:
-    """A stable node chain: several dups (KSM pages) of one content, head first."""
+    """A stable node chain: several dups (KSM pages) of one content, head first.
 
-    content: int
-    prune_time: int
-    dups: list[StableNode] = field(default_factory=list)
-    looked_at: int = 0
-    """Times its dups were chosen (when its prune time was read)."""
+    Its dups, the times they were chosen and its last prune time are in
+    columns (:class:`ChainColumns`, by :attr:`id`), so that the native core
+    (``visit.c``) picks a dup and moves it to the head itself.
+    """
+
+    __slots__ = ("_cols", "_prune_time", "content", "id")
+
+    def __init__(self, cols: ChainColumns, chain_id: int, content: int, prune_time: int) -> None:
+        self._cols = cols
+        self.id = chain_id
+        self.content = content
+        self._prune_time = 0
+        self.prune_time = prune_time
+
+    @property
+    def prune_time(self) -> int:
+        """When its dups were last pruned (ns; at first, when it was made)."""
+        return self._prune_time
+
+    @prune_time.setter
+    def prune_time(self, t: int) -> None:
+        self._prune_time = t
+        # (the native core reads it only while every time is below PRUNE_CLAMP)
+        self._cols.prune[self.id] = min(t, PRUNE_CLAMP)
+
+    @property
+    def looked_at(self) -> int:
+        """Times its dups were chosen (when its prune time was read)."""
+        return int(self._cols.looked[self.id])
+
+    @looked_at.setter
+    def looked_at(self, n: int) -> None:
+        self._cols.looked[self.id] = n
+
+    @property
+    def count(self) -> int:
+        """How many dups it has."""
+        return int(self._cols.count[self.id])
+
+    @property
+    def head(self) -> int:
+        """The id of its first dup, or ``NULL``."""
+        return int(self._cols.head[self.id])
+
+    @property
+    def dups(self) -> list[StableNode]:
+        """Its dups, head first (a new list)."""
+        return self._cols.dups(self.id)
+
+    def push(self, node: StableNode) -> None:
+        """Make ``node`` its first dup."""
+        self._cols.push(self.id, node.id)
+
+    def remove(self, node: StableNode) -> None:
+        """Take ``node`` out of its dups."""
+        self._cols.remove(self.id, node.id)
+
+    def clear(self) -> None:
+        """Take every dup out."""
+        self._cols.clear(self.id)
+
+
+PRUNE_CLAMP = 1 << 62
+"""A chain's prune time is kept in its column up to this (ns); the native core
+does chain lookups only in batches whose times are below it (see
+:meth:`Ksmd._visit_args`), where the column is exact."""
 
 
 class NodeColumns:
@@ -284,16 +347,18 @@ class NodeColumns:
 
     A node's hlist is a doubly linked list of its items (``ItemTable.hnext``
     and ``hprev``) from ``head``, ``size`` long (``rmap_hlist_len``); its
-    order is never observed.  Columns, so that the native core (``visit.c``)
-    links and unlinks items itself.
+    order is never observed.  A dup's next dup in its chain is ``dup_next``
+    (see :class:`ChainColumns`).  Columns, so that the native core
+    (``visit.c``) links and unlinks items itself.
     """
 
-    __slots__ = ("frame", "head", "size")
+    __slots__ = ("dup_next", "frame", "head", "size")
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = np.zeros(capacity, np.int32)
         self.frame = np.zeros(capacity, np.int64)
         self.head = np.full(capacity, NULL, np.int64)
+        self.dup_next = np.full(capacity, NULL, np.int64)
 
     def add(self, first: int, frames: IntArray) -> None:
         """Nodes ``first``, ``first + 1``, ... for the KSM pages ``frames``, with empty hlists."""
@@ -303,9 +368,89 @@ class NodeColumns:
             self.size = np.concatenate([self.size, np.zeros(more, np.int32)])
             self.frame = np.concatenate([self.frame, np.zeros(more, np.int64)])
             self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
+            self.dup_next = np.concatenate([self.dup_next, np.full(more, NULL, np.int64)])
         self.frame[first:end] = frames
         self.size[first:end] = 0
         self.head[first:end] = NULL
+        self.dup_next[first:end] = NULL
+
+
+class ChainColumns:
+    """Stable node chains as columns, indexed by chain id (:class:`Chain`).
+
+    A chain's dups are a singly linked list of nodes from ``head`` through
+    ``NodeColumns.dup_next``, ``count`` long, head first (the order
+    ``stable_node_dup()`` walks them in); ``looked`` counts the lookups
+    that chose a dup, ``prune`` is the last prune time (ns, up to
+    :data:`PRUNE_CLAMP`).  Ids are not reused.
+    """
+
+    __slots__ = ("_next_id", "_node_cols", "_nodes", "count", "head", "looked", "prune")
+
+    def __init__(
+        self, nodes: dict[int, StableNode], node_cols: NodeColumns, capacity: int = 64
+    ) -> None:
+        self._nodes = nodes
+        self._node_cols = node_cols
+        self._next_id = 0
+        self.head = np.full(capacity, NULL, np.int64)
+        self.count = np.zeros(capacity, np.int32)
+        self.looked = np.zeros(capacity, np.int64)
+        self.prune = np.zeros(capacity, np.int64)
+
+    def new(self, content: int, prune_time: int) -> Chain:
+        """A chain of no dups for ``content``, made at ``prune_time`` (ns)."""
+        cid = self._next_id
+        self._next_id += 1
+        if cid == len(self.head):
+            more = len(self.head)
+            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
+            self.count = np.concatenate([self.count, np.zeros(more, np.int32)])
+            self.looked = np.concatenate([self.looked, np.zeros(more, np.int64)])
+            self.prune = np.concatenate([self.prune, np.zeros(more, np.int64)])
+        self.head[cid] = NULL
+        self.count[cid] = 0
+        self.looked[cid] = 0
+        return Chain(self, cid, content, prune_time)
+
+    def columns(self) -> tuple[IntArray, npt.NDArray[np.int32], IntArray, IntArray]:
+        """``head``, ``count``, ``looked``, ``prune`` (for :meth:`Native.visit`)."""
+        return self.head, self.count, self.looked, self.prune
+
+    def dups(self, cid: int) -> list[StableNode]:
+        """Chain ``cid``'s dups, head first."""
+        out: list[StableNode] = []
+        nid, nxt = int(self.head[cid]), self._node_cols.dup_next
+        for _ in range(int(self.count[cid])):
+            out.append(self._nodes[nid])
+            nid = int(nxt[nid])
+        return out
+
+    def push(self, cid: int, nid: int) -> None:
+        """Make node ``nid`` chain ``cid``'s first dup."""
+        self._node_cols.dup_next[nid] = self.head[cid]
+        self.head[cid] = nid
+        self.count[cid] += 1
+
+    def remove(self, cid: int, nid: int) -> None:
+        """Take node ``nid`` out of chain ``cid``'s dups."""
+        nxt = self._node_cols.dup_next
+        at = int(self.head[cid])
+        if at == nid:
+            self.head[cid] = nxt[nid]
+        else:
+            while int(nxt[at]) != nid:
+                at = int(nxt[at])
+            nxt[at] = nxt[nid]
+        nxt[nid] = NULL
+        self.count[cid] -= 1
+
+    def clear(self, cid: int) -> None:
+        """Take every dup out of chain ``cid``."""
+        for node in self.dups(cid):
+            self._node_cols.dup_next[node.id] = NULL
+        self.head[cid] = NULL
+        self.count[cid] = 0
 
 
 class StableTree:
@@ -313,7 +458,7 @@ class StableTree:
 
     A dictionary, with the contents also in a :class:`ContentMap` so that a
     window's contents are looked up at once (:meth:`index`); the map's value
-    is a plain node's id, or :data:`CHAIN_ENTRY`.
+    is a plain node's id, or :data:`CHAIN_ENTRY` plus a chain's id.
     """
 
     __slots__ = ("_entries", "_index")
@@ -332,7 +477,7 @@ class StableTree:
         return self._entries[content]
 
     def __setitem__(self, content: int, entry: StableNode | Chain) -> None:
-        self._index[content] = entry.id if isinstance(entry, StableNode) else CHAIN_ENTRY
+        self._index[content] = entry.id if isinstance(entry, StableNode) else CHAIN_ENTRY + entry.id
         self._entries[content] = entry
 
     def __delitem__(self, content: int) -> None:
@@ -346,7 +491,7 @@ class StableTree:
         return list(self._entries.values())
 
     def index(self) -> ContentMap:
-        """The content -> node id (or :data:`CHAIN_ENTRY`) map."""
+        """The content -> node id (or :data:`CHAIN_ENTRY` + chain id) map."""
         return self._index
 
 
@@ -473,8 +618,8 @@ class Ksmd:
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
-    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode and the
-    kernel version can use it (``Kernel.native_scan``).  ``kernel`` is the
+    if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode can use
+    it (``Mode.native_scan``).  ``kernel`` is the
     version whose rules differ from 6.18's (``kernels.py``): the visit order
     (:meth:`_cmp_and_merge`) and the chain lookup (:meth:`_choose_dup`).
     """
@@ -492,7 +637,7 @@ class Ksmd:
         self.checksum_first = kernel.checksum_first
         self.chain_collapse_any = kernel.chain_collapse_any
         self.mem = Memory(self._ksm_pages_freed)
-        self.native = native() if mode.native_scan and kernel.native_scan else None
+        self.native = native() if mode.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
         self.c = Counters()
@@ -507,6 +652,7 @@ class Ksmd:
         self.seqnr = 0
         self.nodes: dict[int, StableNode] = {}
         self.node_cols = NodeColumns()
+        self.chains = ChainColumns(self.nodes, self.node_cols)
         self._next_node_id = 0
         self.stable = StableTree()
         self.unstable = ContentMap()
@@ -812,7 +958,7 @@ class Ksmd:
             self.node_cols.head[node.id] = NULL
             self.node_cols.size[node.id] = 0
         if node.chain is not None:
-            node.chain.dups.remove(node)
+            node.chain.remove(node)
             node.chain = None
             self.c.stable_node_dups -= 1
         elif self.stable.get(node.content) is node:
@@ -841,7 +987,7 @@ class Ksmd:
         if prune:
             chain.prune_time = self.now
         found: StableNode | None = None
-        for dup in list(chain.dups):
+        for dup in chain.dups:
             self.c.dups += 1
             if not dup.alive:
                 self._remove_node(dup)
@@ -862,20 +1008,20 @@ class Ksmd:
             if not prune and self._candidate(found, maxps):
                 break
         if found is None:
-            if not chain.dups:
+            if not chain.count:
                 del self.stable[chain.content]
                 self.c.stable_node_chains -= 1
             return None
-        if len(chain.dups) == 1 and (prune or self.chain_collapse_any):
-            chain.dups.clear()
+        if chain.count == 1 and (prune or self.chain_collapse_any):
+            chain.clear()
             found.chain = None
             self.stable[chain.content] = found
             self.c.stable_node_chains -= 1
             self.c.stable_node_dups -= 1
-        elif chain.dups[0] is not found and self._candidate(found, maxps - 1):
+        elif chain.head != found.id and self._candidate(found, maxps - 1):
             # __is_page_sharing_candidate(found, 1): room for one more item.
-            chain.dups.remove(found)
-            chain.dups.insert(0, found)
+            chain.remove(found)
+            chain.push(found)
         return found
 
     @staticmethod
@@ -917,13 +1063,14 @@ class Ksmd:
             self.stable[content] = node
             return node
         if isinstance(entry, StableNode):
-            chain = Chain(content, prune_time=self.now, dups=[entry])
+            chain = self.chains.new(content, self.now)
+            chain.push(entry)
             entry.chain = chain
             self.stable[content] = chain
             self.c.stable_node_chains += 1
             self.c.stable_node_dups += 1
             entry = chain
-        entry.dups.insert(0, node)
+        entry.push(node)
         node.chain = entry
         self.c.stable_node_dups += 1
         return node
@@ -966,13 +1113,13 @@ class Ksmd:
         """``remove_all_stable_nodes()``: drop the nodes whose page is gone; True if some remain."""
         remain = False
         for entry in self.stable.values():
-            dups = list(entry.dups) if isinstance(entry, Chain) else [entry]
+            dups = entry.dups if isinstance(entry, Chain) else [entry]
             for node in dups:
                 if node.alive:
                     remain = True
                 else:
                     self._remove_node(node)
-            if isinstance(entry, Chain) and not entry.dups:
+            if isinstance(entry, Chain) and not entry.count:
                 del self.stable[entry.content]
                 self.c.stable_node_chains -= 1
         return remain
@@ -1361,10 +1508,10 @@ class Ksmd:
         :attr:`Front.skip`); ``rows`` are the listed items.
 
         The C loop hands back what it does not do (see there); that event is
-        done here, one at a time, and the loop goes on after it.  A window of
-        several runs works on a copy of the PTEs (``ptes``): the copy is written
-        back before a handed-back event, which works on the page table, and
-        gathered again after it.
+        done here, and the loop goes on after it.  A window of several runs
+        works on a copy of the PTEs (``ptes``): the copy is written back before
+        a handed-back event, which works on the page table, and gathered again
+        after it.
         """
         order, kind, when = front.pos, front.kind, front.cum
         fr, it, mm = self.mem.frames, self.items, slot.mm
@@ -1372,26 +1519,26 @@ class Ksmd:
         views = [v for _lo, _hi, v in segs]
         frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
         items = (it.hot, it.cold, it.hnext, it.hprev)
-        use_zero = bool(self.knob("use_zero_pages"))
-        maxps = int(self.knob("max_page_sharing"))
+        args = self._visit_args(core, when)
         traced = self.tracer is not None
         n, start = len(order), 0
         while start < n:
             self.unstable.reserve(n - start)
+            cols = self.node_cols  # (the columns grow when a handed-back event makes a node)
             done = core.visit(
                 start,
                 order,
                 rows,
                 kind,
+                when,
                 ptes,
                 frames,
                 items,
-                (self.node_cols.size, self.node_cols.frame, self.node_cols.head),
+                (cols.size, cols.frame, cols.head, cols.dup_next),
+                self.chains.columns(),
                 self.stable.index().table(),
                 self.unstable.table(),
-                self.seqnr & SEQNR_MASK,
-                use_zero,
-                maxps,
+                args,
                 traced,
             )
             self._visited(slot, done)
@@ -1402,26 +1549,44 @@ class Ksmd:
             k = done.stop
             if k == n:
                 break
-            # The handed-back event, and the visits right after it that meet a
-            # chain (which C would hand back too: a workload with chains has
-            # them by the thousand).
-            while True:
-                row, p = int(rows[k]), int(pages[order[k]])
-                if kind[k]:
-                    self._tick(self._window_visits + int(when[k]) + 1)
-                    self.unlink(row)
-                else:
-                    self._tick(self._window_visits + int(when[k]))
-                    view = mm.pt.chunk(p >> CHUNK_SHIFT)
-                    self._cmp_and_merge(slot, row, view, p & (CHUNK - 1), p)
-                k += 1
-                if k == n or kind[k] or not self._meets_chain(int(ptes[order[k]])):
-                    break
+            row, p = int(rows[k]), int(pages[order[k]])
+            if kind[k]:
+                self._tick(self._window_visits + int(when[k]) + 1)
+                self.unlink(row)
+            else:
+                self._tick(self._window_visits + int(when[k]))
+                view = mm.pt.chunk(p >> CHUNK_SHIFT)
+                self._cmp_and_merge(slot, row, view, p & (CHUNK - 1), p)
             if copied:
                 ptes[:] = np.concatenate(views)
-            start = k
+            start = k + 1
         if len(stale_rows):
             self._free_rows(slot, stale_rows)  # unlinked above
+
+    def _visit_args(self, core: Native, when: IntArray) -> npt.NDArray[np.void]:
+        """:meth:`Native.visit`'s ``args`` for a window whose visits are counted
+        by ``when``: the knobs, this kernel version's rules, and ksmd's clock
+        as :meth:`_tick` keeps it.  Chains are left to :meth:`_cmp_and_merge`
+        when a time of the window reaches :data:`PRUNE_CLAMP` (ns)."""
+        start, sub, period = self._clock
+        if not sub:
+            start, period = self.now, 0
+        last = self._window_visits + (int(when[-1]) if len(when) else 0)
+        latest = start + (max(last, 1) - 1) // sub * period if sub else start
+        in_range = max(start, period, latest) < PRUNE_CLAMP
+        args = np.zeros(1, core.visit_args)
+        a = args[0]
+        a["max_page_sharing"] = int(self.knob("max_page_sharing"))
+        a["now"], a["sub_budget"], a["period"] = (start, sub, period) if in_range else (0, 0, 0)
+        a["visits"] = self._window_visits
+        a["prune_ns"] = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        a["jiffy_ns"] = JIFFY_NS
+        a["seqnr"] = self.seqnr & SEQNR_MASK
+        a["use_zero_pages"] = bool(self.knob("use_zero_pages"))
+        a["checksum_first"] = self.checksum_first
+        a["collapse_any"] = self.chain_collapse_any
+        a["chains"] = in_range
+        return args
 
     def _emit_visited(self, done: Visited, rows: IntArray, when: IntArray) -> None:
         """The tracepoints of the merges ``visit.c`` made (``Visited.traced``):
@@ -1435,13 +1600,6 @@ class Ksmd:
             else:
                 kpage = self._kpage(self.nodes[nid])
                 self._emit_merge(row, kpage, kpage)
-
-    def _meets_chain(self, pte: int) -> bool:
-        """Whether a visit of the page mapped by ``pte`` looks up a stable node chain."""
-        fr = self.mem.frames
-        if pte < 0 or fr.ksm[pte]:
-            return False
-        return isinstance(self.stable.get(int(fr.content[pte])), Chain)
 
     def _visited(self, slot: Slot, done: Visited) -> None:
         """Take in what ``visit.c`` did: counters, hlists, frames freed."""
@@ -1460,6 +1618,7 @@ class Ksmd:
         c.hits += done.hits
         c.checksums += done.checksums
         c.searches += done.searches
+        c.dups += done.dups
         c.merges += done.merges
         c.zero_merges += done.zero
         self.mem._bury(done.dead)

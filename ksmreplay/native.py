@@ -125,7 +125,8 @@ SEQNR_MASK: int = _h.SEQNR_MASK
 ZERO_PAGE_FLAG: int = _h.ZERO_PAGE_FLAG
 """The v6 design's item flag, beside UNSTABLE_FLAG (0x100) and STABLE_FLAG (0x200)."""
 CHAIN_ENTRY: int = _h.CHAIN_ENTRY
-"""The stable tree's index value for a chain (a plain node's is its id)."""
+"""The stable tree's index value for a chain is this plus the chain's id
+(a plain node's is its id)."""
 SLOT_ABSENT: int = _h.SLOT_ABSENT
 """A content table's answer for a key it does not hold."""
 SLOT_DELETED: int = _h.SLOT_DELETED
@@ -184,6 +185,8 @@ class Visited(NamedTuple):
     traced: npt.NDArray[np.int64]
     """With ``traced``: the merges made, one (event, stable node or
     :data:`TRACED_ZERO`) row each, in order; else empty."""
+    dups: int
+    """Chain dups looked at."""
 
 
 Front = tuple[
@@ -277,6 +280,8 @@ class Native:
     def __init__(self, core: ModuleType) -> None:
         self._core = core
         self._front_out = _scratch(0, core.FRONT_SUMS)
+        self.visit_args = np.dtype(core.VISIT_ARGS)
+        """:meth:`visit`'s ``args``: ``struct visit_args``."""
 
     def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
         """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
@@ -456,27 +461,30 @@ class Native:
         pos: npt.NDArray[np.int64],
         rows: npt.NDArray[np.int64],
         kind: npt.NDArray[np.uint8],
+        when: npt.NDArray[np.int64],
         ptes: npt.NDArray[np.int64],
         frames: tuple[npt.NDArray[np.generic], ...],
         items: tuple[npt.NDArray[np.generic], ...],
         nodes: tuple[npt.NDArray[np.generic], ...],
+        chains: tuple[npt.NDArray[np.generic], ...],
         stable: MapTable,
         unstable: MapTable,
-        seqnr: int,
-        use_zero_pages: bool,
-        max_page_sharing: int,
+        args: npt.NDArray[np.void],
         traced: bool = False,
     ) -> Visited:
         """Events ``start`` on of a window (``visit.c``) until one it hands back.
 
         Event ``i`` is of item ``rows[i]`` at window position ``pos[i]``: a
-        visit (``kind`` :data:`LISTED_VISIT`), or an unlink of a skipped or a
-        stale item.  ``frames`` are the frame columns content, mapcount, ksm,
-        node; ``items`` the item records and hlist links (``ItemTable.hot``,
-        ``cold``, ``hnext``, ``hprev``); ``nodes`` the node columns size,
-        frame, head; the maps are ``ContentMap.table()`` s.  The columns are
-        updated in place.  With ``traced``, the merges made are listed too
-        (``Visited.traced``, for ksmd's tracepoints).
+        visit (``kind`` :data:`LISTED_VISIT`), the ``when[i]``-th of the
+        window, or an unlink of a skipped or a stale item.  ``frames`` are the
+        frame columns content, mapcount, ksm, node; ``items`` the item records
+        and hlist links (``ItemTable.hot``, ``cold``, ``hnext``, ``hprev``);
+        ``nodes`` the node columns size, frame, head, dup_next; ``chains`` the
+        chain columns head, count, looked, prune (``ksm.ChainColumns``); the
+        maps are ``ContentMap.table()`` s; ``args`` is one
+        :attr:`visit_args` record (knobs, kernel rules, ksmd's clock).  The
+        columns are updated in place.  With ``traced``, the merges made are
+        listed too (``Visited.traced``, for ksmd's tracepoints).
         """
         core = self._core
         dead = np.empty(len(pos), np.int64)
@@ -485,9 +493,9 @@ class Native:
         st_slots, st_bits, st_now = stable
         un_slots, un_bits, un_now = unstable
         stop: int = core.visit(
-            start, pos, rows, kind, ptes, *frames, *items, *nodes,
+            start, pos, rows, kind, when, ptes, *frames, *items, *nodes, *chains,
             st_slots, st_bits, st_now, un_slots, un_bits, un_now,
-            seqnr, int(use_zero_pages), max_page_sharing, dead, merges, sums,
+            args, dead, merges, sums,
         )  # fmt: skip
         s = sums.tolist()
         return Visited(
@@ -507,6 +515,7 @@ class Native:
             merges[: s[core.VISIT_TRACED]].view(np.int64).reshape(-1, 2)
             if traced
             else _NONE_TRACED,
+            s[core.VISIT_DUPS],
         )
 
     def map_find(

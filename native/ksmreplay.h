@@ -69,7 +69,8 @@ _Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
 
 /* -- the trees (ksm.py StableTree, contentmap.py ContentMap) --------------- */
 
-#define CHAIN_ENTRY (1LL << 62)	/* the stable tree's value for a chain */
+/* The stable tree's value for a chain: CHAIN_ENTRY + the chain's id. */
+#define CHAIN_ENTRY (1LL << 62)
 
 /*
  * One slot of a content hash table: key, value and generation side by side,
@@ -159,8 +160,34 @@ enum {
 	VISIT_CHECKSUMS,	/* visits that stopped at a changed checksum */
 	VISIT_SEARCHES,		/* visits that searched the unstable tree (all inserted here) */
 	VISIT_TRACED,		/* merges recorded in traced[] (only when tracing) */
+	VISIT_DUPS,		/* chain dups looked at (ksmd's CPU model) */
 	VISIT_SUMS
 };
+
+/*
+ * What ksr_visit() reads besides the tables: the knobs, the kernel version's
+ * rules and ksmd's clock.  A visit's time is that of the batch it falls in:
+ * `now` plus `period` for each `sub_budget` visits of the batch call before
+ * it (`visits` of them before the window, then the window's own count), or
+ * `now` throughout when `sub_budget` is 0.  The caller keeps the times below
+ * 2^62 ns, or sets `chains` to 0.
+ */
+struct visit_args {
+	int64_t max_page_sharing;
+	int64_t now;		/* ns: the batch call's first batch */
+	int64_t sub_budget;	/* visits per batch of the call; 0: one batch */
+	int64_t period;		/* ns from one batch of the call to the next */
+	int64_t visits;		/* visits of the call before the window */
+	int64_t prune_ns;	/* stable_node_chains_prune_millisecs, in whole jiffies (ns) */
+	int64_t jiffy_ns;	/* one jiffy (ns) */
+	int32_t seqnr;		/* the pass (low bits, SEQNR_MASK) */
+	uint8_t use_zero_pages;
+	uint8_t checksum_first;	/* Linux 6.11+'s visit order, else 6.1's (stable tree first) */
+	uint8_t collapse_any;	/* a chain of one dup collapses at any lookup (6.11+) */
+	uint8_t chains;		/* do the visits that meet a chain (else hand them back) */
+};
+
+_Static_assert(sizeof(struct visit_args) == 64, "struct visit_args: 64 bytes");
 
 /*
  * ksr_visit()'s record of a merge it made, for the tracepoints (ksmreplay/
@@ -202,13 +229,15 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		   int64_t *out_stale, int64_t *summary);
 
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
-		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
-		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
-		  struct item_hot *items, struct item_cold *cold, int64_t *next, int64_t *prev,
-		  int32_t *node_size, const int64_t *node_frame, int64_t *head,
-		  struct slot *st_slots, int32_t st_bits, uint32_t st_now, struct slot *un_slots,
-		  int32_t un_bits, uint32_t un_now, int32_t seqnr, int32_t use_zero_pages,
-		  int64_t max_page_sharing, int64_t *dead, struct traced *traced, int64_t *sums);
+		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
+		  const uint64_t *fr_content, int32_t *fr_mapcount, const uint8_t *fr_ksm,
+		  const int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
+		  int64_t *next, int64_t *prev, int32_t *node_size, const int64_t *node_frame,
+		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
+		  int64_t *ch_looked, const int64_t *ch_prune, struct slot *st_slots,
+		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,
+		  uint32_t un_now, const struct visit_args *args, int64_t *dead,
+		  struct traced *traced, int64_t *sums);
 
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out);

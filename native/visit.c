@@ -7,21 +7,27 @@
  * itself: unlinking an item
  * from the unstable tree of an earlier pass or from a live stable node,
  * recording a changed checksum, merging with the zero page, merging into a
- * plain stable node that has room, and inserting into the unstable tree.
- * Everything else (a stable node chain, a stale node, an unstable-tree hit
- * that would make a new KSM page, a KSM page not linked to its item, an
- * unstable item of the current pass) it leaves untouched and hands back:
- * it returns that event's index and ksmd (ksmreplay/ksm.py) does it, then
- * calls again from the next one.  The outcome is the same as
- * Ksmd._cmp_and_merge and Ksmd.unlink one event at a time, which the tests
- * check against the scalar walk and the reference model.
+ * stable node that has room (a plain node, or the dup of a stable node chain
+ * that stable_node_dup() picks, moved to the chain's head as it does), and
+ * inserting into the unstable tree.  Both visit orders are done: Linux
+ * 6.11+'s (checksum, zero page, stable tree, unstable tree) and 6.1's (the
+ * stable tree first, with the item still linked where it was).
+ * Everything else (a stale node or dup, a chain that is due for pruning or
+ * would collapse, an unstable-tree hit that would make a new KSM page, a KSM
+ * page not linked to its item, an unstable item of the current pass) it
+ * leaves untouched and hands back: it returns that event's index and ksmd
+ * (ksmreplay/ksm.py) does it, then calls again from the next one.  Whether a
+ * visit is handed back is decided before it changes anything.  The outcome
+ * is the same as Ksmd._cmp_and_merge and Ksmd.unlink one event at a time,
+ * which the tests check against the scalar walk and the reference model.
  *
  * Stable nodes' hlists are doubly linked lists through the items (next,
  * prev) from each node's head, with their lengths in node_size, as ksm.py
- * keeps them.  Frames whose last mapping goes are listed for the caller to
- * free (only ordinary pages lose mappings during a scan).  With traced[],
- * every merge made here (into a KSM page or the zero page) is recorded there
- * too, for ksmd's tracepoints.
+ * keeps them; a chain's dups are a list through dup_next from its ch_head,
+ * ch_count long, head first.  Frames whose last mapping goes are listed for
+ * the caller to free (only ordinary pages lose mappings during a scan).
+ * With traced[], every merge made here (into a KSM page or the zero page) is
+ * recorded there too, for ksmd's tracepoints.
  */
 
 #include <stdint.h>
@@ -44,6 +50,7 @@ struct map {
 struct scan {
 	/* window */
 	int64_t *ptes;
+	const int64_t *when;
 	/* frames */
 	const uint64_t *fr_content;
 	int32_t *fr_mapcount;
@@ -58,12 +65,16 @@ struct scan {
 	int32_t *node_size;
 	const int64_t *node_frame;
 	int64_t *head;
+	int64_t *dup_next;
+	/* chains */
+	int64_t *ch_head;
+	int32_t *ch_count;
+	int64_t *ch_looked;
+	const int64_t *ch_prune;
 	/* trees */
 	struct map stable, unstable;
-	/* knobs and pass */
-	uint8_t seqnr;
-	int32_t use_zero_pages;
-	int64_t max_page_sharing;
+	/* knobs, pass, clock */
+	const struct visit_args *a;
 	/* outputs */
 	int64_t *dead;
 	struct traced *traced;	/* NULL: not tracing */
@@ -176,7 +187,7 @@ static int can_unlink(const struct scan *k, int64_t row)
 		return node_alive(k, it->node);
 	case STATE_UNSTABLE:
 		/* In this pass's tree: the caller deletes the entry. */
-		return it->seq != k->seqnr;
+		return it->seq != (uint8_t)k->a->seqnr;
 	default:
 		return 1;
 	}
@@ -209,14 +220,102 @@ static void put_frame(struct scan *k, int64_t frame)
 		k->dead[k->sums[VISIT_DEAD]++] = frame;
 }
 
+/* is_page_sharing_candidate() of a node of `size` items, with room for `more` besides. */
+static int candidate(const struct scan *k, int64_t size, int64_t more)
+{
+	return size > 0 && size + more < k->a->max_page_sharing;
+}
+
+/*
+ * A node's rmap_hlist_len as the stable-tree lookup of item `it`'s visit
+ * sees it: in 6.11's order the item has left its node by then.
+ */
+static int64_t seen_size(const struct scan *k, int64_t nid, const struct item_hot *it)
+{
+	return k->node_size[nid] -
+	       (k->a->checksum_first && it->state == STATE_STABLE && it->node == nid);
+}
+
+/* ksmd's clock at event i: the start of the batch its visit falls in (Ksmd._tick). */
+static int64_t visit_time(const struct scan *k, int64_t i)
+{
+	const struct visit_args *a = k->a;
+	int64_t visit = a->visits + k->when[i];
+
+	if (!a->sub_budget)
+		return a->now;
+	return a->now + ((visit > 1 ? visit : 1) - 1) / a->sub_budget * a->period;
+}
+
+/* What stable_node_dup() picks from a chain, found before anything changes. */
+struct pick {
+	int64_t dup;	/* the dup chosen, -1: none */
+	int64_t size;	/* its length as the lookup sees it */
+	int64_t walked;	/* dups looked at */
+};
+
+/*
+ * Ksmd._choose_dup() of chain cid for event i, without pruning: 0 to hand the
+ * visit back (a lookup that may prune the chain, a stale dup on the way, a
+ * chain that is empty or would collapse).  The walk stops at the first dup
+ * with room; with none, 6.11+ settles for the first dup and 6.1 for nothing.
+ */
+static int chain_pick(const struct scan *k, int64_t i, int64_t cid, const struct item_hot *it,
+		      struct pick *p)
+{
+	const struct visit_args *a = k->a;
+	int64_t count = k->ch_count[cid];
+
+	if (!a->chains || count == 0 || (count == 1 && a->collapse_any))
+		return 0;
+	if (visit_time(k, i) / a->jiffy_ns >= (k->ch_prune[cid] + a->prune_ns) / a->jiffy_ns)
+		return 0;
+	p->dup = -1;
+	p->size = 0;
+	p->walked = 0;
+	for (int64_t d = k->ch_head[cid]; d >= 0; d = k->dup_next[d]) {
+		int64_t size;
+
+		p->walked++;
+		if (!node_alive(k, d))
+			return 0;
+		size = seen_size(k, d, it);
+		if (candidate(k, size, 0) || (p->dup < 0 && a->collapse_any)) {
+			p->dup = d;
+			p->size = size;
+		}
+		if (candidate(k, size, 0))
+			break;
+	}
+	return 1;
+}
+
+/* The rest of the pick's lookup: counted, and the dup chosen to the chain's head if it has room. */
+static void chain_use(struct scan *k, int64_t cid, const struct pick *p)
+{
+	int64_t d = k->ch_head[cid];
+
+	k->ch_looked[cid]++;
+	k->sums[VISIT_DUPS] += p->walked;
+	if (p->dup < 0 || d == p->dup || !candidate(k, p->size, 1))
+		return;
+	while (k->dup_next[d] != p->dup)
+		d = k->dup_next[d];
+	k->dup_next[d] = k->dup_next[p->dup];
+	k->dup_next[p->dup] = k->ch_head[cid];
+	k->ch_head[cid] = p->dup;
+}
+
 /* cmp_and_merge_page() of event i: the page at window position p, item row; 0 to hand it back. */
 static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 {
+	const struct visit_args *a = k->a;
 	struct item_hot *it = &k->items[row];
 	struct item_cold *c = &k->cold[row];
-	int64_t frame = k->ptes[p], entry = SLOT_ABSENT, size = 0;
+	int64_t frame = k->ptes[p], entry, cid = -1, node = -1;
+	struct pick pick;
 	uint64_t content;
-	int changed, zero, merge = 0;
+	int changed, zero;
 
 	if (k->fr_ksm[frame]) {
 		/* Only a KSM page already linked to its item is done here. */
@@ -229,21 +328,41 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		return 0;
 	content = k->fr_content[frame];
 	changed = !c->checked || c->checksum != content;
-	zero = !changed && content == 0 && k->use_zero_pages;
-	if (!changed && !zero) {
+	zero = !changed && content == 0 && a->use_zero_pages;
+	if (!a->checksum_first || (!changed && !zero)) {
+		/* stable_tree_search(): a node with room to merge into */
 		entry = map_find(&k->stable, content);
-		if (entry >= CHAIN_ENTRY || (entry >= 0 && !node_alive(k, entry)))
-			return 0;
-		if (entry >= 0) {
-			/* Its length once this item left it, if it was linked to it. */
-			size = k->node_size[entry] - (it->state == STATE_STABLE && it->node == entry);
-			merge = size > 0 && size < k->max_page_sharing;
+		if (entry >= CHAIN_ENTRY) {
+			cid = entry - CHAIN_ENTRY;
+			if (!chain_pick(k, i, cid, it, &pick))
+				return 0;
+			if (pick.dup >= 0 && candidate(k, pick.size, 0))
+				node = pick.dup;
+		} else if (entry >= 0) {
+			if (!node_alive(k, entry))
+				return 0;
+			if (candidate(k, seen_size(k, entry, it), 0))
+				node = entry;
 		}
-		if (!merge && map_find(&k->unstable, content) >= 0)
+		if (node < 0 && !changed && !zero && map_find(&k->unstable, content) >= 0)
 			return 0; /* a new KSM page, or one of its aborts */
 	}
+	if (cid >= 0)
+		chain_use(k, cid, &pick);
 	unlink_item(k, row);
-	if (changed) {
+	if (node >= 0) {
+		/* replace_page() into the node's KSM page, stable_tree_append() */
+		int64_t kframe = k->node_frame[node];
+
+		k->ptes[p] = kframe;
+		k->fr_mapcount[kframe]++;
+		k->sums[VISIT_MERGES]++;
+		k->sums[VISIT_PTES]++;
+		put_frame(k, frame);
+		append(k, row, node);
+		if (k->traced)
+			trace_merge(k, i, node);
+	} else if (changed) {
 		c->checksum = content;
 		c->checked = 1;
 		k->sums[VISIT_CHECKSUMS]++;
@@ -255,23 +374,11 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		put_frame(k, frame);
 		if (k->traced)
 			trace_merge(k, i, TRACED_ZERO);
-	} else if (merge) {
-		/* replace_page() into the node's KSM page, stable_tree_append() */
-		int64_t kframe = k->node_frame[entry];
-
-		k->ptes[p] = kframe;
-		k->fr_mapcount[kframe]++;
-		k->sums[VISIT_MERGES]++;
-		k->sums[VISIT_PTES]++;
-		put_frame(k, frame);
-		append(k, row, entry);
-		if (k->traced)
-			trace_merge(k, i, entry);
 	} else {
 		/* unstable_tree_search_insert(): no partner, insert */
 		map_insert(&k->unstable, content, row);
 		it->state = STATE_UNSTABLE;
-		it->seq = k->seqnr;
+		it->seq = (uint8_t)a->seqnr;
 		k->sums[VISIT_UNSHARED]++;
 		k->sums[VISIT_INSERTED]++;
 		k->sums[VISIT_SEARCHES]++;
@@ -282,26 +389,29 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 /*
  * Events i in [start, n): kind[i] (LISTED_VISIT, or anything else for an unlink:
  * of a skipped or a stale item) of item rows[i], a visit of the page at
- * window position pos[i].  Returns the first event
- * handed back, or n.  sums[] accumulates (see VISIT_*); dead[] needs room for
- * n entries, and so does traced[] unless it is NULL (no tracing).
+ * window position pos[i], the when[i]-th visit of the window.  Returns the
+ * first event handed back, or n.  sums[] accumulates (see VISIT_*); dead[]
+ * needs room for n entries, and so does traced[] unless it is NULL (no
+ * tracing).
  */
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
-		  const uint8_t *kind, int64_t *ptes, const uint64_t *fr_content,
-		  int32_t *fr_mapcount, const uint8_t *fr_ksm, const int32_t *fr_node,
-		  struct item_hot *items, struct item_cold *cold, int64_t *next, int64_t *prev,
-		  int32_t *node_size, const int64_t *node_frame, int64_t *head,
-		  struct slot *st_slots, int32_t st_bits, uint32_t st_now, struct slot *un_slots,
-		  int32_t un_bits, uint32_t un_now, int32_t seqnr, int32_t use_zero_pages,
-		  int64_t max_page_sharing, int64_t *dead, struct traced *traced, int64_t *sums)
+		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
+		  const uint64_t *fr_content, int32_t *fr_mapcount, const uint8_t *fr_ksm,
+		  const int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
+		  int64_t *next, int64_t *prev, int32_t *node_size, const int64_t *node_frame,
+		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
+		  int64_t *ch_looked, const int64_t *ch_prune, struct slot *st_slots,
+		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,
+		  uint32_t un_now, const struct visit_args *args, int64_t *dead,
+		  struct traced *traced, int64_t *sums)
 {
 	struct scan k = {
-		ptes, fr_content, fr_mapcount, fr_ksm, fr_node,
-		items, cold, next, prev, node_size, node_frame, head,
+		ptes, when, fr_content, fr_mapcount, fr_ksm, fr_node,
+		items, cold, next, prev, node_size, node_frame, head, dup_next,
+		ch_head, ch_count, ch_looked, ch_prune,
 		{ st_slots, st_bits, st_now },
 		{ un_slots, un_bits, un_now },
-		(uint8_t)seqnr, use_zero_pages, max_page_sharing,
-		dead, traced, sums,
+		args, dead, traced, sums,
 	};
 
 	for (int64_t i = start; i < n; i++) {
