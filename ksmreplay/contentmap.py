@@ -190,6 +190,10 @@ class ContentMap:
         self._len += n
         self._taken += n
 
+    def deleted(self, n: int) -> None:
+        """``n`` entries were deleted in :meth:`table` directly (left as tombstones)."""
+        self._len -= n
+
     def reserve(self, n: int) -> None:
         """Keep at most half the slots occupied once ``n`` more are added (may move
         the table: take :meth:`table` after).

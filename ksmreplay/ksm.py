@@ -39,10 +39,12 @@ The scan is written twice: here, page by page as the kernel walks
 mode prototyped), and in the native core, a window of page-table chunks at a
 time: ``window.c`` makes smart_scan's decisions and counts the visits that
 change nothing (:meth:`Ksmd._window_front`), ``visit.c`` does the common
-visits in address order, chains and 6.1's visit order included, and hands
-the rare outcomes it does not do (a new KSM page, a chain to prune or
+visits in address order, chains, new KSM pages and 6.1's visit order
+included, and hands the rare outcomes it does not do (a new KSM page whose
+partner is outside the window, a chain with a stale dup or that would
 collapse, a stale node) back to :meth:`Ksmd._cmp_and_merge`
-(:meth:`Ksmd._visit_listed`).  A mode runs the native core only if it says
+(:meth:`Ksmd._visit_listed`), and the nodes and chains it made to
+:meth:`Ksmd._made`.  A mode runs the native core only if it says
 it can (``Mode.native_scan``).  Both give the same state, as the tests check
 against each other and against a one-at-a-time reference model.
 """
@@ -291,7 +293,8 @@ class Chain:
     @property
     def prune_time(self) -> int:
         """When its dups were last pruned (ns; at first, when it was made)."""
-        return self._prune_time
+        t = int(self._cols.prune[self.id])  # (the native core's prunes write the column)
+        return self._prune_time if t == PRUNE_CLAMP else t
 
     @prune_time.setter
     def prune_time(self, t: int) -> None:
@@ -336,6 +339,10 @@ class Chain:
         self._cols.clear(self.id)
 
 
+MADE_ROOM = 64
+"""Most stable nodes one call of the native core's visits makes (the room
+it is given in the node and chain columns and the stable tree's table)."""
+
 PRUNE_CLAMP = 1 << 62
 """A chain's prune time is kept in its column up to this (ns); the native core
 does chain lookups only in batches whose times are below it (see
@@ -374,6 +381,11 @@ class NodeColumns:
         self.head[first:end] = NULL
         self.dup_next[first:end] = NULL
 
+    def reserve(self, end: int) -> None:
+        """Room for the nodes up to id ``end`` (the native core makes nodes in place)."""
+        if end > len(self.size):
+            self.add(end - 1, np.zeros(1, np.int64))
+
 
 class ChainColumns:
     """Stable node chains as columns, indexed by chain id (:class:`Chain`).
@@ -401,17 +413,32 @@ class ChainColumns:
     def new(self, content: int, prune_time: int) -> Chain:
         """A chain of no dups for ``content``, made at ``prune_time`` (ns)."""
         cid = self._next_id
+        self.reserve(1)
         self._next_id += 1
-        if cid == len(self.head):
-            more = len(self.head)
-            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
-            self.count = np.concatenate([self.count, np.zeros(more, np.int32)])
-            self.looked = np.concatenate([self.looked, np.zeros(more, np.int64)])
-            self.prune = np.concatenate([self.prune, np.zeros(more, np.int64)])
         self.head[cid] = NULL
         self.count[cid] = 0
         self.looked[cid] = 0
         return Chain(self, cid, content, prune_time)
+
+    @property
+    def next_id(self) -> int:
+        """The id the next chain made gets."""
+        return self._next_id
+
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` more chains (the native core makes chains in place)."""
+        if self._next_id + n > len(self.head):
+            more = max(len(self.head), self._next_id + n - len(self.head))
+            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
+            self.count = np.concatenate([self.count, np.zeros(more, np.int32)])
+            self.looked = np.concatenate([self.looked, np.zeros(more, np.int64)])
+            self.prune = np.concatenate([self.prune, np.zeros(more, np.int64)])
+
+    def adopt(self, cid: int, content: int) -> Chain:
+        """The :class:`Chain` of chain ``cid``, which the native core made (the next id)."""
+        assert cid == self._next_id
+        self._next_id += 1
+        return Chain(self, cid, content, int(self.prune[cid]))
 
     def columns(self) -> tuple[IntArray, npt.NDArray[np.int32], IntArray, IntArray]:
         """``head``, ``count``, ``looked``, ``prune`` (for :meth:`Native.visit`)."""
@@ -483,6 +510,10 @@ class StableTree:
     def __delitem__(self, content: int) -> None:
         del self._entries[content]
         del self._index[content]
+
+    def file(self, content: int, entry: StableNode | Chain) -> None:
+        """File ``entry`` under ``content`` where the native core already set the index."""
+        self._entries[content] = entry
 
     def items(self) -> Iterator[tuple[int, StableNode | Chain]]:
         return iter(list(self._entries.items()))
@@ -1519,12 +1550,22 @@ class Ksmd:
         views = [v for _lo, _hi, v in segs]
         frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
         items = (it.hot, it.cold, it.hnext, it.hprev)
-        args = self._visit_args(core, when)
+        args = self._visit_args(core, when, slot)
+        seg_lo = np.array([lo for lo, _hi, _v in segs], np.int64)
+        seg_hi = np.array([hi for _lo, hi, _v in segs], np.int64)
+        seg_at = np.concatenate([[0], np.cumsum(seg_hi - seg_lo)[:-1]])
+        seg_rows = np.stack([seg_lo, seg_hi, seg_at], axis=1).reshape(-1)
         traced = self.tracer is not None
         n, start = len(order), 0
         while start < n:
             self.unstable.reserve(n - start)
-            cols = self.node_cols  # (the columns grow when a handed-back event makes a node)
+            # Room for the nodes, chains and stable-tree entries C may make.
+            self.node_cols.reserve(self._next_node_id + MADE_ROOM)
+            self.chains.reserve(MADE_ROOM)
+            self.stable.index().reserve(MADE_ROOM)
+            args["next_node"] = self._next_node_id
+            args["next_chain"] = self.chains.next_id
+            cols = self.node_cols  # (the columns grow when a node is made)
             done = core.visit(
                 start,
                 order,
@@ -1538,6 +1579,7 @@ class Ksmd:
                 self.chains.columns(),
                 self.stable.index().table(),
                 self.unstable.table(),
+                seg_rows,
                 args,
                 traced,
             )
@@ -1563,11 +1605,13 @@ class Ksmd:
         if len(stale_rows):
             self._free_rows(slot, stale_rows)  # unlinked above
 
-    def _visit_args(self, core: Native, when: IntArray) -> npt.NDArray[np.void]:
-        """:meth:`Native.visit`'s ``args`` for a window whose visits are counted
-        by ``when``: the knobs, this kernel version's rules, and ksmd's clock
-        as :meth:`_tick` keeps it.  Chains are left to :meth:`_cmp_and_merge`
-        when a time of the window reaches :data:`PRUNE_CLAMP` (ns)."""
+    def _visit_args(self, core: Native, when: IntArray, slot: Slot) -> npt.NDArray[np.void]:
+        """:meth:`Native.visit`'s ``args`` for a window of ``slot``'s mm whose
+        visits are counted by ``when``: the knobs, this kernel version's
+        rules, and ksmd's clock as :meth:`_tick` keeps it (the caller sets
+        the next ids of nodes and chains).  Chains and new KSM pages are left
+        to :meth:`_cmp_and_merge` when a time of the window reaches
+        :data:`PRUNE_CLAMP` (ns)."""
         start, sub, period = self._clock
         if not sub:
             start, period = self.now, 0
@@ -1586,6 +1630,9 @@ class Ksmd:
         a["checksum_first"] = self.checksum_first
         a["collapse_any"] = self.chain_collapse_any
         a["chains"] = in_range
+        a["pairs"] = in_range
+        a["slot"] = slot.id
+        a["room"] = MADE_ROOM
         return args
 
     def _emit_visited(self, done: Visited, rows: IntArray, when: IntArray) -> None:
@@ -1602,8 +1649,10 @@ class Ksmd:
                 self._emit_merge(row, kpage, kpage)
 
     def _visited(self, slot: Slot, done: Visited) -> None:
-        """Take in what ``visit.c`` did: counters, hlists, frames freed."""
+        """Take in what ``visit.c`` did: counters, hlists, nodes made, frames freed."""
         c, mm, events = self.c, slot.mm, self.mem.events
+        if done.pairs:
+            self._made(done)
         c.pages_shared += done.shared
         c.pages_sharing += done.sharing
         c.pages_unshared += done.unshared
@@ -1622,6 +1671,37 @@ class Ksmd:
         c.merges += done.merges
         c.zero_merges += done.zero
         self.mem._bury(done.dead)
+
+    def _made(self, done: Visited) -> None:
+        """Take in the new KSM pages ``visit.c`` made (``try_to_merge_two_pages()``,
+        ``stable_tree_insert()``): their nodes and chains as objects, counters."""
+        fr, c = self.mem.frames, self.c
+        c.pairs += done.pairs
+        c.stable_node_chains += done.chains
+        c.stable_node_dups += done.dups_made
+        self.mem.events["merges"] += 2 * done.pairs
+        fr.live_ksm += done.pairs
+        fr.changes += 3 * done.pairs  # (a KSM page, a mapping moved, its node)
+        self.stable.index().added(done.stable_added)
+        self.unstable.deleted(done.unstable_deleted)
+        for chain_id, new_chain in done.made.tolist():
+            nid = self._next_node_id
+            self._next_node_id += 1
+            frame = int(self.node_cols.frame[nid])
+            content = int(fr.content[frame])
+            node = StableNode(nid, content, frame)
+            self.nodes[nid] = node
+            if chain_id < 0:
+                self.stable.file(content, node)
+                continue
+            if new_chain:
+                first = self.stable[content]
+                assert isinstance(first, StableNode)
+                first.chain = self.chains.adopt(chain_id, content)
+                self.stable.file(content, first.chain)
+            chain = self.stable[content]
+            assert isinstance(chain, Chain)
+            node.chain = chain
 
     def _window_front(
         self, core: Native, ptes: IntArray, imap: IntArray, budget: int

@@ -187,6 +187,20 @@ class Visited(NamedTuple):
     :data:`TRACED_ZERO`) row each, in order; else empty."""
     dups: int
     """Chain dups looked at."""
+    pairs: int
+    """Pages merged with an unstable-tree partner into a new KSM page."""
+    made: npt.NDArray[np.int64]
+    """The stable nodes made, from ``args.next_node`` on: one row each of
+    the chain it is a dup of (-1: a plain node) and whether that chain was
+    made then (``MADE_*`` of ``ksmreplay.h``)."""
+    chains: int
+    """Change of ``stable_node_chains``."""
+    dups_made: int
+    """Change of ``stable_node_dups``."""
+    stable_added: int
+    """Entries added to the stable tree's table."""
+    unstable_deleted: int
+    """Entries deleted from the unstable tree's table."""
 
 
 Front = tuple[
@@ -469,6 +483,7 @@ class Native:
         chains: tuple[npt.NDArray[np.generic], ...],
         stable: MapTable,
         unstable: MapTable,
+        segs: npt.NDArray[np.int64],
         args: npt.NDArray[np.void],
         traced: bool = False,
     ) -> Visited:
@@ -481,21 +496,24 @@ class Native:
         and hlist links (``ItemTable.hot``, ``cold``, ``hnext``, ``hprev``);
         ``nodes`` the node columns size, frame, head, dup_next; ``chains`` the
         chain columns head, count, looked, prune (``ksm.ChainColumns``); the
-        maps are ``ContentMap.table()`` s; ``args`` is one
-        :attr:`visit_args` record (knobs, kernel rules, ksmd's clock).  The
-        columns are updated in place.  With ``traced``, the merges made are
+        maps are ``ContentMap.table()`` s; ``segs`` the window's runs of
+        pages (first page, end page, first position; rows); ``args`` is one
+        :attr:`visit_args` record (knobs, kernel rules, ksmd's clock, the
+        ids and room of the nodes and chains it may make).  The columns are
+        updated in place.  With ``traced``, the merges made are
         listed too (``Visited.traced``, for ksmd's tracepoints).
         """
         core = self._core
         dead = np.empty(len(pos), np.int64)
         merges = np.empty(len(pos), TRACED) if traced else _NOT_TRACED
         sums = np.zeros(core.VISIT_SUMS, np.int64)
+        made = np.empty((int(args[0]["room"]), core.MADE_FIELDS), np.int64)
         st_slots, st_bits, st_now = stable
         un_slots, un_bits, un_now = unstable
         stop: int = core.visit(
             start, pos, rows, kind, when, ptes, *frames, *items, *nodes, *chains,
             st_slots, st_bits, st_now, un_slots, un_bits, un_now,
-            args, dead, merges, sums,
+            segs, args, dead, merges, made, sums,
         )  # fmt: skip
         s = sums.tolist()
         return Visited(
@@ -516,6 +534,12 @@ class Native:
             if traced
             else _NONE_TRACED,
             s[core.VISIT_DUPS],
+            s[core.VISIT_PAIRS],
+            made[: s[core.VISIT_MADE]],
+            s[core.VISIT_CHAINS],
+            s[core.VISIT_DUPS_MADE],
+            s[core.VISIT_STABLE_ADDED],
+            s[core.VISIT_UNSTABLE_DELETED],
         )
 
     def map_find(

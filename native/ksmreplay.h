@@ -110,6 +110,20 @@ static inline int64_t slot_find(const struct slot *table, int32_t bits, uint32_t
 	return SLOT_ABSENT;
 }
 
+/* The slot of key's live entry, or NULL (to change its value, or delete it: SLOT_DELETED). */
+static inline struct slot *slot_live(struct slot *table, int32_t bits, uint32_t now,
+				     uint64_t key)
+{
+	uint64_t mask = (1ULL << bits) - 1, s = slot_of(key, bits);
+
+	while (table[s].gen == now) {
+		if (table[s].key == key && table[s].val >= 0)
+			return &table[s];
+		s = (s + 1) & mask;
+	}
+	return NULL;
+}
+
 /* Add key -> val: key absent, room reserved by the caller. */
 static inline void slot_insert(struct slot *table, int32_t bits, uint32_t now, uint64_t key,
 			       int64_t val)
@@ -161,8 +175,23 @@ enum {
 	VISIT_SEARCHES,		/* visits that searched the unstable tree (all inserted here) */
 	VISIT_TRACED,		/* merges recorded in traced[] (only when tracing) */
 	VISIT_DUPS,		/* chain dups looked at (ksmd's CPU model) */
+	/* New KSM pages (see made[]): */
+	VISIT_PAIRS,		/* pages merged with an unstable-tree partner into a new KSM page */
+	VISIT_MADE,		/* stable nodes made (ids next_node on), listed in made[] */
+	VISIT_CHAINS,		/* change of stable_node_chains */
+	VISIT_DUPS_MADE,	/* change of stable_node_dups */
+	VISIT_STABLE_ADDED,	/* entries added to the stable tree's table */
+	VISIT_UNSTABLE_DELETED,	/* entries deleted from the unstable tree's table */
 	VISIT_SUMS
 };
+
+/*
+ * ksr_visit()'s record of a stable node it made (for a new KSM page), in
+ * made[], MADE_FIELDS values per node, in the order of their ids: the chain
+ * the node is a dup of (-1: filed in the stable tree as a plain node), and
+ * whether that chain was made then (from the plain node filed before).
+ */
+enum { MADE_CHAIN, MADE_NEW_CHAIN, MADE_FIELDS };
 
 /*
  * What ksr_visit() reads besides the tables: the knobs, the kernel version's
@@ -180,14 +209,19 @@ struct visit_args {
 	int64_t visits;		/* visits of the call before the window */
 	int64_t prune_ns;	/* stable_node_chains_prune_millisecs, in whole jiffies (ns) */
 	int64_t jiffy_ns;	/* one jiffy (ns) */
+	int64_t next_node;	/* the id of the next stable node made */
+	int64_t next_chain;	/* the id of the next chain made */
+	int64_t room;		/* most stable nodes to make (the columns' and tables' room) */
 	int32_t seqnr;		/* the pass (low bits, SEQNR_MASK) */
+	int32_t slot;		/* the mm slot of the window's items */
 	uint8_t use_zero_pages;
 	uint8_t checksum_first;	/* Linux 6.11+'s visit order, else 6.1's (stable tree first) */
 	uint8_t collapse_any;	/* a chain of one dup collapses at any lookup (6.11+) */
 	uint8_t chains;		/* do the visits that meet a chain (else hand them back) */
+	uint8_t pairs;		/* make new KSM pages whose partner is in the window */
 };
 
-_Static_assert(sizeof(struct visit_args) == 64, "struct visit_args: 64 bytes");
+_Static_assert(sizeof(struct visit_args) == 96, "struct visit_args: 96 bytes");
 
 /*
  * ksr_visit()'s record of a merge it made, for the tracepoints (ksmreplay/
@@ -230,14 +264,15 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
 		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
-		  const uint64_t *fr_content, int32_t *fr_mapcount, const uint8_t *fr_ksm,
-		  const int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
-		  int64_t *next, int64_t *prev, int32_t *node_size, const int64_t *node_frame,
+		  const uint64_t *fr_content, int32_t *fr_mapcount, uint8_t *fr_ksm,
+		  int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
+		  int64_t *next, int64_t *prev, int32_t *node_size, int64_t *node_frame,
 		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
-		  int64_t *ch_looked, const int64_t *ch_prune, struct slot *st_slots,
+		  int64_t *ch_looked, int64_t *ch_prune, struct slot *st_slots,
 		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,
-		  uint32_t un_now, const struct visit_args *args, int64_t *dead,
-		  struct traced *traced, int64_t *sums);
+		  uint32_t un_now, const int64_t *segs, int64_t n_segs,
+		  const struct visit_args *args, int64_t *dead, struct traced *traced,
+		  int64_t *made, int64_t *sums);
 
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out);

@@ -17,7 +17,7 @@
 
 /* -- arrays ----------------------------------------------------------------- */
 
-#define MAX_ARRAYS 28
+#define MAX_ARRAYS 32
 
 struct held {
 	Py_buffer view[MAX_ARRAYS];
@@ -246,26 +246,27 @@ PyDoc_STRVAR(visit_doc,
 	     "      hot, cold, hnext, hprev, node_size, node_frame, head, dup_next,\n"
 	     "      ch_head, ch_count, ch_looked, ch_prune,\n"
 	     "      st_slots, st_bits, st_now, un_slots, un_bits, un_now,\n"
-	     "      args, dead, traced, sums) -> int\n\n"
+	     "      segs, args, dead, traced, made, sums) -> int\n\n"
 	     "A window's events from start on (ksr_visit): the first handed back, or len(pos).\n"
-	     "args: one struct visit_args record.\n"
+	     "segs: the window's runs, (first page, end page, first position) each.\n"
+	     "args: one struct visit_args record; made: room for args.room records.\n"
 	     "traced: struct traced records, room for len(pos), or none (not tracing).");
 
 static PyObject *py_visit(PyObject *self, PyObject *args)
 {
 	struct held h = { .n = 0 };
-	PyObject *o[27], *out = NULL;
+	PyObject *o[29], *out = NULL;
 	long long start;
 	int st_bits, un_bits;
 	unsigned int st_now, un_now;
-	Py_ssize_t n, n_rows, n_kind, n_when, n_args, n_dead, n_traced, n_sums;
+	Py_ssize_t n, n_rows, n_kind, n_when, n_segs, n_args, n_dead, n_traced, n_made, n_sums;
 	int64_t stop;
 
-	if (!PyArg_ParseTuple(args, "LOOOOOOOOOOOOOOOOOOOOOOiIOiIOOOO", &start, &o[0], &o[1],
+	if (!PyArg_ParseTuple(args, "LOOOOOOOOOOOOOOOOOOOOOOiIOiIOOOOOO", &start, &o[0], &o[1],
 			      &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10],
 			      &o[11], &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18],
 			      &o[19], &o[20], &o[21], &st_bits, &st_now, &o[22], &un_bits, &un_now,
-			      &o[23], &o[24], &o[25], &o[26]))
+			      &o[27], &o[23], &o[24], &o[25], &o[28], &o[26]))
 		return NULL;
 	TAKE_N(pos, const int64_t *, o[0], 8, 'i', 0, n);
 	TAKE_N(rows, const int64_t *, o[1], 8, 'i', 0, n_rows);
@@ -274,30 +275,33 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE(ptes, int64_t *, o[4], 8, 'i', 1);
 	TAKE(fr_content, const uint64_t *, o[5], 8, 'u', 0);
 	TAKE(fr_mapcount, int32_t *, o[6], 4, 'i', 1);
-	TAKE(fr_ksm, const uint8_t *, o[7], 1, 'u', 0);
-	TAKE(fr_node, const int32_t *, o[8], 4, 'i', 0);
+	TAKE(fr_ksm, uint8_t *, o[7], 1, 'u', 1);
+	TAKE(fr_node, int32_t *, o[8], 4, 'i', 1);
 	TAKE(hot, struct item_hot *, o[9], sizeof(struct item_hot), 'r', 1);
 	TAKE(cold, struct item_cold *, o[10], sizeof(struct item_cold), 'r', 1);
 	TAKE(hnext, int64_t *, o[11], 8, 'i', 1);
 	TAKE(hprev, int64_t *, o[12], 8, 'i', 1);
 	TAKE(node_size, int32_t *, o[13], 4, 'i', 1);
-	TAKE(node_frame, const int64_t *, o[14], 8, 'i', 0);
+	TAKE(node_frame, int64_t *, o[14], 8, 'i', 1);
 	TAKE(head, int64_t *, o[15], 8, 'i', 1);
 	TAKE(dup_next, int64_t *, o[16], 8, 'i', 1);
 	TAKE(ch_head, int64_t *, o[17], 8, 'i', 1);
 	TAKE(ch_count, int32_t *, o[18], 4, 'i', 1);
 	TAKE(ch_looked, int64_t *, o[19], 8, 'i', 1);
-	TAKE(ch_prune, const int64_t *, o[20], 8, 'i', 0);
+	TAKE(ch_prune, int64_t *, o[20], 8, 'i', 1);
 	TAKE(st_slots, struct slot *, o[21], sizeof(struct slot), 'r', 1);
 	TAKE(un_slots, struct slot *, o[22], sizeof(struct slot), 'r', 1);
 	TAKE_N(vargs, const struct visit_args *, o[23], sizeof(struct visit_args), 'r', 0, n_args);
 	TAKE_N(dead, int64_t *, o[24], 8, 'i', 1, n_dead);
 	TAKE_N(traced, struct traced *, o[25], sizeof(struct traced), 'r', 1, n_traced);
 	TAKE_N(sums, int64_t *, o[26], 8, 'i', 1, n_sums);
+	TAKE_N(segs, const int64_t *, o[27], 8, 'i', 0, n_segs);
+	TAKE_N(made, int64_t *, o[28], 8, 'i', 1, n_made);
 	if (n_traced == 0)
 		traced = NULL;
 	if (n_rows != n || n_kind != n || n_when != n || n_args != 1 || n_dead < n ||
-	    (traced && n_traced < n) || n_sums < VISIT_SUMS || start < 0 || start > n) {
+	    (traced && n_traced < n) || n_sums < VISIT_SUMS || start < 0 || start > n ||
+	    n_segs % 3 || vargs->room < 0 || n_made < MADE_FIELDS * vargs->room) {
 		PyErr_SetString(PyExc_ValueError, "visit: arrays of the wrong lengths");
 		goto fail;
 	}
@@ -308,7 +312,8 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	stop = ksr_visit(n, start, pos, rows, kind, when, ptes, fr_content, fr_mapcount, fr_ksm,
 			 fr_node, hot, cold, hnext, hprev, node_size, node_frame, head, dup_next,
 			 ch_head, ch_count, ch_looked, ch_prune, st_slots, st_bits, st_now,
-			 un_slots, un_bits, un_now, vargs, dead, traced, sums);
+			 un_slots, un_bits, un_now, segs, n_segs / 3, vargs, dead, traced, made,
+			 sums);
 	out = PyLong_FromLongLong(stop);
 fail:
 	release(&h);
@@ -538,11 +543,16 @@ static const struct field visit_args_fields[] = {
 	FIELD(visit_args, visits, "<i8"),
 	FIELD(visit_args, prune_ns, "<i8"),
 	FIELD(visit_args, jiffy_ns, "<i8"),
+	FIELD(visit_args, next_node, "<i8"),
+	FIELD(visit_args, next_chain, "<i8"),
+	FIELD(visit_args, room, "<i8"),
 	FIELD(visit_args, seqnr, "<i4"),
+	FIELD(visit_args, slot, "<i4"),
 	FIELD(visit_args, use_zero_pages, "u1"),
 	FIELD(visit_args, checksum_first, "u1"),
 	FIELD(visit_args, collapse_any, "u1"),
 	FIELD(visit_args, chains, "u1"),
+	FIELD(visit_args, pairs, "u1"),
 	{ NULL, NULL, 0 },
 };
 
@@ -583,6 +593,9 @@ static int exec_module(PyObject *m)
 		C(VISIT_MERGES),  C(VISIT_ZERO),    C(VISIT_INSERTED), C(VISIT_DEAD),
 		C(VISIT_PTES),	  C(VISIT_HITS),    C(VISIT_CHECKSUMS), C(VISIT_SEARCHES),
 		C(VISIT_TRACED),  C(VISIT_DUPS),    C(TRACED_ZERO),
+		C(VISIT_PAIRS),	  C(VISIT_MADE),    C(VISIT_CHAINS),  C(VISIT_DUPS_MADE),
+		C(VISIT_STABLE_ADDED), C(VISIT_UNSTABLE_DELETED), C(MADE_CHAIN),
+		C(MADE_NEW_CHAIN), C(MADE_FIELDS),
 		C(VISIT_SUMS),	  C(WRITE_RSS),	    C(WRITE_KSM_ZERO), C(WRITE_FAULT_ZERO),
 		C(WRITE_STATS),	  C(WRITE_COW_KSM), C(WRITE_COW_ZERO), C(WRITE_EVENTS),
 		C(WRITE_MISSING),

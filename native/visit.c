@@ -8,14 +8,18 @@
  * from the unstable tree of an earlier pass or from a live stable node,
  * recording a changed checksum, merging with the zero page, merging into a
  * stable node that has room (a plain node, or the dup of a stable node chain
- * that stable_node_dup() picks, moved to the chain's head as it does), and
- * inserting into the unstable tree.  Both visit orders are done: Linux
- * 6.11+'s (checksum, zero page, stable tree, unstable tree) and 6.1's (the
- * stable tree first, with the item still linked where it was).
- * Everything else (a stale node or dup, a chain that is due for pruning or
- * would collapse, an unstable-tree hit that would make a new KSM page, a KSM
- * page not linked to its item, an unstable item of the current pass) it
- * leaves untouched and hands back: it returns that event's index and ksmd
+ * that stable_node_dup() picks, pruning the chain when it is due, moving
+ * the dup to the chain's head as it does), inserting into the unstable tree,
+ * and merging with an unstable-tree partner of the same window into a new
+ * KSM page (try_to_merge_two_pages(), stable_tree_insert(): a plain node, a
+ * new dup of a chain, or a new chain of the node filed before and the new
+ * one).  Both visit orders are done: Linux 6.11+'s (checksum, zero page,
+ * stable tree, unstable tree) and 6.1's (the stable tree first, with the
+ * item still linked where it was).
+ * Everything else (a stale node or dup, a chain that would collapse, a
+ * partner outside the window, a new KSM page when tracing or without room
+ * for its node, a KSM page not linked to its item, an unstable item of the
+ * current pass) it leaves untouched and hands back: it returns that event's index and ksmd
  * (ksmreplay/ksm.py) does it, then calls again from the next one.  Whether a
  * visit is handed back is decided before it changes anything.  The outcome
  * is the same as Ksmd._cmp_and_merge and Ksmd.unlink one event at a time,
@@ -54,8 +58,8 @@ struct scan {
 	/* frames */
 	const uint64_t *fr_content;
 	int32_t *fr_mapcount;
-	const uint8_t *fr_ksm;
-	const int32_t *fr_node;
+	uint8_t *fr_ksm;
+	int32_t *fr_node;
 	/* items */
 	struct item_hot *items;
 	struct item_cold *cold;
@@ -63,21 +67,25 @@ struct scan {
 	int64_t *prev;
 	/* stable nodes */
 	int32_t *node_size;
-	const int64_t *node_frame;
+	int64_t *node_frame;
 	int64_t *head;
 	int64_t *dup_next;
 	/* chains */
 	int64_t *ch_head;
 	int32_t *ch_count;
 	int64_t *ch_looked;
-	const int64_t *ch_prune;
+	int64_t *ch_prune;
 	/* trees */
 	struct map stable, unstable;
+	/* the window's runs of pages: (first page, end page, first position) each */
+	const int64_t *segs;
+	int64_t n_segs;
 	/* knobs, pass, clock */
 	const struct visit_args *a;
 	/* outputs */
 	int64_t *dead;
 	struct traced *traced;	/* NULL: not tracing */
+	int64_t *made;
 	int64_t *sums;
 };
 
@@ -252,51 +260,63 @@ struct pick {
 	int64_t dup;	/* the dup chosen, -1: none */
 	int64_t size;	/* its length as the lookup sees it */
 	int64_t walked;	/* dups looked at */
+	int64_t prune;	/* the time of a lookup that prunes the chain, -1: none */
 };
 
 /*
- * Ksmd._choose_dup() of chain cid for event i, without pruning: 0 to hand the
- * visit back (a lookup that may prune the chain, a stale dup on the way, a
- * chain that is empty or would collapse).  The walk stops at the first dup
- * with room; with none, 6.11+ settles for the first dup and 6.1 for nothing.
+ * Ksmd._choose_dup() of chain cid for the visit of item `it` at time `now`
+ * (prune: a lookup that may prune the chain), without changing anything: 0
+ * to hand the visit back (a stale dup on the way, a chain that is empty or
+ * would collapse).  Without pruning the walk stops at the first dup with
+ * room; pruning, every dup is looked at and the fullest with room wins.
+ * With none, 6.11+ settles for the first dup and 6.1 for nothing.
  */
-static int chain_pick(const struct scan *k, int64_t i, int64_t cid, const struct item_hot *it,
-		      struct pick *p)
+static int chain_pick(const struct scan *k, int64_t cid, const struct item_hot *it, int64_t now,
+		      int prune, struct pick *p)
 {
 	const struct visit_args *a = k->a;
-	int64_t count = k->ch_count[cid];
+	int64_t count = k->ch_count[cid], fsize = 0;
+	int fcand = 0;
 
-	if (!a->chains || count == 0 || (count == 1 && a->collapse_any))
+	if (!a->chains || count == 0)
 		return 0;
-	if (visit_time(k, i) / a->jiffy_ns >= (k->ch_prune[cid] + a->prune_ns) / a->jiffy_ns)
+	prune = prune && now / a->jiffy_ns >= (k->ch_prune[cid] + a->prune_ns) / a->jiffy_ns;
+	if (count == 1 && (prune || a->collapse_any))
 		return 0;
 	p->dup = -1;
-	p->size = 0;
 	p->walked = 0;
+	p->prune = prune ? now : -1;
 	for (int64_t d = k->ch_head[cid]; d >= 0; d = k->dup_next[d]) {
 		int64_t size;
+		int cand;
 
 		p->walked++;
 		if (!node_alive(k, d))
 			return 0;
 		size = seen_size(k, d, it);
-		if (candidate(k, size, 0) || (p->dup < 0 && a->collapse_any)) {
+		cand = candidate(k, size, 0);
+		if (a->collapse_any ? p->dup < 0 || (cand && (!fcand || size > fsize))
+				    : cand && (p->dup < 0 || size > fsize)) {
 			p->dup = d;
-			p->size = size;
+			fsize = size;
+			fcand = cand;
 		}
-		if (candidate(k, size, 0))
+		if (!prune && fcand)
 			break;
 	}
+	p->size = fsize;
 	return 1;
 }
 
-/* The rest of the pick's lookup: counted, and the dup chosen to the chain's head if it has room. */
+/* The rest of the pick's lookup: counted, pruned, the dup chosen to the head if it has room. */
 static void chain_use(struct scan *k, int64_t cid, const struct pick *p)
 {
 	int64_t d = k->ch_head[cid];
 
 	k->ch_looked[cid]++;
 	k->sums[VISIT_DUPS] += p->walked;
+	if (p->prune >= 0)
+		k->ch_prune[cid] = p->prune;
 	if (p->dup < 0 || d == p->dup || !candidate(k, p->size, 1))
 		return;
 	while (k->dup_next[d] != p->dup)
@@ -306,13 +326,107 @@ static void chain_use(struct scan *k, int64_t cid, const struct pick *p)
 	k->ch_head[cid] = p->dup;
 }
 
+/* The window position of the item `row` of this window's mm, or -1 if it is outside the window. */
+static int64_t window_pos(const struct scan *k, int64_t row)
+{
+	int64_t page = k->cold[row].page;
+
+	if (k->cold[row].slot != k->a->slot)
+		return -1;
+	for (int64_t s = 0; s < k->n_segs; s++) {
+		const int64_t *seg = &k->segs[3 * s];
+
+		if (page >= seg[0] && page < seg[1])
+			return seg[2] + page - seg[0];
+	}
+	return -1;
+}
+
+/* Ksmd._unlink_unstable for an item of this pass's tree, found there under `content`. */
+static void unlink_partner(struct scan *k, int64_t row, uint64_t content)
+{
+	struct slot *entry = slot_live(k->unstable.slots, k->unstable.bits, k->unstable.now, content);
+
+	k->sums[VISIT_UNSHARED]--;
+	k->items[row].state = STATE_NONE;
+	if (entry && entry->val == row) {
+		entry->val = SLOT_DELETED;
+		k->sums[VISIT_UNSTABLE_DELETED]++;
+	}
+}
+
+/*
+ * try_to_merge_two_pages() of the page of event i (item row, frame, content) with item partner at window position q, then
+ * stable_tree_insert() (cid: content's chain, else entry is its plain node
+ * or SLOT_ABSENT) and the two stable_tree_append()s (Ksmd._cmp_and_merge
+ * after an unstable-tree hit).  Returns 0 if the hit aborts (the partner's
+ * page is gone, changed or a KSM page, or is this very frame).
+ */
+static int merge_pair(struct scan *k, int64_t i, int64_t row, int64_t frame, uint64_t content,
+		      int64_t partner, int64_t q, int64_t entry, int64_t cid)
+{
+	int64_t other = k->ptes[q], nid = k->a->next_node + k->sums[VISIT_MADE];
+	int64_t *made = &k->made[MADE_FIELDS * k->sums[VISIT_MADE]];
+	struct pick pick;
+
+	if (other < 0 || k->fr_ksm[other] || k->fr_content[other] != content || other == frame)
+		return 0;
+	k->sums[VISIT_PAIRS]++;
+	/* this page becomes the KSM page in place; the partner's PTE points at it */
+	k->fr_ksm[frame] = 1;
+	k->ptes[q] = frame;
+	k->fr_mapcount[frame]++;
+	k->sums[VISIT_PTES]++;
+	put_frame(k, other);
+	unlink_partner(k, partner, content);
+	/* stable_tree_insert(): a node for the new KSM page */
+	k->sums[VISIT_MADE]++;
+	k->node_frame[nid] = frame;
+	k->node_size[nid] = 0;
+	k->head[nid] = -1;
+	k->dup_next[nid] = -1;
+	k->fr_node[frame] = (int32_t)nid;
+	made[MADE_CHAIN] = -1;
+	made[MADE_NEW_CHAIN] = 0;
+	if (cid >= 0) {
+		/* chain(): a lookup that does not prune; it cannot hand back here */
+		if (chain_pick(k, cid, &k->items[row], 0, 0, &pick))
+			chain_use(k, cid, &pick);
+	} else if (entry >= 0) {
+		/* the plain node becomes the first dup of a new chain */
+		cid = k->a->next_chain + k->sums[VISIT_CHAINS]++;
+		k->ch_head[cid] = entry;
+		k->dup_next[entry] = -1;
+		k->ch_count[cid] = 1;
+		k->ch_looked[cid] = 0;
+		k->ch_prune[cid] = visit_time(k, i);
+		k->sums[VISIT_DUPS_MADE]++;
+		slot_live(k->stable.slots, k->stable.bits, k->stable.now, content)->val =
+			CHAIN_ENTRY + cid;
+		made[MADE_NEW_CHAIN] = 1;
+	} else {
+		map_insert(&k->stable, content, nid);
+		k->sums[VISIT_STABLE_ADDED]++;
+	}
+	if (cid >= 0) {
+		k->dup_next[nid] = k->ch_head[cid];
+		k->ch_head[cid] = nid;
+		k->ch_count[cid]++;
+		k->sums[VISIT_DUPS_MADE]++;
+		made[MADE_CHAIN] = cid;
+	}
+	append(k, partner, nid);
+	append(k, row, nid);
+	return 1;
+}
+
 /* cmp_and_merge_page() of event i: the page at window position p, item row; 0 to hand it back. */
 static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 {
 	const struct visit_args *a = k->a;
 	struct item_hot *it = &k->items[row];
 	struct item_cold *c = &k->cold[row];
-	int64_t frame = k->ptes[p], entry, cid = -1, node = -1;
+	int64_t frame = k->ptes[p], entry = SLOT_ABSENT, cid = -1, node = -1, partner = -1, q = -1;
 	struct pick pick;
 	uint64_t content;
 	int changed, zero;
@@ -334,7 +448,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		entry = map_find(&k->stable, content);
 		if (entry >= CHAIN_ENTRY) {
 			cid = entry - CHAIN_ENTRY;
-			if (!chain_pick(k, i, cid, it, &pick))
+			if (!chain_pick(k, cid, it, visit_time(k, i), 1, &pick))
 				return 0;
 			if (pick.dup >= 0 && candidate(k, pick.size, 0))
 				node = pick.dup;
@@ -344,8 +458,16 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 			if (candidate(k, seen_size(k, entry, it), 0))
 				node = entry;
 		}
-		if (node < 0 && !changed && !zero && map_find(&k->unstable, content) >= 0)
-			return 0; /* a new KSM page, or one of its aborts */
+	}
+	if (node < 0 && !changed && !zero) {
+		/* unstable_tree_search_insert(): a partner makes a new KSM page */
+		partner = map_find(&k->unstable, content);
+		if (partner >= 0) {
+			q = window_pos(k, partner);
+			if (q < 0 || k->traced || !a->pairs || k->sums[VISIT_MADE] >= a->room ||
+			    (cid < 0 && entry >= 0 && k->sums[VISIT_CHAINS] >= a->room))
+				return 0;
+		}
 	}
 	if (cid >= 0)
 		chain_use(k, cid, &pick);
@@ -374,6 +496,9 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		put_frame(k, frame);
 		if (k->traced)
 			trace_merge(k, i, TRACED_ZERO);
+	} else if (partner >= 0) {
+		k->sums[VISIT_SEARCHES]++;
+		merge_pair(k, i, row, frame, content, partner, q, entry, cid);
 	} else {
 		/* unstable_tree_search_insert(): no partner, insert */
 		map_insert(&k->unstable, content, row);
@@ -392,18 +517,21 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
  * window position pos[i], the when[i]-th visit of the window.  Returns the
  * first event handed back, or n.  sums[] accumulates (see VISIT_*); dead[]
  * needs room for n entries, and so does traced[] unless it is NULL (no
- * tracing).
+ * tracing); made[] for args->room records, and the node columns for as
+ * many nodes from args->next_node on, the chain columns for as many chains
+ * from args->next_chain on, the stable tree's table for as many entries.
  */
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
 		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
-		  const uint64_t *fr_content, int32_t *fr_mapcount, const uint8_t *fr_ksm,
-		  const int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
-		  int64_t *next, int64_t *prev, int32_t *node_size, const int64_t *node_frame,
+		  const uint64_t *fr_content, int32_t *fr_mapcount, uint8_t *fr_ksm,
+		  int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
+		  int64_t *next, int64_t *prev, int32_t *node_size, int64_t *node_frame,
 		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
-		  int64_t *ch_looked, const int64_t *ch_prune, struct slot *st_slots,
+		  int64_t *ch_looked, int64_t *ch_prune, struct slot *st_slots,
 		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,
-		  uint32_t un_now, const struct visit_args *args, int64_t *dead,
-		  struct traced *traced, int64_t *sums)
+		  uint32_t un_now, const int64_t *segs, int64_t n_segs,
+		  const struct visit_args *args, int64_t *dead, struct traced *traced,
+		  int64_t *made, int64_t *sums)
 {
 	struct scan k = {
 		ptes, when, fr_content, fr_mapcount, fr_ksm, fr_node,
@@ -411,7 +539,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 		ch_head, ch_count, ch_looked, ch_prune,
 		{ st_slots, st_bits, st_now },
 		{ un_slots, un_bits, un_now },
-		args, dead, traced, sums,
+		segs, n_segs, args, dead, traced, made, sums,
 	};
 
 	for (int64_t i = start; i < n; i++) {

@@ -3,9 +3,11 @@
 GIVEN pages that merge (new KSM pages, stable merges, zero pages, unique
 pages), then are written (copy-on-write breaks, changed checksums) and
 scanned again, WHEN ksmd scans them with the native core, THEN the C loop
-does every visit but the unstable-tree hits that make a new KSM page, and the
-outcome is the one of the scalar walk.  (The engine-against-reference tests
-run the accelerated scan on random traces: chains, stale nodes, forks.)
+does every visit, new KSM pages included, and hands back only the
+unstable-tree hits whose partner is outside the window (in another
+process, here); the outcome is the one of the scalar walk.  (The
+engine-against-reference tests run the accelerated scan on random traces:
+chains, stale nodes, forks; tests/test_chains.py chains and 6.1.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ BASE = 0x10000000
 SECOND = 1_000_000_000
 
 
-def _trace(pages: int, seed: int) -> list[Event]:
+def _trace(pages: int, seed: int, procs: int = 1) -> list[Event]:
     rng = np.random.default_rng(seed)
     # A quarter zero pages, half of 40 shared contents, a quarter unique.
     contents = rng.choice(
@@ -42,17 +44,24 @@ def _trace(pages: int, seed: int) -> list[Event]:
         replace=False,
     )
     dirty = np.sort(rng.choice(pages, pages // 10, replace=False))
+    per = pages // procs
     events: list[Event] = [
-        Ksm(1, 0, {"run": 1, "pages_to_scan": 500, "use_zero_pages": 1, "smart_scan": 1}),
-        Alloc(2, 0, 1, BASE, pages * PAGE),
-        Write(3, 0, 1, BASE, pages * PAGE, contents),
-        Madvise(4, 0, 1, BASE, pages * PAGE, "mergeable"),
-        Settle(5, 0, 3),
-        Snapshot(6, 0, "merged"),
+        Ksm(0, 0, {"run": 1, "pages_to_scan": 500, "use_zero_pages": 1, "smart_scan": 1})
     ]
-    for i, page in enumerate(dirty.tolist()):
-        events.append(Write(7 + i, SECOND, 1, BASE + page * PAGE, PAGE, int(rng.integers(1, 60))))
-    n = len(events) + 1
+    for pid in range(1, procs + 1):
+        part = contents[(pid - 1) * per : pid * per]
+        events += [
+            Alloc(len(events), 0, pid, BASE, per * PAGE),
+            Write(len(events) + 1, 0, pid, BASE, per * PAGE, part),
+            Madvise(len(events) + 2, 0, pid, BASE, per * PAGE, "mergeable"),
+        ]
+    events += [Settle(len(events), 0, 3), Snapshot(len(events) + 1, 0, "merged")]
+    for page in dirty.tolist():
+        pid, page = 1 + page // per % procs, page % per
+        events.append(
+            Write(len(events), SECOND, pid, BASE + page * PAGE, PAGE, int(rng.integers(1, 60)))
+        )
+    n = len(events)
     events += [Settle(n, SECOND, 3), Snapshot(n + 1, SECOND, "rewritten")]
     return events
 
@@ -68,25 +77,58 @@ def _replay(events: list[Event]) -> list[dict[str, Any]]:
     return snaps
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_only_unstable_tree_hits_are_handed_back(
-    seed: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _handed_back(
+    events: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[dict[str, Any]], list[tuple[bool, bool]], int]:
+    """The native core's replay, each visit it handed back (an unstable-tree
+    hit?, its partner in another process?) and the new KSM pages it made."""
+    handed: list[tuple[bool, bool]] = []
+    made = [0]
+    cmp_and_merge, take_in = Ksmd._cmp_and_merge, Ksmd._made
+
+    def watched(self: Ksmd, slot: Any, row: int, view: Any, k: int, page: int) -> None:
+        frame = int(view[k])
+        partner = self.unstable.get(int(self.mem.frames.content[frame]))
+        hit = not self.mem.frames.ksm[frame] and partner is not None
+        elsewhere = hit and int(self.items.slot[partner]) != slot.id
+        handed.append((hit, elsewhere))
+        cmp_and_merge(self, slot, row, view, k, page)
+
+    def counted(self: Ksmd, done: Any) -> None:
+        made[0] += done.pairs
+        take_in(self, done)
+
+    with monkeypatch.context() as m:
+        m.setattr(Ksmd, "_cmp_and_merge", watched)
+        m.setattr(Ksmd, "_made", counted)
+        return _replay(events), handed, made[0]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_every_visit_is_done_in_c(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process: every partner is in the window, so nothing is handed back."""
     events = _trace(3000, seed)
     monkeypatch.setenv(native.ENV, "0")
     expected = _replay(events)
     monkeypatch.delenv(native.ENV)
-    hits: list[bool] = []
-    cmp_and_merge = Ksmd._cmp_and_merge
+    got, handed, made = _handed_back(events, monkeypatch)
+    assert got == expected
+    assert handed == []
+    assert made >= expected[0]["ksm"]["pages_shared"] > 0
 
-    def watched(self: Ksmd, slot: Any, row: int, view: Any, k: int, page: int) -> None:
-        frame = int(view[k])
-        content = int(self.mem.frames.content[frame])
-        hits.append(not self.mem.frames.ksm[frame] and self.unstable.get(content) is not None)
-        cmp_and_merge(self, slot, row, view, k, page)
 
-    monkeypatch.setattr(Ksmd, "_cmp_and_merge", watched)
-    assert _replay(events) == expected
-    assert all(hits)
-    # ... and those are the new KSM pages, not a handful of the visits.
-    assert expected[0]["ksm"]["pages_shared"] <= len(hits) < 3000 // 10
+@pytest.mark.parametrize("seed", [0])
+def test_partners_in_another_process_are_handed_back(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three processes: a new KSM page whose partner is in another process's
+    window is made by the scalar ksmd, and nothing else is handed back."""
+    events = _trace(3000, seed, procs=3)
+    monkeypatch.setenv(native.ENV, "0")
+    expected = _replay(events)
+    monkeypatch.delenv(native.ENV)
+    got, handed, made = _handed_back(events, monkeypatch)
+    assert got == expected
+    assert handed and all(hit and elsewhere for hit, elsewhere in handed)
+    assert made > 0
+    assert len(handed) < 3000 // 10
