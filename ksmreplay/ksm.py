@@ -1551,6 +1551,11 @@ class Ksmd:
         frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
         items = (it.hot, it.cold, it.hnext, it.hprev)
         args = self._visit_args(core, when, slot)
+        # (next_node and next_chain as plain words: set for every call)
+        at = core.visit_args.fields["next_node"][1] // 8
+        ids = args.view(np.int64)[at : at + 2]
+        arg_bytes = args.view(np.uint8)
+        node_cols, chains, stable = self.node_cols, self.chains, self.stable.index()
         seg_lo = np.array([lo for lo, _hi, _v in segs], np.int64)
         seg_hi = np.array([hi for _lo, hi, _v in segs], np.int64)
         seg_at = np.concatenate([[0], np.cumsum(seg_hi - seg_lo)[:-1]])
@@ -1560,12 +1565,11 @@ class Ksmd:
         while start < n:
             self.unstable.reserve(n - start)
             # Room for the nodes, chains and stable-tree entries C may make.
-            self.node_cols.reserve(self._next_node_id + MADE_ROOM)
-            self.chains.reserve(MADE_ROOM)
-            self.stable.index().reserve(MADE_ROOM)
-            args["next_node"] = self._next_node_id
-            args["next_chain"] = self.chains.next_id
-            cols = self.node_cols  # (the columns grow when a node is made)
+            node_cols.reserve(self._next_node_id + MADE_ROOM)
+            chains.reserve(MADE_ROOM)
+            stable.reserve(MADE_ROOM)
+            ids[0], ids[1] = self._next_node_id, chains.next_id
+            cols = node_cols  # (the columns grow when a node is made)
             done = core.visit(
                 start,
                 order,
@@ -1576,11 +1580,12 @@ class Ksmd:
                 frames,
                 items,
                 (cols.size, cols.frame, cols.head, cols.dup_next),
-                self.chains.columns(),
-                self.stable.index().table(),
+                chains.columns(),
+                stable.table(),
                 self.unstable.table(),
                 seg_rows,
-                args,
+                arg_bytes,
+                MADE_ROOM,
                 traced,
             )
             self._visited(slot, done)

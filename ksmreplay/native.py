@@ -296,6 +296,7 @@ class Native:
         self._front_out = _scratch(0, core.FRONT_SUMS)
         self.visit_args = np.dtype(core.VISIT_ARGS)
         """:meth:`visit`'s ``args``: ``struct visit_args``."""
+        self._made = np.empty((0, core.MADE_FIELDS), np.int64)
 
     def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
         """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
@@ -484,7 +485,8 @@ class Native:
         stable: MapTable,
         unstable: MapTable,
         segs: npt.NDArray[np.int64],
-        args: npt.NDArray[np.void],
+        args: npt.NDArray[np.uint8],
+        room: int,
         traced: bool = False,
     ) -> Visited:
         """Events ``start`` on of a window (``visit.c``) until one it hands back.
@@ -498,16 +500,18 @@ class Native:
         chain columns head, count, looked, prune (``ksm.ChainColumns``); the
         maps are ``ContentMap.table()`` s; ``segs`` the window's runs of
         pages (first page, end page, first position; rows); ``args`` is one
-        :attr:`visit_args` record (knobs, kernel rules, ksmd's clock, the
-        ids and room of the nodes and chains it may make).  The columns are
-        updated in place.  With ``traced``, the merges made are
+        :attr:`visit_args` record as bytes (knobs, kernel rules, ksmd's
+        clock, the ids of the nodes and chains it may make, and ``room``,
+        how many).  The columns are updated in place.  With ``traced``, the merges made are
         listed too (``Visited.traced``, for ksmd's tracepoints).
         """
         core = self._core
         dead = np.empty(len(pos), np.int64)
         merges = np.empty(len(pos), TRACED) if traced else _NOT_TRACED
         sums = np.zeros(core.VISIT_SUMS, np.int64)
-        made = np.empty((int(args[0]["room"]), core.MADE_FIELDS), np.int64)
+        if len(self._made) < room:
+            self._made = np.empty((room, core.MADE_FIELDS), np.int64)
+        made = self._made
         st_slots, st_bits, st_now = stable
         un_slots, un_bits, un_now = unstable
         stop: int = core.visit(
@@ -535,7 +539,7 @@ class Native:
             else _NONE_TRACED,
             s[core.VISIT_DUPS],
             s[core.VISIT_PAIRS],
-            made[: s[core.VISIT_MADE]],
+            made[: s[core.VISIT_MADE]].copy() if s[core.VISIT_MADE] else _NONE_MADE,
             s[core.VISIT_CHAINS],
             s[core.VISIT_DUPS_MADE],
             s[core.VISIT_STABLE_ADDED],
@@ -573,6 +577,7 @@ class Native:
 _NOT_TRACED = np.empty(0, TRACED)
 """The ``traced`` argument of ``visit.c`` when not tracing (none: nothing recorded)."""
 _NONE_TRACED = np.empty((0, 2), np.int64)
+_NONE_MADE = np.empty((0, 2), np.int64)
 """``Visited.traced`` when not tracing."""
 
 

@@ -249,7 +249,7 @@ PyDoc_STRVAR(visit_doc,
 	     "      segs, args, dead, traced, made, sums) -> int\n\n"
 	     "A window's events from start on (ksr_visit): the first handed back, or len(pos).\n"
 	     "segs: the window's runs, (first page, end page, first position) each.\n"
-	     "args: one struct visit_args record; made: room for args.room records.\n"
+	     "args: one struct visit_args, as bytes; made: room for args.room records.\n"
 	     "traced: struct traced records, room for len(pos), or none (not tracing).");
 
 static PyObject *py_visit(PyObject *self, PyObject *args)
@@ -291,7 +291,8 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE(ch_prune, int64_t *, o[20], 8, 'i', 1);
 	TAKE(st_slots, struct slot *, o[21], sizeof(struct slot), 'r', 1);
 	TAKE(un_slots, struct slot *, o[22], sizeof(struct slot), 'r', 1);
-	TAKE_N(vargs, const struct visit_args *, o[23], sizeof(struct visit_args), 'r', 0, n_args);
+	/* (bytes, not a record: a record's buffer format is slow to make) */
+	TAKE_N(vargs, const struct visit_args *, o[23], 1, 'u', 0, n_args);
 	TAKE_N(dead, int64_t *, o[24], 8, 'i', 1, n_dead);
 	TAKE_N(traced, struct traced *, o[25], sizeof(struct traced), 'r', 1, n_traced);
 	TAKE_N(sums, int64_t *, o[26], 8, 'i', 1, n_sums);
@@ -299,7 +300,8 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE_N(made, int64_t *, o[28], 8, 'i', 1, n_made);
 	if (n_traced == 0)
 		traced = NULL;
-	if (n_rows != n || n_kind != n || n_when != n || n_args != 1 || n_dead < n ||
+	if (n_rows != n || n_kind != n || n_when != n ||
+	    n_args != (Py_ssize_t)sizeof(struct visit_args) || n_dead < n ||
 	    (traced && n_traced < n) || n_sums < VISIT_SUMS || start < 0 || start > n ||
 	    n_segs % 3 || vargs->room < 0 || n_made < MADE_FIELDS * vargs->room) {
 		PyErr_SetString(PyExc_ValueError, "visit: arrays of the wrong lengths");
