@@ -1,7 +1,7 @@
 """Measure how fast ksmreplay reads traces and simulates ksmd, against the real ksmd.
 
 Usage: ``python bench/run.py [--runs N] [--big-runs N] [--events N] [--pages N]
-[--only NAME ...] [--no-live] [--host-trace FILE] [--out FILE]``
+[--chain-pages N] [--only NAME ...] [--no-live] [--host-trace FILE] [--out FILE]``
 
 Every trace is generated here, deterministically, into a temporary directory:
 
@@ -24,6 +24,17 @@ measures the other rows without it (marked ``pure``).
 * ``distinct``: N all-different pages, settled (checksums, the unstable
   tree; nothing merges).
 * ``zero``: N zero-filled pages with ``use_zero_pages=1``, settled.
+* ``chains``: ``--chain-pages`` pages (default 1,000,000: 4 GiB) holding
+  1,000 contents, 1,000 sharers each, from ksmd's first pass until settled
+  (one ``settle``, timed), ``pages_to_scan`` = 10,000, the other knobs at
+  their defaults (``use_zero_pages=0``, ``max_page_sharing=256``: every
+  content needs a stable node chain of 4 dups).  The real ksmd runs the same
+  pages with ``pages_to_scan`` = 10,000; a note gives both times for the
+  same passes.
+* ``kernel-6.1``: ``ksmreplay run --mode legacy`` of 4 ``vm-guests`` of
+  1 GiB (1,048,576 pages, the workload's other defaults) with
+  ``--kernel 6.1`` (Linux 6.1's older visit order: the stable tree searched
+  before the checksum) and with ``--kernel 6.18``; seconds and their ratio.
 * ``scale``: ``steady`` at 250k, 1M and 4M pages: time per visit and bytes per
   page, to show the cost grows linearly (4M runs ``--big-runs`` times).
 * ``sweep``: ``ksmreplay sweep`` of 100 runs (``pages_to_scan`` x
@@ -93,6 +104,8 @@ START, END = "bench-start", "bench-end"
 """Labels of the snapshot events around the timed part of a replay trace."""
 
 REPLAYS = ("steady", "merge", "distinct", "zero")
+CHAIN_SCAN = 10_000
+"""``pages_to_scan`` of the ``chains`` trace (and of the real ksmd running it)."""
 SCALES = (250_000, 1_000_000, 4_000_000)
 """Page counts of the steady-state cost measurements (``scale``)."""
 LIVE_TIMEOUT_S = 300.0
@@ -116,7 +129,8 @@ def make_replay_trace(path: Path, kind: str, pages: int) -> None:
     from ksmreplay.trace import TraceWriter
 
     per = pages // PROCS
-    knobs: dict[str, int] = {"pages_to_scan": max(pages, 1), "sleep_millisecs": 20}
+    scan = CHAIN_SCAN if kind == "chains" else max(pages, 1)
+    knobs: dict[str, int] = {"pages_to_scan": scan, "sleep_millisecs": 20}
     if kind == "zero":
         knobs["use_zero_pages"] = 1
     with path.open("wb") as f:
@@ -193,6 +207,18 @@ def measure_sweep(path: Path, jobs: int) -> tuple[float, float]:
     return seconds, cpu
 
 
+GUESTS_PARAMS = ("guests=4", "guest_mib=1024")
+"""kernel-6.1: 4 guests of 1 GiB (1,048,576 pages), the workload's other defaults."""
+
+
+def make_guests_trace(path: Path) -> None:
+    from ksmreplay.synth import get_workload, resolve_params, synthesize
+
+    values = resolve_params(get_workload("vm-guests"), GUESTS_PARAMS)
+    with path.open("wb") as f:
+        synthesize("vm-guests", f, values, 1)
+
+
 def make_host_trace(path: Path) -> None:
     from ksmreplay.synth import get_workload, resolve_params, synthesize
 
@@ -205,7 +231,7 @@ def page_contents(kind: str, pages: int, proc: int) -> list[int]:
     """The fingerprints (first word of each page) process ``proc`` of a replay trace holds."""
     per = pages // PROCS
     first = proc * per
-    if kind in ("steady", "merge"):
+    if kind in ("steady", "merge", "chains"):
         return [1 + (first + j) % 1000 for j in range(per)]
     if kind == "distinct":
         return [1 + first + j for j in range(per)]
@@ -232,8 +258,8 @@ def live_child(kind: str, pages: int, proc: int) -> None:
     area.close()
 
 
-def live_once(kind: str, pages: int, passes: int) -> float:
-    """Real ksmd page visits per second for the work the simulator does on ``kind``.
+def live_once(kind: str, pages: int, passes: int) -> tuple[int, float]:
+    """Real ksmd page visits, and seconds, for the work the simulator does on ``kind``.
 
     ``steady``: ``passes`` full scans after ksmd settled; otherwise the first
     ``passes`` full scans from ``run=1``.  Holds the live lock and the knob
@@ -276,7 +302,7 @@ def live_once(kind: str, pages: int, passes: int) -> float:
             for name in RESTORE_ORDER:
                 if name in have:
                     guard.write(name, DEFAULTS[name])
-            guard.write("pages_to_scan", max(pages, 1))
+            guard.write("pages_to_scan", CHAIN_SCAN if kind == "chains" else max(pages, 1))
             guard.write("sleep_millisecs", 0)
             guard.write("use_zero_pages", 1 if kind == "zero" else 0)
             scans = read_int("full_scans")
@@ -306,7 +332,7 @@ def live_once(kind: str, pages: int, passes: int) -> float:
                 child_proc.communicate("")
         if problems:
             raise LiveKernelError("; ".join(problems))
-    return visits / seconds
+    return visits, seconds
 
 
 def live_skip_reason() -> str | None:
@@ -324,9 +350,13 @@ def live_skip_reason() -> str | None:
     return None
 
 
-def measure_live(kind: str, pages: int, runs: int, passes: int) -> float:
-    """Median real ksmd visits/s over ``runs`` runs."""
-    return statistics.median(live_once(kind, pages, passes) for _ in range(runs))
+def measure_live(kind: str, pages: int, runs: int, passes: int) -> tuple[float, float]:
+    """Median real ksmd visits/s, and median seconds, over ``runs`` runs."""
+    done = [live_once(kind, pages, passes) for _ in range(runs)]
+    return (
+        statistics.median(visits / seconds for visits, seconds in done),
+        statistics.median(seconds for _visits, seconds in done),
+    )
 
 
 def child(kind: str, path: str) -> None:
@@ -344,16 +374,20 @@ def child(kind: str, path: str) -> None:
             )
         timed = time.perf_counter() - start
         total = timed
-    elif kind == "cli":
-        # End to end: ``ksmreplay run --mode unshare`` as the command line does it.
+    elif kind.startswith("cli"):
+        # End to end: ``ksmreplay run --mode unshare`` as the command line does it
+        # (``cli:KERNEL``: ``run --kernel KERNEL --mode legacy``).
         import contextlib
         import os
 
         from ksmreplay.cli import cli
 
+        how = ["--mode", "unshare"]
+        if ":" in kind:
+            how = ["--kernel", kind.split(":")[1], "--mode", "legacy"]
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             try:
-                cli.main(["run", "--mode", "unshare", path], standalone_mode=False)
+                cli.main(["run", *how, path], standalone_mode=False)
             except SystemExit as e:
                 if e.code not in (0, None):
                     raise
@@ -416,6 +450,7 @@ def measure(kind: str, path: Path, runs: int, pages: int, accel: bool = True) ->
         "events_rate": statistics.median(r["events"] / r["total"] for r in results),
         "events": results[0]["events"],
         "seconds": statistics.median(r["total"] for r in results),
+        "timed": statistics.median(r["timed"] for r in results),
         "maxrss_mib": peak / 1024,
         "per_page": grown * 1024 / pages if pages else None,
     }
@@ -452,7 +487,7 @@ def row(name: str, runs: int, r: dict[str, Any], replay: bool) -> list[str]:
     ]
 
 
-ALL = ("read", "events", *REPLAYS, "scale", "sweep", "host", "record")
+ALL = ("read", "events", *REPLAYS, "chains", "kernel-6.1", "scale", "sweep", "host", "record")
 RECORD_DIRTY = 0.01
 """Share of the recorded process's pages rewritten between two samples (``record``)."""
 
@@ -599,6 +634,9 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the read trace")
     parser.add_argument("--pages", type=int, default=200_000, help="pages of the replay traces")
+    parser.add_argument(
+        "--chain-pages", type=int, default=1_000_000, help="pages of the chains trace"
+    )
     parser.add_argument("--only", nargs="+", choices=ALL, help="run only these measurements")
     parser.add_argument("--no-live", action="store_true", help="skip the real-ksmd anchor")
     parser.add_argument("--host-trace", type=Path, help="reuse this host-4m trace file")
@@ -673,10 +711,42 @@ def main() -> None:
                 line = row(f"{kind}-{args.pages // 1000}k{suffix}", args.runs, r, True)
                 if skip is None:
                     passes = max(1, round(r["count"] / args.pages))
-                    real = measure_live(kind, args.pages, args.runs, passes)
+                    real, _seconds = measure_live(kind, args.pages, args.runs, passes)
                     line[-2] = f"{real:,.0f}"
                     line[-1] = f"{r['rate'] / real:.2f}"
                 rows.append(line)
+            elif kind == "chains":
+                pages = args.chain_pages
+                make_replay_trace(path, kind, pages)
+                before = os.getloadavg()[0]
+                r = measure(kind, path, args.runs, pages, accel)
+                line = row(f"chains-{pages // 1000}k{suffix}", args.runs, r, True)
+                note = (
+                    f"chains-{pages // 1000}k: the settle replays in {r['timed']:.2f} s "
+                    f"({r['seconds']:.2f} s in all, start-up and reading included)"
+                )
+                if skip is None:
+                    passes = max(1, round(r["count"] / pages))
+                    real, seconds = measure_live(kind, pages, args.runs, passes)
+                    line[-2] = f"{real:,.0f}"
+                    line[-1] = f"{r['rate'] / real:.2f}"
+                    note += f"; the real ksmd takes {seconds:.2f} s for the same {passes} passes"
+                after = os.getloadavg()[0]
+                notes.append(f"{note}; load average {before:.1f} before, {after:.1f} after")
+                rows.append(line)
+            elif kind == "kernel-6.1":
+                make_guests_trace(path)
+                before = os.getloadavg()[0]
+                old = measure("cli:6.1", path, args.runs, 0, accel)
+                new = measure("cli:6.18", path, args.runs, 0, accel)
+                after = os.getloadavg()[0]
+                rows.append(row(f"guests-4x1g --kernel 6.1 (run){suffix}", args.runs, old, False))
+                rows.append(row(f"guests-4x1g --kernel 6.18 (run){suffix}", args.runs, new, False))
+                notes.append(
+                    f"guests-4x1g: --kernel 6.1 takes {old['seconds'] / new['seconds']:.2f} of "
+                    f"the time of --kernel 6.18 (mode legacy); load average {before:.1f} "
+                    f"before, {after:.1f} after"
+                )
             elif kind == "record":
                 r = measure_record(args.record_mib, args.runs, args.record_samples)
                 size = (
