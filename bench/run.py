@@ -331,8 +331,8 @@ def measure_live(kind: str, pages: int, runs: int, passes: int) -> float:
 
 def child(kind: str, path: str) -> None:
     """Run one measurement in this process and print it as JSON."""
-    from ksmreplay.events import WriteRun
     from ksmreplay.trace import open_trace, read_trace
+    from ksmreplay.trace.events import WriteRun
 
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
@@ -361,8 +361,8 @@ def child(kind: str, path: str) -> None:
         with open_trace(path) as reader:
             count = events = sum(1 for _ in reader)
     else:
-        from ksmreplay.events import Snapshot
         from ksmreplay.simulator import make_simulator
+        from ksmreplay.trace.events import Snapshot
 
         header, evs = read_trace(path)
         sim = make_simulator("unshare", header.page_size, None)

@@ -16,21 +16,6 @@ from ksmreplay import traps
 from ksmreplay.arrays import MEMORY_ENV, NoRoom, check, format_size
 from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import ResourceError, UsageError
-from ksmreplay.events import (
-    Alloc,
-    Event,
-    Exit,
-    Fork,
-    Free,
-    Ksm,
-    Madvise,
-    Prctl,
-    Read,
-    Settle,
-    Snapshot,
-    Write,
-    WriteRun,
-)
 from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
 from ksmreplay.ksm import END, IdleState, Ksmd
@@ -44,6 +29,21 @@ from ksmreplay.timing import (
     next_wake_ns,
     timer_granularity_ns,
     worst_batch_ns,
+)
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Ksm,
+    Madvise,
+    Prctl,
+    Read,
+    Settle,
+    Snapshot,
+    Write,
+    WriteRun,
 )
 from ksmreplay.traps import Trap
 from ksmreplay.vm import MM, FrameTable

@@ -73,7 +73,6 @@ import numpy.typing as npt
 from ksmreplay import procfs, signals
 from ksmreplay.content import fingerprint_pages
 from ksmreplay.errors import InputOutputError, UsageError
-from ksmreplay.events import Header
 from ksmreplay.native import Native, hash_address, native
 from ksmreplay.procfs import (
     PM_MMAP_EXCLUSIVE,
@@ -84,6 +83,7 @@ from ksmreplay.procfs import (
     ProcessGone,
 )
 from ksmreplay.trace import TraceWriter
+from ksmreplay.trace.events import Header
 
 Ranges = list[tuple[int, int]]
 """Sorted, disjoint, non-adjacent ``[start, end)`` address ranges."""

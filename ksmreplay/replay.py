@@ -23,7 +23,6 @@ import numpy as np
 
 from ksmreplay import modes, traps
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Event, Header, Ksm, Settle, Snapshot, WriteRun
 from ksmreplay.kernels import DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import KnobValue
 from ksmreplay.report import (
@@ -41,6 +40,7 @@ from ksmreplay.report import (
     ksmd_cost,
 )
 from ksmreplay.simulator import Simulator, make_simulator
+from ksmreplay.trace.events import Event, Header, Ksm, Settle, Snapshot, WriteRun
 from ksmreplay.tracepoints import Sink
 from ksmreplay.traps import Trap
 

@@ -63,7 +63,6 @@ from ksmreplay.errors import (
     KsmreplayError,
     UsageError,
 )
-from ksmreplay.events import Snapshot
 from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_text_output
 from ksmreplay.render import csv_field, plain_table, render_json, tsv_field, wrapped_table
@@ -83,6 +82,7 @@ from ksmreplay.report import (
 from ksmreplay.simulator import make_simulator
 from ksmreplay.synth import get_workload, resolve_params, synthesize
 from ksmreplay.trace import TraceReader, open_trace
+from ksmreplay.trace.events import Snapshot
 
 SWEEP_VERSION = 1
 """The ``sweep`` key of the JSON output: its shape's version."""

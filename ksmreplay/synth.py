@@ -40,9 +40,9 @@ from typing import IO, Any
 import numpy as np
 
 from ksmreplay.errors import UsageError
-from ksmreplay.events import FingerprintArray, Header
 from ksmreplay.knobs import KNOB_BY_NAME
 from ksmreplay.trace import TraceWriter
+from ksmreplay.trace.events import FingerprintArray, Header
 
 ParamValue = int | float
 

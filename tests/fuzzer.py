@@ -154,8 +154,8 @@ def load_seeds() -> list[Seed]:
         from randtrace import large_random_trace, random_trace
     finally:
         sys.path.remove(str(TESTS))
-    from ksmreplay.events import Header
     from ksmreplay.trace import event_array, header_object
+    from ksmreplay.trace.events import Header
 
     for n in range(12):
         events = [event_array(e) for e in random_trace(n)]

@@ -29,9 +29,9 @@ from reference import ReferenceSimulator
 
 from ksmreplay import ksm
 from ksmreplay.engine import Engine
-from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 from ksmreplay.knobs import KnobValue
 from ksmreplay.timing import sleep_ns
+from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 

@@ -27,9 +27,9 @@ from test_record import needs_ptrace, pages_of, read_back
 
 from ksmreplay import native, procfs
 from ksmreplay.content import fingerprint, fingerprint_pages
-from ksmreplay.events import Madvise, Write
 from ksmreplay.record import Recorder
 from ksmreplay.trace import TraceWriter
+from ksmreplay.trace.events import Madvise, Write
 
 PAGE = mmap.PAGESIZE
 PAGES = 8

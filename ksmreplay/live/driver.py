@@ -84,21 +84,6 @@ import numpy as np
 from ksmreplay import signals
 from ksmreplay.content import fingerprint_pages
 from ksmreplay.errors import Stopped
-from ksmreplay.events import (
-    Alloc,
-    Event,
-    Exit,
-    Fork,
-    Free,
-    Header,
-    Ksm,
-    Madvise,
-    Prctl,
-    Read,
-    Settle,
-    Snapshot,
-    Write,
-)
 from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
@@ -140,6 +125,21 @@ from ksmreplay.report import (
     summarise,
 )
 from ksmreplay.timing import jiffies_ns
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Header,
+    Ksm,
+    Madvise,
+    Prctl,
+    Read,
+    Settle,
+    Snapshot,
+    Write,
+)
 from ksmreplay.tracepoints import Sink
 
 WINDOW_LO = 0x1000_0000_0000
@@ -981,7 +981,7 @@ def execute(
 
     :param reader_or_events: an open trace (``ksmreplay.trace.TraceReader``:
         ``header``, ``name``, iteration) or any iterable of events (a leading
-        :class:`~ksmreplay.events.Header` is allowed).  The events are read
+        :class:`~ksmreplay.trace.events.Header` is allowed).  The events are read
         into memory first (the address window is checked before anything runs).
     :param page_size: the trace's page size (default: the reader's header, else 4096).
     :param force: replay even when other processes use KSM (they will be
