@@ -10,6 +10,9 @@ import numpy.typing as npt
 
 from ksmreplay.errors import ResourceError, UsageError
 
+IntArray = npt.NDArray[np.int64]
+"""The index and page-number arrays of every table (``int64``)."""
+
 DENSE_TABLE_LIMIT = 1 << 22
 """Largest value :func:`dense_ranks` ranks with a lookup table instead of a sort."""
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from ksmreplay import traps
 from ksmreplay.arrays import MEMORY_ENV, NoRoom, check, format_size
-from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import ResourceError, UsageError
 from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
 from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
@@ -47,6 +46,7 @@ from ksmreplay.trace.events import (
 )
 from ksmreplay.traps import Trap
 from ksmreplay.vm import MM, FrameTable
+from ksmreplay.vm.content import PageStore, literal_write
 
 if TYPE_CHECKING:
     from ksmreplay.tracepoints import Sink

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.content import PageStore, literal_write
 from ksmreplay.knobs import DEFAULTS
 from ksmreplay.trace import RangeSet, TraceReader
 from ksmreplay.trace.events import (
@@ -53,6 +52,7 @@ from ksmreplay.trace.events import (
     Write,
     WriteRun,
 )
+from ksmreplay.vm.content import PageStore, literal_write
 
 Fingerprints = int | npt.NDArray[np.uint64]
 """What a segment of a :class:`PageMap` holds: one fingerprint for each of its

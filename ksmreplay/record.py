@@ -5,7 +5,7 @@ per process, ``/proc/PID/maps`` (``smaps`` with ``as_is``), keeps the private
 anonymous mappings (heap, stack, anonymous mmaps), reads
 ``/proc/PID/pagemap`` for them and ``/proc/PID/mem`` for the bytes of the
 pages it must look at, and names each page by the trace format's rule
-(:func:`ksmreplay.content.fingerprint_pages`).  The events written are the
+(:func:`ksmreplay.vm.content.fingerprint_pages`).  The events written are the
 difference from the previous sample:
 
 * ``alloc``/``free`` for address ranges that became mapped or unmapped;
@@ -71,7 +71,6 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay import procfs, signals
-from ksmreplay.content import fingerprint_pages
 from ksmreplay.errors import InputOutputError, UsageError
 from ksmreplay.native import Native, hash_address, native
 from ksmreplay.procfs import (
@@ -84,6 +83,7 @@ from ksmreplay.procfs import (
 )
 from ksmreplay.trace import TraceWriter
 from ksmreplay.trace.events import Header
+from ksmreplay.vm.content import fingerprint_pages
 
 Ranges = list[tuple[int, int]]
 """Sorted, disjoint, non-adjacent ``[start, end)`` address ranges."""

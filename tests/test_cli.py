@@ -541,7 +541,7 @@ def test_diff_same_and_different(small: Path, tmp_path: Path) -> None:
 def test_library_modules_never_import_click_or_tabulate() -> None:
     code = (
         "import sys\n"
-        "import ksmreplay.trace, ksmreplay.inspect, ksmreplay.trace.events, ksmreplay.content\n"
+        "import ksmreplay.trace, ksmreplay.inspect, ksmreplay.trace.events, ksmreplay.vm.content\n"
         "import ksmreplay.knobs, ksmreplay.report\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'tabulate')))\n"
     )

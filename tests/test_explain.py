@@ -25,7 +25,6 @@ from test_trace_properties import _write, valid_traces
 
 from ksmreplay import native
 from ksmreplay.cli import cli
-from ksmreplay.content import PageStore, literal_write
 from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.replay import MODES, replay
@@ -43,6 +42,7 @@ from ksmreplay.trace.events import (
     Prctl,
     Write,
 )
+from ksmreplay.vm.content import PageStore, literal_write
 
 ROOT = Path(__file__).parent.parent
 TESTS = Path(__file__).parent

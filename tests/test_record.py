@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 from ksmreplay.cli import cli
-from ksmreplay.content import fingerprint
 from ksmreplay.errors import UsageError
 from ksmreplay.record import (
     ProcessNotFoundError,
@@ -41,6 +40,7 @@ from ksmreplay.trace.events import (
     Snapshot,
     Write,
 )
+from ksmreplay.vm.content import fingerprint
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PAGES = 16

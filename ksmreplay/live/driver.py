@@ -82,7 +82,6 @@ from typing import Any, cast
 import numpy as np
 
 from ksmreplay import signals
-from ksmreplay.content import fingerprint_pages
 from ksmreplay.errors import Stopped
 from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
@@ -141,6 +140,7 @@ from ksmreplay.trace.events import (
     Write,
 )
 from ksmreplay.tracepoints import Sink
+from ksmreplay.vm.content import fingerprint_pages
 
 WINDOW_LO = 0x1000_0000_0000
 """Lowest live address of trace memory (16 TiB)."""
