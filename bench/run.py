@@ -239,7 +239,7 @@ def live_once(kind: str, pages: int, passes: int) -> float:
     ``passes`` full scans from ``run=1``.  Holds the live lock and the knob
     guard throughout; KSM is left stopped, unmerged, every knob restored.
     """
-    from ksmreplay.knobs import DEFAULTS
+    from ksmreplay.ksm.knobs import DEFAULTS
     from ksmreplay.live.kernel import (
         RESTORE_ORDER,
         KsmGuard,

@@ -15,10 +15,10 @@ import numpy as np
 from ksmreplay import traps
 from ksmreplay.arrays import MEMORY_ENV, NoRoom, check, format_size
 from ksmreplay.errors import ResourceError, UsageError
-from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
-from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
 from ksmreplay.ksm import END, IdleState, Ksmd
-from ksmreplay.modes import MODES
+from ksmreplay.ksm.kernels import ABSENT, DEFAULT_KERNEL, kernel
+from ksmreplay.ksm.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
+from ksmreplay.ksm.modes import MODES
 from ksmreplay.report import Explain, Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
 from ksmreplay.timing import (
     JIFFY_NS,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.knobs import DEFAULTS
+from ksmreplay.ksm.knobs import DEFAULTS
 from ksmreplay.trace import RangeSet, TraceReader
 from ksmreplay.trace.events import (
     OPS,

@@ -21,10 +21,11 @@ from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 
-from ksmreplay import modes, traps
+from ksmreplay import traps
 from ksmreplay.errors import UsageError
-from ksmreplay.kernels import DEFAULT_KERNEL, kernel
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm import modes
+from ksmreplay.ksm.kernels import DEFAULT_KERNEL, kernel
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.report import (
     REPORT_VERSION,
     KsmdCost,

@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from ksmreplay.kernels import DEFAULT_KERNEL
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.kernels import DEFAULT_KERNEL
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.report import Explain, KsmdWork, Pinned, Refusal, Snap
 from ksmreplay.trace.events import Event, WriteRun
 from ksmreplay.tracepoints import Sink

@@ -63,7 +63,7 @@ from ksmreplay.errors import (
     KsmreplayError,
     UsageError,
 )
-from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
+from ksmreplay.ksm.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_text_output
 from ksmreplay.render import csv_field, plain_table, render_json, tsv_field, wrapped_table
 from ksmreplay.replay import check_every, replay, replay_spooled, run_names, run_pairs

@@ -40,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from ksmreplay.errors import UsageError
-from ksmreplay.knobs import KNOB_BY_NAME
+from ksmreplay.ksm.knobs import KNOB_BY_NAME
 from ksmreplay.trace import TraceWriter
 from ksmreplay.trace.events import FingerprintArray, Header
 

@@ -1445,7 +1445,7 @@ def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
     byte counts the word ``snapshot`` in its bytes); and ksmd running flat
     out declares its visits: :data:`FLAT_OUT_CPU_PER_SECOND` per second of it.
     """
-    from ksmreplay.modes import MODES
+    from ksmreplay.ksm.modes import MODES
 
     if mutant.objects is None:
         snapshots = max((data.count(b"snapshot") for data in mutant.forms.values()), default=0)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from reference import ReferenceSimulator
 
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.report import Snap
 from ksmreplay.timing import sleep_ns
 from ksmreplay.trace import events as ev

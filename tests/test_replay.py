@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import pytest
 
 from ksmreplay.errors import InvariantError, TraceError, UsageError
-from ksmreplay.knobs import DEFAULTS, KnobValue
+from ksmreplay.ksm.knobs import DEFAULTS, KnobValue
 from ksmreplay.render import FORMATS, render
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay, replay_spooled
 from ksmreplay.report import KsmdWork, Pinned, Refusal, Snap, close_spools, summarise, unspool

@@ -83,7 +83,7 @@ import numpy as np
 
 from ksmreplay import signals
 from ksmreplay.errors import Stopped
-from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
+from ksmreplay.ksm.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from ksmreplay.errors import ExitStatus, KsmreplayError
-from ksmreplay.knobs import ADVISOR_OWNS, KNOBS, KnobValue
+from ksmreplay.ksm.knobs import ADVISOR_OWNS, KNOBS, KnobValue
 from ksmreplay.live.machine import LOCAL, Machine
 
 KSM_DIR = "/sys/kernel/mm/ksm"

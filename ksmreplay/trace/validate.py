@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from ksmreplay.arrays import dense_ranks
 from ksmreplay.errors import TraceError
-from ksmreplay.knobs import KnobValue, check_settings
+from ksmreplay.ksm.knobs import KnobValue, check_settings
 from ksmreplay.trace.decode import _FILL_PAGES
 from ksmreplay.trace.events import (
     ADVICES,

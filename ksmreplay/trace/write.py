@@ -11,7 +11,7 @@ from typing import IO, Any
 import msgpack
 import numpy as np
 
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.trace.events import (
     DEFAULT_MAX_FULL_SCANS,
     Alloc,

@@ -5,20 +5,20 @@ kernel function each step comes from is named in its docstring.
 
 State
 -----
-Per-item state is a set of numpy columns (:class:`ItemTable`), indexed by
+Per-item state is a set of numpy columns (:class:`~ksmreplay.ksm.items.ItemTable`), indexed by
 item number; each mm's items are found by address through a sparse
 per-page map with the same layout as a page table (``vm.PageTable``), so the
 kernel's address-sorted ``rmap_list`` is implicit: walking pages in address
 order walks the list.  Stable nodes and chains are few (one per distinct
 merged content) and are small Python objects; a node's hlist is a linked
 list through two item columns, its length and KSM frame node columns
-(:class:`NodeColumns`), so that compiled code can link and unlink items.
+(:class:`~ksmreplay.ksm.stable.NodeColumns`), so that compiled code can link and unlink items.
 
 Abstractions (KSM_MODEL.md section 2), and why they cannot change a counter
 at a full-scan boundary:
 
 * Trees are hash tables keyed by content (a dictionary for the stable tree,
-  a :class:`~ksmreplay.contentmap.ContentMap` for the unstable one), not
+  a :class:`~ksmreplay.ksm.contentmap.ContentMap` for the unstable one), not
   red-black trees ordered by ``memcmp``.  A stable search resolves only the
   entry of the searched content, so a stale node is noticed when one of its
   items is unlinked, when its own content is searched, or at run=2 — never
@@ -47,31 +47,28 @@ against each other and against a one-at-a-time reference model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import charge
-from ksmreplay.contentmap import ContentMap
-from ksmreplay.kernels import LINUX_6_18, Kernel
-from ksmreplay.modes import Mode
+from ksmreplay.arrays import IntArray
+from ksmreplay.ksm.advisor import Advisor
+from ksmreplay.ksm.contentmap import ContentMap
+from ksmreplay.ksm.counters import Counters
+from ksmreplay.ksm.items import NONE, STABLE, UNSTABLE, ItemTable, Slot
+from ksmreplay.ksm.kernels import LINUX_6_18, Kernel
+from ksmreplay.ksm.modes import Mode
+from ksmreplay.ksm.stable import Chain, NodeColumns, StableNode, StableTree
+from ksmreplay.ksm.v6 import FlaggedItems, WalkResult
+from ksmreplay.ksm.window import WINDOW_CHUNKS, Front, _Pages, _write_back
 from ksmreplay.native import (
     AGE_MAX,
-    CHAIN_ENTRY,
     CHUNK_SHIFT,
-    ITEM_COLD,
-    ITEM_HOT,
     PTE_KSM_ZERO,
     PTE_ZERO,
     SEQNR_MASK,
-    STATE_NONE,
-    STATE_STABLE,
-    STATE_UNSTABLE,
-    ZERO_PAGE_FLAG,
     Native,
     Visited,
     native,
@@ -87,311 +84,14 @@ from ksmreplay.vm import (
     CHUNK,
     MM,
     NULL,
-    FreeStack,
     Memory,
-    PageTable,
 )
 
 if TYPE_CHECKING:
     from ksmreplay.tracepoints import Tracer
 
-WINDOW_CHUNKS = 64
-"""Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
-
-NONE, UNSTABLE, STABLE = STATE_NONE, STATE_UNSTABLE, STATE_STABLE
-"""Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
-
 END = 1 << 62
 """A page number beyond every mapping."""
-
-IntArray = npt.NDArray[np.int64]
-
-
-class WalkResult(Enum):
-    """What the v6 page walk finds at an address."""
-
-    NORMAL_PAGE = 1
-    """An ordinary or KSM anonymous page: the item is visited."""
-    ZERO_PAGE = 2
-    """The shared zero page: a flagged item there is kept, not visited."""
-    NOTHING = 3
-    """No page, or the VMA is gone or not mergeable: items there are freed."""
-
-
-def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """The v6 flag-clearing helper: only ZERO_PAGE_FLAG goes (the other flags stay)."""
-    cleared: npt.NDArray[np.uint16] = flags & np.uint16(0xFFFF & ~ZERO_PAGE_FLAG)
-    return cleared
-
-
-def _write_back(views: list[IntArray], flat: IntArray) -> None:
-    """Copy a gathered window back into the chunk views it was gathered from."""
-    if len(views) == 1:
-        views[0][:] = flat
-        return
-    at = 0
-    for v in views:
-        v[:] = flat[at : at + len(v)]
-        at += len(v)
-
-
-class ItemTable:
-    """Every ``struct ksm_rmap_item``, as columns indexed by item number.
-
-    The columns but the hlist links are fields of two records per item, in
-    two tables indexed alike: :attr:`hot` (:data:`ITEM_HOT`) holds the few
-    fields smart_scan reads and updates at every page a pass walks (most of
-    them never visited) and the node a KSM page's visit checks, so that a
-    walk reads 8 bytes per page; :attr:`cold` (:data:`ITEM_COLD`) the rest,
-    read by visits.  Each column attribute is a view of its field.
-
-    :ivar slot: owning mm slot id (``int32``).
-    :ivar page: virtual page number (``int64``).
-    :ivar checksum: content seen at the last non-KSM visit (``uint64``).
-    :ivar checked: a checksum was recorded (``bool``); an unchecked item is
-        always "changed" on its first visit.
-    :ivar age: smart_scan age, saturating at 255 (``uint8``).
-    :ivar skips: smart_scan remaining_skips (``uint8``).
-    :ivar state: :data:`NONE`, :data:`UNSTABLE` or :data:`STABLE` (``int8``).
-    :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
-    :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
-    :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
-    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int64``).
-    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
-    """
-
-    FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
-    """Fields of a fresh item that are not zero."""
-
-    def __init__(self, capacity: int = 1024) -> None:
-        blank_hot, blank_cold = np.zeros(1, ITEM_HOT), np.zeros(1, ITEM_COLD)
-        for name, value in self.FILL:
-            blank = blank_hot if name in (ITEM_HOT.names or ()) else blank_cold
-            blank[name] = value
-        # A fresh item's records as machine words, which numpy copies far
-        # faster than records.
-        self._blank_hot = blank_hot.view(np.uint64)
-        self._blank_cold = blank_cold.view(np.uint64)
-        self.hot = np.empty(0, ITEM_HOT)
-        self.cold = np.empty(0, ITEM_COLD)
-        self.hnext = np.empty(0, np.int64)
-        self.hprev = np.empty(0, np.int64)
-        self._free = FreeStack(0)
-        self._grow(capacity)
-        self.count = 0
-        self.changes = 0
-        """Items allocated and freed so far."""
-
-    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
-    """Bytes per item: its two records, hlist links and free stack entry."""
-
-    def _grow(self, more: int) -> None:
-        """Room for ``more`` items (the tables are copied: take columns after)."""
-        old = len(self.hot)
-        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
-        hot = np.empty(old + more, ITEM_HOT)
-        hot[:old] = self.hot
-        cold = np.empty(old + more, ITEM_COLD)
-        cold[:old] = self.cold
-        self.hot, self.cold = hot, cold
-        self._hot_words = hot.view(np.uint64)
-        self._cold_words = cold.view(np.uint64).reshape(-1, len(self._blank_cold))
-        self._hot_words[old:] = self._blank_hot
-        self._cold_words[old:] = self._blank_cold
-        self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
-        self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
-        for records in (self.hot, self.cold):
-            for name in records.dtype.names or ():
-                setattr(self, name, records[name])
-        self._free.add_range(old, old + more)
-
-    slot: npt.NDArray[np.int32]
-    page: npt.NDArray[np.int64]
-    checksum: npt.NDArray[np.uint64]
-    checked: npt.NDArray[np.bool_]
-    age: npt.NDArray[np.uint8]
-    skips: npt.NDArray[np.uint8]
-    state: npt.NDArray[np.int8]
-    seq: npt.NDArray[np.uint8]
-    node: npt.NDArray[np.int32]
-    flags: npt.NDArray[np.uint16]
-    hnext: IntArray
-    hprev: IntArray
-
-    def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
-        """Which of ``rows`` carry ZERO_PAGE_FLAG."""
-        flagged: npt.NDArray[np.bool_] = (self.flags[rows] & ZERO_PAGE_FLAG) != 0
-        return flagged
-
-    def is_flagged(self, row: int) -> bool:
-        """Whether item ``row`` carries ZERO_PAGE_FLAG (one item, no array)."""
-        return bool(int(self.flags[row]) & ZERO_PAGE_FLAG)
-
-    def alloc(self, slot: int, pages: IntArray) -> IntArray:
-        """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
-        n = len(pages)
-        if n > len(self._free):
-            self._grow(max(len(self.hot), n))
-        rows = self._free.pop(n)
-        self._hot_words[rows] = self._blank_hot
-        self._cold_words[rows] = self._blank_cold
-        self.hnext[rows] = NULL
-        self.hprev[rows] = NULL
-        self.slot[rows] = slot
-        self.page[rows] = pages
-        self.count += n
-        self.changes += n
-        return rows
-
-    def release(self, rows: IntArray) -> None:
-        """``free_rmap_item()``."""
-        self.slot[rows] = NULL
-        self.count -= len(rows)
-        self.changes += len(rows)
-        self._free.push(rows)
-
-
-@dataclass(eq=False, slots=True)
-class StableNode:
-    """A stable-tree node for one KSM page (a plain node, or a dup of a chain).
-
-    Its hlist of items and its length (``rmap_hlist_len``) are in columns
-    (:class:`NodeColumns`, ``ItemTable.hnext``/``hprev``).  ``alive`` turns
-    False the moment the KSM page's last mapping goes: the node is then stale
-    until something notices.
-    """
-
-    id: int
-    content: int
-    frame: int
-    chain: Chain | None = None
-    alive: bool = True
-
-
-@dataclass(eq=False, slots=True)
-class Chain:
-    """A stable node chain: several dups (KSM pages) of one content, head first."""
-
-    content: int
-    prune_time: int
-    dups: list[StableNode] = field(default_factory=list)
-    looked_at: int = 0
-    """Times its dups were chosen (when its prune time was read)."""
-
-
-class NodeColumns:
-    """Stable nodes' KSM frames and hlists as columns, indexed by node id.
-
-    A node's hlist is a doubly linked list of its items (``ItemTable.hnext``
-    and ``hprev``) from ``head``, ``size`` long (``rmap_hlist_len``); its
-    order is never observed.  Columns, so that the native core (``visit.c``)
-    links and unlinks items itself.
-    """
-
-    __slots__ = ("frame", "head", "size")
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self.size = np.zeros(capacity, np.int32)
-        self.frame = np.zeros(capacity, np.int64)
-        self.head = np.full(capacity, NULL, np.int64)
-
-    def add(self, first: int, frames: IntArray) -> None:
-        """Nodes ``first``, ``first + 1``, ... for the KSM pages ``frames``, with empty hlists."""
-        end = first + len(frames)
-        if end > len(self.size):
-            more = max(len(self.size), end - len(self.size))
-            self.size = np.concatenate([self.size, np.zeros(more, np.int32)])
-            self.frame = np.concatenate([self.frame, np.zeros(more, np.int64)])
-            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
-        self.frame[first:end] = frames
-        self.size[first:end] = 0
-        self.head[first:end] = NULL
-
-
-class StableTree:
-    """The stable tree: content -> its plain node or chain.
-
-    A dictionary, with the contents also in a :class:`ContentMap` so that a
-    window's contents are looked up at once (:meth:`index`); the map's value
-    is a plain node's id, or :data:`CHAIN_ENTRY`.
-    """
-
-    __slots__ = ("_entries", "_index")
-
-    def __init__(self) -> None:
-        self._entries: dict[int, StableNode | Chain] = {}
-        self._index = ContentMap()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, content: int) -> StableNode | Chain | None:
-        return self._entries.get(content)
-
-    def __getitem__(self, content: int) -> StableNode | Chain:
-        return self._entries[content]
-
-    def __setitem__(self, content: int, entry: StableNode | Chain) -> None:
-        self._index[content] = entry.id if isinstance(entry, StableNode) else CHAIN_ENTRY
-        self._entries[content] = entry
-
-    def __delitem__(self, content: int) -> None:
-        del self._entries[content]
-        del self._index[content]
-
-    def items(self) -> Iterator[tuple[int, StableNode | Chain]]:
-        return iter(list(self._entries.items()))
-
-    def values(self) -> list[StableNode | Chain]:
-        return list(self._entries.values())
-
-    def index(self) -> ContentMap:
-        """The content -> node id (or :data:`CHAIN_ENTRY`) map."""
-        return self._index
-
-
-@dataclass(eq=False, slots=True)
-class Slot:
-    """``struct ksm_mm_slot``: one registered mm, its items and per-mm KSM counters."""
-
-    id: int
-    mm: MM
-    items: PageTable = field(default_factory=PageTable)
-    rmap_items: int = 0
-    merging_pages: int = 0
-
-
-@dataclass(slots=True)
-class Counters:
-    """ksmd's global counters (``ksm_pages_shared`` etc.)."""
-
-    pages_shared: int = 0
-    pages_sharing: int = 0
-    pages_unshared: int = 0
-    rmap_items: int = 0
-    stable_node_chains: int = 0
-    stable_node_dups: int = 0
-    zero_pages_sharing: int = 0
-    pages_scanned: int = 0
-    pages_skipped: int = 0
-    # The kinds of visit (ksmd's CPU model, timing.Work): each visit counted in
-    # pages_scanned is one of hits, checksums, searches, merges, zero_merges.
-    hits: int = 0
-    """Visits of a KSM page (linked to its item, or reached through fork)."""
-    checksums: int = 0
-    """Visits that stopped at a changed checksum."""
-    searches: int = 0
-    """Visits that searched the unstable tree (inserted, aborted or paired)."""
-    pairs: int = 0
-    """Of the searches, those that made a new KSM page with a partner."""
-    merges: int = 0
-    """Visits merged into an existing KSM page."""
-    zero_merges: int = 0
-    """Visits that mapped the zero page (use_zero_pages)."""
-    dups: int = 0
-    """Dups of stable node chains looked at."""
-    passes: int = 0
-    """Passes ended (``full_scans``, but not reset by run=2)."""
 
 
 class _Marks(NamedTuple):
@@ -410,65 +110,7 @@ class _Marks(NamedTuple):
     item_changes: int
 
 
-@dataclass(slots=True)
-class Advisor:
-    """``struct advisor_ctx`` of the scan-time advisor."""
-
-    start_scan: int = 0
-    scan_time: int = 0
-    change: int = 0
-    cpu_time: int = 0
-
-
-class Front(NamedTuple):
-    """What :meth:`Ksmd._window_front` found in a window (positions index the window).
-
-    Listed are the positions that need more than counting: a page without
-    an item, a skipped item in a tree, a stale item (an item where no page is
-    any more), and every visit but that of a KSM page linked to its item.  A
-    skipped item in an earlier pass's unstable tree is unlinked by the front
-    itself (that changes its state and ``pages_unshared`` only), and not listed.
-    """
-
-    pos: IntArray
-    """Listed positions, ascending."""
-    cum: IntArray
-    """Visits of the window up to and including each listed position."""
-    kind: npt.NDArray[np.uint8]
-    """What each listed position is: ``native.LISTED_VISIT``, ``LISTED_SKIPPED``
-    or ``LISTED_STALE``."""
-    stale: IntArray
-    """Positions before :attr:`last` with an item but no page."""
-    visits: int
-    skipped: int
-    last: int
-    """The last position handled: the budget's last visit or the last present page."""
-    stopped: bool
-    """The budget ran out at :attr:`last`."""
-    unshared: int
-    """Skipped items the front took out of an earlier pass's unstable tree."""
-    hits: int
-    """Visits not listed: of KSM pages linked to their items."""
-
-
-class _Pages:
-    """The pages of a one-run window's positions: its first page plus the position
-    (a window of several runs has an array instead)."""
-
-    __slots__ = ("first",)
-
-    def __init__(self, first: int) -> None:
-        self.first = first
-
-    @overload
-    def __getitem__(self, pos: int) -> int: ...
-    @overload
-    def __getitem__(self, pos: IntArray) -> IntArray: ...
-    def __getitem__(self, pos: IntArray | int) -> IntArray | int:
-        return pos + self.first
-
-
-class Ksmd:
+class Ksmd(FlaggedItems):
     """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
 
     ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
@@ -671,42 +313,6 @@ class Ksmd:
         self.items.release(rows)
         slot.rmap_items -= len(rows)
         self.c.rmap_items -= len(rows)
-
-    # -- the v6 design's flagged items (modes.V6) -----------------------------
-
-    def _walk(self, mm: MM, page: int) -> WalkResult:
-        """What the v6 scan's page walk finds at ``page``."""
-        if mm.exiting or not mm.mergeable(page):
-            return WalkResult.NOTHING
-        pte = mm.pt.get(page)
-        if pte >= 0:
-            return WalkResult.NORMAL_PAGE
-        return WalkResult.ZERO_PAGE if pte in (PTE_ZERO, PTE_KSM_ZERO) else WalkResult.NOTHING
-
-    def _flag_zero(self, slot: Slot, rows: IntArray) -> None:
-        """A zero-page merge: keep the items, flagged and counted (global and per mm)."""
-        self.items.flags[rows] |= np.uint16(ZERO_PAGE_FLAG)
-        self.c.zero_pages_sharing += len(rows)
-        slot.mm.zero_pages_sharing += len(rows)
-
-    def _clear_zero(self, slot: Slot, rows: IntArray) -> None:
-        """Clear ZERO_PAGE_FLAG of flagged items and count them down."""
-        self.items.flags[rows] = clear_zero_page_flag(self.items.flags[rows])
-        self.c.zero_pages_sharing -= len(rows)
-        slot.mm.zero_pages_sharing -= len(rows)
-
-    def _free_flagged(self, slot: Slot, rows: IntArray) -> None:
-        """Freeing flagged items: ``break_ksm(vma, addr, unshare_zero_page=true)`` first.
-
-        The VMA is looked up without checking VM_MERGEABLE, and any zero page
-        there (KSM- or fault-placed) is unshared.
-        """
-        mm = slot.mm
-        if not mm.exiting:
-            for page in self.items.page[rows].tolist():
-                if mm.mapped(page):
-                    self.mem.unshare_zero_page(mm, page)
-        self._clear_zero(slot, rows)
 
     def _unlink_rows(self, rows: IntArray) -> None:
         """``remove_rmap_item_from_tree()`` for several items."""
