@@ -87,15 +87,6 @@ from ksmreplay.ksm.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
-from ksmreplay.live.pages import (
-    ANON,
-    KSM,
-    NONE,
-    ZERO,
-    classify,
-    read_kpageflags,
-    read_pagemap,
-)
 from ksmreplay.live.tracefs import KsmEvents, Mapper
 from ksmreplay.live.worker import (
     ADVICE,
@@ -111,7 +102,20 @@ from ksmreplay.live.worker import (
     WorkerError,
     worker_binary,
 )
-from ksmreplay.procfs import KPF_KSM, KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT, parse_maps
+from ksmreplay.procfs import (
+    ANON,
+    KPF_KSM,
+    KPF_ZERO_PAGE,
+    KSM,
+    NONE,
+    PM_PFN_MASK,
+    PM_PRESENT,
+    ZERO,
+    classify,
+    parse_maps,
+    read_kpageflags,
+    read_pagemap,
+)
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,
@@ -361,7 +365,7 @@ class LiveReplay:
         for first, count in _runs(pages):
             entries = read_pagemap(
                 p.worker.pid, self.live(first * self.ps), count, self.ps, self.machine
-            )
+            ).tolist()
             view = classify(entries, self.zpfn, self.machine)
             if view.thp:
                 raise LiveKernelError(
@@ -930,7 +934,7 @@ def probe_pages(machine: Machine, page_size: int, top: int) -> tuple[int, bool]:
         worker.call(OP_MMAP, WINDOW_LO, 2 * page_size)
         worker.call(OP_READ, WINDOW_LO, page_size)
         worker.call(OP_FILL, WINDOW_LO + page_size, page_size, 0x6B736D7265706C61)
-        zero_entry, anon_entry = read_pagemap(worker.pid, WINDOW_LO, 2, page_size, machine)
+        zero_entry, anon_entry = read_pagemap(worker.pid, WINDOW_LO, 2, page_size, machine).tolist()
         pfn = zero_entry & PM_PFN_MASK
         anon = anon_entry & PM_PFN_MASK
         if not zero_entry & PM_PRESENT or not pfn or not anon_entry & PM_PRESENT or not anon:
