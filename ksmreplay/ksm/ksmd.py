@@ -59,6 +59,7 @@ from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.ksm.counters import Counters
 from ksmreplay.ksm.items import NONE, STABLE, UNSTABLE, ItemTable, Slot
 from ksmreplay.ksm.kernels import LINUX_6_18, Kernel
+from ksmreplay.ksm.knobs import Knobs
 from ksmreplay.ksm.modes import Mode
 from ksmreplay.ksm.stable import Chain, NodeColumns, StableNode, StableTree
 from ksmreplay.ksm.v6 import FlaggedItems, WalkResult
@@ -113,7 +114,7 @@ class _Marks(NamedTuple):
 class Ksmd(FlaggedItems):
     """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
 
-    ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
+    ``knobs`` are the sysfs knobs' current values; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
     if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode and the
     kernel version can use it (``Kernel.native_scan``).  ``kernel`` is the
@@ -123,17 +124,21 @@ class Ksmd(FlaggedItems):
 
     def __init__(
         self,
+        mem: Memory,
         mode: Mode,
-        knob: Callable[[str], int | str],
+        knobs: Knobs,
         set_pages_to_scan: Callable[[int], None],
         kernel: Kernel = LINUX_6_18,
     ) -> None:
         self.mode = mode
-        self.knob = knob
+        self.knobs = knobs
+        """The sysfs knobs' current values (the engine writes them)."""
         self.set_pages_to_scan = set_pages_to_scan
         self.checksum_first = kernel.checksum_first
         self.chain_collapse_any = kernel.chain_collapse_any
-        self.mem = Memory(self._ksm_pages_freed)
+        self.mem = mem
+        """The memory it scans, made by the engine; it tells ksmd of KSM pages freed."""
+        mem.on_ksm_pages_freed = self._ksm_pages_freed
         self.native = native() if mode.native_scan and kernel.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
@@ -242,7 +247,7 @@ class Ksmd(FlaggedItems):
         self.slot_of[id(mm)] = slot
         self.slot_by_id[slot.id] = slot
         was_empty = not self.slots
-        if self.cursor is None or self.knob("run") == 2:
+        if self.cursor is None or self.knobs.run == 2:
             self.slots.append(slot)
         else:
             self.slots.insert(self.slots.index(self.cursor), slot)
@@ -438,8 +443,8 @@ class Ksmd(FlaggedItems):
         (``chain_collapse_any`` False) only candidates are chosen (None if no
         dup has room) and only a pruning lookup collapses the chain.
         """
-        maxps = int(self.knob("max_page_sharing"))
-        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        maxps = self.knobs.max_page_sharing
+        interval = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         chain.looked_at += 1
         prune = prune_allowed and self._jiffies(self.now) >= self._jiffies(
             chain.prune_time + interval
@@ -502,7 +507,7 @@ class Ksmd(FlaggedItems):
             if not node.alive:
                 self._remove_node(node)
                 return None
-        return node if self._candidate(node, int(self.knob("max_page_sharing"))) else None
+        return node if self._candidate(node, self.knobs.max_page_sharing) else None
 
     def _stable_insert(self, content: int, frame: int) -> StableNode:
         """``stable_tree_insert()``: a node for a new KSM page; a new dup if the content exists."""
@@ -686,7 +691,7 @@ class Ksmd(FlaggedItems):
     def _start_pass(self) -> None:
         """Start of a pass: advisor clock, ``trace_ksm_start_scan()``, empty
         unstable tree, cursor on the first mm."""
-        if self.knob("advisor_mode") == "scan-time":
+        if self.knobs.advisor_mode == "scan-time":
             self.advisor.start_scan = self.now
         if self.tracer is not None:
             self._emit("ksm_start_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
@@ -718,7 +723,7 @@ class Ksmd(FlaggedItems):
         """End of a pass: the advisor, ``trace_ksm_stop_scan()``, ``full_scans`` up."""
         # (a pass is charged where it ends: the batch that ends it does no more)
         self.c.passes += 1
-        if self.knob("advisor_mode") == "scan-time":
+        if self.knobs.advisor_mode == "scan-time":
             self._advise()
         if self.tracer is not None:
             self._emit("ksm_stop_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
@@ -828,7 +833,7 @@ class Ksmd(FlaggedItems):
             imap[at] = fresh
             slot.rmap_items += len(new)
             c.rmap_items += len(new)
-            if self.knob("smart_scan"):
+            if self.knobs.smart_scan:
                 it.age[fresh[~self.mem.frames.ksm[ptes[at]]]] = 1  # skip_age() of a first visit
         if (len(new) or len(stale)) and len(imap_views) > 1:
             _write_back(imap_views, imap)
@@ -868,7 +873,7 @@ class Ksmd(FlaggedItems):
         if len(present) == 0:
             return 0, None
         mm, it, c, fr = slot.mm, self.items, self.c, self.mem.frames
-        smart = bool(self.knob("smart_scan"))
+        smart = bool(self.knobs.smart_scan)
         v6 = self.mode.flags_zero_page_items
         # Unlinks the walk makes belong to the batch of the next visit.
         self._tick(self._window_visits + 1)
@@ -978,8 +983,8 @@ class Ksmd(FlaggedItems):
         views = [v for _lo, _hi, v in segs]
         frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
         items = (it.hot, it.cold, it.hnext, it.hprev)
-        use_zero = bool(self.knob("use_zero_pages"))
-        maxps = int(self.knob("max_page_sharing"))
+        use_zero = bool(self.knobs.use_zero_pages)
+        maxps = self.knobs.max_page_sharing
         traced = self.tracer is not None
         n, start = len(order), 0
         while start < n:
@@ -1068,7 +1073,7 @@ class Ksmd(FlaggedItems):
         c.searches += done.searches
         c.merges += done.merges
         c.zero_merges += done.zero
-        self.mem._bury(done.dead)
+        self.mem.free_frames(done.dead)
 
     def _window_front(
         self, core: Native, ptes: IntArray, imap: IntArray, budget: int
@@ -1090,7 +1095,7 @@ class Ksmd(FlaggedItems):
             fr.ksm,
             fr.node,
             it.hot,
-            bool(self.knob("smart_scan")),
+            bool(self.knobs.smart_scan),
             self.seqnr & SEQNR_MASK,
             budget,
         )
@@ -1138,7 +1143,7 @@ class Ksmd(FlaggedItems):
             it.checked[row] = True
             self.c.checksums += 1
             return
-        if content == 0 and self.knob("use_zero_pages"):
+        if content == 0 and self.knobs.use_zero_pages:
             self.c.zero_merges += 1
             self._merge_zero(slot.mm, view, k, frame)
             if self.tracer is not None:
@@ -1198,7 +1203,7 @@ class Ksmd(FlaggedItems):
         view[k] = kframe
         self.mem.frames.mapcount[kframe] += 1
         self.mem.frames.changes += 1
-        self.mem._put_one(old)
+        self.mem.put_frame(old)
 
     def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
         """``try_to_merge_with_zero_page()``: map the shared zero page instead."""
@@ -1206,7 +1211,7 @@ class Ksmd(FlaggedItems):
         mm.rss_anon -= 1
         mm.ksm_zero_ptes += 1
         self.mem.events["zero_pages_merged"] += 1
-        self.mem._put_one(frame)
+        self.mem.put_frame(frame)
 
     def _unstable_search_insert(self, row: int, content: int, frame: int) -> int | None:
         """``unstable_tree_search_insert()``: an equal unstable item, or insert this one."""
@@ -1278,16 +1283,16 @@ class Ksmd(FlaggedItems):
         cpu_ms = (cpu - adv.cpu_time) // 1_000_000
         cpu_percent = max(cpu_ms * 100 // (scan_time * 1000), 1)
         last = adv.scan_time or scan_time
-        factor = max(int(self.knob("advisor_target_scan_time")) * 100 // scan_time, 1)
+        factor = max(self.knobs.advisor_target_scan_time * 100 // scan_time, 1)
         change = max(scan_time * 100 // last, 1)
         change = (70 * adv.change + 30 * change) // 100
-        pages_to_scan = int(self.knob("pages_to_scan"))
+        pages_to_scan = self.knobs.pages_to_scan
         pages = pages_to_scan * 100 // factor
         pages = pages * change // 100
         per_page_cost = max(pages_to_scan // cpu_percent, 1)
-        pages = min(pages, per_page_cost * int(self.knob("advisor_max_cpu")))
+        pages = min(pages, per_page_cost * self.knobs.advisor_max_cpu)
         pages = max(pages, per_page_cost * 10)
-        pages = min(pages, int(self.knob("advisor_max_pages_to_scan")))
+        pages = min(pages, self.knobs.advisor_max_pages_to_scan)
         adv.change = change
         adv.scan_time = scan_time
         adv.cpu_time = cpu
@@ -1318,7 +1323,7 @@ class Ksmd(FlaggedItems):
         """
         assert self.cursor is None
         it, c, fr, adv = self.items, self.c, self.mem.frames, self.advisor
-        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        interval = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         chains = []
         prunes = {}
         for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
@@ -1327,7 +1332,7 @@ class Ksmd(FlaggedItems):
                 prunes[content] = (entry.prune_time, entry.looked_at, ripe)
                 chains.append((content, tuple(d.id for d in entry.dups), ripe))
         advisor: tuple[int, ...] = ()
-        if self.knob("advisor_mode") == "scan-time":
+        if self.knobs.advisor_mode == "scan-time":
             advisor = (adv.scan_time, adv.change, wake - adv.start_scan, self.cpu_ns - adv.cpu_time)
         key = (
             (c.pages_shared, c.pages_sharing, c.pages_unshared, c.rmap_items),
@@ -1342,7 +1347,7 @@ class Ksmd(FlaggedItems):
                 (s.mm.ksm_zero_ptes, s.mm.fault_zero_ptes, s.mm.zero_pages_sharing, s.mm.exiting)
                 for s in self.slots
             ),
-            self.knob("pages_to_scan"),
+            self.knobs.pages_to_scan,
             advisor,
             tuple(chains),
         )

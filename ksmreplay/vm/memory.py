@@ -191,15 +191,20 @@ EVENT_COUNTERS_ZERO = {
 }
 
 
+def _no_ksm_pages(nodes: IntArray) -> None:
+    """The hook of a memory without ksmd (no frame is a KSM page)."""
+
+
 class Memory:
     """Frames and the live processes' address spaces, with the fault paths.
 
     ``on_ksm_pages_freed(nodes)`` is called with the stable-node ids of KSM
     frames the moment their last mapping goes: those nodes are stale from then
-    on, as ``ksm_get_folio()`` would find their page gone.
+    on, as ``ksm_get_folio()`` would find their page gone.  ksmd sets it when
+    it is made over this memory.
     """
 
-    def __init__(self, on_ksm_pages_freed: Callable[[IntArray], None]) -> None:
+    def __init__(self, on_ksm_pages_freed: Callable[[IntArray], None] = _no_ksm_pages) -> None:
         self.frames = FrameTable()
         self.mms: dict[int, MM] = {}
         """The live processes by pid (change it with :meth:`add` and :meth:`remove`)."""
@@ -227,7 +232,7 @@ class Memory:
 
     # -- frames -------------------------------------------------------------
 
-    def _put(self, rows: IntArray) -> None:
+    def put_frames(self, rows: IntArray) -> None:
         """Drop one mapping per entry of ``rows``; free the frames left unmapped.
 
         A KSM page can be mapped at several addresses of one process, so a
@@ -238,9 +243,9 @@ class Memory:
         mc = self.frames.mapcount
         np.subtract.at(mc, rows, 1)
         self.frames.changes += len(rows)
-        self._bury(np.unique(rows[mc[rows] == 0]))
+        self.free_frames(np.unique(rows[mc[rows] == 0]))
 
-    def _bury(self, dead: IntArray) -> None:
+    def free_frames(self, dead: IntArray) -> None:
         """Free the frames ``dead`` (distinct, mapcount 0), telling ksmd of its KSM pages."""
         if len(dead):
             ksm_dead = dead[self.frames.ksm[dead]]
@@ -248,8 +253,8 @@ class Memory:
                 self.on_ksm_pages_freed(self.frames.node[ksm_dead].astype(np.int64))
             self.frames.release(dead)
 
-    def _put_one(self, row: int) -> None:
-        """:meth:`_put` of a single mapping."""
+    def put_frame(self, row: int) -> None:
+        """:meth:`put_frames` of a single mapping."""
         fr = self.frames
         fr.mapcount[row] -= 1
         fr.changes += 1
@@ -364,7 +369,7 @@ class Memory:
         )
         fr.taken(used)
         fr.changes += len(fps)  # (contents written in place, copies' mappings dropped)
-        self._bury(dead)
+        self.free_frames(dead)
         changed = np.flatnonzero(stats.any(axis=1))
         for i, (rss, ksm_zero, fault_zero) in zip(
             changed.tolist(), stats[changed].tolist(), strict=True
@@ -430,7 +435,7 @@ class Memory:
         copied = present & ~keep
         if copied.any():
             self.events["cow_breaks_ksm"] += int(np.count_nonzero(fr.ksm[pte[copied]]))
-            self._put(pte[copied])
+            self.put_frames(pte[copied])
         fresh = ~keep
         pte[fresh] = fr.alloc(new[fresh])
         at = 0
@@ -454,7 +459,7 @@ class Memory:
             present = view[view >= 0]
             if len(present):
                 mm.rss_anon -= len(present)
-                self._put(present)
+                self.put_frames(present)
             mm.ksm_zero_ptes -= int(np.count_nonzero(view == PTE_KSM_ZERO))
             mm.fault_zero_ptes -= int(np.count_nonzero(view == PTE_ZERO))
             view[:] = PTE_NONE
@@ -471,7 +476,7 @@ class Memory:
             if len(ksm_at):
                 old = view[ksm_at].copy()
                 contents = fr.content[old]
-                self._put(old)
+                self.put_frames(old)
                 view[ksm_at] = fr.alloc(contents)
                 self.events["unshared_by_unmerge"] += len(ksm_at)
             if zero_pages:
