@@ -71,6 +71,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay import procfs, signals
+from ksmreplay.arrays import consecutive_runs
 from ksmreplay.errors import InputOutputError, UsageError
 from ksmreplay.native import Native, hash_address, native
 from ksmreplay.procfs import (
@@ -803,8 +804,8 @@ class Recorder:
         """:meth:`_read` by the native core: one call per list of runs, until a page
         cannot be read (it keeps its state; the pages after it are read on)."""
         page = self.page
-        starts = np.flatnonzero(np.diff(pages, prepend=-2) != 1)
-        lengths = np.diff(starts, append=len(pages))
+        starts, ends = consecutive_runs(pages)
+        lengths = ends - starts
         runs = np.empty((len(starts), 2), np.uint64)
         runs[:, 0] = base + pages[starts].astype(np.uint64) * np.uint64(page)
         runs[:, 1] = lengths

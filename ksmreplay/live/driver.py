@@ -82,6 +82,7 @@ from typing import Any, cast
 import numpy as np
 
 from ksmreplay import signals
+from ksmreplay.arrays import consecutive_runs
 from ksmreplay.errors import Stopped
 from ksmreplay.ksm.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
@@ -188,13 +189,9 @@ class Proc:
 
 def _runs(pages: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted page numbers as (first, count) runs."""
-    out: list[tuple[int, int]] = []
-    for p in sorted(pages):
-        if out and out[-1][0] + out[-1][1] == p:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((p, 1))
-    return out
+    ordered = np.array(sorted(pages), np.int64)
+    lo, hi = consecutive_runs(ordered)
+    return list(zip(ordered[lo].tolist(), (hi - lo).tolist(), strict=True))
 
 
 def address_offset(events: list[Event]) -> int:

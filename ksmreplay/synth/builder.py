@@ -4,10 +4,10 @@ writes in batches over trace time, into one trace."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import pairwise
 
 import numpy as np
 
+from ksmreplay.arrays import consecutive_runs
 from ksmreplay.synth.params import NS_PER_S, PAGE_SIZE, TICK_NS, Values
 from ksmreplay.trace import TraceWriter
 from ksmreplay.trace.events import FingerprintArray
@@ -104,13 +104,15 @@ class _Synth:
         """Write ``fps[i]`` to page ``pages[i]`` of the mapping at ``addr`` (sorted pages);
         adjacent pages share one ``write`` event."""
         self.at(t)
-        for lo, hi in _runs(pages):
+        los, his = consecutive_runs(pages)
+        for lo, hi in zip(los.tolist(), his.tolist(), strict=True):
             self._write(t, pid, addr + int(pages[lo]) * PAGE_SIZE, fps[lo:hi])
 
     def dontneed(self, t: int, pid: int, addr: int, pages: np.ndarray) -> None:
         """MADV_DONTNEED on each page of ``pages`` (sorted), one event per run."""
         self.at(t)
-        for lo, hi in _runs(pages):
+        los, his = consecutive_runs(pages)
+        for lo, hi in zip(los.tolist(), his.tolist(), strict=True):
             start = addr + int(pages[lo]) * PAGE_SIZE
             self.w.madvise(t, pid, start, (hi - lo) * PAGE_SIZE, "dontneed")
 
@@ -129,14 +131,6 @@ class _Synth:
 
     def snapshot(self, t: int, label: str) -> None:
         self.w.snapshot(self.at(t), label)
-
-
-def _runs(pages: np.ndarray) -> list[tuple[int, int]]:
-    """``(lo, hi)`` index bounds of the runs of consecutive values in sorted ``pages``."""
-    if not len(pages):
-        return []
-    breaks = (np.flatnonzero(np.diff(pages) != 1) + 1).tolist()
-    return list(pairwise([0, *breaks, len(pages)]))
 
 
 def _ticks(duration_ns: int) -> Iterator[tuple[int, float]]:

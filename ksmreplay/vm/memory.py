@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray, dense_ranks
 from ksmreplay.native import CHUNK_SHIFT, PTE_KSM_ZERO, PTE_NONE, PTE_ZERO, Native, native
+from ksmreplay.report import EVENT_COUNTERS
 from ksmreplay.vm.frames import FrameTable
 from ksmreplay.vm.pagetable import CHUNK, PageTable, gather, scatter
 
@@ -181,14 +182,8 @@ class MM:
         return any(v.mergeable for v in self.vmas)
 
 
-EVENT_COUNTERS_ZERO = {
-    "merges": 0,
-    "cow_breaks_ksm": 0,
-    "cow_breaks_zero": 0,
-    "unshared_by_unmerge": 0,
-    "zero_pages_unshared": 0,
-    "zero_pages_merged": 0,
-}
+EVENT_COUNTERS_ZERO = dict.fromkeys(EVENT_COUNTERS, 0)
+"""Every counter of the ``events`` section (``report.EVENT_COUNTERS``) at 0."""
 
 
 def _no_ksm_pages(nodes: IntArray) -> None:
