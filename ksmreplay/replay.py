@@ -46,7 +46,7 @@ from ksmreplay.tracepoints import Sink
 from ksmreplay.traps import Trap
 
 MODES: tuple[str, ...] = tuple(modes.MODES)
-"""Every mode a simulator can replay, in the order ``all`` lists them (``modes.py``)."""
+"""Every mode a simulator can replay, in the order ``all`` lists them (``ksm/modes.py``)."""
 
 MODE_GROUPS: Mapping[str, tuple[str, ...]] = {
     "both": (modes.LEGACY.name, modes.UNSHARE.name),

@@ -17,7 +17,7 @@ A page-table entry (``int64``) is a frame index (>= 0) or one of the
 negative markers :data:`PTE_NONE`, :data:`PTE_ZERO` (the shared zero page,
 mapped by a read fault: a clean PTE) and :data:`PTE_KSM_ZERO` (the shared zero
 page, placed by ksmd).  Whether the kernel can tell the last two apart is a
-property of the mode (``modes.py``); the simulator always can.
+property of the mode (``ksm/modes.py``); the simulator always can.
 
 Nothing here knows about ksmd's trees: frames carry a ``node`` column that
 ``ksm/ksmd.py`` fills.  The VM tells ksmd of the one event it must see at once, a
