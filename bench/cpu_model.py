@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from ksmreplay.engine import Engine
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.live.kernel import mergeable_processes
 from ksmreplay.replay import replay
 from ksmreplay.report import Snap

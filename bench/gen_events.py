@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import random
 
-from ksmreplay.events import Header
 from ksmreplay.trace import TraceWriter, form_for_path
+from ksmreplay.trace.events import Header
 
 
 def generate(

@@ -265,7 +265,7 @@ def live_once(kind: str, pages: int, passes: int) -> tuple[int, float]:
     ``passes`` full scans from ``run=1``.  Holds the live lock and the knob
     guard throughout; KSM is left stopped, unmerged, every knob restored.
     """
-    from ksmreplay.knobs import DEFAULTS
+    from ksmreplay.ksm.knobs import DEFAULTS
     from ksmreplay.live.kernel import (
         RESTORE_ORDER,
         KsmGuard,
@@ -361,8 +361,8 @@ def measure_live(kind: str, pages: int, runs: int, passes: int) -> tuple[float, 
 
 def child(kind: str, path: str) -> None:
     """Run one measurement in this process and print it as JSON."""
-    from ksmreplay.events import WriteRun
     from ksmreplay.trace import open_trace, read_trace
+    from ksmreplay.trace.events import WriteRun
 
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
@@ -395,8 +395,8 @@ def child(kind: str, path: str) -> None:
         with open_trace(path) as reader:
             count = events = sum(1 for _ in reader)
     else:
-        from ksmreplay.events import Snapshot
         from ksmreplay.simulator import make_simulator
+        from ksmreplay.trace.events import Snapshot
 
         header, evs = read_trace(path)
         sim = make_simulator("unshare", header.page_size, None)

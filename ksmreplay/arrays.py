@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.errors import ResourceError, UsageError
+
+IntArray = npt.NDArray[np.int64]
+"""The index and page-number arrays of every table (``int64``)."""
 
 DENSE_TABLE_LIMIT = 1 << 22
 """Largest value :func:`dense_ranks` ranks with a lookup table instead of a sort."""
@@ -32,6 +36,21 @@ def dense_ranks(values: npt.NDArray[np.int64]) -> tuple[list[int], npt.NDArray[n
             return distinct.tolist(), rank[values]
     found, inverse = np.unique(values, return_inverse=True)
     return found.tolist(), inverse.astype(np.int64).reshape(-1)
+
+
+def consecutive_runs(values: npt.NDArray[np.integer[Any]]) -> tuple[IntArray, IntArray]:
+    """The runs of consecutive values of sorted ``values``, as index bounds.
+
+    ``values[lo[i]:hi[i]]`` is ``values[lo[i]]``, ``values[lo[i]] + 1``, ...
+    (a repeated value starts a new run).
+
+    :returns: ``lo`` and ``hi``, ascending (``int64``); empty for no values.
+    """
+    if not len(values):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo = np.concatenate(([0], np.flatnonzero(np.diff(values) != 1) + 1)).astype(np.int64)
+    hi = np.append(lo[1:], len(values)).astype(np.int64)
+    return lo, hi
 
 
 MEMORY_ENV = "KSMREPLAY_MEMORY"

@@ -29,8 +29,8 @@ from ksmreplay import __version__, arrays, native, signals, traps
 from ksmreplay.diff import diff_reports, load_report, render_differences
 from ksmreplay.errors import ExitStatus, KsmreplayError, Stopped
 from ksmreplay.inspect import inspect_trace
-from ksmreplay.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
-from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue, start_order
+from ksmreplay.ksm.kernels import DEFAULT_KERNEL, KERNELS, expand_kernels
+from ksmreplay.ksm.knobs import KNOB_BY_NAME, KNOBS, KnobValue, start_order
 from ksmreplay.output import open_output, open_text_output
 from ksmreplay.plot import PLOT_FORMATS
 from ksmreplay.render import FORMATS, UNITS, plain_table, render, table_view

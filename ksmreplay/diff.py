@@ -23,8 +23,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO, cast
 
 from ksmreplay.errors import InputOutputError, UsageError
-from ksmreplay.kernels import KERNELS
-from ksmreplay.knobs import KNOB_BY_NAME
+from ksmreplay.ksm.kernels import KERNELS
+from ksmreplay.ksm.knobs import KNOB_BY_NAME
 from ksmreplay.render import plain_table
 from ksmreplay.report import (
     EVENT_COUNTERS,

@@ -14,9 +14,29 @@ import numpy as np
 
 from ksmreplay import traps
 from ksmreplay.arrays import MEMORY_ENV, NoRoom, check, format_size
-from ksmreplay.content import PageStore, literal_write
 from ksmreplay.errors import ResourceError, UsageError
-from ksmreplay.events import (
+from ksmreplay.ksm import END, IdleState, Ksmd
+from ksmreplay.ksm.kernels import ABSENT, DEFAULT_KERNEL, kernel
+from ksmreplay.ksm.knobs import (
+    ADVISOR_OWNS,
+    DEFAULTS,
+    KNOB_BY_NAME,
+    Knobs,
+    KnobValue,
+    start_order,
+)
+from ksmreplay.ksm.modes import MODES
+from ksmreplay.report import Explain, Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
+from ksmreplay.timing import (
+    JIFFY_NS,
+    Work,
+    batch_cost_ns,
+    batch_wall_ns,
+    next_wake_ns,
+    timer_granularity_ns,
+    worst_batch_ns,
+)
+from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,
@@ -31,22 +51,9 @@ from ksmreplay.events import (
     Write,
     WriteRun,
 )
-from ksmreplay.kernels import ABSENT, DEFAULT_KERNEL, kernel
-from ksmreplay.knobs import ADVISOR_OWNS, DEFAULTS, KNOB_BY_NAME, KnobValue, start_order
-from ksmreplay.ksm import END, IdleState, Ksmd
-from ksmreplay.modes import MODES
-from ksmreplay.report import Explain, Ignored, KsmdWork, Pinned, Refusal, Snap, summarise
-from ksmreplay.timing import (
-    JIFFY_NS,
-    Work,
-    batch_cost_ns,
-    batch_wall_ns,
-    next_wake_ns,
-    timer_granularity_ns,
-    worst_batch_ns,
-)
 from ksmreplay.traps import Trap
-from ksmreplay.vm import MM, FrameTable
+from ksmreplay.vm import MM, FrameTable, Memory
+from ksmreplay.vm.content import PageStore, literal_write
 
 if TYPE_CHECKING:
     from ksmreplay.tracepoints import Sink
@@ -81,8 +88,9 @@ _SettleKey = tuple[tuple[object, ...], tuple[tuple[object, ...], ...]]
 """What a ``settle`` compares between full scans: the global counters of
 :data:`SETTLE_COUNTERS`, and every live process's ksm_stat."""
 
-DEFAULT_PAGES_TO_SCAN = 100
-"""pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``)."""
+DEFAULT_PAGES_TO_SCAN = DEFAULTS["pages_to_scan"]
+"""pages_to_scan after leaving the scan-time advisor (``DEFAULT_PAGES_TO_SCAN``,
+the knob's default)."""
 
 
 class Engine:
@@ -108,18 +116,20 @@ class Engine:
         self.mode = mode
         self._mode = MODES[mode]
         self.page_size = page_size
-        self._knobs: dict[str, KnobValue] = dict(DEFAULTS)
+        self._knobs = Knobs()
         missing = self.kernel.missing_knobs
         for name in missing:
             # ksmd behaves as without the feature; the report shows null.
             self._knobs[name] = ABSENT.get(name, self._knobs[name])
+        self.mem = Memory()
+        """The simulated memory: processes, page tables, frames."""
         self.ksmd = Ksmd(
+            self.mem,
             self._mode,
-            self._knobs.__getitem__,
+            self._knobs,
             self._advisor_sets_pages_to_scan,
             kernel=self.kernel,
         )
-        self.mem = self.ksmd.mem
         self.store = PageStore(page_size)
         self._refused: list[Refusal] = []
         self._traps: list[Trap] = []
@@ -312,7 +322,7 @@ class Engine:
             without = sum(mm.rss_anon for mm in live) + zero
             resident, distinct, zero_filled = self.mem.mergeable_contents()
             ideal = without - resident + distinct
-            if zero_filled and not self._knobs["use_zero_pages"]:
+            if zero_filled and not self._knobs.use_zero_pages:
                 ideal += 1
             snap["summary"] = summarise(without, self.mem.frames.live, ideal, ps)
         snap["ksm"] = ksm
@@ -349,7 +359,7 @@ class Engine:
 
     def _runnable(self) -> bool:
         """``ksmd_should_run()``: run has the MERGE bit and some mm is registered."""
-        return self._knobs["run"] == 1 and bool(self.ksmd.slots)
+        return self._knobs.run == 1 and bool(self.ksmd.slots)
 
     def _wake_if_idle(self, t: int) -> None:
         """Wake ksmd from its untimed wait: it runs right after the current instant."""
@@ -380,8 +390,8 @@ class Engine:
             if not self._runnable():
                 self.next_wake = None
                 break
-            budget = int(self._knobs["pages_to_scan"])
-            sleep = int(self._knobs["sleep_millisecs"])
+            budget = self._knobs.pages_to_scan
+            sleep = self._knobs.sleep_millisecs
             if budget == 0 and circles is not None:
                 # Wake-ups that visit nothing, each as long as the last: skip to
                 # the last one before t (the period is steady after the first).
@@ -423,7 +433,7 @@ class Engine:
         ``wake`` on until ``t`` is as far from the last (several fit, ksmd
         sleeps, the timer's period is steady, the advisor is off, and no batch
         can reach the next tick); else 0."""
-        if budget == 0 or sleep == 0 or self._knobs["advisor_mode"] != "none":
+        if budget == 0 or sleep == 0 or self._knobs.advisor_mode != "none":
             return 0
         first = next_wake_ns(wake, 0, sleep)
         period = first - wake
@@ -437,7 +447,7 @@ class Engine:
 
     def _advisor_sets_pages_to_scan(self, pages: int) -> None:
         if ADVISOR_OWNS not in self._pins:
-            self._knobs["pages_to_scan"] = pages
+            self._knobs.pages_to_scan = pages
 
     # -- events ----------------------------------------------------------------
 
@@ -584,7 +594,7 @@ class Engine:
 
     def _on_ksm(self, ev: Ksm) -> None:
         knobs = self._knobs
-        advisor = knobs["advisor_mode"]
+        advisor = knobs.advisor_mode
         for name, value in ev.settings.items():
             if name in self._pins:
                 self._ignored[name].append({"event": ev.index, "t": ev.t, "value": value})
@@ -605,7 +615,7 @@ class Engine:
                 how = f"sets {name}={_show(knobs[name])}"
             else:  # a side effect: switching the advisor rewrites pages_to_scan
                 how = (
-                    f"sets advisor_mode={knobs['advisor_mode']}, "
+                    f"sets advisor_mode={knobs.advisor_mode}, "
                     f"which sets {name}={_show(knobs[name])}"
                 )
             self._traps.append(
@@ -615,7 +625,7 @@ class Engine:
                     f"(--pin {name}={_show(value)} keeps it for the whole replay)",
                 )
             )
-        if ADVISOR_OWNS in self._pins and advisor != "scan-time" == knobs["advisor_mode"]:
+        if ADVISOR_OWNS in self._pins and advisor != "scan-time" == knobs.advisor_mode:
             self._traps.append(
                 Trap(
                     traps.PIN_ADVISOR,
@@ -638,7 +648,7 @@ class Engine:
                 self._ran = True
                 self._wake_if_idle(self.now)
             return None
-        if name == "pages_to_scan" and knobs["advisor_mode"] == "scan-time":
+        if name == "pages_to_scan" and knobs.advisor_mode == "scan-time":
             return "EINVAL"
         if (
             name in ("max_page_sharing", "merge_across_nodes")
@@ -655,7 +665,7 @@ class Engine:
             ksmd.advisor_reset()
             if ADVISOR_OWNS not in self._pins:
                 knobs[ADVISOR_OWNS] = (
-                    knobs["advisor_min_pages_to_scan"]
+                    knobs.advisor_min_pages_to_scan
                     if value == "scan-time"
                     else DEFAULT_PAGES_TO_SCAN
                 )
@@ -699,11 +709,11 @@ class Engine:
         sleeps as after any batch, or waits to be woken if its list is empty.
         """
         where = f"event {ev.index} (t={ev.t})"
-        if self._knobs["run"] != 1:
+        if self._knobs.run != 1:
             self._traps.append(
                 Trap(
                     traps.SETTLE_STOPPED,
-                    f"{where}: settle does nothing: run is {self._knobs['run']}, not 1, "
+                    f"{where}: settle does nothing: run is {self._knobs.run}, not 1, "
                     "so ksmd does not scan",
                 )
             )
@@ -744,7 +754,7 @@ class Engine:
 
     def _sleep_after_settle(self) -> None:
         # As after any batch that ends now.
-        sleep = int(self._knobs["sleep_millisecs"])
+        sleep = self._knobs.sleep_millisecs
         self.next_wake = next_wake_ns(self.now, 0, sleep) if self._runnable() else None
 
     def _on_snapshot(self, ev: Snapshot) -> None:

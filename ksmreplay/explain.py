@@ -176,9 +176,9 @@ def _classify(
     """The category number of each counted page: its PTE, its item row (-1:
     none) and whether its mapping is mergeable."""
     it, fr, cols = ksmd.items, ksmd.mem.frames, ksmd.node_cols
-    use_zero = bool(ksmd.knob("use_zero_pages"))
-    smart = bool(ksmd.knob("smart_scan"))
-    maxps = int(ksmd.knob("max_page_sharing"))
+    use_zero = bool(ksmd.knobs.use_zero_pages)
+    smart = bool(ksmd.knobs.smart_scan)
+    maxps = ksmd.knobs.max_page_sharing
 
     cat = np.full(len(pte), _AWAITING, np.int64)
     present = pte >= 0

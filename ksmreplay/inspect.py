@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.content import PageStore, literal_write
-from ksmreplay.events import (
+from ksmreplay.ksm.knobs import DEFAULTS
+from ksmreplay.trace import RangeSet, TraceReader
+from ksmreplay.trace.events import (
     OPS,
     Alloc,
     Exit,
@@ -51,8 +52,7 @@ from ksmreplay.events import (
     Write,
     WriteRun,
 )
-from ksmreplay.knobs import DEFAULTS
-from ksmreplay.trace import RangeSet, TraceReader
+from ksmreplay.vm.content import PageStore, literal_write
 
 Fingerprints = int | npt.NDArray[np.uint64]
 """What a segment of a :class:`PageMap` holds: one fingerprint for each of its
@@ -425,7 +425,7 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
         ``jsonl``), ``header`` (``version``, ``page_size`` in bytes,
         ``description``, ``meta``), ``events`` (number of events, header not
         counted), ``duration_ns``, ``ops`` (count per op, every op in
-        :data:`~ksmreplay.events.OPS` order), ``processes`` (one entry per pid,
+        :data:`~ksmreplay.trace.events.OPS` order), ``processes`` (one entry per pid,
         by pid: ``pid``, ``peak_mapped_pages``, ``peak_written_pages``; a pid
         reused after ``exit`` reports its peaks over all its lives),
         ``distinct_fingerprints`` (distinct page contents ever written, zeros

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ksmreplay.errors import InvariantError
-from ksmreplay.ksm import NONE, STABLE, UNSTABLE, Chain, Ksmd
+from ksmreplay.ksm import END, NONE, STABLE, UNSTABLE, Chain, Ksmd
 from ksmreplay.native import CHAIN_ENTRY, PTE_KSM_ZERO, PTE_ZERO
 from ksmreplay.vm import MM, Memory
 
@@ -66,7 +66,7 @@ def validate_ksmd(ksmd: Ksmd) -> None:
     per_slot: dict[int, int] = {}
     for slot in ksmd.slots:
         n = 0
-        for lo, _hi, view in slot.items.segments(0, 1 << 62):
+        for lo, _hi, view in slot.items.segments(0, END):
             at = np.flatnonzero(view >= 0)
             rows = view[at]
             _check(bool(np.all(it.slot[rows] == slot.id)), "item map points at another mm's item")

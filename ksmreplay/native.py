@@ -248,7 +248,7 @@ def hash_address(page_size: int) -> int:
     The function is looked up in the library of the xxhash module (one of
     :data:`HASH_SYMBOLS`) and used only if it gives the Python API's values
     for a few pages of ``page_size`` bytes (the native core's fingerprints
-    of them are compared with :func:`ksmreplay.content.fingerprint`'s rule).
+    of them are compared with :func:`ksmreplay.vm.content.fingerprint`'s rule).
     """
     core = _built()
     if core is None:

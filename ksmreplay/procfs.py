@@ -18,7 +18,12 @@ The one place that knows the layout of these files:
   support accept the write and never set the bit: :func:`soft_dirty_works`
   finds out once, on a page of this process;
 * ``/proc/PID/stat``, ``task/*/children``, ``task/*/stat``: start time,
-  children, kernel threads, stopped threads.
+  children, kernel threads, stopped threads;
+* page kinds: :func:`classify` tells absent, anonymous, KSM and zero pages
+  apart from pagemap entries and kpageflags, for the live replay.
+
+``record`` reads this machine; the live replay reads this machine's files or
+a guest's, through any object with a ``pread`` (:class:`Files`).
 
 A process that exits while it is read raises :class:`ProcessGone`; a
 permission problem stays a :class:`PermissionError` naming the file.
@@ -33,7 +38,8 @@ import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +90,15 @@ class ProcessGone(Exception):
 
 
 # --------------------------------------------------------------------------- files
+
+
+class Files(Protocol):
+    """Where ``/proc`` is read: this machine by default, or another (a guest,
+    ``ksmreplay.live.machine.Machine``)."""
+
+    def pread(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of ``path`` from byte ``offset`` (fewer at its end)."""
+        ...
 
 
 def open_proc(pid: int, name: str, flags: int = os.O_RDONLY) -> int:
@@ -293,11 +308,20 @@ def pagemap_entries(fd: int, first_page: int, npages: int) -> Entries:
     )
 
 
-def read_pagemap(pid: int, addr: int, npages: int, page_size: int) -> Entries:
+def read_pagemap(
+    pid: int, addr: int, npages: int, page_size: int, files: Files | None = None
+) -> Entries:
     """Pagemap entries of ``npages`` pages from address ``addr`` of process ``pid``.
 
+    :param files: the machine whose process it is (e.g. a guest's); by default
+        this machine's.
     :raises OSError: a short read or the process is gone.
     """
+    if files is not None:
+        data = files.pread(f"/proc/{pid}/pagemap", (addr // page_size) * 8, npages * 8)
+        if len(data) != npages * 8:
+            raise OSError(f"short pagemap read for pid {pid}")
+        return np.frombuffer(data, dtype="<u8").astype(np.uint64, copy=False)
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         return pagemap_entries(fd, addr // page_size, npages)
@@ -307,19 +331,20 @@ def read_pagemap(pid: int, addr: int, npages: int, page_size: int) -> Entries:
         os.close(fd)
 
 
-def read_kpageflags(
-    pfns: Iterable[int], pread: Callable[[int, int], bytes] | None = None
-) -> dict[int, int]:
+def read_kpageflags(pfns: Iterable[int], files: Files | None = None) -> dict[int, int]:
     """The page flags of each frame number, reading close frames in one go.
 
-    :param pread: reads ``(offset, length)`` of ``/proc/kpageflags`` (another
-        machine's, e.g. a guest's); by default this machine's file is read.
+    :param files: the machine whose frames they are (e.g. a guest's); by
+        default this machine's ``/proc/kpageflags`` is read.
     :raises OSError: ``/proc/kpageflags`` cannot be read (it needs root).
     """
     wanted = sorted(set(pfns))
     flags: dict[int, int] = {}
     if not wanted:
         return flags
+    pread: Callable[[int, int], bytes] | None = (
+        None if files is None else partial(files.pread, "/proc/kpageflags")
+    )
     with contextlib.ExitStack() as stack:
         if pread is None:
             fd = os.open("/proc/kpageflags", os.O_RDONLY | os.O_CLOEXEC)
@@ -681,3 +706,48 @@ def _test_soft_dirty() -> bool:
     finally:
         area.close()
     return not before & PM_SOFT_DIRTY and bool(after & PM_SOFT_DIRTY)
+
+
+# --------------------------------------------------------------------------- page kinds
+#
+# Page tables cannot tell a zero PTE that KSM placed (dirty) from one a read
+# fault placed (clean): a live replay decides that from the trace's own
+# history (``live/driver.py``).
+
+NONE = 0
+ANON = 1
+KSM = 2
+ZERO = 3
+"""The kinds of page :func:`classify` tells apart: not present, an ordinary
+anonymous frame, a KSM frame, the shared zero page."""
+
+
+class PageView:
+    """Classified pages of one range: ``kinds[i]`` and ``pfns[i]`` for page ``i``."""
+
+    __slots__ = ("kinds", "pfns", "thp")
+
+    def __init__(self, kinds: list[int], pfns: list[int], thp: bool) -> None:
+        self.kinds = kinds
+        self.pfns = pfns
+        self.thp = thp
+
+
+def classify(entries: list[int], zpfn: int, files: Files | None = None) -> PageView:
+    """Classify raw pagemap entries (one kpageflags lookup for all frames)."""
+    pfns = [e & PM_PFN_MASK if e & PM_PRESENT else 0 for e in entries]
+    flags = read_kpageflags((p for p in pfns if p and p != zpfn), files)
+    kinds: list[int] = []
+    thp = False
+    for e, pfn in zip(entries, pfns, strict=True):
+        if not e & PM_PRESENT:
+            if e & PM_SWAPPED:
+                raise OSError("a replayed page was swapped out; live replay needs no swap pressure")
+            kinds.append(NONE)
+        elif pfn == zpfn:
+            kinds.append(ZERO)
+        else:
+            f = flags.get(pfn, 0)
+            thp = thp or bool(f & KPF_THP)
+            kinds.append(KSM if f & KPF_KSM else ANON)
+    return PageView(kinds, pfns, thp)

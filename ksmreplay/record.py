@@ -5,7 +5,7 @@ per process, ``/proc/PID/maps`` (``smaps`` with ``as_is``), keeps the private
 anonymous mappings (heap, stack, anonymous mmaps), reads
 ``/proc/PID/pagemap`` for them and ``/proc/PID/mem`` for the bytes of the
 pages it must look at, and names each page by the trace format's rule
-(:func:`ksmreplay.content.fingerprint_pages`).  The events written are the
+(:func:`ksmreplay.vm.content.fingerprint_pages`).  The events written are the
 difference from the previous sample:
 
 * ``alloc``/``free`` for address ranges that became mapped or unmapped;
@@ -71,9 +71,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay import procfs, signals
-from ksmreplay.content import fingerprint_pages
+from ksmreplay.arrays import consecutive_runs
 from ksmreplay.errors import InputOutputError, UsageError
-from ksmreplay.events import Header
 from ksmreplay.native import Native, hash_address, native
 from ksmreplay.procfs import (
     PM_MMAP_EXCLUSIVE,
@@ -84,6 +83,8 @@ from ksmreplay.procfs import (
     ProcessGone,
 )
 from ksmreplay.trace import TraceWriter
+from ksmreplay.trace.events import Header
+from ksmreplay.vm.content import fingerprint_pages
 
 Ranges = list[tuple[int, int]]
 """Sorted, disjoint, non-adjacent ``[start, end)`` address ranges."""
@@ -803,8 +804,8 @@ class Recorder:
         """:meth:`_read` by the native core: one call per list of runs, until a page
         cannot be read (it keeps its state; the pages after it are read on)."""
         page = self.page
-        starts = np.flatnonzero(np.diff(pages, prepend=-2) != 1)
-        lengths = np.diff(starts, append=len(pages))
+        starts, ends = consecutive_runs(pages)
+        lengths = ends - starts
         runs = np.empty((len(starts), 2), np.uint64)
         runs[:, 0] = base + pages[starts].astype(np.uint64) * np.uint64(page)
         runs[:, 1] = lengths

@@ -838,7 +838,7 @@ def _beyond_ideal(
     """Notes for the runs whose ``summary`` saves more than its ideal."""
     notes = []
     for mode, snap in zip(modes, snaps, strict=True):
-        summary = {} if snap is None else snap.get("summary") or {}
+        summary: Mapping[str, Any] = {} if snap is None else snap.get("summary") or {}
         saved, ideal = summary.get("saved_pages"), summary.get("ideal_saved_pages")
         if isinstance(saved, int) and isinstance(ideal, int) and saved > ideal:
             more = _size_cell(saved - ideal, page_size, units)

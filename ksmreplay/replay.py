@@ -21,11 +21,11 @@ from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 
-from ksmreplay import modes, traps
+from ksmreplay import traps
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Event, Header, Ksm, Settle, Snapshot, WriteRun
-from ksmreplay.kernels import DEFAULT_KERNEL, kernel
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm import modes
+from ksmreplay.ksm.kernels import DEFAULT_KERNEL, kernel
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.report import (
     REPORT_VERSION,
     KsmdCost,
@@ -41,11 +41,12 @@ from ksmreplay.report import (
     ksmd_cost,
 )
 from ksmreplay.simulator import Simulator, make_simulator
+from ksmreplay.trace.events import Event, Header, Ksm, Settle, Snapshot, WriteRun
 from ksmreplay.tracepoints import Sink
 from ksmreplay.traps import Trap
 
 MODES: tuple[str, ...] = tuple(modes.MODES)
-"""Every mode a simulator can replay, in the order ``all`` lists them (``modes.py``)."""
+"""Every mode a simulator can replay, in the order ``all`` lists them (``ksm/modes.py``)."""
 
 MODE_GROUPS: Mapping[str, tuple[str, ...]] = {
     "both": (modes.LEGACY.name, modes.UNSHARE.name),

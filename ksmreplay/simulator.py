@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from ksmreplay.events import Event, WriteRun
-from ksmreplay.kernels import DEFAULT_KERNEL
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.kernels import DEFAULT_KERNEL
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.report import Explain, KsmdWork, Pinned, Refusal, Snap
+from ksmreplay.trace.events import Event, WriteRun
 from ksmreplay.tracepoints import Sink
 from ksmreplay.traps import Trap
 

@@ -63,8 +63,7 @@ from ksmreplay.errors import (
     KsmreplayError,
     UsageError,
 )
-from ksmreplay.events import Snapshot
-from ksmreplay.knobs import KNOB_BY_NAME, KNOBS, KnobValue
+from ksmreplay.ksm.knobs import KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.output import open_text_output
 from ksmreplay.render import csv_field, plain_table, render_json, tsv_field, wrapped_table
 from ksmreplay.replay import check_every, replay, replay_spooled, run_names, run_pairs
@@ -83,6 +82,7 @@ from ksmreplay.report import (
 from ksmreplay.simulator import make_simulator
 from ksmreplay.synth import get_workload, resolve_params, synthesize
 from ksmreplay.trace import TraceReader, open_trace
+from ksmreplay.trace.events import Snapshot
 
 SWEEP_VERSION = 1
 """The ``sweep`` key of the JSON output: its shape's version."""

@@ -2,7 +2,7 @@
 
 Linux declares nine trace events for KSM (``include/trace/events/ksm.h``).
 The simulator emits them where the kernel does (the rules are in the scalar
-ksmd, ``ksm.py``, where each emitting step is written; the native core hands
+ksmd, ``ksm/ksmd.py``, where each emitting step is written; the native core hands
 back what it merged so that the same events come out), and ``exec`` reads
 the live kernel's own through tracefs (``live/tracefs.py``).  Each event is
 one JSON object per line, with the kernel's field names; where the kernel

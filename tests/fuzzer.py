@@ -154,8 +154,8 @@ def load_seeds() -> list[Seed]:
         from randtrace import large_random_trace, random_trace
     finally:
         sys.path.remove(str(TESTS))
-    from ksmreplay.events import Header
     from ksmreplay.trace import event_array, header_object
+    from ksmreplay.trace.events import Header
 
     for n in range(12):
         events = [event_array(e) for e in random_trace(n)]
@@ -1470,7 +1470,7 @@ def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
     and a second more per :data:`EVENTS_PER_CPU_SECOND` events and per
     :data:`WRITTEN_PAGES_PER_CPU_SECOND` pages written.
     """
-    from ksmreplay.modes import MODES
+    from ksmreplay.ksm.modes import MODES
 
     if mutant.objects is None:
         snapshots = max((data.count(b"snapshot") for data in mutant.forms.values()), default=0)

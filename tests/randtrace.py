@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from ksmreplay.events import (
+from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,

@@ -41,13 +41,13 @@ import bisect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ksmreplay import events as ev
-from ksmreplay.content import ZERO, PageStore, literal_write
 from ksmreplay.errors import InvariantError
-from ksmreplay.kernels import KERNELS, Kernel
-from ksmreplay.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
+from ksmreplay.ksm.kernels import KERNELS, Kernel
+from ksmreplay.ksm.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, KsmdWork, Refusal, Snap
 from ksmreplay.timing import JIFFY_NS, Work, batch_cost_ns, jiffies_ns, next_wake_ns
+from ksmreplay.trace import events as ev
+from ksmreplay.vm.content import ZERO, PageStore, literal_write
 
 MODES = ("legacy", "unshare")
 
@@ -240,7 +240,7 @@ class ReferenceSimulator:
             raise ValueError(f"reference model has no mode {mode!r}")
         self.mode = mode
         self.page_size = page_size
-        # What the version has (the table of ksmreplay.kernels; the rules are here).
+        # What the version has (the table of ksmreplay.ksm.kernels; the rules are here).
         self.kernel: Kernel = KERNELS[kernel]
         if mode not in self.kernel.modes:
             raise ValueError(f"Linux {kernel} has no mode {mode!r}")

@@ -23,9 +23,20 @@ import pytest
 
 from ksmreplay import native
 from ksmreplay.engine import Engine
-from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.ksm import STABLE, UNSTABLE, Chain, Ksmd, StableNode
 from ksmreplay.native import SEQNR_MASK
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Ksm,
+    Madvise,
+    Settle,
+    Snapshot,
+    Write,
+)
 
 pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 

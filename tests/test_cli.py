@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from ksmreplay import __version__, native
 from ksmreplay.cli import cli
-from ksmreplay.knobs import DEFAULTS
+from ksmreplay.ksm.knobs import DEFAULTS
 
 H = {"ksmreplay": 1}
 
@@ -492,7 +492,7 @@ def test_run_bad_set_is_a_usage_error(small: Path, setting: str, message: str) -
 
 
 def test_run_help_lists_every_knob() -> None:
-    from ksmreplay.knobs import KNOBS
+    from ksmreplay.ksm.knobs import KNOBS
 
     text = " ".join(invoke("run", "--help").stdout.split())
     for knob in KNOBS:
@@ -541,8 +541,8 @@ def test_diff_same_and_different(small: Path, tmp_path: Path) -> None:
 def test_library_modules_never_import_click_or_tabulate() -> None:
     code = (
         "import sys\n"
-        "import ksmreplay.trace, ksmreplay.inspect, ksmreplay.events, ksmreplay.content\n"
-        "import ksmreplay.knobs, ksmreplay.report\n"
+        "import ksmreplay.trace, ksmreplay.inspect, ksmreplay.trace.events, ksmreplay.vm.content\n"
+        "import ksmreplay.ksm.knobs, ksmreplay.report\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'tabulate')))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from ksmreplay.contentmap import ABSENT, ContentMap
+from ksmreplay.ksm.contentmap import ABSENT, ContentMap
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 

@@ -25,13 +25,24 @@ from test_trace_properties import _write, valid_traces
 
 from ksmreplay import native
 from ksmreplay.cli import cli
-from ksmreplay.content import PageStore, literal_write
-from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Ksm, Madvise, Prctl, Write
 from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.replay import MODES, replay
 from ksmreplay.report import Report, schema_text
 from ksmreplay.trace import TraceReader, open_trace
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Header,
+    Ksm,
+    Madvise,
+    Prctl,
+    Write,
+)
+from ksmreplay.vm.content import PageStore, literal_write
 
 ROOT = Path(__file__).parent.parent
 TESTS = Path(__file__).parent

@@ -26,7 +26,7 @@ import fuzzer
 import msgpack
 import pytest
 
-from ksmreplay.modes import MODES
+from ksmreplay.ksm.modes import MODES
 
 CASE_FILES = sorted(fuzzer.CASES_DIR.glob("*.json"))
 SHORT_SEED = 0

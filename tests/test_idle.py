@@ -27,11 +27,11 @@ import pytest
 from randtrace import random_trace
 from reference import ReferenceSimulator
 
-from ksmreplay import ksm
 from ksmreplay.engine import Engine
-from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm import ksmd
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.timing import sleep_ns
+from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 
@@ -123,7 +123,7 @@ def test_skipping_circles_on_6_1(seed: int) -> None:
 @pytest.mark.parametrize("seed", [0, 7])
 def test_large_states_compare_by_hash(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN states too large to copy (here: all), kept as hashes
-    monkeypatch.setattr(ksm, "KEEP_BYTES", 0)
+    monkeypatch.setattr(ksmd, "KEEP_BYTES", 0)
     # THEN skipping circles still changes nothing, and circles are skipped
     _skipped, _every, jumps = replay_both(long_gaps(seed), "unshare")
     assert jumps

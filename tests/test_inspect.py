@@ -19,10 +19,21 @@ from hypothesis import strategies as st
 from test_trace_properties import _write, valid_traces
 
 from ksmreplay import inspect as inspect_module
-from ksmreplay.content import PageStore, literal_write
-from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Madvise, Prctl, Snapshot, Write
 from ksmreplay.inspect import inspect_trace
 from ksmreplay.trace import TraceReader
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Header,
+    Madvise,
+    Prctl,
+    Snapshot,
+    Write,
+)
+from ksmreplay.vm.content import PageStore, literal_write
 
 H: dict[str, Any] = {"ksmreplay": 1}
 PAGE = 4096

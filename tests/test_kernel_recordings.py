@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ksmreplay.knobs import KNOBS
+from ksmreplay.ksm.knobs import KNOBS
 
 HERE = Path(__file__).parent
 DIRS = (HERE / "scenarios", HERE / "cases")

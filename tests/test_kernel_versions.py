@@ -35,9 +35,9 @@ from reference import ReferenceSimulator
 from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
 from ksmreplay.errors import ExitStatus, UsageError
-from ksmreplay.events import Alloc, Event, Exit, Ksm, Madvise, Settle, Write
-from ksmreplay.kernels import KERNELS, LINUX_6_1
-from ksmreplay.knobs import KNOBS
+from ksmreplay.ksm.kernels import KERNELS, LINUX_6_1
+from ksmreplay.ksm.knobs import KNOBS
+from ksmreplay.trace.events import Alloc, Event, Exit, Ksm, Madvise, Settle, Write
 
 HERE = Path(__file__).parent
 DIRS = (HERE / "scenarios", HERE / "cases")

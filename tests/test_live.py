@@ -23,10 +23,10 @@ import pytest
 from kernel_answer import comparable, tracepoint_differences, tracepoint_scans, why_not_live
 
 from ksmreplay.errors import ExitStatus
-from ksmreplay.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.live import LiveKernelError, execute, kernel, tracefs
 from ksmreplay.replay import replay
 from ksmreplay.trace import open_trace
+from ksmreplay.trace.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
 
 pytestmark = pytest.mark.live
 

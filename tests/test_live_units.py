@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ksmreplay.events import Alloc, Snapshot
 from ksmreplay.live.driver import WINDOW_HI, WINDOW_LO, _runs, address_offset
 from ksmreplay.live.kernel import LiveKernelError, busy_reason
+from ksmreplay.trace.events import Alloc, Snapshot
 
 
 def test_small_addresses_sit_at_the_window_base() -> None:

@@ -23,9 +23,9 @@ from test_trace_properties import damaged
 
 from ksmreplay import native
 from ksmreplay.errors import TraceError
-from ksmreplay.events import WriteRun
 from ksmreplay.replay import replay
 from ksmreplay.trace import TraceReader
+from ksmreplay.trace.events import WriteRun
 
 PAGE = 4096
 TRACES = Path(__file__).parent.parent / "traces"

@@ -16,7 +16,8 @@ import random
 import numpy as np
 import pytest
 
-from ksmreplay.vm import BLOCK, CHUNK, CHUNK_SHIFT, PageTable
+from ksmreplay.native import CHUNK_SHIFT
+from ksmreplay.vm import BLOCK, CHUNK, PageTable
 
 
 def _table(rng: random.Random) -> PageTable:

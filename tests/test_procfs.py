@@ -16,8 +16,8 @@ import pytest
 from test_record import needs_ptrace
 
 from ksmreplay import native, procfs
-from ksmreplay.content import fingerprint
 from ksmreplay.procfs import Mapping
+from ksmreplay.vm.content import fingerprint
 
 PAGE = mmap.PAGESIZE
 

@@ -18,9 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from ksmreplay.cli import cli
-from ksmreplay.content import fingerprint
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Madvise, Read, Snapshot, Write
 from ksmreplay.record import (
     ProcessNotFoundError,
     intersect,
@@ -30,6 +28,19 @@ from ksmreplay.record import (
     subtract,
 )
 from ksmreplay.trace import open_trace
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Header,
+    Madvise,
+    Read,
+    Snapshot,
+    Write,
+)
+from ksmreplay.vm.content import fingerprint
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PAGES = 16

@@ -22,7 +22,7 @@ from test_record_sampling import Writer
 
 from ksmreplay import procfs, record
 from ksmreplay.errors import Stopped
-from ksmreplay.events import Exit
+from ksmreplay.trace.events import Exit
 
 pytestmark = needs_ptrace
 

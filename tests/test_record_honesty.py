@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from test_record import needs_ptrace, read_back
 
 from ksmreplay.cli import cli
-from ksmreplay.events import Alloc, Free
 from ksmreplay.record import normalise, subtract
+from ksmreplay.trace.events import Alloc, Free
 
 pytestmark = needs_ptrace
 

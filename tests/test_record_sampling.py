@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from test_record import needs_ptrace, pages_of, read_back
 
 from ksmreplay import native, procfs
-from ksmreplay.content import fingerprint, fingerprint_pages
-from ksmreplay.events import Madvise, Write
 from ksmreplay.record import Recorder
 from ksmreplay.trace import TraceWriter
+from ksmreplay.trace.events import Madvise, Write
+from ksmreplay.vm.content import fingerprint, fingerprint_pages
 
 PAGE = mmap.PAGESIZE
 PAGES = 8

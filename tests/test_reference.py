@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from reference import ReferenceSimulator
 
-from ksmreplay import events as ev
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.report import Snap
 from ksmreplay.timing import sleep_ns
+from ksmreplay.trace import events as ev
 
 PAGE = 4096
 MS = 1_000_000

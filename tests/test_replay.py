@@ -17,12 +17,22 @@ from typing import Any, ClassVar
 import pytest
 
 from ksmreplay.errors import InvariantError, TraceError, UsageError
-from ksmreplay.events import Alloc, Event, Header, Ksm, Madvise, Settle, Snapshot, Write, WriteRun
-from ksmreplay.knobs import DEFAULTS, KnobValue
+from ksmreplay.ksm.knobs import DEFAULTS, KnobValue
 from ksmreplay.render import FORMATS, render
 from ksmreplay.replay import PROGRESS_EVERY, expand_modes, replay, replay_spooled
 from ksmreplay.report import KsmdWork, Pinned, Refusal, Snap, close_spools, summarise, unspool
 from ksmreplay.trace import open_trace, write_trace
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Header,
+    Ksm,
+    Madvise,
+    Settle,
+    Snapshot,
+    Write,
+    WriteRun,
+)
 from ksmreplay.traps import Trap
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ksmreplay.events import Madvise, Settle, Snapshot, Write
 from ksmreplay.render import render_table
 from ksmreplay.replay import replay
 from ksmreplay.report import Report
 from ksmreplay.trace import open_trace, read_trace
+from ksmreplay.trace.events import Madvise, Settle, Snapshot, Write
 
 TRACES = Path(__file__).resolve().parents[1] / "traces"
 DEMO = TRACES / "demo.msgpack"

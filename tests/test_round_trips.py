@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ksmreplay.errors import TraceError
-from ksmreplay.events import Event, Header
 from ksmreplay.trace import FORMS, TraceReader, TraceWriter
+from ksmreplay.trace.events import Event, Header
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 """Every test here runs with the scalar code and with the native core."""

@@ -23,10 +23,10 @@ from reference import ReferenceSimulator
 
 from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
-from ksmreplay.events import WriteRun
 from ksmreplay.replay import MODES, replay
 from ksmreplay.report import Report
 from ksmreplay.trace import open_trace
+from ksmreplay.trace.events import WriteRun
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).parent

@@ -17,7 +17,6 @@ from click.testing import CliRunner, Result
 
 from ksmreplay.cli import cli
 from ksmreplay.errors import UsageError
-from ksmreplay.events import Event, Exit, Fork, Ksm, Madvise, Prctl, Settle, Snapshot, Write
 from ksmreplay.replay import replay
 from ksmreplay.report import Report, Snap
 from ksmreplay.synth import (
@@ -30,6 +29,7 @@ from ksmreplay.synth import (
     synthesize,
 )
 from ksmreplay.trace import open_trace
+from ksmreplay.trace.events import Event, Exit, Fork, Ksm, Madvise, Prctl, Settle, Snapshot, Write
 
 TRACES = Path(__file__).resolve().parents[1] / "traces"
 PAGE = 4096

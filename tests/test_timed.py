@@ -30,9 +30,9 @@ from kernel_answer import (
 from reference import ReferenceSimulator
 
 from ksmreplay.engine import Engine
-from ksmreplay.events import Snapshot
 from ksmreplay.timing import CPU_SHARE_PERCENT
 from ksmreplay.trace import open_trace
+from ksmreplay.trace.events import Snapshot
 
 TIMED = Path(__file__).parent / "scenarios" / "timed"
 NAMES = sorted(p.name[: -len(".jsonl")] for p in TIMED.glob("*.jsonl"))

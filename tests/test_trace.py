@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from ksmreplay.errors import TraceError
-from ksmreplay.events import (
+from ksmreplay.trace import (
+    RangeSet,
+    TraceReader,
+    TraceWriter,
+    form_for_path,
+    open_trace,
+    read_trace,
+    write_trace,
+)
+from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,
@@ -28,16 +37,7 @@ from ksmreplay.events import (
     Write,
     WriteRun,
 )
-from ksmreplay.trace import (
-    RangeSet,
-    TraceReader,
-    TraceWriter,
-    _Validator,
-    form_for_path,
-    open_trace,
-    read_trace,
-    write_trace,
-)
+from ksmreplay.trace.validate import _Validator
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 """Every test here runs with the scalar code and with the native core."""

@@ -22,7 +22,6 @@ from click.testing import CliRunner, Result
 
 from ksmreplay.cli import cli
 from ksmreplay.errors import ExitStatus, TraceError
-from ksmreplay.events import Event, Header
 from ksmreplay.trace import (
     MAX_ARRAY_ITEMS,
     MAX_BIN_BYTES,
@@ -31,6 +30,7 @@ from ksmreplay.trace import (
     TraceReader,
     TraceWriter,
 )
+from ksmreplay.trace.events import Event, Header
 
 MAX_META_BYTES = 2**20
 """The largest meta, in bytes as msgpack (README, "The trace format, in short")."""

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ksmreplay.errors import TraceError
-from ksmreplay.events import (
+from ksmreplay.trace import RangeSet, TraceReader, TraceWriter
+from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,
@@ -34,7 +35,6 @@ from ksmreplay.events import (
     Snapshot,
     Write,
 )
-from ksmreplay.trace import RangeSet, TraceReader, TraceWriter
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 """Every test here runs with the scalar code and with the native core."""

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ksmreplay.errors import TraceError
-from ksmreplay.events import Event, WriteRun
 from ksmreplay.trace import RangeSet, TraceReader, open_trace
+from ksmreplay.trace.events import Event, WriteRun
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 """Every test here runs with the scalar code and with the native core."""

@@ -28,10 +28,10 @@ from test_idle import counted, long_gaps
 
 from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
-from ksmreplay.events import Event
 from ksmreplay.live import tracefs
 from ksmreplay.replay import replay
 from ksmreplay.trace import open_trace
+from ksmreplay.trace.events import Event
 
 
 def _events(sim: Engine | ReferenceSimulator, events: list[Event]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import pytest
 from golden import UPDATE, check_golden, run_report
 
 from ksmreplay.engine import Engine
-from ksmreplay.events import (
+from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,

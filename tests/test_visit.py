@@ -19,8 +19,8 @@ import pytest
 
 from ksmreplay import native
 from ksmreplay.engine import Engine
-from ksmreplay.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.ksm import Ksmd
+from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
 
 pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 

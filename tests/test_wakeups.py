@@ -20,9 +20,9 @@ from randtrace import random_trace
 from reference import ReferenceSimulator
 
 from ksmreplay.engine import Engine
-from ksmreplay.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 from ksmreplay.ksm import END
 from ksmreplay.timing import next_wake_ns
+from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 

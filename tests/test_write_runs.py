@@ -18,7 +18,7 @@ import pytest
 
 from ksmreplay.arrays import DENSE_TABLE_LIMIT
 from ksmreplay.engine import Engine
-from ksmreplay.events import (
+from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from ksmreplay.events import Header
 from ksmreplay.trace import TraceWriter
+from ksmreplay.trace.events import Header
 
 PAGE = 4096
 MS = 1_000_000  # trace time is in nanoseconds

@@ -82,36 +82,12 @@ from typing import Any, cast
 import numpy as np
 
 from ksmreplay import signals
-from ksmreplay.content import fingerprint_pages
+from ksmreplay.arrays import consecutive_runs
 from ksmreplay.errors import Stopped
-from ksmreplay.events import (
-    Alloc,
-    Event,
-    Exit,
-    Fork,
-    Free,
-    Header,
-    Ksm,
-    Madvise,
-    Prctl,
-    Read,
-    Settle,
-    Snapshot,
-    Write,
-)
-from ksmreplay.knobs import DEFAULTS, KNOBS, KnobValue, start_order
+from ksmreplay.ksm.knobs import DEFAULTS, KNOBS, KnobValue, start_order
 from ksmreplay.live import kernel, tracefs
 from ksmreplay.live.kernel import KsmFiles, KsmGuard, LiveKernelError, RefusedWrite
 from ksmreplay.live.machine import LOCAL, LocalMachine, Machine
-from ksmreplay.live.pages import (
-    ANON,
-    KSM,
-    NONE,
-    ZERO,
-    classify,
-    read_kpageflags,
-    read_pagemap,
-)
 from ksmreplay.live.tracefs import KsmEvents, Mapper
 from ksmreplay.live.worker import (
     ADVICE,
@@ -127,7 +103,20 @@ from ksmreplay.live.worker import (
     WorkerError,
     worker_binary,
 )
-from ksmreplay.procfs import KPF_KSM, KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT, parse_maps
+from ksmreplay.procfs import (
+    ANON,
+    KPF_KSM,
+    KPF_ZERO_PAGE,
+    KSM,
+    NONE,
+    PM_PFN_MASK,
+    PM_PRESENT,
+    ZERO,
+    classify,
+    parse_maps,
+    read_kpageflags,
+    read_pagemap,
+)
 from ksmreplay.report import (
     EVENT_COUNTERS,
     KSM_COUNTERS,
@@ -140,7 +129,23 @@ from ksmreplay.report import (
     summarise,
 )
 from ksmreplay.timing import jiffies_ns
+from ksmreplay.trace.events import (
+    Alloc,
+    Event,
+    Exit,
+    Fork,
+    Free,
+    Header,
+    Ksm,
+    Madvise,
+    Prctl,
+    Read,
+    Settle,
+    Snapshot,
+    Write,
+)
 from ksmreplay.tracepoints import Sink
+from ksmreplay.vm.content import fingerprint_pages
 
 WINDOW_LO = 0x1000_0000_0000
 """Lowest live address of trace memory (16 TiB)."""
@@ -184,13 +189,9 @@ class Proc:
 
 def _runs(pages: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted page numbers as (first, count) runs."""
-    out: list[tuple[int, int]] = []
-    for p in sorted(pages):
-        if out and out[-1][0] + out[-1][1] == p:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((p, 1))
-    return out
+    ordered = np.array(sorted(pages), np.int64)
+    lo, hi = consecutive_runs(ordered)
+    return list(zip(ordered[lo].tolist(), (hi - lo).tolist(), strict=True))
 
 
 def address_offset(events: list[Event]) -> int:
@@ -361,7 +362,7 @@ class LiveReplay:
         for first, count in _runs(pages):
             entries = read_pagemap(
                 p.worker.pid, self.live(first * self.ps), count, self.ps, self.machine
-            )
+            ).tolist()
             view = classify(entries, self.zpfn, self.machine)
             if view.thp:
                 raise LiveKernelError(
@@ -930,7 +931,7 @@ def probe_pages(machine: Machine, page_size: int, top: int) -> tuple[int, bool]:
         worker.call(OP_MMAP, WINDOW_LO, 2 * page_size)
         worker.call(OP_READ, WINDOW_LO, page_size)
         worker.call(OP_FILL, WINDOW_LO + page_size, page_size, 0x6B736D7265706C61)
-        zero_entry, anon_entry = read_pagemap(worker.pid, WINDOW_LO, 2, page_size, machine)
+        zero_entry, anon_entry = read_pagemap(worker.pid, WINDOW_LO, 2, page_size, machine).tolist()
         pfn = zero_entry & PM_PFN_MASK
         anon = anon_entry & PM_PFN_MASK
         if not zero_entry & PM_PRESENT or not pfn or not anon_entry & PM_PRESENT or not anon:
@@ -981,7 +982,7 @@ def execute(
 
     :param reader_or_events: an open trace (``ksmreplay.trace.TraceReader``:
         ``header``, ``name``, iteration) or any iterable of events (a leading
-        :class:`~ksmreplay.events.Header` is allowed).  The events are read
+        :class:`~ksmreplay.trace.events.Header` is allowed).  The events are read
         into memory first (the address window is checked before anything runs).
     :param page_size: the trace's page size (default: the reader's header, else 4096).
     :param force: replay even when other processes use KSM (they will be

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from ksmreplay.errors import ExitStatus, KsmreplayError
-from ksmreplay.knobs import ADVISOR_OWNS, KNOBS, KnobValue
+from ksmreplay.ksm.knobs import ADVISOR_OWNS, KNOBS, KnobValue
 from ksmreplay.live.machine import LOCAL, Machine
 
 KSM_DIR = "/sys/kernel/mm/ksm"
@@ -37,17 +37,7 @@ BUSY_COUNTERS = (
 
 RESTORE_ORDER = (
     "advisor_mode",
-    "pages_to_scan",
-    "sleep_millisecs",
-    "use_zero_pages",
-    "max_page_sharing",
-    "smart_scan",
-    "merge_across_nodes",
-    "stable_node_chains_prune_millisecs",
-    "advisor_max_cpu",
-    "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan",
-    "advisor_target_scan_time",
+    *(k.name for k in KNOBS if k.name not in ("run", "advisor_mode")),
 )
 """Knob write order when setting or restoring everything but ``run``.
 

@@ -1,6 +1,6 @@
 """A map from page contents (``uint64`` fingerprints) to rows, in numpy columns.
 
-ksmd's trees are looked up by content (``ksm.py``).  A window of the scan asks
+ksmd's trees are looked up by content (``ksm/ksmd.py``).  A window of the scan asks
 about a thousand contents at once, and a Python dictionary answers one key at
 a time, each a Python integer made from the numpy column first.
 :class:`ContentMap` is an open-addressing hash table with linear probing whose

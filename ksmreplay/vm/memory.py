@@ -1,425 +1,20 @@
-"""The simulated virtual-memory system: processes, VMAs, page tables, frames.
-
-Per-page state lives in numpy columns, never in one Python object per page:
-
-* :class:`FrameTable` holds every anonymous page frame as columns;
-* :class:`PageTable` maps a process's virtual pages in chunks of
-  :data:`CHUNK` entries (one chunk is one page-table page, 2 MiB of address
-  space with 4 KiB pages), created only where something was touched, so a
-  mapping of 2**46 bytes costs nothing until its pages are used.
-
-Every table that grows with the pages or processes simulated is charged to
-the memory budget (``arrays.charge``) before it grows: a replay that would
-take more memory than it may fails with a
-:class:`~ksmreplay.errors.ResourceError` instead.
-
-A page-table entry (``int64``) is a frame index (>= 0) or one of the
-negative markers :data:`PTE_NONE`, :data:`PTE_ZERO` (the shared zero page,
-mapped by a read fault: a clean PTE) and :data:`PTE_KSM_ZERO` (the shared zero
-page, placed by ksmd).  Whether the kernel can tell the last two apart is a
-property of the mode (``modes.py``); the simulator always can.
-
-Nothing here knows about ksmd's trees: frames carry a ``node`` column that
-``ksm.py`` fills.  The VM tells ksmd of the one event it must see at once, a
-KSM frame's last mapping going (``Memory.on_ksm_pages_freed``); the KSM zero
-PTEs it drops are counted down in each process's ``MM.ksm_zero_ptes``.
-"""
+"""Processes (``MM``, VMAs) and the memory they share: faults, copy-on-write,
+the zero page, and the frames ksmd merges, through :class:`Memory`."""
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import charge, dense_ranks
+from ksmreplay.arrays import IntArray, dense_ranks
 from ksmreplay.native import CHUNK_SHIFT, PTE_KSM_ZERO, PTE_NONE, PTE_ZERO, Native, native
-
-NULL = -1
-"""The one "no such row" sentinel of every index column."""
-
-CHUNK = 1 << CHUNK_SHIFT
-"""Entries per page-table chunk (512, like one x86-64 PTE page)."""
-
-IntArray = npt.NDArray[np.int64]
-Places = list[tuple[IntArray, "IntArray | None", IntArray]]
-
-
-class FreeStack:
-    """Free row numbers of a table, as a numpy stack (last pushed, first popped).
-
-    Fresh capacity ``[old, new)`` is pushed highest first, so rows are handed
-    out in ascending order; :meth:`pop` returns the most recently freed rows,
-    the last one freed first.
-    """
-
-    __slots__ = ("_n", "_rows")
-
-    def __init__(self, capacity: int) -> None:
-        self._rows: IntArray = np.arange(capacity - 1, -1, -1, dtype=np.int64)
-        self._n = capacity
-
-    def __len__(self) -> int:
-        return self._n
-
-    def _reserve(self, n: int) -> None:
-        if self._n + n > len(self._rows):
-            grown = np.empty(max(2 * len(self._rows), self._n + n), np.int64)
-            grown[: self._n] = self._rows[: self._n]
-            self._rows = grown
-
-    def add_range(self, old: int, new: int) -> None:
-        """Push the new rows ``[old, new)``, highest first."""
-        self.push(np.arange(new - 1, old - 1, -1, dtype=np.int64))
-
-    def push(self, rows: IntArray) -> None:
-        self._reserve(len(rows))
-        self._rows[self._n : self._n + len(rows)] = rows
-        self._n += len(rows)
-
-    def push_one(self, row: int) -> None:
-        self._reserve(1)
-        self._rows[self._n] = row
-        self._n += 1
-
-    def peek(self, n: int) -> IntArray:
-        """The rows the next :meth:`pop` of ``n`` would return, without taking them."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
-        return rows
-
-    def pop(self, n: int) -> IntArray:
-        """The top ``n`` rows, topmost first (the caller checked there are enough)."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
-        self._n -= n
-        return rows
-
-
-class FrameTable:
-    """Every anonymous page frame, as columns indexed by frame number.
-
-    :ivar content: page content fingerprint (``uint64``).
-    :vartype content: numpy.ndarray
-    :ivar mapcount: page-table entries mapping the frame; 0 for a free row (``int32``).
-    :vartype mapcount: numpy.ndarray
-    :ivar ksm: the frame is a KSM page (``bool``).
-    :vartype ksm: numpy.ndarray
-    :ivar node: stable-tree node of a KSM page, or :data:`NULL` (``int32``).
-    :vartype node: numpy.ndarray
-    """
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self.content = np.zeros(capacity, np.uint64)
-        self.mapcount = np.zeros(capacity, np.int32)
-        self.ksm = np.zeros(capacity, np.bool_)
-        self.node = np.full(capacity, NULL, np.int32)
-        self._free = FreeStack(capacity)
-        self.live = 0
-        self.live_ksm = 0
-        self.changes = 0
-        """A counter that every write to the four columns raises (by at least one
-        when it may change a row): frames allocated and freed, contents written
-        in place, mappings added and dropped, KSM pages made and their nodes
-        set.  It never goes down, so two moments with the same count have the
-        same columns; ``Ksmd.idle_state`` relies on it instead of hashing the
-        columns (ksmd's idle passes change none)."""
-
-    ROW_BYTES = 8 + 4 + 1 + 4 + 8
-    """Bytes per frame row: the four columns and the free stack."""
-
-    def _grow(self, need: int) -> None:
-        old = len(self.content)
-        new = max(old * 2, old + need)
-        charge(new * self.ROW_BYTES, "the frame table")
-        self.content = np.concatenate([self.content, np.zeros(new - old, np.uint64)])
-        self.mapcount = np.concatenate([self.mapcount, np.zeros(new - old, np.int32)])
-        self.ksm = np.concatenate([self.ksm, np.zeros(new - old, np.bool_)])
-        self.node = np.concatenate([self.node, np.full(new - old, NULL, np.int32)])
-        self._free.add_range(old, new)
-
-    def alloc(self, contents: npt.NDArray[np.uint64]) -> IntArray:
-        """New private frames (mapcount 1) holding ``contents``; returns their indices."""
-        rows = self.candidates(len(contents))
-        self.content[rows] = contents
-        self.mapcount[rows] = 1
-        self.taken(len(rows))
-        return rows
-
-    def candidates(self, n: int) -> IntArray:
-        """The rows the next :meth:`alloc` of ``n`` frames would use (growing the table)."""
-        if n > len(self._free):
-            self._grow(n - len(self._free))
-        return self._free.peek(n)
-
-    def taken(self, n: int) -> None:
-        """The first ``n`` :meth:`candidates` were filled in as frames mapped once."""
-        self._free.pop(n)
-        self.live += n
-        self.changes += n
-
-    def release(self, rows: IntArray) -> None:
-        """Free rows whose mapcount reached 0."""
-        if len(rows) == 0:
-            return
-        self.live_ksm -= int(np.count_nonzero(self.ksm[rows]))
-        self.ksm[rows] = False
-        self.node[rows] = NULL
-        self.live -= len(rows)
-        self.changes += len(rows)
-        self._free.push(rows)
-
-    def release_one(self, row: int) -> None:
-        """:meth:`release` of a single row."""
-        if self.ksm[row]:
-            self.live_ksm -= 1
-            self.ksm[row] = False
-        self.node[row] = NULL
-        self.live -= 1
-        self.changes += 1
-        self._free.push_one(row)
-
-    @property
-    def capacity(self) -> int:
-        return len(self.content)
-
-
-BLOCK_SHIFT = 9
-BLOCK = 1 << BLOCK_SHIFT
-"""Chunks per full block of a page table (2 MiB of entries)."""
-
-FEW = 16
-"""Up to this many chunk keys are looked up one by one (cheaper than numpy for few)."""
-
-
-class PageTable:
-    """Sparse page table of one process: chunks of :data:`CHUNK` PTEs, created on demand.
-
-    Chunks are rows of 2-D blocks, numbered in the order they were created,
-    so that many pages can be read and written at once (:meth:`places`,
-    :func:`gather`, :func:`scatter`).  A block never moves: a chunk's view
-    stays valid for the table's life.  Blocks grow with the table, from one
-    chunk to :data:`BLOCK` (or as many as one call makes at once), so that a
-    process with few chunks costs few chunks.  The chunk keys are
-    kept sorted, with their rows, in arrays grown in place (a new chunk
-    shifts the keys above it), so that adding a chunk never rebuilds an
-    index of the others.
-
-    ``on_change`` is called when a chunk is made after :meth:`directory` was
-    read (the directory is then stale).
-    """
-
-    __slots__ = (
-        "_addr",
-        "_at",
-        "_at_list",
-        "_bases",
-        "_blocks",
-        "_chunks",
-        "_directory",
-        "_in",
-        "_in_list",
-        "_karr",
-        "_keys",
-        "_rarr",
-        "_row",
-        "on_change",
-    )
-
-    def __init__(self) -> None:
-        self._chunks: dict[int, IntArray] = {}
-        self._row: dict[int, int] = {}
-        self._keys: list[int] = []
-        self._blocks: list[IntArray] = []
-        self._bases: list[int] = []
-        """Each block's address."""
-        self._karr = np.zeros(0, np.int64)
-        """The chunk keys, ascending (the first :attr:`rows` entries)."""
-        self._rarr = np.zeros(0, np.int64)
-        """The row of each of :attr:`_karr`."""
-        self._addr = np.zeros(0, np.uint64)
-        """The address of each row's chunk, by row."""
-        self._in = np.zeros(0, np.int64)
-        """The block of each row."""
-        self._at = np.zeros(0, np.int64)
-        """Each row's place in its block."""
-        self._in_list: list[int] = []
-        self._at_list: list[int] = []
-        """:attr:`_in` and :attr:`_at` as lists (for one chunk at a time)."""
-        self._directory: tuple[int, int, int, int] | None = None
-        self.on_change: Callable[[], None] | None = None
-
-    def chunk(self, key: int) -> IntArray:
-        """The chunk ``key`` (page number >> CHUNK_SHIFT), created empty if needed."""
-        arr = self._chunks.get(key)
-        if arr is None:
-            arr = self._make(key)
-        return arr
-
-    def _make(self, key: int, more: int = 1) -> IntArray:
-        """A new chunk ``key``; ``more`` chunks (this one included) are being made."""
-        row = len(self._chunks)
-        if row == len(self._karr):
-            grow = max(8, row)
-            self._karr = np.concatenate([self._karr, np.zeros(grow, np.int64)])
-            self._rarr = np.concatenate([self._rarr, np.zeros(grow, np.int64)])
-            self._addr = np.concatenate([self._addr, np.zeros(grow, np.uint64)])
-            self._in = np.concatenate([self._in, np.zeros(grow, np.int64)])
-            self._at = np.concatenate([self._at, np.zeros(grow, np.int64)])
-        if row and self._at[row - 1] + 1 < len(self._blocks[-1]):
-            block, at = len(self._blocks) - 1, int(self._at[row - 1]) + 1
-        else:
-            size = min(max(row, more, 1), BLOCK)
-            charge(size * CHUNK * 8, "a page table")
-            self._blocks.append(np.empty((size, CHUNK), np.int64))
-            self._bases.append(self._blocks[-1].ctypes.data)
-            block, at = len(self._blocks) - 1, 0
-        self._in[row], self._at[row] = block, at
-        self._in_list.append(block)
-        self._at_list.append(at)
-        arr: IntArray = self._blocks[block][at]
-        arr[:] = PTE_NONE
-        self._chunks[key] = arr
-        self._row[key] = row
-        i = bisect.bisect_left(self._keys, key)
-        self._keys.insert(i, key)
-        karr, rarr = self._karr, self._rarr
-        karr[i + 1 : row + 1] = karr[i:row]
-        rarr[i + 1 : row + 1] = rarr[i:row]
-        karr[i], rarr[i] = key, row
-        self._addr[row] = self._bases[block] + at * CHUNK * 8
-        if self._directory is not None:
-            self._directory = None
-            if self.on_change is not None:
-                self.on_change()
-        return arr
-
-    def locate(self, keys: IntArray) -> IntArray:
-        """The rows of chunks ``keys`` (page numbers >> CHUNK_SHIFT), created if needed."""
-        if len(keys) <= FEW:
-            row = self._row
-            listed = keys.tolist()
-            new = sorted({key for key in listed if key not in row})
-            for i, key in enumerate(new):
-                self._make(key, len(new) - i)
-            return np.array([row[key] for key in listed], np.int64)
-        rows = self._find(keys)
-        missing = rows < 0
-        if missing.any():
-            new = np.unique(keys[missing]).tolist()
-            for i, key in enumerate(new):
-                self._make(key, len(new) - i)
-            rows[missing] = self._find(keys[missing])
-        return rows
-
-    def _find(self, keys: IntArray) -> IntArray:
-        """The rows of chunks ``keys``, -1 where there is no such chunk."""
-        n = len(self._chunks)
-        if n == 0:
-            return np.full(len(keys), -1, np.int64)
-        sorted_keys = self._karr[:n]
-        at = np.minimum(np.searchsorted(sorted_keys, keys), n - 1)
-        found: IntArray = np.where(sorted_keys[at] == keys, self._rarr[at], -1)
-        return found
-
-    @property
-    def rows(self) -> int:
-        """Chunks so far (rows are ``0 .. rows - 1``)."""
-        return len(self._chunks)
-
-    def directory(self) -> tuple[int, int, int, int]:
-        """For the native core: the addresses of the sorted chunk keys and of
-        their rows, how many there are, and the address of an array of each
-        row's chunk address (valid until a chunk is added)."""
-        if self._directory is None:
-            self._directory = (
-                self._karr.ctypes.data,
-                self._rarr.ctypes.data,
-                len(self._chunks),
-                self._addr.ctypes.data,
-            )
-        return self._directory
-
-    def get(self, page: int) -> int:
-        arr = self._chunks.get(page >> CHUNK_SHIFT)
-        return PTE_NONE if arr is None else int(arr[page & (CHUNK - 1)])
-
-    def places(self, rows: IntArray, offsets: IntArray) -> Places:
-        """Where the entries at ``offsets`` of chunk rows ``rows`` are, for :func:`gather`
-        and :func:`scatter`: per block touched, its flat view, which entries
-        (positions in ``rows``; None: all) and their flat indexes there."""
-        if len(self._blocks) == 1:
-            return [(self._blocks[0].reshape(-1), None, rows * CHUNK + offsets)]
-        block, at = self._in[rows], self._at[rows]
-        order = np.argsort(block.astype(np.int32), kind="stable")
-        ends = np.cumsum(np.bincount(block, minlength=len(self._blocks))).tolist()
-        found: Places = []
-        lo = 0
-        for b, hi in enumerate(ends):
-            if hi > lo:
-                which = order[lo:hi]
-                if hi - lo == len(rows):
-                    found.append((self._blocks[b].reshape(-1), None, at * CHUNK + offsets))
-                    break
-                flat = at[which] * CHUNK + offsets[which]
-                found.append((self._blocks[b].reshape(-1), which, flat))
-            lo = hi
-        return found
-
-    def segments(self, start: int, end: int) -> Iterator[tuple[int, int, IntArray]]:
-        """Existing chunks overlapping pages [start, end): ``(first_page, stop_page, view)``."""
-        keys = self._keys
-        i = bisect.bisect_left(keys, start >> CHUNK_SHIFT)
-        while i < len(keys):
-            key = keys[i]
-            base = key << CHUNK_SHIFT
-            if base >= end:
-                break
-            lo = max(start, base)
-            hi = min(end, base + CHUNK)
-            yield lo, hi, self._chunks[key][lo - base : hi - base]
-            i += 1
-
-    def runs(self, start: int, end: int, limit: int) -> list[tuple[int, int, IntArray]]:
-        """Like :meth:`segments`, for at most ``limit`` chunks, but a run of chunks
-        with consecutive keys in consecutive rows of one block is one segment."""
-        keys = self._keys
-        i = bisect.bisect_left(keys, start >> CHUNK_SHIFT)
-        stop = min(bisect.bisect_left(keys, ((end - 1) >> CHUNK_SHIFT) + 1), i + limit)
-        found = []
-        rows, blocks = self._row, self._blocks
-        while i < stop:
-            # A run ends at a gap in keys or rows, or at the end of a block.
-            key, row = keys[i], rows[keys[i]]
-            block, at = self._in_list[row], self._at_list[row]
-            j = min(stop, i + len(blocks[block]) - at)
-            n = 1
-            while i + n < j and keys[i + n] == key + n and rows[key + n] == row + n:
-                n += 1
-            base = key << CHUNK_SHIFT
-            lo = max(start, base)
-            hi = min(end, (key + n) << CHUNK_SHIFT)
-            flat = at * CHUNK + lo - base
-            found.append((lo, hi, blocks[block].reshape(-1)[flat : flat + hi - lo]))
-            i += n
-        return found
-
-    def covers(self, first: int, last: int) -> bool:
-        """Whether every chunk ``first`` to ``last`` (keys) exists."""
-        keys = self._keys
-        have = bisect.bisect_right(keys, last) - bisect.bisect_left(keys, first)
-        return have == last - first + 1
-
-    def segments_all(self, start: int, end: int) -> Iterator[tuple[int, int, IntArray]]:
-        """Like :meth:`segments` but creating the chunks (for writes and read faults)."""
-        page = start
-        while page < end:
-            key = page >> CHUNK_SHIFT
-            base = key << CHUNK_SHIFT
-            hi = min(end, base + CHUNK)
-            yield page, hi, self.chunk(key)[page - base : hi - base]
-            page = hi
+from ksmreplay.report import EVENT_COUNTERS
+from ksmreplay.vm.frames import FrameTable
+from ksmreplay.vm.pagetable import CHUNK, PageTable, gather, scatter
 
 
 class _Directories:
@@ -471,23 +66,6 @@ class _Directories:
         """The rows of the live processes ``pids``."""
         row = self._row
         return np.array([row[p] for p in pids], np.int64)
-
-
-def gather(places: Places, n: int) -> IntArray:
-    """The ``n`` entries at ``places`` (:meth:`PageTable.places`)."""
-    if len(places) == 1 and places[0][1] is None:
-        flat, _, index = places[0]
-        return flat[index]
-    out = np.empty(n, np.int64)
-    for flat, which, index in places:
-        out[which] = flat[index]
-    return out
-
-
-def scatter(places: Places, values: IntArray) -> None:
-    """Set the entries at ``places`` (:meth:`PageTable.places`) to ``values``."""
-    for flat, which, index in places:
-        flat[index] = values if which is None else values[which]
 
 
 def _last_of_each(slot: IntArray, counts: IntArray) -> npt.NDArray[np.bool_]:
@@ -604,14 +182,12 @@ class MM:
         return any(v.mergeable for v in self.vmas)
 
 
-EVENT_COUNTERS_ZERO = {
-    "merges": 0,
-    "cow_breaks_ksm": 0,
-    "cow_breaks_zero": 0,
-    "unshared_by_unmerge": 0,
-    "zero_pages_unshared": 0,
-    "zero_pages_merged": 0,
-}
+EVENT_COUNTERS_ZERO = dict.fromkeys(EVENT_COUNTERS, 0)
+"""Every counter of the ``events`` section (``report.EVENT_COUNTERS``) at 0."""
+
+
+def _no_ksm_pages(nodes: IntArray) -> None:
+    """The hook of a memory without ksmd (no frame is a KSM page)."""
 
 
 class Memory:
@@ -619,10 +195,11 @@ class Memory:
 
     ``on_ksm_pages_freed(nodes)`` is called with the stable-node ids of KSM
     frames the moment their last mapping goes: those nodes are stale from then
-    on, as ``ksm_get_folio()`` would find their page gone.
+    on, as ``ksm_get_folio()`` would find their page gone.  ksmd sets it when
+    it is made over this memory.
     """
 
-    def __init__(self, on_ksm_pages_freed: Callable[[IntArray], None]) -> None:
+    def __init__(self, on_ksm_pages_freed: Callable[[IntArray], None] = _no_ksm_pages) -> None:
         self.frames = FrameTable()
         self.mms: dict[int, MM] = {}
         """The live processes by pid (change it with :meth:`add` and :meth:`remove`)."""
@@ -650,7 +227,7 @@ class Memory:
 
     # -- frames -------------------------------------------------------------
 
-    def _put(self, rows: IntArray) -> None:
+    def put_frames(self, rows: IntArray) -> None:
         """Drop one mapping per entry of ``rows``; free the frames left unmapped.
 
         A KSM page can be mapped at several addresses of one process, so a
@@ -661,9 +238,9 @@ class Memory:
         mc = self.frames.mapcount
         np.subtract.at(mc, rows, 1)
         self.frames.changes += len(rows)
-        self._bury(np.unique(rows[mc[rows] == 0]))
+        self.free_frames(np.unique(rows[mc[rows] == 0]))
 
-    def _bury(self, dead: IntArray) -> None:
+    def free_frames(self, dead: IntArray) -> None:
         """Free the frames ``dead`` (distinct, mapcount 0), telling ksmd of its KSM pages."""
         if len(dead):
             ksm_dead = dead[self.frames.ksm[dead]]
@@ -671,8 +248,8 @@ class Memory:
                 self.on_ksm_pages_freed(self.frames.node[ksm_dead].astype(np.int64))
             self.frames.release(dead)
 
-    def _put_one(self, row: int) -> None:
-        """:meth:`_put` of a single mapping."""
+    def put_frame(self, row: int) -> None:
+        """:meth:`put_frames` of a single mapping."""
         fr = self.frames
         fr.mapcount[row] -= 1
         fr.changes += 1
@@ -787,7 +364,7 @@ class Memory:
         )
         fr.taken(used)
         fr.changes += len(fps)  # (contents written in place, copies' mappings dropped)
-        self._bury(dead)
+        self.free_frames(dead)
         changed = np.flatnonzero(stats.any(axis=1))
         for i, (rss, ksm_zero, fault_zero) in zip(
             changed.tolist(), stats[changed].tolist(), strict=True
@@ -853,7 +430,7 @@ class Memory:
         copied = present & ~keep
         if copied.any():
             self.events["cow_breaks_ksm"] += int(np.count_nonzero(fr.ksm[pte[copied]]))
-            self._put(pte[copied])
+            self.put_frames(pte[copied])
         fresh = ~keep
         pte[fresh] = fr.alloc(new[fresh])
         at = 0
@@ -877,7 +454,7 @@ class Memory:
             present = view[view >= 0]
             if len(present):
                 mm.rss_anon -= len(present)
-                self._put(present)
+                self.put_frames(present)
             mm.ksm_zero_ptes -= int(np.count_nonzero(view == PTE_KSM_ZERO))
             mm.fault_zero_ptes -= int(np.count_nonzero(view == PTE_ZERO))
             view[:] = PTE_NONE
@@ -894,7 +471,7 @@ class Memory:
             if len(ksm_at):
                 old = view[ksm_at].copy()
                 contents = fr.content[old]
-                self._put(old)
+                self.put_frames(old)
                 view[ksm_at] = fr.alloc(contents)
                 self.events["unshared_by_unmerge"] += len(ksm_at)
             if zero_pages:

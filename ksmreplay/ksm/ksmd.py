@@ -5,22 +5,22 @@ kernel function each step comes from is named in its docstring.
 
 State
 -----
-Per-item state is a set of numpy columns (:class:`ItemTable`), indexed by
+Per-item state is a set of numpy columns (:class:`~ksmreplay.ksm.items.ItemTable`), indexed by
 item number; each mm's items are found by address through a sparse
 per-page map with the same layout as a page table (``vm.PageTable``), so the
 kernel's address-sorted ``rmap_list`` is implicit: walking pages in address
 order walks the list.  Stable nodes and chains are few (one per distinct
 merged content) and are small Python objects; a node's hlist is a linked
 list through two item columns, its length and KSM frame node columns
-(:class:`NodeColumns`), and a chain's dups a list through a node column
-(:class:`ChainColumns`), so that compiled code can link and unlink items and
-pick a chain's dup.
+(:class:`~ksmreplay.ksm.stable.NodeColumns`), and a chain's dups a list
+through a node column (:class:`~ksmreplay.ksm.stable.ChainColumns`), so
+that compiled code can link and unlink items and pick a chain's dup.
 
 Abstractions (KSM_MODEL.md section 2), and why they cannot change a counter
 at a full-scan boundary:
 
 * Trees are hash tables keyed by content (a dictionary for the stable tree,
-  a :class:`~ksmreplay.contentmap.ContentMap` for the unstable one), not
+  a :class:`~ksmreplay.ksm.contentmap.ContentMap` for the unstable one), not
   red-black trees ordered by ``memcmp``.  A stable search resolves only the
   entry of the searched content, so a stale node is noticed when one of its
   items is unlinked, when its own content is searched, or at run=2 — never
@@ -52,31 +52,37 @@ against each other and against a one-at-a-time reference model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import charge
-from ksmreplay.contentmap import ContentMap
-from ksmreplay.kernels import LINUX_6_18, Kernel
-from ksmreplay.modes import Mode
+from ksmreplay.arrays import IntArray
+from ksmreplay.ksm.advisor import Advisor
+from ksmreplay.ksm.contentmap import ContentMap
+from ksmreplay.ksm.counters import Counters
+from ksmreplay.ksm.items import NONE, STABLE, UNSTABLE, ItemTable, Slot
+from ksmreplay.ksm.kernels import LINUX_6_18, Kernel
+from ksmreplay.ksm.knobs import Knobs
+from ksmreplay.ksm.modes import Mode
+from ksmreplay.ksm.stable import (
+    MADE_ROOM,
+    PRUNE_CLAMP,
+    Chain,
+    ChainColumns,
+    NodeColumns,
+    StableNode,
+    StableTree,
+)
+from ksmreplay.ksm.v6 import FlaggedItems, WalkResult
+from ksmreplay.ksm.window import WINDOW_CHUNKS, Front, _Pages, _write_back
 from ksmreplay.native import (
     AGE_MAX,
-    CHAIN_ENTRY,
     CHUNK_SHIFT,
-    ITEM_COLD,
-    ITEM_HOT,
     PTE_KSM_ZERO,
     PTE_ZERO,
     SEQNR_MASK,
-    STATE_NONE,
-    STATE_STABLE,
-    STATE_UNSTABLE,
-    ZERO_PAGE_FLAG,
     Native,
     Visited,
     native,
@@ -92,482 +98,14 @@ from ksmreplay.vm import (
     CHUNK,
     MM,
     NULL,
-    FreeStack,
     Memory,
-    PageTable,
 )
 
 if TYPE_CHECKING:
     from ksmreplay.tracepoints import Tracer
 
-WINDOW_CHUNKS = 64
-"""Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
-
-NONE, UNSTABLE, STABLE = STATE_NONE, STATE_UNSTABLE, STATE_STABLE
-"""Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
-
 END = 1 << 62
 """A page number beyond every mapping."""
-
-IntArray = npt.NDArray[np.int64]
-
-
-class WalkResult(Enum):
-    """What the v6 page walk finds at an address."""
-
-    NORMAL_PAGE = 1
-    """An ordinary or KSM anonymous page: the item is visited."""
-    ZERO_PAGE = 2
-    """The shared zero page: a flagged item there is kept, not visited."""
-    NOTHING = 3
-    """No page, or the VMA is gone or not mergeable: items there are freed."""
-
-
-def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """The v6 flag-clearing helper: only ZERO_PAGE_FLAG goes (the other flags stay)."""
-    cleared: npt.NDArray[np.uint16] = flags & np.uint16(0xFFFF & ~ZERO_PAGE_FLAG)
-    return cleared
-
-
-def _write_back(views: list[IntArray], flat: IntArray) -> None:
-    """Copy a gathered window back into the chunk views it was gathered from."""
-    if len(views) == 1:
-        views[0][:] = flat
-        return
-    at = 0
-    for v in views:
-        v[:] = flat[at : at + len(v)]
-        at += len(v)
-
-
-class ItemTable:
-    """Every ``struct ksm_rmap_item``, as columns indexed by item number.
-
-    The columns but the hlist links are fields of two records per item, in
-    two tables indexed alike: :attr:`hot` (:data:`ITEM_HOT`) holds the few
-    fields smart_scan reads and updates at every page a pass walks (most of
-    them never visited) and the node a KSM page's visit checks, so that a
-    walk reads 8 bytes per page; :attr:`cold` (:data:`ITEM_COLD`) the rest,
-    read by visits.  Each column attribute is a view of its field.
-
-    :ivar slot: owning mm slot id (``int32``).
-    :ivar page: virtual page number (``int64``).
-    :ivar checksum: content seen at the last non-KSM visit (``uint64``).
-    :ivar checked: a checksum was recorded (``bool``); an unchecked item is
-        always "changed" on its first visit.
-    :ivar age: smart_scan age, saturating at 255 (``uint8``).
-    :ivar skips: smart_scan remaining_skips (``uint8``).
-    :ivar state: :data:`NONE`, :data:`UNSTABLE` or :data:`STABLE` (``int8``).
-    :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
-    :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
-    :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
-    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int64``).
-    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
-    """
-
-    FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
-    """Fields of a fresh item that are not zero."""
-
-    def __init__(self, capacity: int = 1024) -> None:
-        blank_hot, blank_cold = np.zeros(1, ITEM_HOT), np.zeros(1, ITEM_COLD)
-        for name, value in self.FILL:
-            blank = blank_hot if name in (ITEM_HOT.names or ()) else blank_cold
-            blank[name] = value
-        # A fresh item's records as machine words, which numpy copies far
-        # faster than records.
-        self._blank_hot = blank_hot.view(np.uint64)
-        self._blank_cold = blank_cold.view(np.uint64)
-        self.hot = np.empty(0, ITEM_HOT)
-        self.cold = np.empty(0, ITEM_COLD)
-        self.hnext = np.empty(0, np.int64)
-        self.hprev = np.empty(0, np.int64)
-        self._free = FreeStack(0)
-        self._grow(capacity)
-        self.count = 0
-        self.changes = 0
-        """Items allocated and freed so far."""
-
-    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
-    """Bytes per item: its two records, hlist links and free stack entry."""
-
-    def _grow(self, more: int) -> None:
-        """Room for ``more`` items (the tables are copied: take columns after)."""
-        old = len(self.hot)
-        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
-        hot = np.empty(old + more, ITEM_HOT)
-        hot[:old] = self.hot
-        cold = np.empty(old + more, ITEM_COLD)
-        cold[:old] = self.cold
-        self.hot, self.cold = hot, cold
-        self._hot_words = hot.view(np.uint64)
-        self._cold_words = cold.view(np.uint64).reshape(-1, len(self._blank_cold))
-        self._hot_words[old:] = self._blank_hot
-        self._cold_words[old:] = self._blank_cold
-        self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
-        self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
-        for records in (self.hot, self.cold):
-            for name in records.dtype.names or ():
-                setattr(self, name, records[name])
-        self._free.add_range(old, old + more)
-
-    slot: npt.NDArray[np.int32]
-    page: npt.NDArray[np.int64]
-    checksum: npt.NDArray[np.uint64]
-    checked: npt.NDArray[np.bool_]
-    age: npt.NDArray[np.uint8]
-    skips: npt.NDArray[np.uint8]
-    state: npt.NDArray[np.int8]
-    seq: npt.NDArray[np.uint8]
-    node: npt.NDArray[np.int32]
-    flags: npt.NDArray[np.uint16]
-    hnext: IntArray
-    hprev: IntArray
-
-    def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
-        """Which of ``rows`` carry ZERO_PAGE_FLAG."""
-        flagged: npt.NDArray[np.bool_] = (self.flags[rows] & ZERO_PAGE_FLAG) != 0
-        return flagged
-
-    def is_flagged(self, row: int) -> bool:
-        """Whether item ``row`` carries ZERO_PAGE_FLAG (one item, no array)."""
-        return bool(int(self.flags[row]) & ZERO_PAGE_FLAG)
-
-    def alloc(self, slot: int, pages: IntArray) -> IntArray:
-        """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
-        n = len(pages)
-        if n > len(self._free):
-            self._grow(max(len(self.hot), n))
-        rows = self._free.pop(n)
-        self._hot_words[rows] = self._blank_hot
-        self._cold_words[rows] = self._blank_cold
-        self.hnext[rows] = NULL
-        self.hprev[rows] = NULL
-        self.slot[rows] = slot
-        self.page[rows] = pages
-        self.count += n
-        self.changes += n
-        return rows
-
-    def release(self, rows: IntArray) -> None:
-        """``free_rmap_item()``."""
-        self.slot[rows] = NULL
-        self.count -= len(rows)
-        self.changes += len(rows)
-        self._free.push(rows)
-
-
-@dataclass(eq=False, slots=True)
-class StableNode:
-    """A stable-tree node for one KSM page (a plain node, or a dup of a chain).
-
-    Its hlist of items and its length (``rmap_hlist_len``) are in columns
-    (:class:`NodeColumns`, ``ItemTable.hnext``/``hprev``).  ``alive`` turns
-    False the moment the KSM page's last mapping goes: the node is then stale
-    until something notices.
-    """
-
-    id: int
-    content: int
-    frame: int
-    chain: Chain | None = None
-    alive: bool = True
-
-
-class Chain:
-    """A stable node chain: several dups (KSM pages) of one content, head first.
-
-    Its dups, the times they were chosen and its last prune time are in
-    columns (:class:`ChainColumns`, by :attr:`id`), so that the native core
-    (``visit.c``) picks a dup and moves it to the head itself.
-    """
-
-    __slots__ = ("_cols", "_prune_time", "content", "id")
-
-    def __init__(self, cols: ChainColumns, chain_id: int, content: int, prune_time: int) -> None:
-        self._cols = cols
-        self.id = chain_id
-        self.content = content
-        self._prune_time = 0
-        self.prune_time = prune_time
-
-    @property
-    def prune_time(self) -> int:
-        """When its dups were last pruned (ns; at first, when it was made)."""
-        t = int(self._cols.prune[self.id])  # (the native core's prunes write the column)
-        return self._prune_time if t == PRUNE_CLAMP else t
-
-    @prune_time.setter
-    def prune_time(self, t: int) -> None:
-        self._prune_time = t
-        # (the native core reads it only while every time is below PRUNE_CLAMP)
-        self._cols.prune[self.id] = min(t, PRUNE_CLAMP)
-
-    @property
-    def looked_at(self) -> int:
-        """Times its dups were chosen (when its prune time was read)."""
-        return int(self._cols.looked[self.id])
-
-    @looked_at.setter
-    def looked_at(self, n: int) -> None:
-        self._cols.looked[self.id] = n
-
-    @property
-    def count(self) -> int:
-        """How many dups it has."""
-        return int(self._cols.count[self.id])
-
-    @property
-    def head(self) -> int:
-        """The id of its first dup, or ``NULL``."""
-        return int(self._cols.head[self.id])
-
-    @property
-    def dups(self) -> list[StableNode]:
-        """Its dups, head first (a new list)."""
-        return self._cols.dups(self.id)
-
-    def push(self, node: StableNode) -> None:
-        """Make ``node`` its first dup."""
-        self._cols.push(self.id, node.id)
-
-    def remove(self, node: StableNode) -> None:
-        """Take ``node`` out of its dups."""
-        self._cols.remove(self.id, node.id)
-
-    def clear(self) -> None:
-        """Take every dup out."""
-        self._cols.clear(self.id)
-
-
-MADE_ROOM = 64
-"""Most stable nodes one call of the native core's visits makes (the room
-it is given in the node and chain columns and the stable tree's table)."""
-
-PRUNE_CLAMP = 1 << 62
-"""A chain's prune time is kept in its column up to this (ns); the native core
-does chain lookups only in batches whose times are below it (see
-:meth:`Ksmd._visit_args`), where the column is exact."""
-
-
-class NodeColumns:
-    """Stable nodes' KSM frames and hlists as columns, indexed by node id.
-
-    A node's hlist is a doubly linked list of its items (``ItemTable.hnext``
-    and ``hprev``) from ``head``, ``size`` long (``rmap_hlist_len``); its
-    order is never observed.  A dup's next dup in its chain is ``dup_next``
-    (see :class:`ChainColumns`).  Columns, so that the native core
-    (``visit.c``) links and unlinks items itself.
-    """
-
-    __slots__ = ("dup_next", "frame", "head", "size")
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self.size = np.zeros(capacity, np.int32)
-        self.frame = np.zeros(capacity, np.int64)
-        self.head = np.full(capacity, NULL, np.int64)
-        self.dup_next = np.full(capacity, NULL, np.int64)
-
-    def add(self, first: int, frames: IntArray) -> None:
-        """Nodes ``first``, ``first + 1``, ... for the KSM pages ``frames``, with empty hlists."""
-        end = first + len(frames)
-        if end > len(self.size):
-            more = max(len(self.size), end - len(self.size))
-            self.size = np.concatenate([self.size, np.zeros(more, np.int32)])
-            self.frame = np.concatenate([self.frame, np.zeros(more, np.int64)])
-            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
-            self.dup_next = np.concatenate([self.dup_next, np.full(more, NULL, np.int64)])
-        self.frame[first:end] = frames
-        self.size[first:end] = 0
-        self.head[first:end] = NULL
-        self.dup_next[first:end] = NULL
-
-    def reserve(self, end: int) -> None:
-        """Room for the nodes up to id ``end`` (the native core makes nodes in place)."""
-        if end > len(self.size):
-            self.add(end - 1, np.zeros(1, np.int64))
-
-
-class ChainColumns:
-    """Stable node chains as columns, indexed by chain id (:class:`Chain`).
-
-    A chain's dups are a singly linked list of nodes from ``head`` through
-    ``NodeColumns.dup_next``, ``count`` long, head first (the order
-    ``stable_node_dup()`` walks them in); ``looked`` counts the lookups
-    that chose a dup, ``prune`` is the last prune time (ns, up to
-    :data:`PRUNE_CLAMP`).  Ids are not reused.
-    """
-
-    __slots__ = ("_next_id", "_node_cols", "_nodes", "count", "head", "looked", "prune")
-
-    def __init__(
-        self, nodes: dict[int, StableNode], node_cols: NodeColumns, capacity: int = 64
-    ) -> None:
-        self._nodes = nodes
-        self._node_cols = node_cols
-        self._next_id = 0
-        self.head = np.full(capacity, NULL, np.int64)
-        self.count = np.zeros(capacity, np.int32)
-        self.looked = np.zeros(capacity, np.int64)
-        self.prune = np.zeros(capacity, np.int64)
-
-    def new(self, content: int, prune_time: int) -> Chain:
-        """A chain of no dups for ``content``, made at ``prune_time`` (ns)."""
-        cid = self._next_id
-        self.reserve(1)
-        self._next_id += 1
-        self.head[cid] = NULL
-        self.count[cid] = 0
-        self.looked[cid] = 0
-        return Chain(self, cid, content, prune_time)
-
-    @property
-    def next_id(self) -> int:
-        """The id the next chain made gets."""
-        return self._next_id
-
-    def reserve(self, n: int) -> None:
-        """Room for ``n`` more chains (the native core makes chains in place)."""
-        if self._next_id + n > len(self.head):
-            more = max(len(self.head), self._next_id + n - len(self.head))
-            self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])
-            self.count = np.concatenate([self.count, np.zeros(more, np.int32)])
-            self.looked = np.concatenate([self.looked, np.zeros(more, np.int64)])
-            self.prune = np.concatenate([self.prune, np.zeros(more, np.int64)])
-
-    def adopt(self, cid: int, content: int) -> Chain:
-        """The :class:`Chain` of chain ``cid``, which the native core made (the next id)."""
-        assert cid == self._next_id
-        self._next_id += 1
-        return Chain(self, cid, content, int(self.prune[cid]))
-
-    def columns(self) -> tuple[IntArray, npt.NDArray[np.int32], IntArray, IntArray]:
-        """``head``, ``count``, ``looked``, ``prune`` (for :meth:`Native.visit`)."""
-        return self.head, self.count, self.looked, self.prune
-
-    def dups(self, cid: int) -> list[StableNode]:
-        """Chain ``cid``'s dups, head first."""
-        out: list[StableNode] = []
-        nid, nxt = int(self.head[cid]), self._node_cols.dup_next
-        for _ in range(int(self.count[cid])):
-            out.append(self._nodes[nid])
-            nid = int(nxt[nid])
-        return out
-
-    def push(self, cid: int, nid: int) -> None:
-        """Make node ``nid`` chain ``cid``'s first dup."""
-        self._node_cols.dup_next[nid] = self.head[cid]
-        self.head[cid] = nid
-        self.count[cid] += 1
-
-    def remove(self, cid: int, nid: int) -> None:
-        """Take node ``nid`` out of chain ``cid``'s dups."""
-        nxt = self._node_cols.dup_next
-        at = int(self.head[cid])
-        if at == nid:
-            self.head[cid] = nxt[nid]
-        else:
-            while int(nxt[at]) != nid:
-                at = int(nxt[at])
-            nxt[at] = nxt[nid]
-        nxt[nid] = NULL
-        self.count[cid] -= 1
-
-    def clear(self, cid: int) -> None:
-        """Take every dup out of chain ``cid``."""
-        for node in self.dups(cid):
-            self._node_cols.dup_next[node.id] = NULL
-        self.head[cid] = NULL
-        self.count[cid] = 0
-
-
-class StableTree:
-    """The stable tree: content -> its plain node or chain.
-
-    A dictionary, with the contents also in a :class:`ContentMap` so that a
-    window's contents are looked up at once (:meth:`index`); the map's value
-    is a plain node's id, or :data:`CHAIN_ENTRY` plus a chain's id.
-    """
-
-    __slots__ = ("_entries", "_index")
-
-    def __init__(self) -> None:
-        self._entries: dict[int, StableNode | Chain] = {}
-        self._index = ContentMap()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, content: int) -> StableNode | Chain | None:
-        return self._entries.get(content)
-
-    def __getitem__(self, content: int) -> StableNode | Chain:
-        return self._entries[content]
-
-    def __setitem__(self, content: int, entry: StableNode | Chain) -> None:
-        self._index[content] = entry.id if isinstance(entry, StableNode) else CHAIN_ENTRY + entry.id
-        self._entries[content] = entry
-
-    def __delitem__(self, content: int) -> None:
-        del self._entries[content]
-        del self._index[content]
-
-    def file(self, content: int, entry: StableNode | Chain) -> None:
-        """File ``entry`` under ``content`` where the native core already set the index."""
-        self._entries[content] = entry
-
-    def items(self) -> Iterator[tuple[int, StableNode | Chain]]:
-        return iter(list(self._entries.items()))
-
-    def values(self) -> list[StableNode | Chain]:
-        return list(self._entries.values())
-
-    def index(self) -> ContentMap:
-        """The content -> node id (or :data:`CHAIN_ENTRY` + chain id) map."""
-        return self._index
-
-
-@dataclass(eq=False, slots=True)
-class Slot:
-    """``struct ksm_mm_slot``: one registered mm, its items and per-mm KSM counters."""
-
-    id: int
-    mm: MM
-    items: PageTable = field(default_factory=PageTable)
-    rmap_items: int = 0
-    merging_pages: int = 0
-
-
-@dataclass(slots=True)
-class Counters:
-    """ksmd's global counters (``ksm_pages_shared`` etc.)."""
-
-    pages_shared: int = 0
-    pages_sharing: int = 0
-    pages_unshared: int = 0
-    rmap_items: int = 0
-    stable_node_chains: int = 0
-    stable_node_dups: int = 0
-    zero_pages_sharing: int = 0
-    pages_scanned: int = 0
-    pages_skipped: int = 0
-    # The kinds of visit (ksmd's CPU model, timing.Work): each visit counted in
-    # pages_scanned is one of hits, checksums, searches, merges, zero_merges.
-    hits: int = 0
-    """Visits of a KSM page (linked to its item, or reached through fork)."""
-    checksums: int = 0
-    """Visits that stopped at a changed checksum."""
-    searches: int = 0
-    """Visits that searched the unstable tree (inserted, aborted or paired)."""
-    pairs: int = 0
-    """Of the searches, those that made a new KSM page with a partner."""
-    merges: int = 0
-    """Visits merged into an existing KSM page."""
-    zero_merges: int = 0
-    """Visits that mapped the zero page (use_zero_pages)."""
-    dups: int = 0
-    """Dups of stable node chains looked at."""
-    passes: int = 0
-    """Passes ended (``full_scans``, but not reset by run=2)."""
 
 
 class _Marks(NamedTuple):
@@ -586,68 +124,10 @@ class _Marks(NamedTuple):
     item_changes: int
 
 
-@dataclass(slots=True)
-class Advisor:
-    """``struct advisor_ctx`` of the scan-time advisor."""
-
-    start_scan: int = 0
-    scan_time: int = 0
-    change: int = 0
-    cpu_time: int = 0
-
-
-class Front(NamedTuple):
-    """What :meth:`Ksmd._window_front` found in a window (positions index the window).
-
-    Listed are the positions that need more than counting: a page without
-    an item, a skipped item in a tree, a stale item (an item where no page is
-    any more), and every visit but that of a KSM page linked to its item.  A
-    skipped item in an earlier pass's unstable tree is unlinked by the front
-    itself (that changes its state and ``pages_unshared`` only), and not listed.
-    """
-
-    pos: IntArray
-    """Listed positions, ascending."""
-    cum: IntArray
-    """Visits of the window up to and including each listed position."""
-    kind: npt.NDArray[np.uint8]
-    """What each listed position is: ``native.LISTED_VISIT``, ``LISTED_SKIPPED``
-    or ``LISTED_STALE``."""
-    stale: IntArray
-    """Positions before :attr:`last` with an item but no page."""
-    visits: int
-    skipped: int
-    last: int
-    """The last position handled: the budget's last visit or the last present page."""
-    stopped: bool
-    """The budget ran out at :attr:`last`."""
-    unshared: int
-    """Skipped items the front took out of an earlier pass's unstable tree."""
-    hits: int
-    """Visits not listed: of KSM pages linked to their items."""
-
-
-class _Pages:
-    """The pages of a one-run window's positions: its first page plus the position
-    (a window of several runs has an array instead)."""
-
-    __slots__ = ("first",)
-
-    def __init__(self, first: int) -> None:
-        self.first = first
-
-    @overload
-    def __getitem__(self, pos: int) -> int: ...
-    @overload
-    def __getitem__(self, pos: IntArray) -> IntArray: ...
-    def __getitem__(self, pos: IntArray | int) -> IntArray | int:
-        return pos + self.first
-
-
-class Ksmd:
+class Ksmd(FlaggedItems):
     """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
 
-    ``knob(name)`` reads the current value of a sysfs knob; ``set_pages_to_scan``
+    ``knobs`` are the sysfs knobs' current values; ``set_pages_to_scan``
     lets the advisor write ``pages_to_scan``.  The scan uses the native core
     if there is one when it is made (``KSMREPLAY_NATIVE``) and the mode can use
     it (``Mode.native_scan``).  ``kernel`` is the
@@ -657,17 +137,21 @@ class Ksmd:
 
     def __init__(
         self,
+        mem: Memory,
         mode: Mode,
-        knob: Callable[[str], int | str],
+        knobs: Knobs,
         set_pages_to_scan: Callable[[int], None],
         kernel: Kernel = LINUX_6_18,
     ) -> None:
         self.mode = mode
-        self.knob = knob
+        self.knobs = knobs
+        """The sysfs knobs' current values (the engine writes them)."""
         self.set_pages_to_scan = set_pages_to_scan
         self.checksum_first = kernel.checksum_first
         self.chain_collapse_any = kernel.chain_collapse_any
-        self.mem = Memory(self._ksm_pages_freed)
+        self.mem = mem
+        """The memory it scans, made by the engine; it tells ksmd of KSM pages freed."""
+        mem.on_ksm_pages_freed = self._ksm_pages_freed
         self.native = native() if mode.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
         self.items = ItemTable()
@@ -777,7 +261,7 @@ class Ksmd:
         self.slot_of[id(mm)] = slot
         self.slot_by_id[slot.id] = slot
         was_empty = not self.slots
-        if self.cursor is None or self.knob("run") == 2:
+        if self.cursor is None or self.knobs.run == 2:
             self.slots.append(slot)
         else:
             self.slots.insert(self.slots.index(self.cursor), slot)
@@ -848,42 +332,6 @@ class Ksmd:
         self.items.release(rows)
         slot.rmap_items -= len(rows)
         self.c.rmap_items -= len(rows)
-
-    # -- the v6 design's flagged items (modes.V6) -----------------------------
-
-    def _walk(self, mm: MM, page: int) -> WalkResult:
-        """What the v6 scan's page walk finds at ``page``."""
-        if mm.exiting or not mm.mergeable(page):
-            return WalkResult.NOTHING
-        pte = mm.pt.get(page)
-        if pte >= 0:
-            return WalkResult.NORMAL_PAGE
-        return WalkResult.ZERO_PAGE if pte in (PTE_ZERO, PTE_KSM_ZERO) else WalkResult.NOTHING
-
-    def _flag_zero(self, slot: Slot, rows: IntArray) -> None:
-        """A zero-page merge: keep the items, flagged and counted (global and per mm)."""
-        self.items.flags[rows] |= np.uint16(ZERO_PAGE_FLAG)
-        self.c.zero_pages_sharing += len(rows)
-        slot.mm.zero_pages_sharing += len(rows)
-
-    def _clear_zero(self, slot: Slot, rows: IntArray) -> None:
-        """Clear ZERO_PAGE_FLAG of flagged items and count them down."""
-        self.items.flags[rows] = clear_zero_page_flag(self.items.flags[rows])
-        self.c.zero_pages_sharing -= len(rows)
-        slot.mm.zero_pages_sharing -= len(rows)
-
-    def _free_flagged(self, slot: Slot, rows: IntArray) -> None:
-        """Freeing flagged items: ``break_ksm(vma, addr, unshare_zero_page=true)`` first.
-
-        The VMA is looked up without checking VM_MERGEABLE, and any zero page
-        there (KSM- or fault-placed) is unshared.
-        """
-        mm = slot.mm
-        if not mm.exiting:
-            for page in self.items.page[rows].tolist():
-                if mm.mapped(page):
-                    self.mem.unshare_zero_page(mm, page)
-        self._clear_zero(slot, rows)
 
     def _unlink_rows(self, rows: IntArray) -> None:
         """``remove_rmap_item_from_tree()`` for several items."""
@@ -1009,8 +457,8 @@ class Ksmd:
         (``chain_collapse_any`` False) only candidates are chosen (None if no
         dup has room) and only a pruning lookup collapses the chain.
         """
-        maxps = int(self.knob("max_page_sharing"))
-        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        maxps = self.knobs.max_page_sharing
+        interval = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         chain.looked_at += 1
         prune = prune_allowed and self._jiffies(self.now) >= self._jiffies(
             chain.prune_time + interval
@@ -1073,7 +521,7 @@ class Ksmd:
             if not node.alive:
                 self._remove_node(node)
                 return None
-        return node if self._candidate(node, int(self.knob("max_page_sharing"))) else None
+        return node if self._candidate(node, self.knobs.max_page_sharing) else None
 
     def _stable_insert(self, content: int, frame: int) -> StableNode:
         """``stable_tree_insert()``: a node for a new KSM page; a new dup if the content exists."""
@@ -1258,7 +706,7 @@ class Ksmd:
     def _start_pass(self) -> None:
         """Start of a pass: advisor clock, ``trace_ksm_start_scan()``, empty
         unstable tree, cursor on the first mm."""
-        if self.knob("advisor_mode") == "scan-time":
+        if self.knobs.advisor_mode == "scan-time":
             self.advisor.start_scan = self.now
         if self.tracer is not None:
             self._emit("ksm_start_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
@@ -1290,7 +738,7 @@ class Ksmd:
         """End of a pass: the advisor, ``trace_ksm_stop_scan()``, ``full_scans`` up."""
         # (a pass is charged where it ends: the batch that ends it does no more)
         self.c.passes += 1
-        if self.knob("advisor_mode") == "scan-time":
+        if self.knobs.advisor_mode == "scan-time":
             self._advise()
         if self.tracer is not None:
             self._emit("ksm_stop_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
@@ -1400,7 +848,7 @@ class Ksmd:
             imap[at] = fresh
             slot.rmap_items += len(new)
             c.rmap_items += len(new)
-            if self.knob("smart_scan"):
+            if self.knobs.smart_scan:
                 it.age[fresh[~self.mem.frames.ksm[ptes[at]]]] = 1  # skip_age() of a first visit
         if (len(new) or len(stale)) and len(imap_views) > 1:
             _write_back(imap_views, imap)
@@ -1440,7 +888,7 @@ class Ksmd:
         if len(present) == 0:
             return 0, None
         mm, it, c, fr = slot.mm, self.items, self.c, self.mem.frames
-        smart = bool(self.knob("smart_scan"))
+        smart = bool(self.knobs.smart_scan)
         v6 = self.mode.flags_zero_page_items
         # Unlinks the walk makes belong to the batch of the next visit.
         self._tick(self._window_visits + 1)
@@ -1625,13 +1073,13 @@ class Ksmd:
         in_range = max(start, period, latest) < PRUNE_CLAMP
         args = np.zeros(1, core.visit_args)
         a = args[0]
-        a["max_page_sharing"] = int(self.knob("max_page_sharing"))
+        a["max_page_sharing"] = self.knobs.max_page_sharing
         a["now"], a["sub_budget"], a["period"] = (start, sub, period) if in_range else (0, 0, 0)
         a["visits"] = self._window_visits
-        a["prune_ns"] = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        a["prune_ns"] = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         a["jiffy_ns"] = JIFFY_NS
         a["seqnr"] = self.seqnr & SEQNR_MASK
-        a["use_zero_pages"] = bool(self.knob("use_zero_pages"))
+        a["use_zero_pages"] = bool(self.knobs.use_zero_pages)
         a["checksum_first"] = self.checksum_first
         a["collapse_any"] = self.chain_collapse_any
         a["chains"] = in_range
@@ -1675,7 +1123,7 @@ class Ksmd:
         c.dups += done.dups
         c.merges += done.merges
         c.zero_merges += done.zero
-        self.mem._bury(done.dead)
+        self.mem.free_frames(done.dead)
 
     def _made(self, done: Visited) -> None:
         """Take in the new KSM pages ``visit.c`` made (``try_to_merge_two_pages()``,
@@ -1728,7 +1176,7 @@ class Ksmd:
             fr.ksm,
             fr.node,
             it.hot,
-            bool(self.knob("smart_scan")),
+            bool(self.knobs.smart_scan),
             self.seqnr & SEQNR_MASK,
             budget,
         )
@@ -1776,7 +1224,7 @@ class Ksmd:
             it.checked[row] = True
             self.c.checksums += 1
             return
-        if content == 0 and self.knob("use_zero_pages"):
+        if content == 0 and self.knobs.use_zero_pages:
             self.c.zero_merges += 1
             self._merge_zero(slot.mm, view, k, frame)
             if self.tracer is not None:
@@ -1836,7 +1284,7 @@ class Ksmd:
         view[k] = kframe
         self.mem.frames.mapcount[kframe] += 1
         self.mem.frames.changes += 1
-        self.mem._put_one(old)
+        self.mem.put_frame(old)
 
     def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
         """``try_to_merge_with_zero_page()``: map the shared zero page instead."""
@@ -1844,7 +1292,7 @@ class Ksmd:
         mm.rss_anon -= 1
         mm.ksm_zero_ptes += 1
         self.mem.events["zero_pages_merged"] += 1
-        self.mem._put_one(frame)
+        self.mem.put_frame(frame)
 
     def _unstable_search_insert(self, row: int, content: int, frame: int) -> int | None:
         """``unstable_tree_search_insert()``: an equal unstable item, or insert this one."""
@@ -1916,16 +1364,16 @@ class Ksmd:
         cpu_ms = (cpu - adv.cpu_time) // 1_000_000
         cpu_percent = max(cpu_ms * 100 // (scan_time * 1000), 1)
         last = adv.scan_time or scan_time
-        factor = max(int(self.knob("advisor_target_scan_time")) * 100 // scan_time, 1)
+        factor = max(self.knobs.advisor_target_scan_time * 100 // scan_time, 1)
         change = max(scan_time * 100 // last, 1)
         change = (70 * adv.change + 30 * change) // 100
-        pages_to_scan = int(self.knob("pages_to_scan"))
+        pages_to_scan = self.knobs.pages_to_scan
         pages = pages_to_scan * 100 // factor
         pages = pages * change // 100
         per_page_cost = max(pages_to_scan // cpu_percent, 1)
-        pages = min(pages, per_page_cost * int(self.knob("advisor_max_cpu")))
+        pages = min(pages, per_page_cost * self.knobs.advisor_max_cpu)
         pages = max(pages, per_page_cost * 10)
-        pages = min(pages, int(self.knob("advisor_max_pages_to_scan")))
+        pages = min(pages, self.knobs.advisor_max_pages_to_scan)
         adv.change = change
         adv.scan_time = scan_time
         adv.cpu_time = cpu
@@ -1956,7 +1404,7 @@ class Ksmd:
         """
         assert self.cursor is None
         it, c, fr, adv = self.items, self.c, self.mem.frames, self.advisor
-        interval = jiffies_ns(int(self.knob("stable_node_chains_prune_millisecs")))
+        interval = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         chains = []
         prunes = {}
         for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
@@ -1965,7 +1413,7 @@ class Ksmd:
                 prunes[content] = (entry.prune_time, entry.looked_at, ripe)
                 chains.append((content, tuple(d.id for d in entry.dups), ripe))
         advisor: tuple[int, ...] = ()
-        if self.knob("advisor_mode") == "scan-time":
+        if self.knobs.advisor_mode == "scan-time":
             advisor = (adv.scan_time, adv.change, wake - adv.start_scan, self.cpu_ns - adv.cpu_time)
         key = (
             (c.pages_shared, c.pages_sharing, c.pages_unshared, c.rmap_items),
@@ -1980,7 +1428,7 @@ class Ksmd:
                 (s.mm.ksm_zero_ptes, s.mm.fault_zero_ptes, s.mm.zero_pages_sharing, s.mm.exiting)
                 for s in self.slots
             ),
-            self.knob("pages_to_scan"),
+            self.knobs.pages_to_scan,
             advisor,
             tuple(chains),
         )

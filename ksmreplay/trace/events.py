@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.knobs import KnobValue
+from ksmreplay.ksm.knobs import KnobValue
 
 FingerprintArray = npt.NDArray[np.uint64]
 Content = int | bytes | FingerprintArray

@@ -9,7 +9,7 @@ is an error of the trace, while a value Linux refuses only in some states
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 KnobValue = int | str
@@ -98,6 +98,53 @@ KNOBS: tuple[Knob, ...] = (
 KNOB_BY_NAME: Mapping[str, Knob] = {k.name: k for k in KNOBS}
 
 DEFAULTS: Mapping[str, KnobValue] = {k.name: k.default for k in KNOBS}
+
+
+class Knobs:
+    """The current value of every knob, as typed attributes named as sysfs
+    names them (:data:`KNOBS`, which the attributes are checked against).
+
+    Made from every knob's value (:data:`DEFAULTS` by default).  A write by
+    name (a ``ksm`` event, ``--set``) goes through ``knobs[name] = value``.
+    """
+
+    __slots__ = tuple(k.name for k in KNOBS)
+
+    run: int
+    pages_to_scan: int
+    sleep_millisecs: int
+    use_zero_pages: int
+    max_page_sharing: int
+    smart_scan: int
+    merge_across_nodes: int
+    stable_node_chains_prune_millisecs: int
+    advisor_mode: str
+    advisor_max_cpu: int
+    advisor_min_pages_to_scan: int
+    advisor_max_pages_to_scan: int
+    advisor_target_scan_time: int
+
+    def __init__(self, values: Mapping[str, KnobValue] = DEFAULTS) -> None:
+        for name in self.__slots__:
+            setattr(self, name, values[name])
+
+    def __getitem__(self, name: str) -> KnobValue:
+        value: KnobValue = getattr(self, name)
+        return value
+
+    def __setitem__(self, name: str, value: KnobValue) -> None:
+        if name not in KNOB_BY_NAME:
+            raise KeyError(name)
+        setattr(self, name, value)
+
+    def items(self) -> Iterator[tuple[str, KnobValue]]:
+        """Every knob's name and value, in :data:`KNOBS` order."""
+        for name in self.__slots__:
+            yield name, getattr(self, name)
+
+
+if set(Knobs.__annotations__) != set(KNOB_BY_NAME):  # (one list of names: the table's)
+    raise AssertionError("Knobs' attributes are not the knobs of KNOBS")
 
 
 def check_settings(settings: Mapping[object, object]) -> str | None:

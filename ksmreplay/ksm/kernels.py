@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ksmreplay.errors import UsageError
-from ksmreplay.knobs import KnobValue
-from ksmreplay.modes import MODES
+from ksmreplay.ksm.knobs import KnobValue
+from ksmreplay.ksm.modes import MODES
 
 SMART_SCAN_KNOBS = ("smart_scan",)
 """The knobs of smart_scan (Linux 6.7)."""

@@ -1,0 +1,155 @@
+"""ksmd's per-page and per-mm records: the rmap_items as columns
+(:class:`ItemTable`) and the mm slots (:class:`Slot`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ksmreplay.arrays import IntArray, charge
+from ksmreplay.native import (
+    ITEM_COLD,
+    ITEM_HOT,
+    STATE_NONE,
+    STATE_STABLE,
+    STATE_UNSTABLE,
+    ZERO_PAGE_FLAG,
+)
+from ksmreplay.vm import (
+    MM,
+    NULL,
+    FreeStack,
+    PageTable,
+)
+
+NONE, UNSTABLE, STABLE = STATE_NONE, STATE_UNSTABLE, STATE_STABLE
+"""Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
+
+
+class ItemTable:
+    """Every ``struct ksm_rmap_item``, as columns indexed by item number.
+
+    The columns but the hlist links are fields of two records per item, in
+    two tables indexed alike: :attr:`hot` (:data:`ITEM_HOT`) holds the few
+    fields smart_scan reads and updates at every page a pass walks (most of
+    them never visited) and the node a KSM page's visit checks, so that a
+    walk reads 8 bytes per page; :attr:`cold` (:data:`ITEM_COLD`) the rest,
+    read by visits.  Each column attribute is a view of its field.
+
+    :ivar slot: owning mm slot id (``int32``).
+    :ivar page: virtual page number (``int64``).
+    :ivar checksum: content seen at the last non-KSM visit (``uint64``).
+    :ivar checked: a checksum was recorded (``bool``); an unchecked item is
+        always "changed" on its first visit.
+    :ivar age: smart_scan age, saturating at 255 (``uint8``).
+    :ivar skips: smart_scan remaining_skips (``uint8``).
+    :ivar state: :data:`NONE`, :data:`UNSTABLE` or :data:`STABLE` (``int8``).
+    :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
+    :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
+    :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
+    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int64``).
+    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
+    """
+
+    FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
+    """Fields of a fresh item that are not zero."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        blank_hot, blank_cold = np.zeros(1, ITEM_HOT), np.zeros(1, ITEM_COLD)
+        for name, value in self.FILL:
+            blank = blank_hot if name in (ITEM_HOT.names or ()) else blank_cold
+            blank[name] = value
+        # A fresh item's records as machine words, which numpy copies far
+        # faster than records.
+        self._blank_hot = blank_hot.view(np.uint64)
+        self._blank_cold = blank_cold.view(np.uint64)
+        self.hot = np.empty(0, ITEM_HOT)
+        self.cold = np.empty(0, ITEM_COLD)
+        self.hnext = np.empty(0, np.int64)
+        self.hprev = np.empty(0, np.int64)
+        self._free = FreeStack(0)
+        self._grow(capacity)
+        self.count = 0
+        self.changes = 0
+        """Items allocated and freed so far."""
+
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
+    """Bytes per item: its two records, hlist links and free stack entry."""
+
+    def _grow(self, more: int) -> None:
+        """Room for ``more`` items (the tables are copied: take columns after)."""
+        old = len(self.hot)
+        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
+        hot = np.empty(old + more, ITEM_HOT)
+        hot[:old] = self.hot
+        cold = np.empty(old + more, ITEM_COLD)
+        cold[:old] = self.cold
+        self.hot, self.cold = hot, cold
+        self._hot_words = hot.view(np.uint64)
+        self._cold_words = cold.view(np.uint64).reshape(-1, len(self._blank_cold))
+        self._hot_words[old:] = self._blank_hot
+        self._cold_words[old:] = self._blank_cold
+        self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
+        self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
+        for records in (self.hot, self.cold):
+            for name in records.dtype.names or ():
+                setattr(self, name, records[name])
+        self._free.add_range(old, old + more)
+
+    slot: npt.NDArray[np.int32]
+    page: npt.NDArray[np.int64]
+    checksum: npt.NDArray[np.uint64]
+    checked: npt.NDArray[np.bool_]
+    age: npt.NDArray[np.uint8]
+    skips: npt.NDArray[np.uint8]
+    state: npt.NDArray[np.int8]
+    seq: npt.NDArray[np.uint8]
+    node: npt.NDArray[np.int32]
+    flags: npt.NDArray[np.uint16]
+    hnext: IntArray
+    hprev: IntArray
+
+    def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` carry ZERO_PAGE_FLAG."""
+        flagged: npt.NDArray[np.bool_] = (self.flags[rows] & ZERO_PAGE_FLAG) != 0
+        return flagged
+
+    def is_flagged(self, row: int) -> bool:
+        """Whether item ``row`` carries ZERO_PAGE_FLAG (one item, no array)."""
+        return bool(int(self.flags[row]) & ZERO_PAGE_FLAG)
+
+    def alloc(self, slot: int, pages: IntArray) -> IntArray:
+        """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
+        n = len(pages)
+        if n > len(self._free):
+            self._grow(max(len(self.hot), n))
+        rows = self._free.pop(n)
+        self._hot_words[rows] = self._blank_hot
+        self._cold_words[rows] = self._blank_cold
+        self.hnext[rows] = NULL
+        self.hprev[rows] = NULL
+        self.slot[rows] = slot
+        self.page[rows] = pages
+        self.count += n
+        self.changes += n
+        return rows
+
+    def release(self, rows: IntArray) -> None:
+        """``free_rmap_item()``."""
+        self.slot[rows] = NULL
+        self.count -= len(rows)
+        self.changes += len(rows)
+        self._free.push(rows)
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """``struct ksm_mm_slot``: one registered mm, its items and per-mm KSM counters."""
+
+    id: int
+    mm: MM
+    items: PageTable = field(default_factory=PageTable)
+    rmap_items: int = 0
+    merging_pages: int = 0
