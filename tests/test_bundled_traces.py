@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import quick
+from support import quick
 
 from ksmreplay.replay import expand_modes, replay
 from ksmreplay.trace import open_trace

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import quick
 from hypothesis import HealthCheck, given, settings
-from test_trace_properties import _write, valid_traces
+from randtrace import encode_trace, valid_traces
 
 from ksmreplay import native
 from ksmreplay.cli import cli
@@ -538,7 +538,7 @@ def test_inspect_explain_is_what_a_page_by_page_model_finds(
     trace: tuple[Header, list[Event]],
 ) -> None:
     header, events = trace
-    with TraceReader(io.BytesIO(_write(header, events, "msgpack")), "t") as reader:
+    with TraceReader(io.BytesIO(encode_trace(header, events, "msgpack")), "t") as reader:
         info = inspect_trace(reader)
     assert info["explain"] == model_explain(header, events)
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_record import needs_ptrace, pages_of, read_back
+from support import WRITER_PAGES, Writer, needs_ptrace, pages_of, read_back
 
 from ksmreplay import native, procfs
 from ksmreplay.content import fingerprint, fingerprint_pages
@@ -32,55 +32,7 @@ from ksmreplay.record import Recorder
 from ksmreplay.trace import TraceWriter
 
 PAGE = mmap.PAGESIZE
-PAGES = 8
-
-# A process with PAGES pages, each of its own bytes, driven by lines on stdin:
-# "set I SEED" (page I gets pseudo-random bytes), "fill I V" (V repeated), "drop I"
-# (MADV_DONTNEED); each answered "ok".
-WRITER = r"""
-import ctypes, mmap, random, sys
-PAGE = mmap.PAGESIZE
-m = mmap.mmap(-1, %(pages)d * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-for i in range(%(pages)d):
-    m[i * PAGE:(i + 1) * PAGE] = random.Random(i).randbytes(PAGE)
-print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True)
-for line in sys.stdin:
-    op, i, *arg = line.split()
-    i = int(i)
-    if op == "set":
-        m[i * PAGE:(i + 1) * PAGE] = random.Random(int(arg[0])).randbytes(PAGE)
-    elif op == "fill":
-        m[i * PAGE:(i + 1) * PAGE] = int(arg[0]).to_bytes(8, "little") * (PAGE // 8)
-    elif op == "drop":
-        m.madvise(mmap.MADV_DONTNEED, i * PAGE, PAGE)
-    print("ok", flush=True)
-"""
-
-
-class Writer:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER % {"pages": PAGES}],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.addr = int(self.proc.stdout.readline())
-
-    def do(self, *words: object) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(10)
-
-    def page(self, i: int) -> int:
-        return self.addr + i * PAGE
+PAGES = WRITER_PAGES
 
 
 @pytest.fixture

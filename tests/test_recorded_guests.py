@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from test_summary import _check_summary, _milestones, _percent
+from support import check_summary, milestones, percent
 
 from ksmreplay.cli import cli
 from ksmreplay.render import render
@@ -83,12 +83,12 @@ def test_its_replay_holds_what_every_bundled_trace_must(replayed: Report) -> Non
     assert run["final"]["label"] == "final"
     snaps: list[dict[str, Any]] = [*run["snapshots"]]  # type: ignore[list-item]
     for snap in [*snaps, run["final"]]:
-        _check_summary(snap, replayed["trace"]["page_size"])  # type: ignore[arg-type]
+        check_summary(snap, replayed["trace"]["page_size"])  # type: ignore[arg-type]
     ksmd = run["ksmd"]
     assert ksmd["visits"] == run["final"]["ksm"]["pages_scanned"]
     duration = replayed["trace"]["duration_ns"]
-    assert ksmd["cpu_percent"] == _percent(ksmd["cpu_ns"], duration, 0.0)
-    assert run["milestones"] == _milestones(snaps)
+    assert ksmd["cpu_percent"] == percent(ksmd["cpu_ns"], duration, 0.0)
+    assert run["milestones"] == milestones(snaps)
     table = io.StringIO()
     render(replayed, "table", table)
     assert max(len(line) for line in table.getvalue().splitlines()) <= 80
