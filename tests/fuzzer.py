@@ -146,14 +146,19 @@ def load_seeds() -> list[Seed]:
             unpacker = msgpack.Unpacker(stream, raw=False, max_buffer_size=2**27)
             objects = [obj for _, obj in zip(range(MAX_SEED_EVENTS + 1), unpacker, strict=False)]
         seeds.append(Seed(f"traces/{path.name}", tuple(objects)))
-    for path in sorted((TESTS / "cases").glob("**/*.jsonl")):
-        rel = path.relative_to(TESTS).as_posix()
-        seeds.append(Seed(f"tests/{rel}", tuple(_from_jsonl(path.read_bytes()))))
     sys.path.insert(0, str(TESTS))
     try:
         from randtrace import large_random_trace, random_trace
+        from testdata import CASES_DIR, case_traces
     finally:
         sys.path.remove(str(TESTS))
+    # the golden cases' traces, in the order of their paths had each its own copy in
+    # tests/cases (a run's mutants are a function of the seeds' order)
+    for path in sorted(
+        case_traces(), key=lambda p: p if p.is_relative_to(CASES_DIR) else CASES_DIR / p.name
+    ):
+        rel = path.relative_to(TESTS).as_posix()
+        seeds.append(Seed(f"tests/{rel}", tuple(_from_jsonl(path.read_bytes()))))
     from ksmreplay.events import Header
     from ksmreplay.trace import event_array, header_object
 

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 from test_live import KSM, REASON  # the live suite's skip rule, in one place
+from testdata import SCENARIOS_DIR
 
 from ksmreplay.cli import cli
 from ksmreplay.report import schema_text
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.live
 if REASON is not None:  # pragma: no cover - depends on the machine
     pytest.skip(REASON, allow_module_level=True)
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+SCENARIOS = SCENARIOS_DIR
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,10 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from conftest import quick
 from hypothesis import HealthCheck, given, settings
 from randtrace import encode_trace, valid_traces
+from support import quick
+from testdata import SCENARIOS_DIR, case_traces
 
 from ksmreplay import native
 from ksmreplay.cli import cli
@@ -34,12 +35,13 @@ from ksmreplay.report import Report, schema_text
 from ksmreplay.trace import TraceReader, open_trace
 
 ROOT = Path(__file__).parent.parent
-TESTS = Path(__file__).parent
 BUNDLED = quick(sorted((ROOT / "traces").glob("*.msgpack"))) + sorted(
     (ROOT / "traces" / "selftests").glob("*.jsonl")
 )
-CASES = sorted((TESTS / "cases").glob("*.jsonl")) + sorted((TESTS / "cases" / "v6").glob("*.jsonl"))
-SCENARIOS = sorted((TESTS / "scenarios").glob("*.jsonl"))
+CASES = case_traces()
+"""The golden cases' traces (those that are scenarios' too)."""
+SCENARIOS = [p for p in sorted(SCENARIOS_DIR.glob("*.jsonl")) if p not in CASES]
+"""The scenarios' traces that are no golden case's."""
 SMALL = CASES + SCENARIOS + sorted((ROOT / "traces" / "selftests").glob("*.jsonl"))
 
 
