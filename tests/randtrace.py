@@ -3,6 +3,7 @@ from a seed or drawn by hypothesis, and damaged ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ksmreplay.events import (
     Snapshot,
     Write,
 )
+from ksmreplay.knobs import KnobValue
 from ksmreplay.trace import TraceWriter
 
 PAGE = 4096
@@ -224,6 +226,30 @@ def large_random_trace(seed: int, n_events: int = 25) -> list[Event]:
             events.append(Settle(idx, t, 10))
         else:
             events.append(Read(idx, t, pid, addr, length))
+    return events
+
+
+def long_gaps(seed: int, n_events: int = 30) -> list[Event]:
+    """A random trace whose gaps hold a few hundred passes, with random clock knobs."""
+    rng = random.Random(seed)
+    sleep = rng.choice([0, 1, 10])
+    knobs: dict[str, KnobValue] = {
+        "pages_to_scan": rng.choice([1, 3, 7, 100]),
+        "sleep_millisecs": sleep,
+    }
+    if rng.random() < 0.4:
+        knobs["stable_node_chains_prune_millisecs"] = rng.choice([0, 30, 2000])
+    if rng.random() < 0.25:
+        knobs["advisor_mode"] = "scan-time"
+        knobs["advisor_target_scan_time"] = rng.choice([1, 200])
+    events = random_trace(seed, n_events=n_events)
+    # A pass of these small traces takes microseconds with a zero sleep,
+    # else some 10 ms: stretch the gaps (up to 50 ms) to a few hundred passes.
+    scale = (1, 10) if sleep == 0 else (100, 1)
+    events = [dataclasses.replace(e, t=e.t * scale[0] // scale[1]) for e in events]
+    first = events[0]
+    assert isinstance(first, Ksm)
+    events[0] = dataclasses.replace(first, settings={**first.settings, **knobs})
     return events
 
 

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from randtrace import encode_trace, valid_traces
-from support import quick
+from support import quick, replay_path
 from testdata import SCENARIOS_DIR, case_traces
 
 from ksmreplay import native
@@ -30,7 +30,7 @@ from ksmreplay.content import PageStore, literal_write
 from ksmreplay.events import Alloc, Event, Exit, Fork, Free, Header, Ksm, Madvise, Prctl, Write
 from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.inspect import inspect_trace
-from ksmreplay.replay import MODES, replay
+from ksmreplay.replay import MODES
 from ksmreplay.report import Report, schema_text
 from ksmreplay.trace import TraceReader, open_trace
 
@@ -46,8 +46,7 @@ SMALL = CASES + SCENARIOS + sorted((ROOT / "traces" / "selftests").glob("*.jsonl
 
 
 def _replay(path: Path, modes: tuple[str, ...] = MODES, explain: bool = True) -> Report:
-    with open_trace(str(path)) as reader:
-        return replay(reader, modes, explain=explain)
+    return replay_path(path, modes, explain=explain)
 
 
 def _snaps(report: Report) -> list[tuple[str, dict[str, Any]]]:

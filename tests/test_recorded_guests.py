@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from support import check_summary, milestones, percent
+from support import check_summary, milestones, percent, replay_path
 
 from ksmreplay.cli import cli
 from ksmreplay.render import render
-from ksmreplay.replay import replay
 from ksmreplay.report import Report
 from ksmreplay.trace import open_trace
 
@@ -42,8 +41,7 @@ def invoke(*args: str) -> Result:
 
 
 def unshare(trace: Path) -> Report:
-    with open_trace(str(trace)) as reader:
-        return replay(reader, ("unshare",))
+    return replay_path(trace, ("unshare",))
 
 
 @pytest.fixture(scope="module")

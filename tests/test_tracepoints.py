@@ -22,9 +22,9 @@ from kernel_answer import (
     tracepoint_differences,
     tracepoint_scans,
 )
-from randtrace import large_random_trace, random_trace
+from randtrace import large_random_trace, long_gaps, random_trace
 from reference import ReferenceSimulator
-from test_idle import counted, long_gaps
+from support import counted
 from testdata import SCENARIOS_DIR
 
 from ksmreplay.cli import cli
