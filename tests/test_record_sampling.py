@@ -245,7 +245,7 @@ def test_every_way_of_reading_memory_records_the_same_pages(writer: Writer) -> N
     for use_vm_readv, use_native in ((True, True), (False, True), (True, False), (False, False)):
         out = io.BytesIO()
         rec = recorder(out, use_vm_readv=use_vm_readv, use_native=use_native, soft_dirty=False)
-        assert (rec._core is not None) == (use_native and native.native() is not None)
+        assert rec.native_core == (use_native and native.native() is not None)
         start = procfs.start_time(writer.proc.pid)
         assert start is not None
         rec.watch(writer.proc.pid, start)
@@ -304,9 +304,10 @@ def test_the_native_core_takes_a_hash_of_zero_as_one_too() -> None:
     one repeated value is named without the hash."""
     import ctypes
 
-    core = native.native()
-    if core is None:
+    if native.native() is None:
         pytest.skip("the native core was not built (no C compiler at install?)")
+    from ksmreplay import _native
+
     hashed: list[int] = []
 
     @ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)
@@ -317,7 +318,7 @@ def test_the_native_core_takes_a_hash_of_zero_as_one_too() -> None:
     address = ctypes.cast(zero, ctypes.c_void_p).value
     data = bytearray(os.urandom(PAGE) + bytes(PAGE) + b"\x07" * PAGE)
     out = np.zeros(3, np.uint64)
-    core._core.fingerprint_pages(data, PAGE, address, out)
+    _native.fingerprint_pages(data, PAGE, address, out)
     assert out.tolist() == [1, 0, 0x0707070707070707]
     assert hashed == [PAGE]
 

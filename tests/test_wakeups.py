@@ -95,7 +95,7 @@ def replay_both(events: list[Event], mode: str) -> tuple[int, int]:
         return counted
 
     engine.ksmd.batch = counting("engine", engine.ksmd.batch)  # type: ignore[method-assign]
-    reference._wake_up = counting("reference", reference._wake_up)  # type: ignore[method-assign]
+    reference.wake_up = counting("reference", reference.wake_up)  # type: ignore[method-assign]
     for event in events:
         engine.apply(event)
         reference.apply(event)
