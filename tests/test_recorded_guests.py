@@ -7,7 +7,7 @@ their qemu processes, so that only what QEMU madvised mergeable (the guests'
 RAM) is mergeable.  Its replay must show merging between the guests, and
 ``synth vm-guests --fit`` of it, the rewrites measured after the boot, must
 save what it saves.  Its replay takes seconds per mode, so the tests of every
-bundled trace leave it out (``conftest.SLOW_BUNDLED``): it is replayed here
+bundled trace leave it out (``support.SLOW_BUNDLED``): it is replayed here
 once, in one mode, and checked for what they check.
 """
 
