@@ -228,7 +228,10 @@ class Engine:
                 j = i + 1
                 self._advance(int(t[i]))
                 wake = self.next_wake
-                j = n if wake is None else int(t.searchsorted(np.uint64(wake), "right"))
+                if wake is None or wake >= int(t[n - 1]):
+                    j = n  # (a wake-up after the last write may lie beyond 2**64 - 1)
+                else:
+                    j = int(t.searchsorted(np.uint64(wake), "right"))
                 j = max(j, i + 1)
                 self.now = self.ksmd.now = int(t[j - 1])
                 self._write_run(run, i, j)

@@ -1424,6 +1424,29 @@ FLAT_OUT_MAX_SECONDS = 120
 """The most CPU seconds a flat-out ksmd adds (a hang still ends)."""
 
 
+EVENTS_PER_CPU_SECOND = 5000
+"""Events ``run --mode all`` may replay per CPU second beyond the first
+:data:`CPU_SECONDS`: an event that cannot join a run of writes (a write
+and a read of one page, over and over) costs some 80 us in each mode,
+reading and validating included."""
+
+WRITTEN_PAGES_PER_CPU_SECOND = 10_000
+"""Pages written that ``run --mode all`` may settle per CPU second: each is
+visited a few times until the counters settle, and the v6 mode visits on the
+scalar walk (some 10 us a visit). One content in many pages takes longer: it
+makes a stable node chain whose dups each visit looks through, as Linux's
+does (262,144 pages of one content: 1,024 dups, 26 s in three modes)."""
+
+
+def _written_pages(objects: list[Any]) -> int:
+    """The pages the ``write`` events of ``objects`` declare (a page per 4 KiB)."""
+    total = 0
+    for obj in objects[1:]:
+        if isinstance(obj, list) and len(obj) >= 5 and obj[1] == "write" and type(obj[4]) is int:
+            total += max(obj[4], 0) // PAGE
+    return total
+
+
 def _flat_out_ns(objects: list[Any]) -> int:
     """Trace time (ns) during which ksmd runs with ``sleep_millisecs=0``."""
     run, sleep, last, total = 0, 20, None, 0
@@ -1447,8 +1470,10 @@ def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
     The report grows with its snapshots in every mode ``run --mode all``
     replays, so a second of CPU more per :data:`SNAPSHOTS_PER_CPU_SECOND` of
     them (a trace of 100,000 snapshots is no hang; a mutant damaged byte by
-    byte counts the word ``snapshot`` in its bytes); and ksmd running flat
-    out declares its visits: :data:`FLAT_OUT_CPU_PER_SECOND` per second of it.
+    byte counts the word ``snapshot`` in its bytes); ksmd running flat
+    out declares its visits: :data:`FLAT_OUT_CPU_PER_SECOND` per second of it;
+    and a second more per :data:`EVENTS_PER_CPU_SECOND` events and per
+    :data:`WRITTEN_PAGES_PER_CPU_SECOND` pages written.
     """
     from ksmreplay.modes import MODES
 
@@ -1464,6 +1489,13 @@ def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
             FLAT_OUT_MAX_SECONDS,
         )
     more = -(-snapshots * len(MODES) // SNAPSHOTS_PER_CPU_SECOND) + flat_out
+    if mutant.objects is None:  # (damaged: a JSON-lines form's lines are its events)
+        more += mutant.forms.get("jsonl", b"").count(b"\n") // EVENTS_PER_CPU_SECOND
+    else:
+        more += len(mutant.objects) // EVENTS_PER_CPU_SECOND
+        more += min(
+            _written_pages(mutant.objects) // WRITTEN_PAGES_PER_CPU_SECOND, FLAT_OUT_MAX_SECONDS
+        )
     return replace(limits, cpu=limits.cpu + more, wall=limits.wall + 3 * more)
 
 

@@ -486,4 +486,12 @@ def test_the_limits_grow_with_the_work_a_mutant_declares() -> None:
     # snapshots, counted in the bytes of a mutant damaged byte by byte
     data = b"".join(b'[%d, "snapshot", "s"]\n' % t for t in range(20_000))
     per_second = fuzzer.SNAPSHOTS_PER_CPU_SECOND
-    assert limits(None, {"jsonl": data}) == 5 + 20_000 * len(MODES) // per_second
+    assert limits(None, {"jsonl": data}) == (
+        5 + 20_000 * len(MODES) // per_second + 20_000 // fuzzer.EVENTS_PER_CPU_SECOND
+    )
+    # events, and pages written (each settled by visits)
+    many = [header] + [[0, "read", 1, 0, 4096]] * (3 * fuzzer.EVENTS_PER_CPU_SECOND)
+    assert limits(many) == 5 + 3
+    pages = 2 * fuzzer.WRITTEN_PAGES_PER_CPU_SECOND
+    big = [header, [0, "alloc", 1, 0, pages * 4096], [0, "write", 1, 0, pages * 4096, 1]]
+    assert limits(big) == 5 + 2
