@@ -546,6 +546,11 @@ class Recorder:
         self._view = memoryview(self._buffer)
         self._pages = [self._view[i * page_size : (i + 1) * page_size] for i in range(room)]
 
+    @property
+    def native_core(self) -> bool:
+        """Whether the native core reads and hashes the pages (else one hash call a page)."""
+        return self._core is not None
+
     def watch(self, real: int, start_time: int) -> None:
         """Record process ``real`` (which started at ``start_time``, as
         :func:`ksmreplay.procfs.start_time` says) from the next sample on."""

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from ksmreplay import native
-
-SLOW_BUNDLED = frozenset({"recorded-guests.msgpack"})
-"""Bundled traces that the tests of every bundled trace leave out: the recording of
-QEMU guests takes seconds per mode (70,899 mergeable pages, 52,000 merges; over
-35 s in those tests), so tests/test_recorded_guests.py replays it once, in one
-mode, and checks there what they check."""
-
 
 LIVE_TESTS_LOCK = "/run/lock/ksmreplay-live-tests.lock"
 """Held for the whole of every test marked ``live``, so that such tests run one
@@ -38,11 +30,6 @@ def _one_live_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def quick(paths: Iterable[Path]) -> list[Path]:
-    """``paths`` (bundled traces) without those of :data:`SLOW_BUNDLED`."""
-    return [path for path in paths if path.name not in SLOW_BUNDLED]
 
 
 @pytest.fixture(params=["scalar", "native"])

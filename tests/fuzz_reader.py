@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import atheris
+from testdata import case_traces
 
 with atheris.instrument_imports(include=["ksmreplay"]):
     from ksmreplay.errors import KsmreplayError
@@ -127,7 +128,7 @@ def test_one_input(data: bytes) -> None:
 def _corpus(directory: Path) -> None:
     """Seed inputs: the golden cases and the small bundled traces."""
     directory.mkdir(parents=True, exist_ok=True)
-    for path in sorted((ROOT / "tests" / "cases").glob("**/*.jsonl")):
+    for path in case_traces():
         (directory / f"case-{path.stem}.jsonl").write_bytes(path.read_bytes())
     for path in sorted((ROOT / "traces").glob("*.msgpack")):
         if path.stat().st_size <= 64 * 1024:

@@ -146,14 +146,19 @@ def load_seeds() -> list[Seed]:
             unpacker = msgpack.Unpacker(stream, raw=False, max_buffer_size=2**27)
             objects = [obj for _, obj in zip(range(MAX_SEED_EVENTS + 1), unpacker, strict=False)]
         seeds.append(Seed(f"traces/{path.name}", tuple(objects)))
-    for path in sorted((TESTS / "cases").glob("**/*.jsonl")):
-        rel = path.relative_to(TESTS).as_posix()
-        seeds.append(Seed(f"tests/{rel}", tuple(_from_jsonl(path.read_bytes()))))
     sys.path.insert(0, str(TESTS))
     try:
         from randtrace import large_random_trace, random_trace
+        from testdata import CASES_DIR, case_traces
     finally:
         sys.path.remove(str(TESTS))
+    # the golden cases' traces, in the order of their paths had each its own copy in
+    # tests/cases (a run's mutants are a function of the seeds' order)
+    for path in sorted(
+        case_traces(), key=lambda p: p if p.is_relative_to(CASES_DIR) else CASES_DIR / p.name
+    ):
+        rel = path.relative_to(TESTS).as_posix()
+        seeds.append(Seed(f"tests/{rel}", tuple(_from_jsonl(path.read_bytes()))))
     from ksmreplay.trace import event_array, header_object
     from ksmreplay.trace.events import Header
 
@@ -461,7 +466,7 @@ def m_events(st: _State) -> str:
         del st.objects[i:j]
         return f"deleted events {i}..{j - 1}"
     if what == 1:
-        st.objects.insert(i, _copy([st.objects[rng.randrange(1, n)]])[0])
+        st.objects.insert(i, copy_objects([st.objects[rng.randrange(1, n)]])[0])
         return f"duplicated an event at {i}"
     if what == 2:
         j = rng.randrange(1, n)
@@ -470,7 +475,7 @@ def m_events(st: _State) -> str:
     if what == 3:
         other = rng.choice(st.seeds).objects
         if len(other) > 1:
-            st.objects.insert(i, _copy([other[rng.randrange(1, len(other))]])[0])
+            st.objects.insert(i, copy_objects([other[rng.randrange(1, len(other))]])[0])
         return f"inserted an event of another trace at {i}"
     if what == 4:
         del st.objects[i:]
@@ -939,7 +944,7 @@ def _weighted(rng: random.Random, table: list[tuple[Any, int]]) -> Any:
     return rng.choices([f for f, _ in table], [w for _, w in table])[0]
 
 
-def _copy(objects: list[Any]) -> list[Any]:
+def copy_objects(objects: list[Any]) -> list[Any]:
     """A deep copy of decoded objects (pickle is many times faster than copy.deepcopy)."""
     copied: list[Any] = pickle.loads(pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL))
     return copied
@@ -953,7 +958,7 @@ def make_mutant(seed: int, index: int) -> Mutant:
     objects = list(origin.objects)
     if len(objects) > 60 and rng.random() < 0.8:
         objects = objects[: rng.choice([20, 40, 100, 300])]
-    st = _State(rng, _copy(objects), seeds)
+    st = _State(rng, copy_objects(objects), seeds)
     steps: list[str] = []
     for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
         steps.append(_weighted(rng, STRUCTURED)(st))
@@ -965,7 +970,7 @@ def make_mutant(seed: int, index: int) -> Mutant:
                 forms[form] = data
     if not forms:  # nothing can carry it: fall back to the seed
         steps.append("(unencodable, seed used)")
-        st.objects = _copy(objects)
+        st.objects = copy_objects(objects)
         forms = {form: encode(st.objects, form) or b"" for form in FORMS}
     if rng.random() < 0.3:
         form = rng.choice(sorted(forms))
@@ -1624,7 +1629,7 @@ def minimise(
         def build(evs: list[Any], head: Any = header) -> Mutant | None:
             return mutant_from_objects(mutant, [head, *evs])
 
-        events = _ddmin(events, lambda evs: (m := build(evs)) is not None and fails(m))
+        events = ddmin(events, lambda evs: (m := build(evs)) is not None and fails(m))
         if isinstance(header, dict):
             for key in ("description", "meta", "page_size"):
                 if key in header:
@@ -1642,11 +1647,11 @@ def minimise(
 
     size = max(1, len(data) // 64)
     chunks = [data[i : i + size] for i in range(0, len(data), size)]
-    chunks = _ddmin(chunks, lambda cs: fails(build_bytes(cs)))
+    chunks = ddmin(chunks, lambda cs: fails(build_bytes(cs)))
     return build_bytes(chunks)
 
 
-def _ddmin(items: list[Any], fails: Callable[[list[Any]], bool]) -> list[Any]:
+def ddmin(items: list[Any], fails: Callable[[list[Any]], bool]) -> list[Any]:
     """A smaller list for which ``fails`` still holds (simplified delta debugging)."""
     n = 2
     while len(items) >= 2:

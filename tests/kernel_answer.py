@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ksmreplay.replay import replay
-from ksmreplay.trace import open_trace
+from support import replay_path
 
 SNAP_SECTIONS = ("ksm", "processes", "memory", "events")
 """The sections of a snapshot that hold counters."""
@@ -26,11 +25,8 @@ def replay_file(
 ) -> dict[str, Any]:
     """Replay one trace file through the simulator on one kernel version
     (invariants checked after every event)."""
-    with open_trace(str(path)) as reader:
-        report: dict[str, Any] = dict(
-            replay(reader, modes, check_invariants=check_invariants, kernels=(kernel,))
-        )
-    return report
+    report = replay_path(path, modes, check_invariants=check_invariants, kernels=(kernel,))
+    return dict(report)
 
 
 def load_recording(path: Path) -> dict[str, Any]:

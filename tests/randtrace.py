@@ -1,17 +1,25 @@
-"""Random valid traces for property tests (small address spaces, many collisions)."""
+"""Random valid traces for property tests (small address spaces, many collisions),
+from a seed or drawn by hypothesis, and damaged ones."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import random
+from dataclasses import dataclass, field
 
 import numpy as np
+from hypothesis import strategies as st
 
+from ksmreplay.ksm.knobs import KnobValue
+from ksmreplay.trace import TraceWriter
 from ksmreplay.trace.events import (
     Alloc,
     Event,
     Exit,
     Fork,
     Free,
+    Header,
     Ksm,
     Madvise,
     Prctl,
@@ -219,3 +227,185 @@ def large_random_trace(seed: int, n_events: int = 25) -> list[Event]:
         else:
             events.append(Read(idx, t, pid, addr, length))
     return events
+
+
+def long_gaps(seed: int, n_events: int = 30) -> list[Event]:
+    """A random trace whose gaps hold a few hundred passes, with random clock knobs."""
+    rng = random.Random(seed)
+    sleep = rng.choice([0, 1, 10])
+    knobs: dict[str, KnobValue] = {
+        "pages_to_scan": rng.choice([1, 3, 7, 100]),
+        "sleep_millisecs": sleep,
+    }
+    if rng.random() < 0.4:
+        knobs["stable_node_chains_prune_millisecs"] = rng.choice([0, 30, 2000])
+    if rng.random() < 0.25:
+        knobs["advisor_mode"] = "scan-time"
+        knobs["advisor_target_scan_time"] = rng.choice([1, 200])
+    events = random_trace(seed, n_events=n_events)
+    # A pass of these small traces takes microseconds with a zero sleep,
+    # else some 10 ms: stretch the gaps (up to 50 ms) to a few hundred passes.
+    scale = (1, 10) if sleep == 0 else (100, 1)
+    events = [dataclasses.replace(e, t=e.t * scale[0] // scale[1]) for e in events]
+    first = events[0]
+    assert isinstance(first, Ksm)
+    events[0] = dataclasses.replace(first, settings={**first.settings, **knobs})
+    return events
+
+
+# -- hypothesis strategies: valid traces of every event kind, and damaged ones -------
+
+SLOT_PAGES = 8
+"""The pages of one slot of :func:`valid_traces`'s address space."""
+SLOTS = 4
+DRAWN_BASE = 0x7F0000000000
+
+
+@dataclass
+class _Model:
+    """What the generator needs to know to emit only valid events."""
+
+    procs: dict[int, set[int]] = field(default_factory=dict)  # pid -> mapped page numbers
+    t: int = 0
+
+
+def _page(slot: int, offset: int) -> int:
+    return DRAWN_BASE // PAGE + slot * SLOT_PAGES + offset
+
+
+@st.composite
+def valid_traces(draw: st.DrawFn) -> tuple[Header, list[Event]]:
+    """A hypothesis strategy: a valid trace (header, events) of every event kind, small
+    mappings in :data:`SLOTS` slots of :data:`SLOT_PAGES` pages."""
+    page_size = PAGE
+    header = Header(
+        page_size=page_size,
+        description=draw(st.none() | st.text(max_size=8)),
+        meta=draw(
+            st.dictionaries(
+                st.text(max_size=4),
+                st.integers(-(2**63), 2**64 - 1) | st.text(max_size=4),
+                max_size=2,
+            )
+        ),
+    )
+    model = _Model()
+    events: list[Event] = []
+    for index in range(1, draw(st.integers(0, 40)) + 1):
+        model.t += draw(st.sampled_from([0, 0, 1, 1000, 2**40]))
+        t = model.t
+        live = sorted(model.procs)
+        mapped = [(pid, p) for pid in live for p in sorted(model.procs[pid])]
+        choices = ["alloc", "prctl", "ksm", "settle", "snapshot"]
+        if live:
+            choices += ["free", "fork", "exit"]
+        if mapped:
+            choices += ["write", "write", "write", "read", "madvise"]
+        op = draw(st.sampled_from(choices))
+        event: Event
+        if op == "alloc":
+            pid = draw(st.integers(1, 5))
+            pages = model.procs.setdefault(pid, set())
+            slot = draw(st.integers(0, SLOTS - 1))
+            start = draw(st.integers(0, SLOT_PAGES - 1))
+            count = draw(st.integers(1, SLOT_PAGES - start))
+            wanted = {_page(slot, start + i) for i in range(count)}
+            if wanted & pages:
+                event = Prctl(index, t, pid, "merge_any", draw(st.booleans()))
+            else:
+                pages |= wanted
+                event = Alloc(index, t, pid, _page(slot, start) * PAGE, count * PAGE)
+        elif op == "prctl":
+            pid = draw(st.integers(1, 5))
+            model.procs.setdefault(pid, set())
+            event = Prctl(index, t, pid, "merge_any", draw(st.booleans()))
+        elif op == "free":
+            pid = draw(st.sampled_from(live))
+            first = _page(draw(st.integers(0, SLOTS - 1)), draw(st.integers(0, SLOT_PAGES - 1)))
+            count = draw(st.integers(1, 2 * SLOT_PAGES))
+            model.procs[pid] -= set(range(first, first + count))
+            event = Free(index, t, pid, first * PAGE, count * PAGE)
+        elif op == "fork":
+            pid = draw(st.sampled_from(live))
+            child = draw(st.integers(1, 8).filter(lambda c: c not in model.procs))
+            model.procs[child] = set(model.procs[pid])
+            event = Fork(index, t, pid, child)
+        elif op == "exit":
+            pid = draw(st.sampled_from(live))
+            del model.procs[pid]
+            event = Exit(index, t, pid)
+        elif op in ("write", "read", "madvise"):
+            pid, first = draw(st.sampled_from(mapped))
+            count = 1
+            while first + count in model.procs[pid] and draw(st.booleans()):
+                count += 1
+            addr, length = first * PAGE, count * PAGE
+            if op == "madvise":
+                advice = draw(st.sampled_from(["mergeable", "unmergeable", "dontneed"]))
+                event = Madvise(index, t, pid, addr, length, advice)  # type: ignore[arg-type]
+            elif op == "read":
+                lo = draw(st.integers(0, length - 1))
+                event = Read(index, t, pid, addr + lo, draw(st.integers(1, length - lo)))
+            else:
+                form = draw(st.sampled_from(["int", "array", "bin"]))
+                fps = st.integers(0, 2**64 - 1)
+                if form == "int":
+                    event = Write(index, t, pid, addr, length, draw(fps))
+                elif form == "array":
+                    values = draw(st.lists(fps, min_size=count, max_size=count))
+                    event = Write(index, t, pid, addr, length, np.array(values, dtype=np.uint64))
+                else:
+                    lo = draw(st.integers(0, length - 1))
+                    size = draw(st.integers(1, min(64, length - lo)))
+                    data = draw(st.binary(min_size=size, max_size=size))
+                    event = Write(index, t, pid, addr + lo, size, data)
+        elif op == "ksm":
+            event = Ksm(
+                index,
+                t,
+                draw(
+                    st.sampled_from(
+                        [{"run": 1}, {"run": 2, "use_zero_pages": 1}, {"advisor_mode": "scan-time"}]
+                    )
+                ),
+            )
+        elif op == "settle":
+            scans = draw(st.none() | st.integers(1, 20))
+            event = Settle(index, t) if scans is None else Settle(index, t, scans)
+        else:
+            event = Snapshot(index, t, draw(st.text(max_size=6)))
+        events.append(event)
+    return header, events
+
+
+def encode_trace(header: Header, events: list[Event], form: str) -> bytes:
+    """The bytes of a trace in ``form`` (``msgpack`` or ``jsonl``), as TraceWriter writes it."""
+    out = io.BytesIO()
+    writer = TraceWriter(out, header, form)
+    for event in events:
+        writer.event(event)
+    return out.getvalue()
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    """A hypothesis strategy: the bytes of a valid trace with a few bytes flipped, set,
+    inserted or deleted, or cut short."""
+    header, events = draw(valid_traces())
+    data = bytearray(encode_trace(header, events, draw(st.sampled_from(["msgpack", "jsonl"]))))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=6))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 6))]
+        else:
+            del data[at:]
+    return bytes(data)

@@ -6,7 +6,9 @@
     .venv/bin/python tests/record_kernel.py DIR --kernel 6.1 [--kernel-image IMAGE] [NAME ...]
 
 For the scenarios (``tests/scenarios``), the ported selftests
-(``tests/selftests``) and the golden cases (``tests/cases``).  Replays each
+(``tests/selftests``) and the golden cases' own traces (``tests/cases``; the
+cases that are scenarios have their answers beside the scenario, see
+``tests/testdata.py``).  Replays each
 4 KiB ``NAME.jsonl`` of DIR (or only the NAMEs given) ``--runs`` times
 (default 2) through ``ksmreplay.live.execute``; refuses to record a trace
 whose reports differ between runs; and writes the report with the trace path

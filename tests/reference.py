@@ -303,7 +303,7 @@ class ReferenceSimulator:
         self._next_wake: int | None = None  # None: ksmd idle (waiting on ksm_thread_wait)
         self._ksmd_cpu_ns = 0  # task_sched_runtime(ksmd), whole batches so far
         self._batch_visits = 0  # visits of the batch running now
-        self._wakeups = 0  # batches run by _wake_up (not in settles)
+        self._wakeups = 0  # batches run by wake_up (not in settles)
         self._settle_cpu_ns = 0  # of _ksmd_cpu_ns, spent in settles
         self._work: dict[str, int] | None = None  # the running batch's Work, kind by kind
         self._batch_ns = 0  # the last batch's cost
@@ -352,7 +352,7 @@ class ReferenceSimulator:
     def apply(self, event: ev.Event) -> None:
         """Run ksmd's wake-ups due strictly before ``event.t``, then apply ``event``."""
         while self._next_wake is not None and self._next_wake < event.t:
-            self._wake_up(self._next_wake)
+            self.wake_up(self._next_wake)
         self._trace_t = event.t
         if isinstance(event, ev.Alloc):
             self._do_alloc(event)
@@ -961,7 +961,7 @@ class ReferenceSimulator:
         """``ksmd_should_run()``: run has the MERGE bit and the mm list is non-empty."""
         return self._knob("run") == 1 and bool(self._mm_list)
 
-    def _wake_up(self, w: int) -> None:
+    def wake_up(self, w: int) -> None:
         """One iteration of ``ksm_scan_thread()`` at time ``w``."""
         self._now = self._trace_t = w
         if not self._ksmd_should_run():

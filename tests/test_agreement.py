@@ -9,8 +9,6 @@ in every snapshot and the final state the ``ksm``, ``processes`` and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from kernel_answer import (
     format_differences,
@@ -20,8 +18,9 @@ from kernel_answer import (
     replay_file,
     run_of,
 )
+from testdata import SCENARIOS_DIR
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+SCENARIOS = SCENARIOS_DIR
 RECORDED = recorded_names(SCENARIOS)
 
 

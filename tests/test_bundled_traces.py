@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import quick
+from support import quick, replay_path
 
-from ksmreplay.replay import expand_modes, replay
-from ksmreplay.trace import open_trace
+from ksmreplay.replay import expand_modes
 
 TRACES = Path(__file__).parent.parent / "traces"
 BUNDLED = quick(sorted(TRACES.glob("*.msgpack"))) + sorted((TRACES / "selftests").glob("*.jsonl"))
@@ -30,8 +29,7 @@ def test_the_bundle_has_demo_recordings_and_selftests() -> None:
 def test_bundled_trace_replays(path: Path) -> None:
     assert path.stat().st_size <= 5 * 1024 * 1024
     modes = expand_modes(["all"])
-    with open_trace(str(path)) as reader:
-        report = replay(reader, modes)
+    report = replay_path(path, modes)
     assert [run["mode"] for run in report["runs"]] == list(modes)
     for run in report["runs"]:
         assert run["final"]["label"] == "final"

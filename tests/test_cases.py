@@ -5,9 +5,11 @@
 reproduce it byte for byte.  ``KSMREPLAY_UPDATE_GOLDEN=1`` rewrites the
 expected files instead (review the diff before committing it).
 
-Every case also carries ``NAME.kernel.json``, the live kernel's answer (for the
-cases taken from ``tests/scenarios`` a copy of the scenario's recording;
-the others were recorded with ``tests/record_kernel.py tests/cases``).
+A case's trace is its own (``tests/cases/NAME.jsonl``) or, for the cases
+listed in ``tests/cases/scenarios.txt``, the scenario of that name
+(``tests/scenarios/NAME.jsonl``); every case's trace has the live kernel's
+answer beside it, ``NAME.kernel.json`` (the cases' own recorded with
+``tests/record_kernel.py tests/cases``).
 An expected file is only worth keeping when its unshare run is what the kernel
 said, and its legacy run is the documented legacy behaviour (KSM_MODEL.md
 section 13): those are tested here too.
@@ -16,22 +18,22 @@ section 13): those are tested here too.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from golden import UPDATE, check_golden, run_report
 from kernel_answer import format_differences, kernel_differences, load_recording, run_of
+from support import UPDATE, check_golden, run_report
+from testdata import CASES_DIR, SCENARIOS_DIR, TESTS, case_names, case_trace, names, scenario_cases
 
-CASES_DIR = Path(__file__).parent / "cases"
-CASES = sorted(p.name[: -len(".jsonl")] for p in CASES_DIR.glob("*.jsonl"))
+CASES = case_names()
 RMAP_ITEM_BYTES = 64
 
 
 def run_case(name: str) -> str:
     """``ksmreplay run`` on a case, as JSON, with the trace path normalised."""
-    return run_report(CASES_DIR / f"{name}.jsonl", "both")
+    return run_report(case_trace(name), "both")
 
 
 def expected(name: str) -> dict[str, Any]:
@@ -42,9 +44,28 @@ def expected(name: str) -> dict[str, Any]:
 def test_enough_cases() -> None:
     assert len(CASES) >= 30
     if not UPDATE:
-        names = sorted(p.name[: -len(".expected.json")] for p in CASES_DIR.glob("*.expected.json"))
-        assert names == CASES
-    assert sorted(p.name[: -len(".kernel.json")] for p in CASES_DIR.glob("*.kernel.json")) == CASES
+        assert names(CASES_DIR, ".expected.json") == CASES
+    assert names(CASES_DIR, ".kernel.json") == names(CASES_DIR)
+    for name in CASES:
+        assert case_trace(name).with_name(f"{name}.kernel.json").exists(), name
+
+
+def test_each_data_file_is_kept_once() -> None:
+    # no file of the scenarios and the golden cases is a copy of another
+    paths: dict[str, list[str]] = {}
+    for path in sorted([*SCENARIOS_DIR.rglob("*"), *CASES_DIR.rglob("*")]):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            paths.setdefault(digest, []).append(str(path.relative_to(TESTS)))
+    assert [same for same in paths.values() if len(same) > 1] == []
+
+
+def test_scenario_cases_name_scenarios_once() -> None:
+    # each listed case has a scenario's trace and no trace of its own: every file is kept once
+    listed = scenario_cases()
+    assert listed == sorted(set(listed))
+    assert set(listed) <= set(names(SCENARIOS_DIR))
+    assert not set(listed) & set(names(CASES_DIR))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -54,7 +75,7 @@ def test_case_matches_golden(name: str) -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_golden_unshare_is_the_kernels_answer(name: str) -> None:
-    recorded = load_recording(CASES_DIR / f"{name}.kernel.json")
+    recorded = load_recording(case_trace(name).with_name(f"{name}.kernel.json"))
     differences = kernel_differences(recorded, run_of(expected(name), "unshare"))
     assert not differences, format_differences(name, differences)
 

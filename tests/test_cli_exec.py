@@ -15,17 +15,21 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from test_live import KSM, REASON  # the live suite's skip rule, in one place
+from kernel_answer import why_not_live
+from testdata import SCENARIOS_DIR
 
 from ksmreplay.cli import cli
+from ksmreplay.live import kernel
 from ksmreplay.report import schema_text
 
 pytestmark = pytest.mark.live
 
+KSM = Path(kernel.KSM_DIR)
+REASON = why_not_live()
 if REASON is not None:  # pragma: no cover - depends on the machine
     pytest.skip(REASON, allow_module_level=True)
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+SCENARIOS = SCENARIOS_DIR
 
 
 @pytest.mark.parametrize(

@@ -19,15 +19,16 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from conftest import quick
 from hypothesis import HealthCheck, given, settings
-from test_trace_properties import _write, valid_traces
+from randtrace import encode_trace, valid_traces
+from support import quick, replay_path
+from testdata import SCENARIOS_DIR, case_traces
 
 from ksmreplay import native
 from ksmreplay.cli import cli
 from ksmreplay.explain import CATEGORIES, TWIN_NOT_MERGED
 from ksmreplay.inspect import inspect_trace
-from ksmreplay.replay import MODES, replay
+from ksmreplay.replay import MODES
 from ksmreplay.report import Report, schema_text
 from ksmreplay.trace import TraceReader, open_trace
 from ksmreplay.trace.events import (
@@ -45,18 +46,18 @@ from ksmreplay.trace.events import (
 from ksmreplay.vm.content import PageStore, literal_write
 
 ROOT = Path(__file__).parent.parent
-TESTS = Path(__file__).parent
 BUNDLED = quick(sorted((ROOT / "traces").glob("*.msgpack"))) + sorted(
     (ROOT / "traces" / "selftests").glob("*.jsonl")
 )
-CASES = sorted((TESTS / "cases").glob("*.jsonl")) + sorted((TESTS / "cases" / "v6").glob("*.jsonl"))
-SCENARIOS = sorted((TESTS / "scenarios").glob("*.jsonl"))
+CASES = case_traces()
+"""The golden cases' traces (those that are scenarios' too)."""
+SCENARIOS = [p for p in sorted(SCENARIOS_DIR.glob("*.jsonl")) if p not in CASES]
+"""The scenarios' traces that are no golden case's."""
 SMALL = CASES + SCENARIOS + sorted((ROOT / "traces" / "selftests").glob("*.jsonl"))
 
 
 def _replay(path: Path, modes: tuple[str, ...] = MODES, explain: bool = True) -> Report:
-    with open_trace(str(path)) as reader:
-        return replay(reader, modes, explain=explain)
+    return replay_path(path, modes, explain=explain)
 
 
 def _snaps(report: Report) -> list[tuple[str, dict[str, Any]]]:
@@ -549,7 +550,7 @@ def test_inspect_explain_is_what_a_page_by_page_model_finds(
     trace: tuple[Header, list[Event]],
 ) -> None:
     header, events = trace
-    with TraceReader(io.BytesIO(_write(header, events, "msgpack")), "t") as reader:
+    with TraceReader(io.BytesIO(encode_trace(header, events, "msgpack")), "t") as reader:
         info = inspect_trace(reader)
     assert info["explain"] == model_explain(header, events)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from test_record import needs_ptrace
+from support import needs_ptrace
 
 from ksmreplay.cli import cli
 from ksmreplay.trace import open_trace

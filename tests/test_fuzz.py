@@ -80,7 +80,7 @@ def test_each_mutator_changes_a_trace(mutator: fuzzer.Callable[[fuzzer._State], 
     changed = 0
     for k in range(20):
         seed = seeds[k % len(seeds)]
-        objects = fuzzer._copy(list(seed.objects[:100]))
+        objects = fuzzer.copy_objects(list(seed.objects[:100]))
         state = fuzzer._State(rng, objects, seeds)
         assert isinstance(mutator(state), str)
         changed += state.objects != list(seed.objects[:100])
@@ -267,8 +267,8 @@ def test_disagreements_are_found() -> None:
 
 def test_delta_debugging_keeps_what_fails() -> None:
     items = list(range(100))
-    assert fuzzer._ddmin(items, lambda xs: 17 in xs and 64 in xs) == [17, 64]
-    assert fuzzer._ddmin(items, lambda xs: len(xs) == 100) == items
+    assert fuzzer.ddmin(items, lambda xs: 17 in xs and 64 in xs) == [17, 64]
+    assert fuzzer.ddmin(items, lambda xs: len(xs) == 100) == items
 
 
 def test_forked_commands_behave_as_a_fresh_interpreter(

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from randtrace import random_trace
+from randtrace import long_gaps, random_trace
 from reference import ReferenceSimulator
+from support import counted
 
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import ksmd
@@ -38,43 +38,6 @@ pytestmark = pytest.mark.usefixtures("both_engines")
 PAGE = 4096
 BASE = 0x10000000
 MS = 1_000_000
-
-
-def long_gaps(seed: int, n_events: int = 30) -> list[Event]:
-    """A random trace whose gaps hold a few hundred passes, with random clock knobs."""
-    rng = random.Random(seed)
-    sleep = rng.choice([0, 1, 10])
-    knobs: dict[str, KnobValue] = {
-        "pages_to_scan": rng.choice([1, 3, 7, 100]),
-        "sleep_millisecs": sleep,
-    }
-    if rng.random() < 0.4:
-        knobs["stable_node_chains_prune_millisecs"] = rng.choice([0, 30, 2000])
-    if rng.random() < 0.25:
-        knobs["advisor_mode"] = "scan-time"
-        knobs["advisor_target_scan_time"] = rng.choice([1, 200])
-    events = random_trace(seed, n_events=n_events)
-    # A pass of these small traces takes microseconds with a zero sleep,
-    # else some 10 ms: stretch the gaps (up to 50 ms) to a few hundred passes.
-    scale = (1, 10) if sleep == 0 else (100, 1)
-    events = [dataclasses.replace(e, t=e.t * scale[0] // scale[1]) for e in events]
-    first = events[0]
-    assert isinstance(first, Ksm)
-    events[0] = dataclasses.replace(first, settings={**first.settings, **knobs})
-    return events
-
-
-def counted(engine: Engine, name: str = "batch") -> list[int]:
-    """Count the engine's calls to ``ksmd.<name>``."""
-    calls = [0]
-    method = getattr(engine.ksmd, name)
-
-    def counting(*args: Any) -> Any:
-        calls[0] += 1
-        return method(*args)
-
-    setattr(engine.ksmd, name, counting)
-    return calls
 
 
 def replay_both(

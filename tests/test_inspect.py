@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_trace_properties import _write, valid_traces
+from randtrace import encode_trace, valid_traces
 
 from ksmreplay import inspect as inspect_module
 from ksmreplay.inspect import inspect_trace
@@ -174,7 +174,7 @@ def test_inspect_counts_what_a_page_by_page_model_counts(
 ) -> None:
     monkeypatch.setattr(inspect_module, "_LOAD", load)  # small blocks: many splits
     header, events = trace
-    info = inspect_bytes(_write(header, events, "msgpack"))
+    info = inspect_bytes(encode_trace(header, events, "msgpack"))
     peaks = [(p["pid"], p["peak_mapped_pages"], p["peak_written_pages"]) for p in info["processes"]]
     assert (peaks, info["distinct_fingerprints"], info["zero_pages_written"]) == model_inspect(
         header, events
@@ -364,7 +364,7 @@ def test_contents_are_what_a_page_by_page_model_measures(
 ) -> None:
     monkeypatch.setattr(inspect_module, "_LOAD", load)
     header, events = trace
-    inspected = inspect_bytes(_write(header, events, "msgpack"))
+    inspected = inspect_bytes(encode_trace(header, events, "msgpack"))
     for key, mergeable in (("contents", False), ("mergeable_contents", True)):
         got = inspected[key]
         want = model_contents(header, events, mergeable)

@@ -9,15 +9,14 @@ what its kernel has and lacks, found by feature as ``exec`` finds it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from testdata import CASES_DIR, SCENARIOS_DIR, TESTS
 
 from ksmreplay.ksm.knobs import KNOBS
 
-HERE = Path(__file__).parent
-DIRS = (HERE / "scenarios", HERE / "cases")
+DIRS = (SCENARIOS_DIR, CASES_DIR)
 VERSIONS = ("6.1", "6.12")
 TRACES = [
     (directory.name, path.name[: -len(".jsonl")])
@@ -43,14 +42,14 @@ PROCESS_AFTER_6_12 = {"ksm_merge_any", "ksm_mergeable"}
 
 def recording(directory: str, name: str, version: str) -> dict[str, Any]:
     report: dict[str, Any] = json.loads(
-        (HERE / directory / f"{name}.kernel-{version}.json").read_text()
+        (TESTS / directory / f"{name}.kernel-{version}.json").read_text()
     )
     (run,) = report["runs"]
     return dict(run)
 
 
 def trace_uses(directory: str, name: str, op: str) -> bool:
-    for line in (HERE / directory / f"{name}.jsonl").read_text().splitlines():
+    for line in (TESTS / directory / f"{name}.jsonl").read_text().splitlines():
         if line.startswith("[") and json.loads(line)[1] == op:
             return True
     return False

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from kernel_answer import comparable, tracepoint_differences, tracepoint_scans, why_not_live
+from testdata import SCENARIOS_DIR, TIMED_DIR
 
 from ksmreplay.errors import ExitStatus
 from ksmreplay.live import LiveKernelError, execute, kernel, tracefs
@@ -30,7 +31,7 @@ from ksmreplay.trace.events import Alloc, Ksm, Madvise, Settle, Snapshot, Write
 
 pytestmark = pytest.mark.live
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+SCENARIOS = SCENARIOS_DIR
 REPO = Path(__file__).parent.parent
 KSM = Path(kernel.KSM_DIR)
 
@@ -385,7 +386,7 @@ def test_settle_needs_to_see_ksmd(monkeypatch: pytest.MonkeyPatch) -> None:
     execute([Ksm(1, 0, {"run": 1}), Snapshot(2, 0, "x")], 4096)  # no settle: no need
 
 
-TIMED = SCENARIOS / "timed"
+TIMED = TIMED_DIR
 LIVE_TIMED = ("sleep0_n101", "sleep0_n1000_nosmart")
 """Timed scenarios replayed live here: short ones (at most 100 ms of trace
 time) where ksmd never sleeps.  (Those where it sleeps a jiffy or more end a

@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from test_trace_properties import damaged
+from randtrace import damaged
 
 from ksmreplay import native
 from ksmreplay.errors import TraceError

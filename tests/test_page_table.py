@@ -86,7 +86,7 @@ def test_blocks_grow_with_the_table() -> None:
         pt.chunk(2 * key)
     # THEN the first blocks are small (a process with one chunk costs one chunk),
     # later ones double up to BLOCK rows
-    sizes = [len(b) for b in pt._blocks]
+    sizes = pt.block_rows
     assert sizes[:4] == [1, 1, 2, 4]
     assert max(sizes) == BLOCK and sum(sizes) == 3 * BLOCK + sum(sizes) - pt.rows
     assert pt.rows == 3 * BLOCK

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_record import needs_ptrace
+from support import needs_ptrace
 
 from ksmreplay import native, procfs
 from ksmreplay.procfs import Mapping

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from qemu_kernels import SUITES, image_path
+from testdata import SCENARIOS_DIR
 
 from ksmreplay.live import kernel
 
@@ -108,12 +109,12 @@ def test_scenario_matches_the_recorded_answer(
     version: str, tmp_path: Path, host_lock_held: None
 ) -> None:
     expected: dict[str, Any] = json.loads(
-        (HERE / "scenarios" / f"{SCENARIO}.kernel-{version}.json").read_text()
+        (SCENARIOS_DIR / f"{SCENARIO}.kernel-{version}.json").read_text()
     )
     before = host_ksm()
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    trace = HERE / "scenarios" / f"{SCENARIO}.jsonl"
+    trace = SCENARIOS_DIR / f"{SCENARIO}.jsonl"
     child = ksmreplay(
         "exec", str(trace), "--kernel-image", str(image_path(version)), "--accel", ACCEL,
         "--format", "json", tmp=tmp,

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from testdata import SCENARIOS_DIR
 
 from ksmreplay.cli import cli
 from ksmreplay.live.qemu import initramfs_bytes, qemu_command
 
-SCENARIO = Path(__file__).parent / "scenarios" / "example_a_pair_merge.jsonl"
+SCENARIO = SCENARIOS_DIR / "example_a_pair_merge.jsonl"
 
 
 def exec_args(*extra: str) -> list[str]:

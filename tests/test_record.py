@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from support import needs_ptrace, pages_of, read_back
 
 from ksmreplay.cli import cli
 from ksmreplay.errors import UsageError
@@ -27,19 +27,7 @@ from ksmreplay.record import (
     record,
     subtract,
 )
-from ksmreplay.trace import open_trace
-from ksmreplay.trace.events import (
-    Alloc,
-    Event,
-    Exit,
-    Fork,
-    Free,
-    Header,
-    Madvise,
-    Read,
-    Snapshot,
-    Write,
-)
+from ksmreplay.trace.events import Alloc, Event, Exit, Fork, Header, Madvise, Read, Snapshot, Write
 from ksmreplay.vm.content import fingerprint
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -117,19 +105,6 @@ class Child:
         self.proc.wait(10)
 
 
-def can_read_memory() -> bool:
-    try:
-        with open(f"/proc/{os.getpid()}/mem", "rb") as stream:
-            stream.seek(id(PAGE))
-            stream.read(1)
-    except OSError:
-        return False
-    return True
-
-
-needs_ptrace = pytest.mark.skipif(not can_read_memory(), reason="needs ptrace rights over children")
-
-
 def recorded(child: Child, as_is: bool = False) -> tuple[Header, list[Event], Path]:
     """Record ``child`` through a change until it exits; the trace's header and events."""
     out = io.BytesIO()
@@ -153,45 +128,6 @@ def recorded(child: Child, as_is: bool = False) -> tuple[Header, list[Event], Pa
     thread.join(20)
     assert "summary" in result
     return read_back(out.getvalue())
-
-
-_COUNTER = iter(range(10**6))
-
-
-def read_back(data: bytes) -> tuple[Header, list[Event], Path]:
-    path = (
-        Path(os.environ.get("TMPDIR", "/tmp"))
-        / f"ksmreplay-record-{os.getpid()}-{next(_COUNTER)}.msgpack"
-    )
-    path.write_bytes(data)
-    try:
-        with open_trace(str(path)) as reader:
-            events = list(reader)
-            header = reader.header
-    finally:
-        path.unlink()
-    return header, events, path
-
-
-def pages_of(
-    events: list[Event], pid: int, until: int | None = None
-) -> Iterator[tuple[int, dict[int, int]]]:
-    """After each instant: ``(t, {addr: fingerprint})`` of the written pages of ``pid``."""
-    pages: dict[int, int] = {}
-    for i, event in enumerate(events):
-        if getattr(event, "pid", None) == pid:
-            if isinstance(event, Write):
-                n = event.len // PAGE
-                fps = [event.content] * n if isinstance(event.content, int) else list(event.content)
-                for k in range(n):
-                    pages[event.addr + k * PAGE] = int(fps[k])
-            elif isinstance(event, (Free, Madvise)) and (
-                isinstance(event, Free) or event.advice == "dontneed"
-            ):
-                for addr in range(event.addr, event.addr + event.len, PAGE):
-                    pages.pop(addr, None)
-        if i + 1 == len(events) or events[i + 1].t != event.t:
-            yield event.t, dict(pages)
 
 
 @needs_ptrace

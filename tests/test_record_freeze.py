@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_record import needs_ptrace, read_back
-from test_record_sampling import Writer
+from support import Writer, needs_ptrace, read_back
 
 from ksmreplay import procfs, record
 from ksmreplay.errors import Stopped

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from test_record import needs_ptrace, read_back
+from support import needs_ptrace, read_back
 
 from ksmreplay.cli import cli
 from ksmreplay.record import normalise, subtract

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_record import needs_ptrace, pages_of, read_back
+from support import WRITER_PAGES, Writer, needs_ptrace, pages_of, read_back
 
 from ksmreplay import native, procfs
 from ksmreplay.record import Recorder
@@ -32,55 +32,7 @@ from ksmreplay.trace.events import Madvise, Write
 from ksmreplay.vm.content import fingerprint, fingerprint_pages
 
 PAGE = mmap.PAGESIZE
-PAGES = 8
-
-# A process with PAGES pages, each of its own bytes, driven by lines on stdin:
-# "set I SEED" (page I gets pseudo-random bytes), "fill I V" (V repeated), "drop I"
-# (MADV_DONTNEED); each answered "ok".
-WRITER = r"""
-import ctypes, mmap, random, sys
-PAGE = mmap.PAGESIZE
-m = mmap.mmap(-1, %(pages)d * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-for i in range(%(pages)d):
-    m[i * PAGE:(i + 1) * PAGE] = random.Random(i).randbytes(PAGE)
-print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True)
-for line in sys.stdin:
-    op, i, *arg = line.split()
-    i = int(i)
-    if op == "set":
-        m[i * PAGE:(i + 1) * PAGE] = random.Random(int(arg[0])).randbytes(PAGE)
-    elif op == "fill":
-        m[i * PAGE:(i + 1) * PAGE] = int(arg[0]).to_bytes(8, "little") * (PAGE // 8)
-    elif op == "drop":
-        m.madvise(mmap.MADV_DONTNEED, i * PAGE, PAGE)
-    print("ok", flush=True)
-"""
-
-
-class Writer:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER % {"pages": PAGES}],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.addr = int(self.proc.stdout.readline())
-
-    def do(self, *words: object) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(10)
-
-    def page(self, i: int) -> int:
-        return self.addr + i * PAGE
+PAGES = WRITER_PAGES
 
 
 @pytest.fixture
@@ -293,7 +245,7 @@ def test_every_way_of_reading_memory_records_the_same_pages(writer: Writer) -> N
     for use_vm_readv, use_native in ((True, True), (False, True), (True, False), (False, False)):
         out = io.BytesIO()
         rec = recorder(out, use_vm_readv=use_vm_readv, use_native=use_native, soft_dirty=False)
-        assert (rec._core is not None) == (use_native and native.native() is not None)
+        assert rec.native_core == (use_native and native.native() is not None)
         start = procfs.start_time(writer.proc.pid)
         assert start is not None
         rec.watch(writer.proc.pid, start)
@@ -352,9 +304,10 @@ def test_the_native_core_takes_a_hash_of_zero_as_one_too() -> None:
     one repeated value is named without the hash."""
     import ctypes
 
-    core = native.native()
-    if core is None:
+    if native.native() is None:
         pytest.skip("the native core was not built (no C compiler at install?)")
+    from ksmreplay import _native
+
     hashed: list[int] = []
 
     @ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)
@@ -365,7 +318,7 @@ def test_the_native_core_takes_a_hash_of_zero_as_one_too() -> None:
     address = ctypes.cast(zero, ctypes.c_void_p).value
     data = bytearray(os.urandom(PAGE) + bytes(PAGE) + b"\x07" * PAGE)
     out = np.zeros(3, np.uint64)
-    core._core.fingerprint_pages(data, PAGE, address, out)
+    _native.fingerprint_pages(data, PAGE, address, out)
     assert out.tolist() == [1, 0, 0x0707070707070707]
     assert hashed == [PAGE]
 

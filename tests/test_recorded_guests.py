@@ -7,7 +7,7 @@ their qemu processes, so that only what QEMU madvised mergeable (the guests'
 RAM) is mergeable.  Its replay must show merging between the guests, and
 ``synth vm-guests --fit`` of it, the rewrites measured after the boot, must
 save what it saves.  Its replay takes seconds per mode, so the tests of every
-bundled trace leave it out (``conftest.SLOW_BUNDLED``): it is replayed here
+bundled trace leave it out (``support.SLOW_BUNDLED``): it is replayed here
 once, in one mode, and checked for what they check.
 """
 
@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from test_summary import _check_summary, _milestones, _percent
+from support import check_summary, milestones, percent, replay_path
 
 from ksmreplay.cli import cli
 from ksmreplay.render import render
-from ksmreplay.replay import replay
 from ksmreplay.report import Report
 from ksmreplay.trace import open_trace
 
@@ -42,8 +41,7 @@ def invoke(*args: str) -> Result:
 
 
 def unshare(trace: Path) -> Report:
-    with open_trace(str(trace)) as reader:
-        return replay(reader, ("unshare",))
+    return replay_path(trace, ("unshare",))
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +81,12 @@ def test_its_replay_holds_what_every_bundled_trace_must(replayed: Report) -> Non
     assert run["final"]["label"] == "final"
     snaps: list[dict[str, Any]] = [*run["snapshots"]]  # type: ignore[list-item]
     for snap in [*snaps, run["final"]]:
-        _check_summary(snap, replayed["trace"]["page_size"])  # type: ignore[arg-type]
+        check_summary(snap, replayed["trace"]["page_size"])  # type: ignore[arg-type]
     ksmd = run["ksmd"]
     assert ksmd["visits"] == run["final"]["ksm"]["pages_scanned"]
     duration = replayed["trace"]["duration_ns"]
-    assert ksmd["cpu_percent"] == _percent(ksmd["cpu_ns"], duration, 0.0)
-    assert run["milestones"] == _milestones(snaps)
+    assert ksmd["cpu_percent"] == percent(ksmd["cpu_ns"], duration, 0.0)
+    assert run["milestones"] == milestones(snaps)
     table = io.StringIO()
     render(replayed, "table", table)
     assert max(len(line) for line in table.getvalue().splitlines()) <= 80

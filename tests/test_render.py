@@ -20,11 +20,10 @@ import jsonschema
 import pytest
 import tabulate
 from click.testing import CliRunner
-from conftest import quick
-from golden import check_golden
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from report_samples import one_mode_report, two_mode_report
+from support import check_golden, quick
 
 from ksmreplay.cli import cli
 from ksmreplay.render import (

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,10 +45,11 @@ from kernel_answer import (
     run_of,
     why_not_live,
 )
+from testdata import SELFTESTS_DIR
 
 from ksmreplay.trace import open_trace
 
-HERE = Path(__file__).parent / "selftests"
+HERE = SELFTESTS_DIR
 MODES = ("legacy", "unshare")
 MIB = 1 << 20
 KSM_TESTS_PAGES = 10

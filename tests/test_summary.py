@@ -18,82 +18,44 @@ from typing import Any
 import msgpack
 import pytest
 from click.testing import CliRunner
-from conftest import quick
 from reference import ReferenceSimulator
+from support import check_summary, milestones, percent, quick, replay_path
+from testdata import data_traces
 
 from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
-from ksmreplay.replay import MODES, replay
-from ksmreplay.report import Report
+from ksmreplay.replay import MODES
 from ksmreplay.trace import open_trace
 from ksmreplay.trace.events import WriteRun
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).parent
 TRACES = sorted(
     [
         *quick((ROOT / "traces").rglob("*.msgpack")),
         *(ROOT / "traces").rglob("*.jsonl"),
-        *(TESTS / "cases").rglob("*.jsonl"),
-        *(TESTS / "scenarios").rglob("*.jsonl"),
+        *data_traces(),
     ]
 )
 PAGE = 4096
 SECOND = 1_000_000_000
 
 
-def _replay(path: Path, modes: tuple[str, ...] = MODES, **options: Any) -> Report:
-    with open_trace(str(path)) as reader:
-        return replay(reader, modes, **options)
-
-
-def _percent(part: int, whole: int, empty: float) -> float:
-    return round(100 * part / whole, 2) if whole else empty
-
-
-def _check_summary(snap: dict[str, Any], page_size: int) -> None:
-    s = snap["summary"]
-    without = sum(p["rss_anon_pages"] for p in snap["processes"])
-    without += snap["memory"]["zero_page_maps_by_ksm"]
-    assert s["resident_without_ksm"] == without
-    assert s["resident_with_ksm"] == snap["memory"]["anon_frames"]
-    assert s["saved_pages"] == without - s["resident_with_ksm"]
-    assert s["saved_pages"] >= 0  # every frame is mapped by a PTE counted in without
-    assert s["saved_bytes"] == s["saved_pages"] * page_size
-    assert s["saved_percent"] == _percent(s["saved_pages"], without, 0.0)
-    assert 0 <= s["ideal_frames"] <= without
-    assert s["ideal_saved_pages"] == without - s["ideal_frames"]
-    assert s["percent_of_ideal"] == _percent(s["saved_pages"], s["ideal_saved_pages"], 100.0)
-
-
-def _milestones(snaps: list[dict[str, Any]]) -> dict[str, Any]:
-    """RUN.milestones worked out from the snapshots, as the spec words it."""
-    top = max((s["summary"]["saved_pages"] for s in snaps), default=0)
-
-    def first(share: float) -> int | None:
-        if top == 0:
-            return None
-        return next(s["t"] for s in snaps if s["summary"]["saved_pages"] >= share * top)
-
-    return {"max_saved_pages": top, "t_saved_50": first(0.5), "t_saved_90": first(0.9)}
-
-
 @pytest.mark.parametrize("path", TRACES, ids=[str(p.relative_to(ROOT)) for p in TRACES])
 def test_summary_identities_hold_in_every_snapshot(path: Path) -> None:
     # GIVEN any trace of the repository WHEN replayed in every mode
-    report = _replay(path)
+    report = replay_path(path)
     page_size = report["trace"]["page_size"]
     for run in report["runs"]:
         snaps: list[dict[str, Any]] = [*run["snapshots"]]  # type: ignore[list-item]
         # THEN every snapshot's summary follows from its counters
         for snap in [*snaps, run["final"]]:
-            _check_summary(snap, page_size)  # type: ignore[arg-type]
+            check_summary(snap, page_size)  # type: ignore[arg-type]
         # AND the run's ksmd and milestones follow from its snapshots
         ksmd = run["ksmd"]
         assert ksmd["visits"] == run["final"]["ksm"]["pages_scanned"]
         duration = report["trace"]["duration_ns"]
-        assert ksmd["cpu_percent"] == _percent(ksmd["cpu_ns"], duration, 0.0)
-        assert run["milestones"] == _milestones(snaps)
+        assert ksmd["cpu_percent"] == percent(ksmd["cpu_ns"], duration, 0.0)
+        assert run["milestones"] == milestones(snaps)
 
 
 def _trace(tmp_path: Path, events: list[list[Any]], name: str = "t.jsonl") -> Path:
@@ -168,7 +130,7 @@ HAND = {
 def test_summary_of_three_processes_worked_out_by_hand(
     tmp_path: Path, use_zero_pages: int, mode: str
 ) -> None:
-    report = _replay(_trace(tmp_path, _three_processes(use_zero_pages)), (mode,))
+    report = replay_path(_trace(tmp_path, _three_processes(use_zero_pages)), (mode,))
     (run,) = report["runs"]
     assert [s["label"] for s in run["snapshots"]] == ["before", "after", "switched"]
     for snap in run["snapshots"]:
@@ -201,7 +163,7 @@ def test_fault_zero_pages_are_not_resident_and_unmergeable_pages_count_once_each
         [0, "write", 2, BASE, 2 * PAGE, A],
         [0, "snapshot", "s"],
     ]
-    report = _replay(_trace(tmp_path, events), ("unshare",))
+    report = replay_path(_trace(tmp_path, events), ("unshare",))
     summary = report["runs"][0]["snapshots"][0]["summary"]
     # THEN 4 pages are resident; the ideal is pid 2's 2 pages and one frame for A
     assert summary["resident_without_ksm"] == 4
@@ -236,7 +198,7 @@ def _staged() -> list[list[Any]]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_milestones_of_a_staged_trace(tmp_path: Path, mode: str) -> None:
-    report = _replay(_trace(tmp_path, _staged()), (mode,))
+    report = replay_path(_trace(tmp_path, _staged()), (mode,))
     (run,) = report["runs"]
     saved = [(s["label"], s["summary"]["saved_pages"]) for s in run["snapshots"]]
     assert saved == [("empty", 0), ("half", 5), ("nine", 9), ("all", 10)]
@@ -250,7 +212,7 @@ def test_milestones_of_a_staged_trace(tmp_path: Path, mode: str) -> None:
 
 def test_milestones_are_null_when_nothing_is_saved(tmp_path: Path) -> None:
     events = _staged()[:5]  # up to the snapshot "empty"
-    (run,) = _replay(_trace(tmp_path, events), ("unshare",))["runs"]
+    (run,) = replay_path(_trace(tmp_path, events), ("unshare",))["runs"]
     assert run["milestones"] == {"max_saved_pages": 0, "t_saved_50": None, "t_saved_90": None}
 
 
@@ -259,7 +221,7 @@ def test_ksmd_work_in_settles_is_kept_apart(tmp_path: Path) -> None:
     events = _three_processes(0)
     events.append([2000, "ksm", {"run": 0}])
     events.append([SECOND, "snapshot", "later"])
-    (run,) = _replay(_trace(tmp_path, events), ("unshare",))["runs"]
+    (run,) = replay_path(_trace(tmp_path, events), ("unshare",))["runs"]
     # THEN all its work was in the settle: no wake-up in trace time
     ksmd = run["ksmd"]
     assert ksmd["visits"] > 0
@@ -271,7 +233,7 @@ def test_ksmd_work_in_trace_time(tmp_path: Path) -> None:
     # GIVEN the same processes and no settle, ksmd waking every 20 ms for 1 s
     events = [e for e in _three_processes(0) if e[1] != "settle"]
     events.append([SECOND, "snapshot", "later"])
-    (run,) = _replay(_trace(tmp_path, events), ("unshare",))["runs"]
+    (run,) = replay_path(_trace(tmp_path, events), ("unshare",))["runs"]
     ksmd = run["ksmd"]
     assert ksmd["settle_cpu_ns"] == 0
     # a wake-up every sleep of 20 ms (24 ms in jiffies with the tick's delay)

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from support import replay_path
 
 from ksmreplay.cli import cli
 from ksmreplay.errors import UsageError
-from ksmreplay.replay import replay
 from ksmreplay.report import Report, Snap
 from ksmreplay.synth import (
     MIB_PAGES,
@@ -69,8 +69,7 @@ def read(data: bytes, tmp_path: Path, name: str = "t.msgpack") -> tuple[Any, lis
 def run_both(data: bytes, tmp_path: Path) -> Report:
     path = tmp_path / "replay.msgpack"
     path.write_bytes(data)
-    with open_trace(str(path)) as reader:
-        return replay(reader, ["legacy", "unshare"])
+    return replay_path(path, ["legacy", "unshare"])
 
 
 def snap(report: Report, mode: str, label: str) -> Snap:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 from kernel_answer import (
@@ -28,13 +27,14 @@ from kernel_answer import (
     run_of,
 )
 from reference import ReferenceSimulator
+from testdata import TIMED_DIR
 
 from ksmreplay.engine import Engine
 from ksmreplay.timing import CPU_SHARE_PERCENT
 from ksmreplay.trace import open_trace
 from ksmreplay.trace.events import Snapshot
 
-TIMED = Path(__file__).parent / "scenarios" / "timed"
+TIMED = TIMED_DIR
 NAMES = sorted(p.name[: -len(".jsonl")] for p in TIMED.glob("*.jsonl"))
 RUNS = 20
 """Live replays a recorded spread must hold, at least."""

@@ -11,161 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from randtrace import damaged, encode_trace, valid_traces
 
 from ksmreplay.errors import TraceError
-from ksmreplay.trace import RangeSet, TraceReader, TraceWriter
+from ksmreplay.trace import RangeSet, TraceReader
 from ksmreplay.trace.events import (
-    Alloc,
     Event,
-    Exit,
-    Fork,
-    Free,
     Header,
-    Ksm,
-    Madvise,
-    Prctl,
-    Read,
-    Settle,
-    Snapshot,
-    Write,
 )
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 """Every test here runs with the scalar code and with the native core."""
 
 PAGE = 4096
-SLOT_PAGES = 8
-SLOTS = 4
-BASE = 0x7F0000000000
-
-
-@dataclass
-class _Model:
-    """What the generator needs to know to emit only valid events."""
-
-    procs: dict[int, set[int]] = field(default_factory=dict)  # pid -> mapped page numbers
-    t: int = 0
-
-
-def _page(slot: int, offset: int) -> int:
-    return BASE // PAGE + slot * SLOT_PAGES + offset
-
-
-@st.composite
-def valid_traces(draw: st.DrawFn) -> tuple[Header, list[Event]]:
-    page_size = PAGE
-    header = Header(
-        page_size=page_size,
-        description=draw(st.none() | st.text(max_size=8)),
-        meta=draw(
-            st.dictionaries(
-                st.text(max_size=4),
-                st.integers(-(2**63), 2**64 - 1) | st.text(max_size=4),
-                max_size=2,
-            )
-        ),
-    )
-    model = _Model()
-    events: list[Event] = []
-    for index in range(1, draw(st.integers(0, 40)) + 1):
-        model.t += draw(st.sampled_from([0, 0, 1, 1000, 2**40]))
-        t = model.t
-        live = sorted(model.procs)
-        mapped = [(pid, p) for pid in live for p in sorted(model.procs[pid])]
-        choices = ["alloc", "prctl", "ksm", "settle", "snapshot"]
-        if live:
-            choices += ["free", "fork", "exit"]
-        if mapped:
-            choices += ["write", "write", "write", "read", "madvise"]
-        op = draw(st.sampled_from(choices))
-        event: Event
-        if op == "alloc":
-            pid = draw(st.integers(1, 5))
-            pages = model.procs.setdefault(pid, set())
-            slot = draw(st.integers(0, SLOTS - 1))
-            start = draw(st.integers(0, SLOT_PAGES - 1))
-            count = draw(st.integers(1, SLOT_PAGES - start))
-            wanted = {_page(slot, start + i) for i in range(count)}
-            if wanted & pages:
-                event = Prctl(index, t, pid, "merge_any", draw(st.booleans()))
-            else:
-                pages |= wanted
-                event = Alloc(index, t, pid, _page(slot, start) * PAGE, count * PAGE)
-        elif op == "prctl":
-            pid = draw(st.integers(1, 5))
-            model.procs.setdefault(pid, set())
-            event = Prctl(index, t, pid, "merge_any", draw(st.booleans()))
-        elif op == "free":
-            pid = draw(st.sampled_from(live))
-            first = _page(draw(st.integers(0, SLOTS - 1)), draw(st.integers(0, SLOT_PAGES - 1)))
-            count = draw(st.integers(1, 2 * SLOT_PAGES))
-            model.procs[pid] -= set(range(first, first + count))
-            event = Free(index, t, pid, first * PAGE, count * PAGE)
-        elif op == "fork":
-            pid = draw(st.sampled_from(live))
-            child = draw(st.integers(1, 8).filter(lambda c: c not in model.procs))
-            model.procs[child] = set(model.procs[pid])
-            event = Fork(index, t, pid, child)
-        elif op == "exit":
-            pid = draw(st.sampled_from(live))
-            del model.procs[pid]
-            event = Exit(index, t, pid)
-        elif op in ("write", "read", "madvise"):
-            pid, first = draw(st.sampled_from(mapped))
-            count = 1
-            while first + count in model.procs[pid] and draw(st.booleans()):
-                count += 1
-            addr, length = first * PAGE, count * PAGE
-            if op == "madvise":
-                advice = draw(st.sampled_from(["mergeable", "unmergeable", "dontneed"]))
-                event = Madvise(index, t, pid, addr, length, advice)  # type: ignore[arg-type]
-            elif op == "read":
-                lo = draw(st.integers(0, length - 1))
-                event = Read(index, t, pid, addr + lo, draw(st.integers(1, length - lo)))
-            else:
-                form = draw(st.sampled_from(["int", "array", "bin"]))
-                fps = st.integers(0, 2**64 - 1)
-                if form == "int":
-                    event = Write(index, t, pid, addr, length, draw(fps))
-                elif form == "array":
-                    values = draw(st.lists(fps, min_size=count, max_size=count))
-                    event = Write(index, t, pid, addr, length, np.array(values, dtype=np.uint64))
-                else:
-                    lo = draw(st.integers(0, length - 1))
-                    size = draw(st.integers(1, min(64, length - lo)))
-                    data = draw(st.binary(min_size=size, max_size=size))
-                    event = Write(index, t, pid, addr + lo, size, data)
-        elif op == "ksm":
-            event = Ksm(
-                index,
-                t,
-                draw(
-                    st.sampled_from(
-                        [{"run": 1}, {"run": 2, "use_zero_pages": 1}, {"advisor_mode": "scan-time"}]
-                    )
-                ),
-            )
-        elif op == "settle":
-            scans = draw(st.none() | st.integers(1, 20))
-            event = Settle(index, t) if scans is None else Settle(index, t, scans)
-        else:
-            event = Snapshot(index, t, draw(st.text(max_size=6)))
-        events.append(event)
-    return header, events
-
-
-def _write(header: Header, events: list[Event], form: str) -> bytes:
-    out = io.BytesIO()
-    writer = TraceWriter(out, header, form)
-    for event in events:
-        writer.event(event)
-    return out.getvalue()
 
 
 def _read(data: bytes) -> tuple[Header, list[Event]]:
@@ -181,11 +43,11 @@ def _read(data: bytes) -> tuple[Header, list[Event]]:
 @given(valid_traces())
 def test_valid_traces_round_trip(trace: tuple[Header, list[Event]]) -> None:
     header, events = trace
-    packed = _write(header, events, "msgpack")
+    packed = encode_trace(header, events, "msgpack")
     assert _read(packed) == (header, events)
-    as_jsonl = _write(header, events, "jsonl")
+    as_jsonl = encode_trace(header, events, "jsonl")
     assert _read(as_jsonl) == (header, events)
-    assert _write(*_read(as_jsonl), "msgpack") == packed
+    assert encode_trace(*_read(as_jsonl), "msgpack") == packed
 
 
 @settings(
@@ -217,28 +79,6 @@ def test_rangeset_matches_a_set_of_pages(ops: list[tuple[bool, int, int]]) -> No
         missing = ranges.first_missing(start, start + 5)
         expected = next((p for p in range(start, start + 5) if p not in pages), None)
         assert missing == expected
-
-
-@st.composite
-def damaged(draw: st.DrawFn) -> bytes:
-    header, events = draw(valid_traces())
-    data = bytearray(_write(header, events, draw(st.sampled_from(["msgpack", "jsonl"]))))
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
-        if not data:
-            break
-        at = draw(st.integers(0, len(data) - 1))
-        if kind == "flip":
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set":
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=6))
-        elif kind == "delete":
-            del data[at : at + draw(st.integers(1, 6))]
-        else:
-            del data[at:]
-    return bytes(data)
 
 
 @settings(

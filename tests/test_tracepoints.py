@@ -22,9 +22,10 @@ from kernel_answer import (
     tracepoint_differences,
     tracepoint_scans,
 )
-from randtrace import large_random_trace, random_trace
+from randtrace import large_random_trace, long_gaps, random_trace
 from reference import ReferenceSimulator
-from test_idle import counted, long_gaps
+from support import counted
+from testdata import SCENARIOS_DIR
 
 from ksmreplay.cli import cli
 from ksmreplay.engine import Engine
@@ -74,7 +75,7 @@ def test_engine_events_match_reference_on_6_1(seed: int) -> None:
     assert mine == theirs, f"seed {seed}"
 
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+SCENARIOS = SCENARIOS_DIR
 RECORDED = sorted(
     p.name[: -len(".kernel-tracepoints.json")] for p in SCENARIOS.glob("*.kernel-tracepoints.json")
 )

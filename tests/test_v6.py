@@ -11,11 +11,11 @@ every event.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from golden import UPDATE, check_golden, run_report
+from support import UPDATE, check_golden, run_report
+from testdata import V6_CASES_DIR
 
 from ksmreplay.engine import Engine
 from ksmreplay.trace.events import (
@@ -243,7 +243,6 @@ def test_other_modes_have_no_v6_counters() -> None:
 # --format json`` with ``trace.path`` reduced to the file name;
 # ``KSMREPLAY_UPDATE_GOLDEN=1`` rewrites them (review the diff before committing).
 
-V6_CASES_DIR = Path(__file__).parent / "cases" / "v6"
 V6_CASES = sorted(p.name[: -len(".jsonl")] for p in V6_CASES_DIR.glob("*.jsonl"))
 
 

@@ -95,7 +95,7 @@ def replay_both(events: list[Event], mode: str) -> tuple[int, int]:
         return counted
 
     engine.ksmd.batch = counting("engine", engine.ksmd.batch)  # type: ignore[method-assign]
-    reference._wake_up = counting("reference", reference._wake_up)  # type: ignore[method-assign]
+    reference.wake_up = counting("reference", reference.wake_up)  # type: ignore[method-assign]
     for event in events:
         engine.apply(event)
         reference.apply(event)
@@ -107,47 +107,70 @@ def replay_both(events: list[Event], mode: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize(("pages", "ends_in"), [(13, 1), (14, 2), (15, 2)])
 def test_time_inside_one_call_is_that_of_the_batch_it_stands_for(pages: int, ends_in: int) -> None:
-    # GIVEN one mergeable mapping of `pages` pages, each visited once per pass
+    # GIVEN one mergeable mapping of `pages` pages, each visited once per pass, in
+    # address order: pages 2i and 2i + 1 hold the same content, an odd last page
+    # that of pages 0 and 1; and ksmd's trace events
+    contents = np.arange(pages, dtype=np.uint64) // 2 + 1
+    if pages % 2:
+        contents[-1] = 1
     engine = Engine("unshare", PAGE)
     for event in (
         Alloc(1, 0, 1, BASE, pages * PAGE),
-        Write(2, 0, 1, BASE, pages * PAGE, np.arange(1, pages + 1, dtype=np.uint64)),
+        Write(2, 0, 1, BASE, pages * PAGE, contents),
         Madvise(3, 0, 1, BASE, pages * PAGE, "mergeable"),
     ):
         engine.apply(event)
+    events: list[dict[str, Any]] = []
+    engine.trace(events.append)
     ksmd = engine.ksmd
-    ticks: list[int] = []
-    tick = ksmd._tick
-
-    def recorded(visit: int) -> None:
-        tick(visit)
-        ticks.append(ksmd.now)
-
-    ksmd._tick = recorded  # type: ignore[method-assign]
     # WHEN one call stands for batches of 7 visits, 50 ns apart
     visits = ksmd.batch(7 * 10, 1000, 7, 50)
     # THEN the pass ends in the batch after the one that used up its budget
     assert visits == pages
-    assert ticks[-1] == 1000 + ends_in * 50
     assert ksmd.seqnr == 1
-    # and the clock follows the visits: visit v falls in batch (v - 1) // 7
-    for visit, start in ((1, 1000), (7, 1000), (8, 1050), (15, 1100)):
-        ksmd._tick(visit)
-        assert ksmd.now == start
+    stop = 1000 + ends_in * 50
+    assert [(e["event"], e["t"]) for e in events] == [
+        ("ksm_start_scan", 1000),
+        ("ksm_stop_scan", stop),
+    ]
+    # and the clock follows the visits: in the next pass, which merges every page,
+    # the merge made at the visit of page p (visit p + 1) falls in batch p // 7
+    events.clear()
+    assert ksmd.batch(7 * 10, 5000, 7, 50) == pages
+    first = {int(c): int(np.argmax(contents == c)) for c in np.unique(contents)}
+    second = {c: int(np.flatnonzero(contents == c)[1]) for c in first}
+    merges = {
+        (e["rmap_item"] - BASE) // PAGE: e["t"]
+        for e in events
+        if e["event"].startswith("ksm_merge")
+    }
+    assert sorted(merges) == list(range(pages))
+    for page, t in merges.items():
+        content = int(contents[page])
+        visit_page = second[content] if page == first[content] else page
+        assert t == 5000 + visit_page // 7 * 50, page
+    assert sorted({t for t in merges.values()}) == [
+        5000 + b * 50 for b in range((pages - 1) // 7 + 1)
+    ]
 
 
 class OneBatchPerWakeUp(Engine):
-    """The engine with every wake-up run on its own (ksm_scan_thread() as written)."""
+    """The engine with every wake-up run on its own (ksm_scan_thread() as written): its
+    time loop replaced by one that reads only the engine's public state."""
 
     def _advance(self, t: int) -> None:
         while self.next_wake is not None and self.next_wake < t:
             wake = self.next_wake
-            if not self._runnable():
+            if not self.should_run():
                 self.next_wake = None
                 break
-            visits = self.ksmd.batch(int(self._knobs["pages_to_scan"]), wake)
-            sleep = int(self._knobs["sleep_millisecs"])
-            self.next_wake = next_wake_ns(wake, visits, sleep) if self._runnable() else None
+            visits = self.ksmd.batch(int(self.settings["pages_to_scan"] or 0), wake)
+            sleep = int(self.settings["sleep_millisecs"] or 0)
+            self.next_wake = next_wake_ns(wake, visits, sleep) if self.should_run() else None
+
+    def should_run(self) -> bool:
+        """``ksmd_should_run()``: run is 1 and some mm is registered."""
+        return self.settings["run"] == 1 and bool(self.ksmd.slots)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "v6", "unshare"])

@@ -163,7 +163,7 @@ def test_page_tables_of_several_blocks(seed: int) -> None:
             engine.apply_writes(item)
         else:
             engine.apply(item)
-        blocks = max([blocks, *(len(mm.pt._blocks) for mm in engine.mem.mms.values())])
+        blocks = max([blocks, *(len(mm.pt.block_rows) for mm in engine.mem.mms.values())])
     assert blocks > 1
 
 

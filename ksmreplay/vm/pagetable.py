@@ -160,6 +160,12 @@ class PageTable:
         """Chunks so far (rows are ``0 .. rows - 1``)."""
         return len(self._chunks)
 
+    @property
+    def block_rows(self) -> list[int]:
+        """The rows each block of chunks can hold, in the order the blocks were made
+        (a table grows by blocks, each of them one numpy array)."""
+        return [len(block) for block in self._blocks]
+
     def directory(self) -> tuple[int, int, int, int]:
         """For the native core: the addresses of the sorted chunk keys and of
         their rows, how many there are, and the address of an array of each
