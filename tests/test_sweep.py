@@ -435,8 +435,10 @@ def test_an_interrupted_sweep_prints_what_finished_and_resumes(tmp_path: Path, j
         "--grid", "sleep_millisecs=20,50", "--jobs", jobs, "--cache", str(cache),
         "--format", "csv",
     )  # fmt: skip
-    # GIVEN a sweep stopped by Ctrl-C once its first run is in the cache
-    proc = ksmreplay(*args)
+    # GIVEN a sweep stopped by Ctrl-C once its first run is in the cache (its
+    # SIGINT as a terminal gives it: ksmreplay leaves an ignored SIGINT ignored,
+    # as a suite started in the background would hand it on)
+    proc = ksmreplay(*args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (cache.is_dir() and any(p.suffix == ".json" for p in cache.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline
