@@ -1,5 +1,5 @@
 /*
- * ksmreplay's native core for ContentMap (ksmreplay/contentmap.py):
+ * ksmreplay's native core for ContentMap (ksmreplay/ksm/contentmap.py):
  * looking up and inserting a column of keys in the open-addressing table,
  * one probe sequence after the other, where numpy takes a round of a dozen
  * operations per probe step.  Same hash, same linear probing, same

@@ -2,12 +2,12 @@
  * ksmreplay's native core: many page writes in order.
  *
  * ksr_write_run() does for each page of an instant's writes what Memory.write
- * does (ksmreplay/vm.py), one page after the other in the order given: a
+ * does (ksmreplay/vm/memory.py), one page after the other in the order given: a
  * private frame mapped once is written in place; a KSM page, a frame shared
  * copy-on-write, the zero page or no page at all gets a new frame.  New
  * frames come from the `fresh` rows the caller took from its free list;
  * frames whose last mapping goes are listed in `dead` for the caller to
- * free.  The pure-numpy path in vm.py gives the same pages, counters and
+ * free.  The numpy path in memory.py gives the same pages, counters and
  * reports (the tests run both).
  */
 

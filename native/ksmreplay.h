@@ -5,7 +5,7 @@
  * so that the numpy columns and the C structs cannot drift apart.
  *
  * The core is the fast half of ksmd's scan and of the fault path; the scalar
- * Python ksmd (ksmreplay/ksm.py) is the other, readable half, and the place
+ * Python ksmd (ksmreplay/ksm/ksmd.py) is the other, readable half, and the place
  * where a KSM rule is read first:
  *
  *   scan.c        decodes the common msgpack `write` events into columns;
@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-/* -- page tables (vm.py) ------------------------------------------------- */
+/* -- page tables (vm/pagetable.py) --------------------------------------- */
 
 /* A page-table entry is a frame row (>= 0) or one of these. */
 #define PTE_NONE (-1)		/* no page */
@@ -31,7 +31,7 @@
 
 #define CHUNK_SHIFT 9		/* 512 entries per page-table chunk */
 
-/* -- rmap items (ksm.py ItemTable) ---------------------------------------- */
+/* -- rmap items (ksm/items.py ItemTable) --------------------------------- */
 
 #define STATE_NONE 0		/* volatile: in no tree */
 #define STATE_UNSTABLE 1	/* in the unstable tree */
@@ -67,7 +67,7 @@ struct item_cold {
 _Static_assert(sizeof(struct item_hot) == 8, "struct item_hot: 8 bytes");
 _Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
 
-/* -- the trees (ksm.py StableTree, contentmap.py ContentMap) --------------- */
+/* -- the trees (ksm/stable.py, ksm/contentmap.py) ------------------------ */
 
 /* The stable tree's value for a chain: CHAIN_ENTRY + the chain's id. */
 #define CHAIN_ENTRY (1LL << 62)
@@ -137,7 +137,7 @@ static inline void slot_insert(struct slot *table, int32_t bits, uint32_t now, u
 	table[s].val = val;
 }
 
-/* -- what the functions say ----------------------------------------------- */
+/* -- what the functions say ---------------------------------------------- */
 
 /* Why ksr_scan() stopped: end of the buffer, an object of another shape, columns full. */
 enum { SCAN_END = 0, SCAN_OTHER = 1, SCAN_FULL = 2 };
@@ -242,7 +242,7 @@ enum { WRITE_COW_KSM, WRITE_COW_ZERO, WRITE_EVENTS };
 /* ksr_write_run(): a chunk is missing (see found[]). */
 #define WRITE_MISSING (-2)
 
-/* -- the functions (each file says more) ------------------------------------ */
+/* -- the functions (each file says more) --------------------------------- */
 
 int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint64_t max_items,
 		 uint64_t max_fill_pages, int64_t max_event_bytes, int64_t max_events,
@@ -279,7 +279,7 @@ void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct sl
 void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
 		    struct slot *table, uint32_t now);
 
-/* -- recorded pages (record.py, content.py) ------------------------------- */
+/* -- recorded pages (record.py, vm/content.py) --------------------------- */
 
 /* The hash of a page that is not one value repeated: the trace format's xxh3_64. */
 typedef uint64_t (*ksr_hash)(const void *data, size_t len);

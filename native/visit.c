@@ -20,13 +20,13 @@
  * partner outside the window, a new KSM page when tracing or without room
  * for its node, a KSM page not linked to its item, an unstable item of the
  * current pass) it leaves untouched and hands back: it returns that event's index and ksmd
- * (ksmreplay/ksm.py) does it, then calls again from the next one.  Whether a
+ * (ksmreplay/ksm/ksmd.py) does it, then calls again from the next one.  Whether a
  * visit is handed back is decided before it changes anything.  The outcome
  * is the same as Ksmd._cmp_and_merge and Ksmd.unlink one event at a time,
  * which the tests check against the scalar walk and the reference model.
  *
  * Stable nodes' hlists are doubly linked lists through the items (next,
- * prev) from each node's head, with their lengths in node_size, as ksm.py
+ * prev) from each node's head, with their lengths in node_size, as ksmd.py
  * keeps them; a chain's dups are a list through dup_next from its ch_head,
  * ch_count long, head first.  Frames whose last mapping goes are listed for
  * the caller to free (only ordinary pages lose mappings during a scan).
@@ -44,7 +44,7 @@
 /* Functions of nothing but prefetches must be inlined, or the compiler drops them. */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* A content hash table (contentmap.py): its slots. */
+/* A content hash table (ksm/contentmap.py): its slots. */
 struct map {
 	struct slot *slots;
 	int32_t bits;

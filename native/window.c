@@ -2,7 +2,7 @@
  * ksmreplay's native core: the front of one scan window.
  *
  * ksr_window() walks the present pages of a window of page-table entries in
- * address order as Ksmd._walk_window does (ksmreplay/ksm.py), makes
+ * address order as Ksmd._walk_window does (ksmreplay/ksm/ksmd.py), makes
  * smart_scan's decision for each (should_skip_rmap_item(): updating the
  * items' age and remaining skips), counts the visits until the budget, and
  * lists the positions that need more than counting, for visit.c: a page
