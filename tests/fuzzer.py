@@ -1418,8 +1418,9 @@ than the native core on traces of many pages; a hang exceeds any factor."""
 FLAT_OUT_CPU_PER_SECOND = 3
 """CPU seconds ``run --mode all`` may take per second of trace time in which
 ksmd runs with ``sleep_millisecs=0``: it then scans back to back, as many
-visits as its modelled cost allows (millions a second), and the v6 mode
-replays them on the scalar walk, some 2 us a visit."""
+visits as its modelled cost allows (millions a second).  Sized when the v6
+mode replayed them on the scalar walk (some 2 us a visit); every mode runs on
+the native core now, and the scalar path has :data:`SCALAR_CPU_FACTOR`."""
 
 
 EVENTS_PER_CPU_SECOND = 5000
@@ -1430,8 +1431,8 @@ reading and validating included."""
 
 WRITTEN_PAGES_PER_CPU_SECOND = 10_000
 """Pages written that ``run --mode all`` may settle per CPU second: each is
-visited a few times until the counters settle, and the v6 mode visits on the
-scalar walk (some 10 us a visit). One content in many pages takes longer: it
+visited a few times until the counters settle (sized when the v6 mode visited
+on the scalar walk, some 10 us a visit). One content in many pages takes longer: it
 makes a stable node chain whose dups each visit looks through, as Linux's
 does (262,144 pages of one content: 1,024 dups, 26 s in three modes)."""
 

@@ -36,9 +36,8 @@ SHORT_SECONDS = 25.0
 SHORT_MIN_MUTANTS = 8
 CASE_LIMITS = fuzzer.Limits(cpu=2, wall=30)
 SHORT_LIMITS = fuzzer.Limits(cpu=fuzzer.CPU_SECONDS, wall=30)
-"""As ``make fuzz`` gives: the v6 mode replays on the scalar walk (some 10 us a
-visit), and a mutant of 5,000 small mappings takes 3 s of CPU in all modes, more
-on a loaded machine; a hang takes any limit."""
+"""As ``make fuzz`` gives: a mutant of 5,000 small mappings takes 3 s of CPU in
+all modes, more on a loaded machine; a hang takes any limit."""
 
 
 @pytest.fixture(scope="module")
