@@ -34,6 +34,16 @@ class FreeStack:
             grown[: self._n] = self._rows[: self._n]
             self._rows = grown
 
+    def room(self, n: int) -> IntArray:
+        """The stack's array, with room for ``n`` more rows above the top (for
+        the native core, which pops and pushes in place: see :meth:`settle`)."""
+        self._reserve(n)
+        return self._rows
+
+    def settle(self, n: int) -> None:
+        """The native core left ``n`` rows on the stack (in :meth:`room`'s array)."""
+        self._n = n
+
     def add_range(self, old: int, new: int) -> None:
         """Push the new rows ``[old, new)``, highest first."""
         self.push(np.arange(new - 1, old - 1, -1, dtype=np.int64))
