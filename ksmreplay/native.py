@@ -79,8 +79,6 @@ _WITHOUT_CORE = SimpleNamespace(
     STEP_ALLOC=1,
     STEP_HANDED=2,
     STEP_DONE=3,
-    STEP_ITEMS=9,
-    STEP_FREED=10,
     ITEM_HOT={
         "names": ["node", "age", "skips", "state", "seq"],
         "formats": ["<i4", "u1", "u1", "i1", "u1"],
@@ -155,9 +153,6 @@ STEP_HANDED: int = _h.STEP_HANDED
 STEP_DONE: int = _h.STEP_DONE
 """How :meth:`Native.step` ended: no page present, the front only (too few free
 items), a visit handed back, every event done."""
-STEP_ITEMS: int = _h.STEP_ITEMS
-STEP_FREED: int = _h.STEP_FREED
-"""Where a :meth:`Native.step` summary counts the items made and the stale items freed."""
 
 ITEM_HOT = np.dtype(_h.ITEM_HOT)
 """The fields of an rmap item a scan's walk reads at every page: ``struct item_hot``."""
@@ -219,6 +214,28 @@ class Visited(NamedTuple):
     """Entries added to the stable tree's table."""
     unstable_deleted: int
     """Entries deleted from the unstable tree's table."""
+
+
+class Stepped(NamedTuple):
+    """What :meth:`Native.step` did (see ``ksm.Front`` for the front's counts)."""
+
+    status: int
+    """How it ended: :data:`STEP_NONE`, :data:`STEP_ALLOC`, :data:`STEP_HANDED`
+    or :data:`STEP_DONE`."""
+    free: int
+    """Rows left on the items' free stack."""
+    visits: int
+    skipped: int
+    last: int
+    stopped: bool
+    unshared: int
+    hits: int
+    items: int
+    """Items made."""
+    freed: int
+    """Stale items freed."""
+    done: Visited | None
+    """What the visits did (with :data:`STEP_HANDED` and :data:`STEP_DONE`)."""
 
 
 Front = tuple[
@@ -341,6 +358,7 @@ class Native:
         self._rows = np.empty(0, np.int64)
         self._dead = np.empty(0, np.int64)
         self._step_sums = np.zeros(core.STEP_SUMS, np.int64)
+        self._summary: list[int] = []
 
     def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
         """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
@@ -554,18 +572,15 @@ class Native:
         args: npt.NDArray[np.uint8],
         room: int,
         traced: bool = False,
-    ) -> tuple[int, int, list[int], Visited | None]:
+    ) -> Stepped:
         """One step of ksmd's scan over a window (``ksr_step``).
 
         ``ptes`` and ``imap`` are the window's PTEs and item rows by position
         (``imap`` is updated: items made, stale items cleared), ``segs`` its
         runs of pages as for :meth:`visit`, ``free`` the rows on the items'
-        free stack (which has room for ``len(ptes)`` more).  Returns the
-        ending (``STEP_*``), the rows then left on the free stack, the
-        summary (``FRONT_*`` then ``STEP_*`` values) and what the visits did
-        (None with ``STEP_NONE`` or ``STEP_ALLOC``).  After ``STEP_ALLOC`` or
-        ``STEP_HANDED`` the front is :meth:`front` and the listed items
-        :meth:`listed_rows` (until the next step).
+        free stack (which has room for ``len(ptes)`` more).  After
+        ``STEP_ALLOC`` or ``STEP_HANDED`` the front is :meth:`front` and the
+        listed items :meth:`listed_rows` (until the next step).
         """
         core = self._core
         n = len(ptes)
@@ -585,14 +600,26 @@ class Native:
             pos, cum, kinds, stale, self._rows, summary, args,
             self._dead, merges, made, sums,
         )  # fmt: skip
-        found = summary.tolist()
-        if status in (core.STEP_NONE, core.STEP_ALLOC):
-            return status, left, found, None
-        return status, left, found, self._visited(found[core.STEP_STOP], sums, merges, traced)
+        found = self._summary = summary.tolist()
+        return Stepped(
+            status,
+            left,
+            found[core.FRONT_VISITS],
+            found[core.FRONT_SKIPPED],
+            found[core.FRONT_LAST],
+            bool(found[core.FRONT_STOPPED]),
+            found[core.FRONT_UNSHARED],
+            found[core.FRONT_HITS],
+            found[core.STEP_ITEMS],
+            found[core.STEP_FREED],
+            self._visited(found[core.STEP_STOP], sums, merges, traced)
+            if status in (core.STEP_HANDED, core.STEP_DONE)
+            else None,
+        )
 
-    def front(self, summary: list[int]) -> Front:
-        """The front of the last :meth:`step` (``summary`` its summary)."""
-        core = self._core
+    def front(self) -> Front:
+        """The front of the last :meth:`step`."""
+        core, summary = self._core, self._summary
         pos, cum, kinds, stale, _sums = self._front_out
         listed = summary[core.FRONT_LISTED]
         return (
@@ -608,10 +635,10 @@ class Native:
             summary[core.FRONT_HITS],
         )
 
-    def listed_rows(self, summary: list[int]) -> npt.NDArray[np.int64]:
+    def listed_rows(self) -> npt.NDArray[np.int64]:
         """The items of the last :meth:`step`'s listed positions (fresh ones
         made, unless it ended with ``STEP_ALLOC``: -1 there)."""
-        rows: npt.NDArray[np.int64] = self._rows[: summary[self._core.FRONT_LISTED]].copy()
+        rows: npt.NDArray[np.int64] = self._rows[: self._summary[self._core.FRONT_LISTED]].copy()
         return rows
 
     def visit(

@@ -39,6 +39,8 @@ Trace time 0 falls on a timer tick: jiffy ``j`` is ``[j, j + 1) * JIFFY_NS``.
 
 from __future__ import annotations
 
+import operator
+from functools import cache
 from typing import NamedTuple
 
 HZ = 250
@@ -73,8 +75,9 @@ def jiffies_ns(msecs: int) -> int:
     return msecs_to_jiffies(msecs) * JIFFY_NS
 
 
+@cache
 def _timer_level(delta: int) -> int:
-    """The wheel level a timer ``delta`` jiffies ahead goes to."""
+    """The wheel level a timer ``delta`` jiffies ahead goes to (a timeout: few of them)."""
     for n in range(1, _LVL_DEPTH):
         if delta < _lvl_start(n):
             return n - 1
@@ -208,7 +211,7 @@ COST_NS = Work(
 
 def batch_cost_ns(work: Work) -> int:
     """Modelled ksmd CPU time of ``work``, in ns (integers: costs add up exactly)."""
-    return sum(n * c for n, c in zip(work, COST_NS, strict=True))
+    return sum(map(operator.mul, work, COST_NS))
 
 
 def unstable_levels(first: int, last: int) -> int:

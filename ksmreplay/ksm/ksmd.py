@@ -52,6 +52,7 @@ against each other and against a one-at-a-time reference model.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -85,9 +86,7 @@ from ksmreplay.native import (
     PTE_ZERO,
     SEQNR_MASK,
     STEP_ALLOC,
-    STEP_FREED,
     STEP_HANDED,
-    STEP_ITEMS,
     STEP_NONE,
     Native,
     VisitArgs,
@@ -650,6 +649,8 @@ class Ksmd(FlaggedItems):
         self.now = now
         self._clock = (now, sub_budget, period)
         self._batch_marks = self._marks()
+        if self.native is not None:
+            self._batch_args(budget)
         visits = 0
         while visits < budget:
             if self.cursor is None:
@@ -696,7 +697,7 @@ class Ksmd(FlaggedItems):
         tree's as deep as ``pages_shared`` at the pass start says).
         """
         now = self._marks()
-        d = _Marks(*(b - a for a, b in zip(since, now, strict=True)))
+        d = _Marks(*map(operator.sub, now, since))
         base, shared = self._pass_marks
         levels = unstable_levels(max(since.searches - base, 0), now.searches - base)
         return Work(
@@ -718,7 +719,7 @@ class Ksmd(FlaggedItems):
 
     def _account(self, work: Work) -> None:
         """Charge a batch call's ``work`` to ksmd's CPU time (:attr:`cpu_ns`)."""
-        self.work_done = Work(*(a + b for a, b in zip(self.work_done, work, strict=True)))
+        self.work_done = Work(*map(operator.add, self.work_done, work))
         self.batch_ns = batch_cost_ns(work)
         self.cpu_ns += self.batch_ns
 
@@ -857,45 +858,86 @@ class Ksmd(FlaggedItems):
             return self._walk_window(slot, ptes, imap, imap_views, pages, budget)
         core, it, c = self.native, self.items, self.c
         seg_rows = _seg_rows(segs)
-        self._set_args(slot, budget)
+        self._window_args(slot)
         traced = self.tracer is not None
-        done: Visited | None = None
         if self.cursor_item_page < segs[0][0]:
             # Items the walk passes before the window are freed after the
             # front, before the window's items are made: in steps.
-            front = self._window_front(core, ptes, imap, budget)
-            if front is None:
+            found = self._window_front(core, ptes, imap, budget)
+            if found is None:
                 return 0, None
+            front: Front = found
             self._tick(self._window_visits + 1)
             self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
             rows, stale_rows = self._take_listed(
                 slot, front, ptes, imap, imap_views, pages, imap[front.pos]
             )
-        else:
-            free_rows, free = it.free_rows(len(ptes))
-            self._reserve(min(len(ptes), budget))
-            status, left, summary, done = core.step(
-                self._tables(core, free_rows), ptes, imap, seg_rows, budget,
-                bool(self.knobs.smart_scan), free, self._args.bytes, MADE_ROOM, traced,
-            )  # fmt: skip
-            if status == STEP_NONE:
-                return 0, None
-            self._tick(self._window_visits + 1)
-            front = Front(*core.front(summary))
-            if status == STEP_ALLOC:
-                rows, stale_rows = self._take_listed(
-                    slot, front, ptes, imap, imap_views, pages, core.listed_rows(summary)
-                )
-            else:
-                made, freed = summary[STEP_ITEMS], summary[STEP_FREED]
-                it.took(made, freed, left)
-                slot.rmap_items += made - freed
-                c.rmap_items += made - freed
-                if (made or len(front.stale)) and len(imap_views) > 1:
-                    _write_back(imap_views, imap)
-                # (the stale items are freed, unless a visit was handed back)
-                rows = core.listed_rows(summary)
-                stale_rows = rows[front.kind == LISTED_STALE] if status == STEP_HANDED else None
+            return self._window_done(
+                core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
+            )
+        free_rows, free = it.free_rows(len(ptes))
+        self._reserve(min(len(ptes), budget))
+        step = core.step(
+            self._tables(core, free_rows), ptes, imap, seg_rows, budget,
+            bool(self.knobs.smart_scan), free, self._args.bytes, MADE_ROOM, traced,
+        )  # fmt: skip
+        if step.status == STEP_NONE:
+            return 0, None
+        self._tick(self._window_visits + 1)
+        if step.status == STEP_ALLOC:
+            front = Front(*core.front())
+            rows, stale_rows = self._take_listed(
+                slot, front, ptes, imap, imap_views, pages, core.listed_rows()
+            )
+            return self._window_done(
+                core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
+            )
+        made, freed = step.items, step.freed
+        it.took(made, freed, step.free)
+        slot.rmap_items += made - freed
+        c.rmap_items += made - freed
+        if len(imap_views) > 1 and (made or freed or step.status == STEP_HANDED):
+            _write_back(imap_views, imap)
+        if step.status == STEP_HANDED or traced:
+            # (the stale items are freed, unless a visit was handed back)
+            front = Front(*core.front())
+            rows = core.listed_rows()
+            stale_rows = rows[front.kind == LISTED_STALE] if step.status == STEP_HANDED else None
+            return self._window_done(
+                core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, step.done
+            )
+        # Every event done, nothing to trace: the counts are all there is.
+        done = step.done
+        assert done is not None
+        stop = int(pages[step.last]) if step.stopped else None
+        self.cursor_item_page = int(pages[step.last]) + 1
+        c.pages_skipped += step.skipped
+        c.pages_unshared -= step.unshared
+        c.pages_scanned += step.visits
+        c.hits += step.hits
+        self._visited(slot, done)
+        if done.ptes_changed and len(segs) > 1:
+            _write_back([v for _lo, _hi, v in segs], ptes)
+        return step.visits, stop
+
+    def _window_done(
+        self,
+        core: Native,
+        slot: Slot,
+        segs: list[tuple[int, int, IntArray]],
+        seg_rows: IntArray,
+        ptes: IntArray,
+        pages: IntArray | _Pages,
+        front: Front,
+        rows: IntArray,
+        stale_rows: IntArray | None,
+        done: Visited | None,
+    ) -> tuple[int, int | None]:
+        """The rest of a window after its front, with the native core: the
+        counts, the listed events from where ``done`` stopped (all of them
+        if it is None), the stale items ``stale_rows`` freed; as
+        :meth:`_scan_window` returns."""
+        c = self.c
         stop = int(pages[front.last]) if front.stopped else None
         self.cursor_item_page = int(pages[front.last]) + 1
         c.pages_skipped += front.skipped
@@ -1154,30 +1196,33 @@ class Ksmd(FlaggedItems):
         self._tables_obj = None
         self._tables_key = ()
 
-    def _set_args(self, slot: Slot, budget: int) -> None:
-        """:meth:`Native.step`'s and :meth:`Native.visit`'s ``args`` for a window of
-        ``slot``'s mm of at most ``budget`` visits: the knobs, and ksmd's
-        clock as :meth:`_tick` keeps it (:meth:`_reserve` sets the next ids of
-        nodes and chains; this kernel version's rules are set once).  Chains
-        and new KSM pages are left to :meth:`_cmp_and_merge` when a time the
-        window may reach is :data:`PRUNE_CLAMP` (ns) or later."""
+    def _batch_args(self, budget: int) -> None:
+        """:meth:`Native.step`'s and :meth:`Native.visit`'s ``args`` for a batch call
+        of up to ``budget`` visits: the knobs, and ksmd's clock as :meth:`_tick`
+        keeps it (:meth:`_window_args` sets a window's, :meth:`_reserve` the next
+        ids of nodes and chains; this kernel version's rules are set once).
+        Chains and new KSM pages are left to :meth:`_cmp_and_merge` when a time
+        the call may reach is :data:`PRUNE_CLAMP` (ns) or later."""
         start, sub, period = self._clock
         if not sub:
             start, period = self.now, 0
-        last = self._window_visits + budget
-        latest = start + (max(last, 1) - 1) // sub * period if sub else start
+        latest = start + (max(budget, 1) - 1) // sub * period if sub else start
         in_range = max(start, period, latest) < PRUNE_CLAMP
         a = self._args
         a.set("max_page_sharing", self.knobs.max_page_sharing)
         a.set("now", start if in_range else 0)
         a.set("sub_budget", sub if in_range else 0)
         a.set("period", period if in_range else 0)
-        a.set("visits", self._window_visits)
         a.set("prune_ns", jiffies_ns(self.knobs.stable_node_chains_prune_millisecs))
-        a.set("seqnr", self.seqnr & SEQNR_MASK)
         a.set("use_zero_pages", bool(self.knobs.use_zero_pages))
         a.set("chains", in_range)
         a.set("pairs", in_range)
+
+    def _window_args(self, slot: Slot) -> None:
+        """The ``args`` of a window of ``slot``'s mm (see :meth:`_batch_args`)."""
+        a = self._args
+        a.set("visits", self._window_visits)
+        a.set("seqnr", self.seqnr & SEQNR_MASK)
         a.set("slot", slot.id)
 
     def _emit_visited(self, done: Visited, rows: IntArray, when: IntArray) -> None:
