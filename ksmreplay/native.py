@@ -38,6 +38,7 @@ in the environment does without the core too.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 from functools import cache
 from types import ModuleType, SimpleNamespace
@@ -216,6 +217,14 @@ class Visited(NamedTuple):
     """Entries deleted from the unstable tree's table."""
 
 
+_VISIT_SUMS = (
+    "SHARED", "SHARING", "UNSHARED", "MERGING", "MERGES", "ZERO", "INSERTED", "PTES",
+    "DEAD", "HITS", "CHECKSUMS", "SEARCHES", "TRACED", "DUPS", "PAIRS", "MADE",
+    "CHAINS", "DUPS_MADE", "STABLE_ADDED", "UNSTABLE_DELETED",
+)  # fmt: skip
+"""The sums of ``ksr_visit`` that :meth:`Native._visited` reads, in its order."""
+
+
 class Stepped(NamedTuple):
     """What :meth:`Native.step` did (see ``ksm.Front`` for the front's counts)."""
 
@@ -359,6 +368,10 @@ class Native:
         self._dead = np.empty(0, np.int64)
         self._step_sums = np.zeros(core.STEP_SUMS, np.int64)
         self._summary: list[int] = []
+        self._visit_sums = operator.itemgetter(
+            *(getattr(core, f"VISIT_{name}") for name in _VISIT_SUMS)
+        )
+        """The ``VISIT_*`` sums of ``ksr_visit`` in :data:`_VISIT_SUMS` order."""
 
     def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
         """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
@@ -689,33 +702,34 @@ class Native:
         self, stop: int, sums: npt.NDArray[np.int64], merges: npt.NDArray[Any], traced: bool
     ) -> Visited:
         """:class:`Visited` from the outputs of ``ksr_visit``."""
-        core = self._core
         s = sums.tolist()
-        n_dead, n_made = s[core.VISIT_DEAD], s[core.VISIT_MADE]
+        (
+            shared, sharing, unshared, merging, merges_made, zero, inserted, ptes,
+            n_dead, hits, checksums, searches, n_traced, dups, pairs, n_made,
+            chains, dups_made, stable_added, unstable_deleted,
+        ) = self._visit_sums(s)  # fmt: skip
         return Visited(
             stop,
-            s[core.VISIT_SHARED],
-            s[core.VISIT_SHARING],
-            s[core.VISIT_UNSHARED],
-            s[core.VISIT_MERGING],
-            s[core.VISIT_MERGES],
-            s[core.VISIT_ZERO],
-            s[core.VISIT_INSERTED],
-            bool(s[core.VISIT_PTES]),
+            shared,
+            sharing,
+            unshared,
+            merging,
+            merges_made,
+            zero,
+            inserted,
+            bool(ptes),
             self._dead[:n_dead].copy() if n_dead else _NONE_DEAD,
-            s[core.VISIT_HITS],
-            s[core.VISIT_CHECKSUMS],
-            s[core.VISIT_SEARCHES],
-            merges[: s[core.VISIT_TRACED]].view(np.int64).reshape(-1, 2)
-            if traced
-            else _NONE_TRACED,
-            s[core.VISIT_DUPS],
-            s[core.VISIT_PAIRS],
+            hits,
+            checksums,
+            searches,
+            merges[:n_traced].view(np.int64).reshape(-1, 2) if traced else _NONE_TRACED,
+            dups,
+            pairs,
             self._made[:n_made].copy() if n_made else _NONE_MADE,
-            s[core.VISIT_CHAINS],
-            s[core.VISIT_DUPS_MADE],
-            s[core.VISIT_STABLE_ADDED],
-            s[core.VISIT_UNSTABLE_DELETED],
+            chains,
+            dups_made,
+            stable_added,
+            unstable_deleted,
         )
 
     def map_find(

@@ -130,6 +130,18 @@ class _Marks(NamedTuple):
     item_changes: int
 
 
+def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
+    """The page-table chunks of a window's runs ``segs`` up to page ``last``."""
+    if len(segs) == 1:
+        lo, hi, _v = segs[0]
+        return (min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1
+    return sum(
+        ((min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1)
+        for lo, hi, _v in segs
+        if lo <= last
+    )
+
+
 def _seg_rows(segs: list[tuple[int, int, IntArray]]) -> IntArray:
     """A window's runs of pages as the native core takes them: (first page, end
     page, first position) each, flat."""
@@ -801,12 +813,7 @@ class Ksmd(FlaggedItems):
                 done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
                 # Chunks the visits came from: up to the last visit's when cut short.
-                last = END if stop is None else stop
-                used = sum(
-                    ((min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1)
-                    for lo, hi, _v in segs
-                    if lo <= last
-                )
+                used = _chunks_used(segs, END if stop is None else stop)
                 self._visits_per_chunk = max(done // used, 1)
                 if stop is not None:
                     self.cursor_page = stop + 1
@@ -840,19 +847,21 @@ class Ksmd(FlaggedItems):
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
         imap_views = []
+        items = slot.items
         keys = [(lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT) for lo, hi, _v in segs]
         missing = [
             k
             for first, last in keys
-            if not slot.items.covers(first, last)
+            if not items.covers(first, last)
             for k in range(first, last + 1)
         ]
         if missing:
             if not (ptes >= 0).any():
                 return 0, None  # (and no item map made where no page is)
-            slot.items.locate(np.array(missing, np.int64))  # (made at once: in few blocks)
+            items.locate(np.array(missing, np.int64))  # (made at once: in few blocks)
         for (lo, hi, _v), (first, last) in zip(segs, keys, strict=True):
-            imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
+            for _lo, _hi, v in items.runs(lo, hi, last - first + 1):
+                imap_views.append(v)
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
         if self.native is None:
             return self._walk_window(slot, ptes, imap, imap_views, pages, budget)
