@@ -343,9 +343,14 @@ class VisitArgs:
         record = np.zeros(1, dtype)
         self.bytes: npt.NDArray[np.uint8] = record.view(np.uint8)
         """The record, as the core takes it."""
-        views = {8: record.view(np.int64), 4: record.view(np.int32), 1: record.view(np.uint8)}
+        views: dict[int, npt.NDArray[Any]] = {
+            8: record.view(np.int64),
+            4: record.view(np.int32),
+            1: record.view(np.uint8),
+        }
         self._at: dict[str, tuple[npt.NDArray[Any], int]] = {}
-        for name, (ftype, offset) in (dtype.fields or {}).items():
+        for name, field in (dtype.fields or {}).items():
+            ftype, offset = field[0], int(field[1])
             size = ftype.itemsize
             self._at[name] = (views[size], offset // size)
 

@@ -10,7 +10,8 @@
  *
  *   scan.c        decodes the common msgpack `write` events into columns;
  *   fault.c       applies an instant's page writes in order (Memory.write);
- *   window.c      the front of a scan window: smart_scan, counting, listing;
+ *   window.c      a scan window's step: the front (smart_scan, counting,
+ *                 listing), its new and stale items, and the visits;
  *   visit.c       the common visits of a window, handing the rare ones back;
  *   contentmap.c  batch lookups and inserts in the content hash tables;
  *   pages.c       record's reading of another process's pages, and their names.

@@ -1,5 +1,7 @@
 /*
- * ksmreplay's native core: the front of one scan window.
+ * ksmreplay's native core: the front of one scan window, and the window's
+ * step (ksr_step(), at the end: the front, the window's items, visit.c's
+ * visits).
  *
  * ksr_window() walks the present pages of a window of page-table entries in
  * address order as Ksmd._walk_window does (ksmreplay/ksm/ksmd.py), makes

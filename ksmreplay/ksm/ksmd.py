@@ -37,15 +37,15 @@ The scan is written twice: here, page by page as the kernel walks
 (:meth:`Ksmd._walk_window`, :meth:`Ksmd._should_skip`,
 :meth:`Ksmd._cmp_and_merge`: the place where a KSM rule is read and a new
 mode prototyped), and in the native core, a window of page-table chunks at a
-time: ``window.c`` makes smart_scan's decisions and counts the visits that
-change nothing (:meth:`Ksmd._window_front`), ``visit.c`` does the common
-visits in address order, chains, new KSM pages and 6.1's visit order
-included, and hands the rare outcomes it does not do (a new KSM page whose
-partner is outside the window, a chain with a stale dup or that would
-collapse, a stale node) back to :meth:`Ksmd._cmp_and_merge`
-(:meth:`Ksmd._visit_listed`), and the nodes and chains it made to
-:meth:`Ksmd._made`.  A mode runs the native core only if it says
-it can (``Mode.native_scan``).  Both give the same state, as the tests check
+time, in one call per window (``Native.step``): ``window.c`` makes
+smart_scan's decisions, counts the visits that change nothing and makes and
+frees the window's items, ``visit.c`` does the common visits in address
+order, chains, new KSM pages and 6.1's visit order included, and hands the
+rare outcomes it does not do (a new KSM page whose partner is outside the
+window, a chain with a stale dup or that would collapse, a stale node) back
+to :meth:`Ksmd._cmp_and_merge` (:meth:`Ksmd._visit_listed`), and the nodes
+and chains it made to :meth:`Ksmd._made`.  A mode runs the native core only
+if it says it can (``Mode.native_scan``).  Both give the same state, as the tests check
 against each other and against a one-at-a-time reference model.
 """
 
@@ -145,7 +145,8 @@ def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
 def _seg_rows(segs: list[tuple[int, int, IntArray]]) -> IntArray:
     """A window's runs of pages as the native core takes them: (first page, end
     page, first position) each, flat."""
-    out, at = [], 0
+    out: list[int] = []
+    at = 0
     for lo, hi, _v in segs:
         out += (lo, hi, at)
         at += hi - lo
@@ -833,8 +834,11 @@ class Ksmd(FlaggedItems):
         window of one run (the rule) works on the page table and item map
         themselves; a window of several gathers copies, and writes the item
         map back (and, with the native core, the PTEs it changes).  The walk
-        is :meth:`_walk_window`'s, or the native core's (:meth:`_window_front`
-        then :meth:`_visit_listed`).
+        is :meth:`_walk_window`'s, or the native core's: one
+        :meth:`Native.step`, then :meth:`_visit_listed` for what it handed
+        back (or, with items to free before the window or too few free
+        rows for its new items, :meth:`_window_front`, :meth:`_take_listed`
+        and :meth:`_visit_listed`: the same in steps).
 
         Returns the visits made and, if the budget ran out, the page of the
         last visit (the cursor stops right after it).
@@ -911,10 +915,11 @@ class Ksmd(FlaggedItems):
             # (the stale items are freed, unless a visit was handed back)
             front = Front(*core.front())
             rows = core.listed_rows()
-            stale_rows = rows[front.kind == LISTED_STALE] if step.status == STEP_HANDED else None
+            handed = step.status == STEP_HANDED
             return self._window_done(
-                core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, step.done
-            )
+                core, slot, segs, seg_rows, ptes, pages, front, rows,
+                rows[front.kind == LISTED_STALE] if handed else None, step.done,
+            )  # fmt: skip
         # Every event done, nothing to trace: the counts are all there is.
         done = step.done
         assert done is not None
