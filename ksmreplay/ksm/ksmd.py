@@ -873,7 +873,10 @@ class Ksmd(FlaggedItems):
         seg_rows = _seg_rows(segs)
         self._window_args(slot)
         traced = self.tracer is not None
-        if self.cursor_item_page < segs[0][0]:
+        if self.cursor_item_page < segs[0][0] and any(
+            (view >= 0).any()
+            for _lo, _hi, view in items.segments(self.cursor_item_page, segs[0][0])
+        ):
             # Items the walk passes before the window are freed after the
             # front, before the window's items are made: in steps.
             found = self._window_front(core, ptes, imap, budget)
