@@ -215,12 +215,14 @@ class Visited(NamedTuple):
     """Entries added to the stable tree's table."""
     unstable_deleted: int
     """Entries deleted from the unstable tree's table."""
+    unflagged: int
+    """The v6 design: flagged items visited with a normal page (flag cleared)."""
 
 
 _VISIT_SUMS = (
     "SHARED", "SHARING", "UNSHARED", "MERGING", "MERGES", "ZERO", "INSERTED", "PTES",
     "DEAD", "HITS", "CHECKSUMS", "SEARCHES", "TRACED", "DUPS", "PAIRS", "MADE",
-    "CHAINS", "DUPS_MADE", "STABLE_ADDED", "UNSTABLE_DELETED",
+    "CHAINS", "DUPS_MADE", "STABLE_ADDED", "UNSTABLE_DELETED", "UNFLAGGED",
 )  # fmt: skip
 """The sums of ``ksr_visit`` that :meth:`Native._visited` reads, in its order."""
 
@@ -239,6 +241,8 @@ class Stepped(NamedTuple):
     stopped: bool
     unshared: int
     hits: int
+    stale: int
+    """Stale positions (their items freed unless ``freed`` is 0)."""
     items: int
     """Items made."""
     freed: int
@@ -517,13 +521,17 @@ class Native:
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
         items: npt.NDArray[np.void],
+        cold: npt.NDArray[np.void],
         smart: bool,
+        keep_flagged: bool,
         seqnr: int,
         budget: int,
     ) -> Front | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
         None if no page is present.  ``items`` is ``ItemTable.hot``; their age,
-        skips and state are updated.  The stale positions are listed among the
+        skips and state are updated; ``cold`` is ``ItemTable.cold`` (read for
+        ``keep_flagged``, the v6 design: a flagged item at a zero page is kept,
+        not stale).  The stale positions are listed among the
         others in address order, each listed position with its kind:
         :data:`LISTED_VISIT`, :data:`LISTED_SKIPPED` or :data:`LISTED_STALE`."""
         n = len(ptes)
@@ -531,7 +539,8 @@ class Native:
             self._front_out = _scratch(n, self._core.FRONT_SUMS)
         pos, cum, kinds, stale, summary = self._front_out
         self._core.window(
-            ptes, imap, fr_ksm, fr_node, items, int(smart), seqnr, budget,
+            ptes, imap, fr_ksm, fr_node, items, cold, int(smart), int(keep_flagged), seqnr,
+            budget,
             pos, cum, kinds, stale, summary,
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared, hits = summary.tolist()
@@ -628,6 +637,7 @@ class Native:
             bool(found[core.FRONT_STOPPED]),
             found[core.FRONT_UNSHARED],
             found[core.FRONT_HITS],
+            found[core.FRONT_STALE],
             found[core.STEP_ITEMS],
             found[core.STEP_FREED],
             self._visited(found[core.STEP_STOP], sums, merges, traced)
@@ -711,7 +721,7 @@ class Native:
         (
             shared, sharing, unshared, merging, merges_made, zero, inserted, ptes,
             n_dead, hits, checksums, searches, n_traced, dups, pairs, n_made,
-            chains, dups_made, stable_added, unstable_deleted,
+            chains, dups_made, stable_added, unstable_deleted, unflagged,
         ) = self._visit_sums(s)  # fmt: skip
         return Visited(
             stop,
@@ -735,6 +745,7 @@ class Native:
             dups_made,
             stable_added,
             unstable_deleted,
+            unflagged,
         )
 
     def map_find(

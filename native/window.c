@@ -13,7 +13,9 @@
  * pages no longer present (stale items) before the last page handled.  A
  * skipped item in an earlier pass's unstable tree leaves it here (its state
  * and pages_unshared are all that change, in any order), so it is not
- * listed.  Most pages of a settled workload need nothing more.  The tests
+ * listed.  Most pages of a settled workload need nothing more.  With
+ * keep_flagged (the v6 design), an item flagged ZERO_PAGE_FLAG at a page
+ * mapping the zero page is not stale: the pass keeps it.  The tests
  * compare the outcome with the scalar walk's.
  */
 
@@ -27,7 +29,8 @@
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
  * Frames: ksm flag and stable node; items: their hot records (age and skips
  * updated when smart, state when a skipped item leaves an unstable tree of a
- * pass other than seqnr).  Outputs have room for n entries: listed positions,
+ * pass other than seqnr), and their cold ones (the flags, read with
+ * keep_flagged).  Outputs have room for n entries: listed positions,
  * the visit count up to and including each, and what each is (a visit, 1 for
  * a skip, LISTED_STALE for a stale item); the stale positions again on their
  * own.  Returns 0; the summary gets the counts, the last
@@ -35,8 +38,8 @@
  * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
-		   int64_t budget,
+		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
+		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind, int64_t *out_stale,
 		   int64_t *summary)
 {
@@ -60,7 +63,8 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		}
 
 		if (pte < 0) {
-			if (row >= 0) {
+			if (row >= 0 && !(keep_flagged && pte != PTE_NONE &&
+					  (cold[row].flags & ZERO_PAGE_FLAG))) {
 				out_stale[stale++] = i;
 				out_pos[listed] = i;
 				out_cum[listed] = visits;
@@ -160,7 +164,8 @@ static void alloc_items(const struct tables *t, struct step *s, int32_t slot, in
  * fresh items for the pages without one, the stale positions' map entries
  * cleared, then the events in address order (ksr_visit()); when every event
  * was done, the stale items are freed (ItemTable.release(): off their mm
- * slot, pushed on the free stack in address order).  The front's outputs and
+ * slot, pushed on the free stack in address order), but in the v6 design
+ * (a->flag_zero), where freeing a flagged item changes its mm's counters.  The front's outputs and
  * s->rows stay for the caller, who goes on from where the step stopped: with
  * STEP_ALLOC (too few free rows) nothing but the front was done; with
  * STEP_HANDED the events before summary[STEP_STOP] were.  The caller leaves
@@ -172,8 +177,8 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 	int64_t *sum = s->summary, listed, fresh = 0, freed = 0, stop;
 	struct events e;
 
-	ksr_window(s->n, s->ptes, s->imap, t->fr_ksm, t->fr_node, t->items, s->smart, a->seqnr,
-		   s->budget, s->pos, s->cum, s->kind, s->stale, sum);
+	ksr_window(s->n, s->ptes, s->imap, t->fr_ksm, t->fr_node, t->items, t->cold, s->smart,
+		   a->flag_zero, a->seqnr, s->budget, s->pos, s->cum, s->kind, s->stale, sum);
 	sum[STEP_STOP] = 0;
 	sum[STEP_ITEMS] = 0;
 	sum[STEP_FREED] = 0;
@@ -196,6 +201,8 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 	sum[STEP_STOP] = stop;
 	if (stop < listed)
 		return STEP_HANDED;
+	if (a->flag_zero)
+		return STEP_DONE;	/* (a flagged stale item is the caller's to free) */
 	for (int64_t i = 0; i < listed; i++) {
 		if (s->kind[i] != LISTED_STALE)
 			continue;

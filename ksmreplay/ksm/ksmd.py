@@ -183,8 +183,6 @@ class Ksmd(FlaggedItems):
         mem.on_ksm_pages_freed = self._ksm_pages_freed
         self.native = native() if mode.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
-        # (the native core frees stale items itself: no design with flagged items)
-        assert self.native is None or not mode.flags_zero_page_items
         self._tables_obj: Any = None
         self._tables_key: tuple[int, ...] = ()
         """The native core's tables (:meth:`_tables`) and what they were made of."""
@@ -195,6 +193,7 @@ class Ksmd(FlaggedItems):
             self._args.set("checksum_first", self.checksum_first)
             self._args.set("collapse_any", self.chain_collapse_any)
             self._args.set("room", MADE_ROOM)
+            self._args.set("flag_zero", mode.flags_zero_page_items)
         self.items = ItemTable()
         self.c = Counters()
         self.slots: list[Slot] = []
@@ -912,16 +911,17 @@ class Ksmd(FlaggedItems):
         it.took(made, freed, step.free)
         slot.rmap_items += made - freed
         c.rmap_items += made - freed
-        if len(imap_views) > 1 and (made or freed or step.status == STEP_HANDED):
+        if len(imap_views) > 1 and (made or step.stale):
             _write_back(imap_views, imap)
-        if step.status == STEP_HANDED or traced:
-            # (the stale items are freed, unless a visit was handed back)
+        # (the stale items are freed, unless a visit was handed back or the
+        # v6 design's flags are to be seen to)
+        unfreed = step.stale if step.freed == 0 else 0
+        if step.status == STEP_HANDED or traced or unfreed:
             front = Front(*core.front())
             rows = core.listed_rows()
-            handed = step.status == STEP_HANDED
             return self._window_done(
                 core, slot, segs, seg_rows, ptes, pages, front, rows,
-                rows[front.kind == LISTED_STALE] if handed else None, step.done,
+                rows[front.kind == LISTED_STALE] if unfreed else None, step.done,
             )  # fmt: skip
         # Every event done, nothing to trace: the counts are all there is.
         done = step.done
@@ -1067,9 +1067,6 @@ class Ksmd(FlaggedItems):
             visits += 1
             page = int(pages[p])
             self._tick(self._window_visits + visits)
-            if v6 and it.is_flagged(row):
-                # v6: a flagged item visited with a normal page there loses its flag.
-                self._clear_zero(slot, np.array([row], np.int64))
             view = mm.pt.chunk(page >> CHUNK_SHIFT)
             self._cmp_and_merge(slot, row, view, page & (CHUNK - 1), page)
             if visits == budget:
@@ -1268,6 +1265,12 @@ class Ksmd(FlaggedItems):
         events["zero_pages_merged"] += done.zero
         mm.rss_anon -= done.zero
         mm.ksm_zero_ptes += done.zero
+        if self.mode.flags_zero_page_items:
+            # v6: each zero-page merge flagged its item, each visit of a flagged
+            # item with a normal page cleared the flag.
+            flagged = done.zero - done.unflagged
+            self.c.zero_pages_sharing += flagged
+            mm.zero_pages_sharing += flagged
         self.unstable.added(done.inserted)
         # Each merge and zero-page merge moved a mapping between two frames.
         self.mem.frames.changes += done.merges + done.zero
@@ -1330,7 +1333,9 @@ class Ksmd(FlaggedItems):
             fr.ksm,
             fr.node,
             it.hot,
+            it.cold,
             bool(self.knobs.smart_scan),
+            self.mode.flags_zero_page_items,
             self.seqnr & SEQNR_MASK,
             budget,
         )
@@ -1350,6 +1355,9 @@ class Ksmd(FlaggedItems):
         """
         fr, it = self.mem.frames, self.items
         frame = int(view[k])
+        if self.mode.flags_zero_page_items and it.is_flagged(row):
+            # v6: a flagged item visited with a normal page there loses its flag.
+            self._clear_zero(slot, np.array([row], np.int64))
         if fr.ksm[frame]:
             # A KSM page reached through fork, or an item linked elsewhere:
             # stable_tree_search() returns the page itself; append with bypass.
