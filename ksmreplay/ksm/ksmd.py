@@ -186,6 +186,7 @@ class Ksmd(FlaggedItems):
         self._tables_obj: Any = None
         self._tables_key: tuple[int, ...] = ()
         """The native core's tables (:meth:`_tables`) and what they were made of."""
+        mem.frames.on_grow = self._forget_tables
         if self.native is not None:
             self._args = VisitArgs(self.native.visit_args)
             """The native core's args, kept from window to window (:meth:`_set_args`)."""
