@@ -64,6 +64,14 @@ WRITE_COW_KSM: int
 WRITE_COW_ZERO: int
 WRITE_EVENTS: int
 WRITE_MISSING: int
+STEP_NONE: int
+STEP_ALLOC: int
+STEP_HANDED: int
+STEP_DONE: int
+STEP_STOP: int
+STEP_ITEMS: int
+STEP_FREED: int
+STEP_SUMS: int
 ITEM_HOT: dict[str, Any]
 ITEM_COLD: dict[str, Any]
 SLOT: dict[str, Any]
@@ -106,7 +114,11 @@ def window(
     summary: NDArray[Any],
     /,
 ) -> None: ...
-def visit(start: int, *args: Any) -> int: ...
+class Tables:
+    def __init__(self, *args: Any) -> None: ...
+
+def visit(tables: Tables, start: int, *args: Any) -> int: ...
+def step(tables: Tables, *args: Any) -> tuple[int, int]: ...
 def map_find(
     keys: NDArray[Any], bits: int, table: NDArray[Any], now: int, out: NDArray[Any], /
 ) -> None: ...

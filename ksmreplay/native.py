@@ -10,10 +10,13 @@ other, readable half, and gives the same events, messages and reports:
   (``scan``), where the msgpack library builds a Python object per number;
 * the fault path applies an instant's page writes in one pass (``write_run``)
   where numpy needs a dozen;
-* ksmd's scan makes a window's smart_scan decisions and counts the visits that
-  change nothing (``window``; ``ksm.Ksmd._window_front``), then does the
-  common visits in address order, handing the rare ones back to the scalar
-  ksmd (``visit``; ``ksm.Ksmd._visit_listed``);
+* ksmd's scan takes a window in one step (``step``; ``ksm.Ksmd._scan_window``):
+  it makes the window's smart_scan decisions and counts the visits that
+  change nothing (``window.c``), makes the items of pages that have none,
+  does the common visits in address order, handing the rare ones back to the
+  scalar ksmd (``visit.c``; ``ksm.Ksmd._visit_listed``, which goes on with
+  ``visit``), and frees the window's stale items; the tables it works on are
+  gathered once into a ``Tables`` object (:meth:`Native.tables`);
 * the content hash tables look up and insert a column of keys at once
   (``map_find``, ``map_insert``; ``contentmap.ContentMap``);
 * ``record`` reads another process's pages and names each one in one call
@@ -35,6 +38,7 @@ in the environment does without the core too.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 from functools import cache
 from types import ModuleType, SimpleNamespace
@@ -72,6 +76,10 @@ _WITHOUT_CORE = SimpleNamespace(
     LISTED_VISIT=0,
     LISTED_SKIPPED=1,
     LISTED_STALE=2,
+    STEP_NONE=0,
+    STEP_ALLOC=1,
+    STEP_HANDED=2,
+    STEP_DONE=3,
     ITEM_HOT={
         "names": ["node", "age", "skips", "state", "seq"],
         "formats": ["<i4", "u1", "u1", "i1", "u1"],
@@ -140,6 +148,12 @@ LISTED_VISIT: int = _h.LISTED_VISIT
 LISTED_SKIPPED: int = _h.LISTED_SKIPPED
 LISTED_STALE: int = _h.LISTED_STALE
 """What a listed position of a window front is (:meth:`Native.window`)."""
+STEP_NONE: int = _h.STEP_NONE
+STEP_ALLOC: int = _h.STEP_ALLOC
+STEP_HANDED: int = _h.STEP_HANDED
+STEP_DONE: int = _h.STEP_DONE
+"""How :meth:`Native.step` ended: no page present, the front only (too few free
+items), a visit handed back, every event done."""
 
 ITEM_HOT = np.dtype(_h.ITEM_HOT)
 """The fields of an rmap item a scan's walk reads at every page: ``struct item_hot``."""
@@ -203,6 +217,38 @@ class Visited(NamedTuple):
     """Entries deleted from the unstable tree's table."""
     unflagged: int
     """The v6 design: flagged items visited with a normal page (flag cleared)."""
+
+
+_VISIT_SUMS = (
+    "SHARED", "SHARING", "UNSHARED", "MERGING", "MERGES", "ZERO", "INSERTED", "PTES",
+    "DEAD", "HITS", "CHECKSUMS", "SEARCHES", "TRACED", "DUPS", "PAIRS", "MADE",
+    "CHAINS", "DUPS_MADE", "STABLE_ADDED", "UNSTABLE_DELETED", "UNFLAGGED",
+)  # fmt: skip
+"""The sums of ``ksr_visit`` that :meth:`Native._visited` reads, in its order."""
+
+
+class Stepped(NamedTuple):
+    """What :meth:`Native.step` did (see ``ksm.Front`` for the front's counts)."""
+
+    status: int
+    """How it ended: :data:`STEP_NONE`, :data:`STEP_ALLOC`, :data:`STEP_HANDED`
+    or :data:`STEP_DONE`."""
+    free: int
+    """Rows left on the items' free stack."""
+    visits: int
+    skipped: int
+    last: int
+    stopped: bool
+    unshared: int
+    hits: int
+    stale: int
+    """Stale positions (their items freed unless ``freed`` is 0)."""
+    items: int
+    """Items made."""
+    freed: int
+    """Stale items freed."""
+    done: Visited | None
+    """What the visits did (with :data:`STEP_HANDED` and :data:`STEP_DONE`)."""
 
 
 Front = tuple[
@@ -290,6 +336,34 @@ def _probe_pages(page_size: int) -> list[bytes]:
     return pages
 
 
+class VisitArgs:
+    """One ``struct visit_args`` (:attr:`Native.visit_args`) kept from call to
+    call: its fields are written in place (:meth:`set`) and the core reads it
+    as :attr:`bytes`."""
+
+    __slots__ = ("_at", "bytes")
+
+    def __init__(self, dtype: np.dtype[np.void]) -> None:
+        record = np.zeros(1, dtype)
+        self.bytes: npt.NDArray[np.uint8] = record.view(np.uint8)
+        """The record, as the core takes it."""
+        views: dict[int, npt.NDArray[Any]] = {
+            8: record.view(np.int64),
+            4: record.view(np.int32),
+            1: record.view(np.uint8),
+        }
+        self._at: dict[str, tuple[npt.NDArray[Any], int]] = {}
+        for name, field in (dtype.fields or {}).items():
+            ftype, offset = field[0], int(field[1])
+            size = ftype.itemsize
+            self._at[name] = (views[size], offset // size)
+
+    def set(self, name: str, value: int) -> None:
+        """Field ``name`` is now ``value``."""
+        view, at = self._at[name]
+        view[at] = value
+
+
 class Native:
     """The native core's functions, over numpy arrays (``ksmreplay._native``)."""
 
@@ -299,6 +373,14 @@ class Native:
         self.visit_args = np.dtype(core.VISIT_ARGS)
         """:meth:`visit`'s ``args``: ``struct visit_args``."""
         self._made = np.empty((0, core.MADE_FIELDS), np.int64)
+        self._rows = np.empty(0, np.int64)
+        self._dead = np.empty(0, np.int64)
+        self._step_sums = np.zeros(core.STEP_SUMS, np.int64)
+        self._summary: list[int] = []
+        self._visit_sums = operator.itemgetter(
+            *(getattr(core, f"VISIT_{name}") for name in _VISIT_SUMS)
+        )
+        """The ``VISIT_*`` sums of ``ksr_visit`` in :data:`_VISIT_SUMS` order."""
 
     def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
         """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
@@ -477,20 +559,125 @@ class Native:
             hits,
         )
 
+    def tables(
+        self,
+        frames: tuple[npt.NDArray[np.generic], ...],
+        items: tuple[npt.NDArray[np.generic], ...],
+        free_rows: npt.NDArray[np.int64],
+        blanks: tuple[npt.NDArray[np.void], npt.NDArray[np.void]],
+        nodes: tuple[npt.NDArray[np.generic], ...],
+        chains: tuple[npt.NDArray[np.generic], ...],
+        stable: MapTable,
+        unstable: MapTable,
+    ) -> Any:
+        """The tables ksmd's scan works on, for :meth:`step` and :meth:`visit`
+        (``struct tables``): ``frames`` are the frame columns content,
+        mapcount, ksm, node; ``items`` the item records and hlist links
+        (``ItemTable.hot``, ``cold``, ``hnext``, ``hprev``), ``free_rows``
+        their free stack's array and ``blanks`` a fresh item's two records;
+        ``nodes`` the node columns size, frame, head, dup_next; ``chains`` the
+        chain columns head, count, looked, prune (``ksm.ChainColumns``); the
+        maps are ``ContentMap.table()`` s.  The object holds the arrays: make
+        a new one when one of them is replaced (grows) or a map's bits or
+        generation change."""
+        st_slots, st_bits, st_now = stable
+        un_slots, un_bits, un_now = unstable
+        return self._core.Tables(
+            *frames, *items, free_rows, *blanks, *nodes, *chains,
+            st_slots, st_bits, st_now, un_slots, un_bits, un_now,
+        )  # fmt: skip
+
+    def step(
+        self,
+        tables: Any,
+        ptes: npt.NDArray[np.int64],
+        imap: npt.NDArray[np.int64],
+        segs: npt.NDArray[np.int64],
+        budget: int,
+        smart: bool,
+        free: int,
+        args: npt.NDArray[np.uint8],
+        room: int,
+        traced: bool = False,
+    ) -> Stepped:
+        """One step of ksmd's scan over a window (``ksr_step``).
+
+        ``ptes`` and ``imap`` are the window's PTEs and item rows by position
+        (``imap`` is updated: items made, stale items cleared), ``segs`` its
+        runs of pages as for :meth:`visit`, ``free`` the rows on the items'
+        free stack (which has room for ``len(ptes)`` more).  After
+        ``STEP_ALLOC`` or ``STEP_HANDED`` the front is :meth:`front` and the
+        listed items :meth:`listed_rows` (until the next step).
+        """
+        core = self._core
+        n = len(ptes)
+        if len(self._front_out[0]) < n:
+            self._front_out = _scratch(n, core.FRONT_SUMS)
+        if len(self._rows) < n:
+            self._rows = np.empty(n, np.int64)
+        if len(self._dead) < n:
+            self._dead = np.empty(n, np.int64)
+        pos, cum, kinds, stale, _summary = self._front_out
+        merges = np.empty(n, TRACED) if traced else _NOT_TRACED
+        sums = np.zeros(core.VISIT_SUMS, np.int64)
+        made = self._made_room(room)
+        summary = self._step_sums
+        status, left = core.step(
+            tables, ptes, imap, segs, budget, int(smart), free,
+            pos, cum, kinds, stale, self._rows, summary, args,
+            self._dead, merges, made, sums,
+        )  # fmt: skip
+        found = self._summary = summary.tolist()
+        return Stepped(
+            status,
+            left,
+            found[core.FRONT_VISITS],
+            found[core.FRONT_SKIPPED],
+            found[core.FRONT_LAST],
+            bool(found[core.FRONT_STOPPED]),
+            found[core.FRONT_UNSHARED],
+            found[core.FRONT_HITS],
+            found[core.FRONT_STALE],
+            found[core.STEP_ITEMS],
+            found[core.STEP_FREED],
+            self._visited(found[core.STEP_STOP], sums, merges, traced)
+            if status in (core.STEP_HANDED, core.STEP_DONE)
+            else None,
+        )
+
+    def front(self) -> Front:
+        """The front of the last :meth:`step`."""
+        core, summary = self._core, self._summary
+        pos, cum, kinds, stale, _sums = self._front_out
+        listed = summary[core.FRONT_LISTED]
+        return (
+            pos[:listed].copy(),
+            cum[:listed].copy(),
+            kinds[:listed].copy(),
+            stale[: summary[core.FRONT_STALE]].copy(),
+            summary[core.FRONT_VISITS],
+            summary[core.FRONT_SKIPPED],
+            summary[core.FRONT_LAST],
+            bool(summary[core.FRONT_STOPPED]),
+            summary[core.FRONT_UNSHARED],
+            summary[core.FRONT_HITS],
+        )
+
+    def listed_rows(self) -> npt.NDArray[np.int64]:
+        """The items of the last :meth:`step`'s listed positions (fresh ones
+        made, unless it ended with ``STEP_ALLOC``: -1 there)."""
+        rows: npt.NDArray[np.int64] = self._rows[: self._summary[self._core.FRONT_LISTED]].copy()
+        return rows
+
     def visit(
         self,
+        tables: Any,
         start: int,
         pos: npt.NDArray[np.int64],
         rows: npt.NDArray[np.int64],
         kind: npt.NDArray[np.uint8],
         when: npt.NDArray[np.int64],
         ptes: npt.NDArray[np.int64],
-        frames: tuple[npt.NDArray[np.generic], ...],
-        items: tuple[npt.NDArray[np.generic], ...],
-        nodes: tuple[npt.NDArray[np.generic], ...],
-        chains: tuple[npt.NDArray[np.generic], ...],
-        stable: MapTable,
-        unstable: MapTable,
         segs: npt.NDArray[np.int64],
         args: npt.NDArray[np.uint8],
         room: int,
@@ -500,58 +687,65 @@ class Native:
 
         Event ``i`` is of item ``rows[i]`` at window position ``pos[i]``: a
         visit (``kind`` :data:`LISTED_VISIT`), the ``when[i]``-th of the
-        window, or an unlink of a skipped or a stale item.  ``frames`` are the
-        frame columns content, mapcount, ksm, node; ``items`` the item records
-        and hlist links (``ItemTable.hot``, ``cold``, ``hnext``, ``hprev``);
-        ``nodes`` the node columns size, frame, head, dup_next; ``chains`` the
-        chain columns head, count, looked, prune (``ksm.ChainColumns``); the
-        maps are ``ContentMap.table()`` s; ``segs`` the window's runs of
+        window, or an unlink of a skipped or a stale item.  ``tables`` are
+        :meth:`tables`; ``segs`` the window's runs of
         pages (first page, end page, first position; rows); ``args`` is one
         :attr:`visit_args` record as bytes (knobs, kernel rules, ksmd's
         clock, the ids of the nodes and chains it may make, and ``room``,
-        how many).  The columns are updated in place.  With ``traced``, the merges made are
+        how many).  The tables are updated in place.  With ``traced``, the merges made are
         listed too (``Visited.traced``, for ksmd's tracepoints).
         """
         core = self._core
-        dead = np.empty(len(pos), np.int64)
-        merges = np.empty(len(pos), TRACED) if traced else _NOT_TRACED
+        n = len(pos)
+        if len(self._dead) < n:
+            self._dead = np.empty(n, np.int64)
+        merges = np.empty(n, TRACED) if traced else _NOT_TRACED
         sums = np.zeros(core.VISIT_SUMS, np.int64)
-        if len(self._made) < room:
-            self._made = np.empty((room, core.MADE_FIELDS), np.int64)
-        made = self._made
-        st_slots, st_bits, st_now = stable
-        un_slots, un_bits, un_now = unstable
+        made = self._made_room(room)
         stop: int = core.visit(
-            start, pos, rows, kind, when, ptes, *frames, *items, *nodes, *chains,
-            st_slots, st_bits, st_now, un_slots, un_bits, un_now,
-            segs, args, dead, merges, made, sums,
+            tables, start, pos, rows, kind, when, ptes, segs, args,
+            self._dead, merges, made, sums,
         )  # fmt: skip
+        return self._visited(stop, sums, merges, traced)
+
+    def _made_room(self, room: int) -> npt.NDArray[np.int64]:
+        if len(self._made) < room:
+            self._made = np.empty((room, self._core.MADE_FIELDS), np.int64)
+        return self._made
+
+    def _visited(
+        self, stop: int, sums: npt.NDArray[np.int64], merges: npt.NDArray[Any], traced: bool
+    ) -> Visited:
+        """:class:`Visited` from the outputs of ``ksr_visit``."""
         s = sums.tolist()
+        (
+            shared, sharing, unshared, merging, merges_made, zero, inserted, ptes,
+            n_dead, hits, checksums, searches, n_traced, dups, pairs, n_made,
+            chains, dups_made, stable_added, unstable_deleted, unflagged,
+        ) = self._visit_sums(s)  # fmt: skip
         return Visited(
             stop,
-            s[core.VISIT_SHARED],
-            s[core.VISIT_SHARING],
-            s[core.VISIT_UNSHARED],
-            s[core.VISIT_MERGING],
-            s[core.VISIT_MERGES],
-            s[core.VISIT_ZERO],
-            s[core.VISIT_INSERTED],
-            bool(s[core.VISIT_PTES]),
-            dead[: s[core.VISIT_DEAD]],
-            s[core.VISIT_HITS],
-            s[core.VISIT_CHECKSUMS],
-            s[core.VISIT_SEARCHES],
-            merges[: s[core.VISIT_TRACED]].view(np.int64).reshape(-1, 2)
-            if traced
-            else _NONE_TRACED,
-            s[core.VISIT_DUPS],
-            s[core.VISIT_PAIRS],
-            made[: s[core.VISIT_MADE]].copy() if s[core.VISIT_MADE] else _NONE_MADE,
-            s[core.VISIT_CHAINS],
-            s[core.VISIT_DUPS_MADE],
-            s[core.VISIT_STABLE_ADDED],
-            s[core.VISIT_UNSTABLE_DELETED],
-            s[core.VISIT_UNFLAGGED],
+            shared,
+            sharing,
+            unshared,
+            merging,
+            merges_made,
+            zero,
+            inserted,
+            bool(ptes),
+            self._dead[:n_dead].copy() if n_dead else _NONE_DEAD,
+            hits,
+            checksums,
+            searches,
+            merges[:n_traced].view(np.int64).reshape(-1, 2) if traced else _NONE_TRACED,
+            dups,
+            pairs,
+            self._made[:n_made].copy() if n_made else _NONE_MADE,
+            chains,
+            dups_made,
+            stable_added,
+            unstable_deleted,
+            unflagged,
         )
 
     def map_find(
@@ -586,6 +780,7 @@ _NOT_TRACED = np.empty(0, TRACED)
 """The ``traced`` argument of ``visit.c`` when not tracing (none: nothing recorded)."""
 _NONE_TRACED = np.empty((0, 2), np.int64)
 _NONE_MADE = np.empty((0, 2), np.int64)
+_NONE_DEAD = np.empty(0, np.int64)
 """``Visited.traced`` when not tracing."""
 
 

@@ -42,6 +42,8 @@ Trace time 0 falls on a timer tick: jiffy ``j`` is ``[j, j + 1) * JIFFY_NS``.
 
 from __future__ import annotations
 
+import operator
+from functools import cache
 from typing import NamedTuple
 
 HZ = 250
@@ -76,8 +78,9 @@ def jiffies_ns(msecs: int) -> int:
     return msecs_to_jiffies(msecs) * JIFFY_NS
 
 
+@cache
 def _timer_level(delta: int) -> int:
-    """The wheel level a timer ``delta`` jiffies ahead goes to."""
+    """The wheel level a timer ``delta`` jiffies ahead goes to (a timeout: few of them)."""
     for n in range(1, _LVL_DEPTH):
         if delta < _lvl_start(n):
             return n - 1
@@ -276,14 +279,18 @@ def batch_cost_ns(work: Work, pages: int | None = None) -> int:
     the percent, rounded down), so that work costs the same however it is
     split into batches.
     """
-    skips, visits = pass_percents(pages)
-    total = 0
-    for name, n, c in zip(Work._fields, work, COST_NS, strict=True):
-        if name in _FIXED:
-            total += n * c
-        else:
-            total += n * (c * (skips if name == "skips" else visits) // 100)
-    return total
+    return sum(map(operator.mul, work, _prices(*pass_percents(pages))))
+
+
+@cache
+def _prices(skips: int, visits: int) -> Work:
+    """Each unit's price at these percents of :data:`COST_NS` (:func:`batch_cost_ns`)."""
+    return Work(
+        *(
+            c if name in _FIXED else c * (skips if name == "skips" else visits) // 100
+            for name, c in zip(Work._fields, COST_NS, strict=True)
+        )
+    )
 
 
 def unstable_levels(first: int, last: int) -> int:

@@ -10,7 +10,8 @@
  *
  *   scan.c        decodes the common msgpack `write` events into columns;
  *   fault.c       applies an instant's page writes in order (Memory.write);
- *   window.c      the front of a scan window: smart_scan, counting, listing;
+ *   window.c      a scan window's step: the front (smart_scan, counting,
+ *                 listing), its new and stale items, and the visits;
  *   visit.c       the common visits of a window, handing the rare ones back;
  *   contentmap.c  batch lookups and inserts in the content hash tables;
  *   pages.c       record's reading of another process's pages, and their names.
@@ -246,6 +247,114 @@ enum { WRITE_COW_KSM, WRITE_COW_ZERO, WRITE_EVENTS };
 /* ksr_write_run(): a chunk is missing (see found[]). */
 #define WRITE_MISSING (-2)
 
+/* -- the scan's tables and a window's events ------------------------------ */
+
+/* A content hash table (ksm/contentmap.py ContentMap.table()): its slots. */
+struct map {
+	struct slot *slots;
+	int32_t bits;
+	uint32_t now;		/* the current generation */
+};
+
+/*
+ * The tables ksmd's scan reads and changes, gathered once and kept across
+ * calls (native.Tables, made by Ksmd._tables): the Python side makes them
+ * again when one of the arrays moves (a table grew) or a tree's generation
+ * or size changed.
+ */
+struct tables {
+	/* frames (vm/frames.py FrameTable) */
+	const uint64_t *fr_content;
+	int32_t *fr_mapcount;
+	uint8_t *fr_ksm;
+	int32_t *fr_node;
+	/* items (ksm/items.py ItemTable): records, hlist links, free rows */
+	struct item_hot *items;
+	struct item_cold *cold;
+	int64_t *next;
+	int64_t *prev;
+	int64_t *free_rows;	/* the free stack (vm/frames.py FreeStack), top last */
+	int64_t free_room;	/* its length: free rows fit below it */
+	struct item_hot blank_hot;	/* a fresh item's records (ItemTable.alloc) */
+	struct item_cold blank_cold;
+	/* stable nodes (ksm/stable.py NodeColumns) */
+	int32_t *node_size;
+	int64_t *node_frame;
+	int64_t *head;
+	int64_t *dup_next;
+	/* chains (ksm/stable.py ChainColumns) */
+	int64_t *ch_head;
+	int32_t *ch_count;
+	int64_t *ch_looked;
+	int64_t *ch_prune;
+	/* the trees */
+	struct map stable, unstable;
+};
+
+/*
+ * A window's events for ksr_visit(): event i is of item rows[i] at window
+ * position pos[i], of kind[i] (LISTED_*), when[i] the visits of the window
+ * up to and including it.
+ */
+struct events {
+	int64_t n;
+	const int64_t *pos;
+	const int64_t *rows;
+	const uint8_t *kind;
+	const int64_t *when;
+	int64_t *ptes;		/* the window's PTEs, by position */
+	const int64_t *segs;	/* the window's runs: (first page, end page, first position) */
+	int64_t n_segs;
+};
+
+/* Where ksr_visit() writes: see VISIT_* and MADE_*. */
+struct visit_out {
+	int64_t *dead;		/* frames freed: room for the events */
+	struct traced *traced;	/* merges made, room for the events; NULL: not tracing */
+	int64_t *made;		/* nodes made: room for visit_args.room records */
+	int64_t *sums;		/* VISIT_SUMS values, accumulated */
+};
+
+/*
+ * One window for ksr_step(): its positions' PTEs and items, the budget, and
+ * room for the front (n entries each), which the caller reads on when the
+ * step stops before the end (STEP_ALLOC, STEP_HANDED).
+ */
+struct step {
+	int64_t n;		/* positions */
+	int64_t *ptes;
+	int64_t *imap;		/* item of each position (-1: none), updated */
+	const int64_t *segs;	/* as struct events */
+	int64_t n_segs;
+	int64_t budget;
+	int64_t free;		/* rows on the free stack, updated */
+	int32_t smart;
+	int32_t pad;
+	/* the front */
+	int64_t *pos;
+	int64_t *cum;
+	uint8_t *kind;
+	int64_t *stale;
+	int64_t *rows;		/* the item of each listed position */
+	int64_t *summary;	/* STEP_SUMS values */
+};
+
+/* How ksr_step() ended. */
+enum {
+	STEP_NONE,		/* no page present: nothing done */
+	STEP_ALLOC,		/* the front only: fewer free rows than pages without an item */
+	STEP_HANDED,		/* events before summary[STEP_STOP] done, the rest left */
+	STEP_DONE		/* every event done, the stale items freed */
+};
+
+/* ksr_step()'s summary: the front's (FRONT_*), then these. */
+enum {
+	STEP_STOP = FRONT_SUMS,	/* the event handed back, or the number of events */
+	STEP_ITEMS,		/* items made */
+	STEP_FREED,		/* stale items freed */
+	STEP_SUMS
+};
+
 /* -- the functions (each file says more) --------------------------------- */
 
 int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint64_t max_items,
@@ -267,17 +376,11 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind,
 		   int64_t *out_stale, int64_t *summary);
 
-int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
-		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
-		  const uint64_t *fr_content, int32_t *fr_mapcount, uint8_t *fr_ksm,
-		  int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
-		  int64_t *next, int64_t *prev, int32_t *node_size, int64_t *node_frame,
-		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
-		  int64_t *ch_looked, int64_t *ch_prune, struct slot *st_slots,
-		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,
-		  uint32_t un_now, const int64_t *segs, int64_t n_segs,
-		  const struct visit_args *args, int64_t *dead, struct traced *traced,
-		  int64_t *made, int64_t *sums);
+int64_t ksr_visit(const struct tables *t, const struct events *e, int64_t start,
+		  const struct visit_args *a, const struct visit_out *o);
+
+int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args *a,
+		 const struct visit_out *o);
 
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out);

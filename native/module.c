@@ -241,14 +241,151 @@ fail:
 	return out;
 }
 
+/* -- the scan's tables (struct tables) --------------------------------------- */
+
+/*
+ * native.Tables: one struct tables, and the arrays it points into, held for
+ * as long as the object lives.  Made again by the Python side whenever an
+ * array moves or a tree's bits or generation change (Ksmd._tables).
+ */
+typedef struct {
+	PyObject_HEAD
+	struct held h;
+	struct tables t;
+} TablesObject;
+
+static void tables_dealloc(PyObject *self)
+{
+	release(&((TablesObject *)self)->h);
+	Py_TYPE(self)->tp_free(self);
+}
+
+#define TAKE_INTO(h, var, obj, size, kind, writable, n)                                     \
+	var = take(h, obj, #var, size, kind, writable, n);                                    \
+	if (!var)                                                                             \
+		goto fail
+
+PyDoc_STRVAR(tables_doc,
+	     "Tables(fr_content, fr_mapcount, fr_ksm, fr_node, hot, cold, hnext, hprev,\n"
+	     "       free_rows, blank_hot, blank_cold, node_size, node_frame, head, dup_next,\n"
+	     "       ch_head, ch_count, ch_looked, ch_prune,\n"
+	     "       st_slots, st_bits, st_now, un_slots, un_bits, un_now)\n\n"
+	     "The tables of ksmd's scan (struct tables), for step() and visit().");
+
+static PyObject *tables_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	PyObject *o[21];
+	int st_bits, un_bits;
+	unsigned int st_now, un_now;
+	Py_ssize_t n_frames[4], n_items[4], n_nodes[4], n_chains[4], n_free;
+	const struct item_hot *blank_hot;
+	const struct item_cold *blank_cold;
+	TablesObject *self;
+	struct held *h;
+	struct tables *t;
+
+	if (kw && PyDict_Size(kw)) {
+		PyErr_SetString(PyExc_TypeError, "Tables: no keyword arguments");
+		return NULL;
+	}
+	if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOiIOiI", &o[0], &o[1], &o[2], &o[3],
+			      &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12],
+			      &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19], &st_bits,
+			      &st_now, &o[20], &un_bits, &un_now))
+		return NULL;
+	self = (TablesObject *)type->tp_alloc(type, 0);
+	if (!self)
+		return NULL;
+	h = &self->h;
+	t = &self->t;
+	TAKE_INTO(h, t->fr_content, o[0], 8, 'u', 0, &n_frames[0]);
+	TAKE_INTO(h, t->fr_mapcount, o[1], 4, 'i', 1, &n_frames[1]);
+	TAKE_INTO(h, t->fr_ksm, o[2], 1, 'u', 1, &n_frames[2]);
+	TAKE_INTO(h, t->fr_node, o[3], 4, 'i', 1, &n_frames[3]);
+	TAKE_INTO(h, t->items, o[4], sizeof(struct item_hot), 'r', 1, &n_items[0]);
+	TAKE_INTO(h, t->cold, o[5], sizeof(struct item_cold), 'r', 1, &n_items[1]);
+	TAKE_INTO(h, t->next, o[6], 8, 'i', 1, &n_items[2]);
+	TAKE_INTO(h, t->prev, o[7], 8, 'i', 1, &n_items[3]);
+	TAKE_INTO(h, t->free_rows, o[8], 8, 'i', 1, &n_free);
+	TAKE_INTO(h, blank_hot, o[9], sizeof(struct item_hot), 'r', 0, NULL);
+	TAKE_INTO(h, blank_cold, o[10], sizeof(struct item_cold), 'r', 0, NULL);
+	TAKE_INTO(h, t->node_size, o[11], 4, 'i', 1, &n_nodes[0]);
+	TAKE_INTO(h, t->node_frame, o[12], 8, 'i', 1, &n_nodes[1]);
+	TAKE_INTO(h, t->head, o[13], 8, 'i', 1, &n_nodes[2]);
+	TAKE_INTO(h, t->dup_next, o[14], 8, 'i', 1, &n_nodes[3]);
+	TAKE_INTO(h, t->ch_head, o[15], 8, 'i', 1, &n_chains[0]);
+	TAKE_INTO(h, t->ch_count, o[16], 4, 'i', 1, &n_chains[1]);
+	TAKE_INTO(h, t->ch_looked, o[17], 8, 'i', 1, &n_chains[2]);
+	TAKE_INTO(h, t->ch_prune, o[18], 8, 'i', 1, &n_chains[3]);
+	TAKE_INTO(h, t->stable.slots, o[19], sizeof(struct slot), 'r', 1, NULL);
+	TAKE_INTO(h, t->unstable.slots, o[20], sizeof(struct slot), 'r', 1, NULL);
+	for (int i = 1; i < 4; i++) {
+		if (n_frames[i] != n_frames[0] || n_items[i] != n_items[0] ||
+		    n_nodes[i] != n_nodes[0] || n_chains[i] != n_chains[0]) {
+			PyErr_SetString(PyExc_ValueError, "Tables: columns of unequal lengths");
+			goto fail;
+		}
+	}
+	t->free_room = n_free;
+	t->blank_hot = *blank_hot;
+	t->blank_cold = *blank_cold;
+	t->stable.bits = st_bits;
+	t->stable.now = st_now;
+	t->unstable.bits = un_bits;
+	t->unstable.now = un_now;
+	return (PyObject *)self;
+fail:
+	Py_DECREF(self);
+	return NULL;
+}
+
+static PyTypeObject tables_type = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "ksmreplay._native.Tables",
+	.tp_basicsize = sizeof(TablesObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = tables_doc,
+	.tp_new = tables_new,
+	.tp_dealloc = tables_dealloc,
+};
+
+/* visit()'s and step()'s outputs: struct visit_out, and checks of their room for n events. */
+static int take_out(struct held *hp, PyObject **o, Py_ssize_t n, const struct visit_args *a,
+		    struct visit_out *out)
+{
+	Py_ssize_t n_dead, n_traced, n_made, n_sums;
+
+	out->dead = take(hp, o[0], "dead", 8, 'i', 1, &n_dead);
+	if (!out->dead)
+		return -1;
+	out->traced = take(hp, o[1], "traced", sizeof(struct traced), 'r', 1, &n_traced);
+	if (!out->traced)
+		return -1;
+	out->made = take(hp, o[2], "made", 8, 'i', 1, &n_made);
+	if (!out->made)
+		return -1;
+	out->sums = take(hp, o[3], "sums", 8, 'i', 1, &n_sums);
+	if (!out->sums)
+		return -1;
+	if (n_traced == 0)
+		out->traced = NULL;
+	if (n_dead < n || (out->traced && n_traced < n) || n_sums < VISIT_SUMS || a->room < 0 ||
+	    n_made < MADE_FIELDS * a->room) {
+		PyErr_SetString(PyExc_ValueError, "outputs of the wrong lengths");
+		return -1;
+	}
+	if (a->jiffy_ns <= 0 || a->sub_budget < 0) {
+		PyErr_SetString(PyExc_ValueError, "args out of range");
+		return -1;
+	}
+	return 0;
+}
+
 /* -- visit.c ----------------------------------------------------------------- */
 
 PyDoc_STRVAR(visit_doc,
-	     "visit(start, pos, rows, kind, when, ptes, fr_content, fr_mapcount, fr_ksm, fr_node,\n"
-	     "      hot, cold, hnext, hprev, node_size, node_frame, head, dup_next,\n"
-	     "      ch_head, ch_count, ch_looked, ch_prune,\n"
-	     "      st_slots, st_bits, st_now, un_slots, un_bits, un_now,\n"
-	     "      segs, args, dead, traced, made, sums) -> int\n\n"
+	     "visit(tables, start, pos, rows, kind, when, ptes, segs, args, dead, traced, made,\n"
+	     "      sums) -> int\n\n"
 	     "A window's events from start on (ksr_visit): the first handed back, or len(pos).\n"
 	     "segs: the window's runs, (first page, end page, first position) each.\n"
 	     "args: one struct visit_args, as bytes; made: room for args.room records.\n"
@@ -257,68 +394,98 @@ PyDoc_STRVAR(visit_doc,
 static PyObject *py_visit(PyObject *self, PyObject *args)
 {
 	struct held h = { .n = 0 };
-	PyObject *o[29], *out = NULL;
+	PyObject *o_tables, *o[11], *out = NULL;
 	long long start;
-	int st_bits, un_bits;
-	unsigned int st_now, un_now;
-	Py_ssize_t n, n_rows, n_kind, n_when, n_segs, n_args, n_dead, n_traced, n_made, n_sums;
+	Py_ssize_t n, n_rows, n_kind, n_when, n_segs, n_args;
+	struct visit_out vo;
+	struct events e;
 	int64_t stop;
 
-	if (!PyArg_ParseTuple(args, "LOOOOOOOOOOOOOOOOOOOOOOiIOiIOOOOOO", &start, &o[0], &o[1],
-			      &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10],
-			      &o[11], &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18],
-			      &o[19], &o[20], &o[21], &st_bits, &st_now, &o[22], &un_bits, &un_now,
-			      &o[27], &o[23], &o[24], &o[25], &o[28], &o[26]))
+	if (!PyArg_ParseTuple(args, "O!LOOOOOOOOOOO", &tables_type, &o_tables, &start, &o[0],
+			      &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9],
+			      &o[10]))
 		return NULL;
 	TAKE_N(pos, const int64_t *, o[0], 8, 'i', 0, n);
 	TAKE_N(rows, const int64_t *, o[1], 8, 'i', 0, n_rows);
 	TAKE_N(kind, const uint8_t *, o[2], 1, 'u', 0, n_kind);
 	TAKE_N(when, const int64_t *, o[3], 8, 'i', 0, n_when);
 	TAKE(ptes, int64_t *, o[4], 8, 'i', 1);
-	TAKE(fr_content, const uint64_t *, o[5], 8, 'u', 0);
-	TAKE(fr_mapcount, int32_t *, o[6], 4, 'i', 1);
-	TAKE(fr_ksm, uint8_t *, o[7], 1, 'u', 1);
-	TAKE(fr_node, int32_t *, o[8], 4, 'i', 1);
-	TAKE(hot, struct item_hot *, o[9], sizeof(struct item_hot), 'r', 1);
-	TAKE(cold, struct item_cold *, o[10], sizeof(struct item_cold), 'r', 1);
-	TAKE(hnext, int64_t *, o[11], 8, 'i', 1);
-	TAKE(hprev, int64_t *, o[12], 8, 'i', 1);
-	TAKE(node_size, int32_t *, o[13], 4, 'i', 1);
-	TAKE(node_frame, int64_t *, o[14], 8, 'i', 1);
-	TAKE(head, int64_t *, o[15], 8, 'i', 1);
-	TAKE(dup_next, int64_t *, o[16], 8, 'i', 1);
-	TAKE(ch_head, int64_t *, o[17], 8, 'i', 1);
-	TAKE(ch_count, int32_t *, o[18], 4, 'i', 1);
-	TAKE(ch_looked, int64_t *, o[19], 8, 'i', 1);
-	TAKE(ch_prune, int64_t *, o[20], 8, 'i', 1);
-	TAKE(st_slots, struct slot *, o[21], sizeof(struct slot), 'r', 1);
-	TAKE(un_slots, struct slot *, o[22], sizeof(struct slot), 'r', 1);
+	TAKE_N(segs, const int64_t *, o[5], 8, 'i', 0, n_segs);
 	/* (bytes, not a record: a record's buffer format is slow to make) */
-	TAKE_N(vargs, const struct visit_args *, o[23], 1, 'u', 0, n_args);
-	TAKE_N(dead, int64_t *, o[24], 8, 'i', 1, n_dead);
-	TAKE_N(traced, struct traced *, o[25], sizeof(struct traced), 'r', 1, n_traced);
-	TAKE_N(sums, int64_t *, o[26], 8, 'i', 1, n_sums);
-	TAKE_N(segs, const int64_t *, o[27], 8, 'i', 0, n_segs);
-	TAKE_N(made, int64_t *, o[28], 8, 'i', 1, n_made);
-	if (n_traced == 0)
-		traced = NULL;
-	if (n_rows != n || n_kind != n || n_when != n ||
-	    n_args != (Py_ssize_t)sizeof(struct visit_args) || n_dead < n ||
-	    (traced && n_traced < n) || n_sums < VISIT_SUMS || start < 0 || start > n ||
-	    n_segs % 3 || vargs->room < 0 || n_made < MADE_FIELDS * vargs->room) {
+	TAKE_N(vargs, const struct visit_args *, o[6], 1, 'u', 0, n_args);
+	if (n_args != (Py_ssize_t)sizeof(struct visit_args)) {
+		PyErr_SetString(PyExc_ValueError, "visit: args of the wrong length");
+		goto fail;
+	}
+	if (take_out(&h, &o[7], n, vargs, &vo) < 0)
+		goto fail;
+	if (n_rows != n || n_kind != n || n_when != n || start < 0 || start > n || n_segs % 3) {
 		PyErr_SetString(PyExc_ValueError, "visit: arrays of the wrong lengths");
 		goto fail;
 	}
-	if (vargs->jiffy_ns <= 0 || vargs->sub_budget < 0) {
-		PyErr_SetString(PyExc_ValueError, "visit: args out of range");
+	e = (struct events){ n, pos, rows, kind, when, ptes, segs, n_segs / 3 };
+	stop = ksr_visit(&((TablesObject *)o_tables)->t, &e, start, vargs, &vo);
+	out = PyLong_FromLongLong(stop);
+fail:
+	release(&h);
+	return out;
+}
+
+PyDoc_STRVAR(step_doc,
+	     "step(tables, ptes, imap, segs, budget, smart, free, pos, cum, kind, stale, rows,\n"
+	     "     summary, args, dead, traced, made, sums) -> (status, free)\n\n"
+	     "One step of the scan over a window (ksr_step): STEP_*, and the rows left on the\n"
+	     "free stack.  pos, cum, kind, stale, rows, dead (and traced, unless empty): room\n"
+	     "for len(ptes); summary: STEP_SUMS values.  The free stack has room for len(ptes)\n"
+	     "more rows.");
+
+static PyObject *py_step(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_tables, *o[14], *out = NULL;
+	long long budget, free;
+	int smart;
+	Py_ssize_t n, n_imap, n_segs, n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
+	const struct tables *t;
+	struct visit_out vo;
+	struct step s;
+	int64_t status;
+
+	if (!PyArg_ParseTuple(args, "O!OOOLiLOOOOOOOOOOO", &tables_type, &o_tables, &o[0], &o[1],
+			      &o[2], &budget, &smart, &free, &o[3], &o[4], &o[5], &o[6], &o[7],
+			      &o[8], &o[9], &o[10], &o[11], &o[12], &o[13]))
+		return NULL;
+	t = &((TablesObject *)o_tables)->t;
+	TAKE_N(ptes, int64_t *, o[0], 8, 'i', 1, n);
+	TAKE_N(imap, int64_t *, o[1], 8, 'i', 1, n_imap);
+	TAKE_N(segs, const int64_t *, o[2], 8, 'i', 0, n_segs);
+	TAKE_N(pos, int64_t *, o[3], 8, 'i', 1, n_pos);
+	TAKE_N(cum, int64_t *, o[4], 8, 'i', 1, n_cum);
+	TAKE_N(kind, uint8_t *, o[5], 1, 'u', 1, n_kind);
+	TAKE_N(stale, int64_t *, o[6], 8, 'i', 1, n_stale);
+	TAKE_N(rows, int64_t *, o[7], 8, 'i', 1, n_rows);
+	TAKE_N(summary, int64_t *, o[8], 8, 'i', 1, n_summary);
+	TAKE_N(vargs, const struct visit_args *, o[9], 1, 'u', 0, n_args);
+	if (n_args != (Py_ssize_t)sizeof(struct visit_args)) {
+		PyErr_SetString(PyExc_ValueError, "step: args of the wrong length");
 		goto fail;
 	}
-	stop = ksr_visit(n, start, pos, rows, kind, when, ptes, fr_content, fr_mapcount, fr_ksm,
-			 fr_node, hot, cold, hnext, hprev, node_size, node_frame, head, dup_next,
-			 ch_head, ch_count, ch_looked, ch_prune, st_slots, st_bits, st_now,
-			 un_slots, un_bits, un_now, segs, n_segs / 3, vargs, dead, traced, made,
-			 sums);
-	out = PyLong_FromLongLong(stop);
+	if (take_out(&h, &o[10], n, vargs, &vo) < 0)
+		goto fail;
+	if (n_imap != n || n_pos < n || n_cum < n || n_kind < n || n_stale < n || n_rows < n ||
+	    n_summary < STEP_SUMS || n_segs % 3 || n_segs == 0 || free < 0 ||
+	    free + n > t->free_room) {
+		PyErr_SetString(PyExc_ValueError, "step: arrays of the wrong lengths");
+		goto fail;
+	}
+	s = (struct step){
+		.n = n, .ptes = ptes, .imap = imap, .segs = segs, .n_segs = n_segs / 3,
+		.budget = budget, .free = free, .smart = smart,
+		.pos = pos, .cum = cum, .kind = kind, .stale = stale, .rows = rows,
+		.summary = summary,
+	};
+	status = ksr_step(t, &s, vargs, &vo);
+	out = Py_BuildValue("LL", (long long)status, (long long)s.free);
 fail:
 	release(&h);
 	return out;
@@ -477,6 +644,7 @@ static PyMethodDef methods[] = {
 	{ "write_run", py_write_run, METH_VARARGS, write_run_doc },
 	{ "window", py_window, METH_VARARGS, window_doc },
 	{ "visit", py_visit, METH_VARARGS, visit_doc },
+	{ "step", py_step, METH_VARARGS, step_doc },
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
 	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
@@ -604,7 +772,9 @@ static int exec_module(PyObject *m)
 		C(MADE_NEW_CHAIN), C(MADE_FIELDS),
 		C(VISIT_SUMS),	  C(WRITE_RSS),	    C(WRITE_KSM_ZERO), C(WRITE_FAULT_ZERO),
 		C(WRITE_STATS),	  C(WRITE_COW_KSM), C(WRITE_COW_ZERO), C(WRITE_EVENTS),
-		C(WRITE_MISSING),
+		C(WRITE_MISSING),  C(STEP_NONE),    C(STEP_ALLOC),    C(STEP_HANDED),
+		C(STEP_DONE),	  C(STEP_STOP),	    C(STEP_ITEMS),    C(STEP_FREED),
+		C(STEP_SUMS),
 #undef C
 	};
 
@@ -616,6 +786,11 @@ static int exec_module(PyObject *m)
 	    add(m, "SLOT", layout(slot_fields, sizeof(struct slot))) < 0 ||
 	    add(m, "TRACED", layout(traced_fields, sizeof(struct traced))) < 0 ||
 	    add(m, "VISIT_ARGS", layout(visit_args_fields, sizeof(struct visit_args))) < 0)
+		return -1;
+	if (PyType_Ready(&tables_type) < 0)
+		return -1;
+	Py_INCREF(&tables_type);
+	if (add(m, "Tables", (PyObject *)&tables_type) < 0)
 		return -1;
 	return 0;
 }

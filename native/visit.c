@@ -45,13 +45,6 @@
 /* Functions of nothing but prefetches must be inlined, or the compiler drops them. */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* A content hash table (ksm/contentmap.py): its slots. */
-struct map {
-	struct slot *slots;
-	int32_t bits;
-	uint32_t now;
-};
-
 struct scan {
 	/* window */
 	int64_t *ptes;
@@ -526,35 +519,34 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 }
 
 /*
- * Events i in [start, n): kind[i] (LISTED_VISIT, or anything else for an unlink:
- * of a skipped or a stale item) of item rows[i], a visit of the page at
- * window position pos[i], the when[i]-th visit of the window.  Returns the
- * first event handed back, or n.  sums[] accumulates (see VISIT_*); dead[]
- * needs room for n entries, and so does traced[] unless it is NULL (no
- * tracing); made[] for args->room records, and the node columns for as
- * many nodes from args->next_node on, the chain columns for as many chains
- * from args->next_chain on, the stable tree's table for as many entries.
+ * Events start on of e (see struct events): a visit (kind LISTED_VISIT) of the
+ * page at position pos[i], the when[i]-th of the window, or an unlink of a
+ * skipped or a stale item.  Returns the first event handed back, or e->n.
+ * o->sums accumulates (see VISIT_*); o->dead needs room for e->n entries, and
+ * so does o->traced unless it is NULL (no tracing); o->made for a->room
+ * records, and the node columns for as many nodes from a->next_node on, the
+ * chain columns for as many chains from a->next_chain on, the stable tree's
+ * table for as many entries.
  */
-int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,
-		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
-		  const uint64_t *fr_content, int32_t *fr_mapcount, uint8_t *fr_ksm,
-		  int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
-		  int64_t *next, int64_t *prev, int32_t *node_size, int64_t *node_frame,
-		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
-		  int64_t *ch_looked, int64_t *ch_prune, struct slot *st_slots,
-		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,
-		  uint32_t un_now, const int64_t *segs, int64_t n_segs,
-		  const struct visit_args *args, int64_t *dead, struct traced *traced,
-		  int64_t *made, int64_t *sums)
+int64_t ksr_visit(const struct tables *t, const struct events *e, int64_t start,
+		  const struct visit_args *a, const struct visit_out *o)
 {
 	struct scan k = {
-		ptes, when, fr_content, fr_mapcount, fr_ksm, fr_node,
-		items, cold, next, prev, node_size, node_frame, head, dup_next,
-		ch_head, ch_count, ch_looked, ch_prune,
-		{ st_slots, st_bits, st_now },
-		{ un_slots, un_bits, un_now },
-		segs, n_segs, args, dead, traced, made, sums,
+		.ptes = e->ptes, .when = e->when,
+		.fr_content = t->fr_content, .fr_mapcount = t->fr_mapcount,
+		.fr_ksm = t->fr_ksm, .fr_node = t->fr_node,
+		.items = t->items, .cold = t->cold, .next = t->next, .prev = t->prev,
+		.node_size = t->node_size, .node_frame = t->node_frame, .head = t->head,
+		.dup_next = t->dup_next,
+		.ch_head = t->ch_head, .ch_count = t->ch_count, .ch_looked = t->ch_looked,
+		.ch_prune = t->ch_prune,
+		.stable = t->stable, .unstable = t->unstable,
+		.segs = e->segs, .n_segs = e->n_segs, .a = a,
+		.dead = o->dead, .traced = o->traced, .made = o->made, .sums = o->sums,
 	};
+	const int64_t *pos = e->pos, *rows = e->rows;
+	const uint8_t *kind = e->kind;
+	int64_t n = e->n;
 
 	for (int64_t i = start; i < n; i++) {
 		prefetch(&k, pos, rows, kind, i, n);

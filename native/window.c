@@ -1,5 +1,7 @@
 /*
- * ksmreplay's native core: the front of one scan window.
+ * ksmreplay's native core: the front of one scan window, and the window's
+ * step (ksr_step(), at the end: the front, the window's items, visit.c's
+ * visits).
  *
  * ksr_window() walks the present pages of a window of page-table entries in
  * address order as Ksmd._walk_window does (ksmreplay/ksm/ksmd.py), makes
@@ -122,4 +124,92 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 	summary[FRONT_UNSHARED] = unshared;
 	summary[FRONT_HITS] = hits;
 	return 0;
+}
+
+/*
+ * Fresh items for the listed positions without one (s->rows[i] < 0), in
+ * address order, as ItemTable.alloc() makes them: rows popped from the top of
+ * the free stack, blank records for the mm slot `slot` and the position's
+ * page, and skip_age()'s first age when smart_scan is on and the page is not
+ * a KSM page.
+ */
+static void alloc_items(const struct tables *t, struct step *s, int32_t slot, int64_t listed)
+{
+	const int64_t *seg = s->segs;
+
+	for (int64_t i = 0; i < listed; i++) {
+		int64_t p = s->pos[i], row;
+
+		if (s->rows[i] >= 0)
+			continue;
+		while (p >= seg[2] + seg[1] - seg[0])
+			seg += 3;
+		row = t->free_rows[--s->free];
+		t->items[row] = t->blank_hot;
+		t->cold[row] = t->blank_cold;
+		t->next[row] = -1;
+		t->prev[row] = -1;
+		t->cold[row].slot = slot;
+		t->cold[row].page = seg[0] + p - seg[2];
+		if (s->smart && !t->fr_ksm[s->ptes[p]])
+			t->items[row].age = 1;
+		s->imap[p] = row;
+		s->rows[i] = row;
+	}
+}
+
+/*
+ * One step of ksmd's scan over a window (Ksmd._scan_window with the native
+ * core): the front (ksr_window() above), the item of each listed position,
+ * fresh items for the pages without one, the stale positions' map entries
+ * cleared, then the events in address order (ksr_visit()); when every event
+ * was done, the stale items are freed (ItemTable.release(): off their mm
+ * slot, pushed on the free stack in address order), but in the v6 design
+ * (a->flag_zero), where freeing a flagged item changes its mm's counters.  The front's outputs and
+ * s->rows stay for the caller, who goes on from where the step stopped: with
+ * STEP_ALLOC (too few free rows) nothing but the front was done; with
+ * STEP_HANDED the events before summary[STEP_STOP] were.  The caller leaves
+ * room on the free stack for s->n rows.
+ */
+int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args *a,
+		 const struct visit_out *o)
+{
+	int64_t *sum = s->summary, listed, fresh = 0, freed = 0, stop;
+	struct events e;
+
+	ksr_window(s->n, s->ptes, s->imap, t->fr_ksm, t->fr_node, t->items, t->cold, s->smart,
+		   a->flag_zero, a->seqnr, s->budget, s->pos, s->cum, s->kind, s->stale, sum);
+	sum[STEP_STOP] = 0;
+	sum[STEP_ITEMS] = 0;
+	sum[STEP_FREED] = 0;
+	if (sum[FRONT_LAST] < 0)
+		return STEP_NONE;
+	listed = sum[FRONT_LISTED];
+	for (int64_t i = 0; i < listed; i++) {
+		s->rows[i] = s->imap[s->pos[i]];
+		fresh += s->rows[i] < 0;
+	}
+	if (fresh > s->free)
+		return STEP_ALLOC;
+	for (int64_t j = 0; j < sum[FRONT_STALE]; j++)
+		s->imap[s->stale[j]] = -1;
+	if (fresh)
+		alloc_items(t, s, a->slot, listed);
+	sum[STEP_ITEMS] = fresh;
+	e = (struct events){ listed, s->pos, s->rows, s->kind, s->cum, s->ptes, s->segs, s->n_segs };
+	stop = ksr_visit(t, &e, 0, a, o);
+	sum[STEP_STOP] = stop;
+	if (stop < listed)
+		return STEP_HANDED;
+	if (a->flag_zero)
+		return STEP_DONE;	/* (a flagged stale item is the caller's to free) */
+	for (int64_t i = 0; i < listed; i++) {
+		if (s->kind[i] != LISTED_STALE)
+			continue;
+		t->cold[s->rows[i]].slot = -1;
+		t->free_rows[s->free++] = s->rows[i];
+		freed++;
+	}
+	sum[STEP_FREED] = freed;
+	return STEP_DONE;
 }

@@ -136,6 +136,40 @@ def test_partners_in_another_process_are_handed_back(
     assert len(handed) < 3000 // 10
 
 
+def test_a_window_step_ends_every_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three processes, pages dropped between passes: the native step of a
+    window ends every way (too few free items for its new pages, a visit
+    handed back, all done with stale items freed in C), and the outcome is
+    the scalar walk's.  (The engine-against-reference tests take windows with
+    stale items before them, in steps.)"""
+    events = _trace(3000, 1, procs=3)
+    n = len(events)
+    # Every eighth page of the first process goes (its items go stale).
+    events += [
+        Madvise(n + i, 2 * SECOND, 1, BASE + page * PAGE, PAGE, "dontneed")
+        for i, page in enumerate(range(0, 1000, 8))
+    ]
+    n = len(events)
+    events += [Settle(n, 2 * SECOND, 2), Snapshot(n + 1, 2 * SECOND, "dropped")]
+    monkeypatch.setenv(native.ENV, "0")
+    expected = _replay(events)
+    monkeypatch.delenv(native.ENV)
+    endings: list[int] = []
+    freed = [0]
+    step = native.Native.step
+
+    def watched(self: native.Native, *args: Any, **kwargs: Any) -> native.Stepped:
+        done = step(self, *args, **kwargs)
+        endings.append(done.status)
+        freed[0] += done.freed
+        return done
+
+    monkeypatch.setattr(native.Native, "step", watched)
+    assert _replay(events) == expected
+    assert {native.STEP_ALLOC, native.STEP_HANDED, native.STEP_DONE} <= set(endings)
+    assert freed[0] > 0
+
+
 # -- the scalar walk and the native core agree -------------------------------------
 
 

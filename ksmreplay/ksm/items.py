@@ -61,6 +61,8 @@ class ItemTable:
         for name, value in self.FILL:
             blank = blank_hot if name in (ITEM_HOT.names or ()) else blank_cold
             blank[name] = value
+        self.blanks = (blank_hot, blank_cold)
+        """A fresh item's two records (the native core makes items too)."""
         # A fresh item's records as machine words, which numpy copies far
         # faster than records.
         self._blank_hot = blank_hot.view(np.uint64)
@@ -135,6 +137,18 @@ class ItemTable:
         self.count += n
         self.changes += n
         return rows
+
+    def free_rows(self, room: int) -> tuple[IntArray, int]:
+        """The free stack's array, with room for ``room`` more rows, and the
+        rows on it, for the native core to pop and push (see :meth:`took`)."""
+        return self._free.room(room), len(self._free)
+
+    def took(self, made: int, freed: int, left: int) -> None:
+        """The native core made ``made`` items and freed ``freed`` in place,
+        as :meth:`alloc` and :meth:`release` do, leaving ``left`` free rows."""
+        self._free.settle(left)
+        self.count += made - freed
+        self.changes += made + freed
 
     def release(self, rows: IntArray) -> None:
         """``free_rmap_item()``."""

@@ -37,21 +37,22 @@ The scan is written twice: here, page by page as the kernel walks
 (:meth:`Ksmd._walk_window`, :meth:`Ksmd._should_skip`,
 :meth:`Ksmd._cmp_and_merge`: the place where a KSM rule is read and a new
 mode prototyped), and in the native core, a window of page-table chunks at a
-time: ``window.c`` makes smart_scan's decisions and counts the visits that
-change nothing (:meth:`Ksmd._window_front`), ``visit.c`` does the common
-visits in address order, chains, new KSM pages and 6.1's visit order
-included, and hands the rare outcomes it does not do (a new KSM page whose
-partner is outside the window, a chain with a stale dup or that would
-collapse, a stale node) back to :meth:`Ksmd._cmp_and_merge`
-(:meth:`Ksmd._visit_listed`), and the nodes and chains it made to
-:meth:`Ksmd._made`.  A mode runs the native core only if it says
-it can (``Mode.native_scan``).  Both give the same state, as the tests check
+time, in one call per window (``Native.step``): ``window.c`` makes
+smart_scan's decisions, counts the visits that change nothing and makes and
+frees the window's items, ``visit.c`` does the common visits in address
+order, chains, new KSM pages and 6.1's visit order included, and hands the
+rare outcomes it does not do (a new KSM page whose partner is outside the
+window, a chain with a stale dup or that would collapse, a stale node) back
+to :meth:`Ksmd._cmp_and_merge` (:meth:`Ksmd._visit_listed`), and the nodes
+and chains it made to :meth:`Ksmd._made`.  A mode runs the native core only
+if it says it can (``Mode.native_scan``).  Both give the same state, as the tests check
 against each other and against a one-at-a-time reference model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -80,10 +81,15 @@ from ksmreplay.ksm.window import WINDOW_CHUNKS, Front, _Pages, _write_back
 from ksmreplay.native import (
     AGE_MAX,
     CHUNK_SHIFT,
+    LISTED_STALE,
     PTE_KSM_ZERO,
     PTE_ZERO,
     SEQNR_MASK,
+    STEP_ALLOC,
+    STEP_HANDED,
+    STEP_NONE,
     Native,
+    VisitArgs,
     Visited,
     native,
 )
@@ -125,6 +131,29 @@ class _Marks(NamedTuple):
     item_changes: int
 
 
+def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
+    """The page-table chunks of a window's runs ``segs`` up to page ``last``."""
+    if len(segs) == 1:
+        lo, hi, _v = segs[0]
+        return (min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1
+    return sum(
+        ((min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1)
+        for lo, hi, _v in segs
+        if lo <= last
+    )
+
+
+def _seg_rows(segs: list[tuple[int, int, IntArray]]) -> IntArray:
+    """A window's runs of pages as the native core takes them: (first page, end
+    page, first position) each, flat."""
+    out: list[int] = []
+    at = 0
+    for lo, hi, _v in segs:
+        out += (lo, hi, at)
+        at += hi - lo
+    return np.array(out, np.int64)
+
+
 class Ksmd(FlaggedItems):
     """ksmd and the KSM core around it, over one :class:`~ksmreplay.vm.Memory`.
 
@@ -155,6 +184,18 @@ class Ksmd(FlaggedItems):
         mem.on_ksm_pages_freed = self._ksm_pages_freed
         self.native = native() if mode.native_scan else None
         """The native core of the scan, or None: the scalar walk (:meth:`_walk_window`)."""
+        self._tables_obj: Any = None
+        self._tables_key: tuple[int, ...] = ()
+        """The native core's tables (:meth:`_tables`) and what they were made of."""
+        mem.frames.on_grow = self._forget_tables
+        if self.native is not None:
+            self._args = VisitArgs(self.native.visit_args)
+            """The native core's args, kept from window to window (:meth:`_set_args`)."""
+            self._args.set("jiffy_ns", JIFFY_NS)
+            self._args.set("checksum_first", self.checksum_first)
+            self._args.set("collapse_any", self.chain_collapse_any)
+            self._args.set("room", MADE_ROOM)
+            self._args.set("flag_zero", mode.flags_zero_page_items)
         self.items = ItemTable()
         self.c = Counters()
         self.slots: list[Slot] = []
@@ -626,6 +667,8 @@ class Ksmd(FlaggedItems):
         self.now = now
         self._clock = (now, sub_budget, period)
         self._batch_marks = self._marks()
+        if self.native is not None:
+            self._batch_args(budget)
         visits = 0
         while visits < budget:
             if self.cursor is None:
@@ -672,7 +715,7 @@ class Ksmd(FlaggedItems):
         tree's as deep as ``pages_shared`` at the pass start says).
         """
         now = self._marks()
-        d = _Marks(*(b - a for a, b in zip(since, now, strict=True)))
+        d = _Marks(*map(operator.sub, now, since))
         base, shared = self._pass_marks
         levels = unstable_levels(max(since.searches - base, 0), now.searches - base)
         return Work(
@@ -694,7 +737,7 @@ class Ksmd(FlaggedItems):
 
     def _account(self, work: Work) -> None:
         """Charge a batch call's ``work`` to ksmd's CPU time (:attr:`cpu_ns`)."""
-        self.work_done = Work(*(a + b for a, b in zip(self.work_done, work, strict=True)))
+        self.work_done = Work(*map(operator.add, self.work_done, work))
         self.batch_ns = batch_cost_ns(work, self._cached_pages())
         self.cpu_ns += self.batch_ns
 
@@ -788,12 +831,7 @@ class Ksmd(FlaggedItems):
                 done, stop = self._scan_window(slot, segs, budget - visits)
                 visits += done
                 # Chunks the visits came from: up to the last visit's when cut short.
-                last = END if stop is None else stop
-                used = sum(
-                    ((min(hi - 1, last) >> CHUNK_SHIFT) - (lo >> CHUNK_SHIFT) + 1)
-                    for lo, hi, _v in segs
-                    if lo <= last
-                )
+                used = _chunks_used(segs, END if stop is None else stop)
                 self._visits_per_chunk = max(done // used, 1)
                 if stop is not None:
                     self.cursor_page = stop + 1
@@ -813,8 +851,11 @@ class Ksmd(FlaggedItems):
         window of one run (the rule) works on the page table and item map
         themselves; a window of several gathers copies, and writes the item
         map back (and, with the native core, the PTEs it changes).  The walk
-        is :meth:`_walk_window`'s, or the native core's (:meth:`_window_front`
-        then :meth:`_visit_listed`).
+        is :meth:`_walk_window`'s, or the native core's: one
+        :meth:`Native.step`, then :meth:`_visit_listed` for what it handed
+        back (or, with items to free before the window or too few free
+        rows for its new items, :meth:`_window_front`, :meth:`_take_listed`
+        and :meth:`_visit_listed`: the same in steps).
 
         Returns the visits made and, if the budget ran out, the page of the
         last visit (the cursor stops right after it).
@@ -827,39 +868,144 @@ class Ksmd(FlaggedItems):
             ptes = np.concatenate([v for _lo, _hi, v in segs])
             pages = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi, _v in segs])
         imap_views = []
+        items = slot.items
         keys = [(lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT) for lo, hi, _v in segs]
         missing = [
             k
             for first, last in keys
-            if not slot.items.covers(first, last)
+            if not items.covers(first, last)
             for k in range(first, last + 1)
         ]
         if missing:
             if not (ptes >= 0).any():
                 return 0, None  # (and no item map made where no page is)
-            slot.items.locate(np.array(missing, np.int64))  # (made at once: in few blocks)
+            items.locate(np.array(missing, np.int64))  # (made at once: in few blocks)
         for (lo, hi, _v), (first, last) in zip(segs, keys, strict=True):
-            imap_views += [v for _lo, _hi, v in slot.items.runs(lo, hi, last - first + 1)]
+            for _lo, _hi, v in items.runs(lo, hi, last - first + 1):
+                imap_views.append(v)
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
         if self.native is None:
             return self._walk_window(slot, ptes, imap, imap_views, pages, budget)
-        front = self._window_front(self.native, ptes, imap, budget)
-        if front is None:
+        core, it, c = self.native, self.items, self.c
+        seg_rows = _seg_rows(segs)
+        self._window_args(slot)
+        traced = self.tracer is not None
+        if self.cursor_item_page < segs[0][0] and any(
+            (view >= 0).any()
+            for _lo, _hi, view in items.segments(self.cursor_item_page, segs[0][0])
+        ):
+            # Items the walk passes before the window are freed after the
+            # front, before the window's items are made: in steps.
+            found = self._window_front(core, ptes, imap, budget)
+            if found is None:
+                return 0, None
+            front: Front = found
+            self._tick(self._window_visits + 1)
+            self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
+            rows, stale_rows = self._take_listed(
+                slot, front, ptes, imap, imap_views, pages, imap[front.pos]
+            )
+            return self._window_done(
+                core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
+            )
+        free_rows, free = it.free_rows(len(ptes))
+        self._reserve(min(len(ptes), budget))
+        step = core.step(
+            self._tables(core, free_rows), ptes, imap, seg_rows, budget,
+            bool(self.knobs.smart_scan), free, self._args.bytes, MADE_ROOM, traced,
+        )  # fmt: skip
+        if step.status == STEP_NONE:
             return 0, None
-        it, c = self.items, self.c
-        stop = int(pages[front.last]) if front.stopped else None
-        # get_next_rmap_item(): free the stale items the walk passes (in the
-        # batch of the next visit, as every unlink the walk makes).
         self._tick(self._window_visits + 1)
-        self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
+        if step.status == STEP_ALLOC:
+            front = Front(*core.front())
+            rows, stale_rows = self._take_listed(
+                slot, front, ptes, imap, imap_views, pages, core.listed_rows()
+            )
+            return self._window_done(
+                core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
+            )
+        made, freed = step.items, step.freed
+        it.took(made, freed, step.free)
+        slot.rmap_items += made - freed
+        c.rmap_items += made - freed
+        if len(imap_views) > 1 and (made or step.stale):
+            _write_back(imap_views, imap)
+        # (the stale items are freed, unless a visit was handed back or the
+        # v6 design's flags are to be seen to)
+        unfreed = step.stale if step.freed == 0 else 0
+        if step.status == STEP_HANDED or traced or unfreed:
+            front = Front(*core.front())
+            rows = core.listed_rows()
+            return self._window_done(
+                core, slot, segs, seg_rows, ptes, pages, front, rows,
+                rows[front.kind == LISTED_STALE] if unfreed else None, step.done,
+            )  # fmt: skip
+        # Every event done, nothing to trace: the counts are all there is.
+        done = step.done
+        assert done is not None
+        stop = int(pages[step.last]) if step.stopped else None
+        self.cursor_item_page = int(pages[step.last]) + 1
+        c.pages_skipped += step.skipped
+        c.pages_unshared -= step.unshared
+        c.pages_scanned += step.visits
+        c.hits += step.hits
+        self._visited(slot, done)
+        if done.ptes_changed and len(segs) > 1:
+            _write_back([v for _lo, _hi, v in segs], ptes)
+        return step.visits, stop
+
+    def _window_done(
+        self,
+        core: Native,
+        slot: Slot,
+        segs: list[tuple[int, int, IntArray]],
+        seg_rows: IntArray,
+        ptes: IntArray,
+        pages: IntArray | _Pages,
+        front: Front,
+        rows: IntArray,
+        stale_rows: IntArray | None,
+        done: Visited | None,
+    ) -> tuple[int, int | None]:
+        """The rest of a window after its front, with the native core: the
+        counts, the listed events from where ``done`` stopped (all of them
+        if it is None), the stale items ``stale_rows`` freed; as
+        :meth:`_scan_window` returns."""
+        c = self.c
+        stop = int(pages[front.last]) if front.stopped else None
         self.cursor_item_page = int(pages[front.last]) + 1
-        stale = front.stale
-        rows = imap[front.pos]
-        stale_rows = imap[stale]
-        imap[stale] = NULL
+        c.pages_skipped += front.skipped
+        c.pages_unshared -= front.unshared
+        visits = front.visits
+        c.pages_scanned += visits
+        c.hits += front.hits
+        self._visit_listed(core, slot, segs, seg_rows, ptes, pages, front, rows, done)
+        if stale_rows is not None and len(stale_rows):
+            self._free_rows(slot, stale_rows)  # unlinked above
+        return visits, stop
+
+    def _take_listed(
+        self,
+        slot: Slot,
+        front: Front,
+        ptes: IntArray,
+        imap: IntArray,
+        imap_views: list[IntArray],
+        pages: IntArray | _Pages,
+        rows: IntArray,
+    ) -> tuple[IntArray, IntArray]:
+        """The items of a window's listed positions, ``rows`` (-1: none yet):
+        the stale ones taken out of the item map (``imap``: of the window's
+        positions), fresh ones made for pages without one (``alloc_rmap_item()``);
+        returns them, and the stale items (freed once the events are done)."""
+        it, c = self.items, self.c
+        stale_rows = imap[front.stale]
+        imap[front.stale] = NULL
         new = np.flatnonzero(rows < 0)
         if len(new):
             at = front.pos[new]
+            self._forget_tables()  # (the item table may move)
             fresh = it.alloc(slot.id, pages[at])
             rows[new] = fresh
             imap[at] = fresh
@@ -867,15 +1013,9 @@ class Ksmd(FlaggedItems):
             c.rmap_items += len(new)
             if self.knobs.smart_scan:
                 it.age[fresh[~self.mem.frames.ksm[ptes[at]]]] = 1  # skip_age() of a first visit
-        if (len(new) or len(stale)) and len(imap_views) > 1:
+        if (len(new) or len(front.stale)) and len(imap_views) > 1:
             _write_back(imap_views, imap)
-        c.pages_skipped += front.skipped
-        c.pages_unshared -= front.unshared
-        visits = front.visits
-        c.pages_scanned += visits
-        c.hits += front.hits
-        self._visit_listed(self.native, slot, segs, ptes, pages, front, rows, stale_rows)
-        return visits, stop
+        return rows, stale_rows
 
     def _walk_window(
         self,
@@ -989,16 +1129,18 @@ class Ksmd(FlaggedItems):
         core: Native,
         slot: Slot,
         segs: list[tuple[int, int, IntArray]],
+        seg_rows: IntArray,
         ptes: IntArray,
         pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
-        stale_rows: IntArray,
+        done: Visited | None,
     ) -> None:
         """The listed visits and unlinks of a window and the unlinks of its
-        stale items, in address order, with ``visit.c``; then the stale items
-        are freed.  ``front`` is merged (stale items listed, see
-        :attr:`Front.skip`); ``rows`` are the listed items.
+        stale items, in address order, with ``visit.c``.  ``front`` is merged
+        (stale items listed, see :attr:`Front.kind`); ``rows`` are the listed
+        items; ``done``, if not None, is what the window's step already did
+        (the events before ``done.stop``).
 
         The C loop hands back what it does not do (see there); that event is
         done here, and the loop goes on after it.  A window of several runs
@@ -1007,49 +1149,19 @@ class Ksmd(FlaggedItems):
         after it.
         """
         order, kind, when = front.pos, front.kind, front.cum
-        fr, it, mm = self.mem.frames, self.items, slot.mm
+        mm = slot.mm
         copied = len(segs) > 1
         views = [v for _lo, _hi, v in segs]
-        frames = (fr.content, fr.mapcount, fr.ksm, fr.node)
-        items = (it.hot, it.cold, it.hnext, it.hprev)
-        args = self._visit_args(core, when, slot)
-        # (next_node and next_chain as plain words: set for every call)
-        at = core.visit_args.fields["next_node"][1] // 8
-        ids = args.view(np.int64)[at : at + 2]
-        arg_bytes = args.view(np.uint8)
-        node_cols, chains, stable = self.node_cols, self.chains, self.stable.index()
-        seg_lo = np.array([lo for lo, _hi, _v in segs], np.int64)
-        seg_hi = np.array([hi for _lo, hi, _v in segs], np.int64)
-        seg_at = np.concatenate([[0], np.cumsum(seg_hi - seg_lo)[:-1]])
-        seg_rows = np.stack([seg_lo, seg_hi, seg_at], axis=1).reshape(-1)
         traced = self.tracer is not None
         n, start = len(order), 0
-        while start < n:
-            self.unstable.reserve(n - start)
-            # Room for the nodes, chains and stable-tree entries C may make.
-            node_cols.reserve(self._next_node_id + MADE_ROOM)
-            chains.reserve(MADE_ROOM)
-            stable.reserve(MADE_ROOM)
-            ids[0], ids[1] = self._next_node_id, chains.next_id
-            cols = node_cols  # (the columns grow when a node is made)
-            done = core.visit(
-                start,
-                order,
-                rows,
-                kind,
-                when,
-                ptes,
-                frames,
-                items,
-                (cols.size, cols.frame, cols.head, cols.dup_next),
-                chains.columns(),
-                stable.table(),
-                self.unstable.table(),
-                seg_rows,
-                arg_bytes,
-                MADE_ROOM,
-                traced,
-            )
+        while True:
+            if done is None:
+                self._reserve(n - start)
+                done = core.visit(
+                    self._tables(core, self.items.free_rows(0)[0]),
+                    start, order, rows, kind, when, ptes, seg_rows,
+                    self._args.bytes, MADE_ROOM, traced,
+                )  # fmt: skip
             self._visited(slot, done)
             if traced:
                 self._emit_visited(done, rows, when)
@@ -1069,39 +1181,81 @@ class Ksmd(FlaggedItems):
             if copied:
                 ptes[:] = np.concatenate(views)
             start = k + 1
-        if len(stale_rows):
-            self._free_rows(slot, stale_rows)  # unlinked above
+            done = None
 
-    def _visit_args(self, core: Native, when: IntArray, slot: Slot) -> npt.NDArray[np.void]:
-        """:meth:`Native.visit`'s ``args`` for a window of ``slot``'s mm whose
-        visits are counted by ``when``: the knobs, this kernel version's
-        rules, and ksmd's clock as :meth:`_tick` keeps it (the caller sets
-        the next ids of nodes and chains).  Chains and new KSM pages are left
-        to :meth:`_cmp_and_merge` when a time of the window reaches
-        :data:`PRUNE_CLAMP` (ns)."""
+    def _reserve(self, visits: int) -> None:
+        """Room for what ``visits`` visits of the native core may add: unstable-tree
+        entries, and the nodes, chains and stable-tree entries of new KSM pages
+        (their ids go to the visits' args)."""
+        self.unstable.reserve(visits)
+        self.node_cols.reserve(self._next_node_id + MADE_ROOM)
+        self.chains.reserve(MADE_ROOM)
+        self.stable.index().reserve(MADE_ROOM)
+        self._args.set("next_node", self._next_node_id)
+        self._args.set("next_chain", self.chains.next_id)
+
+    def _tables(self, core: Native, free_rows: IntArray) -> Any:
+        """The tables of the scan for the native core (:meth:`Native.tables`),
+        made again when one of them moved or a tree's table changed.  Made
+        ahead of each call: Python code in between may grow any of them."""
+        fr, it, cols = self.mem.frames, self.items, self.node_cols
+        chains = self.chains.columns()
+        st, un = self.stable.index().table(), self.unstable.table()
+        key = (
+            id(fr.content), id(fr.mapcount), id(fr.ksm), id(fr.node),
+            id(it.hot), id(it.cold), id(it.hnext), id(it.hprev), id(free_rows),
+            id(cols.size), id(cols.frame), id(cols.head), id(cols.dup_next),
+            *map(id, chains), id(st[0]), st[1], st[2], id(un[0]), un[1], un[2],
+        )  # fmt: skip
+        if key != self._tables_key:
+            # (the object holds the arrays: their ids stay theirs while it lives)
+            self._tables_obj = None
+            self._tables_obj = core.tables(
+                (fr.content, fr.mapcount, fr.ksm, fr.node),
+                (it.hot, it.cold, it.hnext, it.hprev),
+                free_rows,
+                it.blanks,
+                (cols.size, cols.frame, cols.head, cols.dup_next),
+                chains,
+                st,
+                un,
+            )
+            self._tables_key = key
+        return self._tables_obj
+
+    def _forget_tables(self) -> None:
+        """Let the tables go (before Python grows one of them)."""
+        self._tables_obj = None
+        self._tables_key = ()
+
+    def _batch_args(self, budget: int) -> None:
+        """:meth:`Native.step`'s and :meth:`Native.visit`'s ``args`` for a batch call
+        of up to ``budget`` visits: the knobs, and ksmd's clock as :meth:`_tick`
+        keeps it (:meth:`_window_args` sets a window's, :meth:`_reserve` the next
+        ids of nodes and chains; this kernel version's rules are set once).
+        Chains and new KSM pages are left to :meth:`_cmp_and_merge` when a time
+        the call may reach is :data:`PRUNE_CLAMP` (ns) or later."""
         start, sub, period = self._clock
         if not sub:
             start, period = self.now, 0
-        last = self._window_visits + (int(when[-1]) if len(when) else 0)
-        latest = start + (max(last, 1) - 1) // sub * period if sub else start
+        latest = start + (max(budget, 1) - 1) // sub * period if sub else start
         in_range = max(start, period, latest) < PRUNE_CLAMP
-        args = np.zeros(1, core.visit_args)
-        a = args[0]
-        a["max_page_sharing"] = self.knobs.max_page_sharing
-        a["now"], a["sub_budget"], a["period"] = (start, sub, period) if in_range else (0, 0, 0)
-        a["visits"] = self._window_visits
-        a["prune_ns"] = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
-        a["jiffy_ns"] = JIFFY_NS
-        a["seqnr"] = self.seqnr & SEQNR_MASK
-        a["use_zero_pages"] = bool(self.knobs.use_zero_pages)
-        a["checksum_first"] = self.checksum_first
-        a["collapse_any"] = self.chain_collapse_any
-        a["chains"] = in_range
-        a["pairs"] = in_range
-        a["flag_zero"] = self.mode.flags_zero_page_items
-        a["slot"] = slot.id
-        a["room"] = MADE_ROOM
-        return args
+        a = self._args
+        a.set("max_page_sharing", self.knobs.max_page_sharing)
+        a.set("now", start if in_range else 0)
+        a.set("sub_budget", sub if in_range else 0)
+        a.set("period", period if in_range else 0)
+        a.set("prune_ns", jiffies_ns(self.knobs.stable_node_chains_prune_millisecs))
+        a.set("use_zero_pages", bool(self.knobs.use_zero_pages))
+        a.set("chains", in_range)
+        a.set("pairs", in_range)
+
+    def _window_args(self, slot: Slot) -> None:
+        """The ``args`` of a window of ``slot``'s mm (see :meth:`_batch_args`)."""
+        a = self._args
+        a.set("visits", self._window_visits)
+        a.set("seqnr", self.seqnr & SEQNR_MASK)
+        a.set("slot", slot.id)
 
     def _emit_visited(self, done: Visited, rows: IntArray, when: IntArray) -> None:
         """The tracepoints of the merges ``visit.c`` made (``Visited.traced``):

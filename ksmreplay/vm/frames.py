@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -33,6 +35,16 @@ class FreeStack:
             grown = np.empty(max(2 * len(self._rows), self._n + n), np.int64)
             grown[: self._n] = self._rows[: self._n]
             self._rows = grown
+
+    def room(self, n: int) -> IntArray:
+        """The stack's array, with room for ``n`` more rows above the top (for
+        the native core, which pops and pushes in place: see :meth:`settle`)."""
+        self._reserve(n)
+        return self._rows
+
+    def settle(self, n: int) -> None:
+        """The native core left ``n`` rows on the stack (in :meth:`room`'s array)."""
+        self._n = n
 
     def add_range(self, old: int, new: int) -> None:
         """Push the new rows ``[old, new)``, highest first."""
@@ -79,6 +91,9 @@ class FrameTable:
         self.ksm = np.zeros(capacity, np.bool_)
         self.node = np.full(capacity, NULL, np.int32)
         self._free = FreeStack(capacity)
+        self.on_grow: Callable[[], None] | None = None
+        """Called before the columns are replaced by larger ones (whoever holds
+        them lets them go)."""
         self.live = 0
         self.live_ksm = 0
         self.changes = 0
@@ -93,6 +108,8 @@ class FrameTable:
     """Bytes per frame row: the four columns and the free stack."""
 
     def _grow(self, need: int) -> None:
+        if self.on_grow is not None:
+            self.on_grow()
         old = len(self.content)
         new = max(old * 2, old + need)
         charge(new * self.ROW_BYTES, "the frame table")
