@@ -114,6 +114,7 @@ def window(
     summary: NDArray[Any],
     /,
 ) -> None: ...
+
 class Tables:
     def __init__(self, *args: Any) -> None: ...
 
