@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import IntArray, charge
+from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
 from ksmreplay.native import (
     ITEM_COLD,
     ITEM_HOT,
@@ -75,28 +75,34 @@ class ItemTable:
         self.changes = 0
         """Items allocated and freed so far."""
 
-    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 4
     """Bytes per item: its two records, hlist links and free stack entry."""
 
+    COLUMNS = ("hot", "cold", "hnext", "hprev")
+    """The arrays indexed by item number."""
+
     def _grow(self, more: int) -> None:
-        """Room for ``more`` items (the tables are copied: take columns after)."""
+        """Room for ``more`` items (the tables may move: take columns after)."""
         old = len(self.hot)
-        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
-        hot = np.empty(old + more, ITEM_HOT)
-        hot[:old] = self.hot
-        cold = np.empty(old + more, ITEM_COLD)
-        cold[:old] = self.cold
-        self.hot, self.cold = hot, cold
-        self._hot_words = hot.view(np.uint64)
-        self._cold_words = cold.view(np.uint64).reshape(-1, len(self._blank_cold))
+        new = old + more
+        charge(more * self.ROW_BYTES, "the rmap_item table")
+        # The tables grow in place unless something refers to them: drop our
+        # own views first.
+        views = (*(ITEM_HOT.names or ()), *(ITEM_COLD.names or ()), "_hot_words", "_cold_words")
+        for name in views:
+            self.__dict__.pop(name, None)
+        for name in self.COLUMNS:
+            grow_rows(self, name, new)
+        self._hot_words = self.hot.view(np.uint64)
+        self._cold_words = self.cold.view(np.uint64).reshape(-1, len(self._blank_cold))
         self._hot_words[old:] = self._blank_hot
         self._cold_words[old:] = self._blank_cold
-        self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
-        self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
+        self.hnext[old:] = NULL
+        self.hprev[old:] = NULL
         for records in (self.hot, self.cold):
             for name in records.dtype.names or ():
                 setattr(self, name, records[name])
-        self._free.add_range(old, old + more)
+        self._free.grow(old, new)
 
     slot: npt.NDArray[np.int32]
     page: npt.NDArray[np.int64]
@@ -124,7 +130,7 @@ class ItemTable:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
         n = len(pages)
         if n > len(self._free):
-            self._grow(max(len(self.hot), n))
+            self._grow(more_rows(len(self.hot), n - len(self._free)))
         rows = self._free.pop(n)
         self._hot_words[rows] = self._blank_hot
         self._cold_words[rows] = self._blank_cold

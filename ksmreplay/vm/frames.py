@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import IntArray, charge
+from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
@@ -16,46 +18,42 @@ class FreeStack:
 
     Fresh capacity ``[old, new)`` is pushed highest first, so rows are handed
     out in ascending order; :meth:`pop` returns the most recently freed rows,
-    the last one freed first.
+    the last one freed first.  The stack is as long as its table (a table
+    cannot have more free rows than rows: :meth:`grow` follows the table's
+    growth), and holds ``int32`` rows (:data:`~ksmreplay.arrays.ROW_LIMIT`,
+    checked where a table grows).
     """
 
     __slots__ = ("_n", "_rows")
 
     def __init__(self, capacity: int) -> None:
-        self._rows: IntArray = np.arange(capacity - 1, -1, -1, dtype=np.int64)
+        self._rows: npt.NDArray[np.int32] = np.arange(capacity - 1, -1, -1, dtype=np.int32)
         self._n = capacity
 
     def __len__(self) -> int:
         return self._n
 
-    def _reserve(self, n: int) -> None:
-        if self._n + n > len(self._rows):
-            grown = np.empty(max(2 * len(self._rows), self._n + n), np.int64)
-            grown[: self._n] = self._rows[: self._n]
-            self._rows = grown
+    def grow(self, old: int, new: int) -> None:
+        """The table grew from ``old`` rows to ``new``: push the new rows, highest first."""
+        grow_rows(self, "_rows", new)
+        self.push(np.arange(new - 1, old - 1, -1, dtype=np.int32))
 
-    def add_range(self, old: int, new: int) -> None:
-        """Push the new rows ``[old, new)``, highest first."""
-        self.push(np.arange(new - 1, old - 1, -1, dtype=np.int64))
-
-    def push(self, rows: IntArray) -> None:
-        self._reserve(len(rows))
+    def push(self, rows: npt.NDArray[np.integer[Any]]) -> None:
         self._rows[self._n : self._n + len(rows)] = rows
         self._n += len(rows)
 
     def push_one(self, row: int) -> None:
-        self._reserve(1)
         self._rows[self._n] = row
         self._n += 1
 
     def peek(self, n: int) -> IntArray:
         """The rows the next :meth:`pop` of ``n`` would return, without taking them."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
+        rows: IntArray = self._rows[self._n - n : self._n][::-1].astype(np.int64)
         return rows
 
     def pop(self, n: int) -> IntArray:
         """The top ``n`` rows, topmost first (the caller checked there are enough)."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
+        rows = self.peek(n)
         self._n -= n
         return rows
 
@@ -89,18 +87,18 @@ class FrameTable:
         same columns; ``Ksmd.idle_state`` relies on it instead of hashing the
         columns (ksmd's idle passes change none)."""
 
-    ROW_BYTES = 8 + 4 + 1 + 4 + 8
+    ROW_BYTES = 8 + 4 + 1 + 4 + 4
     """Bytes per frame row: the four columns and the free stack."""
 
     def _grow(self, need: int) -> None:
+        """Room for ``need`` more rows (the columns may move: take them after)."""
         old = len(self.content)
-        new = max(old * 2, old + need)
-        charge(new * self.ROW_BYTES, "the frame table")
-        self.content = np.concatenate([self.content, np.zeros(new - old, np.uint64)])
-        self.mapcount = np.concatenate([self.mapcount, np.zeros(new - old, np.int32)])
-        self.ksm = np.concatenate([self.ksm, np.zeros(new - old, np.bool_)])
-        self.node = np.concatenate([self.node, np.full(new - old, NULL, np.int32)])
-        self._free.add_range(old, new)
+        new = old + more_rows(old, need)
+        charge((new - old) * self.ROW_BYTES, "the frame table")
+        for name in ("content", "mapcount", "ksm", "node"):
+            grow_rows(self, name, new)
+        self.node[old:] = NULL
+        self._free.grow(old, new)
 
     def alloc(self, contents: npt.NDArray[np.uint64]) -> IntArray:
         """New private frames (mapcount 1) holding ``contents``; returns their indices."""
