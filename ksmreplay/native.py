@@ -63,7 +63,7 @@ _WITHOUT_CORE = SimpleNamespace(
     AGE_MAX=255,
     SEQNR_MASK=0xFF,
     ZERO_PAGE_FLAG=0x400,
-    CHAIN_ENTRY=1 << 62,
+    CHAIN_ENTRY=1 << 30,
     SLOT_ABSENT=-1,
     SLOT_DELETED=-2,
     SCAN_END=0,
@@ -86,9 +86,9 @@ _WITHOUT_CORE = SimpleNamespace(
     },
     SLOT={
         "names": ["key", "val", "gen"],
-        "formats": ["<u8", "<i8", "<u4"],
-        "offsets": [0, 8, 16],
-        "itemsize": 24,
+        "formats": ["<u8", "<i4", "<u4"],
+        "offsets": [0, 8, 12],
+        "itemsize": 16,
     },
     TRACED_ZERO=-1,
     TRACED={

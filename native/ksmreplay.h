@@ -69,8 +69,12 @@ _Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
 
 /* -- the trees (ksm/stable.py, ksm/contentmap.py) ------------------------ */
 
-/* The stable tree's value for a chain: CHAIN_ENTRY + the chain's id. */
-#define CHAIN_ENTRY (1LL << 62)
+/*
+ * The stable tree's value for a chain: CHAIN_ENTRY + the chain's id.  Node
+ * ids and chain ids stay below it (ksm/stable.py checks where they are
+ * made), so that every value of a table fits the slot's 32 bits.
+ */
+#define CHAIN_ENTRY (1LL << 30)
 
 /*
  * One slot of a content hash table: key, value and generation side by side,
@@ -80,12 +84,11 @@ _Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
  */
 struct slot {
 	uint64_t key;		/* the content */
-	int64_t val;		/* its value, or SLOT_DELETED */
+	int32_t val;		/* its value (a row or an id, below 2^31), or SLOT_DELETED */
 	uint32_t gen;		/* the generation that filled it */
-	uint32_t pad;
 };
 
-_Static_assert(sizeof(struct slot) == 24, "struct slot: 24 bytes");
+_Static_assert(sizeof(struct slot) == 16, "struct slot: 16 bytes");
 
 #define SLOT_ABSENT (-1)	/* a lookup found nothing */
 #define SLOT_DELETED (-2)	/* a tombstone */
@@ -134,7 +137,7 @@ static inline void slot_insert(struct slot *table, int32_t bits, uint32_t now, u
 		s = (s + 1) & mask;
 	table[s].gen = now;
 	table[s].key = key;
-	table[s].val = val;
+	table[s].val = (int32_t)val;
 }
 
 /* -- what the functions say ---------------------------------------------- */

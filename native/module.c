@@ -560,7 +560,7 @@ static const struct field visit_args_fields[] = {
 
 static const struct field slot_fields[] = {
 	FIELD(slot, key, "<u8"),
-	FIELD(slot, val, "<i8"),
+	FIELD(slot, val, "<i4"),
 	FIELD(slot, gen, "<u4"),
 	{ NULL, NULL, 0 },
 };
