@@ -279,8 +279,8 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE(fr_node, int32_t *, o[8], 4, 'i', 1);
 	TAKE(hot, struct item_hot *, o[9], sizeof(struct item_hot), 'r', 1);
 	TAKE(cold, struct item_cold *, o[10], sizeof(struct item_cold), 'r', 1);
-	TAKE(hnext, int64_t *, o[11], 8, 'i', 1);
-	TAKE(hprev, int64_t *, o[12], 8, 'i', 1);
+	TAKE(hnext, int32_t *, o[11], 4, 'i', 1);
+	TAKE(hprev, int32_t *, o[12], 4, 'i', 1);
 	TAKE(node_size, int32_t *, o[13], 4, 'i', 1);
 	TAKE(node_frame, int64_t *, o[14], 8, 'i', 1);
 	TAKE(head, int64_t *, o[15], 8, 'i', 1);

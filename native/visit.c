@@ -63,8 +63,8 @@ struct scan {
 	/* items */
 	struct item_hot *items;
 	struct item_cold *cold;
-	int64_t *next;
-	int64_t *prev;
+	int32_t *next;
+	int32_t *prev;
 	/* stable nodes */
 	int32_t *node_size;
 	int64_t *node_frame;
@@ -525,7 +525,7 @@ int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *r
 		  const uint8_t *kind, const int64_t *when, int64_t *ptes,
 		  const uint64_t *fr_content, int32_t *fr_mapcount, uint8_t *fr_ksm,
 		  int32_t *fr_node, struct item_hot *items, struct item_cold *cold,
-		  int64_t *next, int64_t *prev, int32_t *node_size, int64_t *node_frame,
+		  int32_t *next, int32_t *prev, int32_t *node_size, int64_t *node_frame,
 		  int64_t *head, int64_t *dup_next, int64_t *ch_head, int32_t *ch_count,
 		  int64_t *ch_looked, int64_t *ch_prune, struct slot *st_slots,
 		  int32_t st_bits, uint32_t st_now, struct slot *un_slots, int32_t un_bits,

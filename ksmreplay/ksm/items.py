@@ -49,8 +49,9 @@ class ItemTable:
     :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
     :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
     :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
-    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int64``).
-    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
+    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int32``:
+        item numbers are below :data:`~ksmreplay.arrays.ROW_LIMIT`).
+    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int32``).
     """
 
     FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
@@ -67,15 +68,15 @@ class ItemTable:
         self._blank_cold = blank_cold.view(np.uint64)
         self.hot = np.empty(0, ITEM_HOT)
         self.cold = np.empty(0, ITEM_COLD)
-        self.hnext = np.empty(0, np.int64)
-        self.hprev = np.empty(0, np.int64)
+        self.hnext: npt.NDArray[np.int32] = np.empty(0, np.int32)
+        self.hprev: npt.NDArray[np.int32] = np.empty(0, np.int32)
         self._free = FreeStack(0)
         self._grow(capacity)
         self.count = 0
         self.changes = 0
         """Items allocated and freed so far."""
 
-    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 4
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 4 + 4 + 4
     """Bytes per item: its two records, hlist links and free stack entry."""
 
     COLUMNS = ("hot", "cold", "hnext", "hprev")
@@ -114,8 +115,6 @@ class ItemTable:
     seq: npt.NDArray[np.uint8]
     node: npt.NDArray[np.int32]
     flags: npt.NDArray[np.uint16]
-    hnext: IntArray
-    hprev: IntArray
 
     def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
         """Which of ``rows`` carry ZERO_PAGE_FLAG."""
