@@ -198,19 +198,25 @@ class ContentMap:
         self._len -= n
 
     def reserve(self, n: int) -> None:
-        """Keep at most half the slots occupied once ``n`` more are added (may move
-        the table: take :meth:`table` after).
+        """Keep at most three quarters of the slots occupied once ``n`` more are
+        added (may move the table: take :meth:`table` after).
 
-        When they would be, the live entries move to a table at most a
-        quarter full (never smaller than this one), leaving tombstones behind.
+        When they would be, the live entries move to a table at most five
+        eighths full (never smaller than this one), leaving tombstones
+        behind.  Linear probing in 16-byte slots stays fast at three quarters
+        (a miss reads a few slots more, mostly of the same cache lines), and a
+        table that is a power of two long wastes less than it would at half.
         """
-        if 2 * (self._taken + n) <= 1 << self._bits:
+        if 4 * (self._taken + n) <= 3 << self._bits:
             return
         live = np.flatnonzero((self._gen == self._now) & (self._vals >= 0))
         keys, vals = self._keys[live], self._vals[live].astype(np.int64)
+        del live
         bits = self._bits
-        while 4 * (len(live) + n) > 1 << bits:
+        while 8 * (len(keys) + n) > 5 << bits:
             bits += 1
+        # (the old table goes before the new one is made: never both)
+        del self._table, self._keys, self._vals, self._gen
         self._bits = bits
         self._new_table()
         self._now = 1
