@@ -76,8 +76,9 @@ class ItemTable:
         self.changes = 0
         """Items allocated and freed so far."""
 
-    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 4 + 4 + 4
-    """Bytes per item: its two records, hlist links and free stack entry."""
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 4 + 4
+    """Bytes per item: its two records and hlist links (a freed item takes 4
+    more in the free stack)."""
 
     COLUMNS = ("hot", "cold", "hnext", "hprev")
     """The arrays indexed by item number."""

@@ -14,47 +14,62 @@ NULL = -1
 
 
 class FreeStack:
-    """Free row numbers of a table, as a numpy stack (last pushed, first popped).
+    """Free row numbers of a table: the rows freed, last freed first, then
+    the rows never used, in ascending order.
 
-    Fresh capacity ``[old, new)`` is pushed highest first, so rows are handed
-    out in ascending order; :meth:`pop` returns the most recently freed rows,
-    the last one freed first.  The stack is as long as its table (a table
-    cannot have more free rows than rows: :meth:`grow` follows the table's
-    growth), and holds ``int32`` rows (:data:`~ksmreplay.arrays.ROW_LIMIT`,
-    checked where a table grows).
+    The freed rows are a numpy stack (``int32``: tables hold at most
+    :data:`~ksmreplay.arrays.ROW_LIMIT` rows, checked where they grow) that
+    grows with the frees; the rows never used are only their bounds
+    ``[fresh, end)``, so that a table's unused capacity costs nothing here.
     """
 
-    __slots__ = ("_n", "_rows")
+    __slots__ = ("_end", "_fresh", "_n", "_rows")
 
     def __init__(self, capacity: int) -> None:
-        self._rows: npt.NDArray[np.int32] = np.arange(capacity - 1, -1, -1, dtype=np.int32)
-        self._n = capacity
+        self._rows: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+        self._n = 0
+        """Rows freed and not handed out again (the first ``_n`` of ``_rows``)."""
+        self._fresh = 0
+        """The first row never handed out."""
+        self._end = capacity
 
     def __len__(self) -> int:
-        return self._n
+        return self._n + self._end - self._fresh
 
     def grow(self, old: int, new: int) -> None:
-        """The table grew from ``old`` rows to ``new``: push the new rows, highest first."""
-        grow_rows(self, "_rows", new)
-        self.push(np.arange(new - 1, old - 1, -1, dtype=np.int32))
+        """The table grew from ``old`` rows to ``new``."""
+        assert old == self._end
+        self._end = new
+
+    def _room(self, more: int) -> None:
+        if self._n + more > len(self._rows):
+            grow_rows(self, "_rows", len(self._rows) + more_rows(len(self._rows), more))
 
     def push(self, rows: npt.NDArray[np.integer[Any]]) -> None:
+        """Free ``rows`` (the last of them is handed out first)."""
+        self._room(len(rows))
         self._rows[self._n : self._n + len(rows)] = rows
         self._n += len(rows)
 
     def push_one(self, row: int) -> None:
+        self._room(1)
         self._rows[self._n] = row
         self._n += 1
 
     def peek(self, n: int) -> IntArray:
         """The rows the next :meth:`pop` of ``n`` would return, without taking them."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].astype(np.int64)
+        freed = min(n, self._n)
+        rows = np.empty(n, np.int64)
+        rows[:freed] = self._rows[self._n - freed : self._n][::-1]
+        rows[freed:] = np.arange(self._fresh, self._fresh + n - freed)
         return rows
 
     def pop(self, n: int) -> IntArray:
-        """The top ``n`` rows, topmost first (the caller checked there are enough)."""
+        """The next ``n`` free rows (the caller checked there are enough)."""
         rows = self.peek(n)
-        self._n -= n
+        freed = min(n, self._n)
+        self._n -= freed
+        self._fresh += n - freed
         return rows
 
 
@@ -87,8 +102,9 @@ class FrameTable:
         same columns; ``Ksmd.idle_state`` relies on it instead of hashing the
         columns (ksmd's idle passes change none)."""
 
-    ROW_BYTES = 8 + 4 + 1 + 4 + 4
-    """Bytes per frame row: the four columns and the free stack."""
+    ROW_BYTES = 8 + 4 + 1 + 4
+    """Bytes per frame row: the four columns (a freed row takes 4 more in the
+    free stack)."""
 
     def _grow(self, need: int) -> None:
         """Room for ``need`` more rows (the columns may move: take them after)."""
