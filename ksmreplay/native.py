@@ -201,6 +201,8 @@ class Visited(NamedTuple):
     """Entries added to the stable tree's table."""
     unstable_deleted: int
     """Entries deleted from the unstable tree's table."""
+    unflagged: int
+    """The v6 design: flagged items visited with a normal page (flag cleared)."""
 
 
 Front = tuple[
@@ -437,13 +439,17 @@ class Native:
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
         items: npt.NDArray[np.void],
+        cold: npt.NDArray[np.void],
         smart: bool,
+        keep_flagged: bool,
         seqnr: int,
         budget: int,
     ) -> Front | None:
         """The front of a scan window (``window.c``): the fields of ``ksm.Front``, or
         None if no page is present.  ``items`` is ``ItemTable.hot``; their age,
-        skips and state are updated.  The stale positions are listed among the
+        skips and state are updated; ``cold`` is ``ItemTable.cold`` (read for
+        ``keep_flagged``, the v6 design: a flagged item at a zero page is kept,
+        not stale).  The stale positions are listed among the
         others in address order, each listed position with its kind:
         :data:`LISTED_VISIT`, :data:`LISTED_SKIPPED` or :data:`LISTED_STALE`."""
         n = len(ptes)
@@ -451,7 +457,8 @@ class Native:
             self._front_out = _scratch(n, self._core.FRONT_SUMS)
         pos, cum, kinds, stale, summary = self._front_out
         self._core.window(
-            ptes, imap, fr_ksm, fr_node, items, int(smart), seqnr, budget,
+            ptes, imap, fr_ksm, fr_node, items, cold, int(smart), int(keep_flagged), seqnr,
+            budget,
             pos, cum, kinds, stale, summary,
         )  # fmt: skip
         listed, visits, skipped, n_stale, last, stopped, unshared, hits = summary.tolist()
@@ -544,6 +551,7 @@ class Native:
             s[core.VISIT_DUPS_MADE],
             s[core.VISIT_STABLE_ADDED],
             s[core.VISIT_UNSTABLE_DELETED],
+            s[core.VISIT_UNFLAGGED],
         )
 
     def map_find(

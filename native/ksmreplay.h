@@ -185,6 +185,8 @@ enum {
 	VISIT_DUPS_MADE,	/* change of stable_node_dups */
 	VISIT_STABLE_ADDED,	/* entries added to the stable tree's table */
 	VISIT_UNSTABLE_DELETED,	/* entries deleted from the unstable tree's table */
+	/* The v6 design (visit_args.flag_zero): */
+	VISIT_UNFLAGGED,	/* flagged items visited with a normal page: flag cleared */
 	VISIT_SUMS
 };
 
@@ -222,6 +224,8 @@ struct visit_args {
 	uint8_t collapse_any;	/* a chain of one dup collapses at any lookup (6.11+) */
 	uint8_t chains;		/* do the visits that meet a chain (else hand them back) */
 	uint8_t pairs;		/* make new KSM pages whose partner is in the window */
+	uint8_t flag_zero;	/* the v6 design: a zero-page merge flags the item
+				 * (ZERO_PAGE_FLAG), a visit with a normal page clears it */
 };
 
 _Static_assert(sizeof(struct visit_args) == 96, "struct visit_args: 96 bytes");
@@ -261,8 +265,9 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 		      int64_t *events);
 
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
-		   int64_t budget, int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind,
+		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
+		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
+		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind,
 		   int64_t *out_stale, int64_t *summary);
 
 int64_t ksr_visit(int64_t n, int64_t start, const int64_t *pos, const int64_t *rows,

@@ -201,7 +201,7 @@ fail:
 /* -- window.c ---------------------------------------------------------------- */
 
 PyDoc_STRVAR(window_doc,
-	     "window(ptes, imap, fr_ksm, fr_node, items, smart, seqnr, budget,\n"
+	     "window(ptes, imap, fr_ksm, fr_node, items, cold, smart, keep_flagged, seqnr, budget,\n"
 	     "       out_pos, out_cum, out_kind, out_stale, summary) -> None\n\n"
 	     "The front of a scan window (ksr_window); summary gets FRONT_SUMS values.");
 
@@ -209,18 +209,20 @@ static PyObject *py_window(PyObject *self, PyObject *args)
 {
 	struct held h = { .n = 0 };
 	PyObject *o[11], *out = NULL;
-	int smart, seqnr;
+	int smart, keep_flagged, seqnr;
 	long long budget;
 	Py_ssize_t n, n_imap, n_pos, n_cum, n_kind, n_stale, n_summary;
 
-	if (!PyArg_ParseTuple(args, "OOOOOiiLOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &smart,
-			      &seqnr, &budget, &o[5], &o[6], &o[7], &o[8], &o[9]))
+	if (!PyArg_ParseTuple(args, "OOOOOOiiiLOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[10],
+			      &smart, &keep_flagged, &seqnr, &budget, &o[5], &o[6], &o[7], &o[8],
+			      &o[9]))
 		return NULL;
 	TAKE_N(ptes, const int64_t *, o[0], 8, 'i', 0, n);
 	TAKE_N(imap, const int64_t *, o[1], 8, 'i', 0, n_imap);
 	TAKE(fr_ksm, const uint8_t *, o[2], 1, 'u', 0);
 	TAKE(fr_node, const int32_t *, o[3], 4, 'i', 0);
 	TAKE(items, struct item_hot *, o[4], sizeof(struct item_hot), 'r', 1);
+	TAKE(cold, const struct item_cold *, o[10], sizeof(struct item_cold), 'r', 0);
 	TAKE_N(out_pos, int64_t *, o[5], 8, 'i', 1, n_pos);
 	TAKE_N(out_cum, int64_t *, o[6], 8, 'i', 1, n_cum);
 	TAKE_N(out_kind, uint8_t *, o[7], 1, 'u', 1, n_kind);
@@ -231,8 +233,8 @@ static PyObject *py_window(PyObject *self, PyObject *args)
 		PyErr_SetString(PyExc_ValueError, "window: arrays of the wrong lengths");
 		goto fail;
 	}
-	ksr_window(n, ptes, imap, fr_ksm, fr_node, items, smart, seqnr, budget, out_pos, out_cum,
-		   out_kind, out_stale, summary);
+	ksr_window(n, ptes, imap, fr_ksm, fr_node, items, cold, smart, keep_flagged, seqnr, budget,
+		   out_pos, out_cum, out_kind, out_stale, summary);
 	out = Py_NewRef(Py_None);
 fail:
 	release(&h);
@@ -555,6 +557,7 @@ static const struct field visit_args_fields[] = {
 	FIELD(visit_args, collapse_any, "u1"),
 	FIELD(visit_args, chains, "u1"),
 	FIELD(visit_args, pairs, "u1"),
+	FIELD(visit_args, flag_zero, "u1"),
 	{ NULL, NULL, 0 },
 };
 
@@ -596,7 +599,8 @@ static int exec_module(PyObject *m)
 		C(VISIT_PTES),	  C(VISIT_HITS),    C(VISIT_CHECKSUMS), C(VISIT_SEARCHES),
 		C(VISIT_TRACED),  C(VISIT_DUPS),    C(TRACED_ZERO),
 		C(VISIT_PAIRS),	  C(VISIT_MADE),    C(VISIT_CHAINS),  C(VISIT_DUPS_MADE),
-		C(VISIT_STABLE_ADDED), C(VISIT_UNSTABLE_DELETED), C(MADE_CHAIN),
+		C(VISIT_STABLE_ADDED), C(VISIT_UNSTABLE_DELETED), C(VISIT_UNFLAGGED),
+		C(MADE_CHAIN),
 		C(MADE_NEW_CHAIN), C(MADE_FIELDS),
 		C(VISIT_SUMS),	  C(WRITE_RSS),	    C(WRITE_KSM_ZERO), C(WRITE_FAULT_ZERO),
 		C(WRITE_STATS),	  C(WRITE_COW_KSM), C(WRITE_COW_ZERO), C(WRITE_EVENTS),

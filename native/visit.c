@@ -15,7 +15,8 @@
  * new dup of a chain, or a new chain of the node filed before and the new
  * one).  Both visit orders are done: Linux 6.11+'s (checksum, zero page,
  * stable tree, unstable tree) and 6.1's (the stable tree first, with the
- * item still linked where it was).
+ * item still linked where it was).  In the v6 design (args->flag_zero) a
+ * zero-page merge also flags the item and a visit clears the flag.
  * Everything else (a stale node or dup, a chain that would collapse, a
  * partner outside the window, a new KSM page when tracing or without room
  * for its node, a KSM page not linked to its item, an unstable item of the
@@ -420,6 +421,15 @@ static int merge_pair(struct scan *k, int64_t i, int64_t row, int64_t frame, uin
 	return 1;
 }
 
+/* v6: an item visited with a normal page at its address loses its zero-page flag. */
+static void unflag(struct scan *k, struct item_cold *c)
+{
+	if (k->a->flag_zero && (c->flags & ZERO_PAGE_FLAG)) {
+		c->flags &= (uint16_t)~ZERO_PAGE_FLAG;
+		k->sums[VISIT_UNFLAGGED]++;
+	}
+}
+
 /* cmp_and_merge_page() of event i: the page at window position p, item row; 0 to hand it back. */
 static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 {
@@ -435,6 +445,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		/* Only a KSM page already linked to its item is done here. */
 		if (it->state != STATE_STABLE || it->node != k->fr_node[frame])
 			return 0;
+		unflag(k, c);
 		k->sums[VISIT_HITS]++;
 		return 1;
 	}
@@ -471,6 +482,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 	}
 	if (cid >= 0)
 		chain_use(k, cid, &pick);
+	unflag(k, c);
 	unlink_item(k, row);
 	if (node >= 0) {
 		/* replace_page() into the node's KSM page, stable_tree_append() */
@@ -491,6 +503,8 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 	} else if (zero) {
 		/* try_to_merge_with_zero_page() */
 		k->ptes[p] = PTE_KSM_ZERO;
+		if (a->flag_zero)
+			c->flags |= ZERO_PAGE_FLAG;
 		k->sums[VISIT_ZERO]++;
 		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);

@@ -11,7 +11,9 @@
  * pages no longer present (stale items) before the last page handled.  A
  * skipped item in an earlier pass's unstable tree leaves it here (its state
  * and pages_unshared are all that change, in any order), so it is not
- * listed.  Most pages of a settled workload need nothing more.  The tests
+ * listed.  Most pages of a settled workload need nothing more.  With
+ * keep_flagged (the v6 design), an item flagged ZERO_PAGE_FLAG at a page
+ * mapping the zero page is not stale: the pass keeps it.  The tests
  * compare the outcome with the scalar walk's.
  */
 
@@ -25,7 +27,8 @@
  * ptes[i], imap[i]: PTE and item row (-1: none) at window position i.
  * Frames: ksm flag and stable node; items: their hot records (age and skips
  * updated when smart, state when a skipped item leaves an unstable tree of a
- * pass other than seqnr).  Outputs have room for n entries: listed positions,
+ * pass other than seqnr), and their cold ones (the flags, read with
+ * keep_flagged).  Outputs have room for n entries: listed positions,
  * the visit count up to and including each, and what each is (a visit, 1 for
  * a skip, LISTED_STALE for a stale item); the stale positions again on their
  * own.  Returns 0; the summary gets the counts, the last
@@ -33,8 +36,8 @@
  * and the items that left an unstable tree.
  */
 int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
-		   const int32_t *fr_node, struct item_hot *items, int32_t smart, int32_t seqnr,
-		   int64_t budget,
+		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
+		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind, int64_t *out_stale,
 		   int64_t *summary)
 {
@@ -58,7 +61,8 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 		}
 
 		if (pte < 0) {
-			if (row >= 0) {
+			if (row >= 0 && !(keep_flagged && pte != PTE_NONE &&
+					  (cold[row].flags & ZERO_PAGE_FLAG))) {
 				out_stale[stale++] = i;
 				out_pos[listed] = i;
 				out_cum[listed] = visits;

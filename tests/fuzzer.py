@@ -1418,10 +1418,9 @@ than the native core on traces of many pages; a hang exceeds any factor."""
 FLAT_OUT_CPU_PER_SECOND = 3
 """CPU seconds ``run --mode all`` may take per second of trace time in which
 ksmd runs with ``sleep_millisecs=0``: it then scans back to back, as many
-visits as its modelled cost allows (millions a second), and the v6 mode
-replays them on the scalar walk, some 2 us a visit."""
-FLAT_OUT_MAX_SECONDS = 120
-"""The most CPU seconds a flat-out ksmd adds (a hang still ends)."""
+visits as its modelled cost allows (millions a second).  Sized when the v6
+mode replayed them on the scalar walk (some 2 us a visit); every mode runs on
+the native core now, and the scalar path has :data:`SCALAR_CPU_FACTOR`."""
 
 
 EVENTS_PER_CPU_SECOND = 5000
@@ -1432,10 +1431,15 @@ reading and validating included."""
 
 WRITTEN_PAGES_PER_CPU_SECOND = 10_000
 """Pages written that ``run --mode all`` may settle per CPU second: each is
-visited a few times until the counters settle, and the v6 mode visits on the
-scalar walk (some 10 us a visit). One content in many pages takes longer: it
+visited a few times until the counters settle (sized when the v6 mode visited
+on the scalar walk, some 10 us a visit). One content in many pages takes longer: it
 makes a stable node chain whose dups each visit looks through, as Linux's
 does (262,144 pages of one content: 1,024 dups, 26 s in three modes)."""
+
+
+DECLARED_MAX_SECONDS = 120
+"""The most CPU seconds one kind of declared work (ksmd flat out, pages written)
+adds to a mutant's limit, so that a hang still ends."""
 
 
 def _written_pages(objects: list[Any]) -> int:
@@ -1486,7 +1490,7 @@ def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
         )
         flat_out = min(
             -(-_flat_out_ns(mutant.objects) * FLAT_OUT_CPU_PER_SECOND // 10**9),
-            FLAT_OUT_MAX_SECONDS,
+            DECLARED_MAX_SECONDS,
         )
     more = -(-snapshots * len(MODES) // SNAPSHOTS_PER_CPU_SECOND) + flat_out
     if mutant.objects is None:  # (damaged: a JSON-lines form's lines are its events)
@@ -1494,7 +1498,7 @@ def declared_limits(mutant: Mutant, limits: Limits) -> Limits:
     else:
         more += len(mutant.objects) // EVENTS_PER_CPU_SECOND
         more += min(
-            _written_pages(mutant.objects) // WRITTEN_PAGES_PER_CPU_SECOND, FLAT_OUT_MAX_SECONDS
+            _written_pages(mutant.objects) // WRITTEN_PAGES_PER_CPU_SECOND, DECLARED_MAX_SECONDS
         )
     return replace(limits, cpu=limits.cpu + more, wall=limits.wall + 3 * more)
 

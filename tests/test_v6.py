@@ -38,6 +38,9 @@ PAGES = 4
 LEN = PAGES * PS
 
 
+pytestmark = pytest.mark.usefixtures("both_engines")
+
+
 class Run:
     """One engine driven event by event; ``one_pass()`` lets ksmd make exactly one full scan."""
 

@@ -12,10 +12,12 @@ chains, stale nodes, forks; tests/test_chains.py chains and 6.1.)
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import pytest
+from randtrace import large_random_trace, random_trace
 
 from ksmreplay import native
 from ksmreplay.engine import Engine
@@ -132,3 +134,43 @@ def test_partners_in_another_process_are_handed_back(
     assert handed and all(hit and elsewhere for hit, elsewhere in handed)
     assert made > 0
     assert len(handed) < 3000 // 10
+
+
+# -- the scalar walk and the native core agree -------------------------------------
+
+
+def _snapshots(events: list[Event]) -> tuple[list[dict[str, Any]], bool]:
+    """The v6 snapshot after every event (invariants checked), and whether the native core ran."""
+    engine = Engine("v6", PAGE)
+    snaps = []
+    for event in events:
+        engine.apply(event)
+        engine.check_invariants()
+        snaps.append(dict(engine.snapshot("x", event.t, event.index)))
+    return snaps, engine.ksmd.native is not None
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_scalar_and_native_agree_in_v6(large: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN random traces with zero pages, use_zero_pages, unmerging, forks and exits
+    traces = (
+        [large_random_trace(s) for s in range(6)]
+        if large
+        else [random_trace(s, n_events=90) for s in range(30)]
+    )
+    flagged = unflagged = 0
+    for events in traces:
+        # WHEN v6 replays each on the scalar walk and on the native core
+        monkeypatch.setenv(native.ENV, "0")
+        scalar, ran_native = _snapshots(events)
+        assert not ran_native
+        monkeypatch.delenv(native.ENV)
+        core, ran_native = _snapshots(events)
+        assert ran_native, "v6 did not run on the native core"
+        # THEN every snapshot is the same
+        assert core == scalar
+        counts = [s["ksm"]["zero_pages_sharing"] for s in scalar]
+        flagged += sum(b > a for a, b in itertools.pairwise(counts))
+        unflagged += sum(b < a for a, b in itertools.pairwise(counts))
+    # and the traces flagged items and cleared flags
+    assert flagged > 0 and unflagged > 0

@@ -928,9 +928,6 @@ class Ksmd(FlaggedItems):
             visits += 1
             page = int(pages[p])
             self._tick(self._window_visits + visits)
-            if v6 and it.is_flagged(row):
-                # v6: a flagged item visited with a normal page there loses its flag.
-                self._clear_zero(slot, np.array([row], np.int64))
             view = mm.pt.chunk(page >> CHUNK_SHIFT)
             self._cmp_and_merge(slot, row, view, page & (CHUNK - 1), page)
             if visits == budget:
@@ -1084,6 +1081,7 @@ class Ksmd(FlaggedItems):
         a["collapse_any"] = self.chain_collapse_any
         a["chains"] = in_range
         a["pairs"] = in_range
+        a["flag_zero"] = self.mode.flags_zero_page_items
         a["slot"] = slot.id
         a["room"] = MADE_ROOM
         return args
@@ -1114,6 +1112,12 @@ class Ksmd(FlaggedItems):
         events["zero_pages_merged"] += done.zero
         mm.rss_anon -= done.zero
         mm.ksm_zero_ptes += done.zero
+        if self.mode.flags_zero_page_items:
+            # v6: each zero-page merge flagged its item, each visit of a flagged
+            # item with a normal page cleared the flag.
+            flagged = done.zero - done.unflagged
+            self.c.zero_pages_sharing += flagged
+            mm.zero_pages_sharing += flagged
         self.unstable.added(done.inserted)
         # Each merge and zero-page merge moved a mapping between two frames.
         self.mem.frames.changes += done.merges + done.zero
@@ -1176,7 +1180,9 @@ class Ksmd(FlaggedItems):
             fr.ksm,
             fr.node,
             it.hot,
+            it.cold,
             bool(self.knobs.smart_scan),
+            self.mode.flags_zero_page_items,
             self.seqnr & SEQNR_MASK,
             budget,
         )
@@ -1196,6 +1202,9 @@ class Ksmd(FlaggedItems):
         """
         fr, it = self.mem.frames, self.items
         frame = int(view[k])
+        if self.mode.flags_zero_page_items and it.is_flagged(row):
+            # v6: a flagged item visited with a normal page there loses its flag.
+            self._clear_zero(slot, np.array([row], np.int64))
         if fr.ksm[frame]:
             # A KSM page reached through fork, or an item linked elsewhere:
             # stable_tree_search() returns the page itself; append with bypass.

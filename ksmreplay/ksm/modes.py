@@ -99,7 +99,6 @@ V6 = Mode(
     counts_zero_pages=False,
     profit_counts_zero_pages=True,
     flags_zero_page_items=True,
-    native_scan=False,
 )
 """The design first proposed for zero-page tracking: series "ksm: support
 tracking KSM-placed zero-pages" v6 (posted 2023-02-10, dropped from the
