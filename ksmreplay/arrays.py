@@ -239,7 +239,7 @@ def charge(nbytes: int, what: str) -> None:
     BUDGET.charge(nbytes, what)
 
 
-PAGE_ESTIMATE = 170
+PAGE_ESTIMATE = 120
 """What a replay takes per page resident, mergeable and scanned (bytes; its
 frame, PTE, rmap_item and tree entries, as measured: README, "What a replay
 costs")."""
