@@ -197,6 +197,7 @@ class Ksmd(FlaggedItems):
             self._args.set("room", MADE_ROOM)
             self._args.set("flag_zero", mode.flags_zero_page_items)
         self.items = ItemTable()
+        self.items.on_grow = self._forget_tables
         self.c = Counters()
         self.slots: list[Slot] = []
         self.slot_of: dict[int, Slot] = {}  # id(mm) -> slot
@@ -908,11 +909,12 @@ class Ksmd(FlaggedItems):
             return self._window_done(
                 core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
             )
-        free_rows, free = it.free_rows(len(ptes))
+        free_rows, n_free, fresh, end = it.free_rows(len(ptes))
         self._reserve(min(len(ptes), budget))
         step = core.step(
             self._tables(core, free_rows), ptes, imap, seg_rows, budget,
-            bool(self.knobs.smart_scan), free, self._args.bytes, MADE_ROOM, traced,
+            bool(self.knobs.smart_scan), (n_free, fresh, end), self._args.bytes, MADE_ROOM,
+            traced,
         )  # fmt: skip
         if step.status == STEP_NONE:
             return 0, None
@@ -926,7 +928,7 @@ class Ksmd(FlaggedItems):
                 core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
             )
         made, freed = step.items, step.freed
-        it.took(made, freed, step.free)
+        it.took(made, freed, step.free, step.fresh)
         slot.rmap_items += made - freed
         c.rmap_items += made - freed
         if len(imap_views) > 1 and (made or step.stale):
