@@ -170,6 +170,59 @@ def test_a_window_step_ends_every_way(monkeypatch: pytest.MonkeyPatch) -> None:
     assert freed[0] > 0
 
 
+def _items(events: list[Event]) -> tuple[Any, ...]:
+    """The rmap_item table after a replay: each row's mm slot and page, and its free stack."""
+    engine = Engine("unshare", PAGE)
+    for event in events:
+        engine.apply(event)
+    items = engine.ksmd.items
+    n, fresh, end = items.free_rows(0)[1:]
+    freed = items.free_rows(0)[0][:n]
+    return items.slot.tolist(), items.page.tolist(), freed.tolist(), fresh, end
+
+
+def test_a_window_step_takes_the_rows_the_scalar_walk_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages dropped (their items freed), then more pages than that: the
+    native step makes the new pages' items from the rows freed (the last
+    freed first) and then from the rows never used (lowest first), in one
+    window, as the scalar walk's ItemTable.alloc() does: every item has the
+    same row, and the free stacks are the same."""
+    events = _trace(1200, 2, procs=2)
+    n = len(events)
+    events += [
+        Madvise(n + i, 2 * SECOND, 1, BASE + page * PAGE, PAGE, "dontneed")
+        for i, page in enumerate(range(0, 80, 8))
+    ]
+    n = len(events)
+    events += [Settle(n, 2 * SECOND, 2)]
+    extra = BASE + (1 << 30)
+    events += [
+        Alloc(n + 1, 3 * SECOND, 1, extra, 400 * PAGE),
+        Write(n + 2, 3 * SECOND, 1, extra, 400 * PAGE, 99),
+        Madvise(n + 3, 3 * SECOND, 1, extra, 400 * PAGE, "mergeable"),
+        Settle(n + 4, 3 * SECOND, 2),
+    ]
+    monkeypatch.setenv(native.ENV, "0")
+    expected = _items(events)
+    monkeypatch.delenv(native.ENV)
+    mixed = []
+    step = native.Native.step
+
+    def watched(self: native.Native, *args: Any, **kwargs: Any) -> native.Stepped:
+        n_free, fresh, _end = args[6]
+        done = step(self, *args, **kwargs)
+        if done.status != native.STEP_ALLOC and done.items > n_free:
+            mixed.append((done.items, n_free, done.fresh - fresh))
+        return done
+
+    monkeypatch.setattr(native.Native, "step", watched)
+    assert _items(events) == expected
+    # (a step took every freed row and then unused ones)
+    assert any(0 < n_free < made == n_free + unused for made, n_free, unused in mixed)
+
+
 # -- the scalar walk and the native core agree -------------------------------------
 
 
