@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 from randtrace import large_random_trace, random_trace
 
-from ksmreplay import native
+from ksmreplay import arrays, native
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import Ksmd
+from ksmreplay.ksm import items as items_module
 from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
+from ksmreplay.vm import frames as frames_module
 
 pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
@@ -221,6 +223,39 @@ def test_a_window_step_takes_the_rows_the_scalar_walk_takes(
     assert _items(events) == expected
     # (a step took every freed row and then unused ones)
     assert any(0 < n_free < made == n_free + unused for made, n_free, unused in mixed)
+
+
+def test_tables_the_native_core_holds_still_grow_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rmap_items and the frames grow while ksmd's scan holds them for
+    the native core: ksmd lets them go first, so that they grow in place
+    (the same arrays made longer), not as copies beside the old rows."""
+    grown: list[tuple[str, bool]] = []
+
+    def watched(owner: object, name: str, length: int) -> None:
+        # (an id, not the array: holding it here would keep it from growing in place)
+        before, had = id(getattr(owner, name)), len(getattr(owner, name))
+        arrays.grow_rows(owner, name, length)
+        if had:
+            grown.append((f"{type(owner).__name__}.{name}", id(getattr(owner, name)) == before))
+
+    monkeypatch.setattr(items_module, "grow_rows", watched)
+    monkeypatch.setattr(frames_module, "grow_rows", watched)
+    events = _trace(3000, 0)
+    n, more = len(events), BASE + (1 << 30)
+    # (a second area after the first scans: the frames grow too while held)
+    events += [
+        Alloc(n, 2 * SECOND, 1, more, 3000 * PAGE),
+        Write(n + 1, 2 * SECOND, 1, more, 3000 * PAGE, 5),
+        Madvise(n + 2, 2 * SECOND, 1, more, 3000 * PAGE, "mergeable"),
+        Settle(n + 3, 2 * SECOND, 2),
+        Snapshot(n + 4, 2 * SECOND, "more"),
+    ]
+    _replay(events)
+    tables = {name for name, _ in grown if not name.startswith("FreeStack")}
+    assert {"ItemTable.hot", "ItemTable.hnext", "FrameTable.content"} <= tables
+    assert all(in_place for name, in_place in grown if name in tables)
 
 
 # -- the scalar walk and the native core agree -------------------------------------

@@ -1007,7 +1007,6 @@ class Ksmd(FlaggedItems):
         new = np.flatnonzero(rows < 0)
         if len(new):
             at = front.pos[new]
-            self._forget_tables()  # (the item table may move)
             fresh = it.alloc(slot.id, pages[at])
             rows[new] = fresh
             imap[at] = fresh
