@@ -13,6 +13,7 @@ chains, stale nodes, forks; tests/test_chains.py chains and 6.1.)
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from ksmreplay import arrays, native
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import Ksmd
 from ksmreplay.ksm import items as items_module
+from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
 from ksmreplay.vm import frames as frames_module
 
@@ -256,6 +258,50 @@ def test_tables_the_native_core_holds_still_grow_in_place(
     tables = {name for name, _ in grown if not name.startswith("FreeStack")}
     assert {"ItemTable.hot", "ItemTable.hnext", "FrameTable.content"} <= tables
     assert all(in_place for name, in_place in grown if name in tables)
+
+
+def test_a_content_map_the_native_core_holds_is_gone_before_its_next_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three processes' pages, first all alike, then each unique: the
+    unstable tree's table grows while ksmd's scan holds it for the native
+    core; ksmd lets it go first, so that the old table is freed before the
+    new one is made (never both)."""
+    old_tables: dict[int, tuple[int, weakref.ref[Any]]] = {}
+    replaced: list[tuple[int, bool]] = []
+    reserve, new_table = ContentMap.reserve, ContentMap._new_table
+
+    def reserving(self: ContentMap, n: int) -> None:
+        table = self.table()[0]
+        old_tables[id(self)] = len(table), weakref.ref(table)
+        del table
+        reserve(self, n)
+
+    def making(self: ContentMap) -> None:
+        if id(self) in old_tables:
+            slots, old = old_tables.pop(id(self))
+            replaced.append((slots, old() is None))
+        new_table(self)
+
+    monkeypatch.setattr(ContentMap, "reserve", reserving)
+    monkeypatch.setattr(ContentMap, "_new_table", making)
+    per = 3000
+    events: list[Event] = [Ksm(0, 0, {"run": 1, "pages_to_scan": 500})]
+    for pid in (1, 2, 3):
+        events += [
+            Alloc(len(events), 0, pid, BASE, per * PAGE),
+            Write(len(events) + 1, 0, pid, BASE, per * PAGE, 7),
+            Madvise(len(events) + 2, 0, pid, BASE, per * PAGE, "mergeable"),
+        ]
+    events.append(Settle(len(events), 0, 3))
+    for pid in (1, 2, 3):
+        unique = np.arange(pid * per, (pid + 1) * per, dtype=np.uint64) + 100
+        events.append(Write(len(events), SECOND, pid, BASE, per * PAGE, unique))
+    events += [Settle(len(events), SECOND, 3), Snapshot(len(events) + 1, SECOND, "unique")]
+    _replay(events)
+    # (a growth from more than the first table: made while the scan held it)
+    assert len(replaced) >= 2 and replaced[-1][0] > 1024
+    assert all(freed for _slots, freed in replaced)
 
 
 # -- the scalar walk and the native core agree -------------------------------------

@@ -20,7 +20,7 @@ of keys; the entries are the same either way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +46,10 @@ class ContentMap:
     """``uint64`` key -> non-negative value below 2**31 (a row, an id: the slot
     holds it in 32 bits); see the module docstring."""
 
-    __slots__ = ("_bits", "_gen", "_keys", "_len", "_native", "_now", "_table", "_taken", "_vals")
+    __slots__ = (
+        "_bits", "_gen", "_keys", "_len", "_native", "_now", "_table", "_taken", "_vals",
+        "on_grow",
+    )  # fmt: skip
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
@@ -58,6 +61,9 @@ class ContentMap:
         """Live entries."""
         self._taken = 0
         """Occupied slots: live entries and tombstones."""
+        self.on_grow: Callable[[], None] | None = None
+        """Called before the table is replaced (whoever holds it lets it go,
+        so that the old table is gone before the new one is made)."""
 
     def __len__(self) -> int:
         return self._len
@@ -216,6 +222,8 @@ class ContentMap:
         while 8 * (len(keys) + n) > 5 << bits:
             bits += 1
         # (the old table goes before the new one is made: never both)
+        if self.on_grow is not None:
+            self.on_grow()
         del self._table, self._keys, self._vals, self._gen
         self._bits = bits
         self._new_table()

@@ -215,6 +215,7 @@ class Ksmd(FlaggedItems):
         self.stable = StableTree()
         self.unstable = ContentMap()
         """The unstable tree: content -> item."""
+        self.stable.index().on_grow = self.unstable.on_grow = self._forget_tables
         self.now = 0
         self.cpu_ns = 0
         """ksmd's modelled CPU time so far (ns): every batch's cost
