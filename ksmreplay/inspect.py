@@ -26,10 +26,17 @@ page by page: the state kept is one segment per run of pages a write gave one
 fingerprint (a whole range, however large, is one segment) or its list of
 fingerprints, and one range per mapping; so time and memory follow the
 events and the fingerprints a trace lists, never the size of its ranges.
+
+Large traces are mostly runs of writes (:class:`~ksmreplay.trace.events.WriteRun`),
+taken a run at a time in numpy rather than a write at a time: the pages a run
+writes over pages held in an array are written into the array in place, and
+the pages written after the first write's instant join an interval set in
+bulk (:class:`PageSet`).
 """
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +63,11 @@ from ksmreplay.vm.content import PageStore, literal_write
 
 Fingerprints = int | npt.NDArray[np.uint64]
 """What a segment of a :class:`PageMap` holds: one fingerprint for each of its
-pages (an int), or one per page (a uint64 array, never changed in place)."""
+pages (an int), or one per page (a uint64 array, changed in place only by the
+map that owns it: :meth:`PageMap.assign`)."""
+
+Pages = npt.NDArray[np.int64]
+"""Page numbers."""
 
 _LOAD = 256
 """Segments per block of a :class:`PageMap` (a block splits at twice this)."""
@@ -81,10 +92,15 @@ class PageMap:
     that adding or dropping one moves few others.  A write or a drop costs
     the segments it touches (and a search), never the pages its range spans.
 
+    An array a segment holds may be shared with other maps (a :meth:`copy`)
+    or with the write it came from: only :meth:`assign` changes one, in
+    place, and only an array it made itself since the map was last copied
+    (it copies a shared one first).
+
     :ivar pages: the number of pages in the map.
     """
 
-    __slots__ = ("_ends", "_firsts", "_starts", "_values", "pages")
+    __slots__ = ("_ends", "_firsts", "_owned", "_starts", "_values", "pages")
 
     def __init__(self) -> None:
         self._firsts: list[int] = []
@@ -93,9 +109,12 @@ class PageMap:
         self._ends: list[list[int]] = []
         self._values: list[list[Fingerprints]] = []
         self.pages = 0
+        self._owned: weakref.WeakValueDictionary[int, npt.NDArray[np.uint64]] | None = None
+        """The arrays only this map holds, by id: :meth:`assign` writes them in place."""
 
     def copy(self) -> PageMap:
-        """An independent copy (``fork``); the arrays are shared, never changed."""
+        """An independent copy (``fork``); the arrays are shared, so neither map owns them."""
+        self._owned = None
         other = PageMap()
         other._firsts = self._firsts.copy()
         other._starts = [block.copy() for block in self._starts]
@@ -151,6 +170,77 @@ class PageMap:
                 if first < last:
                     out.put(first, last, _cut(value, first - start, last - start))
         return out
+
+    def assign(self, pages: Pages, values: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        """Pages ``pages`` (ascending, distinct) now hold ``values``, one each;
+        returns which of them were not in the map.
+
+        A page in a segment holding an array is written into the array in
+        place (into a copy the map then owns, if the array is shared); a page
+        in a segment holding its value already is left; the others are put
+        as runs of consecutive pages.  Costs the pages given and the segments
+        they fall in.
+        """
+        new = np.ones(len(pages), np.bool_)
+        rest = np.ones(len(pages), np.bool_)  # pages still to put
+        if self._starts and len(pages):
+            blocks = np.searchsorted(np.array(self._firsts, np.int64), pages, "right") - 1
+            cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(pages)], strict=True):
+                b = int(blocks[lo])
+                if b >= 0:
+                    self._assign_in_block(b, pages, values, lo, hi, new, rest)
+        if rest.any():
+            left = np.flatnonzero(rest)
+            runs = np.flatnonzero(np.diff(pages[left]) != 1) + 1
+            starts = [0, *runs.tolist()]
+            ends = [*runs.tolist(), len(left)]
+            firsts = pages[left].tolist()
+            for i, j in zip(starts, ends, strict=True):
+                self.put(firsts[i], firsts[j - 1] + 1, values[left[i:j]])
+        return new
+
+    def _assign_in_block(
+        self,
+        b: int,
+        pages: Pages,
+        values: npt.NDArray[np.uint64],
+        lo: int,
+        hi: int,
+        new: npt.NDArray[np.bool_],
+        rest: npt.NDArray[np.bool_],
+    ) -> None:
+        """:meth:`assign` of ``pages[lo:hi]``, which fall in block ``b`` or the gap
+        after it: write those in arrays, clear ``new`` of those in the map and
+        ``rest`` of those written or holding their value already."""
+        block = self._values[b]
+        starts = np.array(self._starts[b], np.int64)
+        ends = np.array(self._ends[b], np.int64)
+        part = pages[lo:hi]
+        i = np.minimum(np.searchsorted(ends, part, "right"), len(ends) - 1)
+        inside = np.flatnonzero(starts[i] <= part)  # ends[i] > page unless at the end
+        inside = inside[ends[i[inside]] > part[inside]]
+        if not len(inside):
+            return
+        new[lo + inside] = False
+        segs = i[inside]
+        cuts = np.flatnonzero(segs[1:] != segs[:-1]) + 1
+        for p, q in zip([0, *cuts.tolist()], [*cuts.tolist(), len(inside)], strict=True):
+            s = int(segs[p])
+            held = block[s]
+            where = lo + inside[p:q]
+            if isinstance(held, int):
+                rest[where[values[where] == np.uint64(held)]] = False
+                continue
+            owned = self._owned
+            if owned is None or owned.get(id(held)) is not held:
+                held = held.copy()
+                block[s] = held
+                if owned is None:
+                    owned = self._owned = weakref.WeakValueDictionary()
+                owned[id(held)] = held
+            held[pages[where] - int(starts[s])] = values[where]
+            rest[where] = False
 
     def drop(self, start: int, end: int) -> None:
         """Remove pages ``start .. end-1`` (those not in the map are ignored)."""
@@ -256,6 +346,110 @@ def _same(a: Fingerprints, b: Fingerprints) -> bool:
     return isinstance(a, int) and isinstance(b, int) and a == b
 
 
+_EMPTY: Pages = np.empty(0, np.int64)
+
+
+class PageSet:
+    """A set of page numbers: sorted, disjoint, non-adjacent ``[start, end)``
+    intervals in two int64 arrays (never changed in place, so a copy shares
+    them), and the intervals added since, merged in once they are as many as
+    the set's (or when the set is read): adding costs a sort of what is added,
+    in bulk; a drop costs a search, or a copy of the arrays when it removes
+    some pages.
+    """
+
+    __slots__ = ("_added", "_added_count", "_ends", "_starts")
+
+    def __init__(self, starts: Pages = _EMPTY, ends: Pages = _EMPTY) -> None:
+        self._starts = starts
+        self._ends = ends
+        self._added: list[tuple[Pages, Pages]] = []
+        self._added_count = 0
+
+    def add(self, starts: Pages, ends: Pages) -> None:
+        """Add the pages of the intervals ``[starts[i], ends[i])`` (any order, may overlap)."""
+        self._added.append((starts, ends))
+        self._added_count += len(starts)
+        if self._added_count > max(len(self._starts), 1024):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._added:
+            return
+        starts = np.concatenate([self._starts, *(s for s, _ in self._added)])
+        ends = np.concatenate([self._ends, *(e for _, e in self._added)])
+        self._added = []
+        self._added_count = 0
+        keep = starts < ends
+        starts, ends = starts[keep], ends[keep]
+        if not len(starts):
+            self._starts = self._ends = _EMPTY
+            return
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+        reach = np.maximum.accumulate(ends)
+        # an interval starts a new one unless it meets or touches those before it
+        begins = np.flatnonzero(np.concatenate(([True], starts[1:] > reach[:-1])))
+        self._starts = starts[begins]
+        self._ends = reach[np.concatenate((begins[1:] - 1, [len(reach) - 1]))].astype(np.int64)
+
+    @property
+    def pages(self) -> int:
+        """The number of pages in the set."""
+        self._merge()
+        return int((self._ends - self._starts).sum())
+
+    def intervals(self) -> tuple[Pages, Pages]:
+        """The starts and ends of the set's intervals, ascending."""
+        self._merge()
+        return self._starts, self._ends
+
+    def copy(self) -> PageSet:
+        """An independent copy (``fork``)."""
+        self._merge()
+        return PageSet(self._starts, self._ends)
+
+    def drop(self, start: int, end: int) -> None:
+        """Remove pages ``start .. end-1`` (those not in the set are ignored)."""
+        self._merge()
+        starts, ends = self._starts, self._ends
+        i = int(np.searchsorted(ends, start, "right"))  # the first interval that ends after start
+        j = int(np.searchsorted(starts, end, "left"))  # intervals i .. j-1 meet the range
+        if i >= j:
+            return
+        kept_starts = [int(starts[i])] if starts[i] < start else []
+        kept_ends = [start] if kept_starts else []
+        if ends[j - 1] > end:
+            kept_starts.append(end)
+            kept_ends.append(int(ends[j - 1]))
+        self._starts = np.concatenate((starts[:i], np.array(kept_starts, np.int64), starts[j:]))
+        self._ends = np.concatenate((ends[:i], np.array(kept_ends, np.int64), ends[j:]))
+
+    def restricted(self, ranges: RangeSet, shift: int) -> PageSet:
+        """The pages of the set inside ``ranges`` (bytes; pages of ``1 << shift`` bytes)."""
+        starts, ends = self.intervals()
+        first, last = _page_ranges(ranges, shift)
+        lo = np.searchsorted(last, starts, "right")  # the ranges each interval meets
+        hi = np.searchsorted(first, ends, "left")
+        count = np.maximum(hi - lo, 0)
+        which = np.repeat(np.arange(len(starts)), count)
+        other = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        other += np.repeat(lo, count)
+        cut_starts = np.maximum(starts[which], first[other])
+        cut_ends = np.minimum(ends[which], last[other])
+        keep = cut_starts < cut_ends
+        out = PageSet()
+        out.add(cut_starts[keep], cut_ends[keep])
+        return out
+
+
+def _page_ranges(ranges: RangeSet, shift: int) -> tuple[Pages, Pages]:
+    """The pages ``ranges`` (bytes) span: the first and the end of each range."""
+    first = (np.array(ranges.starts, np.uint64) >> np.uint64(shift)).astype(np.int64)
+    last = (np.array(ranges.ends, np.uint64) >> np.uint64(shift)).astype(np.int64)
+    return first, last
+
+
 @dataclass
 class _Process:
     """One live process: its mappings and the fingerprints of its written pages."""
@@ -265,8 +459,8 @@ class _Process:
     """Mapped bytes."""
     written: PageMap = field(default_factory=PageMap)
     """Pages holding written content."""
-    later: PageMap = field(default_factory=PageMap)
-    """Of those, the pages written after the first write's instant (each holds 1)."""
+    later: PageSet = field(default_factory=PageSet)
+    """Of those, the pages written after the first write's instant."""
     mergeable: RangeSet = field(default_factory=RangeSet)
     """The mapped bytes that are mergeable (madvised, or all with ``merge_any``)."""
     merge_any: bool = False
@@ -305,7 +499,7 @@ class _Moment:
     t: int
     label: str | None
     written: dict[int, PageMap]
-    later: dict[int, PageMap]
+    later: dict[int, PageSet]
     settings: dict[str, Any]
     activity: _Activity
     mergeable: dict[int, RangeSet] = field(default_factory=dict)
@@ -509,28 +703,10 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 activity.later += int(run_pages[later].sum())
                 activity.later_zero += int(run_zeros[later].sum())
             fingerprints.update(np.unique(column).tolist())
-            values = column.tolist()
-            columns = zip(
-                event.t.tolist(),
-                event.pid.tolist(),
-                event.addr.tolist(),
-                event.len.tolist(),
-                event.fill.tolist(),
-                event.fp_start().tolist(),
-                event.fp_end.tolist(),
-                strict=True,
-            )
-            for when, pid, addr, length, fill, lo, hi in columns:
+            for pid, proc_writes in _by_pid(event):
                 proc = procs[pid]
-                first = addr >> shift
-                value = values[lo] if fill or hi - lo == 1 else column[lo:hi]
-                before = proc.written.pages
-                if when > activity.first_write_t and proc.mergeable.starts:
-                    _count_merged(merged, proc, first, length >> shift, value, shift)
-                proc.written.put(first, first + (length >> shift), value)
-                if when > activity.first_write_t:
-                    activity.rewritten += (length >> shift) - (proc.written.pages - before)
-                    proc.later.put(first, first + (length >> shift), 1)
+                pages, values, when = _pages_of(event, proc_writes, later, shift)
+                _write_pages(proc, pages, values, when, activity, merged, shift)
                 note(pid, proc)
             continue
         ops[event.op] += 1
@@ -569,7 +745,7 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 activity.first_write_t = max(event.t, since_ns)
             elif event.t > activity.first_write_t:
                 activity.rewritten += count - (proc.written.pages - before)
-                proc.later.put(first, first + count, 1)
+                proc.later.add(np.array([first], np.int64), np.array([first + count], np.int64))
                 activity.later += count
                 activity.later_zero += zeros
             note(event.pid, proc)
@@ -676,6 +852,85 @@ def _moment(
         {pid: proc.mergeable.copy() for pid, proc in procs.items()},
         _Activity(**(vars(merged) | {"first_write_t": activity.first_write_t})),
     )
+
+
+def _by_pid(run: WriteRun) -> list[tuple[int, npt.NDArray[np.intp]]]:
+    """The writes of ``run`` of each pid (indices, in order), by pid."""
+    order = np.argsort(run.pid, kind="stable")
+    pids = run.pid[order]
+    cuts = np.flatnonzero(pids[1:] != pids[:-1]) + 1
+    firsts = [0, *cuts.tolist()]
+    return [
+        (int(pids[i]), order[i:j])
+        for i, j in zip(firsts, [*cuts.tolist(), len(order)], strict=True)
+    ]
+
+
+def _pages_of(
+    run: WriteRun, writes: npt.NDArray[np.intp], later: npt.NDArray[np.bool_], shift: int
+) -> tuple[Pages, npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+    """The pages ``writes`` of ``run`` write, in order (a page once per write of it),
+    the fingerprint each is given, and whether the write is after the first write's
+    instant (``later``, per write)."""
+    counts = (run.len[writes] >> np.uint64(shift)).astype(np.int64)
+    first = (run.addr[writes] >> np.uint64(shift)).astype(np.int64)
+    fp_start = run.fp_start()[writes]
+    if (counts == 1).all():
+        return first, run.fps[fp_start], later[writes]
+    before = np.cumsum(counts) - counts  # pages of the writes before each
+    step = np.arange(int(counts.sum()), dtype=np.int64)
+    return (
+        np.repeat(first - before, counts) + step,
+        run.fps[np.repeat(fp_start - before, counts) + step],
+        np.repeat(later[writes], counts),
+    )
+
+
+def _write_pages(
+    proc: _Process,
+    pages: Pages,
+    values: npt.NDArray[np.uint64],
+    later: npt.NDArray[np.bool_],
+    activity: _Activity,
+    merged: _Activity,
+    shift: int,
+) -> None:
+    """Writes of a run into ``proc``, page by page in order: ``pages`` get
+    ``values``; ``later`` tells the writes after the first write's instant, to count
+    into ``activity.rewritten`` (a page written while it held written content) and
+    into ``merged`` (the pages in mergeable mappings, as :func:`_count_merged`)."""
+    order = np.argsort(pages, kind="stable")
+    ordered = pages[order]
+    begins = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    ends = np.concatenate((begins[1:], [True]))
+    distinct = ordered[begins]
+    first_write, last_write = order[begins], order[ends]  # of each distinct page
+    new = proc.written.assign(distinct, values[last_write])
+    if not later.any():
+        return
+    # A page is written over written content unless the map did not hold it and
+    # this is its first write (the writes before the first instant come first).
+    fresh = new & later[first_write]
+    activity.rewritten += int(np.count_nonzero(later)) - int(np.count_nonzero(fresh))
+    touched = distinct[later[last_write]]
+    proc.later.add(touched, touched + 1)
+    if not proc.mergeable.starts:
+        return
+    first, last = _page_ranges(proc.mergeable, shift)
+    mergeable = _within(pages, first, last) & later
+    merged.later += int(np.count_nonzero(mergeable))
+    merged.later_zero += int(np.count_nonzero(mergeable & (values == 0)))
+    merged.rewritten += int(np.count_nonzero(mergeable)) - int(
+        np.count_nonzero(fresh & mergeable[first_write])
+    )
+
+
+def _within(pages: Pages, first: Pages, last: Pages) -> npt.NDArray[np.bool_]:
+    """Whether each of ``pages`` is in one of the ranges ``[first[i], last[i])`` (ascending)."""
+    if not len(first):
+        return np.zeros(len(pages), np.bool_)
+    i = np.minimum(np.searchsorted(last, pages, "right"), len(last) - 1)
+    return (first[i] <= pages) & (pages < last[i])
 
 
 def _count_merged(
