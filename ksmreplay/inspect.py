@@ -528,14 +528,24 @@ def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArr
             int_counts.append(end - start)
         else:
             arrays.append(value)
-    fps = np.concatenate([np.array(ints, dtype=np.uint64), *arrays])
-    counts = np.concatenate(
-        [np.array(int_counts, dtype=np.int64), *(np.ones(len(a), np.int64) for a in arrays)]
-    )
-    unique, inverse = np.unique(fps, return_inverse=True)
-    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique)).astype(
-        np.int64
-    )
+    each = np.sort(np.concatenate([np.empty(0, np.uint64), *arrays]))  # one page each
+    held, counts = _runs(each)
+    if not ints:
+        return held, counts
+    values = np.array(ints, np.uint64)
+    union = _unique(np.concatenate((held, values)))
+    total = np.zeros(len(union), np.int64)
+    total[np.searchsorted(union, held)] = counts
+    np.add.at(total, np.searchsorted(union, values), np.array(int_counts, np.int64))
+    return union, total
+
+
+def _runs(ordered: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """The distinct values of ``ordered`` (ascending) and how many times each is there."""
+    begins = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    if not len(ordered):
+        begins = begins[:0]
+    return ordered[begins], np.diff(np.append(begins, len(ordered)))
 
 
 def measure_contents(
@@ -567,11 +577,12 @@ def measure_contents(
     zero = sum(int(c[f == 0].sum()) for f, c in per)
     if per:
         everything = np.concatenate([f for f, _ in per])
-        held, holders = np.unique(everything, return_counts=True)
+        everything.sort()
+        held, holders = _runs(everything)
         nonzero = held != 0
         distinct = int(np.count_nonzero(nonzero))
         in_several = held[nonzero & (holders > 1)]
-        shared = sum(int(c[np.isin(f, in_several)].sum()) for f, c in per)
+        shared = sum(int(c[_member(f, in_several)].sum()) for f, c in per)
     else:
         distinct = shared = 0
     activity = _Activity() if moment is None or not live else moment.activity
@@ -663,7 +674,7 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
     ops = dict.fromkeys(OPS, 0)
     procs: dict[int, _Process] = {}
     peaks: dict[int, _Peaks] = {}
-    fingerprints: set[int] = set()
+    fingerprints = _Distinct()
     zero_pages = 0
     settings_changes: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
@@ -702,7 +713,7 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 )
                 activity.later += int(run_pages[later].sum())
                 activity.later_zero += int(run_zeros[later].sum())
-            fingerprints.update(_unique(column).tolist())
+            fingerprints.add(column)
             for pid, proc_writes in _by_pid(event):
                 proc = procs[pid]
                 pages, values, when = _pages_of(event, proc_writes, later, shift)
@@ -724,13 +735,13 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 if is_later and proc.mergeable.starts:
                     _count_merged(merged, proc, first, len(fps), array, shift)
                 proc.written.put(first, first + len(fps), array)
-                fingerprints.update(fps)
+                fingerprints.add(array)
                 count, zeros = len(fps), fps.count(0)
             elif isinstance(content, np.ndarray):
                 if is_later and proc.mergeable.starts:
                     _count_merged(merged, proc, first, len(content), content, shift)
                 proc.written.put(first, first + len(content), content)
-                fingerprints.update(content.tolist())
+                fingerprints.add(content)
                 count = len(content)
                 zeros = count - int(np.count_nonzero(content))
             else:
@@ -738,7 +749,7 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 if is_later and proc.mergeable.starts:
                     _count_merged(merged, proc, first, count, content, shift)
                 proc.written.put(first, first + count, content)
-                fingerprints.add(content)
+                fingerprints.add(np.array([content], np.uint64))
                 zeros = count if content == 0 else 0
             zero_pages += zeros
             if activity.first_write_t is None:
@@ -854,11 +865,45 @@ def _moment(
     )
 
 
+def _member(values: npt.NDArray[np.uint64], of: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Whether each of ``values`` is in ``of`` (ascending, distinct)."""
+    if not len(of):
+        return np.zeros(len(values), np.bool_)
+    return of[np.minimum(np.searchsorted(of, values), len(of) - 1)] == values
+
+
+class _Distinct:
+    """The distinct values of the arrays added (fingerprints written): a sorted
+    array and the arrays added since, merged in once they are as long."""
+
+    __slots__ = ("_added", "_added_count", "_seen")
+
+    def __init__(self) -> None:
+        self._seen: npt.NDArray[np.uint64] = np.empty(0, np.uint64)
+        self._added: list[npt.NDArray[np.uint64]] = []
+        self._added_count = 0
+
+    def add(self, values: npt.NDArray[np.uint64]) -> None:
+        self._added.append(values)
+        self._added_count += len(values)
+        if self._added_count > max(len(self._seen), 1 << 16):
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._added:
+            self._seen = _unique(np.concatenate([self._seen, *self._added]))
+            self._added = []
+            self._added_count = 0
+
+    def __len__(self) -> int:
+        self._merge()
+        return len(self._seen)
+
+
 def _unique(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """The distinct ``values``, ascending (by sorting: ``np.unique`` hashes, which is
     many times slower on fingerprints)."""
-    ordered = np.sort(values)
-    return ordered[np.concatenate((ordered[:1] == ordered[:1], ordered[1:] != ordered[:-1]))]
+    return _runs(np.sort(values))[0]
 
 
 def _by_pid(run: WriteRun) -> list[tuple[int, npt.NDArray[np.intp]]]:
