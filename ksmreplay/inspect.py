@@ -411,6 +411,8 @@ class PageSet:
 
     def drop(self, start: int, end: int) -> None:
         """Remove pages ``start .. end-1`` (those not in the set are ignored)."""
+        if start >= end:
+            return
         self._merge()
         starts, ends = self._starts, self._ends
         i = int(np.searchsorted(ends, start, "right"))  # the first interval that ends after start
