@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import weakref
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -716,9 +717,8 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 activity.later += int(run_pages[later].sum())
                 activity.later_zero += int(run_zeros[later].sum())
             fingerprints.add(column)
-            for pid, proc_writes in _by_pid(event):
+            for pid, pages, values, when in _pages_by_pid(event, later, shift):
                 proc = procs[pid]
-                pages, values, when = _pages_of(event, proc_writes, later, shift)
                 _write_pages(proc, pages, values, when, activity, merged, shift)
                 note(pid, proc)
             continue
@@ -888,7 +888,7 @@ class _Distinct:
     def add(self, values: npt.NDArray[np.uint64]) -> None:
         self._added.append(values)
         self._added_count += len(values)
-        if self._added_count > max(len(self._seen), 1 << 16):
+        if self._added_count > max(len(self._seen), 1 << 20):
             self._merge()
 
     def _merge(self) -> None:
@@ -905,39 +905,39 @@ class _Distinct:
 def _unique(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """The distinct ``values``, ascending (by sorting: ``np.unique`` hashes, which is
     many times slower on fingerprints)."""
-    return _runs(np.sort(values))[0]
+    ordered = np.sort(values)
+    keep = np.empty(len(ordered), np.bool_)
+    keep[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
-def _by_pid(run: WriteRun) -> list[tuple[int, npt.NDArray[np.intp]]]:
-    """The writes of ``run`` of each pid (indices, in order), by pid."""
+def _pages_by_pid(
+    run: WriteRun, later: npt.NDArray[np.bool_], shift: int
+) -> Iterator[tuple[int, Pages, npt.NDArray[np.uint64], npt.NDArray[np.bool_]]]:
+    """The pages the writes of ``run`` write, pid by pid: ``(pid, pages, fingerprints,
+    later)``, the pages in the order of the writes (a page once per write of it), the
+    fingerprint each is given and whether its write is after the first write's instant
+    (``later``, per write of the run)."""
     order = np.argsort(run.pid, kind="stable")
     pids = run.pid[order]
-    cuts = np.flatnonzero(pids[1:] != pids[:-1]) + 1
-    firsts = [0, *cuts.tolist()]
-    return [
-        (int(pids[i]), order[i:j])
-        for i, j in zip(firsts, [*cuts.tolist(), len(order)], strict=True)
-    ]
-
-
-def _pages_of(
-    run: WriteRun, writes: npt.NDArray[np.intp], later: npt.NDArray[np.bool_], shift: int
-) -> tuple[Pages, npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
-    """The pages ``writes`` of ``run`` write, in order (a page once per write of it),
-    the fingerprint each is given, and whether the write is after the first write's
-    instant (``later``, per write)."""
-    counts = (run.len[writes] >> np.uint64(shift)).astype(np.int64)
-    first = (run.addr[writes] >> np.uint64(shift)).astype(np.int64)
-    fp_start = run.fp_start()[writes]
+    counts = (run.len[order] >> np.uint64(shift)).astype(np.int64)
+    first = (run.addr[order] >> np.uint64(shift)).astype(np.int64)
+    fp_start = run.fp_start()[order]
+    when = later[order]
     if (counts == 1).all():
-        return first, run.fps[fp_start], later[writes]
-    before = np.cumsum(counts) - counts  # pages of the writes before each
-    step = np.arange(int(counts.sum()), dtype=np.int64)
-    return (
-        np.repeat(first - before, counts) + step,
-        run.fps[np.repeat(fp_start - before, counts) + step],
-        np.repeat(later[writes], counts),
-    )
+        pages, values = first, run.fps[fp_start]
+        bounds = np.arange(len(order) + 1)
+    else:
+        bounds = np.concatenate(([0], np.cumsum(counts)))  # pages before each write
+        step = np.arange(int(bounds[-1]), dtype=np.int64) - np.repeat(bounds[:-1], counts)
+        pages = np.repeat(first, counts) + step
+        values = run.fps[np.repeat(fp_start, counts) + step]
+        when = np.repeat(when, counts)
+    cuts = (np.flatnonzero(pids[1:] != pids[:-1]) + 1).tolist()
+    for i, j in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        lo, hi = int(bounds[i]), int(bounds[j])
+        yield int(pids[i]), pages[lo:hi], values[lo:hi], when[lo:hi]
 
 
 def _write_pages(
@@ -953,12 +953,15 @@ def _write_pages(
     ``values``; ``later`` tells the writes after the first write's instant, to count
     into ``activity.rewritten`` (a page written while it held written content) and
     into ``merged`` (the pages in mergeable mappings, as :func:`_count_merged`)."""
-    order = np.argsort(pages, kind="stable")
+    order = np.argsort(pages)
     ordered = pages[order]
-    begins = np.concatenate(([True], ordered[1:] != ordered[:-1]))
-    ends = np.concatenate((begins[1:], [True]))
+    begins = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     distinct = ordered[begins]
-    first_write, last_write = order[begins], order[ends]  # of each distinct page
+    if len(distinct) == len(pages):
+        first_write = last_write = order
+    else:  # of each distinct page
+        first_write = np.minimum.reduceat(order, begins)
+        last_write = np.maximum.reduceat(order, begins)
     new = proc.written.assign(distinct, values[last_write])
     if not later.any():
         return
