@@ -377,22 +377,15 @@ class PageSet:
     def _merge(self) -> None:
         if not self._added:
             return
-        starts = np.concatenate([self._starts, *(s for s, _ in self._added)])
-        ends = np.concatenate([self._ends, *(e for _, e in self._added)])
+        starts = np.concatenate([s for s, _ in self._added])
+        ends = np.concatenate([e for _, e in self._added])
         self._added = []
         self._added_count = 0
-        keep = starts < ends
-        starts, ends = starts[keep], ends[keep]
-        if not len(starts):
-            self._starts = self._ends = _EMPTY
-            return
-        order = np.argsort(starts, kind="stable")
-        starts, ends = starts[order], ends[order]
-        reach = np.maximum.accumulate(ends)
-        # an interval starts a new one unless it meets or touches those before it
-        begins = np.flatnonzero(np.concatenate(([True], starts[1:] > reach[:-1])))
-        self._starts = starts[begins]
-        self._ends = reach[np.concatenate((begins[1:] - 1, [len(reach) - 1]))].astype(np.int64)
+        starts, ends = _coalesce(starts, ends, np.argsort(starts))
+        # the set's intervals and the added ones, two ascending runs: a stable sort merges them
+        starts = np.concatenate((self._starts, starts))
+        ends = np.concatenate((self._ends, ends))
+        self._starts, self._ends = _coalesce(starts, ends, np.argsort(starts, kind="stable"))
 
     @property
     def pages(self) -> int:
@@ -444,6 +437,19 @@ class PageSet:
         out = PageSet()
         out.add(cut_starts[keep], cut_ends[keep])
         return out
+
+
+def _coalesce(starts: Pages, ends: Pages, order: npt.NDArray[np.intp]) -> tuple[Pages, Pages]:
+    """The intervals ``[starts[i], ends[i])`` taken in ``order`` (ascending starts), as
+    sorted, disjoint, non-adjacent intervals (the empty ones left out)."""
+    keep = order[starts[order] < ends[order]]
+    if not len(keep):
+        return _EMPTY, _EMPTY
+    starts, ends = starts[keep], ends[keep]
+    reach = np.maximum.accumulate(ends)
+    # an interval starts a new one unless it meets or touches those before it
+    begins = np.flatnonzero(np.concatenate(([True], starts[1:] > reach[:-1])))
+    return starts[begins], reach[np.append(begins[1:] - 1, len(reach) - 1)]
 
 
 def _page_ranges(ranges: RangeSet, shift: int) -> tuple[Pages, Pages]:
@@ -871,7 +877,10 @@ def _member(values: npt.NDArray[np.uint64], of: npt.NDArray[np.uint64]) -> npt.N
     """Whether each of ``values`` is in ``of`` (ascending, distinct)."""
     if not len(of):
         return np.zeros(len(values), np.bool_)
-    return of[np.minimum(np.searchsorted(of, values), len(of) - 1)] == values
+    found: npt.NDArray[np.bool_] = (
+        of[np.minimum(np.searchsorted(of, values), len(of) - 1)] == values
+    )
+    return found
 
 
 class _Distinct:
@@ -893,7 +902,10 @@ class _Distinct:
 
     def _merge(self) -> None:
         if self._added:
-            self._seen = _unique(np.concatenate([self._seen, *self._added]))
+            # two ascending runs: a stable sort merges them
+            both = np.concatenate((self._seen, _unique(np.concatenate(self._added))))
+            both.sort(kind="stable")
+            self._seen = _distinct_sorted(both)
             self._added = []
             self._added_count = 0
 
@@ -905,7 +917,11 @@ class _Distinct:
 def _unique(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """The distinct ``values``, ascending (by sorting: ``np.unique`` hashes, which is
     many times slower on fingerprints)."""
-    ordered = np.sort(values)
+    return _distinct_sorted(np.sort(values))
+
+
+def _distinct_sorted(ordered: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The distinct values of ``ordered`` (ascending)."""
     keep = np.empty(len(ordered), np.bool_)
     keep[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
