@@ -36,6 +36,7 @@ bulk (:class:`PageSet`).
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
@@ -160,16 +161,39 @@ class PageMap:
         return total
 
     def restricted(self, ranges: RangeSet, shift: int) -> PageMap:
-        """The pages of the map inside ``ranges`` (bytes; pages of ``1 << shift`` bytes)."""
+        """The pages of the map inside ``ranges`` (bytes; pages of ``1 << shift`` bytes).
+
+        The result shares the arrays of the segments it keeps whole, so that
+        neither map owns them any more (as after a :meth:`copy`)."""
+        self._owned = None
+        starts = np.fromiter(itertools.chain.from_iterable(self._starts), np.int64)
+        ends = np.fromiter(itertools.chain.from_iterable(self._ends), np.int64)
+        values = list(itertools.chain.from_iterable(self._values))
+        which, first, last = _clip(starts, ends, *_page_ranges(ranges, shift))
+        whole = (first == starts[which]) & (last == ends[which])
+        kept: list[Fingerprints] = []
+        for seg, lo, hi, keep in zip(
+            which.tolist(), first.tolist(), last.tolist(), whole.tolist(), strict=True
+        ):
+            value = values[seg]
+            if keep or isinstance(value, int):
+                kept.append(value)
+            else:
+                start = int(starts[seg])
+                kept.append(_cut(value, lo - start, hi - start))
+        return PageMap._of(first.tolist(), last.tolist(), kept)
+
+    @staticmethod
+    def _of(starts: list[int], ends: list[int], values: list[Fingerprints]) -> PageMap:
+        """The map of the segments ``[starts[i], ends[i])`` holding ``values[i]``
+        (ascending, disjoint)."""
         out = PageMap()
-        starts, ends = ranges.starts, ranges.ends
-        for start, end, value in self.segments():
-            lo = bisect_right(ends, start << shift)
-            hi = bisect_left(starts, end << shift)
-            for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
-                first, last = max(start, a >> shift), min(end, b >> shift)
-                if first < last:
-                    out.put(first, last, _cut(value, first - start, last - start))
+        for i in range(0, len(starts), _LOAD):
+            out._firsts.append(starts[i])
+            out._starts.append(starts[i : i + _LOAD])
+            out._ends.append(ends[i : i + _LOAD])
+            out._values.append(values[i : i + _LOAD])
+        out.pages = sum(ends) - sum(starts)
         return out
 
     def assign(self, pages: Pages, values: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
@@ -424,19 +448,26 @@ class PageSet:
     def restricted(self, ranges: RangeSet, shift: int) -> PageSet:
         """The pages of the set inside ``ranges`` (bytes; pages of ``1 << shift`` bytes)."""
         starts, ends = self.intervals()
-        first, last = _page_ranges(ranges, shift)
-        lo = np.searchsorted(last, starts, "right")  # the ranges each interval meets
-        hi = np.searchsorted(first, ends, "left")
-        count = np.maximum(hi - lo, 0)
-        which = np.repeat(np.arange(len(starts)), count)
-        other = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-        other += np.repeat(lo, count)
-        cut_starts = np.maximum(starts[which], first[other])
-        cut_ends = np.minimum(ends[which], last[other])
-        keep = cut_starts < cut_ends
-        out = PageSet()
-        out.add(cut_starts[keep], cut_ends[keep])
-        return out
+        _, first, last = _clip(starts, ends, *_page_ranges(ranges, shift))
+        return PageSet(first, last)
+
+
+def _clip(
+    starts: Pages, ends: Pages, first: Pages, last: Pages
+) -> tuple[npt.NDArray[np.intp], Pages, Pages]:
+    """The parts of the intervals ``[starts[i], ends[i])`` inside the ranges
+    ``[first[j], last[j])`` (both ascending and disjoint), in order: the interval
+    each part is of, and its start and end."""
+    lo = np.searchsorted(last, starts, "right")  # the ranges each interval meets
+    hi = np.searchsorted(first, ends, "left")
+    count = np.maximum(hi - lo, 0)
+    which = np.repeat(np.arange(len(starts)), count)
+    other = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    other += np.repeat(lo, count)
+    part_starts = np.maximum(starts[which], first[other])
+    part_ends = np.minimum(ends[which], last[other])
+    keep = part_starts < part_ends
+    return which[keep], part_starts[keep], part_ends[keep]
 
 
 def _coalesce(starts: Pages, ends: Pages, order: npt.NDArray[np.intp]) -> tuple[Pages, Pages]:
@@ -1054,12 +1085,18 @@ class _Contents:
         self.arrays: list[npt.NDArray[np.uint64]] = []
         self.pages = 0
 
-    def add(self, value: Fingerprints, pages: int) -> None:
-        if isinstance(value, int):
-            self.values.append(value)
-        else:
-            self.arrays.append(value)
-        self.pages += pages
+    @staticmethod
+    def of(pages: PageMap) -> _Contents:
+        """The contents of the pages of ``pages``."""
+        out = _Contents()
+        for values in pages._values:
+            for value in values:
+                if isinstance(value, int):
+                    out.values.append(value)
+                else:
+                    out.arrays.append(value)
+        out.pages = pages.pages
+        return out
 
     def distinct(self) -> npt.NDArray[np.uint64]:
         """The distinct contents, ascending."""
@@ -1079,17 +1116,8 @@ def _explain(procs: dict[int, _Process], shift: int, use_zero: bool) -> dict[str
     processes = []
     for pid in sorted(procs):
         proc = procs[pid]
-        mine, mine_mergeable = _Contents(), _Contents()
-        starts, ends = proc.mergeable.starts, proc.mergeable.ends
-        for start, end, value in proc.written.segments():
-            mine.add(value, end - start)
-            # the parts of the segment in mergeable ranges (bytes >> shift: pages)
-            lo = bisect_right(ends, start << shift)
-            hi = bisect_left(starts, end << shift)
-            for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
-                first, last = max(start, a >> shift), min(end, b >> shift)
-                if first < last:
-                    mine_mergeable.add(_cut(value, first - start, last - start), last - first)
+        mine = _Contents.of(proc.written)
+        mine_mergeable = _Contents.of(proc.written.restricted(proc.mergeable, shift))
         for whole, part in ((everything, mine), (mergeable, mine_mergeable)):
             whole.values += part.values
             whole.arrays += part.arrays
