@@ -215,15 +215,57 @@ class PageMap:
                 b = int(blocks[lo])
                 if b >= 0:
                     self._assign_in_block(b, pages, values, lo, hi, new, rest)
-        if rest.any():
-            left = np.flatnonzero(rest)
+        for gaps, part in ((True, rest & new), (False, rest & ~new)):  # in gaps, in segments
+            if not part.any():
+                continue
+            left = np.flatnonzero(part)
             runs = np.flatnonzero(np.diff(pages[left]) != 1) + 1
             starts = [0, *runs.tolist()]
             ends = [*runs.tolist(), len(left)]
             firsts = pages[left].tolist()
+            if gaps and 8 * len(starts) >= self.segment_count():
+                singles = values[left[starts]].tolist()  # the value of a run of one page
+                self._add_segments(
+                    [firsts[i] for i in starts],
+                    [firsts[j - 1] + 1 for j in ends],
+                    [
+                        singles[k] if j - i == 1 else _fingerprints(values[left[i:j]])
+                        for k, (i, j) in enumerate(zip(starts, ends, strict=True))
+                    ],
+                )
+                continue
             for i, j in zip(starts, ends, strict=True):
                 self.put(firsts[i], firsts[j - 1] + 1, values[left[i:j]])
         return new
+
+    def segment_count(self) -> int:
+        """The number of segments in the map."""
+        return sum(len(block) for block in self._starts)
+
+    def _add_segments(self, starts: list[int], ends: list[int], values: list[Fingerprints]) -> None:
+        """Add the segments ``[starts[i], ends[i])`` holding ``values[i]``
+        (ascending, each in a gap of the map), all at once: the map is laid out
+        again, which costs its segments (so :meth:`assign` does it only for
+        many)."""
+        old_starts = list(itertools.chain.from_iterable(self._starts))
+        at = np.searchsorted(np.array(old_starts, np.int64), np.array(starts, np.int64))
+        order = np.insert(np.arange(len(old_starts)), at, np.arange(len(starts)) + len(old_starts))
+        laid = order.tolist()
+        every_start = old_starts + starts
+        every_end = list(itertools.chain.from_iterable(self._ends)) + ends
+        every_value = list(itertools.chain.from_iterable(self._values)) + values
+        out = PageMap._of(
+            [every_start[i] for i in laid],
+            [every_end[i] for i in laid],
+            [every_value[i] for i in laid],
+        )
+        self._firsts, self._starts, self._ends, self._values = (
+            out._firsts,
+            out._starts,
+            out._ends,
+            out._values,
+        )
+        self.pages = out.pages
 
     def _assign_in_block(
         self,
@@ -309,10 +351,7 @@ class PageMap:
         """Pages ``start .. end-1`` now hold ``value`` (an int for all of them,
         or an array of one fingerprint per page)."""
         if not isinstance(value, int):
-            if len(value) == 1 or not (value != value[0]).any():
-                value = int(value[0])
-            elif value.base is not None:
-                value = value.copy()  # not a view that keeps a larger array
+            value = _fingerprints(value)  # not a view that keeps a larger array
         if self._starts:
             b = bisect_right(self._firsts, start) - 1
             if b < 0:
@@ -364,6 +403,14 @@ class PageMap:
             self._ends.insert(b + 1, ends[_LOAD:])
             self._values.insert(b + 1, values[_LOAD:])
             del starts[_LOAD:], ends[_LOAD:], values[_LOAD:]
+
+
+def _fingerprints(values: npt.NDArray[np.uint64]) -> Fingerprints:
+    """``values`` as a segment holds them: an int if they are all one, else an
+    array of their own (not a view)."""
+    if len(values) == 1 or not (values != values[0]).any():
+        return int(values[0])
+    return values.copy() if values.base is not None else values
 
 
 def _same(a: Fingerprints, b: Fingerprints) -> bool:
@@ -559,24 +606,22 @@ class _Moment:
 
 def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     """The distinct fingerprints of one process's written pages and how many pages hold each."""
-    ints: list[int] = []
-    int_counts: list[int] = []
-    arrays: list[npt.NDArray[np.uint64]] = []
-    for start, end, value in pages.segments():
-        if isinstance(value, int):
-            ints.append(value)
-            int_counts.append(end - start)
-        else:
-            arrays.append(value)
+    values = list(itertools.chain.from_iterable(pages._values))
+    single = np.fromiter((isinstance(v, int) for v in values), np.bool_, len(values))
+    ints = [v for v in values if isinstance(v, int)]
+    arrays = [v for v in values if not isinstance(v, int)]
+    starts = np.fromiter(itertools.chain.from_iterable(pages._starts), np.int64, len(values))
+    ends = np.fromiter(itertools.chain.from_iterable(pages._ends), np.int64, len(values))
+    int_counts = (ends - starts)[single]
     each = np.sort(np.concatenate([np.empty(0, np.uint64), *arrays]))  # one page each
     held, counts = _runs(each)
     if not ints:
         return held, counts
-    values = np.array(ints, np.uint64)
-    union = _unique(np.concatenate((held, values)))
+    whole = np.array(ints, np.uint64)  # the fingerprint of each segment of one
+    union = _unique(np.concatenate((held, whole)))
     total = np.zeros(len(union), np.int64)
     total[np.searchsorted(union, held)] = counts
-    np.add.at(total, np.searchsorted(union, values), np.array(int_counts, np.int64))
+    np.add.at(total, np.searchsorted(union, whole), int_counts)
     return union, total
 
 
