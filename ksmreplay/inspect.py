@@ -621,7 +621,11 @@ def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArr
     union = _unique(np.concatenate((held, whole)))
     total = np.zeros(len(union), np.int64)
     total[np.searchsorted(union, held)] = counts
-    np.add.at(total, np.searchsorted(union, whole), int_counts)
+    # the counts of each fingerprint summed (np.add.at is slow; floats would round)
+    order = np.argsort(whole)
+    where = np.searchsorted(union, whole[order])
+    begins = np.flatnonzero(np.concatenate(([True], where[1:] != where[:-1])))
+    total[where[begins]] += np.add.reduceat(int_counts[order], begins)
     return union, total
 
 
