@@ -4,6 +4,7 @@ Usage::
 
     sudo .venv/bin/python bench/cpu_model.py measure [--reps N] [--only NAME ...]
     .venv/bin/python bench/cpu_model.py fit
+    .venv/bin/python bench/cpu_model.py hot
     sudo .venv/bin/python bench/cpu_model.py validate [--reps N] [--only NAME ...]
     .venv/bin/python bench/cpu_model.py rework | report
 
@@ -25,6 +26,19 @@ error) and prints :data:`ksmreplay.timing.COST_NS` as fitted, and the
 calibration table: for each trace, the kind it isolates, the measured CPU
 time per unit of work (median, 10th and 90th percentile over the replays)
 and what the model says.
+
+``hot`` fits :data:`ksmreplay.timing.HOT_PERCENT`, the price of work over
+a working set that fits in the cache, from the live spreads of the timed
+scenarios that never sleep (``tests/scenarios/timed/sleep0_*``, recorded
+with ksmd's CPU time at every snapshot): for each scenario whose working set
+fits (:func:`ksmreplay.timing.pass_percents`), each live run and each interval
+between two snapshots after the first (the first passes left out), the live
+CPU time per full scan over what the model at full price charges per pass
+over the same interval; the median of those ratios, in percent.  ``fit``
+prices the calibration traces' work with :data:`~ksmreplay.timing.HOT_PERCENT`
+(their working sets are far larger than the cache: it takes at most 1 % off)
+and ``hot`` divides by :data:`~ksmreplay.timing.COST_NS`: the two are fitted
+together by running both until neither changes.
 
 ``rework`` counts the work of every recorded interval again with the
 simulator of today (after the kinds of work changed), keeping the live
@@ -64,7 +78,17 @@ from ksmreplay.ksm.knobs import KnobValue
 from ksmreplay.live.kernel import mergeable_processes
 from ksmreplay.replay import replay
 from ksmreplay.report import Snap
-from ksmreplay.timing import COST_NS, Work
+from ksmreplay.timing import (
+    CACHE_BYTES,
+    COST_NS,
+    HOT_PERCENT,
+    ITEM_BYTES,
+    PAGE_BYTES,
+    Work,
+    batch_cost_ns,
+    cached_pages,
+    pass_percents,
+)
 from ksmreplay.trace import TraceWriter, open_trace
 
 HERE = Path(__file__).resolve().parent
@@ -92,11 +116,14 @@ class Trace:
         self.t = 0
         self.w.ksm(0, dict(knobs))
         self.mappings: dict[int, int] = {}
+        self.pages = 0
+        """Pages of the mergeable mappings made so far."""
 
     def fill(self, pid: int, fps: Sequence[int] | np.ndarray, region: int = 0) -> int:
         """A new mergeable mapping of ``pid`` holding ``fps``; its address."""
         addr = BASE + region * STRIDE
         n = len(fps)
+        self.pages += n
         self.w.alloc(self.t, pid, addr, n * PAGE)
         self.w.write(self.t, pid, addr, n * PAGE, [int(x) for x in fps])
         self.w.madvise(self.t, pid, addr, n * PAGE, "mergeable")
@@ -235,6 +262,7 @@ def empty_timed(t: Trace, n: int) -> None:
     del n
     t.w.alloc(0, 1, BASE, 16 * PAGE)
     t.w.madvise(0, 1, BASE, 16 * PAGE, "mergeable")
+    t.pages += 16
     t.run({"sleep_millisecs": 0}, 1500, "empty", 500)
 
 
@@ -260,27 +288,44 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 
 
 def make_trace(exp: Experiment, directory: Path) -> Path:
+    return _build(exp, directory)[0]
+
+
+def _build(exp: Experiment, directory: Path) -> tuple[Path, int]:
+    """The trace of ``exp`` written in ``directory``, and the pages of its
+    mergeable mappings (every one is made before the measured intervals)."""
     path = directory / f"{exp.name}.msgpack"
     trace = Trace(path, {"run": 1, **(exp.knobs or {})})
     exp.build(trace, exp.pages)
     trace.close()
-    return path
+    return path, trace.pages
+
+
+def working_pages() -> dict[str, int | None]:
+    """Per calibration trace, the working set its batches may find in the cache
+    (:func:`ksmreplay.timing.cached_pages`): the pages its passes walk for the
+    timed traces, which run ksmd back to back; none for the rest, which run it
+    pass by pass under ``sleep_millisecs`` 20."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pages = {exp.name: _build(exp, Path(tmp))[1] for exp in EXPERIMENTS}
+    return {exp.name: cached_pages(pages[exp.name], 0 if exp.timed else 20) for exp in EXPERIMENTS}
 
 
 class _Recording(Engine):
     """The engine, keeping ksmd's work and modelled CPU time at every snapshot."""
 
-    kept: list[tuple[str, Work, int]]
+    kept: list[tuple[str, Work, int, int]]
 
     def snapshot(self, label: str, t: int, index: int) -> Snap:
         if label:  # (not the engine's own look during a settle)
-            self.kept.append((label, self.ksmd.work_done, self.ksmd.cpu_ns))
+            ksmd = self.ksmd
+            self.kept.append((label, ksmd.work_done, ksmd.cpu_ns, ksmd.pass_pages))
         return super().snapshot(label, t, index)
 
 
 def simulate(path: Path) -> list[dict[str, Any]]:
     """Every snapshot of the simulator's replay: label, ksm counters, work, modelled CPU."""
-    kept: list[tuple[str, Work, int]] = []
+    kept: list[tuple[str, Work, int, int]] = []
 
     def factory(mode: str, page_size: int, settings: Any, pins: Any, kernel: str) -> Engine:
         engine = _Recording(mode, page_size, settings, kernel, pins=pins)
@@ -291,8 +336,14 @@ def simulate(path: Path) -> list[dict[str, Any]]:
         report = replay(reader, ["unshare"], factory=factory)
     snaps = [*report["runs"][0]["snapshots"], report["runs"][0]["final"]]
     return [
-        {"label": s["label"], "ksm": dict(s["ksm"]), "work": list(work), "cpu_ns": cpu}
-        for s, (_label, work, cpu) in zip(snaps, kept, strict=True)
+        {
+            "label": s["label"],
+            "ksm": dict(s["ksm"]),
+            "work": list(work),
+            "cpu_ns": cpu,
+            "pages": pages,
+        }
+        for s, (_label, work, cpu, pages) in zip(snaps, kept, strict=True)
     ]
 
 
@@ -504,9 +555,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, float), q))
 
 
+def priced_work(entry: Mapping[str, Any], pages: Mapping[str, int | None]) -> list[float]:
+    """An interval's work in units of the full price: the work over the
+    working set scaled by what a pass over it pays
+    (:func:`ksmreplay.timing.pass_percents`: close to 100 % for these traces)."""
+    skips, visits = pass_percents(pages[entry["experiment"]])
+    return [
+        n if kind in ("batches", "passes") else n * (skips if kind == "skips" else visits) / 100
+        for kind, n in zip(KINDS, entry["work"], strict=True)
+    ]
+
+
 def fit(data: Mapping[str, Any]) -> Work:
     entries = [e for e in medians(data["rows"]) if e["cpu"] > 0]
-    a = np.array([e["work"] for e in entries], float)
+    pages = working_pages()
+    a = np.array([priced_work(e, pages) for e in entries], float)
     y = np.array([e["cpu"] for e in entries], float)
     # relative error: each interval weighs the same, whatever its size
     scale = 1.0 / y
@@ -517,6 +580,7 @@ def fit(data: Mapping[str, Any]) -> Work:
 def table(data: Mapping[str, Any], costs: Work) -> list[list[str]]:
     """Per experiment: the kind, the measured and the modelled CPU time per unit of it."""
     entries = medians(data["rows"])
+    pages = working_pages()
     out = []
     for exp in EXPERIMENTS:
         mine = [e for e in entries if e["experiment"] == exp.name]
@@ -528,7 +592,7 @@ def table(data: Mapping[str, Any], costs: Work) -> list[list[str]]:
         measured = sum(e["cpu"] for e in chosen) / units
         p10 = sum(e["p10"] for e in chosen) / units
         p90 = sum(e["p90"] for e in chosen) / units
-        modelled = sum(cost(e["work"], costs) for e in chosen) / units
+        modelled = sum(cost(priced_work(e, pages), costs) for e in chosen) / units
         out.append(
             [
                 exp.name,
@@ -569,6 +633,61 @@ def run_fit() -> None:
     show(table(data, costs), header)
     if tuple(costs) != tuple(COST_NS):
         print("\n(ksmreplay.timing.COST_NS differs from this fit)")
+
+
+# -- the price of work over a cached working set ----------------------------------
+
+TIMED = HERE.parent / "tests" / "scenarios" / "timed"
+
+
+def hot_ratios() -> dict[str, list[float]]:
+    """Per timed scenario that never sleeps and whose working set fits in the
+    cache: every live run's CPU time per full scan, over an interval between
+    two snapshots after the first, divided by the model's full-price CPU time
+    per pass over the same interval of trace time."""
+    out: dict[str, list[float]] = {}
+    for path in sorted(TIMED.glob("sleep0_*.kernel-spread.json")):
+        name = path.name[: -len(".kernel-spread.json")]
+        sim = simulate(TIMED / f"{name}.jsonl")
+        if any(s["pages"] * (ITEM_BYTES + PAGE_BYTES) > CACHE_BYTES for s in sim):
+            continue
+        spread = load(path)
+        ratios = []
+        snaps = spread["snapshots"]
+        for i in range(1, len(snaps) - 1):
+            a, b = snaps[i], snaps[i + 1]
+            sa, sb = sim[i], sim[i + 1]
+            work = Work(*(y - x for x, y in zip(sa["work"], sb["work"], strict=True)))
+            passes = sb["ksm"]["full_scans"] - sa["ksm"]["full_scans"]
+            if not passes:
+                continue
+            model = batch_cost_ns(work) / passes
+            for run in range(spread["runs"]):
+                scans = b["full_scans"]["values"][run] - a["full_scans"]["values"][run]
+                cpu = b["ksmd_cpu_ns"]["values"][run] - a["ksmd_cpu_ns"]["values"][run]
+                if scans > 0:
+                    ratios.append(cpu / scans / model)
+        out[name] = ratios
+    return out
+
+
+def fit_hot() -> int:
+    """:data:`ksmreplay.timing.HOT_PERCENT` as the timed spreads say (see ``hot``)."""
+    ratios = [r for rs in hot_ratios().values() for r in rs]
+    return round(100 * statistics.median(ratios))
+
+
+def run_hot() -> None:
+    for name, rs in hot_ratios().items():
+        print(
+            f"{name}: {len(rs)} intervals, live / modelled per pass: median "
+            f"{statistics.median(rs):.2f}, 10th-90th percentile "
+            f"{percentile(rs, 10):.2f}-{percentile(rs, 90):.2f}"
+        )
+    hot = fit_hot()
+    print(f"HOT_PERCENT = {hot}")
+    if hot != HOT_PERCENT:
+        print("(ksmreplay.timing.HOT_PERCENT differs from this fit)")
 
 
 # -- validation ------------------------------------------------------------------
@@ -652,6 +771,7 @@ def main() -> int:
     m.add_argument("--reps", type=int, default=5)
     m.add_argument("--only", nargs="*", default=[])
     sub.add_parser("fit")
+    sub.add_parser("hot")
     v = sub.add_parser("validate")
     v.add_argument("--reps", type=int, default=5)
     v.add_argument("--only", nargs="*", default=[])
@@ -662,6 +782,8 @@ def main() -> int:
         measure(args.only, args.reps)
     elif args.command == "fit":
         run_fit()
+    elif args.command == "hot":
+        run_hot()
     elif args.command == "validate":
         validate(args.only, args.reps)
     elif args.command == "rework":

@@ -24,8 +24,11 @@ A batch costs ksmd CPU time by what it did (:class:`Work`, priced by
 the smart_scan skips, the pages it freed or began to track, the start of a
 pass (which drains the per-CPU page lists), the chains it walked, and the
 batch itself.  The prices were measured on the live 6.18 kernel
-(``bench/cpu_model.py``, ``bench/cpu_model.json``).  The same figure is the
-CPU time the scan-time advisor reads (``task_sched_runtime()``).
+(``bench/cpu_model.py``, ``bench/cpu_model.json``), on working sets far
+larger than the CPU's cache; while ksmd runs back to back, work over a working
+set that fits in the cache is cheaper (:func:`pass_percents`,
+:data:`HOT_PERCENT`).  The same figure is the CPU time the scan-time advisor
+reads (``task_sched_runtime()``).
 
 A batch lasts its CPU time divided by the share of a CPU ksmd gets
 (:data:`CPU_SHARE_PERCENT`): ksmd runs at nice 5 and gives the CPU away where
@@ -187,10 +190,10 @@ class Work(NamedTuple):
 
 
 COST_NS = Work(
-    batches=0,
-    passes=393,
+    batches=7,
+    passes=387,
     skips=299,
-    hits=223,
+    hits=224,
     checksums=826,
     searches=0,
     pairs=1_799,
@@ -206,9 +209,81 @@ COST_NS = Work(
 ``bench/cpu_model.py`` on the live 6.18 kernel of a 2-CPU x86-64 machine)."""
 
 
-def batch_cost_ns(work: Work) -> int:
-    """Modelled ksmd CPU time of ``work``, in ns (integers: costs add up exactly)."""
-    return sum(n * c for n, c in zip(work, COST_NS, strict=True))
+CACHE_BYTES = 512 * 1024
+"""The CPU cache a pass's working set may fit in: the 512 KiB L2 of a core."""
+
+ITEM_BYTES = 8 + 64 + 64
+"""What a pass touches of every page it walks, skipped or visited: the page
+table entry (8 bytes), the ``struct page`` and the rmap item (64 bytes each)."""
+
+PAGE_BYTES = 4096
+"""What a visit touches besides: the page itself (its checksum reads all of it)."""
+
+HOT_PERCENT = 73
+"""The price of work over a working set that fits in :data:`CACHE_BYTES`, in
+percent of :data:`COST_NS` (fitted by ``bench/cpu_model.py hot`` on the timed
+scenarios that never sleep: ksmd going round a hundred pages back to back
+finds them in the cache)."""
+
+_FIXED = ("batches", "passes")
+"""Kinds priced alike whatever the working set (the batch and the pass start)."""
+
+
+def cache_percent(size: int) -> int:
+    """The share of :data:`COST_NS` that work over a working set of ``size``
+    bytes pays, percent.
+
+    The part of the working set that fits in :data:`CACHE_BYTES` is priced at
+    :data:`HOT_PERCENT`, the rest at the full price: a working set 16 times the
+    cache pays ``100 - (100 - HOT_PERCENT) / 16`` percent.
+    """
+    if size <= CACHE_BYTES:
+        return HOT_PERCENT
+    return (HOT_PERCENT * CACHE_BYTES + 100 * (size - CACHE_BYTES)) // size
+
+
+def pass_percents(pages: int | None) -> tuple[int, int]:
+    """What a pass over ``pages`` pages pays for its skips and for the rest of
+    its work over the pages, percent of :data:`COST_NS` (None: an unknown
+    working set, the full price).
+
+    A skip touches the page's entry, ``struct page`` and item
+    (:data:`ITEM_BYTES`), and a pass walks them all; a visit also reads the
+    page (:data:`PAGE_BYTES`), and a pass over a working set may visit any of
+    them: so skips are priced on ``pages * ITEM_BYTES``, visits, their tree
+    walks, the items made and freed on ``pages * (ITEM_BYTES + PAGE_BYTES)``.
+    """
+    if pages is None:
+        return 100, 100
+    return cache_percent(pages * ITEM_BYTES), cache_percent(pages * (ITEM_BYTES + PAGE_BYTES))
+
+
+def cached_pages(pass_pages: int, sleep_millisecs: int) -> int | None:
+    """The working set a batch may find in the cache, in pages, for
+    :func:`batch_cost_ns`: the pages of its pass while ksmd runs back to back
+    (``sleep_millisecs`` 0); none (the full price) when it sleeps between
+    batches, and the CPU's caches serve other work meanwhile (measured: the
+    timed scenarios that sleep cost the live ksmd more, not less, than the
+    full price)."""
+    return pass_pages if sleep_millisecs == 0 else None
+
+
+def batch_cost_ns(work: Work, pages: int | None = None) -> int:
+    """Modelled ksmd CPU time of ``work``, in ns, done in a pass over ``pages``
+    pages (:func:`pass_percents`; None: the full price).
+
+    Each unit's price is a whole number of ns (its :data:`COST_NS` price times
+    the percent, rounded down), so that work costs the same however it is
+    split into batches.
+    """
+    skips, visits = pass_percents(pages)
+    total = 0
+    for name, n, c in zip(Work._fields, work, COST_NS, strict=True):
+        if name in _FIXED:
+            total += n * c
+        else:
+            total += n * (c * (skips if name == "skips" else visits) // 100)
+    return total
 
 
 def unstable_levels(first: int, last: int) -> int:

@@ -45,7 +45,14 @@ from ksmreplay.errors import InvariantError
 from ksmreplay.ksm.kernels import KERNELS, Kernel
 from ksmreplay.ksm.knobs import DEFAULTS, KNOB_BY_NAME, KNOBS, KnobValue
 from ksmreplay.report import KSM_COUNTERS, PROCESS_COUNTERS, KsmdWork, Refusal, Snap
-from ksmreplay.timing import JIFFY_NS, Work, batch_cost_ns, jiffies_ns, next_wake_ns
+from ksmreplay.timing import (
+    JIFFY_NS,
+    Work,
+    batch_cost_ns,
+    cached_pages,
+    jiffies_ns,
+    next_wake_ns,
+)
 from ksmreplay.trace import events as ev
 from ksmreplay.vm.content import ZERO, PageStore, literal_write
 
@@ -309,6 +316,7 @@ class ReferenceSimulator:
         self._batch_ns = 0  # the last batch's cost
         self._pass_searches = 0  # unstable tree searches of the pass so far
         self._pass_shared = 0  # pages_shared when the pass started
+        self._pass_pages = 0  # pages of the mergeable VMAs when the pass started
 
         # advisor_ctx
         self._adv_start_scan = 0
@@ -990,11 +998,15 @@ class ReferenceSimulator:
             self._pages_scanned += 1
             self._batch_visits += 1
         visits = self._batch_visits
-        self._batch_ns = batch_cost_ns(Work(**self._work))
+        self._batch_ns = batch_cost_ns(Work(**self._work), self._cached_pages())
         self._ksmd_cpu_ns += self._batch_ns
         self._batch_visits = 0
         self._work = None
         return visits
+
+    def _cached_pages(self) -> int | None:
+        """The working set the running batch may find in the cache (timing.cached_pages)."""
+        return cached_pages(self._pass_pages, self._knob("sleep_millisecs"))
 
     def _count(self, kind: str, n: int = 1) -> None:
         """Count ``n`` of a kind of ksmd's work (``timing.Work``) in the running batch."""
@@ -1058,6 +1070,14 @@ class ReferenceSimulator:
             # Start of a pass.
             self._pass_searches = 0
             self._pass_shared = self._pages_shared
+            # the pass's working set (timing.pass_percents)
+            self._pass_pages = sum(
+                v.end - v.start
+                for m in self._mm_list
+                if not m.exiting
+                for v in m.vmas
+                if v.mergeable
+            )
             self._advisor_start_scan()
             self._emit("ksm_start_scan", seq=self._seqnr, rmap_entries=self._rmap_items)
             # lru_add_drain_all(): nothing to model.
@@ -1571,7 +1591,8 @@ class ReferenceSimulator:
         scan_time = (self._now - self._adv_start_scan) // 1_000_000 // 1000
         scan_time = scan_time or 1
         # ksmd's CPU time now: whole batches so far plus this batch so far.
-        cpu_time = self._ksmd_cpu_ns + batch_cost_ns(Work(**(self._work or {})))
+        work = Work(**(self._work or {}))
+        cpu_time = self._ksmd_cpu_ns + batch_cost_ns(work, self._cached_pages())
         cpu_time_diff_ms = ((cpu_time - self._adv_cpu_time) % ULONG) // 1000 // 1000
         cpu_percent = ((cpu_time_diff_ms * 100) % ULONG // (scan_time * 1000)) % UINT
         cpu_percent = cpu_percent or 1

@@ -26,7 +26,17 @@ from randtrace import large_random_trace, random_trace
 from ksmreplay import native
 from ksmreplay.engine import Engine
 from ksmreplay.replay import replay
-from ksmreplay.timing import COST_NS, Work, batch_cost_ns
+from ksmreplay.timing import (
+    CACHE_BYTES,
+    COST_NS,
+    HOT_PERCENT,
+    ITEM_BYTES,
+    PAGE_BYTES,
+    Work,
+    batch_cost_ns,
+    cache_percent,
+    pass_percents,
+)
 from ksmreplay.trace import open_trace
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -83,7 +93,8 @@ def worked(seed: int, mode: str, large: bool) -> tuple[Work, int]:
         getattr(c, k) for k in KINDS
     )
     assert w.skips == c.pages_skipped
-    assert ksmd.cpu_ns == batch_cost_ns(w)
+    # (priced at full price or less: a pass over a small working set pays less)
+    assert batch_cost_ns(w, 0) <= ksmd.cpu_ns <= batch_cost_ns(w)
     return w, ksmd.cpu_ns
 
 
@@ -133,6 +144,44 @@ def test_the_prices_are_the_fit_of_the_measurements(cpu_model: Any) -> None:
     assert all(
         getattr(COST_NS, k) > 0 for k in ("hits", "checksums", "merges", "zero_merges", "passes")
     )
+
+
+def test_the_price_of_a_cached_working_set_is_the_fit_of_the_timed_spreads(
+    cpu_model: Any,
+) -> None:
+    # GIVEN the live CPU time per full scan of the timed scenarios that never
+    # sleep and whose working set fits in the cache, over the model's full price
+    ratios = cpu_model.hot_ratios()
+    assert {"sleep0_n99", "sleep0_n100", "sleep0_n101"} <= set(ratios)
+    assert all(len(r) >= 20 for r in ratios.values())
+    # THEN the price of work over a cached working set is their median
+    assert cpu_model.fit_hot() == HOT_PERCENT < 100
+
+
+def test_a_pass_pays_the_full_price_for_what_spills_out_of_the_cache() -> None:
+    work = Work(batches=3, passes=1, skips=1000, searches=100, unstable_levels=600)
+    fixed = 3 * COST_NS.batches + COST_NS.passes
+    # pages whose entries, struct pages, items and contents all fit in the cache:
+    # the work over them at HOT_PERCENT, a batch and a pass in full
+    fits = CACHE_BYTES // (ITEM_BYTES + PAGE_BYTES)
+    assert pass_percents(fits) == pass_percents(0) == (HOT_PERCENT, HOT_PERCENT)
+    hot = batch_cost_ns(work, fits)
+    assert hot == fixed + 1000 * (COST_NS.skips * HOT_PERCENT // 100) + 600 * (
+        COST_NS.unstable_levels * HOT_PERCENT // 100
+    )
+    # more pages: the visits' working set spills first (a skip reads no page)
+    skips, visits = pass_percents(fits * 2 + 2)
+    assert skips == HOT_PERCENT and visits == (HOT_PERCENT + 100) // 2
+    assert batch_cost_ns(work, fits * 2 + 2) > hot
+    # the part that spills pays the full price, more and more of it
+    percents = [cache_percent(CACHE_BYTES * k) for k in (1, 2, 4, 16, 1024)]
+    assert percents[0] == HOT_PERCENT
+    assert percents == sorted(percents) and percents[-1] == 99
+    # unknown working set (None): the full price, as fitted
+    assert batch_cost_ns(work) == sum(n * c for n, c in zip(work, COST_NS, strict=True))
+    # and a batch's cost is the sum of its parts, however split
+    halves = Work(*(n // 2 for n in work)), Work(*(n - n // 2 for n in work))
+    assert batch_cost_ns(work, fits * 3) == sum(batch_cost_ns(h, fits * 3) for h in halves)
 
 
 def test_the_model_is_within_30_percent_on_workloads_not_fitted(cpu_model: Any) -> None:

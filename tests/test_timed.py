@@ -76,12 +76,7 @@ def test_spread_is_of_this_trace(name: str) -> None:
             assert min(r["values"]) <= r["p10"] <= r["median"] <= r["p90"] <= max(r["values"])
 
 
-TOO_SLOW = {
-    "sleep0_n99": "the CPU model, fitted on thousands of pages, prices a pass over 99 "
-    "pages at 46 us where the live ksmd, back to back and cache-hot, took 21-38 us "
-    "(recorded ksmd_cpu_ns): 200 passes in 10 ms where the live runs made 180-484 "
-    "(10th percentile 246)",
-}
+TOO_SLOW: dict[str, str] = {}
 """Scenarios whose replay is known to fall outside the recorded spread, and why."""
 
 

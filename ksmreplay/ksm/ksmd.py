@@ -91,6 +91,7 @@ from ksmreplay.timing import (
     JIFFY_NS,
     Work,
     batch_cost_ns,
+    cached_pages,
     jiffies_ns,
     unstable_levels,
 )
@@ -183,6 +184,10 @@ class Ksmd(FlaggedItems):
         self._batch_marks = self._marks()
         self._pass_marks = (0, 0)
         """Unstable searches and pages_shared at the start of the current pass."""
+        self.pass_pages = 0
+        """The pages of the mergeable mappings ksmd walks in the current pass,
+        counted at its start: its working set
+        (:func:`~ksmreplay.timing.cache_percent`)."""
         self.advisor = Advisor()
         self._clock = (0, 0, 0)
         """(start, sub_budget, period) of the batch running; see :meth:`batch`."""
@@ -690,8 +695,13 @@ class Ksmd(FlaggedItems):
     def _account(self, work: Work) -> None:
         """Charge a batch call's ``work`` to ksmd's CPU time (:attr:`cpu_ns`)."""
         self.work_done = Work(*(a + b for a, b in zip(self.work_done, work, strict=True)))
-        self.batch_ns = batch_cost_ns(work)
+        self.batch_ns = batch_cost_ns(work, self._cached_pages())
         self.cpu_ns += self.batch_ns
+
+    def _cached_pages(self) -> int | None:
+        """The working set the running batch may find in the cache
+        (:func:`~ksmreplay.timing.cached_pages`)."""
+        return cached_pages(self.pass_pages, self.knobs.sleep_millisecs)
 
     def idle_batches(self, n: int) -> None:
         """Charge ``n`` batches that visit nothing (``pages_to_scan`` = 0)."""
@@ -711,6 +721,13 @@ class Ksmd(FlaggedItems):
         if self.tracer is not None:
             self._emit("ksm_start_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
         self._pass_marks = (self.c.searches, self.c.pages_shared)
+        self.pass_pages = sum(
+            v.end - v.start
+            for slot in self.slots
+            if not slot.mm.exiting
+            for v in slot.mm.vmas
+            if v.mergeable
+        )
         self.unstable.clear()
         self.cursor = self.slots[0]
         self.cursor_page = 0
@@ -1368,7 +1385,7 @@ class Ksmd(FlaggedItems):
         adv = self.advisor
         scan_time = max((self.now - adv.start_scan) // 1_000_000_000, 1)
         # task_sched_runtime(): the batches so far and this one up to here.
-        cpu = self.cpu_ns + batch_cost_ns(self.work(self._batch_marks, 1))
+        cpu = self.cpu_ns + batch_cost_ns(self.work(self._batch_marks, 1), self._cached_pages())
         # The first evaluation measures ksmd's whole lifetime.
         cpu_ms = (cpu - adv.cpu_time) // 1_000_000
         cpu_percent = max(cpu_ms * 100 // (scan_time * 1000), 1)
