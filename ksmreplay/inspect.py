@@ -203,8 +203,10 @@ class PageMap:
         A page in a segment holding an array is written into the array in
         place (into a copy the map then owns, if the array is shared); a page
         in a segment holding its value already is left; the others are put
-        as runs of consecutive pages.  Costs the pages given and the segments
-        they fall in.
+        as runs of consecutive pages, those in gaps all at once when they are
+        many (at least an eighth of the map's segments).  Costs the pages
+        given and the segments they fall in, or, put all at once, the map's
+        segments, which the new ones pay for.
         """
         new = np.ones(len(pages), np.bool_)
         rest = np.ones(len(pages), np.bool_)  # pages still to put
