@@ -26,11 +26,20 @@ page by page: the state kept is one segment per run of pages a write gave one
 fingerprint (a whole range, however large, is one segment) or its list of
 fingerprints, and one range per mapping; so time and memory follow the
 events and the fingerprints a trace lists, never the size of its ranges.
+
+Large traces are mostly runs of writes (:class:`~ksmreplay.trace.events.WriteRun`),
+taken a run at a time in numpy rather than a write at a time: the pages a run
+writes over pages held in an array are written into the array in place, and
+the pages written after the first write's instant join an interval set in
+bulk (:class:`PageSet`).
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +65,11 @@ from ksmreplay.vm.content import PageStore, literal_write
 
 Fingerprints = int | npt.NDArray[np.uint64]
 """What a segment of a :class:`PageMap` holds: one fingerprint for each of its
-pages (an int), or one per page (a uint64 array, never changed in place)."""
+pages (an int), or one per page (a uint64 array, changed in place only by the
+map that owns it: :meth:`PageMap.assign`)."""
+
+Pages = npt.NDArray[np.int64]
+"""Page numbers."""
 
 _LOAD = 256
 """Segments per block of a :class:`PageMap` (a block splits at twice this)."""
@@ -81,10 +94,15 @@ class PageMap:
     that adding or dropping one moves few others.  A write or a drop costs
     the segments it touches (and a search), never the pages its range spans.
 
+    An array a segment holds may be shared with other maps (a :meth:`copy`)
+    or with the write it came from: only :meth:`assign` changes one, in
+    place, and only an array it made itself since the map was last copied
+    (it copies a shared one first).
+
     :ivar pages: the number of pages in the map.
     """
 
-    __slots__ = ("_ends", "_firsts", "_starts", "_values", "pages")
+    __slots__ = ("_ends", "_firsts", "_owned", "_starts", "_values", "pages")
 
     def __init__(self) -> None:
         self._firsts: list[int] = []
@@ -93,9 +111,12 @@ class PageMap:
         self._ends: list[list[int]] = []
         self._values: list[list[Fingerprints]] = []
         self.pages = 0
+        self._owned: weakref.WeakValueDictionary[int, npt.NDArray[np.uint64]] | None = None
+        """The arrays only this map holds, by id: :meth:`assign` writes them in place."""
 
     def copy(self) -> PageMap:
-        """An independent copy (``fork``); the arrays are shared, never changed."""
+        """An independent copy (``fork``); the arrays are shared, so neither map owns them."""
+        self._owned = None
         other = PageMap()
         other._firsts = self._firsts.copy()
         other._starts = [block.copy() for block in self._starts]
@@ -140,17 +161,155 @@ class PageMap:
         return total
 
     def restricted(self, ranges: RangeSet, shift: int) -> PageMap:
-        """The pages of the map inside ``ranges`` (bytes; pages of ``1 << shift`` bytes)."""
+        """The pages of the map inside ``ranges`` (bytes; pages of ``1 << shift`` bytes).
+
+        The result shares the arrays of the segments it keeps whole, so that
+        neither map owns them any more (as after a :meth:`copy`)."""
+        self._owned = None
+        starts = np.fromiter(itertools.chain.from_iterable(self._starts), np.int64)
+        ends = np.fromiter(itertools.chain.from_iterable(self._ends), np.int64)
+        values = list(itertools.chain.from_iterable(self._values))
+        which, first, last = _clip(starts, ends, *_page_ranges(ranges, shift))
+        whole = (first == starts[which]) & (last == ends[which])
+        kept: list[Fingerprints] = []
+        for seg, lo, hi, keep in zip(
+            which.tolist(), first.tolist(), last.tolist(), whole.tolist(), strict=True
+        ):
+            value = values[seg]
+            if keep or isinstance(value, int):
+                kept.append(value)
+            else:
+                start = int(starts[seg])
+                kept.append(_cut(value, lo - start, hi - start))
+        return PageMap._of(first.tolist(), last.tolist(), kept)
+
+    @staticmethod
+    def _of(starts: list[int], ends: list[int], values: list[Fingerprints]) -> PageMap:
+        """The map of the segments ``[starts[i], ends[i])`` holding ``values[i]``
+        (ascending, disjoint)."""
         out = PageMap()
-        starts, ends = ranges.starts, ranges.ends
-        for start, end, value in self.segments():
-            lo = bisect_right(ends, start << shift)
-            hi = bisect_left(starts, end << shift)
-            for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
-                first, last = max(start, a >> shift), min(end, b >> shift)
-                if first < last:
-                    out.put(first, last, _cut(value, first - start, last - start))
+        for i in range(0, len(starts), _LOAD):
+            out._firsts.append(starts[i])
+            out._starts.append(starts[i : i + _LOAD])
+            out._ends.append(ends[i : i + _LOAD])
+            out._values.append(values[i : i + _LOAD])
+        out.pages = sum(ends) - sum(starts)
         return out
+
+    def assign(self, pages: Pages, values: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        """Pages ``pages`` (ascending, distinct) now hold ``values``, one each;
+        returns which of them were not in the map.
+
+        A page in a segment holding an array is written into the array in
+        place (into a copy the map then owns, if the array is shared); a page
+        in a segment holding its value already is left; the others are put
+        as runs of consecutive pages, those in gaps all at once when they are
+        many (at least an eighth of the map's segments).  Costs the pages
+        given and the segments they fall in, or, put all at once, the map's
+        segments, which the new ones pay for.
+        """
+        new = np.ones(len(pages), np.bool_)
+        rest = np.ones(len(pages), np.bool_)  # pages still to put
+        if self._starts and len(pages):
+            blocks = np.searchsorted(np.array(self._firsts, np.int64), pages, "right") - 1
+            cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(pages)], strict=True):
+                b = int(blocks[lo])
+                if b >= 0:
+                    self._assign_in_block(b, pages, values, lo, hi, new, rest)
+        for gaps, part in ((True, rest & new), (False, rest & ~new)):  # in gaps, in segments
+            if not part.any():
+                continue
+            left = np.flatnonzero(part)
+            runs = np.flatnonzero(np.diff(pages[left]) != 1) + 1
+            starts = [0, *runs.tolist()]
+            ends = [*runs.tolist(), len(left)]
+            firsts = pages[left].tolist()
+            if gaps and 8 * len(starts) >= self.segment_count():
+                singles = values[left[starts]].tolist()  # the value of a run of one page
+                self._add_segments(
+                    [firsts[i] for i in starts],
+                    [firsts[j - 1] + 1 for j in ends],
+                    [
+                        singles[k] if j - i == 1 else _fingerprints(values[left[i:j]])
+                        for k, (i, j) in enumerate(zip(starts, ends, strict=True))
+                    ],
+                )
+                continue
+            for i, j in zip(starts, ends, strict=True):
+                self.put(firsts[i], firsts[j - 1] + 1, values[left[i:j]])
+        return new
+
+    def segment_count(self) -> int:
+        """The number of segments in the map."""
+        return sum(len(block) for block in self._starts)
+
+    def _add_segments(self, starts: list[int], ends: list[int], values: list[Fingerprints]) -> None:
+        """Add the segments ``[starts[i], ends[i])`` holding ``values[i]``
+        (ascending, each in a gap of the map), all at once: the map is laid out
+        again, which costs its segments (so :meth:`assign` does it only for
+        many)."""
+        old_starts = list(itertools.chain.from_iterable(self._starts))
+        at = np.searchsorted(np.array(old_starts, np.int64), np.array(starts, np.int64))
+        order = np.insert(np.arange(len(old_starts)), at, np.arange(len(starts)) + len(old_starts))
+        laid = order.tolist()
+        every_start = old_starts + starts
+        every_end = list(itertools.chain.from_iterable(self._ends)) + ends
+        every_value = list(itertools.chain.from_iterable(self._values)) + values
+        out = PageMap._of(
+            [every_start[i] for i in laid],
+            [every_end[i] for i in laid],
+            [every_value[i] for i in laid],
+        )
+        self._firsts, self._starts, self._ends, self._values = (
+            out._firsts,
+            out._starts,
+            out._ends,
+            out._values,
+        )
+        self.pages = out.pages
+
+    def _assign_in_block(
+        self,
+        b: int,
+        pages: Pages,
+        values: npt.NDArray[np.uint64],
+        lo: int,
+        hi: int,
+        new: npt.NDArray[np.bool_],
+        rest: npt.NDArray[np.bool_],
+    ) -> None:
+        """:meth:`assign` of ``pages[lo:hi]``, which fall in block ``b`` or the gap
+        after it: write those in arrays, clear ``new`` of those in the map and
+        ``rest`` of those written or holding their value already."""
+        block = self._values[b]
+        starts = np.array(self._starts[b], np.int64)
+        ends = np.array(self._ends[b], np.int64)
+        part = pages[lo:hi]
+        i = np.minimum(np.searchsorted(ends, part, "right"), len(ends) - 1)
+        inside = np.flatnonzero(starts[i] <= part)  # ends[i] > page unless at the end
+        inside = inside[ends[i[inside]] > part[inside]]
+        if not len(inside):
+            return
+        new[lo + inside] = False
+        segs = i[inside]
+        cuts = np.flatnonzero(segs[1:] != segs[:-1]) + 1
+        for p, q in zip([0, *cuts.tolist()], [*cuts.tolist(), len(inside)], strict=True):
+            s = int(segs[p])
+            held = block[s]
+            where = lo + inside[p:q]
+            if isinstance(held, int):
+                rest[where[values[where] == np.uint64(held)]] = False
+                continue
+            owned = self._owned
+            if owned is None or owned.get(id(held)) is not held:
+                held = held.copy()
+                block[s] = held
+                if owned is None:
+                    owned = self._owned = weakref.WeakValueDictionary()
+                owned[id(held)] = held
+            held[pages[where] - int(starts[s])] = values[where]
+            rest[where] = False
 
     def drop(self, start: int, end: int) -> None:
         """Remove pages ``start .. end-1`` (those not in the map are ignored)."""
@@ -194,10 +353,7 @@ class PageMap:
         """Pages ``start .. end-1`` now hold ``value`` (an int for all of them,
         or an array of one fingerprint per page)."""
         if not isinstance(value, int):
-            if len(value) == 1 or not (value != value[0]).any():
-                value = int(value[0])
-            elif value.base is not None:
-                value = value.copy()  # not a view that keeps a larger array
+            value = _fingerprints(value)  # not a view that keeps a larger array
         if self._starts:
             b = bisect_right(self._firsts, start) - 1
             if b < 0:
@@ -251,9 +407,136 @@ class PageMap:
             del starts[_LOAD:], ends[_LOAD:], values[_LOAD:]
 
 
+def _fingerprints(values: npt.NDArray[np.uint64]) -> Fingerprints:
+    """``values`` as a segment holds them: an int if they are all one, else an
+    array of their own (not a view)."""
+    if len(values) == 1 or not (values != values[0]).any():
+        return int(values[0])
+    return values.copy() if values.base is not None else values
+
+
 def _same(a: Fingerprints, b: Fingerprints) -> bool:
     """Whether two segments hold one and the same fingerprint for every page."""
     return isinstance(a, int) and isinstance(b, int) and a == b
+
+
+_EMPTY: Pages = np.empty(0, np.int64)
+
+
+class PageSet:
+    """A set of page numbers: sorted, disjoint, non-adjacent ``[start, end)``
+    intervals in two int64 arrays (never changed in place, so a copy shares
+    them), and the intervals added since, merged in once they are as many as
+    the set's (or when the set is read): adding costs a sort of what is added,
+    in bulk; a drop costs a search, or a copy of the arrays when it removes
+    some pages.
+    """
+
+    __slots__ = ("_added", "_added_count", "_ends", "_starts")
+
+    def __init__(self, starts: Pages = _EMPTY, ends: Pages = _EMPTY) -> None:
+        self._starts = starts
+        self._ends = ends
+        self._added: list[tuple[Pages, Pages]] = []
+        self._added_count = 0
+
+    def add(self, starts: Pages, ends: Pages) -> None:
+        """Add the pages of the intervals ``[starts[i], ends[i])`` (any order, may overlap)."""
+        self._added.append((starts, ends))
+        self._added_count += len(starts)
+        if self._added_count > max(len(self._starts), 1024):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._added:
+            return
+        starts = np.concatenate([s for s, _ in self._added])
+        ends = np.concatenate([e for _, e in self._added])
+        self._added = []
+        self._added_count = 0
+        starts, ends = _coalesce(starts, ends, np.argsort(starts))
+        # the set's intervals and the added ones, two ascending runs: a stable sort merges them
+        starts = np.concatenate((self._starts, starts))
+        ends = np.concatenate((self._ends, ends))
+        self._starts, self._ends = _coalesce(starts, ends, np.argsort(starts, kind="stable"))
+
+    @property
+    def pages(self) -> int:
+        """The number of pages in the set."""
+        self._merge()
+        return int((self._ends - self._starts).sum())
+
+    def intervals(self) -> tuple[Pages, Pages]:
+        """The starts and ends of the set's intervals, ascending."""
+        self._merge()
+        return self._starts, self._ends
+
+    def copy(self) -> PageSet:
+        """An independent copy (``fork``)."""
+        self._merge()
+        return PageSet(self._starts, self._ends)
+
+    def drop(self, start: int, end: int) -> None:
+        """Remove pages ``start .. end-1`` (those not in the set are ignored)."""
+        if start >= end:
+            return
+        self._merge()
+        starts, ends = self._starts, self._ends
+        i = int(np.searchsorted(ends, start, "right"))  # the first interval that ends after start
+        j = int(np.searchsorted(starts, end, "left"))  # intervals i .. j-1 meet the range
+        if i >= j:
+            return
+        kept_starts = [int(starts[i])] if starts[i] < start else []
+        kept_ends = [start] if kept_starts else []
+        if ends[j - 1] > end:
+            kept_starts.append(end)
+            kept_ends.append(int(ends[j - 1]))
+        self._starts = np.concatenate((starts[:i], np.array(kept_starts, np.int64), starts[j:]))
+        self._ends = np.concatenate((ends[:i], np.array(kept_ends, np.int64), ends[j:]))
+
+    def restricted(self, ranges: RangeSet, shift: int) -> PageSet:
+        """The pages of the set inside ``ranges`` (bytes; pages of ``1 << shift`` bytes)."""
+        starts, ends = self.intervals()
+        _, first, last = _clip(starts, ends, *_page_ranges(ranges, shift))
+        return PageSet(first, last)
+
+
+def _clip(
+    starts: Pages, ends: Pages, first: Pages, last: Pages
+) -> tuple[npt.NDArray[np.intp], Pages, Pages]:
+    """The parts of the intervals ``[starts[i], ends[i])`` inside the ranges
+    ``[first[j], last[j])`` (both ascending and disjoint), in order: the interval
+    each part is of, and its start and end."""
+    lo = np.searchsorted(last, starts, "right")  # the ranges each interval meets
+    hi = np.searchsorted(first, ends, "left")
+    count = np.maximum(hi - lo, 0)
+    which = np.repeat(np.arange(len(starts)), count)
+    other = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    other += np.repeat(lo, count)
+    part_starts = np.maximum(starts[which], first[other])
+    part_ends = np.minimum(ends[which], last[other])
+    keep = part_starts < part_ends
+    return which[keep], part_starts[keep], part_ends[keep]
+
+
+def _coalesce(starts: Pages, ends: Pages, order: npt.NDArray[np.intp]) -> tuple[Pages, Pages]:
+    """The intervals ``[starts[i], ends[i])`` taken in ``order`` (ascending starts), as
+    sorted, disjoint, non-adjacent intervals (the empty ones left out)."""
+    keep = order[starts[order] < ends[order]]
+    if not len(keep):
+        return _EMPTY, _EMPTY
+    starts, ends = starts[keep], ends[keep]
+    reach = np.maximum.accumulate(ends)
+    # an interval starts a new one unless it meets or touches those before it
+    begins = np.flatnonzero(np.concatenate(([True], starts[1:] > reach[:-1])))
+    return starts[begins], reach[np.append(begins[1:] - 1, len(reach) - 1)]
+
+
+def _page_ranges(ranges: RangeSet, shift: int) -> tuple[Pages, Pages]:
+    """The pages ``ranges`` (bytes) span: the first and the end of each range."""
+    first = (np.array(ranges.starts, np.uint64) >> np.uint64(shift)).astype(np.int64)
+    last = (np.array(ranges.ends, np.uint64) >> np.uint64(shift)).astype(np.int64)
+    return first, last
 
 
 @dataclass
@@ -265,8 +548,8 @@ class _Process:
     """Mapped bytes."""
     written: PageMap = field(default_factory=PageMap)
     """Pages holding written content."""
-    later: PageMap = field(default_factory=PageMap)
-    """Of those, the pages written after the first write's instant (each holds 1)."""
+    later: PageSet = field(default_factory=PageSet)
+    """Of those, the pages written after the first write's instant."""
     mergeable: RangeSet = field(default_factory=RangeSet)
     """The mapped bytes that are mergeable (madvised, or all with ``merge_any``)."""
     merge_any: bool = False
@@ -305,7 +588,7 @@ class _Moment:
     t: int
     label: str | None
     written: dict[int, PageMap]
-    later: dict[int, PageMap]
+    later: dict[int, PageSet]
     settings: dict[str, Any]
     activity: _Activity
     mergeable: dict[int, RangeSet] = field(default_factory=dict)
@@ -325,23 +608,35 @@ class _Moment:
 
 def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     """The distinct fingerprints of one process's written pages and how many pages hold each."""
-    ints: list[int] = []
-    int_counts: list[int] = []
-    arrays: list[npt.NDArray[np.uint64]] = []
-    for start, end, value in pages.segments():
-        if isinstance(value, int):
-            ints.append(value)
-            int_counts.append(end - start)
-        else:
-            arrays.append(value)
-    fps = np.concatenate([np.array(ints, dtype=np.uint64), *arrays])
-    counts = np.concatenate(
-        [np.array(int_counts, dtype=np.int64), *(np.ones(len(a), np.int64) for a in arrays)]
-    )
-    unique, inverse = np.unique(fps, return_inverse=True)
-    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique)).astype(
-        np.int64
-    )
+    values = list(itertools.chain.from_iterable(pages._values))
+    single = np.fromiter((isinstance(v, int) for v in values), np.bool_, len(values))
+    ints = [v for v in values if isinstance(v, int)]
+    arrays = [v for v in values if not isinstance(v, int)]
+    starts = np.fromiter(itertools.chain.from_iterable(pages._starts), np.int64, len(values))
+    ends = np.fromiter(itertools.chain.from_iterable(pages._ends), np.int64, len(values))
+    int_counts = (ends - starts)[single]
+    each = np.sort(np.concatenate([np.empty(0, np.uint64), *arrays]))  # one page each
+    held, counts = _runs(each)
+    if not ints:
+        return held, counts
+    whole = np.array(ints, np.uint64)  # the fingerprint of each segment of one
+    union = _unique(np.concatenate((held, whole)))
+    total = np.zeros(len(union), np.int64)
+    total[np.searchsorted(union, held)] = counts
+    # the counts of each fingerprint summed (np.add.at is slow; floats would round)
+    order = np.argsort(whole)
+    where = np.searchsorted(union, whole[order])
+    begins = np.flatnonzero(np.concatenate(([True], where[1:] != where[:-1])))
+    total[where[begins]] += np.add.reduceat(int_counts[order], begins)
+    return union, total
+
+
+def _runs(ordered: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """The distinct values of ``ordered`` (ascending) and how many times each is there."""
+    begins = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    if not len(ordered):
+        begins = begins[:0]
+    return ordered[begins], np.diff(np.append(begins, len(ordered)))
 
 
 def measure_contents(
@@ -373,11 +668,12 @@ def measure_contents(
     zero = sum(int(c[f == 0].sum()) for f, c in per)
     if per:
         everything = np.concatenate([f for f, _ in per])
-        held, holders = np.unique(everything, return_counts=True)
+        everything.sort()
+        held, holders = _runs(everything)
         nonzero = held != 0
         distinct = int(np.count_nonzero(nonzero))
         in_several = held[nonzero & (holders > 1)]
-        shared = sum(int(c[np.isin(f, in_several)].sum()) for f, c in per)
+        shared = sum(int(c[_member(f, in_several)].sum()) for f, c in per)
     else:
         distinct = shared = 0
     activity = _Activity() if moment is None or not live else moment.activity
@@ -469,7 +765,7 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
     ops = dict.fromkeys(OPS, 0)
     procs: dict[int, _Process] = {}
     peaks: dict[int, _Peaks] = {}
-    fingerprints: set[int] = set()
+    fingerprints = _Distinct()
     zero_pages = 0
     settings_changes: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
@@ -508,29 +804,10 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 )
                 activity.later += int(run_pages[later].sum())
                 activity.later_zero += int(run_zeros[later].sum())
-            fingerprints.update(np.unique(column).tolist())
-            values = column.tolist()
-            columns = zip(
-                event.t.tolist(),
-                event.pid.tolist(),
-                event.addr.tolist(),
-                event.len.tolist(),
-                event.fill.tolist(),
-                event.fp_start().tolist(),
-                event.fp_end.tolist(),
-                strict=True,
-            )
-            for when, pid, addr, length, fill, lo, hi in columns:
+            fingerprints.add(column)
+            for pid, pages, values, when in _pages_by_pid(event, later, shift):
                 proc = procs[pid]
-                first = addr >> shift
-                value = values[lo] if fill or hi - lo == 1 else column[lo:hi]
-                before = proc.written.pages
-                if when > activity.first_write_t and proc.mergeable.starts:
-                    _count_merged(merged, proc, first, length >> shift, value, shift)
-                proc.written.put(first, first + (length >> shift), value)
-                if when > activity.first_write_t:
-                    activity.rewritten += (length >> shift) - (proc.written.pages - before)
-                    proc.later.put(first, first + (length >> shift), 1)
+                _write_pages(proc, pages, values, when, activity, merged, shift)
                 note(pid, proc)
             continue
         ops[event.op] += 1
@@ -548,13 +825,13 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 if is_later and proc.mergeable.starts:
                     _count_merged(merged, proc, first, len(fps), array, shift)
                 proc.written.put(first, first + len(fps), array)
-                fingerprints.update(fps)
+                fingerprints.add(array)
                 count, zeros = len(fps), fps.count(0)
             elif isinstance(content, np.ndarray):
                 if is_later and proc.mergeable.starts:
                     _count_merged(merged, proc, first, len(content), content, shift)
                 proc.written.put(first, first + len(content), content)
-                fingerprints.update(content.tolist())
+                fingerprints.add(content)
                 count = len(content)
                 zeros = count - int(np.count_nonzero(content))
             else:
@@ -562,14 +839,14 @@ def inspect_trace(reader: TraceReader, since_ns: int = 0) -> dict[str, Any]:
                 if is_later and proc.mergeable.starts:
                     _count_merged(merged, proc, first, count, content, shift)
                 proc.written.put(first, first + count, content)
-                fingerprints.add(content)
+                fingerprints.add(np.array([content], np.uint64))
                 zeros = count if content == 0 else 0
             zero_pages += zeros
             if activity.first_write_t is None:
                 activity.first_write_t = max(event.t, since_ns)
             elif event.t > activity.first_write_t:
                 activity.rewritten += count - (proc.written.pages - before)
-                proc.later.put(first, first + count, 1)
+                proc.later.add(np.array([first], np.int64), np.array([first + count], np.int64))
                 activity.later += count
                 activity.later_zero += zeros
             note(event.pid, proc)
@@ -678,6 +955,139 @@ def _moment(
     )
 
 
+def _member(values: npt.NDArray[np.uint64], of: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Whether each of ``values`` is in ``of`` (ascending, distinct)."""
+    if not len(of):
+        return np.zeros(len(values), np.bool_)
+    found: npt.NDArray[np.bool_] = (
+        of[np.minimum(np.searchsorted(of, values), len(of) - 1)] == values
+    )
+    return found
+
+
+class _Distinct:
+    """The distinct values of the arrays added (fingerprints written): a sorted
+    array and the arrays added since, merged in once they are as long."""
+
+    __slots__ = ("_added", "_added_count", "_seen")
+
+    def __init__(self) -> None:
+        self._seen: npt.NDArray[np.uint64] = np.empty(0, np.uint64)
+        self._added: list[npt.NDArray[np.uint64]] = []
+        self._added_count = 0
+
+    def add(self, values: npt.NDArray[np.uint64]) -> None:
+        self._added.append(values)
+        self._added_count += len(values)
+        if self._added_count > max(len(self._seen), 1 << 20):
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._added:
+            # two ascending runs: a stable sort merges them
+            both = np.concatenate((self._seen, _unique(np.concatenate(self._added))))
+            both.sort(kind="stable")
+            self._seen = _distinct_sorted(both)
+            self._added = []
+            self._added_count = 0
+
+    def __len__(self) -> int:
+        self._merge()
+        return len(self._seen)
+
+
+def _unique(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The distinct ``values``, ascending (by sorting: ``np.unique`` hashes, which is
+    many times slower on fingerprints)."""
+    return _distinct_sorted(np.sort(values))
+
+
+def _distinct_sorted(ordered: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The distinct values of ``ordered`` (ascending)."""
+    keep = np.empty(len(ordered), np.bool_)
+    keep[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def _pages_by_pid(
+    run: WriteRun, later: npt.NDArray[np.bool_], shift: int
+) -> Iterator[tuple[int, Pages, npt.NDArray[np.uint64], npt.NDArray[np.bool_]]]:
+    """The pages the writes of ``run`` write, pid by pid: ``(pid, pages, fingerprints,
+    later)``, the pages in the order of the writes (a page once per write of it), the
+    fingerprint each is given and whether its write is after the first write's instant
+    (``later``, per write of the run)."""
+    order = np.argsort(run.pid, kind="stable")
+    pids = run.pid[order]
+    counts = (run.len[order] >> np.uint64(shift)).astype(np.int64)
+    first = (run.addr[order] >> np.uint64(shift)).astype(np.int64)
+    fp_start = run.fp_start()[order]
+    when = later[order]
+    if (counts == 1).all():
+        pages, values = first, run.fps[fp_start]
+        bounds = np.arange(len(order) + 1)
+    else:
+        bounds = np.concatenate(([0], np.cumsum(counts)))  # pages before each write
+        step = np.arange(int(bounds[-1]), dtype=np.int64) - np.repeat(bounds[:-1], counts)
+        pages = np.repeat(first, counts) + step
+        values = run.fps[np.repeat(fp_start, counts) + step]
+        when = np.repeat(when, counts)
+    cuts = (np.flatnonzero(pids[1:] != pids[:-1]) + 1).tolist()
+    for i, j in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        lo, hi = int(bounds[i]), int(bounds[j])
+        yield int(pids[i]), pages[lo:hi], values[lo:hi], when[lo:hi]
+
+
+def _write_pages(
+    proc: _Process,
+    pages: Pages,
+    values: npt.NDArray[np.uint64],
+    later: npt.NDArray[np.bool_],
+    activity: _Activity,
+    merged: _Activity,
+    shift: int,
+) -> None:
+    """Writes of a run into ``proc``, page by page in order: ``pages`` get
+    ``values``; ``later`` tells the writes after the first write's instant, to count
+    into ``activity.rewritten`` (a page written while it held written content) and
+    into ``merged`` (the pages in mergeable mappings, as :func:`_count_merged`)."""
+    order = np.argsort(pages)
+    ordered = pages[order]
+    begins = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    distinct = ordered[begins]
+    if len(distinct) == len(pages):
+        first_write = last_write = order
+    else:  # of each distinct page
+        first_write = np.minimum.reduceat(order, begins)
+        last_write = np.maximum.reduceat(order, begins)
+    new = proc.written.assign(distinct, values[last_write])
+    if not later.any():
+        return
+    # A page is written over written content unless the map did not hold it and
+    # this is its first write (the writes before the first instant come first).
+    fresh = new & later[first_write]
+    activity.rewritten += int(np.count_nonzero(later)) - int(np.count_nonzero(fresh))
+    touched = distinct[later[last_write]]
+    proc.later.add(touched, touched + 1)
+    if not proc.mergeable.starts:
+        return
+    first, last = _page_ranges(proc.mergeable, shift)
+    mergeable = _within(pages, first, last) & later
+    merged.later += int(np.count_nonzero(mergeable))
+    merged.later_zero += int(np.count_nonzero(mergeable & (values == 0)))
+    merged.rewritten += int(np.count_nonzero(mergeable)) - int(
+        np.count_nonzero(fresh & mergeable[first_write])
+    )
+
+
+def _within(pages: Pages, first: Pages, last: Pages) -> npt.NDArray[np.bool_]:
+    """Whether each of ``pages`` is in one of the ranges ``[first[i], last[i])`` (ascending)."""
+    if not len(first):
+        return np.zeros(len(pages), np.bool_)
+    i = np.minimum(np.searchsorted(last, pages, "right"), len(last) - 1)
+    return (first[i] <= pages) & (pages < last[i])
+
+
 def _count_merged(
     merged: _Activity,
     proc: _Process,
@@ -726,19 +1136,22 @@ class _Contents:
         self.arrays: list[npt.NDArray[np.uint64]] = []
         self.pages = 0
 
-    def add(self, value: Fingerprints, pages: int) -> None:
-        if isinstance(value, int):
-            self.values.append(value)
-        else:
-            self.arrays.append(value)
-        self.pages += pages
+    @staticmethod
+    def of(pages: PageMap) -> _Contents:
+        """The contents of the pages of ``pages``."""
+        out = _Contents()
+        for values in pages._values:
+            for value in values:
+                if isinstance(value, int):
+                    out.values.append(value)
+                else:
+                    out.arrays.append(value)
+        out.pages = pages.pages
+        return out
 
     def distinct(self) -> npt.NDArray[np.uint64]:
         """The distinct contents, ascending."""
-        found: npt.NDArray[np.uint64] = np.unique(
-            np.concatenate([np.array(self.values, np.uint64), *self.arrays])
-        )
-        return found
+        return _unique(np.concatenate([np.array(self.values, np.uint64), *self.arrays]))
 
 
 def _explain(procs: dict[int, _Process], shift: int, use_zero: bool) -> dict[str, Any]:
@@ -754,17 +1167,8 @@ def _explain(procs: dict[int, _Process], shift: int, use_zero: bool) -> dict[str
     processes = []
     for pid in sorted(procs):
         proc = procs[pid]
-        mine, mine_mergeable = _Contents(), _Contents()
-        starts, ends = proc.mergeable.starts, proc.mergeable.ends
-        for start, end, value in proc.written.segments():
-            mine.add(value, end - start)
-            # the parts of the segment in mergeable ranges (bytes >> shift: pages)
-            lo = bisect_right(ends, start << shift)
-            hi = bisect_left(starts, end << shift)
-            for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True):
-                first, last = max(start, a >> shift), min(end, b >> shift)
-                if first < last:
-                    mine_mergeable.add(_cut(value, first - start, last - start), last - first)
+        mine = _Contents.of(proc.written)
+        mine_mergeable = _Contents.of(proc.written.restricted(proc.mergeable, shift))
         for whole, part in ((everything, mine), (mergeable, mine_mergeable)):
             whole.values += part.values
             whole.arrays += part.arrays

@@ -20,7 +20,7 @@ from randtrace import encode_trace, valid_traces
 
 from ksmreplay import inspect as inspect_module
 from ksmreplay.inspect import inspect_trace
-from ksmreplay.trace import TraceReader
+from ksmreplay.trace import RangeSet, TraceReader
 from ksmreplay.trace.events import (
     Alloc,
     Event,
@@ -189,7 +189,7 @@ def test_inspect_counts_what_a_page_by_page_model_counts(
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["put", "put", "array", "drop", "copy"]),
+            st.sampled_from(["put", "put", "array", "assign", "drop", "copy"]),
             st.integers(0, 60),
             st.integers(1, 12),
             st.integers(0, 3),
@@ -214,6 +214,12 @@ def test_page_map_matches_a_dict(
             values = np.arange(value, value + count, dtype=np.uint64) % 3
             pages.put(start, end, values)
             model.update(zip(range(start, end), values.tolist(), strict=True))
+        elif op == "assign":  # every (value + 1)th page of the range, in place where it can
+            chosen = np.arange(start, end, value + 1, dtype=np.int64)
+            values = (chosen * 7 + value).astype(np.uint64) % 3
+            new = pages.assign(chosen, values)
+            assert new.tolist() == [p not in model for p in chosen.tolist()]
+            model.update(zip(chosen.tolist(), values.tolist(), strict=True))
         elif op == "drop":
             pages.drop(start, end)
             for page in range(start, end):
@@ -228,6 +234,54 @@ def test_page_map_matches_a_dict(
         assert {p: copy.get(p) for p in range(80) if copy.get(p) or p in frozen} == {
             p: frozen[p] for p in frozen
         }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "drop", "copy", "restricted"]),
+            st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12)), max_size=6),
+        ),
+        max_size=40,
+    )
+)
+def test_page_set_matches_a_set(ops: list[tuple[str, list[tuple[int, int]]]]) -> None:
+    pages = inspect_module.PageSet()
+    model: set[int] = set()
+    copies: list[tuple[inspect_module.PageSet, set[int]]] = []
+    for op, intervals in ops:
+        if op == "add":  # any order, overlapping or not, empty ones too
+            pages.add(
+                np.array([s for s, _ in intervals], np.int64),
+                np.array([s + n for s, n in intervals], np.int64),
+            )
+            model.update(p for s, n in intervals for p in range(s, s + n))
+        elif op == "drop":
+            for start, count in intervals:
+                pages.drop(start, start + count)
+                model.difference_update(range(start, start + count))
+        elif op == "copy":
+            copies.append((pages.copy(), set(model)))
+        else:  # bytes of 4096-byte pages
+            ranges = RangeSet()
+            inside: set[int] = set()
+            for start, count in sorted(intervals):
+                if count and not any(p in inside for p in range(start - 1, start + count + 1)):
+                    ranges.add(start * PAGE, (start + count) * PAGE)
+                    inside.update(range(start, start + count))
+            part = pages.restricted(ranges, 12)
+            assert set(_set_pages(part)) == model & inside
+        starts, ends = pages.intervals()
+        assert (starts < ends).all() and (ends[:-1] < starts[1:]).all()  # disjoint, apart
+        assert pages.pages == len(model)
+    for copy, frozen in [(pages, model), *copies]:
+        assert set(_set_pages(copy)) == frozen
+
+
+def _set_pages(pages: inspect_module.PageSet) -> list[int]:
+    starts, ends = pages.intervals()
+    return [p for s, e in zip(starts.tolist(), ends.tolist(), strict=True) for p in range(s, e)]
 
 
 # --------------------------------------------------------------------------- contents
