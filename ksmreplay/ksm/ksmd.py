@@ -1196,7 +1196,7 @@ class Ksmd(FlaggedItems):
         self._args.set("next_node", self._next_node_id)
         self._args.set("next_chain", self.chains.next_id)
 
-    def _tables(self, core: Native, free_rows: IntArray) -> Any:
+    def _tables(self, core: Native, free_rows: npt.NDArray[np.int32]) -> Any:
         """The tables of the scan for the native core (:meth:`Native.tables`),
         made again when one of them moved or a tree's table changed.  Made
         ahead of each call: Python code in between may grow any of them."""
