@@ -53,6 +53,45 @@ def consecutive_runs(values: npt.NDArray[np.integer[Any]]) -> tuple[IntArray, In
     return lo, hi
 
 
+ROW_LIMIT = (1 << 31) - 1
+"""Most rows a table of the simulator holds: its row numbers are kept as
+``int32`` (the free stacks, the content maps' values)."""
+
+GROWTH = 8
+"""A table that grows takes a ``1 / GROWTH`` more rows at least (and what it
+needs): a table holds at most an eighth more rows than it ever needed."""
+
+
+def grow_rows(owner: object, name: str, length: int) -> None:
+    """Make the array ``owner.name`` ``length`` rows long (more than it has).
+
+    In place where nothing else refers to the array: the allocation is made
+    longer (for a large one, its pages are moved, never copied), so that old
+    and new rows are never held side by side.  Where something still refers
+    to it (a view the caller forgot, a column taken before the growth), a
+    longer copy replaces it: the holder keeps the old rows, as it did before
+    this helper.  The new rows are zero; the caller fills them.
+    """
+    shape = (length, *getattr(owner, name).shape[1:])
+    try:
+        # (the only references are then the attribute and the call's own)
+        getattr(owner, name).resize(shape, refcheck=True)
+    except ValueError:
+        old = getattr(owner, name)
+        new = np.zeros((length, *old.shape[1:]), old.dtype)
+        new[: len(old)] = old
+        setattr(owner, name, new)
+
+
+def more_rows(have: int, need: int) -> int:
+    """How many rows a table of ``have`` rows takes when it needs ``need`` more
+    (:data:`GROWTH`); :class:`~ksmreplay.errors.ResourceError` beyond :data:`ROW_LIMIT`."""
+    more = max(need, have // GROWTH, 1024)
+    if have + need > ROW_LIMIT:
+        raise ResourceError(f"a table of the simulator would hold more than {ROW_LIMIT:,} rows")
+    return min(more, ROW_LIMIT - have)
+
+
 MEMORY_ENV = "KSMREPLAY_MEMORY"
 """The environment variable that sets the most memory a replay may take:
 bytes, or with a ``K``, ``M``, ``G`` or ``T`` suffix (powers of 1024); ``0``
@@ -200,7 +239,7 @@ def charge(nbytes: int, what: str) -> None:
     BUDGET.charge(nbytes, what)
 
 
-PAGE_ESTIMATE = 170
+PAGE_ESTIMATE = 120
 """What a replay takes per page resident, mergeable and scanned (bytes; its
 frame, PTE, rmap_item and tree entries, as measured: README, "What a replay
 costs")."""

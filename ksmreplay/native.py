@@ -67,7 +67,7 @@ _WITHOUT_CORE = SimpleNamespace(
     AGE_MAX=255,
     SEQNR_MASK=0xFF,
     ZERO_PAGE_FLAG=0x400,
-    CHAIN_ENTRY=1 << 62,
+    CHAIN_ENTRY=1 << 30,
     SLOT_ABSENT=-1,
     SLOT_DELETED=-2,
     SCAN_END=0,
@@ -94,9 +94,9 @@ _WITHOUT_CORE = SimpleNamespace(
     },
     SLOT={
         "names": ["key", "val", "gen"],
-        "formats": ["<u8", "<i8", "<u4"],
-        "offsets": [0, 8, 16],
-        "itemsize": 24,
+        "formats": ["<u8", "<i4", "<u4"],
+        "offsets": [0, 8, 12],
+        "itemsize": 16,
     },
     TRACED_ZERO=-1,
     TRACED={
@@ -234,7 +234,9 @@ class Stepped(NamedTuple):
     """How it ended: :data:`STEP_NONE`, :data:`STEP_ALLOC`, :data:`STEP_HANDED`
     or :data:`STEP_DONE`."""
     free: int
-    """Rows left on the items' free stack."""
+    """Freed rows left on the items' free stack."""
+    fresh: int
+    """The first item row never used, after the step."""
     visits: int
     skipped: int
     last: int
@@ -563,7 +565,7 @@ class Native:
         self,
         frames: tuple[npt.NDArray[np.generic], ...],
         items: tuple[npt.NDArray[np.generic], ...],
-        free_rows: npt.NDArray[np.int64],
+        free_rows: npt.NDArray[np.int32],
         blanks: tuple[npt.NDArray[np.void], npt.NDArray[np.void]],
         nodes: tuple[npt.NDArray[np.generic], ...],
         chains: tuple[npt.NDArray[np.generic], ...],
@@ -574,7 +576,8 @@ class Native:
         (``struct tables``): ``frames`` are the frame columns content,
         mapcount, ksm, node; ``items`` the item records and hlist links
         (``ItemTable.hot``, ``cold``, ``hnext``, ``hprev``), ``free_rows``
-        their free stack's array and ``blanks`` a fresh item's two records;
+        the array of their free stack's freed rows (``int32``) and ``blanks``
+        a fresh item's two records;
         ``nodes`` the node columns size, frame, head, dup_next; ``chains`` the
         chain columns head, count, looked, prune (``ksm.ChainColumns``); the
         maps are ``ContentMap.table()`` s.  The object holds the arrays: make
@@ -595,7 +598,7 @@ class Native:
         segs: npt.NDArray[np.int64],
         budget: int,
         smart: bool,
-        free: int,
+        free: tuple[int, int, int],
         args: npt.NDArray[np.uint8],
         room: int,
         traced: bool = False,
@@ -604,8 +607,9 @@ class Native:
 
         ``ptes`` and ``imap`` are the window's PTEs and item rows by position
         (``imap`` is updated: items made, stale items cleared), ``segs`` its
-        runs of pages as for :meth:`visit`, ``free`` the rows on the items'
-        free stack (which has room for ``len(ptes)`` more).  After
+        runs of pages as for :meth:`visit`, ``free`` the items' free stack
+        (``ItemTable.free_rows``: the freed rows on it, which has room for
+        ``len(ptes)`` more, the first row never used and the table's end).  After
         ``STEP_ALLOC`` or ``STEP_HANDED`` the front is :meth:`front` and the
         listed items :meth:`listed_rows` (until the next step).
         """
@@ -622,8 +626,9 @@ class Native:
         sums = np.zeros(core.VISIT_SUMS, np.int64)
         made = self._made_room(room)
         summary = self._step_sums
-        status, left = core.step(
-            tables, ptes, imap, segs, budget, int(smart), free,
+        n_free, fresh, end = free
+        status, left, fresh = core.step(
+            tables, ptes, imap, segs, budget, int(smart), n_free, fresh, end,
             pos, cum, kinds, stale, self._rows, summary, args,
             self._dead, merges, made, sums,
         )  # fmt: skip
@@ -631,6 +636,7 @@ class Native:
         return Stepped(
             status,
             left,
+            fresh,
             found[core.FRONT_VISITS],
             found[core.FRONT_SKIPPED],
             found[core.FRONT_LAST],

@@ -70,8 +70,12 @@ _Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
 
 /* -- the trees (ksm/stable.py, ksm/contentmap.py) ------------------------ */
 
-/* The stable tree's value for a chain: CHAIN_ENTRY + the chain's id. */
-#define CHAIN_ENTRY (1LL << 62)
+/*
+ * The stable tree's value for a chain: CHAIN_ENTRY + the chain's id.  Node
+ * ids and chain ids stay below it (ksm/stable.py checks where they are
+ * made), so that every value of a table fits the slot's 32 bits.
+ */
+#define CHAIN_ENTRY (1LL << 30)
 
 /*
  * One slot of a content hash table: key, value and generation side by side,
@@ -81,12 +85,11 @@ _Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
  */
 struct slot {
 	uint64_t key;		/* the content */
-	int64_t val;		/* its value, or SLOT_DELETED */
+	int32_t val;		/* its value (a row or an id, below 2^31), or SLOT_DELETED */
 	uint32_t gen;		/* the generation that filled it */
-	uint32_t pad;
 };
 
-_Static_assert(sizeof(struct slot) == 24, "struct slot: 24 bytes");
+_Static_assert(sizeof(struct slot) == 16, "struct slot: 16 bytes");
 
 #define SLOT_ABSENT (-1)	/* a lookup found nothing */
 #define SLOT_DELETED (-2)	/* a tombstone */
@@ -135,7 +138,7 @@ static inline void slot_insert(struct slot *table, int32_t bits, uint32_t now, u
 		s = (s + 1) & mask;
 	table[s].gen = now;
 	table[s].key = key;
-	table[s].val = val;
+	table[s].val = (int32_t)val;
 }
 
 /* -- what the functions say ---------------------------------------------- */
@@ -268,13 +271,16 @@ struct tables {
 	int32_t *fr_mapcount;
 	uint8_t *fr_ksm;
 	int32_t *fr_node;
-	/* items (ksm/items.py ItemTable): records, hlist links, free rows */
+	/* items (ksm/items.py ItemTable): records, hlist links (item numbers
+	 * are below 2^31), free rows */
 	struct item_hot *items;
 	struct item_cold *cold;
-	int64_t *next;
-	int64_t *prev;
-	int64_t *free_rows;	/* the free stack (vm/frames.py FreeStack), top last */
-	int64_t free_room;	/* its length: free rows fit below it */
+	int32_t *next;
+	int32_t *prev;
+	int32_t *free_rows;	/* the freed rows of the free stack (vm/frames.py
+				 * FreeStack), the last freed on top */
+	int64_t free_room;	/* its length: freed rows fit below it */
+	int64_t n_items;	/* the item table's rows */
 	struct item_hot blank_hot;	/* a fresh item's records (ItemTable.alloc) */
 	struct item_cold blank_cold;
 	/* stable nodes (ksm/stable.py NodeColumns) */
@@ -327,7 +333,11 @@ struct step {
 	const int64_t *segs;	/* as struct events */
 	int64_t n_segs;
 	int64_t budget;
-	int64_t free;		/* rows on the free stack, updated */
+	/* the items' free stack: freed rows popped first, the last freed first,
+	 * then the rows never used, [fresh, end), in ascending order */
+	int64_t free;		/* freed rows on the stack, updated */
+	int64_t fresh;		/* the first row never used, updated */
+	int64_t end;		/* the item table's rows */
 	int32_t smart;
 	int32_t pad;
 	/* the front */

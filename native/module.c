@@ -304,9 +304,9 @@ static PyObject *tables_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	TAKE_INTO(h, t->fr_node, o[3], 4, 'i', 1, &n_frames[3]);
 	TAKE_INTO(h, t->items, o[4], sizeof(struct item_hot), 'r', 1, &n_items[0]);
 	TAKE_INTO(h, t->cold, o[5], sizeof(struct item_cold), 'r', 1, &n_items[1]);
-	TAKE_INTO(h, t->next, o[6], 8, 'i', 1, &n_items[2]);
-	TAKE_INTO(h, t->prev, o[7], 8, 'i', 1, &n_items[3]);
-	TAKE_INTO(h, t->free_rows, o[8], 8, 'i', 1, &n_free);
+	TAKE_INTO(h, t->next, o[6], 4, 'i', 1, &n_items[2]);
+	TAKE_INTO(h, t->prev, o[7], 4, 'i', 1, &n_items[3]);
+	TAKE_INTO(h, t->free_rows, o[8], 4, 'i', 1, &n_free);
 	TAKE_INTO(h, blank_hot, o[9], sizeof(struct item_hot), 'r', 0, NULL);
 	TAKE_INTO(h, blank_cold, o[10], sizeof(struct item_cold), 'r', 0, NULL);
 	TAKE_INTO(h, t->node_size, o[11], 4, 'i', 1, &n_nodes[0]);
@@ -327,6 +327,7 @@ static PyObject *tables_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 		}
 	}
 	t->free_room = n_free;
+	t->n_items = n_items[0];
 	t->blank_hot = *blank_hot;
 	t->blank_cold = *blank_cold;
 	t->stable.bits = st_bits;
@@ -432,18 +433,19 @@ fail:
 }
 
 PyDoc_STRVAR(step_doc,
-	     "step(tables, ptes, imap, segs, budget, smart, free, pos, cum, kind, stale, rows,\n"
-	     "     summary, args, dead, traced, made, sums) -> (status, free)\n\n"
-	     "One step of the scan over a window (ksr_step): STEP_*, and the rows left on the\n"
-	     "free stack.  pos, cum, kind, stale, rows, dead (and traced, unless empty): room\n"
-	     "for len(ptes); summary: STEP_SUMS values.  The free stack has room for len(ptes)\n"
-	     "more rows.");
+	     "step(tables, ptes, imap, segs, budget, smart, free, fresh, end, pos, cum, kind,\n"
+	     "     stale, rows, summary, args, dead, traced, made, sums) -> (status, free, fresh)\n\n"
+	     "One step of the scan over a window (ksr_step): STEP_*, the freed rows left on the\n"
+	     "free stack and the first item row never used after it.  The free stack holds\n"
+	     "free freed rows and has room for len(ptes) more; the rows [fresh, end) were never\n"
+	     "used.  pos, cum, kind, stale, rows, dead (and traced, unless empty): room for\n"
+	     "len(ptes); summary: STEP_SUMS values.");
 
 static PyObject *py_step(PyObject *self, PyObject *args)
 {
 	struct held h = { .n = 0 };
 	PyObject *o_tables, *o[14], *out = NULL;
-	long long budget, free;
+	long long budget, free, fresh, end;
 	int smart;
 	Py_ssize_t n, n_imap, n_segs, n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
 	const struct tables *t;
@@ -451,9 +453,9 @@ static PyObject *py_step(PyObject *self, PyObject *args)
 	struct step s;
 	int64_t status;
 
-	if (!PyArg_ParseTuple(args, "O!OOOLiLOOOOOOOOOOO", &tables_type, &o_tables, &o[0], &o[1],
-			      &o[2], &budget, &smart, &free, &o[3], &o[4], &o[5], &o[6], &o[7],
-			      &o[8], &o[9], &o[10], &o[11], &o[12], &o[13]))
+	if (!PyArg_ParseTuple(args, "O!OOOLiLLLOOOOOOOOOOO", &tables_type, &o_tables, &o[0],
+			      &o[1], &o[2], &budget, &smart, &free, &fresh, &end, &o[3], &o[4],
+			      &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13]))
 		return NULL;
 	t = &((TablesObject *)o_tables)->t;
 	TAKE_N(ptes, int64_t *, o[0], 8, 'i', 1, n);
@@ -474,18 +476,18 @@ static PyObject *py_step(PyObject *self, PyObject *args)
 		goto fail;
 	if (n_imap != n || n_pos < n || n_cum < n || n_kind < n || n_stale < n || n_rows < n ||
 	    n_summary < STEP_SUMS || n_segs % 3 || n_segs == 0 || free < 0 ||
-	    free + n > t->free_room) {
+	    free + n > t->free_room || fresh < 0 || fresh > end || end > t->n_items) {
 		PyErr_SetString(PyExc_ValueError, "step: arrays of the wrong lengths");
 		goto fail;
 	}
 	s = (struct step){
 		.n = n, .ptes = ptes, .imap = imap, .segs = segs, .n_segs = n_segs / 3,
-		.budget = budget, .free = free, .smart = smart,
+		.budget = budget, .free = free, .fresh = fresh, .end = end, .smart = smart,
 		.pos = pos, .cum = cum, .kind = kind, .stale = stale, .rows = rows,
 		.summary = summary,
 	};
 	status = ksr_step(t, &s, vargs, &vo);
-	out = Py_BuildValue("LL", (long long)status, (long long)s.free);
+	out = Py_BuildValue("LLL", (long long)status, (long long)s.free, (long long)s.fresh);
 fail:
 	release(&h);
 	return out;
@@ -731,7 +733,7 @@ static const struct field visit_args_fields[] = {
 
 static const struct field slot_fields[] = {
 	FIELD(slot, key, "<u8"),
-	FIELD(slot, val, "<i8"),
+	FIELD(slot, val, "<i4"),
 	FIELD(slot, gen, "<u4"),
 	{ NULL, NULL, 0 },
 };

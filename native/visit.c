@@ -57,8 +57,8 @@ struct scan {
 	/* items */
 	struct item_hot *items;
 	struct item_cold *cold;
-	int64_t *next;
-	int64_t *prev;
+	int32_t *next;
+	int32_t *prev;
 	/* stable nodes */
 	int32_t *node_size;
 	int64_t *node_frame;

@@ -128,8 +128,9 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 
 /*
  * Fresh items for the listed positions without one (s->rows[i] < 0), in
- * address order, as ItemTable.alloc() makes them: rows popped from the top of
- * the free stack, blank records for the mm slot `slot` and the position's
+ * address order, as ItemTable.alloc() makes them: rows taken as FreeStack.pop()
+ * hands them out (the freed rows from the top of the stack, then the rows
+ * never used, lowest first), blank records for the mm slot `slot` and the position's
  * page, and skip_age()'s first age when smart_scan is on and the page is not
  * a KSM page.
  */
@@ -144,7 +145,7 @@ static void alloc_items(const struct tables *t, struct step *s, int32_t slot, in
 			continue;
 		while (p >= seg[2] + seg[1] - seg[0])
 			seg += 3;
-		row = t->free_rows[--s->free];
+		row = s->free > 0 ? t->free_rows[--s->free] : s->fresh++;
 		t->items[row] = t->blank_hot;
 		t->cold[row] = t->blank_cold;
 		t->next[row] = -1;
@@ -169,12 +170,12 @@ static void alloc_items(const struct tables *t, struct step *s, int32_t slot, in
  * s->rows stay for the caller, who goes on from where the step stopped: with
  * STEP_ALLOC (too few free rows) nothing but the front was done; with
  * STEP_HANDED the events before summary[STEP_STOP] were.  The caller leaves
- * room on the free stack for s->n rows.
+ * room on the free stack for s->n freed rows.
  */
 int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args *a,
 		 const struct visit_out *o)
 {
-	int64_t *sum = s->summary, listed, fresh = 0, freed = 0, stop;
+	int64_t *sum = s->summary, listed, made = 0, freed = 0, stop;
 	struct events e;
 
 	ksr_window(s->n, s->ptes, s->imap, t->fr_ksm, t->fr_node, t->items, t->cold, s->smart,
@@ -187,15 +188,15 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 	listed = sum[FRONT_LISTED];
 	for (int64_t i = 0; i < listed; i++) {
 		s->rows[i] = s->imap[s->pos[i]];
-		fresh += s->rows[i] < 0;
+		made += s->rows[i] < 0;
 	}
-	if (fresh > s->free)
+	if (made > s->free + s->end - s->fresh)
 		return STEP_ALLOC;
 	for (int64_t j = 0; j < sum[FRONT_STALE]; j++)
 		s->imap[s->stale[j]] = -1;
-	if (fresh)
+	if (made)
 		alloc_items(t, s, a->slot, listed);
-	sum[STEP_ITEMS] = fresh;
+	sum[STEP_ITEMS] = made;
 	e = (struct events){ listed, s->pos, s->rows, s->kind, s->cum, s->ptes, s->segs, s->n_segs };
 	stop = ksr_visit(t, &e, 0, a, o);
 	sum[STEP_STOP] = stop;
@@ -207,7 +208,7 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 		if (s->kind[i] != LISTED_STALE)
 			continue;
 		t->cold[s->rows[i]].slot = -1;
-		t->free_rows[s->free++] = s->rows[i];
+		t->free_rows[s->free++] = (int32_t)s->rows[i];
 		freed++;
 	}
 	sum[STEP_FREED] = freed;

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from ksmreplay.ksm.contentmap import ABSENT, ContentMap
+from ksmreplay.ksm.contentmap import ABSENT, VALUE_LIMIT, ContentMap
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 
@@ -30,7 +30,7 @@ def test_operations_agree_with_a_dict(seed: int) -> None:
     for _ in range(400):
         op = rng.random()
         if op < 0.25:
-            k, v = rng.choice(space), rng.randrange(1 << 40)
+            k, v = rng.choice(space), rng.randrange(VALUE_LIMIT + 1)
             m[k] = v
             d[k] = v
         elif op < 0.4 and d:
@@ -42,7 +42,7 @@ def test_operations_agree_with_a_dict(seed: int) -> None:
             d.clear()
         elif op < 0.65:
             new = sorted({rng.choice(space) for _ in range(rng.randrange(12))} - set(d))
-            vals = [rng.randrange(1 << 40) for _ in new]
+            vals = [rng.randrange(VALUE_LIMIT + 1) for _ in new]
             m.insert_new(np.array(new, np.uint64), np.array(vals, np.int64))
             d.update(zip(new, vals, strict=True))
         else:

@@ -198,9 +198,9 @@ def test_a_warning_only_some_modes_have_names_them(tmp_path: Path) -> None:
 def test_a_trace_larger_than_the_memory_left_is_warned_of_before_replaying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 2 x 4096 pages written; estimated at 170 bytes a page and 15 KiB a process, per mode
+    # 2 x 4096 pages written; estimated per page and per process, per mode
     path = write(tmp_path, [[0, "ksm", {"run": 1}], *twins(pages=4096)])
-    need = 2 * (2 * 4096 * 170 + 2 * 15 * 1024)
+    need = 2 * (2 * 4096 * arrays.PAGE_ESTIMATE + 2 * arrays.PROCESS_ESTIMATE)
     monkeypatch.setattr(arrays, "room", lambda: need - 1)
     result = invoke("run", str(path))
     assert warnings_of(result) == [

@@ -13,16 +13,20 @@ chains, stale nodes, forks; tests/test_chains.py chains and 6.1.)
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 import numpy as np
 import pytest
 from randtrace import large_random_trace, random_trace
 
-from ksmreplay import native
+from ksmreplay import arrays, native
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import Ksmd
+from ksmreplay.ksm import items as items_module
+from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
+from ksmreplay.vm import frames as frames_module
 
 pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
@@ -168,6 +172,136 @@ def test_a_window_step_ends_every_way(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _replay(events) == expected
     assert {native.STEP_ALLOC, native.STEP_HANDED, native.STEP_DONE} <= set(endings)
     assert freed[0] > 0
+
+
+def _items(events: list[Event]) -> tuple[Any, ...]:
+    """The rmap_item table after a replay: each row's mm slot and page, and its free stack."""
+    engine = Engine("unshare", PAGE)
+    for event in events:
+        engine.apply(event)
+    items = engine.ksmd.items
+    n, fresh, end = items.free_rows(0)[1:]
+    freed = items.free_rows(0)[0][:n]
+    return items.slot.tolist(), items.page.tolist(), freed.tolist(), fresh, end
+
+
+def test_a_window_step_takes_the_rows_the_scalar_walk_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages dropped (their items freed), then more pages than that: the
+    native step makes the new pages' items from the rows freed (the last
+    freed first) and then from the rows never used (lowest first), in one
+    window, as the scalar walk's ItemTable.alloc() does: every item has the
+    same row, and the free stacks are the same."""
+    events = _trace(1200, 2, procs=2)
+    n = len(events)
+    events += [
+        Madvise(n + i, 2 * SECOND, 1, BASE + page * PAGE, PAGE, "dontneed")
+        for i, page in enumerate(range(0, 80, 8))
+    ]
+    n = len(events)
+    events += [Settle(n, 2 * SECOND, 2)]
+    extra = BASE + (1 << 30)
+    events += [
+        Alloc(n + 1, 3 * SECOND, 1, extra, 400 * PAGE),
+        Write(n + 2, 3 * SECOND, 1, extra, 400 * PAGE, 99),
+        Madvise(n + 3, 3 * SECOND, 1, extra, 400 * PAGE, "mergeable"),
+        Settle(n + 4, 3 * SECOND, 2),
+    ]
+    monkeypatch.setenv(native.ENV, "0")
+    expected = _items(events)
+    monkeypatch.delenv(native.ENV)
+    mixed = []
+    step = native.Native.step
+
+    def watched(self: native.Native, *args: Any, **kwargs: Any) -> native.Stepped:
+        n_free, fresh, _end = args[6]
+        done = step(self, *args, **kwargs)
+        if done.status != native.STEP_ALLOC and done.items > n_free:
+            mixed.append((done.items, n_free, done.fresh - fresh))
+        return done
+
+    monkeypatch.setattr(native.Native, "step", watched)
+    assert _items(events) == expected
+    # (a step took every freed row and then unused ones)
+    assert any(0 < n_free < made == n_free + unused for made, n_free, unused in mixed)
+
+
+def test_tables_the_native_core_holds_still_grow_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rmap_items and the frames grow while ksmd's scan holds them for
+    the native core: ksmd lets them go first, so that they grow in place
+    (the same arrays made longer), not as copies beside the old rows."""
+    grown: list[tuple[str, bool]] = []
+
+    def watched(owner: object, name: str, length: int) -> None:
+        # (an id, not the array: holding it here would keep it from growing in place)
+        before, had = id(getattr(owner, name)), len(getattr(owner, name))
+        arrays.grow_rows(owner, name, length)
+        if had:
+            grown.append((f"{type(owner).__name__}.{name}", id(getattr(owner, name)) == before))
+
+    monkeypatch.setattr(items_module, "grow_rows", watched)
+    monkeypatch.setattr(frames_module, "grow_rows", watched)
+    events = _trace(3000, 0)
+    n, more = len(events), BASE + (1 << 30)
+    # (a second area after the first scans: the frames grow too while held)
+    events += [
+        Alloc(n, 2 * SECOND, 1, more, 3000 * PAGE),
+        Write(n + 1, 2 * SECOND, 1, more, 3000 * PAGE, 5),
+        Madvise(n + 2, 2 * SECOND, 1, more, 3000 * PAGE, "mergeable"),
+        Settle(n + 3, 2 * SECOND, 2),
+        Snapshot(n + 4, 2 * SECOND, "more"),
+    ]
+    _replay(events)
+    tables = {name for name, _ in grown if not name.startswith("FreeStack")}
+    assert {"ItemTable.hot", "ItemTable.hnext", "FrameTable.content"} <= tables
+    assert all(in_place for name, in_place in grown if name in tables)
+
+
+def test_a_content_map_the_native_core_holds_is_gone_before_its_next_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three processes' pages, first all alike, then each unique: the
+    unstable tree's table grows while ksmd's scan holds it for the native
+    core; ksmd lets it go first, so that the old table is freed before the
+    new one is made (never both)."""
+    old_tables: dict[int, tuple[int, weakref.ref[Any]]] = {}
+    replaced: list[tuple[int, bool]] = []
+    reserve, new_table = ContentMap.reserve, ContentMap._new_table
+
+    def reserving(self: ContentMap, n: int) -> None:
+        table = self.table()[0]
+        old_tables[id(self)] = len(table), weakref.ref(table)
+        del table
+        reserve(self, n)
+
+    def making(self: ContentMap) -> None:
+        if id(self) in old_tables:
+            slots, old = old_tables.pop(id(self))
+            replaced.append((slots, old() is None))
+        new_table(self)
+
+    monkeypatch.setattr(ContentMap, "reserve", reserving)
+    monkeypatch.setattr(ContentMap, "_new_table", making)
+    per = 3000
+    events: list[Event] = [Ksm(0, 0, {"run": 1, "pages_to_scan": 500})]
+    for pid in (1, 2, 3):
+        events += [
+            Alloc(len(events), 0, pid, BASE, per * PAGE),
+            Write(len(events) + 1, 0, pid, BASE, per * PAGE, 7),
+            Madvise(len(events) + 2, 0, pid, BASE, per * PAGE, "mergeable"),
+        ]
+    events.append(Settle(len(events), 0, 3))
+    for pid in (1, 2, 3):
+        unique = np.arange(pid * per, (pid + 1) * per, dtype=np.uint64) + 100
+        events.append(Write(len(events), SECOND, pid, BASE, per * PAGE, unique))
+    events += [Settle(len(events), SECOND, 3), Snapshot(len(events) + 1, SECOND, "unique")]
+    _replay(events)
+    # (a growth from more than the first table: made while the scan held it)
+    assert len(replaced) >= 2 and replaced[-1][0] > 1024
+    assert all(freed for _slots, freed in replaced)
 
 
 # -- the scalar walk and the native core agree -------------------------------------

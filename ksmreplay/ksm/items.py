@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import IntArray, charge
+from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
 from ksmreplay.native import (
     ITEM_COLD,
     ITEM_HOT,
@@ -49,8 +50,9 @@ class ItemTable:
     :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
     :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
     :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
-    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int64``).
-    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int64``).
+    :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int32``:
+        item numbers are below :data:`~ksmreplay.arrays.ROW_LIMIT`).
+    :ivar hprev: previous item of that hlist, or :data:`NULL` (``int32``).
     """
 
     FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
@@ -69,36 +71,48 @@ class ItemTable:
         self._blank_cold = blank_cold.view(np.uint64)
         self.hot = np.empty(0, ITEM_HOT)
         self.cold = np.empty(0, ITEM_COLD)
-        self.hnext = np.empty(0, np.int64)
-        self.hprev = np.empty(0, np.int64)
+        self.hnext: npt.NDArray[np.int32] = np.empty(0, np.int32)
+        self.hprev: npt.NDArray[np.int32] = np.empty(0, np.int32)
         self._free = FreeStack(0)
+        self.on_grow: Callable[[], None] | None = None
+        """Called before the tables grow (whoever holds them lets them go, so
+        that they grow in place and the old rows are not kept alive)."""
         self._grow(capacity)
         self.count = 0
         self.changes = 0
         """Items allocated and freed so far."""
 
-    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 8 + 8 + 8
-    """Bytes per item: its two records, hlist links and free stack entry."""
+    ROW_BYTES = ITEM_HOT.itemsize + ITEM_COLD.itemsize + 4 + 4
+    """Bytes per item: its two records and hlist links (a freed item takes 4
+    more in the free stack)."""
+
+    COLUMNS = ("hot", "cold", "hnext", "hprev")
+    """The arrays indexed by item number."""
 
     def _grow(self, more: int) -> None:
-        """Room for ``more`` items (the tables are copied: take columns after)."""
+        """Room for ``more`` items (the tables may move: take columns after)."""
         old = len(self.hot)
-        charge((old + more) * self.ROW_BYTES, "the rmap_item table")
-        hot = np.empty(old + more, ITEM_HOT)
-        hot[:old] = self.hot
-        cold = np.empty(old + more, ITEM_COLD)
-        cold[:old] = self.cold
-        self.hot, self.cold = hot, cold
-        self._hot_words = hot.view(np.uint64)
-        self._cold_words = cold.view(np.uint64).reshape(-1, len(self._blank_cold))
+        new = old + more
+        charge(more * self.ROW_BYTES, "the rmap_item table")
+        if self.on_grow is not None:
+            self.on_grow()
+        # The tables grow in place unless something refers to them: drop our
+        # own views first.
+        views = (*(ITEM_HOT.names or ()), *(ITEM_COLD.names or ()), "_hot_words", "_cold_words")
+        for name in views:
+            self.__dict__.pop(name, None)
+        for name in self.COLUMNS:
+            grow_rows(self, name, new)
+        self._hot_words = self.hot.view(np.uint64)
+        self._cold_words = self.cold.view(np.uint64).reshape(-1, len(self._blank_cold))
         self._hot_words[old:] = self._blank_hot
         self._cold_words[old:] = self._blank_cold
-        self.hnext = np.concatenate([self.hnext, np.full(more, NULL, np.int64)])
-        self.hprev = np.concatenate([self.hprev, np.full(more, NULL, np.int64)])
+        self.hnext[old:] = NULL
+        self.hprev[old:] = NULL
         for records in (self.hot, self.cold):
             for name in records.dtype.names or ():
                 setattr(self, name, records[name])
-        self._free.add_range(old, old + more)
+        self._free.grow(old, new)
 
     slot: npt.NDArray[np.int32]
     page: npt.NDArray[np.int64]
@@ -110,8 +124,6 @@ class ItemTable:
     seq: npt.NDArray[np.uint8]
     node: npt.NDArray[np.int32]
     flags: npt.NDArray[np.uint16]
-    hnext: IntArray
-    hprev: IntArray
 
     def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
         """Which of ``rows`` carry ZERO_PAGE_FLAG."""
@@ -126,7 +138,7 @@ class ItemTable:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
         n = len(pages)
         if n > len(self._free):
-            self._grow(max(len(self.hot), n))
+            self._grow(more_rows(len(self.hot), n - len(self._free)))
         rows = self._free.pop(n)
         self._hot_words[rows] = self._blank_hot
         self._cold_words[rows] = self._blank_cold
@@ -138,15 +150,18 @@ class ItemTable:
         self.changes += n
         return rows
 
-    def free_rows(self, room: int) -> tuple[IntArray, int]:
-        """The free stack's array, with room for ``room`` more rows, and the
-        rows on it, for the native core to pop and push (see :meth:`took`)."""
-        return self._free.room(room), len(self._free)
+    def free_rows(self, room: int) -> tuple[npt.NDArray[np.int32], int, int, int]:
+        """The free stack's array of freed rows, with room for ``room`` more,
+        the freed rows on it, the first row never used and the table's end
+        (:meth:`FreeStack.state`), for the native core to pop and push (see
+        :meth:`took`)."""
+        return (self._free.room(room), *self._free.state())
 
-    def took(self, made: int, freed: int, left: int) -> None:
+    def took(self, made: int, freed: int, left: int, fresh: int) -> None:
         """The native core made ``made`` items and freed ``freed`` in place,
-        as :meth:`alloc` and :meth:`release` do, leaving ``left`` free rows."""
-        self._free.settle(left)
+        as :meth:`alloc` and :meth:`release` do, leaving ``left`` freed rows
+        on the stack and the rows from ``fresh`` on never used."""
+        self._free.settle(left, fresh)
         self.count += made - freed
         self.changes += made + freed
 

@@ -197,6 +197,7 @@ class Ksmd(FlaggedItems):
             self._args.set("room", MADE_ROOM)
             self._args.set("flag_zero", mode.flags_zero_page_items)
         self.items = ItemTable()
+        self.items.on_grow = self._forget_tables
         self.c = Counters()
         self.slots: list[Slot] = []
         self.slot_of: dict[int, Slot] = {}  # id(mm) -> slot
@@ -214,6 +215,7 @@ class Ksmd(FlaggedItems):
         self.stable = StableTree()
         self.unstable = ContentMap()
         """The unstable tree: content -> item."""
+        self.stable.index().on_grow = self.unstable.on_grow = self._forget_tables
         self.now = 0
         self.cpu_ns = 0
         """ksmd's modelled CPU time so far (ns): every batch's cost
@@ -908,11 +910,12 @@ class Ksmd(FlaggedItems):
             return self._window_done(
                 core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
             )
-        free_rows, free = it.free_rows(len(ptes))
+        free_rows, n_free, fresh, end = it.free_rows(len(ptes))
         self._reserve(min(len(ptes), budget))
         step = core.step(
             self._tables(core, free_rows), ptes, imap, seg_rows, budget,
-            bool(self.knobs.smart_scan), free, self._args.bytes, MADE_ROOM, traced,
+            bool(self.knobs.smart_scan), (n_free, fresh, end), self._args.bytes, MADE_ROOM,
+            traced,
         )  # fmt: skip
         if step.status == STEP_NONE:
             return 0, None
@@ -926,7 +929,7 @@ class Ksmd(FlaggedItems):
                 core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
             )
         made, freed = step.items, step.freed
-        it.took(made, freed, step.free)
+        it.took(made, freed, step.free, step.fresh)
         slot.rmap_items += made - freed
         c.rmap_items += made - freed
         if len(imap_views) > 1 and (made or step.stale):
@@ -1005,7 +1008,6 @@ class Ksmd(FlaggedItems):
         new = np.flatnonzero(rows < 0)
         if len(new):
             at = front.pos[new]
-            self._forget_tables()  # (the item table may move)
             fresh = it.alloc(slot.id, pages[at])
             rows[new] = fresh
             imap[at] = fresh
@@ -1194,7 +1196,7 @@ class Ksmd(FlaggedItems):
         self._args.set("next_node", self._next_node_id)
         self._args.set("next_chain", self.chains.next_id)
 
-    def _tables(self, core: Native, free_rows: IntArray) -> Any:
+    def _tables(self, core: Native, free_rows: npt.NDArray[np.int32]) -> Any:
         """The tables of the scan for the native core (:meth:`Native.tables`),
         made again when one of them moved or a tree's table changed.  Made
         ahead of each call: Python code in between may grow any of them."""

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray
+from ksmreplay.errors import ResourceError
 from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.native import (
     CHAIN_ENTRY,
@@ -112,6 +113,14 @@ does chain lookups only in batches whose times are below it (see
 :meth:`Ksmd._visit_args`), where the column is exact."""
 
 
+def _check_ids(end: int, what: str) -> None:
+    """Ids up to ``end`` are about to be given to ``what``: every id must stay
+    below :data:`CHAIN_ENTRY`, which the stable tree's values add to a chain's
+    id (in a content map's 32-bit slot)."""
+    if end > CHAIN_ENTRY:
+        raise ResourceError(f"a replay would make more than {CHAIN_ENTRY:,} {what}")
+
+
 class NodeColumns:
     """Stable nodes' KSM frames and hlists as columns, indexed by node id.
 
@@ -133,6 +142,7 @@ class NodeColumns:
     def add(self, first: int, frames: IntArray) -> None:
         """Nodes ``first``, ``first + 1``, ... for the KSM pages ``frames``, with empty hlists."""
         end = first + len(frames)
+        _check_ids(end, "stable nodes")
         if end > len(self.size):
             more = max(len(self.size), end - len(self.size))
             self.size = np.concatenate([self.size, np.zeros(more, np.int32)])
@@ -146,6 +156,7 @@ class NodeColumns:
 
     def reserve(self, end: int) -> None:
         """Room for the nodes up to id ``end`` (the native core makes nodes in place)."""
+        _check_ids(end, "stable nodes")
         if end > len(self.size):
             self.add(end - 1, np.zeros(1, np.int64))
 
@@ -190,6 +201,7 @@ class ChainColumns:
 
     def reserve(self, n: int) -> None:
         """Room for ``n`` more chains (the native core makes chains in place)."""
+        _check_ids(self._next_id + n, "stable node chains")
         if self._next_id + n > len(self.head):
             more = max(len(self.head), self._next_id + n - len(self.head))
             self.head = np.concatenate([self.head, np.full(more, NULL, np.int64)])

@@ -3,72 +3,93 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ksmreplay.arrays import IntArray, charge
+from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
 
 
 class FreeStack:
-    """Free row numbers of a table, as a numpy stack (last pushed, first popped).
+    """Free row numbers of a table: the rows freed, last freed first, then
+    the rows never used, in ascending order.
 
-    Fresh capacity ``[old, new)`` is pushed highest first, so rows are handed
-    out in ascending order; :meth:`pop` returns the most recently freed rows,
-    the last one freed first.
+    The freed rows are a numpy stack (``int32``: tables hold at most
+    :data:`~ksmreplay.arrays.ROW_LIMIT` rows, checked where they grow) that
+    grows with the frees; the rows never used are only their bounds
+    ``[fresh, end)``, so that a table's unused capacity costs nothing here.
     """
 
-    __slots__ = ("_n", "_rows")
+    __slots__ = ("_end", "_fresh", "_n", "_rows")
 
     def __init__(self, capacity: int) -> None:
-        self._rows: IntArray = np.arange(capacity - 1, -1, -1, dtype=np.int64)
-        self._n = capacity
+        self._rows: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+        self._n = 0
+        """Rows freed and not handed out again (the first ``_n`` of ``_rows``)."""
+        self._fresh = 0
+        """The first row never handed out."""
+        self._end = capacity
 
     def __len__(self) -> int:
-        return self._n
+        return self._n + self._end - self._fresh
 
-    def _reserve(self, n: int) -> None:
-        if self._n + n > len(self._rows):
-            grown = np.empty(max(2 * len(self._rows), self._n + n), np.int64)
-            grown[: self._n] = self._rows[: self._n]
-            self._rows = grown
+    def grow(self, old: int, new: int) -> None:
+        """The table grew from ``old`` rows to ``new``."""
+        assert old == self._end
+        self._end = new
 
-    def room(self, n: int) -> IntArray:
-        """The stack's array, with room for ``n`` more rows above the top (for
-        the native core, which pops and pushes in place: see :meth:`settle`)."""
-        self._reserve(n)
+    def _room(self, more: int) -> None:
+        if self._n + more > len(self._rows):
+            grow_rows(self, "_rows", len(self._rows) + more_rows(len(self._rows), more))
+
+    def room(self, n: int) -> npt.NDArray[np.int32]:
+        """The freed rows' array, with room for ``n`` more above the top (for
+        the native core, which pops and pushes in place: see :meth:`state`
+        and :meth:`settle`)."""
+        self._room(n)
         return self._rows
 
-    def settle(self, n: int) -> None:
-        """The native core left ``n`` rows on the stack (in :meth:`room`'s array)."""
+    def state(self) -> tuple[int, int, int]:
+        """The rows freed on the stack, the first row never used and the
+        end of the table: what the native core pops from and pushes to."""
+        return self._n, self._fresh, self._end
+
+    def settle(self, n: int, fresh: int) -> None:
+        """The native core left ``n`` freed rows on the stack (in
+        :meth:`room`'s array) and handed out the unused rows below ``fresh``."""
+        assert 0 <= n <= len(self._rows) and self._fresh <= fresh <= self._end
         self._n = n
+        self._fresh = fresh
 
-    def add_range(self, old: int, new: int) -> None:
-        """Push the new rows ``[old, new)``, highest first."""
-        self.push(np.arange(new - 1, old - 1, -1, dtype=np.int64))
-
-    def push(self, rows: IntArray) -> None:
-        self._reserve(len(rows))
+    def push(self, rows: npt.NDArray[np.integer[Any]]) -> None:
+        """Free ``rows`` (the last of them is handed out first)."""
+        self._room(len(rows))
         self._rows[self._n : self._n + len(rows)] = rows
         self._n += len(rows)
 
     def push_one(self, row: int) -> None:
-        self._reserve(1)
+        self._room(1)
         self._rows[self._n] = row
         self._n += 1
 
     def peek(self, n: int) -> IntArray:
         """The rows the next :meth:`pop` of ``n`` would return, without taking them."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
+        freed = min(n, self._n)
+        rows = np.empty(n, np.int64)
+        rows[:freed] = self._rows[self._n - freed : self._n][::-1]
+        rows[freed:] = np.arange(self._fresh, self._fresh + n - freed)
         return rows
 
     def pop(self, n: int) -> IntArray:
-        """The top ``n`` rows, topmost first (the caller checked there are enough)."""
-        rows: IntArray = self._rows[self._n - n : self._n][::-1].copy()
-        self._n -= n
+        """The next ``n`` free rows (the caller checked there are enough)."""
+        rows = self.peek(n)
+        freed = min(n, self._n)
+        self._n -= freed
+        self._fresh += n - freed
         return rows
 
 
@@ -92,8 +113,8 @@ class FrameTable:
         self.node = np.full(capacity, NULL, np.int32)
         self._free = FreeStack(capacity)
         self.on_grow: Callable[[], None] | None = None
-        """Called before the columns are replaced by larger ones (whoever holds
-        them lets them go)."""
+        """Called before the columns grow (whoever holds them lets them go, so
+        that they grow in place and the old rows are not kept alive)."""
         self.live = 0
         self.live_ksm = 0
         self.changes = 0
@@ -104,20 +125,21 @@ class FrameTable:
         same columns; ``Ksmd.idle_state`` relies on it instead of hashing the
         columns (ksmd's idle passes change none)."""
 
-    ROW_BYTES = 8 + 4 + 1 + 4 + 8
-    """Bytes per frame row: the four columns and the free stack."""
+    ROW_BYTES = 8 + 4 + 1 + 4
+    """Bytes per frame row: the four columns (a freed row takes 4 more in the
+    free stack)."""
 
     def _grow(self, need: int) -> None:
+        """Room for ``need`` more rows (the columns may move: take them after)."""
         if self.on_grow is not None:
             self.on_grow()
         old = len(self.content)
-        new = max(old * 2, old + need)
-        charge(new * self.ROW_BYTES, "the frame table")
-        self.content = np.concatenate([self.content, np.zeros(new - old, np.uint64)])
-        self.mapcount = np.concatenate([self.mapcount, np.zeros(new - old, np.int32)])
-        self.ksm = np.concatenate([self.ksm, np.zeros(new - old, np.bool_)])
-        self.node = np.concatenate([self.node, np.full(new - old, NULL, np.int32)])
-        self._free.add_range(old, new)
+        new = old + more_rows(old, need)
+        charge((new - old) * self.ROW_BYTES, "the frame table")
+        for name in ("content", "mapcount", "ksm", "node"):
+            grow_rows(self, name, new)
+        self.node[old:] = NULL
+        self._free.grow(old, new)
 
     def alloc(self, contents: npt.NDArray[np.uint64]) -> IntArray:
         """New private frames (mapcount 1) holding ``contents``; returns their indices."""

@@ -1,0 +1,91 @@
+"""The simulator's tables: how they grow, what their free stacks hand out, and
+the bounds that let them keep rows and ids in 32 bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from ksmreplay.arrays import GROWTH, ROW_LIMIT, grow_rows, more_rows
+from ksmreplay.errors import ResourceError
+from ksmreplay.ksm.contentmap import ContentMap
+from ksmreplay.ksm.items import ItemTable
+from ksmreplay.ksm.stable import ChainColumns, NodeColumns, StableNode
+from ksmreplay.native import CHAIN_ENTRY
+from ksmreplay.vm import FreeStack
+from ksmreplay.vm.frames import FrameTable
+
+
+class _Owner:
+    column: npt.NDArray[np.int64]
+
+
+def test_free_rows_come_back_last_freed_first_then_the_unused_in_order() -> None:
+    stack = FreeStack(4)
+    assert stack.pop(3).tolist() == [0, 1, 2]
+    stack.push(np.array([2, 0]))
+    stack.push_one(1)
+    assert len(stack) == 4
+    assert stack.peek(4).tolist() == [1, 0, 2, 3]
+    assert stack.pop(4).tolist() == [1, 0, 2, 3]
+    stack.grow(4, 6)
+    assert stack.pop(2).tolist() == [4, 5]
+    assert len(stack) == 0
+
+
+def test_a_column_grows_in_place_unless_something_holds_it() -> None:
+    owner = _Owner()
+    owner.column = np.arange(5, dtype=np.int64)
+    grow_rows(owner, "column", 8)
+    assert owner.column.tolist() == [0, 1, 2, 3, 4, 0, 0, 0]
+    held = owner.column[:2]
+    grow_rows(owner, "column", 10)
+    assert owner.column.tolist() == [0, 1, 2, 3, 4, 0, 0, 0, 0, 0]
+    owner.column[0] = 7
+    assert held.tolist() == [0, 1]  # the holder keeps the old rows, never freed memory
+
+
+def test_tables_grow_by_an_eighth_and_stop_at_the_row_limit() -> None:
+    assert more_rows(80_000, 1) == 80_000 // GROWTH
+    assert more_rows(80_000, 50_000) == 50_000
+    assert more_rows(0, 1) == 1024
+    with pytest.raises(ResourceError):
+        more_rows(ROW_LIMIT, 1)
+
+
+def test_item_and_frame_tables_hold_little_more_than_they_need() -> None:
+    items, frames = ItemTable(), FrameTable()
+    pages = np.arange(100_000, dtype=np.int64)
+    for lo in range(0, len(pages), 7_000):
+        rows = items.alloc(3, pages[lo : lo + 7_000])
+        assert items.page[rows].tolist() == pages[lo : lo + 7_000].tolist()
+        frames.alloc(pages[lo : lo + 7_000].astype(np.uint64))
+    assert items.slot[rows].tolist() == [3] * len(rows)
+    assert (items.hnext == -1).all() and items.hnext.dtype == np.int32
+    for capacity in (len(items.hot), frames.capacity):
+        assert 100_000 <= capacity <= 100_000 + 100_000 // GROWTH + 7_000
+    assert frames.content[: frames.capacity].sum() == pages.sum()
+
+
+def test_a_content_map_stays_at_most_three_quarters_full_in_the_fewest_slots() -> None:
+    m = ContentMap()
+    for lo in range(0, 6_000, 500):
+        keys = np.arange(lo, lo + 500, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        m.insert_new(keys, np.arange(lo, lo + 500, dtype=np.int64))
+        table, _bits, _now = m.table()
+        assert 4 * len(m) <= 3 * len(table)
+    assert len(m.table()[0]) == 8192  # 6,000 entries: 4,096 slots would be over 3/4
+    everything = np.arange(6_000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    assert m.find(everything).tolist() == list(range(6_000))
+
+
+def test_node_and_chain_ids_stay_below_chain_entry() -> None:
+    nodes: dict[int, StableNode] = {}
+    cols = NodeColumns()
+    with pytest.raises(ResourceError):
+        cols.reserve(CHAIN_ENTRY + 1)
+    chains = ChainColumns(nodes, cols)
+    with pytest.raises(ResourceError):
+        chains.reserve(CHAIN_ENTRY + 1)
+    assert len(cols.size) < 1 << 20  # refused before anything was allocated
