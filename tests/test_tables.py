@@ -89,3 +89,26 @@ def test_node_and_chain_ids_stay_below_chain_entry() -> None:
     with pytest.raises(ResourceError):
         chains.reserve(CHAIN_ENTRY + 1)
     assert len(cols.size) < 1 << 20  # refused before anything was allocated
+
+
+def test_a_chain_walk_takes_its_dups_one_at_a_time() -> None:
+    # GIVEN a chain of 5 dups (head first: 4, 3, 2, 1, 0)
+    nodes: dict[int, StableNode] = {}
+    cols = NodeColumns()
+    cols.reserve(5)
+    chains = ChainColumns(nodes, cols)
+    chain = chains.new(7, 0)
+    for nid in range(5):
+        nodes[nid] = StableNode(nid, 7, nid)
+        chain.push(nodes[nid])
+    walk = chain.walk()
+    # WHEN a walk takes the first two dups and takes the second out of the chain
+    assert next(walk).id == 4
+    second = next(walk)
+    chain.remove(second)
+    # THEN the walk goes on from its successor, and the chain holds the rest
+    assert [d.id for d in walk] == [2, 1, 0]
+    assert [d.id for d in chain.dups] == [4, 2, 1, 0]
+    # and a walk that stops early has read only the dups it handed out
+    cols.dup_next[2] = 99  # (a broken link past the first dup is never followed)
+    assert next(chain.walk()).id == 4

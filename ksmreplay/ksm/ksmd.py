@@ -514,7 +514,7 @@ class Ksmd(FlaggedItems):
         if prune:
             chain.prune_time = self.now
         found: StableNode | None = None
-        for dup in chain.dups:
+        for dup in chain.walk():
             self.c.dups += 1
             if not dup.alive:
                 self._remove_node(dup)

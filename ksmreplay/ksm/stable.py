@@ -90,6 +90,11 @@ class Chain:
         """Its dups, head first (a new list)."""
         return self._cols.dups(self.id)
 
+    def walk(self) -> Iterator[StableNode]:
+        """Its dups, head first, one at a time (:meth:`ChainColumns.walk`): a walk
+        that stops at the first dup with room costs only the dups it looked at."""
+        return self._cols.walk(self.id)
+
     def push(self, node: StableNode) -> None:
         """Make ``node`` its first dup."""
         self._cols.push(self.id, node.id)
@@ -227,6 +232,16 @@ class ChainColumns:
             out.append(self._nodes[nid])
             nid = int(nxt[nid])
         return out
+
+    def walk(self, cid: int) -> Iterator[StableNode]:
+        """Chain ``cid``'s dups, head first, as a walk takes them: each dup's
+        successor is read before the dup is handed out, so that the walker may
+        take that dup out of the chain (a stale dup) and go on."""
+        nid, nxt, nodes = int(self.head[cid]), self._node_cols.dup_next, self._nodes
+        for _ in range(int(self.count[cid])):
+            node = nodes[nid]
+            nid = int(nxt[nid])
+            yield node
 
     def push(self, cid: int, nid: int) -> None:
         """Make node ``nid`` chain ``cid``'s first dup."""
