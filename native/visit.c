@@ -49,28 +49,8 @@ struct scan {
 	/* window */
 	int64_t *ptes;
 	const int64_t *when;
-	/* frames */
-	const uint64_t *fr_content;
-	int32_t *fr_mapcount;
-	uint8_t *fr_ksm;
-	int32_t *fr_node;
-	/* items */
-	struct item_hot *items;
-	struct item_cold *cold;
-	int32_t *next;
-	int32_t *prev;
-	/* stable nodes */
-	int32_t *node_size;
-	int64_t *node_frame;
-	int64_t *head;
-	int64_t *dup_next;
-	/* chains */
-	int64_t *ch_head;
-	int32_t *ch_count;
-	int64_t *ch_looked;
-	int64_t *ch_prune;
-	/* trees */
-	struct map stable, unstable;
+	/* frames, items, stable nodes, chains, trees (a copy of the caller's) */
+	struct tables t;
 	/* the window's runs of pages: (first page, end page, first position) each */
 	const int64_t *segs;
 	int64_t n_segs;
@@ -103,21 +83,21 @@ ALWAYS_INLINE void prefetch(const struct scan *k, const int64_t *pos, const int6
 	if (i + AHEAD_ITEM < n) {
 		int64_t row = rows[i + AHEAD_ITEM], frame = k->ptes[pos[i + AHEAD_ITEM]];
 
-		__builtin_prefetch(&k->items[row], 1);
-		__builtin_prefetch(&k->cold[row], 1);
+		__builtin_prefetch(&k->t.items[row], 1);
+		__builtin_prefetch(&k->t.cold[row], 1);
 		if (kind[i + AHEAD_ITEM] == LISTED_VISIT && frame >= 0) {
-			__builtin_prefetch(&k->fr_content[frame], 0);
-			__builtin_prefetch(&k->fr_ksm[frame], 0);
+			__builtin_prefetch(&k->t.fr_content[frame], 0);
+			__builtin_prefetch(&k->t.fr_ksm[frame], 0);
 		}
 	}
 	if (i + AHEAD_SLOT < n && kind[i + AHEAD_SLOT] == LISTED_VISIT) {
 		int64_t frame = k->ptes[pos[i + AHEAD_SLOT]];
 
 		if (frame >= 0) {
-			uint64_t content = k->fr_content[frame];
+			uint64_t content = k->t.fr_content[frame];
 
-			map_prefetch(&k->stable, content);
-			map_prefetch(&k->unstable, content);
+			map_prefetch(&k->t.stable, content);
+			map_prefetch(&k->t.unstable, content);
 		}
 	}
 }
@@ -135,54 +115,54 @@ static void map_insert(struct map *m, uint64_t key, int64_t val)
 /* A node is live while its KSM page is: the frame still names it. */
 static int node_alive(const struct scan *k, int64_t nid)
 {
-	int64_t frame = k->node_frame[nid];
+	int64_t frame = k->t.node_frame[nid];
 
-	return k->fr_ksm[frame] && k->fr_node[frame] == nid;
+	return k->t.fr_ksm[frame] && k->t.fr_node[frame] == nid;
 }
 
 /* Ksmd._unlink_from_live for one item (its node is live). */
 static void unlink_stable(struct scan *k, int64_t row)
 {
-	int64_t nid = k->items[row].node, before = k->prev[row], after = k->next[row];
+	int64_t nid = k->t.items[row].node, before = k->t.prev[row], after = k->t.next[row];
 
 	if (before >= 0)
-		k->next[before] = after;
+		k->t.next[before] = after;
 	else
-		k->head[nid] = after;
+		k->t.head[nid] = after;
 	if (after >= 0)
-		k->prev[after] = before;
-	if (--k->node_size[nid] == 0)
+		k->t.prev[after] = before;
+	if (--k->t.node_size[nid] == 0)
 		k->sums[VISIT_SHARED]--;
 	else
 		k->sums[VISIT_SHARING]--;
 	k->sums[VISIT_MERGING]--;
-	k->items[row].state = STATE_NONE;
-	k->items[row].node = -1;
+	k->t.items[row].state = STATE_NONE;
+	k->t.items[row].node = -1;
 }
 
 /* Ksmd._append: stable_tree_append(). */
 static void append(struct scan *k, int64_t row, int64_t nid)
 {
-	int64_t first = k->head[nid];
+	int64_t first = k->t.head[nid];
 
-	k->next[row] = first;
-	k->prev[row] = -1;
+	k->t.next[row] = first;
+	k->t.prev[row] = -1;
 	if (first >= 0)
-		k->prev[first] = row;
-	k->head[nid] = row;
-	if (++k->node_size[nid] > 1)
+		k->t.prev[first] = row;
+	k->t.head[nid] = row;
+	if (++k->t.node_size[nid] > 1)
 		k->sums[VISIT_SHARING]++;
 	else
 		k->sums[VISIT_SHARED]++;
 	k->sums[VISIT_MERGING]++;
-	k->items[row].state = STATE_STABLE;
-	k->items[row].node = (int32_t)nid;
+	k->t.items[row].state = STATE_STABLE;
+	k->t.items[row].node = (int32_t)nid;
 }
 
 /* Whether remove_rmap_item_from_tree() of the item is one this file does. */
 static int can_unlink(const struct scan *k, int64_t row)
 {
-	const struct item_hot *it = &k->items[row];
+	const struct item_hot *it = &k->t.items[row];
 
 	switch (it->state) {
 	case STATE_STABLE:
@@ -197,7 +177,7 @@ static int can_unlink(const struct scan *k, int64_t row)
 
 static void unlink_item(struct scan *k, int64_t row)
 {
-	struct item_hot *it = &k->items[row];
+	struct item_hot *it = &k->t.items[row];
 
 	if (it->state == STATE_STABLE) {
 		unlink_stable(k, row);
@@ -218,7 +198,7 @@ static void trace_merge(struct scan *k, int64_t i, int64_t node)
 
 static void put_frame(struct scan *k, int64_t frame)
 {
-	if (--k->fr_mapcount[frame] == 0)
+	if (--k->t.fr_mapcount[frame] == 0)
 		k->dead[k->sums[VISIT_DEAD]++] = frame;
 }
 
@@ -234,7 +214,7 @@ static int candidate(const struct scan *k, int64_t size, int64_t more)
  */
 static int64_t seen_size(const struct scan *k, int64_t nid, const struct item_hot *it)
 {
-	return k->node_size[nid] -
+	return k->t.node_size[nid] -
 	       (k->a->checksum_first && it->state == STATE_STABLE && it->node == nid);
 }
 
@@ -269,18 +249,18 @@ static int chain_pick(const struct scan *k, int64_t cid, const struct item_hot *
 		      int prune, struct pick *p)
 {
 	const struct visit_args *a = k->a;
-	int64_t count = k->ch_count[cid], fsize = 0;
+	int64_t count = k->t.ch_count[cid], fsize = 0;
 	int fcand = 0;
 
 	if (!a->chains || count == 0)
 		return 0;
-	prune = prune && now / a->jiffy_ns >= (k->ch_prune[cid] + a->prune_ns) / a->jiffy_ns;
+	prune = prune && now / a->jiffy_ns >= (k->t.ch_prune[cid] + a->prune_ns) / a->jiffy_ns;
 	if (count == 1 && (prune || a->collapse_any))
 		return 0;
 	p->dup = -1;
 	p->walked = 0;
 	p->prune = prune ? now : -1;
-	for (int64_t d = k->ch_head[cid]; d >= 0; d = k->dup_next[d]) {
+	for (int64_t d = k->t.ch_head[cid]; d >= 0; d = k->t.dup_next[d]) {
 		int64_t size;
 		int cand;
 
@@ -305,27 +285,27 @@ static int chain_pick(const struct scan *k, int64_t cid, const struct item_hot *
 /* The rest of the pick's lookup: counted, pruned, the dup chosen to the head if it has room. */
 static void chain_use(struct scan *k, int64_t cid, const struct pick *p)
 {
-	int64_t d = k->ch_head[cid];
+	int64_t d = k->t.ch_head[cid];
 
-	k->ch_looked[cid]++;
+	k->t.ch_looked[cid]++;
 	k->sums[VISIT_DUPS] += p->walked;
 	if (p->prune >= 0)
-		k->ch_prune[cid] = p->prune;
+		k->t.ch_prune[cid] = p->prune;
 	if (p->dup < 0 || d == p->dup || !candidate(k, p->size, 1))
 		return;
-	while (k->dup_next[d] != p->dup)
-		d = k->dup_next[d];
-	k->dup_next[d] = k->dup_next[p->dup];
-	k->dup_next[p->dup] = k->ch_head[cid];
-	k->ch_head[cid] = p->dup;
+	while (k->t.dup_next[d] != p->dup)
+		d = k->t.dup_next[d];
+	k->t.dup_next[d] = k->t.dup_next[p->dup];
+	k->t.dup_next[p->dup] = k->t.ch_head[cid];
+	k->t.ch_head[cid] = p->dup;
 }
 
 /* The window position of the item `row` of this window's mm, or -1 if it is outside the window. */
 static int64_t window_pos(const struct scan *k, int64_t row)
 {
-	int64_t page = k->cold[row].page;
+	int64_t page = k->t.cold[row].page;
 
-	if (k->cold[row].slot != k->a->slot)
+	if (k->t.cold[row].slot != k->a->slot)
 		return -1;
 	for (int64_t s = 0; s < k->n_segs; s++) {
 		const int64_t *seg = &k->segs[3 * s];
@@ -339,10 +319,10 @@ static int64_t window_pos(const struct scan *k, int64_t row)
 /* Ksmd._unlink_unstable for an item of this pass's tree, found there under `content`. */
 static void unlink_partner(struct scan *k, int64_t row, uint64_t content)
 {
-	struct slot *entry = slot_live(k->unstable.slots, k->unstable.bits, k->unstable.now, content);
+	struct slot *entry = slot_live(k->t.unstable.slots, k->t.unstable.bits, k->t.unstable.now, content);
 
 	k->sums[VISIT_UNSHARED]--;
-	k->items[row].state = STATE_NONE;
+	k->t.items[row].state = STATE_NONE;
 	if (entry && entry->val == row) {
 		entry->val = SLOT_DELETED;
 		k->sums[VISIT_UNSTABLE_DELETED]++;
@@ -363,49 +343,49 @@ static int merge_pair(struct scan *k, int64_t i, int64_t row, int64_t frame, uin
 	int64_t *made = &k->made[MADE_FIELDS * k->sums[VISIT_MADE]];
 	struct pick pick;
 
-	if (other < 0 || k->fr_ksm[other] || k->fr_content[other] != content || other == frame)
+	if (other < 0 || k->t.fr_ksm[other] || k->t.fr_content[other] != content || other == frame)
 		return 0;
 	k->sums[VISIT_PAIRS]++;
 	/* this page becomes the KSM page in place; the partner's PTE points at it */
-	k->fr_ksm[frame] = 1;
+	k->t.fr_ksm[frame] = 1;
 	k->ptes[q] = frame;
-	k->fr_mapcount[frame]++;
+	k->t.fr_mapcount[frame]++;
 	k->sums[VISIT_PTES]++;
 	put_frame(k, other);
 	unlink_partner(k, partner, content);
 	/* stable_tree_insert(): a node for the new KSM page */
 	k->sums[VISIT_MADE]++;
-	k->node_frame[nid] = frame;
-	k->node_size[nid] = 0;
-	k->head[nid] = -1;
-	k->dup_next[nid] = -1;
-	k->fr_node[frame] = (int32_t)nid;
+	k->t.node_frame[nid] = frame;
+	k->t.node_size[nid] = 0;
+	k->t.head[nid] = -1;
+	k->t.dup_next[nid] = -1;
+	k->t.fr_node[frame] = (int32_t)nid;
 	made[MADE_CHAIN] = -1;
 	made[MADE_NEW_CHAIN] = 0;
 	if (cid >= 0) {
 		/* chain(): a lookup that does not prune; it cannot hand back here */
-		if (chain_pick(k, cid, &k->items[row], 0, 0, &pick))
+		if (chain_pick(k, cid, &k->t.items[row], 0, 0, &pick))
 			chain_use(k, cid, &pick);
 	} else if (entry >= 0) {
 		/* the plain node becomes the first dup of a new chain */
 		cid = k->a->next_chain + k->sums[VISIT_CHAINS]++;
-		k->ch_head[cid] = entry;
-		k->dup_next[entry] = -1;
-		k->ch_count[cid] = 1;
-		k->ch_looked[cid] = 0;
-		k->ch_prune[cid] = visit_time(k, i);
+		k->t.ch_head[cid] = entry;
+		k->t.dup_next[entry] = -1;
+		k->t.ch_count[cid] = 1;
+		k->t.ch_looked[cid] = 0;
+		k->t.ch_prune[cid] = visit_time(k, i);
 		k->sums[VISIT_DUPS_MADE]++;
-		slot_live(k->stable.slots, k->stable.bits, k->stable.now, content)->val =
+		slot_live(k->t.stable.slots, k->t.stable.bits, k->t.stable.now, content)->val =
 			CHAIN_ENTRY + cid;
 		made[MADE_NEW_CHAIN] = 1;
 	} else {
-		map_insert(&k->stable, content, nid);
+		map_insert(&k->t.stable, content, nid);
 		k->sums[VISIT_STABLE_ADDED]++;
 	}
 	if (cid >= 0) {
-		k->dup_next[nid] = k->ch_head[cid];
-		k->ch_head[cid] = nid;
-		k->ch_count[cid]++;
+		k->t.dup_next[nid] = k->t.ch_head[cid];
+		k->t.ch_head[cid] = nid;
+		k->t.ch_count[cid]++;
 		k->sums[VISIT_DUPS_MADE]++;
 		made[MADE_CHAIN] = cid;
 	}
@@ -427,16 +407,16 @@ static void unflag(struct scan *k, struct item_cold *c)
 static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 {
 	const struct visit_args *a = k->a;
-	struct item_hot *it = &k->items[row];
-	struct item_cold *c = &k->cold[row];
+	struct item_hot *it = &k->t.items[row];
+	struct item_cold *c = &k->t.cold[row];
 	int64_t frame = k->ptes[p], entry = SLOT_ABSENT, cid = -1, node = -1, partner = -1, q = -1;
 	struct pick pick;
 	uint64_t content;
 	int changed, zero;
 
-	if (k->fr_ksm[frame]) {
+	if (k->t.fr_ksm[frame]) {
 		/* Only a KSM page already linked to its item is done here. */
-		if (it->state != STATE_STABLE || it->node != k->fr_node[frame])
+		if (it->state != STATE_STABLE || it->node != k->t.fr_node[frame])
 			return 0;
 		unflag(k, c);
 		k->sums[VISIT_HITS]++;
@@ -444,12 +424,12 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 	}
 	if (!can_unlink(k, row))
 		return 0;
-	content = k->fr_content[frame];
+	content = k->t.fr_content[frame];
 	changed = !c->checked || c->checksum != content;
 	zero = !changed && content == 0 && a->use_zero_pages;
 	if (!a->checksum_first || (!changed && !zero)) {
 		/* stable_tree_search(): a node with room to merge into */
-		entry = map_find(&k->stable, content);
+		entry = map_find(&k->t.stable, content);
 		if (entry >= CHAIN_ENTRY) {
 			cid = entry - CHAIN_ENTRY;
 			if (!chain_pick(k, cid, it, visit_time(k, i), 1, &pick))
@@ -465,7 +445,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 	}
 	if (node < 0 && !changed && !zero) {
 		/* unstable_tree_search_insert(): a partner makes a new KSM page */
-		partner = map_find(&k->unstable, content);
+		partner = map_find(&k->t.unstable, content);
 		if (partner >= 0) {
 			q = window_pos(k, partner);
 			if (q < 0 || k->traced || !a->pairs || k->sums[VISIT_MADE] >= a->room ||
@@ -479,10 +459,10 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 	unlink_item(k, row);
 	if (node >= 0) {
 		/* replace_page() into the node's KSM page, stable_tree_append() */
-		int64_t kframe = k->node_frame[node];
+		int64_t kframe = k->t.node_frame[node];
 
 		k->ptes[p] = kframe;
-		k->fr_mapcount[kframe]++;
+		k->t.fr_mapcount[kframe]++;
 		k->sums[VISIT_MERGES]++;
 		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);
@@ -508,7 +488,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		merge_pair(k, i, row, frame, content, partner, q, entry, cid);
 	} else {
 		/* unstable_tree_search_insert(): no partner, insert */
-		map_insert(&k->unstable, content, row);
+		map_insert(&k->t.unstable, content, row);
 		it->state = STATE_UNSTABLE;
 		it->seq = (uint8_t)a->seqnr;
 		k->sums[VISIT_UNSHARED]++;
@@ -532,15 +512,7 @@ int64_t ksr_visit(const struct tables *t, const struct events *e, int64_t start,
 		  const struct visit_args *a, const struct visit_out *o)
 {
 	struct scan k = {
-		.ptes = e->ptes, .when = e->when,
-		.fr_content = t->fr_content, .fr_mapcount = t->fr_mapcount,
-		.fr_ksm = t->fr_ksm, .fr_node = t->fr_node,
-		.items = t->items, .cold = t->cold, .next = t->next, .prev = t->prev,
-		.node_size = t->node_size, .node_frame = t->node_frame, .head = t->head,
-		.dup_next = t->dup_next,
-		.ch_head = t->ch_head, .ch_count = t->ch_count, .ch_looked = t->ch_looked,
-		.ch_prune = t->ch_prune,
-		.stable = t->stable, .unstable = t->unstable,
+		.ptes = e->ptes, .when = e->when, .t = *t,
 		.segs = e->segs, .n_segs = e->n_segs, .a = a,
 		.dead = o->dead, .traced = o->traced, .made = o->made, .sums = o->sums,
 	};
