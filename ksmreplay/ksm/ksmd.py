@@ -89,6 +89,7 @@ from ksmreplay.native import (
     STEP_HANDED,
     STEP_NONE,
     Native,
+    Stepped,
     VisitArgs,
     Visited,
     native,
@@ -947,16 +948,23 @@ class Ksmd(FlaggedItems):
         # Every event done, nothing to trace: the counts are all there is.
         done = step.done
         assert done is not None
-        stop = int(pages[step.last]) if step.stopped else None
-        self.cursor_item_page = int(pages[step.last]) + 1
-        c.pages_skipped += step.skipped
-        c.pages_unshared -= step.unshared
-        c.pages_scanned += step.visits
-        c.hits += step.hits
+        stop = self._counted(step, pages)
         self._visited(slot, done)
         if done.ptes_changed and len(segs) > 1:
             _write_back([v for _lo, _hi, v in segs], ptes)
         return step.visits, stop
+
+    def _counted(self, front: Front | Stepped, pages: IntArray | _Pages) -> int | None:
+        """Take in a window front's counts (of :meth:`_window_front` or of a
+        step) and move the item cursor past its last page; the page of the
+        last visit if the budget ran out there, else None."""
+        c = self.c
+        c.pages_skipped += front.skipped
+        c.pages_unshared -= front.unshared
+        c.pages_scanned += front.visits
+        c.hits += front.hits
+        self.cursor_item_page = int(pages[front.last]) + 1
+        return int(pages[front.last]) if front.stopped else None
 
     def _window_done(
         self,
@@ -975,18 +983,11 @@ class Ksmd(FlaggedItems):
         counts, the listed events from where ``done`` stopped (all of them
         if it is None), the stale items ``stale_rows`` freed; as
         :meth:`_scan_window` returns."""
-        c = self.c
-        stop = int(pages[front.last]) if front.stopped else None
-        self.cursor_item_page = int(pages[front.last]) + 1
-        c.pages_skipped += front.skipped
-        c.pages_unshared -= front.unshared
-        visits = front.visits
-        c.pages_scanned += visits
-        c.hits += front.hits
+        stop = self._counted(front, pages)
         self._visit_listed(core, slot, segs, seg_rows, ptes, pages, front, rows, done)
         if stale_rows is not None and len(stale_rows):
             self._free_rows(slot, stale_rows)  # unlinked above
-        return visits, stop
+        return front.visits, stop
 
     def _take_listed(
         self,
