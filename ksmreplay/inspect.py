@@ -633,9 +633,7 @@ def _process_contents(pages: PageMap) -> tuple[npt.NDArray[np.uint64], npt.NDArr
 
 def _runs(ordered: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     """The distinct values of ``ordered`` (ascending) and how many times each is there."""
-    begins = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    if not len(ordered):
-        begins = begins[:0]
+    begins = np.flatnonzero(_firsts(ordered))
     return ordered[begins], np.diff(np.append(begins, len(ordered)))
 
 
@@ -1004,10 +1002,15 @@ def _unique(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 def _distinct_sorted(ordered: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """The distinct values of ``ordered`` (ascending)."""
-    keep = np.empty(len(ordered), np.bool_)
-    keep[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
-    return ordered[keep]
+    return ordered[_firsts(ordered)]
+
+
+def _firsts(ordered: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Where each run of equal values of ``ordered`` (ascending) begins."""
+    first = np.empty(len(ordered), np.bool_)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return first
 
 
 def _pages_by_pid(
