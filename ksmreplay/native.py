@@ -61,6 +61,8 @@ _WITHOUT_CORE = SimpleNamespace(
     PTE_ZERO=-2,
     PTE_KSM_ZERO=-3,
     CHUNK_SHIFT=9,
+    PTE_BYTES=8,
+    IROW_BYTES=8,
     STATE_NONE=0,
     STATE_UNSTABLE=1,
     STATE_STABLE=2,
@@ -119,6 +121,10 @@ PTE_KSM_ZERO: int = _h.PTE_KSM_ZERO
 """A page-table entry: the shared zero page, placed by ksmd."""
 CHUNK_SHIFT: int = _h.CHUNK_SHIFT
 """log2 of the entries of a page-table chunk."""
+PTE_DTYPE = np.dtype(f"<i{_h.PTE_BYTES}")
+"""A page-table entry (``pte_t``): a frame row or one of the PTE_* values."""
+IROW_DTYPE = np.dtype(f"<i{_h.IROW_BYTES}")
+"""An item-map entry (``irow_t``): an item row, or -1 for none."""
 
 STATE_NONE: int = _h.STATE_NONE
 """An item in no tree (volatile)."""

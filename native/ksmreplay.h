@@ -32,6 +32,14 @@
 
 #define CHUNK_SHIFT 9		/* 512 entries per page-table chunk */
 
+/*
+ * A page-table entry, and an item-map entry (an item row, or -1 for none):
+ * the element types of the page tables' and item maps' chunks.  Python
+ * reads their sizes (PTE_BYTES, IROW_BYTES) to make its arrays alike.
+ */
+typedef int64_t pte_t;
+typedef int64_t irow_t;
+
 /* -- rmap items (ksm/items.py ItemTable) --------------------------------- */
 
 #define STATE_NONE 0		/* volatile: in no tree */

@@ -777,6 +777,7 @@ static int exec_module(PyObject *m)
 		C(WRITE_MISSING),  C(STEP_NONE),    C(STEP_ALLOC),    C(STEP_HANDED),
 		C(STEP_DONE),	  C(STEP_STOP),	    C(STEP_ITEMS),    C(STEP_FREED),
 		C(STEP_SUMS),
+		{ "PTE_BYTES", sizeof(pte_t) }, { "IROW_BYTES", sizeof(irow_t) },
 #undef C
 	};
 
