@@ -22,7 +22,7 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE = ["module.c", "scan.c", "fault.c", "window.c", "visit.c", "contentmap.c", "pages.c"]
+CORE = ["module.c", "scan.c", "fault.c", "window.c", "walk.c", "visit.c", "contentmap.c", "pages.c"]
 
 WORKER_FLAGS = [
     "-O2",

@@ -72,6 +72,37 @@ STEP_STOP: int
 STEP_ITEMS: int
 STEP_FREED: int
 STEP_SUMS: int
+WINDOW_CHUNKS: int
+WALK_START: int
+WALK_END: int
+WALK_BUDGET: int
+WALK_VISITS: int
+WALK_PER_CHUNK: int
+WALK_ITEM_PAGE: int
+WALK_FREE: int
+WALK_FRESH: int
+WALK_ROWS: int
+WALK_ROOM: int
+WALK_SMART: int
+WALK_DEAD_ROOM: int
+WALK_CHUNKS: int
+WALK_WINDOW_VISITS: int
+WALK_STEPPED: int
+WALK_STOP: int
+WALK_STATUS: int
+WALK_STEP_FREE: int
+WALK_STEP_FRESH: int
+WALK_SKIPPED: int
+WALK_UNSHARED: int
+WALK_SCANNED: int
+WALK_HITS: int
+WALK_MADE: int
+WALK_FREED: int
+WALK_FIELDS: int
+WALKED_END: int
+WALKED_BUDGET: int
+WALKED_BEFORE: int
+WALKED_AFTER: int
 ITEM_HOT: dict[str, Any]
 ITEM_COLD: dict[str, Any]
 SLOT: dict[str, Any]
@@ -120,6 +151,9 @@ class Tables:
 
 def visit(tables: Tables, start: int, *args: Any) -> int: ...
 def step(tables: Tables, *args: Any) -> tuple[int, int, int]: ...
+def walk(
+    tables: Tables, pt: tuple[int, int, int, int], im: tuple[int, int, int, int], *args: Any
+) -> tuple[int, int]: ...
 def map_find(
     keys: NDArray[Any], bits: int, table: NDArray[Any], now: int, out: NDArray[Any], /
 ) -> None: ...

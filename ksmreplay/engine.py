@@ -8,6 +8,7 @@ wake-ups run between instants, never inside one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -433,7 +434,7 @@ class Engine:
         ``wake`` on until ``t`` is as far from the last (several fit, ksmd
         sleeps, the timer's period is steady, the advisor is off, and no batch
         can reach the next tick); else 0."""
-        if budget == 0 or sleep == 0 or self._knobs.advisor_mode != "none":
+        if budget == 0 or sleep == 0 or self._knobs.advisor_mode != "none" or _never_steady(budget):
             return 0
         first = next_wake_ns(wake, 0, sleep)
         period = first - wake
@@ -759,6 +760,16 @@ class Engine:
 
     def _on_snapshot(self, ev: Snapshot) -> None:
         """Nothing happens: the driver takes the snapshot."""
+
+
+@cache
+def _never_steady(budget: int) -> bool:
+    """Whether :meth:`Engine._steady_period`'s bound fails for batches of
+    ``budget`` visits in every state: the bound only grows with the items,
+    KSM pages and dups it is given, which are at least 0, ``budget`` and
+    ``budget`` there, and a batch that costs more than a jiffy reaches the
+    next tick wherever it starts."""
+    return batch_wall_ns(worst_batch_ns(budget, 0, budget, budget)) >= JIFFY_NS
 
 
 IDLE_MIN_PASSES = 64

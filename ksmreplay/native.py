@@ -82,6 +82,11 @@ _WITHOUT_CORE = SimpleNamespace(
     STEP_ALLOC=1,
     STEP_HANDED=2,
     STEP_DONE=3,
+    WINDOW_CHUNKS=64,
+    WALKED_END=0,
+    WALKED_BUDGET=1,
+    WALKED_BEFORE=2,
+    WALKED_AFTER=3,
     ITEM_HOT={
         "names": ["node", "age", "skips", "state", "seq"],
         "formats": ["<i4", "u1", "u1", "i1", "u1"],
@@ -160,6 +165,14 @@ STEP_HANDED: int = _h.STEP_HANDED
 STEP_DONE: int = _h.STEP_DONE
 """How :meth:`Native.step` ended: no page present, the front only (too few free
 items), a visit handed back, every event done."""
+WINDOW_CHUNKS: int = _h.WINDOW_CHUNKS
+"""Most page-table chunks one window of ksmd's scan gathers (see ``Ksmd._scan_window``)."""
+WALKED_END: int = _h.WALKED_END
+WALKED_BUDGET: int = _h.WALKED_BUDGET
+WALKED_BEFORE: int = _h.WALKED_BEFORE
+WALKED_AFTER: int = _h.WALKED_AFTER
+"""How :meth:`Native.walk` ended: the mapping done, the budget used up, before
+a window it leaves to Python, after a window's step that needs Python."""
 
 ITEM_HOT = np.dtype(_h.ITEM_HOT)
 """The fields of an rmap item a scan's walk reads at every page: ``struct item_hot``."""
@@ -257,6 +270,43 @@ class Stepped(NamedTuple):
     """Stale items freed."""
     done: Visited | None
     """What the visits did (with :data:`STEP_HANDED` and :data:`STEP_DONE`)."""
+
+
+class Walked(NamedTuple):
+    """What :meth:`Native.walk` did: where it stopped, and what the windows it
+    did wholly did, summed (the window it left to Python is not in it)."""
+
+    found: int
+    """How it ended: :data:`WALKED_END`, :data:`WALKED_BUDGET`,
+    :data:`WALKED_BEFORE` or :data:`WALKED_AFTER`."""
+    start: int
+    """The first page of the window left to Python (or of the rest of the mapping)."""
+    visits: int
+    """The batch call's visits so far (before the window left to Python)."""
+    per_chunk: int
+    """Visits per page-table chunk of the last window done."""
+    item_page: int
+    """The item cursor after the windows done."""
+    free: int
+    fresh: int
+    """The items' free stack after the windows done (see :meth:`step`)."""
+    window_visits: int
+    """The visits before the last window stepped (the one left, if any)."""
+    stepped: int
+    """Windows whose step did something (not :data:`STEP_NONE`)."""
+    stop: int
+    """With :data:`WALKED_BUDGET`, the page of the last visit."""
+    skipped: int
+    unshared: int
+    scanned: int
+    hits: int
+    """The fronts' counts (``ksm.Front``: skipped, unshared, visits, hits)."""
+    made: int
+    """Items made."""
+    freed: int
+    """Stale items freed."""
+    done: Visited
+    """What the visits did (``stop`` 0)."""
 
 
 Front = tuple[
@@ -384,6 +434,12 @@ class Native:
         self._rows = np.empty(0, np.int64)
         self._dead = np.empty(0, np.int64)
         self._step_sums = np.zeros(core.STEP_SUMS, np.int64)
+        self._walk_state = np.zeros(core.WALK_FIELDS, np.int64)
+        self._walk_sums = np.zeros(core.VISIT_SUMS, np.int64)
+        """:meth:`walk`'s state and the visit sums of the window it left to Python."""
+        self._walk_out: tuple[npt.NDArray[Any], ...] | None = None
+        """:meth:`walk`'s gathered window, its runs, and the frames freed and the
+        visit sums of the windows it did."""
         self._summary: list[int] = []
         self._visit_sums = operator.itemgetter(
             *(getattr(core, f"VISIT_{name}") for name in _VISIT_SUMS)
@@ -657,6 +713,118 @@ class Native:
             else None,
         )
 
+    def walk(
+        self,
+        tables: Any,
+        pt: tuple[int, int, int, int],
+        im: tuple[int, int, int, int],
+        start: int,
+        end: int,
+        budget: int,
+        visits: int,
+        per_chunk: int,
+        item_page: int,
+        smart: bool,
+        free: tuple[int, int, int],
+        room: int,
+        args: npt.NDArray[np.uint8],
+        made_room: int,
+    ) -> Walked:
+        """A batch call's windows over pages [``start``, ``end``) of one mm
+        (``ksr_walk``): each as :meth:`step` does it, until the mapping or the
+        budget ends or a window needs Python (:class:`Walked`).
+
+        ``pt`` and ``im`` are ``PageTable.directory()`` of the mm's page table
+        and of its item map; ``visits`` of ``budget`` were made before,
+        ``per_chunk`` per chunk in the last window; ``item_page`` is the item
+        cursor; ``free`` the items' free stack as for :meth:`step` (with room
+        for a whole window); ``room`` the unstable-tree entries that fit
+        before its table must grow; ``args`` as for :meth:`step` (its
+        ``visits`` is set here, window by window).  After
+        :data:`WALKED_AFTER`, :meth:`walked_step` is the step of the window
+        left (its front :meth:`front`, its items :meth:`listed_rows`).
+        """
+        core = self._core
+        n = core.WINDOW_CHUNKS << core.CHUNK_SHIFT
+        if len(self._front_out[0]) < n:
+            self._front_out = _scratch(n, core.FRONT_SUMS)
+        if len(self._rows) < n:
+            self._rows = np.empty(n, np.int64)
+        if len(self._dead) < n:
+            self._dead = np.empty(n, np.int64)
+        if self._walk_out is None:
+            self._walk_out = (
+                np.empty(n, PTE_DTYPE),
+                np.empty(n, IROW_DTYPE),
+                np.empty(3 * core.WINDOW_CHUNKS, np.int64),
+                np.empty(WALK_DEAD_ROOM, np.int64),
+                np.zeros(core.VISIT_SUMS, np.int64),
+            )
+        st = self._walk_state
+        st[core.WALK_START] = start
+        st[core.WALK_END] = end
+        st[core.WALK_BUDGET] = budget
+        st[core.WALK_VISITS] = visits
+        st[core.WALK_PER_CHUNK] = per_chunk
+        st[core.WALK_ITEM_PAGE] = item_page
+        st[core.WALK_FREE], st[core.WALK_FRESH], st[core.WALK_ROWS] = free
+        st[core.WALK_ROOM] = room
+        st[core.WALK_SMART] = smart
+        st[core.WALK_DEAD_ROOM] = WALK_DEAD_ROOM
+        pos, cum, kinds, stale, _summary = self._front_out
+        w_ptes, w_imap, w_segs, w_dead, w_sums = self._walk_out
+        self._walk_sums.fill(0)
+        found, n_dead = core.walk(
+            tables, pt, im, st, pos, cum, kinds, stale, self._rows, self._step_sums, args,
+            self._dead, _NOT_TRACED, self._made_room(made_room), self._walk_sums,
+            w_ptes, w_imap, w_segs, w_dead, w_sums,
+        )  # fmt: skip
+        state = st.tolist()
+        done = self._visited(0, w_sums, _NOT_TRACED, False, w_dead[:n_dead].copy())
+        return Walked(
+            found,
+            state[core.WALK_START],
+            state[core.WALK_VISITS],
+            state[core.WALK_PER_CHUNK],
+            state[core.WALK_ITEM_PAGE],
+            state[core.WALK_FREE],
+            state[core.WALK_FRESH],
+            state[core.WALK_WINDOW_VISITS],
+            state[core.WALK_STEPPED],
+            state[core.WALK_STOP],
+            state[core.WALK_SKIPPED],
+            state[core.WALK_UNSHARED],
+            state[core.WALK_SCANNED],
+            state[core.WALK_HITS],
+            state[core.WALK_MADE],
+            state[core.WALK_FREED],
+            done,
+        )
+
+    def walked_step(self) -> Stepped:
+        """The step of the window :meth:`walk` left to Python after it (:data:`WALKED_AFTER`)."""
+        core = self._core
+        st = self._walk_state
+        status = int(st[core.WALK_STATUS])
+        found = self._summary = self._step_sums.tolist()
+        return Stepped(
+            status,
+            int(st[core.WALK_STEP_FREE]),
+            int(st[core.WALK_STEP_FRESH]),
+            found[core.FRONT_VISITS],
+            found[core.FRONT_SKIPPED],
+            found[core.FRONT_LAST],
+            bool(found[core.FRONT_STOPPED]),
+            found[core.FRONT_UNSHARED],
+            found[core.FRONT_HITS],
+            found[core.FRONT_STALE],
+            found[core.STEP_ITEMS],
+            found[core.STEP_FREED],
+            self._visited(found[core.STEP_STOP], self._walk_sums, _NOT_TRACED, False)
+            if status in (core.STEP_HANDED, core.STEP_DONE)
+            else None,
+        )
+
     def front(self) -> Front:
         """The front of the last :meth:`step`."""
         core, summary = self._core, self._summary
@@ -726,7 +894,12 @@ class Native:
         return self._made
 
     def _visited(
-        self, stop: int, sums: npt.NDArray[np.int64], merges: npt.NDArray[Any], traced: bool
+        self,
+        stop: int,
+        sums: npt.NDArray[np.int64],
+        merges: npt.NDArray[Any],
+        traced: bool,
+        dead: npt.NDArray[np.int64] | None = None,
     ) -> Visited:
         """:class:`Visited` from the outputs of ``ksr_visit``."""
         s = sums.tolist()
@@ -745,7 +918,7 @@ class Native:
             zero,
             inserted,
             bool(ptes),
-            self._dead[:n_dead].copy() if n_dead else _NONE_DEAD,
+            dead if dead is not None else self._dead[:n_dead].copy() if n_dead else _NONE_DEAD,
             hits,
             checksums,
             searches,
@@ -787,6 +960,9 @@ class Native:
         values = np.ascontiguousarray(values, np.int64)
         self._core.map_insert(keys, values, bits, table, now)
 
+
+WALK_DEAD_ROOM = 1 << 16
+"""Frames freed that :meth:`Native.walk` may list before it leaves a window to Python."""
 
 _NOT_TRACED = np.empty(0, TRACED)
 """The ``traced`` argument of ``visit.c`` when not tracing (none: nothing recorded)."""

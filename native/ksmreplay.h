@@ -12,6 +12,8 @@
  *   fault.c       applies an instant's page writes in order (Memory.write);
  *   window.c      a scan window's step: the front (smart_scan, counting,
  *                 listing), its new and stale items, and the visits;
+ *   walk.c        a batch's windows over one VMA, found and stepped one after
+ *                 the other, until one needs Python;
  *   visit.c       the common visits of a window, handing the rare ones back;
  *   contentmap.c  batch lookups and inserts in the content hash tables;
  *   pages.c       record's reading of another process's pages, and their names.
@@ -373,6 +375,81 @@ enum {
 	STEP_SUMS
 };
 
+/* -- a batch's walk of one mapping (walk.c) -------------------------------- */
+
+/*
+ * A page table's or an item map's directory (vm/pagetable.py
+ * PageTable.directory()): the chunk keys (page >> CHUNK_SHIFT), ascending,
+ * each key's row, how many, and each row's chunk (1 << CHUNK_SHIFT entries,
+ * pte_t in a page table, irow_t in an item map).
+ */
+struct directory {
+	const int64_t *keys;
+	const int64_t *rows;
+	int64_t n;
+	void *const *chunks;
+};
+
+/* Most page-table chunks in one window (ksm/window.py WINDOW_CHUNKS). */
+#define WINDOW_CHUNKS 64
+
+/*
+ * ksr_walk()'s state, one int64_t each (Ksmd._walk): read at the call,
+ * written back at its end.
+ */
+enum {
+	WALK_START,		/* the first page of the next window, updated */
+	WALK_END,		/* the end of the mapping (a VMA) walked */
+	WALK_BUDGET,		/* the batch call's visits */
+	WALK_VISITS,		/* its visits so far, updated */
+	WALK_PER_CHUNK,		/* visits per chunk of the last window, updated */
+	WALK_ITEM_PAGE,		/* the item cursor (Ksmd.cursor_item_page), updated */
+	WALK_FREE,		/* the free stack (struct step's free, fresh, end), */
+	WALK_FRESH,		/* updated */
+	WALK_ROWS,
+	WALK_ROOM,		/* unstable-tree entries that fit before its table must
+				 * grow (ContentMap.reserve), updated */
+	WALK_SMART,		/* smart_scan */
+	WALK_DEAD_ROOM,		/* room in dead[] */
+	/* out: the window left to Python (WALKED_BEFORE, WALKED_AFTER) */
+	WALK_CHUNKS,		/* its chunks (its first page is WALK_START) */
+	WALK_WINDOW_VISITS,	/* the visits before it; else before the last window stepped */
+	WALK_STEPPED,		/* windows whose step did something (not STEP_NONE) */
+	WALK_STOP,		/* the page of the last visit when the budget ran out */
+	WALK_STATUS,		/* the left window's step: STEP_*, and the free stack */
+	WALK_STEP_FREE,		/* after it (WALK_FREE and WALK_FRESH are before it) */
+	WALK_STEP_FRESH,
+	/* out: what the windows done here did, summed */
+	WALK_SKIPPED,		/* front: pages skipped */
+	WALK_UNSHARED,		/* front: skipped items out of an earlier pass's tree */
+	WALK_SCANNED,		/* front: visits */
+	WALK_HITS,		/* front: visits of KSM pages linked to their items */
+	WALK_MADE,		/* items made */
+	WALK_FREED,		/* stale items freed */
+	WALK_FIELDS
+};
+
+/* How ksr_walk() ended. */
+enum {
+	WALKED_END,		/* the mapping is done */
+	WALKED_BUDGET,		/* the budget ran out (WALK_STOP) */
+	WALKED_BEFORE,		/* before a window it does not start (WALK_CHUNKS) */
+	WALKED_AFTER		/* after a window's step that needs Python (WALK_STATUS) */
+};
+
+/*
+ * What ksr_walk() works in: a window's gathered entries and runs, and where
+ * the windows done wholly in C leave their frames freed and visit sums.
+ */
+struct walk {
+	pte_t *ptes;		/* room for WINDOW_CHUNKS chunks */
+	irow_t *imap;		/* likewise */
+	int64_t *segs;		/* room for WINDOW_CHUNKS runs */
+	int64_t *dead;		/* frames freed, state[WALK_DEAD_ROOM] room */
+	int64_t n_dead;
+	int64_t *sums;		/* VISIT_SUMS, accumulated */
+};
+
 /* -- the functions (each file says more) --------------------------------- */
 
 int64_t ksr_scan(const uint8_t *buf, int64_t size, int64_t *pos, int shift, uint64_t max_items,
@@ -399,6 +476,10 @@ int64_t ksr_visit(const struct tables *t, const struct events *e, int64_t start,
 
 int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args *a,
 		 const struct visit_out *o);
+
+int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struct directory *im,
+		 int64_t *state, struct step *s, const struct visit_args *a,
+		 const struct visit_out *o, struct walk *w);
 
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out);

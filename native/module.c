@@ -493,6 +493,97 @@ fail:
 	return out;
 }
 
+/* -- walk.c ------------------------------------------------------------------ */
+
+/* A directory from PageTable.directory(): addresses and a count. */
+static int take_directory(PyObject *o, struct directory *d)
+{
+	unsigned long long keys, rows, chunks;
+	long long n;
+
+	if (!PyArg_ParseTuple(o, "KKLK", &keys, &rows, &n, &chunks))
+		return -1;
+	if (n < 0 || (n && (!keys || !rows || !chunks))) {
+		PyErr_SetString(PyExc_ValueError, "walk: a directory out of range");
+		return -1;
+	}
+	*d = (struct directory){ (const int64_t *)(uintptr_t)keys, (const int64_t *)(uintptr_t)rows,
+				 n, (void *const *)(uintptr_t)chunks };
+	return 0;
+}
+
+PyDoc_STRVAR(walk_doc,
+	     "walk(tables, pt, im, state, pos, cum, kind, stale, rows, summary, args, dead,\n"
+	     "     traced, made, sums, w_ptes, w_imap, w_segs, w_dead, w_sums) -> (found, dead)\n\n"
+	     "A batch's windows over one mapping (ksr_walk): WALKED_*, and the frames the\n"
+	     "windows done freed, listed in w_dead.  pt, im: PageTable.directory() of the\n"
+	     "mm's page table and item map; state: WALK_FIELDS values, updated; pos, cum,\n"
+	     "kind, stale, rows, dead: room for WINDOW_CHUNKS chunks; w_ptes, w_imap: as\n"
+	     "much room (PTE_BYTES and IROW_BYTES items); w_segs: room for WINDOW_CHUNKS runs;\n"
+	     "w_dead: state[WALK_DEAD_ROOM] room; w_sums: VISIT_SUMS values.");
+
+static PyObject *py_walk(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_tables, *o_pt, *o_im, *o[17], *out = NULL;
+	Py_ssize_t n_state, n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
+	Py_ssize_t n_ptes, n_imap, n_segs, n_dead, n_sums;
+	const Py_ssize_t room = (Py_ssize_t)WINDOW_CHUNKS << CHUNK_SHIFT;
+	struct directory pt, im;
+	const struct tables *t;
+	struct visit_out vo;
+	struct step s;
+	struct walk w;
+	int64_t found;
+
+	if (!PyArg_ParseTuple(args, "O!O!O!OOOOOOOOOOOOOOOOO", &tables_type, &o_tables,
+			      &PyTuple_Type, &o_pt, &PyTuple_Type, &o_im, &o[0], &o[1], &o[2],
+			      &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11],
+			      &o[12], &o[13], &o[14], &o[15], &o[16]))
+		return NULL;
+	t = &((TablesObject *)o_tables)->t;
+	if (take_directory(o_pt, &pt) < 0 || take_directory(o_im, &im) < 0)
+		return NULL;
+	TAKE_N(state, int64_t *, o[0], 8, 'i', 1, n_state);
+	TAKE_N(pos, int64_t *, o[1], 8, 'i', 1, n_pos);
+	TAKE_N(cum, int64_t *, o[2], 8, 'i', 1, n_cum);
+	TAKE_N(kind, uint8_t *, o[3], 1, 'u', 1, n_kind);
+	TAKE_N(stale, int64_t *, o[4], 8, 'i', 1, n_stale);
+	TAKE_N(rows, int64_t *, o[5], 8, 'i', 1, n_rows);
+	TAKE_N(summary, int64_t *, o[6], 8, 'i', 1, n_summary);
+	TAKE_N(vargs, const struct visit_args *, o[7], 1, 'u', 0, n_args);
+	if (n_args != (Py_ssize_t)sizeof(struct visit_args)) {
+		PyErr_SetString(PyExc_ValueError, "walk: args of the wrong length");
+		goto fail;
+	}
+	if (take_out(&h, &o[8], room, vargs, &vo) < 0)
+		goto fail;
+	TAKE_N(w_ptes, pte_t *, o[12], sizeof(pte_t), 'i', 1, n_ptes);
+	TAKE_N(w_imap, irow_t *, o[13], sizeof(irow_t), 'i', 1, n_imap);
+	TAKE_N(w_segs, int64_t *, o[14], 8, 'i', 1, n_segs);
+	TAKE_N(w_dead, int64_t *, o[15], 8, 'i', 1, n_dead);
+	TAKE_N(w_sums, int64_t *, o[16], 8, 'i', 1, n_sums);
+	if (n_state != WALK_FIELDS || n_pos < room || n_cum < room || n_kind < room ||
+	    n_stale < room || n_rows < room || n_summary < STEP_SUMS || n_ptes < room ||
+	    n_imap < room || n_segs < 3 * WINDOW_CHUNKS || n_dead < state[WALK_DEAD_ROOM] ||
+	    n_sums < VISIT_SUMS || state[WALK_FREE] < 0 || state[WALK_FRESH] < 0 ||
+	    state[WALK_FRESH] > state[WALK_ROWS] || state[WALK_ROWS] > t->n_items ||
+	    state[WALK_FREE] > t->free_room || state[WALK_PER_CHUNK] < 1 ||
+	    state[WALK_VISITS] >= state[WALK_BUDGET] || state[WALK_DEAD_ROOM] < 0) {
+		PyErr_SetString(PyExc_ValueError, "walk: arrays or state out of range");
+		goto fail;
+	}
+	s = (struct step){ .pos = pos, .cum = cum, .kind = kind, .stale = stale, .rows = rows,
+			   .summary = summary };
+	w = (struct walk){ .ptes = w_ptes, .imap = w_imap, .segs = w_segs, .dead = w_dead,
+			   .sums = w_sums };
+	found = ksr_walk(t, &pt, &im, state, &s, vargs, &vo, &w);
+	out = Py_BuildValue("LL", (long long)found, (long long)w.n_dead);
+fail:
+	release(&h);
+	return out;
+}
+
 /* -- contentmap.c ------------------------------------------------------------ */
 
 PyDoc_STRVAR(map_find_doc,
@@ -647,6 +738,7 @@ static PyMethodDef methods[] = {
 	{ "window", py_window, METH_VARARGS, window_doc },
 	{ "visit", py_visit, METH_VARARGS, visit_doc },
 	{ "step", py_step, METH_VARARGS, step_doc },
+	{ "walk", py_walk, METH_VARARGS, walk_doc },
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
 	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
@@ -776,7 +868,15 @@ static int exec_module(PyObject *m)
 		C(WRITE_STATS),	  C(WRITE_COW_KSM), C(WRITE_COW_ZERO), C(WRITE_EVENTS),
 		C(WRITE_MISSING),  C(STEP_NONE),    C(STEP_ALLOC),    C(STEP_HANDED),
 		C(STEP_DONE),	  C(STEP_STOP),	    C(STEP_ITEMS),    C(STEP_FREED),
-		C(STEP_SUMS),
+		C(STEP_SUMS),	  C(WINDOW_CHUNKS),
+		C(WALK_START),	  C(WALK_END),	    C(WALK_BUDGET),   C(WALK_VISITS),
+		C(WALK_PER_CHUNK), C(WALK_ITEM_PAGE), C(WALK_FREE),   C(WALK_FRESH),
+		C(WALK_ROWS),	  C(WALK_ROOM),	    C(WALK_SMART),    C(WALK_DEAD_ROOM),
+		C(WALK_CHUNKS),	  C(WALK_WINDOW_VISITS), C(WALK_STEPPED), C(WALK_STOP),
+		C(WALK_STATUS),	  C(WALK_STEP_FREE), C(WALK_STEP_FRESH), C(WALK_SKIPPED),
+		C(WALK_UNSHARED), C(WALK_SCANNED),  C(WALK_HITS),     C(WALK_MADE),
+		C(WALK_FREED),	  C(WALK_FIELDS),
+		C(WALKED_END),	  C(WALKED_BUDGET), C(WALKED_BEFORE), C(WALKED_AFTER),
 		{ "PTE_BYTES", sizeof(pte_t) }, { "IROW_BYTES", sizeof(irow_t) },
 #undef C
 	};

@@ -160,7 +160,7 @@ def test_a_window_step_ends_every_way(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(native.ENV)
     endings: list[int] = []
     freed = [0]
-    step = native.Native.step
+    step, walk, walked_step = native.Native.step, native.Native.walk, native.Native.walked_step
 
     def watched(self: native.Native, *args: Any, **kwargs: Any) -> native.Stepped:
         done = step(self, *args, **kwargs)
@@ -168,7 +168,20 @@ def test_a_window_step_ends_every_way(monkeypatch: pytest.MonkeyPatch) -> None:
         freed[0] += done.freed
         return done
 
+    def walked(self: native.Native, *args: Any, **kwargs: Any) -> native.Walked:
+        done = walk(self, *args, **kwargs)
+        freed[0] += done.freed
+        return done
+
+    def left(self: native.Native) -> native.Stepped:
+        done = walked_step(self)
+        endings.append(done.status)
+        freed[0] += done.freed
+        return done
+
     monkeypatch.setattr(native.Native, "step", watched)
+    monkeypatch.setattr(native.Native, "walk", walked)
+    monkeypatch.setattr(native.Native, "walked_step", left)
     assert _replay(events) == expected
     assert {native.STEP_ALLOC, native.STEP_HANDED, native.STEP_DONE} <= set(endings)
     assert freed[0] > 0

@@ -203,6 +203,10 @@ class ContentMap:
         """``n`` entries were deleted in :meth:`table` directly (left as tombstones)."""
         self._len -= n
 
+    def room(self) -> int:
+        """The entries that may be added before :meth:`reserve` moves the table."""
+        return (3 << self._bits) // 4 - self._taken
+
     def reserve(self, n: int) -> None:
         """Keep at most three quarters of the slots occupied once ``n`` more are
         added (may move the table: take :meth:`table` after).

@@ -88,6 +88,10 @@ from ksmreplay.native import (
     STEP_ALLOC,
     STEP_HANDED,
     STEP_NONE,
+    WALKED_AFTER,
+    WALKED_BEFORE,
+    WALKED_BUDGET,
+    WALKED_END,
     Native,
     Stepped,
     VisitArgs,
@@ -165,6 +169,10 @@ class Ksmd(FlaggedItems):
     version whose rules differ from 6.18's (``kernels.py``): the visit order
     (:meth:`_cmp_and_merge`) and the chain lookup (:meth:`_choose_dup`).
     """
+
+    native_walk = True
+    """Whether the native core walks a VMA's windows itself (:meth:`_walk_native`);
+    the tests turn it off to compare with one step per window."""
 
     def __init__(
         self,
@@ -808,12 +816,24 @@ class Ksmd(FlaggedItems):
         self.seqnr += 1
 
     def _scan_mm(self, slot: Slot, budget: int, visits: int) -> tuple[bool, int]:
-        """Walk the cursor's mm from the cursor; (mm finished, visits so far)."""
+        """Walk the cursor's mm from the cursor; (mm finished, visits so far).
+
+        With the native core (and no tracer, not the v6 design), the windows
+        of a VMA are walked in C (:meth:`_walk_native`) until one needs Python, which
+        is done here as without it (:meth:`_scan_window`, which goes on from
+        the step C made of it, if C made one), and C goes on after it.
+        """
         mm = slot.mm
         if mm.exiting:
             # An exiting mm has no VMAs, and its whole item list is trailing.
             self.cursor_item_page = 0
             return True, visits
+        walks = (
+            self.native_walk
+            and self.native is not None
+            and self.tracer is None
+            and not self.mode.flags_zero_page_items
+        )
         i = mm.vma_index(self.cursor_page)
         vmas = mm.vmas
         while i < len(vmas):
@@ -824,6 +844,13 @@ class Ksmd(FlaggedItems):
             self.cursor_saw_mergeable = True
             start = max(self.cursor_page, vma.start)
             while start < vma.end:
+                found = WALKED_BEFORE
+                if walks:
+                    found, start, visits = self._walk_native(slot, start, vma.end, budget, visits)
+                    if found == WALKED_END:
+                        break
+                    if found == WALKED_BUDGET:
+                        return False, visits
                 # A window of at most WINDOW_CHUNKS page-table chunks, sized to
                 # the budget left at the visits per chunk the last window had.
                 chunks = min(WINDOW_CHUNKS, (budget - visits) // self._visits_per_chunk + 1)
@@ -831,7 +858,9 @@ class Ksmd(FlaggedItems):
                 if not segs:
                     break
                 self._window_visits = visits
-                done, stop = self._scan_window(slot, segs, budget - visits)
+                done, stop = self._scan_window(
+                    slot, segs, budget - visits, walked=found == WALKED_AFTER
+                )
                 visits += done
                 # Chunks the visits came from: up to the last visit's when cut short.
                 used = _chunks_used(segs, END if stop is None else stop)
@@ -843,8 +872,45 @@ class Ksmd(FlaggedItems):
             self.cursor_page = vma.end
         return True, visits
 
+    def _walk_native(
+        self, slot: Slot, start: int, end: int, budget: int, visits: int
+    ) -> tuple[int, int, int]:
+        """The windows of pages [``start``, ``end``) of ``slot``'s mm in C
+        (:meth:`Native.walk`), from ``visits`` of ``budget`` on, until one
+        needs Python; what the windows done did is taken in here as
+        :meth:`_scan_window` takes it in.  Returns how the walk ended
+        (``WALKED_*``), where it stopped and the visits so far; with
+        ``WALKED_BUDGET`` the cursor is set."""
+        core, it, c = self.native, self.items, self.c
+        assert core is not None
+        free_rows, n_free, fresh, rows = it.free_rows(WINDOW_CHUNKS * CHUNK)
+        self._reserve_made()
+        self._window_args(slot)
+        walked = core.walk(
+            self._tables(core, free_rows), slot.mm.pt.directory(), slot.items.directory(),
+            start, end, budget, visits, self._visits_per_chunk, self.cursor_item_page,
+            bool(self.knobs.smart_scan), (n_free, fresh, rows), self.unstable.room(),
+            self._args.bytes, MADE_ROOM,
+        )  # fmt: skip
+        made, freed = walked.made, walked.freed
+        it.took(made, freed, walked.free, walked.fresh)
+        if walked.stepped:
+            slot.rmap_items += made - freed
+            c.rmap_items += made - freed
+            c.pages_skipped += walked.skipped
+            c.pages_unshared -= walked.unshared
+            c.pages_scanned += walked.scanned
+            c.hits += walked.hits
+            self._visited(slot, walked.done)
+            self._tick(walked.window_visits + 1)
+            self.cursor_item_page = walked.item_page
+        self._visits_per_chunk = walked.per_chunk
+        if walked.found == WALKED_BUDGET:
+            self.cursor_page = walked.stop + 1
+        return walked.found, walked.start, walked.visits
+
     def _scan_window(
-        self, slot: Slot, segs: list[tuple[int, int, IntArray]], budget: int
+        self, slot: Slot, segs: list[tuple[int, int, IntArray]], budget: int, walked: bool = False
     ) -> tuple[int, int | None]:
         """Handle the present pages of consecutive page-table segments, in address order.
 
@@ -859,6 +925,10 @@ class Ksmd(FlaggedItems):
         back (or, with items to free before the window or too few free
         rows for its new items, :meth:`_window_front`, :meth:`_take_listed`
         and :meth:`_visit_listed`: the same in steps).
+
+        With ``walked``, the window is the one :meth:`_walk_native` left to
+        Python after its step (``WALKED_AFTER``): C wrote it back, so it is
+        gathered as here, and goes on from that step (:meth:`_stepped`).
 
         Returns the visits made and, if the budget ran out, the page of the
         last visit (the cursor stops right after it).
@@ -889,9 +959,12 @@ class Ksmd(FlaggedItems):
         imap = imap_views[0] if len(imap_views) == 1 else np.concatenate(imap_views)
         if self.native is None:
             return self._walk_window(slot, ptes, imap, imap_views, pages, budget)
-        core, it, c = self.native, self.items, self.c
+        core, it = self.native, self.items
         seg_rows = _seg_rows(segs)
         self._window_args(slot)
+        if walked:
+            step = core.walked_step()
+            return self._stepped(slot, segs, seg_rows, ptes, imap, imap_views, pages, step)
         traced = self.tracer is not None
         if self.cursor_item_page < segs[0][0] and any(
             (view >= 0).any()
@@ -918,6 +991,24 @@ class Ksmd(FlaggedItems):
             bool(self.knobs.smart_scan), (n_free, fresh, end), self._args.bytes, MADE_ROOM,
             traced,
         )  # fmt: skip
+        return self._stepped(slot, segs, seg_rows, ptes, imap, imap_views, pages, step)
+
+    def _stepped(
+        self,
+        slot: Slot,
+        segs: list[tuple[int, int, IntArray]],
+        seg_rows: IntArray,
+        ptes: IntArray,
+        imap: IntArray,
+        imap_views: list[IntArray],
+        pages: IntArray | _Pages,
+        step: Stepped,
+    ) -> tuple[int, int | None]:
+        """The rest of :meth:`_scan_window` after the window's step: take in
+        what it did, and go on where it stopped."""
+        core, it, c = self.native, self.items, self.c
+        assert core is not None
+        traced = self.tracer is not None
         if step.status == STEP_NONE:
             return 0, None
         self._tick(self._window_visits + 1)
@@ -1191,6 +1282,10 @@ class Ksmd(FlaggedItems):
         entries, and the nodes, chains and stable-tree entries of new KSM pages
         (their ids go to the visits' args)."""
         self.unstable.reserve(visits)
+        self._reserve_made()
+
+    def _reserve_made(self) -> None:
+        """:meth:`_reserve` but for the unstable tree."""
         self.node_cols.reserve(self._next_node_id + MADE_ROOM)
         self.chains.reserve(MADE_ROOM)
         self.stable.index().reserve(MADE_ROOM)

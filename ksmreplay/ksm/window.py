@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray
+from ksmreplay.native import WINDOW_CHUNKS
 
-WINDOW_CHUNKS = 64
-"""Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
+__all__ = ["WINDOW_CHUNKS", "Front"]
 
 
 def _write_back(views: list[IntArray], flat: IntArray) -> None:
