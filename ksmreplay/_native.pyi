@@ -103,6 +103,25 @@ WALKED_END: int
 WALKED_BUDGET: int
 WALKED_BEFORE: int
 WALKED_AFTER: int
+WORK_BATCHES: int
+WORK_FIELDS: int
+CLOCK_PRICES: int
+CLOCK_T: int
+CLOCK_SEARCHED: int
+CLOCK_SHARED_BITS: int
+CLOCK_PRUNE_CLAMP: int
+CLOCK_TIMEOUT: int
+CLOCK_SHIFT: int
+CLOCK_SHARE: int
+CLOCK_JIFFY: int
+CLOCK_WAKE: int
+CLOCK_BATCHES: int
+CLOCK_CPU: int
+CLOCK_COST: int
+CLOCK_LAST: int
+CLOCK_WORK: int
+CLOCK_SINCE: int
+CLOCK_FIELDS: int
 ITEM_HOT: dict[str, Any]
 ITEM_COLD: dict[str, Any]
 SLOT: dict[str, Any]
@@ -154,6 +173,7 @@ def step(tables: Tables, *args: Any) -> tuple[int, int, int]: ...
 def walk(
     tables: Tables, pt: tuple[int, int, int, int], im: tuple[int, int, int, int], *args: Any
 ) -> tuple[int, int]: ...
+def clock(work: NDArray[Any], clock: NDArray[Any], start: int, /) -> tuple[int, int]: ...
 def map_find(
     keys: NDArray[Any], bits: int, table: NDArray[Any], now: int, out: NDArray[Any], /
 ) -> None: ...

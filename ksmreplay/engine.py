@@ -379,7 +379,9 @@ class Engine:
         after the tick it started before (:meth:`_steady_period`).  The call
         ends early where a pass ends; the next wake-up follows from the batch
         that ended it.  Not with the scan-time advisor, which changes the
-        budget at the end of a pass.
+        budget at the end of a pass.  Where no wake-ups can run as one call
+        whatever ksmd's state, the native core runs them one after the other,
+        each priced and followed by the next as here (``Ksmd.batches``).
 
         Where ksmd has gone round in circles for a while, the whole circles
         that still fit before ``t`` are skipped (:class:`_Circles`).
@@ -415,8 +417,14 @@ class Engine:
                 # (each batch ends before the tick after its start: the sleeps are alike)
                 self.next_wake = wake + (last + 1) * period
             else:
-                ksmd.batch(budget, wake)
-                self.next_wake = next_wake_ns(wake, ksmd.batch_ns, sleep)
+                # (in C where no wake-ups could run as one call, whatever the state)
+                later = None
+                if sleep == 0 or self._knobs.advisor_mode != "none" or _never_steady(budget):
+                    later = ksmd.batches(budget, wake, t)
+                if later is None:
+                    ksmd.batch(budget, wake)
+                    later = next_wake_ns(wake, ksmd.batch_ns, sleep)
+                self.next_wake = later
             if not self._runnable():
                 self.next_wake = None
             if (

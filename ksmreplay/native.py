@@ -309,6 +309,51 @@ class Walked(NamedTuple):
     """What the visits did (``stop`` 0)."""
 
 
+class Clock(NamedTuple):
+    """How :meth:`Native.walk` prices batches and says when the next one
+    starts (``timing.batch_cost_ns``, ``timing.next_wake_ns``)."""
+
+    prices: tuple[int, ...]
+    """ns per unit of each kind of ``timing.Work``, in its order."""
+    t: int
+    """Wake-ups before it run (ns)."""
+    wake: int
+    """The first batch's start (ns)."""
+    searched: int
+    """The pass's unstable-tree searches before the call."""
+    shared_bits: int
+    """The bit length of ``pages_shared`` at the pass start."""
+    prune_clamp: int
+    """Chains and new KSM pages are left to Python from this time on (ns)."""
+    timeout: int
+    """ksmd's sleep in jiffies, as the timer wheel takes it (0: none)."""
+    shift: int
+    """The timer wheel level's bucket shift for it."""
+    share: int
+    """The share of a CPU ksmd gets, percent."""
+    jiffy: int
+    """ns."""
+
+
+class Clocked(NamedTuple):
+    """What the batches of :meth:`Native.walk` with a clock did."""
+
+    batches: int
+    """Batches run whole."""
+    cpu: int
+    """Their CPU time (ns)."""
+    cost: int
+    """The last one's."""
+    last: int
+    """The last one's start."""
+    wake: int
+    """The next one's start; or, if the walk stopped inside one, that one's."""
+    work: tuple[int, ...]
+    """The whole batches' ``timing.Work``, summed."""
+    since: tuple[int, ...]
+    """The batch in progress's counts so far (``timing.Work``'s fields)."""
+
+
 Front = tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -437,6 +482,8 @@ class Native:
         self._walk_state = np.zeros(core.WALK_FIELDS, np.int64)
         self._walk_sums = np.zeros(core.VISIT_SUMS, np.int64)
         """:meth:`walk`'s state and the visit sums of the window it left to Python."""
+        self._clock = np.zeros(core.CLOCK_FIELDS, np.int64)
+        """:meth:`walk`'s clock, in and out (``CLOCK_*``)."""
         self._walk_out: tuple[npt.NDArray[Any], ...] | None = None
         """:meth:`walk`'s gathered window, its runs, and the frames freed and the
         visit sums of the windows it did."""
@@ -729,6 +776,7 @@ class Native:
         room: int,
         args: npt.NDArray[np.uint8],
         made_room: int,
+        clock: Clock | None = None,
     ) -> Walked:
         """A batch call's windows over pages [``start``, ``end``) of one mm
         (``ksr_walk``): each as :meth:`step` does it, until the mapping or the
@@ -743,6 +791,13 @@ class Native:
         ``visits`` is set here, window by window).  After
         :data:`WALKED_AFTER`, :meth:`walked_step` is the step of the window
         left (its front :meth:`front`, its items :meth:`listed_rows`).
+
+        With ``clock``, batches of ``budget`` visits one after the other
+        (``ksr_batches``), the first from ``visits``, each priced and followed
+        by the next as ``clock`` says, until the next starts at ``clock.t`` or
+        later (:data:`WALKED_BUDGET`) or one stops before its budget (the
+        other endings: that batch is in progress); :meth:`clocked` says what
+        the batches did.
         """
         core = self._core
         n = core.WINDOW_CHUNKS << core.CHUNK_SHIFT
@@ -773,11 +828,11 @@ class Native:
         st[core.WALK_DEAD_ROOM] = WALK_DEAD_ROOM
         pos, cum, kinds, stale, _summary = self._front_out
         w_ptes, w_imap, w_segs, w_dead, w_sums = self._walk_out
-        self._walk_sums.fill(0)
         found, n_dead = core.walk(
             tables, pt, im, st, pos, cum, kinds, stale, self._rows, self._step_sums, args,
             self._dead, _NOT_TRACED, self._made_room(made_room), self._walk_sums,
             w_ptes, w_imap, w_segs, w_dead, w_sums,
+            None if clock is None else self._clock_in(clock),
         )  # fmt: skip
         state = st.tolist()
         done = self._visited(0, w_sums, _NOT_TRACED, False, w_dead[:n_dead].copy())
@@ -799,6 +854,43 @@ class Native:
             state[core.WALK_MADE],
             state[core.WALK_FREED],
             done,
+        )
+
+    def clock(self, work: tuple[int, ...], clock: Clock, start: int) -> tuple[int, int]:
+        """What a batch of ``work`` (``timing.Work``'s fields) that started at
+        ``start`` costs and when the next one starts, by ``clock``, as
+        :meth:`walk` prices its batches (``ksr_batch_cost``, ``ksr_next_wake``)."""
+        cost, wake = self._core.clock(np.array(work, np.int64), self._clock_in(clock), start)
+        return cost, wake
+
+    def _clock_in(self, clock: Clock) -> npt.NDArray[np.int64]:
+        """``clock`` as ``ksr_batches`` takes it (``CLOCK_*``)."""
+        core, out = self._core, self._clock
+        out[core.CLOCK_PRICES : core.CLOCK_PRICES + core.WORK_FIELDS] = clock.prices
+        out[core.CLOCK_T] = clock.t
+        out[core.CLOCK_WAKE] = clock.wake
+        out[core.CLOCK_SEARCHED] = clock.searched
+        out[core.CLOCK_SHARED_BITS] = clock.shared_bits
+        out[core.CLOCK_PRUNE_CLAMP] = clock.prune_clamp
+        out[core.CLOCK_TIMEOUT] = clock.timeout
+        out[core.CLOCK_SHIFT] = clock.shift
+        out[core.CLOCK_SHARE] = clock.share
+        out[core.CLOCK_JIFFY] = clock.jiffy
+        return out
+
+    def clocked(self) -> Clocked:
+        """What the batches of the last :meth:`walk` with a clock did."""
+        core = self._core
+        out = self._clock.tolist()
+        work, since = core.CLOCK_WORK, core.CLOCK_SINCE
+        return Clocked(
+            out[core.CLOCK_BATCHES],
+            out[core.CLOCK_CPU],
+            out[core.CLOCK_COST],
+            out[core.CLOCK_LAST],
+            out[core.CLOCK_WAKE],
+            tuple(out[work : work + core.WORK_FIELDS]),
+            tuple(out[since : since + core.WORK_FIELDS]),
         )
 
     def walked_step(self) -> Stepped:
@@ -961,7 +1053,7 @@ class Native:
         self._core.map_insert(keys, values, bits, table, now)
 
 
-WALK_DEAD_ROOM = 1 << 16
+WALK_DEAD_ROOM = 1 << 18
 """Frames freed that :meth:`Native.walk` may list before it leaves a window to Python."""
 
 _NOT_TRACED = np.empty(0, TRACED)

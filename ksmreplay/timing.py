@@ -139,6 +139,18 @@ def next_wake_ns(batch_start: int, cost_ns: int, sleep_millisecs: int) -> int:
     return timer_fires_jiffy(end // JIFFY_NS, timeout) * JIFFY_NS
 
 
+def wake_clock(msecs: int) -> tuple[int, int]:
+    """:func:`next_wake_ns`'s numbers for a sleep of ``msecs``, for the native
+    core (``ksr_next_wake``): the timeout in jiffies as the timer wheel takes
+    it (0: no sleep), and the bucket shift of its wheel level."""
+    timeout = msecs_to_jiffies(msecs)
+    if timeout == 0:
+        return 0, 0
+    if timeout >= _TIMEOUT_CUTOFF:
+        timeout = _TIMEOUT_MAX
+    return timeout, _timer_level(timeout) * _LVL_CLK_SHIFT
+
+
 def sleep_ns(msecs: int) -> int:
     """ksmd's period when its batches are short and start on a tick, in ns (for
     0 a jiffy: what :func:`next_wake_ns` gives a batch of no cost).
@@ -283,6 +295,12 @@ def batch_cost_ns(work: Work, pages: int | None = None) -> int:
     split into batches.
     """
     return sum(map(operator.mul, work, _prices(*pass_percents(pages))))
+
+
+def unit_prices(pages: int | None = None) -> Work:
+    """What each unit of :class:`Work` costs in a pass over ``pages`` pages
+    (:func:`batch_cost_ns`, which is their sum over the units)."""
+    return _prices(*pass_percents(pages))
 
 
 @cache

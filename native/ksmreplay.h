@@ -419,7 +419,7 @@ enum {
 	WALK_STATUS,		/* the left window's step: STEP_*, and the free stack */
 	WALK_STEP_FREE,		/* after it (WALK_FREE and WALK_FRESH are before it) */
 	WALK_STEP_FRESH,
-	/* out: what the windows done here did, summed */
+	/* out: what the windows done here did, summed (the caller zeroes them) */
 	WALK_SKIPPED,		/* front: pages skipped */
 	WALK_UNSHARED,		/* front: skipped items out of an earlier pass's tree */
 	WALK_SCANNED,		/* front: visits */
@@ -446,8 +446,57 @@ struct walk {
 	irow_t *imap;		/* likewise */
 	int64_t *segs;		/* room for WINDOW_CHUNKS runs */
 	int64_t *dead;		/* frames freed, state[WALK_DEAD_ROOM] room */
-	int64_t n_dead;
+	int64_t n_dead;		/* (the caller zeroes it and sums[]) */
 	int64_t *sums;		/* VISIT_SUMS, accumulated */
+};
+
+/* -- several batches in one call (walk.c) --------------------------------- */
+
+/* ksmd's work by kind, the fields of timing.Work in its order. */
+enum {
+	WORK_BATCHES,
+	WORK_PASSES,
+	WORK_SKIPS,
+	WORK_HITS,
+	WORK_CHECKSUMS,
+	WORK_SEARCHES,
+	WORK_PAIRS,
+	WORK_MERGES,
+	WORK_ZERO_MERGES,
+	WORK_ALLOCS,
+	WORK_FREES,
+	WORK_DUPS,
+	WORK_UNSTABLE_LEVELS,
+	WORK_STABLE_LEVELS,
+	WORK_FIELDS
+};
+
+/*
+ * ksr_batches()'s clock, one int64_t each (Ksmd.batches): what prices a
+ * batch and says when the next one starts (timing.batch_cost_ns and
+ * timing.next_wake_ns, whose numbers Python passes in), and what the
+ * batches run did.
+ */
+enum {
+	CLOCK_PRICES,		/* ns per unit of each kind of work (WORK_*) */
+	CLOCK_T = CLOCK_PRICES + WORK_FIELDS,	/* wake-ups before it run */
+	CLOCK_SEARCHED,		/* the pass's unstable-tree searches before the call */
+	CLOCK_SHARED_BITS,	/* bit length of pages_shared at the pass start */
+	CLOCK_PRUNE_CLAMP,	/* chains and new KSM pages are left to Python from here (ns) */
+	CLOCK_TIMEOUT,		/* ksmd's sleep in jiffies (as the timer wheel takes it); 0: none */
+	CLOCK_SHIFT,		/* the wheel level's bucket shift for it */
+	CLOCK_SHARE,		/* the CPU share ksmd gets, percent (batch_wall_ns) */
+	CLOCK_JIFFY,		/* ns */
+	CLOCK_WAKE,		/* in: the first batch's start; out: the batch in progress's
+				 * start, or the next one's */
+	CLOCK_BATCHES,		/* out: batches run whole */
+	CLOCK_CPU,		/* out: their CPU time (ns) */
+	CLOCK_COST,		/* out: the last one's */
+	CLOCK_LAST,		/* out: the last one's start */
+	CLOCK_WORK,		/* out: their work, WORK_FIELDS, summed */
+	CLOCK_SINCE = CLOCK_WORK + WORK_FIELDS,	/* out: the work of the batch in
+						 * progress so far (its counts only) */
+	CLOCK_FIELDS = CLOCK_SINCE + WORK_FIELDS
 };
 
 /* -- the functions (each file says more) --------------------------------- */
@@ -480,6 +529,12 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struct directory *im,
 		 int64_t *state, struct step *s, const struct visit_args *a,
 		 const struct visit_out *o, struct walk *w);
+int64_t ksr_batches(const struct tables *t, const struct directory *pt,
+		    const struct directory *im, int64_t *state, struct step *s,
+		    const struct visit_args *a, const struct visit_out *o, struct walk *w,
+		    int64_t *clock);
+int64_t ksr_batch_cost(const int64_t *work, const int64_t *clock);
+int64_t ksr_next_wake(int64_t start, int64_t cost, const int64_t *clock);
 
 void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct slot *table,
 		  uint32_t now, int64_t *out);

@@ -514,20 +514,23 @@ static int take_directory(PyObject *o, struct directory *d)
 
 PyDoc_STRVAR(walk_doc,
 	     "walk(tables, pt, im, state, pos, cum, kind, stale, rows, summary, args, dead,\n"
-	     "     traced, made, sums, w_ptes, w_imap, w_segs, w_dead, w_sums) -> (found, dead)\n\n"
-	     "A batch's windows over one mapping (ksr_walk): WALKED_*, and the frames the\n"
-	     "windows done freed, listed in w_dead.  pt, im: PageTable.directory() of the\n"
-	     "mm's page table and item map; state: WALK_FIELDS values, updated; pos, cum,\n"
-	     "kind, stale, rows, dead: room for WINDOW_CHUNKS chunks; w_ptes, w_imap: as\n"
-	     "much room (PTE_BYTES and IROW_BYTES items); w_segs: room for WINDOW_CHUNKS runs;\n"
-	     "w_dead: state[WALK_DEAD_ROOM] room; w_sums: VISIT_SUMS values.");
+	     "     traced, made, sums, w_ptes, w_imap, w_segs, w_dead, w_sums[, clock])\n"
+	     "     -> (found, dead)\n\n"
+	     "A batch's windows over one mapping (ksr_walk), or with clock batches one after\n"
+	     "the other (ksr_batches): WALKED_*, and the frames the windows done freed, listed\n"
+	     "in w_dead.  pt, im: PageTable.directory() of the mm's page table and item map;\n"
+	     "state: WALK_FIELDS values, updated; pos, cum, kind, stale, rows, dead: room for\n"
+	     "WINDOW_CHUNKS chunks; w_ptes, w_imap: as much room (PTE_BYTES and IROW_BYTES\n"
+	     "items); w_segs: room for WINDOW_CHUNKS runs; w_dead: state[WALK_DEAD_ROOM] room;\n"
+	     "w_sums: VISIT_SUMS values; clock: CLOCK_FIELDS values, updated.");
 
 static PyObject *py_walk(PyObject *self, PyObject *args)
 {
 	struct held h = { .n = 0 };
-	PyObject *o_tables, *o_pt, *o_im, *o[17], *out = NULL;
+	PyObject *o_tables, *o_pt, *o_im, *o[17], *o_clock = Py_None, *out = NULL;
 	Py_ssize_t n_state, n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
-	Py_ssize_t n_ptes, n_imap, n_segs, n_dead, n_sums;
+	Py_ssize_t n_ptes, n_imap, n_segs, n_dead, n_sums, n_clock = CLOCK_FIELDS;
+	int64_t *clock = NULL;
 	const Py_ssize_t room = (Py_ssize_t)WINDOW_CHUNKS << CHUNK_SHIFT;
 	struct directory pt, im;
 	const struct tables *t;
@@ -536,10 +539,10 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 	struct walk w;
 	int64_t found;
 
-	if (!PyArg_ParseTuple(args, "O!O!O!OOOOOOOOOOOOOOOOO", &tables_type, &o_tables,
+	if (!PyArg_ParseTuple(args, "O!O!O!OOOOOOOOOOOOOOOOO|O", &tables_type, &o_tables,
 			      &PyTuple_Type, &o_pt, &PyTuple_Type, &o_im, &o[0], &o[1], &o[2],
 			      &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11],
-			      &o[12], &o[13], &o[14], &o[15], &o[16]))
+			      &o[12], &o[13], &o[14], &o[15], &o[16], &o_clock))
 		return NULL;
 	t = &((TablesObject *)o_tables)->t;
 	if (take_directory(o_pt, &pt) < 0 || take_directory(o_im, &im) < 0)
@@ -563,7 +566,16 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 	TAKE_N(w_segs, int64_t *, o[14], 8, 'i', 1, n_segs);
 	TAKE_N(w_dead, int64_t *, o[15], 8, 'i', 1, n_dead);
 	TAKE_N(w_sums, int64_t *, o[16], 8, 'i', 1, n_sums);
-	if (n_state != WALK_FIELDS || n_pos < room || n_cum < room || n_kind < room ||
+	if (o_clock != Py_None) {
+		clock = take(&h, o_clock, "clock", 8, 'i', 1, &n_clock);
+		if (!clock)
+			goto fail;
+	}
+	if (n_clock != CLOCK_FIELDS || (clock && (clock[CLOCK_SHARE] <= 0 ||
+						  clock[CLOCK_JIFFY] <= 0 ||
+						  clock[CLOCK_SHIFT] < 0 ||
+						  clock[CLOCK_SHIFT] > 60)) ||
+	    n_state != WALK_FIELDS || n_pos < room || n_cum < room || n_kind < room ||
 	    n_stale < room || n_rows < room || n_summary < STEP_SUMS || n_ptes < room ||
 	    n_imap < room || n_segs < 3 * WINDOW_CHUNKS || n_dead < state[WALK_DEAD_ROOM] ||
 	    n_sums < VISIT_SUMS || state[WALK_FREE] < 0 || state[WALK_FRESH] < 0 ||
@@ -577,8 +589,45 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 			   .summary = summary };
 	w = (struct walk){ .ptes = w_ptes, .imap = w_imap, .segs = w_segs, .dead = w_dead,
 			   .sums = w_sums };
-	found = ksr_walk(t, &pt, &im, state, &s, vargs, &vo, &w);
+	memset(w_sums, 0, VISIT_SUMS * sizeof(int64_t));
+	state[WALK_STEPPED] = 0;
+	for (int f = WALK_SKIPPED; f < WALK_FIELDS; f++)
+		state[f] = 0;
+	if (clock)
+		found = ksr_batches(t, &pt, &im, state, &s, vargs, &vo, &w, clock);
+	else
+		found = ksr_walk(t, &pt, &im, state, &s, vargs, &vo, &w);
 	out = Py_BuildValue("LL", (long long)found, (long long)w.n_dead);
+fail:
+	release(&h);
+	return out;
+}
+
+PyDoc_STRVAR(clock_doc,
+	     "clock(work, clock, start) -> (cost, wake)\n\n"
+	     "What a batch of work (WORK_FIELDS values) costs and when the next one starts\n"
+	     "after it started at start, by clock (CLOCK_FIELDS values): ksr_batch_cost and\n"
+	     "ksr_next_wake, as ksr_batches uses them.");
+
+static PyObject *py_clock(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_work, *o_clock, *out = NULL;
+	Py_ssize_t n_work, n_clock;
+	long long start;
+	int64_t cost;
+
+	if (!PyArg_ParseTuple(args, "OOL", &o_work, &o_clock, &start))
+		return NULL;
+	TAKE_N(work, const int64_t *, o_work, 8, 'i', 0, n_work);
+	TAKE_N(clock, const int64_t *, o_clock, 8, 'i', 0, n_clock);
+	if (n_work != WORK_FIELDS || n_clock != CLOCK_FIELDS || clock[CLOCK_SHARE] <= 0 ||
+	    clock[CLOCK_JIFFY] <= 0 || clock[CLOCK_SHIFT] < 0 || clock[CLOCK_SHIFT] > 60) {
+		PyErr_SetString(PyExc_ValueError, "clock: arrays or clock out of range");
+		goto fail;
+	}
+	cost = ksr_batch_cost(work, clock);
+	out = Py_BuildValue("LL", (long long)cost, (long long)ksr_next_wake(start, cost, clock));
 fail:
 	release(&h);
 	return out;
@@ -739,6 +788,7 @@ static PyMethodDef methods[] = {
 	{ "visit", py_visit, METH_VARARGS, visit_doc },
 	{ "step", py_step, METH_VARARGS, step_doc },
 	{ "walk", py_walk, METH_VARARGS, walk_doc },
+	{ "clock", py_clock, METH_VARARGS, clock_doc },
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
 	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
@@ -877,6 +927,12 @@ static int exec_module(PyObject *m)
 		C(WALK_UNSHARED), C(WALK_SCANNED),  C(WALK_HITS),     C(WALK_MADE),
 		C(WALK_FREED),	  C(WALK_FIELDS),
 		C(WALKED_END),	  C(WALKED_BUDGET), C(WALKED_BEFORE), C(WALKED_AFTER),
+		C(WORK_BATCHES),  C(WORK_FIELDS),   C(CLOCK_PRICES),  C(CLOCK_T),
+		C(CLOCK_SEARCHED), C(CLOCK_SHARED_BITS), C(CLOCK_PRUNE_CLAMP), C(CLOCK_TIMEOUT),
+		C(CLOCK_SHIFT),	  C(CLOCK_SHARE),   C(CLOCK_JIFFY),   C(CLOCK_WAKE),
+		C(CLOCK_BATCHES), C(CLOCK_CPU),	    C(CLOCK_COST),    C(CLOCK_LAST),
+		C(CLOCK_WORK),
+		C(CLOCK_SINCE),	  C(CLOCK_FIELDS),
 		{ "PTE_BYTES", sizeof(pte_t) }, { "IROW_BYTES", sizeof(irow_t) },
 #undef C
 	};

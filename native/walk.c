@@ -112,16 +112,13 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 	s->fresh = state[WALK_FRESH];
 	s->end = state[WALK_ROWS];
 	s->smart = (int32_t)state[WALK_SMART];
-	state[WALK_STEPPED] = 0;
-	for (int f = WALK_SKIPPED; f < WALK_FIELDS; f++)
-		state[f] = 0;
-	memset(w->sums, 0, VISIT_SUMS * sizeof(int64_t));
-	w->n_dead = 0;
 	while (start < end) {
 		int64_t chunks = (budget - visits) / per_chunk + 1;
 		int64_t i = lower(pt, start >> CHUNK_SHIFT), j, last = (end - 1) >> CHUNK_SHIFT;
 		int64_t n = 0, n_segs = 0, present = 0, missing = 0, stop, status, free, fresh;
 		int64_t *sum = s->summary;
+		pte_t *ptes;
+		irow_t *imap;
 
 		if (chunks > WINDOW_CHUNKS)
 			chunks = WINDOW_CHUNKS;
@@ -143,7 +140,6 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 			p->hi = end < base + CHUNK ? end : base + CHUNK;
 			p->at = n;
 			p->pte = (pte_t *)pt->chunks[pt->rows[i]] + (p->lo - base);
-			memcpy(w->ptes + n, p->pte, (size_t)(p->hi - p->lo) * sizeof(pte_t));
 			/* the item map's chunk of the same key */
 			while (j < im->n && im->keys[j] < key)
 				j++;
@@ -163,9 +159,25 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 			n += p->hi - p->lo;
 		}
 		state[WALK_CHUNKS] = chunks;
+		/* Chunks side by side in memory (rows of one block, mostly) are
+		 * stepped in place; others are gathered, and written back. */
+		ptes = pc[0].pte;
+		imap = pc[0].irow;
+		for (int64_t c = 1; c < chunks && ptes; c++)
+			if (pc[c].pte != pc[c - 1].pte + (pc[c - 1].hi - pc[c - 1].lo))
+				ptes = NULL;
+		for (int64_t c = 1; c < chunks && imap; c++)
+			if (!pc[c].irow || pc[c].irow != pc[c - 1].irow + (pc[c - 1].hi - pc[c - 1].lo))
+				imap = NULL;
+		if (!ptes) {
+			ptes = w->ptes;
+			for (int64_t c = 0; c < chunks; c++)
+				memcpy(ptes + pc[c].at, pc[c].pte,
+				       (size_t)(pc[c].hi - pc[c].lo) * sizeof(pte_t));
+		}
 		if (missing) {
 			for (int64_t p = 0; p < n && !present; p++)
-				present = w->ptes[p] >= 0;
+				present = ptes[p] >= 0;
 			if (present) {
 				found = WALKED_BEFORE;
 				break;
@@ -175,9 +187,12 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 			start = pc[chunks - 1].hi;
 			continue;
 		}
-		for (int64_t c = 0; c < chunks; c++)
-			memcpy(w->imap + pc[c].at, pc[c].irow,
-			       (size_t)(pc[c].hi - pc[c].lo) * sizeof(irow_t));
+		if (!imap) {
+			imap = w->imap;
+			for (int64_t c = 0; c < chunks; c++)
+				memcpy(imap + pc[c].at, pc[c].irow,
+				       (size_t)(pc[c].hi - pc[c].lo) * sizeof(irow_t));
+		}
 		if ((item_page < pc[0].lo && items_in(im, item_page, pc[0].lo)) ||
 		    s->free + n > t->free_room || w->n_dead + n > state[WALK_DEAD_ROOM] ||
 		    (n < budget - visits ? n : budget - visits) > room) {
@@ -186,7 +201,7 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 		}
 		args.visits = visits;
 		*s = (struct step){
-			.n = n, .ptes = w->ptes, .imap = w->imap, .segs = w->segs, .n_segs = n_segs,
+			.n = n, .ptes = ptes, .imap = imap, .segs = w->segs, .n_segs = n_segs,
 			.budget = budget - visits, .free = s->free, .fresh = s->fresh, .end = s->end,
 			.smart = s->smart, .pos = s->pos, .cum = s->cum, .kind = s->kind,
 			.stale = s->stale, .rows = s->rows, .summary = s->summary,
@@ -200,13 +215,15 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 			start = pc[chunks - 1].hi;
 			continue;
 		}
-		state[WALK_STEPPED]++;
+		state[WALK_STEPPED]++;	/* (summed, as the counts) */
 		state[WALK_WINDOW_VISITS] = visits;
 		for (int64_t c = 0; c < chunks; c++) {
-			memcpy(pc[c].pte, w->ptes + pc[c].at,
-			       (size_t)(pc[c].hi - pc[c].lo) * sizeof(pte_t));
-			memcpy(pc[c].irow, w->imap + pc[c].at,
-			       (size_t)(pc[c].hi - pc[c].lo) * sizeof(irow_t));
+			if (ptes == w->ptes && o->sums[VISIT_PTES])
+				memcpy(pc[c].pte, ptes + pc[c].at,
+				       (size_t)(pc[c].hi - pc[c].lo) * sizeof(pte_t));
+			if (imap == w->imap && (sum[STEP_ITEMS] || sum[FRONT_STALE]))
+				memcpy(pc[c].irow, imap + pc[c].at,
+				       (size_t)(pc[c].hi - pc[c].lo) * sizeof(irow_t));
 		}
 		if (!plain(t, status, a, o)) {
 			state[WALK_STATUS] = status;
@@ -254,4 +271,124 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 	state[WALK_FRESH] = s->fresh;
 	state[WALK_ROOM] = room;
 	return found;
+}
+
+/* sum(i.bit_length() for i in range(1, m + 1)) (timing._levels) */
+static int64_t levels(int64_t m)
+{
+	int64_t n;
+
+	if (m <= 0)
+		return 0;
+	n = 64 - __builtin_clzll((unsigned long long)m);
+	return (n - 2) * ((int64_t)1 << (n - 1)) + 1 + n * (m - ((int64_t)1 << (n - 1)) + 1);
+}
+
+/* timing.batch_cost_ns: work[] priced at clock[CLOCK_PRICES...] */
+int64_t ksr_batch_cost(const int64_t *work, const int64_t *clock)
+{
+	int64_t cost = 0;
+
+	for (int k = 0; k < WORK_FIELDS; k++)
+		cost += work[k] * clock[CLOCK_PRICES + k];
+	return cost;
+}
+
+/*
+ * timing.next_wake_ns: the batch lasts its cost at ksmd's share of a CPU;
+ * without a sleep the next one starts where it ends (a jiffy later if it
+ * cost nothing), else on the tick the timer armed in the jiffy it ends in
+ * fires (its expiry rounded up to the next bucket of its wheel level).
+ */
+int64_t ksr_next_wake(int64_t start, int64_t cost, const int64_t *clock)
+{
+	int64_t end = start + cost * 100 / clock[CLOCK_SHARE], jiffy = clock[CLOCK_JIFFY];
+	int64_t expires, shift = clock[CLOCK_SHIFT];
+
+	if (clock[CLOCK_TIMEOUT] == 0)
+		return end > start ? end : start + jiffy;
+	expires = end / jiffy + clock[CLOCK_TIMEOUT];
+	return (((expires >> shift) + 1) << shift) * jiffy;
+}
+
+/* What ksmd did so far, by kind (Ksmd._marks): the counts of timing.Work. */
+static void counts(const int64_t *state, const struct walk *w, int64_t *c)
+{
+	c[WORK_BATCHES] = c[WORK_PASSES] = 0;
+	c[WORK_SKIPS] = state[WALK_SKIPPED];
+	c[WORK_HITS] = state[WALK_HITS] + w->sums[VISIT_HITS];
+	c[WORK_CHECKSUMS] = w->sums[VISIT_CHECKSUMS];
+	c[WORK_SEARCHES] = w->sums[VISIT_SEARCHES];
+	c[WORK_PAIRS] = w->sums[VISIT_PAIRS];
+	c[WORK_MERGES] = w->sums[VISIT_MERGES];
+	c[WORK_ZERO_MERGES] = w->sums[VISIT_ZERO];
+	c[WORK_ALLOCS] = state[WALK_MADE];
+	c[WORK_FREES] = state[WALK_FREED];
+	c[WORK_DUPS] = w->sums[VISIT_DUPS];
+	c[WORK_UNSTABLE_LEVELS] = c[WORK_STABLE_LEVELS] = 0;
+}
+
+/*
+ * Wake-ups of ksmd one after the other (Engine._advance, Ksmd.batch), each a
+ * batch of state[WALK_BUDGET] visits over the same mapping with ksr_walk(),
+ * priced and followed by the next wake-up as Python would, from
+ * clock[CLOCK_WAKE] on, until the next wake-up is clock[CLOCK_T] or later
+ * (WALKED_BUDGET: every batch ran whole) or a batch stops before its budget
+ * (the mapping ends, or a window needs Python: WALKED_END, _BEFORE, _AFTER as
+ * ksr_walk() says; that batch is in progress, clock[CLOCK_SINCE] its work so
+ * far).  Chains and new KSM pages are done in C only at times below the clamp,
+ * as Ksmd._batch_args says.  The caller zeroes the sums as for ksr_walk().
+ */
+int64_t ksr_batches(const struct tables *t, const struct directory *pt,
+		    const struct directory *im, int64_t *state, struct step *s,
+		    const struct visit_args *a, const struct visit_out *o, struct walk *w,
+		    int64_t *clock)
+{
+	struct visit_args args = *a;
+	int64_t wake = clock[CLOCK_WAKE], before[WORK_FIELDS], after[WORK_FIELDS];
+	int64_t *work = clock + CLOCK_WORK, searched = clock[CLOCK_SEARCHED];
+
+	clock[CLOCK_BATCHES] = clock[CLOCK_CPU] = clock[CLOCK_COST] = clock[CLOCK_LAST] = 0;
+	for (int k = 0; k < WORK_FIELDS; k++)
+		work[k] = clock[CLOCK_SINCE + k] = 0;
+	counts(state, w, after);
+	for (;;) {
+		int64_t in_range = wake < clock[CLOCK_PRUNE_CLAMP], found, cost;
+		int64_t batch[WORK_FIELDS];
+
+		memcpy(before, after, sizeof(before));
+		args.now = in_range ? wake : 0;
+		args.chains = args.pairs = (uint8_t)in_range;
+		state[WALK_VISITS] = 0;
+		found = ksr_walk(t, pt, im, state, s, &args, o, w);
+		counts(state, w, after);
+		if (found != WALKED_BUDGET) {
+			for (int k = 0; k < WORK_FIELDS; k++)
+				clock[CLOCK_SINCE + k] = after[k] - before[k];
+			clock[CLOCK_WAKE] = wake;
+			return found;
+		}
+		for (int k = 0; k < WORK_FIELDS; k++)
+			batch[k] = after[k] - before[k];
+		batch[WORK_BATCHES] = 1;
+		batch[WORK_UNSTABLE_LEVELS] =
+			levels(searched + after[WORK_SEARCHES]) -
+			levels(searched + before[WORK_SEARCHES] > 0 ? searched + before[WORK_SEARCHES]
+								    : 0);
+		batch[WORK_STABLE_LEVELS] = (batch[WORK_SEARCHES] + batch[WORK_MERGES]) *
+					    clock[CLOCK_SHARED_BITS];
+		cost = ksr_batch_cost(batch, clock);
+		for (int k = 0; k < WORK_FIELDS; k++)
+			work[k] += batch[k];
+		clock[CLOCK_BATCHES]++;
+		clock[CLOCK_CPU] += cost;
+		clock[CLOCK_COST] = cost;
+		clock[CLOCK_LAST] = wake;
+		wake = ksr_next_wake(wake, cost, clock);
+		state[WALK_START] = state[WALK_STOP] + 1;
+		if (wake >= clock[CLOCK_T]) {
+			clock[CLOCK_WAKE] = wake;
+			return WALKED_BUDGET;
+		}
+	}
 }

@@ -92,19 +92,25 @@ from ksmreplay.native import (
     WALKED_BEFORE,
     WALKED_BUDGET,
     WALKED_END,
+    Clock,
     Native,
     Stepped,
     VisitArgs,
     Visited,
+    Walked,
     native,
 )
 from ksmreplay.timing import (
+    CPU_SHARE_PERCENT,
     JIFFY_NS,
     Work,
     batch_cost_ns,
     cached_pages,
     jiffies_ns,
+    next_wake_ns,
+    unit_prices,
     unstable_levels,
+    wake_clock,
 )
 from ksmreplay.vm import (
     CHUNK,
@@ -662,7 +668,14 @@ class Ksmd(FlaggedItems):
 
     # -- the scan ------------------------------------------------------------
 
-    def batch(self, budget: int, now: int, sub_budget: int = 0, period: int = 0) -> int:
+    def batch(
+        self,
+        budget: int,
+        now: int,
+        sub_budget: int = 0,
+        period: int = 0,
+        resumed: tuple[int, tuple[int, ...], bool] | None = None,
+    ) -> int:
         """``ksm_do_scan(budget)``: visit up to ``budget`` items; return the visits.
 
         The batch ends early when a pass ends (``scan_get_next_rmap_item()``
@@ -674,13 +687,31 @@ class Ksmd(FlaggedItems):
         next begins walks exactly as they would, so only the time differs,
         and what reads the time (chain pruning, the advisor) sees that of the
         batch it falls in.  The pass-starting work can only come first.
+
+        ``resumed`` goes on with a batch :meth:`batches` began in C: its
+        visits so far, its counts so far (``Work``'s fields), and whether
+        C left the window at the cursor after its step.
         """
         self.now = now
         self._clock = (now, sub_budget, period)
         self._batch_marks = self._marks()
         if self.native is not None:
             self._batch_args(budget)
-        visits = 0
+        visits, pending = 0, False
+        if resumed is not None:
+            visits, since, pending = resumed
+            self._batch_marks = self._batch_marks._replace(
+                skipped=self._batch_marks.skipped - since[2],
+                hits=self._batch_marks.hits - since[3],
+                checksums=self._batch_marks.checksums - since[4],
+                searches=self._batch_marks.searches - since[5],
+                pairs=self._batch_marks.pairs - since[6],
+                merges=self._batch_marks.merges - since[7],
+                zero_merges=self._batch_marks.zero_merges - since[8],
+                dups=self._batch_marks.dups - since[11],
+                items=self._batch_marks.items - (since[9] - since[10]),
+                item_changes=self._batch_marks.item_changes - (since[9] + since[10]),
+            )
         while visits < budget:
             if self.cursor is None:
                 if not self.slots:
@@ -688,7 +719,8 @@ class Ksmd(FlaggedItems):
                 self._start_pass()
             slot = self.cursor
             assert slot is not None
-            finished, visits = self._scan_mm(slot, budget, visits)
+            finished, visits = self._scan_mm(slot, budget, visits, pending)
+            pending = False
             if not finished:
                 break
             # The batch that ends the pass is the one after the last visit's,
@@ -699,6 +731,78 @@ class Ksmd(FlaggedItems):
         batches = min(budget // sub_budget, visits // sub_budget + 1) if sub_budget else 1
         self._account(self.work(self._batch_marks, batches))
         return visits
+
+    def batches(self, budget: int, wake: int, t: int) -> int | None:
+        """The wake-ups from ``wake`` on before ``t``, each a :meth:`batch` of
+        ``budget`` visits and the next starting when it says
+        (:func:`~ksmreplay.timing.next_wake_ns`); the next wake-up.
+
+        The native core runs them (:meth:`Native.walk` with a clock), pricing
+        each batch as :meth:`work` and :meth:`_account` do, while they stay
+        in the cursor's VMA and need nothing of Python; a batch it stops in
+        is finished by :meth:`batch`.  None, with nothing run, where it
+        cannot start (no native core, a tracer, the v6 design, a pass to
+        start, the cursor outside a mergeable VMA, ``t`` from
+        :data:`PRUNE_CLAMP` on).  For the engine, which
+        calls it only where no two wake-ups may run as one call
+        (``Engine._steady_period``).
+        """
+        core, it, c = self.native, self.items, self.c
+        slot = self.cursor
+        if (
+            core is None
+            or not self.native_walk
+            or self.tracer is not None
+            or self.mode.flags_zero_page_items
+            or slot is None
+            or slot.mm.exiting
+            or budget <= 0
+            or t >= PRUNE_CLAMP  # (the native core's clock is 64 bits)
+        ):
+            return None
+        mm = slot.mm
+        i = mm.vma_index(self.cursor_page)
+        if i == len(mm.vmas) or not mm.vmas[i].mergeable:
+            return None
+        vma = mm.vmas[i]
+        self.cursor_saw_mergeable = True
+        self.now = wake
+        self._clock = (wake, 0, 0)
+        self._batch_args(budget)
+        free_rows, n_free, fresh, rows = it.free_rows(WINDOW_CHUNKS * CHUNK)
+        self._reserve_made()
+        self._window_args(slot)
+        base, shared = self._pass_marks
+        sleep = self.knobs.sleep_millisecs
+        timeout, shift = wake_clock(sleep)
+        clock = Clock(
+            unit_prices(self._cached_pages()), t, wake, c.searches - base,
+            shared.bit_length(), PRUNE_CLAMP, timeout, shift, CPU_SHARE_PERCENT, JIFFY_NS,
+        )  # fmt: skip
+        walked = core.walk(
+            self._tables(core, free_rows), mm.pt.directory(), slot.items.directory(),
+            max(self.cursor_page, vma.start), vma.end, budget, 0, self._visits_per_chunk,
+            self.cursor_item_page, bool(self.knobs.smart_scan), (n_free, fresh, rows),
+            self.unstable.room(), self._args.bytes, MADE_ROOM, clock,
+        )  # fmt: skip
+        ran = core.clocked()
+        self._took(slot, walked)
+        if ran.batches:
+            self.work_done = Work(*map(operator.add, self.work_done, ran.work))
+            self.cpu_ns += ran.cpu
+            self.batch_ns = ran.cost
+        if walked.found == WALKED_BUDGET:
+            # (every batch ran whole: the last one's clock stays)
+            self.cursor_page = walked.stop + 1
+            self.now = ran.last
+            self._clock = (ran.last, 0, 0)
+            return ran.wake
+        # A batch in progress: Python goes on with it from the window C stopped at.
+        self.cursor_page = walked.start
+        self.batch(
+            budget, ran.wake, resumed=(walked.visits, ran.since, walked.found == WALKED_AFTER)
+        )
+        return next_wake_ns(ran.wake, self.batch_ns, sleep)
 
     # -- ksmd's CPU time (timing.Work) -------------------------------------
 
@@ -815,13 +919,17 @@ class Ksmd(FlaggedItems):
             self._emit("ksm_stop_scan", seq=self.seqnr, rmap_entries=self.c.rmap_items)
         self.seqnr += 1
 
-    def _scan_mm(self, slot: Slot, budget: int, visits: int) -> tuple[bool, int]:
+    def _scan_mm(
+        self, slot: Slot, budget: int, visits: int, pending: bool = False
+    ) -> tuple[bool, int]:
         """Walk the cursor's mm from the cursor; (mm finished, visits so far).
 
         With the native core (and no tracer, not the v6 design), the windows
         of a VMA are walked in C (:meth:`_walk_native`) until one needs Python, which
         is done here as without it (:meth:`_scan_window`, which goes on from
         the step C made of it, if C made one), and C goes on after it.
+        With ``pending``, the window at the cursor is one C left after its
+        step (:meth:`batches`).
         """
         mm = slot.mm
         if mm.exiting:
@@ -845,7 +953,9 @@ class Ksmd(FlaggedItems):
             start = max(self.cursor_page, vma.start)
             while start < vma.end:
                 found = WALKED_BEFORE
-                if walks:
+                if pending:
+                    found, pending = WALKED_AFTER, False
+                elif walks:
                     found, start, visits = self._walk_native(slot, start, vma.end, budget, visits)
                     if found == WALKED_END:
                         break
@@ -881,7 +991,7 @@ class Ksmd(FlaggedItems):
         :meth:`_scan_window` takes it in.  Returns how the walk ended
         (``WALKED_*``), where it stopped and the visits so far; with
         ``WALKED_BUDGET`` the cursor is set."""
-        core, it, c = self.native, self.items, self.c
+        core, it = self.native, self.items
         assert core is not None
         free_rows, n_free, fresh, rows = it.free_rows(WINDOW_CHUNKS * CHUNK)
         self._reserve_made()
@@ -892,6 +1002,17 @@ class Ksmd(FlaggedItems):
             bool(self.knobs.smart_scan), (n_free, fresh, rows), self.unstable.room(),
             self._args.bytes, MADE_ROOM,
         )  # fmt: skip
+        self._took(slot, walked)
+        if walked.stepped:
+            self._tick(walked.window_visits + 1)
+        if walked.found == WALKED_BUDGET:
+            self.cursor_page = walked.stop + 1
+        return walked.found, walked.start, walked.visits
+
+    def _took(self, slot: Slot, walked: Walked) -> None:
+        """Take in what the windows :meth:`Native.walk` did wholly did, as
+        :meth:`_scan_window` takes a window's in."""
+        it, c = self.items, self.c
         made, freed = walked.made, walked.freed
         it.took(made, freed, walked.free, walked.fresh)
         if walked.stepped:
@@ -902,12 +1023,8 @@ class Ksmd(FlaggedItems):
             c.pages_scanned += walked.scanned
             c.hits += walked.hits
             self._visited(slot, walked.done)
-            self._tick(walked.window_visits + 1)
             self.cursor_item_page = walked.item_page
         self._visits_per_chunk = walked.per_chunk
-        if walked.found == WALKED_BUDGET:
-            self.cursor_page = walked.stop + 1
-        return walked.found, walked.start, walked.visits
 
     def _scan_window(
         self, slot: Slot, segs: list[tuple[int, int, IntArray]], budget: int, walked: bool = False
