@@ -699,18 +699,19 @@ class Ksmd(FlaggedItems):
             self._batch_args(budget)
         visits, pending = 0, False
         if resumed is not None:
-            visits, since, pending = resumed
-            self._batch_marks = self._batch_marks._replace(
-                skipped=self._batch_marks.skipped - since[2],
-                hits=self._batch_marks.hits - since[3],
-                checksums=self._batch_marks.checksums - since[4],
-                searches=self._batch_marks.searches - since[5],
-                pairs=self._batch_marks.pairs - since[6],
-                merges=self._batch_marks.merges - since[7],
-                zero_merges=self._batch_marks.zero_merges - since[8],
-                dups=self._batch_marks.dups - since[11],
-                items=self._batch_marks.items - (since[9] - since[10]),
-                item_changes=self._batch_marks.item_changes - (since[9] + since[10]),
+            visits, counts, pending = resumed
+            done, m = Work(*counts), self._batch_marks
+            self._batch_marks = m._replace(
+                skipped=m.skipped - done.skips,
+                hits=m.hits - done.hits,
+                checksums=m.checksums - done.checksums,
+                searches=m.searches - done.searches,
+                pairs=m.pairs - done.pairs,
+                merges=m.merges - done.merges,
+                zero_merges=m.zero_merges - done.zero_merges,
+                dups=m.dups - done.dups,
+                items=m.items - (done.allocs - done.frees),
+                item_changes=m.item_changes - (done.allocs + done.frees),
             )
         while visits < budget:
             if self.cursor is None:
