@@ -129,6 +129,10 @@ def test_the_native_clock_is_timing_s(monkeypatch: pytest.MonkeyPatch) -> None:
     :func:`timing.next_wake_ns`."""
     core = native.native()
     assert core is not None
+    # (ksmreplay.h names the kinds of work in timing.Work's order)
+    module = native._core
+    kinds = [getattr(module, f"WORK_{name.upper()}") for name in timing.Work._fields]
+    assert kinds == list(range(module.WORK_FIELDS))
     rng = random.Random(5)
     sleeps = [0, 1, 4, 5, 20, 100, 252, 1000, 5000, 60_000, 10**7, 2**40]
     for _ in range(3000):
