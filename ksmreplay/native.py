@@ -1053,7 +1053,7 @@ class Native:
         self._core.map_insert(keys, values, bits, table, now)
 
 
-WALK_DEAD_ROOM = 1 << 18
+WALK_DEAD_ROOM = 1 << 16
 """Frames freed that :meth:`Native.walk` may list before it leaves a window to Python."""
 
 _NOT_TRACED = np.empty(0, TRACED)
