@@ -61,8 +61,8 @@ _WITHOUT_CORE = SimpleNamespace(
     PTE_ZERO=-2,
     PTE_KSM_ZERO=-3,
     CHUNK_SHIFT=9,
-    PTE_BYTES=8,
-    IROW_BYTES=8,
+    PTE_BYTES=4,
+    IROW_BYTES=4,
     STATE_NONE=0,
     STATE_UNSTABLE=1,
     STATE_STABLE=2,
@@ -125,6 +125,9 @@ PTE_DTYPE = np.dtype(f"<i{_h.PTE_BYTES}")
 """A page-table entry (``pte_t``): a frame row or one of the PTE_* values."""
 IROW_DTYPE = np.dtype(f"<i{_h.IROW_BYTES}")
 """An item-map entry (``irow_t``): an item row, or -1 for none."""
+Entries = npt.NDArray[np.signedinteger[Any]]
+"""Page-table or item-map entries (of :data:`PTE_DTYPE` or :data:`IROW_DTYPE`):
+a chunk, a view of one, a window's copy."""
 
 STATE_NONE: int = _h.STATE_NONE
 """An item in no tree (volatile)."""
@@ -524,8 +527,8 @@ class Native:
 
     def window(
         self,
-        ptes: npt.NDArray[np.int64],
-        imap: npt.NDArray[np.int64],
+        ptes: Entries,
+        imap: Entries,
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
         items: npt.NDArray[np.void],
@@ -599,8 +602,8 @@ class Native:
     def step(
         self,
         tables: Any,
-        ptes: npt.NDArray[np.int64],
-        imap: npt.NDArray[np.int64],
+        ptes: Entries,
+        imap: Entries,
         segs: npt.NDArray[np.int64],
         budget: int,
         smart: bool,
@@ -689,7 +692,7 @@ class Native:
         rows: npt.NDArray[np.int64],
         kind: npt.NDArray[np.uint8],
         when: npt.NDArray[np.int64],
-        ptes: npt.NDArray[np.int64],
+        ptes: Entries,
         segs: npt.NDArray[np.int64],
         args: npt.NDArray[np.uint8],
         room: int,

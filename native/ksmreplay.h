@@ -34,11 +34,14 @@
 
 /*
  * A page-table entry, and an item-map entry (an item row, or -1 for none):
- * the element types of the page tables' and item maps' chunks.  Python
- * reads their sizes (PTE_BYTES, IROW_BYTES) to make its arrays alike.
+ * the element types of the page tables' and item maps' chunks, and of a scan
+ * window's copies of them.  Python reads their sizes (PTE_BYTES, IROW_BYTES)
+ * to make its arrays alike.  32 bits hold them: frame rows and item rows stay
+ * below 2^31 - 1 (ksmreplay/arrays.py ROW_LIMIT, checked where a table grows,
+ * more_rows()), and the PTE_* values are small negatives.
  */
-typedef int64_t pte_t;
-typedef int64_t irow_t;
+typedef int32_t pte_t;
+typedef int32_t irow_t;
 
 /* -- rmap items (ksm/items.py ItemTable) --------------------------------- */
 
@@ -316,7 +319,7 @@ struct events {
 	const int64_t *rows;
 	const uint8_t *kind;
 	const int64_t *when;
-	int64_t *ptes;		/* the window's PTEs, by position */
+	pte_t *ptes;		/* the window's PTEs, by position */
 	const int64_t *segs;	/* the window's runs: (first page, end page, first position) */
 	int64_t n_segs;
 };
@@ -336,8 +339,8 @@ struct visit_out {
  */
 struct step {
 	int64_t n;		/* positions */
-	int64_t *ptes;
-	int64_t *imap;		/* item of each position (-1: none), updated */
+	pte_t *ptes;
+	irow_t *imap;		/* item of each position (-1: none), updated */
 	const int64_t *segs;	/* as struct events */
 	int64_t n_segs;
 	int64_t budget;
@@ -383,12 +386,12 @@ int64_t ksr_skip(const uint8_t *buf, int64_t size, int64_t pos);
 
 int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *first,
 		      const int64_t *count, const uint64_t *fp, const int64_t *dirs,
-		      int64_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
+		      pte_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
 		      int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
 		      int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
 		      int64_t *events);
 
-int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
+int64_t ksr_window(int64_t n, const pte_t *ptes, const irow_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
 		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind,

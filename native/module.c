@@ -172,7 +172,7 @@ static PyObject *py_write_run(PyObject *self, PyObject *args)
 	TAKE_N(count, const int64_t *, o[2], 8, 'i', 0, n_count);
 	TAKE_N(fps, const uint64_t *, o[3], 8, 'u', 0, n_fps);
 	TAKE(dirs, const int64_t *, o[4], 8, 'i', 0);
-	TAKE_N(ptes, int64_t **, o[5], 8, 'i', 1, n_ptes);
+	TAKE_N(ptes, pte_t **, o[5], sizeof(pte_t *), 'i', 1, n_ptes);
 	TAKE_N(owner, int32_t *, o[6], 4, 'i', 1, n_owner);
 	TAKE_N(found, int64_t *, o[7], 8, 'i', 1, n_found);
 	TAKE_N(content, uint64_t *, o[8], 8, 'u', 1, n_content);
@@ -217,8 +217,8 @@ static PyObject *py_window(PyObject *self, PyObject *args)
 			      &smart, &keep_flagged, &seqnr, &budget, &o[5], &o[6], &o[7], &o[8],
 			      &o[9]))
 		return NULL;
-	TAKE_N(ptes, const int64_t *, o[0], 8, 'i', 0, n);
-	TAKE_N(imap, const int64_t *, o[1], 8, 'i', 0, n_imap);
+	TAKE_N(ptes, const pte_t *, o[0], sizeof(pte_t), 'i', 0, n);
+	TAKE_N(imap, const irow_t *, o[1], sizeof(irow_t), 'i', 0, n_imap);
 	TAKE(fr_ksm, const uint8_t *, o[2], 1, 'u', 0);
 	TAKE(fr_node, const int32_t *, o[3], 4, 'i', 0);
 	TAKE(items, struct item_hot *, o[4], sizeof(struct item_hot), 'r', 1);
@@ -410,7 +410,7 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE_N(rows, const int64_t *, o[1], 8, 'i', 0, n_rows);
 	TAKE_N(kind, const uint8_t *, o[2], 1, 'u', 0, n_kind);
 	TAKE_N(when, const int64_t *, o[3], 8, 'i', 0, n_when);
-	TAKE(ptes, int64_t *, o[4], 8, 'i', 1);
+	TAKE(ptes, pte_t *, o[4], sizeof(pte_t), 'i', 1);
 	TAKE_N(segs, const int64_t *, o[5], 8, 'i', 0, n_segs);
 	/* (bytes, not a record: a record's buffer format is slow to make) */
 	TAKE_N(vargs, const struct visit_args *, o[6], 1, 'u', 0, n_args);
@@ -458,8 +458,8 @@ static PyObject *py_step(PyObject *self, PyObject *args)
 			      &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13]))
 		return NULL;
 	t = &((TablesObject *)o_tables)->t;
-	TAKE_N(ptes, int64_t *, o[0], 8, 'i', 1, n);
-	TAKE_N(imap, int64_t *, o[1], 8, 'i', 1, n_imap);
+	TAKE_N(ptes, pte_t *, o[0], sizeof(pte_t), 'i', 1, n);
+	TAKE_N(imap, irow_t *, o[1], sizeof(irow_t), 'i', 1, n_imap);
 	TAKE_N(segs, const int64_t *, o[2], 8, 'i', 0, n_segs);
 	TAKE_N(pos, int64_t *, o[3], 8, 'i', 1, n_pos);
 	TAKE_N(cum, int64_t *, o[4], 8, 'i', 1, n_cum);

@@ -47,7 +47,7 @@
 
 struct scan {
 	/* window */
-	int64_t *ptes;
+	pte_t *ptes;
 	const int64_t *when;
 	/* frames, items, stable nodes, chains, trees (a copy of the caller's) */
 	struct tables t;
@@ -348,7 +348,7 @@ static int merge_pair(struct scan *k, int64_t i, int64_t row, int64_t frame, uin
 	k->sums[VISIT_PAIRS]++;
 	/* this page becomes the KSM page in place; the partner's PTE points at it */
 	k->t.fr_ksm[frame] = 1;
-	k->ptes[q] = frame;
+	k->ptes[q] = (pte_t)frame;
 	k->t.fr_mapcount[frame]++;
 	k->sums[VISIT_PTES]++;
 	put_frame(k, other);
@@ -461,7 +461,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		/* replace_page() into the node's KSM page, stable_tree_append() */
 		int64_t kframe = k->t.node_frame[node];
 
-		k->ptes[p] = kframe;
+		k->ptes[p] = (pte_t)kframe;
 		k->t.fr_mapcount[kframe]++;
 		k->sums[VISIT_MERGES]++;
 		k->sums[VISIT_PTES]++;

@@ -37,7 +37,7 @@
  * position handled (-1: none present), whether the budget stopped the walk
  * and the items that left an unstable tree.
  */
-int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
+int64_t ksr_window(int64_t n, const pte_t *ptes, const irow_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
 		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind, int64_t *out_stale,
@@ -154,7 +154,7 @@ static void alloc_items(const struct tables *t, struct step *s, int32_t slot, in
 		t->cold[row].page = seg[0] + p - seg[2];
 		if (s->smart && !t->fr_ksm[s->ptes[p]])
 			t->items[row].age = 1;
-		s->imap[p] = row;
+		s->imap[p] = (irow_t)row;
 		s->rows[i] = row;
 	}
 }

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
 from ksmreplay.native import (
+    IROW_DTYPE,
     ITEM_COLD,
     ITEM_HOT,
     STATE_NONE,
@@ -179,6 +180,7 @@ class Slot:
 
     id: int
     mm: MM
-    items: PageTable = field(default_factory=PageTable)
+    items: PageTable = field(default_factory=lambda: PageTable(IROW_DTYPE))
+    """The item map: the item of each page (or -1), laid out as a page table."""
     rmap_items: int = 0
     merging_pages: int = 0

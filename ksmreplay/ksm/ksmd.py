@@ -88,6 +88,7 @@ from ksmreplay.native import (
     STEP_ALLOC,
     STEP_HANDED,
     STEP_NONE,
+    Entries,
     Native,
     Stepped,
     VisitArgs,
@@ -132,7 +133,7 @@ class _Marks(NamedTuple):
     item_changes: int
 
 
-def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
+def _chunks_used(segs: list[tuple[int, int, Entries]], last: int) -> int:
     """The page-table chunks of a window's runs ``segs`` up to page ``last``."""
     if len(segs) == 1:
         lo, hi, _v = segs[0]
@@ -144,7 +145,7 @@ def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
     )
 
 
-def _seg_rows(segs: list[tuple[int, int, IntArray]]) -> IntArray:
+def _seg_rows(segs: list[tuple[int, int, Entries]]) -> IntArray:
     """A window's runs of pages as the native core takes them: (first page, end
     page, first position) each, flat."""
     out: list[int] = []
@@ -844,7 +845,7 @@ class Ksmd(FlaggedItems):
         return True, visits
 
     def _scan_window(
-        self, slot: Slot, segs: list[tuple[int, int, IntArray]], budget: int
+        self, slot: Slot, segs: list[tuple[int, int, Entries]], budget: int
     ) -> tuple[int, int | None]:
         """Handle the present pages of consecutive page-table segments, in address order.
 
@@ -906,7 +907,7 @@ class Ksmd(FlaggedItems):
             self._tick(self._window_visits + 1)
             self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
             rows, stale_rows = self._take_listed(
-                slot, front, ptes, imap, imap_views, pages, imap[front.pos]
+                slot, front, ptes, imap, imap_views, pages, imap[front.pos].astype(np.int64)
             )
             return self._window_done(
                 core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
@@ -970,9 +971,9 @@ class Ksmd(FlaggedItems):
         self,
         core: Native,
         slot: Slot,
-        segs: list[tuple[int, int, IntArray]],
+        segs: list[tuple[int, int, Entries]],
         seg_rows: IntArray,
-        ptes: IntArray,
+        ptes: Entries,
         pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
@@ -993,9 +994,9 @@ class Ksmd(FlaggedItems):
         self,
         slot: Slot,
         front: Front,
-        ptes: IntArray,
-        imap: IntArray,
-        imap_views: list[IntArray],
+        ptes: Entries,
+        imap: Entries,
+        imap_views: list[Entries],
         pages: IntArray | _Pages,
         rows: IntArray,
     ) -> tuple[IntArray, IntArray]:
@@ -1004,7 +1005,7 @@ class Ksmd(FlaggedItems):
         positions), fresh ones made for pages without one (``alloc_rmap_item()``);
         returns them, and the stale items (freed once the events are done)."""
         it, c = self.items, self.c
-        stale_rows = imap[front.stale]
+        stale_rows = imap[front.stale].astype(np.int64)
         imap[front.stale] = NULL
         new = np.flatnonzero(rows < 0)
         if len(new):
@@ -1023,9 +1024,9 @@ class Ksmd(FlaggedItems):
     def _walk_window(
         self,
         slot: Slot,
-        ptes: IntArray,
-        imap: IntArray,
-        imap_views: list[IntArray],
+        ptes: Entries,
+        imap: Entries,
+        imap_views: list[Entries],
         pages: IntArray | _Pages,
         budget: int,
     ) -> tuple[int, int | None]:
@@ -1131,9 +1132,9 @@ class Ksmd(FlaggedItems):
         self,
         core: Native,
         slot: Slot,
-        segs: list[tuple[int, int, IntArray]],
+        segs: list[tuple[int, int, Entries]],
         seg_rows: IntArray,
-        ptes: IntArray,
+        ptes: Entries,
         pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
@@ -1335,7 +1336,7 @@ class Ksmd(FlaggedItems):
             node.chain = chain
 
     def _window_front(
-        self, core: Native, ptes: IntArray, imap: IntArray, budget: int
+        self, core: Native, ptes: Entries, imap: Entries, budget: int
     ) -> Front | None:
         """The present pages of a window up to the budget: smart_scan, counting, listing.
 
@@ -1362,7 +1363,7 @@ class Ksmd(FlaggedItems):
         )
         return None if found is None else Front(*found)
 
-    def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
+    def _cmp_and_merge(self, slot: Slot, row: int, view: Entries, k: int, page: int) -> None:
         """``cmp_and_merge_page()``.
 
         Linux 6.11+ order: checksum, zero page, stable tree, unstable tree.
@@ -1450,7 +1451,7 @@ class Ksmd(FlaggedItems):
         self._append(row, node)
 
     def _join(
-        self, row: int, slot: Slot, view: IntArray, k: int, frame: int, node: StableNode
+        self, row: int, slot: Slot, view: Entries, k: int, frame: int, node: StableNode
     ) -> None:
         """``try_to_merge_with_ksm_page()`` (emits ``trace_ksm_merge_with_ksm_page()``)
         then ``stable_tree_append()``."""
@@ -1462,14 +1463,14 @@ class Ksmd(FlaggedItems):
             self._emit_merge(row, kpage, kpage)
         self._append(row, node)
 
-    def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:
+    def _replace(self, mm: MM, view: Entries, k: int, old: int, kframe: int) -> None:
         """``replace_page()``: point one PTE at a KSM page, drop the old page."""
         view[k] = kframe
         self.mem.frames.mapcount[kframe] += 1
         self.mem.frames.changes += 1
         self.mem.put_frame(old)
 
-    def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
+    def _merge_zero(self, mm: MM, view: Entries, k: int, frame: int) -> None:
         """``try_to_merge_with_zero_page()``: map the shared zero page instead."""
         view[k] = PTE_KSM_ZERO
         mm.rss_anon -= 1

@@ -9,12 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray
+from ksmreplay.native import Entries
 
 WINDOW_CHUNKS = 64
 """Most page-table chunks one scan step gathers (see :meth:`Ksmd._scan_window`)."""
 
 
-def _write_back(views: list[IntArray], flat: IntArray) -> None:
+def _write_back(views: list[Entries], flat: Entries) -> None:
     """Copy a gathered window back into the chunk views it was gathered from."""
     if len(views) == 1:
         views[0][:] = flat
