@@ -790,6 +790,15 @@ class Native:
         values = np.ascontiguousarray(values, np.int64)
         self._core.map_insert(keys, values, bits, table, now)
 
+    def map_grow(self, table: npt.NDArray[np.void], old_bits: int, bits: int, now: int) -> int:
+        """A ``ContentMap``'s table grown in place (``contentmap.c``): its first
+        ``1 << old_bits`` slots hold the entries of generation ``now``, the rest
+        are new (zero); the live entries move to their places in the ``1 << bits``
+        slots under generation ``now + 1`` (below 2**32), tombstones go.
+        Returns the live entries."""
+        live: int = self._core.map_grow(table, old_bits, bits, now)
+        return live
+
 
 _NOT_TRACED = np.empty(0, TRACED)
 """The ``traced`` argument of ``visit.c`` when not tracing (none: nothing recorded)."""

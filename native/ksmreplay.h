@@ -13,7 +13,8 @@
  *   window.c      a scan window's step: the front (smart_scan, counting,
  *                 listing), its new and stale items, and the visits;
  *   visit.c       the common visits of a window, handing the rare ones back;
- *   contentmap.c  batch lookups and inserts in the content hash tables;
+ *   contentmap.c  batch lookups and inserts in the content hash tables, and
+ *                 their growth in place;
  *   pages.c       record's reading of another process's pages, and their names.
  */
 
@@ -407,6 +408,7 @@ void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct sl
 		  uint32_t now, int64_t *out);
 void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
 		    struct slot *table, uint32_t now);
+int64_t ksr_map_grow(struct slot *table, int32_t old_bits, int32_t bits, uint32_t now);
 
 /* -- recorded pages (record.py, vm/content.py) --------------------------- */
 

@@ -551,6 +551,34 @@ fail:
 	return out;
 }
 
+PyDoc_STRVAR(map_grow_doc,
+	     "map_grow(table, old_bits, bits, now) -> int\n\n"
+	     "Move the entries of a table grown in place from 1 << old_bits slots to\n"
+	     "1 << bits (the new ones empty) to their places under generation now + 1;\n"
+	     "the live entries (ksr_map_grow).");
+
+static PyObject *py_map_grow(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_table, *out = NULL;
+	int old_bits, bits;
+	unsigned int now;
+	Py_ssize_t n_table;
+
+	if (!PyArg_ParseTuple(args, "OiiI", &o_table, &old_bits, &bits, &now))
+		return NULL;
+	TAKE_N(table, struct slot *, o_table, sizeof(struct slot), 'r', 1, n_table);
+	if (old_bits < 1 || old_bits > bits || bits > 62 || n_table != ((Py_ssize_t)1 << bits) ||
+	    now == UINT32_MAX) {
+		PyErr_SetString(PyExc_ValueError, "map_grow: a table of the wrong length");
+		goto fail;
+	}
+	out = PyLong_FromLongLong(ksr_map_grow(table, old_bits, bits, now));
+fail:
+	release(&h);
+	return out;
+}
+
 /* -- pages.c ----------------------------------------------------------------- */
 
 /* The hash function at address `a` (an int), or NULL with an exception set. */
@@ -649,6 +677,7 @@ static PyMethodDef methods[] = {
 	{ "step", py_step, METH_VARARGS, step_doc },
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
+	{ "map_grow", py_map_grow, METH_VARARGS, map_grow_doc },
 	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
 	{ "read_pages", py_read_pages, METH_VARARGS, read_pages_doc },
 	{ NULL, NULL, 0, NULL },
