@@ -89,11 +89,16 @@ _WITHOUT_CORE = SimpleNamespace(
         "itemsize": 8,
     },
     ITEM_COLD={
-        "names": ["checksum", "page", "slot", "flags", "checked"],
-        "formats": ["<u8", "<i8", "<i4", "<u2", "?"],
-        "offsets": [0, 8, 16, 20, 22],
-        "itemsize": 24,
+        "names": ["checksum", "where"],
+        "formats": ["<u8", "<u8"],
+        "offsets": [0, 8],
+        "itemsize": 16,
     },
+    ITEM_PAGE_BITS=44,
+    ITEM_SLOT_BITS=18,
+    ITEM_SLOT_LIMIT=(1 << 18) - 1,
+    ITEM_CHECKED_BIT=62,
+    ITEM_ZERO_FLAGGED_BIT=63,
     SLOT={
         "names": ["key", "val", "gen"],
         "formats": ["<u8", "<i4", "<u4"],
@@ -167,7 +172,18 @@ items), a visit handed back, every event done."""
 ITEM_HOT = np.dtype(_h.ITEM_HOT)
 """The fields of an rmap item a scan's walk reads at every page: ``struct item_hot``."""
 ITEM_COLD = np.dtype(_h.ITEM_COLD)
-"""The other fields of an rmap item: ``struct item_cold``."""
+"""The other fields of an rmap item: ``struct item_cold``, its checksum and
+one word (``where``) of its page, mm slot and flags."""
+ITEM_PAGE_BITS: int = _h.ITEM_PAGE_BITS
+"""An item's page number is below ``2**ITEM_PAGE_BITS`` (the low bits of ``where``)."""
+ITEM_SLOT_BITS: int = _h.ITEM_SLOT_BITS
+"""The bits of ``where`` above the page: the item's mm slot id plus one (0: free)."""
+ITEM_SLOT_LIMIT: int = _h.ITEM_SLOT_LIMIT
+"""mm slot ids stay below this."""
+ITEM_CHECKED_BIT: int = _h.ITEM_CHECKED_BIT
+"""The bit of ``where`` set when the item's checksum was recorded."""
+ITEM_ZERO_FLAGGED_BIT: int = _h.ITEM_ZERO_FLAGGED_BIT
+"""The bit of ``where`` that is the v6 design's ZERO_PAGE_FLAG."""
 SLOT = np.dtype(_h.SLOT)
 """One slot of a content hash table: ``struct slot``."""
 TRACED = np.dtype(_h.TRACED)

@@ -70,15 +70,56 @@ struct item_hot {
 
 struct item_cold {
 	uint64_t checksum;	/* content at the last non-KSM visit */
-	int64_t page;		/* virtual page number */
-	int32_t slot;		/* owning mm slot, -1 when free */
-	uint16_t flags;		/* ZERO_PAGE_FLAG of the v6 design */
-	uint8_t checked;	/* a checksum was recorded */
-	uint8_t pad;
+	uint64_t where;		/* page, mm slot and flags: ITEM_* below */
 };
 
+/*
+ * An item's page, its mm slot and two flags share one word, so that the
+ * cold record is 16 bytes:
+ *
+ *   bits  0-43  the virtual page number: below 2^44, which holds every user
+ *               address Linux has (x86-64's 5-level paging: 2^56 bytes) in
+ *               pages of 4 KiB, the least a trace has;
+ *   bits 44-61  the id of the owning mm slot plus one, 0 for a free item:
+ *               ids below ITEM_SLOT_LIMIT;
+ *   bit  62     ITEM_CHECKED: a checksum was recorded;
+ *   bit  63     ITEM_ZERO_FLAGGED: ZERO_PAGE_FLAG of the v6 design.
+ *
+ * The bounds are checked where the values are made: a page when its item
+ * map chunk is made (ksm/items.py ITEM_PAGE_LIMIT), a slot id when ksmd
+ * registers the mm.
+ */
+#define ITEM_PAGE_BITS 44
+#define ITEM_PAGE_MASK ((1ULL << ITEM_PAGE_BITS) - 1)
+#define ITEM_SLOT_SHIFT ITEM_PAGE_BITS
+#define ITEM_SLOT_BITS 18
+#define ITEM_SLOT_LIMIT ((1LL << ITEM_SLOT_BITS) - 1)
+#define ITEM_SLOT_MASK (((1ULL << ITEM_SLOT_BITS) - 1) << ITEM_SLOT_SHIFT)
+#define ITEM_CHECKED_BIT 62
+#define ITEM_ZERO_FLAGGED_BIT 63
+#define ITEM_CHECKED (1ULL << ITEM_CHECKED_BIT)
+#define ITEM_ZERO_FLAGGED (1ULL << ITEM_ZERO_FLAGGED_BIT)
+
+/* The page of an item. */
+static inline int64_t item_page(const struct item_cold *c)
+{
+	return (int64_t)(c->where & ITEM_PAGE_MASK);
+}
+
+/* The mm slot of an item, -1 when it is free. */
+static inline int64_t item_slot(const struct item_cold *c)
+{
+	return (int64_t)((c->where & ITEM_SLOT_MASK) >> ITEM_SLOT_SHIFT) - 1;
+}
+
+/* A fresh item's word: at page of slot, unchecked, not flagged. */
+static inline uint64_t item_where(int64_t page, int64_t slot)
+{
+	return (uint64_t)page | ((uint64_t)(slot + 1) << ITEM_SLOT_SHIFT);
+}
+
 _Static_assert(sizeof(struct item_hot) == 8, "struct item_hot: 8 bytes");
-_Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
+_Static_assert(sizeof(struct item_cold) == 16, "struct item_cold: 16 bytes");
 
 /* -- the trees (ksm/stable.py, ksm/contentmap.py) ------------------------ */
 

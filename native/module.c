@@ -727,9 +727,9 @@ static const struct field item_hot_fields[] = {
 };
 
 static const struct field item_cold_fields[] = {
-	FIELD(item_cold, checksum, "<u8"), FIELD(item_cold, page, "<i8"),
-	FIELD(item_cold, slot, "<i4"),	   FIELD(item_cold, flags, "<u2"),
-	FIELD(item_cold, checked, "?"),	   { NULL, NULL, 0 },
+	FIELD(item_cold, checksum, "<u8"),
+	FIELD(item_cold, where, "<u8"),
+	{ NULL, NULL, 0 },
 };
 
 static const struct field traced_fields[] = {
@@ -807,6 +807,8 @@ static int exec_module(PyObject *m)
 		C(STEP_DONE),	  C(STEP_STOP),	    C(STEP_ITEMS),    C(STEP_FREED),
 		C(STEP_SUMS),
 		{ "PTE_BYTES", sizeof(pte_t) }, { "IROW_BYTES", sizeof(irow_t) },
+		C(ITEM_PAGE_BITS), C(ITEM_SLOT_BITS), C(ITEM_SLOT_LIMIT), C(ITEM_CHECKED_BIT),
+		C(ITEM_ZERO_FLAGGED_BIT),
 #undef C
 	};
 

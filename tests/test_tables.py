@@ -1,5 +1,6 @@
 """The simulator's tables: how they grow, what their free stacks hand out, and
-the bounds that let them keep rows and ids in 32 bits."""
+the bounds that let them keep rows and ids in 32 bits, and an item's page and
+mm slot in one word."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import numpy.typing as npt
 import pytest
 
 from ksmreplay.arrays import GROWTH, ROW_LIMIT, grow_rows, more_rows
+from ksmreplay.engine import Engine
 from ksmreplay.errors import ResourceError
+from ksmreplay.ksm import ksmd as ksmd_module
 from ksmreplay.ksm.contentmap import ContentMap
-from ksmreplay.ksm.items import ItemTable
+from ksmreplay.ksm.items import ITEM_PAGE_LIMIT, ItemTable
 from ksmreplay.ksm.stable import ChainColumns, NodeColumns, StableNode
-from ksmreplay.native import CHAIN_ENTRY
+from ksmreplay.native import CHAIN_ENTRY, ITEM_SLOT_LIMIT
+from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Write
 from ksmreplay.vm import FreeStack
 from ksmreplay.vm.frames import FrameTable
 
@@ -59,9 +63,9 @@ def test_item_and_frame_tables_hold_little_more_than_they_need() -> None:
     pages = np.arange(100_000, dtype=np.int64)
     for lo in range(0, len(pages), 7_000):
         rows = items.alloc(3, pages[lo : lo + 7_000])
-        assert items.page[rows].tolist() == pages[lo : lo + 7_000].tolist()
+        assert items.pages(rows).tolist() == pages[lo : lo + 7_000].tolist()
         frames.alloc(pages[lo : lo + 7_000].astype(np.uint64))
-    assert items.slot[rows].tolist() == [3] * len(rows)
+    assert items.slots(rows).tolist() == [3] * len(rows)
     assert (items.hnext == -1).all() and items.hnext.dtype == np.int32
     for capacity in (len(items.hot), frames.capacity):
         assert 100_000 <= capacity <= 100_000 + 100_000 // GROWTH + 7_000
@@ -112,3 +116,52 @@ def test_a_chain_walk_takes_its_dups_one_at_a_time() -> None:
     # and a walk that stops early has read only the dups it handed out
     cols.dup_next[2] = 99  # (a broken link past the first dup is never followed)
     assert next(chain.walk()).id == 4
+
+
+def test_an_items_page_slot_and_flags_share_one_word_within_their_bounds() -> None:
+    # GIVEN items at the highest page and the highest slot id the word holds
+    items = ItemTable()
+    top = ITEM_PAGE_LIMIT - 1
+    rows = items.alloc(ITEM_SLOT_LIMIT - 1, np.array([top, 0, 5], np.int64))
+    items.record_checksum(int(rows[0]), 7)
+    items.flag(rows[:1])
+    # THEN each field reads back as it was made, the flags apart from the rest
+    assert items.pages(rows).tolist() == [top, 0, 5]
+    assert items.slots(rows).tolist() == [ITEM_SLOT_LIMIT - 1] * 3
+    assert items.checked(rows).tolist() == [True, False, False]
+    assert items.flagged(rows).tolist() == [True, False, False]
+    items.unflag(rows[:1])
+    assert items.is_checked(int(rows[0])) and not items.is_flagged(int(rows[0]))
+    assert items.page_of(int(rows[0])) == top
+    # and a freed item has no slot
+    items.release(rows[1:2])
+    assert items.slots(rows).tolist() == [ITEM_SLOT_LIMIT - 1, -1, ITEM_SLOT_LIMIT - 1]
+
+
+def test_items_beyond_the_words_bounds_are_refused_where_they_are_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a process whose mergeable pages lie at the page limit, one below it
+    page = 1 << 12
+    below = (ITEM_PAGE_LIMIT - 512) * page
+    events: list[Event] = [
+        Ksm(0, 0, {"run": 1}),
+        Alloc(1, 0, 1, below, 1024 * page),
+        Write(2, 0, 1, below, 1024 * page, 7),
+        Madvise(3, 0, 1, below, 1024 * page, "mergeable"),
+        Settle(4, 0, 1),
+    ]
+    engine = Engine("unshare", page)
+    # THEN ksmd makes no item map chunk (nor item) at or above it
+    with pytest.raises(ResourceError, match="rmap_item's page below 0x100000000000"):
+        for event in events:
+            engine.apply(event)
+    assert engine.ksmd.c.rmap_items <= 512
+    # and no more processes get a KSM slot than the word holds
+    monkeypatch.setattr(ksmd_module, "ITEM_SLOT_LIMIT", 2)
+    engine = Engine("unshare", page)
+    engine.apply(Ksm(0, 0, {"run": 1}))
+    with pytest.raises(ResourceError, match="at most 2 processes"):
+        for pid in (1, 2, 3):
+            engine.apply(Alloc(pid, 0, pid, 0, page))
+            engine.apply(Madvise(pid, 0, pid, 0, page, "mergeable"))

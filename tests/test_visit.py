@@ -96,7 +96,7 @@ def _handed_back(
         frame = int(view[k])
         partner = self.unstable.get(int(self.mem.frames.content[frame]))
         hit = not self.mem.frames.ksm[frame] and partner is not None
-        elsewhere = hit and int(self.items.slot[partner]) != slot.id
+        elsewhere = hit and self.items.slot_of(partner) != slot.id
         handed.append((hit, elsewhere))
         cmp_and_merge(self, slot, row, view, k, page)
 
@@ -182,7 +182,7 @@ def _items(events: list[Event]) -> tuple[Any, ...]:
     items = engine.ksmd.items
     n, fresh, end = items.free_rows(0)[1:]
     freed = items.free_rows(0)[0][:n]
-    return items.slot.tolist(), items.page.tolist(), freed.tolist(), fresh, end
+    return items.slots().tolist(), items.where.tolist(), freed.tolist(), fresh, end
 
 
 def test_a_window_step_takes_the_rows_the_scalar_walk_takes(

@@ -60,6 +60,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray
+from ksmreplay.errors import ResourceError
 from ksmreplay.ksm.advisor import Advisor
 from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.ksm.counters import Counters
@@ -81,6 +82,7 @@ from ksmreplay.ksm.window import WINDOW_CHUNKS, Front, _Pages, _write_back
 from ksmreplay.native import (
     AGE_MAX,
     CHUNK_SHIFT,
+    ITEM_SLOT_LIMIT,
     LISTED_STALE,
     PTE_KSM_ZERO,
     PTE_ZERO,
@@ -253,7 +255,7 @@ class Ksmd(FlaggedItems):
 
     def _item_page(self, row: int) -> tuple[int, int]:
         """(pid, page) of an item."""
-        return self.slot_by_id[int(self.items.slot[row])].mm.pid, int(self.items.page[row])
+        return self.slot_by_id[self.items.slot_of(row)].mm.pid, self.items.page_of(row)
 
     def _kpage(self, node: StableNode) -> dict[str, int] | None:
         """The name of a stable node's KSM page (its ``kpfn``): the page that became it."""
@@ -306,6 +308,11 @@ class Ksmd(FlaggedItems):
         not reach it and the next one does; while run is 2 it goes last.
         Emits ``trace_ksm_enter()``.
         """
+        if self._next_slot_id >= ITEM_SLOT_LIMIT:
+            raise ResourceError(
+                f"pid {mm.pid}: the simulator gives at most {ITEM_SLOT_LIMIT:,} processes "
+                "a KSM slot in one replay"
+            )
         slot = Slot(self._next_slot_id, mm)
         self._next_slot_id += 1
         self.slot_of[id(mm)] = slot
@@ -443,7 +450,7 @@ class Ksmd(FlaggedItems):
 
     def _merging_down(self, rows: IntArray) -> None:
         """Items ``rows`` leave their nodes: their mms' ``merging_pages`` go down."""
-        slots, counts = np.unique(self.items.slot[rows], return_counts=True)
+        slots, counts = np.unique(self.items.slots(rows), return_counts=True)
         for sid, n in zip(slots.tolist(), counts.tolist(), strict=True):
             self.slot_by_id[sid].merging_pages -= n
 
@@ -617,7 +624,7 @@ class Ksmd(FlaggedItems):
             self.c.pages_sharing += 1
         else:
             self.c.pages_shared += 1
-        self.slot_by_id[int(self.items.slot[row])].merging_pages += 1
+        self.slot_by_id[self.items.slot_of(row)].merging_pages += 1
         self.items.state[row] = STABLE
         self.items.node[row] = node.id
 
@@ -1403,9 +1410,8 @@ class Ksmd(FlaggedItems):
                 return
         else:
             self.unlink(row)
-        if not it.checked[row] or int(it.checksum[row]) != content:
-            it.checksum[row] = content
-            it.checked[row] = True
+        if not it.is_checked(row) or int(it.checksum[row]) != content:
+            it.record_checksum(row, content)
             self.c.checksums += 1
             return
         if content == 0 and self.knobs.use_zero_pages:
@@ -1428,8 +1434,8 @@ class Ksmd(FlaggedItems):
         self.c.pairs += 1
         # try_to_merge_two_pages(): this page becomes the KSM page in place,
         # the partner's PTE is pointed at it.
-        p_slot = self.slot_by_id[int(it.slot[partner])]
-        p_page = int(it.page[partner])
+        p_slot = self.slot_by_id[it.slot_of(partner)]
+        p_page = it.page_of(partner)
         p_view = p_slot.mm.pt.chunk(p_page >> CHUNK_SHIFT)
         p_k = p_page & (CHUNK - 1)
         fr.ksm[frame] = True
@@ -1488,8 +1494,8 @@ class Ksmd(FlaggedItems):
             it.seq[row] = self.seqnr & SEQNR_MASK
             self.c.pages_unshared += 1
             return None
-        p_mm = self.slot_by_id[int(it.slot[partner])].mm
-        p_page = int(it.page[partner])
+        p_mm = self.slot_by_id[it.slot_of(partner)].mm
+        p_page = it.page_of(partner)
         pte = p_mm.pt.get(p_page)
         fr = self.mem.frames
         if (
@@ -1639,10 +1645,7 @@ class Ksmd(FlaggedItems):
             it.state,
             np.where(it.state == UNSTABLE, it.seq - seq, 0).astype(np.uint8),
             it.checksum,
-            it.page,
-            it.slot,
-            it.flags,
-            it.checked,
+            it.where,
             it.hnext,
             it.hprev,
             cols.size[:n],

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray, charge
+from ksmreplay.errors import ResourceError
 from ksmreplay.native import CHUNK_SHIFT, PTE_DTYPE, PTE_NONE, Entries
 
 CHUNK = 1 << CHUNK_SHIFT
@@ -32,6 +33,9 @@ class PageTable:
     ``dtype``, created on demand.  A process's PTEs (frame rows and PTE_*
     values: ``native.PTE_DTYPE``) are one; ksmd's item map of an mm (item
     rows, or -1: ``native.IROW_DTYPE``) is another, of the same layout.
+    With a ``limit``, no chunk is made for pages at or above it: a
+    :class:`~ksmreplay.errors.ResourceError` says that ``what`` (the entries'
+    meaning, in words) cannot be held there.
 
     Chunks are rows of 2-D blocks, numbered in the order they were created,
     so that many pages can be read and written at once (:meth:`places`,
@@ -60,13 +64,20 @@ class PageTable:
         "_in_list",
         "_karr",
         "_keys",
+        "_limit",
         "_rarr",
         "_row",
+        "_what",
         "on_change",
     )
 
-    def __init__(self, dtype: np.dtype[Any] = PTE_DTYPE) -> None:
+    def __init__(
+        self, dtype: np.dtype[Any] = PTE_DTYPE, limit: int | None = None, what: str = ""
+    ) -> None:
         self._dtype = dtype
+        self._limit = None if limit is None else limit >> CHUNK_SHIFT
+        """The first chunk key not to make (None: any)."""
+        self._what = what
         self._chunks: dict[int, Entries] = {}
         self._row: dict[int, int] = {}
         self._keys: list[int] = []
@@ -103,6 +114,11 @@ class PageTable:
 
     def _make(self, key: int, more: int = 1) -> Entries:
         """A new chunk ``key``; ``more`` chunks (this one included) are being made."""
+        if self._limit is not None and key >= self._limit:
+            raise ResourceError(
+                f"page {key << CHUNK_SHIFT:#x} and above: the simulator holds {self._what} "
+                f"below {self._limit << CHUNK_SHIFT:#x} only"
+            )
         row = len(self._chunks)
         if row == len(self._karr):
             grow = max(8, row)
