@@ -541,6 +541,15 @@ class Native:
         assert used >= 0
         return used, dead[: int(n_dead[0])], stats, events
 
+    def free_walk(
+        self, links: npt.NDArray[np.uint64], head: int, out: npt.NDArray[np.int64]
+    ) -> int:
+        """``out[i]`` = the ``i``-th row of the list linked through ``links`` from
+        ``head`` on (``fault.c``: a row's entry holds the next row); returns the
+        row after them, meaningless when the list has no more."""
+        after: int = self._core.free_walk(links, head, out)
+        return after
+
     def window(
         self,
         ptes: Entries,

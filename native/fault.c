@@ -144,3 +144,22 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 	return write_pages(k, ptes, owner, fp, content, mapcount, ksm, fresh, n_fresh, dead,
 			   n_dead, stats, events);
 }
+
+/*
+ * The frame table's freed rows are a list linked through the rows
+ * themselves (vm/frames.py FreeList): a freed row's content holds the row
+ * freed before it.  Write the n rows from head on into out[], in order, and
+ * return the row after them (meaningless when the list has no more), or
+ * FREE_BROKEN if a row of them lies outside the table of n_links rows.
+ */
+int64_t ksr_free_walk(const uint64_t *links, int64_t n_links, int64_t head, int64_t n,
+		      int64_t *out)
+{
+	for (int64_t i = 0; i < n; i++) {
+		if (head < 0 || head >= n_links)
+			return FREE_BROKEN;
+		out[i] = head;
+		head = (int64_t)links[head];
+	}
+	return head;
+}

@@ -9,7 +9,8 @@
  * where a KSM rule is read first:
  *
  *   scan.c        decodes the common msgpack `write` events into columns;
- *   fault.c       applies an instant's page writes in order (Memory.write);
+ *   fault.c       applies an instant's page writes in order (Memory.write),
+ *                 and walks the frames' list of freed rows;
  *   window.c      a scan window's step: the front (smart_scan, counting,
  *                 listing), its new and stale items, and the visits;
  *   visit.c       the common visits of a window, handing the rare ones back;
@@ -432,6 +433,12 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 		      int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
 		      int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
 		      int64_t *events);
+
+/* ksr_free_walk(): the list leaves the table. */
+#define FREE_BROKEN (-2)
+
+int64_t ksr_free_walk(const uint64_t *links, int64_t n_links, int64_t head, int64_t n,
+		      int64_t *out);
 
 int64_t ksr_window(int64_t n, const pte_t *ptes, const irow_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,

@@ -198,6 +198,33 @@ fail:
 	return out;
 }
 
+PyDoc_STRVAR(free_walk_doc,
+	     "free_walk(links, head, out) -> int\n\n"
+	     "out[i] = the i-th row of the list linked through links from head on; the row\n"
+	     "after them (ksr_free_walk).");
+
+static PyObject *py_free_walk(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_links, *o_out, *out = NULL;
+	long long head;
+	Py_ssize_t n_links, n;
+
+	if (!PyArg_ParseTuple(args, "OLO", &o_links, &head, &o_out))
+		return NULL;
+	TAKE_N(links, const uint64_t *, o_links, 8, 'u', 0, n_links);
+	TAKE_N(rows, int64_t *, o_out, 8, 'i', 1, n);
+	head = ksr_free_walk(links, n_links, head, n, rows);
+	if (head == FREE_BROKEN) {
+		PyErr_SetString(PyExc_ValueError, "free_walk: the list leaves the table");
+		goto fail;
+	}
+	out = PyLong_FromLongLong(head);
+fail:
+	release(&h);
+	return out;
+}
+
 /* -- window.c ---------------------------------------------------------------- */
 
 PyDoc_STRVAR(window_doc,
@@ -678,6 +705,7 @@ static PyMethodDef methods[] = {
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
 	{ "map_grow", py_map_grow, METH_VARARGS, map_grow_doc },
+	{ "free_walk", py_free_walk, METH_VARARGS, free_walk_doc },
 	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
 	{ "read_pages", py_read_pages, METH_VARARGS, read_pages_doc },
 	{ NULL, NULL, 0, NULL },

@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ksmreplay import native
 from ksmreplay.arrays import GROWTH, ROW_LIMIT, grow_rows, more_rows
 from ksmreplay.engine import Engine
 from ksmreplay.errors import ResourceError
@@ -18,7 +19,7 @@ from ksmreplay.ksm.stable import ChainColumns, NodeColumns, StableNode
 from ksmreplay.native import CHAIN_ENTRY, ITEM_SLOT_LIMIT
 from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Write
 from ksmreplay.vm import FreeStack
-from ksmreplay.vm.frames import FrameTable
+from ksmreplay.vm.frames import FrameTable, FreeList
 
 
 class _Owner:
@@ -167,3 +168,38 @@ def test_items_beyond_the_words_bounds_are_refused_where_they_are_made(
         for pid in (1, 2, 3):
             engine.apply(Alloc(pid, 0, pid, 0, page))
             engine.apply(Madvise(pid, 0, pid, 0, page, "mergeable"))
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["native", "scalar"])
+def test_the_frames_list_of_freed_rows_hands_them_out_as_the_stack_does(
+    scalar: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a free stack and a free list of the same table, the list linked
+    # through a column whose taken rows the caller overwrites, as faults do
+    if scalar:
+        monkeypatch.setenv(native.ENV, "0")
+    rng = np.random.default_rng(3)
+    stack, free = FreeStack(40), FreeList(40)
+    links = np.zeros(40, np.uint64)
+    taken: list[int] = []
+    for _ in range(300):
+        # WHEN rows are freed, one or many, and taken, some of those listed
+        if taken and rng.random() < 0.5:
+            rows = rng.permutation(taken)[: rng.integers(1, len(taken) + 1)]
+            taken = [r for r in taken if r not in set(rows.tolist())]
+            if len(rows) == 1 and rng.random() < 0.5:
+                stack.push_one(int(rows[0]))
+                free.push_one(links, int(rows[0]))
+            else:
+                stack.push(rows)
+                free.push(links, rows)
+        else:
+            n = int(rng.integers(0, len(stack) + 1))
+            listed = free.peek(links, n)
+            # THEN the list offers the stack's rows, in its order
+            assert listed.tolist() == stack.peek(n).tolist()
+            used = int(rng.integers(0, n + 1))
+            links[listed[:used]] = rng.integers(0, 2**63, used, np.uint64)
+            free.pop(used)
+            taken += stack.pop(used).tolist()
+        assert len(free) == len(stack)
