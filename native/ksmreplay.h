@@ -82,7 +82,8 @@ struct item_cold {
  *               address Linux has (x86-64's 5-level paging: 2^56 bytes) in
  *               pages of 4 KiB, the least a trace has;
  *   bits 44-61  the id of the owning mm slot plus one, 0 for a free item:
- *               ids below ITEM_SLOT_LIMIT;
+ *               ids below ITEM_SLOT_LIMIT (an id is free again once its
+ *               slot is gone, so this bounds the mms registered at once);
  *   bit  62     ITEM_CHECKED: a checksum was recorded;
  *   bit  63     ITEM_ZERO_FLAGGED: ZERO_PAGE_FLAG of the v6 design.
  *

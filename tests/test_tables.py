@@ -17,7 +17,7 @@ from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.ksm.items import ITEM_PAGE_LIMIT, ItemTable
 from ksmreplay.ksm.stable import ChainColumns, NodeColumns, StableNode
 from ksmreplay.native import CHAIN_ENTRY, ITEM_SLOT_LIMIT
-from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Write
+from ksmreplay.trace.events import Alloc, Event, Exit, Ksm, Madvise, Settle, Write
 from ksmreplay.vm import FreeStack
 from ksmreplay.vm.frames import FrameTable, FreeList
 
@@ -160,14 +160,21 @@ def test_items_beyond_the_words_bounds_are_refused_where_they_are_made(
         for event in events:
             engine.apply(event)
     assert engine.ksmd.c.rmap_items <= 512
-    # and no more processes get a KSM slot than the word holds
+    # and no more processes hold a KSM slot at once than the word holds,
     monkeypatch.setattr(ksmd_module, "ITEM_SLOT_LIMIT", 2)
     engine = Engine("unshare", page)
     engine.apply(Ksm(0, 0, {"run": 1}))
+    for pid in (1, 2):
+        engine.apply(Alloc(pid, 0, pid, 0, page))
+        engine.apply(Madvise(pid, 0, pid, 0, page, "mergeable"))
+    # though one that exits gives its slot's id to the next
+    engine.apply(Exit(3, 0, 1))
+    engine.apply(Alloc(4, 0, 3, 0, page))
+    engine.apply(Madvise(5, 0, 3, 0, page, "mergeable"))
+    assert sorted(s.mm.pid for s in engine.ksmd.slots) == [2, 3]
     with pytest.raises(ResourceError, match="at most 2 processes"):
-        for pid in (1, 2, 3):
-            engine.apply(Alloc(pid, 0, pid, 0, page))
-            engine.apply(Madvise(pid, 0, pid, 0, page, "mergeable"))
+        engine.apply(Alloc(6, 0, 4, 0, page))
+        engine.apply(Madvise(7, 0, 4, 0, page, "mergeable"))
 
 
 @pytest.mark.parametrize("scalar", [False, True], ids=["native", "scalar"])

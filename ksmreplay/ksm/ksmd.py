@@ -52,6 +52,7 @@ against each other and against a one-at-a-time reference model.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -207,6 +208,7 @@ class Ksmd(FlaggedItems):
         self.slot_of: dict[int, Slot] = {}  # id(mm) -> slot
         self.slot_by_id: dict[int, Slot] = {}
         self._next_slot_id = 0
+        self._free_slot_ids: list[int] = []  # (a heap: the lowest is taken first)
         self.cursor: Slot | None = None
         self.cursor_page = 0
         self.cursor_item_page = 0
@@ -308,13 +310,16 @@ class Ksmd(FlaggedItems):
         not reach it and the next one does; while run is 2 it goes last.
         Emits ``trace_ksm_enter()``.
         """
-        if self._next_slot_id >= ITEM_SLOT_LIMIT:
+        if self._free_slot_ids:
+            slot = Slot(heapq.heappop(self._free_slot_ids), mm)
+        elif self._next_slot_id < ITEM_SLOT_LIMIT:
+            slot = Slot(self._next_slot_id, mm)
+            self._next_slot_id += 1
+        else:
             raise ResourceError(
                 f"pid {mm.pid}: the simulator gives at most {ITEM_SLOT_LIMIT:,} processes "
-                "a KSM slot in one replay"
+                "a KSM slot at once"
             )
-        slot = Slot(self._next_slot_id, mm)
-        self._next_slot_id += 1
         self.slot_of[id(mm)] = slot
         self.slot_by_id[slot.id] = slot
         was_empty = not self.slots
@@ -347,8 +352,12 @@ class Ksmd(FlaggedItems):
             self.slots.insert(at, slot)
 
     def _forget(self, slot: Slot) -> None:
+        """The slot is gone; its id, which no item holds any more, is free
+        for the next mm to enter (the item record has room for few ids)."""
+        assert slot.rmap_items == 0, "a slot forgotten while items hold its id"
         del self.slot_of[id(slot.mm)]
         del self.slot_by_id[slot.id]
+        heapq.heappush(self._free_slot_ids, slot.id)
 
     def _drop(self, slot: Slot) -> None:
         """Remove a slot from the list and clear MMF_VM_MERGEABLE."""
