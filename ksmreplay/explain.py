@@ -221,7 +221,7 @@ def _classify(
     r = row[cand]
     has = r >= 0
     r = np.maximum(r, 0)
-    changed = has & (~it.checked[r] | (it.checksum[r] != content))
+    changed = has & (~it.checked(r) | (it.checksum[r] != content))
     held = (private[k] == 1) & (room[k] == 0) & (full[k] > 0) & ~zero_twin
     unstable = has & (it.state[r] == STATE_UNSTABLE)
     skipped = has & (it.skips[r] > 0) if smart else np.zeros(len(cand), np.bool_)

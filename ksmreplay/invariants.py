@@ -61,7 +61,7 @@ def validate_memory(mem: Memory, mms: list[MM]) -> None:
 def validate_ksmd(ksmd: Ksmd) -> None:
     """Items, nodes and counters agree with each other."""
     it, c = ksmd.items, ksmd.c
-    live_rows = np.flatnonzero(it.slot >= 0)
+    live_rows = np.flatnonzero(it.slots() >= 0)
     _check(len(live_rows) == it.count == c.rmap_items, "rmap_items differs from live items")
     per_slot: dict[int, int] = {}
     for slot in ksmd.slots:
@@ -69,8 +69,9 @@ def validate_ksmd(ksmd: Ksmd) -> None:
         for lo, _hi, view in slot.items.segments(0, END):
             at = np.flatnonzero(view >= 0)
             rows = view[at]
-            _check(bool(np.all(it.slot[rows] == slot.id)), "item map points at another mm's item")
-            _check(bool(np.all(it.page[rows] == lo + at)), "item map points at the wrong page")
+            rows64 = rows.astype(np.int64)
+            _check(bool(np.all(it.slots(rows64) == slot.id)), "item map: another mm's item")
+            _check(bool(np.all(it.pages(rows64) == lo + at)), "item map: the wrong page's item")
             n += len(at)
         _check(n == slot.rmap_items, f"pid {slot.mm.pid}: ksm_rmap_items miscounted")
         per_slot[slot.id] = 0
@@ -111,7 +112,7 @@ def validate_ksmd(ksmd: Ksmd) -> None:
                 _check(it.hprev[linked].tolist() == prev, "hlist back links wrong")
             for row in linked:
                 _check(int(it.state[row]) == STABLE and int(it.node[row]) == node.id, "bad link")
-                per_slot[int(it.slot[row])] = per_slot.get(int(it.slot[row]), 0) + 1
+                per_slot[it.slot_of(row)] = per_slot.get(it.slot_of(row), 0) + 1
             _check(int(ksmd.node_cols.size[node.id]) == len(linked), "rmap_hlist_len wrong")
             _check(int(ksmd.node_cols.frame[node.id]) == node.frame, "node frame column wrong")
             fr = ksmd.mem.frames

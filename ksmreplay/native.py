@@ -61,8 +61,8 @@ _WITHOUT_CORE = SimpleNamespace(
     PTE_ZERO=-2,
     PTE_KSM_ZERO=-3,
     CHUNK_SHIFT=9,
-    PTE_BYTES=8,
-    IROW_BYTES=8,
+    PTE_BYTES=4,
+    IROW_BYTES=4,
     STATE_NONE=0,
     STATE_UNSTABLE=1,
     STATE_STABLE=2,
@@ -94,11 +94,16 @@ _WITHOUT_CORE = SimpleNamespace(
         "itemsize": 8,
     },
     ITEM_COLD={
-        "names": ["checksum", "page", "slot", "flags", "checked"],
-        "formats": ["<u8", "<i8", "<i4", "<u2", "?"],
-        "offsets": [0, 8, 16, 20, 22],
-        "itemsize": 24,
+        "names": ["checksum", "where"],
+        "formats": ["<u8", "<u8"],
+        "offsets": [0, 8],
+        "itemsize": 16,
     },
+    ITEM_PAGE_BITS=44,
+    ITEM_SLOT_BITS=18,
+    ITEM_SLOT_LIMIT=(1 << 18) - 1,
+    ITEM_CHECKED_BIT=62,
+    ITEM_ZERO_FLAGGED_BIT=63,
     SLOT={
         "names": ["key", "val", "gen"],
         "formats": ["<u8", "<i4", "<u4"],
@@ -130,6 +135,9 @@ PTE_DTYPE = np.dtype(f"<i{_h.PTE_BYTES}")
 """A page-table entry (``pte_t``): a frame row or one of the PTE_* values."""
 IROW_DTYPE = np.dtype(f"<i{_h.IROW_BYTES}")
 """An item-map entry (``irow_t``): an item row, or -1 for none."""
+Entries = npt.NDArray[np.signedinteger[Any]]
+"""Page-table or item-map entries (of :data:`PTE_DTYPE` or :data:`IROW_DTYPE`):
+a chunk, a view of one, a window's copy."""
 
 STATE_NONE: int = _h.STATE_NONE
 """An item in no tree (volatile)."""
@@ -177,7 +185,18 @@ a window it leaves to Python, after a window's step that needs Python."""
 ITEM_HOT = np.dtype(_h.ITEM_HOT)
 """The fields of an rmap item a scan's walk reads at every page: ``struct item_hot``."""
 ITEM_COLD = np.dtype(_h.ITEM_COLD)
-"""The other fields of an rmap item: ``struct item_cold``."""
+"""The other fields of an rmap item: ``struct item_cold``, its checksum and
+one word (``where``) of its page, mm slot and flags."""
+ITEM_PAGE_BITS: int = _h.ITEM_PAGE_BITS
+"""An item's page number is below ``2**ITEM_PAGE_BITS`` (the low bits of ``where``)."""
+ITEM_SLOT_BITS: int = _h.ITEM_SLOT_BITS
+"""The bits of ``where`` above the page: the item's mm slot id plus one (0: free)."""
+ITEM_SLOT_LIMIT: int = _h.ITEM_SLOT_LIMIT
+"""mm slot ids stay below this."""
+ITEM_CHECKED_BIT: int = _h.ITEM_CHECKED_BIT
+"""The bit of ``where`` set when the item's checksum was recorded."""
+ITEM_ZERO_FLAGGED_BIT: int = _h.ITEM_ZERO_FLAGGED_BIT
+"""The bit of ``where`` that is the v6 design's ZERO_PAGE_FLAG."""
 SLOT = np.dtype(_h.SLOT)
 """One slot of a content hash table: ``struct slot``."""
 TRACED = np.dtype(_h.TRACED)
@@ -625,10 +644,19 @@ class Native:
         assert used >= 0
         return used, dead[: int(n_dead[0])], stats, events
 
+    def free_walk(
+        self, links: npt.NDArray[np.uint64], head: int, out: npt.NDArray[np.int64]
+    ) -> int:
+        """``out[i]`` = the ``i``-th row of the list linked through ``links`` from
+        ``head`` on (``fault.c``: a row's entry holds the next row); returns the
+        row after them, meaningless when the list has no more."""
+        after: int = self._core.free_walk(links, head, out)
+        return after
+
     def window(
         self,
-        ptes: npt.NDArray[np.int64],
-        imap: npt.NDArray[np.int64],
+        ptes: Entries,
+        imap: Entries,
         fr_ksm: npt.NDArray[np.bool_],
         fr_node: npt.NDArray[np.int32],
         items: npt.NDArray[np.void],
@@ -702,8 +730,8 @@ class Native:
     def step(
         self,
         tables: Any,
-        ptes: npt.NDArray[np.int64],
-        imap: npt.NDArray[np.int64],
+        ptes: Entries,
+        imap: Entries,
         segs: npt.NDArray[np.int64],
         budget: int,
         smart: bool,
@@ -949,7 +977,7 @@ class Native:
         rows: npt.NDArray[np.int64],
         kind: npt.NDArray[np.uint8],
         when: npt.NDArray[np.int64],
-        ptes: npt.NDArray[np.int64],
+        ptes: Entries,
         segs: npt.NDArray[np.int64],
         args: npt.NDArray[np.uint8],
         room: int,
@@ -1051,6 +1079,15 @@ class Native:
         keys = np.ascontiguousarray(keys, np.uint64)
         values = np.ascontiguousarray(values, np.int64)
         self._core.map_insert(keys, values, bits, table, now)
+
+    def map_grow(self, table: npt.NDArray[np.void], old_bits: int, bits: int, now: int) -> int:
+        """A ``ContentMap``'s table grown in place (``contentmap.c``): its first
+        ``1 << old_bits`` slots hold the entries of generation ``now``, the rest
+        are new (zero); the live entries move to their places in the ``1 << bits``
+        slots under generation ``now + 1`` (below 2**32), tombstones go.
+        Returns the live entries."""
+        live: int = self._core.map_grow(table, old_bits, bits, now)
+        return live
 
 
 WALK_DEAD_ROOM = 1 << 16

@@ -22,7 +22,7 @@
  * are stats[WRITE_STATS * owner[i]...].  Returns the fresh rows used, or -1 when
  * more were needed than n_fresh.
  */
-static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner,
+static int64_t write_pages(int64_t n, pte_t *const *ptes, const int32_t *owner,
 			   const uint64_t *fp, uint64_t *content, int32_t *mapcount,
 			   const uint8_t *ksm, const int64_t *fresh, int64_t n_fresh, int64_t *dead,
 			   int64_t *n_dead, int64_t *stats, int64_t *events)
@@ -40,7 +40,7 @@ static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner
 				__builtin_prefetch(&ksm[ahead], 0);
 			}
 		}
-		int64_t *pte = ptes[i];
+		pte_t *pte = ptes[i];
 		int64_t *stat = stats + (int64_t)owner[i] * WRITE_STATS;
 		int64_t old = *pte;
 		if (old >= 0) {
@@ -68,7 +68,7 @@ static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner
 		int64_t new = fresh[used++];
 		content[new] = fp[i];
 		mapcount[new] = 1;
-		*pte = new;
+		*pte = (pte_t)new;
 	}
 	*n_dead = nd;
 	return used;
@@ -91,7 +91,7 @@ static int64_t write_pages(int64_t n, int64_t *const *ptes, const int32_t *owner
  */
 int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *first,
 		      const int64_t *count, const uint64_t *fp, const int64_t *dirs,
-		      int64_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
+		      pte_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
 		      int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
 		      int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
 		      int64_t *events)
@@ -101,11 +101,12 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 	for (int64_t e = found[1], j = found[2]; e < n_events; e++, j = 0) {
 		const int64_t *d = dirs + 4 * (int64_t)ev_mm[e];
 		const int64_t *keys = (const int64_t *)d[0], *rows = (const int64_t *)d[1];
-		int64_t *const *chunks = (int64_t *const *)d[3];
+		pte_t *const *chunks = (pte_t *const *)d[3];
 		int64_t n_keys = d[2], at = -1;
 
 		while (j < count[e]) {
-			int64_t page = first[e] + j, key = page >> CHUNK_SHIFT, row, *chunk;
+			int64_t page = first[e] + j, key = page >> CHUNK_SHIFT, row;
+			pte_t *chunk;
 			int64_t end = ((key + 1) << CHUNK_SHIFT) - first[e];
 
 			/* The pages of an event are consecutive: its next chunk is
@@ -142,4 +143,23 @@ int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *fir
 	found[2] = 0;
 	return write_pages(k, ptes, owner, fp, content, mapcount, ksm, fresh, n_fresh, dead,
 			   n_dead, stats, events);
+}
+
+/*
+ * The frame table's freed rows are a list linked through the rows
+ * themselves (vm/frames.py FreeList): a freed row's content holds the row
+ * freed before it.  Write the n rows from head on into out[], in order, and
+ * return the row after them (meaningless when the list has no more), or
+ * FREE_BROKEN if a row of them lies outside the table of n_links rows.
+ */
+int64_t ksr_free_walk(const uint64_t *links, int64_t n_links, int64_t head, int64_t n,
+		      int64_t *out)
+{
+	for (int64_t i = 0; i < n; i++) {
+		if (head < 0 || head >= n_links)
+			return FREE_BROKEN;
+		out[i] = head;
+		head = (int64_t)links[head];
+	}
+	return head;
 }

@@ -9,13 +9,15 @@
  * where a KSM rule is read first:
  *
  *   scan.c        decodes the common msgpack `write` events into columns;
- *   fault.c       applies an instant's page writes in order (Memory.write);
+ *   fault.c       applies an instant's page writes in order (Memory.write),
+ *                 and walks the frames' list of freed rows;
  *   window.c      a scan window's step: the front (smart_scan, counting,
  *                 listing), its new and stale items, and the visits;
  *   walk.c        a batch's windows over one VMA, found and stepped one after
  *                 the other, until one needs Python;
  *   visit.c       the common visits of a window, handing the rare ones back;
- *   contentmap.c  batch lookups and inserts in the content hash tables;
+ *   contentmap.c  batch lookups and inserts in the content hash tables, and
+ *                 their growth in place;
  *   pages.c       record's reading of another process's pages, and their names.
  */
 
@@ -36,11 +38,14 @@
 
 /*
  * A page-table entry, and an item-map entry (an item row, or -1 for none):
- * the element types of the page tables' and item maps' chunks.  Python
- * reads their sizes (PTE_BYTES, IROW_BYTES) to make its arrays alike.
+ * the element types of the page tables' and item maps' chunks, and of a scan
+ * window's copies of them.  Python reads their sizes (PTE_BYTES, IROW_BYTES)
+ * to make its arrays alike.  32 bits hold them: frame rows and item rows stay
+ * below 2^31 - 1 (ksmreplay/arrays.py ROW_LIMIT, checked where a table grows,
+ * more_rows()), and the PTE_* values are small negatives.
  */
-typedef int64_t pte_t;
-typedef int64_t irow_t;
+typedef int32_t pte_t;
+typedef int32_t irow_t;
 
 /* -- rmap items (ksm/items.py ItemTable) --------------------------------- */
 
@@ -68,15 +73,57 @@ struct item_hot {
 
 struct item_cold {
 	uint64_t checksum;	/* content at the last non-KSM visit */
-	int64_t page;		/* virtual page number */
-	int32_t slot;		/* owning mm slot, -1 when free */
-	uint16_t flags;		/* ZERO_PAGE_FLAG of the v6 design */
-	uint8_t checked;	/* a checksum was recorded */
-	uint8_t pad;
+	uint64_t where;		/* page, mm slot and flags: ITEM_* below */
 };
 
+/*
+ * An item's page, its mm slot and two flags share one word, so that the
+ * cold record is 16 bytes:
+ *
+ *   bits  0-43  the virtual page number: below 2^44, which holds every user
+ *               address Linux has (x86-64's 5-level paging: 2^56 bytes) in
+ *               pages of 4 KiB, the least a trace has;
+ *   bits 44-61  the id of the owning mm slot plus one, 0 for a free item:
+ *               ids below ITEM_SLOT_LIMIT (an id is free again once its
+ *               slot is gone, so this bounds the mms registered at once);
+ *   bit  62     ITEM_CHECKED: a checksum was recorded;
+ *   bit  63     ITEM_ZERO_FLAGGED: ZERO_PAGE_FLAG of the v6 design.
+ *
+ * The bounds are checked where the values are made: a page when its item
+ * map chunk is made (ksm/items.py ITEM_PAGE_LIMIT), a slot id when ksmd
+ * registers the mm.
+ */
+#define ITEM_PAGE_BITS 44
+#define ITEM_PAGE_MASK ((1ULL << ITEM_PAGE_BITS) - 1)
+#define ITEM_SLOT_SHIFT ITEM_PAGE_BITS
+#define ITEM_SLOT_BITS 18
+#define ITEM_SLOT_LIMIT ((1LL << ITEM_SLOT_BITS) - 1)
+#define ITEM_SLOT_MASK (((1ULL << ITEM_SLOT_BITS) - 1) << ITEM_SLOT_SHIFT)
+#define ITEM_CHECKED_BIT 62
+#define ITEM_ZERO_FLAGGED_BIT 63
+#define ITEM_CHECKED (1ULL << ITEM_CHECKED_BIT)
+#define ITEM_ZERO_FLAGGED (1ULL << ITEM_ZERO_FLAGGED_BIT)
+
+/* The page of an item. */
+static inline int64_t item_page(const struct item_cold *c)
+{
+	return (int64_t)(c->where & ITEM_PAGE_MASK);
+}
+
+/* The mm slot of an item, -1 when it is free. */
+static inline int64_t item_slot(const struct item_cold *c)
+{
+	return (int64_t)((c->where & ITEM_SLOT_MASK) >> ITEM_SLOT_SHIFT) - 1;
+}
+
+/* A fresh item's word: at page of slot, unchecked, not flagged. */
+static inline uint64_t item_where(int64_t page, int64_t slot)
+{
+	return (uint64_t)page | ((uint64_t)(slot + 1) << ITEM_SLOT_SHIFT);
+}
+
 _Static_assert(sizeof(struct item_hot) == 8, "struct item_hot: 8 bytes");
-_Static_assert(sizeof(struct item_cold) == 24, "struct item_cold: 24 bytes");
+_Static_assert(sizeof(struct item_cold) == 16, "struct item_cold: 16 bytes");
 
 /* -- the trees (ksm/stable.py, ksm/contentmap.py) ------------------------ */
 
@@ -318,7 +365,7 @@ struct events {
 	const int64_t *rows;
 	const uint8_t *kind;
 	const int64_t *when;
-	int64_t *ptes;		/* the window's PTEs, by position */
+	pte_t *ptes;		/* the window's PTEs, by position */
 	const int64_t *segs;	/* the window's runs: (first page, end page, first position) */
 	int64_t n_segs;
 };
@@ -338,8 +385,8 @@ struct visit_out {
  */
 struct step {
 	int64_t n;		/* positions */
-	int64_t *ptes;
-	int64_t *imap;		/* item of each position (-1: none), updated */
+	pte_t *ptes;
+	irow_t *imap;		/* item of each position (-1: none), updated */
 	const int64_t *segs;	/* as struct events */
 	int64_t n_segs;
 	int64_t budget;
@@ -509,12 +556,18 @@ int64_t ksr_skip(const uint8_t *buf, int64_t size, int64_t pos);
 
 int64_t ksr_write_run(int64_t n_events, const int32_t *ev_mm, const int64_t *first,
 		      const int64_t *count, const uint64_t *fp, const int64_t *dirs,
-		      int64_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
+		      pte_t **ptes, int32_t *owner, int64_t *found, uint64_t *content,
 		      int32_t *mapcount, const uint8_t *ksm, const int64_t *fresh,
 		      int64_t n_fresh, int64_t *dead, int64_t *n_dead, int64_t *stats,
 		      int64_t *events);
 
-int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
+/* ksr_free_walk(): the list leaves the table. */
+#define FREE_BROKEN (-2)
+
+int64_t ksr_free_walk(const uint64_t *links, int64_t n_links, int64_t head, int64_t n,
+		      int64_t *out);
+
+int64_t ksr_window(int64_t n, const pte_t *ptes, const irow_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
 		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind,
@@ -540,6 +593,7 @@ void ksr_map_find(int64_t n, const uint64_t *keys, int32_t bits, const struct sl
 		  uint32_t now, int64_t *out);
 void ksr_map_insert(int64_t n, const uint64_t *keys, const int64_t *vals, int32_t bits,
 		    struct slot *table, uint32_t now);
+int64_t ksr_map_grow(struct slot *table, int32_t old_bits, int32_t bits, uint32_t now);
 
 /* -- recorded pages (record.py, vm/content.py) --------------------------- */
 

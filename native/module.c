@@ -172,7 +172,7 @@ static PyObject *py_write_run(PyObject *self, PyObject *args)
 	TAKE_N(count, const int64_t *, o[2], 8, 'i', 0, n_count);
 	TAKE_N(fps, const uint64_t *, o[3], 8, 'u', 0, n_fps);
 	TAKE(dirs, const int64_t *, o[4], 8, 'i', 0);
-	TAKE_N(ptes, int64_t **, o[5], 8, 'i', 1, n_ptes);
+	TAKE_N(ptes, pte_t **, o[5], sizeof(pte_t *), 'i', 1, n_ptes);
 	TAKE_N(owner, int32_t *, o[6], 4, 'i', 1, n_owner);
 	TAKE_N(found, int64_t *, o[7], 8, 'i', 1, n_found);
 	TAKE_N(content, uint64_t *, o[8], 8, 'u', 1, n_content);
@@ -198,6 +198,33 @@ fail:
 	return out;
 }
 
+PyDoc_STRVAR(free_walk_doc,
+	     "free_walk(links, head, out) -> int\n\n"
+	     "out[i] = the i-th row of the list linked through links from head on; the row\n"
+	     "after them (ksr_free_walk).");
+
+static PyObject *py_free_walk(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_links, *o_out, *out = NULL;
+	long long head;
+	Py_ssize_t n_links, n;
+
+	if (!PyArg_ParseTuple(args, "OLO", &o_links, &head, &o_out))
+		return NULL;
+	TAKE_N(links, const uint64_t *, o_links, 8, 'u', 0, n_links);
+	TAKE_N(rows, int64_t *, o_out, 8, 'i', 1, n);
+	head = ksr_free_walk(links, n_links, head, n, rows);
+	if (head == FREE_BROKEN) {
+		PyErr_SetString(PyExc_ValueError, "free_walk: the list leaves the table");
+		goto fail;
+	}
+	out = PyLong_FromLongLong(head);
+fail:
+	release(&h);
+	return out;
+}
+
 /* -- window.c ---------------------------------------------------------------- */
 
 PyDoc_STRVAR(window_doc,
@@ -217,8 +244,8 @@ static PyObject *py_window(PyObject *self, PyObject *args)
 			      &smart, &keep_flagged, &seqnr, &budget, &o[5], &o[6], &o[7], &o[8],
 			      &o[9]))
 		return NULL;
-	TAKE_N(ptes, const int64_t *, o[0], 8, 'i', 0, n);
-	TAKE_N(imap, const int64_t *, o[1], 8, 'i', 0, n_imap);
+	TAKE_N(ptes, const pte_t *, o[0], sizeof(pte_t), 'i', 0, n);
+	TAKE_N(imap, const irow_t *, o[1], sizeof(irow_t), 'i', 0, n_imap);
 	TAKE(fr_ksm, const uint8_t *, o[2], 1, 'u', 0);
 	TAKE(fr_node, const int32_t *, o[3], 4, 'i', 0);
 	TAKE(items, struct item_hot *, o[4], sizeof(struct item_hot), 'r', 1);
@@ -410,7 +437,7 @@ static PyObject *py_visit(PyObject *self, PyObject *args)
 	TAKE_N(rows, const int64_t *, o[1], 8, 'i', 0, n_rows);
 	TAKE_N(kind, const uint8_t *, o[2], 1, 'u', 0, n_kind);
 	TAKE_N(when, const int64_t *, o[3], 8, 'i', 0, n_when);
-	TAKE(ptes, int64_t *, o[4], 8, 'i', 1);
+	TAKE(ptes, pte_t *, o[4], sizeof(pte_t), 'i', 1);
 	TAKE_N(segs, const int64_t *, o[5], 8, 'i', 0, n_segs);
 	/* (bytes, not a record: a record's buffer format is slow to make) */
 	TAKE_N(vargs, const struct visit_args *, o[6], 1, 'u', 0, n_args);
@@ -458,8 +485,8 @@ static PyObject *py_step(PyObject *self, PyObject *args)
 			      &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13]))
 		return NULL;
 	t = &((TablesObject *)o_tables)->t;
-	TAKE_N(ptes, int64_t *, o[0], 8, 'i', 1, n);
-	TAKE_N(imap, int64_t *, o[1], 8, 'i', 1, n_imap);
+	TAKE_N(ptes, pte_t *, o[0], sizeof(pte_t), 'i', 1, n);
+	TAKE_N(imap, irow_t *, o[1], sizeof(irow_t), 'i', 1, n_imap);
 	TAKE_N(segs, const int64_t *, o[2], 8, 'i', 0, n_segs);
 	TAKE_N(pos, int64_t *, o[3], 8, 'i', 1, n_pos);
 	TAKE_N(cum, int64_t *, o[4], 8, 'i', 1, n_cum);
@@ -691,6 +718,34 @@ fail:
 	return out;
 }
 
+PyDoc_STRVAR(map_grow_doc,
+	     "map_grow(table, old_bits, bits, now) -> int\n\n"
+	     "Move the entries of a table grown in place from 1 << old_bits slots to\n"
+	     "1 << bits (the new ones empty) to their places under generation now + 1;\n"
+	     "the live entries (ksr_map_grow).");
+
+static PyObject *py_map_grow(PyObject *self, PyObject *args)
+{
+	struct held h = { .n = 0 };
+	PyObject *o_table, *out = NULL;
+	int old_bits, bits;
+	unsigned int now;
+	Py_ssize_t n_table;
+
+	if (!PyArg_ParseTuple(args, "OiiI", &o_table, &old_bits, &bits, &now))
+		return NULL;
+	TAKE_N(table, struct slot *, o_table, sizeof(struct slot), 'r', 1, n_table);
+	if (old_bits < 1 || old_bits > bits || bits > 62 || n_table != ((Py_ssize_t)1 << bits) ||
+	    now == UINT32_MAX) {
+		PyErr_SetString(PyExc_ValueError, "map_grow: a table of the wrong length");
+		goto fail;
+	}
+	out = PyLong_FromLongLong(ksr_map_grow(table, old_bits, bits, now));
+fail:
+	release(&h);
+	return out;
+}
+
 /* -- pages.c ----------------------------------------------------------------- */
 
 /* The hash function at address `a` (an int), or NULL with an exception set. */
@@ -791,6 +846,8 @@ static PyMethodDef methods[] = {
 	{ "clock", py_clock, METH_VARARGS, clock_doc },
 	{ "map_find", py_map_find, METH_VARARGS, map_find_doc },
 	{ "map_insert", py_map_insert, METH_VARARGS, map_insert_doc },
+	{ "map_grow", py_map_grow, METH_VARARGS, map_grow_doc },
+	{ "free_walk", py_free_walk, METH_VARARGS, free_walk_doc },
 	{ "fingerprint_pages", py_fingerprint_pages, METH_VARARGS, fingerprint_pages_doc },
 	{ "read_pages", py_read_pages, METH_VARARGS, read_pages_doc },
 	{ NULL, NULL, 0, NULL },
@@ -840,9 +897,9 @@ static const struct field item_hot_fields[] = {
 };
 
 static const struct field item_cold_fields[] = {
-	FIELD(item_cold, checksum, "<u8"), FIELD(item_cold, page, "<i8"),
-	FIELD(item_cold, slot, "<i4"),	   FIELD(item_cold, flags, "<u2"),
-	FIELD(item_cold, checked, "?"),	   { NULL, NULL, 0 },
+	FIELD(item_cold, checksum, "<u8"),
+	FIELD(item_cold, where, "<u8"),
+	{ NULL, NULL, 0 },
 };
 
 static const struct field traced_fields[] = {
@@ -938,6 +995,8 @@ static int exec_module(PyObject *m)
 		C(CLOCK_WORK),
 		C(CLOCK_SINCE),	  C(CLOCK_FIELDS),
 		{ "PTE_BYTES", sizeof(pte_t) }, { "IROW_BYTES", sizeof(irow_t) },
+		C(ITEM_PAGE_BITS), C(ITEM_SLOT_BITS), C(ITEM_SLOT_LIMIT), C(ITEM_CHECKED_BIT),
+		C(ITEM_ZERO_FLAGGED_BIT),
 #undef C
 	};
 

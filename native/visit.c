@@ -47,7 +47,7 @@
 
 struct scan {
 	/* window */
-	int64_t *ptes;
+	pte_t *ptes;
 	const int64_t *when;
 	/* frames, items, stable nodes, chains, trees (a copy of the caller's) */
 	struct tables t;
@@ -303,9 +303,9 @@ static void chain_use(struct scan *k, int64_t cid, const struct pick *p)
 /* The window position of the item `row` of this window's mm, or -1 if it is outside the window. */
 static int64_t window_pos(const struct scan *k, int64_t row)
 {
-	int64_t page = k->t.cold[row].page;
+	int64_t page = item_page(&k->t.cold[row]);
 
-	if (k->t.cold[row].slot != k->a->slot)
+	if (item_slot(&k->t.cold[row]) != k->a->slot)
 		return -1;
 	for (int64_t s = 0; s < k->n_segs; s++) {
 		const int64_t *seg = &k->segs[3 * s];
@@ -348,7 +348,7 @@ static int merge_pair(struct scan *k, int64_t i, int64_t row, int64_t frame, uin
 	k->sums[VISIT_PAIRS]++;
 	/* this page becomes the KSM page in place; the partner's PTE points at it */
 	k->t.fr_ksm[frame] = 1;
-	k->ptes[q] = frame;
+	k->ptes[q] = (pte_t)frame;
 	k->t.fr_mapcount[frame]++;
 	k->sums[VISIT_PTES]++;
 	put_frame(k, other);
@@ -397,8 +397,8 @@ static int merge_pair(struct scan *k, int64_t i, int64_t row, int64_t frame, uin
 /* v6: an item visited with a normal page at its address loses its zero-page flag. */
 static void unflag(struct scan *k, struct item_cold *c)
 {
-	if (k->a->flag_zero && (c->flags & ZERO_PAGE_FLAG)) {
-		c->flags &= (uint16_t)~ZERO_PAGE_FLAG;
+	if (k->a->flag_zero && (c->where & ITEM_ZERO_FLAGGED)) {
+		c->where &= ~ITEM_ZERO_FLAGGED;
 		k->sums[VISIT_UNFLAGGED]++;
 	}
 }
@@ -425,7 +425,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 	if (!can_unlink(k, row))
 		return 0;
 	content = k->t.fr_content[frame];
-	changed = !c->checked || c->checksum != content;
+	changed = !(c->where & ITEM_CHECKED) || c->checksum != content;
 	zero = !changed && content == 0 && a->use_zero_pages;
 	if (!a->checksum_first || (!changed && !zero)) {
 		/* stable_tree_search(): a node with room to merge into */
@@ -461,7 +461,7 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 		/* replace_page() into the node's KSM page, stable_tree_append() */
 		int64_t kframe = k->t.node_frame[node];
 
-		k->ptes[p] = kframe;
+		k->ptes[p] = (pte_t)kframe;
 		k->t.fr_mapcount[kframe]++;
 		k->sums[VISIT_MERGES]++;
 		k->sums[VISIT_PTES]++;
@@ -471,13 +471,13 @@ static int visit(struct scan *k, int64_t i, int64_t p, int64_t row)
 			trace_merge(k, i, node);
 	} else if (changed) {
 		c->checksum = content;
-		c->checked = 1;
+		c->where |= ITEM_CHECKED;
 		k->sums[VISIT_CHECKSUMS]++;
 	} else if (zero) {
 		/* try_to_merge_with_zero_page() */
 		k->ptes[p] = PTE_KSM_ZERO;
 		if (a->flag_zero)
-			c->flags |= ZERO_PAGE_FLAG;
+			c->where |= ITEM_ZERO_FLAGGED;
 		k->sums[VISIT_ZERO]++;
 		k->sums[VISIT_PTES]++;
 		put_frame(k, frame);

@@ -37,7 +37,7 @@
  * position handled (-1: none present), whether the budget stopped the walk
  * and the items that left an unstable tree.
  */
-int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const uint8_t *fr_ksm,
+int64_t ksr_window(int64_t n, const pte_t *ptes, const irow_t *imap, const uint8_t *fr_ksm,
 		   const int32_t *fr_node, struct item_hot *items, const struct item_cold *cold,
 		   int32_t smart, int32_t keep_flagged, int32_t seqnr, int64_t budget,
 		   int64_t *out_pos, int64_t *out_cum, uint8_t *out_kind, int64_t *out_stale,
@@ -64,7 +64,7 @@ int64_t ksr_window(int64_t n, const int64_t *ptes, const int64_t *imap, const ui
 
 		if (pte < 0) {
 			if (row >= 0 && !(keep_flagged && pte != PTE_NONE &&
-					  (cold[row].flags & ZERO_PAGE_FLAG))) {
+					  (cold[row].where & ITEM_ZERO_FLAGGED))) {
 				out_stale[stale++] = i;
 				out_pos[listed] = i;
 				out_cum[listed] = visits;
@@ -150,11 +150,10 @@ static void alloc_items(const struct tables *t, struct step *s, int32_t slot, in
 		t->cold[row] = t->blank_cold;
 		t->next[row] = -1;
 		t->prev[row] = -1;
-		t->cold[row].slot = slot;
-		t->cold[row].page = seg[0] + p - seg[2];
+		t->cold[row].where = item_where(seg[0] + p - seg[2], slot);
 		if (s->smart && !t->fr_ksm[s->ptes[p]])
 			t->items[row].age = 1;
-		s->imap[p] = row;
+		s->imap[p] = (irow_t)row;
 		s->rows[i] = row;
 	}
 }
@@ -207,7 +206,7 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 	for (int64_t i = 0; i < listed; i++) {
 		if (s->kind[i] != LISTED_STALE)
 			continue;
-		t->cold[s->rows[i]].slot = -1;
+		t->cold[s->rows[i]].where = 0;
 		t->free_rows[s->free++] = (int32_t)s->rows[i];
 		freed++;
 	}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from reference import ReferenceSimulator
@@ -27,6 +28,7 @@ from ksmreplay.engine import Engine
 from ksmreplay.replay import MODES
 from ksmreplay.trace import open_trace
 from ksmreplay.trace.events import WriteRun
+from ksmreplay.vm import memory as memory_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = sorted(
@@ -407,3 +409,21 @@ def test_every_refuses_more_snapshots_than_the_limit(tmp_path: Path) -> None:
     fine = CliRunner().invoke(cli, ["run", str(trace), "--every", "60s", "--format", "json"])
     assert fine.exit_code == 0, fine.output
     assert fine.output.count('"every@') == 2 * 61  # both modes, T = 0 .. 3600 s
+
+
+@pytest.mark.parametrize("part_bytes", [1 << 30, 64, 8 * 1000])
+def test_the_distinct_contents_are_counted_part_by_part_as_at_once(
+    part_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN frame contents with repeats, zeros, small and large values, some not mapped
+    rng = np.random.default_rng(5)
+    content = rng.choice(np.array([0, 1, 2, 3, 7, 2**63 + 5, 2**64 - 1, 12345], np.uint64), 5000)
+    content[4000:] = rng.integers(0, 2**64 - 1, 1000, np.uint64, endpoint=True)
+    seen = rng.random(5000) < 0.7
+    # WHEN they are counted in parts of any size (one part, many, the most)
+    monkeypatch.setattr(memory_module, "COUNT_PART_BYTES", part_bytes)
+    monkeypatch.setattr(memory_module, "COUNT_ROWS", 300)
+    distinct, zero = memory_module.count_distinct(content, seen)
+    # THEN the answer is the one of a set
+    mapped = set(content[seen].tolist())
+    assert (distinct, zero) == (len(mapped - {0}), 0 in mapped)

@@ -13,7 +13,6 @@ chains, stale nodes, forks; tests/test_chains.py chains and 6.1.)
 from __future__ import annotations
 
 import itertools
-import weakref
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from randtrace import large_random_trace, random_trace
 from ksmreplay import arrays, native
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import Ksmd
+from ksmreplay.ksm import contentmap as contentmap_module
 from ksmreplay.ksm import items as items_module
 from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Settle, Snapshot, Write
@@ -96,7 +96,7 @@ def _handed_back(
         frame = int(view[k])
         partner = self.unstable.get(int(self.mem.frames.content[frame]))
         hit = not self.mem.frames.ksm[frame] and partner is not None
-        elsewhere = hit and int(self.items.slot[partner]) != slot.id
+        elsewhere = hit and self.items.slot_of(partner) != slot.id
         handed.append((hit, elsewhere))
         cmp_and_merge(self, slot, row, view, k, page)
 
@@ -195,7 +195,7 @@ def _items(events: list[Event]) -> tuple[Any, ...]:
     items = engine.ksmd.items
     n, fresh, end = items.free_rows(0)[1:]
     freed = items.free_rows(0)[0][:n]
-    return items.slot.tolist(), items.page.tolist(), freed.tolist(), fresh, end
+    return items.slots().tolist(), items.where.tolist(), freed.tolist(), fresh, end
 
 
 def test_a_window_step_takes_the_rows_the_scalar_walk_takes(
@@ -273,30 +273,29 @@ def test_tables_the_native_core_holds_still_grow_in_place(
     assert all(in_place for name, in_place in grown if name in tables)
 
 
-def test_a_content_map_the_native_core_holds_is_gone_before_its_next_is_made(
+def test_a_content_map_the_native_core_holds_grows_in_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three processes' pages, first all alike, then each unique: the
     unstable tree's table grows while ksmd's scan holds it for the native
-    core; ksmd lets it go first, so that the old table is freed before the
-    new one is made (never both)."""
-    old_tables: dict[int, tuple[int, weakref.ref[Any]]] = {}
-    replaced: list[tuple[int, bool]] = []
-    reserve, new_table = ContentMap.reserve, ContentMap._new_table
+    core; ksmd lets it go first, so that it grows in place (the same array
+    made longer, its entries moved within it), never as a new table beside
+    the old one or a copy of its entries; and the map still finds them all."""
+    grown: list[tuple[int, int, bool]] = []
+    copies: list[int] = []
+    new_table = ContentMap._new_table
 
-    def reserving(self: ContentMap, n: int) -> None:
-        table = self.table()[0]
-        old_tables[id(self)] = len(table), weakref.ref(table)
-        del table
-        reserve(self, n)
+    def watched(owner: object, name: str, length: int) -> None:
+        # (an id, not the array: holding it here would keep it from growing in place)
+        before, had = id(getattr(owner, name)), len(getattr(owner, name))
+        arrays.grow_rows(owner, name, length)
+        grown.append((had, length, id(getattr(owner, name)) == before))
 
     def making(self: ContentMap) -> None:
-        if id(self) in old_tables:
-            slots, old = old_tables.pop(id(self))
-            replaced.append((slots, old() is None))
+        copies.append(1)
         new_table(self)
 
-    monkeypatch.setattr(ContentMap, "reserve", reserving)
+    monkeypatch.setattr(contentmap_module, "grow_rows", watched)
     monkeypatch.setattr(ContentMap, "_new_table", making)
     per = 3000
     events: list[Event] = [Ksm(0, 0, {"run": 1, "pages_to_scan": 500})]
@@ -311,10 +310,32 @@ def test_a_content_map_the_native_core_holds_is_gone_before_its_next_is_made(
         unique = np.arange(pid * per, (pid + 1) * per, dtype=np.uint64) + 100
         events.append(Write(len(events), SECOND, pid, BASE, per * PAGE, unique))
     events += [Settle(len(events), SECOND, 3), Snapshot(len(events) + 1, SECOND, "unique")]
-    _replay(events)
+    snapshots = _replay(events)
     # (a growth from more than the first table: made while the scan held it)
-    assert len(replaced) >= 2 and replaced[-1][0] > 1024
-    assert all(freed for _slots, freed in replaced)
+    assert len(grown) >= 2 and grown[-1][0] > 1024
+    assert all(in_place for _had, _length, in_place in grown)
+    assert len(copies) == 2  # (the stable and unstable trees' first tables only)
+    # the same outcome as the scalar walk, whose table is made anew at each growth
+    monkeypatch.setenv(native.ENV, "0")
+    assert _replay(events) == snapshots
+    assert len(copies) > 4
+
+
+def test_a_grown_content_map_keeps_its_entries() -> None:
+    """A table grown in place with tombstones and old generations in it: the
+    live entries are all found after, the deleted ones not, under the next
+    generation."""
+    m = ContentMap(bits=6)
+    keys = np.arange(1, 200, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    m.insert_new(keys[:40], np.arange(40, dtype=np.int64))
+    m.clear()  # (an older generation left in the slots)
+    m.insert_new(keys[40:80], np.arange(40, 80, dtype=np.int64))
+    for key in keys[40:50].tolist():
+        del m[key]  # (tombstones)
+    m.insert_new(keys[80:], np.arange(80, 199, dtype=np.int64))  # (grows)
+    want = np.concatenate([np.full(50, -1), np.arange(50, 199)])
+    assert m.find(keys).tolist() == want.tolist()
+    assert len(m) == 149 and sorted(v for _k, v in m.items()) == list(range(50, 199))
 
 
 # -- the scalar walk and the native core agree -------------------------------------

@@ -21,6 +21,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pytest
 from randtrace import large_random_trace, random_trace
 
@@ -54,8 +55,8 @@ def _replay(events: list[Event], mode: str) -> tuple[Any, ...]:
         snaps,
         ksmd.cpu_ns,
         tuple(ksmd.work_done),
-        items.slot[:fresh].tolist(),
-        items.page[:fresh].tolist(),
+        items.slots(slice(0, fresh)).tolist(),
+        items.pages(np.arange(fresh)).tolist(),
         freed[:n].tolist(),
         fresh,
         end,

@@ -24,7 +24,7 @@ from ksmreplay.ksm.counters import Counters
 from ksmreplay.ksm.items import NONE, STABLE, UNSTABLE, ItemTable, Slot
 from ksmreplay.ksm.ksmd import END, KEEP_BYTES, IdleState, Ksmd
 from ksmreplay.ksm.stable import Chain, NodeColumns, StableNode, StableTree
-from ksmreplay.ksm.v6 import WalkResult, clear_zero_page_flag
+from ksmreplay.ksm.v6 import WalkResult
 from ksmreplay.ksm.window import WINDOW_CHUNKS, Front
 
 __all__ = [
@@ -46,5 +46,4 @@ __all__ = [
     "StableNode",
     "StableTree",
     "WalkResult",
-    "clear_zero_page_flag",
 ]

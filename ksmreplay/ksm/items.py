@@ -11,12 +11,16 @@ import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
 from ksmreplay.native import (
+    IROW_DTYPE,
+    ITEM_CHECKED_BIT,
     ITEM_COLD,
     ITEM_HOT,
+    ITEM_PAGE_BITS,
+    ITEM_SLOT_BITS,
+    ITEM_ZERO_FLAGGED_BIT,
     STATE_NONE,
     STATE_STABLE,
     STATE_UNSTABLE,
-    ZERO_PAGE_FLAG,
 )
 from ksmreplay.vm import (
     MM,
@@ -27,6 +31,18 @@ from ksmreplay.vm import (
 
 NONE, UNSTABLE, STABLE = STATE_NONE, STATE_UNSTABLE, STATE_STABLE
 """Item states: volatile (no tree), in the unstable tree, linked to a stable node."""
+
+ITEM_PAGE_LIMIT = 1 << ITEM_PAGE_BITS
+"""An item's page number stays below this (the cold record holds it in
+:data:`~ksmreplay.native.ITEM_PAGE_BITS` bits): the item maps make no chunk
+beyond it (:class:`~ksmreplay.vm.PageTable`'s ``limit``)."""
+
+_PAGE_MASK = np.uint64(ITEM_PAGE_LIMIT - 1)
+_SLOT_SHIFT = np.uint64(ITEM_PAGE_BITS)
+_SLOT_MASK = np.uint64(((1 << ITEM_SLOT_BITS) - 1) << ITEM_PAGE_BITS)
+_CHECKED = np.uint64(1 << ITEM_CHECKED_BIT)
+_FLAGGED = np.uint64(1 << ITEM_ZERO_FLAGGED_BIT)
+_ALL = slice(None)
 
 
 class ItemTable:
@@ -39,23 +55,27 @@ class ItemTable:
     walk reads 8 bytes per page; :attr:`cold` (:data:`ITEM_COLD`) the rest,
     read by visits.  Each column attribute is a view of its field.
 
-    :ivar slot: owning mm slot id (``int32``).
-    :ivar page: virtual page number (``int64``).
+    The cold record's second field, :attr:`where`, is one word of the
+    item's page, its mm slot and two flags (``ksmreplay.h``): read them with
+    :meth:`pages`, :meth:`slots`, :meth:`checked`, :meth:`flagged` (one
+    item: :meth:`page_of`, :meth:`slot_of`, :meth:`is_checked`,
+    :meth:`is_flagged`), so that the record is 16 bytes.
+
     :ivar checksum: content seen at the last non-KSM visit (``uint64``).
-    :ivar checked: a checksum was recorded (``bool``); an unchecked item is
-        always "changed" on its first visit.
+    :ivar where: page, mm slot id plus one (0: a free item), a checksum was
+        recorded (an unchecked item is always "changed" on its first visit),
+        :data:`ZERO_PAGE_FLAG` of the v6 design (``uint64``).
     :ivar age: smart_scan age, saturating at 255 (``uint8``).
     :ivar skips: smart_scan remaining_skips (``uint8``).
     :ivar state: :data:`NONE`, :data:`UNSTABLE` or :data:`STABLE` (``int8``).
     :ivar seq: low 8 bits of the pass that inserted an unstable item (``uint8``).
     :ivar node: stable node id of a STABLE item, else :data:`NULL` (``int32``).
-    :ivar flags: :data:`ZERO_PAGE_FLAG` of the v6 design (``uint16``).
     :ivar hnext: next item of a STABLE item's node's hlist, or :data:`NULL` (``int32``:
         item numbers are below :data:`~ksmreplay.arrays.ROW_LIMIT`).
     :ivar hprev: previous item of that hlist, or :data:`NULL` (``int32``).
     """
 
-    FILL = (("slot", NULL), ("state", NONE), ("node", NULL))
+    FILL = (("state", NONE), ("node", NULL))
     """Fields of a fresh item that are not zero."""
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -114,25 +134,62 @@ class ItemTable:
                 setattr(self, name, records[name])
         self._free.grow(old, new)
 
-    slot: npt.NDArray[np.int32]
-    page: npt.NDArray[np.int64]
     checksum: npt.NDArray[np.uint64]
-    checked: npt.NDArray[np.bool_]
+    where: npt.NDArray[np.uint64]
     age: npt.NDArray[np.uint8]
     skips: npt.NDArray[np.uint8]
     state: npt.NDArray[np.int8]
     seq: npt.NDArray[np.uint8]
     node: npt.NDArray[np.int32]
-    flags: npt.NDArray[np.uint16]
+
+    def pages(self, rows: IntArray) -> IntArray:
+        """The pages of items ``rows``."""
+        pages: IntArray = (self.where[rows] & _PAGE_MASK).astype(np.int64)
+        return pages
+
+    def page_of(self, row: int) -> int:
+        """The page of item ``row``."""
+        return int(self.where[row]) & int(_PAGE_MASK)
+
+    def slots(self, rows: IntArray | slice = _ALL) -> IntArray:
+        """The mm slot ids of items ``rows`` (all by default), :data:`NULL` for a free one."""
+        slots: IntArray = ((self.where[rows] & _SLOT_MASK) >> _SLOT_SHIFT).astype(np.int64) - 1
+        return slots
+
+    def slot_of(self, row: int) -> int:
+        """The mm slot id of item ``row``, :data:`NULL` when it is free."""
+        return ((int(self.where[row]) & int(_SLOT_MASK)) >> int(_SLOT_SHIFT)) - 1
+
+    def checked(self, rows: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` have a checksum recorded."""
+        checked: npt.NDArray[np.bool_] = (self.where[rows] & _CHECKED) != 0
+        return checked
+
+    def is_checked(self, row: int) -> bool:
+        """Whether item ``row`` has a checksum recorded."""
+        return bool(int(self.where[row]) & int(_CHECKED))
+
+    def record_checksum(self, row: int, content: int) -> None:
+        """Item ``row``'s checksum is now ``content`` (and recorded)."""
+        self.checksum[row] = content
+        self.where[row] |= _CHECKED
 
     def flagged(self, rows: IntArray) -> npt.NDArray[np.bool_]:
         """Which of ``rows`` carry ZERO_PAGE_FLAG."""
-        flagged: npt.NDArray[np.bool_] = (self.flags[rows] & ZERO_PAGE_FLAG) != 0
+        flagged: npt.NDArray[np.bool_] = (self.where[rows] & _FLAGGED) != 0
         return flagged
 
     def is_flagged(self, row: int) -> bool:
         """Whether item ``row`` carries ZERO_PAGE_FLAG (one item, no array)."""
-        return bool(int(self.flags[row]) & ZERO_PAGE_FLAG)
+        return bool(int(self.where[row]) & int(_FLAGGED))
+
+    def flag(self, rows: IntArray) -> None:
+        """Set ZERO_PAGE_FLAG on items ``rows``."""
+        self.where[rows] |= _FLAGGED
+
+    def unflag(self, rows: IntArray) -> None:
+        """Clear ZERO_PAGE_FLAG of items ``rows`` (their other bits stay)."""
+        self.where[rows] &= ~_FLAGGED
 
     def alloc(self, slot: int, pages: IntArray) -> IntArray:
         """``alloc_rmap_item()`` for each page: fresh items (volatile, unchecked, age 0)."""
@@ -144,8 +201,7 @@ class ItemTable:
         self._cold_words[rows] = self._blank_cold
         self.hnext[rows] = NULL
         self.hprev[rows] = NULL
-        self.slot[rows] = slot
-        self.page[rows] = pages
+        self.where[rows] = pages.astype(np.uint64) | np.uint64((slot + 1) << int(_SLOT_SHIFT))
         self.count += n
         self.changes += n
         return rows
@@ -166,8 +222,8 @@ class ItemTable:
         self.changes += made + freed
 
     def release(self, rows: IntArray) -> None:
-        """``free_rmap_item()``."""
-        self.slot[rows] = NULL
+        """``free_rmap_item()`` (the native core frees alike: the word cleared)."""
+        self.where[rows] = 0
         self.count -= len(rows)
         self.changes += len(rows)
         self._free.push(rows)
@@ -179,6 +235,9 @@ class Slot:
 
     id: int
     mm: MM
-    items: PageTable = field(default_factory=PageTable)
+    items: PageTable = field(
+        default_factory=lambda: PageTable(IROW_DTYPE, ITEM_PAGE_LIMIT, "an rmap_item's page")
+    )
+    """The item map: the item of each page (or -1), laid out as a page table."""
     rmap_items: int = 0
     merging_pages: int = 0

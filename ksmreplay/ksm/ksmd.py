@@ -52,6 +52,7 @@ against each other and against a one-at-a-time reference model.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -60,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray
+from ksmreplay.errors import ResourceError
 from ksmreplay.ksm.advisor import Advisor
 from ksmreplay.ksm.contentmap import ContentMap
 from ksmreplay.ksm.counters import Counters
@@ -81,6 +83,7 @@ from ksmreplay.ksm.window import WINDOW_CHUNKS, Front, _Pages, _write_back
 from ksmreplay.native import (
     AGE_MAX,
     CHUNK_SHIFT,
+    ITEM_SLOT_LIMIT,
     LISTED_STALE,
     PTE_KSM_ZERO,
     PTE_ZERO,
@@ -93,6 +96,7 @@ from ksmreplay.native import (
     WALKED_BUDGET,
     WALKED_END,
     Clock,
+    Entries,
     Native,
     Stepped,
     VisitArgs,
@@ -142,7 +146,7 @@ class _Marks(NamedTuple):
     item_changes: int
 
 
-def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
+def _chunks_used(segs: list[tuple[int, int, Entries]], last: int) -> int:
     """The page-table chunks of a window's runs ``segs`` up to page ``last``."""
     if len(segs) == 1:
         lo, hi, _v = segs[0]
@@ -154,7 +158,7 @@ def _chunks_used(segs: list[tuple[int, int, IntArray]], last: int) -> int:
     )
 
 
-def _seg_rows(segs: list[tuple[int, int, IntArray]]) -> IntArray:
+def _seg_rows(segs: list[tuple[int, int, Entries]]) -> IntArray:
     """A window's runs of pages as the native core takes them: (first page, end
     page, first position) each, flat."""
     out: list[int] = []
@@ -218,6 +222,7 @@ class Ksmd(FlaggedItems):
         self.slot_of: dict[int, Slot] = {}  # id(mm) -> slot
         self.slot_by_id: dict[int, Slot] = {}
         self._next_slot_id = 0
+        self._free_slot_ids: list[int] = []  # (a heap: the lowest is taken first)
         self.cursor: Slot | None = None
         self.cursor_page = 0
         self.cursor_item_page = 0
@@ -266,7 +271,7 @@ class Ksmd(FlaggedItems):
 
     def _item_page(self, row: int) -> tuple[int, int]:
         """(pid, page) of an item."""
-        return self.slot_by_id[int(self.items.slot[row])].mm.pid, int(self.items.page[row])
+        return self.slot_by_id[self.items.slot_of(row)].mm.pid, self.items.page_of(row)
 
     def _kpage(self, node: StableNode) -> dict[str, int] | None:
         """The name of a stable node's KSM page (its ``kpfn``): the page that became it."""
@@ -319,8 +324,16 @@ class Ksmd(FlaggedItems):
         not reach it and the next one does; while run is 2 it goes last.
         Emits ``trace_ksm_enter()``.
         """
-        slot = Slot(self._next_slot_id, mm)
-        self._next_slot_id += 1
+        if self._free_slot_ids:
+            slot = Slot(heapq.heappop(self._free_slot_ids), mm)
+        elif self._next_slot_id < ITEM_SLOT_LIMIT:
+            slot = Slot(self._next_slot_id, mm)
+            self._next_slot_id += 1
+        else:
+            raise ResourceError(
+                f"pid {mm.pid}: the simulator gives at most {ITEM_SLOT_LIMIT:,} processes "
+                "a KSM slot at once"
+            )
         self.slot_of[id(mm)] = slot
         self.slot_by_id[slot.id] = slot
         was_empty = not self.slots
@@ -353,8 +366,12 @@ class Ksmd(FlaggedItems):
             self.slots.insert(at, slot)
 
     def _forget(self, slot: Slot) -> None:
+        """The slot is gone; its id, which no item holds any more, is free
+        for the next mm to enter (the item record has room for few ids)."""
+        assert slot.rmap_items == 0, "a slot forgotten while items hold its id"
         del self.slot_of[id(slot.mm)]
         del self.slot_by_id[slot.id]
+        heapq.heappush(self._free_slot_ids, slot.id)
 
     def _drop(self, slot: Slot) -> None:
         """Remove a slot from the list and clear MMF_VM_MERGEABLE."""
@@ -456,7 +473,7 @@ class Ksmd(FlaggedItems):
 
     def _merging_down(self, rows: IntArray) -> None:
         """Items ``rows`` leave their nodes: their mms' ``merging_pages`` go down."""
-        slots, counts = np.unique(self.items.slot[rows], return_counts=True)
+        slots, counts = np.unique(self.items.slots(rows), return_counts=True)
         for sid, n in zip(slots.tolist(), counts.tolist(), strict=True):
             self.slot_by_id[sid].merging_pages -= n
 
@@ -630,7 +647,7 @@ class Ksmd(FlaggedItems):
             self.c.pages_sharing += 1
         else:
             self.c.pages_shared += 1
-        self.slot_by_id[int(self.items.slot[row])].merging_pages += 1
+        self.slot_by_id[self.items.slot_of(row)].merging_pages += 1
         self.items.state[row] = STABLE
         self.items.node[row] = node.id
 
@@ -1028,7 +1045,7 @@ class Ksmd(FlaggedItems):
         self._visits_per_chunk = walked.per_chunk
 
     def _scan_window(
-        self, slot: Slot, segs: list[tuple[int, int, IntArray]], budget: int, walked: bool = False
+        self, slot: Slot, segs: list[tuple[int, int, Entries]], budget: int, walked: bool = False
     ) -> tuple[int, int | None]:
         """Handle the present pages of consecutive page-table segments, in address order.
 
@@ -1097,7 +1114,7 @@ class Ksmd(FlaggedItems):
             self._tick(self._window_visits + 1)
             self._free_items(slot, self.cursor_item_page, int(pages[0]), passed=True)
             rows, stale_rows = self._take_listed(
-                slot, front, ptes, imap, imap_views, pages, imap[front.pos]
+                slot, front, ptes, imap, imap_views, pages, imap[front.pos].astype(np.int64)
             )
             return self._window_done(
                 core, slot, segs, seg_rows, ptes, pages, front, rows, stale_rows, None
@@ -1179,9 +1196,9 @@ class Ksmd(FlaggedItems):
         self,
         core: Native,
         slot: Slot,
-        segs: list[tuple[int, int, IntArray]],
+        segs: list[tuple[int, int, Entries]],
         seg_rows: IntArray,
-        ptes: IntArray,
+        ptes: Entries,
         pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
@@ -1202,9 +1219,9 @@ class Ksmd(FlaggedItems):
         self,
         slot: Slot,
         front: Front,
-        ptes: IntArray,
-        imap: IntArray,
-        imap_views: list[IntArray],
+        ptes: Entries,
+        imap: Entries,
+        imap_views: list[Entries],
         pages: IntArray | _Pages,
         rows: IntArray,
     ) -> tuple[IntArray, IntArray]:
@@ -1213,7 +1230,7 @@ class Ksmd(FlaggedItems):
         positions), fresh ones made for pages without one (``alloc_rmap_item()``);
         returns them, and the stale items (freed once the events are done)."""
         it, c = self.items, self.c
-        stale_rows = imap[front.stale]
+        stale_rows = imap[front.stale].astype(np.int64)
         imap[front.stale] = NULL
         new = np.flatnonzero(rows < 0)
         if len(new):
@@ -1232,9 +1249,9 @@ class Ksmd(FlaggedItems):
     def _walk_window(
         self,
         slot: Slot,
-        ptes: IntArray,
-        imap: IntArray,
-        imap_views: list[IntArray],
+        ptes: Entries,
+        imap: Entries,
+        imap_views: list[Entries],
         pages: IntArray | _Pages,
         budget: int,
     ) -> tuple[int, int | None]:
@@ -1340,9 +1357,9 @@ class Ksmd(FlaggedItems):
         self,
         core: Native,
         slot: Slot,
-        segs: list[tuple[int, int, IntArray]],
+        segs: list[tuple[int, int, Entries]],
         seg_rows: IntArray,
-        ptes: IntArray,
+        ptes: Entries,
         pages: IntArray | _Pages,
         front: Front,
         rows: IntArray,
@@ -1548,7 +1565,7 @@ class Ksmd(FlaggedItems):
             node.chain = chain
 
     def _window_front(
-        self, core: Native, ptes: IntArray, imap: IntArray, budget: int
+        self, core: Native, ptes: Entries, imap: Entries, budget: int
     ) -> Front | None:
         """The present pages of a window up to the budget: smart_scan, counting, listing.
 
@@ -1575,7 +1592,7 @@ class Ksmd(FlaggedItems):
         )
         return None if found is None else Front(*found)
 
-    def _cmp_and_merge(self, slot: Slot, row: int, view: IntArray, k: int, page: int) -> None:
+    def _cmp_and_merge(self, slot: Slot, row: int, view: Entries, k: int, page: int) -> None:
         """``cmp_and_merge_page()``.
 
         Linux 6.11+ order: checksum, zero page, stable tree, unstable tree.
@@ -1615,9 +1632,8 @@ class Ksmd(FlaggedItems):
                 return
         else:
             self.unlink(row)
-        if not it.checked[row] or int(it.checksum[row]) != content:
-            it.checksum[row] = content
-            it.checked[row] = True
+        if not it.is_checked(row) or int(it.checksum[row]) != content:
+            it.record_checksum(row, content)
             self.c.checksums += 1
             return
         if content == 0 and self.knobs.use_zero_pages:
@@ -1640,8 +1656,8 @@ class Ksmd(FlaggedItems):
         self.c.pairs += 1
         # try_to_merge_two_pages(): this page becomes the KSM page in place,
         # the partner's PTE is pointed at it.
-        p_slot = self.slot_by_id[int(it.slot[partner])]
-        p_page = int(it.page[partner])
+        p_slot = self.slot_by_id[it.slot_of(partner)]
+        p_page = it.page_of(partner)
         p_view = p_slot.mm.pt.chunk(p_page >> CHUNK_SHIFT)
         p_k = p_page & (CHUNK - 1)
         fr.ksm[frame] = True
@@ -1663,7 +1679,7 @@ class Ksmd(FlaggedItems):
         self._append(row, node)
 
     def _join(
-        self, row: int, slot: Slot, view: IntArray, k: int, frame: int, node: StableNode
+        self, row: int, slot: Slot, view: Entries, k: int, frame: int, node: StableNode
     ) -> None:
         """``try_to_merge_with_ksm_page()`` (emits ``trace_ksm_merge_with_ksm_page()``)
         then ``stable_tree_append()``."""
@@ -1675,14 +1691,14 @@ class Ksmd(FlaggedItems):
             self._emit_merge(row, kpage, kpage)
         self._append(row, node)
 
-    def _replace(self, mm: MM, view: IntArray, k: int, old: int, kframe: int) -> None:
+    def _replace(self, mm: MM, view: Entries, k: int, old: int, kframe: int) -> None:
         """``replace_page()``: point one PTE at a KSM page, drop the old page."""
         view[k] = kframe
         self.mem.frames.mapcount[kframe] += 1
         self.mem.frames.changes += 1
         self.mem.put_frame(old)
 
-    def _merge_zero(self, mm: MM, view: IntArray, k: int, frame: int) -> None:
+    def _merge_zero(self, mm: MM, view: Entries, k: int, frame: int) -> None:
         """``try_to_merge_with_zero_page()``: map the shared zero page instead."""
         view[k] = PTE_KSM_ZERO
         mm.rss_anon -= 1
@@ -1700,8 +1716,8 @@ class Ksmd(FlaggedItems):
             it.seq[row] = self.seqnr & SEQNR_MASK
             self.c.pages_unshared += 1
             return None
-        p_mm = self.slot_by_id[int(it.slot[partner])].mm
-        p_page = int(it.page[partner])
+        p_mm = self.slot_by_id[it.slot_of(partner)].mm
+        p_page = it.page_of(partner)
         pte = p_mm.pt.get(p_page)
         fr = self.mem.frames
         if (
@@ -1851,10 +1867,7 @@ class Ksmd(FlaggedItems):
             it.state,
             np.where(it.state == UNSTABLE, it.seq - seq, 0).astype(np.uint8),
             it.checksum,
-            it.page,
-            it.slot,
-            it.flags,
-            it.checked,
+            it.where,
             it.hnext,
             it.hprev,
             cols.size[:n],

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from enum import Enum
 
-import numpy as np
-import numpy.typing as npt
-
 from ksmreplay.arrays import IntArray
 from ksmreplay.ksm.counters import Counters
 from ksmreplay.ksm.items import ItemTable, Slot
 from ksmreplay.native import (
     PTE_KSM_ZERO,
     PTE_ZERO,
-    ZERO_PAGE_FLAG,
 )
 from ksmreplay.vm import (
     MM,
@@ -31,12 +27,6 @@ class WalkResult(Enum):
     """The shared zero page: a flagged item there is kept, not visited."""
     NOTHING = 3
     """No page, or the VMA is gone or not mergeable: items there are freed."""
-
-
-def clear_zero_page_flag(flags: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """The v6 flag-clearing helper: only ZERO_PAGE_FLAG goes (the other flags stay)."""
-    cleared: npt.NDArray[np.uint16] = flags & np.uint16(0xFFFF & ~ZERO_PAGE_FLAG)
-    return cleared
 
 
 class FlaggedItems:
@@ -58,13 +48,13 @@ class FlaggedItems:
 
     def _flag_zero(self, slot: Slot, rows: IntArray) -> None:
         """A zero-page merge: keep the items, flagged and counted (global and per mm)."""
-        self.items.flags[rows] |= np.uint16(ZERO_PAGE_FLAG)
+        self.items.flag(rows)
         self.c.zero_pages_sharing += len(rows)
         slot.mm.zero_pages_sharing += len(rows)
 
     def _clear_zero(self, slot: Slot, rows: IntArray) -> None:
         """Clear ZERO_PAGE_FLAG of flagged items and count them down."""
-        self.items.flags[rows] = clear_zero_page_flag(self.items.flags[rows])
+        self.items.unflag(rows)  # (the v6 flag-clearing helper: only ZERO_PAGE_FLAG goes)
         self.c.zero_pages_sharing -= len(rows)
         slot.mm.zero_pages_sharing -= len(rows)
 
@@ -76,7 +66,7 @@ class FlaggedItems:
         """
         mm = slot.mm
         if not mm.exiting:
-            for page in self.items.page[rows].tolist():
+            for page in self.items.pages(rows).tolist():
                 if mm.mapped(page):
                     self.mem.unshare_zero_page(mm, page)
         self._clear_zero(slot, rows)

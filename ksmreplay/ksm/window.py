@@ -9,12 +9,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray
-from ksmreplay.native import WINDOW_CHUNKS
+from ksmreplay.native import WINDOW_CHUNKS, Entries
 
 __all__ = ["WINDOW_CHUNKS", "Front"]
 
 
-def _write_back(views: list[IntArray], flat: IntArray) -> None:
+def _write_back(views: list[Entries], flat: Entries) -> None:
     """Copy a gathered window back into the chunk views it was gathered from."""
     if len(views) == 1:
         views[0][:] = flat

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray, charge, grow_rows, more_rows
+from ksmreplay.native import native
 
 NULL = -1
 """The one "no such row" sentinel of every index column."""
@@ -93,6 +94,88 @@ class FreeStack:
         return rows
 
 
+class FreeList:
+    """Free rows of the frame table, handed out as :class:`FreeStack` hands
+    them: the rows freed, last freed first, then the rows never used, in
+    ascending order.
+
+    The freed rows are a list linked through a column that a free row does
+    not use (``links``: the frames' contents; a freed row's entry holds the
+    row freed before it), so that they cost no memory of their own: the
+    frames freed by merging are most of a host's frames.  Rows are taken in
+    two steps, as the fault path takes them: :meth:`peek` lists the next
+    ones, the caller fills in (and so overwrites the links of) those it uses,
+    then :meth:`pop` takes them, with nothing pushed in between.
+    """
+
+    __slots__ = ("_end", "_fresh", "_head", "_n", "_native", "_next", "_peeked")
+
+    def __init__(self, capacity: int) -> None:
+        self._head = NULL
+        """The last row freed (the list's first)."""
+        self._n = 0
+        """Rows freed and not handed out again (the list's length)."""
+        self._fresh = 0
+        """The first row never handed out."""
+        self._end = capacity
+        self._peeked: IntArray = np.zeros(0, np.int64)
+        """The freed rows the last :meth:`peek` listed."""
+        self._next = NULL
+        """The row after them in the list."""
+        self._native = native()
+
+    def __len__(self) -> int:
+        return self._n + self._end - self._fresh
+
+    def grow(self, old: int, new: int) -> None:
+        """The table grew from ``old`` rows to ``new``."""
+        assert old == self._end
+        self._end = new
+
+    def push(self, links: npt.NDArray[np.uint64], rows: npt.NDArray[np.integer[Any]]) -> None:
+        """Free ``rows`` (the last of them is handed out first)."""
+        if len(rows):
+            links[rows[0]] = max(self._head, 0)
+            links[rows[1:]] = rows[:-1]
+            self._head = int(rows[-1])
+            self._n += len(rows)
+            self._peeked = self._peeked[:0]
+
+    def push_one(self, links: npt.NDArray[np.uint64], row: int) -> None:
+        links[row] = max(self._head, 0)
+        self._head = row
+        self._n += 1
+        self._peeked = self._peeked[:0]
+
+    def peek(self, links: npt.NDArray[np.uint64], n: int) -> IntArray:
+        """The rows the next :meth:`pop` of ``n`` would return, without taking them."""
+        freed = min(n, self._n)
+        rows = np.empty(n, np.int64)
+        if self._native is not None:
+            self._next = self._native.free_walk(links, self._head, rows[:freed])
+        else:
+            row = self._head
+            for i in range(freed):
+                rows[i] = row
+                row = int(links[row])
+            self._next = row
+        rows[freed:] = np.arange(self._fresh, self._fresh + n - freed)
+        self._peeked = rows[:freed]
+        return rows
+
+    def pop(self, n: int) -> None:
+        """Take the first ``n`` rows the last :meth:`peek` listed (it listed at least ``n``)."""
+        freed = min(n, self._n)
+        assert freed <= len(self._peeked) and (freed == 0 or self._peeked[0] == self._head)
+        if freed:
+            self._head = int(self._peeked[freed]) if freed < len(self._peeked) else self._next
+            self._n -= freed
+            if self._n == 0:
+                self._head = NULL
+        self._fresh += n - freed
+        self._peeked = self._peeked[:0]
+
+
 class FrameTable:
     """Every anonymous page frame, as columns indexed by frame number.
 
@@ -111,7 +194,7 @@ class FrameTable:
         self.mapcount = np.zeros(capacity, np.int32)
         self.ksm = np.zeros(capacity, np.bool_)
         self.node = np.full(capacity, NULL, np.int32)
-        self._free = FreeStack(capacity)
+        self._free = FreeList(capacity)
         self.on_grow: Callable[[], None] | None = None
         """Called before the columns grow (whoever holds them lets them go, so
         that they grow in place and the old rows are not kept alive)."""
@@ -126,8 +209,8 @@ class FrameTable:
         columns (ksmd's idle passes change none)."""
 
     ROW_BYTES = 8 + 4 + 1 + 4
-    """Bytes per frame row: the four columns (a freed row takes 4 more in the
-    free stack)."""
+    """Bytes per frame row: the four columns (a freed row's content links it
+    in the list of freed rows: :class:`FreeList`)."""
 
     def _grow(self, need: int) -> None:
         """Room for ``need`` more rows (the columns may move: take them after)."""
@@ -153,7 +236,7 @@ class FrameTable:
         """The rows the next :meth:`alloc` of ``n`` frames would use (growing the table)."""
         if n > len(self._free):
             self._grow(n - len(self._free))
-        return self._free.peek(n)
+        return self._free.peek(self.content, n)
 
     def taken(self, n: int) -> None:
         """The first ``n`` :meth:`candidates` were filled in as frames mapped once."""
@@ -170,7 +253,7 @@ class FrameTable:
         self.node[rows] = NULL
         self.live -= len(rows)
         self.changes += len(rows)
-        self._free.push(rows)
+        self._free.push(self.content, rows)
 
     def release_one(self, row: int) -> None:
         """:meth:`release` of a single row."""
@@ -180,7 +263,7 @@ class FrameTable:
         self.node[row] = NULL
         self.live -= 1
         self.changes += 1
-        self._free.push_one(row)
+        self._free.push_one(self.content, row)
 
     @property
     def capacity(self) -> int:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ksmreplay.arrays import IntArray, charge
-from ksmreplay.native import CHUNK_SHIFT, PTE_NONE
+from ksmreplay.errors import ResourceError
+from ksmreplay.native import CHUNK_SHIFT, PTE_DTYPE, PTE_NONE, Entries
 
 CHUNK = 1 << CHUNK_SHIFT
 """Entries per page-table chunk (512, like one x86-64 PTE page)."""
 
-Places = list[tuple[IntArray, "IntArray | None", IntArray]]
+Places = list[tuple[Entries, "IntArray | None", IntArray]]
 
 
 BLOCK_SHIFT = 9
@@ -26,7 +29,13 @@ FEW = 16
 
 
 class PageTable:
-    """Sparse page table of one process: chunks of :data:`CHUNK` PTEs, created on demand.
+    """Sparse page table of one process: chunks of :data:`CHUNK` entries of
+    ``dtype``, created on demand.  A process's PTEs (frame rows and PTE_*
+    values: ``native.PTE_DTYPE``) are one; ksmd's item map of an mm (item
+    rows, or -1: ``native.IROW_DTYPE``) is another, of the same layout.
+    With a ``limit``, no chunk is made for pages at or above it: a
+    :class:`~ksmreplay.errors.ResourceError` says that ``what`` (the entries'
+    meaning, in words) cannot be held there.
 
     Chunks are rows of 2-D blocks, numbered in the order they were created,
     so that many pages can be read and written at once (:meth:`places`,
@@ -50,20 +59,29 @@ class PageTable:
         "_blocks",
         "_chunks",
         "_directory",
+        "_dtype",
         "_in",
         "_in_list",
         "_karr",
         "_keys",
+        "_limit",
         "_rarr",
         "_row",
+        "_what",
         "on_change",
     )
 
-    def __init__(self) -> None:
-        self._chunks: dict[int, IntArray] = {}
+    def __init__(
+        self, dtype: np.dtype[Any] = PTE_DTYPE, limit: int | None = None, what: str = ""
+    ) -> None:
+        self._dtype = dtype
+        self._limit = None if limit is None else limit >> CHUNK_SHIFT
+        """The first chunk key not to make (None: any)."""
+        self._what = what
+        self._chunks: dict[int, Entries] = {}
         self._row: dict[int, int] = {}
         self._keys: list[int] = []
-        self._blocks: list[IntArray] = []
+        self._blocks: list[Entries] = []
         self._bases: list[int] = []
         """Each block's address."""
         self._karr = np.zeros(0, np.int64)
@@ -82,15 +100,25 @@ class PageTable:
         self._directory: tuple[int, int, int, int] | None = None
         self.on_change: Callable[[], None] | None = None
 
-    def chunk(self, key: int) -> IntArray:
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The entries' type."""
+        return self._dtype
+
+    def chunk(self, key: int) -> Entries:
         """The chunk ``key`` (page number >> CHUNK_SHIFT), created empty if needed."""
         arr = self._chunks.get(key)
         if arr is None:
             arr = self._make(key)
         return arr
 
-    def _make(self, key: int, more: int = 1) -> IntArray:
+    def _make(self, key: int, more: int = 1) -> Entries:
         """A new chunk ``key``; ``more`` chunks (this one included) are being made."""
+        if self._limit is not None and key >= self._limit:
+            raise ResourceError(
+                f"page {key << CHUNK_SHIFT:#x} and above: the simulator holds {self._what} "
+                f"below {self._limit << CHUNK_SHIFT:#x} only"
+            )
         row = len(self._chunks)
         if row == len(self._karr):
             grow = max(8, row)
@@ -103,14 +131,14 @@ class PageTable:
             block, at = len(self._blocks) - 1, int(self._at[row - 1]) + 1
         else:
             size = min(max(row, more, 1), BLOCK)
-            charge(size * CHUNK * 8, "a page table")
-            self._blocks.append(np.empty((size, CHUNK), np.int64))
+            charge(size * CHUNK * self._dtype.itemsize, "a page table")
+            self._blocks.append(np.empty((size, CHUNK), self._dtype))
             self._bases.append(self._blocks[-1].ctypes.data)
             block, at = len(self._blocks) - 1, 0
         self._in[row], self._at[row] = block, at
         self._in_list.append(block)
         self._at_list.append(at)
-        arr: IntArray = self._blocks[block][at]
+        arr: Entries = self._blocks[block][at]
         arr[:] = PTE_NONE
         self._chunks[key] = arr
         self._row[key] = row
@@ -120,7 +148,7 @@ class PageTable:
         karr[i + 1 : row + 1] = karr[i:row]
         rarr[i + 1 : row + 1] = rarr[i:row]
         karr[i], rarr[i] = key, row
-        self._addr[row] = self._bases[block] + at * CHUNK * 8
+        self._addr[row] = self._bases[block] + at * CHUNK * self._dtype.itemsize
         if self._directory is not None:
             self._directory = None
             if self.on_change is not None:
@@ -205,7 +233,7 @@ class PageTable:
             lo = hi
         return found
 
-    def segments(self, start: int, end: int) -> Iterator[tuple[int, int, IntArray]]:
+    def segments(self, start: int, end: int) -> Iterator[tuple[int, int, Entries]]:
         """Existing chunks overlapping pages [start, end): ``(first_page, stop_page, view)``."""
         keys = self._keys
         i = bisect.bisect_left(keys, start >> CHUNK_SHIFT)
@@ -219,7 +247,7 @@ class PageTable:
             yield lo, hi, self._chunks[key][lo - base : hi - base]
             i += 1
 
-    def runs(self, start: int, end: int, limit: int) -> list[tuple[int, int, IntArray]]:
+    def runs(self, start: int, end: int, limit: int) -> list[tuple[int, int, Entries]]:
         """Like :meth:`segments`, for at most ``limit`` chunks, but a run of chunks
         with consecutive keys in consecutive rows of one block is one segment."""
         keys = self._keys
@@ -249,7 +277,7 @@ class PageTable:
         have = bisect.bisect_right(keys, last) - bisect.bisect_left(keys, first)
         return have == last - first + 1
 
-    def segments_all(self, start: int, end: int) -> Iterator[tuple[int, int, IntArray]]:
+    def segments_all(self, start: int, end: int) -> Iterator[tuple[int, int, Entries]]:
         """Like :meth:`segments` but creating the chunks (for writes and read faults)."""
         page = start
         while page < end:
@@ -260,18 +288,18 @@ class PageTable:
             page = hi
 
 
-def gather(places: Places, n: int) -> IntArray:
+def gather(places: Places, n: int) -> Entries:
     """The ``n`` entries at ``places`` (:meth:`PageTable.places`)."""
     if len(places) == 1 and places[0][1] is None:
         flat, _, index = places[0]
         return flat[index]
-    out = np.empty(n, np.int64)
+    out = np.empty(n, places[0][0].dtype if places else PTE_DTYPE)
     for flat, which, index in places:
         out[which] = flat[index]
     return out
 
 
-def scatter(places: Places, values: IntArray) -> None:
+def scatter(places: Places, values: npt.NDArray[np.signedinteger[Any]]) -> None:
     """Set the entries at ``places`` (:meth:`PageTable.places`) to ``values``."""
     for flat, which, index in places:
         flat[index] = values if which is None else values[which]
