@@ -12,7 +12,7 @@
  * before it, too little room on the free stack, in the unstable tree's
  * table or in dead[]), or one whose step did something Python must see to
  * (a visit handed back, STEP_ALLOC, new KSM pages, a KSM page freed, the
- * tracer, the v6 design's flags).  Such a window is left to the caller with
+ * tracer, a stale item with the v6 design's flag).  Such a window is left to the caller with
  * everything it needs to go on with the code that exists: its place and
  * chunks, the visits before it, and the step's outputs where ksr_step() left
  * them.  The windows done here change only what their steps change; the
@@ -75,14 +75,15 @@ static int64_t page_at(const struct piece *pc, int64_t n, int64_t p)
 }
 
 /* Whether a window's step left nothing for Python but counting. */
-static int plain(const struct tables *t, int64_t status, const struct visit_args *a,
+static int plain(const struct tables *t, int64_t status, const int64_t *summary,
 		 const struct visit_out *o)
 {
 	const int64_t *sums = o->sums;
 
-	if (status != STEP_DONE || o->traced || a->flag_zero || sums[VISIT_PAIRS] ||
-	    sums[VISIT_MADE])
+	if (status != STEP_DONE || o->traced || sums[VISIT_PAIRS] || sums[VISIT_MADE])
 		return 0;
+	if (summary[FRONT_STALE] && !summary[STEP_FREED])
+		return 0;	/* (v6: a flagged stale item, for Ksmd._free_rows) */
 	for (int64_t i = 0; i < sums[VISIT_DEAD]; i++)
 		if (t->fr_ksm[o->dead[i]])
 			return 0;	/* (ksmd forgets its node: Memory.free_frames) */
@@ -225,7 +226,7 @@ int64_t ksr_walk(const struct tables *t, const struct directory *pt, const struc
 				memcpy(pc[c].irow, imap + pc[c].at,
 				       (size_t)(pc[c].hi - pc[c].lo) * sizeof(irow_t));
 		}
-		if (!plain(t, status, a, o)) {
+		if (!plain(t, status, sum, o)) {
 			state[WALK_STATUS] = status;
 			state[WALK_STEP_FREE] = s->free;
 			state[WALK_STEP_FRESH] = s->fresh;

@@ -164,8 +164,9 @@ static void alloc_items(const struct tables *t, struct step *s, int32_t slot, in
  * fresh items for the pages without one, the stale positions' map entries
  * cleared, then the events in address order (ksr_visit()); when every event
  * was done, the stale items are freed (ItemTable.release(): off their mm
- * slot, pushed on the free stack in address order), but in the v6 design
- * (a->flag_zero), where freeing a flagged item changes its mm's counters.  The front's outputs and
+ * slot, pushed on the free stack in address order), unless one of them
+ * carries the v6 design's flag (a->flag_zero), whose freeing changes its
+ * mm's counters: the caller then frees them all.  The front's outputs and
  * s->rows stay for the caller, who goes on from where the step stopped: with
  * STEP_ALLOC (too few free rows) nothing but the front was done; with
  * STEP_HANDED the events before summary[STEP_STOP] were.  The caller leaves
@@ -202,7 +203,10 @@ int64_t ksr_step(const struct tables *t, struct step *s, const struct visit_args
 	if (stop < listed)
 		return STEP_HANDED;
 	if (a->flag_zero)
-		return STEP_DONE;	/* (a flagged stale item is the caller's to free) */
+		for (int64_t i = 0; i < listed; i++)
+			if (s->kind[i] == LISTED_STALE &&
+			    (t->cold[s->rows[i]].where & ITEM_ZERO_FLAGGED))
+				return STEP_DONE;	/* (the caller's to free) */
 	for (int64_t i = 0; i < listed; i++) {
 		if (s->kind[i] != LISTED_STALE)
 			continue;

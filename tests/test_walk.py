@@ -85,7 +85,9 @@ def _traces(
 CASES = [
     ("unshare", None, None),
     ("legacy", None, None),
+    ("v6", None, None),
     ("unshare", {"pages_to_scan": 1000}, None),
+    ("v6", {"pages_to_scan": 1000}, None),
     ("legacy", {"pages_to_scan": 300, "sleep_millisecs": 0}, 150_000_000),
     ("unshare", {"pages_to_scan": 800, "advisor_mode": "scan-time"}, None),
 ]

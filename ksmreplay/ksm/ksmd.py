@@ -759,8 +759,7 @@ class Ksmd(FlaggedItems):
         each batch as :meth:`work` and :meth:`_account` do, while they stay
         in the cursor's VMA and need nothing of Python; a batch it stops in
         is finished by :meth:`batch`.  None, with nothing run, where it
-        cannot start (no native core, a tracer, the v6 design, a pass to
-        start, the cursor outside a mergeable VMA, ``t`` from
+        cannot start (no native core, a tracer, a pass to start, the cursor outside a mergeable VMA, ``t`` from
         :data:`PRUNE_CLAMP` on).  For the engine, which
         calls it only where no two wake-ups may run as one call
         (``Engine._steady_period``).
@@ -771,7 +770,6 @@ class Ksmd(FlaggedItems):
             core is None
             or not self.native_walk
             or self.tracer is not None
-            or self.mode.flags_zero_page_items
             or slot is None
             or slot.mm.exiting
             or budget <= 0
@@ -954,12 +952,7 @@ class Ksmd(FlaggedItems):
             # An exiting mm has no VMAs, and its whole item list is trailing.
             self.cursor_item_page = 0
             return True, visits
-        walks = (
-            self.native_walk
-            and self.native is not None
-            and self.tracer is None
-            and not self.mode.flags_zero_page_items
-        )
+        walks = self.native_walk and self.native is not None and self.tracer is None
         i = mm.vma_index(self.cursor_page)
         vmas = mm.vmas
         while i < len(vmas):
