@@ -759,10 +759,10 @@ class Ksmd(FlaggedItems):
         each batch as :meth:`work` and :meth:`_account` do, while they stay
         in the cursor's VMA and need nothing of Python; a batch it stops in
         is finished by :meth:`batch`.  None, with nothing run, where it
-        cannot start (no native core, a tracer, a pass to start, the cursor outside a mergeable VMA, ``t`` from
-        :data:`PRUNE_CLAMP` on).  For the engine, which
-        calls it only where no two wake-ups may run as one call
-        (``Engine._steady_period``).
+        cannot start (no native core, a tracer, a pass to start, the cursor
+        outside a mergeable VMA, ``t`` from :data:`PRUNE_CLAMP` on).  For the
+        engine, which calls it only where no two wake-ups may run as one
+        call (``Engine._steady_period``).
         """
         core, it, c = self.native, self.items, self.c
         slot = self.cursor
