@@ -87,6 +87,20 @@ def test_a_content_map_stays_at_most_seven_eighths_full_in_the_fewest_slots() ->
     assert m.find(everything).tolist() == list(range(6_000))
 
 
+def test_a_content_map_s_room_is_what_it_takes_before_it_moves() -> None:
+    # GIVEN a map with entries
+    m = ContentMap()
+    keys = np.arange(1, 3_001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    m.insert_new(keys, np.arange(3_000, dtype=np.int64))
+    # WHEN as many more as its room are reserved, the table stays
+    bits = m.table()[1]
+    m.reserve(m.room())
+    assert m.table()[1] == bits
+    # and one more moves it
+    m.reserve(m.room() + 1)
+    assert m.table()[1] > bits
+
+
 def test_node_and_chain_ids_stay_below_chain_entry() -> None:
     nodes: dict[int, StableNode] = {}
     cols = NodeColumns()

@@ -210,7 +210,7 @@ class ContentMap:
 
     def room(self) -> int:
         """The entries that may be added before :meth:`reserve` moves the table."""
-        return (3 << self._bits) // 4 - self._taken
+        return (7 << self._bits) // 8 - self._taken
 
     def reserve(self, n: int) -> None:
         """Keep at most seven eighths of the slots occupied once ``n`` more are
