@@ -769,10 +769,23 @@ class Native:
             pos, cum, kinds, stale, self._rows, summary, args,
             self._dead, merges, made, sums,
         )  # fmt: skip
-        found = self._summary = summary.tolist()
+        return self._stepped(status, left, fresh, sums, merges, traced)
+
+    def _stepped(
+        self,
+        status: int,
+        free: int,
+        fresh: int,
+        sums: npt.NDArray[np.int64],
+        merges: npt.NDArray[np.void],
+        traced: bool,
+    ) -> Stepped:
+        """The step whose summary is in ``_step_sums`` and visits' sums in ``sums``."""
+        core = self._core
+        found = self._summary = self._step_sums.tolist()
         return Stepped(
             status,
-            left,
+            free,
             fresh,
             found[core.FRONT_VISITS],
             found[core.FRONT_SKIPPED],
@@ -925,24 +938,13 @@ class Native:
         """The step of the window :meth:`walk` left to Python after it (:data:`WALKED_AFTER`)."""
         core = self._core
         st = self._walk_state
-        status = int(st[core.WALK_STATUS])
-        found = self._summary = self._step_sums.tolist()
-        return Stepped(
-            status,
+        return self._stepped(
+            int(st[core.WALK_STATUS]),
             int(st[core.WALK_STEP_FREE]),
             int(st[core.WALK_STEP_FRESH]),
-            found[core.FRONT_VISITS],
-            found[core.FRONT_SKIPPED],
-            found[core.FRONT_LAST],
-            bool(found[core.FRONT_STOPPED]),
-            found[core.FRONT_UNSHARED],
-            found[core.FRONT_HITS],
-            found[core.FRONT_STALE],
-            found[core.STEP_ITEMS],
-            found[core.STEP_FREED],
-            self._visited(found[core.STEP_STOP], self._walk_sums, _NOT_TRACED, False)
-            if status in (core.STEP_HANDED, core.STEP_DONE)
-            else None,
+            self._walk_sums,
+            _NOT_TRACED,
+            False,
         )
 
     def front(self) -> Front:
