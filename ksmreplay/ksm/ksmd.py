@@ -940,10 +940,10 @@ class Ksmd(FlaggedItems):
     ) -> tuple[bool, int]:
         """Walk the cursor's mm from the cursor; (mm finished, visits so far).
 
-        With the native core (and no tracer, not the v6 design), the windows
-        of a VMA are walked in C (:meth:`_walk_native`) until one needs Python, which
-        is done here as without it (:meth:`_scan_window`, which goes on from
-        the step C made of it, if C made one), and C goes on after it.
+        With the native core (and no tracer), the windows of a VMA are
+        walked in C (:meth:`_walk_native`) until one needs Python, which is
+        done here as without it (:meth:`_scan_window`, which goes on from the
+        step C made of it, if C made one), and C goes on after it.
         With ``pending``, the window at the cursor is one C left after its
         step (:meth:`batches`).
         """
