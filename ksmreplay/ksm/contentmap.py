@@ -229,7 +229,7 @@ class ContentMap:
         copied) and the entries move within it (``map_grow``): no copy of
         them is held beside the tables.
         """
-        if 8 * (self._taken + n) <= 7 << self._bits:
+        if n <= self.room():
             return
         bits = self._bits
         while 4 * (self._len + n) > 3 << bits:
