@@ -768,8 +768,7 @@ class Ksmd(FlaggedItems):
         slot = self.cursor
         if (
             core is None
-            or not self.native_walk
-            or self.tracer is not None
+            or not self._walks()
             or slot is None
             or slot.mm.exiting
             or budget <= 0
@@ -952,7 +951,7 @@ class Ksmd(FlaggedItems):
             # An exiting mm has no VMAs, and its whole item list is trailing.
             self.cursor_item_page = 0
             return True, visits
-        walks = self.native_walk and self.native is not None and self.tracer is None
+        walks = self._walks()
         i = mm.vma_index(self.cursor_page)
         vmas = mm.vmas
         while i < len(vmas):
@@ -992,6 +991,11 @@ class Ksmd(FlaggedItems):
                 start = segs[-1][1]
             self.cursor_page = vma.end
         return True, visits
+
+    def _walks(self) -> bool:
+        """Whether the native core walks windows itself (:meth:`_walk_native`,
+        :meth:`batches`): with no tracer, which wants every visit's events."""
+        return self.native_walk and self.native is not None and self.tracer is None
 
     def _walk_native(
         self, slot: Slot, start: int, end: int, budget: int, visits: int
