@@ -352,6 +352,11 @@ class Clock(NamedTuple):
     """The share of a CPU ksmd gets, percent."""
     jiffy: int
     """ns."""
+    since: tuple[int, ...] = ()
+    """The first batch's counts so far (``timing.Work``'s fields) when it is one
+    in progress that an earlier :meth:`Native.walk` stopped in at the end of
+    its mapping (:attr:`Clocked.since`, and the walk starts at its visits);
+    empty for a new batch."""
 
 
 class Clocked(NamedTuple):
@@ -834,7 +839,8 @@ class Native:
         left (its front :meth:`front`, its items :meth:`listed_rows`).
 
         With ``clock``, batches of ``budget`` visits one after the other
-        (``ksr_batches``), the first from ``visits``, each priced and followed
+        (``ksr_batches``), the first from ``visits`` (a batch in progress,
+        ``clock.since`` its counts so far, or a new one), each priced and followed
         by the next as ``clock`` says, until the next starts at ``clock.t`` or
         later (:data:`WALKED_BUDGET`) or one stops before its budget (the
         other endings: that batch is in progress); :meth:`clocked` says what
@@ -917,6 +923,8 @@ class Native:
         out[core.CLOCK_SHIFT] = clock.shift
         out[core.CLOCK_SHARE] = clock.share
         out[core.CLOCK_JIFFY] = clock.jiffy
+        since = core.CLOCK_SINCE
+        out[since : since + core.WORK_FIELDS] = clock.since or 0
         return out
 
     def clocked(self) -> Clocked:

@@ -534,15 +534,18 @@ enum {
 	CLOCK_SHIFT,		/* the wheel level's bucket shift for it */
 	CLOCK_SHARE,		/* the CPU share ksmd gets, percent (batch_wall_ns) */
 	CLOCK_JIFFY,		/* ns */
-	CLOCK_WAKE,		/* in: the first batch's start; out: the batch in progress's
-				 * start, or the next one's */
+	CLOCK_WAKE,		/* in: the first batch's start (or the start of the batch in
+				 * progress the call goes on with); out: the batch in
+				 * progress's start, or the next one's */
 	CLOCK_BATCHES,		/* out: batches run whole */
 	CLOCK_CPU,		/* out: their CPU time (ns) */
 	CLOCK_COST,		/* out: the last one's */
 	CLOCK_LAST,		/* out: the last one's start */
 	CLOCK_WORK,		/* out: their work, WORK_FIELDS, summed */
-	CLOCK_SINCE = CLOCK_WORK + WORK_FIELDS,	/* out: the work of the batch in
-						 * progress so far (its counts only) */
+	CLOCK_SINCE = CLOCK_WORK + WORK_FIELDS,	/* in and out: the work of the
+						 * batch in progress so far (its
+						 * counts only; in, 0s unless the
+						 * first batch goes on with one) */
 	CLOCK_FIELDS = CLOCK_SINCE + WORK_FIELDS
 };
 

@@ -337,8 +337,12 @@ static void counts(const int64_t *state, const struct walk *w, int64_t *c)
  * (WALKED_BUDGET: every batch ran whole) or a batch stops before its budget
  * (the mapping ends, or a window needs Python: WALKED_END, _BEFORE, _AFTER as
  * ksr_walk() says; that batch is in progress, clock[CLOCK_SINCE] its work so
- * far).  Chains and new KSM pages are done in C only at times below the clamp,
- * as Ksmd._batch_args says.  The caller zeroes the sums as for ksr_walk().
+ * far).  The first batch may be one in progress that an earlier call stopped
+ * in (at the end of its mapping: Ksmd.batches goes on in the next): it starts
+ * at state[WALK_VISITS] visits, clock[CLOCK_SINCE] its work before the call
+ * (0s for a new one); the others at 0.  Chains and new KSM pages are done in
+ * C only at times below the clamp, as Ksmd._batch_args says.  The caller
+ * zeroes the sums as for ksr_walk().
  */
 int64_t ksr_batches(const struct tables *t, const struct directory *pt,
 		    const struct directory *im, int64_t *state, struct step *s,
@@ -350,9 +354,11 @@ int64_t ksr_batches(const struct tables *t, const struct directory *pt,
 	int64_t *work = clock + CLOCK_WORK, searched = clock[CLOCK_SEARCHED];
 
 	clock[CLOCK_BATCHES] = clock[CLOCK_CPU] = clock[CLOCK_COST] = clock[CLOCK_LAST] = 0;
-	for (int k = 0; k < WORK_FIELDS; k++)
-		work[k] = clock[CLOCK_SINCE + k] = 0;
 	counts(state, w, after);
+	for (int k = 0; k < WORK_FIELDS; k++) {
+		work[k] = 0;
+		after[k] -= clock[CLOCK_SINCE + k];	/* (the first batch's work so far) */
+	}
 	for (;;) {
 		int64_t in_range = wake < clock[CLOCK_PRUNE_CLAMP], found, cost;
 		int64_t batch[WORK_FIELDS];
@@ -360,7 +366,6 @@ int64_t ksr_batches(const struct tables *t, const struct directory *pt,
 		memcpy(before, after, sizeof(before));
 		args.now = in_range ? wake : 0;
 		args.chains = args.pairs = (uint8_t)in_range;
-		state[WALK_VISITS] = 0;
 		found = ksr_walk(t, pt, im, state, s, &args, o, w);
 		counts(state, w, after);
 		if (found != WALKED_BUDGET) {
@@ -391,5 +396,6 @@ int64_t ksr_batches(const struct tables *t, const struct directory *pt,
 			clock[CLOCK_WAKE] = wake;
 			return WALKED_BUDGET;
 		}
+		state[WALK_VISITS] = 0;
 	}
 }

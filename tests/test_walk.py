@@ -29,7 +29,7 @@ from ksmreplay import native, timing
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import Ksmd
 from ksmreplay.ksm.stable import PRUNE_CLAMP
-from ksmreplay.trace.events import Event, Ksm, Snapshot
+from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 
 pytestmark = pytest.mark.skipif(native.native() is None, reason="the native core was not built")
 
@@ -107,8 +107,10 @@ def test_the_walk_in_c_is_one_step_per_window(
         done = walk(self, *args, **kwargs)
         found[done.found] += 1
         found[-1] += done.stepped
-        if len(args) > 13 or "clock" in kwargs:
+        clock = args[14] if len(args) > 14 else kwargs.get("clock")
+        if clock is not None:
             found[-2] += self.clocked().batches
+            found[-3] += bool(clock.since)  # (a batch going on in the next VMA or mm)
         return done
 
     for events in _traces(knobs, 8 if knobs is None else 3, until):
@@ -124,6 +126,68 @@ def test_the_walk_in_c_is_one_step_per_window(
         assert every | {native.WALKED_AFTER} <= set(found)
     else:
         assert found[-2] > 0  # (batches run whole in C)
+    assert found[-3] > 0  # (batches that went on in C in the next VMA or mm)
+
+
+@pytest.mark.parametrize("mode", ["unshare", "v6"])
+def test_a_batch_goes_on_in_c_in_the_next_vma_and_mm(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where C walks a VMA to its end within a batch, the batch goes on in C
+    (``Ksmd._following``) in the mm's next mergeable VMA, or in the next mm's
+    when no item trails (else Python finishes the mm): the same as one step
+    per window, and each way is taken."""
+    ways: Counter[str] = Counter()
+    following = Ksmd._following
+
+    def watched(self: Ksmd, slot: Any, vma: Any) -> Any:
+        found = following(self, slot, vma)
+        ways["python" if found is None else "same mm" if found[0] is slot else "next mm"] += 1
+        return found
+
+    knobs = {"pages_to_scan": 300, "sleep_millisecs": 0}
+    for events in [*_traces(knobs, 4, 150_000_000), _trailing()]:
+        monkeypatch.setattr(Ksmd, "native_walk", False)
+        expected = _replay(events, mode)
+        monkeypatch.setattr(Ksmd, "native_walk", True)
+        with monkeypatch.context() as m:
+            m.setattr(Ksmd, "_following", watched)
+            assert _replay(events, mode) == expected
+    assert ways["same mm"] and ways["next mm"] and ways["python"], ways
+
+
+def _trailing() -> list[Event]:
+    """Five processes of 1,500 pages (a few contents, some pages zero; the
+    later ones at lower addresses), mergeable in two VMAs, scanned a while;
+    then a page in the first one's mapping is dropped, the head and the middle
+    of the second's are made unmergeable (items before its first mergeable
+    VMA), the whole of the third's (an mm with no mergeable VMA) and the tail
+    of the fourth's (its items trailing); then scanned again."""
+    rng = random.Random(3)
+    n = 1500
+    events: list[Event] = [Ksm(1, 0, {"run": 1, "pages_to_scan": 170, "sleep_millisecs": 0})]
+
+    def add(event: type[Event], *args: Any) -> None:
+        events.append(event(len(events) + 1, *args))
+
+    def at(pid: int, page: int) -> int:
+        return ((6 - pid) << 32) + page * PAGE
+
+    for pid in range(1, 6):
+        fps = np.array([rng.choice([0, 0, 1, 2, 3, rng.randrange(10**6)]) for _ in range(n)])
+        add(Alloc, 0, pid, at(pid, 0), n * PAGE)
+        add(Write, 0, pid, at(pid, 0), n * PAGE, fps.astype(np.uint64))
+        add(Madvise, 0, pid, at(pid, 0), 700 * PAGE, "mergeable")
+        add(Madvise, 0, pid, at(pid, 700), (n - 700) * PAGE, "mergeable")
+    t = 30_000_000
+    add(Snapshot, t, "scanned")
+    add(Madvise, t, 1, at(1, 1000), PAGE, "dontneed")
+    add(Madvise, t, 2, at(2, 0), 100 * PAGE, "unmergeable")
+    add(Madvise, t, 2, at(2, 600), 300 * PAGE, "unmergeable")
+    add(Madvise, t, 3, at(3, 0), n * PAGE, "unmergeable")
+    add(Madvise, t, 4, at(4, 1100), 400 * PAGE, "unmergeable")
+    add(Snapshot, 90_000_000, "again")
+    return events
 
 
 def test_the_native_clock_is_timing_s(monkeypatch: pytest.MonkeyPatch) -> None:

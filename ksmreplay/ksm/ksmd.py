@@ -121,6 +121,7 @@ from ksmreplay.vm import (
     MM,
     NULL,
     Memory,
+    Vma,
 )
 
 if TYPE_CHECKING:
@@ -757,12 +758,15 @@ class Ksmd(FlaggedItems):
 
         The native core runs them (:meth:`Native.walk` with a clock), pricing
         each batch as :meth:`work` and :meth:`_account` do, while they stay
-        in the cursor's VMA and need nothing of Python; a batch it stops in
-        is finished by :meth:`batch`.  None, with nothing run, where it
-        cannot start (no native core, a tracer, a pass to start, the cursor
-        outside a mergeable VMA, ``t`` from :data:`PRUNE_CLAMP` on).  For the
-        engine, which calls it only where no two wake-ups may run as one
-        call (``Engine._steady_period``).
+        in the cursor's VMA and need nothing of Python.  Where a batch
+        reaches the end of the VMA, it goes on in C in the next mergeable
+        VMA (:meth:`_following`: of the same mm, or of the next mm where
+        finishing this one needs nothing but moving the cursor); a batch C
+        stops in otherwise is finished by :meth:`batch`.  None, with nothing
+        run, where it cannot start (no native core, a tracer, a pass to
+        start, the cursor outside a mergeable VMA, ``t`` from
+        :data:`PRUNE_CLAMP` on).  For the engine, which calls it only where
+        no two wake-ups may run as one call (``Engine._steady_period``).
         """
         core, it, c = self.native, self.items, self.c
         slot = self.cursor
@@ -780,44 +784,84 @@ class Ksmd(FlaggedItems):
         if i == len(mm.vmas) or not mm.vmas[i].mergeable:
             return None
         vma = mm.vmas[i]
-        self.cursor_saw_mergeable = True
-        self.now = wake
-        self._clock = (wake, 0, 0)
-        self._batch_args(budget)
-        free_rows, n_free, fresh, rows = it.free_rows(WINDOW_CHUNKS * CHUNK)
-        self._reserve_made()
-        self._window_args(slot)
-        base, shared = self._pass_marks
         sleep = self.knobs.sleep_millisecs
         timeout, shift = wake_clock(sleep)
-        clock = Clock(
-            unit_prices(self._cached_pages()), t, wake, c.searches - base,
-            shared.bit_length(), PRUNE_CLAMP, timeout, shift, CPU_SHARE_PERCENT, JIFFY_NS,
-        )  # fmt: skip
-        walked = core.walk(
-            self._tables(core, free_rows), mm.pt.directory(), slot.items.directory(),
-            max(self.cursor_page, vma.start), vma.end, budget, 0, self._visits_per_chunk,
-            self.cursor_item_page, bool(self.knobs.smart_scan), (n_free, fresh, rows),
-            self.unstable.room(), self._args.bytes, MADE_ROOM, clock,
-        )  # fmt: skip
-        ran = core.clocked()
-        self._took(slot, walked)
-        if ran.batches:
-            self.work_done = Work(*map(operator.add, self.work_done, ran.work))
-            self.cpu_ns += ran.cpu
-            self.batch_ns = ran.cost
-        if walked.found == WALKED_BUDGET:
-            # (every batch ran whole: the last one's clock stays)
-            self.cursor_page = walked.stop + 1
-            self.now = ran.last
-            self._clock = (ran.last, 0, 0)
-            return ran.wake
+        prices = unit_prices(self._cached_pages())
+        base, shared = self._pass_marks
+        visits = 0
+        since: tuple[int, ...] = ()  # (the batch in progress, if C goes on with one)
+        while True:
+            self.cursor_saw_mergeable = True
+            self.now = wake
+            self._clock = (wake, 0, 0)
+            self._batch_args(budget)
+            free_rows, n_free, fresh, rows = it.free_rows(WINDOW_CHUNKS * CHUNK)
+            self._reserve_made()
+            self._window_args(slot)
+            clock = Clock(
+                prices, t, wake, c.searches - base, shared.bit_length(), PRUNE_CLAMP, timeout,
+                shift, CPU_SHARE_PERCENT, JIFFY_NS, since,
+            )  # fmt: skip
+            walked = core.walk(
+                self._tables(core, free_rows), slot.mm.pt.directory(), slot.items.directory(),
+                max(self.cursor_page, vma.start), vma.end, budget, visits,
+                self._visits_per_chunk, self.cursor_item_page, bool(self.knobs.smart_scan),
+                (n_free, fresh, rows), self.unstable.room(), self._args.bytes, MADE_ROOM, clock,
+            )  # fmt: skip
+            ran = core.clocked()
+            self._took(slot, walked)
+            if ran.batches:
+                self.work_done = Work(*map(operator.add, self.work_done, ran.work))
+                self.cpu_ns += ran.cpu
+                self.batch_ns = ran.cost
+            if walked.found == WALKED_BUDGET:
+                # (every batch ran whole: the last one's clock stays)
+                self.cursor_page = walked.stop + 1
+                self.now = ran.last
+                self._clock = (ran.last, 0, 0)
+                return ran.wake
+            wake = ran.wake
+            if walked.found == WALKED_END:
+                following = self._following(slot, vma)
+                if following is not None:
+                    slot, vma = following
+                    visits, since = walked.visits, ran.since
+                    continue
+            break
         # A batch in progress: Python goes on with it from the window C stopped at.
         self.cursor_page = walked.start
-        self.batch(
-            budget, ran.wake, resumed=(walked.visits, ran.since, walked.found == WALKED_AFTER)
-        )
-        return next_wake_ns(ran.wake, self.batch_ns, sleep)
+        self.batch(budget, wake, resumed=(walked.visits, ran.since, walked.found == WALKED_AFTER))
+        return next_wake_ns(wake, self.batch_ns, sleep)
+
+    def _following(self, slot: Slot, vma: Vma) -> tuple[Slot, Vma] | None:
+        """Where :meth:`batches` goes on in C after walking ``slot``'s VMA
+        ``vma`` to its end in a batch: the next mergeable VMA of the mm; or,
+        when there is none, the first of the next mm's, where finishing this
+        mm (:meth:`_next_mm`) only moves the cursor (no trailing item to free,
+        the pass not ending, the next mm not exiting).  The cursor is moved
+        there; None, with nothing changed, where :meth:`batch` has more to do.
+        """
+        mm = slot.mm
+        for v in mm.vmas[mm.vma_index(vma.end) :]:
+            if v.mergeable:
+                self.cursor_page = v.start
+                return slot, v
+        i = self.slots.index(slot) + 1
+        if i == len(self.slots):
+            return None
+        nxt = self.slots[i]
+        if nxt.mm.exiting:
+            return None
+        first = next((v for v in nxt.mm.vmas if v.mergeable), None)
+        if first is None or any(
+            (view >= 0).any() for _lo, _hi, view in slot.items.segments(self.cursor_item_page, END)
+        ):
+            return None
+        # (what _next_mm does when no item trails and the mm saw a mergeable VMA)
+        self.cursor = nxt
+        self.cursor_page = first.start
+        self.cursor_item_page = 0
+        return nxt, first
 
     # -- ksmd's CPU time (timing.Work) -------------------------------------
 
