@@ -24,10 +24,11 @@ class _Directories:
     A process gets a row when it is added and gives it up when it is removed
     (the last row moves into its place); a page table that makes a chunk
     marks its process to be read again (:meth:`refresh`).  A write run thus
-    costs its own processes only, however many live.
+    reads again only the page tables that changed, and passes the table as
+    it is, its writes naming their processes' rows (:meth:`owners`).
     """
 
-    __slots__ = ("_dirty", "_row", "mms", "table")
+    __slots__ = ("_by_pid", "_dirty", "_row", "mms", "table")
 
     def __init__(self) -> None:
         self.mms: list[MM] = []
@@ -35,6 +36,9 @@ class _Directories:
         self._row: dict[int, int] = {}
         """Each live pid's row."""
         self._dirty: list[MM] = []
+        self._by_pid: tuple[IntArray, npt.NDArray[np.int32]] | None = None
+        """The live pids in increasing order and their rows (:meth:`owners`),
+        made again after a process is added or removed."""
 
     def add(self, mm: MM) -> None:
         row = len(self.mms)
@@ -42,12 +46,14 @@ class _Directories:
             self.table = np.concatenate([self.table, np.zeros_like(self.table)])
         self.mms.append(mm)
         self._row[mm.pid] = row
+        self._by_pid = None
         self.table[row] = mm.pt.directory()
         mm.pt.on_change = partial(self._dirty.append, mm)
 
     def remove(self, mm: MM) -> None:
         row = self._row.pop(mm.pid)
         mm.pt.on_change = None
+        self._by_pid = None
         last = self.mms.pop()
         if last is not mm:
             self.mms[row] = last
@@ -62,10 +68,20 @@ class _Directories:
                 self.table[row] = mm.pt.directory()
         self._dirty.clear()
 
-    def rows(self, pids: list[int]) -> IntArray:
-        """The rows of the live processes ``pids``."""
-        row = self._row
-        return np.array([row[p] for p in pids], np.int64)
+    def owners(self, pids: IntArray) -> npt.NDArray[np.int32]:
+        """The rows of the live processes ``pids`` (an array of pids, repeated
+        as they come); KeyError if one is not live."""
+        if self._by_pid is None:
+            live = sorted(self._row.items())
+            self._by_pid = (
+                np.array([p for p, _r in live], np.int64),
+                np.array([r for _p, r in live], np.int32),
+            )
+        known, rows = self._by_pid
+        at = np.searchsorted(known, pids)
+        if len(known) == 0 or (at == len(known)).any() or (known[at] != pids).any():
+            raise KeyError("a write to a process that is not live")
+        return rows[at]
 
 
 def _last_of_each(slot: IntArray, counts: IntArray) -> npt.NDArray[np.bool_]:
@@ -301,10 +317,10 @@ class Memory:
         time.
         """
         native = self.native
-        distinct, rank = dense_ranks(pids)
         if native is not None:
-            self._write_run_native(native, distinct, rank, first, counts, fps)
+            self._write_run_native(native, pids, first, counts, fps)
             return
+        distinct, rank = dense_ranks(pids)
         starts = np.cumsum(counts) - counts
         event = np.repeat(np.arange(len(counts)), counts)
         pages = first[event] + (np.arange(len(fps)) - starts[event])
@@ -322,18 +338,17 @@ class Memory:
     def _write_run_native(
         self,
         native: Native,
-        pids: list[int],
-        owner: IntArray,
+        pids: IntArray,
         first: IntArray,
         counts: IntArray,
         fps: npt.NDArray[np.uint64],
     ) -> None:
-        """:meth:`write_run` with ``fault.c``: the processes ``pids`` (distinct),
-        write ``e`` of process ``pids[owner[e]]``."""
+        """:meth:`write_run` with ``fault.c``, over the directories of every
+        live process (write ``e`` of the one of row ``owner[e]``)."""
         dirs = self._directories
         dirs.refresh()
-        rows = dirs.rows(pids)
-        mms = [dirs.mms[r] for r in rows.tolist()]
+        owner = dirs.owners(pids)
+        mms = dirs.mms
 
         def make_chunks(e: int, j: int) -> IntArray:
             # The chunks of every write from write e's j-th page on, at once.
@@ -348,16 +363,16 @@ class Memory:
             for o in np.unique(whose).tolist():
                 mms[o].pt.locate(np.unique(keys[whose == o]))
             dirs.refresh()
-            return dirs.table[rows]
+            return dirs.table[: len(mms)]
 
         fr = self.frames
         fresh = fr.candidates(len(fps))
         used, dead, stats, events = native.write_run(
-            owner.astype(np.int32),
+            owner,
             first,
             counts,
             np.ascontiguousarray(fps),
-            dirs.table[rows],
+            dirs.table[: len(mms)],
             make_chunks,
             (fr.content, fr.mapcount, fr.ksm),
             fresh,
@@ -371,8 +386,9 @@ class Memory:
         ):
             mm = mms[i]
             mm.rss_anon += rss
-            mm.ksm_zero_ptes += ksm_zero
-            mm.fault_zero_ptes += fault_zero
+            if ksm_zero or fault_zero:
+                mm.ksm_zero_ptes += ksm_zero
+                mm.fault_zero_ptes += fault_zero
         self.events["cow_breaks_ksm"] += int(events[0])
         self.events["cow_breaks_zero"] += int(events[1])
 
