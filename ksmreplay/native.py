@@ -265,6 +265,19 @@ _VISIT_SUMS = (
 """The sums of ``ksr_visit`` that :meth:`Native._visited` reads, in its order."""
 
 
+_WALK_IN = (
+    "START", "END", "BUDGET", "VISITS", "PER_CHUNK", "ITEM_PAGE", "FREE", "FRESH", "ROWS",
+    "ROOM", "SMART", "DEAD_ROOM",
+)  # fmt: skip
+"""The ``WALK_*`` inputs of ``ksr_walk`` in :meth:`Native.walk`'s order."""
+
+_WALKED = (
+    "START", "VISITS", "PER_CHUNK", "ITEM_PAGE", "FREE", "FRESH", "WINDOW_VISITS", "STEPPED",
+    "STOP", "SKIPPED", "UNSHARED", "SCANNED", "HITS", "MADE", "FREED",
+)  # fmt: skip
+"""The ``WALK_*`` outputs in :class:`Walked`'s order (after ``found``, before ``done``)."""
+
+
 class Stepped(NamedTuple):
     """What :meth:`Native.step` did (see ``ksm.Front`` for the front's counts)."""
 
@@ -516,6 +529,19 @@ class Native:
             *(getattr(core, f"VISIT_{name}") for name in _VISIT_SUMS)
         )
         """The ``VISIT_*`` sums of ``ksr_visit`` in :data:`_VISIT_SUMS` order."""
+        self._walk_in = np.array([getattr(core, f"WALK_{name}") for name in _WALK_IN], np.intp)
+        self._walked = operator.itemgetter(*(getattr(core, f"WALK_{name}") for name in _WALKED))
+        """Where :meth:`walk` writes its inputs in the state (:data:`_WALK_IN`
+        order) and reads :class:`Walked`'s fields."""
+        self._clock_at = np.array(
+            [
+                *range(core.CLOCK_PRICES, core.CLOCK_PRICES + core.WORK_FIELDS),
+                *(getattr(core, f"CLOCK_{name.upper()}") for name in Clock._fields[1:-1]),
+                *range(core.CLOCK_SINCE, core.CLOCK_SINCE + core.WORK_FIELDS),
+            ],
+            np.intp,
+        )
+        """Where :meth:`_clock_in` writes a :class:`Clock`'s fields, in order."""
 
     def fingerprint_pages(self, data: Any, page_size: int, out: npt.NDArray[np.uint64]) -> bool:
         """``out[i]`` = the fingerprint of page ``i`` of ``data`` (a buffer of whole
@@ -863,16 +889,9 @@ class Native:
                 np.zeros(core.VISIT_SUMS, np.int64),
             )
         st = self._walk_state
-        st[core.WALK_START] = start
-        st[core.WALK_END] = end
-        st[core.WALK_BUDGET] = budget
-        st[core.WALK_VISITS] = visits
-        st[core.WALK_PER_CHUNK] = per_chunk
-        st[core.WALK_ITEM_PAGE] = item_page
-        st[core.WALK_FREE], st[core.WALK_FRESH], st[core.WALK_ROWS] = free
-        st[core.WALK_ROOM] = room
-        st[core.WALK_SMART] = smart
-        st[core.WALK_DEAD_ROOM] = WALK_DEAD_ROOM
+        st[self._walk_in] = (
+            start, end, budget, visits, per_chunk, item_page, *free, room, smart, WALK_DEAD_ROOM,
+        )  # fmt: skip
         pos, cum, kinds, stale, _summary = self._front_out
         w_ptes, w_imap, w_segs, w_dead, w_sums = self._walk_out
         found, n_dead = core.walk(
@@ -881,27 +900,8 @@ class Native:
             w_ptes, w_imap, w_segs, w_dead, w_sums,
             None if clock is None else self._clock_in(clock),
         )  # fmt: skip
-        state = st.tolist()
         done = self._visited(0, w_sums, _NOT_TRACED, False, w_dead[:n_dead].copy())
-        return Walked(
-            found,
-            state[core.WALK_START],
-            state[core.WALK_VISITS],
-            state[core.WALK_PER_CHUNK],
-            state[core.WALK_ITEM_PAGE],
-            state[core.WALK_FREE],
-            state[core.WALK_FRESH],
-            state[core.WALK_WINDOW_VISITS],
-            state[core.WALK_STEPPED],
-            state[core.WALK_STOP],
-            state[core.WALK_SKIPPED],
-            state[core.WALK_UNSHARED],
-            state[core.WALK_SCANNED],
-            state[core.WALK_HITS],
-            state[core.WALK_MADE],
-            state[core.WALK_FREED],
-            done,
-        )
+        return Walked._make((found, *self._walked(st.tolist()), done))
 
     def clock(self, work: tuple[int, ...], clock: Clock, start: int) -> tuple[int, int]:
         """What a batch of ``work`` (``timing.Work``'s fields) that started at
@@ -912,19 +912,9 @@ class Native:
 
     def _clock_in(self, clock: Clock) -> npt.NDArray[np.int64]:
         """``clock`` as ``ksr_batches`` takes it (``CLOCK_*``)."""
-        core, out = self._core, self._clock
-        out[core.CLOCK_PRICES : core.CLOCK_PRICES + core.WORK_FIELDS] = clock.prices
-        out[core.CLOCK_T] = clock.t
-        out[core.CLOCK_WAKE] = clock.wake
-        out[core.CLOCK_SEARCHED] = clock.searched
-        out[core.CLOCK_SHARED_BITS] = clock.shared_bits
-        out[core.CLOCK_PRUNE_CLAMP] = clock.prune_clamp
-        out[core.CLOCK_TIMEOUT] = clock.timeout
-        out[core.CLOCK_SHIFT] = clock.shift
-        out[core.CLOCK_SHARE] = clock.share
-        out[core.CLOCK_JIFFY] = clock.jiffy
-        since = core.CLOCK_SINCE
-        out[since : since + core.WORK_FIELDS] = clock.since or 0
+        out = self._clock
+        prices, *fields, since = clock
+        out[self._clock_at] = (*prices, *fields, *(since or (0,) * len(prices)))
         return out
 
     def clocked(self) -> Clocked:
