@@ -813,13 +813,23 @@ class _Circles:
     The same outcome as running every wake-up, as the tests check.
     """
 
-    __slots__ = ("_first", "_last_wake", "_passes", "_phased", "_seen", "_target", "_tries")
+    __slots__ = (
+        "_first",
+        "_last_wake",
+        "_passes",
+        "_phased",
+        "_seen",
+        "_seen_phased",
+        "_target",
+        "_tries",
+    )
 
     def __init__(self) -> None:
         self._passes = 0  # (the passes skipped count too)
         self._tries = 0
         self._last_wake: int | None = None
-        self._seen: dict[object, int] = {}  # a state's hash, alone and with its phase: its pass
+        self._seen: dict[bytes, int] = {}  # a state's hash: the last pass it was seen at
+        self._seen_phased: dict[tuple[bytes, tuple[int, ...]], int] = {}  # (with its phase)
         self._first: tuple[IdleState, int] | None = None  # (a state, its pass)
         self._phased = False
         self._target = 0
@@ -851,12 +861,12 @@ class _Circles:
         state = ksmd.idle_state(wake)
         digest = state.digest()
         phased = (digest, state.phase)
-        before, again = self._seen.get(phased), True
+        before, again = self._seen_phased.get(phased), True
         if before is None:
             before, again = self._seen.get(digest), False
-        if len(self._seen) > 2 * IDLE_TRIES:
-            self._seen.clear()  # (a bound on what is kept over many circles skipped)
-        self._seen[digest] = self._seen[phased] = self._passes
+        if len(self._seen_phased) > IDLE_TRIES:
+            self._seen_phased.clear()  # (a bound on what is kept over many circles skipped)
+        self._seen[digest] = self._seen_phased[phased] = self._passes
         # (a circle of the same phases takes the place of one watched without)
         if before is not None and (self._first is None or (again and not self._phased)):
             self._stop_watching(ksmd)
@@ -887,7 +897,7 @@ class _Circles:
         # them (they stop before a prune).  The states seen without are
         # forgotten: the circle that comes next holds that prune.
         self._passes += n * (self._passes - first_pass)
-        self._seen = {k: seen for k, seen in self._seen.items() if isinstance(k, tuple)}
+        self._seen.clear()
         self._tries = 0
         self._last_wake = wake + n * circle
         return self._last_wake
