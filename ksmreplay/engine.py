@@ -786,7 +786,12 @@ events, or while this many (as long as the last one) still fit before the
 next."""
 
 IDLE_TRIES = 4096
-"""Passes between two events after which circles are no longer looked for."""
+"""Passes after which circles are no longer looked for, counted from the
+event before them or from the last circles skipped."""
+
+SKIP_LEAST = 2
+"""Circles are skipped only this many or more at a time (fewer run as they
+come, and the search for a longer circle goes on)."""
 
 
 class _Circles:
@@ -796,22 +801,37 @@ class _Circles:
     the last one that decides anything (9) and its skips then cycle every 9
     passes; nothing merges any more; the unstable tree is rebuilt alike.  At
     each pass end (while many passes still fit before the next event), a
-    hash of ksmd's state (``Ksmd.idle_state``) is kept; when one comes back
-    ``p`` passes later, the state is taken in full, ``p`` passes run, and if
-    the state is then the same, what one circle of ``p`` passes advanced
-    (full scans, pages scanned and skipped, ages, the clocks) is advanced as
-    many times as circles fit before the next event (``Ksmd.jump``); the
-    rest runs pass by pass.  The same outcome as running every wake-up, as
-    the tests check.
+    hash of ksmd's state (``Ksmd.idle_state``) is kept, alone and with the
+    chains' prune phases (``IdleState.phase``); when one comes back ``p``
+    passes later, the state is taken in full, ``p`` passes run, and if the
+    state is then the same, what one circle of ``p`` passes advanced (full
+    scans, pages scanned and skipped, ages, the clocks) is advanced as many
+    times as circles fit before the next event (``Ksmd.jump``), or before a
+    chain looked at may be pruned (``IdleState.circles``); the rest runs pass
+    by pass.  A circle with the same prune phases is preferred: it prunes as
+    the ones before it did, so the circles skipped do not stop at a prune.
+    The same outcome as running every wake-up, as the tests check.
     """
 
-    __slots__ = ("_first", "_last_wake", "_passes", "_seen", "_target")
+    __slots__ = (
+        "_first",
+        "_last_wake",
+        "_passes",
+        "_phased",
+        "_seen",
+        "_seen_phased",
+        "_target",
+        "_tries",
+    )
 
     def __init__(self) -> None:
-        self._passes = 0
+        self._passes = 0  # (the passes skipped count too)
+        self._tries = 0
         self._last_wake: int | None = None
-        self._seen: dict[bytes, int] = {}
-        self._first: tuple[IdleState, int] | None = None
+        self._seen: dict[bytes, int] = {}  # a state's hash: the last pass it was seen at
+        self._seen_phased: dict[tuple[bytes, tuple[int, ...]], int] = {}  # (with its phase)
+        self._first: tuple[IdleState, int] | None = None  # (a state, its pass)
+        self._phased = False
         self._target = 0
 
     def watching(self) -> bool:
@@ -823,43 +843,70 @@ class _Circles:
         event), ksmd sleeping ``sleep`` ms between batches: the time of the
         next wake-up, after any circles skipped."""
         self._passes += 1
+        self._tries += 1
         length = None if self._last_wake is None else wake - self._last_wake
         self._last_wake = wake
-        if self._passes > IDLE_TRIES:
+        if self._tries > IDLE_TRIES:
+            self._stop_watching(ksmd)
             return wake
+        if self._first is not None and self._passes == self._target:
+            skipped = self._compare(ksmd, wake, t, sleep)
+            if skipped is not None:
+                return skipped
         if self._first is None:
             # Look once many passes ran, or many more fit before t.
             many = self._passes >= IDLE_MIN_PASSES // 2
             if not many and (length is None or t - wake < IDLE_MIN_PASSES * length):
                 return wake
-            digest = ksmd.idle_state(wake).digest()
-            before = self._seen.get(digest)
-            self._seen[digest] = self._passes
-            if before is not None:
-                self._first = (ksmd.idle_state(wake, keep=True), wake)
-                self._target = 2 * self._passes - before
-                if ksmd.tracer is not None:
-                    ksmd.tracer.capture()  # (a skipped circle emits what this one does)
-            return wake
-        if self._passes < self._target:
-            return wake
-        (first, first_wake), self._first = self._first, None
-        self._seen.clear()
-        last = ksmd.idle_state(wake, keep=True)
-        if not last.same(first):
+        state = ksmd.idle_state(wake)
+        digest = state.digest()
+        phased = (digest, state.phase)
+        before, again = self._seen_phased.get(phased), True
+        if before is None:
+            before, again = self._seen.get(digest), False
+        if len(self._seen_phased) > IDLE_TRIES:
+            self._seen_phased.clear()  # (a bound on what is kept over many circles skipped)
+        self._seen[digest] = self._seen_phased[phased] = self._passes
+        # (a circle of the same phases takes the place of one watched without)
+        if before is not None and (self._first is None or (again and not self._phased)):
+            self._stop_watching(ksmd)
+            self._first = (ksmd.idle_state(wake, keep=True), self._passes)
+            self._target = 2 * self._passes - before
+            self._phased = again
             if ksmd.tracer is not None:
-                ksmd.tracer.drop()
-            return wake
-        circle = wake - first_wake
-        n = (t - wake) // circle
-        if n < 1 or (sleep and circle % timer_granularity_ns(sleep)):
+                ksmd.tracer.capture()  # (a skipped circle emits what this one does)
+        return wake
+
+    def _compare(self, ksmd: Ksmd, wake: int, t: int, sleep: int) -> int | None:
+        """The watched circle ended at ``wake``: skip the circles like it that
+        fit before ``t``, if there are enough, and return the next wake-up;
+        None if none are skipped."""
+        assert self._first is not None
+        (first, first_pass), self._first = self._first, None
+        last = ksmd.idle_state(wake, keep=True)
+        circle = wake - first.wake
+        n = first.circles(last, t)
+        if n < SKIP_LEAST or (sleep and circle % timer_granularity_ns(sleep)):
             # (a sleep ends on the timer's ticks: only whole buckets repeat alike)
             if ksmd.tracer is not None:
                 ksmd.tracer.drop()
-            return wake
+            return None
         ksmd.jump(n, first, last)
+        # The passes skipped count, and the states seen with their phases
+        # stay, so that a circle of the same phases is still found across
+        # them (they stop before a prune).  The states seen without are
+        # forgotten: the circle that comes next holds that prune.
+        self._passes += n * (self._passes - first_pass)
+        self._seen.clear()
+        self._tries = 0
         self._last_wake = wake + n * circle
         return self._last_wake
+
+    def _stop_watching(self, ksmd: Ksmd) -> None:
+        if self._first is not None:
+            self._first = None
+            if ksmd.tracer is not None:
+                ksmd.tracer.drop()
 
 
 def _show(value: KnobValue) -> str:

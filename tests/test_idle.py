@@ -30,6 +30,7 @@ from support import counted
 from ksmreplay.engine import Engine
 from ksmreplay.ksm import ksmd
 from ksmreplay.ksm.knobs import KnobValue
+from ksmreplay.ksm.stable import Chain
 from ksmreplay.timing import sleep_ns
 from ksmreplay.trace.events import Alloc, Event, Ksm, Madvise, Snapshot, Write
 
@@ -144,6 +145,71 @@ def test_a_long_quiet_stretch(knobs: dict[str, Any]) -> None:
     # THEN (besides equal snapshots) thousands of wake-ups took a few calls
     assert every > 1000
     assert skipped * 20 < every
+
+
+def chain_leftover(smart_scan: int, sleep: int, until: int, prune_ms: int = 2000) -> list[Event]:
+    """Five pages of one content with max_page_sharing=2: two full dups in a
+    chain, and a page left over that looks at the chain at every visit (no
+    dup has room for it) and stays alone in the unstable tree."""
+    settings = {
+        "run": 1,
+        "smart_scan": smart_scan,
+        "sleep_millisecs": sleep,
+        "max_page_sharing": 2,
+        "use_zero_pages": 0,
+        "stable_node_chains_prune_millisecs": prune_ms,
+    }
+    return [
+        Ksm(1, 0, settings),
+        Alloc(2, 0, 1, BASE, 8 * PAGE),
+        Write(3, 0, 1, BASE, 5 * PAGE, 9),
+        Write(4, 0, 1, BASE + 5 * PAGE, 3 * PAGE, np.array([5, 6, 7], np.uint64)),
+        Madvise(5, 0, 1, BASE, 8 * PAGE, "mergeable"),
+        Snapshot(6, MS, "start"),
+        Snapshot(7, until, "end"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("smart_scan", "sleep", "prune_ms", "until"),
+    [
+        (1, 20, 2000, 300_000),
+        (0, 20, 2000, 300_000),
+        (0, 1, 30, 20_000),
+        (1, 0, 10, 100),
+        (0, 0, 10, 100),
+    ],
+    ids=str,
+)
+def test_a_chain_looked_at_in_a_long_quiet_stretch(
+    smart_scan: int, sleep: int, prune_ms: int, until: int
+) -> None:
+    # GIVEN a chain looked at in every pass, so that every circle of passes
+    # depends on when the chain was last pruned (in whole jiffies), and a long
+    # time without events (hundreds of prunes)
+    events = chain_leftover(smart_scan, sleep, until * MS, prune_ms)
+    # WHEN replayed skipping circles and not THEN the snapshots are the same
+    skipped, every, jumps = replay_both(events, "unshare")
+    # and circles were skipped: where the passes start on the timer's ticks,
+    # circles of as many passes as bring the prunes back where they were; with
+    # a zero sleep (no two prunes alike), circles up to the next prune
+    assert jumps
+    assert skipped * 10 < every
+
+
+def test_a_chain_pruned_in_an_idle_stretch_keeps_its_prune_time() -> None:
+    # GIVEN the chain above, quiet for a minute THEN its last prune is where
+    # running every wake-up puts it (a snapshot does not show it)
+    events = chain_leftover(0, 20, 60_000 * MS)
+    skipping, every = Engine("unshare", PAGE), Engine("unshare", PAGE)
+    every.skip_idle = False
+    for event in events:
+        skipping.apply(event)
+        every.apply(event)
+    [mine] = [e for e in skipping.ksmd.stable.values() if isinstance(e, Chain)]
+    [theirs] = [e for e in every.ksmd.stable.values() if isinstance(e, Chain)]
+    assert mine.prune_time == theirs.prune_time
+    assert mine.prune_time > 50_000 * MS
 
 
 def run_cli(events: list[Event], tmp_path: Path, timeout: float) -> dict[str, Any]:

@@ -1848,9 +1848,9 @@ class Ksmd(FlaggedItems):
         in circles: smart_scan ages of 9 and more are alike (they decide the
         same), an unstable item's pass counts from the current one, the
         advisor's clocks from ``wake`` and ksmd's CPU time.  A chain's prune
-        time matters only if the chain is looked at; :meth:`IdleState.same`
-        compares it (from ``wake``, or only that the chain may prune at once)
-        for the chains looked at between the two states.
+        time matters only if the chain is looked at; :meth:`IdleState.circles`
+        compares it for the chains looked at between two states, and
+        :attr:`IdleState.phase` says how far each chain is from its next prune.
         :attr:`IdleState.marks` are the values that advance from pass to pass.
         With ``keep``, the arrays are copies (to compare with a later state),
         else some are the live columns.
@@ -1860,11 +1860,17 @@ class Ksmd(FlaggedItems):
         interval = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         chains = []
         prunes = {}
+        since = []
         for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
             if isinstance(entry, Chain):
                 ripe = self._jiffies(wake) >= self._jiffies(entry.prune_time + interval)
                 prunes[content] = (entry.prune_time, entry.looked_at, ripe)
                 chains.append((content, tuple(d.id for d in entry.dups), ripe))
+                gone = self._jiffies(wake) - self._jiffies(entry.prune_time)
+                since.append(min(gone, self._jiffies(interval)))
+        # (a prune is decided in whole jiffies, and where in its jiffy a pass starts
+        # decides in which jiffy each of its looks falls)
+        phase = (*since, wake % JIFFY_NS) if since else ()
         advisor: tuple[int, ...] = ()
         if self.knobs.advisor_mode == "scan-time":
             advisor = (adv.scan_time, adv.change, wake - adv.start_scan, self.cpu_ns - adv.cpu_time)
@@ -1931,16 +1937,19 @@ class Ksmd(FlaggedItems):
             *self._marks(),
             *self.work_done,
         )
-        return IdleState(key, arrays, marks, it.age.copy(), it.seq.copy(), prunes, wake, interval)
+        return IdleState(
+            key, arrays, marks, it.age.copy(), it.seq.copy(), prunes, phase, wake, interval
+        )
 
     def jump(self, n: int, first: IdleState, last: IdleState) -> None:
         """Go ``n`` times more round the circle from ``first`` to ``last``.
 
-        ``first`` and ``last`` are :meth:`idle_state` s of two pass ends with
-        the same :meth:`IdleState.same` (``last`` is the state now): what
-        ksmd does from here on repeats what it did between them, so the
-        values that advanced between them advance ``n`` times as much, and
-        the rest stays as it is.  Ages stop at 255 and an item's pass is its
+        ``first`` and ``last`` are :meth:`idle_state` s of two pass ends of
+        which :meth:`IdleState.circles` allows at least ``n`` (``last`` is the
+        state now): what ksmd does from here on repeats what it did between
+        them, so the values that advanced between them advance ``n`` times as
+        much (a chain pruned in the circle is pruned where it was in each),
+        and the rest stays as it is.  Ages stop at 255 and an item's pass is its
         low 8 bits, as they do pass by pass.  The tracepoints of the circles
         skipped are those of the last, repeated (``Tracer.repeat``; the tracer
         kept them since ``first``).
@@ -1975,10 +1984,12 @@ class Ksmd(FlaggedItems):
         inserted = np.flatnonzero(moved)
         if len(inserted):
             it.seq[inserted] = (last.seq[inserted] + n % 256 * moved[inserted]) % 256
+        circle = last.wake - first.wake
         for content, (prune_time, _looked_at, _ripe) in last.prunes.items():
-            entry = self.stable[content]
-            assert isinstance(entry, Chain)
-            entry.prune_time += n * (prune_time - first.prunes[content][0])
+            if prune_time != first.prunes[content][0]:
+                entry = self.stable[content]
+                assert isinstance(entry, Chain)
+                entry.prune_time = prune_time + n * circle
 
 
 KEEP_BYTES = 64 << 20
@@ -2012,6 +2023,12 @@ class IdleState(NamedTuple):
     prunes: dict[int, tuple[int, int, bool]]
     """Each chain's last prune time (ns), times looked at, and whether it may
     prune at :attr:`wake`, by content."""
+    phase: tuple[int, ...]
+    """Where the chains are in their prune intervals: for each (by content),
+    the jiffies since its last prune, counted up to the interval (from there
+    on it may prune at once); then how far :attr:`wake` is into its jiffy
+    (empty without chains).  Two states alike whose phases are equal prune
+    alike in the passes that follow."""
     wake: int
     """When the next pass starts (ns)."""
     interval: int
@@ -2021,22 +2038,37 @@ class IdleState(NamedTuple):
         """A 16-byte hash of :attr:`key` and :attr:`arrays`."""
         return _digest(self.key, self.arrays)
 
-    def same(self, other: IdleState) -> bool:
-        """Whether ``other`` (a later state) is the same (the advancing values aside).
+    def circles(self, later: IdleState, t: int) -> int:
+        """How many circles like the one from this state to ``later`` (the
+        state now) run alike from ``later`` on and end by ``t``: 0 if the two
+        states differ (the advancing values aside).
 
-        A chain looked at in between must also be as far from its next prune
-        (or both may prune at once), and the clocks as far into a jiffy (the
-        prune times count whole jiffies).
+        A chain looked at between the two is where its prunes can tell the
+        circles apart (they are decided in whole jiffies, from its last
+        prune).  If it was pruned in between, every circle prunes it alike
+        when it is as far from its last prune in both states, or may prune
+        at once in both, and the circle is whole jiffies long.  If it was
+        not, the circles run alike until the jiffy from which it may be
+        pruned: none of them may reach it.
         """
-        if self.key != other.key:
-            return False
-        looked_at = False
+        if self.key != later.key:
+            return 0
+        circle = later.wake - self.wake
+        until = t
+        pruned = False
         for content, (prune_time, times, ripe) in self.prunes.items():
-            later, later_times, _ripe = other.prunes[content]
-            if times != later_times:
-                looked_at = True
-                if not ripe and self.wake - prune_time != other.wake - later:
-                    return False
-        if looked_at and self.interval and (other.wake - self.wake) % JIFFY_NS:
-            return False
-        return all(np.array_equal(a, b) for a, b in zip(self.arrays, other.arrays, strict=True))
+            later_time, later_times, _ripe = later.prunes[content]
+            if times == later_times:
+                continue  # (not looked at: its prune time decided nothing)
+            if later_time == prune_time:
+                ripens = (prune_time + self.interval) // JIFFY_NS * JIFFY_NS
+                until = min(until, ripens)
+            elif ripe or self.wake - prune_time == later.wake - later_time:
+                pruned = True
+            else:
+                return 0
+        if pruned and self.interval and circle % JIFFY_NS:
+            return 0
+        if not all(np.array_equal(a, b) for a, b in zip(self.arrays, later.arrays, strict=True)):
+            return 0
+        return max((until - later.wake) // circle, 0)
