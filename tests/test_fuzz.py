@@ -482,6 +482,10 @@ def test_the_limits_grow_with_the_work_a_mutant_declares() -> None:
     assert limits(stopped) == 5
     forever = [header, [0, "ksm", {"run": 1, "sleep_millisecs": 0}], [2**62, "settle"]]
     assert limits(forever) == 5 + fuzzer.DECLARED_MAX_SECONDS
+    # and past a day of it, a replay that does not end is declared work, not a hang
+    endless = fuzzer.Mutant(0, 0, "test", [], forever, {"jsonl": b""})
+    assert fuzzer.declares_endless(endless)
+    assert not fuzzer.declares_endless(fuzzer.Mutant(0, 0, "test", [], flat, {"jsonl": b""}))
     # snapshots, counted in the bytes of a mutant damaged byte by byte
     data = b"".join(b'[%d, "snapshot", "s"]\n' % t for t in range(20_000))
     per_second = fuzzer.SNAPSHOTS_PER_CPU_SECOND
