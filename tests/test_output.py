@@ -350,6 +350,12 @@ def open_in(pid: int, directory: Path) -> list[str]:
     return found
 
 
+def waits_on_a_pipe(pid: int) -> bool:
+    """Whether ``pid`` sleeps in a read of a pipe or FIFO (its wait channel)."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return "pipe" in f.read()
+
+
 @contextlib.contextmanager
 def convert_stuck_writing(
     tmp_path: Path, named: bool = False, ignored: tuple[signal.Signals, ...] = ()
@@ -365,7 +371,9 @@ def convert_stuck_writing(
     writer = os.open(fifo, os.O_WRONLY)  # waits for convert to open it
     try:
         os.write(writer, b"".join(msgpack.packb(o) for o in TRACE[:3]))
-        wait_until(lambda: open_in(proc.pid, tmp_path), proc)
+        # (the output is made before convert reads on: a second, trial file is
+        # open for a moment while it is made)
+        wait_until(lambda: open_in(proc.pid, tmp_path) and waits_on_a_pipe(proc.pid), proc)
         yield proc, open_in(proc.pid, tmp_path)
     finally:
         os.close(writer)
