@@ -459,6 +459,37 @@ fail:
 	return out;
 }
 
+/*
+ * step()'s and walk()'s front and visit buffers, in this order: pos, cum, kind,
+ * stale, rows, summary, args, then take_out()'s; room for n pages each.  Sets
+ * the front's buffers in *s, the visit args and outputs; -1 with an exception.
+ */
+static int take_front(struct held *hp, PyObject **o, Py_ssize_t n, const char *who,
+		      struct step *s, const struct visit_args **vargs, struct visit_out *vo)
+{
+	Py_ssize_t n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
+
+	s->pos = take(hp, o[0], "pos", 8, 'i', 1, &n_pos);
+	s->cum = s->pos ? take(hp, o[1], "cum", 8, 'i', 1, &n_cum) : NULL;
+	s->kind = s->cum ? take(hp, o[2], "kind", 1, 'u', 1, &n_kind) : NULL;
+	s->stale = s->kind ? take(hp, o[3], "stale", 8, 'i', 1, &n_stale) : NULL;
+	s->rows = s->stale ? take(hp, o[4], "rows", 8, 'i', 1, &n_rows) : NULL;
+	s->summary = s->rows ? take(hp, o[5], "summary", 8, 'i', 1, &n_summary) : NULL;
+	*vargs = s->summary ? take(hp, o[6], "vargs", 1, 'u', 0, &n_args) : NULL;
+	if (!*vargs)
+		return -1;
+	if (n_args != (Py_ssize_t)sizeof(struct visit_args)) {
+		PyErr_Format(PyExc_ValueError, "%s: args of the wrong length", who);
+		return -1;
+	}
+	if (n_pos < n || n_cum < n || n_kind < n || n_stale < n || n_rows < n ||
+	    n_summary < STEP_SUMS) {
+		PyErr_Format(PyExc_ValueError, "%s: front arrays of the wrong lengths", who);
+		return -1;
+	}
+	return take_out(hp, &o[7], n, *vargs, vo);
+}
+
 PyDoc_STRVAR(step_doc,
 	     "step(tables, ptes, imap, segs, budget, smart, free, fresh, end, pos, cum, kind,\n"
 	     "     stale, rows, summary, args, dead, traced, made, sums) -> (status, free, fresh)\n\n"
@@ -474,10 +505,11 @@ static PyObject *py_step(PyObject *self, PyObject *args)
 	PyObject *o_tables, *o[14], *out = NULL;
 	long long budget, free, fresh, end;
 	int smart;
-	Py_ssize_t n, n_imap, n_segs, n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
+	Py_ssize_t n, n_imap, n_segs;
 	const struct tables *t;
+	const struct visit_args *vargs;
 	struct visit_out vo;
-	struct step s;
+	struct step s = { 0 };
 	int64_t status;
 
 	if (!PyArg_ParseTuple(args, "O!OOOLiLLLOOOOOOOOOOO", &tables_type, &o_tables, &o[0],
@@ -488,31 +520,23 @@ static PyObject *py_step(PyObject *self, PyObject *args)
 	TAKE_N(ptes, pte_t *, o[0], sizeof(pte_t), 'i', 1, n);
 	TAKE_N(imap, irow_t *, o[1], sizeof(irow_t), 'i', 1, n_imap);
 	TAKE_N(segs, const int64_t *, o[2], 8, 'i', 0, n_segs);
-	TAKE_N(pos, int64_t *, o[3], 8, 'i', 1, n_pos);
-	TAKE_N(cum, int64_t *, o[4], 8, 'i', 1, n_cum);
-	TAKE_N(kind, uint8_t *, o[5], 1, 'u', 1, n_kind);
-	TAKE_N(stale, int64_t *, o[6], 8, 'i', 1, n_stale);
-	TAKE_N(rows, int64_t *, o[7], 8, 'i', 1, n_rows);
-	TAKE_N(summary, int64_t *, o[8], 8, 'i', 1, n_summary);
-	TAKE_N(vargs, const struct visit_args *, o[9], 1, 'u', 0, n_args);
-	if (n_args != (Py_ssize_t)sizeof(struct visit_args)) {
-		PyErr_SetString(PyExc_ValueError, "step: args of the wrong length");
+	if (take_front(&h, &o[3], n, "step", &s, &vargs, &vo) < 0)
 		goto fail;
-	}
-	if (take_out(&h, &o[10], n, vargs, &vo) < 0)
-		goto fail;
-	if (n_imap != n || n_pos < n || n_cum < n || n_kind < n || n_stale < n || n_rows < n ||
-	    n_summary < STEP_SUMS || n_segs % 3 || n_segs == 0 || free < 0 ||
-	    free + n > t->free_room || fresh < 0 || fresh > end || end > t->n_items) {
+	if (n_imap != n || n_segs % 3 || n_segs == 0 || free < 0 || free + n > t->free_room ||
+	    fresh < 0 || fresh > end || end > t->n_items) {
 		PyErr_SetString(PyExc_ValueError, "step: arrays of the wrong lengths");
 		goto fail;
 	}
-	s = (struct step){
-		.n = n, .ptes = ptes, .imap = imap, .segs = segs, .n_segs = n_segs / 3,
-		.budget = budget, .free = free, .fresh = fresh, .end = end, .smart = smart,
-		.pos = pos, .cum = cum, .kind = kind, .stale = stale, .rows = rows,
-		.summary = summary,
-	};
+	s.n = n;
+	s.ptes = ptes;
+	s.imap = imap;
+	s.segs = segs;
+	s.n_segs = n_segs / 3;
+	s.budget = budget;
+	s.free = free;
+	s.fresh = fresh;
+	s.end = end;
+	s.smart = smart;
 	status = ksr_step(t, &s, vargs, &vo);
 	out = Py_BuildValue("LLL", (long long)status, (long long)s.free, (long long)s.fresh);
 fail:
@@ -555,14 +579,14 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 {
 	struct held h = { .n = 0 };
 	PyObject *o_tables, *o_pt, *o_im, *o[17], *o_clock = Py_None, *out = NULL;
-	Py_ssize_t n_state, n_pos, n_cum, n_kind, n_stale, n_rows, n_summary, n_args;
-	Py_ssize_t n_ptes, n_imap, n_segs, n_dead, n_sums, n_clock = CLOCK_FIELDS;
+	Py_ssize_t n_state, n_ptes, n_imap, n_segs, n_dead, n_sums, n_clock = CLOCK_FIELDS;
 	int64_t *clock = NULL;
 	const Py_ssize_t room = (Py_ssize_t)WINDOW_CHUNKS << CHUNK_SHIFT;
 	struct directory pt, im;
 	const struct tables *t;
+	const struct visit_args *vargs;
 	struct visit_out vo;
-	struct step s;
+	struct step s = { 0 };
 	struct walk w;
 	int64_t found;
 
@@ -575,18 +599,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 	if (take_directory(o_pt, &pt) < 0 || take_directory(o_im, &im) < 0)
 		return NULL;
 	TAKE_N(state, int64_t *, o[0], 8, 'i', 1, n_state);
-	TAKE_N(pos, int64_t *, o[1], 8, 'i', 1, n_pos);
-	TAKE_N(cum, int64_t *, o[2], 8, 'i', 1, n_cum);
-	TAKE_N(kind, uint8_t *, o[3], 1, 'u', 1, n_kind);
-	TAKE_N(stale, int64_t *, o[4], 8, 'i', 1, n_stale);
-	TAKE_N(rows, int64_t *, o[5], 8, 'i', 1, n_rows);
-	TAKE_N(summary, int64_t *, o[6], 8, 'i', 1, n_summary);
-	TAKE_N(vargs, const struct visit_args *, o[7], 1, 'u', 0, n_args);
-	if (n_args != (Py_ssize_t)sizeof(struct visit_args)) {
-		PyErr_SetString(PyExc_ValueError, "walk: args of the wrong length");
-		goto fail;
-	}
-	if (take_out(&h, &o[8], room, vargs, &vo) < 0)
+	if (take_front(&h, &o[1], room, "walk", &s, &vargs, &vo) < 0)
 		goto fail;
 	TAKE_N(w_ptes, pte_t *, o[12], sizeof(pte_t), 'i', 1, n_ptes);
 	TAKE_N(w_imap, irow_t *, o[13], sizeof(irow_t), 'i', 1, n_imap);
@@ -602,9 +615,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 						  clock[CLOCK_JIFFY] <= 0 ||
 						  clock[CLOCK_SHIFT] < 0 ||
 						  clock[CLOCK_SHIFT] > 60)) ||
-	    n_state != WALK_FIELDS || n_pos < room || n_cum < room || n_kind < room ||
-	    n_stale < room || n_rows < room || n_summary < STEP_SUMS || n_ptes < room ||
-	    n_imap < room || n_segs < 3 * WINDOW_CHUNKS || n_dead < state[WALK_DEAD_ROOM] ||
+	    n_state != WALK_FIELDS || n_ptes < room || n_imap < room || n_segs < 3 * WINDOW_CHUNKS || n_dead < state[WALK_DEAD_ROOM] ||
 	    n_sums < VISIT_SUMS || state[WALK_FREE] < 0 || state[WALK_FRESH] < 0 ||
 	    state[WALK_FRESH] > state[WALK_ROWS] || state[WALK_ROWS] > t->n_items ||
 	    state[WALK_FREE] > t->free_room || state[WALK_PER_CHUNK] < 1 ||
@@ -612,8 +623,6 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
 		PyErr_SetString(PyExc_ValueError, "walk: arrays or state out of range");
 		goto fail;
 	}
-	s = (struct step){ .pos = pos, .cum = cum, .kind = kind, .stale = stale, .rows = rows,
-			   .summary = summary };
 	w = (struct walk){ .ptes = w_ptes, .imap = w_imap, .segs = w_segs, .dead = w_dead,
 			   .sums = w_sums };
 	memset(w_sums, 0, VISIT_SUMS * sizeof(int64_t));
