@@ -758,6 +758,15 @@ class Native:
             st_slots, st_bits, st_now, un_slots, un_bits, un_now,
         )  # fmt: skip
 
+    def _front_room(self, n: int) -> None:
+        """Scratch for a front, its items and the frames freed, for ``n`` positions."""
+        if len(self._front_out[0]) < n:
+            self._front_out = _scratch(n, self._core.FRONT_SUMS)
+        if len(self._rows) < n:
+            self._rows = np.empty(n, np.int64)
+        if len(self._dead) < n:
+            self._dead = np.empty(n, np.int64)
+
     def step(
         self,
         tables: Any,
@@ -783,12 +792,7 @@ class Native:
         """
         core = self._core
         n = len(ptes)
-        if len(self._front_out[0]) < n:
-            self._front_out = _scratch(n, core.FRONT_SUMS)
-        if len(self._rows) < n:
-            self._rows = np.empty(n, np.int64)
-        if len(self._dead) < n:
-            self._dead = np.empty(n, np.int64)
+        self._front_room(n)
         pos, cum, kinds, stale, _summary = self._front_out
         merges = np.empty(n, TRACED) if traced else _NOT_TRACED
         sums = np.zeros(core.VISIT_SUMS, np.int64)
@@ -874,12 +878,7 @@ class Native:
         """
         core = self._core
         n = core.WINDOW_CHUNKS << core.CHUNK_SHIFT
-        if len(self._front_out[0]) < n:
-            self._front_out = _scratch(n, core.FRONT_SUMS)
-        if len(self._rows) < n:
-            self._rows = np.empty(n, np.int64)
-        if len(self._dead) < n:
-            self._dead = np.empty(n, np.int64)
+        self._front_room(n)
         if self._walk_out is None:
             self._walk_out = (
                 np.empty(n, PTE_DTYPE),
