@@ -857,10 +857,8 @@ class Ksmd(FlaggedItems):
             (view >= 0).any() for _lo, _hi, view in slot.items.segments(self.cursor_item_page, END)
         ):
             return None
-        # (what _next_mm does when no item trails and the mm saw a mergeable VMA)
-        self.cursor = nxt
+        self._next_mm(slot)  # (it frees nothing and ends no pass here)
         self.cursor_page = first.start
-        self.cursor_item_page = 0
         return nxt, first
 
     # -- ksmd's CPU time (timing.Work) -------------------------------------
