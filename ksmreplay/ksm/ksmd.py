@@ -541,9 +541,7 @@ class Ksmd(FlaggedItems):
         maxps = self.knobs.max_page_sharing
         interval = jiffies_ns(self.knobs.stable_node_chains_prune_millisecs)
         chain.looked_at += 1
-        prune = prune_allowed and self._jiffies(self.now) >= self._jiffies(
-            chain.prune_time + interval
-        )
+        prune = prune_allowed and self.now >= prunable_from(chain.prune_time, interval)
         if prune:
             chain.prune_time = self.now
         found: StableNode | None = None
@@ -1861,7 +1859,7 @@ class Ksmd(FlaggedItems):
         since = []
         for content, entry in sorted(self.stable.items(), key=lambda kv: kv[0]):
             if isinstance(entry, Chain):
-                ripe = self._jiffies(wake) >= self._jiffies(entry.prune_time + interval)
+                ripe = wake >= prunable_from(entry.prune_time, interval)
                 prunes[content] = (entry.prune_time, entry.looked_at, ripe)
                 chains.append((content, tuple(d.id for d in entry.dups), ripe))
                 gone = self._jiffies(wake) - self._jiffies(entry.prune_time)
@@ -1990,6 +1988,14 @@ class Ksmd(FlaggedItems):
                 entry.prune_time = prune_time + n * circle
 
 
+def prunable_from(prune_time: int, interval: int) -> int:
+    """When a chain last pruned at ``prune_time`` (ns) may be pruned again:
+    once ``interval`` (stable_node_chains_prune_millisecs in ns, whole
+    jiffies) has passed since, counted in jiffies (``chain_prune()``'s
+    ``time_before(jiffies, prune_time + interval)``), ns."""
+    return (prune_time + interval) // JIFFY_NS * JIFFY_NS
+
+
 KEEP_BYTES = 64 << 20
 """A state kept to compare with a later one is copied up to this size (bytes);
 a larger one keeps a 128-bit hash of its arrays instead."""
@@ -2059,8 +2065,7 @@ class IdleState(NamedTuple):
             if times == later_times:
                 continue  # (not looked at: its prune time decided nothing)
             if later_time == prune_time:
-                ripens = (prune_time + self.interval) // JIFFY_NS * JIFFY_NS
-                until = min(until, ripens)
+                until = min(until, prunable_from(prune_time, self.interval))
             elif ripe or self.wake - prune_time == later.wake - later_time:
                 pruned = True
             else:
