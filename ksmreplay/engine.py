@@ -419,7 +419,7 @@ class Engine:
             else:
                 # (in C where no wake-ups could run as one call, whatever the state)
                 later = None
-                if sleep == 0 or self._knobs.advisor_mode != "none" or _never_steady(budget):
+                if self._never_one_call(budget, sleep):
                     later = ksmd.batches(budget, wake, t)
                 if later is None:
                     ksmd.batch(budget, wake)
@@ -437,12 +437,19 @@ class Engine:
         if circles is not None and circles.watching() and ksmd.tracer is not None:
             ksmd.tracer.drop()  # (a circle not finished before t)
 
+    def _never_one_call(self, budget: int, sleep: int) -> bool:
+        """Whether no two wake-ups of ``budget`` visits may run as one call
+        (:meth:`_steady_period`), whatever ksmd's state: ksmd does not
+        sleep, the advisor changes the budget, or no batch is surely short
+        enough."""
+        return sleep == 0 or self._knobs.advisor_mode != "none" or _never_steady(budget)
+
     def _steady_period(self, wake: int, t: int, budget: int, sleep: int) -> int:
         """The time from one wake-up to the next, ns, if every wake-up from
         ``wake`` on until ``t`` is as far from the last (several fit, ksmd
         sleeps, the timer's period is steady, the advisor is off, and no batch
         can reach the next tick); else 0."""
-        if budget == 0 or sleep == 0 or self._knobs.advisor_mode != "none" or _never_steady(budget):
+        if budget == 0 or self._never_one_call(budget, sleep):
             return 0
         first = next_wake_ns(wake, 0, sleep)
         period = first - wake
